@@ -1,0 +1,33 @@
+//! webhook-relay: receives e-invoicing webhooks at the network edge, keeps
+//! each one durably before it answers, and forwards it, signed, to the
+//! internal apps that subscribed to it.
+//!
+//! The modules, in the path of a notification (`../shared/DESIGN.md`):
+//! - [`ingress`]: the HTTPS listener: routes, authentication, limits.
+//! - [`providers`]: pure checks of each provider's body (TusFacturas, Dátil,
+//!   NubeFact, generic) into a [`providers::Notification`].
+//! - [`spool`]: the sled store with group commit, dedup and the due index.
+//! - [`delivery`]: the pure state machine of one delivery and its schedule.
+//! - [`signing`]: Standard Webhooks signatures.
+//! - [`forwarder`]: sends due deliveries and records their outcomes.
+//! - [`config`]: the `relay.toml` schema and its validation.
+//! - [`app`]: wires the parts, owns start-up and shutdown.
+//! - [`cli`]: the command line (`serve`, `check-config`, `spool dump`, ...).
+//! - [`clock`]: Unix milliseconds that follow tokio's clock, so paused-clock
+//!   tests are honest.
+//!
+//! Dependencies point down: `cli` → `app` → `ingress`, `forwarder` → `spool`
+//! → `providers`, `delivery`, `signing`, `config`.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod forwarder;
+pub mod ingress;
+pub mod providers;
+pub mod signing;
+pub mod spool;
