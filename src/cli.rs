@@ -1,1 +1,212 @@
-//! stub
+//! The command line: `serve`, `check-config`, `spool dump`, `gen-secret`.
+//! Commands parse their arguments, load the config and call the library;
+//! a bad config exits with 64 (EX_USAGE) after naming file, line and key.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use base64::Engine;
+use clap::{Parser, Subcommand};
+
+use crate::app::Relay;
+use crate::clock::format_ms;
+use crate::config::Config;
+use crate::signing::SigningKey;
+use crate::spool::{Spool, SpoolError};
+
+/// EX_USAGE: the configuration is wrong.
+pub const EXIT_CONFIG: u8 = 64;
+/// EX_TEMPFAIL: the spool is in use; try again when the relay is stopped.
+pub const EXIT_LOCKED: u8 = 75;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "webhook-relay",
+    version,
+    about = "Durable relay for e-invoicing webhooks"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Serve(ConfigArg),
+    /// Validate the configuration and exit (0, or 64 with every error).
+    CheckConfig(ConfigArg),
+    /// Inspect the spool of a stopped relay.
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+    /// Print a new subscription secret (`whsec_...`).
+    GenSecret,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// Print the spooled notifications as JSON lines, oldest first.
+    Dump {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the quarantined bodies instead.
+        #[arg(long)]
+        quarantine: bool,
+        /// Print each notification's deliveries too.
+        #[arg(long)]
+        deliveries: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Path of the configuration file.
+    #[arg(
+        long,
+        short,
+        default_value = "relay.toml",
+        env = "WEBHOOK_RELAY_CONFIG"
+    )]
+    pub config: PathBuf,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::CheckConfig(arg) => load(&arg.config).map(|config| {
+            println!(
+                "{}: ok ({} sources, {} subscriptions)",
+                arg.config.display(),
+                config.sources.len(),
+                config.subscriptions.len()
+            );
+        }),
+        Command::Serve(arg) => load(&arg.config).and_then(serve),
+        Command::Spool(SpoolCommand::Dump {
+            config,
+            quarantine,
+            deliveries,
+        }) => load(&config.config).and_then(|config| dump(&config, quarantine, deliveries)),
+        Command::GenSecret => {
+            println!("{}", SigningKey::generate_secret(rand::random()));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("webhook-relay: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<crate::config::ConfigError>().is_some() {
+        EXIT_CONFIG
+    } else if matches!(
+        err.downcast_ref::<SpoolError>(),
+        Some(SpoolError::Locked { .. })
+    ) || matches!(
+        err.downcast_ref::<crate::app::AppError>(),
+        Some(crate::app::AppError::Spool(SpoolError::Locked { .. }))
+    ) {
+        EXIT_LOCKED
+    } else {
+        1
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let relay = Relay::start(config).await?;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        let watchdog = tokio::spawn(watchdog());
+        wait_for_stop(&relay).await?;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        watchdog.abort();
+        relay.stop().await?;
+        Ok(())
+    })
+}
+
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the TLS certificate.
+async fn wait_for_stop(relay: &Relay) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => relay.reload_certificate(),
+        }
+    }
+    tracing::info!("stopping");
+    Ok(())
+}
+
+/// Pings systemd's watchdog at half its period, when one is set.
+async fn watchdog() {
+    let Some(period) = sd_notify::watchdog_enabled().filter(|p| !p.is_zero()) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tick.tick().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+    }
+}
+
+fn dump(config: &Config, quarantine: bool, deliveries: bool) -> anyhow::Result<()> {
+    let spool = Spool::open(&config.spool)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if quarantine {
+        for record in spool.quarantined() {
+            let record = record?;
+            let mut line = serde_json::to_value(&record.meta)?;
+            line["received_at"] = format_ms(record.meta.received_ms).into();
+            put_body(&mut line, &record.body);
+            writeln!(out, "{line}")?;
+        }
+    } else {
+        for record in spool.notifications() {
+            let record = record?;
+            let mut line = serde_json::to_value(&record.meta)?;
+            line["received_at"] = format_ms(record.meta.received_ms).into();
+            put_body(&mut line, &record.body);
+            if deliveries {
+                let id = crate::spool::NotificationId::parse(&record.meta.id)
+                    .ok_or_else(|| anyhow::anyhow!("malformed id {}", record.meta.id))?;
+                line["deliveries"] = serde_json::to_value(spool.deliveries_of(id)?)?;
+            }
+            writeln!(out, "{line}")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The body as text when it is UTF-8, else as base64 (`body_base64`).
+fn put_body(line: &mut serde_json::Value, body: &[u8]) {
+    match std::str::from_utf8(body) {
+        Ok(text) => line["body"] = text.into(),
+        Err(_) => {
+            line["body_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(body)
+                .into()
+        }
+    }
+}

@@ -115,6 +115,7 @@ struct Inner {
     quarantine: sled::Tree,
     commit: Arc<GroupCommit>,
     flush: commit::FlushFn,
+    new_work: tokio::sync::watch::Sender<u64>,
     dedup_window_ms: i64,
 }
 
@@ -168,6 +169,7 @@ impl Spool {
             quarantine: tree("quarantine")?,
             commit: GroupCommit::new(),
             flush: commit::flush_and_sync(db.clone(), log),
+            new_work: tokio::sync::watch::Sender::new(0),
             dedup_window_ms: i64::try_from(config.dedup_window.0.as_millis()).unwrap_or(i64::MAX),
             path,
             db,
@@ -200,6 +202,9 @@ impl Spool {
         let stored = self.write_notification(&incoming, subscriptions)?;
         // A duplicate waits too: the first copy may still be on its way to disk.
         self.inner.commit.durable().await?;
+        if matches!(stored, Stored::New(_)) && !subscriptions.is_empty() {
+            self.announce_work();
+        }
         Ok(stored)
     }
 
@@ -396,13 +401,33 @@ impl Spool {
         }))
     }
 
-    /// When the earliest delivery of `subscription` is due, if any is.
-    pub fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
+    /// When the earliest delivery of `subscription` that `skip` does not
+    /// name is due, if any is.
+    pub fn next_due_ms(
+        &self,
+        subscription: &str,
+        skip: impl Fn(NotificationId) -> bool,
+    ) -> Result<Option<i64>, SpoolError> {
         let prefix = records::due_prefix(subscription);
-        match self.inner.due.scan_prefix(&prefix).next() {
-            Some(item) => Ok(records::split_due_key(prefix.len(), &item?.0).map(|(ms, _)| ms)),
-            None => Ok(None),
+        for item in self.inner.due.scan_prefix(&prefix) {
+            let (key, _) = item?;
+            match records::split_due_key(prefix.len(), &key) {
+                Some((_, id)) if skip(id) => continue,
+                Some((ms, _)) => return Ok(Some(ms)),
+                None => continue,
+            }
         }
+        Ok(None)
+    }
+
+    /// Changes whenever new deliveries became durable and due: the
+    /// forwarder's wake-up call (ingress and forwarder meet only here).
+    pub fn new_work(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.new_work.subscribe()
+    }
+
+    fn announce_work(&self) {
+        self.inner.new_work.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Records a delivery's new state and moves its due-index entry. Not
@@ -456,6 +481,7 @@ impl Spool {
             .map_err(|e| SpoolError::Storage(format!("cannot replay: {e}")))?;
         self.write_delivery(id, subscription, None, &delivery)?;
         self.inner.commit.durable().await?;
+        self.announce_work();
         Ok(true)
     }
 

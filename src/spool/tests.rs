@@ -91,7 +91,7 @@ async fn the_due_index_hands_out_work_in_time_order_and_moves_on_record() {
     let _stop = with_flusher(&spool).await;
     spool.store(incoming("a", 2_000), &["erp"]).await.unwrap();
     spool.store(incoming("b", 1_000), &["erp"]).await.unwrap();
-    assert_eq!(spool.next_due_ms("erp").unwrap(), Some(1_000));
+    assert_eq!(spool.next_due_ms("erp", |_| false).unwrap(), Some(1_000));
     assert_eq!(spool.due("erp", 999, 10, |_| false).unwrap().len(), 0);
     let due = spool.due("erp", 5_000, 10, |_| false).unwrap();
     assert_eq!(due.len(), 2);
@@ -111,7 +111,7 @@ async fn the_due_index_hands_out_work_in_time_order_and_moves_on_record() {
         .finish(&schedule, crate::delivery::Outcome::Timeout, 5_100, 0.0)
         .unwrap();
     spool.record(&due[0], &delivery).unwrap();
-    assert_eq!(spool.next_due_ms("erp").unwrap(), Some(2_000));
+    assert_eq!(spool.next_due_ms("erp", |_| false).unwrap(), Some(2_000));
     let later = spool.due("erp", 20_000, 10, |_| false).unwrap();
     assert_eq!(later.len(), 2);
     assert_eq!(
@@ -146,7 +146,7 @@ async fn data_survives_reopening() {
     };
     let spool = Spool::open(&config(dir.path())).unwrap();
     assert!(spool.notification(id).unwrap().is_some());
-    assert_eq!(spool.next_due_ms("erp").unwrap(), Some(1_000));
+    assert_eq!(spool.next_due_ms("erp", |_| false).unwrap(), Some(1_000));
 }
 
 #[tokio::test]

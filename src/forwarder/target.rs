@@ -1,0 +1,231 @@
+//! One subscription's target: its pooled HTTP client, signing key, headers
+//! and limits, and the sending of one attempt, classified into an
+//! [`Outcome`] for the state machine.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::clock::format_ms;
+use crate::config::SubscriptionConfig;
+use crate::delivery::{Outcome, Schedule};
+use crate::signing::SigningKey;
+use crate::spool::NotificationRecord;
+
+/// How much of a target's answer is read (to keep the connection reusable).
+const MAX_ANSWER: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("subscription {name}: {detail}")]
+    Setup { name: String, detail: String },
+}
+
+pub struct Target {
+    pub name: String,
+    url: reqwest::Url,
+    client: reqwest::Client,
+    key: SigningKey,
+    headers: HeaderMap,
+    pub schedule: Schedule,
+    timeout_first: Duration,
+    timeout_retry: Duration,
+    pub max_in_flight: usize,
+    pub limiter: Option<governor::DefaultDirectRateLimiter>,
+}
+
+impl Target {
+    pub fn new(config: &SubscriptionConfig) -> Result<Self, TargetError> {
+        let fail = |detail: String| TargetError::Setup {
+            name: config.name.clone(),
+            detail,
+        };
+        let url = reqwest::Url::parse(&config.url).map_err(|e| fail(e.to_string()))?;
+        let key = SigningKey::from_secret(&config.secret).map_err(|e| fail(e.to_string()))?;
+        let schedule = config.retry_schedule().map_err(|e| fail(e.to_string()))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| fail(e.to_string()))?;
+            let value = HeaderValue::from_str(value).map_err(|e| fail(e.to_string()))?;
+            headers.insert(name, value);
+        }
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(config.timeout_retry.0)
+            .pool_max_idle_per_host(config.max_in_flight)
+            .tcp_nodelay(true)
+            .user_agent(concat!("webhook-relay/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.tls_ca {
+            let pem =
+                std::fs::read(path).map_err(|e| fail(format!("tls_ca {}: {e}", path.display())))?;
+            for cert in
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(|e| fail(e.to_string()))?;
+        let limiter = config.rate.and_then(|rate| {
+            let quota = governor::Quota::with_period(rate.replenish_interval())?
+                .allow_burst(std::num::NonZeroU32::new(rate.count)?);
+            Some(governor::RateLimiter::direct(quota))
+        });
+        Ok(Target {
+            name: config.name.clone(),
+            url,
+            client,
+            key,
+            headers,
+            schedule,
+            timeout_first: config.timeout_first.0,
+            timeout_retry: config.timeout_retry.0,
+            max_in_flight: config.max_in_flight,
+            limiter,
+        })
+    }
+
+    /// Sends attempt `attempt` of a notification; never fails, it reports.
+    pub async fn send(
+        &self,
+        notification: &NotificationRecord,
+        attempt: u32,
+        now_ms: i64,
+    ) -> Outcome {
+        let meta = &notification.meta;
+        let timestamp = now_ms.div_euclid(1000);
+        let signature = self.key.sign(&meta.id, timestamp, &notification.body);
+        let timeout = if attempt <= 1 {
+            self.timeout_first
+        } else {
+            self.timeout_retry
+        };
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .timeout(timeout)
+            .headers(self.headers.clone())
+            .header("webhook-id", &meta.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .header("x-relay-source", &meta.source)
+            .header("x-relay-event", &meta.event_type)
+            .header("x-relay-attempt", attempt.to_string())
+            .header("x-relay-received-at", format_ms(meta.received_ms))
+            .header(
+                http::header::CONTENT_TYPE,
+                meta.content_type.as_deref().unwrap_or("application/json"),
+            )
+            .body(Bytes::clone(&notification.body));
+        if let Some(subject) = meta
+            .subject
+            .as_deref()
+            .and_then(|s| HeaderValue::from_str(s).ok())
+        {
+            request = request.header("x-relay-subject", subject);
+        }
+        match request.send().await {
+            Ok(response) => read_answer(response).await,
+            Err(err) => classify(&err),
+        }
+    }
+}
+
+async fn read_answer(mut response: reqwest::Response) -> Outcome {
+    let code = response.status().as_u16();
+    let retry_after_ms = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    // Read (a bounded part of) the answer so the connection can be reused;
+    // a target that resets mid-answer has not confirmed anything.
+    let mut read = 0;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                read += chunk.len();
+                if read > MAX_ANSWER {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(err) => return classify(&err),
+        }
+    }
+    Outcome::Status {
+        code,
+        retry_after_ms,
+    }
+}
+
+fn classify(err: &reqwest::Error) -> Outcome {
+    if err.is_timeout() {
+        return Outcome::Timeout;
+    }
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            return Outcome::Tls;
+        }
+        source = cause.source();
+    }
+    if err.is_connect() {
+        return Outcome::Connect;
+    }
+    Outcome::Io {
+        detail: error_chain(err),
+    }
+}
+
+fn error_chain(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `Retry-After` as seconds, or as an HTTP date (taken relative to now).
+pub fn parse_retry_after(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(secs.saturating_mul(1000));
+    }
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let at = time::PrimitiveDateTime::parse(value, format)
+        .ok()?
+        .assume_utc();
+    let ahead = at - time::OffsetDateTime::now_utc();
+    u64::try_from(ahead.whole_milliseconds()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(parse_retry_after("120"), Some(120_000));
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            None,
+            "a past date gives no wait"
+        );
+        let future = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let format = time::macros::format_description!(
+            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        );
+        let text = future.format(format).unwrap();
+        let ms = parse_retry_after(&text).unwrap();
+        assert!((3_590_000..=3_600_000).contains(&ms), "{ms}");
+    }
+}

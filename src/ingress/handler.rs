@@ -1,0 +1,325 @@
+//! One request, from route to answer. Every failure is an [`IngressError`]
+//! with the status that tells the provider the truth: 4xx for what will
+//! never be accepted, 429/503 for "retry later", 200 only once on disk.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming as IncomingBody;
+
+use super::{Ingress, Source};
+use crate::config::OnInvalid;
+use crate::providers::Rejection;
+use crate::spool::{Incoming, Rejected, SpoolError, Stored};
+
+/// Request headers worth keeping with a notification (for admins and audits).
+const KEPT_HEADERS: [&str; 4] = ["user-agent", "x-forwarded-for", "x-real-ip", "x-request-id"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("only POST is accepted")]
+    MethodNotAllowed,
+    #[error(transparent)]
+    Auth(#[from] super::AuthFailure),
+    #[error("too many requests; retry in {} s", .0.as_secs().max(1))]
+    RateLimited(Duration),
+    #[error("body is larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("body did not arrive within {} s", .0.as_secs())]
+    BodyTimeout(Duration),
+    #[error("could not read the body: {0}")]
+    BodyRead(String),
+    #[error("not accepted as a notification: {rejection}")]
+    Invalid {
+        rejection: Rejection,
+        quarantine_id: String,
+    },
+    #[error("cannot store the notification now: {0}")]
+    Unavailable(#[from] SpoolError),
+}
+
+impl IngressError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngressError::NotFound => StatusCode::NOT_FOUND,
+            IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            IngressError::Auth(failure) => failure.status(),
+            IngressError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            IngressError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            IngressError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            IngressError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            IngressError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Short machine-readable name, the `error` field of the answer.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IngressError::NotFound => "not_found",
+            IngressError::MethodNotAllowed => "method_not_allowed",
+            IngressError::Auth(super::AuthFailure::AddressNotAllowed) => "forbidden",
+            IngressError::Auth(_) => "unauthorized",
+            IngressError::RateLimited(_) => "rate_limited",
+            IngressError::TooLarge(_) => "payload_too_large",
+            IngressError::BodyTimeout(_) => "body_timeout",
+            IngressError::BodyRead(_) => "bad_body",
+            IngressError::Invalid { .. } => "invalid_notification",
+            IngressError::Unavailable(_) => "spool_unavailable",
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut body = serde_json::json!({ "error": self.kind(), "detail": self.to_string() });
+        if let IngressError::Invalid { quarantine_id, .. } = &self {
+            body["quarantine_id"] = quarantine_id.clone().into();
+        }
+        let mut response = json(self.status(), &body);
+        let headers = response.headers_mut();
+        match &self {
+            IngressError::RateLimited(wait) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                );
+            }
+            IngressError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            }
+            IngressError::MethodNotAllowed => {
+                headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            IngressError::Auth(super::AuthFailure::Basic) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"webhook-relay\""),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub(super) async fn handle(
+    ingress: &Ingress,
+    peer: SocketAddr,
+    request: Request<IncomingBody>,
+) -> Response<Full<Bytes>> {
+    let peer_ip = peer.ip().to_canonical();
+    let path = request.uri().path().to_owned();
+    match accept(ingress, peer_ip, request).await {
+        Ok(answer) => answer,
+        Err(err) => {
+            let status = err.status();
+            if status.is_server_error() {
+                tracing::error!(%peer_ip, path, error = %err, "request not stored");
+            } else {
+                tracing::info!(%peer_ip, path, status = status.as_u16(), error = %err, "request refused");
+            }
+            err.into_response()
+        }
+    }
+}
+
+/// `/hooks/{source}` or `/hooks/{source}/{token}`.
+fn route(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix("/hooks/")?;
+    let mut parts = rest.split('/');
+    let source = parts.next().filter(|s| !s.is_empty())?;
+    let token = parts.next();
+    if parts.next().is_some() || token == Some("") {
+        return None;
+    }
+    Some((source, token))
+}
+
+async fn accept(
+    ingress: &Ingress,
+    peer: IpAddr,
+    request: Request<IncomingBody>,
+) -> Result<Response<Full<Bytes>>, IngressError> {
+    let (source_name, token) = route(request.uri().path()).ok_or(IngressError::NotFound)?;
+    let source = ingress
+        .sources
+        .get(source_name)
+        .ok_or(IngressError::NotFound)?;
+    if token.is_some() && !source.auth.has_token() {
+        return Err(IngressError::NotFound);
+    }
+    if request.method() != Method::POST {
+        return Err(IngressError::MethodNotAllowed);
+    }
+    if let Some(limiter) = &source.limiter {
+        limiter.check(peer).map_err(IngressError::RateLimited)?;
+    }
+    source.auth.check_request(peer, token, request.headers())?;
+    let source_name = source_name.to_owned();
+    let (parts, body) = request.into_parts();
+    let body = read_body(ingress, &parts.headers, body).await?;
+    source.auth.check_body(&parts.headers, &body)?;
+    let received_ms = ingress.clock.now_ms();
+    match source.provider.check(&body, &parts.headers) {
+        Ok(notification) => {
+            let subscriptions: Vec<&str> = ingress
+                .subscriptions
+                .iter()
+                .filter(|s| s.matches(&source_name, &notification.event_type))
+                .map(|s| s.name.as_str())
+                .collect();
+            let incoming = Incoming {
+                source: source_name,
+                notification,
+                body,
+                content_type: content_type(&parts.headers),
+                headers: kept_headers(&parts.headers),
+                peer: peer.to_string(),
+                received_ms,
+            };
+            let stored = ingress.spool.store(incoming, &subscriptions).await?;
+            let (id, duplicate) = match stored {
+                Stored::New(id) => (id, false),
+                Stored::Duplicate(id) => (id, true),
+            };
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "id": id.to_string(), "duplicate": duplicate }),
+            ))
+        }
+        Err(rejection) => {
+            quarantine(
+                ingress,
+                source,
+                source_name,
+                rejection,
+                body,
+                &parts.headers,
+                peer,
+                received_ms,
+            )
+            .await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn quarantine(
+    ingress: &Ingress,
+    source: &Source,
+    source_name: String,
+    rejection: Rejection,
+    body: Bytes,
+    headers: &HeaderMap,
+    peer: IpAddr,
+    received_ms: i64,
+) -> Result<Response<Full<Bytes>>, IngressError> {
+    let id = ingress
+        .spool
+        .quarantine(Rejected {
+            source: source_name.clone(),
+            reason_kind: rejection.kind().to_owned(),
+            reason: rejection.to_string(),
+            body,
+            content_type: content_type(headers),
+            headers: kept_headers(headers),
+            peer: peer.to_string(),
+            received_ms,
+        })
+        .await?;
+    tracing::warn!(source = %source_name, quarantine_id = %id, reason = %rejection, "body quarantined");
+    match source.on_invalid {
+        OnInvalid::Reject => Err(IngressError::Invalid {
+            rejection,
+            quarantine_id: id.to_string(),
+        }),
+        OnInvalid::Accept => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "id": id.to_string(), "duplicate": false, "quarantined": true, "detail": rejection.to_string() }),
+        )),
+    }
+}
+
+async fn read_body(
+    ingress: &Ingress,
+    headers: &HeaderMap,
+    body: IncomingBody,
+) -> Result<Bytes, IngressError> {
+    let limit = ingress.max_body;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(IngressError::TooLarge(limit));
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(ingress.body_timeout, limited.collect()).await {
+        Err(_) => Err(IngressError::BodyTimeout(ingress.body_timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(IngressError::TooLarge(limit))
+        }
+        Ok(Err(err)) => Err(IngressError::BodyRead(err.to_string())),
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    KEPT_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?.to_str().ok()?;
+            Some(((*name).to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/hooks/tus"), Some(("tus", None)));
+        assert_eq!(route("/hooks/tus/abc"), Some(("tus", Some("abc"))));
+        assert_eq!(route("/hooks/tus/"), None);
+        assert_eq!(route("/hooks/"), None);
+        assert_eq!(route("/hooks/tus/abc/def"), None);
+        assert_eq!(route("/other/tus"), None);
+    }
+
+    #[test]
+    fn statuses_tell_the_truth() {
+        assert_eq!(
+            IngressError::Unavailable(SpoolError::Closed).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            IngressError::TooLarge(1).status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let response = IngressError::RateLimited(Duration::from_millis(1500)).into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+}

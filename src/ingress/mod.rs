@@ -1,0 +1,213 @@
+//! The ingress listener: HTTPS (or plain HTTP behind a balancer) with hyper,
+//! HTTP/1.1 and HTTP/2. It routes `POST /hooks/{source}[/{token}]`,
+//! authenticates, enforces limits (connections, handshake, header and body
+//! time, body size, rate per peer), runs the provider check and hands the
+//! notification to the spool. It answers 200 only once the spool says the
+//! notification is on disk.
+
+mod auth;
+mod handler;
+mod limits;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::clock::Clock;
+use crate::config::{Config, OnInvalid, SubscriptionConfig};
+use crate::providers::Provider;
+use crate::spool::Spool;
+pub use auth::AuthFailure;
+pub use handler::IngressError;
+use limits::PeerLimiter;
+
+/// One configured source, ready to check requests.
+#[derive(Debug)]
+struct Source {
+    provider: Provider,
+    auth: auth::Auth,
+    limiter: Option<PeerLimiter>,
+    on_invalid: OnInvalid,
+}
+
+/// Everything a request needs; shared by all connections.
+pub struct Ingress {
+    sources: HashMap<String, Source>,
+    subscriptions: Vec<SubscriptionConfig>,
+    spool: Spool,
+    clock: Clock,
+    max_body: u64,
+    body_timeout: Duration,
+}
+
+impl Ingress {
+    pub fn new(config: &Config, spool: Spool, clock: Clock) -> Arc<Self> {
+        let sources = config
+            .sources
+            .iter()
+            .map(|(name, source)| {
+                let limiter = source
+                    .rate
+                    .and_then(|rate| PeerLimiter::new(rate, source.burst));
+                let checked = Source {
+                    provider: source.provider(),
+                    auth: auth::Auth::new(source),
+                    limiter,
+                    on_invalid: source.on_invalid,
+                };
+                (name.clone(), checked)
+            })
+            .collect();
+        Arc::new(Ingress {
+            sources,
+            subscriptions: config.subscriptions.clone(),
+            spool,
+            clock,
+            max_body: config.server.max_body.0,
+            body_timeout: config.server.body_timeout.0,
+        })
+    }
+
+    /// Forgets rate-limit state of idle peers; call periodically.
+    pub fn sweep_limiters(&self) {
+        for (name, source) in &self.sources {
+            if let Some(limiter) = &source.limiter {
+                let peers = limiter.sweep();
+                if peers > 100_000 {
+                    tracing::warn!(source = %name, peers, "many peers are being rate limited");
+                }
+            }
+        }
+    }
+}
+
+/// Connection-level settings of the listener.
+#[derive(Clone)]
+pub struct ListenerSettings {
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub http2_max_streams: u32,
+    /// How long open connections may finish their requests after shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl ListenerSettings {
+    pub fn from_config(config: &Config, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        ListenerSettings {
+            tls,
+            max_connections: config.server.max_connections,
+            handshake_timeout: config.server.handshake_timeout.0,
+            header_timeout: config.server.header_timeout.0,
+            http2_max_streams: config.server.http2_max_streams,
+            drain_timeout: config.server.body_timeout.0 + Duration::from_secs(5),
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` resolves, then lets open requests
+/// finish (bounded by `drain_timeout`).
+pub async fn serve(
+    listener: TcpListener,
+    settings: ListenerSettings,
+    ingress: Arc<Ingress>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.http2_max_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (ingress, builder, settings) = (ingress.clone(), builder.clone(), settings.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match &settings.tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, peer, ingress, &builder, watcher).await
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                None => serve_connection(stream, peer, ingress, &builder, watcher).await,
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("ingress connections still open after the drain timeout; closing them");
+    }
+}
+
+async fn serve_connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    ingress: Arc<Ingress>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let ingress = ingress.clone();
+        async move { Ok::<_, std::convert::Infallible>(handler::handle(&ingress, peer, request).await) }
+    });
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(err) = watcher.watch(connection).await {
+        tracing::debug!(%peer, error = %err, "connection ended with an error");
+    }
+}

@@ -1,0 +1,133 @@
+//! TLS for the ingress listener: rustls with the aws-lc-rs provider, ALPN
+//! `h2` and `http/1.1`, and a certificate that can be swapped while running
+//! (SIGHUP re-reads the files) through an `ArcSwap`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificate {}: {detail}", path.display())]
+    Certificate { path: PathBuf, detail: String },
+    #[error("cannot read private key {}: {detail}", path.display())]
+    Key { path: PathBuf, detail: String },
+    #[error("certificate and key do not fit together: {0}")]
+    Mismatch(String),
+    #[error("cannot create the self-signed certificate in {}: {detail}", path.display())]
+    SelfSigned { path: PathBuf, detail: String },
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+/// The one crypto provider of the whole process.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Serves whatever certificate was loaded last.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: ArcSwap<CertifiedKey>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl ReloadableCert {
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
+        let key = read_pair(cert_path, key_path)?;
+        Ok(Arc::new(ReloadableCert {
+            current: ArcSwap::from_pointee(key),
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+        }))
+    }
+
+    /// Re-reads the files; on error the old certificate stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let key = read_pair(&self.cert_path, &self.key_path)?;
+        self.current.store(Arc::new(key));
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn read_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_err = |detail: String| TlsError::Certificate {
+        path: cert_path.to_owned(),
+        detail,
+    };
+    let chain = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(cert_err("no certificate in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::Key {
+        path: key_path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsError::Mismatch(e.to_string()))
+}
+
+/// The rustls server config over a reloadable certificate.
+pub fn server_config(cert: Arc<ReloadableCert>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Makes a self-signed certificate for localhost the first time, then reuses
+/// it, so clients that pinned it keep working across restarts.
+pub fn ensure_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    if cert_path.exists() && key_path.exists() {
+        return Ok(());
+    }
+    let fail = |detail: String| TlsError::SelfSigned {
+        path: cert_path.parent().unwrap_or(Path::new(".")).to_owned(),
+        detail,
+    };
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| fail(e.to_string()))?;
+    if let Some(dir) = cert_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    }
+    write_private(key_path, generated.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
+    std::fs::write(cert_path, generated.cert.pem()).map_err(|e| fail(e.to_string()))?;
+    tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate for localhost");
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
