@@ -64,7 +64,7 @@ impl Target {
             for cert in
                 reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?
             {
-                builder = builder.add_root_certificate(cert);
+                builder = builder.tls_certs_merge([cert]);
             }
         }
         let client = builder.build().map_err(|e| fail(e.to_string()))?;

@@ -1,0 +1,345 @@
+//! Test helpers: a relay started in-process on port 0 with a self-signed
+//! certificate, a provider client that trusts it, and a recording target
+//! whose answers a test scripts.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Notify;
+use webhook_relay::app::Relay;
+use webhook_relay::config::Config;
+
+pub const TUS_TOKEN: &str = "tus-token-0123456789";
+pub const DATIL_TOKEN: &str = "datil-token-0123456789";
+pub const NUBE_TOKEN: &str = "nube-token-0123456789";
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// The config every test starts from: the three providers and a few
+/// sources that exercise each kind of authentication and limit.
+pub fn base_config(dir: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+self_signed = true
+max_body = "64KiB"
+header_timeout = "1s"
+handshake_timeout = "1s"
+body_timeout = "2s"
+
+[spool]
+path = "{spool}"
+dedup_window = "72h"
+
+[forwarder]
+shutdown_grace = "2s"
+
+[sources.tusfacturas]
+provider = "tusfacturas"
+token = "{TUS_TOKEN}"
+
+[sources.datil]
+provider = "datil"
+token = "{DATIL_TOKEN}"
+
+[sources.nubefact]
+provider = "nubefact"
+basic = {{ user = "nubefact", password = "{NUBE_TOKEN}" }}
+
+[sources.signed]
+provider = "generic"
+hmac = {{ header = "x-signature", secret = "generic-secret-0123456789", prefix = "sha256=" }}
+dedup_pointer = "/id"
+event_pointer = "/type"
+
+[sources.office]
+provider = "generic"
+allow_ips = ["192.0.2.0/24"]
+
+[sources.limited]
+provider = "generic"
+token = "limited-token-0123456789"
+rate = "1/m"
+burst = 2
+
+[sources.lenient]
+provider = "tusfacturas"
+token = "lenient-token-0123456789"
+on_invalid = "accept"
+"#,
+        spool = dir.join("spool").display()
+    )
+}
+
+/// A subscription block for `url` with a millisecond schedule.
+pub fn subscription(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "\n[[subscriptions]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\nschedule = [\"50ms\", \"100ms\", \"150ms\"]\njitter = 0.0\ntimeout_first = \"500ms\"\ntimeout_retry = \"300ms\"\n{extra}\n"
+    )
+}
+
+pub struct TestRelay {
+    pub relay: Option<Relay>,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl TestRelay {
+    pub async fn start(extra: &str) -> TestRelay {
+        init();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("{}{}", base_config(dir.path()), extra);
+        let config = Config::parse(&text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
+        let relay = Relay::start(config).await.expect("relay starts");
+        let client = provider_client(&dir.path().join("tls/self-signed.crt"));
+        TestRelay {
+            relay: Some(relay),
+            dir,
+            client,
+        }
+    }
+
+    pub fn relay(&self) -> &Relay {
+        self.relay.as_ref().expect("relay running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "https://localhost:{}{path}",
+            self.relay().ingress_addr.port()
+        )
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request reaches the relay");
+        answer(response).await
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(relay) = self.relay.take() {
+            relay.stop().await.expect("clean stop");
+        }
+        self.dir
+    }
+}
+
+pub async fn answer(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("answer body");
+    let json =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("answer is not JSON: {text:?}"));
+    (status, json)
+}
+
+/// A client that trusts only the relay's self-signed certificate.
+pub fn provider_client(cert: &Path) -> reqwest::Client {
+    let pem = std::fs::read(cert).expect("self-signed certificate written");
+    let cert = reqwest::Certificate::from_pem(&pem).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+pub fn tusfacturas(hook_id: &str, evento: &str, intento: u32) -> String {
+    format!(
+        r#"{{"creado": "18/03/2022 15:58:11", "evento": "{evento}", "recurso": "facturacion", "external_reference": "17032", "intento": {intento}, "msg": [], "hook_id": "{hook_id}"}}"#
+    )
+}
+
+/// Polls `check` until it holds, failing after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// === Recording target ===
+
+/// How the target answers one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Status(u16),
+    StatusRetryAfter(u16, u64),
+    /// Answer only after this long (past the relay's timeout).
+    Hang(Duration),
+    /// Send the headers and part of the body, then drop the connection.
+    CloseMidResponse,
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub at: tokio::time::Instant,
+}
+
+#[derive(Default)]
+struct TargetState {
+    script: Mutex<VecDeque<Reply>>,
+    received: Mutex<Vec<Received>>,
+    arrived: Notify,
+}
+
+/// A hyper server on loopback that records what it receives and answers as
+/// scripted (then 200 once the script runs out).
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    state: Arc<TargetState>,
+}
+
+impl Target {
+    pub async fn start(script: Vec<Reply>) -> Target {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(TargetState {
+            script: Mutex::new(script.into()),
+            ..Default::default()
+        });
+        let server_state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = server_state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| respond(state.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Target { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.received.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let arrived = self.state.arrived.notified();
+            if self.count() >= n {
+                return self.received();
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!("target got {} requests, expected {n}", self.count());
+            }
+        }
+    }
+}
+
+type TargetBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+async fn respond(
+    state: Arc<TargetState>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<TargetBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    state.received.lock().unwrap().push(Received {
+        headers: parts.headers,
+        body,
+        at: tokio::time::Instant::now(),
+    });
+    state.arrived.notify_waiters();
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or(Reply::Status(200));
+    let full = |status: u16| {
+        let mut response = Response::new(
+            Full::new(Bytes::from_static(b"{}"))
+                .map_err(|e| match e {})
+                .boxed(),
+        );
+        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        response
+    };
+    Ok(match reply {
+        Reply::Status(code) => full(code),
+        Reply::StatusRetryAfter(code, secs) => {
+            let mut response = full(code);
+            response.headers_mut().insert("retry-after", secs.into());
+            response
+        }
+        Reply::Hang(time) => {
+            tokio::time::sleep(time).await;
+            full(200)
+        }
+        Reply::CloseMidResponse => {
+            let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                Ok(Frame::data(Bytes::from_static(b"{\"partial\":"))),
+                Err(std::io::Error::other("target dropped the connection")),
+            ];
+            let mut response =
+                Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed());
+            response.headers_mut().insert("content-length", 1000.into());
+            response
+        }
+    })
+}
+
+/// A loopback port that refuses connections.
+pub async fn closed_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}

@@ -1,0 +1,423 @@
+//! Ingest: each provider's documented payloads, duplicates, and every kind of
+//! bad input, checked against what the spool holds.
+
+use std::time::Duration;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use rustls_pki_types::pem::PemObject;
+use sha2::Sha256;
+use webhook_relay::spool::NotificationId;
+
+use crate::helpers::*;
+
+const NUBEFACT_DOC: &str = r#"{
+  "tipo_de_comprobante": 2,
+  "serie": "BBB1",
+  "numero": 105,
+  "enlace": "https://www.nubefact.com/cpe/...",
+  "aceptada_por_sunat": true,
+  "sunat_description": "La Boleta de Venta numero BBB1-105, ha sido aceptada",
+  "sunat_responsecode": "0",
+  "enlace_del_pdf": "https://www.nubefact.com/cpe/xxx.pdf",
+  "enlace_del_xml": "https://www.nubefact.com/cpe/xxx.xml",
+  "enlace_del_cdr": "https://www.nubefact.com/cpe/xxx.cdr",
+  "codigo_hash": "xMLFMnbgp1/bHEy572RKRTE9hPY="
+}"#;
+
+fn datil(estado: &str) -> String {
+    format!(
+        r#"{{"id": "abc123", "secuencial": "17", "clave_acceso": "2907201501179214673900110010010000000171234567812",
+  "autorizacion": {{"numero": "2907201515283909927125540017656314390", "fecha": "2015-09-28T19:28:56.782Z", "estado": "{estado}", "mensajes": []}}}}"#
+    )
+}
+
+fn basic_nubefact() -> String {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("nubefact:{NUBE_TOKEN}"));
+    format!("Basic {auth}")
+}
+
+#[tokio::test]
+async fn each_provider_s_documented_payload_is_spooled_with_its_event_and_subject() {
+    let relay = TestRelay::start("").await;
+    let tus = tusfacturas("hook-1", "emitido", 1);
+    let (status, json) = relay
+        .post(&format!("/hooks/tusfacturas/{TUS_TOKEN}"), tus.clone())
+        .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["duplicate"], false);
+    let tus_id = NotificationId::parse(json["id"].as_str().unwrap()).expect("a ULID id");
+
+    let (status, json) = relay
+        .post(&format!("/hooks/datil/{DATIL_TOKEN}"), datil("AUTORIZADO"))
+        .await;
+    assert_eq!(status, 200, "{json}");
+
+    let response = relay
+        .client
+        .post(relay.url("/hooks/nubefact"))
+        .header("authorization", basic_nubefact())
+        // Providers are careless with Content-Type: the body is judged, not the header.
+        .header("content-type", "text/plain")
+        .body(NUBEFACT_DOC)
+        .send()
+        .await
+        .unwrap();
+    let (status, json) = answer(response).await;
+    assert_eq!(status, 200, "{json}");
+
+    let spool = &relay.relay().spool;
+    let records: Vec<_> = spool.notifications().collect::<Result<_, _>>().unwrap();
+    let summary: Vec<(&str, &str, Option<&str>)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.meta.source.as_str(),
+                r.meta.event_type.as_str(),
+                r.meta.subject.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("tusfacturas", "facturacion.emitido", Some("17032")),
+            ("datil", "comprobante.autorizado", Some("abc123")),
+            ("nubefact", "comprobante.aceptado", Some("BBB1-105")),
+        ]
+    );
+    let first = spool
+        .notification(tus_id)
+        .unwrap()
+        .expect("stored under the id it answered");
+    assert_eq!(
+        first.body.as_ref(),
+        tus.as_bytes(),
+        "body kept byte for byte"
+    );
+    assert_eq!(
+        first.meta.provider_time.as_deref(),
+        Some("2022-03-18T18:58:11Z")
+    );
+    assert!(first.meta.received_ms > 1_600_000_000_000);
+    assert_eq!(records[2].meta.content_type.as_deref(), Some("text/plain"));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_retry_is_a_duplicate_and_a_new_state_is_not() {
+    let relay = TestRelay::start("").await;
+    let path = format!("/hooks/tusfacturas/{TUS_TOKEN}");
+    let (_, first) = relay
+        .post(&path, tusfacturas("hook-7", "encolado", 1))
+        .await;
+    let (status, retry) = relay
+        .post(&path, tusfacturas("hook-7", "encolado", 2))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(retry["duplicate"], true);
+    assert_eq!(
+        retry["id"], first["id"],
+        "a duplicate answers the first one's id"
+    );
+    let (_, emitted) = relay.post(&path, tusfacturas("hook-7", "emitido", 1)).await;
+    assert_eq!(emitted["duplicate"], false);
+
+    let datil_path = format!("/hooks/datil/{DATIL_TOKEN}");
+    let (_, a) = relay.post(&datil_path, datil("AUTORIZADO")).await;
+    let (_, again) = relay.post(&datil_path, datil("AUTORIZADO")).await;
+    let (_, other) = relay.post(&datil_path, datil("NO AUTORIZADO")).await;
+    assert_eq!(again["id"], a["id"]);
+    assert_eq!(other["duplicate"], false);
+    assert_eq!(relay.relay().spool.notifications().count(), 4);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_copies_of_one_notification_store_it_once() {
+    let relay = TestRelay::start("").await;
+    let path = format!("/hooks/tusfacturas/{TUS_TOKEN}");
+    let posts =
+        (1..=16).map(|intento| relay.post(&path, tusfacturas("hook-c", "emitido", intento)));
+    let answers = futures_util::future::join_all(posts).await;
+    let ids: std::collections::HashSet<_> =
+        answers.iter().map(|(s, j)| (*s, j["id"].clone())).collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "every copy answers 200 with the same id: {answers:?}"
+    );
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|(_, j)| j["duplicate"] == false)
+            .count(),
+        1
+    );
+    assert_eq!(relay.relay().spool.notifications().count(), 1);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_its_status_and_stores_nothing() {
+    let relay = TestRelay::start("").await;
+    let tus = tusfacturas("hook-x", "emitido", 1);
+    let cases: Vec<(&str, &str, u16, &str)> = vec![
+        ("unknown source", "/hooks/ghost/abc", 404, "not_found"),
+        (
+            "wrong token",
+            "/hooks/tusfacturas/wrong-token-000000",
+            401,
+            "unauthorized",
+        ),
+        ("missing token", "/hooks/tusfacturas", 401, "unauthorized"),
+        ("not under /hooks", "/other", 404, "not_found"),
+        (
+            "no basic credentials",
+            "/hooks/nubefact",
+            401,
+            "unauthorized",
+        ),
+        ("address not allowed", "/hooks/office", 403, "forbidden"),
+        ("unsigned", "/hooks/signed", 401, "unauthorized"),
+    ];
+    for (what, path, expected, kind) in cases {
+        let (status, json) = relay.post(path, tus.clone()).await;
+        assert_eq!(status, expected, "{what}: {json}");
+        assert_eq!(json["error"], kind, "{what}");
+        assert!(json["detail"].is_string(), "{what}");
+    }
+    let response = relay
+        .client
+        .get(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let too_big = format!("{{\"pad\": \"{}\"}}", "x".repeat(70 * 1024));
+    let (status, json) = relay
+        .post(&format!("/hooks/tusfacturas/{TUS_TOKEN}"), too_big)
+        .await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+
+    let spool = &relay.relay().spool;
+    assert_eq!(spool.notifications().count(), 0);
+    assert_eq!(
+        spool.quarantined().count(),
+        0,
+        "unauthenticated bodies are not kept"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_too_large_without_content_length_is_cut_off_at_the_limit() {
+    let relay = TestRelay::start("").await;
+    let chunks: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>> = (0..20)
+        .map(|_| {
+            Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![
+                b' ';
+                8 * 1024
+            ])))
+        })
+        .collect();
+    let body = reqwest::Body::wrap(http_body_util::StreamBody::new(futures_util::stream::iter(
+        chunks,
+    )));
+    let (status, _) = relay
+        .post(&format!("/hooks/tusfacturas/{TUS_TOKEN}"), body)
+        .await;
+    assert_eq!(status, 413);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_authenticated_invalid_body_is_quarantined_with_its_reason() {
+    let relay = TestRelay::start("").await;
+    let path = format!("/hooks/tusfacturas/{TUS_TOKEN}");
+    let invalid: Vec<(&str, &str)> = vec![
+        ("<xml>not json</xml>", "not_json"),
+        ("[1, 2]", "not_object"),
+        (
+            r#"{"evento": "emitido", "recurso": "facturacion"}"#,
+            "missing_field",
+        ),
+        (
+            r#"{"evento": "emitido", "recurso": "facturacion", "external_reference": "1", "hook_id": "h", "creado": "yesterday"}"#,
+            "invalid_field",
+        ),
+    ];
+    for (body, _) in &invalid {
+        let (status, json) = relay.post(&path, *body).await;
+        assert_eq!(status, 422, "{body}: {json}");
+        assert_eq!(json["error"], "invalid_notification");
+        assert!(json["quarantine_id"].is_string());
+    }
+    let spool = &relay.relay().spool;
+    assert_eq!(spool.notifications().count(), 0);
+    let kept: Vec<_> = spool.quarantined().collect::<Result<_, _>>().unwrap();
+    let kinds: Vec<&str> = kept.iter().map(|q| q.meta.reason_kind.as_str()).collect();
+    assert_eq!(kinds, invalid.iter().map(|(_, k)| *k).collect::<Vec<_>>());
+    assert_eq!(kept[0].body.as_ref(), invalid[0].0.as_bytes());
+
+    // A source that accepts invalid bodies answers 200 so the provider stops retrying.
+    let (status, json) = relay
+        .post("/hooks/lenient/lenient-token-0123456789", "{oops")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(json["quarantined"], true);
+    assert_eq!(spool.quarantined().count(), 5);
+    assert_eq!(spool.notifications().count(), 0);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_peer_gets_429_with_retry_after() {
+    let relay = TestRelay::start("").await;
+    let path = "/hooks/limited/limited-token-0123456789";
+    for i in 0..2 {
+        let (status, json) = relay.post(path, format!("{{\"n\": {i}}}")).await;
+        assert_eq!(status, 200, "{json}");
+    }
+    let response = relay
+        .client
+        .post(relay.url(path))
+        .body("{\"n\": 3}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(relay.relay().spool.notifications().count(), 2);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_generic_source_verifies_its_hmac_and_dedups_by_pointer() {
+    let relay = TestRelay::start("").await;
+    let body = r#"{"id": "evt-1", "type": "invoice.paid"}"#;
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"generic-secret-0123456789").unwrap();
+    mac.update(body.as_bytes());
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for expected_duplicate in [false, true] {
+        let response = relay
+            .client
+            .post(relay.url("/hooks/signed"))
+            .header("x-signature", format!("sha256={hex}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, json) = answer(response).await;
+        assert_eq!(status, 200, "{json}");
+        assert_eq!(json["duplicate"], expected_duplicate);
+    }
+    let tampered = relay
+        .client
+        .post(relay.url("/hooks/signed"))
+        .header("x-signature", format!("sha256={hex}"))
+        .body(r#"{"id": "evt-2", "type": "invoice.paid"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tampered.status(), 401);
+    let records: Vec<_> = relay
+        .relay()
+        .spool
+        .notifications()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].meta.event_type, "invoice.paid");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn http2_is_negotiated_and_served() {
+    let relay = TestRelay::start("").await;
+    let response = relay
+        .client
+        .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+        .body(tusfacturas("hook-h2", "emitido", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    relay.stop().await;
+}
+
+/// Reads until the peer closes; returns how long that took.
+async fn time_until_closed(mut stream: impl tokio::io::AsyncRead + Unpin) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the relay kept a stalled connection open"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn stalled_handshakes_and_slow_headers_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let relay = TestRelay::start("").await;
+    let addr = relay.relay().ingress_addr;
+    // A TCP connection that never starts TLS: closed after handshake_timeout (1 s).
+    let idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let waited = time_until_closed(idle).await;
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+
+    // Slowloris: TLS done, headers never finished: closed after header_timeout (1 s).
+    let pem = std::fs::read(relay.dir.path().join("tls/self-signed.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    stream
+        .write_all(b"POST /hooks/tusfacturas HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    let waited = time_until_closed(stream).await;
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_spool_refuses_a_second_opener_while_the_relay_runs() {
+    let relay = TestRelay::start("").await;
+    let config = webhook_relay::config::Config::parse(&base_config(relay.dir.path())).unwrap();
+    let err = webhook_relay::spool::Spool::open(&config.spool)
+        .err()
+        .expect("locked");
+    assert!(err.to_string().contains("in use"), "{err}");
+    relay.stop().await;
+}
