@@ -1,1 +1,347 @@
-//! placeholder
+//! Forwarding: subscriptions, the retry schedule against a scripted target,
+//! dead letters, replay, restarts, and signatures checked by an independent
+//! Standard Webhooks implementation.
+
+use std::time::Duration;
+
+use webhook_relay::delivery::{Outcome, State};
+use webhook_relay::signing::SigningKey;
+use webhook_relay::spool::NotificationId;
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn post_tus(relay: &TestRelay, hook: &str, evento: &str) -> NotificationId {
+    let (status, json) = relay
+        .post(
+            &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
+            tusfacturas(hook, evento, 1),
+        )
+        .await;
+    assert_eq!(status, 200, "{json}");
+    NotificationId::parse(json["id"].as_str().unwrap()).unwrap()
+}
+
+/// Waits until the delivery of `id` to `subscription` is final and returns it.
+async fn final_delivery(
+    relay: &TestRelay,
+    id: NotificationId,
+    subscription: &str,
+) -> webhook_relay::delivery::Delivery {
+    let spool = &relay.relay().spool;
+    let mut found = None;
+    eventually(WAIT, "the delivery to end", || {
+        found = spool
+            .deliveries_of(id)
+            .unwrap()
+            .into_iter()
+            .find(|d| d.subscription == subscription && d.is_final());
+        found.is_some()
+    })
+    .await;
+    found.unwrap()
+}
+
+fn header<'a>(received: &'a Received, name: &str) -> &'a str {
+    received
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn failures_are_retried_at_the_configured_spacing_until_success() {
+    let target = Target::start(vec![
+        Reply::Status(500),
+        Reply::Status(410),
+        Reply::Status(200),
+    ])
+    .await;
+    let relay = TestRelay::start(&subscription("erp", &target.url(), "")).await;
+    let id = post_tus(&relay, "h1", "emitido").await;
+    let got = target.wait_for(3, WAIT).await;
+
+    let attempts: Vec<&str> = got.iter().map(|r| header(r, "x-relay-attempt")).collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(
+        gaps[0] >= Duration::from_millis(50) && gaps[0] < Duration::from_millis(400),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps[1] >= Duration::from_millis(100) && gaps[1] < Duration::from_millis(450),
+        "{gaps:?}"
+    );
+    assert!(
+        got.iter()
+            .all(|r| header(r, "webhook-id") == id.to_string()),
+        "webhook-id is stable"
+    );
+
+    let delivery = final_delivery(&relay, id, "erp").await;
+    assert!(matches!(delivery.state, State::Delivered { .. }));
+    let codes: Vec<Outcome> = delivery
+        .attempts
+        .iter()
+        .map(|a| a.outcome.clone())
+        .collect();
+    let status = |code| Outcome::Status {
+        code,
+        retry_after_ms: None,
+    };
+    assert_eq!(codes, [status(500), status(410), status(200)]);
+    assert_eq!(target.count(), 3, "nothing more after success");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_last_failure_makes_the_delivery_dead_and_a_replay_revives_it() {
+    let script = vec![Reply::Status(503); 4];
+    let target = Target::start(script).await;
+    let relay = TestRelay::start(&subscription("erp", &target.url(), "")).await;
+    let id = post_tus(&relay, "h-dead", "emitido").await;
+    let delivery = final_delivery(&relay, id, "erp").await;
+    assert!(
+        matches!(delivery.state, State::Dead { .. }),
+        "{:?}",
+        delivery.state
+    );
+    assert_eq!(
+        delivery.attempts.len(),
+        4,
+        "1 attempt + one per wait of the schedule"
+    );
+    assert_eq!(target.count(), 4);
+    assert_eq!(
+        relay.relay().spool.next_due_ms("erp", |_| false).unwrap(),
+        None,
+        "a dead delivery is not due"
+    );
+
+    // The script is used up: the target now answers 200.
+    let now = webhook_relay::clock::Clock::new().now_ms();
+    assert!(relay.relay().spool.replay(id, "erp", now).await.unwrap());
+    target.wait_for(5, WAIT).await;
+    let delivery = final_delivery(&relay, id, "erp").await;
+    assert!(
+        matches!(delivery.state, State::Delivered { .. }),
+        "{:?}",
+        delivery.state
+    );
+    assert_eq!(delivery.attempts.len(), 5, "history kept across the replay");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn timeouts_refusals_resets_and_retry_after_are_recorded_as_such() {
+    let target = Target::start(vec![
+        Reply::Hang(Duration::from_secs(2)),
+        Reply::CloseMidResponse,
+        Reply::StatusRetryAfter(429, 1),
+        Reply::Status(200),
+    ])
+    .await;
+    let refused = format!("http://127.0.0.1:{}/hook", closed_port().await);
+    let subs = format!(
+        "{}{}",
+        subscription("erp", &target.url(), ""),
+        subscription("down", &refused, "")
+    );
+    let relay = TestRelay::start(&subs).await;
+    let id = post_tus(&relay, "h-kinds", "emitido").await;
+
+    let delivery = final_delivery(&relay, id, "erp").await;
+    let kinds: Vec<Outcome> = delivery
+        .attempts
+        .iter()
+        .map(|a| a.outcome.clone())
+        .collect();
+    assert_eq!(kinds[0], Outcome::Timeout);
+    assert!(matches!(kinds[1], Outcome::Io { .. }), "{:?}", kinds[1]);
+    assert_eq!(
+        kinds[2],
+        Outcome::Status {
+            code: 429,
+            retry_after_ms: Some(1000)
+        }
+    );
+    assert_eq!(
+        kinds[3],
+        Outcome::Status {
+            code: 200,
+            retry_after_ms: None
+        }
+    );
+    let got = target.received();
+    // Retry-After: 1 s is later than the 150 ms wait, so the wait is capped at the longest (150 ms).
+    assert!(
+        got[3].at - got[2].at >= Duration::from_millis(150),
+        "{:?}",
+        got[3].at - got[2].at
+    );
+    assert!(
+        delivery.attempts[0].duration_ms >= 500,
+        "first attempt runs to timeout_first"
+    );
+
+    let down = final_delivery(&relay, id, "down").await;
+    assert!(matches!(down.state, State::Dead { .. }));
+    assert!(
+        down.attempts.iter().all(|a| a.outcome == Outcome::Connect),
+        "{:?}",
+        down.attempts
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_are_independent_and_filters_skip_what_they_should() {
+    let ok = Target::start(vec![]).await;
+    let flaky = Target::start(vec![Reply::Status(500), Reply::Status(500)]).await;
+    let issued_only = Target::start(vec![]).await;
+    let datil_only = Target::start(vec![]).await;
+    let subs = [
+        subscription("ok", &ok.url(), ""),
+        subscription("flaky", &flaky.url(), ""),
+        subscription("issued", &issued_only.url(), "events = [\"*.emitido\"]"),
+        subscription("datil", &datil_only.url(), "sources = [\"datil\"]"),
+    ]
+    .concat();
+    let relay = TestRelay::start(&subs).await;
+    let queued = post_tus(&relay, "h-f", "encolado").await;
+    let issued = post_tus(&relay, "h-f", "emitido").await;
+    for id in [queued, issued] {
+        assert!(matches!(
+            final_delivery(&relay, id, "ok").await.state,
+            State::Delivered { .. }
+        ));
+        let flaky_delivery = final_delivery(&relay, id, "flaky").await;
+        assert!(matches!(flaky_delivery.state, State::Delivered { .. }));
+    }
+    assert_eq!(ok.count(), 2, "one attempt each");
+    assert_eq!(flaky.count(), 4, "two failures then one success each");
+    let issued_got = issued_only.wait_for(1, WAIT).await;
+    assert_eq!(
+        header(&issued_got[0], "x-relay-event"),
+        "facturacion.emitido"
+    );
+    let names = |id| -> Vec<String> {
+        let mut names: Vec<String> = relay
+            .relay()
+            .spool
+            .deliveries_of(id)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.subscription)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names(queued),
+        ["flaky", "ok"],
+        "filters decide at spool time"
+    );
+    assert_eq!(names(issued), ["flaky", "issued", "ok"]);
+    assert_eq!(datil_only.count(), 0);
+    assert_eq!(issued_only.count(), 1);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_target_receives_the_original_body_signed_with_relay_headers() {
+    let target = Target::start(vec![]).await;
+    let relay = TestRelay::start(&subscription(
+        "erp",
+        &target.url(),
+        "headers = { x-tenant = \"acme\" }",
+    ))
+    .await;
+    let body = tusfacturas("h-sig", "emitido", 1).replace(": ", ":   ");
+    let (_, json) = relay
+        .post(&format!("/hooks/tusfacturas/{TUS_TOKEN}"), body.clone())
+        .await;
+    let got = target.wait_for(1, WAIT).await;
+    let request = &got[0];
+    assert_eq!(request.body.as_ref(), body.as_bytes(), "byte for byte");
+    assert_eq!(header(request, "webhook-id"), json["id"].as_str().unwrap());
+    assert_eq!(header(request, "x-relay-source"), "tusfacturas");
+    assert_eq!(header(request, "x-relay-event"), "facturacion.emitido");
+    assert_eq!(header(request, "x-relay-subject"), "17032");
+    assert_eq!(header(request, "x-relay-attempt"), "1");
+    assert_eq!(header(request, "x-tenant"), "acme");
+    assert_eq!(header(request, "content-type"), "application/json");
+    assert!(header(request, "x-relay-received-at").ends_with('Z'));
+    let timestamp: i64 = header(request, "webhook-timestamp").parse().unwrap();
+    let key = SigningKey::from_secret(SECRET).unwrap();
+    assert!(key.verify(
+        header(request, "webhook-id"),
+        timestamp,
+        &request.body,
+        header(request, "webhook-signature")
+    ));
+    verify_with_standardwebhooks(request);
+    relay.stop().await;
+}
+
+/// Checks the signature with the `standardwebhooks` PyPI package (installed by `.ci/run`).
+fn verify_with_standardwebhooks(request: &Received) {
+    let headers: serde_json::Map<String, serde_json::Value> =
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+            .iter()
+            .map(|name| (name.to_string(), header(request, name).into()))
+            .collect();
+    let script = "import json, os, sys\nfrom standardwebhooks import Webhook\nbody = sys.stdin.buffer.read()\nWebhook(os.environ['SECRET']).verify(body, json.loads(os.environ['HEADERS']))\nprint('verified')\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("SECRET", SECRET)
+        .env("HEADERS", serde_json::Value::Object(headers).to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&request.body)
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success() && output.stdout.starts_with(b"verified"),
+        "standardwebhooks rejected the signature (pip install standardwebhooks?): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn waiting_deliveries_resume_after_a_restart() {
+    let target = Target::start(vec![]).await;
+    let refused = format!("http://127.0.0.1:{}/hook", closed_port().await);
+    // First run: the target is down and the schedule long, so the delivery waits.
+    let slow = |url: &str| {
+        format!("\n[[subscriptions]]\nname = \"erp\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\nschedule = [\"1s\", \"1h\"]\njitter = 0.0\n")
+    };
+    let relay = TestRelay::start(&slow(&refused)).await;
+    let id = post_tus(&relay, "h-restart", "emitido").await;
+    let spool = relay.relay().spool.clone();
+    eventually(WAIT, "the first attempt to fail", || {
+        spool.deliveries_of(id).unwrap()[0].attempts.len() == 1
+    })
+    .await;
+    drop(spool);
+    let dir = relay.stop().await;
+
+    // Second run on the same spool, target up: the waiting delivery goes out.
+    let text = format!("{}{}", base_config(dir.path()), slow(&target.url()));
+    let config = webhook_relay::config::Config::parse(&text).unwrap();
+    let relay = webhook_relay::app::Relay::start(config).await.unwrap();
+    let got = target.wait_for(1, WAIT).await;
+    assert_eq!(header(&got[0], "webhook-id"), id.to_string());
+    assert_eq!(header(&got[0], "x-relay-attempt"), "2");
+    relay.stop().await.unwrap();
+}
