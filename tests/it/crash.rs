@@ -1,1 +1,276 @@
-//! placeholder
+//! Crash tests on the built binary: SIGKILL at random moments under load,
+//! restart on the same spool, and check that nothing acknowledged is lost
+//! (ingest) and that everything acknowledged reaches its target (forwarding).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_webhook-relay");
+
+/// The built relay, started on a config file, with its ingress address.
+struct RelayProcess {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl RelayProcess {
+    async fn spawn(config: &Path) -> RelayProcess {
+        let mut child = Command::new(BINARY)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn,webhook_relay::app=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the relay binary starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if log["fields"]["message"] == "ingress listening" {
+                    return log["fields"]["addr"].as_str().unwrap().parse().unwrap();
+                }
+                assert_ne!(log["level"], "ERROR", "relay failed to start: {line}");
+            }
+            panic!("relay exited before listening");
+        })
+        .await
+        .expect("relay listens within 30 s");
+        // Keep draining its log so the pipe never blocks it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        RelayProcess { child, addr }
+    }
+
+    async fn sigkill(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    async fn sigterm(mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(exit.success(), "clean stop after SIGTERM: {exit:?}");
+    }
+}
+
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, format!("{}{extra}", base_config(dir))).unwrap();
+    path
+}
+
+/// Providers posting unique notifications from concurrent keep-alive
+/// connections until the relay dies; records every one answered 200.
+struct Load {
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(relay_addr: std::net::SocketAddr, cert: &Path, clients: usize, round: usize) -> Load {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|client_no| {
+                let client = provider_client(cert);
+                let acked = acked.clone();
+                let url = format!(
+                    "https://localhost:{}/hooks/tusfacturas/{TUS_TOKEN}",
+                    relay_addr.port()
+                );
+                tokio::spawn(async move {
+                    // Bounded: a round never posts more than this per client.
+                    for n in 0..5_000 {
+                        let body =
+                            tusfacturas(&format!("r{round}-c{client_no}-n{n}"), "emitido", 1);
+                        let Ok(response) = client.post(&url).body(body.clone()).send().await else {
+                            return;
+                        };
+                        if response.status() != 200 {
+                            continue;
+                        }
+                        let Ok(text) = response.text().await else {
+                            return;
+                        };
+                        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+                        let id = json["id"].as_str().unwrap().to_owned();
+                        acked.lock().unwrap().push((id, body));
+                    }
+                })
+            })
+            .collect();
+        Load { acked, tasks }
+    }
+
+    /// Waits for the clients to notice the relay is gone.
+    async fn finish(self) -> Vec<(String, String)> {
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+/// Runs `rounds` of: start the binary, load it, SIGKILL it at a random moment.
+async fn kill_rounds(dir: &Path, config: &Path, rounds: usize) -> Vec<(String, String)> {
+    let cert = dir.join("tls/self-signed.crt");
+    let mut acked = Vec::new();
+    let mut rng = rand::rng();
+    for round in 0..rounds {
+        let relay = RelayProcess::spawn(config).await;
+        let load = Load::start(relay.addr, &cert, 8, round);
+        let moment = Duration::from_millis(rng.random_range(100..600));
+        tokio::time::sleep(moment).await;
+        relay.sigkill().await;
+        let round_acked = load.finish().await;
+        eprintln!(
+            "round {round}: SIGKILL after {moment:?}, {} acknowledged",
+            round_acked.len()
+        );
+        acked.extend(round_acked);
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_notification() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let acked = kill_rounds(dir.path(), &config, 10).await;
+    assert!(
+        acked.len() >= 100,
+        "the load must have been real: {} acknowledged",
+        acked.len()
+    );
+
+    // The spool opens after the last SIGKILL, and a clean stop leaves it ready to dump.
+    RelayProcess::spawn(&config).await.sigterm().await;
+    let spooled = dump(&config).await;
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|(id, _)| !spooled.contains_key(id))
+        .map(|(id, _)| id)
+        .collect();
+    eprintln!(
+        "{} acknowledged over 10 SIGKILLs, {} spooled, {} lost",
+        acked.len(),
+        spooled.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    for (id, body) in &acked {
+        assert_eq!(&spooled[id], body, "body of {id} kept byte for byte");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_forwarding_still_delivers_everything_acknowledged() {
+    init();
+    let target = Target::start(vec![]).await;
+    target.fail_randomly(0.2);
+    let dir = tempfile::tempdir().unwrap();
+    let sub = format!(
+        "\n[[subscriptions]]\nname = \"erp\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nschedule = [\"20ms\", \"50ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\"]\nmax_in_flight = 16\n",
+        target.url()
+    );
+    let config = write_config(dir.path(), &sub);
+    let acked = kill_rounds(dir.path(), &config, 5).await;
+    assert!(
+        acked.len() >= 50,
+        "the load must have been real: {} acknowledged",
+        acked.len()
+    );
+
+    let relay = RelayProcess::spawn(&config).await;
+    let wanted: HashSet<String> = acked.iter().map(|(id, _)| id.clone()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut missing: Vec<String> = wanted.iter().cloned().collect();
+    while !missing.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let seen = target.successes();
+        missing.retain(|id| !seen.contains(id));
+    }
+    relay.sigterm().await;
+    if !missing.is_empty() {
+        let output = Command::new(BINARY)
+            .args(["spool", "dump", "--deliveries", "--config"])
+            .arg(&config)
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        let sample: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(missing[0].as_str()))
+            .collect();
+        let seen: Vec<String> = target.successes().into_iter().take(3).collect();
+        panic!(
+            "{} of {} never reached the target ({} requests seen, e.g. {seen:?}); e.g. {sample:?}",
+            missing.len(),
+            wanted.len(),
+            target.count()
+        );
+    }
+    let received = target.received();
+    let unique: HashSet<&str> = received
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap())
+        .collect();
+    eprintln!(
+        "forwarding crash test: {} acknowledged, {} requests at the target for {} ids ({} repeats, failures included), 0 lost",
+        wanted.len(),
+        received.len(),
+        unique.len(),
+        received.len() - unique.len()
+    );
+    eprintln!(
+        "duplicates delivered successfully more than once: {}",
+        target.duplicate_successes()
+    );
+}
+
+async fn dump(config: &Path) -> HashMap<String, String> {
+    let output = Command::new(BINARY)
+        .args(["spool", "dump", "--config"])
+        .arg(config)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "spool dump: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                record["id"].as_str().unwrap().to_owned(),
+                record["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}

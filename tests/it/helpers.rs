@@ -217,6 +217,10 @@ pub struct Received {
 struct TargetState {
     script: Mutex<VecDeque<Reply>>,
     received: Mutex<Vec<Received>>,
+    /// webhook-id of every request answered 2xx, with how often.
+    successes: Mutex<std::collections::HashMap<String, usize>>,
+    /// Share of unscripted requests answered 500.
+    failure_ratio: Mutex<f64>,
     arrived: Notify,
 }
 
@@ -262,6 +266,32 @@ impl Target {
         self.state.received.lock().unwrap().clone()
     }
 
+    pub fn fail_randomly(&self, ratio: f64) {
+        *self.state.failure_ratio.lock().unwrap() = ratio;
+    }
+
+    /// The webhook-ids answered with success at least once.
+    pub fn successes(&self) -> std::collections::HashSet<String> {
+        self.state
+            .successes
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// How many ids were answered with success more than once.
+    pub fn duplicate_successes(&self) -> usize {
+        self.state
+            .successes
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|n| **n > 1)
+            .count()
+    }
+
     pub fn count(&self) -> usize {
         self.state.received.lock().unwrap().len()
     }
@@ -293,18 +323,30 @@ async fn respond(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let scripted = state.script.lock().unwrap().pop_front();
+    let reply = scripted.unwrap_or_else(|| {
+        let ratio = *state.failure_ratio.lock().unwrap();
+        if ratio > 0.0 && rand::random::<f64>() < ratio {
+            Reply::Status(500)
+        } else {
+            Reply::Status(200)
+        }
+    });
+    if matches!(reply, Reply::Status(200)) {
+        let id = parts
+            .headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        *state.successes.lock().unwrap().entry(id).or_default() += 1;
+    }
     state.received.lock().unwrap().push(Received {
         headers: parts.headers,
         body,
         at: tokio::time::Instant::now(),
     });
     state.arrived.notify_waiters();
-    let reply = state
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
-        .unwrap_or(Reply::Status(200));
     let full = |status: u16| {
         let mut response = Response::new(
             Full::new(Bytes::from_static(b"{}"))
