@@ -25,6 +25,10 @@ pub use target::{parse_retry_after, Target, TargetError};
 
 /// Longest nap of an idle worker: a backstop, wake-ups normally come first.
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
+/// How long a delivery whose outcome could not be recorded (spool full or
+/// failing) is held back before it is tried again, so a broken disk does
+/// not turn into a busy loop.
+const RECORD_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
 pub struct Forwarder {
     spool: Spool,
@@ -123,7 +127,7 @@ impl Worker {
                     _ = stop.wait_for(|s| *s) => break,
                 }
             }
-            self.set_in_flight(due.id, true);
+            self.mark_in_flight(due.id);
             let attempt = Attempt {
                 target: self.target.clone(),
                 spool: self.spool.clone(),
@@ -132,7 +136,9 @@ impl Worker {
             let (in_flight, finished) = (self.in_flight.clone(), self.finished.clone());
             attempts.spawn(async move {
                 let id = due.id;
-                attempt.run(due).await;
+                if !attempt.run(due).await {
+                    tokio::time::sleep(RECORD_FAILURE_BACKOFF).await;
+                }
                 drop(permits);
                 lock(&in_flight).remove(&id);
                 finished.notify_one();
@@ -173,13 +179,8 @@ impl Worker {
         lock(&self.in_flight).contains(&id)
     }
 
-    fn set_in_flight(&self, id: NotificationId, on: bool) {
-        let mut set = lock(&self.in_flight);
-        if on {
-            set.insert(id);
-        } else {
-            set.remove(&id);
-        }
+    fn mark_in_flight(&self, id: NotificationId) {
+        lock(&self.in_flight).insert(id);
     }
 }
 
@@ -215,7 +216,8 @@ struct Attempt {
 }
 
 impl Attempt {
-    async fn run(self, due: DueDelivery) {
+    /// Returns whether the outcome was recorded.
+    async fn run(self, due: DueDelivery) -> bool {
         let mut delivery = due.delivery.clone();
         let started = self.clock.now_ms();
         let number = match delivery.start(started) {
@@ -223,8 +225,7 @@ impl Attempt {
             Err(err) => {
                 // A final delivery with a stale due entry: recording drops the entry.
                 tracing::warn!(id = %due.id, subscription = %due.subscription, error = %err, "due entry of a finished delivery");
-                self.record(&due, &delivery);
-                return;
+                return self.record(&due, &delivery);
             }
         };
         let outcome = self.target.send(&due.notification, number, started).await;
@@ -234,7 +235,7 @@ impl Attempt {
             Ok(decision) => decision,
             Err(err) => {
                 tracing::error!(id = %due.id, error = %err, "delivery state machine refused an outcome");
-                return;
+                return false;
             }
         };
         let fields = (due.id, due.subscription.as_str(), number, now - started);
@@ -251,13 +252,17 @@ impl Attempt {
                 "delivery is dead after its last attempt; an admin can replay it"
             ),
         }
-        self.record(&due, &delivery);
+        self.record(&due, &delivery)
     }
 
-    fn record(&self, due: &DueDelivery, delivery: &crate::delivery::Delivery) {
-        if let Err(err) = self.spool.record(due, delivery) {
-            // The due entry is unchanged, so the delivery is made again: at-least-once.
-            tracing::error!(id = %due.id, subscription = %due.subscription, error = %err, "cannot record an outcome");
+    fn record(&self, due: &DueDelivery, delivery: &crate::delivery::Delivery) -> bool {
+        match self.spool.record(due, delivery) {
+            Ok(()) => true,
+            Err(err) => {
+                // The due entry is unchanged, so the delivery is made again: at-least-once.
+                tracing::error!(id = %due.id, subscription = %due.subscription, error = %err, "cannot record an outcome");
+                false
+            }
         }
     }
 }

@@ -24,9 +24,13 @@ struct RelayProcess {
 
 impl RelayProcess {
     async fn spawn(config: &Path) -> RelayProcess {
-        let mut child = Command::new(BINARY)
-            .args(["serve", "--config"])
-            .arg(config)
+        let mut command = Command::new(BINARY);
+        command.args(["serve", "--config"]).arg(config);
+        RelayProcess::spawn_command(command).await
+    }
+
+    async fn spawn_command(mut command: Command) -> RelayProcess {
+        let mut child = command
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "warn,webhook_relay::app=info")
             .stdout(Stdio::null())
@@ -273,4 +277,80 @@ async fn dump(config: &Path) -> HashMap<String, String> {
             )
         })
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gets_503_never_a_false_200_and_loses_nothing_acknowledged() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    // RLIMIT_FSIZE stands in for a full disk: sled's writes past 2 MiB fail
+    // (EFBIG) the way they would with ENOSPC. SIGXFSZ is ignored so the write
+    // fails instead of killing the process.
+    let mut command = Command::new("bash");
+    command
+        .args([
+            "-c",
+            "ulimit -f 2048; trap '' XFSZ; exec \"$0\" serve --config \"$1\"",
+        ])
+        .arg(BINARY)
+        .arg(&config);
+    let mut relay = RelayProcess::spawn_command(command).await;
+    let client = provider_client(&dir.path().join("tls/self-signed.crt"));
+    let url = format!(
+        "https://localhost:{}/hooks/tusfacturas/{TUS_TOKEN}",
+        relay.addr.port()
+    );
+    let pad = "x".repeat(6_000);
+    let (mut acked, mut unavailable) = (Vec::new(), 0);
+    for n in 0..2_000 {
+        let body = format!(
+            r#"{{"evento": "emitido", "recurso": "facturacion", "external_reference": "{n}", "hook_id": "full-{n}", "pad": "{pad}"}}"#
+        );
+        let response = client
+            .post(&url)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("the relay keeps answering");
+        match response.status().as_u16() {
+            200 => {
+                let json: serde_json::Value =
+                    serde_json::from_str(&response.text().await.unwrap()).unwrap();
+                acked.push((json["id"].as_str().unwrap().to_owned(), body));
+            }
+            503 => {
+                assert!(response.headers().contains_key("retry-after"));
+                unavailable += 1;
+                if unavailable >= 20 {
+                    break;
+                }
+            }
+            other => panic!("unexpected status {other} on a full disk"),
+        }
+    }
+    assert!(
+        unavailable >= 20,
+        "the disk never filled: {} stored",
+        acked.len()
+    );
+    assert!(!acked.is_empty());
+    assert!(
+        relay.child.try_wait().unwrap().is_none(),
+        "a full disk must not crash the relay"
+    );
+    relay.sigkill().await;
+
+    // With room again, everything acknowledged is there.
+    RelayProcess::spawn(&config).await.sigterm().await;
+    let spooled = dump(&config).await;
+    let lost = acked
+        .iter()
+        .filter(|(id, _)| !spooled.contains_key(id))
+        .count();
+    eprintln!(
+        "full disk: {} acknowledged, {unavailable} answered 503, {lost} lost",
+        acked.len()
+    );
+    assert_eq!(lost, 0);
 }
