@@ -1,0 +1,386 @@
+//! relay-bench: measures webhook-relay on loopback against a bare hyper
+//! server measured the same way in the same run, and prints the figures.
+//!
+//! `cargo run --release --bin relay-bench -- all` runs every scenario:
+//! - ingest:   durable ingest (every 200 covered by a flush + fdatasync) vs a
+//!   bare TLS hyper server answering 200, N keep-alive connections each;
+//!   also the relay without fdatasync, to show what the sync costs.
+//! - forward:  deliveries per second to a local target from a ready backlog,
+//!   and end-to-end latency (provider POST → target receipt) at a fixed rate.
+//! - backlog:  the relay's RSS while a million deliveries wait in the spool.
+
+mod load;
+mod servers;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::time::Instant;
+
+use load::Stats;
+use servers::{ChildServer, Target};
+
+const TOKEN: &str = "bench-token-0123456789";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[derive(Parser)]
+#[command(about = "Benchmarks webhook-relay against a bare hyper server")]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// Concurrent keep-alive connections of the closed-loop load.
+    #[arg(long, default_value_t = 64, global = true)]
+    connections: usize,
+    /// Seconds each closed-loop measurement runs.
+    #[arg(long, default_value_t = 5, global = true)]
+    seconds: u64,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    Ingest,
+    Forward {
+        /// Notifications in the ready backlog.
+        #[arg(long, default_value_t = 20_000)]
+        backlog: u64,
+    },
+    Backlog {
+        /// Notifications to spool; each fans out to 10 subscriptions.
+        #[arg(long, default_value_t = 100_000)]
+        notifications: u64,
+    },
+    All,
+    /// (internal) the bare baseline server.
+    #[command(hide = true)]
+    BareServer {
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    let args = Args::parse();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        match args.scenario {
+            Scenario::BareServer { cert, key } => servers::run_bare_server(cert.zip(key)).await,
+            Scenario::Ingest => ingest(&args_settings(&args)).await,
+            Scenario::Forward { backlog } => forward(&args_settings(&args), backlog).await,
+            Scenario::Backlog { notifications } => backlog(notifications).await,
+            Scenario::All => {
+                let settings = args_settings(&args);
+                ingest(&settings).await;
+                forward(&settings, 20_000).await;
+                backlog(100_000).await;
+            }
+        }
+    });
+}
+
+struct Settings {
+    connections: usize,
+    duration: Duration,
+}
+
+fn args_settings(args: &Args) -> Settings {
+    Settings {
+        connections: args.connections.max(1),
+        duration: Duration::from_secs(args.seconds.max(1)),
+    }
+}
+
+/// A scratch directory with a certificate and a relay config.
+struct Workspace {
+    dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        webhook_relay::ingress::tls::ensure_self_signed(&cert, &key).expect("bench certificate");
+        Workspace { dir, cert, key }
+    }
+
+    fn config(&self, name: &str, sync_data: bool, subscriptions: &str) -> PathBuf {
+        let spool = self.dir.path().join(name);
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+tls_cert = "{cert}"
+tls_key = "{key}"
+max_connections = 4096
+
+[spool]
+path = "{spool}"
+sync_data = {sync_data}
+
+[forwarder]
+max_in_flight = 1024
+
+[sources.tusfacturas]
+provider = "tusfacturas"
+token = "{TOKEN}"
+{subscriptions}
+"#,
+            cert = self.cert.display(),
+            key = self.key.display(),
+            spool = spool.display(),
+        );
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("bench config");
+        path
+    }
+
+    fn cert_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.cert).expect("bench certificate")
+    }
+}
+
+fn subscription(name: &str, url: &str, max_in_flight: usize) -> String {
+    format!(
+        "\n[[subscriptions]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\ntimeout_first = \"120s\"\ntimeout_retry = \"120s\"\nmax_in_flight = {max_in_flight}\n"
+    )
+}
+
+fn notification(prefix: &'static str) -> impl Fn(u64) -> String + Send + Sync + 'static {
+    move |n| {
+        format!(
+            r#"{{"creado": "18/03/2022 15:58:11", "evento": "emitido", "recurso": "facturacion", "external_reference": "{n}", "intento": 1, "msg": [], "hook_id": "{prefix}-{n}"}}"#
+        )
+    }
+}
+
+fn hooks_url(addr: std::net::SocketAddr) -> String {
+    format!(
+        "https://localhost:{}/hooks/tusfacturas/{TOKEN}",
+        addr.port()
+    )
+}
+
+fn print_row(name: &str, stats: &Stats, baseline: Option<f64>) {
+    let ratio = baseline.map_or(String::from("-"), |b| {
+        format!("{:.0} %", 100.0 * stats.rate() / b)
+    });
+    println!(
+        "{name:<34} {:>10.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ok {:>7}  failed {:>4}  vs bare {ratio}",
+        stats.rate(),
+        stats.percentile_ms(0.50),
+        stats.percentile_ms(0.99),
+        stats.ok,
+        stats.failed
+    );
+}
+
+async fn measure(url: &str, pem: &[u8], settings: &Settings, prefix: &'static str) -> Stats {
+    let client = load::client(Some(pem), settings.connections);
+    // Warm-up: open the connections and the TLS sessions.
+    load::closed_loop(
+        &client,
+        url,
+        settings.connections,
+        Duration::from_millis(500),
+        5_000,
+        notification("warm"),
+    )
+    .await;
+    load::closed_loop(
+        &client,
+        url,
+        settings.connections,
+        settings.duration,
+        2_000_000,
+        notification(prefix),
+    )
+    .await
+}
+
+async fn ingest(settings: &Settings) {
+    println!(
+        "\n== ingest: {} keep-alive TLS connections, {} s each, HTTP/1.1 ==",
+        settings.connections,
+        settings.duration.as_secs()
+    );
+    let ws = Workspace::new();
+    let pem = ws.cert_pem();
+    let bare = ChildServer::bare(Some((&ws.cert, &ws.key))).await;
+    let url = format!("https://localhost:{}/", bare.addr.port());
+    let baseline = measure(&url, &pem, settings, "bare").await;
+    bare.stop().await;
+    print_row("bare hyper + rustls (baseline)", &baseline, None);
+
+    for (name, sync_data) in [
+        ("relay, flush + fdatasync", true),
+        ("relay, flush only (no fdatasync)", false),
+    ] {
+        let config = ws.config(if sync_data { "synced" } else { "unsynced" }, sync_data, "");
+        let relay = ChildServer::relay(&config).await;
+        let stats = measure(
+            &hooks_url(relay.addr),
+            &pem,
+            settings,
+            if sync_data { "s" } else { "u" },
+        )
+        .await;
+        let (_, peak) = relay.rss_mib();
+        relay.stop().await;
+        print_row(name, &stats, Some(baseline.rate()));
+        let spool = ws
+            .dir
+            .path()
+            .join(if sync_data { "synced" } else { "unsynced" });
+        let stored = stats.ok + 5_000;
+        println!(
+            "{:<34} peak RSS {peak:.1} MiB, spool {:.0} bytes on disk per notification",
+            "",
+            dir_size(&spool) as f64 / stored as f64
+        );
+    }
+}
+
+async fn forward(settings: &Settings, backlog: u64) {
+    println!("\n== forward: {backlog} ready deliveries to a local HTTP target ==");
+    let ws = Workspace::new();
+    let pem = ws.cert_pem();
+
+    // Throughput: fill the spool while the target holds its answers, then open it.
+    let target = Target::start(false).await;
+    let config = ws.config("forward", true, &subscription("bench", &target.url(), 64));
+    let relay = ChildServer::relay(&config).await;
+    let client = load::client(Some(&pem), settings.connections);
+    let url = hooks_url(relay.addr);
+    let filled = load::closed_loop(
+        &client,
+        &url,
+        settings.connections,
+        Duration::from_secs(300),
+        backlog,
+        notification("fw"),
+    )
+    .await;
+    let started = Instant::now();
+    target.open();
+    let all = target
+        .wait_for(filled.ok as usize, Duration::from_secs(300))
+        .await;
+    let elapsed = started.elapsed();
+    let (_, peak) = relay.rss_mib();
+    relay.stop().await;
+    println!(
+        "deliveries: {} of {} in {:.2} s = {:.0} deliveries/s ({} requests at the target), relay peak RSS {peak:.1} MiB{}",
+        target.distinct(),
+        filled.ok,
+        elapsed.as_secs_f64(),
+        target.distinct() as f64 / elapsed.as_secs_f64(),
+        target.requests(),
+        if all { "" } else { "  (INCOMPLETE)" }
+    );
+
+    // End-to-end latency at a fixed, moderate rate.
+    let target = Target::start(true).await;
+    let config = ws.config("latency", true, &subscription("bench", &target.url(), 64));
+    let relay = ChildServer::relay(&config).await;
+    let url = hooks_url(relay.addr);
+    let (rate, count) = (500u32, 2_500u64);
+    let body = notification("e2e");
+    let (sent_at, failed) = load::open_loop(&client, &url, rate, count, body).await;
+    target
+        .wait_for(count as usize - failed as usize, Duration::from_secs(60))
+        .await;
+    let mut latencies: Vec<u64> = (0..count)
+        .filter_map(|n| {
+            Some((target.first_seen(&format!("e2e-{n}"))? - sent_at[n as usize]).as_micros() as u64)
+        })
+        .collect();
+    latencies.sort_unstable();
+    let (_, peak) = relay.rss_mib();
+    relay.stop().await;
+    println!(
+        "end-to-end at {rate}/s: p50 {:.2} ms  p99 {:.2} ms  ({} of {count} delivered, {failed} posts failed), relay peak RSS {peak:.1} MiB",
+        load::percentile_ms(&latencies, 0.50),
+        load::percentile_ms(&latencies, 0.99),
+        latencies.len()
+    );
+}
+
+async fn backlog(notifications: u64) {
+    let subscriptions = 10;
+    println!(
+        "\n== backlog: {notifications} notifications x {subscriptions} subscriptions = {} waiting deliveries ==",
+        notifications * subscriptions
+    );
+    let ws = Workspace::new();
+    let pem = ws.cert_pem();
+    // The target never answers: every delivery stays waiting in the spool.
+    let target = Target::start(false).await;
+    let subs: String = (0..subscriptions)
+        .map(|i| subscription(&format!("app{i}"), &target.url(), 4))
+        .collect();
+    let config = ws.config("backlog", true, &subs);
+    let relay = ChildServer::relay(&config).await;
+    let client = load::client(Some(&pem), 64);
+    let url = hooks_url(relay.addr);
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut stored = 0;
+    while stored < notifications {
+        let chunk = (notifications - stored).min(20_000);
+        let stats = load::closed_loop(&client, &url, 64, Duration::from_secs(600), chunk, {
+            let offset = stored;
+            move |n| notification("bl")(n + offset)
+        })
+        .await;
+        stored += stats.ok;
+        if stats.ok == 0 {
+            println!(
+                "backlog: the relay stopped accepting ({} failed)",
+                stats.failed
+            );
+            break;
+        }
+        if last_report.elapsed() > Duration::from_secs(10) || stored >= notifications {
+            let (rss, peak) = relay.rss_mib();
+            println!(
+                "  {stored} notifications spooled ({:.0}/s), relay RSS {rss:.1} MiB, peak {peak:.1} MiB",
+                stored as f64 / started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+    }
+    // Let the forwarder scan its due index with the whole backlog present.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss, peak) = relay.rss_mib();
+    println!(
+        "with {} deliveries waiting: relay RSS {rss:.1} MiB, peak {peak:.1} MiB, spool {:.1} MiB on disk ({:.0} bytes per notification)",
+        stored * subscriptions,
+        dir_size(&ws.dir.path().join("backlog")) as f64 / (1 << 20) as f64,
+        dir_size(&ws.dir.path().join("backlog")) as f64 / stored.max(1) as f64
+    );
+    relay.stop().await;
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => dir_size(&entry.path()),
+                    Ok(meta) => meta.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
