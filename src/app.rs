@@ -143,8 +143,6 @@ async fn run(
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     };
-    let (flusher_stop, flusher_stopped) = watch::channel(false);
-    let flusher = tokio::spawn(spool.flusher(signal(flusher_stopped)));
     let (forwarder_stop, forwarder_stopped) = watch::channel(false);
     let forwarding = tokio::spawn(forwarder.run(signal(forwarder_stopped)));
     let maintenance = tokio::spawn(maintain(ingress.clone(), spool.clone(), clock));
@@ -154,8 +152,7 @@ async fn run(
     let _ = forwarder_stop.send(true);
     let _ = forwarding.await;
     maintenance.abort();
-    let _ = flusher_stop.send(true);
-    let _ = flusher.await;
+    spool.close().await;
     tracing::info!("spool flushed; relay stopped");
 }
 

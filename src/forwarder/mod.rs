@@ -225,7 +225,7 @@ impl Attempt {
             Err(err) => {
                 // A final delivery with a stale due entry: recording drops the entry.
                 tracing::warn!(id = %due.id, subscription = %due.subscription, error = %err, "due entry of a finished delivery");
-                return self.record(&due, &delivery);
+                return self.record(&due, &delivery).await;
             }
         };
         let outcome = self.target.send(&due.notification, number, started).await;
@@ -252,11 +252,11 @@ impl Attempt {
                 "delivery is dead after its last attempt; an admin can replay it"
             ),
         }
-        self.record(&due, &delivery)
+        self.record(&due, &delivery).await
     }
 
-    fn record(&self, due: &DueDelivery, delivery: &crate::delivery::Delivery) -> bool {
-        match self.spool.record(due, delivery) {
+    async fn record(&self, due: &DueDelivery, delivery: &crate::delivery::Delivery) -> bool {
+        match self.spool.record(due, delivery).await {
             Ok(()) => true,
             Err(err) => {
                 // The due entry is unchanged, so the delivery is made again: at-least-once.

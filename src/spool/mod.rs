@@ -10,29 +10,27 @@
 //! written in one transaction, so a crash never leaves one without the other;
 //! [`Spool::store`] returns only after a group flush that covers the write.
 
-mod commit;
 pub mod records;
+mod writer;
 
 use std::fs::File;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::SpoolConfig;
 use crate::delivery::Delivery;
 use crate::providers::Notification;
-use commit::GroupCommit;
 pub use records::{
     NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta, QuarantineRecord, Record,
 };
+use writer::{Change, Op, Trees};
 
 const FORMAT_VERSION: &[u8] = b"1";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool {} is in use by another process (a running relay?): {detail}", path.display())]
     Locked { path: PathBuf, detail: String },
@@ -48,6 +46,8 @@ pub enum SpoolError {
     Encode(String),
     #[error("corrupt record in spool: {0}")]
     Corrupt(String),
+    #[error("delivery cannot be replayed: {0}")]
+    NotReplayable(String),
 }
 
 impl From<sled::Error> for SpoolError {
@@ -107,21 +107,15 @@ pub struct Spool {
 
 struct Inner {
     path: PathBuf,
-    db: sled::Db,
-    notifications: sled::Tree,
-    deliveries: sled::Tree,
-    due: sled::Tree,
-    dedup: sled::Tree,
-    quarantine: sled::Tree,
-    commit: Arc<GroupCommit>,
-    flush: commit::FlushFn,
-    new_work: tokio::sync::watch::Sender<u64>,
-    dedup_window_ms: i64,
+    trees: Arc<Trees>,
+    writer: mpsc::Sender<Op>,
+    new_work: watch::Sender<u64>,
 }
 
 impl Spool {
-    /// Opens (or creates) the spool. Fails clearly if another process holds
-    /// it or it cannot be read; it never silently starts empty over old data.
+    /// Opens (or creates) the spool and starts its writer thread. Fails
+    /// clearly if another process holds it or it cannot be read; it never
+    /// silently starts empty over old data.
     pub fn open(config: &SpoolConfig) -> Result<Spool, SpoolError> {
         let path = config.path.clone();
         check_not_locked(&path)?;
@@ -132,7 +126,7 @@ impl Spool {
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(config.cache_capacity.0)
-            // Our flusher makes writes durable; sled's own timer would only add flushes.
+            // The writer makes writes durable; sled's own timer would only add flushes.
             .flush_every_ms(None)
             .open()
             .map_err(open_err)?;
@@ -150,6 +144,7 @@ impl Spool {
             Some(_) => {}
             None => {
                 meta.insert("format", FORMAT_VERSION).map_err(open_err)?;
+                db.flush().map_err(open_err)?;
             }
         }
         let log = if config.sync_data {
@@ -161,78 +156,80 @@ impl Spool {
             None
         };
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
-        let inner = Inner {
+        let trees = Arc::new(Trees {
             notifications: tree("notifications")?,
+            dedup: tree("dedup")?,
             deliveries: tree("deliveries")?,
             due: tree("due")?,
-            dedup: tree("dedup")?,
             quarantine: tree("quarantine")?,
-            commit: GroupCommit::new(),
-            flush: commit::flush_and_sync(db.clone(), log),
-            new_work: tokio::sync::watch::Sender::new(0),
+            log,
             dedup_window_ms: i64::try_from(config.dedup_window.0.as_millis()).unwrap_or(i64::MAX),
-            path,
+            flushes: Default::default(),
             db,
-        };
+        });
+        let writer = writer::start(trees.clone()).map_err(|e| SpoolError::Open {
+            path: path.clone(),
+            detail: format!("cannot start the writer thread: {e}"),
+        })?;
         Ok(Spool {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                path,
+                trees,
+                writer,
+                new_work: watch::Sender::new(0),
+            }),
         })
+    }
+
+    /// Applies a change through the writer; returns once it is durable.
+    async fn write(&self, change: Change) -> Result<Option<Stored>, SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Op::Write { change, reply })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Lets the writer finish and flush what is queued, then stops it; every
+    /// later write answers [`SpoolError::Closed`].
+    pub async fn close(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.inner.writer.send(Op::Close { done }).await.is_ok() {
+            let _ = finished.await;
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
 
-    /// The group-commit flusher. Must run for [`Spool::store`] to return;
-    /// makes a last flush when `shutdown` resolves.
-    pub fn flusher(&self, shutdown: impl Future<Output = ()>) -> impl Future<Output = ()> {
-        self.inner
-            .commit
-            .clone()
-            .run(self.inner.flush.clone(), shutdown)
-    }
-
     /// Stores a notification with one pending delivery per subscription
-    /// named, unless it is a duplicate. Returns once the write is durable.
+    /// named, unless it is a duplicate. Returns once the write is durable; a
+    /// duplicate too, since its first copy may have been in the same group.
     pub async fn store(
         &self,
         incoming: Incoming,
         subscriptions: &[&str],
     ) -> Result<Stored, SpoolError> {
-        let stored = self.write_notification(&incoming, subscriptions)?;
-        // A duplicate waits too: the first copy may still be on its way to disk.
-        self.inner.commit.durable().await?;
-        if matches!(stored, Stored::New(_)) && !subscriptions.is_empty() {
-            self.announce_work();
-        }
-        Ok(stored)
-    }
-
-    fn write_notification(
-        &self,
-        incoming: &Incoming,
-        subscriptions: &[&str],
-    ) -> Result<Stored, SpoolError> {
-        let inner = &self.inner;
         let id = NotificationId::new(incoming.received_ms);
         let record = Record {
             meta: NotificationMeta {
                 id: id.to_string(),
                 source: incoming.source.clone(),
                 received_ms: incoming.received_ms,
-                event_type: incoming.notification.event_type.clone(),
-                subject: incoming.notification.subject.clone(),
+                event_type: incoming.notification.event_type,
+                subject: incoming.notification.subject,
                 dedup_key: incoming.notification.dedup_key.clone(),
                 provider_time: incoming.notification.provider_time.and_then(rfc3339),
-                content_type: incoming.content_type.clone(),
-                headers: incoming.headers.clone(),
-                peer: incoming.peer.clone(),
+                content_type: incoming.content_type,
+                headers: incoming.headers,
+                peer: incoming.peer,
             },
-            body: incoming.body.clone(),
+            body: incoming.body,
         }
         .encode()?;
-        let dedup_key = records::dedup_key(&incoming.source, &incoming.notification.dedup_key);
-        let dedup_value = records::dedup_value(id, incoming.received_ms);
         let mut deliveries = Vec::with_capacity(subscriptions.len());
         for name in subscriptions {
             let delivery = Delivery::new(*name, incoming.received_ms);
@@ -242,31 +239,18 @@ impl Spool {
                 records::due_key(name, incoming.received_ms, id),
             ));
         }
-        let window = inner.dedup_window_ms;
-        let now = incoming.received_ms;
-        let result = (
-            &inner.notifications,
-            &inner.dedup,
-            &inner.deliveries,
-            &inner.due,
-        )
-            .transaction(|(notifications, dedup, delivery_tree, due)| {
-                if let Some(existing) = dedup.get(&dedup_key)? {
-                    if let Some((first, at)) = records::split_dedup_value(&existing) {
-                        if now.saturating_sub(at) < window {
-                            return Ok(Stored::Duplicate(first));
-                        }
-                    }
-                }
-                notifications.insert(&id.to_bytes(), record.as_slice())?;
-                dedup.insert(dedup_key.as_slice(), &dedup_value)?;
-                for (key, value, due_key) in &deliveries {
-                    delivery_tree.insert(key.as_slice(), value.as_slice())?;
-                    due.insert(due_key.as_slice(), &[])?;
-                }
-                Ok::<_, ConflictableTransactionError<SpoolError>>(Stored::New(id))
-            });
-        flatten(result)
+        let change = Change::Store {
+            id,
+            record,
+            dedup_key: records::dedup_key(&incoming.source, &incoming.notification.dedup_key),
+            received_ms: incoming.received_ms,
+            deliveries,
+        };
+        let stored = self.write(change).await?.unwrap_or(Stored::New(id));
+        if matches!(stored, Stored::New(_)) && !subscriptions.is_empty() {
+            self.announce_work();
+        }
+        Ok(stored)
     }
 
     /// Keeps a rejected body durably, with the reason, for admins.
@@ -285,10 +269,11 @@ impl Spool {
             },
             body: rejected.body,
         };
-        self.inner
-            .quarantine
-            .insert(id.to_bytes(), record.encode()?)?;
-        self.inner.commit.durable().await?;
+        self.write(Change::Quarantine {
+            id,
+            record: record.encode()?,
+        })
+        .await?;
         Ok(id)
     }
 
@@ -296,7 +281,7 @@ impl Spool {
     pub fn notifications(
         &self,
     ) -> impl Iterator<Item = Result<NotificationRecord, SpoolError>> + '_ {
-        self.inner.notifications.iter().map(|item| {
+        self.inner.trees.notifications.iter().map(|item| {
             item.map_err(SpoolError::from)
                 .and_then(|(_, v)| Record::decode(&v))
         })
@@ -304,7 +289,7 @@ impl Spool {
 
     /// All quarantined bodies, oldest first.
     pub fn quarantined(&self) -> impl Iterator<Item = Result<QuarantineRecord, SpoolError>> + '_ {
-        self.inner.quarantine.iter().map(|item| {
+        self.inner.trees.quarantine.iter().map(|item| {
             item.map_err(SpoolError::from)
                 .and_then(|(_, v)| Record::decode(&v))
         })
@@ -314,7 +299,7 @@ impl Spool {
         &self,
         id: NotificationId,
     ) -> Result<Option<NotificationRecord>, SpoolError> {
-        match self.inner.notifications.get(id.to_bytes())? {
+        match self.inner.trees.notifications.get(id.to_bytes())? {
             Some(bytes) => Record::decode(&bytes).map(Some),
             None => Ok(None),
         }
@@ -323,6 +308,7 @@ impl Spool {
     /// The deliveries of one notification, by subscription name.
     pub fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
         self.inner
+            .trees
             .deliveries
             .scan_prefix(id.to_bytes())
             .map(|item| records::decode_delivery(&item?.1))
@@ -333,7 +319,7 @@ impl Spool {
     pub fn all_deliveries(
         &self,
     ) -> impl Iterator<Item = Result<(NotificationId, Delivery), SpoolError>> + '_ {
-        self.inner.deliveries.iter().map(|item| {
+        self.inner.trees.deliveries.iter().map(|item| {
             let (key, value) = item?;
             let (id, _) = records::split_delivery_key(&key)
                 .ok_or_else(|| SpoolError::Corrupt("malformed delivery key".into()))?;
@@ -354,14 +340,14 @@ impl Spool {
         let mut end = prefix.clone();
         end.extend_from_slice(&(now_ms.max(0).saturating_add(1)).to_be_bytes());
         let mut found = Vec::new();
-        for item in self.inner.due.range(prefix.clone()..end) {
+        for item in self.inner.trees.due.range(prefix.clone()..end) {
             if found.len() >= limit {
                 break;
             }
             let (due_key, _) = item?;
             let Some((_, id)) = records::split_due_key(prefix.len(), &due_key) else {
                 tracing::error!(subscription, "dropping a malformed due-index key");
-                self.inner.due.remove(&due_key)?;
+                self.inner.trees.due.remove(&due_key)?;
                 continue;
             };
             if skip(id) {
@@ -371,7 +357,7 @@ impl Spool {
                 Some(due) => found.push(due),
                 None => {
                     tracing::error!(%id, subscription, "due entry without its delivery or notification; dropping it");
-                    self.inner.due.remove(&due_key)?;
+                    self.inner.trees.due.remove(&due_key)?;
                 }
             }
         }
@@ -386,9 +372,10 @@ impl Spool {
     ) -> Result<Option<DueDelivery>, SpoolError> {
         let delivery = self
             .inner
+            .trees
             .deliveries
             .get(records::delivery_key(id, subscription))?;
-        let notification = self.inner.notifications.get(id.to_bytes())?;
+        let notification = self.inner.trees.notifications.get(id.to_bytes())?;
         let (Some(delivery), Some(notification)) = (delivery, notification) else {
             return Ok(None);
         };
@@ -409,7 +396,7 @@ impl Spool {
         skip: impl Fn(NotificationId) -> bool,
     ) -> Result<Option<i64>, SpoolError> {
         let prefix = records::due_prefix(subscription);
-        for item in self.inner.due.scan_prefix(&prefix) {
+        for item in self.inner.trees.due.scan_prefix(&prefix) {
             let (key, _) = item?;
             match records::split_due_key(prefix.len(), &key) {
                 Some((_, id)) if skip(id) => continue,
@@ -430,41 +417,39 @@ impl Spool {
         self.inner.new_work.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Records a delivery's new state and moves its due-index entry. Not
-    /// waited on: it rides on the next group flush (a lost outcome means one
-    /// more delivery, which at-least-once allows).
-    pub fn record(&self, due: &DueDelivery, delivery: &Delivery) -> Result<(), SpoolError> {
-        self.write_delivery(due.id, &due.subscription, Some(&due.due_key), delivery)
+    /// Records a delivery's new state and moves its due-index entry, in the
+    /// next group commit. (A crash before it means one more delivery, which
+    /// at-least-once allows.)
+    pub async fn record(&self, due: &DueDelivery, delivery: &Delivery) -> Result<(), SpoolError> {
+        self.write_delivery(
+            due.id,
+            &due.subscription,
+            Some(due.due_key.clone()),
+            delivery,
+        )
+        .await
     }
 
-    fn write_delivery(
+    async fn write_delivery(
         &self,
         id: NotificationId,
         subscription: &str,
-        old_due_key: Option<&[u8]>,
+        old_due: Option<Vec<u8>>,
         delivery: &Delivery,
     ) -> Result<(), SpoolError> {
-        let key = records::delivery_key(id, subscription);
-        let value = records::encode_delivery(delivery)?;
-        let new_due = delivery
-            .due_at()
-            .map(|at| records::due_key(subscription, at, id));
-        let result = (&self.inner.deliveries, &self.inner.due).transaction(|(deliveries, due)| {
-            if let Some(old) = old_due_key {
-                due.remove(old)?;
-            }
-            if let Some(new_due) = &new_due {
-                due.insert(new_due.as_slice(), &[])?;
-            }
-            deliveries.insert(key.as_slice(), value.as_slice())?;
-            Ok::<_, ConflictableTransactionError<SpoolError>>(())
-        });
-        flatten(result)?;
-        self.inner.commit.mark_dirty();
-        Ok(())
+        let change = Change::Delivery {
+            key: records::delivery_key(id, subscription),
+            value: records::encode_delivery(delivery)?,
+            old_due,
+            new_due: delivery
+                .due_at()
+                .map(|at| records::due_key(subscription, at, id)),
+        };
+        self.write(change).await.map(|_| ())
     }
 
-    /// Puts a dead (or delivered) delivery back in the queue with a fresh schedule.
+    /// Puts a dead (or delivered) delivery back in the queue with a fresh
+    /// schedule; false if there is no such delivery.
     pub async fn replay(
         &self,
         id: NotificationId,
@@ -472,15 +457,15 @@ impl Spool {
         now_ms: i64,
     ) -> Result<bool, SpoolError> {
         let key = records::delivery_key(id, subscription);
-        let Some(bytes) = self.inner.deliveries.get(&key)? else {
+        let Some(bytes) = self.inner.trees.deliveries.get(&key)? else {
             return Ok(false);
         };
         let mut delivery = records::decode_delivery(&bytes)?;
         delivery
             .replay(now_ms)
-            .map_err(|e| SpoolError::Storage(format!("cannot replay: {e}")))?;
-        self.write_delivery(id, subscription, None, &delivery)?;
-        self.inner.commit.durable().await?;
+            .map_err(|e| SpoolError::NotReplayable(e.to_string()))?;
+        self.write_delivery(id, subscription, None, &delivery)
+            .await?;
         self.announce_work();
         Ok(true)
     }
@@ -488,13 +473,15 @@ impl Spool {
     /// Removes dedup entries older than the window; returns how many.
     pub fn prune_dedup(&self, now_ms: i64) -> Result<usize, SpoolError> {
         let mut removed = 0;
-        for item in self.inner.dedup.iter() {
+        for item in self.inner.trees.dedup.iter() {
             let (key, value) = item?;
-            let expired = records::split_dedup_value(&value)
-                .is_none_or(|(_, at)| now_ms.saturating_sub(at) >= self.inner.dedup_window_ms);
+            let expired = records::split_dedup_value(&value).is_none_or(|(_, at)| {
+                now_ms.saturating_sub(at) >= self.inner.trees.dedup_window_ms
+            });
             if expired
                 && self
                     .inner
+                    .trees
                     .dedup
                     .compare_and_swap(&key, Some(value), None::<&[u8]>)?
                     .is_ok()
@@ -502,23 +489,22 @@ impl Spool {
                 removed += 1;
             }
         }
-        if removed > 0 {
-            self.inner.commit.mark_dirty();
-        }
+        // Not flushed on purpose: a lost prune only means the entry is pruned again.
         Ok(removed)
+    }
+
+    /// Group commits that reached the disk so far.
+    pub fn flushes(&self) -> u64 {
+        self.inner
+            .trees
+            .flushes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes the spool takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, SpoolError> {
-        Ok(self.inner.db.size_on_disk()?)
+        Ok(self.inner.trees.db.size_on_disk()?)
     }
-}
-
-fn flatten<T>(result: Result<T, TransactionError<SpoolError>>) -> Result<T, SpoolError> {
-    result.map_err(|err| match err {
-        TransactionError::Abort(err) => err,
-        TransactionError::Storage(err) => SpoolError::from(err),
-    })
 }
 
 fn rfc3339(time: time::OffsetDateTime) -> Option<String> {

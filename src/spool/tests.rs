@@ -28,31 +28,10 @@ fn incoming(dedup: &str, received_ms: i64) -> Incoming {
     }
 }
 
-struct Flusher(
-    Option<tokio::sync::oneshot::Sender<()>>,
-    tokio::task::JoinHandle<()>,
-);
-
-impl Flusher {
-    async fn stop(mut self) {
-        let _ = self.0.take().map(|stop| stop.send(()));
-        (&mut self.1).await.unwrap();
-    }
-}
-
-async fn with_flusher(spool: &Spool) -> Flusher {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(spool.flusher(async {
-        let _ = stopped.await;
-    }));
-    Flusher(Some(stop), task)
-}
-
 #[tokio::test]
 async fn stores_once_per_dedup_key_within_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&config(dir.path())).unwrap();
-    let _stop = with_flusher(&spool).await;
     let Stored::New(first) = spool
         .store(incoming("k1", 1_000), &["erp", "crm"])
         .await
@@ -88,7 +67,6 @@ async fn stores_once_per_dedup_key_within_the_window() {
 async fn the_due_index_hands_out_work_in_time_order_and_moves_on_record() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&config(dir.path())).unwrap();
-    let _stop = with_flusher(&spool).await;
     spool.store(incoming("a", 2_000), &["erp"]).await.unwrap();
     spool.store(incoming("b", 1_000), &["erp"]).await.unwrap();
     assert_eq!(spool.next_due_ms("erp", |_| false).unwrap(), Some(1_000));
@@ -110,7 +88,7 @@ async fn the_due_index_hands_out_work_in_time_order_and_moves_on_record() {
     delivery
         .finish(&schedule, crate::delivery::Outcome::Timeout, 5_100, 0.0)
         .unwrap();
-    spool.record(&due[0], &delivery).unwrap();
+    spool.record(&due[0], &delivery).await.unwrap();
     assert_eq!(spool.next_due_ms("erp", |_| false).unwrap(), Some(2_000));
     let later = spool.due("erp", 20_000, 10, |_| false).unwrap();
     assert_eq!(later.len(), 2);
@@ -136,12 +114,11 @@ async fn data_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let id = {
         let spool = Spool::open(&config(dir.path())).unwrap();
-        let flusher = with_flusher(&spool).await;
         let id = match spool.store(incoming("k", 1_000), &["erp"]).await.unwrap() {
             Stored::New(id) => id,
             other => panic!("{other:?}"),
         };
-        flusher.stop().await;
+        spool.close().await;
         id
     };
     let spool = Spool::open(&config(dir.path())).unwrap();
@@ -153,7 +130,6 @@ async fn data_survives_reopening() {
 async fn quarantine_keeps_the_raw_body_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&config(dir.path())).unwrap();
-    let _stop = with_flusher(&spool).await;
     spool
         .quarantine(Rejected {
             source: "tus".into(),
@@ -178,7 +154,6 @@ async fn quarantine_keeps_the_raw_body_and_reason() {
 async fn pruning_removes_only_expired_dedup_entries() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&config(dir.path())).unwrap();
-    let _stop = with_flusher(&spool).await;
     spool.store(incoming("old", 0), &[]).await.unwrap();
     spool.store(incoming("new", 50_000), &[]).await.unwrap();
     assert_eq!(spool.prune_dedup(70_000).unwrap(), 1);
@@ -186,4 +161,46 @@ async fn pruning_removes_only_expired_dedup_entries() {
         spool.store(incoming("new", 70_000), &[]).await.unwrap(),
         Stored::Duplicate(_)
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_flushes_and_none_returns_before_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&config(dir.path())).unwrap();
+    let before = spool.flushes();
+    spool.store(incoming("first", 1_000), &[]).await.unwrap();
+    assert!(spool.flushes() > before, "answered before any flush");
+
+    let start = spool.flushes();
+    let writers: Vec<_> = (0..200)
+        .map(|i| {
+            let spool = spool.clone();
+            tokio::spawn(async move {
+                let flushes_before = spool.flushes();
+                spool
+                    .store(incoming(&format!("k{i}"), 1_000), &["erp"])
+                    .await
+                    .unwrap();
+                assert!(
+                    spool.flushes() > flushes_before,
+                    "answered before a flush that began after the write"
+                );
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let used = spool.flushes() - start;
+    assert!(used < 200, "200 writes took {used} flushes: no grouping");
+    assert_eq!(spool.notifications().count(), 201);
+}
+
+#[tokio::test]
+async fn a_closed_spool_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&config(dir.path())).unwrap();
+    spool.close().await;
+    let err = spool.store(incoming("late", 1_000), &[]).await.unwrap_err();
+    assert!(matches!(err, SpoolError::Closed), "{err}");
 }

@@ -1,0 +1,227 @@
+//! The spool's single writer thread: group commit.
+//!
+//! Every change to the spool goes through one channel to one thread. It
+//! takes whatever has queued up, applies it as one sled transaction across
+//! the trees, then flushes sled and fdatasyncs its log, and only then answers
+//! each change. While it flushes, the next group queues. So one flush covers
+//! many requests, no request is answered before a flush that began after its
+//! write, and sled never sees concurrent flushes (which can deadlock, see
+//! CRATES.md) nor writers contending with a flush.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use tokio::sync::{mpsc, oneshot};
+
+use super::records::{self, NotificationId};
+use super::{SpoolError, Stored};
+
+/// Most changes applied in one transaction and covered by one flush.
+const MAX_GROUP: usize = 512;
+/// Changes waiting for the writer before senders have to wait too.
+pub(super) const QUEUE: usize = 4096;
+
+/// One change, encoded and ready to apply.
+pub(super) enum Change {
+    /// A notification, its deliveries and due entries, and its dedup entry
+    /// (written last), unless the dedup key is already there and fresh.
+    Store {
+        id: NotificationId,
+        record: Vec<u8>,
+        dedup_key: Vec<u8>,
+        received_ms: i64,
+        deliveries: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    },
+    Quarantine {
+        id: NotificationId,
+        record: Vec<u8>,
+    },
+    /// A delivery's new state, moving its due-index entry.
+    Delivery {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        old_due: Option<Vec<u8>>,
+        new_due: Option<Vec<u8>>,
+    },
+}
+
+pub(super) enum Op {
+    Write {
+        change: Change,
+        reply: oneshot::Sender<Result<Option<Stored>, SpoolError>>,
+    },
+    /// Finish what is queued, flush, and stop.
+    Close { done: oneshot::Sender<()> },
+}
+
+/// The trees the writer changes, and how to make them durable.
+pub(super) struct Trees {
+    pub db: sled::Db,
+    pub notifications: sled::Tree,
+    pub dedup: sled::Tree,
+    pub deliveries: sled::Tree,
+    pub due: sled::Tree,
+    pub quarantine: sled::Tree,
+    /// sled's log file, for the fdatasync after each flush (None: not asked for).
+    pub log: Option<File>,
+    pub dedup_window_ms: i64,
+    /// Group commits that reached the disk.
+    pub flushes: AtomicU64,
+}
+
+pub(super) fn start(trees: Arc<Trees>) -> std::io::Result<mpsc::Sender<Op>> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    std::thread::Builder::new()
+        .name("spool-writer".into())
+        .spawn(move || run(&trees, rx))?;
+    Ok(tx)
+}
+
+type Reply = oneshot::Sender<Result<Option<Stored>, SpoolError>>;
+
+fn run(trees: &Trees, mut rx: mpsc::Receiver<Op>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group: Vec<(Change, Reply)> = Vec::new();
+        let mut closing = None;
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            match op {
+                Op::Write { change, reply } => group.push((change, reply)),
+                Op::Close { done } => {
+                    closing = Some(done);
+                    break;
+                }
+            }
+            if group.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !group.is_empty() {
+            commit(trees, group);
+        }
+        if let Some(done) = closing {
+            rx.close();
+            // Whatever raced in before the close still gets an answer.
+            let late: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+                .filter_map(|op| match op {
+                    Op::Write { change, reply } => Some((change, reply)),
+                    Op::Close { .. } => None,
+                })
+                .collect();
+            if !late.is_empty() {
+                commit(trees, late);
+            }
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+fn commit(trees: &Trees, group: Vec<(Change, Reply)>) {
+    let (changes, replies): (Vec<Change>, Vec<Reply>) = group.into_iter().unzip();
+    let results = apply(trees, &changes).and_then(|results| {
+        flush(trees)?;
+        Ok(results)
+    });
+    match results {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, changes = replies.len(), "spool write failed; answering 503");
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// Applies a group in one transaction; returns what each Store did.
+fn apply(trees: &Trees, changes: &[Change]) -> Result<Vec<Option<Stored>>, SpoolError> {
+    let window = trees.dedup_window_ms;
+    let result = (
+        &trees.notifications,
+        &trees.dedup,
+        &trees.deliveries,
+        &trees.due,
+        &trees.quarantine,
+    )
+        .transaction(|(notifications, dedup, deliveries, due, quarantine)| {
+            let mut results = Vec::with_capacity(changes.len());
+            for change in changes {
+                let result = match change {
+                    Change::Store {
+                        id,
+                        record,
+                        dedup_key,
+                        received_ms,
+                        deliveries: fan_out,
+                    } => {
+                        let fresh = dedup
+                            .get(dedup_key)?
+                            .and_then(|v| records::split_dedup_value(&v))
+                            .filter(|(_, at)| received_ms.saturating_sub(*at) < window);
+                        if let Some((first, _)) = fresh {
+                            Some(Stored::Duplicate(first))
+                        } else {
+                            notifications.insert(&id.to_bytes(), record.as_slice())?;
+                            for (key, value, due_key) in fan_out {
+                                deliveries.insert(key.as_slice(), value.as_slice())?;
+                                due.insert(due_key.as_slice(), &[])?;
+                            }
+                            dedup.insert(
+                                dedup_key.as_slice(),
+                                &records::dedup_value(*id, *received_ms),
+                            )?;
+                            Some(Stored::New(*id))
+                        }
+                    }
+                    Change::Quarantine { id, record } => {
+                        quarantine.insert(&id.to_bytes(), record.as_slice())?;
+                        None
+                    }
+                    Change::Delivery {
+                        key,
+                        value,
+                        old_due,
+                        new_due,
+                    } => {
+                        if let Some(old) = old_due {
+                            due.remove(old.as_slice())?;
+                        }
+                        if let Some(new) = new_due {
+                            due.insert(new.as_slice(), &[])?;
+                        }
+                        deliveries.insert(key.as_slice(), value.as_slice())?;
+                        None
+                    }
+                };
+                results.push(result);
+            }
+            Ok::<_, ConflictableTransactionError<SpoolError>>(results)
+        });
+    result.map_err(|err| match err {
+        TransactionError::Abort(err) => err,
+        TransactionError::Storage(err) => SpoolError::from(err),
+    })
+}
+
+/// sled's flush writes its log with `sync_file_range` on Linux, which
+/// survives a crash but not a power cut: the fdatasync after it does.
+fn flush(trees: &Trees) -> Result<(), SpoolError> {
+    trees
+        .db
+        .flush()
+        .map_err(|e| SpoolError::Flush(format!("sled flush: {e}")))?;
+    if let Some(log) = &trees.log {
+        log.sync_data()
+            .map_err(|e| SpoolError::Flush(format!("fdatasync: {e}")))?;
+    }
+    trees.flushes.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
