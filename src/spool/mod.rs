@@ -1,7 +1,8 @@
 //! The durable spool, on sled: the only module that knows the store is sled.
 //!
-//! Trees: `notifications` (records by id), `deliveries` (one per notification
-//! and subscription), `due` (the due-time index the forwarder reads, per
+//! Trees: `notifications` (records by id), `deliveries` (a delivery's state
+//! and attempts, written from its first outcome on; until then a pending
+//! delivery is just its due entry), `due` (the due-time index the forwarder reads, per
 //! subscription), `dedup` (source + dedup key → first id and its time),
 //! `quarantine` (authenticated bodies that were not valid notifications)
 //! and `meta` (format version).
@@ -226,25 +227,20 @@ impl Spool {
                 content_type: incoming.content_type,
                 headers: incoming.headers,
                 peer: incoming.peer,
+                subscriptions: subscriptions.iter().map(|s| s.to_string()).collect(),
             },
             body: incoming.body,
         }
         .encode()?;
-        let mut deliveries = Vec::with_capacity(subscriptions.len());
-        for name in subscriptions {
-            let delivery = Delivery::new(*name, incoming.received_ms);
-            deliveries.push((
-                records::delivery_key(id, name),
-                records::encode_delivery(&delivery)?,
-                records::due_key(name, incoming.received_ms, id),
-            ));
-        }
         let change = Change::Store {
             id,
             record,
             dedup_key: records::dedup_key(&incoming.source, &incoming.notification.dedup_key),
             received_ms: incoming.received_ms,
-            deliveries,
+            due_keys: subscriptions
+                .iter()
+                .map(|name| records::due_key(name, incoming.received_ms, id))
+                .collect(),
         };
         let stored = self.write(change).await?.unwrap_or(Stored::New(id));
         if matches!(stored, Stored::New(_)) && !subscriptions.is_empty() {
@@ -307,24 +303,33 @@ impl Spool {
 
     /// The deliveries of one notification, by subscription name.
     pub fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
-        self.inner
-            .trees
-            .deliveries
-            .scan_prefix(id.to_bytes())
-            .map(|item| records::decode_delivery(&item?.1))
+        let Some(notification) = self.notification(id)? else {
+            return Ok(Vec::new());
+        };
+        notification
+            .meta
+            .subscriptions
+            .iter()
+            .map(|name| self.delivery(id, name, notification.meta.received_ms))
             .collect()
     }
 
-    /// Every delivery record, in notification order: for reports and tests.
-    pub fn all_deliveries(
+    /// A delivery's record, or the pending delivery its absence means.
+    fn delivery(
         &self,
-    ) -> impl Iterator<Item = Result<(NotificationId, Delivery), SpoolError>> + '_ {
-        self.inner.trees.deliveries.iter().map(|item| {
-            let (key, value) = item?;
-            let (id, _) = records::split_delivery_key(&key)
-                .ok_or_else(|| SpoolError::Corrupt("malformed delivery key".into()))?;
-            Ok((id, records::decode_delivery(&value)?))
-        })
+        id: NotificationId,
+        subscription: &str,
+        received_ms: i64,
+    ) -> Result<Delivery, SpoolError> {
+        match self
+            .inner
+            .trees
+            .deliveries
+            .get(records::delivery_key(id, subscription))?
+        {
+            Some(bytes) => records::decode_delivery(&bytes),
+            None => Ok(Delivery::new(subscription, received_ms)),
+        }
     }
 
     /// Up to `limit` deliveries of `subscription` due at or before `now_ms`,
@@ -370,21 +375,16 @@ impl Spool {
         subscription: &str,
         due_key: Vec<u8>,
     ) -> Result<Option<DueDelivery>, SpoolError> {
-        let delivery = self
-            .inner
-            .trees
-            .deliveries
-            .get(records::delivery_key(id, subscription))?;
-        let notification = self.inner.trees.notifications.get(id.to_bytes())?;
-        let (Some(delivery), Some(notification)) = (delivery, notification) else {
+        let Some(notification) = self.inner.trees.notifications.get(id.to_bytes())? else {
             return Ok(None);
         };
+        let notification: NotificationRecord = Record::decode(&notification)?;
         Ok(Some(DueDelivery {
             id,
             subscription: subscription.to_owned(),
             due_key,
-            delivery: records::decode_delivery(&delivery)?,
-            notification: Record::decode(&notification)?,
+            delivery: self.delivery(id, subscription, notification.meta.received_ms)?,
+            notification,
         }))
     }
 

@@ -62,6 +62,9 @@ pub struct NotificationMeta {
     /// Selected request headers (user agent, forwarding hints).
     pub headers: Vec<(String, String)>,
     pub peer: String,
+    /// The subscriptions it was fanned out to when it was spooled.
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
 }
 
 /// An authenticated body that could not be accepted as a notification.
@@ -157,12 +160,6 @@ pub fn delivery_key(id: NotificationId, subscription: &str) -> Vec<u8> {
     let mut key = id.to_bytes().to_vec();
     key.extend_from_slice(subscription.as_bytes());
     key
-}
-
-pub fn split_delivery_key(key: &[u8]) -> Option<(NotificationId, &str)> {
-    let id = NotificationId::from_bytes(key)?;
-    let subscription = std::str::from_utf8(key.get(16..)?).ok()?;
-    Some((id, subscription))
 }
 
 pub fn due_prefix(subscription: &str) -> Vec<u8> {

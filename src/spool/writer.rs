@@ -26,14 +26,16 @@ pub(super) const QUEUE: usize = 4096;
 
 /// One change, encoded and ready to apply.
 pub(super) enum Change {
-    /// A notification, its deliveries and due entries, and its dedup entry
-    /// (written last), unless the dedup key is already there and fresh.
+    /// A notification, the due entries of its deliveries, and its dedup
+    /// entry (written last), unless the dedup key is already there and fresh.
+    /// A pending delivery is only its due entry: its record is written with
+    /// its first outcome, which halves what a backlog costs.
     Store {
         id: NotificationId,
         record: Vec<u8>,
         dedup_key: Vec<u8>,
         received_ms: i64,
-        deliveries: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+        due_keys: Vec<Vec<u8>>,
     },
     Quarantine {
         id: NotificationId,
@@ -160,7 +162,7 @@ fn apply(trees: &Trees, changes: &[Change]) -> Result<Vec<Option<Stored>>, Spool
                         record,
                         dedup_key,
                         received_ms,
-                        deliveries: fan_out,
+                        due_keys,
                     } => {
                         let fresh = dedup
                             .get(dedup_key)?
@@ -170,8 +172,7 @@ fn apply(trees: &Trees, changes: &[Change]) -> Result<Vec<Option<Stored>>, Spool
                             Some(Stored::Duplicate(first))
                         } else {
                             notifications.insert(&id.to_bytes(), record.as_slice())?;
-                            for (key, value, due_key) in fan_out {
-                                deliveries.insert(key.as_slice(), value.as_slice())?;
+                            for due_key in due_keys {
                                 due.insert(due_key.as_slice(), &[])?;
                             }
                             dedup.insert(
