@@ -94,7 +94,7 @@ impl Default for SpoolConfig {
         SpoolConfig {
             path: PathBuf::from("data/spool"),
             dedup_window: HumanDuration(Duration::from_secs(72 * 3600)),
-            cache_capacity: ByteSize(32 << 20),
+            cache_capacity: ByteSize(16 << 20),
             sync_data: true,
         }
     }
