@@ -182,12 +182,17 @@ impl Spool {
         })
     }
 
-    /// Applies a change through the writer; returns once it is durable.
-    async fn write(&self, change: Change) -> Result<Option<Stored>, SpoolError> {
+    /// Applies a change through the writer; returns once it is durable, or
+    /// (not `durable`) once applied, to ride on that group's flush.
+    async fn write(&self, change: Change, durable: bool) -> Result<Option<Stored>, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .writer
-            .send(Op::Write { change, reply })
+            .send(Op::Write {
+                change,
+                durable,
+                reply,
+            })
             .await
             .map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)?
@@ -242,7 +247,7 @@ impl Spool {
                 .map(|name| records::due_key(name, incoming.received_ms, id))
                 .collect(),
         };
-        let stored = self.write(change).await?.unwrap_or(Stored::New(id));
+        let stored = self.write(change, true).await?.unwrap_or(Stored::New(id));
         if matches!(stored, Stored::New(_)) && !subscriptions.is_empty() {
             self.announce_work();
         }
@@ -265,10 +270,13 @@ impl Spool {
             },
             body: rejected.body,
         };
-        self.write(Change::Quarantine {
-            id,
-            record: record.encode()?,
-        })
+        self.write(
+            Change::Quarantine {
+                id,
+                record: record.encode()?,
+            },
+            true,
+        )
         .await?;
         Ok(id)
     }
@@ -417,15 +425,16 @@ impl Spool {
         self.inner.new_work.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Records a delivery's new state and moves its due-index entry, in the
-    /// next group commit. (A crash before it means one more delivery, which
-    /// at-least-once allows.)
+    /// Records a delivery's new state and moves its due-index entry. Returns
+    /// once applied, without waiting for the flush that follows: a crash
+    /// before it means one more delivery, which at-least-once allows.
     pub async fn record(&self, due: &DueDelivery, delivery: &Delivery) -> Result<(), SpoolError> {
         self.write_delivery(
             due.id,
             &due.subscription,
             Some(due.due_key.clone()),
             delivery,
+            false,
         )
         .await
     }
@@ -436,6 +445,7 @@ impl Spool {
         subscription: &str,
         old_due: Option<Vec<u8>>,
         delivery: &Delivery,
+        durable: bool,
     ) -> Result<(), SpoolError> {
         let change = Change::Delivery {
             key: records::delivery_key(id, subscription),
@@ -445,7 +455,7 @@ impl Spool {
                 .due_at()
                 .map(|at| records::due_key(subscription, at, id)),
         };
-        self.write(change).await.map(|_| ())
+        self.write(change, durable).await.map(|_| ())
     }
 
     /// Puts a dead (or delivered) delivery back in the queue with a fresh
@@ -464,7 +474,7 @@ impl Spool {
         delivery
             .replay(now_ms)
             .map_err(|e| SpoolError::NotReplayable(e.to_string()))?;
-        self.write_delivery(id, subscription, None, &delivery)
+        self.write_delivery(id, subscription, None, &delivery, true)
             .await?;
         self.announce_work();
         Ok(true)
@@ -513,20 +523,35 @@ fn rfc3339(time: time::OffsetDateTime) -> Option<String> {
 }
 
 /// sled reports a held lock as a generic I/O error; look first, to say so plainly.
+/// How long `open` waits for a lock that is being let go: sled releases its
+/// file from background threads a moment after the last handle is dropped,
+/// so a spool closed and reopened in one process can find it still held.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn check_not_locked(path: &Path) -> Result<(), SpoolError> {
     let Ok(file) = File::open(path.join("db")) else {
         return Ok(()); // a new spool, or one sled will report on itself
     };
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::Locked {
-            path: path.to_owned(),
-            detail: "its lock is held".into(),
-        }),
-        Err(std::fs::TryLockError::Error(err)) => Err(SpoolError::Open {
-            path: path.to_owned(),
-            detail: err.to_string(),
-        }),
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_GRACE => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(SpoolError::Locked {
+                    path: path.to_owned(),
+                    detail: "its lock is held".into(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(SpoolError::Open {
+                    path: path.to_owned(),
+                    detail: err.to_string(),
+                })
+            }
+        }
     }
 }
 

@@ -20,10 +20,24 @@ const DELIVERY_V1: u8 = 1;
 pub struct NotificationId(pub ulid::Ulid);
 
 impl NotificationId {
-    /// A new id for `now_ms`: sortable by time, random within the millisecond.
+    /// A new id for `now_ms`: sortable by time and, within this process,
+    /// strictly increasing, so ids taken in one millisecond keep their order.
     pub fn new(now_ms: i64) -> Self {
+        static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
         let ms = u64::try_from(now_ms).unwrap_or(0);
-        NotificationId(ulid::Ulid::from_parts(ms, rand::random()))
+        let fresh = ulid::Ulid::from_parts(ms, rand::random()).0;
+        let mut last = LAST
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Same millisecond as the last id (or a clock step back): count up
+        // from it instead, which stays unique and in order.
+        let id = if fresh > *last {
+            fresh
+        } else {
+            last.saturating_add(1)
+        };
+        *last = id;
+        NotificationId(ulid::Ulid(id))
     }
 
     pub fn to_bytes(self) -> [u8; 16] {
@@ -248,5 +262,11 @@ mod tests {
         assert!(a < b && a.to_bytes() < b.to_bytes());
         assert_eq!(NotificationId::parse(&a.to_string()), Some(a));
         assert_eq!(NotificationId::from_bytes(&a.to_bytes()), Some(a));
+    }
+
+    #[test]
+    fn ids_taken_in_one_millisecond_keep_their_order() {
+        let ids: Vec<_> = (0..1_000).map(|_| NotificationId::new(5_000)).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
     }
 }

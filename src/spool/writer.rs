@@ -24,6 +24,9 @@ const MAX_GROUP: usize = 512;
 /// Changes waiting for the writer before senders have to wait too.
 pub(super) const QUEUE: usize = 4096;
 
+/// Where the writer answers one change.
+pub(super) type Reply = oneshot::Sender<Result<Option<Stored>, SpoolError>>;
+
 /// One change, encoded and ready to apply.
 pub(super) enum Change {
     /// A notification, the due entries of its deliveries, and its dedup
@@ -53,7 +56,10 @@ pub(super) enum Change {
 pub(super) enum Op {
     Write {
         change: Change,
-        reply: oneshot::Sender<Result<Option<Stored>, SpoolError>>,
+        /// Answer only once flushed; else as soon as applied (the change
+        /// still rides on this group's flush).
+        durable: bool,
+        reply: Reply,
     },
     /// Finish what is queued, flush, and stop.
     Close { done: oneshot::Sender<()> },
@@ -78,20 +84,36 @@ pub(super) fn start(trees: Arc<Trees>) -> std::io::Result<mpsc::Sender<Op>> {
     let (tx, rx) = mpsc::channel(QUEUE);
     std::thread::Builder::new()
         .name("spool-writer".into())
-        .spawn(move || run(&trees, rx))?;
+        .spawn(move || {
+            let closed = run(&trees, rx);
+            // Let go of the database before saying so: whoever closed the
+            // spool may reopen it at once, and sled's lock goes with the
+            // last handle.
+            drop(trees);
+            if let Some(done) = closed {
+                let _ = done.send(());
+            }
+        })?;
     Ok(tx)
 }
 
-type Reply = oneshot::Sender<Result<Option<Stored>, SpoolError>>;
-
-fn run(trees: &Trees, mut rx: mpsc::Receiver<Op>) {
+/// Serves writes until closed; returns the closer's channel, if any.
+fn run(trees: &Trees, mut rx: mpsc::Receiver<Op>) -> Option<oneshot::Sender<()>> {
     while let Some(first) = rx.blocking_recv() {
-        let mut group: Vec<(Change, Reply)> = Vec::new();
+        let mut group: Vec<Write> = Vec::new();
         let mut closing = None;
         let mut next = Some(first);
         while let Some(op) = next.take() {
             match op {
-                Op::Write { change, reply } => group.push((change, reply)),
+                Op::Write {
+                    change,
+                    durable,
+                    reply,
+                } => group.push(Write {
+                    change,
+                    durable,
+                    reply,
+                }),
                 Op::Close { done } => {
                     closing = Some(done);
                     break;
@@ -109,42 +131,69 @@ fn run(trees: &Trees, mut rx: mpsc::Receiver<Op>) {
             // Whatever raced in before the close still gets an answer.
             let late: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
                 .filter_map(|op| match op {
-                    Op::Write { change, reply } => Some((change, reply)),
+                    Op::Write {
+                        change,
+                        durable,
+                        reply,
+                    } => Some(Write {
+                        change,
+                        durable,
+                        reply,
+                    }),
                     Op::Close { .. } => None,
                 })
                 .collect();
             if !late.is_empty() {
                 commit(trees, late);
             }
-            let _ = done.send(());
-            return;
+            return Some(done);
         }
     }
+    None
 }
 
-fn commit(trees: &Trees, group: Vec<(Change, Reply)>) {
-    let (changes, replies): (Vec<Change>, Vec<Reply>) = group.into_iter().unzip();
-    let results = apply(trees, &changes).and_then(|results| {
-        flush(trees)?;
-        Ok(results)
-    });
-    match results {
-        Ok(results) => {
-            for (reply, result) in replies.into_iter().zip(results) {
+struct Write {
+    change: Change,
+    durable: bool,
+    reply: Reply,
+}
+
+fn commit(trees: &Trees, group: Vec<Write>) {
+    let changes: Vec<&Change> = group.iter().map(|w| &w.change).collect();
+    let results = match apply(trees, &changes) {
+        Ok(results) => results,
+        Err(err) => return fail(group.into_iter().map(|w| w.reply), &err),
+    };
+    let mut waiting = Vec::new();
+    for (write, result) in group.into_iter().zip(results) {
+        if write.durable {
+            waiting.push((write.reply, result));
+        } else {
+            let _ = write.reply.send(Ok(result));
+        }
+    }
+    match flush(trees) {
+        Ok(()) => {
+            for (reply, result) in waiting {
                 let _ = reply.send(Ok(result));
             }
         }
-        Err(err) => {
-            tracing::error!(error = %err, changes = replies.len(), "spool write failed; answering 503");
-            for reply in replies {
-                let _ = reply.send(Err(err.clone()));
-            }
-        }
+        Err(err) => fail(waiting.into_iter().map(|(reply, _)| reply), &err),
+    }
+}
+
+fn fail(replies: impl IntoIterator<Item = Reply>, err: &SpoolError) {
+    let replies: Vec<Reply> = replies.into_iter().collect();
+    if !replies.is_empty() {
+        tracing::error!(error = %err, changes = replies.len(), "spool write failed; answering 503");
+    }
+    for reply in replies {
+        let _ = reply.send(Err(err.clone()));
     }
 }
 
 /// Applies a group in one transaction; returns what each Store did.
-fn apply(trees: &Trees, changes: &[Change]) -> Result<Vec<Option<Stored>>, SpoolError> {
+fn apply(trees: &Trees, changes: &[&Change]) -> Result<Vec<Option<Stored>>, SpoolError> {
     let window = trees.dedup_window_ms;
     let result = (
         &trees.notifications,
@@ -156,7 +205,7 @@ fn apply(trees: &Trees, changes: &[Change]) -> Result<Vec<Option<Stored>>, Spool
         .transaction(|(notifications, dedup, deliveries, due, quarantine)| {
             let mut results = Vec::with_capacity(changes.len());
             for change in changes {
-                let result = match change {
+                let result = match *change {
                     Change::Store {
                         id,
                         record,

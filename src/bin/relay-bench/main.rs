@@ -256,7 +256,7 @@ async fn forward(settings: &Settings, backlog: u64) {
 
     // Throughput: fill the spool while the target holds its answers, then open it.
     let target = Target::start(false).await;
-    let config = ws.config("forward", true, &subscription("bench", &target.url(), 64));
+    let config = ws.config("forward", true, &subscription("bench", &target.url(), 128));
     let relay = ChildServer::relay(&config).await;
     let client = load::client(Some(&pem), settings.connections);
     let url = hooks_url(relay.addr);
