@@ -29,9 +29,10 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 struct Args {
     #[command(subcommand)]
     scenario: Scenario,
-    /// Concurrent keep-alive connections of the closed-loop load.
-    #[arg(long, default_value_t = 64, global = true)]
-    connections: usize,
+    /// Concurrent keep-alive connections of the closed-loop load; ingest
+    /// runs once per count given (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [32, 64, 256], global = true)]
+    connections: Vec<usize>,
     /// Seconds each closed-loop measurement runs.
     #[arg(long, default_value_t = 5, global = true)]
     seconds: u64,
@@ -84,14 +85,26 @@ fn main() {
     });
 }
 
+#[derive(Clone)]
 struct Settings {
-    connections: usize,
+    /// Connection counts to measure ingest at; the others use the first.
+    connections: Vec<usize>,
     duration: Duration,
 }
 
+impl Settings {
+    fn first_connections(&self) -> usize {
+        self.connections.first().copied().unwrap_or(64)
+    }
+}
+
 fn args_settings(args: &Args) -> Settings {
+    let mut connections: Vec<usize> = args.connections.iter().map(|&n| n.max(1)).collect();
+    if connections.is_empty() {
+        connections.push(64);
+    }
     Settings {
-        connections: args.connections.max(1),
+        connections,
         duration: Duration::from_secs(args.seconds.max(1)),
     }
 }
@@ -183,40 +196,52 @@ fn print_row(name: &str, stats: &Stats, baseline: Option<f64>) {
     );
 }
 
-async fn measure(url: &str, pem: &[u8], settings: &Settings, prefix: &'static str) -> Stats {
-    let client = load::client(Some(pem), settings.connections);
+async fn measure(
+    url: &str,
+    pem: &[u8],
+    connections: usize,
+    duration: Duration,
+    prefix: &'static str,
+) -> (u64, Stats) {
+    let client = load::client(Some(pem), connections);
     // Warm-up: open the connections and the TLS sessions.
-    load::closed_loop(
+    let warm = load::closed_loop(
         &client,
         url,
-        settings.connections,
+        connections,
         Duration::from_millis(500),
         5_000,
         notification("warm"),
     )
     .await;
-    load::closed_loop(
+    let measured = load::closed_loop(
         &client,
         url,
-        settings.connections,
-        settings.duration,
+        connections,
+        duration,
         2_000_000,
         notification(prefix),
     )
-    .await
+    .await;
+    (warm.ok, measured)
 }
 
 async fn ingest(settings: &Settings) {
+    for &connections in &settings.connections {
+        ingest_at(connections, settings.duration).await;
+    }
+}
+
+async fn ingest_at(connections: usize, duration: Duration) {
     println!(
-        "\n== ingest: {} keep-alive TLS connections, {} s each, HTTP/1.1 ==",
-        settings.connections,
-        settings.duration.as_secs()
+        "\n== ingest: {connections} keep-alive TLS connections, {} s each, HTTP/1.1 ==",
+        duration.as_secs()
     );
     let ws = Workspace::new();
     let pem = ws.cert_pem();
     let bare = ChildServer::bare(Some((&ws.cert, &ws.key))).await;
     let url = format!("https://localhost:{}/", bare.addr.port());
-    let baseline = measure(&url, &pem, settings, "bare").await;
+    let (_, baseline) = measure(&url, &pem, connections, duration, "bare").await;
     bare.stop().await;
     print_row("bare hyper + rustls (baseline)", &baseline, None);
 
@@ -224,27 +249,20 @@ async fn ingest(settings: &Settings) {
         ("relay, flush + fdatasync", true),
         ("relay, flush only (no fdatasync)", false),
     ] {
-        let config = ws.config(if sync_data { "synced" } else { "unsynced" }, sync_data, "");
+        let spool_name = if sync_data { "synced" } else { "unsynced" };
+        let config = ws.config(spool_name, sync_data, "");
         let relay = ChildServer::relay(&config).await;
-        let stats = measure(
-            &hooks_url(relay.addr),
-            &pem,
-            settings,
-            if sync_data { "s" } else { "u" },
-        )
-        .await;
+        let prefix = if sync_data { "s" } else { "u" };
+        let (warm, stats) =
+            measure(&hooks_url(relay.addr), &pem, connections, duration, prefix).await;
         let (_, peak) = relay.rss_mib();
         relay.stop().await;
         print_row(name, &stats, Some(baseline.rate()));
-        let spool = ws
-            .dir
-            .path()
-            .join(if sync_data { "synced" } else { "unsynced" });
-        let stored = stats.ok + 5_000;
+        let stored = (stats.ok + warm).max(1);
         println!(
             "{:<34} peak RSS {peak:.1} MiB, spool {:.0} bytes on disk per notification",
             "",
-            dir_size(&spool) as f64 / stored as f64
+            dir_size(&ws.dir.path().join(spool_name)) as f64 / stored as f64
         );
     }
 }
@@ -258,12 +276,13 @@ async fn forward(settings: &Settings, backlog: u64) {
     let target = Target::start(false).await;
     let config = ws.config("forward", true, &subscription("bench", &target.url(), 128));
     let relay = ChildServer::relay(&config).await;
-    let client = load::client(Some(&pem), settings.connections);
+    let connections = settings.first_connections();
+    let client = load::client(Some(&pem), connections);
     let url = hooks_url(relay.addr);
     let filled = load::closed_loop(
         &client,
         &url,
-        settings.connections,
+        connections,
         Duration::from_secs(300),
         backlog,
         notification("fw"),
