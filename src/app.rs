@@ -47,7 +47,7 @@ pub struct Relay {
 impl Relay {
     /// Starts everything; the config must already be validated.
     pub async fn start(config: Config) -> Result<Relay, AppError> {
-        let clock = Clock::new();
+        let clock = Clock::system();
         let spool = Spool::open(&config.spool)?;
         let cert = load_certificate(&config)?;
         let acceptor = match &cert {

@@ -131,7 +131,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let relay = Relay::start(config).await?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        let watchdog = tokio::spawn(watchdog());
+        let watchdog = tokio::spawn(watchdog(relay.spool.clone()));
         wait_for_stop(&relay).await?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         watchdog.abort();
@@ -157,15 +157,21 @@ async fn wait_for_stop(relay: &Relay) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pings systemd's watchdog at half its period, when one is set.
-async fn watchdog() {
+/// Pings systemd's watchdog at half its period, when one is set, as long as
+/// the spool's writer answers within a quarter of it: a writer stuck on a
+/// hung disk lets the watchdog restart the service.
+async fn watchdog(spool: Spool) {
     let Some(period) = sd_notify::watchdog_enabled().filter(|p| !p.is_zero()) else {
         return;
     };
     let mut tick = tokio::time::interval(period / 2);
     loop {
         tick.tick().await;
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        if spool.writer_alive(period / 4).await {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!("spool writer not answering; withholding the watchdog ping");
+        }
     }
 }
 

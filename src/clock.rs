@@ -1,33 +1,42 @@
-//! Wall-clock time as Unix milliseconds, advanced by tokio's clock.
+//! Wall-clock time as Unix milliseconds.
 //!
-//! Persisted times (received_at, due times) are Unix milliseconds. Reading
-//! them from `SystemTime` everywhere would make paused-clock tests lie, so the
-//! relay reads the wall clock once and adds tokio's monotonic elapsed time.
+//! Persisted times (received_at, due times) are Unix milliseconds. The relay
+//! reads the system clock, so a clock corrected by NTP after start-up is
+//! followed at once; tests can instead make a clock that follows tokio's
+//! (paused) clock from a fixed wall-clock base.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Clock {
-    base_ms: i64,
-    base: Instant,
+    /// `Some`: Unix ms at a tokio instant, advanced by tokio's clock.
+    tokio_base: Option<(i64, Instant)>,
 }
 
 impl Clock {
-    pub fn new() -> Self {
-        let base_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    /// The system clock.
+    pub fn system() -> Self {
+        Clock { tokio_base: None }
+    }
+
+    /// A clock that starts at the system time and then advances only with
+    /// tokio's clock (for tests on a paused clock).
+    pub fn following_tokio() -> Self {
         Clock {
-            base_ms,
-            base: Instant::now(),
+            tokio_base: Some((system_ms(), Instant::now())),
         }
     }
 
     pub fn now_ms(&self) -> i64 {
-        let elapsed = i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX);
-        self.base_ms.saturating_add(elapsed)
+        match self.tokio_base {
+            None => system_ms(),
+            Some((base_ms, base)) => {
+                let elapsed = i64::try_from(base.elapsed().as_millis()).unwrap_or(i64::MAX);
+                base_ms.saturating_add(elapsed)
+            }
+        }
     }
 
     /// The tokio instant at which Unix time `ms` is reached (now, if past).
@@ -37,10 +46,10 @@ impl Clock {
     }
 }
 
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::new()
-    }
+fn system_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// RFC 3339 in UTC with milliseconds, e.g. `2026-11-23T19:06:03.120Z`.
@@ -68,9 +77,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn follows_the_paused_clock() {
-        let clock = Clock::new();
+        let clock = Clock::following_tokio();
         let start = clock.now_ms();
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         assert_eq!(clock.now_ms() - start, 3_600_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_system_clock_ignores_tokio_time() {
+        let clock = Clock::system();
+        let start = clock.now_ms();
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        assert!(clock.now_ms() - start < 60_000);
     }
 }

@@ -207,6 +207,17 @@ impl Spool {
         }
     }
 
+    /// Whether the writer thread answers within `within`, after finishing
+    /// the writes queued before the question: false when it is gone or stuck
+    /// (a hung disk), so the service watchdog can stop vouching for it.
+    pub async fn writer_alive(&self, within: std::time::Duration) -> bool {
+        let (alive, answer) = oneshot::channel();
+        let asked = async {
+            self.inner.writer.send(Op::Probe { alive }).await.is_ok() && answer.await.is_ok()
+        };
+        tokio::time::timeout(within, asked).await.unwrap_or(false)
+    }
+
     pub fn path(&self) -> &Path {
         &self.inner.path
     }

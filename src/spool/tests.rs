@@ -204,3 +204,12 @@ async fn a_closed_spool_refuses_writes() {
     let err = spool.store(incoming("late", 1_000), &[]).await.unwrap_err();
     assert!(matches!(err, SpoolError::Closed), "{err}");
 }
+
+#[tokio::test]
+async fn the_writer_answers_probes_until_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&config(dir.path())).unwrap();
+    assert!(spool.writer_alive(Duration::from_secs(5)).await);
+    spool.close().await;
+    assert!(!spool.writer_alive(Duration::from_secs(5)).await);
+}

@@ -61,6 +61,9 @@ pub(super) enum Op {
         durable: bool,
         reply: Reply,
     },
+    /// Answered once the writes queued before it are done: the writer is
+    /// alive and not wedged (for the service watchdog).
+    Probe { alive: oneshot::Sender<()> },
     /// Finish what is queued, flush, and stop.
     Close { done: oneshot::Sender<()> },
 }
@@ -101,6 +104,7 @@ pub(super) fn start(trees: Arc<Trees>) -> std::io::Result<mpsc::Sender<Op>> {
 fn run(trees: &Trees, mut rx: mpsc::Receiver<Op>) -> Option<oneshot::Sender<()>> {
     while let Some(first) = rx.blocking_recv() {
         let mut group: Vec<Write> = Vec::new();
+        let mut probes = Vec::new();
         let mut closing = None;
         let mut next = Some(first);
         while let Some(op) = next.take() {
@@ -114,6 +118,7 @@ fn run(trees: &Trees, mut rx: mpsc::Receiver<Op>) -> Option<oneshot::Sender<()>>
                     durable,
                     reply,
                 }),
+                Op::Probe { alive } => probes.push(alive),
                 Op::Close { done } => {
                     closing = Some(done);
                     break;
@@ -125,6 +130,9 @@ fn run(trees: &Trees, mut rx: mpsc::Receiver<Op>) -> Option<oneshot::Sender<()>>
         }
         if !group.is_empty() {
             commit(trees, group);
+        }
+        for alive in probes {
+            let _ = alive.send(());
         }
         if let Some(done) = closing {
             rx.close();
@@ -140,7 +148,7 @@ fn run(trees: &Trees, mut rx: mpsc::Receiver<Op>) -> Option<oneshot::Sender<()>>
                         durable,
                         reply,
                     }),
-                    Op::Close { .. } => None,
+                    Op::Probe { .. } | Op::Close { .. } => None,
                 })
                 .collect();
             if !late.is_empty() {

@@ -354,3 +354,43 @@ async fn a_full_disk_gets_503_never_a_false_200_and_loses_nothing_acknowledged()
     );
     assert_eq!(lost, 0);
 }
+
+#[tokio::test]
+async fn the_service_reports_ready_watchdog_and_stopping_to_systemd() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let mut command = Command::new(BINARY);
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000");
+    let relay = RelayProcess::spawn_command(command).await;
+
+    let recv = async |limit: Duration| {
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(limit, socket.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+    };
+    let ten_s = Duration::from_secs(10);
+    assert_eq!(recv(ten_s).await.as_deref(), Some("READY=1"));
+    // A 400 ms watchdog is pinged every 200 ms while the spool writer answers.
+    for _ in 0..3 {
+        assert_eq!(recv(ten_s).await.as_deref(), Some("WATCHDOG=1"));
+    }
+    relay.sigterm().await;
+    let mut after_stop = Vec::new();
+    while let Some(message) = recv(Duration::from_millis(200)).await {
+        after_stop.push(message);
+    }
+    assert!(
+        after_stop.iter().any(|m| m == "STOPPING=1"),
+        "{after_stop:?}"
+    );
+}

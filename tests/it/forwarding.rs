@@ -121,7 +121,7 @@ async fn the_last_failure_makes_the_delivery_dead_and_a_replay_revives_it() {
     );
 
     // The script is used up: the target now answers 200.
-    let now = webhook_relay::clock::Clock::new().now_ms();
+    let now = webhook_relay::clock::Clock::system().now_ms();
     assert!(relay.relay().spool.replay(id, "erp", now).await.unwrap());
     target.wait_for(5, WAIT).await;
     let delivery = final_delivery(&relay, id, "erp").await;
