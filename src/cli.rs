@@ -58,6 +58,18 @@ pub enum SpoolCommand {
         #[arg(long)]
         deliveries: bool,
     },
+    /// Put a notification's dead deliveries back in the queue, due now, with
+    /// a fresh schedule (the relay must be stopped; it sends them on start).
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The notification's id (as `spool dump` prints it).
+        id: String,
+        /// Only this subscription's delivery (and replay it even if it was
+        /// delivered).
+        #[arg(long)]
+        subscription: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +101,11 @@ pub fn run(cli: Cli) -> ExitCode {
             quarantine,
             deliveries,
         }) => load(&config.config).and_then(|config| dump(&config, quarantine, deliveries)),
+        Command::Spool(SpoolCommand::Replay {
+            config,
+            id,
+            subscription,
+        }) => load(&config.config).and_then(|config| replay(&config, &id, subscription)),
         Command::GenSecret => {
             println!("{}", SigningKey::generate_secret(rand::random()));
             Ok(())
@@ -203,6 +220,45 @@ fn dump(config: &Config, quarantine: bool, deliveries: bool) -> anyhow::Result<(
     }
     out.flush()?;
     Ok(())
+}
+
+/// Replays the dead deliveries of one notification (or the named
+/// subscription's, whatever its state) and prints one JSON line each.
+fn replay(config: &Config, id: &str, subscription: Option<String>) -> anyhow::Result<()> {
+    let id = crate::spool::NotificationId::parse(id)
+        .ok_or_else(|| anyhow::anyhow!("{id:?} is not a notification id"))?;
+    let spool = Spool::open(&config.spool)?;
+    let Some(notification) = spool.notification(id)? else {
+        anyhow::bail!("no notification {id} in {}", spool.path().display());
+    };
+    let chosen: Vec<String> = match subscription {
+        Some(name) if notification.meta.subscriptions.contains(&name) => vec![name],
+        Some(name) => anyhow::bail!("notification {id} has no delivery for subscription {name:?}"),
+        None => spool
+            .deliveries_of(id)?
+            .into_iter()
+            .filter(|d| matches!(d.state, crate::delivery::State::Dead { .. }))
+            .map(|d| d.subscription)
+            .collect(),
+    };
+    if chosen.is_empty() {
+        anyhow::bail!("notification {id} has no dead delivery to replay");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let now_ms = crate::clock::Clock::system().now_ms();
+        for name in &chosen {
+            // `false`: never attempted yet, so already due; nothing to do.
+            let replayed = spool.replay(id, name, now_ms).await?;
+            let line = serde_json::json!({"id": id.to_string(), "subscription": name, "replayed": replayed});
+            println!("{line}");
+        }
+        spool.close().await;
+        anyhow::Ok(())
+    })
 }
 
 /// The body as text when it is UTF-8, else as base64 (`body_base64`).

@@ -345,3 +345,50 @@ async fn waiting_deliveries_resume_after_a_restart() {
     assert_eq!(header(&got[0], "x-relay-attempt"), "2");
     relay.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_cli_replays_a_dead_delivery_of_a_stopped_relay() {
+    let target = Target::start(vec![Reply::Status(503); 4]).await;
+    let subs = subscription("erp", &target.url(), "");
+    let relay = TestRelay::start(&subs).await;
+    let id = post_tus(&relay, "h-cli-replay", "emitido").await;
+    let delivery = final_delivery(&relay, id, "erp").await;
+    assert!(matches!(delivery.state, State::Dead { .. }));
+    let dir = relay.stop().await;
+    let config = dir.path().join("relay.toml");
+    std::fs::write(&config, format!("{}{subs}", base_config(dir.path()))).unwrap();
+
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_webhook-relay"))
+            .args(["spool", "replay", "--config"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let unknown = cli(&["01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no notification"));
+    let replayed = cli(&[&id.to_string()]);
+    assert!(replayed.status.success(), "{replayed:?}");
+    let line: serde_json::Value = serde_json::from_slice(&replayed.stdout).unwrap();
+    assert_eq!(line["subscription"], "erp");
+    assert_eq!(line["replayed"], true);
+    let again = cli(&[&id.to_string()]);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "nothing dead is left to replay"
+    );
+
+    // The next start sends it; the script is used up, so the target says 200.
+    let text = format!("{}{subs}", base_config(dir.path()));
+    let relay =
+        webhook_relay::app::Relay::start(webhook_relay::config::Config::parse(&text).unwrap())
+            .await
+            .unwrap();
+    let got = target.wait_for(5, WAIT).await;
+    assert_eq!(header(&got[4], "webhook-id"), id.to_string());
+    assert_eq!(header(&got[4], "x-relay-attempt"), "5");
+    relay.stop().await.unwrap();
+}
