@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub handshake_timeout: HumanDuration,
     pub max_connections: usize,
     pub http2_max_streams: u32,
+    /// Balancers (addresses or CIDR networks) whose `X-Forwarded-For` is
+    /// believed: behind them, allowlists and rate limits see the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             handshake_timeout: HumanDuration(Duration::from_secs(10)),
             max_connections: 1024,
             http2_max_streams: 64,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -456,6 +460,26 @@ impl ServerConfig {
         if self.max_connections == 0 {
             problems.push((at.key("max_connections"), "must be at least 1".into()));
         }
+        check_networks(problems, at.key("trusted_proxies"), &self.trusted_proxies);
+    }
+
+    /// The trusted proxies as networks (validated by [`Config::problems`]).
+    pub fn trusted_proxy_networks(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|s| parse_net(s))
+            .collect()
+    }
+}
+
+fn check_networks(problems: &mut Vec<(KeyPath, String)>, at: KeyPath, entries: &[String]) {
+    for (i, entry) in entries.iter().enumerate() {
+        if parse_net(entry).is_none() {
+            problems.push((
+                at.index(i),
+                format!("{entry:?} is not an IP address or CIDR network"),
+            ));
+        }
     }
 }
 
@@ -500,14 +524,7 @@ impl SourceConfig {
                 ));
             }
         }
-        for (i, entry) in self.allow_ips.iter().enumerate() {
-            if parse_net(entry).is_none() {
-                problems.push((
-                    at.key("allow_ips").index(i),
-                    format!("{entry:?} is not an IP address or CIDR network"),
-                ));
-            }
-        }
+        check_networks(problems, at.key("allow_ips"), &self.allow_ips);
         if self.burst == Some(0) {
             problems.push((at.key("burst"), "must be at least 1".into()));
         }

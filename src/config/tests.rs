@@ -115,3 +115,21 @@ fn wildcards() {
     assert!(wildcard_match("exact", "exact"));
     assert!(!wildcard_match("exact", "exactly"));
 }
+
+#[test]
+fn a_bad_network_names_its_list_entry_and_line() {
+    let text = minimal().replace(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/99\"]\n",
+    ) + "allow_ips = [\"not an address\"]\n";
+    let problems = Config::parse(&text).unwrap_err();
+    let found: Vec<(&str, Option<usize>)> =
+        problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("server.trusted_proxies[1]", Some(2)),
+            ("sources.tus.allow_ips[0]", Some(8))
+        ]
+    );
+}

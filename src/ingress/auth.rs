@@ -13,6 +13,38 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{HmacEncoding, SourceConfig};
 
+/// The address a request comes from: the peer, or, when the peer is a
+/// trusted proxy, the nearest `X-Forwarded-For` hop that is not one (read
+/// right to left, since only the hops our proxies appended can be believed).
+/// A malformed hop stops the walk at the last believable address.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .rev()
+        .flat_map(|value| {
+            let hops: Vec<&str> = value.to_str().unwrap_or("").split(',').collect();
+            hops.into_iter().rev()
+        });
+    let mut client = peer;
+    for hop in hops {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip.to_canonical();
+                if !is_trusted(&client) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthFailure {
     #[error("peer address is not allowed for this source")]
@@ -267,5 +299,38 @@ mod tests {
         assert_eq!(decode_hex("0af"), None);
         assert_eq!(decode_hex("zz"), None);
         assert_eq!(decode_hex("é0"), None);
+    }
+
+    #[test]
+    fn the_client_behind_trusted_proxies_is_the_nearest_untrusted_hop() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let from = |peer: &str, xff: &[&str]| {
+            let pairs: Vec<(&str, &str)> = xff.iter().map(|v| ("x-forwarded-for", *v)).collect();
+            client_ip(ip(peer), &headers(&pairs), &trusted)
+        };
+        // Not a trusted peer: its header is ignored.
+        assert_eq!(from("198.51.100.7", &["203.0.113.1"]), ip("198.51.100.7"));
+        // Through one balancer.
+        assert_eq!(from("10.0.0.2", &["203.0.113.1"]), ip("203.0.113.1"));
+        // A forged left-hand hop does not win over what our proxies saw.
+        assert_eq!(
+            from("10.0.0.2", &["1.2.3.4, 203.0.113.1, 10.0.0.9"]),
+            ip("203.0.113.1")
+        );
+        // Hops split over several header lines read as one list.
+        assert_eq!(
+            from("10.0.0.2", &["1.2.3.4", "203.0.113.1"]),
+            ip("203.0.113.1")
+        );
+        // Garbage stops the walk at the last believable address.
+        assert_eq!(
+            from("10.0.0.2", &["203.0.113.1, not-an-ip"]),
+            ip("10.0.0.2")
+        );
+        // No header: the proxy itself.
+        assert_eq!(from("10.0.0.2", &[]), ip("10.0.0.2"));
+        // IPv4-mapped IPv6 is read as IPv4.
+        assert_eq!(from("10.0.0.2", &["::ffff:203.0.113.1"]), ip("203.0.113.1"));
     }
 }

@@ -121,7 +121,11 @@ pub(super) async fn handle(
     peer: SocketAddr,
     request: Request<IncomingBody>,
 ) -> Response<Full<Bytes>> {
-    let peer_ip = peer.ip().to_canonical();
+    let peer_ip = super::auth::client_ip(
+        peer.ip().to_canonical(),
+        request.headers(),
+        &ingress.trusted_proxies,
+    );
     let path = request.uri().path().to_owned();
     match accept(ingress, peer_ip, request).await {
         Ok(answer) => answer,

@@ -48,6 +48,7 @@ pub struct Ingress {
     clock: Clock,
     max_body: u64,
     body_timeout: Duration,
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Ingress {
@@ -75,6 +76,7 @@ impl Ingress {
             clock,
             max_body: config.server.max_body.0,
             body_timeout: config.server.body_timeout.0,
+            trusted_proxies: config.server.trusted_proxy_networks(),
         })
     }
 

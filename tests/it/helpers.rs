@@ -107,9 +107,14 @@ pub struct TestRelay {
 
 impl TestRelay {
     pub async fn start(extra: &str) -> TestRelay {
+        TestRelay::start_edited(|base| format!("{base}{extra}")).await
+    }
+
+    /// Starts on the base config as `edit` changes it.
+    pub async fn start_edited(edit: impl FnOnce(String) -> String) -> TestRelay {
         init();
         let dir = tempfile::tempdir().unwrap();
-        let text = format!("{}{}", base_config(dir.path()), extra);
+        let text = edit(base_config(dir.path()));
         let config = Config::parse(&text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
         let relay = Relay::start(config).await.expect("relay starts");
         let client = provider_client(&dir.path().join("tls/self-signed.crt"));

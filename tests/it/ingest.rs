@@ -421,3 +421,34 @@ async fn the_spool_refuses_a_second_opener_while_the_relay_runs() {
     assert!(err.to_string().contains("in use"), "{err}");
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_address_is_checked() {
+    let post_as = |relay: &TestRelay, forwarded: Option<&'static str>| {
+        let mut request = relay
+            .client
+            .post(relay.url("/hooks/office"))
+            .body(r#"{"id": "1"}"#);
+        if let Some(address) = forwarded {
+            request = request.header("x-forwarded-for", address);
+        }
+        async move { answer(request.send().await.unwrap()).await.0 }
+    };
+    // The office source allows 192.0.2.0/24; the test's peer is 127.0.0.1.
+    let relay = TestRelay::start_edited(|base| {
+        base.replace(
+            "[server]\n",
+            "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+        )
+    })
+    .await;
+    assert_eq!(post_as(&relay, Some("192.0.2.10")).await, 200);
+    assert_eq!(post_as(&relay, Some("192.0.2.10, 198.51.100.1")).await, 403);
+    assert_eq!(post_as(&relay, None).await, 403);
+    relay.stop().await;
+
+    // Without trusted_proxies, anyone could write that header: it is ignored.
+    let relay = TestRelay::start("").await;
+    assert_eq!(post_as(&relay, Some("192.0.2.10")).await, 403);
+    relay.stop().await;
+}
