@@ -26,7 +26,7 @@ pub enum IngressError {
     MethodNotAllowed,
     #[error(transparent)]
     Auth(#[from] super::AuthFailure),
-    #[error("too many requests; retry in {} s", .0.as_secs().max(1))]
+    #[error("too many requests; retry in {} s", retry_after_secs(*.0))]
     RateLimited(Duration),
     #[error("body is larger than {0} bytes")]
     TooLarge(u64),
@@ -85,7 +85,7 @@ impl IngressError {
             IngressError::RateLimited(wait) => {
                 headers.insert(
                     header::RETRY_AFTER,
-                    HeaderValue::from(wait.as_secs().max(1)),
+                    HeaderValue::from(retry_after_secs(*wait)),
                 );
             }
             IngressError::Unavailable(_) => {
@@ -104,6 +104,13 @@ impl IngressError {
         }
         response
     }
+}
+
+/// Whole seconds for `Retry-After`, rounded up: a provider told to come back
+/// sooner than the limiter allows would only be refused again.
+fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
@@ -126,7 +133,7 @@ pub(super) async fn handle(
         request.headers(),
         &ingress.trusted_proxies,
     );
-    let path = request.uri().path().to_owned();
+    let path = loggable_path(request.uri().path());
     match accept(ingress, peer_ip, request).await {
         Ok(answer) => answer,
         Err(err) => {
@@ -138,6 +145,23 @@ pub(super) async fn handle(
             }
             err.into_response()
         }
+    }
+}
+
+/// The request path as logs may show it: a source token is a secret, so
+/// whatever follows the source name is masked, and any path is cut short.
+fn loggable_path(path: &str) -> String {
+    const MAX: usize = 64;
+    let shown = match path.strip_prefix("/hooks/") {
+        Some(rest) => match rest.split_once('/') {
+            Some((source, _)) => format!("/hooks/{source}/***"),
+            None => path.to_owned(),
+        },
+        None => path.to_owned(),
+    };
+    match shown.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &shown[..cut]),
+        None => shown,
     }
 }
 
@@ -314,6 +338,16 @@ mod tests {
     }
 
     #[test]
+    fn logged_paths_never_show_a_token() {
+        assert_eq!(loggable_path("/hooks/tus/s3cret-token"), "/hooks/tus/***");
+        assert_eq!(loggable_path("/hooks/tus/a/b"), "/hooks/tus/***");
+        assert_eq!(loggable_path("/hooks/tus"), "/hooks/tus");
+        assert_eq!(loggable_path("/metrics"), "/metrics");
+        let long = format!("/{}", "é".repeat(100));
+        assert_eq!(loggable_path(&long).chars().count(), 64 + 3);
+    }
+
+    #[test]
     fn statuses_tell_the_truth() {
         assert_eq!(
             IngressError::Unavailable(SpoolError::Closed).status(),
@@ -324,6 +358,8 @@ mod tests {
             StatusCode::PAYLOAD_TOO_LARGE
         );
         let response = IngressError::RateLimited(Duration::from_millis(1500)).into_response();
-        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(retry_after_secs(Duration::from_millis(3)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(4)), 4);
     }
 }

@@ -143,11 +143,14 @@ async fn timeouts_refusals_resets_and_retry_after_are_recorded_as_such() {
         Reply::Status(200),
     ])
     .await;
+    // Its first answer is a 429 asking for 1 s where the schedule says 50 ms.
+    let limited = Target::start(vec![Reply::StatusRetryAfter(429, 1)]).await;
     let refused = format!("http://127.0.0.1:{}/hook", closed_port().await);
     let subs = format!(
-        "{}{}",
+        "{}{}{}",
         subscription("erp", &target.url(), ""),
-        subscription("down", &refused, "")
+        subscription("down", &refused, ""),
+        subscription("limited", &limited.url(), "")
     );
     let relay = TestRelay::start(&subs).await;
     let id = post_tus(&relay, "h-kinds", "emitido").await;
@@ -158,6 +161,7 @@ async fn timeouts_refusals_resets_and_retry_after_are_recorded_as_such() {
         .iter()
         .map(|a| a.outcome.clone())
         .collect();
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
     assert_eq!(kinds[0], Outcome::Timeout);
     assert!(matches!(kinds[1], Outcome::Io { .. }), "{:?}", kinds[1]);
     assert_eq!(
@@ -184,6 +188,14 @@ async fn timeouts_refusals_resets_and_retry_after_are_recorded_as_such() {
     assert!(
         delivery.attempts[0].duration_ms >= 500,
         "first attempt runs to timeout_first"
+    );
+
+    // Retry-After beats the schedule's 50 ms, capped at its longest wait (150 ms).
+    let got = limited.wait_for(2, WAIT).await;
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(150) && gap < Duration::from_millis(900),
+        "Retry-After honoured up to the cap: {gap:?}"
     );
 
     let down = final_delivery(&relay, id, "down").await;
@@ -391,4 +403,62 @@ async fn the_cli_replays_a_dead_delivery_of_a_stopped_relay() {
     assert_eq!(header(&got[4], "webhook-id"), id.to_string());
     assert_eq!(header(&got[4], "x-relay-attempt"), "5");
     relay.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_graceful_stop_lets_attempts_in_flight_finish_within_the_grace() {
+    // "quick" answers 200 after 300 ms, inside the 1 s grace; "stuck" would
+    // answer after 30 s, so the stop cuts it off and it stays due.
+    let quick = Target::start(vec![Reply::Hang(Duration::from_millis(300))]).await;
+    let stuck = Target::start(vec![Reply::Hang(Duration::from_secs(30))]).await;
+    let subs = [
+        subscription("quick", &quick.url(), ""),
+        subscription("stuck", &stuck.url(), "")
+            .replace("timeout_first = \"500ms\"", "timeout_first = \"60s\""),
+    ]
+    .concat();
+    let relay = TestRelay::start_edited(|base| {
+        format!(
+            "{}{subs}",
+            base.replace("shutdown_grace = \"2s\"", "shutdown_grace = \"1s\"")
+        )
+    })
+    .await;
+    let id = post_tus(&relay, "h-grace", "emitido").await;
+    quick.wait_for(1, WAIT).await;
+    stuck.wait_for(1, WAIT).await;
+
+    let stopping = tokio::time::Instant::now();
+    let spool_path = relay.relay().spool.path().to_owned();
+    let dir = relay.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(5),
+        "the stop waits for attempts in flight, up to the grace: {took:?}"
+    );
+
+    let config = webhook_relay::config::Config::parse(&base_config(dir.path())).unwrap();
+    assert_eq!(config.spool.path, spool_path);
+    let spool = webhook_relay::spool::Spool::open(&config.spool).unwrap();
+    let deliveries = spool.deliveries_of(id).unwrap();
+    let quick_delivery = deliveries
+        .iter()
+        .find(|d| d.subscription == "quick")
+        .unwrap();
+    assert!(
+        matches!(quick_delivery.state, State::Delivered { .. }),
+        "finished during the stop and recorded: {:?}",
+        quick_delivery.state
+    );
+    assert_eq!(quick_delivery.attempts.len(), 1);
+    assert_eq!(spool.next_due_ms("quick", |_| false).unwrap(), None);
+    // The cut-off attempt is not recorded as an outcome; it is still due,
+    // so the next start makes it again (at-least-once).
+    let stuck_delivery = deliveries
+        .iter()
+        .find(|d| d.subscription == "stuck")
+        .unwrap();
+    assert!(!stuck_delivery.is_final(), "{:?}", stuck_delivery.state);
+    assert!(spool.next_due_ms("stuck", |_| false).unwrap().is_some());
+    spool.close().await;
 }

@@ -419,7 +419,82 @@ async fn the_spool_refuses_a_second_opener_while_the_relay_runs() {
         .err()
         .expect("locked");
     assert!(err.to_string().contains("in use"), "{err}");
+
+    // The offline CLI says so too, and exits 75 (EX_TEMPFAIL): try later.
+    let config_path = relay.dir.path().join("relay.toml");
+    std::fs::write(&config_path, base_config(relay.dir.path())).unwrap();
+    let dump = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-relay"))
+        .args(["spool", "dump", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert_eq!(dump.status.code(), Some(75), "{dump:?}");
+    assert!(
+        String::from_utf8_lossy(&dump.stderr).contains("in use"),
+        "{dump:?}"
+    );
+    assert!(dump.stdout.is_empty(), "nothing dumped from a locked spool");
     relay.stop().await;
+}
+
+#[test]
+fn a_bad_config_exits_64_naming_file_line_and_key_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    // A taken port: if `serve` bound before checking, the error would be
+    // about the address, not the config.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = base_config(dir.path())
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{}\"", taken.local_addr().unwrap()),
+        )
+        .replace("dedup_window = \"72h\"", "dedup_window = \"0s\"")
+        .replace(
+            "shutdown_grace = \"2s\"",
+            "shutdown_grace = \"2s\"\nmax_in_flight = 0",
+        );
+    std::fs::write(&path, &text).unwrap();
+    let line_of = |needle: &str| 1 + text.lines().position(|l| l.contains(needle)).unwrap();
+    for command in ["check-config", "serve"] {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-relay"))
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(64), "{command}: {stderr}");
+        for (key, needle) in [
+            ("spool.dedup_window", "dedup_window ="),
+            ("forwarder.max_in_flight", "max_in_flight ="),
+        ] {
+            let expected = format!("{}:{}:", path.display(), line_of(needle));
+            assert!(
+                stderr.contains(&expected) && stderr.contains(key),
+                "{command} names {key} at {expected}: {stderr}"
+            );
+        }
+        assert!(
+            !stderr.contains("listen"),
+            "{command} bound first: {stderr}"
+        );
+    }
+
+    // An unknown key is an error too, located.
+    std::fs::write(
+        &path,
+        base_config(dir.path()).replace("[spool]\n", "[spool]\nflush_evrey = 5\n"),
+    )
+    .unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-relay"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("flush_evrey"), "{stderr}");
+    drop(taken);
 }
 
 #[tokio::test]
