@@ -146,10 +146,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Before anything starts: a SIGTERM that comes while the spool opens
+        // or the listener binds must stop the relay cleanly, not kill it.
+        let signals = Signals::install()?;
         let relay = Relay::start(config).await?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let watchdog = tokio::spawn(watchdog(relay.spool.clone()));
-        wait_for_stop(&relay).await?;
+        signals.wait_for_stop(&relay).await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         watchdog.abort();
         relay.stop().await?;
@@ -157,21 +160,34 @@ fn serve(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP reloads the TLS certificate.
-async fn wait_for_stop(relay: &Relay) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => relay.reload_certificate(),
-        }
+/// The signals `serve` answers to.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        })
     }
-    tracing::info!("stopping");
-    Ok(())
+
+    /// Waits for SIGTERM or SIGINT; SIGHUP reloads the TLS certificate.
+    async fn wait_for_stop(mut self, relay: &Relay) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hup.recv() => relay.reload_certificate(),
+            }
+        }
+        tracing::info!("stopping");
+    }
 }
 
 /// Pings systemd's watchdog at half its period, when one is set, as long as

@@ -13,8 +13,8 @@
 //! - [`config`]: the `relay.toml` schema and its validation.
 //! - [`app`]: wires the parts, owns start-up and shutdown.
 //! - [`cli`]: the command line (`serve`, `check-config`, `spool dump`, ...).
-//! - [`clock`]: Unix milliseconds that follow tokio's clock, so paused-clock
-//!   tests are honest.
+//! - [`clock`]: Unix milliseconds: the system clock in service, or one that
+//!   follows tokio's paused clock in tests.
 //!
 //! Dependencies point down: `cli` → `app` → `ingress`, `forwarder` → `spool`
 //! → `providers`, `delivery`, `signing`, `config`.

@@ -58,6 +58,10 @@ async fn stores_once_per_dedup_key_within_the_window() {
         2,
         "fan-out written with the notification"
     );
+    // The resend inside the window added no delivery: one due entry for
+    // "erp" (the first copy's), one for "crm".
+    assert_eq!(spool.due("erp", i64::MAX, 100, |_| false).unwrap().len(), 1);
+    assert_eq!(spool.due("crm", i64::MAX, 100, |_| false).unwrap().len(), 1);
     let record = spool.notification(first).unwrap().unwrap();
     assert_eq!(record.body.as_ref(), b"{\"hook_id\": \"x\"}");
     assert_eq!(record.meta.event_type, "facturacion.emitido");

@@ -20,6 +20,8 @@ const BINARY: &str = env!("CARGO_BIN_EXE_webhook-relay");
 struct RelayProcess {
     child: Child,
     addr: std::net::SocketAddr,
+    /// The last lines it logged, to show when it misbehaves.
+    log_tail: Arc<Mutex<std::collections::VecDeque<String>>>,
 }
 
 impl RelayProcess {
@@ -54,8 +56,22 @@ impl RelayProcess {
         .await
         .expect("relay listens within 30 s");
         // Keep draining its log so the pipe never blocks it.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        RelayProcess { child, addr }
+        let log_tail = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let tail = log_tail.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut tail = tail.lock().unwrap();
+                if tail.len() == 40 {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
+        RelayProcess {
+            child,
+            addr,
+            log_tail,
+        }
     }
 
     async fn sigkill(mut self) {
@@ -74,7 +90,12 @@ impl RelayProcess {
             .await
             .unwrap()
             .unwrap();
-        assert!(exit.success(), "clean stop after SIGTERM: {exit:?}");
+        let tail: Vec<String> = self.log_tail.lock().unwrap().iter().cloned().collect();
+        assert!(
+            exit.success(),
+            "clean stop after SIGTERM: {exit:?}; its last log lines:\n{}",
+            tail.join("\n")
+        );
     }
 }
 

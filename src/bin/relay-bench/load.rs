@@ -26,6 +26,19 @@ impl Stats {
     pub fn percentile_ms(&self, p: f64) -> f64 {
         percentile_ms(&self.latencies_us, p)
     }
+
+    /// Several runs taken together: counts and times add up, latencies merge.
+    pub fn pooled(runs: &[Stats]) -> Stats {
+        let mut total = Stats::default();
+        for run in runs {
+            total.ok += run.ok;
+            total.failed += run.failed;
+            total.elapsed += run.elapsed;
+            total.latencies_us.extend_from_slice(&run.latencies_us);
+        }
+        total.latencies_us.sort_unstable();
+        total
+    }
 }
 
 pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {

@@ -34,8 +34,13 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [32, 64, 256], global = true)]
     connections: Vec<usize>,
     /// Seconds each closed-loop measurement runs.
-    #[arg(long, default_value_t = 5, global = true)]
+    #[arg(long, default_value_t = 3, global = true)]
     seconds: u64,
+    /// Ingest: rounds of (bare, relay, relay without fdatasync), one after
+    /// the other, so that a slow or fast spell of this shared machine falls
+    /// on both sides of a ratio; the median ratio is reported.
+    #[arg(long, default_value_t = 3, global = true)]
+    rounds: usize,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +95,7 @@ struct Settings {
     /// Connection counts to measure ingest at; the others use the first.
     connections: Vec<usize>,
     duration: Duration,
+    rounds: usize,
 }
 
 impl Settings {
@@ -106,6 +112,7 @@ fn args_settings(args: &Args) -> Settings {
     Settings {
         connections,
         duration: Duration::from_secs(args.seconds.max(1)),
+        rounds: args.rounds.max(1),
     }
 }
 
@@ -167,7 +174,9 @@ fn subscription(name: &str, url: &str, max_in_flight: usize) -> String {
     )
 }
 
-fn notification(prefix: &'static str) -> impl Fn(u64) -> String + Send + Sync + 'static {
+fn notification(
+    prefix: impl std::fmt::Display + Send + Sync + 'static,
+) -> impl Fn(u64) -> String + Send + Sync + 'static {
     move |n| {
         format!(
             r#"{{"creado": "18/03/2022 15:58:11", "evento": "emitido", "recurso": "facturacion", "external_reference": "{n}", "intento": 1, "msg": [], "hook_id": "{prefix}-{n}"}}"#
@@ -182,9 +191,11 @@ fn hooks_url(addr: std::net::SocketAddr) -> String {
     )
 }
 
-fn print_row(name: &str, stats: &Stats, baseline: Option<f64>) {
-    let ratio = baseline.map_or(String::from("-"), |b| {
-        format!("{:.0} %", 100.0 * stats.rate() / b)
+/// One line of figures; `ratio` is the median of the per-round ratios to
+/// the bare server.
+fn print_row(name: &str, stats: &Stats, ratio: Option<f64>) {
+    let ratio = ratio.map_or(String::from("-"), |r| {
+        format!("{:.0} % (median)", 100.0 * r)
     });
     println!(
         "{name:<34} {:>10.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ok {:>7}  failed {:>4}  vs bare {ratio}",
@@ -196,75 +207,161 @@ fn print_row(name: &str, stats: &Stats, baseline: Option<f64>) {
     );
 }
 
-async fn measure(
-    url: &str,
-    pem: &[u8],
-    connections: usize,
-    duration: Duration,
-    prefix: &'static str,
-) -> (u64, Stats) {
-    let client = load::client(Some(pem), connections);
-    // Warm-up: open the connections and the TLS sessions.
-    let warm = load::closed_loop(
-        &client,
+/// Opens the connections and their TLS sessions; returns requests stored.
+async fn warm_up(client: &reqwest::Client, url: &str, connections: usize) -> u64 {
+    load::closed_loop(
+        client,
         url,
         connections,
         Duration::from_millis(500),
         5_000,
         notification("warm"),
     )
-    .await;
-    let measured = load::closed_loop(
-        &client,
+    .await
+    .ok
+}
+
+async fn measure(
+    client: &reqwest::Client,
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    prefix: String,
+) -> Stats {
+    load::closed_loop(
+        client,
         url,
         connections,
         duration,
         2_000_000,
         notification(prefix),
     )
-    .await;
-    (warm.ok, measured)
+    .await
 }
 
 async fn ingest(settings: &Settings) {
     for &connections in &settings.connections {
-        ingest_at(connections, settings.duration).await;
+        ingest_at(connections, settings.duration, settings.rounds).await;
     }
 }
 
-async fn ingest_at(connections: usize, duration: Duration) {
+/// One server under measurement, and what it measured over the rounds.
+struct Contender {
+    name: &'static str,
+    server: ChildServer,
+    url: String,
+    client: reqwest::Client,
+    stored: u64,
+    runs: Vec<Stats>,
+}
+
+impl Contender {
+    async fn start(
+        name: &'static str,
+        server: ChildServer,
+        url: String,
+        pem: &[u8],
+        connections: usize,
+    ) -> Contender {
+        let client = load::client(Some(pem), connections);
+        let stored = warm_up(&client, &url, connections).await;
+        Contender {
+            name,
+            server,
+            url,
+            client,
+            stored,
+            runs: Vec::new(),
+        }
+    }
+}
+
+async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
     println!(
-        "\n== ingest: {connections} keep-alive TLS connections, {} s each, HTTP/1.1 ==",
+        "\n== ingest: {connections} keep-alive TLS connections, HTTP/1.1, {rounds} rounds of {} s each ==",
         duration.as_secs()
     );
     let ws = Workspace::new();
     let pem = ws.cert_pem();
     let bare = ChildServer::bare(Some((&ws.cert, &ws.key))).await;
-    let url = format!("https://localhost:{}/", bare.addr.port());
-    let (_, baseline) = measure(&url, &pem, connections, duration, "bare").await;
-    bare.stop().await;
-    print_row("bare hyper + rustls (baseline)", &baseline, None);
-
-    for (name, sync_data) in [
-        ("relay, flush + fdatasync", true),
-        ("relay, flush only (no fdatasync)", false),
+    let bare_url = format!("https://localhost:{}/", bare.addr.port());
+    let mut contenders = vec![
+        Contender::start(
+            "bare hyper + rustls (baseline)",
+            bare,
+            bare_url,
+            &pem,
+            connections,
+        )
+        .await,
+    ];
+    for (name, spool, sync_data) in [
+        ("relay, flush + fdatasync", "synced", true),
+        ("relay, flush only (no fdatasync)", "unsynced", false),
     ] {
-        let spool_name = if sync_data { "synced" } else { "unsynced" };
-        let config = ws.config(spool_name, sync_data, "");
-        let relay = ChildServer::relay(&config).await;
-        let prefix = if sync_data { "s" } else { "u" };
-        let (warm, stats) =
-            measure(&hooks_url(relay.addr), &pem, connections, duration, prefix).await;
-        let (_, peak) = relay.rss_mib();
-        relay.stop().await;
-        print_row(name, &stats, Some(baseline.rate()));
-        let stored = (stats.ok + warm).max(1);
+        let relay = ChildServer::relay(&ws.config(spool, sync_data, "")).await;
+        let url = hooks_url(relay.addr);
+        contenders.push(Contender::start(name, relay, url, &pem, connections).await);
+    }
+    const PREFIXES: [&str; 3] = ["b", "s", "u"];
+    for round in 0..rounds {
+        for (contender, prefix) in contenders.iter_mut().zip(PREFIXES) {
+            // Distinct hook ids per round, so that no request is a resend.
+            let prefix = format!("{prefix}{round}");
+            let stats = measure(
+                &contender.client,
+                &contender.url,
+                connections,
+                duration,
+                prefix,
+            )
+            .await;
+            contender.stored += stats.ok;
+            contender.runs.push(stats);
+        }
+        let bare_rate = contenders[0].runs[round].rate();
+        let ratios: Vec<String> = contenders[1..]
+            .iter()
+            .map(|c| format!("{:.0} %", 100.0 * c.runs[round].rate() / bare_rate))
+            .collect();
         println!(
-            "{:<34} peak RSS {peak:.1} MiB, spool {:.0} bytes on disk per notification",
-            "",
-            dir_size(&ws.dir.path().join(spool_name)) as f64 / stored as f64
+            "  round {}: bare {:.0} req/s, relay/bare {}",
+            round + 1,
+            bare_rate,
+            ratios.join(", without fdatasync ")
         );
     }
+    let bare_rates: Vec<f64> = contenders[0].runs.iter().map(Stats::rate).collect();
+    for (index, contender) in contenders.iter().enumerate() {
+        let pooled = Stats::pooled(&contender.runs);
+        let ratio = (index > 0).then(|| {
+            let ratios: Vec<f64> = contender
+                .runs
+                .iter()
+                .zip(&bare_rates)
+                .map(|(run, bare)| run.rate() / bare)
+                .collect();
+            median(ratios)
+        });
+        print_row(contender.name, &pooled, ratio);
+    }
+    for (index, contender) in contenders.into_iter().enumerate() {
+        let (_, peak) = contender.server.rss_mib();
+        contender.server.stop().await;
+        if index > 0 {
+            let spool = if index == 1 { "synced" } else { "unsynced" };
+            println!(
+                "{:<34} peak RSS {peak:.1} MiB, spool {:.0} bytes on disk per notification",
+                "",
+                dir_size(&ws.dir.path().join(spool)) as f64 / contender.stored.max(1) as f64
+            );
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 async fn forward(settings: &Settings, backlog: u64) {
