@@ -868,6 +868,38 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn on_a_paused_clock_retry_after_moves_the_next_attempt_up_to_the_cap() {
+        use tokio::time::{sleep_until, Instant};
+
+        let schedule = standard();
+        let origin = Instant::now();
+        let now_ms = || T0 + i64::try_from(origin.elapsed().as_millis()).unwrap();
+        // 429 asking for 1 h (later than the 5 min wait: honoured), 503 asking
+        // for 2 days (capped at the longest wait, 12 h), 500 (the schedule's
+        // third wait, 3 h), then 200.
+        let mut answers = vec![
+            retry_after(429, HOUR),
+            retry_after(503, 48 * HOUR),
+            status(500),
+            status(200),
+        ]
+        .into_iter();
+        let mut d = Delivery::new("billing", now_ms());
+        let mut started = Vec::new();
+        while let Some(due) = d.due_at() {
+            sleep_until(origin + Duration::from_millis((due - T0) as u64)).await;
+            d.start(now_ms()).unwrap();
+            started.push(now_ms());
+            let answer = answers.next().expect("no attempt past success");
+            d.finish(&schedule, answer, now_ms(), 0.0).unwrap();
+        }
+        assert!(matches!(d.state, State::Delivered { .. }));
+        let spacing: Vec<i64> = started.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(spacing, vec![HOUR, 12 * HOUR, 3 * HOUR]);
+        assert_eq!(d.attempts.len(), 4);
+    }
+
     // --- properties ---
 
     mod props {
@@ -903,9 +935,19 @@ mod tests {
         }
 
         /// One step of the scheduler's loop: (outcome, jitter sample, how
-        /// late the scheduler is, how long the request took).
-        fn steps() -> impl Strategy<Value = Vec<(Outcome, f64, i64, i64)>> {
-            prop::collection::vec((outcome(), -2.0..2.0f64, 0i64..10_000, 0i64..60_000), 9)
+        /// late the scheduler is, how long the request took, whether the
+        /// relay crashes once with this attempt in flight first).
+        fn steps() -> impl Strategy<Value = Vec<(Outcome, f64, i64, i64, bool)>> {
+            prop::collection::vec(
+                (
+                    outcome(),
+                    -2.0..2.0f64,
+                    0i64..10_000,
+                    0i64..60_000,
+                    prop::bool::weighted(0.2),
+                ),
+                9,
+            )
         }
 
         fn assert_round_trips(d: &Delivery) {
@@ -918,16 +960,29 @@ mod tests {
             s: &Schedule,
             d: &mut Delivery,
             now: &mut i64,
-            steps: &[(Outcome, f64, i64, i64)],
+            steps: &[(Outcome, f64, i64, i64, bool)],
         ) -> Vec<Outcome> {
             let mut used = Vec::new();
             let mut steps = steps.iter();
             while !d.is_final() {
                 // The state is never lost: not final and not in flight means due.
                 let due = d.due_at().expect("a non-final delivery has a due time");
-                let (outcome, sample, late, took) = steps.next().expect("ran past max_attempts");
+                let (outcome, sample, late, took, crash) =
+                    steps.next().expect("ran past max_attempts");
                 *now = (*now).max(due) + late;
-                d.start(*now).unwrap();
+                let number = d.start(*now).unwrap();
+                if *crash {
+                    // Restarted with this attempt in flight: due at once,
+                    // nothing recorded, and the attempt made again under the
+                    // same number.
+                    let recorded = d.attempts.len();
+                    *now += took;
+                    d.recover(*now);
+                    assert_round_trips(d);
+                    assert_eq!(d.due_at(), Some(*now));
+                    assert_eq!(d.attempts.len(), recorded);
+                    assert_eq!(d.start(*now).unwrap(), number);
+                }
                 assert_eq!(d.due_at(), None);
                 assert!(matches!(d.state, State::InFlight { .. }));
                 assert_round_trips(d);
