@@ -140,6 +140,9 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(settings.max_connections));
+    // Tells connections still in their TLS handshake to give up: they have
+    // no request to finish, and would hold the drain for their whole timeout.
+    let (closing, closing_seen) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -164,20 +167,26 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (ingress, builder, settings) = (ingress.clone(), builder.clone(), settings.clone());
         let watcher = graceful.watcher();
+        let mut closing = closing_seen.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match &settings.tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => {
-                            serve_connection(tls, peer, ingress, &builder, watcher).await
+                    let handshake =
+                        tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream));
+                    tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(tls)) => {
+                                serve_connection(tls, peer, ingress, &builder, watcher).await
+                            }
+                            Ok(Err(err)) => {
+                                tracing::debug!(%peer, error = %err, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        },
+                        _ = async { closing.wait_for(|closing| *closing).await.is_ok() } => {
+                            tracing::debug!(%peer, "closed during its TLS handshake: shutting down");
                         }
-                        Ok(Err(err)) => {
-                            tracing::debug!(%peer, error = %err, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
                 None => serve_connection(stream, peer, ingress, &builder, watcher).await,
@@ -185,6 +194,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    let _ = closing.send(true);
     if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
         .await
         .is_err()

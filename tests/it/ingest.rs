@@ -412,6 +412,60 @@ async fn stalled_handshakes_and_slow_headers_are_cut_off() {
 }
 
 #[tokio::test]
+async fn connections_past_max_connections_wait_for_a_free_slot() {
+    let relay = TestRelay::start_edited(|base| {
+        base.replace(
+            "handshake_timeout = \"1s\"",
+            "handshake_timeout = \"30s\"\nmax_connections = 2",
+        )
+    })
+    .await;
+    let addr = relay.relay().ingress_addr;
+    // Two connections that never start TLS hold both slots.
+    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let post = |client: reqwest::Client| {
+        let url = relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}"));
+        async move {
+            client
+                .post(url)
+                .body(tusfacturas("h-slots", "emitido", 1))
+                .send()
+                .await
+        }
+    };
+    // A third is not served while they are held...
+    let quick = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(
+            &std::fs::read(relay.dir.path().join("tls/self-signed.crt")).unwrap(),
+        )
+        .unwrap()])
+        .no_proxy()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let refused = post(quick).await;
+    assert!(
+        refused.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "served past max_connections: {refused:?}"
+    );
+    // ...and is, once one of them goes.
+    drop(first);
+    let served = post(relay.client.clone()).await.unwrap();
+    assert_eq!(served.status(), 200);
+    // The connection still waiting for its handshake does not hold the
+    // stop for its 30 s, nor for the 7 s drain of open requests.
+    let stopping = tokio::time::Instant::now();
+    relay.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "stop waited for a handshake: {:?}",
+        stopping.elapsed()
+    );
+    drop(second);
+}
+
+#[tokio::test]
 async fn the_spool_refuses_a_second_opener_while_the_relay_runs() {
     let relay = TestRelay::start("").await;
     let config = webhook_relay::config::Config::parse(&base_config(relay.dir.path())).unwrap();
