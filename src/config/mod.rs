@@ -1,9 +1,11 @@
 //! The `relay.toml` schema, its defaults, and its validation.
 //!
-//! Loading is two steps: the TOML deserializer checks types and unknown keys
-//! (its errors carry a span), then [`Config::problems`] checks the rules
-//! across fields. Both kinds of error are reported with the file, line, column
-//! and key; every validation problem is listed, not just the first.
+//! Loading is two steps: the TOML deserializer checks types and unknown keys,
+//! section by section (each source and subscription on its own, so one bad
+//! section does not hide the next; its errors carry a span), then
+//! [`Config::problems`] checks the rules across fields. Both kinds of error
+//! are reported with the file, line, column and key; every problem is listed,
+//! not just the first.
 
 mod locate;
 mod values;
@@ -22,19 +24,15 @@ use crate::signing::SigningKey;
 pub use locate::KeyPath;
 pub use values::{parse_duration, parse_rate, parse_size, ByteSize, HumanDuration, Rate};
 
-/// The whole configuration, as read from `relay.toml`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole configuration, as read from `relay.toml`: each section is
+/// deserialized on its own (see [`Config::parse`]); a missing one takes its
+/// defaults.
+#[derive(Debug, Clone)]
 pub struct Config {
-    #[serde(default)]
     pub server: ServerConfig,
-    #[serde(default)]
     pub spool: SpoolConfig,
-    #[serde(default)]
     pub forwarder: ForwarderConfig,
-    #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
-    #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
 }
 
@@ -305,7 +303,7 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-        let config: Config = toml::from_str(text).map_err(|err| vec![parse_problem(text, &err)])?;
+        let config = Config::deserialize_sections(text)?;
         let problems: Vec<Problem> = config
             .problems()
             .into_iter()
@@ -389,6 +387,96 @@ impl Config {
             sub.check(&at, self, &mut problems);
         }
         problems
+    }
+}
+
+impl Config {
+    /// Deserializes each section on its own (each source and subscription
+    /// too), so that a type error or an unknown key in one does not hide
+    /// those in the others: every such problem is listed.
+    fn deserialize_sections(text: &str) -> Result<Config, Vec<Problem>> {
+        use toml::de::{DeTable, DeValue};
+
+        let (root, syntax) = DeTable::parse_recoverable(text);
+        if !syntax.is_empty() {
+            return Err(syntax.iter().map(|e| parse_problem(text, e)).collect());
+        }
+        let mut problems = Vec::new();
+        let mut config = Config {
+            server: ServerConfig::default(),
+            spool: SpoolConfig::default(),
+            forwarder: ForwarderConfig::default(),
+            sources: BTreeMap::new(),
+            subscriptions: Vec::new(),
+        };
+        for (key, value) in root.into_inner() {
+            match key.get_ref().as_ref() {
+                "server" => config.server = section(text, value, &mut problems).unwrap_or_default(),
+                "spool" => config.spool = section(text, value, &mut problems).unwrap_or_default(),
+                "forwarder" => {
+                    config.forwarder = section(text, value, &mut problems).unwrap_or_default()
+                }
+                "sources" => match value.into_inner() {
+                    DeValue::Table(sources) => {
+                        for (name, source) in sources {
+                            if let Some(source) = section(text, source, &mut problems) {
+                                config.sources.insert(name.into_inner().into_owned(), source);
+                            }
+                        }
+                    }
+                    _ => problems.push(problem_at(text, key.span(), "must be a table of sources")),
+                },
+                "subscriptions" => match value.into_inner() {
+                    DeValue::Array(subscriptions) => {
+                        for subscription in subscriptions {
+                            if let Some(subscription) = section(text, subscription, &mut problems) {
+                                config.subscriptions.push(subscription);
+                            }
+                        }
+                    }
+                    _ => problems.push(problem_at(
+                        text,
+                        key.span(),
+                        "must be an array of tables ([[subscriptions]])",
+                    )),
+                },
+                other => problems.push(problem_at(
+                    text,
+                    key.span(),
+                    &format!(
+                        "unknown section `{other}`, expected one of `server`, `spool`, `forwarder`, `sources`, `subscriptions`"
+                    ),
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            // In the order of the file, whatever order the sections came in.
+            problems.sort_by_key(|p| (p.line, p.column));
+            Err(problems)
+        }
+    }
+}
+
+/// One section deserialized from its spanned value; its error, located, goes to `problems`.
+fn section<T: serde::de::DeserializeOwned>(
+    text: &str,
+    value: toml::Spanned<toml::de::DeValue<'_>>,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    T::deserialize(toml::de::ValueDeserializer::from(value))
+        .map_err(|err| problems.push(parse_problem(text, &err)))
+        .ok()
+}
+
+fn problem_at(text: &str, span: std::ops::Range<usize>, message: &str) -> Problem {
+    let at = locate::position_of(text, span.start);
+    Problem {
+        key: locate::key_at(text, span.start).to_string(),
+        line: Some(at.line),
+        column: Some(at.column),
+        message: message.to_owned(),
     }
 }
 

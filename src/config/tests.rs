@@ -133,3 +133,32 @@ fn a_bad_network_names_its_list_entry_and_line() {
         ]
     );
 }
+
+#[test]
+fn type_errors_and_unknown_keys_in_several_sections_are_all_listed() {
+    let text = format!(
+        "{}colour = \"blue\"\n\n[spool]\ndedup_window = 5\n\n[sources.other]\nprovider = \"sap\"\ntoken = \"0123456789abcdef\"\n\n[[subscriptions]]\nname = \"erp\"\nurl = \"http://127.0.0.1:1/\"\nsecret = \"{SECRET}\"\nmax_in_flight = \"many\"\n\n[extra]\nx = 1\n",
+        minimal()
+    );
+    let problems = Config::parse(&text).unwrap_err();
+    let found: Vec<(Option<usize>, &str)> =
+        problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            (Some(7), "sources.tus.colour"),
+            (Some(10), "spool.dedup_window"),
+            (Some(13), "sources.other.provider"),
+            (Some(20), "subscriptions[0].max_in_flight"),
+            (Some(22), "extra"),
+        ],
+        "{problems:?}"
+    );
+    assert!(problems[4].message.contains("unknown section"));
+}
+
+#[test]
+fn a_syntax_error_is_located() {
+    let problems = Config::parse("[server]\nlisten = \n").unwrap_err();
+    assert_eq!(problems[0].line, Some(2), "{problems:?}");
+}
