@@ -168,6 +168,8 @@ struct Signals {
 }
 
 impl Signals {
+    /// Takes over SIGTERM, SIGINT and SIGHUP from their default (which ends
+    /// the process at once).
     fn install() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {

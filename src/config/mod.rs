@@ -444,7 +444,7 @@ impl Config {
                     text,
                     key.span(),
                     &format!(
-                        "unknown section `{other}`, expected one of `server`, `spool`, `forwarder`, `sources`, `subscriptions`"
+                        "unknown key `{other}`, expected one of the sections `server`, `spool`, `forwarder`, `sources`, `subscriptions`"
                     ),
                 )),
             }
@@ -465,11 +465,16 @@ fn section<T: serde::de::DeserializeOwned>(
     value: toml::Spanned<toml::de::DeValue<'_>>,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
-    T::deserialize(toml::de::ValueDeserializer::from(value))
-        .map_err(|err| problems.push(parse_problem(text, &err)))
-        .ok()
+    match T::deserialize(toml::de::ValueDeserializer::from(value)) {
+        Ok(section) => Some(section),
+        Err(err) => {
+            problems.push(parse_problem(text, &err));
+            None
+        }
+    }
 }
 
+/// A problem found by hand at `span` of the text (not by the deserializer).
 fn problem_at(text: &str, span: std::ops::Range<usize>, message: &str) -> Problem {
     let at = locate::position_of(text, span.start);
     Problem {

@@ -154,7 +154,7 @@ fn type_errors_and_unknown_keys_in_several_sections_are_all_listed() {
         ],
         "{problems:?}"
     );
-    assert!(problems[4].message.contains("unknown section"));
+    assert!(problems[4].message.contains("unknown key `extra`"));
 }
 
 #[test]

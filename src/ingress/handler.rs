@@ -148,16 +148,20 @@ pub(super) async fn handle(
     }
 }
 
-/// The request path as logs may show it: a source token is a secret, so
-/// whatever follows the source name is masked, and any path is cut short.
+/// The request path as logs may show it: a source token is a secret (and a
+/// provider may post to a mistyped path), so only the first two segments
+/// are shown, whatever follows is masked, and the rest is cut short.
 fn loggable_path(path: &str) -> String {
     const MAX: usize = 64;
-    let shown = match path.strip_prefix("/hooks/") {
-        Some(rest) => match rest.split_once('/') {
-            Some((source, _)) => format!("/hooks/{source}/***"),
-            None => path.to_owned(),
-        },
-        None => path.to_owned(),
+    let mut segments = path.splitn(4, '/');
+    let shown = match (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) {
+        (Some(""), Some(first), Some(second), Some(_)) => format!("/{first}/{second}/***"),
+        _ => path.to_owned(),
     };
     match shown.char_indices().nth(MAX) {
         Some((cut, _)) => format!("{}...", &shown[..cut]),
@@ -343,6 +347,8 @@ mod tests {
         assert_eq!(loggable_path("/hooks/tus/a/b"), "/hooks/tus/***");
         assert_eq!(loggable_path("/hooks/tus"), "/hooks/tus");
         assert_eq!(loggable_path("/metrics"), "/metrics");
+        assert_eq!(loggable_path("/hook/tus/s3cret"), "/hook/tus/***");
+        assert_eq!(loggable_path("/hooks/tus/"), "/hooks/tus/***");
         let long = format!("/{}", "é".repeat(100));
         assert_eq!(loggable_path(&long).chars().count(), 64 + 3);
     }

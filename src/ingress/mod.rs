@@ -142,7 +142,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     // Tells connections still in their TLS handshake to give up: they have
     // no request to finish, and would hold the drain for their whole timeout.
-    let (closing, closing_seen) = tokio::sync::watch::channel(false);
+    let (close_tx, close_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -167,7 +167,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (ingress, builder, settings) = (ingress.clone(), builder.clone(), settings.clone());
         let watcher = graceful.watcher();
-        let mut closing = closing_seen.clone();
+        let mut close_rx = close_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match &settings.tls {
@@ -184,7 +184,8 @@ pub async fn serve(
                             }
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         },
-                        _ = async { closing.wait_for(|closing| *closing).await.is_ok() } => {
+                        // (Inside a block: the guard `wait_for` returns is not Send.)
+                        _ = async { close_rx.wait_for(|closing| *closing).await.is_ok() } => {
                             tracing::debug!(%peer, "closed during its TLS handshake: shutting down");
                         }
                     }
@@ -194,7 +195,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let _ = closing.send(true);
+    let _ = close_tx.send(true);
     if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
         .await
         .is_err()

@@ -229,13 +229,13 @@ async fn sigkill_while_forwarding_still_delivers_everything_acknowledged() {
 
     let relay = RelayProcess::spawn(&config).await;
     let wanted: HashSet<String> = acked.iter().map(|(id, _)| id.clone()).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut missing: Vec<String> = wanted.iter().cloned().collect();
-    while !missing.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let seen = target.successes();
-        missing.retain(|id| !seen.contains(id));
-    }
+    target
+        .wait_until(Duration::from_secs(120), |target| {
+            missing.retain(|id| !target.succeeded(id));
+            missing.is_empty()
+        })
+        .await;
     relay.sigterm().await;
     if !missing.is_empty() {
         let output = Command::new(BINARY)

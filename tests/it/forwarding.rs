@@ -143,8 +143,8 @@ async fn timeouts_refusals_resets_and_retry_after_are_recorded_as_such() {
         Reply::Status(200),
     ])
     .await;
-    // Its first answer is a 429 asking for 1 s where the schedule says 50 ms.
-    let limited = Target::start(vec![Reply::StatusRetryAfter(429, 1)]).await;
+    // Its first answer is a 429 asking for 5 s where the schedule says 50 ms.
+    let limited = Target::start(vec![Reply::StatusRetryAfter(429, 5)]).await;
     let refused = format!("http://127.0.0.1:{}/hook", closed_port().await);
     let subs = format!(
         "{}{}{}",
@@ -190,11 +190,12 @@ async fn timeouts_refusals_resets_and_retry_after_are_recorded_as_such() {
         "first attempt runs to timeout_first"
     );
 
-    // Retry-After beats the schedule's 50 ms, capped at its longest wait (150 ms).
+    // Retry-After beats the schedule's 50 ms, capped at its longest wait
+    // (150 ms, give or take the clock's whole milliseconds), far below 5 s.
     let got = limited.wait_for(2, WAIT).await;
     let gap = got[1].at - got[0].at;
     assert!(
-        gap >= Duration::from_millis(150) && gap < Duration::from_millis(900),
+        gap >= Duration::from_millis(145) && gap < Duration::from_secs(3),
         "Retry-After honoured up to the cap: {gap:?}"
     );
 
@@ -407,20 +408,23 @@ async fn the_cli_replays_a_dead_delivery_of_a_stopped_relay() {
 
 #[tokio::test]
 async fn a_graceful_stop_lets_attempts_in_flight_finish_within_the_grace() {
-    // "quick" answers 200 after 300 ms, inside the 1 s grace; "stuck" would
-    // answer after 30 s, so the stop cuts it off and it stays due.
-    let quick = Target::start(vec![Reply::Hang(Duration::from_millis(300))]).await;
+    // "quick" answers 200 after 600 ms, inside the 1.5 s grace; "stuck" would
+    // answer after 30 s, so the stop waits out the grace, then cuts it off
+    // and it stays due.
+    let quick = Target::start(vec![Reply::Hang(Duration::from_millis(600))]).await;
     let stuck = Target::start(vec![Reply::Hang(Duration::from_secs(30))]).await;
+    let long_timeout =
+        |sub: String| sub.replace("timeout_first = \"500ms\"", "timeout_first = \"60s\"");
     let subs = [
-        subscription("quick", &quick.url(), ""),
-        subscription("stuck", &stuck.url(), "")
-            .replace("timeout_first = \"500ms\"", "timeout_first = \"60s\""),
+        long_timeout(subscription("quick", &quick.url(), "")),
+        long_timeout(subscription("stuck", &stuck.url(), "")),
     ]
     .concat();
+    assert_eq!(subs.matches("\"60s\"").count(), 2, "{subs}");
     let relay = TestRelay::start_edited(|base| {
         format!(
             "{}{subs}",
-            base.replace("shutdown_grace = \"2s\"", "shutdown_grace = \"1s\"")
+            base.replace("shutdown_grace = \"2s\"", "shutdown_grace = \"1500ms\"")
         )
     })
     .await;
@@ -428,13 +432,15 @@ async fn a_graceful_stop_lets_attempts_in_flight_finish_within_the_grace() {
     quick.wait_for(1, WAIT).await;
     stuck.wait_for(1, WAIT).await;
 
+    // Both attempts are in flight now: "quick" hangs for 600 ms from here.
+    let stop_began_ms = webhook_relay::clock::Clock::system().now_ms();
     let stopping = tokio::time::Instant::now();
     let spool_path = relay.relay().spool.path().to_owned();
     let dir = relay.stop().await;
     let took = stopping.elapsed();
     assert!(
-        took >= Duration::from_millis(200) && took < Duration::from_secs(5),
-        "the stop waits for attempts in flight, up to the grace: {took:?}"
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(8),
+        "the stop waits out the grace for the stuck attempt, and no longer: {took:?}"
     );
 
     let config = webhook_relay::config::Config::parse(&base_config(dir.path())).unwrap();
@@ -450,7 +456,13 @@ async fn a_graceful_stop_lets_attempts_in_flight_finish_within_the_grace() {
         "finished during the stop and recorded: {:?}",
         quick_delivery.state
     );
-    assert_eq!(quick_delivery.attempts.len(), 1);
+    let attempt = &quick_delivery.attempts[..];
+    assert_eq!(attempt.len(), 1);
+    let finished_ms = attempt[0].started_ms + attempt[0].duration_ms as i64;
+    assert!(
+        finished_ms >= stop_began_ms,
+        "the attempt ended after the stop began ({finished_ms} < {stop_began_ms})"
+    );
     assert_eq!(spool.next_due_ms("quick", |_| false).unwrap(), None);
     // The cut-off attempt is not recorded as an outcome; it is still due,
     // so the next start makes it again (at-least-once).
@@ -459,6 +471,11 @@ async fn a_graceful_stop_lets_attempts_in_flight_finish_within_the_grace() {
         .find(|d| d.subscription == "stuck")
         .unwrap();
     assert!(!stuck_delivery.is_final(), "{:?}", stuck_delivery.state);
+    assert!(
+        stuck_delivery.attempts.is_empty(),
+        "{:?}",
+        stuck_delivery.attempts
+    );
     assert!(spool.next_due_ms("stuck", |_| false).unwrap().is_some());
     spool.close().await;
 }

@@ -286,6 +286,27 @@ impl Target {
             .collect()
     }
 
+    /// Whether a request with this webhook-id was answered with success.
+    pub fn succeeded(&self, id: &str) -> bool {
+        self.state.successes.lock().unwrap().contains_key(id)
+    }
+
+    /// Waits until `done` holds, looking again each time a request arrives;
+    /// whether it held by `limit`.
+    pub async fn wait_until(&self, limit: Duration, mut done: impl FnMut(&Target) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Created before the look, so an arrival in between is not missed.
+            let arrived = self.state.arrived.notified();
+            if done(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return done(self);
+            }
+        }
+    }
+
     /// How many ids were answered with success more than once.
     pub fn duplicate_successes(&self) -> usize {
         self.state

@@ -444,10 +444,10 @@ async fn connections_past_max_connections_wait_for_a_free_slot() {
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap();
-    let refused = post(quick).await;
+    let unserved = post(quick).await;
     assert!(
-        refused.as_ref().is_err_and(reqwest::Error::is_timeout),
-        "served past max_connections: {refused:?}"
+        unserved.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "served past max_connections: {unserved:?}"
     );
     // ...and is, once one of them goes.
     drop(first);

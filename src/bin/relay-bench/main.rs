@@ -141,6 +141,9 @@ listen = "127.0.0.1:0"
 tls_cert = "{cert}"
 tls_key = "{key}"
 max_connections = 4096
+# hyper's header timeout also closes idle keep-alive connections: keep the
+# load's connections open while the other contenders are measured.
+header_timeout = "300s"
 
 [spool]
 path = "{spool}"
@@ -191,8 +194,9 @@ fn hooks_url(addr: std::net::SocketAddr) -> String {
     )
 }
 
-/// One line of figures; `ratio` is the median of the per-round ratios to
-/// the bare server.
+/// One line of figures (pooled over the rounds); `ratio` is the median of
+/// the per-round ratios to the bare server, so the pooled rates need not
+/// divide to it.
 fn print_row(name: &str, stats: &Stats, ratio: Option<f64>) {
     let ratio = ratio.map_or(String::from("-"), |r| {
         format!("{:.0} % (median)", 100.0 * r)
@@ -250,16 +254,23 @@ struct Contender {
     name: &'static str,
     server: ChildServer,
     url: String,
+    /// Its own pool of keep-alive connections.
     client: reqwest::Client,
+    /// Starts the hook ids it posts, so that no request is a resend.
+    prefix: &'static str,
+    /// Its spool directory in the workspace (the relays only).
+    spool: Option<&'static str>,
+    /// Notifications it acknowledged, warm-up included.
     stored: u64,
+    /// One measurement per round.
     runs: Vec<Stats>,
 }
 
 impl Contender {
     async fn start(
         name: &'static str,
-        server: ChildServer,
-        url: String,
+        (server, url): (ChildServer, String),
+        (prefix, spool): (&'static str, Option<&'static str>),
         pem: &[u8],
         connections: usize,
     ) -> Contender {
@@ -270,6 +281,8 @@ impl Contender {
             server,
             url,
             client,
+            prefix,
+            spool,
             stored,
             runs: Vec::new(),
         }
@@ -288,26 +301,30 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
     let mut contenders = vec![
         Contender::start(
             "bare hyper + rustls (baseline)",
-            bare,
-            bare_url,
+            (bare, bare_url),
+            ("b", None),
             &pem,
             connections,
         )
         .await,
     ];
-    for (name, spool, sync_data) in [
-        ("relay, flush + fdatasync", "synced", true),
-        ("relay, flush only (no fdatasync)", "unsynced", false),
+    for (name, prefix, spool, sync_data) in [
+        ("relay, flush + fdatasync", "s", "synced", true),
+        ("relay, flush only (no fdatasync)", "u", "unsynced", false),
     ] {
         let relay = ChildServer::relay(&ws.config(spool, sync_data, "")).await;
         let url = hooks_url(relay.addr);
-        contenders.push(Contender::start(name, relay, url, &pem, connections).await);
+        let server = (relay, url);
+        contenders
+            .push(Contender::start(name, server, (prefix, Some(spool)), &pem, connections).await);
     }
-    const PREFIXES: [&str; 3] = ["b", "s", "u"];
     for round in 0..rounds {
-        for (contender, prefix) in contenders.iter_mut().zip(PREFIXES) {
-            // Distinct hook ids per round, so that no request is a resend.
-            let prefix = format!("{prefix}{round}");
+        // Each round starts with another contender, so that a drift over
+        // the run (the spools grow) does not always fall on the same side.
+        let count = contenders.len();
+        for turn in 0..count {
+            let contender = &mut contenders[(round + turn) % count];
+            let prefix = format!("{}{round}", contender.prefix);
             let stats = measure(
                 &contender.client,
                 &contender.url,
@@ -332,9 +349,8 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
         );
     }
     let bare_rates: Vec<f64> = contenders[0].runs.iter().map(Stats::rate).collect();
-    for (index, contender) in contenders.iter().enumerate() {
-        let pooled = Stats::pooled(&contender.runs);
-        let ratio = (index > 0).then(|| {
+    for contender in &contenders {
+        let ratio = contender.spool.map(|_| {
             let ratios: Vec<f64> = contender
                 .runs
                 .iter()
@@ -343,13 +359,12 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
                 .collect();
             median(ratios)
         });
-        print_row(contender.name, &pooled, ratio);
+        print_row(contender.name, &Stats::pooled(&contender.runs), ratio);
     }
-    for (index, contender) in contenders.into_iter().enumerate() {
+    for contender in contenders {
         let (_, peak) = contender.server.rss_mib();
         contender.server.stop().await;
-        if index > 0 {
-            let spool = if index == 1 { "synced" } else { "unsynced" };
+        if let Some(spool) = contender.spool {
             println!(
                 "{:<34} peak RSS {peak:.1} MiB, spool {:.0} bytes on disk per notification",
                 "",
@@ -359,9 +374,15 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
     }
 }
 
+/// The middle value; the mean of the two middle ones for an even count.
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 async fn forward(settings: &Settings, backlog: u64) {
