@@ -371,14 +371,7 @@ async fn the_cli_replays_a_dead_delivery_of_a_stopped_relay() {
     let config = dir.path().join("relay.toml");
     std::fs::write(&config, format!("{}{subs}", base_config(dir.path()))).unwrap();
 
-    let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_webhook-relay"))
-            .args(["spool", "replay", "--config"])
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| relay_cli(&["spool", "replay"], &config, args);
     let unknown = cli(&["01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no notification"));

@@ -186,6 +186,17 @@ pub fn tusfacturas(hook_id: &str, evento: &str, intento: u32) -> String {
     )
 }
 
+/// Runs the built binary: `command`, then `--config config`, then `rest`.
+pub fn relay_cli(command: &[&str], config: &Path, rest: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_webhook-relay"))
+        .args(command)
+        .arg("--config")
+        .arg(config)
+        .args(rest)
+        .output()
+        .expect("the relay binary runs")
+}
+
 /// Polls `check` until it holds, failing after `limit`.
 pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
@@ -324,16 +335,10 @@ impl Target {
 
     /// Waits until at least `n` requests arrived.
     pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let arrived = self.state.arrived.notified();
-            if self.count() >= n {
-                return self.received();
-            }
-            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                panic!("target got {} requests, expected {n}", self.count());
-            }
+        if !self.wait_until(limit, |target| target.count() >= n).await {
+            panic!("target got {} requests, expected {n}", self.count());
         }
+        self.received()
     }
 }
 

@@ -424,34 +424,23 @@ async fn connections_past_max_connections_wait_for_a_free_slot() {
     // Two connections that never start TLS hold both slots.
     let first = tokio::net::TcpStream::connect(addr).await.unwrap();
     let second = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let post = |client: reqwest::Client| {
-        let url = relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}"));
-        async move {
-            client
-                .post(url)
-                .body(tusfacturas("h-slots", "emitido", 1))
-                .send()
-                .await
-        }
+    let post = |timeout: Duration| {
+        relay
+            .client
+            .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+            .body(tusfacturas("h-slots", "emitido", 1))
+            .timeout(timeout)
+            .send()
     };
     // A third is not served while they are held...
-    let quick = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(
-            &std::fs::read(relay.dir.path().join("tls/self-signed.crt")).unwrap(),
-        )
-        .unwrap()])
-        .no_proxy()
-        .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
-    let unserved = post(quick).await;
+    let unserved = post(Duration::from_millis(500)).await;
     assert!(
         unserved.as_ref().is_err_and(reqwest::Error::is_timeout),
         "served past max_connections: {unserved:?}"
     );
     // ...and is, once one of them goes.
     drop(first);
-    let served = post(relay.client.clone()).await.unwrap();
+    let served = post(Duration::from_secs(10)).await.unwrap();
     assert_eq!(served.status(), 200);
     // The connection still waiting for its handshake does not hold the
     // stop for its 30 s, nor for the 7 s drain of open requests.
@@ -477,11 +466,7 @@ async fn the_spool_refuses_a_second_opener_while_the_relay_runs() {
     // The offline CLI says so too, and exits 75 (EX_TEMPFAIL): try later.
     let config_path = relay.dir.path().join("relay.toml");
     std::fs::write(&config_path, base_config(relay.dir.path())).unwrap();
-    let dump = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-relay"))
-        .args(["spool", "dump", "--config"])
-        .arg(&config_path)
-        .output()
-        .unwrap();
+    let dump = relay_cli(&["spool", "dump"], &config_path, &[]);
     assert_eq!(dump.status.code(), Some(75), "{dump:?}");
     assert!(
         String::from_utf8_lossy(&dump.stderr).contains("in use"),
@@ -511,11 +496,7 @@ fn a_bad_config_exits_64_naming_file_line_and_key_before_binding() {
     std::fs::write(&path, &text).unwrap();
     let line_of = |needle: &str| 1 + text.lines().position(|l| l.contains(needle)).unwrap();
     for command in ["check-config", "serve"] {
-        let run = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-relay"))
-            .args([command, "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let run = relay_cli(&[command], &path, &[]);
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert_eq!(run.status.code(), Some(64), "{command}: {stderr}");
         for (key, needle) in [
@@ -540,11 +521,7 @@ fn a_bad_config_exits_64_naming_file_line_and_key_before_binding() {
         base_config(dir.path()).replace("[spool]\n", "[spool]\nflush_evrey = 5\n"),
     )
     .unwrap();
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-relay"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let run = relay_cli(&["check-config"], &path, &[]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("flush_evrey"), "{stderr}");
