@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::forwarder::{Forwarder, TargetError};
 use crate::ingress::tls::{self, ReloadableCert, TlsError};
 use crate::ingress::{self, Ingress, ListenerSettings};
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{Routes, Spool, SpoolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -33,6 +33,8 @@ pub enum AppError {
     },
     #[error("a relay task failed: {0}")]
     Task(String),
+    #[error("the relay stopped, but its spool could not be closed cleanly: {0}")]
+    Close(SpoolError),
 }
 
 /// A running relay. Dropping it does not stop it; call [`Relay::stop`].
@@ -41,14 +43,19 @@ pub struct Relay {
     pub spool: Spool,
     cert: Option<Arc<ReloadableCert>>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    task: JoinHandle<Result<(), SpoolError>>,
 }
 
 impl Relay {
     /// Starts everything; the config must already be validated.
     pub async fn start(config: Config) -> Result<Relay, AppError> {
         let clock = Clock::system();
-        let spool = Spool::open(&config.spool)?;
+        let spool = {
+            let (spool_config, routes) = (config.spool.clone(), Routes::from_config(&config));
+            tokio::task::spawn_blocking(move || Spool::open(&spool_config, routes, clock))
+                .await
+                .map_err(|e| AppError::Task(e.to_string()))??
+        };
         let cert = load_certificate(&config)?;
         let acceptor = match &cert {
             Some(cert) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
@@ -76,7 +83,6 @@ impl Relay {
             ingress,
             forwarder,
             spool.clone(),
-            clock,
             stopped,
         ));
         tracing::info!(
@@ -111,7 +117,10 @@ impl Relay {
     /// makes a last flush and closes the spool.
     pub async fn stop(self) -> Result<(), AppError> {
         let _ = self.stop.send(true);
-        self.task.await.map_err(|e| AppError::Task(e.to_string()))
+        self.task
+            .await
+            .map_err(|e| AppError::Task(e.to_string()))?
+            .map_err(AppError::Close)
     }
 }
 
@@ -136,40 +145,50 @@ async fn run(
     ingress: Arc<Ingress>,
     forwarder: Forwarder,
     spool: Spool,
-    clock: Clock,
     stopped: watch::Receiver<bool>,
-) {
+) -> Result<(), SpoolError> {
     let signal = |rx: watch::Receiver<bool>| async move {
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     };
     let (forwarder_stop, forwarder_stopped) = watch::channel(false);
     let forwarding = tokio::spawn(forwarder.run(signal(forwarder_stopped)));
-    let maintenance = tokio::spawn(maintain(ingress.clone(), spool.clone(), clock));
+    let maintenance = tokio::spawn(maintain(ingress.clone(), spool.clone()));
 
     ingress::serve(listener, settings, ingress, signal(stopped)).await;
     tracing::info!("ingress closed; stopping the forwarder");
     let _ = forwarder_stop.send(true);
     let _ = forwarding.await;
     maintenance.abort();
-    spool.close().await;
-    tracing::info!("spool flushed; relay stopped");
+    match spool.close().await {
+        Ok(()) => {
+            tracing::info!("spool flushed; relay stopped");
+            Ok(())
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "relay stopped, but the spool's last flush failed");
+            Err(err)
+        }
+    }
 }
 
-/// Periodic upkeep: forget idle rate-limit keys, prune expired dedup entries.
-async fn maintain(ingress: Arc<Ingress>, spool: Spool, clock: Clock) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    tick.tick().await;
+/// How often the spool gets a slice of upkeep (retention, recovery).
+const SPOOL_UPKEEP: Duration = Duration::from_millis(100);
+/// How often idle rate-limit keys are forgotten.
+const LIMITER_SWEEP: Duration = Duration::from_secs(60);
+
+/// Periodic upkeep: the spool's slices, and forgetting idle rate-limit keys.
+async fn maintain(ingress: Arc<Ingress>, spool: Spool) {
+    let mut tick = tokio::time::interval(SPOOL_UPKEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        ingress.sweep_limiters();
-        let spool = spool.clone();
-        let now = clock.now_ms();
-        match tokio::task::spawn_blocking(move || spool.prune_dedup(now)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => tracing::debug!(removed, "pruned expired dedup entries"),
-            Ok(Err(err)) => tracing::warn!(error = %err, "dedup pruning failed"),
-            Err(err) => tracing::warn!(error = %err, "dedup pruning task failed"),
+        // Errors (a store that cannot write yet) are the spool's to log, once.
+        let _ = spool.maintain().await;
+        if last_sweep.elapsed() >= LIMITER_SWEEP {
+            ingress.sweep_limiters();
+            last_sweep = tokio::time::Instant::now();
         }
     }
 }

@@ -12,12 +12,15 @@ use clap::{Parser, Subcommand};
 
 use crate::app::Relay;
 use crate::clock::format_ms;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::signing::SigningKey;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{Routes, Spool, SpoolError};
 
 /// EX_USAGE: the configuration is wrong.
 pub const EXIT_CONFIG: u8 = 64;
+/// EX_DATAERR: the spool is damaged (`spool check`, `spool dump`).
+pub const EXIT_DAMAGED: u8 = 65;
 /// EX_TEMPFAIL: the spool is in use; try again when the relay is stopped.
 pub const EXIT_LOCKED: u8 = 75;
 
@@ -57,6 +60,15 @@ pub enum SpoolCommand {
         /// Print each notification's deliveries too.
         #[arg(long)]
         deliveries: bool,
+    },
+    /// Verify a stopped relay's spool, every record; exit 65 on damage.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// After a loss was found (acknowledged notifications missing), record
+        /// it as known so `serve` starts with what is intact.
+        #[arg(long)]
+        accept_loss: bool,
     },
     /// Put a notification's dead deliveries back in the queue, due now, with
     /// a fresh schedule (the relay must be stopped; it sends them on start).
@@ -101,6 +113,10 @@ pub fn run(cli: Cli) -> ExitCode {
             quarantine,
             deliveries,
         }) => load(&config.config).and_then(|config| dump(&config, quarantine, deliveries)),
+        Command::Spool(SpoolCommand::Check {
+            config,
+            accept_loss,
+        }) => load(&config.config).and_then(|config| check(&config, accept_loss)),
         Command::Spool(SpoolCommand::Replay {
             config,
             id,
@@ -123,6 +139,8 @@ pub fn run(cli: Cli) -> ExitCode {
 fn exit_code(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<crate::config::ConfigError>().is_some() {
         EXIT_CONFIG
+    } else if err.downcast_ref::<Damaged>().is_some() {
+        EXIT_DAMAGED
     } else if matches!(
         err.downcast_ref::<SpoolError>(),
         Some(SpoolError::Locked { .. })
@@ -210,13 +228,37 @@ async fn watchdog(spool: Spool) {
     }
 }
 
+/// What `spool check` or `spool dump` found unreadable (exit 65).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Damaged(String);
+
+fn open_spool(config: &Config) -> anyhow::Result<Spool> {
+    Ok(Spool::open(
+        &config.spool,
+        Routes::from_config(config),
+        Clock::system(),
+    )?)
+}
+
 fn dump(config: &Config, quarantine: bool, deliveries: bool) -> anyhow::Result<()> {
-    let spool = Spool::open(&config.spool)?;
+    let spool = open_spool(config)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut unreadable = 0;
+    let mut report = |err: SpoolError| {
+        unreadable += 1;
+        eprintln!("webhook-relay: skipped: {err}");
+    };
     if quarantine {
         for record in spool.quarantined() {
-            let record = record?;
+            let record = match record {
+                Ok(record) => record,
+                Err(err) => {
+                    report(err);
+                    continue;
+                }
+            };
             let mut line = serde_json::to_value(&record.meta)?;
             line["received_at"] = format_ms(record.meta.received_ms).into();
             put_body(&mut line, &record.body);
@@ -224,20 +266,77 @@ fn dump(config: &Config, quarantine: bool, deliveries: bool) -> anyhow::Result<(
         }
     } else {
         for record in spool.notifications() {
-            let record = record?;
+            let record = match record {
+                Ok(record) => record,
+                Err(err) => {
+                    report(err);
+                    continue;
+                }
+            };
             let mut line = serde_json::to_value(&record.meta)?;
             line["received_at"] = format_ms(record.meta.received_ms).into();
             put_body(&mut line, &record.body);
             if deliveries {
                 let id = crate::spool::NotificationId::parse(&record.meta.id)
                     .ok_or_else(|| anyhow::anyhow!("malformed id {}", record.meta.id))?;
-                line["deliveries"] = serde_json::to_value(spool.deliveries_of(id)?)?;
+                match spool.deliveries_of(id) {
+                    Ok(list) => line["deliveries"] = serde_json::to_value(list)?,
+                    Err(err) => report(err),
+                }
             }
             writeln!(out, "{line}")?;
         }
     }
     out.flush()?;
+    drop(out);
+    close(spool)?;
+    if unreadable > 0 {
+        return Err(Damaged(format!(
+            "{unreadable} records could not be read; `webhook-relay spool check` tells more"
+        ))
+        .into());
+    }
     Ok(())
+}
+
+/// Lets the writer finish and the spool go.
+fn close(spool: Spool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(spool.close())?;
+    Ok(())
+}
+
+/// Verifies a stopped spool and prints what it found: a summary line, then
+/// one line per problem.
+fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
+    let report = Spool::check(&config.spool, accept_loss)?;
+    println!(
+        "{}: {} notifications, {} quarantined, {} delivery records, {} retries due, {} dedup entries",
+        config.spool.path.display(),
+        report.notifications,
+        report.quarantined,
+        report.deliveries,
+        report.retries,
+        report.dedup_entries
+    );
+    for repair in &report.repaired {
+        println!("repaired: {repair}");
+    }
+    for (subscription, waiting) in &report.orphans {
+        println!("orphans: {waiting} deliveries wait for subscription {subscription:?}, which is not configured");
+    }
+    for problem in &report.problems {
+        println!("problem: {problem}");
+    }
+    if report.problems.is_empty() {
+        println!("ok");
+        Ok(())
+    } else {
+        Err(Damaged(format!("{} problems found", report.problems.len())).into())
+    }
 }
 
 /// Replays the dead deliveries of one notification (or the named
@@ -245,8 +344,11 @@ fn dump(config: &Config, quarantine: bool, deliveries: bool) -> anyhow::Result<(
 fn replay(config: &Config, id: &str, subscription: Option<String>) -> anyhow::Result<()> {
     let id = crate::spool::NotificationId::parse(id)
         .ok_or_else(|| anyhow::anyhow!("{id:?} is not a notification id"))?;
-    let spool = Spool::open(&config.spool)?;
+    let spool = open_spool(config)?;
     let Some(notification) = spool.notification(id)? else {
+        if spool.is_quarantined(id)? {
+            anyhow::bail!("{id} is a quarantined body, not a notification: it has no deliveries to replay (`spool dump --quarantine` shows it)");
+        }
         anyhow::bail!("no notification {id} in {}", spool.path().display());
     };
     let chosen: Vec<String> = match subscription {
@@ -274,7 +376,7 @@ fn replay(config: &Config, id: &str, subscription: Option<String>) -> anyhow::Re
             let line = serde_json::json!({"id": id.to_string(), "subscription": name, "replayed": replayed});
             println!("{line}");
         }
-        spool.close().await;
+        spool.close().await?;
         anyhow::Ok(())
     })
 }

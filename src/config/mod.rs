@@ -89,6 +89,13 @@ pub struct SpoolConfig {
     /// Follow each group flush with an fdatasync of the database file, so an
     /// acknowledged notification survives a power cut, not only a crash.
     pub sync_data: bool,
+    /// Delivered notifications (with their deliveries) and quarantined
+    /// bodies older than this are removed.
+    pub retention: HumanDuration,
+    /// Dead deliveries are kept until replayed or purged; with this set,
+    /// a notification whose deliveries are all delivered or dead for this
+    /// long is removed too.
+    pub dead_retention: Option<HumanDuration>,
 }
 
 impl Default for SpoolConfig {
@@ -98,6 +105,8 @@ impl Default for SpoolConfig {
             dedup_window: HumanDuration(Duration::from_secs(72 * 3600)),
             cache_capacity: ByteSize(16 << 20),
             sync_data: true,
+            retention: HumanDuration(Duration::from_secs(30 * 24 * 3600)),
+            dead_retention: None,
         }
     }
 }
@@ -358,6 +367,22 @@ impl Config {
             KeyPath::default().key("spool").key("dedup_window"),
             self.spool.dedup_window,
         );
+        if self.spool.retention.0 < self.spool.dedup_window.0 {
+            problems.push((
+                KeyPath::default().key("spool").key("retention"),
+                format!(
+                    "must be at least dedup_window ({}): a provider's resend must find the notification it repeats",
+                    humantime::format_duration(self.spool.dedup_window.0)
+                ),
+            ));
+        }
+        if let Some(dead) = self.spool.dead_retention {
+            check_positive(
+                &mut problems,
+                KeyPath::default().key("spool").key("dead_retention"),
+                dead,
+            );
+        }
         if self.forwarder.max_in_flight == 0 {
             problems.push((
                 KeyPath::default().key("forwarder").key("max_in_flight"),
@@ -752,16 +777,28 @@ impl SubscriptionConfig {
 
     /// Whether a notification from `source` with `event_type` goes to this subscription.
     pub fn matches(&self, source: &str, event_type: &str) -> bool {
-        let source_ok = self
-            .sources
-            .as_ref()
-            .is_none_or(|names| names.iter().any(|n| n == source));
-        let event_ok = self
-            .events
-            .as_ref()
-            .is_none_or(|patterns| patterns.iter().any(|p| wildcard_match(p, event_type)));
-        source_ok && event_ok
+        filters_match(
+            self.sources.as_deref(),
+            self.events.as_deref(),
+            source,
+            event_type,
+        )
     }
+}
+
+/// Whether a subscription with these filters takes a notification: its
+/// source among `sources` and its event type matching one of `events`
+/// (each filter taking everything when absent).
+pub fn filters_match(
+    sources: Option<&[String]>,
+    events: Option<&[String]>,
+    source: &str,
+    event_type: &str,
+) -> bool {
+    let source_ok = sources.is_none_or(|names| names.iter().any(|n| n == source));
+    let event_ok =
+        events.is_none_or(|patterns| patterns.iter().any(|p| wildcard_match(p, event_type)));
+    source_ok && event_ok
 }
 
 /// `*` matches any run of characters (including none); everything else is literal.

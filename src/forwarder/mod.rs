@@ -1,34 +1,37 @@
-//! The forwarder: one worker per subscription takes due deliveries from the
-//! spool's due index (never from an in-memory copy of the backlog), sends
-//! them within the subscription's concurrency and rate limits and a global
-//! cap, and records each outcome in the spool.
+//! The forwarder: one worker per subscription leases due deliveries from
+//! the spool in batches, sends them within the subscription's concurrency
+//! and rate limits and a global cap, and completes each lease with the
+//! delivery's new state. It knows no index, key or store: it asks the spool
+//! for work and reports outcomes.
 //!
-//! A delivery's due entry stays in the index while its attempt is in flight
-//! (the worker remembers it in a small in-memory set), so a crash mid-attempt
-//! leaves it due: it is retried after restart, at-least-once.
+//! A lease whose outcome cannot be recorded (a full disk) is held and its
+//! recording retried, with a growing pause, until it succeeds or the relay
+//! stops: the delivery is never sent again meanwhile, so a broken disk does
+//! not turn into a resend storm. A crash mid-attempt leaves the delivery
+//! due: it is retried after restart, at-least-once.
 
 mod target;
 
-use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::delivery::Decision;
-use crate::spool::{DueDelivery, NotificationId, Spool};
+use crate::delivery::{Decision, Delivery};
+use crate::spool::{Lease, Spool};
 pub use target::{parse_retry_after, Target, TargetError};
 
-/// Longest nap of an idle worker: a backstop, wake-ups normally come first.
-const IDLE_RECHECK: Duration = Duration::from_secs(5);
-/// How long a delivery whose outcome could not be recorded (spool full or
-/// failing) is held back before it is tried again, so a broken disk does
-/// not turn into a busy loop.
-const RECORD_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+/// Most deliveries one worker leases at once.
+const LEASE_BATCH: usize = 32;
+/// First and longest pause before recording an outcome again.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(250);
+const RECORD_RETRY_LONGEST: Duration = Duration::from_secs(10);
+/// Pause after the spool could not be read.
+const LEASE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 pub struct Forwarder {
     spool: Spool,
@@ -65,8 +68,6 @@ impl Forwarder {
                 spool: self.spool.clone(),
                 clock: self.clock,
                 global: self.global.clone(),
-                in_flight: Arc::new(Mutex::new(HashSet::new())),
-                finished: Arc::new(Notify::new()),
             };
             workers.spawn(worker.run(stop_rx.clone(), self.grace));
         }
@@ -81,129 +82,97 @@ struct Worker {
     spool: Spool,
     clock: Clock,
     global: Arc<Semaphore>,
-    /// Deliveries of this subscription with an attempt under way.
-    in_flight: Arc<Mutex<HashSet<NotificationId>>>,
-    /// Signalled when an attempt ends, so a due entry it held is seen again.
-    finished: Arc<Notify>,
 }
 
 impl Worker {
     async fn run(self, mut stop: watch::Receiver<bool>, grace: Duration) {
         let local = Arc::new(Semaphore::new(self.target.max_in_flight));
-        let mut new_work = self.spool.new_work();
         let mut attempts = JoinSet::new();
+        let mut lease_failing = false;
         loop {
-            // Hold a slot before looking, so what we find can be sent at once.
-            let permits = tokio::select! {
-                permits = acquire_both(&local, &self.global) => permits,
+            // One free slot before asking; as many as are free, in one batch.
+            let first = tokio::select! {
+                permit = local.clone().acquire_owned() => permit,
                 _ = stop.wait_for(|s| *s) => break,
             };
-            let now = self.clock.now_ms();
-            let due = match self
-                .spool
-                .due(&self.target.name, now, 1, |id| self.is_in_flight(id))
-            {
-                Ok(due) => due,
-                Err(err) => {
-                    tracing::error!(subscription = %self.target.name, error = %err, "cannot read due deliveries");
-                    Vec::new()
-                }
-            };
-            let Some(due) = due.into_iter().next() else {
-                drop(permits);
-                new_work.mark_unchanged();
-                let wake_at = self.next_wake(now);
-                tokio::select! {
-                    _ = new_work.changed() => {}
-                    _ = self.finished.notified() => {}
-                    _ = tokio::time::sleep_until(wake_at) => {}
-                    _ = stop.wait_for(|s| *s) => break,
-                }
-                continue;
-            };
-            if let Some(limiter) = &self.target.limiter {
-                tokio::select! {
-                    _ = limiter.until_ready() => {}
-                    _ = stop.wait_for(|s| *s) => break,
+            let Ok(first) = first else { break };
+            let mut slots = vec![first];
+            while slots.len() < LEASE_BATCH {
+                match local.clone().try_acquire_owned() {
+                    Ok(permit) => slots.push(permit),
+                    Err(_) => break,
                 }
             }
-            self.mark_in_flight(due.id);
-            let attempt = Attempt {
-                target: self.target.clone(),
-                spool: self.spool.clone(),
-                clock: self.clock,
+            let leases = tokio::select! {
+                leases = self.spool.lease(&self.target.name, slots.len()) => leases,
+                _ = stop.wait_for(|s| *s) => break,
             };
-            let (in_flight, finished) = (self.in_flight.clone(), self.finished.clone());
-            attempts.spawn(async move {
-                let id = due.id;
-                if !attempt.run(due).await {
-                    tokio::time::sleep(RECORD_FAILURE_BACKOFF).await;
+            let leases = match leases {
+                Ok(leases) => {
+                    if lease_failing {
+                        tracing::info!(subscription = %self.target.name, "reading due deliveries again");
+                        lease_failing = false;
+                    }
+                    leases
                 }
-                drop(permits);
-                lock(&in_flight).remove(&id);
-                finished.notify_one();
-            });
+                Err(err) => {
+                    if !lease_failing {
+                        tracing::warn!(subscription = %self.target.name, error = %err, "cannot read due deliveries; retrying");
+                        lease_failing = true;
+                    }
+                    drop(slots);
+                    tokio::select! {
+                        _ = tokio::time::sleep(LEASE_ERROR_PAUSE) => continue,
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                }
+            };
+            slots.truncate(leases.len());
+            let mut stopping = false;
+            for (lease, slot) in leases.into_iter().zip(slots.drain(..)) {
+                let global = tokio::select! {
+                    permit = self.global.clone().acquire_owned() => permit,
+                    _ = stop.wait_for(|s| *s) => { stopping = true; break }
+                };
+                let Ok(global) = global else {
+                    stopping = true;
+                    break;
+                };
+                if let Some(limiter) = &self.target.limiter {
+                    tokio::select! {
+                        _ = limiter.until_ready() => {}
+                        _ = stop.wait_for(|s| *s) => { stopping = true; break }
+                    }
+                }
+                let attempt = Attempt {
+                    target: self.target.clone(),
+                    spool: self.spool.clone(),
+                    clock: self.clock,
+                    stop: stop.clone(),
+                };
+                attempts.spawn(attempt.run(lease, [slot, global]));
+            }
             // Reap finished attempts without waiting.
             while attempts.try_join_next().is_some() {}
+            if stopping {
+                break;
+            }
         }
         self.drain(attempts, grace).await;
     }
 
-    /// The earliest due time not in flight, or a backstop recheck.
-    fn next_wake(&self, now: i64) -> tokio::time::Instant {
-        let backstop = tokio::time::Instant::now() + IDLE_RECHECK;
-        match self
-            .spool
-            .next_due_ms(&self.target.name, |id| self.is_in_flight(id))
-        {
-            Ok(Some(at)) if at > now => self.clock.instant_at(at).min(backstop),
-            // Due now but held by an attempt: its end wakes us.
-            _ => backstop,
-        }
-    }
-
     async fn drain(&self, mut attempts: JoinSet<()>, grace: Duration) {
+        while attempts.try_join_next().is_some() {}
         let waiting = attempts.len();
-        if waiting > 0 {
-            tracing::info!(subscription = %self.target.name, waiting, "waiting for attempts in flight");
+        if waiting == 0 {
+            return;
         }
+        tracing::info!(subscription = %self.target.name, waiting, "waiting for attempts in flight");
         let all_done = async { while attempts.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, all_done).await.is_err() {
-            // Their due entries are still in the index: they run again after restart.
+            // Never recorded: they are due again after restart.
             tracing::warn!(subscription = %self.target.name, left = attempts.len(), "attempts still in flight at the end of the grace period; they will be retried");
             attempts.abort_all();
-        }
-    }
-
-    fn is_in_flight(&self, id: NotificationId) -> bool {
-        lock(&self.in_flight).contains(&id)
-    }
-
-    fn mark_in_flight(&self, id: NotificationId) {
-        lock(&self.in_flight).insert(id);
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-async fn acquire_both(
-    local: &Arc<Semaphore>,
-    global: &Arc<Semaphore>,
-) -> (
-    tokio::sync::OwnedSemaphorePermit,
-    tokio::sync::OwnedSemaphorePermit,
-) {
-    // Neither semaphore is ever closed, so acquiring cannot fail.
-    loop {
-        if let (Ok(a), Ok(b)) = (
-            local.clone().acquire_owned().await,
-            global.clone().acquire_owned().await,
-        ) {
-            return (a, b);
         }
     }
 }
@@ -213,56 +182,78 @@ struct Attempt {
     target: Arc<Target>,
     spool: Spool,
     clock: Clock,
+    stop: watch::Receiver<bool>,
 }
 
 impl Attempt {
-    /// Returns whether the outcome was recorded.
-    async fn run(self, due: DueDelivery) -> bool {
-        let mut delivery = due.delivery.clone();
+    /// `_slots` are held until the outcome is recorded.
+    async fn run(mut self, lease: Lease, _slots: [OwnedSemaphorePermit; 2]) {
+        let mut delivery = lease.delivery().clone();
         let started = self.clock.now_ms();
         let number = match delivery.start(started) {
             Ok(number) => number,
             Err(err) => {
-                // A final delivery with a stale due entry: recording drops the entry.
-                tracing::warn!(id = %due.id, subscription = %due.subscription, error = %err, "due entry of a finished delivery");
-                return self.record(&due, &delivery).await;
+                // A final delivery with a stale retry entry: recording drops the entry.
+                tracing::warn!(id = %lease.id(), subscription = %lease.subscription(), error = %err, "retry entry of a finished delivery");
+                return self.record(&lease, &delivery).await;
             }
         };
-        let outcome = self.target.send(&due.notification, number, started).await;
+        let outcome = self
+            .target
+            .send(lease.notification(), number, started)
+            .await;
         let now = self.clock.now_ms();
         let jitter = rand::random::<f64>() * 2.0 - 1.0;
         let decision = match delivery.finish(&self.target.schedule, outcome.clone(), now, jitter) {
             Ok(decision) => decision,
             Err(err) => {
-                tracing::error!(id = %due.id, error = %err, "delivery state machine refused an outcome");
-                return false;
+                tracing::error!(id = %lease.id(), error = %err, "delivery state machine refused an outcome");
+                return;
             }
         };
-        let fields = (due.id, due.subscription.as_str(), number, now - started);
+        let (id, subscription, ms) = (lease.id(), lease.subscription(), now - started);
         match decision {
             Decision::Delivered => {
-                tracing::debug!(id = %fields.0, subscription = fields.1, attempt = fields.2, ms = fields.3, "delivered")
+                tracing::debug!(%id, subscription, attempt = number, ms, "delivered")
             }
             Decision::RetryAt(at) => tracing::info!(
-                id = %fields.0, subscription = fields.1, attempt = fields.2, ?outcome,
+                %id, subscription, attempt = number, ?outcome,
                 retry_in_ms = at - now, "attempt failed; will retry"
             ),
             Decision::Dead => tracing::warn!(
-                id = %fields.0, subscription = fields.1, attempt = fields.2, ?outcome,
+                %id, subscription, attempt = number, ?outcome,
                 "delivery is dead after its last attempt; an admin can replay it"
             ),
         }
-        self.record(&due, &delivery).await
+        self.record(&lease, &delivery).await;
     }
 
-    async fn record(&self, due: &DueDelivery, delivery: &crate::delivery::Delivery) -> bool {
-        match self.spool.record(due, delivery).await {
-            Ok(()) => true,
-            Err(err) => {
-                // The due entry is unchanged, so the delivery is made again: at-least-once.
-                tracing::error!(id = %due.id, subscription = %due.subscription, error = %err, "cannot record an outcome");
-                false
+    /// Records the outcome, retrying until it is on record or the relay
+    /// stops; the lease stays held all along, so nothing is sent twice.
+    async fn record(&mut self, lease: &Lease, delivery: &Delivery) {
+        let mut pause = RECORD_RETRY_FIRST;
+        let mut warned = false;
+        loop {
+            match self.spool.complete(lease, delivery).await {
+                Ok(()) => {
+                    if warned {
+                        tracing::info!(id = %lease.id(), subscription = %lease.subscription(), "outcome recorded after all");
+                    }
+                    return;
+                }
+                Err(err) if !warned => {
+                    tracing::warn!(id = %lease.id(), subscription = %lease.subscription(), error = %err,
+                        "cannot record an outcome; holding the delivery until it can be recorded");
+                    warned = true;
+                }
+                Err(_) => {}
             }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                // Unrecorded at the stop: the delivery stays due (at-least-once).
+                _ = self.stop.wait_for(|s| *s) => return,
+            }
+            pause = (pause * 2).min(RECORD_RETRY_LONGEST);
         }
     }
 }

@@ -13,7 +13,7 @@ use hyper::body::Incoming as IncomingBody;
 use super::{Ingress, Source};
 use crate::config::OnInvalid;
 use crate::providers::Rejection;
-use crate::spool::{Incoming, Rejected, SpoolError, Stored};
+use crate::spool::{Received, SpoolError, Stored};
 
 /// Request headers worth keeping with a notification (for admins and audits).
 const KEPT_HEADERS: [&str; 4] = ["user-agent", "x-forwarded-for", "x-real-ip", "x-request-id"];
@@ -138,7 +138,10 @@ pub(super) async fn handle(
         Ok(answer) => answer,
         Err(err) => {
             let status = err.status();
-            if status.is_server_error() {
+            if matches!(err, IngressError::Unavailable(_)) {
+                // The spool logs its own change of state once; not each refusal.
+                tracing::debug!(%peer_ip, path, error = %err, "request not stored");
+            } else if status.is_server_error() {
                 tracing::error!(%peer_ip, path, error = %err, "request not stored");
             } else {
                 tracing::info!(%peer_ip, path, status = status.as_u16(), error = %err, "request refused");
@@ -205,25 +208,17 @@ async fn accept(
     let (parts, body) = request.into_parts();
     let body = read_body(ingress, &parts.headers, body).await?;
     source.auth.check_body(&parts.headers, &body)?;
-    let received_ms = ingress.clock.now_ms();
-    match source.provider.check(&body, &parts.headers) {
+    let received = Received {
+        source: source_name,
+        content_type: content_type(&parts.headers),
+        headers: kept_headers(&parts.headers),
+        peer: peer.to_string(),
+        received_ms: ingress.clock.now_ms(),
+        body,
+    };
+    match source.provider.check(&received.body, &parts.headers) {
         Ok(notification) => {
-            let subscriptions: Vec<&str> = ingress
-                .subscriptions
-                .iter()
-                .filter(|s| s.matches(&source_name, &notification.event_type))
-                .map(|s| s.name.as_str())
-                .collect();
-            let incoming = Incoming {
-                source: source_name,
-                notification,
-                body,
-                content_type: content_type(&parts.headers),
-                headers: kept_headers(&parts.headers),
-                peer: peer.to_string(),
-                received_ms,
-            };
-            let stored = ingress.spool.store(incoming, &subscriptions).await?;
+            let stored = ingress.spool.store(received, notification).await?;
             let (id, duplicate) = match stored {
                 Stored::New(id) => (id, false),
                 Stored::Duplicate(id) => (id, true),
@@ -233,45 +228,20 @@ async fn accept(
                 &serde_json::json!({ "id": id.to_string(), "duplicate": duplicate }),
             ))
         }
-        Err(rejection) => {
-            quarantine(
-                ingress,
-                source,
-                source_name,
-                rejection,
-                body,
-                &parts.headers,
-                peer,
-                received_ms,
-            )
-            .await
-        }
+        Err(rejection) => quarantine(ingress, source, received, rejection).await,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn quarantine(
     ingress: &Ingress,
     source: &Source,
-    source_name: String,
+    received: Received,
     rejection: Rejection,
-    body: Bytes,
-    headers: &HeaderMap,
-    peer: IpAddr,
-    received_ms: i64,
 ) -> Result<Response<Full<Bytes>>, IngressError> {
+    let source_name = received.source.clone();
     let id = ingress
         .spool
-        .quarantine(Rejected {
-            source: source_name.clone(),
-            reason_kind: rejection.kind().to_owned(),
-            reason: rejection.to_string(),
-            body,
-            content_type: content_type(headers),
-            headers: kept_headers(headers),
-            peer: peer.to_string(),
-            received_ms,
-        })
+        .quarantine(received, rejection.kind(), rejection.to_string())
         .await?;
     tracing::warn!(source = %source_name, quarantine_id = %id, reason = %rejection, "body quarantined");
     match source.on_invalid {

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
-use crate::config::{Config, OnInvalid, SubscriptionConfig};
+use crate::config::{Config, OnInvalid};
 use crate::providers::Provider;
 use crate::spool::Spool;
 pub use auth::AuthFailure;
@@ -43,7 +43,6 @@ struct Source {
 /// Everything a request needs; shared by all connections.
 pub struct Ingress {
     sources: HashMap<String, Source>,
-    subscriptions: Vec<SubscriptionConfig>,
     spool: Spool,
     clock: Clock,
     max_body: u64,
@@ -71,7 +70,6 @@ impl Ingress {
             .collect();
         Arc::new(Ingress {
             sources,
-            subscriptions: config.subscriptions.clone(),
             spool,
             clock,
             max_body: config.server.max_body.0,

@@ -1,25 +1,35 @@
+use super::routes::Route;
 use super::*;
 use crate::config::{ByteSize, HumanDuration};
+use crate::delivery::{Outcome, Schedule, State};
 use std::time::Duration;
 
-fn config(dir: &Path) -> SpoolConfig {
+pub(crate) fn config(dir: &Path) -> SpoolConfig {
     SpoolConfig {
         path: dir.join("spool"),
         dedup_window: HumanDuration(Duration::from_secs(60)),
         cache_capacity: ByteSize(8 << 20),
         sync_data: true,
+        retention: HumanDuration(Duration::from_secs(3600)),
+        dead_retention: None,
     }
 }
 
-fn incoming(dedup: &str, received_ms: i64) -> Incoming {
-    Incoming {
+pub(crate) fn routes(names: &[&str]) -> Routes {
+    Routes::new(names.iter().map(|n| Route::all(n)).collect())
+}
+
+/// The spool's clock is the tests' clock too: two clocks that follow a
+/// paused tokio clock drift apart by the real time between their creation.
+pub(crate) fn open(dir: &Path, names: &[&str]) -> (Spool, Clock) {
+    let clock = Clock::following_tokio();
+    let spool = Spool::open(&config(dir), routes(names), clock).unwrap();
+    (spool, clock)
+}
+
+pub(crate) fn received(received_ms: i64) -> Received {
+    Received {
         source: "tus".into(),
-        notification: Notification {
-            event_type: "facturacion.emitido".into(),
-            subject: Some("17032".into()),
-            dedup_key: dedup.into(),
-            provider_time: None,
-        },
         body: Bytes::from_static(b"{\"hook_id\": \"x\"}"),
         content_type: Some("application/json".into()),
         headers: vec![],
@@ -28,166 +38,212 @@ fn incoming(dedup: &str, received_ms: i64) -> Incoming {
     }
 }
 
-#[tokio::test]
-async fn stores_once_per_dedup_key_within_the_window() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&config(dir.path())).unwrap();
-    let Stored::New(first) = spool
-        .store(incoming("k1", 1_000), &["erp", "crm"])
+pub(crate) fn notification(dedup: &str) -> Notification {
+    Notification {
+        event_type: "facturacion.emitido".into(),
+        subject: Some("17032".into()),
+        dedup_key: dedup.into(),
+        provider_time: None,
+    }
+}
+
+async fn store(spool: &Spool, dedup: &str, at: i64) -> Stored {
+    spool
+        .store(received(at), notification(dedup))
         .await
         .unwrap()
-    else {
-        panic!("first copy must be new");
-    };
+}
+
+async fn store_new(spool: &Spool, dedup: &str, at: i64) -> NotificationId {
+    match store(spool, dedup, at).await {
+        Stored::New(id) => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// What the forwarder does with one lease: start, finish, complete.
+async fn attempt(spool: &Spool, lease: &Lease, outcome: Outcome, now: i64) -> Delivery {
+    let schedule = Schedule::try_new(vec![Duration::from_secs(10)], 0.0).unwrap();
+    let mut delivery = lease.delivery().clone();
+    delivery.start(now).unwrap();
+    delivery.finish(&schedule, outcome, now + 1, 0.0).unwrap();
+    spool.complete(lease, &delivery).await.unwrap();
+    delivery
+}
+
+fn ok() -> Outcome {
+    Outcome::Status {
+        code: 200,
+        retry_after_ms: None,
+    }
+}
+
+async fn lease_now(spool: &Spool, name: &str, max: usize) -> Vec<Lease> {
+    tokio::time::timeout(Duration::from_secs(5), spool.lease(name, max))
+        .await
+        .expect("nothing due")
+        .unwrap()
+}
+
+/// Whether `lease` has nothing due within `within` (of tokio time).
+async fn nothing_due(spool: &Spool, name: &str, within: Duration) -> bool {
+    match tokio::time::timeout(within, spool.lease(name, 10)).await {
+        Err(_) => true,
+        Ok(found) => {
+            if let Ok(found) = &found {
+                for l in found {
+                    eprintln!(
+                        "due: {} {:?} {:?}",
+                        l.id().0 .0,
+                        l.delivery().state,
+                        l.delivery().attempts.len()
+                    );
+                }
+            }
+            false
+        }
+    }
+}
+
+#[tokio::test]
+async fn stores_once_per_dedup_key_within_the_window_and_fans_out_inside() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, clock) = open(dir.path(), &["erp", "crm"]);
+    let now = clock.now_ms();
+    let first = store_new(&spool, "k1", now).await;
     assert_eq!(
-        spool.store(incoming("k1", 2_000), &["erp"]).await.unwrap(),
+        store(&spool, "k1", now + 1_000).await,
         Stored::Duplicate(first)
     );
-    assert!(matches!(
-        spool.store(incoming("k2", 2_000), &[]).await.unwrap(),
-        Stored::New(_)
-    ));
+    assert!(matches!(store(&spool, "k2", now).await, Stored::New(_)));
     // Past the 60 s window the same key is new again.
     assert!(matches!(
-        spool.store(incoming("k1", 62_000), &[]).await.unwrap(),
+        store(&spool, "k1", now + 61_000).await,
         Stored::New(_)
     ));
     assert_eq!(spool.notifications().count(), 3);
-    assert_eq!(
-        spool.deliveries_of(first).unwrap().len(),
-        2,
-        "fan-out written with the notification"
-    );
-    // The resend inside the window added no delivery: one due entry for
-    // "erp" (the first copy's), one for "crm".
-    assert_eq!(spool.due("erp", i64::MAX, 100, |_| false).unwrap().len(), 1);
-    assert_eq!(spool.due("crm", i64::MAX, 100, |_| false).unwrap().len(), 1);
     let record = spool.notification(first).unwrap().unwrap();
+    assert_eq!(record.meta.id, first.to_string());
+    assert_eq!(record.meta.subscriptions, ["erp", "crm"]);
     assert_eq!(record.body.as_ref(), b"{\"hook_id\": \"x\"}");
-    assert_eq!(record.meta.event_type, "facturacion.emitido");
+    assert_eq!(spool.deliveries_of(first).unwrap().len(), 2);
+    // The resend added no delivery: three notifications, three leases each.
+    assert_eq!(lease_now(&spool, "erp", 10).await.len(), 3);
+    assert_eq!(lease_now(&spool, "crm", 10).await.len(), 3);
 }
 
-#[tokio::test]
-async fn the_due_index_hands_out_work_in_time_order_and_moves_on_record() {
+#[tokio::test(start_paused = true)]
+async fn first_attempts_come_in_order_and_retries_when_due() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&config(dir.path())).unwrap();
-    spool.store(incoming("a", 2_000), &["erp"]).await.unwrap();
-    spool.store(incoming("b", 1_000), &["erp"]).await.unwrap();
-    assert_eq!(spool.next_due_ms("erp", |_| false).unwrap(), Some(1_000));
-    assert_eq!(spool.due("erp", 999, 10, |_| false).unwrap().len(), 0);
-    let due = spool.due("erp", 5_000, 10, |_| false).unwrap();
-    assert_eq!(due.len(), 2);
-    assert_eq!(due[0].notification.meta.dedup_key, "b");
-    assert_eq!(
-        spool
-            .due("erp", 5_000, 10, |id| id == due[0].id)
-            .unwrap()
-            .len(),
-        1
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    let now = clock.now_ms();
+    let a = store_new(&spool, "a", now).await;
+    let b = store_new(&spool, "b", now).await;
+    let leases = lease_now(&spool, "erp", 10).await;
+    let ids: Vec<_> = leases.iter().map(Lease::id).collect();
+    assert_eq!(ids, [a, b]);
+    assert!(
+        nothing_due(&spool, "erp", Duration::from_secs(60)).await,
+        "held leases are not handed out twice"
     );
+    let now = clock.now_ms();
+    attempt(&spool, &leases[0], Outcome::Timeout, now).await;
+    attempt(&spool, &leases[1], ok(), now).await;
+    drop(leases);
+    // The retry is due 10 s after the failure, not before.
+    assert!(nothing_due(&spool, "erp", Duration::from_secs(9)).await);
+    let retry = lease_now(&spool, "erp", 10).await;
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].id(), a);
+    assert_eq!(retry[0].delivery().attempts.len(), 1);
+    let now = clock.now_ms();
+    attempt(&spool, &retry[0], ok(), now).await;
+    drop(retry);
+    assert!(nothing_due(&spool, "erp", Duration::from_secs(3600)).await);
+    assert_eq!(spool.next_due_ms("erp").unwrap(), None);
+    let states: Vec<_> = [a, b]
+        .iter()
+        .map(|id| spool.deliveries_of(*id).unwrap()[0].state)
+        .collect();
+    assert!(states.iter().all(|s| matches!(s, State::Delivered { .. })));
+}
 
-    let mut delivery = due[0].delivery.clone();
-    delivery.start(5_000).unwrap();
-    let schedule = crate::delivery::Schedule::try_new(vec![Duration::from_secs(10)], 0.0).unwrap();
-    delivery
-        .finish(&schedule, crate::delivery::Outcome::Timeout, 5_100, 0.0)
-        .unwrap();
-    spool.record(&due[0], &delivery).await.unwrap();
-    assert_eq!(spool.next_due_ms("erp", |_| false).unwrap(), Some(2_000));
-    let later = spool.due("erp", 20_000, 10, |_| false).unwrap();
-    assert_eq!(later.len(), 2);
-    assert_eq!(
-        later[1].id, due[0].id,
-        "the retry is due 10 s after the failure"
-    );
-    assert_eq!(later[1].delivery.attempts.len(), 1);
+#[tokio::test(start_paused = true)]
+async fn a_lease_dropped_without_an_outcome_is_due_again_and_a_completed_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    let now = clock.now_ms();
+    let a = store_new(&spool, "a", now).await;
+    let b = store_new(&spool, "b", now).await;
+    let mut leases = lease_now(&spool, "erp", 10).await;
+    let second = leases.pop().unwrap();
+    attempt(&spool, &second, ok(), now).await;
+    drop(second);
+    drop(leases); // `a` never got an outcome
+    let again = lease_now(&spool, "erp", 10).await;
+    assert_eq!(again.iter().map(Lease::id).collect::<Vec<_>>(), [a]);
+    assert_ne!(a, b);
 }
 
 #[tokio::test]
-async fn a_second_process_gets_a_clear_locked_error() {
+async fn an_idle_lease_wakes_as_soon_as_a_store_is_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let _spool = Spool::open(&config(dir.path())).unwrap();
-    let err = Spool::open(&config(dir.path()))
-        .err()
-        .expect("second open must fail");
-    assert!(matches!(err, SpoolError::Locked { .. }), "{err}");
-}
-
-#[tokio::test]
-async fn data_survives_reopening() {
-    let dir = tempfile::tempdir().unwrap();
-    let id = {
-        let spool = Spool::open(&config(dir.path())).unwrap();
-        let id = match spool.store(incoming("k", 1_000), &["erp"]).await.unwrap() {
-            Stored::New(id) => id,
-            other => panic!("{other:?}"),
-        };
-        spool.close().await;
-        id
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    let waiting = {
+        let spool = spool.clone();
+        tokio::spawn(async move { spool.lease("erp", 1).await })
     };
-    let spool = Spool::open(&config(dir.path())).unwrap();
-    assert!(spool.notification(id).unwrap().is_some());
-    assert_eq!(spool.next_due_ms("erp", |_| false).unwrap(), Some(1_000));
-}
-
-#[tokio::test]
-async fn quarantine_keeps_the_raw_body_and_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&config(dir.path())).unwrap();
-    spool
-        .quarantine(Rejected {
-            source: "tus".into(),
-            reason_kind: "not_json".into(),
-            reason: "expected value".into(),
-            body: Bytes::from_static(b"<xml/>"),
-            content_type: Some("text/xml".into()),
-            headers: vec![],
-            peer: "127.0.0.1".into(),
-            received_ms: 1,
-        })
+    // Let the lease walk, find nothing and wait.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stored_at = std::time::Instant::now();
+    let id = store_new(&spool, "a", clock.now_ms()).await;
+    let leases = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
+        .expect("the lease never woke")
+        .unwrap()
         .unwrap();
-    let kept: Vec<_> = spool.quarantined().collect::<Result<_, _>>().unwrap();
-    assert_eq!(kept.len(), 1);
-    assert_eq!(kept[0].body.as_ref(), b"<xml/>");
-    assert_eq!(kept[0].meta.reason_kind, "not_json");
-    assert_eq!(spool.notifications().count(), 0);
+    assert_eq!(leases[0].id(), id);
+    assert!(
+        stored_at.elapsed() < Duration::from_millis(100),
+        "woke after {:?}",
+        stored_at.elapsed()
+    );
 }
 
 #[tokio::test]
-async fn pruning_removes_only_expired_dedup_entries() {
+async fn nothing_newer_than_the_last_flush_is_leased() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&config(dir.path())).unwrap();
-    spool.store(incoming("old", 0), &[]).await.unwrap();
-    spool.store(incoming("new", 50_000), &[]).await.unwrap();
-    assert_eq!(spool.prune_dedup(70_000).unwrap(), 1);
-    assert!(matches!(
-        spool.store(incoming("new", 70_000), &[]).await.unwrap(),
-        Stored::Duplicate(_)
-    ));
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    let now = clock.now_ms();
+    let a = store_new(&spool, "a", now).await;
+    let b = store_new(&spool, "b", now).await;
+    // As if `b` were applied but its group not yet flushed.
+    spool.backend.pretend_durable_upto(a);
+    let leases = lease_now(&spool, "erp", 10).await;
+    assert_eq!(leases.iter().map(Lease::id).collect::<Vec<_>>(), [a]);
+    spool.backend.pretend_durable_upto(b);
+    let leases = lease_now(&spool, "erp", 10).await;
+    assert_eq!(leases.iter().map(Lease::id).collect::<Vec<_>>(), [b]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writes_share_flushes_and_none_returns_before_one() {
+async fn concurrent_writes_share_flushes_and_none_is_answered_by_an_earlier_flush() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&config(dir.path())).unwrap();
-    let before = spool.flushes();
-    spool.store(incoming("first", 1_000), &[]).await.unwrap();
-    assert!(spool.flushes() > before, "answered before any flush");
+    let (spool, _) = open(dir.path(), &["erp"]);
+    let before = spool.flush_starts();
+    store(&spool, "first", 1_000).await;
+    assert!(spool.flush_starts() > before, "answered before any flush");
 
-    let start = spool.flushes();
+    let start = spool.flush_starts();
     let writers: Vec<_> = (0..200)
         .map(|i| {
             let spool = spool.clone();
             tokio::spawn(async move {
-                let flushes_before = spool.flushes();
-                spool
-                    .store(incoming(&format!("k{i}"), 1_000), &["erp"])
-                    .await
-                    .unwrap();
+                let started_before = spool.flush_starts();
+                store(&spool, &format!("k{i}"), 1_000).await;
                 assert!(
-                    spool.flushes() > flushes_before,
-                    "answered before a flush that began after the write"
+                    spool.flush_starts() > started_before,
+                    "answered by a flush that began before the write"
                 );
             })
         })
@@ -195,25 +251,209 @@ async fn concurrent_writes_share_flushes_and_none_returns_before_one() {
     for writer in writers {
         writer.await.unwrap();
     }
-    let used = spool.flushes() - start;
+    let used = spool.flush_starts() - start;
     assert!(used < 200, "200 writes took {used} flushes: no grouping");
     assert_eq!(spool.notifications().count(), 201);
 }
 
 #[tokio::test]
-async fn a_closed_spool_refuses_writes() {
+async fn a_second_process_gets_a_clear_locked_error() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&config(dir.path())).unwrap();
-    spool.close().await;
-    let err = spool.store(incoming("late", 1_000), &[]).await.unwrap_err();
-    assert!(matches!(err, SpoolError::Closed), "{err}");
+    let _spool = open(dir.path(), &[]).0;
+    let err = Spool::open(&config(dir.path()), routes(&[]), Clock::system())
+        .err()
+        .expect("second open must fail");
+    assert!(matches!(err, SpoolError::Locked { .. }), "{err}");
 }
 
 #[tokio::test]
-async fn the_writer_answers_probes_until_closed() {
+async fn deliveries_and_outcomes_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&config(dir.path())).unwrap();
+    let now = Clock::system().now_ms();
+    let (a, b) = {
+        let (spool, _) = open(dir.path(), &["erp"]);
+        let a = store_new(&spool, "a", now).await;
+        let b = store_new(&spool, "b", now).await;
+        let leases = lease_now(&spool, "erp", 1).await;
+        attempt(&spool, &leases[0], ok(), now).await;
+        drop(leases);
+        spool.close().await.unwrap();
+        (a, b)
+    };
+    let (spool, _) = open(dir.path(), &["erp"]);
+    assert!(spool.notification(a).unwrap().is_some());
+    let leases = lease_now(&spool, "erp", 10).await;
+    assert_eq!(
+        leases.iter().map(Lease::id).collect::<Vec<_>>(),
+        [b],
+        "the delivered one is not sent again"
+    );
+}
+
+#[tokio::test]
+async fn quarantine_keeps_the_raw_body_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), &[]);
+    let mut body = received(1);
+    body.body = Bytes::from_static(b"<xml/>");
+    let id = spool
+        .quarantine(body, "not_json", "expected value".into())
+        .await
+        .unwrap();
+    let kept: Vec<_> = spool.quarantined().collect::<Result<_, _>>().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].meta.id, id.to_string());
+    assert_eq!(kept[0].body.as_ref(), b"<xml/>");
+    assert_eq!(kept[0].meta.reason_kind, "not_json");
+    assert!(spool.is_quarantined(id).unwrap());
+    assert_eq!(spool.notifications().count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_removes_what_is_over_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.retention = HumanDuration(Duration::from_secs(120));
+    let clock = Clock::following_tokio();
+    let spool = Spool::open(&config, routes(&["erp"]), clock).unwrap();
+    let now = clock.now_ms();
+    let delivered = store_new(&spool, "delivered", now).await;
+    let dead = store_new(&spool, "dead", now).await;
+    let waiting = store_new(&spool, "waiting", now).await;
+    let leases = lease_now(&spool, "erp", 2).await;
+    attempt(&spool, &leases[0], ok(), now).await;
+    // One wait in the schedule: two failures make it dead.
+    attempt(&spool, &leases[1], Outcome::Connect, now).await;
+    drop(leases);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let retry = lease_now(&spool, "erp", 1).await;
+    assert_eq!(retry[0].id(), dead);
+    let delivery = attempt(&spool, &retry[0], Outcome::Connect, now + 11_000).await;
+    assert!(matches!(delivery.state, State::Dead { .. }));
+    drop(retry);
+    let mut quarantined = received(now);
+    quarantined.body = Bytes::from_static(b"junk");
+    spool
+        .quarantine(quarantined, "not_json", "x".into())
+        .await
+        .unwrap();
+
+    // Inside the dedup window, nothing expires.
+    assert_eq!(spool.maintain().await.unwrap(), Maintained::default());
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let done = spool.maintain().await.unwrap();
+    assert_eq!(
+        done.dedup_entries, 3,
+        "dedup entries expire with the window: {done:?}"
+    );
+    assert_eq!(done.notifications, 0);
+    assert!(matches!(
+        store(&spool, "delivered", clock.now_ms()).await,
+        Stored::New(_)
+    ));
+
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let done = spool.maintain().await.unwrap();
+    assert_eq!(done.notifications, 1, "only the delivered one goes");
+    assert_eq!(done.quarantined, 1);
+    assert!(spool.notification(delivered).unwrap().is_none());
+    assert!(spool.deliveries_of(delivered).unwrap().is_empty());
+    assert!(
+        spool.notification(dead).unwrap().is_some(),
+        "dead stays for an admin"
+    );
+    assert!(
+        spool.notification(waiting).unwrap().is_some(),
+        "never attempted stays"
+    );
+    assert_eq!(spool.quarantined().count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dead_retention_lets_dead_deliveries_go_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.retention = HumanDuration(Duration::from_secs(120));
+    config.dead_retention = Some(HumanDuration(Duration::from_secs(60)));
+    let clock = Clock::following_tokio();
+    let spool = Spool::open(&config, routes(&["erp"]), clock).unwrap();
+    let now = clock.now_ms();
+    let dead = store_new(&spool, "dead", now).await;
+    let leases = lease_now(&spool, "erp", 1).await;
+    attempt(&spool, &leases[0], Outcome::Connect, now).await;
+    drop(leases);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let retry = lease_now(&spool, "erp", 1).await;
+    attempt(&spool, &retry[0], Outcome::Connect, now + 11_000).await;
+    drop(retry);
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    assert_eq!(spool.maintain().await.unwrap().notifications, 1);
+    assert!(spool.notification(dead).unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_brings_a_dead_delivery_back_with_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    let now = clock.now_ms();
+    let id = store_new(&spool, "a", now).await;
+    assert!(
+        !spool.replay(id, "erp", now).await.unwrap(),
+        "never attempted: nothing to replay"
+    );
+    let leases = lease_now(&spool, "erp", 1).await;
+    attempt(&spool, &leases[0], Outcome::Connect, now).await;
+    drop(leases);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let retry = lease_now(&spool, "erp", 1).await;
+    attempt(&spool, &retry[0], Outcome::Connect, now).await;
+    drop(retry);
+    assert!(nothing_due(&spool, "erp", Duration::from_secs(3600)).await);
+    let now = clock.now_ms();
+    assert!(spool.replay(id, "erp", now).await.unwrap());
+    let again = lease_now(&spool, "erp", 1).await;
+    assert_eq!(again[0].id(), id);
+    assert_eq!(again[0].delivery().attempts.len(), 2);
+    let unknown = NotificationId::new(now);
+    assert!(matches!(
+        spool.replay(unknown, "erp", now).await,
+        Err(SpoolError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_closed_spool_refuses_writes_and_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), &[]);
     assert!(spool.writer_alive(Duration::from_secs(5)).await);
-    spool.close().await;
+    spool.close().await.unwrap();
+    let err = spool
+        .store(received(1_000), notification("late"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SpoolError::Closed), "{err}");
     assert!(!spool.writer_alive(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_removed_subscription_s_deliveries_are_reported_as_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Clock::system().now_ms();
+    {
+        let (spool, _) = open(dir.path(), &["erp", "old"]);
+        store_new(&spool, "a", now).await;
+        store_new(&spool, "b", now).await;
+        let leases = lease_now(&spool, "old", 1).await;
+        attempt(&spool, &leases[0], Outcome::Timeout, now).await;
+        drop(leases);
+        spool.close().await.unwrap();
+    }
+    let (spool, _) = open(dir.path(), &["erp"]);
+    let health = spool.health();
+    assert_eq!(
+        health.orphans.get("old"),
+        Some(&2),
+        "one retry and one never attempted: {health:?}"
+    );
+    assert!(!health.orphans.contains_key("erp"));
 }

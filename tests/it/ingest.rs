@@ -458,9 +458,13 @@ async fn connections_past_max_connections_wait_for_a_free_slot() {
 async fn the_spool_refuses_a_second_opener_while_the_relay_runs() {
     let relay = TestRelay::start("").await;
     let config = webhook_relay::config::Config::parse(&base_config(relay.dir.path())).unwrap();
-    let err = webhook_relay::spool::Spool::open(&config.spool)
-        .err()
-        .expect("locked");
+    let err = webhook_relay::spool::Spool::open(
+        &config.spool,
+        webhook_relay::spool::Routes::from_config(&config),
+        webhook_relay::clock::Clock::system(),
+    )
+    .err()
+    .expect("locked");
     assert!(err.to_string().contains("in use"), "{err}");
 
     // The offline CLI says so too, and exits 75 (EX_TEMPFAIL): try later.

@@ -1,0 +1,102 @@
+//! Fan-out: which subscriptions a notification goes to, decided by the
+//! spool when it stores it (from the configured subscriptions; replaced
+//! whole on reload).
+
+use crate::config::{filters_match, Config};
+
+/// One subscription's name and filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    /// Source names; all sources when `None`.
+    pub sources: Option<Vec<String>>,
+    /// Event-type patterns with `*`; all events when `None`.
+    pub events: Option<Vec<String>>,
+}
+
+impl Route {
+    /// A subscription that takes every notification.
+    pub fn all(name: &str) -> Route {
+        Route {
+            name: name.to_owned(),
+            sources: None,
+            events: None,
+        }
+    }
+
+    fn matches(&self, source: &str, event_type: &str) -> bool {
+        filters_match(
+            self.sources.as_deref(),
+            self.events.as_deref(),
+            source,
+            event_type,
+        )
+    }
+}
+
+/// The subscriptions' names and filters.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    routes: Vec<Route>,
+}
+
+impl Routes {
+    pub fn new(routes: Vec<Route>) -> Routes {
+        Routes { routes }
+    }
+
+    pub fn from_config(config: &Config) -> Routes {
+        Routes::new(
+            config
+                .subscriptions
+                .iter()
+                .map(|s| Route {
+                    name: s.name.clone(),
+                    sources: s.sources.clone(),
+                    events: s.events.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    /// The names of the subscriptions that take this source and event type.
+    pub fn matching(&self, source: &str, event_type: &str) -> Vec<String> {
+        self.routes
+            .iter()
+            .filter(|r| r.matches(source, event_type))
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|r| r.name.as_str())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names().any(|n| n == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fan_out_follows_sources_and_event_patterns() {
+        let routes = Routes::new(vec![
+            Route::all("everything"),
+            Route {
+                name: "tus-issued".into(),
+                sources: Some(vec!["tus".into()]),
+                events: Some(vec!["*.emitido".into()]),
+            },
+        ]);
+        assert_eq!(
+            routes.matching("tus", "facturacion.emitido"),
+            ["everything", "tus-issued"]
+        );
+        assert_eq!(routes.matching("tus", "facturacion.error"), ["everything"]);
+        assert_eq!(routes.matching("datil", "x.emitido"), ["everything"]);
+        assert!(routes.contains("tus-issued") && !routes.contains("tus"));
+    }
+}

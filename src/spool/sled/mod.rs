@@ -1,0 +1,498 @@
+//! The sled backend of the spool: the only code that knows the store is
+//! sled (0.34). `keys.rs` is the layout, `open.rs` opening (with upgrade,
+//! repair and loss detection), `writer.rs` the single writer thread (group
+//! commit, retention, recovery from a failed store), `lease.rs` what each
+//! subscription has handed out. Reads run on the caller's thread, which is
+//! never an async worker: the async methods move them to the blocking pool.
+
+mod keys;
+mod lease;
+mod open;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::record::{NotificationMeta, QuarantineMeta, Record};
+use super::{
+    Health, Maintained, NotificationId, NotificationRecord, QuarantineRecord, Received, Routes,
+    SpoolError, Stored,
+};
+use crate::clock::Clock;
+use crate::config::SpoolConfig;
+use crate::delivery::Delivery;
+use crate::providers::Notification;
+pub use lease::SledLease;
+use lease::SubState;
+pub use open::check;
+use writer::{Applied, Change, Op};
+
+/// sled's tree that holds everything (format 2).
+const TREE: &str = "spool";
+/// Most records a first-attempt walk examines per call, so one blocking
+/// read stays short even past many notifications for other subscriptions.
+const EXAMINE_PER_LEASE: usize = 4096;
+/// How many unreadable ids health keeps.
+const UNREADABLE_IDS_KEPT: usize = 100;
+
+/// An open sled database and the handles the spool uses.
+pub(super) struct Store {
+    pub db: ::sled::Db,
+    pub tree: ::sled::Tree,
+    /// sled's log file, for the fdatasync after each flush (None: not asked for).
+    pub log: Option<std::fs::File>,
+}
+
+impl Store {
+    fn get(&self, key: &[u8]) -> Result<Option<::sled::IVec>, SpoolError> {
+        self.tree.get(key).map_err(storage)
+    }
+}
+
+pub(super) fn storage(err: ::sled::Error) -> SpoolError {
+    SpoolError::Storage(err.to_string())
+}
+
+/// State shared by the handles, the writer thread and the leases.
+pub(super) struct Shared {
+    pub config: SpoolConfig,
+    pub clock: Clock,
+    /// None while the writer reopens a failed store.
+    pub store: ArcSwapOption<Store>,
+    pub routes: ArcSwap<Routes>,
+    /// The newest notification covered by a completed flush: nothing newer
+    /// is leased.
+    pub durable: Mutex<Option<NotificationId>>,
+    /// Per subscription: bumped when it may have new due work.
+    work: Mutex<HashMap<String, watch::Sender<u64>>>,
+    subs: Mutex<HashMap<String, Arc<Mutex<SubState>>>>,
+    pub health: Mutex<Health>,
+    pub flush_starts: AtomicU64,
+    /// Ids at or below this may already have a delivery record from before
+    /// the store was (re)opened: first-attempt walks check for one.
+    pub recheck_upto: Mutex<Option<NotificationId>>,
+}
+
+impl Shared {
+    pub fn store(&self) -> Result<Arc<Store>, SpoolError> {
+        self.store.load_full().ok_or_else(|| {
+            SpoolError::Unavailable(
+                self.health()
+                    .condition
+                    .unwrap_or_else(|| "the store is being reopened".into()),
+            )
+        })
+    }
+
+    pub fn health(&self) -> Health {
+        lock(&self.health).clone()
+    }
+
+    /// Wakes the lease of each named subscription.
+    pub fn wake<'a>(&self, subscriptions: impl IntoIterator<Item = &'a str>) {
+        let work = lock(&self.work);
+        for name in subscriptions {
+            if let Some(tx) = work.get(name) {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
+    fn work(&self, subscription: &str) -> watch::Receiver<u64> {
+        lock(&self.work)
+            .entry(subscription.to_owned())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
+    }
+
+    pub fn sub(&self, subscription: &str) -> Arc<Mutex<SubState>> {
+        lock(&self.subs)
+            .entry(subscription.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// After the store was (re)opened: every walk starts again from the
+    /// persisted cursors (leases in flight stay held).
+    pub fn restart_walks(&self) {
+        for state in lock(&self.subs).values() {
+            lock(state).restart();
+        }
+    }
+
+    pub fn note_unreadable(&self, what: String) {
+        tracing::error!(record = %what, "unreadable record in the spool; skipped");
+        let mut health = lock(&self.health);
+        health.unreadable += 1;
+        if health.unreadable_ids.len() < UNREADABLE_IDS_KEPT {
+            health.unreadable_ids.push(what);
+        }
+    }
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[derive(Clone)]
+pub struct SledSpool {
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<Op>,
+}
+
+impl SledSpool {
+    pub fn open(
+        config: &SpoolConfig,
+        routes: Routes,
+        clock: Clock,
+    ) -> Result<SledSpool, SpoolError> {
+        let opened = open::open(config, &routes, clock.now_ms())?;
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            clock,
+            durable: Mutex::new(opened.newest),
+            recheck_upto: Mutex::new(opened.newest),
+            store: ArcSwapOption::from_pointee(opened.store),
+            routes: ArcSwap::from_pointee(routes),
+            work: Mutex::default(),
+            subs: Mutex::default(),
+            health: Mutex::new(Health {
+                writable: true,
+                orphans: opened.orphans,
+                repaired: opened.repaired,
+                ..Health::default()
+            }),
+            flush_starts: AtomicU64::new(0),
+        });
+        let writer =
+            writer::start(shared.clone(), opened.acknowledged, opened.last_id).map_err(|e| {
+                SpoolError::Open {
+                    path: config.path.clone(),
+                    detail: format!("cannot start the writer thread: {e}"),
+                }
+            })?;
+        Ok(SledSpool { shared, writer })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.config.path
+    }
+
+    pub fn set_routes(&self, routes: Routes) {
+        self.shared.routes.store(Arc::new(routes));
+    }
+
+    async fn write(&self, change: Change, durable: bool) -> Result<Applied, SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Op::Write {
+                change,
+                durable,
+                reply,
+            })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    pub async fn store(
+        &self,
+        received: Received,
+        notification: Notification,
+    ) -> Result<Stored, SpoolError> {
+        let subscriptions = self
+            .shared
+            .routes
+            .load()
+            .matching(&received.source, &notification.event_type);
+        let dedup_key = keys::dedup(&received.source, &notification.dedup_key);
+        let record = Record {
+            meta: NotificationMeta {
+                id: String::new(),
+                source: received.source,
+                received_ms: received.received_ms,
+                event_type: notification.event_type,
+                subject: notification.subject,
+                dedup_key: notification.dedup_key,
+                provider_time: notification.provider_time.and_then(rfc3339),
+                content_type: received.content_type,
+                headers: received.headers,
+                peer: received.peer,
+                subscriptions,
+            },
+            body: received.body,
+        };
+        let change = Change::Store {
+            record: record.encode()?,
+            dedup_key,
+            received_ms: received.received_ms,
+            subscriptions: record.meta.subscriptions,
+        };
+        match self.write(change, true).await? {
+            Applied::Stored(stored) => Ok(stored),
+            _ => Err(SpoolError::Storage(
+                "the writer answered out of turn".into(),
+            )),
+        }
+    }
+
+    pub async fn quarantine(
+        &self,
+        received: Received,
+        reason_kind: &str,
+        reason: String,
+    ) -> Result<NotificationId, SpoolError> {
+        let record = Record {
+            meta: QuarantineMeta {
+                id: String::new(),
+                source: received.source,
+                received_ms: received.received_ms,
+                reason_kind: reason_kind.to_owned(),
+                reason,
+                content_type: received.content_type,
+                headers: received.headers,
+                peer: received.peer,
+            },
+            body: received.body,
+        };
+        let change = Change::Quarantine {
+            record: record.encode()?,
+            received_ms: received.received_ms,
+        };
+        match self.write(change, true).await? {
+            Applied::Quarantined(id) => Ok(id),
+            _ => Err(SpoolError::Storage(
+                "the writer answered out of turn".into(),
+            )),
+        }
+    }
+
+    pub async fn lease(
+        &self,
+        subscription: &str,
+        max: usize,
+    ) -> Result<Vec<SledLease>, SpoolError> {
+        let mut work = self.shared.work(subscription);
+        loop {
+            // Seen before the walk: whatever lands during it wakes the wait below.
+            work.borrow_and_update();
+            let shared = self.shared.clone();
+            let name = subscription.to_owned();
+            let now = self.shared.clock.now_ms();
+            let found = tokio::task::spawn_blocking(move || lease::walk(&shared, &name, max, now))
+                .await
+                .map_err(|e| SpoolError::Storage(format!("lease task failed: {e}")))??;
+            let wake_at = match found {
+                lease::Found::Leases(leases) => return Ok(leases),
+                lease::Found::NothingUntil(at) => at,
+            };
+            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+            let until = wake_at.map_or(far, |at| self.shared.clock.instant_at(at).min(far));
+            tokio::select! {
+                changed = work.changed() => {
+                    if changed.is_err() {
+                        return Err(SpoolError::Closed);
+                    }
+                }
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    pub async fn complete(&self, lease: &SledLease, delivery: &Delivery) -> Result<(), SpoolError> {
+        let change = lease.completion(delivery)?;
+        let wakes = matches!(
+            &change,
+            Change::Complete {
+                new_retry: Some(_),
+                ..
+            }
+        );
+        self.write(change, false).await?;
+        lease.completed();
+        if wakes {
+            self.shared.wake([lease.subscription.as_str()]);
+        }
+        Ok(())
+    }
+
+    pub async fn replay(
+        &self,
+        id: NotificationId,
+        subscription: &str,
+        now_ms: i64,
+    ) -> Result<bool, SpoolError> {
+        let change = Change::Replay {
+            id,
+            subscription: subscription.to_owned(),
+            now_ms,
+        };
+        match self.write(change, true).await? {
+            Applied::Replayed(replayed) => {
+                self.shared.wake([subscription]);
+                Ok(replayed)
+            }
+            _ => Err(SpoolError::Storage(
+                "the writer answered out of turn".into(),
+            )),
+        }
+    }
+
+    pub async fn maintain(&self) -> Result<Maintained, SpoolError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Op::Maintain {
+                now_ms: self.shared.clock.now_ms(),
+                reply,
+            })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        answer.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    pub async fn writer_alive(&self, within: Duration) -> bool {
+        let (alive, answer) = oneshot::channel();
+        let asked =
+            async { self.writer.send(Op::Probe { alive }).await.is_ok() && answer.await.is_ok() };
+        tokio::time::timeout(within, asked).await.unwrap_or(false)
+    }
+
+    pub async fn close(&self) -> Result<(), SpoolError> {
+        let (done, finished) = oneshot::channel();
+        if self.writer.send(Op::Close { done }).await.is_err() {
+            return Ok(()); // already closed
+        }
+        finished.await.unwrap_or(Err(SpoolError::Closed))
+    }
+
+    // === queries ===
+
+    pub fn notification(
+        &self,
+        id: NotificationId,
+    ) -> Result<Option<NotificationRecord>, SpoolError> {
+        let store = self.shared.store()?;
+        store
+            .get(&keys::notification(id))?
+            .map(|bytes| Record::decode(&bytes))
+            .transpose()
+    }
+
+    pub fn is_quarantined(&self, id: NotificationId) -> Result<bool, SpoolError> {
+        Ok(self.shared.store()?.get(&keys::quarantine(id))?.is_some())
+    }
+
+    pub fn notifications(
+        &self,
+    ) -> impl Iterator<Item = Result<NotificationRecord, SpoolError>> + '_ {
+        self.records(keys::NOTIFICATION)
+    }
+
+    pub fn quarantined(&self) -> impl Iterator<Item = Result<QuarantineRecord, SpoolError>> + '_ {
+        self.records(keys::QUARANTINE)
+    }
+
+    fn records<M>(&self, prefix: u8) -> impl Iterator<Item = Result<Record<M>, SpoolError>> + '_
+    where
+        M: serde::Serialize + for<'de> serde::Deserialize<'de> + super::record::HasId + 'static,
+    {
+        let items: Box<dyn Iterator<Item = Result<Record<M>, SpoolError>>> =
+            match self.shared.store() {
+                Ok(store) => Box::new(open::records_of(store, prefix)),
+                Err(err) => Box::new(std::iter::once(Err(err))),
+            };
+        items
+    }
+
+    pub fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
+        let store = self.shared.store()?;
+        let Some(bytes) = store.get(&keys::notification(id))? else {
+            return Ok(Vec::new());
+        };
+        let notification: NotificationRecord = Record::decode(&bytes)?;
+        notification
+            .meta
+            .subscriptions
+            .iter()
+            .map(|name| {
+                delivery_of(&store, id, name, notification.meta.received_ms)
+                    .map(|(delivery, _)| delivery)
+            })
+            .collect()
+    }
+
+    pub fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
+        lease::next_due_ms(&self.shared, subscription)
+    }
+
+    /// Tests: move the durable watermark back, as if the newer stores were
+    /// applied but not yet flushed.
+    #[cfg(test)]
+    pub fn pretend_durable_upto(&self, id: NotificationId) {
+        *lock(&self.shared.durable) = Some(id);
+    }
+
+    pub fn flush_starts(&self) -> u64 {
+        self.shared.flush_starts.load(Ordering::Relaxed)
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64, SpoolError> {
+        self.shared.store()?.db.size_on_disk().map_err(storage)
+    }
+}
+
+/// A delivery's record, or the pending delivery its absence means; and
+/// whether the record exists.
+pub(super) fn delivery_of(
+    store: &Store,
+    id: NotificationId,
+    subscription: &str,
+    received_ms: i64,
+) -> Result<(Delivery, bool), SpoolError> {
+    match store.get(&keys::delivery(id, subscription))? {
+        Some(bytes) => decode_delivery(&bytes).map(|d| (d, true)),
+        None => Ok((Delivery::new(subscription, received_ms), false)),
+    }
+}
+
+const DELIVERY_V1: u8 = 1;
+
+pub(super) fn encode_delivery(delivery: &Delivery) -> Result<Vec<u8>, SpoolError> {
+    let mut out = vec![DELIVERY_V1];
+    serde_json::to_writer(&mut out, delivery).map_err(|e| SpoolError::Encode(e.to_string()))?;
+    Ok(out)
+}
+
+pub(super) fn decode_delivery(bytes: &[u8]) -> Result<Delivery, SpoolError> {
+    match bytes.split_first() {
+        Some((&DELIVERY_V1, json)) => {
+            serde_json::from_slice(json).map_err(|e| SpoolError::Corrupt(e.to_string()))
+        }
+        Some((other, _)) => Err(SpoolError::Corrupt(format!(
+            "unknown delivery version {other}"
+        ))),
+        None => Err(SpoolError::Corrupt("empty delivery record".into())),
+    }
+}
+
+fn rfc3339(time: time::OffsetDateTime) -> Option<String> {
+    time.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// The path of sled's files inside the spool directory.
+pub(super) fn db_file(path: &Path) -> PathBuf {
+    path.join("db")
+}

@@ -1,0 +1,690 @@
+//! The spool's single writer thread: group commit, ids, retention, and
+//! recovery from a store that failed.
+//!
+//! Every change goes through one channel to one thread. It takes whatever
+//! has queued up, applies it as one sled batch (atomic, one tree), then
+//! flushes sled and fdatasyncs its log, and only then answers the changes
+//! that wait for durability and publishes the newest notification the flush
+//! covered: the first-attempt walks never go past it, so nothing is
+//! forwarded before it is durable. While it flushes, the next group queues.
+//! So one flush covers many requests, no request is answered before a flush
+//! that began after its write, and sled never sees concurrent flushes
+//! (which can deadlock, see CRATES.md).
+//!
+//! Ids are handed out here, in commit order, so "newest durable id" is a
+//! watermark: every id below it was in an earlier (flushed) group.
+//!
+//! When sled fails a write or a flush (a full disk), it stays failed (its
+//! global error), so the writer answers every write with `Unavailable` at
+//! once, logs the change of state once, and on each maintenance tick tries
+//! to reopen the store, backing off; once a probe write flushes, it serves
+//! again and says so.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::sled::Batch;
+use tokio::sync::{mpsc, oneshot};
+
+use super::open::{self, Acknowledged};
+use super::{decode_delivery, encode_delivery, keys, lock, storage, Shared, Store};
+use crate::delivery::State;
+use crate::spool::record::{stamp_id, NotificationMeta, Record};
+use crate::spool::{Maintained, NotificationId, SpoolError, Stored};
+
+/// Most changes applied in one batch and covered by one flush.
+const MAX_GROUP: usize = 512;
+/// Changes waiting for the writer before senders have to wait too.
+const QUEUE: usize = 4096;
+/// Entries one retention slice may examine: small, so a slice between two
+/// groups keeps ingest latency flat.
+const RETENTION_SLICE: usize = 256;
+/// A finished retention walk over old notifications starts again after this.
+const RETENTION_CYCLE_MS: i64 = 60_000;
+/// First and longest wait between two attempts to reopen a failed store.
+const REOPEN_FIRST_MS: i64 = 500;
+const REOPEN_LONGEST_MS: i64 = 10_000;
+
+/// What one write did.
+pub(super) enum Applied {
+    Stored(Stored),
+    Quarantined(NotificationId),
+    Replayed(bool),
+    Recorded,
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Applied, SpoolError>>;
+
+/// One change, encoded and ready to apply.
+pub(super) enum Change {
+    /// A notification and its dedup entries, unless the dedup key is
+    /// already there and fresh. Its deliveries need no entry of their own.
+    Store {
+        record: Vec<u8>,
+        dedup_key: Vec<u8>,
+        received_ms: i64,
+        subscriptions: Vec<String>,
+    },
+    Quarantine {
+        record: Vec<u8>,
+        received_ms: i64,
+    },
+    /// A leased delivery's new state: its record, its retry entry moved,
+    /// and (for a first attempt) the subscription's cursor.
+    Complete {
+        id: NotificationId,
+        subscription: String,
+        value: Vec<u8>,
+        old_retry: Option<Vec<u8>>,
+        new_retry: Option<Vec<u8>>,
+        cursor: Option<u128>,
+    },
+    Replay {
+        id: NotificationId,
+        subscription: String,
+        now_ms: i64,
+    },
+}
+
+pub(super) enum Op {
+    Write {
+        change: Change,
+        /// Answer only once flushed; else as soon as applied (the change
+        /// still rides on this group's flush).
+        durable: bool,
+        reply: Reply,
+    },
+    /// A slice of upkeep: retention, recovery, the acknowledged mark.
+    Maintain {
+        now_ms: i64,
+        reply: oneshot::Sender<Result<Maintained, SpoolError>>,
+    },
+    /// Answered once the writes queued before it are done: the writer is
+    /// alive and not wedged (for the service watchdog).
+    Probe { alive: oneshot::Sender<()> },
+    /// Finish what is queued, flush, and stop.
+    Close {
+        done: oneshot::Sender<Result<(), SpoolError>>,
+    },
+}
+
+struct Write {
+    change: Change,
+    durable: bool,
+    reply: Reply,
+}
+
+pub(super) fn start(
+    shared: Arc<Shared>,
+    acknowledged: Acknowledged,
+    last_id: Option<NotificationId>,
+) -> std::io::Result<mpsc::Sender<Op>> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let mut writer = Writer {
+        shared,
+        acknowledged,
+        failed: None,
+        retention: Retention::default(),
+        now_ms: 0,
+        last_id,
+    };
+    std::thread::Builder::new()
+        .name("spool-writer".into())
+        .spawn(move || {
+            let closed = writer.run(rx);
+            // Let go of the database before saying so: whoever closed the
+            // spool may reopen it at once, and sled's lock goes with the
+            // last handle.
+            let result = writer.shut_down();
+            drop(writer);
+            if let Some(done) = closed {
+                let _ = done.send(result);
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Why the store cannot write, and when to try again.
+struct Failure {
+    reason: String,
+    since_ms: i64,
+    next_try_ms: i64,
+    backoff_ms: i64,
+}
+
+#[derive(Default)]
+struct Retention {
+    /// The walk over old notifications resumes at this id.
+    notifications_from: u128,
+    /// It starts a new cycle at this time (Unix ms).
+    next_cycle_ms: i64,
+    /// The last slice stopped with work left: run another soon.
+    behind: bool,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    acknowledged: Acknowledged,
+    failed: Option<Failure>,
+    retention: Retention,
+    /// The time of the latest maintenance tick: the writer reads no clock
+    /// of its own (its thread is outside the async runtime, whose clock
+    /// tests pause).
+    now_ms: i64,
+    /// The newest id handed out (or found in the store at open).
+    last_id: Option<NotificationId>,
+}
+
+impl Writer {
+    /// Serves until closed; returns the closer's channel, if any.
+    fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Op>,
+    ) -> Option<oneshot::Sender<Result<(), SpoolError>>> {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group: Vec<Write> = Vec::new();
+            let mut probes = Vec::new();
+            let mut maintains = Vec::new();
+            let mut closing = None;
+            let mut next = Some(first);
+            while let Some(op) = next.take() {
+                match op {
+                    Op::Write {
+                        change,
+                        durable,
+                        reply,
+                    } => group.push(Write {
+                        change,
+                        durable,
+                        reply,
+                    }),
+                    Op::Probe { alive } => probes.push(alive),
+                    Op::Maintain { now_ms, reply } => {
+                        self.now_ms = self.now_ms.max(now_ms);
+                        maintains.push(reply);
+                    }
+                    Op::Close { done } => {
+                        closing = Some(done);
+                        break;
+                    }
+                }
+                if group.len() < MAX_GROUP {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                self.commit(group);
+            }
+            for reply in maintains {
+                let _ = reply.send(self.maintain());
+            }
+            if self.retention.behind && self.failed.is_none() && rx.is_empty() {
+                let _ = self.retention_slice();
+            }
+            for alive in probes {
+                let _ = alive.send(());
+            }
+            if let Some(done) = closing {
+                rx.close();
+                // Whatever raced in before the close still gets an answer.
+                let late: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+                    .filter_map(|op| match op {
+                        Op::Write {
+                            change,
+                            durable,
+                            reply,
+                        } => Some(Write {
+                            change,
+                            durable,
+                            reply,
+                        }),
+                        Op::Probe { .. } | Op::Maintain { .. } | Op::Close { .. } => None,
+                    })
+                    .collect();
+                if !late.is_empty() {
+                    self.commit(late);
+                }
+                return Some(done);
+            }
+        }
+        None
+    }
+
+    /// The last flush and the acknowledged mark; then the store is let go.
+    fn shut_down(&mut self) -> Result<(), SpoolError> {
+        let result = match (&self.failed, self.shared.store()) {
+            (Some(failure), _) => Err(SpoolError::Flush(format!(
+                "the last writes could not be made durable: {}",
+                failure.reason
+            ))),
+            (None, Ok(store)) => flush(&self.shared, &store).map(|()| {
+                self.acknowledged.persist(&self.shared.config.path);
+            }),
+            (None, Err(err)) => Err(err),
+        };
+        self.shared.store.store(None);
+        result
+    }
+
+    fn commit(&mut self, group: Vec<Write>) {
+        let store = match (&self.failed, self.shared.store()) {
+            (None, Ok(store)) => store,
+            (Some(failure), _) => {
+                let reason = failure.reason.clone();
+                return self.refuse(group, &reason);
+            }
+            (None, Err(err)) => return self.refuse(group, &err.to_string()),
+        };
+        let (changes, waiting): (Vec<Change>, Vec<(bool, Reply)>) = group
+            .into_iter()
+            .map(|w| (w.change, (w.durable, w.reply)))
+            .unzip();
+        let applied = match self.apply(&store, changes) {
+            Ok(applied) => applied,
+            Err(err) => {
+                self.enter_failure(&err);
+                return answer_all(waiting.into_iter().map(|(_, reply)| reply), &err);
+            }
+        };
+        let mut durable_replies = Vec::new();
+        for ((durable, reply), result) in waiting.into_iter().zip(applied.results) {
+            if durable {
+                durable_replies.push((reply, result));
+            } else {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        if let Err(err) = flush(&self.shared, &store) {
+            self.enter_failure(&err);
+            return answer_all(durable_replies.into_iter().map(|(reply, _)| reply), &err);
+        }
+        if let Some(newest) = applied.newest {
+            *lock(&self.shared.durable) = Some(newest);
+            self.acknowledged.note(newest);
+            self.shared.wake(applied.woken.iter().map(String::as_str));
+        }
+        for (reply, result) in durable_replies {
+            let _ = reply.send(Ok(result));
+        }
+    }
+
+    fn refuse(&mut self, group: Vec<Write>, reason: &str) {
+        lock(&self.shared.health).refused_writes += group.len() as u64;
+        let err = SpoolError::Unavailable(reason.to_owned());
+        for write in group {
+            let _ = write.reply.send(Err(err.clone()));
+        }
+    }
+
+    /// Applies a group as one batch (or more, where a replay must read what
+    /// came before it).
+    fn apply(&mut self, store: &Store, changes: Vec<Change>) -> Result<GroupApplied, SpoolError> {
+        let window =
+            i64::try_from(self.shared.config.dedup_window.0.as_millis()).unwrap_or(i64::MAX);
+        let mut batch = Batch::default();
+        let mut fresh_in_group: HashMap<Vec<u8>, NotificationId> = HashMap::new();
+        let mut out = GroupApplied::default();
+        for change in changes {
+            let result = match change {
+                Change::Store {
+                    mut record,
+                    dedup_key,
+                    received_ms,
+                    subscriptions,
+                } => {
+                    let earlier = match fresh_in_group.get(&dedup_key) {
+                        Some(first) => Some(*first),
+                        None => store
+                            .get(&dedup_key)?
+                            .and_then(|v| keys::split_dedup_value(&v))
+                            .filter(|(_, at)| received_ms.saturating_sub(*at) < window)
+                            .map(|(first, _)| first),
+                    };
+                    if let Some(first) = earlier {
+                        Applied::Stored(Stored::Duplicate(first))
+                    } else {
+                        let id = self.next_id(received_ms);
+                        stamp_id(&mut record, id);
+                        batch.insert(&keys::notification(id), record);
+                        batch.insert(dedup_key.as_slice(), &keys::dedup_value(id, received_ms));
+                        batch.insert(&keys::dedup_expiry(received_ms, id), dedup_key.as_slice());
+                        fresh_in_group.insert(dedup_key, id);
+                        out.newest = Some(id);
+                        out.woken.extend(subscriptions);
+                        Applied::Stored(Stored::New(id))
+                    }
+                }
+                Change::Quarantine {
+                    mut record,
+                    received_ms,
+                } => {
+                    let id = self.next_id(received_ms);
+                    stamp_id(&mut record, id);
+                    batch.insert(&keys::quarantine(id), record);
+                    Applied::Quarantined(id)
+                }
+                Change::Complete {
+                    id,
+                    subscription,
+                    value,
+                    old_retry,
+                    new_retry,
+                    cursor,
+                } => {
+                    if let Some(old) = old_retry {
+                        batch.remove(old);
+                    }
+                    if let Some(new) = new_retry {
+                        batch.insert(new, &[]);
+                    }
+                    batch.insert(keys::delivery(id, &subscription), value);
+                    if let Some(cursor) = cursor {
+                        batch.insert(keys::cursor(&subscription), &cursor.to_be_bytes());
+                    }
+                    Applied::Recorded
+                }
+                Change::Replay {
+                    id,
+                    subscription,
+                    now_ms,
+                } => {
+                    // It reads what this group wrote before it.
+                    store
+                        .tree
+                        .apply_batch(std::mem::take(&mut batch))
+                        .map_err(storage)?;
+                    Applied::Replayed(replay(store, &mut batch, id, &subscription, now_ms)?)
+                }
+            };
+            out.results.push(result);
+        }
+        store.tree.apply_batch(batch).map_err(storage)?;
+        Ok(out)
+    }
+
+    fn next_id(&mut self, received_ms: i64) -> NotificationId {
+        let id = NotificationId::next_after(self.last_id, received_ms);
+        self.last_id = Some(id);
+        id
+    }
+
+    fn enter_failure(&mut self, err: &SpoolError) {
+        if self.failed.is_some() {
+            return;
+        }
+        let now = self.now_ms;
+        let reason = err.to_string();
+        tracing::error!(error = %reason, "spool cannot write; answering 503 and retrying by itself until it can");
+        {
+            let mut health = lock(&self.shared.health);
+            health.writable = false;
+            health.condition = Some(reason.clone());
+            health.since_ms = Some(now);
+        }
+        self.failed = Some(Failure {
+            reason,
+            since_ms: now,
+            next_try_ms: now + REOPEN_FIRST_MS,
+            backoff_ms: REOPEN_FIRST_MS,
+        });
+    }
+
+    fn maintain(&mut self) -> Result<Maintained, SpoolError> {
+        let now = self.now_ms;
+        if let Some(failure) = &self.failed {
+            if now < failure.next_try_ms {
+                return Err(SpoolError::Unavailable(failure.reason.clone()));
+            }
+            self.try_reopen(now);
+            if let Some(failure) = &self.failed {
+                return Err(SpoolError::Unavailable(failure.reason.clone()));
+            }
+        }
+        self.acknowledged
+            .persist_every(&self.shared.config.path, now, Duration::from_secs(1));
+        self.retention_slice()
+    }
+
+    /// Drops the failed store and opens it again; serves again once a
+    /// probe write reaches the disk.
+    fn try_reopen(&mut self, now: i64) {
+        if let Some(old) = self.shared.store.swap(None) {
+            // Readers hold the store only for one read or walk.
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        match open::reopen(&self.shared.config) {
+            Ok((store, newest)) => {
+                self.last_id = self.last_id.max(newest);
+                *lock(&self.shared.durable) = newest;
+                *lock(&self.shared.recheck_upto) = newest;
+                self.shared.store.store(Some(Arc::new(store)));
+                self.shared.restart_walks();
+                let routes = self.shared.routes.load_full();
+                self.shared.wake(routes.names());
+                let failure = self.failed.take();
+                let refused = {
+                    let mut health = lock(&self.shared.health);
+                    health.writable = true;
+                    health.condition = None;
+                    health.since_ms = None;
+                    health.refused_writes
+                };
+                let down_s = failure.map_or(0, |f| (now - f.since_ms) / 1000);
+                tracing::info!(
+                    after_s = down_s,
+                    refused_writes_so_far = refused,
+                    "spool writable again"
+                );
+            }
+            Err(err) => {
+                if let Some(failure) = &mut self.failed {
+                    tracing::debug!(error = %err, "spool still cannot write");
+                    failure.backoff_ms = (failure.backoff_ms * 2).min(REOPEN_LONGEST_MS);
+                    failure.next_try_ms = now + failure.backoff_ms;
+                }
+            }
+        }
+    }
+
+    /// One bounded slice of retention: expired dedup entries, delivered
+    /// notifications and quarantined bodies older than `retention`. Not
+    /// flushed on its own: it rides on the next group flush, and a removal
+    /// lost in a crash is simply made again.
+    fn retention_slice(&mut self) -> Result<Maintained, SpoolError> {
+        let store = self.shared.store()?;
+        let config = &self.shared.config;
+        let now = self.now_ms;
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let dedup_cutoff = now.saturating_sub(ms(config.dedup_window.0));
+        let cutoff = now.saturating_sub(ms(config.retention.0));
+        let dead_cutoff = config.dead_retention.map(|d| now.saturating_sub(ms(d.0)));
+        let mut batch = Batch::default();
+        let mut done = Maintained::default();
+        let mut behind = false;
+
+        // Dedup entries, by their time index.
+        let start = keys::dedup_expiry(0, NotificationId(ulid::Ulid(0)));
+        let end = keys::dedup_expiry(dedup_cutoff, NotificationId(ulid::Ulid(0)));
+        for (seen, item) in store.tree.range(start..end).enumerate() {
+            if seen == RETENTION_SLICE {
+                behind = true;
+                break;
+            }
+            let (key, dedup_key) = item.map_err(storage)?;
+            batch.remove(key.clone());
+            let Some((_, id)) = keys::split_dedup_expiry(&key) else {
+                continue;
+            };
+            let points_here = store
+                .get(&dedup_key)?
+                .and_then(|v| keys::split_dedup_value(&v))
+                .is_some_and(|(first, _)| first == id);
+            if points_here {
+                batch.remove(dedup_key);
+            }
+            done.dedup_entries += 1;
+        }
+
+        // Notifications whose every delivery is over.
+        if now >= self.retention.next_cycle_ms {
+            let from = keys::notification(NotificationId(ulid::Ulid(
+                self.retention.notifications_from,
+            )));
+            let until = keys::notification(NotificationId(ulid::Ulid::from_parts(
+                u64::try_from(cutoff.max(0)).unwrap_or(0),
+                0,
+            )));
+            let mut finished = true;
+            for (seen, item) in store.tree.range(from..until).enumerate() {
+                if seen == RETENTION_SLICE {
+                    finished = false;
+                    behind = true;
+                    break;
+                }
+                let (key, value) = item.map_err(storage)?;
+                let Some(id) = keys::id_of(&key) else {
+                    continue;
+                };
+                self.retention.notifications_from = id.0 .0.saturating_add(1);
+                let meta = match Record::<NotificationMeta>::decode(&value) {
+                    Ok(record) => record.meta,
+                    Err(err) => {
+                        self.shared
+                            .note_unreadable(format!("notification {id}: {err}"));
+                        continue;
+                    }
+                };
+                if removable(&store, id, &meta, dead_cutoff)? {
+                    batch.remove(&key);
+                    for name in &meta.subscriptions {
+                        batch.remove(keys::delivery(id, name));
+                    }
+                    let dedup_key = keys::dedup(&meta.source, &meta.dedup_key);
+                    let points_here = store
+                        .get(&dedup_key)?
+                        .and_then(|v| keys::split_dedup_value(&v))
+                        .is_some_and(|(first, _)| first == id);
+                    if points_here {
+                        batch.remove(dedup_key);
+                        batch.remove(&keys::dedup_expiry(meta.received_ms, id));
+                    }
+                    done.notifications += 1;
+                }
+            }
+            if finished {
+                self.retention.notifications_from = 0;
+                self.retention.next_cycle_ms = now + RETENTION_CYCLE_MS;
+            }
+        }
+
+        // Quarantined bodies, by age alone.
+        let from = keys::quarantine(NotificationId(ulid::Ulid(0)));
+        let until = keys::quarantine(NotificationId(ulid::Ulid::from_parts(
+            u64::try_from(cutoff.max(0)).unwrap_or(0),
+            0,
+        )));
+        for (seen, item) in store.tree.range(from..until).enumerate() {
+            if seen == RETENTION_SLICE {
+                behind = true;
+                break;
+            }
+            let (key, _) = item.map_err(storage)?;
+            batch.remove(key);
+            done.quarantined += 1;
+        }
+
+        self.retention.behind = behind;
+        store.tree.apply_batch(batch).map_err(storage)?;
+        if done != Maintained::default() {
+            tracing::debug!(?done, "retention slice");
+        }
+        Ok(done)
+    }
+}
+
+#[derive(Default)]
+struct GroupApplied {
+    results: Vec<Applied>,
+    /// The newest notification stored by the group.
+    newest: Option<NotificationId>,
+    /// Subscriptions with new first attempts.
+    woken: HashSet<String>,
+}
+
+/// Whether every delivery of a notification is over: delivered, or dead
+/// past `dead_cutoff` (when dead deliveries expire at all).
+fn removable(
+    store: &Store,
+    id: NotificationId,
+    meta: &NotificationMeta,
+    dead_cutoff: Option<i64>,
+) -> Result<bool, SpoolError> {
+    for name in &meta.subscriptions {
+        let Some(bytes) = store.get(&keys::delivery(id, name))? else {
+            return Ok(false); // never attempted
+        };
+        let over = match decode_delivery(&bytes)?.state {
+            State::Delivered { .. } => true,
+            State::Dead { at_ms } => dead_cutoff.is_some_and(|cutoff| at_ms < cutoff),
+            State::Pending | State::InFlight { .. } | State::Waiting { .. } => false,
+        };
+        if !over {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Puts a final delivery back in the queue, due now; false if it was never
+/// attempted.
+fn replay(
+    store: &Store,
+    batch: &mut Batch,
+    id: NotificationId,
+    subscription: &str,
+    now_ms: i64,
+) -> Result<bool, SpoolError> {
+    if store.get(&keys::notification(id))?.is_none() {
+        return Err(SpoolError::NotFound(id.to_string()));
+    }
+    let key = keys::delivery(id, subscription);
+    let Some(bytes) = store.get(&key)? else {
+        return Ok(false);
+    };
+    let mut delivery = decode_delivery(&bytes)?;
+    delivery
+        .replay(now_ms)
+        .map_err(|e| SpoolError::NotReplayable(e.to_string()))?;
+    if let Some(at) = delivery.due_at() {
+        batch.insert(keys::retry(subscription, at, id), &[]);
+    }
+    batch.insert(key, encode_delivery(&delivery)?);
+    Ok(true)
+}
+
+fn answer_all(replies: impl IntoIterator<Item = Reply>, err: &SpoolError) {
+    for reply in replies {
+        let _ = reply.send(Err(err.clone()));
+    }
+}
+
+/// sled's flush writes its log with `sync_file_range` on Linux, which
+/// survives a crash but not a power cut: the fdatasync after it does.
+pub(super) fn flush(shared: &Shared, store: &Store) -> Result<(), SpoolError> {
+    shared.flush_starts.fetch_add(1, Ordering::Relaxed);
+    store
+        .db
+        .flush()
+        .map_err(|e| SpoolError::Flush(format!("sled flush: {e}")))?;
+    if let Some(log) = &store.log {
+        log.sync_data()
+            .map_err(|e| SpoolError::Flush(format!("fdatasync: {e}")))?;
+    }
+    Ok(())
+}
