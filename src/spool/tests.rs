@@ -457,3 +457,65 @@ async fn a_removed_subscription_s_deliveries_are_reported_as_orphans() {
     );
     assert!(!health.orphans.contains_key("erp"));
 }
+
+#[tokio::test]
+async fn a_format_1_spool_upgrades_on_open_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-v1");
+    let spool_dir = dir.path().join("spool");
+    std::fs::create_dir_all(spool_dir.join("blobs")).unwrap();
+    for file in ["conf", "db"] {
+        std::fs::copy(fixture.join(file), spool_dir.join(file)).unwrap();
+    }
+    let (spool, _) = open(dir.path(), &["erp", "crm"]);
+    let records: Vec<_> = spool.notifications().collect::<Result<_, _>>().unwrap();
+    assert_eq!(records.len(), 5);
+    let hooks: Vec<_> = records.iter().map(|r| r.meta.dedup_key.clone()).collect();
+    assert_eq!(
+        hooks,
+        (0..5)
+            .map(|i| format!("h{i}|facturacion.emitido"))
+            .collect::<Vec<_>>()
+    );
+    let id = |i: usize| NotificationId::parse(&records[i].meta.id).unwrap();
+    let state = |i: usize, sub: &str| {
+        spool
+            .deliveries_of(id(i))
+            .unwrap()
+            .into_iter()
+            .find(|d| d.subscription == sub)
+            .unwrap()
+            .state
+    };
+    assert!(matches!(state(0, "erp"), State::Delivered { .. }));
+    assert!(matches!(state(1, "erp"), State::Waiting { .. }));
+    assert!(matches!(state(2, "erp"), State::Dead { .. }));
+    assert!(matches!(state(3, "erp"), State::Pending));
+    assert!(matches!(state(0, "crm"), State::Pending));
+    assert_eq!(spool.quarantined().count(), 1);
+
+    // What was due before the upgrade is due after it, and only that.
+    let erp: Vec<_> = lease_now(&spool, "erp", 10).await;
+    let mut erp_ids: Vec<_> = erp.iter().map(Lease::id).collect();
+    erp_ids.sort();
+    assert_eq!(erp_ids, [id(1), id(3), id(4)]);
+    let retried = erp.iter().find(|l| l.id() == id(1)).unwrap();
+    assert_eq!(retried.delivery().attempts.len(), 1, "history kept");
+    assert_eq!(lease_now(&spool, "crm", 10).await.len(), 5);
+
+    // The dedup entries came along: a resend inside the window is a duplicate.
+    let mut resend = received(1_764_000_000_000 + 30_000);
+    resend.source = "tusfacturas".into();
+    assert_eq!(
+        spool
+            .store(resend, notification("h0|facturacion.emitido"))
+            .await
+            .unwrap(),
+        Stored::Duplicate(id(0))
+    );
+    drop(erp);
+    spool.close().await.unwrap();
+    // Opened again: already format 2, nothing upgraded twice.
+    let (spool, _) = open(dir.path(), &["erp", "crm"]);
+    assert_eq!(spool.notifications().count(), 5);
+}
