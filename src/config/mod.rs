@@ -96,6 +96,9 @@ pub struct SpoolConfig {
     /// a notification whose deliveries are all delivered or dead for this
     /// long is removed too.
     pub dead_retention: Option<HumanDuration>,
+    /// Space kept free on the spool's filesystem: below it, new
+    /// notifications get 503 until there is room again (0: no guard).
+    pub min_free: ByteSize,
 }
 
 impl Default for SpoolConfig {
@@ -107,6 +110,7 @@ impl Default for SpoolConfig {
             sync_data: true,
             retention: HumanDuration(Duration::from_secs(30 * 24 * 3600)),
             dead_retention: None,
+            min_free: ByteSize(64 << 20),
         }
     }
 }

@@ -121,8 +121,10 @@ impl std::fmt::Debug for Lease {
 /// How the spool is doing, for logs, the watchdog and `/readyz`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Health {
-    /// False while the store cannot write (disk full, I/O error).
+    /// False while the store cannot take notifications (disk full, failed).
     pub writable: bool,
+    /// The store failed in a way only a restart mends.
+    pub fatal: bool,
     /// Why it cannot write, and since when (Unix ms).
     pub condition: Option<String>,
     pub since_ms: Option<i64>,

@@ -2,108 +2,16 @@
 //! restart on the same spool, and check that nothing acknowledged is lost
 //! (ingest) and that everything acknowledged reaches its target (forwarding).
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::collections::HashSet;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::helpers::*;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_webhook-relay");
-
-/// The built relay, started on a config file, with its ingress address.
-struct RelayProcess {
-    child: Child,
-    addr: std::net::SocketAddr,
-    /// The last lines it logged, to show when it misbehaves.
-    log_tail: Arc<Mutex<std::collections::VecDeque<String>>>,
-}
-
-impl RelayProcess {
-    async fn spawn(config: &Path) -> RelayProcess {
-        let mut command = Command::new(BINARY);
-        command.args(["serve", "--config"]).arg(config);
-        RelayProcess::spawn_command(command).await
-    }
-
-    async fn spawn_command(mut command: Command) -> RelayProcess {
-        let mut child = command
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn,webhook_relay::app=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the relay binary starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if log["fields"]["message"] == "ingress listening" {
-                    return log["fields"]["addr"].as_str().unwrap().parse().unwrap();
-                }
-                assert_ne!(log["level"], "ERROR", "relay failed to start: {line}");
-            }
-            panic!("relay exited before listening");
-        })
-        .await
-        .expect("relay listens within 30 s");
-        // Keep draining its log so the pipe never blocks it.
-        let log_tail = Arc::new(Mutex::new(std::collections::VecDeque::new()));
-        let tail = log_tail.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut tail = tail.lock().unwrap();
-                if tail.len() == 40 {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-        });
-        RelayProcess {
-            child,
-            addr,
-            log_tail,
-        }
-    }
-
-    async fn sigkill(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-    }
-
-    async fn sigterm(mut self) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        let tail: Vec<String> = self.log_tail.lock().unwrap().iter().cloned().collect();
-        assert!(
-            exit.success(),
-            "clean stop after SIGTERM: {exit:?}; its last log lines:\n{}",
-            tail.join("\n")
-        );
-    }
-}
-
-fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    let path = dir.join("relay.toml");
-    std::fs::write(&path, format!("{}{extra}", base_config(dir))).unwrap();
-    path
-}
+use crate::process::*;
 
 /// Providers posting unique notifications from concurrent keep-alive
 /// connections until the relay dies; records every one answered 200.
@@ -273,107 +181,6 @@ async fn sigkill_while_forwarding_still_delivers_everything_acknowledged() {
         "duplicates delivered successfully more than once: {}",
         target.duplicate_successes()
     );
-}
-
-async fn dump(config: &Path) -> HashMap<String, String> {
-    let output = Command::new(BINARY)
-        .args(["spool", "dump", "--config"])
-        .arg(config)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "spool dump: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let record: serde_json::Value = serde_json::from_str(line).unwrap();
-            (
-                record["id"].as_str().unwrap().to_owned(),
-                record["body"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_gets_503_never_a_false_200_and_loses_nothing_acknowledged() {
-    init();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "");
-    // RLIMIT_FSIZE stands in for a full disk: sled's writes past 2 MiB fail
-    // (EFBIG) the way they would with ENOSPC. SIGXFSZ is ignored so the write
-    // fails instead of killing the process.
-    let mut command = Command::new("bash");
-    command
-        .args([
-            "-c",
-            "ulimit -f 2048; trap '' XFSZ; exec \"$0\" serve --config \"$1\"",
-        ])
-        .arg(BINARY)
-        .arg(&config);
-    let mut relay = RelayProcess::spawn_command(command).await;
-    let client = provider_client(&dir.path().join("tls/self-signed.crt"));
-    let url = format!(
-        "https://localhost:{}/hooks/tusfacturas/{TUS_TOKEN}",
-        relay.addr.port()
-    );
-    let pad = "x".repeat(6_000);
-    let (mut acked, mut unavailable) = (Vec::new(), 0);
-    for n in 0..2_000 {
-        let body = format!(
-            r#"{{"evento": "emitido", "recurso": "facturacion", "external_reference": "{n}", "hook_id": "full-{n}", "pad": "{pad}"}}"#
-        );
-        let response = client
-            .post(&url)
-            .body(body.clone())
-            .send()
-            .await
-            .expect("the relay keeps answering");
-        match response.status().as_u16() {
-            200 => {
-                let json: serde_json::Value =
-                    serde_json::from_str(&response.text().await.unwrap()).unwrap();
-                acked.push((json["id"].as_str().unwrap().to_owned(), body));
-            }
-            503 => {
-                assert!(response.headers().contains_key("retry-after"));
-                unavailable += 1;
-                if unavailable >= 20 {
-                    break;
-                }
-            }
-            other => panic!("unexpected status {other} on a full disk"),
-        }
-    }
-    assert!(
-        unavailable >= 20,
-        "the disk never filled: {} stored",
-        acked.len()
-    );
-    assert!(!acked.is_empty());
-    assert!(
-        relay.child.try_wait().unwrap().is_none(),
-        "a full disk must not crash the relay"
-    );
-    relay.sigkill().await;
-
-    // With room again, everything acknowledged is there.
-    RelayProcess::spawn(&config).await.sigterm().await;
-    let spooled = dump(&config).await;
-    let lost = acked
-        .iter()
-        .filter(|(id, _)| !spooled.contains_key(id))
-        .count();
-    eprintln!(
-        "full disk: {} acknowledged, {unavailable} answered 503, {lost} lost",
-        acked.len()
-    );
-    assert_eq!(lost, 0);
 }
 
 #[tokio::test]

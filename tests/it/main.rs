@@ -3,5 +3,7 @@
 
 mod crash;
 mod forwarding;
+mod full_disk;
 mod helpers;
 mod ingest;
+mod process;

@@ -40,12 +40,6 @@ pub struct SubState {
 }
 
 impl SubState {
-    /// Start the walks again from the persisted cursor (after a reopen).
-    pub fn restart(&mut self) {
-        self.loaded = false;
-        self.retry_after = None;
-    }
-
     /// The cursor that may be persisted once `id`'s first attempt is
     /// recorded: every notification below it is done with.
     fn cursor_without(&self, id: NotificationId) -> u128 {

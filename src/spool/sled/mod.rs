@@ -1,7 +1,7 @@
 //! The sled backend of the spool: the only code that knows the store is
 //! sled (0.34). `keys.rs` is the layout, `open.rs` opening (with upgrade,
 //! repair and loss detection), `writer.rs` the single writer thread (group
-//! commit, retention, recovery from a failed store), `lease.rs` what each
+//! commit, retention, the free-space guard), `lease.rs` what each
 //! subscription has handed out. Reads run on the caller's thread, which is
 //! never an async worker: the async methods move them to the blocking pool.
 
@@ -63,7 +63,7 @@ pub(super) fn storage(err: ::sled::Error) -> SpoolError {
 pub(super) struct Shared {
     pub config: SpoolConfig,
     pub clock: Clock,
-    /// None while the writer reopens a failed store.
+    /// None once closed.
     pub store: ArcSwapOption<Store>,
     pub routes: ArcSwap<Routes>,
     /// The newest notification covered by a completed flush: nothing newer
@@ -116,14 +116,6 @@ impl Shared {
             .entry(subscription.to_owned())
             .or_default()
             .clone()
-    }
-
-    /// After the store was (re)opened: every walk starts again from the
-    /// persisted cursors (leases in flight stay held).
-    pub fn restart_walks(&self) {
-        for state in lock(&self.subs).values() {
-            lock(state).restart();
-        }
     }
 
     pub fn note_unreadable(&self, what: String) {

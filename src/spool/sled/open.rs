@@ -107,21 +107,6 @@ pub fn open(config: &SpoolConfig, routes: &Routes, now_ms: i64) -> Result<Opened
     })
 }
 
-/// Opens a store again after it failed, and proves it can write: a probe
-/// entry must reach the disk.
-pub fn reopen(config: &SpoolConfig) -> Result<(Store, Option<NotificationId>), SpoolError> {
-    let (store, _) = open_store(config)?;
-    store.tree.insert(b"zprobe", &[1]).map_err(storage)?;
-    store.tree.remove(b"zprobe").map_err(storage)?;
-    store.db.flush().map_err(storage)?;
-    if let Some(log) = &store.log {
-        log.sync_data()
-            .map_err(|e| SpoolError::Flush(format!("fdatasync: {e}")))?;
-    }
-    let newest = newest_notification(&store.tree)?;
-    Ok((store, newest))
-}
-
 /// The lock, sled itself (with repairs), the format (with the upgrade).
 fn open_store(config: &SpoolConfig) -> Result<(Store, Vec<String>), SpoolError> {
     let path = &config.path;
@@ -558,7 +543,7 @@ impl Acknowledged {
     }
 
     /// Writes the mark if it changed and the last write is `every` old.
-    pub fn persist_every(&mut self, path: &Path, _now_ms: i64, every: Duration) {
+    pub fn persist_every(&mut self, path: &Path, every: Duration) {
         if self.last_write.is_some_and(|at| at.elapsed() < every) {
             return;
         }

@@ -1,5 +1,5 @@
-//! The spool's single writer thread: group commit, ids, retention, and
-//! recovery from a store that failed.
+//! The spool's single writer thread: group commit, ids, retention, and the
+//! free-space guard.
 //!
 //! Every change goes through one channel to one thread. It takes whatever
 //! has queued up, applies it as one sled batch (atomic, one tree), then
@@ -14,11 +14,18 @@
 //! Ids are handed out here, in commit order, so "newest durable id" is a
 //! watermark: every id below it was in an earlier (flushed) group.
 //!
-//! When sled fails a write or a flush (a full disk), it stays failed (its
-//! global error), so the writer answers every write with `Unavailable` at
-//! once, logs the change of state once, and on each maintenance tick tries
-//! to reopen the store, backing off; once a probe write flushes, it serves
-//! again and says so.
+//! A full disk must never reach sled: after an I/O error inside a write,
+//! sled 0.34's `flush` can wait forever for a buffer that will never be
+//! written, and dropping a tree flushes, so a failed store can be neither
+//! flushed, closed nor reopened in the process. So the writer keeps
+//! `spool.min_free` bytes free on the spool's filesystem: a group that would
+//! eat into it has its stores and quarantines refused (503) while outcomes
+//! and replays still go through, the change of state is logged once, and
+//! writes resume by themselves as soon as there is room. If sled fails all
+//! the same (something else filled the disk between two checks), the store
+//! is failed for good: every write is refused, health says it is fatal (the
+//! watchdog stops vouching, so systemd restarts the relay), and a stop exits
+//! with an error.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -28,7 +35,7 @@ use std::time::Duration;
 use ::sled::Batch;
 use tokio::sync::{mpsc, oneshot};
 
-use super::open::{self, Acknowledged};
+use super::open::Acknowledged;
 use super::{decode_delivery, encode_delivery, keys, lock, storage, Shared, Store};
 use crate::delivery::State;
 use crate::spool::record::{stamp_id, NotificationMeta, Record};
@@ -43,9 +50,10 @@ const QUEUE: usize = 4096;
 const RETENTION_SLICE: usize = 256;
 /// A finished retention walk over old notifications starts again after this.
 const RETENTION_CYCLE_MS: i64 = 60_000;
-/// First and longest wait between two attempts to reopen a failed store.
-const REOPEN_FIRST_MS: i64 = 500;
-const REOPEN_LONGEST_MS: i64 = 10_000;
+/// Bytes a group is expected to take on disk per byte of record (sled
+/// writes about twice what it is given), plus a constant.
+const SPACE_PER_BYTE: u64 = 2;
+const SPACE_PER_GROUP: u64 = 64 << 10;
 
 /// What one write did.
 pub(super) enum Applied {
@@ -125,7 +133,7 @@ pub(super) fn start(
     let mut writer = Writer {
         shared,
         acknowledged,
-        failed: None,
+        blocked: None,
         retention: Retention::default(),
         now_ms: 0,
         last_id,
@@ -146,12 +154,12 @@ pub(super) fn start(
     Ok(tx)
 }
 
-/// Why the store cannot write, and when to try again.
-struct Failure {
-    reason: String,
-    since_ms: i64,
-    next_try_ms: i64,
-    backoff_ms: i64,
+/// Why the store cannot take new notifications now.
+enum Blocked {
+    /// Less than `min_free` on the filesystem: stores wait for room.
+    Full { since_ms: i64 },
+    /// sled failed a write: nothing more can be written in this process.
+    Failed { reason: String },
 }
 
 #[derive(Default)]
@@ -167,7 +175,7 @@ struct Retention {
 struct Writer {
     shared: Arc<Shared>,
     acknowledged: Acknowledged,
-    failed: Option<Failure>,
+    blocked: Option<Blocked>,
     retention: Retention,
     /// The time of the latest maintenance tick: the writer reads no clock
     /// of its own (its thread is outside the async runtime, whose clock
@@ -220,7 +228,7 @@ impl Writer {
             for reply in maintains {
                 let _ = reply.send(self.maintain());
             }
-            if self.retention.behind && self.failed.is_none() && rx.is_empty() {
+            if self.retention.behind && !self.is_failed() && rx.is_empty() {
                 let _ = self.retention_slice();
             }
             for alive in probes {
@@ -254,29 +262,44 @@ impl Writer {
 
     /// The last flush and the acknowledged mark; then the store is let go.
     fn shut_down(&mut self) -> Result<(), SpoolError> {
-        let result = match (&self.failed, self.shared.store()) {
-            (Some(failure), _) => Err(SpoolError::Flush(format!(
-                "the last writes could not be made durable: {}",
-                failure.reason
-            ))),
-            (None, Ok(store)) => flush(&self.shared, &store).map(|()| {
-                self.acknowledged.persist(&self.shared.config.path);
-            }),
-            (None, Err(err)) => Err(err),
-        };
-        self.shared.store.store(None);
+        if let Some(Blocked::Failed { reason }) = &self.blocked {
+            // A failed sled hangs in its flush, and dropping it flushes:
+            // leave it to the end of the process.
+            std::mem::forget(self.shared.store.swap(None));
+            return Err(SpoolError::Flush(format!(
+                "the last writes may not be durable: {reason}"
+            )));
+        }
+        let result = self.shared.store().and_then(|store| {
+            flush(&self.shared, &store)?;
+            self.acknowledged.persist(&self.shared.config.path);
+            Ok(())
+        });
+        if result.is_err() {
+            std::mem::forget(self.shared.store.swap(None));
+        } else {
+            self.shared.store.store(None);
+        }
         result
     }
 
+    fn is_failed(&self) -> bool {
+        matches!(self.blocked, Some(Blocked::Failed { .. }))
+    }
+
     fn commit(&mut self, group: Vec<Write>) {
-        let store = match (&self.failed, self.shared.store()) {
-            (None, Ok(store)) => store,
-            (Some(failure), _) => {
-                let reason = failure.reason.clone();
+        let store = match (&self.blocked, self.shared.store()) {
+            (Some(Blocked::Failed { reason }), _) => {
+                let reason = reason.clone();
                 return self.refuse(group, &reason);
             }
-            (None, Err(err)) => return self.refuse(group, &err.to_string()),
+            (_, Ok(store)) => store,
+            (_, Err(err)) => return self.refuse(group, &err.to_string()),
         };
+        let group = self.guard_space(group);
+        if group.is_empty() {
+            return;
+        }
         let (changes, waiting): (Vec<Change>, Vec<(bool, Reply)>) = group
             .into_iter()
             .map(|w| (w.change, (w.durable, w.reply)))
@@ -308,6 +331,92 @@ impl Writer {
         for (reply, result) in durable_replies {
             let _ = reply.send(Ok(result));
         }
+    }
+
+    /// Refuses the stores and quarantines of a group that would eat into
+    /// `min_free`; returns what may still be written.
+    fn guard_space(&mut self, group: Vec<Write>) -> Vec<Write> {
+        let growth: u64 = group
+            .iter()
+            .map(|w| match &w.change {
+                Change::Store { record, .. } | Change::Quarantine { record, .. } => {
+                    record.len() as u64
+                }
+                Change::Complete { .. } | Change::Replay { .. } => 0,
+            })
+            .sum();
+        if growth == 0 {
+            return group;
+        }
+        let needed = growth * SPACE_PER_BYTE + SPACE_PER_GROUP;
+        match self.check_space(needed) {
+            Ok(()) => {
+                self.leave_full();
+                group
+            }
+            Err(reason) => {
+                self.enter_full(reason.clone());
+                let (refused, kept): (Vec<Write>, Vec<Write>) = group.into_iter().partition(|w| {
+                    matches!(w.change, Change::Store { .. } | Change::Quarantine { .. })
+                });
+                self.refuse(refused, &reason);
+                kept
+            }
+        }
+    }
+
+    /// Whether `needed` bytes can be written and `min_free` still be left.
+    fn check_space(&self, needed: u64) -> Result<(), String> {
+        let min_free = self.shared.config.min_free.0;
+        if min_free == 0 {
+            return Ok(());
+        }
+        let free = match rustix::fs::statvfs(&self.shared.config.path) {
+            Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize),
+            // Cannot tell: let sled try.
+            Err(_) => return Ok(()),
+        };
+        if free >= min_free.saturating_add(needed) {
+            Ok(())
+        } else {
+            Err(format!(
+                "disk full: {free} bytes free on the spool's filesystem, {min_free} kept free (spool.min_free)"
+            ))
+        }
+    }
+
+    fn enter_full(&mut self, reason: String) {
+        if self.blocked.is_some() {
+            return;
+        }
+        tracing::error!(error = %reason, "spool cannot take notifications; answering 503 until there is room");
+        let now = self.now_ms;
+        {
+            let mut health = lock(&self.shared.health);
+            health.writable = false;
+            health.condition = Some(reason.clone());
+            health.since_ms = Some(now);
+        }
+        self.blocked = Some(Blocked::Full { since_ms: now });
+    }
+
+    fn leave_full(&mut self) {
+        let Some(Blocked::Full { since_ms, .. }) = self.blocked else {
+            return;
+        };
+        self.blocked = None;
+        let refused = {
+            let mut health = lock(&self.shared.health);
+            health.writable = true;
+            health.condition = None;
+            health.since_ms = None;
+            health.refused_writes
+        };
+        tracing::info!(
+            after_s = (self.now_ms - since_ms).max(0) / 1000,
+            refused_writes_so_far = refused,
+            "spool writable again"
+        );
     }
 
     fn refuse(&mut self, group: Vec<Write>, reason: &str) {
@@ -410,86 +519,39 @@ impl Writer {
         id
     }
 
+    /// sled failed a write: the store is done for in this process.
     fn enter_failure(&mut self, err: &SpoolError) {
-        if self.failed.is_some() {
+        if self.is_failed() {
             return;
         }
-        let now = self.now_ms;
         let reason = err.to_string();
-        tracing::error!(error = %reason, "spool cannot write; answering 503 and retrying by itself until it can");
+        tracing::error!(error = %reason, "the spool's store failed; answering 503; the relay must be restarted (the watchdog stops vouching for it)");
         {
             let mut health = lock(&self.shared.health);
             health.writable = false;
+            health.fatal = true;
             health.condition = Some(reason.clone());
-            health.since_ms = Some(now);
+            health.since_ms = Some(self.now_ms);
         }
-        self.failed = Some(Failure {
-            reason,
-            since_ms: now,
-            next_try_ms: now + REOPEN_FIRST_MS,
-            backoff_ms: REOPEN_FIRST_MS,
-        });
+        self.blocked = Some(Blocked::Failed { reason });
     }
 
     fn maintain(&mut self) -> Result<Maintained, SpoolError> {
-        let now = self.now_ms;
-        if let Some(failure) = &self.failed {
-            if now < failure.next_try_ms {
-                return Err(SpoolError::Unavailable(failure.reason.clone()));
+        match &self.blocked {
+            Some(Blocked::Failed { reason }) => {
+                return Err(SpoolError::Unavailable(reason.clone()));
             }
-            self.try_reopen(now);
-            if let Some(failure) = &self.failed {
-                return Err(SpoolError::Unavailable(failure.reason.clone()));
-            }
-        }
-        self.acknowledged
-            .persist_every(&self.shared.config.path, now, Duration::from_secs(1));
-        self.retention_slice()
-    }
-
-    /// Drops the failed store and opens it again; serves again once a
-    /// probe write reaches the disk.
-    fn try_reopen(&mut self, now: i64) {
-        if let Some(old) = self.shared.store.swap(None) {
-            // Readers hold the store only for one read or walk.
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
-            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            drop(old);
-        }
-        match open::reopen(&self.shared.config) {
-            Ok((store, newest)) => {
-                self.last_id = self.last_id.max(newest);
-                *lock(&self.shared.durable) = newest;
-                *lock(&self.shared.recheck_upto) = newest;
-                self.shared.store.store(Some(Arc::new(store)));
-                self.shared.restart_walks();
-                let routes = self.shared.routes.load_full();
-                self.shared.wake(routes.names());
-                let failure = self.failed.take();
-                let refused = {
-                    let mut health = lock(&self.shared.health);
-                    health.writable = true;
-                    health.condition = None;
-                    health.since_ms = None;
-                    health.refused_writes
-                };
-                let down_s = failure.map_or(0, |f| (now - f.since_ms) / 1000);
-                tracing::info!(
-                    after_s = down_s,
-                    refused_writes_so_far = refused,
-                    "spool writable again"
-                );
-            }
-            Err(err) => {
-                if let Some(failure) = &mut self.failed {
-                    tracing::debug!(error = %err, "spool still cannot write");
-                    failure.backoff_ms = (failure.backoff_ms * 2).min(REOPEN_LONGEST_MS);
-                    failure.next_try_ms = now + failure.backoff_ms;
+            Some(Blocked::Full { .. }) => {
+                // Back once a typical group fits again.
+                if self.check_space(SPACE_PER_GROUP * 4).is_ok() {
+                    self.leave_full();
                 }
             }
+            None => {}
         }
+        self.acknowledged
+            .persist_every(&self.shared.config.path, Duration::from_secs(1));
+        self.retention_slice()
     }
 
     /// One bounded slice of retention: expired dedup entries, delivered
