@@ -12,6 +12,7 @@ pub(crate) fn config(dir: &Path) -> SpoolConfig {
         sync_data: true,
         retention: HumanDuration(Duration::from_secs(3600)),
         dead_retention: None,
+        min_free: ByteSize(0),
     }
 }
 

@@ -541,13 +541,11 @@ impl Writer {
             Some(Blocked::Failed { reason }) => {
                 return Err(SpoolError::Unavailable(reason.clone()));
             }
-            Some(Blocked::Full { .. }) => {
-                // Back once a typical group fits again.
-                if self.check_space(SPACE_PER_GROUP * 4).is_ok() {
-                    self.leave_full();
-                }
+            // Back once a typical group fits again.
+            Some(Blocked::Full { .. }) if self.check_space(SPACE_PER_GROUP * 4).is_ok() => {
+                self.leave_full();
             }
-            None => {}
+            Some(Blocked::Full { .. }) | None => {}
         }
         self.acknowledged
             .persist_every(&self.shared.config.path, Duration::from_secs(1));
