@@ -211,16 +211,33 @@ impl Signals {
 }
 
 /// Pings systemd's watchdog at half its period, when one is set, as long as
-/// the spool's writer answers within a quarter of it: a writer stuck on a
-/// hung disk lets the watchdog restart the service.
+/// the spool's writer answers within a quarter of it and the store has not
+/// failed for good: a writer stuck on a hung disk, or a store only a restart
+/// mends, lets the watchdog restart the service. A full disk is not such a
+/// case (the relay recovers by itself when room returns); it shows in the
+/// service's status line instead.
 async fn watchdog(spool: Spool) {
     let Some(period) = sd_notify::watchdog_enabled().filter(|p| !p.is_zero()) else {
         return;
     };
     let mut tick = tokio::time::interval(period / 2);
+    let mut last_status = String::new();
     loop {
         tick.tick().await;
-        if spool.writer_alive(period / 4).await {
+        let health = spool.health();
+        let status = match &health.condition {
+            Some(condition) => format!("spool not writable: {condition}"),
+            None => "serving".to_owned(),
+        };
+        if status != last_status {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+            last_status = status;
+        }
+        if health.fatal {
+            tracing::error!(
+                "the spool's store failed; withholding the watchdog ping so the service restarts"
+            );
+        } else if spool.writer_alive(period / 4).await {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         } else {
             tracing::error!("spool writer not answering; withholding the watchdog ping");

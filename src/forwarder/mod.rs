@@ -257,3 +257,6 @@ impl Attempt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,7 +2,7 @@
 //! restart on the same spool, and check that nothing acknowledged is lost
 //! (ingest) and that everything acknowledged reaches its target (forwarding).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,16 +17,21 @@ use crate::process::*;
 /// connections until the relay dies; records every one answered 200.
 struct Load {
     acked: Arc<Mutex<Vec<(String, String)>>>,
+    /// Bodies whose request got no answer (the relay died): a provider
+    /// sends them again.
+    unanswered: Arc<Mutex<Vec<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
     fn start(relay_addr: std::net::SocketAddr, cert: &Path, clients: usize, round: usize) -> Load {
         let acked = Arc::new(Mutex::new(Vec::new()));
+        let unanswered = Arc::new(Mutex::new(Vec::new()));
         let tasks = (0..clients)
             .map(|client_no| {
                 let client = provider_client(cert);
                 let acked = acked.clone();
+                let unanswered = unanswered.clone();
                 let url = format!(
                     "https://localhost:{}/hooks/tusfacturas/{TUS_TOKEN}",
                     relay_addr.port()
@@ -37,12 +42,14 @@ impl Load {
                         let body =
                             tusfacturas(&format!("r{round}-c{client_no}-n{n}"), "emitido", 1);
                         let Ok(response) = client.post(&url).body(body.clone()).send().await else {
+                            unanswered.lock().unwrap().push(body);
                             return;
                         };
                         if response.status() != 200 {
                             continue;
                         }
                         let Ok(text) = response.text().await else {
+                            unanswered.lock().unwrap().push(body);
                             return;
                         };
                         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -52,22 +59,35 @@ impl Load {
                 })
             })
             .collect();
-        Load { acked, tasks }
+        Load {
+            acked,
+            unanswered,
+            tasks,
+        }
     }
 
-    /// Waits for the clients to notice the relay is gone.
-    async fn finish(self) -> Vec<(String, String)> {
+    /// Waits for the clients to notice the relay is gone; returns what was
+    /// acknowledged and what got no answer.
+    async fn finish(self) -> (Vec<(String, String)>, Vec<String>) {
         for task in self.tasks {
             task.await.unwrap();
         }
-        std::mem::take(&mut *self.acked.lock().unwrap())
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        let unanswered = std::mem::take(&mut *self.unanswered.lock().unwrap());
+        (acked, unanswered)
     }
 }
 
-/// Runs `rounds` of: start the binary, load it, SIGKILL it at a random moment.
-async fn kill_rounds(dir: &Path, config: &Path, rounds: usize) -> Vec<(String, String)> {
+/// Runs `rounds` of: start the binary, load it, SIGKILL it at a random
+/// moment. Returns what was acknowledged and what got no answer.
+async fn kill_rounds(
+    dir: &Path,
+    config: &Path,
+    rounds: usize,
+) -> (Vec<(String, String)>, Vec<String>) {
     let cert = dir.join("tls/self-signed.crt");
     let mut acked = Vec::new();
+    let mut unanswered = Vec::new();
     let mut rng = rand::rng();
     for round in 0..rounds {
         let relay = RelayProcess::spawn(config).await;
@@ -75,14 +95,16 @@ async fn kill_rounds(dir: &Path, config: &Path, rounds: usize) -> Vec<(String, S
         let moment = Duration::from_millis(rng.random_range(100..600));
         tokio::time::sleep(moment).await;
         relay.sigkill().await;
-        let round_acked = load.finish().await;
+        let (round_acked, round_unanswered) = load.finish().await;
         eprintln!(
-            "round {round}: SIGKILL after {moment:?}, {} acknowledged",
-            round_acked.len()
+            "round {round}: SIGKILL after {moment:?}, {} acknowledged, {} unanswered",
+            round_acked.len(),
+            round_unanswered.len()
         );
         acked.extend(round_acked);
+        unanswered.extend(round_unanswered);
     }
-    acked
+    (acked, unanswered)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +112,7 @@ async fn sigkill_under_load_loses_no_acknowledged_notification() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
-    let acked = kill_rounds(dir.path(), &config, 10).await;
+    let (acked, _) = kill_rounds(dir.path(), &config, 10).await;
     assert!(
         acked.len() >= 100,
         "the load must have been real: {} acknowledged",
@@ -128,7 +150,7 @@ async fn sigkill_while_forwarding_still_delivers_everything_acknowledged() {
         target.url()
     );
     let config = write_config(dir.path(), &sub);
-    let acked = kill_rounds(dir.path(), &config, 5).await;
+    let (mut acked, unanswered) = kill_rounds(dir.path(), &config, 5).await;
     assert!(
         acked.len() >= 50,
         "the load must have been real: {} acknowledged",
@@ -136,6 +158,21 @@ async fn sigkill_while_forwarding_still_delivers_everything_acknowledged() {
     );
 
     let relay = RelayProcess::spawn(&config).await;
+    // The provider sends again what got no answer: one that was stored
+    // before the kill is a duplicate (same id); one that was not gets a new
+    // id, and must never have been forwarded under the lost one.
+    let client = provider_client(&dir.path().join("tls/self-signed.crt"));
+    let url = format!(
+        "https://localhost:{}/hooks/tusfacturas/{TUS_TOKEN}",
+        relay.addr.port()
+    );
+    for body in &unanswered {
+        let response = client.post(&url).body(body.clone()).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let json: serde_json::Value =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        acked.push((json["id"].as_str().unwrap().to_owned(), body.clone()));
+    }
     let wanted: HashSet<String> = acked.iter().map(|(id, _)| id.clone()).collect();
     let mut missing: Vec<String> = wanted.iter().cloned().collect();
     target
@@ -170,9 +207,27 @@ async fn sigkill_while_forwarding_still_delivers_everything_acknowledged() {
         .iter()
         .map(|r| r.headers["webhook-id"].to_str().unwrap())
         .collect();
+    // One invoice notification, one webhook-id, whatever the kills did.
+    let mut ids_per_hook: HashMap<String, HashSet<&str>> = HashMap::new();
+    for request in &received {
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        ids_per_hook
+            .entry(body["hook_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(request.headers["webhook-id"].to_str().unwrap());
+    }
+    let split: Vec<_> = ids_per_hook
+        .iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .collect();
+    assert!(
+        split.is_empty(),
+        "notifications delivered under two ids: {split:?}"
+    );
     eprintln!(
-        "forwarding crash test: {} acknowledged, {} requests at the target for {} ids ({} repeats, failures included), 0 lost",
+        "forwarding crash test: {} acknowledged ({} of them resent after no answer), {} requests at the target for {} ids ({} repeats, failures included), 0 lost, none under two ids",
         wanted.len(),
+        unanswered.len(),
         received.len(),
         unique.len(),
         received.len() - unique.len()
@@ -208,6 +263,8 @@ async fn the_service_reports_ready_watchdog_and_stopping_to_systemd() {
     };
     let ten_s = Duration::from_secs(10);
     assert_eq!(recv(ten_s).await.as_deref(), Some("READY=1"));
+    // The status line says how the spool is, once per change.
+    assert_eq!(recv(ten_s).await.as_deref(), Some("STATUS=serving"));
     // A 400 ms watchdog is pinged every 200 ms while the spool writer answers.
     for _ in 0..3 {
         assert_eq!(recv(ten_s).await.as_deref(), Some("WATCHDOG=1"));

@@ -286,15 +286,21 @@ impl SledSpool {
                 lease::Found::Leases(leases) => return Ok(leases),
                 lease::Found::NothingUntil(at) => at,
             };
-            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
-            let until = wake_at.map_or(far, |at| self.shared.clock.instant_at(at).min(far));
+            // No due time known: only a wake-up (a store, an outcome, a
+            // replay) can bring work, and the watch never misses one.
+            let due = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(self.shared.clock.instant_at(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = work.changed() => {
                     if changed.is_err() {
                         return Err(SpoolError::Closed);
                     }
                 }
-                _ = tokio::time::sleep_until(until) => {}
+                _ = due => {}
             }
         }
     }
