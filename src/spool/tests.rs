@@ -520,3 +520,198 @@ async fn a_format_1_spool_upgrades_on_open_and_loses_nothing() {
     let (spool, _) = open(dir.path(), &["erp", "crm"]);
     assert_eq!(spool.notifications().count(), 5);
 }
+
+// === property: random interleavings ===
+
+mod interleavings {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{HashMap, HashSet};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Store(u8),
+        Lease(&'static str, usize),
+        Complete(usize, bool),
+        DropLease(usize),
+        Replay(u8, &'static str),
+        Advance(u64),
+        Restart,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let sub = prop_oneof![Just("erp"), Just("crm")];
+        prop_oneof![
+            4 => (0u8..12).prop_map(Op::Store),
+            4 => (sub.clone(), 1usize..4).prop_map(|(s, n)| Op::Lease(s, n)),
+            4 => (0usize..4, any::<bool>()).prop_map(|(i, ok)| Op::Complete(i, ok)),
+            1 => (0usize..4).prop_map(Op::DropLease),
+            1 => (0u8..12, sub).prop_map(|(k, s)| Op::Replay(k, s)),
+            2 => (1u64..200).prop_map(Op::Advance),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    /// Leases due now, if any, within a second of (paused) tokio time.
+    async fn lease_some(spool: &Spool, sub: &str, n: usize) -> Vec<Lease> {
+        tokio::time::timeout(Duration::from_secs(1), spool.lease(sub, n))
+            .await
+            .map(Result::unwrap)
+            .unwrap_or_default()
+    }
+
+    async fn run(ops: Vec<Op>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.retention = HumanDuration(Duration::from_secs(120));
+        let names = ["erp", "crm"];
+        let clock = Clock::following_tokio();
+        let schedule = Schedule::try_new(vec![Duration::from_secs(1)], 0.0).unwrap();
+        let mut spool = Spool::open(&config, routes(&names), clock).unwrap();
+        // Every acknowledged id, and which ones retention may have removed
+        // (all their deliveries were delivered).
+        let mut acked: HashSet<NotificationId> = HashSet::new();
+        let mut delivered: HashMap<NotificationId, HashSet<&str>> = HashMap::new();
+        let mut held: Vec<Lease> = Vec::new();
+        let mut dedup: HashMap<u8, (NotificationId, i64)> = HashMap::new();
+        for op in ops {
+            match op {
+                Op::Store(key) => {
+                    let now = clock.now_ms();
+                    let stored = spool
+                        .store(received(now), notification(&format!("k{key}")))
+                        .await
+                        .unwrap();
+                    match (stored, dedup.get(&key)) {
+                        (Stored::Duplicate(id), Some((first, at))) => {
+                            assert_eq!(id, *first);
+                            assert!(now - at < 60_000, "a duplicate past the window");
+                        }
+                        (Stored::Duplicate(id), None) => panic!("duplicate of nothing: {id}"),
+                        (Stored::New(id), previous) => {
+                            if let Some((_, at)) = previous {
+                                assert!(
+                                    now - at >= 60_000,
+                                    "a resend inside the window stored twice"
+                                );
+                            }
+                            dedup.insert(key, (id, now));
+                            acked.insert(id);
+                        }
+                    }
+                }
+                Op::Lease(sub, n) => {
+                    for lease in lease_some(&spool, sub, n).await {
+                        assert!(
+                            acked.contains(&lease.id()),
+                            "leased what was never acknowledged"
+                        );
+                        assert!(
+                            !held
+                                .iter()
+                                .any(|h| h.id() == lease.id() && h.subscription() == sub),
+                            "leased twice at once"
+                        );
+                        assert!(!lease.delivery().is_final());
+                        held.push(lease);
+                    }
+                }
+                Op::Complete(i, ok) if i < held.len() => {
+                    let lease = held.remove(i);
+                    let mut delivery = lease.delivery().clone();
+                    let now = clock.now_ms();
+                    delivery.start(now).unwrap();
+                    let outcome = if ok { super::ok() } else { Outcome::Connect };
+                    delivery.finish(&schedule, outcome, now, 0.0).unwrap();
+                    spool.complete(&lease, &delivery).await.unwrap();
+                    if ok {
+                        delivered.entry(lease.id()).or_default().insert(
+                            if lease.subscription() == "erp" {
+                                "erp"
+                            } else {
+                                "crm"
+                            },
+                        );
+                    }
+                }
+                Op::Complete(..) => {}
+                Op::DropLease(i) if i < held.len() => drop(held.remove(i)),
+                Op::DropLease(_) => {}
+                Op::Replay(key, sub) => {
+                    if let Some((id, _)) = dedup.get(&key) {
+                        let _ = spool.replay(*id, sub, clock.now_ms()).await;
+                        if let Some(subs) = delivered.get_mut(id) {
+                            subs.remove(sub);
+                        }
+                    }
+                }
+                Op::Advance(secs) => {
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                    spool.maintain().await.unwrap();
+                }
+                Op::Restart => {
+                    held.clear(); // attempts in flight die with the process
+                    spool.close().await.unwrap();
+                    drop(spool);
+                    spool = Spool::open(&config, routes(&names), clock).unwrap();
+                }
+            }
+            // Nothing acknowledged is missing unless retention could take it.
+            for id in &acked {
+                let all_delivered = delivered.get(id).is_some_and(|s| s.len() == names.len());
+                if !all_delivered {
+                    assert!(
+                        spool.notification(*id).unwrap().is_some(),
+                        "{id} lost before all its deliveries were made"
+                    );
+                }
+            }
+        }
+        // Drain: deliver everything that is due, with time moving on.
+        held.clear();
+        for _ in 0..20 {
+            let mut any = false;
+            for sub in names {
+                for lease in lease_some(&spool, sub, 100).await {
+                    any = true;
+                    let mut delivery = lease.delivery().clone();
+                    let now = clock.now_ms();
+                    delivery.start(now).unwrap();
+                    delivery.finish(&schedule, super::ok(), now, 0.0).unwrap();
+                    spool.complete(&lease, &delivery).await.unwrap();
+                }
+            }
+            if !any {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        // No delivery disappeared: each is delivered, or dead for an admin.
+        for id in &acked {
+            for delivery in spool.deliveries_of(*id).unwrap() {
+                assert!(
+                    delivery.is_final(),
+                    "{id} for {}: {:?} yet nothing due",
+                    delivery.subscription,
+                    delivery.state
+                );
+            }
+        }
+        spool.close().await.unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+        #[test]
+        fn nothing_acknowledged_is_lost_nor_leased_twice_nor_left_undelivered(
+            ops in proptest::collection::vec(op(), 1..50)
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(run(ops));
+        }
+    }
+}

@@ -316,7 +316,7 @@ impl Writer {
             if durable {
                 durable_replies.push((reply, result));
             } else {
-                let _ = reply.send(Ok(result));
+                let _ = reply.send(result);
             }
         }
         if let Err(err) = flush(&self.shared, &store) {
@@ -329,7 +329,7 @@ impl Writer {
             self.shared.wake(applied.woken.iter().map(String::as_str));
         }
         for (reply, result) in durable_replies {
-            let _ = reply.send(Ok(result));
+            let _ = reply.send(result);
         }
     }
 
@@ -452,7 +452,7 @@ impl Writer {
                             .map(|(first, _)| first),
                     };
                     if let Some(first) = earlier {
-                        Applied::Stored(Stored::Duplicate(first))
+                        Ok(Applied::Stored(Stored::Duplicate(first)))
                     } else {
                         let id = self.next_id(received_ms);
                         stamp_id(&mut record, id);
@@ -462,7 +462,7 @@ impl Writer {
                         fresh_in_group.insert(dedup_key, id);
                         out.newest = Some(id);
                         out.woken.extend(subscriptions);
-                        Applied::Stored(Stored::New(id))
+                        Ok(Applied::Stored(Stored::New(id)))
                     }
                 }
                 Change::Quarantine {
@@ -472,7 +472,7 @@ impl Writer {
                     let id = self.next_id(received_ms);
                     stamp_id(&mut record, id);
                     batch.insert(&keys::quarantine(id), record);
-                    Applied::Quarantined(id)
+                    Ok(Applied::Quarantined(id))
                 }
                 Change::Complete {
                     id,
@@ -492,7 +492,7 @@ impl Writer {
                     if let Some(cursor) = cursor {
                         batch.insert(keys::cursor(&subscription), &cursor.to_be_bytes());
                     }
-                    Applied::Recorded
+                    Ok(Applied::Recorded)
                 }
                 Change::Replay {
                     id,
@@ -504,7 +504,9 @@ impl Writer {
                         .tree
                         .apply_batch(std::mem::take(&mut batch))
                         .map_err(storage)?;
-                    Applied::Replayed(replay(store, &mut batch, id, &subscription, now_ms)?)
+                    // A delivery that cannot be replayed is that change's
+                    // answer, not a failure of the group.
+                    replay(store, &mut batch, id, &subscription, now_ms)?.map(Applied::Replayed)
                 }
             };
             out.results.push(result);
@@ -670,7 +672,8 @@ impl Writer {
 
 #[derive(Default)]
 struct GroupApplied {
-    results: Vec<Applied>,
+    /// Each change's answer; an `Err` here refuses that change alone.
+    results: Vec<Result<Applied, SpoolError>>,
     /// The newest notification stored by the group.
     newest: Option<NotificationId>,
     /// Subscriptions with new first attempts.
@@ -702,30 +705,33 @@ fn removable(
 }
 
 /// Puts a final delivery back in the queue, due now; false if it was never
-/// attempted.
+/// attempted. The outer error is the store's; the inner one the request's.
 fn replay(
     store: &Store,
     batch: &mut Batch,
     id: NotificationId,
     subscription: &str,
     now_ms: i64,
-) -> Result<bool, SpoolError> {
+) -> Result<Result<bool, SpoolError>, SpoolError> {
     if store.get(&keys::notification(id))?.is_none() {
-        return Err(SpoolError::NotFound(id.to_string()));
+        return Ok(Err(SpoolError::NotFound(id.to_string())));
     }
     let key = keys::delivery(id, subscription);
     let Some(bytes) = store.get(&key)? else {
-        return Ok(false);
+        return Ok(Ok(false));
     };
-    let mut delivery = decode_delivery(&bytes)?;
-    delivery
-        .replay(now_ms)
-        .map_err(|e| SpoolError::NotReplayable(e.to_string()))?;
+    let mut delivery = match decode_delivery(&bytes) {
+        Ok(delivery) => delivery,
+        Err(err) => return Ok(Err(err)),
+    };
+    if let Err(err) = delivery.replay(now_ms) {
+        return Ok(Err(SpoolError::NotReplayable(err.to_string())));
+    }
     if let Some(at) = delivery.due_at() {
         batch.insert(keys::retry(subscription, at, id), &[]);
     }
     batch.insert(key, encode_delivery(&delivery)?);
-    Ok(true)
+    Ok(Ok(true))
 }
 
 fn answer_all(replies: impl IntoIterator<Item = Reply>, err: &SpoolError) {
