@@ -469,3 +469,29 @@ async fn a_graceful_stop_lets_attempts_in_flight_finish_within_the_grace() {
     assert!(spool.next_due_ms("stuck").unwrap().is_some());
     spool.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_idle_forwarder_sends_a_new_notification_within_100_ms() {
+    let target = Target::start(vec![]).await;
+    let relay = TestRelay::start(&subscription("erp", &target.url(), "")).await;
+    // Warm up (TLS session, the target's connection), then let the forwarder
+    // go idle, waiting for work.
+    post_tus(&relay, "h-warm", "emitido").await;
+    target.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut worst = Duration::ZERO;
+    for n in 0..5 {
+        let posted = tokio::time::Instant::now();
+        post_tus(&relay, &format!("h-idle-{n}"), "emitido").await;
+        let arrived = target.wait_for(n + 2, WAIT).await;
+        let latency = arrived.last().unwrap().at - posted;
+        worst = worst.max(latency);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("idle forwarder: worst post-to-target latency {worst:?}");
+    assert!(
+        worst < Duration::from_millis(100),
+        "a store did not wake the forwarder: {worst:?}"
+    );
+    relay.stop().await;
+}
