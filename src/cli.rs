@@ -70,6 +70,25 @@ pub enum SpoolCommand {
         #[arg(long)]
         accept_loss: bool,
     },
+    /// Give every delivery waiting for a subscription that is no longer in
+    /// the config (an orphan) to a configured one, due now (relay stopped).
+    MoveOrphans {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The removed subscription.
+        from: String,
+        /// The configured subscription that takes them.
+        to: String,
+    },
+    /// Give up every delivery waiting for a subscription that is no longer
+    /// in the config; they are kept, purged, with their history (relay
+    /// stopped).
+    PurgeOrphans {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The removed subscription.
+        subscription: String,
+    },
     /// Put a notification's dead deliveries back in the queue, due now, with
     /// a fresh schedule (the relay must be stopped; it sends them on start).
     Replay {
@@ -117,6 +136,15 @@ pub fn run(cli: Cli) -> ExitCode {
             config,
             accept_loss,
         }) => load(&config.config).and_then(|config| check(&config, accept_loss)),
+        Command::Spool(SpoolCommand::MoveOrphans { config, from, to }) => {
+            load(&config.config).and_then(|config| reassign_orphans(&config, &from, Some(&to)))
+        }
+        Command::Spool(SpoolCommand::PurgeOrphans {
+            config,
+            subscription,
+        }) => {
+            load(&config.config).and_then(|config| reassign_orphans(&config, &subscription, None))
+        }
         Command::Spool(SpoolCommand::Replay {
             config,
             id,
@@ -354,6 +382,28 @@ fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
     } else {
         Err(Damaged(format!("{} problems found", report.problems.len())).into())
     }
+}
+
+/// Moves or purges an orphan subscription's deliveries and prints a JSON
+/// line with how many.
+fn reassign_orphans(config: &Config, from: &str, to: Option<&str>) -> anyhow::Result<()> {
+    let spool = open_spool(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let now_ms = Clock::system().now_ms();
+        let result = spool.reassign_orphans(from, to, now_ms).await;
+        spool.close().await?;
+        let moved = result?;
+        let line = match to {
+            Some(to) => serde_json::json!({"from": from, "to": to, "moved": moved}),
+            None => serde_json::json!({"subscription": from, "purged": moved}),
+        };
+        println!("{line}");
+        anyhow::Ok(())
+    })
 }
 
 /// Replays the dead deliveries of one notification (or the named

@@ -203,6 +203,9 @@ pub enum State {
     Delivered { at_ms: i64 },
     /// The schedule ran out; an admin may replay it.
     Dead { at_ms: i64 },
+    /// An admin gave it up (its subscription was removed from the config);
+    /// kept with its history, and it may still be replayed.
+    Purged { at_ms: i64 },
 }
 
 /// What happens after an attempt.
@@ -295,7 +298,10 @@ impl Delivery {
         match self.state {
             State::Pending => Some(self.created_ms),
             State::Waiting { until_ms } => Some(until_ms),
-            State::InFlight { .. } | State::Delivered { .. } | State::Dead { .. } => None,
+            State::InFlight { .. }
+            | State::Delivered { .. }
+            | State::Dead { .. }
+            | State::Purged { .. } => None,
         }
     }
 
@@ -317,7 +323,9 @@ impl Delivery {
                 Ok(attempt)
             }
             State::InFlight { attempt, .. } => Err(TransitionError::AlreadyInFlight(attempt)),
-            State::Delivered { .. } | State::Dead { .. } => Err(TransitionError::AlreadyFinal),
+            State::Delivered { .. } | State::Dead { .. } | State::Purged { .. } => {
+                Err(TransitionError::AlreadyFinal)
+            }
         }
     }
 
@@ -360,7 +368,7 @@ impl Delivery {
         }
     }
 
-    /// An admin's replay of a Dead or Delivered delivery: due now, with a
+    /// An admin's replay of a Dead, Delivered or Purged delivery: due now, with a
     /// full schedule again. The history is kept whole; the replay time is
     /// added to `replayed_ms`.
     pub fn replay(&mut self, now_ms: i64) -> Result<(), TransitionError> {
@@ -380,9 +388,21 @@ impl Delivery {
             .saturating_sub(self.schedule_base)
     }
 
-    /// Delivered or Dead: nothing more happens without an admin.
+    /// Delivered, Dead or Purged: nothing more happens without an admin.
     pub fn is_final(&self) -> bool {
-        matches!(self.state, State::Delivered { .. } | State::Dead { .. })
+        matches!(
+            self.state,
+            State::Delivered { .. } | State::Dead { .. } | State::Purged { .. }
+        )
+    }
+
+    /// An admin gives up a delivery that is not final: it will not be sent.
+    pub fn purge(&mut self, now_ms: i64) -> Result<(), TransitionError> {
+        if self.is_final() {
+            return Err(TransitionError::AlreadyFinal);
+        }
+        self.state = State::Purged { at_ms: now_ms };
+        Ok(())
     }
 }
 
@@ -803,6 +823,22 @@ mod tests {
             d.finish(&s, status(500), T0 + 1, 0.0),
             Ok(Decision::RetryAt(T0 + 1 + 5 * MIN))
         );
+    }
+
+    #[test]
+    fn a_purged_delivery_is_final_keeps_its_history_and_can_be_replayed() {
+        let s = standard();
+        let mut d = Delivery::new("billing", T0);
+        d.start(T0).unwrap();
+        d.finish(&s, status(500), T0, 0.0).unwrap();
+        d.purge(T0 + 1).unwrap();
+        assert!(d.is_final());
+        assert_eq!(d.due_at(), None);
+        assert_eq!(d.attempts.len(), 1);
+        assert_eq!(d.purge(T0 + 2), Err(TransitionError::AlreadyFinal));
+        assert_eq!(d.start(T0 + 2), Err(TransitionError::AlreadyFinal));
+        d.replay(T0 + 3).unwrap();
+        assert_eq!(d.due_at(), Some(T0 + 3));
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub enum SpoolError {
     NotFound(String),
     #[error("delivery cannot be replayed: {0}")]
     NotReplayable(String),
+    #[error("{0}")]
+    NotOrphan(String),
 }
 
 /// One request as ingress received it; shared by what is stored and what
@@ -240,6 +242,19 @@ impl Spool {
         now_ms: i64,
     ) -> Result<bool, SpoolError> {
         self.backend.replay(id, subscription, now_ms).await
+    }
+
+    /// Gives every delivery waiting for `from`, a subscription no longer
+    /// configured, to the configured subscription `to` (due now), or purges
+    /// them when `to` is `None`; `from`'s deliveries are kept, purged, with
+    /// their history. Returns how many. A long walk: for a stopped relay.
+    pub async fn reassign_orphans(
+        &self,
+        from: &str,
+        to: Option<&str>,
+        now_ms: i64,
+    ) -> Result<u64, SpoolError> {
+        self.backend.reassign_orphans(from, to, now_ms).await
     }
 
     /// One bounded slice of upkeep: retention, dedup expiry, recovery from a

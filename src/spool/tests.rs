@@ -436,19 +436,27 @@ async fn a_closed_spool_refuses_writes_and_probes() {
     assert!(!spool.writer_alive(Duration::from_secs(5)).await);
 }
 
+/// A spool where `old` (then removed from the config) has one retry and
+/// one never-attempted delivery waiting, and `erp` has both delivered.
+async fn spool_with_orphans(dir: &Path) -> [NotificationId; 2] {
+    let now = Clock::system().now_ms();
+    let (spool, _) = open(dir, &["erp", "old"]);
+    let a = store_new(&spool, "a", now).await;
+    let b = store_new(&spool, "b", now).await;
+    let leases = lease_now(&spool, "old", 1).await;
+    attempt(&spool, &leases[0], Outcome::Timeout, now).await;
+    drop(leases);
+    for lease in lease_now(&spool, "erp", 2).await {
+        attempt(&spool, &lease, ok(), now).await;
+    }
+    spool.close().await.unwrap();
+    [a, b]
+}
+
 #[tokio::test]
 async fn a_removed_subscription_s_deliveries_are_reported_as_orphans() {
     let dir = tempfile::tempdir().unwrap();
-    let now = Clock::system().now_ms();
-    {
-        let (spool, _) = open(dir.path(), &["erp", "old"]);
-        store_new(&spool, "a", now).await;
-        store_new(&spool, "b", now).await;
-        let leases = lease_now(&spool, "old", 1).await;
-        attempt(&spool, &leases[0], Outcome::Timeout, now).await;
-        drop(leases);
-        spool.close().await.unwrap();
-    }
+    spool_with_orphans(dir.path()).await;
     let (spool, _) = open(dir.path(), &["erp"]);
     let health = spool.health();
     assert_eq!(
@@ -457,6 +465,95 @@ async fn a_removed_subscription_s_deliveries_are_reported_as_orphans() {
         "one retry and one never attempted: {health:?}"
     );
     assert!(!health.orphans.contains_key("erp"));
+    let report = Spool::check(&config(dir.path()), false);
+    assert!(
+        matches!(report, Err(SpoolError::Locked { .. })),
+        "check refuses a spool in use"
+    );
+    spool.close().await.unwrap();
+    let report = Spool::check(&config(dir.path()), false).unwrap();
+    assert_eq!(report.orphans.get("old"), Some(&2));
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphans_can_be_given_to_another_subscription_and_are_then_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b] = spool_with_orphans(dir.path()).await;
+    let (spool, clock) = open(dir.path(), &["erp", "new"]);
+    let now = clock.now_ms();
+    assert!(matches!(
+        spool.reassign_orphans("erp", Some("new"), now).await,
+        Err(SpoolError::NotOrphan(_))
+    ));
+    assert!(matches!(
+        spool.reassign_orphans("old", Some("gone"), now).await,
+        Err(SpoolError::NotOrphan(_))
+    ));
+    assert_eq!(
+        spool
+            .reassign_orphans("old", Some("new"), now)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(spool.health().orphans.is_empty());
+    let leases = lease_now(&spool, "new", 10).await;
+    let mut ids: Vec<_> = leases.iter().map(Lease::id).collect();
+    ids.sort();
+    assert_eq!(ids, [a, b]);
+    for lease in &leases {
+        attempt(&spool, lease, ok(), now).await;
+    }
+    drop(leases);
+    let deliveries = spool.deliveries_of(a).unwrap();
+    let state = |name: &str| {
+        deliveries
+            .iter()
+            .find(|d| d.subscription == name)
+            .map(|d| d.state)
+    };
+    assert!(matches!(state("old"), Some(State::Purged { .. })));
+    assert!(matches!(state("new"), Some(State::Delivered { .. })));
+    assert_eq!(
+        deliveries
+            .iter()
+            .find(|d| d.subscription == "old")
+            .unwrap()
+            .attempts
+            .len(),
+        1,
+        "the orphan's history is kept"
+    );
+    // Everything over: retention may now take them.
+    tokio::time::sleep(Duration::from_secs(3700)).await;
+    assert_eq!(spool.maintain().await.unwrap().notifications, 2);
+    spool.close().await.unwrap();
+    let (spool, _) = open(dir.path(), &["erp", "new"]);
+    assert!(
+        spool.health().orphans.is_empty(),
+        "nothing waits for `old` any more"
+    );
+}
+
+#[tokio::test]
+async fn orphans_can_be_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, _] = spool_with_orphans(dir.path()).await;
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    assert_eq!(
+        spool
+            .reassign_orphans("old", None, clock.now_ms())
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(spool.health().orphans.is_empty());
+    assert!(spool
+        .deliveries_of(a)
+        .unwrap()
+        .iter()
+        .all(Delivery::is_final));
 }
 
 #[tokio::test]

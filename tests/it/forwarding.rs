@@ -495,3 +495,47 @@ async fn an_idle_forwarder_sends_a_new_notification_within_100_ms() {
     );
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn the_cli_gives_a_removed_subscription_s_deliveries_to_another() {
+    let closed = format!("http://127.0.0.1:{}/hook", closed_port().await);
+    let old = subscription("old", &closed, "");
+    let relay = TestRelay::start(&old).await;
+    let first = post_tus(&relay, "h-orphan-1", "emitido").await;
+    let second = post_tus(&relay, "h-orphan-2", "emitido").await;
+    let dir = relay.stop().await;
+
+    // `old` is gone from the config; `billing` takes its place.
+    let target = Target::start(vec![]).await;
+    let billing = subscription("billing", &target.url(), "");
+    let config = dir.path().join("relay.toml");
+    std::fs::write(&config, format!("{}{billing}", base_config(dir.path()))).unwrap();
+    let check = relay_cli(&["spool", "check"], &config, &[]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        report.contains("deliveries wait for subscription \"old\""),
+        "{report}"
+    );
+    let wrong = relay_cli(&["spool", "move-orphans"], &config, &["billing", "old"]);
+    assert_eq!(wrong.status.code(), Some(1), "billing is no orphan");
+    let moved = relay_cli(&["spool", "move-orphans"], &config, &["old", "billing"]);
+    assert!(moved.status.success(), "{moved:?}");
+    let line: serde_json::Value = serde_json::from_slice(&moved.stdout).unwrap();
+    assert_eq!(line["moved"], 2);
+
+    let text = format!("{}{billing}", base_config(dir.path()));
+    let relay =
+        webhook_relay::app::Relay::start(webhook_relay::config::Config::parse(&text).unwrap())
+            .await
+            .unwrap();
+    let got = target.wait_for(2, WAIT).await;
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|r| header(r, "webhook-id").to_owned())
+        .collect();
+    ids.sort();
+    let mut expected = vec![first.to_string(), second.to_string()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    relay.stop().await.unwrap();
+}

@@ -11,6 +11,7 @@
 //! | `l`    | id (16) ++ subscription               | delivery record (once tried)  |
 //! | `r`    | subscription 0x00 due ms (8) ++ id    | empty: a retry or replay due  |
 //! | `c`    | subscription                          | first-attempt cursor: id (16) |
+//! | `m`    | name                                  | the spool's own marks         |
 //!
 //! A notification's first attempt needs no entry of its own: the `n` keys
 //! are in id (time) order, so each subscription walks them from its cursor.
@@ -26,6 +27,11 @@ pub const DEDUP_EXPIRY: u8 = b'x';
 pub const DELIVERY: u8 = b'l';
 pub const RETRY: u8 = b'r';
 pub const CURSOR: u8 = b'c';
+pub const MARK: u8 = b'm';
+
+/// The newest notification retention removed: the acknowledged mark may
+/// name it without anything having been lost.
+pub const REMOVED_UPTO: &[u8] = b"mremoved_upto";
 
 fn ms_bytes(ms: i64) -> [u8; 8] {
     ms.max(0).to_be_bytes()

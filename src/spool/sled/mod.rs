@@ -8,6 +8,7 @@
 mod keys;
 mod lease;
 mod open;
+mod orphans;
 mod writer;
 
 use std::collections::HashMap;
@@ -146,7 +147,7 @@ impl SledSpool {
         routes: Routes,
         clock: Clock,
     ) -> Result<SledSpool, SpoolError> {
-        let opened = open::open(config, &routes, clock.now_ms())?;
+        let opened = open::open(config, &routes)?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             clock,
@@ -344,6 +345,41 @@ impl SledSpool {
         }
     }
 
+    pub async fn reassign_orphans(
+        &self,
+        from: &str,
+        to: Option<&str>,
+        now_ms: i64,
+    ) -> Result<u64, SpoolError> {
+        let routes = self.shared.routes.load();
+        if routes.contains(from) {
+            return Err(SpoolError::NotOrphan(format!(
+                "subscription {from:?} is configured: its deliveries are not orphans"
+            )));
+        }
+        if let Some(to) = to.filter(|to| !routes.contains(to)) {
+            return Err(SpoolError::NotOrphan(format!(
+                "subscription {to:?} is not configured: nothing would deliver them"
+            )));
+        }
+        let change = Change::Orphans {
+            from: from.to_owned(),
+            to: to.map(str::to_owned),
+            now_ms,
+        };
+        match self.write(change, true).await? {
+            Applied::Reassigned(moved) => {
+                if let Some(to) = to {
+                    self.shared.wake([to]);
+                }
+                Ok(moved)
+            }
+            _ => Err(SpoolError::Storage(
+                "the writer answered out of turn".into(),
+            )),
+        }
+    }
+
     pub async fn maintain(&self) -> Result<Maintained, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.writer
@@ -420,15 +456,17 @@ impl SledSpool {
             return Ok(Vec::new());
         };
         let notification: NotificationRecord = Record::decode(&bytes)?;
-        notification
-            .meta
-            .subscriptions
-            .iter()
-            .map(|name| {
-                delivery_of(&store, id, name, notification.meta.received_ms)
-                    .map(|(delivery, _)| delivery)
-            })
-            .collect()
+        let mut recorded = orphans::records_of(&store, id)?;
+        let mut out = Vec::new();
+        for name in &notification.meta.subscriptions {
+            match recorded.iter().position(|d| &d.subscription == name) {
+                Some(at) => out.push(recorded.remove(at)),
+                None => out.push(Delivery::new(name, notification.meta.received_ms)),
+            }
+        }
+        // Deliveries given to it later (from an orphan subscription).
+        out.extend(recorded);
+        Ok(out)
     }
 
     pub fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {

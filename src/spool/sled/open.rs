@@ -40,8 +40,6 @@ const ACKNOWLEDGED_FILE: &str = "acknowledged";
 const LOCK_GRACE: Duration = Duration::from_secs(2);
 /// Batches of the format-1 upgrade.
 const MIGRATE_BATCH: usize = 1000;
-/// Most notifications examined to count one orphan subscription's backlog.
-const ORPHAN_EXAMINE: usize = 1_000_000;
 
 /// A spool opened for serving.
 pub struct Opened {
@@ -54,11 +52,11 @@ pub struct Opened {
     pub acknowledged: Acknowledged,
 }
 
-pub fn open(config: &SpoolConfig, routes: &Routes, now_ms: i64) -> Result<Opened, SpoolError> {
+pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError> {
     let (store, repaired) = open_store(config)?;
     let newest = newest_notification(&store.tree)?;
     let acknowledged = Acknowledged::read(&config.path, newest);
-    if let Some(missing) = acknowledged.missing(&store.tree, config, now_ms)? {
+    if let Some(missing) = acknowledged.missing(&store.tree)? {
         return Err(SpoolError::Lost {
             path: config.path.clone(),
             detail: format!(
@@ -80,7 +78,7 @@ pub fn open(config: &SpoolConfig, routes: &Routes, now_ms: i64) -> Result<Opened
         }
     }
     store.db.flush().map_err(storage)?;
-    let orphans = count_orphans(&store.tree, routes)?;
+    let orphans = super::orphans::count(&store.tree, routes)?;
     for (name, waiting) in &orphans {
         tracing::warn!(
             subscription = %name, waiting,
@@ -432,52 +430,6 @@ fn drop_v1_trees(db: &Db) -> Result<(), SpoolError> {
     Ok(())
 }
 
-// === orphans ===
-
-/// Deliveries waiting for subscriptions that are not configured: their
-/// retries, and the notifications past their cursor fanned out to them.
-fn count_orphans(tree: &Tree, routes: &Routes) -> Result<BTreeMap<String, u64>, SpoolError> {
-    let mut orphans = BTreeMap::new();
-    for item in tree.scan_prefix([keys::CURSOR]) {
-        let (key, cursor) = item.map_err(storage)?;
-        let Ok(name) = std::str::from_utf8(&key[1..]) else {
-            continue;
-        };
-        if routes.contains(name) {
-            continue;
-        }
-        let mut waiting = tree.scan_prefix(keys::retry_prefix(name)).count() as u64;
-        let from = NotificationId::from_bytes(&cursor).unwrap_or(NotificationId(ulid::Ulid(0)));
-        for item in tree
-            .range(keys::notification(from)..)
-            .take_while(|item| {
-                item.as_ref()
-                    .map_or(true, |(k, _)| k.first() == Some(&keys::NOTIFICATION))
-            })
-            .take(ORPHAN_EXAMINE)
-        {
-            let (key, value) = item.map_err(storage)?;
-            let Some(id) = keys::id_of(&key) else {
-                continue;
-            };
-            let fanned_out = Record::<NotificationMeta>::decode(&value)
-                .is_ok_and(|r| r.meta.subscriptions.iter().any(|s| s == name));
-            if fanned_out
-                && tree
-                    .get(keys::delivery(id, name))
-                    .map_err(storage)?
-                    .is_none()
-            {
-                waiting += 1;
-            }
-        }
-        if waiting > 0 {
-            orphans.insert(name.to_owned(), waiting);
-        }
-    }
-    Ok(orphans)
-}
-
 // === the acknowledged mark ===
 
 /// The newest notification answered 200, as written to `acknowledged`.
@@ -509,21 +461,19 @@ impl Acknowledged {
     }
 
     /// What is missing, if the newest acknowledged notification is gone
-    /// (and retention cannot have removed it).
-    fn missing(
-        &self,
-        tree: &Tree,
-        config: &SpoolConfig,
-        now_ms: i64,
-    ) -> Result<Option<String>, SpoolError> {
+    /// (and retention did not remove it).
+    fn missing(&self, tree: &Tree) -> Result<Option<String>, SpoolError> {
         let Some(id) = self.written else {
             return Ok(None);
         };
-        let retention_ms = i64::try_from(config.retention.0.as_millis()).unwrap_or(i64::MAX);
-        if id.ms() < now_ms.saturating_sub(retention_ms) {
+        if tree.get(keys::notification(id)).map_err(storage)?.is_some() {
             return Ok(None);
         }
-        if tree.get(keys::notification(id)).map_err(storage)?.is_some() {
+        let removed_upto = tree
+            .get(keys::REMOVED_UPTO)
+            .map_err(storage)?
+            .and_then(|v| NotificationId::from_bytes(&v));
+        if removed_upto.is_some_and(|upto| id <= upto) {
             return Ok(None);
         }
         let newest = newest_notification(tree)?;
@@ -631,8 +581,7 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
     };
     let newest = newest_notification(&store.tree)?;
     let mut acknowledged = Acknowledged::read(&config.path, newest);
-    let now = crate::clock::Clock::system().now_ms();
-    if let Some(missing) = acknowledged.missing(&store.tree, config, now)? {
+    if let Some(missing) = acknowledged.missing(&store.tree)? {
         if accept_loss {
             acknowledged.newest = newest;
             acknowledged.written = None;
@@ -657,7 +606,7 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
             panic_text(&panic)
         )),
     }
-    report.orphans = count_orphans(&store.tree, &Routes::default()).unwrap_or_default();
+    report.orphans = super::orphans::count(&store.tree, &Routes::default()).unwrap_or_default();
     store.db.flush().map_err(storage)?;
     Ok(report)
 }
@@ -727,7 +676,7 @@ fn walk_all(store: &Store, report: &mut CheckReport) -> Result<(), SpoolError> {
             Some(keys::CURSOR) if NotificationId::from_bytes(&value).is_none() => {
                 report.problems.push(format!("malformed cursor {key:?}"));
             }
-            Some(keys::DEDUP_EXPIRY | keys::CURSOR) => {}
+            Some(keys::DEDUP_EXPIRY | keys::CURSOR | keys::MARK) => {}
             _ => report.problems.push(format!("unknown entry {key:?}")),
         }
     }

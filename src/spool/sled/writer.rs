@@ -61,6 +61,7 @@ pub(super) enum Applied {
     Quarantined(NotificationId),
     Replayed(bool),
     Recorded,
+    Reassigned(u64),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Applied, SpoolError>>;
@@ -92,6 +93,13 @@ pub(super) enum Change {
     Replay {
         id: NotificationId,
         subscription: String,
+        now_ms: i64,
+    },
+    /// Every waiting delivery of an orphan subscription, purged and given
+    /// to `to` (or only purged).
+    Orphans {
+        from: String,
+        to: Option<String>,
         now_ms: i64,
     },
 }
@@ -307,7 +315,11 @@ impl Writer {
         let applied = match self.apply(&store, changes) {
             Ok(applied) => applied,
             Err(err) => {
-                self.enter_failure(&err);
+                // Only sled failing is the store failing; anything else
+                // (a record that cannot be encoded) is this group's error.
+                if matches!(err, SpoolError::Storage(_) | SpoolError::Flush(_)) {
+                    self.enter_failure(&err);
+                }
                 return answer_all(waiting.into_iter().map(|(_, reply)| reply), &err);
             }
         };
@@ -342,7 +354,7 @@ impl Writer {
                 Change::Store { record, .. } | Change::Quarantine { record, .. } => {
                     record.len() as u64
                 }
-                Change::Complete { .. } | Change::Replay { .. } => 0,
+                Change::Complete { .. } | Change::Replay { .. } | Change::Orphans { .. } => 0,
             })
             .sum();
         if growth == 0 {
@@ -508,6 +520,15 @@ impl Writer {
                     // answer, not a failure of the group.
                     replay(store, &mut batch, id, &subscription, now_ms)?.map(Applied::Replayed)
                 }
+                Change::Orphans { from, to, now_ms } => {
+                    store
+                        .tree
+                        .apply_batch(std::mem::take(&mut batch))
+                        .map_err(storage)?;
+                    let moved = super::orphans::reassign(store, &from, to.as_deref(), now_ms)?;
+                    lock(&self.shared.health).orphans.remove(&from);
+                    Ok(Applied::Reassigned(moved))
+                }
             };
             out.results.push(result);
         }
@@ -603,6 +624,7 @@ impl Writer {
                 0,
             )));
             let mut finished = true;
+            let mut removed_upto = None;
             for (seen, item) in store.tree.range(from..until).enumerate() {
                 if seen == RETENTION_SLICE {
                     finished = false;
@@ -622,10 +644,10 @@ impl Writer {
                         continue;
                     }
                 };
-                if removable(&store, id, &meta, dead_cutoff)? {
+                if removable(&self.shared, &store, id, &meta, dead_cutoff)? {
                     batch.remove(&key);
-                    for name in &meta.subscriptions {
-                        batch.remove(keys::delivery(id, name));
+                    for item in store.tree.scan_prefix(keys::delivery_prefix(id)).keys() {
+                        batch.remove(item.map_err(storage)?);
                     }
                     let dedup_key = keys::dedup(&meta.source, &meta.dedup_key);
                     let points_here = store
@@ -637,6 +659,15 @@ impl Writer {
                         batch.remove(&keys::dedup_expiry(meta.received_ms, id));
                     }
                     done.notifications += 1;
+                    removed_upto = Some(id);
+                }
+            }
+            if let Some(id) = removed_upto {
+                let before = store
+                    .get(keys::REMOVED_UPTO)?
+                    .and_then(|v| NotificationId::from_bytes(&v));
+                if before.is_none_or(|before| before < id) {
+                    batch.insert(keys::REMOVED_UPTO, &id.to_bytes());
                 }
             }
             if finished {
@@ -680,28 +711,34 @@ struct GroupApplied {
     woken: HashSet<String>,
 }
 
-/// Whether every delivery of a notification is over: delivered, or dead
-/// past `dead_cutoff` (when dead deliveries expire at all).
+/// Whether every delivery of a notification is over: delivered, purged, or
+/// dead past `dead_cutoff` (when dead deliveries expire at all). A
+/// subscription it was fanned out to with no record yet was never attempted.
 fn removable(
+    shared: &Shared,
     store: &Store,
     id: NotificationId,
     meta: &NotificationMeta,
     dead_cutoff: Option<i64>,
 ) -> Result<bool, SpoolError> {
-    for name in &meta.subscriptions {
-        let Some(bytes) = store.get(&keys::delivery(id, name))? else {
-            return Ok(false); // never attempted
-        };
-        let over = match decode_delivery(&bytes)?.state {
-            State::Delivered { .. } => true,
-            State::Dead { at_ms } => dead_cutoff.is_some_and(|cutoff| at_ms < cutoff),
-            State::Pending | State::InFlight { .. } | State::Waiting { .. } => false,
-        };
-        if !over {
+    let records = match super::orphans::records_of(store, id) {
+        Ok(records) => records,
+        Err(SpoolError::Corrupt(err)) => {
+            shared.note_unreadable(format!("a delivery of {id}: {err}"));
             return Ok(false);
         }
-    }
-    Ok(true)
+        Err(err) => return Err(err),
+    };
+    let all_attempted = meta
+        .subscriptions
+        .iter()
+        .all(|name| records.iter().any(|d| &d.subscription == name));
+    let all_over = records.iter().all(|d| match d.state {
+        State::Delivered { .. } | State::Purged { .. } => true,
+        State::Dead { at_ms } => dead_cutoff.is_some_and(|cutoff| at_ms < cutoff),
+        State::Pending | State::InFlight { .. } | State::Waiting { .. } => false,
+    });
+    Ok(all_attempted && all_over)
 }
 
 /// Puts a final delivery back in the queue, due now; false if it was never

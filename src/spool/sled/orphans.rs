@@ -1,0 +1,171 @@
+//! Orphans: deliveries waiting for a subscription that is no longer in the
+//! config. They are counted (at open, for health and `spool check`), and an
+//! admin can give them to another subscription or purge them; either way
+//! the orphan's delivery is kept, purged, with its history.
+
+use std::collections::BTreeMap;
+
+use ::sled::{Batch, Tree};
+
+use super::{decode_delivery, delivery_of, encode_delivery, keys, storage, Store};
+use crate::delivery::Delivery;
+use crate::spool::record::{NotificationMeta, Record};
+use crate::spool::{NotificationId, Routes, SpoolError};
+
+/// Most notifications examined to count one orphan subscription's backlog.
+const COUNT_EXAMINE: usize = 1_000_000;
+/// Changes written per batch while reassigning.
+const BATCH: usize = 1000;
+
+/// Deliveries waiting for subscriptions that `routes` does not have: their
+/// retries, and the notifications past their cursor fanned out to them.
+pub fn count(tree: &Tree, routes: &Routes) -> Result<BTreeMap<String, u64>, SpoolError> {
+    let mut orphans = BTreeMap::new();
+    for item in tree.scan_prefix([keys::CURSOR]) {
+        let (key, cursor) = item.map_err(storage)?;
+        let Ok(name) = std::str::from_utf8(&key[1..]) else {
+            continue;
+        };
+        if routes.contains(name) {
+            continue;
+        }
+        let mut waiting = tree.scan_prefix(keys::retry_prefix(name)).count() as u64;
+        for item in never_attempted(tree, name, &cursor).take(COUNT_EXAMINE) {
+            item?;
+            waiting += 1;
+        }
+        if waiting > 0 {
+            orphans.insert(name.to_owned(), waiting);
+        }
+    }
+    Ok(orphans)
+}
+
+/// The notifications from `cursor` on that were fanned out to `name` and
+/// never attempted for it.
+fn never_attempted<'a>(
+    tree: &'a Tree,
+    name: &'a str,
+    cursor: &[u8],
+) -> impl Iterator<Item = Result<(NotificationId, NotificationMeta), SpoolError>> + 'a {
+    let from = NotificationId::from_bytes(cursor).unwrap_or(NotificationId(ulid::Ulid(0)));
+    tree.range(keys::notification(from)..)
+        .take_while(|item| {
+            item.as_ref()
+                .map_or(true, |(k, _)| k.first() == Some(&keys::NOTIFICATION))
+        })
+        .filter_map(move |item| {
+            let (key, value) = match item {
+                Ok(pair) => pair,
+                Err(err) => return Some(Err(storage(err))),
+            };
+            let id = keys::id_of(&key)?;
+            let meta = Record::<NotificationMeta>::decode(&value).ok()?.meta;
+            if !meta.subscriptions.iter().any(|s| s == name) {
+                return None;
+            }
+            match tree.get(keys::delivery(id, name)) {
+                Ok(Some(_)) => None,
+                Ok(None) => Some(Ok((id, meta))),
+                Err(err) => Some(Err(storage(err))),
+            }
+        })
+}
+
+/// Purges every waiting delivery of `from`, and gives each to `to` as a new
+/// delivery due now when `to` is named (unless that notification already
+/// has one for `to`). Returns how many deliveries were reassigned.
+pub fn reassign(
+    store: &Store,
+    from: &str,
+    to: Option<&str>,
+    now_ms: i64,
+) -> Result<u64, SpoolError> {
+    let tree = &store.tree;
+    let mut batch = Batch::default();
+    let mut in_batch = 0;
+    let mut done = 0;
+    let flush_if_full = |batch: &mut Batch, in_batch: &mut usize| -> Result<(), SpoolError> {
+        if *in_batch >= BATCH {
+            tree.apply_batch(std::mem::take(batch)).map_err(storage)?;
+            *in_batch = 0;
+        }
+        Ok(())
+    };
+    for item in tree.scan_prefix(keys::retry_prefix(from)) {
+        let (key, _) = item.map_err(storage)?;
+        batch.remove(key.clone());
+        in_batch += 1;
+        let Some((_, _, id)) = keys::split_retry(&key) else {
+            continue;
+        };
+        let Some(bytes) = store.get(&keys::notification(id))? else {
+            continue;
+        };
+        // An unreadable one stays where it is, for `spool check` to name.
+        let Ok(meta) = Record::<NotificationMeta>::decode(&bytes).map(|r| r.meta) else {
+            continue;
+        };
+        let delivery = match delivery_of(store, id, from, meta.received_ms) {
+            Ok((delivery, _)) => delivery,
+            Err(SpoolError::Corrupt(_)) => continue,
+            Err(err) => return Err(err),
+        };
+        give_up(store, &mut batch, id, &meta, delivery, to, now_ms)?;
+        done += 1;
+        flush_if_full(&mut batch, &mut in_batch)?;
+    }
+    let cursor = store.get(&keys::cursor(from))?.unwrap_or_default();
+    for item in never_attempted(tree, from, &cursor) {
+        let (id, meta) = item?;
+        let delivery = Delivery::new(from, meta.received_ms);
+        give_up(store, &mut batch, id, &meta, delivery, to, now_ms)?;
+        in_batch += 1;
+        done += 1;
+        flush_if_full(&mut batch, &mut in_batch)?;
+    }
+    // Nothing waits for it any more; configured again, it starts afresh.
+    batch.remove(keys::cursor(from));
+    tree.apply_batch(batch).map_err(storage)?;
+    Ok(done)
+}
+
+fn give_up(
+    store: &Store,
+    batch: &mut Batch,
+    id: NotificationId,
+    meta: &NotificationMeta,
+    mut delivery: Delivery,
+    to: Option<&str>,
+    now_ms: i64,
+) -> Result<(), SpoolError> {
+    let from = delivery.subscription.clone();
+    // Already final (a stale retry entry): nothing to give up, only to drop.
+    if delivery.purge(now_ms).is_ok() {
+        batch.insert(keys::delivery(id, &from), encode_delivery(&delivery)?);
+    }
+    let Some(to) = to else { return Ok(()) };
+    let has_one =
+        meta.subscriptions.iter().any(|s| s == to) || store.get(&keys::delivery(id, to))?.is_some();
+    if !has_one {
+        batch.insert(
+            keys::delivery(id, to),
+            encode_delivery(&Delivery::new(to, now_ms))?,
+        );
+        batch.insert(keys::retry(to, now_ms, id), &[]);
+    }
+    Ok(())
+}
+
+/// The delivery records of one notification, whatever their subscription
+/// (those it was fanned out to, and those given to it later).
+pub fn records_of(store: &Store, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
+    store
+        .tree
+        .scan_prefix(keys::delivery_prefix(id))
+        .map(|item| {
+            let (_, value) = item.map_err(storage)?;
+            decode_delivery(&value)
+        })
+        .collect()
+}
