@@ -10,6 +10,7 @@
 //! not turn into a resend storm. A crash mid-attempt leaves the delivery
 //! due: it is retried after restart, at-least-once.
 
+mod outgoing;
 mod target;
 
 use std::future::Future;

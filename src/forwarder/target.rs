@@ -5,9 +5,9 @@
 use std::error::Error as _;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::outgoing;
 use crate::clock::format_ms;
 use crate::config::SubscriptionConfig;
 use crate::delivery::{Outcome, Schedule};
@@ -96,7 +96,8 @@ impl Target {
     ) -> Outcome {
         let meta = &notification.meta;
         let timestamp = now_ms.div_euclid(1000);
-        let signature = self.key.sign(&meta.id, timestamp, &notification.body);
+        let body = outgoing::body(&notification.body);
+        let signature = self.key.sign(&meta.id, timestamp, &body);
         let timeout = if attempt <= 1 {
             self.timeout_first
         } else {
@@ -111,20 +112,20 @@ impl Target {
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
             .header("x-relay-source", &meta.source)
-            .header("x-relay-event", &meta.event_type)
+            .header("x-relay-event", outgoing::header_text(&meta.event_type))
             .header("x-relay-attempt", attempt.to_string())
             .header("x-relay-received-at", format_ms(meta.received_ms))
-            .header(
-                http::header::CONTENT_TYPE,
-                meta.content_type.as_deref().unwrap_or("application/json"),
-            )
-            .body(Bytes::clone(&notification.body));
-        if let Some(subject) = meta
-            .subject
+            .body(body);
+        // The provider's own Content-Type, or none if it sent none.
+        if let Some(content_type) = meta
+            .content_type
             .as_deref()
-            .and_then(|s| HeaderValue::from_str(s).ok())
+            .and_then(|v| HeaderValue::from_str(v).ok())
         {
-            request = request.header("x-relay-subject", subject);
+            request = request.header(http::header::CONTENT_TYPE, content_type);
+        }
+        if let Some(subject) = &meta.subject {
+            request = request.header("x-relay-subject", outgoing::header_text(subject));
         }
         match request.send().await {
             Ok(response) => read_answer(response).await,

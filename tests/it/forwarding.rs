@@ -539,3 +539,46 @@ async fn the_cli_gives_a_removed_subscription_s_deliveries_to_another() {
     assert_eq!(ids, expected);
     relay.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_bom_body_and_a_non_ascii_subject_reach_the_target_in_a_form_it_can_take() {
+    let target = Target::start(vec![]).await;
+    let relay = TestRelay::start(&subscription("erp", &target.url(), "")).await;
+    let json = tusfacturas("h-bom", "emitido", 1).replace("\"17032\"", "\"Factura Nº 12\"");
+    let raw = format!("\u{FEFF}{json}");
+    // No Content-Type, as some provider clients send.
+    let response = relay
+        .client
+        .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+        .body(raw.clone())
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = answer(response).await;
+    assert_eq!(status, 200, "{answer}");
+    let got = target.wait_for(1, WAIT).await;
+    let request = &got[0];
+    assert_eq!(
+        request.body.as_ref(),
+        json.as_bytes(),
+        "sent without the BOM"
+    );
+    verify_with_standardwebhooks(request);
+    assert_eq!(
+        header(request, "x-relay-subject"),
+        "UTF-8''Factura%20N%C2%BA%2012"
+    );
+    assert!(
+        request.headers.get("content-type").is_none(),
+        "no Content-Type came, none is sent"
+    );
+    let id = NotificationId::parse(answer["id"].as_str().unwrap()).unwrap();
+    let kept = relay.relay().spool.notification(id).unwrap().unwrap();
+    assert_eq!(
+        kept.body.as_ref(),
+        raw.as_bytes(),
+        "the spool keeps the raw bytes"
+    );
+    assert_eq!(kept.meta.subject.as_deref(), Some("Factura Nº 12"));
+    relay.stop().await;
+}
