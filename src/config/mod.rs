@@ -52,6 +52,8 @@ pub struct ServerConfig {
     /// Time allowed for a request's body to arrive.
     pub body_timeout: HumanDuration,
     pub handshake_timeout: HumanDuration,
+    /// A connection with no request under way for this long is closed.
+    pub idle_timeout: HumanDuration,
     pub max_connections: usize,
     pub http2_max_streams: u32,
     /// Balancers (addresses or CIDR networks) whose `X-Forwarded-For` is
@@ -71,6 +73,7 @@ impl Default for ServerConfig {
             header_timeout: HumanDuration(Duration::from_secs(10)),
             body_timeout: HumanDuration(Duration::from_secs(15)),
             handshake_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(30)),
             max_connections: 1024,
             http2_max_streams: 64,
             trusted_proxies: Vec::new(),
@@ -576,6 +579,7 @@ impl ServerConfig {
             ("header_timeout", self.header_timeout),
             ("body_timeout", self.body_timeout),
             ("handshake_timeout", self.handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
         ] {
             check_positive(problems, at.key(key), value);
         }

@@ -13,6 +13,7 @@ pub mod tls;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +99,8 @@ pub struct ListenerSettings {
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub header_timeout: Duration,
+    /// How long a connection may stay open with no request under way.
+    pub idle_timeout: Duration,
     pub http2_max_streams: u32,
     /// How long open connections may finish their requests after shutdown.
     pub drain_timeout: Duration,
@@ -110,6 +113,7 @@ impl ListenerSettings {
             max_connections: config.server.max_connections,
             handshake_timeout: config.server.handshake_timeout.0,
             header_timeout: config.server.header_timeout.0,
+            idle_timeout: config.server.idle_timeout.0,
             http2_max_streams: config.server.http2_max_streams,
             drain_timeout: config.server.body_timeout.0 + Duration::from_secs(5),
         }
@@ -175,7 +179,7 @@ pub async fn serve(
                     tokio::select! {
                         done = handshake => match done {
                             Ok(Ok(tls)) => {
-                                serve_connection(tls, peer, ingress, &builder, watcher).await
+                                serve_connection(tls, peer, ingress, &builder, watcher, settings.idle_timeout).await
                             }
                             Ok(Err(err)) => {
                                 tracing::debug!(%peer, error = %err, "TLS handshake failed")
@@ -188,7 +192,17 @@ pub async fn serve(
                         }
                     }
                 }
-                None => serve_connection(stream, peer, ingress, &builder, watcher).await,
+                None => {
+                    serve_connection(
+                        stream,
+                        peer,
+                        ingress,
+                        &builder,
+                        watcher,
+                        settings.idle_timeout,
+                    )
+                    .await
+                }
             }
         });
     }
@@ -208,17 +222,88 @@ async fn serve_connection<IO>(
     ingress: Arc<Ingress>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
+    idle_timeout: Duration,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = Arc::new(Activity::new());
+    let seen = activity.clone();
     let service = service_fn(move |request| {
-        let ingress = ingress.clone();
-        async move { Ok::<_, std::convert::Infallible>(handler::handle(&ingress, peer, request).await) }
+        let (ingress, seen) = (ingress.clone(), seen.clone());
+        async move {
+            let _under_way = seen.request_started();
+            Ok::<_, std::convert::Infallible>(handler::handle(&ingress, peer, request).await)
+        }
     });
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
-    if let Err(err) = watcher.watch(connection).await {
-        tracing::debug!(%peer, error = %err, "connection ended with an error");
+    tokio::select! {
+        result = watcher.watch(connection) => {
+            if let Err(err) = result {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+        }
+        // Dropping the connection closes it: nothing is under way on it.
+        () = activity.idle_for(idle_timeout) => {
+            tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}");
+        }
+    }
+}
+
+/// Whether a connection has a request under way, and since when it has
+/// had none: a client that connects and sends nothing, or keeps an idle
+/// connection, must not hold one of the `max_connections` slots forever.
+struct Activity {
+    in_flight: AtomicUsize,
+    last_end: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_end: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Marks a request under way until the guard is dropped.
+    fn request_started(self: &Arc<Self>) -> RequestUnderWay {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        RequestUnderWay(self.clone())
+    }
+
+    fn last_end(&self) -> tokio::time::Instant {
+        *self
+            .last_end
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Resolves once no request has been under way for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            tokio::time::sleep_until(self.last_end() + timeout).await;
+            if self.in_flight.load(Ordering::Acquire) == 0 && self.last_end().elapsed() >= timeout {
+                return;
+            }
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                // Look again once it could have become idle.
+                tokio::time::sleep(timeout).await;
+            }
+        }
+    }
+}
+
+struct RequestUnderWay(Arc<Activity>);
+
+impl Drop for RequestUnderWay {
+    fn drop(&mut self) {
+        *self
+            .0
+            .last_end
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -46,6 +46,7 @@ self_signed = true
 max_body = "64KiB"
 header_timeout = "1s"
 handshake_timeout = "1s"
+idle_timeout = "1s"
 body_timeout = "2s"
 
 [spool]

@@ -412,6 +412,71 @@ async fn stalled_handshakes_and_slow_headers_are_cut_off() {
 }
 
 #[tokio::test]
+async fn idle_connections_are_closed_and_a_request_under_way_is_not() {
+    use tokio::io::AsyncWriteExt;
+    let relay = TestRelay::start("").await;
+    let addr = relay.relay().ingress_addr;
+    let pem = std::fs::read(relay.dir.path().join("tls/self-signed.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let connect = |alpn: &'static [u8]| {
+        let mut tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await.expect("TLS handshake")
+        }
+    };
+    // TLS done, then nothing: closed after idle_timeout (1 s), over either protocol.
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let silent = connect(alpn).await;
+        let waited = time_until_closed(silent).await;
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+    }
+    // A keep-alive connection after its request: closed once idle too.
+    let mut used = connect(b"http/1.1").await;
+    let body = tusfacturas("h-idle", "emitido", 1);
+    let request = format!(
+        "POST /hooks/tusfacturas/{TUS_TOKEN} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    used.write_all(request.as_bytes()).await.unwrap();
+    let waited = time_until_closed(used).await;
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    // A body that takes longer than idle_timeout (but less than
+    // body_timeout) is a request under way: it gets its answer.
+    let mut slow = connect(b"http/1.1").await;
+    let body = tusfacturas("h-slow-body", "emitido", 1);
+    let (head, tail) = body.split_at(10);
+    slow.write_all(
+        format!(
+            "POST /hooks/tusfacturas/{TUS_TOKEN} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{head}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    slow.write_all(tail.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut slow, &mut answer)
+        .await
+        .expect("an answer, not a closed connection");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn connections_past_max_connections_wait_for_a_free_slot() {
     let relay = TestRelay::start_edited(|base| {
         base.replace(
