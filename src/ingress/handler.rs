@@ -24,6 +24,10 @@ pub enum IngressError {
     NotFound,
     #[error("only POST is accepted")]
     MethodNotAllowed,
+    #[error("an HTTP/1.1 request needs a Host header")]
+    NoHost,
+    #[error("transfer coding {0:?} is not supported; send the body plain or chunked")]
+    UnsupportedTransferCoding(String),
     #[error(transparent)]
     Auth(#[from] super::AuthFailure),
     #[error("too many requests; retry in {} s", retry_after_secs(*.0))]
@@ -48,6 +52,8 @@ impl IngressError {
         match self {
             IngressError::NotFound => StatusCode::NOT_FOUND,
             IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            IngressError::NoHost => StatusCode::BAD_REQUEST,
+            IngressError::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             IngressError::Auth(failure) => failure.status(),
             IngressError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             IngressError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -63,6 +69,8 @@ impl IngressError {
         match self {
             IngressError::NotFound => "not_found",
             IngressError::MethodNotAllowed => "method_not_allowed",
+            IngressError::NoHost => "no_host",
+            IngressError::UnsupportedTransferCoding(_) => "unsupported_transfer_coding",
             IngressError::Auth(super::AuthFailure::AddressNotAllowed) => "forbidden",
             IngressError::Auth(_) => "unauthorized",
             IngressError::RateLimited(_) => "rate_limited",
@@ -172,6 +180,26 @@ fn loggable_path(path: &str) -> String {
     }
 }
 
+/// What hyper lets through but HTTP says no to: an HTTP/1.1 request with no
+/// `Host` (RFC 9112 §3.2: 400), and a transfer coding other than chunked,
+/// whose body hyper would otherwise read as if it were plain (RFC 9112
+/// §6.1: 501).
+fn check_framing<B>(request: &Request<B>) -> Result<(), IngressError> {
+    if request.version() == http::Version::HTTP_11 && !request.headers().contains_key(header::HOST)
+    {
+        return Err(IngressError::NoHost);
+    }
+    for value in request.headers().get_all(header::TRANSFER_ENCODING) {
+        let text = value.to_str().unwrap_or("?");
+        for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err(IngressError::UnsupportedTransferCoding(coding.to_owned()));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `/hooks/{source}` or `/hooks/{source}/{token}`.
 fn route(path: &str) -> Option<(&str, Option<&str>)> {
     let rest = path.strip_prefix("/hooks/")?;
@@ -189,6 +217,7 @@ async fn accept(
     peer: IpAddr,
     request: Request<IncomingBody>,
 ) -> Result<Response<Full<Bytes>>, IngressError> {
+    check_framing(&request)?;
     let (source_name, token) = route(request.uri().path()).ok_or(IngressError::NotFound)?;
     let source = ingress
         .sources
@@ -321,6 +350,36 @@ mod tests {
         assert_eq!(loggable_path("/hooks/tus/"), "/hooks/tus/***");
         let long = format!("/{}", "é".repeat(100));
         assert_eq!(loggable_path(&long).chars().count(), 64 + 3);
+    }
+
+    #[test]
+    fn framing_hyper_lets_through_is_refused() {
+        let request = |version, headers: &[(&str, &str)]| {
+            let mut builder = Request::builder()
+                .method("POST")
+                .uri("/hooks/tus")
+                .version(version);
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            builder.body(()).unwrap()
+        };
+        let http11 = http::Version::HTTP_11;
+        assert!(matches!(
+            check_framing(&request(http11, &[])),
+            Err(IngressError::NoHost)
+        ));
+        assert!(check_framing(&request(http::Version::HTTP_10, &[])).is_ok());
+        assert!(check_framing(&request(http::Version::HTTP_2, &[])).is_ok());
+        let host = ("host", "relay.example");
+        assert!(check_framing(&request(http11, &[host])).is_ok());
+        assert!(check_framing(&request(http11, &[host, ("transfer-encoding", "chunked")])).is_ok());
+        let gzip = check_framing(&request(
+            http11,
+            &[host, ("transfer-encoding", "gzip, chunked")],
+        ));
+        assert!(matches!(&gzip, Err(IngressError::UnsupportedTransferCoding(c)) if c == "gzip"));
+        assert_eq!(gzip.unwrap_err().status(), StatusCode::NOT_IMPLEMENTED);
     }
 
     #[test]

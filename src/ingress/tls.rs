@@ -89,7 +89,9 @@ pub fn server_config(cert: Arc<ReloadableCert>) -> Result<Arc<rustls::ServerConf
         .map_err(|e| TlsError::Setup(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(cert);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `http/1.0` too: a client that offers only it (curl --http1.0) would
+    // otherwise fail the handshake; it is served as HTTP/1.x.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(Arc::new(config))
 }
 

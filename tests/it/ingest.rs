@@ -411,28 +411,77 @@ async fn stalled_handshakes_and_slow_headers_are_cut_off() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn idle_connections_are_closed_and_a_request_under_way_is_not() {
-    use tokio::io::AsyncWriteExt;
-    let relay = TestRelay::start("").await;
-    let addr = relay.relay().ingress_addr;
+/// A raw TLS connection to the relay offering `alpn`.
+async fn tls_connect(
+    relay: &TestRelay,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let pem = std::fs::read(relay.dir.path().join("tls/self-signed.crt")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let connect = |alpn: &'static [u8]| {
-        let mut tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![alpn.to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            connector.connect(name, tcp).await.expect("TLS handshake")
-        }
-    };
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(relay.relay().ingress_addr)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.expect("TLS handshake")
+}
+
+/// Sends raw bytes on a new HTTP/1.x connection offering `alpn`; returns
+/// the status line of the answer.
+async fn raw_exchange(relay: &TestRelay, alpn: &[u8], request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tls_connect(relay, alpn).await;
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn http_framing_gets_the_status_http_asks_for() {
+    let relay = TestRelay::start("").await;
+    let body = tusfacturas("h-framing", "emitido", 1);
+    let path = format!("/hooks/tusfacturas/{TUS_TOKEN}");
+    let len = body.len();
+    // An HTTP/1.1 request without Host: 400.
+    let no_host =
+        format!("POST {path} HTTP/1.1\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}");
+    assert_eq!(
+        raw_exchange(&relay, b"http/1.1", &no_host).await,
+        "HTTP/1.1 400 Bad Request"
+    );
+    // A transfer coding other than chunked: 501, nothing stored.
+    let gzip = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n{len:x}\r\n{body}\r\n0\r\n\r\n"
+    );
+    assert_eq!(
+        raw_exchange(&relay, b"http/1.1", &gzip).await,
+        "HTTP/1.1 501 Not Implemented"
+    );
+    assert_eq!(relay.relay().spool.notifications().count(), 0);
+    // A client that offers only ALPN http/1.0 (curl --http1.0) is served.
+    let http10 = format!("POST {path} HTTP/1.0\r\nContent-Length: {len}\r\n\r\n{body}");
+    assert_eq!(
+        raw_exchange(&relay, b"http/1.0", &http10).await,
+        "HTTP/1.0 200 OK"
+    );
+    assert_eq!(relay.relay().spool.notifications().count(), 1);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_a_request_under_way_is_not() {
+    use tokio::io::AsyncWriteExt;
+    let relay = TestRelay::start("").await;
+    let connect = |alpn: &'static [u8]| tls_connect(&relay, alpn);
     // TLS done, then nothing: closed after idle_timeout (1 s), over either protocol.
     for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
         let silent = connect(alpn).await;
