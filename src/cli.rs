@@ -1,6 +1,10 @@
 //! The command line: `serve`, `check-config`, `spool dump`, `gen-secret`.
 //! Commands parse their arguments, load the config and call the library;
 //! a bad config exits with 64 (EX_USAGE) after naming file, line and key.
+//!
+//! A damaged spool is never served with holes: `serve` first walks it the
+//! way `spool check` does and refuses, with exit 65 (EX_DATAERR), a spool
+//! that sled cannot read in part or that lost acknowledged notifications.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,7 +23,7 @@ use crate::spool::{Routes, Spool, SpoolError};
 
 /// EX_USAGE: the configuration is wrong.
 pub const EXIT_CONFIG: u8 = 64;
-/// EX_DATAERR: the spool is damaged (`spool check`, `spool dump`).
+/// EX_DATAERR: the spool is damaged or lost acknowledged notifications.
 pub const EXIT_DAMAGED: u8 = 65;
 /// EX_TEMPFAIL: the spool is in use; try again when the relay is stopped.
 pub const EXIT_LOCKED: u8 = 75;
@@ -165,17 +169,19 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
+    let spool_error = err.downcast_ref::<SpoolError>().or_else(|| {
+        match err.downcast_ref::<crate::app::AppError>() {
+            Some(crate::app::AppError::Spool(spool)) => Some(spool),
+            _ => None,
+        }
+    });
     if err.downcast_ref::<crate::config::ConfigError>().is_some() {
         EXIT_CONFIG
-    } else if err.downcast_ref::<Damaged>().is_some() {
+    } else if err.downcast_ref::<Damaged>().is_some()
+        || matches!(spool_error, Some(SpoolError::Lost { .. }))
+    {
         EXIT_DAMAGED
-    } else if matches!(
-        err.downcast_ref::<SpoolError>(),
-        Some(SpoolError::Locked { .. })
-    ) || matches!(
-        err.downcast_ref::<crate::app::AppError>(),
-        Some(crate::app::AppError::Spool(SpoolError::Locked { .. }))
-    ) {
+    } else if matches!(spool_error, Some(SpoolError::Locked { .. })) {
         EXIT_LOCKED
     } else {
         1
@@ -195,6 +201,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Before anything starts: a SIGTERM that comes while the spool opens
         // or the listener binds must stop the relay cleanly, not kill it.
         let signals = Signals::install()?;
+        verify_spool(&config).await?;
         let relay = Relay::start(config).await?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let watchdog = tokio::spawn(watchdog(relay.spool.clone()));
@@ -273,10 +280,53 @@ async fn watchdog(spool: Spool) {
     }
 }
 
-/// What `spool check` or `spool dump` found unreadable (exit 65).
+/// What `spool check` or `spool dump` found unreadable, or a spool `serve`
+/// refuses (exit 65).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Damaged(String);
+
+/// How the spool check words a part of the spool sled cannot read at all,
+/// and a loss (the sled backend's `check` starts those problems so).
+const UNREADABLE: &str = "unreadable: ";
+const LOST: &str = "lost: ";
+
+/// Before serving, a walk over the whole spool, as `spool check` makes:
+/// a spool with parts sled cannot read is refused (serving it would answer
+/// from holes: duplicates not recognised, deliveries not found); repairs
+/// are logged; entries that are read but not understood are logged by name
+/// and skipped when met. A loss is left to the open that follows, which
+/// refuses it with its own advice.
+async fn verify_spool(config: &Config) -> anyhow::Result<()> {
+    let spool_config = config.spool.clone();
+    let report = tokio::task::spawn_blocking(move || Spool::check(&spool_config, false))
+        .await
+        .context("the spool check failed to run")??;
+    for repair in &report.repaired {
+        tracing::warn!(repair = %repair, "spool repaired on open");
+    }
+    let mut unreadable = Vec::new();
+    for problem in &report.problems {
+        if let Some(what) = problem.strip_prefix(UNREADABLE) {
+            tracing::error!(problem = %what, "part of the spool cannot be read");
+            unreadable.push(what);
+        } else if !problem.starts_with(LOST) {
+            tracing::error!(record = %problem, "unreadable record in the spool; skipped when met");
+        }
+    }
+    if unreadable.is_empty() {
+        return Ok(());
+    }
+    Err(Damaged(format!(
+        "spool {} is damaged, so it is not served: {}. Stop here: copy the spool directory \
+         for analysis, then restore it from a backup, or move it aside to start with an \
+         empty one (`webhook-relay spool dump` on it prints every notification it can \
+         still read and names what it cannot)",
+        config.spool.path.display(),
+        unreadable.join("; ")
+    ))
+    .into())
+}
 
 fn open_spool(config: &Config) -> anyhow::Result<Spool> {
     Ok(Spool::open(
@@ -337,7 +387,9 @@ fn dump(config: &Config, quarantine: bool, deliveries: bool) -> anyhow::Result<(
     close(spool)?;
     if unreadable > 0 {
         return Err(Damaged(format!(
-            "{unreadable} records could not be read; `webhook-relay spool check` tells more"
+            "{unreadable} records (or ranges of records) of {} could not be read, each named \
+             above; `webhook-relay spool check` tells more",
+            config.spool.path.display()
         ))
         .into());
     }
@@ -370,7 +422,13 @@ fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
     for repair in &report.repaired {
         println!("repaired: {repair}");
     }
-    for (subscription, waiting) in &report.orphans {
+    // The check counts every subscription's backlog; only those of
+    // subscriptions no longer configured are orphans.
+    let orphans = report
+        .orphans
+        .iter()
+        .filter(|(name, _)| !config.subscriptions.iter().any(|s| &s.name == *name));
+    for (subscription, waiting) in orphans {
         println!("orphans: {waiting} deliveries wait for subscription {subscription:?}, which is not configured");
     }
     for problem in &report.problems {
@@ -380,7 +438,12 @@ fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
         println!("ok");
         Ok(())
     } else {
-        Err(Damaged(format!("{} problems found", report.problems.len())).into())
+        Err(Damaged(format!(
+            "{} problems found in spool {}",
+            report.problems.len(),
+            config.spool.path.display()
+        ))
+        .into())
     }
 }
 

@@ -16,11 +16,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write as _;
+use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ::sled::{Batch, Db, Tree};
+use ::sled::{Batch, Db, IVec, Tree};
 
 use super::{db_file, decode_delivery, keys, storage, Store, TREE};
 use crate::clock::format_ms;
@@ -34,6 +35,8 @@ const V1_TREES: [&str; 5] = ["notifications", "dedup", "deliveries", "due", "qua
 /// What sled 0.34 writes to `conf` for the settings this spool uses.
 const EXPECTED_CONF: &str = "segment_size: 524288\nuse_compression: false\nversion: 0.34\n";
 const ACKNOWLEDGED_FILE: &str = "acknowledged";
+/// Where a repair keeps the files as they were: `damaged-1`, `damaged-2`, ...
+const DAMAGED_DIR: &str = "damaged-";
 /// How long `open` waits for a lock that is being let go: sled releases its
 /// file from background threads a moment after the last handle is dropped,
 /// so a spool closed and reopened in one process can find it still held.
@@ -54,14 +57,25 @@ pub struct Opened {
 
 pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError> {
     let (store, repaired) = open_store(config)?;
-    let newest = newest_notification(&store.tree)?;
+    // A read that fails here is damage sled met past its first reads.
+    let unreadable = |err: SpoolError| match err {
+        SpoolError::Storage(detail) => SpoolError::Open {
+            path: config.path.clone(),
+            detail: damaged_advice(&format!("sled cannot read it: {detail}")),
+        },
+        other => other,
+    };
+    let newest = newest_notification(&store.tree).map_err(unreadable)?;
     let acknowledged = Acknowledged::read(&config.path, newest);
-    if let Some(missing) = acknowledged.missing(&store.tree)? {
+    if let Some(missing) = acknowledged.missing(&store.tree).map_err(unreadable)? {
+        // A repair made on this open (a snapshot rebuilt from the log) tells
+        // where the files as they were are kept.
+        let repairs: String = repaired.iter().map(|r| format!(" On open: {r}.")).collect();
         return Err(SpoolError::Lost {
             path: config.path.clone(),
             detail: format!(
                 "{missing}. sled's log was probably truncated or damaged (its files \
-                 were changed while the relay was stopped, or the disk lost writes). \
+                 were changed while the relay was stopped, or the disk lost writes).{repairs} \
                  Restore the spool from a backup; or run `webhook-relay spool check \
                  --accept-loss` to see what is intact and start with it"
             ),
@@ -78,7 +92,7 @@ pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError>
         }
     }
     store.db.flush().map_err(storage)?;
-    let orphans = super::orphans::count(&store.tree, routes)?;
+    let orphans = super::orphans::count(&store.tree, routes).map_err(unreadable)?;
     for (name, waiting) in &orphans {
         tracing::warn!(
             subscription = %name, waiting,
@@ -93,7 +107,7 @@ pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError>
         .scan_prefix([keys::QUARANTINE])
         .next_back()
         .transpose()
-        .map_err(storage)?
+        .map_err(|e| unreadable(storage(e)))?
         .and_then(|(key, _)| keys::id_of(&key));
     Ok(Opened {
         store,
@@ -106,53 +120,99 @@ pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError>
 }
 
 /// The lock, sled itself (with repairs), the format (with the upgrade).
+///
+/// A snapshot sled cannot use (its checksum, or a log shorter than it says,
+/// as after a truncation) fails sled's open or its first reads: then the
+/// files are copied aside (sled's rebuild rewrites the log where it finds a
+/// tear, so the copy is the evidence) and sled rebuilds from the log alone.
+/// What the rebuild could not recover shows in the acknowledged mark.
 fn open_store(config: &SpoolConfig) -> Result<(Store, Vec<String>), SpoolError> {
+    open_store_or_damage(config).map_err(|refused| match refused {
+        Refused::Damaged(detail) => SpoolError::Open {
+            path: config.path.clone(),
+            detail: damaged_advice(&detail),
+        },
+        Refused::Other(err) => err,
+    })
+}
+
+/// Why a spool could not be opened.
+enum Refused {
+    /// Its files are damaged: what sled made of them.
+    Damaged(String),
+    Other(SpoolError),
+}
+
+impl From<SpoolError> for Refused {
+    fn from(error: SpoolError) -> Refused {
+        Refused::Other(error)
+    }
+}
+
+fn open_store_or_damage(config: &SpoolConfig) -> Result<(Store, Vec<String>), Refused> {
     let path = &config.path;
     check_not_locked(path)?;
     let mut repaired = Vec::new();
     repair_conf(path, &mut repaired)?;
-    let db = open_db(config, &mut repaired)?;
-    let fail = |detail: String| SpoolError::Open {
-        path: path.clone(),
-        detail,
-    };
-    let guarded = catch_unwind(AssertUnwindSafe(|| -> Result<Tree, SpoolError> {
-        let meta = db.open_tree("meta").map_err(storage)?;
-        let tree = db.open_tree(TREE).map_err(storage)?;
-        match meta.get("format").map_err(storage)? {
-            None => {
-                meta.insert("format", FORMAT).map_err(storage)?;
-                db.flush().map_err(storage)?;
-            }
-            Some(v) if v.as_ref() == FORMAT => drop_v1_trees(&db)?,
-            Some(v) if v.as_ref() == FORMAT_V1 => {
-                migrate_v1(&db, &tree, &meta)?;
-            }
-            Some(v) => {
-                return Err(SpoolError::Open {
-                    path: path.clone(),
-                    detail: format!(
-                        "unsupported spool format {:?} (written by a newer relay?)",
-                        String::from_utf8_lossy(&v)
-                    ),
-                })
-            }
+    let refuse = |detail: &str, damage: bool| {
+        if damage {
+            Refused::Damaged(detail.to_owned())
+        } else {
+            Refused::Other(SpoolError::Open {
+                path: path.clone(),
+                detail: detail.to_owned(),
+            })
         }
-        Ok(tree)
-    }));
-    let tree = match guarded {
-        Ok(result) => result?,
-        Err(panic) => {
-            return Err(fail(format!(
-                "sled panicked reading it: {}",
-                panic_text(&panic)
-            )))
+    };
+    let (db, tree) = match open_checked(config) {
+        Ok(opened) => opened,
+        Err(first) => {
+            let snapshots = snapshot_files(path);
+            if !first.damage || snapshots.is_empty() {
+                return Err(refuse(&first.detail, first.damage));
+            }
+            // The failed attempt's handles are gone; sled lets go of its
+            // lock a moment later.
+            check_not_locked(path)?;
+            let kept = set_aside(path, &snapshots).map_err(|e| {
+                refuse(
+                    &format!(
+                        "{}; its snapshot could be rebuilt from the log, but the damaged \
+                         files cannot be copied aside first ({e})",
+                        first.detail
+                    ),
+                    true,
+                )
+            })?;
+            match open_checked(config) {
+                Ok(opened) => {
+                    repaired.push(format!(
+                        "sled could not use its snapshot ({}); it rebuilt it from the log \
+                         (the files as they were are kept in {})",
+                        first.detail,
+                        kept.display()
+                    ));
+                    opened
+                }
+                Err(second) => {
+                    return Err(refuse(
+                        &format!(
+                            "{}; rebuilt from the log without its snapshot: {} (the files \
+                             as they were are kept in {})",
+                            first.detail,
+                            second.detail,
+                            kept.display()
+                        ),
+                        true,
+                    ))
+                }
+            }
         }
     };
     let log = if config.sync_data {
         Some(
             File::open(db_file(path))
-                .map_err(|e| fail(format!("cannot open the log for fdatasync: {e}")))?,
+                .map_err(|e| refuse(&format!("cannot open the log for fdatasync: {e}"), false))?,
         )
     } else {
         None
@@ -160,71 +220,127 @@ fn open_store(config: &SpoolConfig) -> Result<(Store, Vec<String>), SpoolError> 
     Ok((Store { db, tree, log }, repaired))
 }
 
-/// sled's open, under `catch_unwind`; a damaged snapshot is moved aside and
-/// rebuilt from the log.
-fn open_db(config: &SpoolConfig, repaired: &mut Vec<String>) -> Result<Db, SpoolError> {
-    let path = &config.path;
-    let first = match try_open_db(config) {
-        Ok(db) => return Ok(db),
-        Err(err) => err,
-    };
-    let snapshots = snapshot_files(path);
-    if !first.damage || snapshots.is_empty() {
-        return Err(SpoolError::Open {
-            path: path.clone(),
-            detail: damaged_advice(&first.detail, first.damage),
-        });
-    }
-    let mut kept = Vec::new();
-    for snapshot in &snapshots {
-        let aside = snapshot.with_extension(format!(
-            "{}damaged",
-            snapshot
-                .extension()
-                .map(|e| format!("{}.", e.to_string_lossy()))
-                .unwrap_or_default()
-        ));
-        std::fs::rename(snapshot, &aside).map_err(|e| SpoolError::Open {
-            path: path.clone(),
-            detail: format!("{}; and cannot move its snapshot aside: {e}", first.detail),
-        })?;
-        kept.push(aside.display().to_string());
-    }
-    match try_open_db(config) {
-        Ok(db) => {
-            repaired.push(format!(
-                "sled could not read its snapshot ({}); it was rebuilt from the log (the damaged one is kept as {})",
-                first.detail,
-                kept.join(", ")
-            ));
-            Ok(db)
+/// sled's open and the first reads every use of the spool makes (the
+/// format, the upgrade, the newest entries), all under `catch_unwind`.
+fn open_checked(config: &SpoolConfig) -> Result<(Db, Tree), OpenFailure> {
+    let db = try_open_db(config)?;
+    let guarded = catch_unwind(AssertUnwindSafe(|| -> Result<Tree, OpenFailure> {
+        let meta = db.open_tree("meta").map_err(sled_failure)?;
+        let tree = db.open_tree(TREE).map_err(sled_failure)?;
+        match meta.get("format").map_err(sled_failure)? {
+            None => {
+                meta.insert("format", FORMAT).map_err(sled_failure)?;
+                db.flush().map_err(sled_failure)?;
+            }
+            Some(v) if v.as_ref() == FORMAT => drop_v1_trees(&db).map_err(spool_failure)?,
+            Some(v) if v.as_ref() == FORMAT_V1 => {
+                migrate_v1(&db, &tree, &meta).map_err(spool_failure)?;
+            }
+            Some(v) => {
+                return Err(OpenFailure {
+                    detail: format!(
+                        "unsupported spool format {:?} (written by a newer relay?)",
+                        String::from_utf8_lossy(&v)
+                    ),
+                    damage: false,
+                })
+            }
         }
-        Err(second) => Err(SpoolError::Open {
-            path: path.clone(),
-            detail: damaged_advice(
-                &format!("{}; without its snapshot: {}", first.detail, second.detail),
-                true,
-            ),
+        for prefix in [keys::NOTIFICATION, keys::QUARANTINE] {
+            tree.scan_prefix([prefix])
+                .next_back()
+                .transpose()
+                .map_err(sled_failure)?;
+        }
+        Ok(tree)
+    }));
+    match guarded {
+        Ok(result) => result.map(|tree| (db, tree)),
+        Err(panic) => Err(OpenFailure {
+            detail: format!("sled panicked reading it: {}", panic_text(&panic)),
+            damage: true,
         }),
     }
 }
 
-fn damaged_advice(detail: &str, damage: bool) -> String {
-    if damage {
-        format!(
-            "{detail}. The spool's files are damaged. Stop here: copy the spool directory \
-             for analysis, then restore it from a backup, or move it aside to start \
-             with an empty one (`webhook-relay spool check` tells what it can read)"
-        )
-    } else {
-        detail.to_owned()
+/// Copies the log (and blobs) into a new `damaged-N` directory of the spool
+/// and moves the snapshots there, where sled does not look for them (it
+/// reads any file whose name starts with `snap.`).
+fn set_aside(path: &Path, snapshots: &[PathBuf]) -> std::io::Result<PathBuf> {
+    let kept = (1..)
+        .map(|n| path.join(format!("{DAMAGED_DIR}{n}")))
+        .find(|dir| !dir.exists())
+        .unwrap_or_else(|| path.join(DAMAGED_DIR));
+    std::fs::create_dir_all(&kept)?;
+    std::fs::copy(db_file(path), kept.join("db"))?;
+    let blobs = path.join("blobs");
+    if let Ok(entries) = std::fs::read_dir(&blobs) {
+        std::fs::create_dir_all(kept.join("blobs"))?;
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::copy(entry.path(), kept.join("blobs").join(entry.file_name()))?;
+            }
+        }
     }
+    File::open(&kept)?.sync_all()?;
+    for snapshot in snapshots {
+        if let Some(name) = snapshot.file_name() {
+            std::fs::rename(snapshot, kept.join(name))?;
+        }
+    }
+    File::open(path)?.sync_all()?;
+    Ok(kept)
+}
+
+fn damaged_advice(detail: &str) -> String {
+    format!(
+        "{detail}. The spool's files are damaged. Stop here: copy the spool directory \
+         for analysis, then restore it from a backup, or move it aside to start \
+         with an empty one (`webhook-relay spool check` tells what it can read)"
+    )
 }
 
 struct OpenFailure {
     detail: String,
     /// The files look damaged (as opposed to, say, a permission problem).
     damage: bool,
+}
+
+fn sled_failure(err: ::sled::Error) -> OpenFailure {
+    OpenFailure {
+        damage: matches!(
+            err,
+            ::sled::Error::Corruption { .. } | ::sled::Error::ReportableBug(_)
+        ),
+        detail: sled_text(&err),
+    }
+}
+
+/// sled's error in words (its own says "Read corrupted data at file offset
+/// Some(Inline(96)) backtrace ()").
+fn sled_text(err: &::sled::Error) -> String {
+    match err {
+        ::sled::Error::Corruption { at: Some(at), .. } => {
+            format!(
+                "sled found corrupted data at offset {} of its log",
+                at.lid()
+            )
+        }
+        ::sled::Error::Corruption { at: None, .. } => {
+            "sled found corrupted data (its snapshot and its log disagree, or one is damaged)"
+                .into()
+        }
+        other => format!("sled: {other}"),
+    }
+}
+
+/// An error of the upgrade, where sled's own error was already turned into ours.
+fn spool_failure(err: SpoolError) -> OpenFailure {
+    OpenFailure {
+        damage: matches!(err, SpoolError::Corrupt(_)),
+        detail: err.to_string(),
+    }
 }
 
 fn try_open_db(config: &SpoolConfig) -> Result<Db, OpenFailure> {
@@ -235,13 +351,7 @@ fn try_open_db(config: &SpoolConfig) -> Result<Db, OpenFailure> {
         .flush_every_ms(None);
     match catch_unwind(AssertUnwindSafe(|| sled_config.open())) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(err)) => Err(OpenFailure {
-            damage: matches!(
-                err,
-                ::sled::Error::Corruption { .. } | ::sled::Error::ReportableBug(_)
-            ),
-            detail: format!("sled: {err}"),
-        }),
+        Ok(Err(err)) => Err(sled_failure(err)),
         Err(panic) => Err(OpenFailure {
             detail: format!("sled panicked opening it: {}", panic_text(&panic)),
             damage: true,
@@ -267,7 +377,7 @@ fn snapshot_files(path: &Path) -> Vec<PathBuf> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("snap.") && !n.ends_with("damaged"))
+                .is_some_and(|n| n.starts_with("snap."))
         })
         .collect()
 }
@@ -533,8 +643,232 @@ fn write_acknowledged(path: &Path, id: NotificationId) -> std::io::Result<()> {
 
 // === reading a spool of unknown health ===
 
+/// How `check` starts a problem that is a part of the spool sled cannot
+/// read at all (as opposed to one entry it reads but that makes no sense).
+const UNREADABLE: &str = "unreadable: ";
+/// How `check` starts the problem of a detected loss.
+const LOST: &str = "lost: ";
+
+/// The kinds of entries (key prefixes) of the spool's tree.
+const KINDS: [u8; 7] = [
+    keys::CURSOR,
+    keys::DEDUP,
+    keys::DELIVERY,
+    keys::NOTIFICATION,
+    keys::QUARANTINE,
+    keys::RETRY,
+    keys::DEDUP_EXPIRY,
+];
+
+/// One step of a [`Walk`].
+enum Step {
+    Entry(IVec, IVec),
+    /// sled cannot read the entries of the walk's `kind` (None: keys of no
+    /// kind) after `after` (or from the first) up to `resume` (or to the
+    /// last).
+    Gap {
+        kind: Option<u8>,
+        after: Option<IVec>,
+        resume: Option<IVec>,
+        error: String,
+    },
+}
+
+/// The entries of a key range in order, each read under `catch_unwind`.
+/// Where sled cannot read a part (a damaged page fails the same way however
+/// often it is asked), the walk reports a gap and goes on from the first
+/// entry after it that a walk back from the end of the range reaches.
+struct Walk {
+    tree: Tree,
+    /// The kind of entries walked; None for the keys between two kinds.
+    kind: Option<u8>,
+    start: Bound<IVec>,
+    end: Bound<IVec>,
+    iter: Option<::sled::Iter>,
+    /// Where the forward walk (re)starts.
+    from: Bound<IVec>,
+    last: Option<IVec>,
+    /// Where the last gap resumed: a walk that fails there again ends.
+    resumed_at: Option<IVec>,
+    done: bool,
+}
+
+impl Walk {
+    /// The entries under `prefix`.
+    fn prefix(tree: Tree, prefix: u8) -> Walk {
+        let end = match prefix.checked_add(1) {
+            Some(next) => Bound::Excluded(IVec::from(&[next])),
+            None => Bound::Unbounded,
+        };
+        Walk::new(
+            tree,
+            Some(prefix),
+            Bound::Included(IVec::from(&[prefix])),
+            end,
+        )
+    }
+
+    /// The whole tree, one kind of entry after the other: each kind is
+    /// walked on its own, so damage among one kind's entries does not hide
+    /// the others.
+    fn whole(tree: Tree) -> impl Iterator<Item = Step> {
+        let mut edges: Vec<u8> = KINDS
+            .iter()
+            .flat_map(|&p| [Some(p), p.checked_add(1)])
+            .flatten()
+            .collect();
+        edges.sort_unstable();
+        edges.dedup();
+        let ranges: Vec<(Option<u8>, Bound<IVec>, Bound<IVec>)> = (0..=edges.len())
+            .map(|i| {
+                let first = i.checked_sub(1).and_then(|j| edges.get(j)).copied();
+                let kind = first.filter(|f| KINDS.contains(f));
+                let start = first.map_or(Bound::Unbounded, |f| Bound::Included(IVec::from(&[f])));
+                let end = edges
+                    .get(i)
+                    .map_or(Bound::Unbounded, |&e| Bound::Excluded(IVec::from(&[e])));
+                (kind, start, end)
+            })
+            .collect();
+        ranges
+            .into_iter()
+            .flat_map(move |(kind, start, end)| Walk::new(tree.clone(), kind, start, end))
+    }
+
+    fn new(tree: Tree, kind: Option<u8>, start: Bound<IVec>, end: Bound<IVec>) -> Walk {
+        Walk {
+            tree,
+            kind,
+            from: start.clone(),
+            start,
+            end,
+            iter: None,
+            last: None,
+            resumed_at: None,
+            done: false,
+        }
+    }
+
+    fn gap(&mut self, error: String) -> Step {
+        self.iter = None;
+        let after = self.last.clone();
+        match self.first_of_readable_tail() {
+            Some(key) if self.resumed_at.as_ref() != Some(&key) => {
+                self.from = Bound::Included(key.clone());
+                self.resumed_at = Some(key.clone());
+                Step::Gap {
+                    kind: self.kind,
+                    after,
+                    resume: Some(key),
+                    error,
+                }
+            }
+            _ => {
+                self.done = true;
+                Step::Gap {
+                    kind: self.kind,
+                    after,
+                    resume: None,
+                    error,
+                }
+            }
+        }
+    }
+
+    /// Walking back from the end of the range to where sled fails (or to
+    /// the last entry read): the first key of what is readable there.
+    fn first_of_readable_tail(&self) -> Option<IVec> {
+        let lower = self
+            .last
+            .clone()
+            .map_or_else(|| self.start.clone(), Bound::Excluded);
+        let mut back = self.tree.range::<IVec, _>((lower, self.end.clone()));
+        let mut first = None;
+        while let Ok(Some(Ok((key, _)))) = catch_unwind(AssertUnwindSafe(|| back.next_back())) {
+            first = Some(key);
+        }
+        first
+    }
+}
+
+impl Iterator for Walk {
+    type Item = Step;
+
+    fn next(&mut self) -> Option<Step> {
+        if self.done {
+            return None;
+        }
+        let (tree, from, end) = (&self.tree, &self.from, &self.end);
+        let iter = self
+            .iter
+            .get_or_insert_with(|| tree.range::<IVec, _>((from.clone(), end.clone())));
+        match catch_unwind(AssertUnwindSafe(|| iter.next())) {
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Ok(Some(Ok((key, value)))) => {
+                self.last = Some(key.clone());
+                Some(Step::Entry(key, value))
+            }
+            Ok(Some(Err(err))) => Some(self.gap(sled_text(&err))),
+            Err(panic) => Some(self.gap(format!("sled panicked: {}", panic_text(&panic)))),
+        }
+    }
+}
+
+/// An entry's key in words: its kind, and its id or name where it has one.
+fn describe(key: &[u8]) -> String {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let id = keys::id_of(key).map(|id| id.to_string());
+    let described = match key.first().copied() {
+        Some(keys::NOTIFICATION) => id.map(|id| format!("notification {id}")),
+        Some(keys::QUARANTINE) => id.map(|id| format!("quarantined body {id}")),
+        Some(keys::DELIVERY) => id.map(|id| {
+            format!(
+                "delivery record of {id} for {:?}",
+                text(key.get(17..).unwrap_or_default())
+            )
+        }),
+        Some(keys::RETRY) => {
+            keys::split_retry(key).map(|(name, _, id)| format!("retry of {id} for {name:?}"))
+        }
+        Some(keys::DEDUP_EXPIRY) => {
+            keys::split_dedup_expiry(key).map(|(_, id)| format!("dedup expiry of {id}"))
+        }
+        Some(keys::DEDUP) => Some(format!("dedup entry {:?}", text(&key[1..]))),
+        Some(keys::CURSOR) => Some(format!("cursor of {:?}", text(&key[1..]))),
+        _ => None,
+    };
+    described.unwrap_or_else(|| format!("entry {key:?}"))
+}
+
+/// A gap in words: which entries, between which readable ones.
+fn gap_text(kind: Option<u8>, after: Option<&IVec>, resume: Option<&IVec>, error: &str) -> String {
+    let what = match kind {
+        Some(keys::CURSOR) => "cursors",
+        Some(keys::DEDUP) => "dedup entries",
+        Some(keys::DELIVERY) => "delivery records",
+        Some(keys::NOTIFICATION) => "notifications",
+        Some(keys::QUARANTINE) => "quarantined bodies",
+        Some(keys::RETRY) => "retries",
+        Some(keys::DEDUP_EXPIRY) => "dedup expiries",
+        _ => "entries",
+    };
+    let from = after.map_or_else(
+        || "from the first one".into(),
+        |k| format!("after {}", describe(k)),
+    );
+    let to = resume.map_or_else(
+        || "to the last one".into(),
+        |k| format!("up to {} (readable again from there)", describe(k)),
+    );
+    format!("sled cannot read the {what} {from} {to} ({error})")
+}
+
 /// The records under `prefix`, oldest first: a damaged one is an `Err`
-/// naming it, and the walk goes on; a read sled cannot get past ends it.
+/// naming it, a part sled cannot read is an `Err` naming the records
+/// around it, and the walk goes on past both.
 pub fn records_of<M>(
     store: std::sync::Arc<Store>,
     prefix: u8,
@@ -542,47 +876,54 @@ pub fn records_of<M>(
 where
     M: serde::Serialize + for<'de> serde::Deserialize<'de> + HasId,
 {
-    let mut iter = store.tree.scan_prefix([prefix]);
-    let mut ended = false;
-    std::iter::from_fn(move || {
-        if ended {
-            return None;
-        }
-        let next = catch_unwind(AssertUnwindSafe(|| iter.next()));
-        match next {
-            Ok(None) => None,
-            Ok(Some(Ok((key, value)))) => Some(Record::decode(&value).map_err(|err| {
-                let id = keys::id_of(&key).map_or_else(|| format!("{key:?}"), |id| id.to_string());
-                SpoolError::Corrupt(format!("record {id}: {err}"))
-            })),
-            Ok(Some(Err(err))) => {
-                ended = true;
-                Some(Err(SpoolError::Corrupt(format!(
-                    "sled cannot read further: {err}"
-                ))))
-            }
-            Err(panic) => {
-                ended = true;
-                Some(Err(SpoolError::Corrupt(format!(
-                    "sled panicked reading further: {}",
-                    panic_text(&panic)
-                ))))
-            }
+    Walk::prefix(store.tree.clone(), prefix).map(move |step| {
+        // Held for the walk: a reopen waits for readers to let go.
+        let _store = &store;
+        match step {
+            Step::Entry(key, value) => Record::decode(&value)
+                .map_err(|err| SpoolError::Corrupt(format!("{}: {err}", describe(&key)))),
+            Step::Gap {
+                kind,
+                after,
+                resume,
+                error,
+            } => Err(SpoolError::Corrupt(gap_text(
+                kind,
+                after.as_ref(),
+                resume.as_ref(),
+                &error,
+            ))),
         }
     })
 }
 
 /// Verifies a stopped spool, every entry; see [`crate::spool::Spool::check`].
+/// A spool sled cannot open for damage is a report with that problem, not
+/// an error. Problems of parts sled cannot read start with [`UNREADABLE`],
+/// a loss with [`LOST`]; others are entries read but not understood.
 pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, SpoolError> {
-    let (store, repaired) = open_store(config)?;
+    let (store, repaired) = match open_store_or_damage(config) {
+        Ok(opened) => opened,
+        Err(Refused::Damaged(detail)) => {
+            return Ok(CheckReport {
+                problems: vec![format!("{UNREADABLE}sled cannot open it: {detail}")],
+                ..CheckReport::default()
+            })
+        }
+        Err(Refused::Other(err)) => return Err(err),
+    };
     let mut report = CheckReport {
         repaired,
         ..CheckReport::default()
     };
-    let newest = newest_notification(&store.tree)?;
-    let mut acknowledged = Acknowledged::read(&config.path, newest);
-    if let Some(missing) = acknowledged.missing(&store.tree)? {
-        if accept_loss {
+    let looked = newest_notification(&store.tree).and_then(|newest| {
+        let acknowledged = Acknowledged::read(&config.path, newest);
+        let missing = acknowledged.missing(&store.tree)?;
+        Ok((acknowledged, newest, missing))
+    });
+    match looked {
+        Ok((_, _, None)) => {}
+        Ok((mut acknowledged, newest, Some(missing))) if accept_loss => {
             acknowledged.newest = newest;
             acknowledged.written = None;
             if newest.is_some() {
@@ -591,67 +932,84 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
                 let _ = std::fs::remove_file(config.path.join(ACKNOWLEDGED_FILE));
             }
             report.repaired.push(format!("loss accepted: {missing}"));
-        } else {
-            report.problems.push(format!("lost: {missing}"));
         }
-    }
-    let walked = catch_unwind(AssertUnwindSafe(|| walk_all(&store, &mut report)));
-    match walked {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => report
-            .problems
-            .push(format!("sled cannot read further: {err}")),
-        Err(panic) => report.problems.push(format!(
-            "sled panicked reading the spool: {}",
-            panic_text(&panic)
+        Ok((_, _, Some(missing))) => report.problems.push(format!("{LOST}{missing}")),
+        Err(err) => report.problems.push(format!(
+            "{UNREADABLE}cannot tell whether acknowledged notifications are missing: {err}"
         )),
     }
-    report.orphans = super::orphans::count(&store.tree, &Routes::default()).unwrap_or_default();
+    let walked = catch_unwind(AssertUnwindSafe(|| walk_all(&store, &mut report)));
+    if let Err(panic) = walked {
+        report.problems.push(format!(
+            "{UNREADABLE}sled panicked reading the spool: {}",
+            panic_text(&panic)
+        ));
+    }
+    report.orphans = catch_unwind(AssertUnwindSafe(|| {
+        super::orphans::count(&store.tree, &Routes::default())
+    }))
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_default();
     store.db.flush().map_err(storage)?;
     Ok(report)
 }
 
-fn walk_all(store: &Store, report: &mut CheckReport) -> Result<(), SpoolError> {
-    let exists = |id: NotificationId| -> Result<bool, SpoolError> {
-        Ok(store.get(&keys::notification(id))?.is_some())
-    };
-    for item in store.tree.iter() {
-        let (key, value) = item.map_err(storage)?;
-        let what = |kind: &str| match keys::id_of(&key) {
-            Some(id) => format!("{kind} {id}"),
-            None => format!("{kind} {key:?}"),
+/// Whether the notification is surely not there (a read that fails is
+/// reported by the walk that meets the same damage).
+fn surely_missing(store: &Store, id: NotificationId) -> bool {
+    catch_unwind(AssertUnwindSafe(|| store.get(&keys::notification(id))))
+        .is_ok_and(|got| matches!(got, Ok(None)))
+}
+
+fn walk_all(store: &Store, report: &mut CheckReport) {
+    for step in Walk::whole(store.tree.clone()) {
+        let (key, value) = match step {
+            Step::Entry(key, value) => (key, value),
+            // Keys of no kind: a page there also holds keys of a kind
+            // beside them (pages split at keys that exist), whose walk
+            // reports the same damage.
+            Step::Gap { kind: None, .. } => continue,
+            Step::Gap {
+                kind,
+                after,
+                resume,
+                error,
+            } => {
+                report.problems.push(format!(
+                    "{UNREADABLE}{}",
+                    gap_text(kind, after.as_ref(), resume.as_ref(), &error)
+                ));
+                continue;
+            }
         };
         match key.first().copied() {
             Some(keys::NOTIFICATION) => {
                 report.notifications += 1;
                 if let Err(err) = NotificationRecord::decode(&value) {
-                    report
-                        .problems
-                        .push(format!("{}: {err}", what("notification")));
+                    report.problems.push(format!("{}: {err}", describe(&key)));
                 }
             }
             Some(keys::QUARANTINE) => {
                 report.quarantined += 1;
                 if let Err(err) = crate::spool::QuarantineRecord::decode(&value) {
-                    report
-                        .problems
-                        .push(format!("{}: {err}", what("quarantined body")));
+                    report.problems.push(format!("{}: {err}", describe(&key)));
                 }
             }
             Some(keys::DELIVERY) => {
                 report.deliveries += 1;
                 match (keys::id_of(&key), decode_delivery(&value)) {
-                    (Some(id), Ok(_)) if !exists(id)? => report
+                    (Some(id), Ok(_)) if surely_missing(store, id) => report
                         .problems
                         .push(format!("delivery record of missing notification {id}")),
-                    (_, Err(err)) => report.problems.push(format!("{}: {err}", what("delivery"))),
+                    (_, Err(err)) => report.problems.push(format!("{}: {err}", describe(&key))),
                     _ => {}
                 }
             }
             Some(keys::RETRY) => {
                 report.retries += 1;
                 match keys::split_retry(&key) {
-                    Some((name, _, id)) if !exists(id)? => report
+                    Some((name, _, id)) if surely_missing(store, id) => report
                         .problems
                         .push(format!("retry of missing notification {id} for {name}")),
                     Some(_) => {}
@@ -680,5 +1038,4 @@ fn walk_all(store: &Store, report: &mut CheckReport) -> Result<(), SpoolError> {
             _ => report.problems.push(format!("unknown entry {key:?}")),
         }
     }
-    Ok(())
 }

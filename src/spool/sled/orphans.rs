@@ -29,7 +29,13 @@ pub fn count(tree: &Tree, routes: &Routes) -> Result<BTreeMap<String, u64>, Spoo
         if routes.contains(name) {
             continue;
         }
-        let mut waiting = tree.scan_prefix(keys::retry_prefix(name)).count() as u64;
+        // Not `count()`: a sled iterator that fails yields its error again
+        // on every call, so a count would never end.
+        let mut waiting = 0u64;
+        for item in tree.scan_prefix(keys::retry_prefix(name)) {
+            item.map_err(storage)?;
+            waiting += 1;
+        }
         for item in never_attempted(tree, name, &cursor).take(COUNT_EXAMINE) {
             item?;
             waiting += 1;
