@@ -191,11 +191,6 @@ impl Spool {
         self.backend.path()
     }
 
-    /// Replaces the subscriptions new notifications fan out to.
-    pub fn set_routes(&self, routes: Routes) {
-        self.backend.set_routes(routes)
-    }
-
     /// Stores a notification with one delivery per matching subscription,
     /// unless it is a duplicate. Returns once durable (a duplicate too,
     /// since its first copy may have been in the same group).

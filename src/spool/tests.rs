@@ -186,6 +186,65 @@ async fn a_lease_dropped_without_an_outcome_is_due_again_and_a_completed_one_is_
     assert_ne!(a, b);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_damaged_retry_is_skipped_once_and_blocks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    let now = clock.now_ms();
+    let a = store_new(&spool, "a", now).await;
+    let b = store_new(&spool, "b", now).await;
+    let leases = lease_now(&spool, "erp", 2).await;
+    for lease in &leases {
+        attempt(&spool, lease, Outcome::Timeout, now).await;
+    }
+    drop(leases);
+    spool.backend.damage_delivery(b, "erp");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    // The walk meets the damaged record after leasing `a`: `a` comes out,
+    // and nothing hangs on the lease it holds.
+    let retry = lease_now(&spool, "erp", 10).await;
+    assert_eq!(retry.iter().map(Lease::id).collect::<Vec<_>>(), [a]);
+    drop(retry);
+    let again = lease_now(&spool, "erp", 10).await;
+    assert_eq!(
+        again.iter().map(Lease::id).collect::<Vec<_>>(),
+        [a],
+        "a dropped lease is due again"
+    );
+    drop(again);
+    // With `a` held, the damaged one neither comes out nor makes the lease spin.
+    let held = lease_now(&spool, "erp", 10).await;
+    assert!(nothing_due(&spool, "erp", Duration::from_secs(60)).await);
+    drop(held);
+    let health = spool.health();
+    assert_eq!(
+        health.unreadable, 1,
+        "noted once, not at every walk: {health:?}"
+    );
+    assert!(health.unreadable_ids[0].contains(&b.to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_let_go_of_wakes_a_waiting_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    let a = store_new(&spool, "a", clock.now_ms()).await;
+    let held = lease_now(&spool, "erp", 1).await;
+    let waiting = {
+        let spool = spool.clone();
+        tokio::spawn(async move { spool.lease("erp", 1).await })
+    };
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!waiting.is_finished(), "nothing was due");
+    drop(held);
+    let leases = tokio::time::timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("the waiting lease heard of it")
+        .unwrap()
+        .unwrap();
+    assert_eq!(leases[0].id(), a);
+}
+
 #[tokio::test]
 async fn an_idle_lease_wakes_as_soon_as_a_store_is_durable() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,7 +27,7 @@ use crate::spool::{NotificationId, NotificationRecord, SpoolError};
 /// One subscription's walks and what it holds.
 #[derive(Debug, Default)]
 pub struct SubState {
-    /// The cursor was read from the store since it was (re)opened.
+    /// The cursor was read from the store since it was opened.
     loaded: bool,
     /// The first-attempt walk examines notification ids from here on.
     scan_from: u128,
@@ -37,6 +37,9 @@ pub struct SubState {
     retry_in_flight: HashSet<NotificationId>,
     /// The retry walk resumes after this `r` key.
     retry_after: Option<Vec<u8>>,
+    /// `r` entries that cannot be served (their notification or delivery
+    /// is unreadable or gone): skipped, so they neither block nor spin.
+    unusable: HashSet<Vec<u8>>,
 }
 
 impl SubState {
@@ -65,6 +68,10 @@ impl SubState {
             }
         }
     }
+
+    fn holds(&self, id: NotificationId) -> bool {
+        self.first_in_flight.contains(&id) || self.retry_in_flight.contains(&id)
+    }
 }
 
 /// A leased delivery (see [`crate::spool::Lease`]).
@@ -76,6 +83,8 @@ pub struct SledLease {
     /// The `r` entry that made it due; `None` for a first attempt.
     retry_key: Option<Vec<u8>>,
     state: Arc<Mutex<SubState>>,
+    /// To wake the subscription's lease when this one is let go of.
+    shared: Arc<Shared>,
     done: AtomicBool,
 }
 
@@ -109,8 +118,10 @@ impl SledLease {
 impl Drop for SledLease {
     fn drop(&mut self) {
         if !self.done.swap(true, Ordering::AcqRel) {
-            // Never recorded: it is due again.
+            // Never recorded: it is due again, and a lease waiting for work
+            // must hear of it.
             lock(&self.state).release(self.id, self.retry_key.is_none(), true);
+            self.shared.wake([self.subscription.as_str()]);
         }
     }
 }
@@ -122,44 +133,45 @@ pub enum Found {
     NothingUntil(Option<i64>),
 }
 
+/// One walk over one subscription's due work.
+struct Walk<'a> {
+    shared: &'a Arc<Shared>,
+    store: &'a Store,
+    name: &'a str,
+    handle: &'a Arc<Mutex<SubState>>,
+}
+
 /// Finds up to `max` due deliveries of `name` and leases them.
-pub fn walk(shared: &Shared, name: &str, max: usize, now: i64) -> Result<Found, SpoolError> {
+pub fn walk(shared: &Arc<Shared>, name: &str, max: usize, now: i64) -> Result<Found, SpoolError> {
     let store = shared.store()?;
-    let state_handle = shared.sub(name);
-    let mut state = lock(&state_handle);
+    let handle = shared.sub(name);
+    // Declared before the lock is taken, so that on an early return the
+    // leases are dropped (and take the lock to let go) after it is released.
+    let mut out = Vec::new();
+    let mut state = lock(&handle);
     if !state.loaded {
         state.scan_from = read_cursor(&store, name)?;
         state.loaded = true;
     }
-    let mut out = Vec::new();
-    walk_retries(
+    let walk = Walk {
         shared,
-        &store,
+        store: &store,
         name,
-        now,
-        max,
-        &mut state,
-        &state_handle,
-        &mut out,
-    )?;
-    let more_now = walk_first_attempts(
-        shared,
-        &store,
-        name,
-        max,
-        &mut state,
-        &state_handle,
-        &mut out,
-    )?;
+        handle: &handle,
+    };
+    walk.retries(now, max, &mut state, &mut out)?;
+    let more_now = walk.first_attempts(max, &mut state, &mut out)?;
     if !out.is_empty() {
+        drop(state);
         return Ok(Found::Leases(out));
     }
     if more_now {
         return Ok(Found::NothingUntil(Some(now)));
     }
-    Ok(Found::NothingUntil(earliest_retry(&store, name, |id| {
-        state.retry_in_flight.contains(&id)
-    })?))
+    let next = earliest_retry(&store, name, |key, id| {
+        state.retry_in_flight.contains(&id) || state.unusable.contains(key)
+    })?;
+    Ok(Found::NothingUntil(next))
 }
 
 fn read_cursor(store: &Store, name: &str) -> Result<u128, SpoolError> {
@@ -169,157 +181,200 @@ fn read_cursor(store: &Store, name: &str) -> Result<u128, SpoolError> {
         .map_or(0, |id| id.0 .0))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn walk_retries(
-    shared: &Shared,
-    store: &Store,
-    name: &str,
-    now: i64,
-    max: usize,
-    state: &mut SubState,
-    handle: &Arc<Mutex<SubState>>,
-    out: &mut Vec<SledLease>,
-) -> Result<(), SpoolError> {
-    let prefix = keys::retry_prefix(name);
-    let mut end = prefix.clone();
-    end.extend_from_slice(&now.max(0).saturating_add(1).to_be_bytes());
-    for from_start in [false, true] {
-        let start = match (&state.retry_after, from_start) {
-            (Some(after), false) => Bound::Excluded(after.clone()),
-            (None, false) => continue,
-            (_, true) => Bound::Included(prefix.clone()),
-        };
-        let before = out.len();
-        for item in store.tree.range((start, Bound::Excluded(end.clone()))) {
-            if out.len() >= max {
+impl Walk<'_> {
+    fn retries(
+        &self,
+        now: i64,
+        max: usize,
+        state: &mut SubState,
+        out: &mut Vec<SledLease>,
+    ) -> Result<(), SpoolError> {
+        let prefix = keys::retry_prefix(self.name);
+        let mut end = prefix.clone();
+        end.extend_from_slice(&now.max(0).saturating_add(1).to_be_bytes());
+        for from_start in [false, true] {
+            let start = match (&state.retry_after, from_start) {
+                (Some(after), false) => Bound::Excluded(after.clone()),
+                (None, false) => continue,
+                (_, true) => Bound::Included(prefix.clone()),
+            };
+            let before = out.len();
+            for item in self.store.tree.range((start, Bound::Excluded(end.clone()))) {
+                if out.len() >= max {
+                    break;
+                }
+                let (key, _) = item.map_err(storage)?;
+                if state.unusable.contains(key.as_ref()) {
+                    continue;
+                }
+                let Some((_, _, id)) = keys::split_retry(&key) else {
+                    self.unusable(state, &key, format!("retry entry {key:?}"));
+                    continue;
+                };
+                // Held as a retry, or as a first attempt whose failure was
+                // just recorded (its entry is visible before it is let go).
+                if state.holds(id) {
+                    continue;
+                }
+                let Some(notification) = self.notification(id)? else {
+                    self.unusable(
+                        state,
+                        &key,
+                        format!("retry of {id} for {}: no readable notification", self.name),
+                    );
+                    continue;
+                };
+                let delivery =
+                    match delivery_of(self.store, id, self.name, notification.meta.received_ms) {
+                        Ok((delivery, _)) => delivery,
+                        Err(SpoolError::Corrupt(err)) => {
+                            self.unusable(
+                                state,
+                                &key,
+                                format!("delivery of {id} to {}: {err}", self.name),
+                            );
+                            continue;
+                        }
+                        Err(err) => return Err(err),
+                    };
+                state.retry_after = Some(key.to_vec());
+                state.retry_in_flight.insert(id);
+                out.push(self.lease(id, delivery, notification, Some(key.to_vec())));
+            }
+            if out.len() > before || out.len() >= max {
                 break;
             }
-            let (key, _) = item.map_err(storage)?;
-            state.retry_after = Some(key.to_vec());
-            let Some((_, _, id)) = keys::split_retry(&key) else {
-                shared.note_unreadable(format!("retry entry {key:?}"));
-                continue;
-            };
-            if state.retry_in_flight.contains(&id) {
-                continue;
-            }
-            let Some(notification) = load_notification(shared, store, id)? else {
-                shared.note_unreadable(format!("retry of {id} for {name}: no notification"));
-                continue;
-            };
-            let (delivery, _) = delivery_of(store, id, name, notification.meta.received_ms)?;
-            state.retry_in_flight.insert(id);
-            out.push(SledLease {
-                id,
-                subscription: name.to_owned(),
-                delivery,
-                notification,
-                retry_key: Some(key.to_vec()),
-                state: handle.clone(),
-                done: AtomicBool::new(false),
-            });
         }
-        if out.len() > before || out.len() >= max {
-            break;
-        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Returns whether the walk stopped early with more to examine.
-fn walk_first_attempts(
-    shared: &Shared,
-    store: &Store,
-    name: &str,
-    max: usize,
-    state: &mut SubState,
-    handle: &Arc<Mutex<SubState>>,
-    out: &mut Vec<SledLease>,
-) -> Result<bool, SpoolError> {
-    let Some(durable) = *lock(&shared.durable) else {
-        return Ok(false);
-    };
-    if out.len() >= max || (state.scan_from > durable.0 .0 && state.redo_first.is_empty()) {
-        return Ok(false);
-    }
-    let recheck_upto = *lock(&shared.recheck_upto);
-    while out.len() < max {
-        let Some(id) = state.redo_first.pop_first() else {
-            break;
+    /// Returns whether the walk stopped early with more to examine.
+    fn first_attempts(
+        &self,
+        max: usize,
+        state: &mut SubState,
+        out: &mut Vec<SledLease>,
+    ) -> Result<bool, SpoolError> {
+        let Some(durable) = *lock(&self.shared.durable) else {
+            return Ok(false);
         };
-        if store.get(&keys::delivery(id, name))?.is_some() {
-            continue;
+        let recheck_upto = *lock(&self.shared.recheck_upto);
+        // Let go of earlier without an outcome: first in line. Removed from
+        // the set only once handled, so an error leaves it there.
+        while out.len() < max {
+            let Some(&id) = state.redo_first.first() else {
+                break;
+            };
+            let attempted = self.store.get(&keys::delivery(id, self.name))?.is_some();
+            let notification = if attempted {
+                None
+            } else {
+                self.notification(id)?
+            };
+            state.redo_first.remove(&id);
+            if let Some(notification) = notification {
+                state.first_in_flight.insert(id);
+                out.push(self.first_attempt(id, notification));
+            }
         }
-        if let Some(notification) = load_notification(shared, store, id)? {
-            state.first_in_flight.insert(id);
-            out.push(first_attempt(id, name, notification, handle));
+        if out.len() >= max || state.scan_from > durable.0 .0 {
+            return Ok(false);
         }
+        let start = keys::notification(NotificationId(ulid::Ulid(state.scan_from)));
+        let end = keys::notification(durable);
+        for (examined, item) in self.store.tree.range(start..=end).enumerate() {
+            if out.len() >= max || examined >= EXAMINE_PER_LEASE {
+                return Ok(true);
+            }
+            let (key, value) = item.map_err(storage)?;
+            let Some(id) = keys::id_of(&key) else {
+                continue;
+            };
+            // The cursor moves past an id only once it is decided here.
+            let lease = self.first_attempt_of(id, &value, recheck_upto, state)?;
+            state.scan_from = id.0 .0.saturating_add(1);
+            if let Some(notification) = lease {
+                state.first_in_flight.insert(id);
+                out.push(self.first_attempt(id, notification));
+            }
+        }
+        Ok(false)
     }
-    let start = keys::notification(NotificationId(ulid::Ulid(state.scan_from)));
-    let end = keys::notification(durable);
-    for (examined, item) in store.tree.range(start..=end).enumerate() {
-        if out.len() >= max || examined >= EXAMINE_PER_LEASE {
-            return Ok(true);
+
+    /// Whether notification `id` (its record `value`) is a first attempt for
+    /// this subscription to lease now.
+    fn first_attempt_of(
+        &self,
+        id: NotificationId,
+        value: &[u8],
+        recheck_upto: Option<NotificationId>,
+        state: &SubState,
+    ) -> Result<Option<NotificationRecord>, SpoolError> {
+        if state.holds(id) {
+            return Ok(None);
         }
-        let (key, value) = item.map_err(storage)?;
-        let Some(id) = keys::id_of(&key) else {
-            continue;
-        };
-        state.scan_from = id.0 .0.saturating_add(1);
-        if state.first_in_flight.contains(&id) || state.retry_in_flight.contains(&id) {
-            continue;
-        }
-        let notification: NotificationRecord = match Record::decode(&value) {
+        let notification: NotificationRecord = match Record::decode(value) {
             Ok(record) => record,
             Err(err) => {
-                shared.note_unreadable(format!("notification {id}: {err}"));
-                continue;
+                self.shared
+                    .note_unreadable(format!("notification {id}: {err}"));
+                return Ok(None);
             }
         };
-        if !notification.meta.subscriptions.iter().any(|s| s == name) {
-            continue;
-        }
-        if recheck_upto.is_some_and(|upto| id <= upto)
-            && store.get(&keys::delivery(id, name))?.is_some()
+        if !notification
+            .meta
+            .subscriptions
+            .iter()
+            .any(|s| s == self.name)
         {
-            continue; // attempted before a restart; its record decides
+            return Ok(None);
         }
-        state.first_in_flight.insert(id);
-        out.push(first_attempt(id, name, notification, handle));
+        let attempted_before_a_restart = recheck_upto.is_some_and(|upto| id <= upto)
+            && self.store.get(&keys::delivery(id, self.name))?.is_some();
+        Ok((!attempted_before_a_restart).then_some(notification))
     }
-    Ok(false)
-}
 
-fn first_attempt(
-    id: NotificationId,
-    name: &str,
-    notification: NotificationRecord,
-    handle: &Arc<Mutex<SubState>>,
-) -> SledLease {
-    SledLease {
-        id,
-        subscription: name.to_owned(),
-        delivery: Delivery::new(name, notification.meta.received_ms),
-        notification,
-        retry_key: None,
-        state: handle.clone(),
-        done: AtomicBool::new(false),
+    fn unusable(&self, state: &mut SubState, key: &[u8], what: String) {
+        if state.unusable.insert(key.to_vec()) {
+            self.shared.note_unreadable(what);
+        }
     }
-}
 
-fn load_notification(
-    shared: &Shared,
-    store: &Store,
-    id: NotificationId,
-) -> Result<Option<NotificationRecord>, SpoolError> {
-    let Some(bytes) = store.get(&keys::notification(id))? else {
-        return Ok(None);
-    };
-    match Record::decode(&bytes) {
-        Ok(record) => Ok(Some(record)),
-        Err(err) => {
-            shared.note_unreadable(format!("notification {id}: {err}"));
-            Ok(None)
+    fn notification(&self, id: NotificationId) -> Result<Option<NotificationRecord>, SpoolError> {
+        let Some(bytes) = self.store.get(&keys::notification(id))? else {
+            return Ok(None);
+        };
+        match Record::decode(&bytes) {
+            Ok(record) => Ok(Some(record)),
+            Err(err) => {
+                self.shared
+                    .note_unreadable(format!("notification {id}: {err}"));
+                Ok(None)
+            }
+        }
+    }
+
+    fn first_attempt(&self, id: NotificationId, notification: NotificationRecord) -> SledLease {
+        let delivery = Delivery::new(self.name, notification.meta.received_ms);
+        self.lease(id, delivery, notification, None)
+    }
+
+    fn lease(
+        &self,
+        id: NotificationId,
+        delivery: Delivery,
+        notification: NotificationRecord,
+        retry_key: Option<Vec<u8>>,
+    ) -> SledLease {
+        SledLease {
+            id,
+            subscription: self.name.to_owned(),
+            delivery,
+            notification,
+            retry_key,
+            state: self.handle.clone(),
+            shared: self.shared.clone(),
+            done: AtomicBool::new(false),
         }
     }
 }
@@ -328,12 +383,12 @@ fn load_notification(
 fn earliest_retry(
     store: &Store,
     name: &str,
-    skip: impl Fn(NotificationId) -> bool,
+    skip: impl Fn(&[u8], NotificationId) -> bool,
 ) -> Result<Option<i64>, SpoolError> {
     for item in store.tree.scan_prefix(keys::retry_prefix(name)) {
         let (key, _) = item.map_err(storage)?;
         match keys::split_retry(&key) {
-            Some((_, _, id)) if skip(id) => continue,
+            Some((_, _, id)) if skip(&key, id) => continue,
             Some((_, at, _)) => return Ok(Some(at)),
             None => continue,
         }
@@ -346,7 +401,7 @@ fn earliest_retry(
 /// reach of the cursor).
 pub fn next_due_ms(shared: &Shared, name: &str) -> Result<Option<i64>, SpoolError> {
     let store = shared.store()?;
-    let retry = earliest_retry(&store, name, |_| false)?;
+    let retry = earliest_retry(&store, name, |_, _| false)?;
     let cursor = {
         let handle = shared.sub(name);
         let state = lock(&handle);

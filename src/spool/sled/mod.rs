@@ -179,10 +179,6 @@ impl SledSpool {
         &self.shared.config.path
     }
 
-    pub fn set_routes(&self, routes: Routes) {
-        self.shared.routes.store(Arc::new(routes));
-    }
-
     async fn write(&self, change: Change, durable: bool) -> Result<Applied, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.writer
@@ -471,6 +467,19 @@ impl SledSpool {
 
     pub fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
         lease::next_due_ms(&self.shared, subscription)
+    }
+
+    /// Tests: damage a delivery record in place.
+    #[cfg(test)]
+    pub fn damage_delivery(&self, id: NotificationId, subscription: &str) {
+        let store = self.shared.store().unwrap();
+        store
+            .tree
+            .insert(
+                keys::delivery(id, subscription),
+                b"\x09not a delivery".as_slice(),
+            )
+            .unwrap();
     }
 
     /// Tests: move the durable watermark back, as if the newer stores were

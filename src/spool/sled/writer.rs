@@ -218,7 +218,9 @@ impl Writer {
                     }),
                     Op::Probe { alive } => probes.push(alive),
                     Op::Maintain { now_ms, reply } => {
-                        self.now_ms = self.now_ms.max(now_ms);
+                        // The latest tick, not the highest: a clock stepped
+                        // back must not leave retention running ahead.
+                        self.now_ms = now_ms;
                         maintains.push(reply);
                     }
                     Op::Close { done } => {
