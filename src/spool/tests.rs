@@ -795,9 +795,12 @@ mod interleavings {
                 Op::DropLease(_) => {}
                 Op::Replay(key, sub) => {
                     if let Some((id, _)) = dedup.get(&key) {
-                        let _ = spool.replay(*id, sub, clock.now_ms()).await;
-                        if let Some(subs) = delivered.get_mut(id) {
-                            subs.remove(sub);
+                        // Removed by retention already: NotFound, nothing changes.
+                        let replayed = spool.replay(*id, sub, clock.now_ms()).await;
+                        if matches!(replayed, Ok(true)) {
+                            if let Some(subs) = delivered.get_mut(id) {
+                                subs.remove(sub);
+                            }
                         }
                     }
                 }
