@@ -73,14 +73,33 @@ pub async fn closed_loop(
     max: u64,
     body: impl Fn(u64) -> String + Send + Sync + 'static,
 ) -> Stats {
+    let acked = Arc::new(AtomicU64::new(0));
+    closed_loop_counted(client, url, connections, (duration, max), body, acked).await
+}
+
+/// [`closed_loop`], adding each success to `acked` as it comes, so that
+/// another task can watch the run's progress.
+pub async fn closed_loop_counted(
+    client: &reqwest::Client,
+    url: &str,
+    connections: usize,
+    (duration, max): (Duration, u64),
+    body: impl Fn(u64) -> String + Send + Sync + 'static,
+    acked: Arc<AtomicU64>,
+) -> Stats {
     let body = Arc::new(body);
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + duration;
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
-            let (client, url, body, issued) =
-                (client.clone(), url.to_owned(), body.clone(), issued.clone());
+            let (client, url, body, issued, acked) = (
+                client.clone(),
+                url.to_owned(),
+                body.clone(),
+                issued.clone(),
+                acked.clone(),
+            );
             tokio::spawn(async move {
                 let mut stats = Stats::default();
                 while Instant::now() < deadline {
@@ -92,6 +111,7 @@ pub async fn closed_loop(
                     match post(&client, &url, body(n)).await {
                         true => {
                             stats.ok += 1;
+                            acked.fetch_add(1, Ordering::Relaxed);
                             stats.latencies_us.push(sent.elapsed().as_micros() as u64);
                         }
                         false => stats.failed += 1,

@@ -7,19 +7,30 @@
 //!   also the relay without fdatasync, to show what the sync costs.
 //! - forward:  deliveries per second to a local target from a ready backlog,
 //!   and end-to-end latency (provider POST → target receipt) at a fixed rate.
-//! - backlog:  the relay's RSS while a million deliveries wait in the spool.
+//! - steady:   ingest and forwarding at once: a closed-loop load on the
+//!   relay with one subscription to a local target; notifications/s
+//!   acknowledged, deliveries/s received, the backlog left, CPU per
+//!   notification end to end. `--soak` runs it longer with a short
+//!   retention and prints the spool's size on disk as it goes.
+//! - backlog:  the relay's RSS while a million deliveries wait in the spool,
+//!   and its start to ready on that spool.
+//!
+//! Beside the rates it prints the relay's CPU time (user + system, from
+//! /proc/<pid>/stat) per notification and per delivery.
 
 mod load;
 mod servers;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::time::Instant;
 
 use load::Stats;
-use servers::{ChildServer, Target};
+use servers::{cpu_per, ChildServer, Target};
 
 const TOKEN: &str = "bench-token-0123456789";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -33,9 +44,10 @@ struct Args {
     /// runs once per count given (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [32, 64, 256], global = true)]
     connections: Vec<usize>,
-    /// Seconds each closed-loop measurement runs.
-    #[arg(long, default_value_t = 3, global = true)]
-    seconds: u64,
+    /// Seconds each closed-loop measurement runs [default: 3; steady
+    /// --soak: 300].
+    #[arg(long, global = true)]
+    seconds: Option<u64>,
     /// Ingest: rounds of (bare, relay, relay without fdatasync), one after
     /// the other, so that a slow or fast spell of this shared machine falls
     /// on both sides of a ratio; the median ratio is reported.
@@ -50,6 +62,13 @@ enum Scenario {
         /// Notifications in the ready backlog.
         #[arg(long, default_value_t = 20_000)]
         backlog: u64,
+    },
+    Steady {
+        /// Run longer (300 s unless --seconds) with `retention = "2s"` and
+        /// `dedup_window = "1s"`, printing the spool's size on disk every
+        /// 10 s.
+        #[arg(long)]
+        soak: bool,
     },
     Backlog {
         /// Notifications to spool; each fans out to 10 subscriptions.
@@ -79,11 +98,13 @@ fn main() {
             Scenario::BareServer { cert, key } => servers::run_bare_server(cert.zip(key)).await,
             Scenario::Ingest => ingest(&args_settings(&args)).await,
             Scenario::Forward { backlog } => forward(&args_settings(&args), backlog).await,
+            Scenario::Steady { soak } => steady(&args_settings(&args), soak).await,
             Scenario::Backlog { notifications } => backlog(notifications).await,
             Scenario::All => {
                 let settings = args_settings(&args);
                 ingest(&settings).await;
                 forward(&settings, 20_000).await;
+                steady(&settings, false).await;
                 backlog(100_000).await;
             }
         }
@@ -95,6 +116,8 @@ struct Settings {
     /// Connection counts to measure ingest at; the others use the first.
     connections: Vec<usize>,
     duration: Duration,
+    /// `--seconds` when it was given.
+    seconds: Option<u64>,
     rounds: usize,
 }
 
@@ -111,7 +134,8 @@ fn args_settings(args: &Args) -> Settings {
     }
     Settings {
         connections,
-        duration: Duration::from_secs(args.seconds.max(1)),
+        duration: Duration::from_secs(args.seconds.unwrap_or(3).max(1)),
+        seconds: args.seconds,
         rounds: args.rounds.max(1),
     }
 }
@@ -133,6 +157,17 @@ impl Workspace {
     }
 
     fn config(&self, name: &str, sync_data: bool, subscriptions: &str) -> PathBuf {
+        self.config_with(name, sync_data, ("", ""), subscriptions)
+    }
+
+    /// A config with extra lines in its `[spool]` and `[forwarder]` sections.
+    fn config_with(
+        &self,
+        name: &str,
+        sync_data: bool,
+        (spool_extra, forwarder_extra): (&str, &str),
+        subscriptions: &str,
+    ) -> PathBuf {
         let spool = self.dir.path().join(name);
         let text = format!(
             r#"
@@ -148,9 +183,10 @@ header_timeout = "300s"
 [spool]
 path = "{spool}"
 sync_data = {sync_data}
-
+{spool_extra}
 [forwarder]
 max_in_flight = 1024
+{forwarder_extra}
 
 [sources.tusfacturas]
 provider = "tusfacturas"
@@ -264,6 +300,8 @@ struct Contender {
     stored: u64,
     /// One measurement per round.
     runs: Vec<Stats>,
+    /// Its CPU time (user + system) during each round's measurement, µs.
+    cpu_us: Vec<Option<u64>>,
 }
 
 impl Contender {
@@ -285,6 +323,7 @@ impl Contender {
             spool,
             stored,
             runs: Vec::new(),
+            cpu_us: Vec::new(),
         }
     }
 }
@@ -325,6 +364,7 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
         for turn in 0..count {
             let contender = &mut contenders[(round + turn) % count];
             let prefix = format!("{}{round}", contender.prefix);
+            let cpu_before = contender.server.cpu_us();
             let stats = measure(
                 &contender.client,
                 &contender.url,
@@ -333,6 +373,10 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
                 prefix,
             )
             .await;
+            let cpu_after = contender.server.cpu_us();
+            contender
+                .cpu_us
+                .push(cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)));
             contender.stored += stats.ok;
             contender.runs.push(stats);
         }
@@ -361,6 +405,9 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
         });
         print_row(contender.name, &Stats::pooled(&contender.runs), ratio);
     }
+    for contender in &contenders {
+        print_cpu_row(contender);
+    }
     for contender in contenders {
         let (_, peak) = contender.server.rss_mib();
         contender.server.stop().await;
@@ -372,6 +419,30 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
             );
         }
     }
+}
+
+/// A contender's CPU time per request answered 200, pooled over the rounds,
+/// and how many of the 2 cores it kept busy while measured.
+fn print_cpu_row(contender: &Contender) {
+    let label = match contender.spool {
+        Some(_) => "relay CPU µs per notification",
+        None => "bare server CPU µs per request",
+    };
+    let cpu: Option<u64> = contender.cpu_us.iter().copied().sum();
+    let pooled = Stats::pooled(&contender.runs);
+    let per = cpu_per(Some(0), cpu, pooled.ok);
+    let cores = cpu.map_or(f64::NAN, |us| us as f64 / 1e6) / pooled.elapsed.as_secs_f64();
+    let rounds: Vec<String> = contender
+        .cpu_us
+        .iter()
+        .zip(&contender.runs)
+        .map(|(cpu, run)| format!("{:.1}", cpu_per(Some(0), *cpu, run.ok)))
+        .collect();
+    println!(
+        "{:<34} {label}: {per:.1} (rounds {}), {cores:.2} cores busy while measured",
+        contender.name,
+        rounds.join(", ")
+    );
 }
 
 /// The middle value; the mean of the two middle ones for an even count.
@@ -407,11 +478,18 @@ async fn forward(settings: &Settings, backlog: u64) {
     )
     .await;
     let started = Instant::now();
+    // The relay's CPU over the window: from opening the target until the
+    // last notification arrived (a few attempts already sent and held by
+    // the closed target fall before it, the last outcomes' flush after).
+    let cpu_before = relay.cpu_us();
     target.open();
     let all = target
         .wait_for(filled.ok as usize, Duration::from_secs(300))
         .await;
     let elapsed = started.elapsed();
+    let cpu_after = relay.cpu_us();
+    // Every request the target records has been answered 200.
+    let answered = target.requests();
     let (_, peak) = relay.rss_mib();
     relay.stop().await;
     println!(
@@ -423,32 +501,224 @@ async fn forward(settings: &Settings, backlog: u64) {
         target.requests(),
         if all { "" } else { "  (INCOMPLETE)" }
     );
+    println!(
+        "relay CPU µs per delivery: {:.1} ({answered} deliveries answered 2xx by the target; {:.2} cores busy)",
+        cpu_per(cpu_before, cpu_after, answered),
+        cpu_per(cpu_before, cpu_after, 1) / 1e6 / elapsed.as_secs_f64()
+    );
 
-    // End-to-end latency at a fixed, moderate rate.
+    // End-to-end latency at fixed, moderate rates, one after the other on
+    // the same relay.
     let target = Target::start(true).await;
     let config = ws.config("latency", true, &subscription("bench", &target.url(), 64));
     let relay = ChildServer::relay(&config).await;
     let url = hooks_url(relay.addr);
-    let (rate, count) = (500u32, 2_500u64);
-    let body = notification("e2e");
-    let (sent_at, failed) = load::open_loop(&client, &url, rate, count, body).await;
+    for (rate, count, prefix) in [(500u32, 2_500u64, "e2e"), (1_000, 5_000, "e2k")] {
+        end_to_end(&client, &url, (&relay, &target), (rate, count), prefix).await;
+    }
+    relay.stop().await;
+}
+
+/// Posts `count` notifications at `rate` per second and prints the
+/// latencies from each post to its arrival at the target, and the relay's
+/// CPU per notification over the whole (ingest, delivery, idle time).
+async fn end_to_end(
+    client: &reqwest::Client,
+    url: &str,
+    (relay, target): (&ChildServer, &Target),
+    (rate, count): (u32, u64),
+    prefix: &'static str,
+) {
+    // The target may hold an earlier run's notifications (other prefixes).
+    let before = target.distinct();
+    let cpu_before = relay.cpu_us();
+    let body = notification(prefix);
+    let (sent_at, failed) = load::open_loop(client, url, rate, count, body).await;
+    let acknowledged = count - failed;
     target
-        .wait_for(count as usize - failed as usize, Duration::from_secs(60))
+        .wait_for(before + acknowledged as usize, Duration::from_secs(60))
         .await;
+    let cpu_after = relay.cpu_us();
     let mut latencies: Vec<u64> = (0..count)
         .filter_map(|n| {
-            Some((target.first_seen(&format!("e2e-{n}"))? - sent_at[n as usize]).as_micros() as u64)
+            Some(
+                (target.first_seen(&format!("{prefix}-{n}"))? - sent_at[n as usize]).as_micros()
+                    as u64,
+            )
         })
         .collect();
     latencies.sort_unstable();
     let (_, peak) = relay.rss_mib();
-    relay.stop().await;
     println!(
         "end-to-end at {rate}/s: p50 {:.2} ms  p99 {:.2} ms  ({} of {count} delivered, {failed} posts failed), relay peak RSS {peak:.1} MiB",
         load::percentile_ms(&latencies, 0.50),
         load::percentile_ms(&latencies, 0.99),
         latencies.len()
     );
+    println!(
+        "relay CPU µs per notification end to end at {rate}/s: {:.1} (ingest + delivery + idle time, over the {} delivered)",
+        cpu_per(cpu_before, cpu_after, latencies.len() as u64),
+        latencies.len()
+    );
+}
+
+/// Seconds `steady --soak` runs unless `--seconds` says otherwise. The
+/// spool's retention walk over delivered notifications starts again a
+/// minute after the last one finished (and at ~7k/s one walk took about a
+/// minute itself), so a soak has to run past a few walks to show whether
+/// the spool's size levels off.
+const SOAK_SECONDS: u64 = 300;
+
+async fn steady(settings: &Settings, soak: bool) {
+    let connections = settings.first_connections();
+    let duration = match (soak, settings.seconds) {
+        (true, None) => Duration::from_secs(SOAK_SECONDS),
+        _ => settings.duration,
+    };
+    let (spool_extra, retention) = match soak {
+        true => (
+            "retention = \"2s\"\ndedup_window = \"1s\"\n",
+            ", retention 2 s, dedup window 1 s",
+        ),
+        false => ("", ""),
+    };
+    println!(
+        "\n== steady{}: {connections} keep-alive TLS connections posting for {} s, one subscription to a local HTTP target{retention} ==",
+        if soak { " (soak)" } else { "" },
+        duration.as_secs()
+    );
+    let ws = Workspace::new();
+    let pem = ws.cert_pem();
+    let target = Target::start(true).await;
+    let config = ws.config_with(
+        "steady",
+        true,
+        (spool_extra, ""),
+        &subscription("bench", &target.url(), 128),
+    );
+    let relay = ChildServer::relay(&config).await;
+    let client = load::client(Some(&pem), connections);
+    let url = hooks_url(relay.addr);
+    let spool = ws.dir.path().join("steady");
+
+    // Open the connections, then let the warm-up's notifications through.
+    let warm = warm_up(&client, &url, connections).await;
+    target
+        .wait_for(warm as usize, Duration::from_secs(60))
+        .await;
+    // Deliveries still owed from the warm-up: counted out of the window's.
+    let owed_at_start = (warm as usize).saturating_sub(target.distinct());
+    let distinct_before = target.distinct();
+    let requests_before = target.requests();
+    let cpu_before = relay.cpu_us();
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut load = tokio::spawn({
+        let (client, url, acked) = (client.clone(), url.clone(), acked.clone());
+        async move {
+            // Bounded in count too, far above what 2 cores can ingest.
+            let limits = (duration, duration.as_secs().max(1) * 100_000);
+            load::closed_loop_counted(
+                &client,
+                &url,
+                connections,
+                limits,
+                notification("st"),
+                acked,
+            )
+            .await
+        }
+    });
+
+    // What the window delivered so far: new distinct notifications, less
+    // what the warm-up still owed (first attempts go out in spool order).
+    let delivered = || (target.distinct() - distinct_before).saturating_sub(owed_at_start) as u64;
+    // A line every 10 s in a soak, about ten lines otherwise.
+    let period = match soak {
+        true => Duration::from_secs(10),
+        false => Duration::from_secs((duration.as_secs() / 10).max(1)),
+    };
+    let started = Instant::now();
+    let mut next = started + period;
+    // (when, relay CPU, acknowledged) at the previous line.
+    let mut last = (started, cpu_before, 0);
+    let stats = loop {
+        tokio::select! {
+            stats = &mut load => break stats.expect("load task"),
+            () = tokio::time::sleep_until(next) => {
+                next += period;
+                let (acked, delivered) = (acked.load(Ordering::Relaxed), delivered());
+                let cpu = relay.cpu_us();
+                let since = last.0.elapsed().as_secs_f64();
+                let cores = cpu_per(last.1, cpu, 1) / 1e6 / since;
+                let rate = acked.saturating_sub(last.2) as f64 / since;
+                last = (Instant::now(), cpu, acked);
+                let (rss, _) = relay.rss_mib();
+                println!(
+                    "  {:>4.0} s: {acked} acknowledged ({rate:.0}/s), {delivered} delivered, backlog {}, spool {:.1} MiB on disk ({:.1} MiB allocated), relay RSS {rss:.1} MiB, {cores:.2} cores busy",
+                    started.elapsed().as_secs_f64(),
+                    acked as i64 - delivered as i64,
+                    mib(dir_size(&spool)),
+                    mib(dir_allocated(&spool)),
+                );
+            }
+        }
+    };
+    let delivered_in_window = delivered();
+    let cpu_window = relay.cpu_us();
+    // Can dip below 0 by a few: a delivery may reach the target before the
+    // 200 of its post reaches the load.
+    let backlog = stats.ok as i64 - delivered_in_window as i64;
+    println!(
+        "ingested: {} in {:.2} s = {:.0} notifications/s acknowledged  p50 {:.2} ms  p99 {:.2} ms  failed {}",
+        stats.ok,
+        stats.elapsed.as_secs_f64(),
+        stats.rate(),
+        stats.percentile_ms(0.50),
+        stats.percentile_ms(0.99),
+        stats.failed
+    );
+    println!(
+        "delivered: {delivered_in_window} of them in the same {:.2} s = {:.0} deliveries/s received by the target; backlog at the end {backlog} (acknowledged, not yet delivered){}",
+        stats.elapsed.as_secs_f64(),
+        delivered_in_window as f64 / stats.elapsed.as_secs_f64(),
+        match owed_at_start {
+            0 => String::new(),
+            owed => format!("; {owed} from the warm-up were still owed at the start"),
+        }
+    );
+
+    // Let the backlog drain, so that the CPU covers each notification's
+    // ingest and its delivery.
+    let drain_started = Instant::now();
+    let drained = target
+        .wait_for(
+            distinct_before + owed_at_start + stats.ok as usize,
+            Duration::from_secs(120),
+        )
+        .await;
+    let drain = drain_started.elapsed();
+    let cpu_after = relay.cpu_us();
+    let resends =
+        (target.requests() - requests_before) as i64 - (target.distinct() - distinct_before) as i64;
+    let (_, peak) = relay.rss_mib();
+    println!(
+        "relay CPU µs per notification end to end: {:.1} (ingest + delivery{}; {:.2} cores busy during the load); backlog {} {:.2} s after the load stopped{}",
+        cpu_per(cpu_before, cpu_after, stats.ok),
+        if drained { "" } else { ", backlog NOT drained" },
+        cpu_per(cpu_before, cpu_window, 1) / 1e6 / stats.elapsed.as_secs_f64(),
+        if drained { "drained" } else { "still not drained" },
+        drain.as_secs_f64(),
+        match resends {
+            0 => String::new(),
+            n => format!(", {n} requests beyond one per notification at the target"),
+        }
+    );
+    println!(
+        "relay peak RSS {peak:.1} MiB, spool {:.1} MiB on disk ({:.1} MiB allocated) at the end",
+        mib(dir_size(&spool)),
+        mib(dir_allocated(&spool)),
+    );
+    relay.stop().await;
 }
 
 async fn backlog(notifications: u64) {
@@ -464,7 +734,8 @@ async fn backlog(notifications: u64) {
     let subs: String = (0..subscriptions)
         .map(|i| subscription(&format!("app{i}"), &target.url(), 4))
         .collect();
-    let config = ws.config("backlog", true, &subs);
+    // A short grace: the attempts held by the target need not delay a stop.
+    let config = ws.config_with("backlog", true, ("", "shutdown_grace = \"1s\"\n"), &subs);
     let relay = ChildServer::relay(&config).await;
     let client = load::client(Some(&pem), 64);
     let url = hooks_url(relay.addr);
@@ -505,6 +776,43 @@ async fn backlog(notifications: u64) {
         dir_size(&ws.dir.path().join("backlog")) as f64 / stored.max(1) as f64
     );
     relay.stop().await;
+
+    // Start to ready on the filled spool: from spawning the process until it
+    // logs "ingress listening".
+    let spawned = Instant::now();
+    let relay = ChildServer::relay(&config).await;
+    let ready = spawned.elapsed();
+    let (rss_ready, _) = relay.rss_mib();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss, peak) = relay.rss_mib();
+    println!(
+        "restart with {} deliveries waiting: start to ready (spawn to \"ingress listening\") {:.3} s; relay RSS {rss_ready:.1} MiB when ready, {rss:.1} MiB 5 s later, peak {peak:.1} MiB",
+        stored * subscriptions,
+        ready.as_secs_f64()
+    );
+    relay.stop().await;
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// Bytes the files under `path` occupy on the disk (blocks allocated,
+/// which sparse files keep below their length).
+fn dir_allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => dir_allocated(&entry.path()),
+                    Ok(meta) => meta.blocks() * 512,
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn dir_size(path: &Path) -> u64 {

@@ -92,6 +92,12 @@ impl ChildServer {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// CPU time the process has used so far (user + system, all its
+    /// threads), in microseconds, from /proc/<pid>/stat.
+    pub fn cpu_us(&self) -> Option<u64> {
+        cpu_us(self.child.id()?)
+    }
+
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
@@ -99,6 +105,45 @@ impl ChildServer {
                 .status();
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+}
+
+/// utime + stime of a process, in microseconds: fields 14 and 15 of
+/// /proc/<pid>/stat, in clock ticks. They are counted after the command
+/// name, which is in parentheses and may itself hold spaces.
+pub fn cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    // After the name: state (field 3) ... utime (14), stime (15).
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) * 1_000_000 / clock_ticks())
+}
+
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`, read
+/// once; 100 on Linux when it cannot be read).
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .filter(|&ticks| ticks > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// CPU time used between two readings of [`cpu_us`], per unit of work,
+/// in microseconds; NaN when a reading is missing or there was no work.
+pub fn cpu_per(before: Option<u64>, after: Option<u64>, units: u64) -> f64 {
+    match (before, after) {
+        (Some(before), Some(after)) if units > 0 => {
+            after.saturating_sub(before) as f64 / units as f64
+        }
+        _ => f64::NAN,
     }
 }
 
