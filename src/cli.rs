@@ -298,6 +298,11 @@ const LOST: &str = "lost: ";
 /// and skipped when met. A loss is left to the open that follows, which
 /// refuses it with its own advice.
 async fn verify_spool(config: &Config) -> anyhow::Result<()> {
+    if Spool::stopped_cleanly(&config.spool) {
+        tracing::info!("the spool was stopped cleanly and is untouched since; no full check");
+        return Ok(());
+    }
+    tracing::info!(spool = %config.spool.path.display(), "checking the whole spool before serving (it was not stopped cleanly, or its files changed)");
     let spool_config = config.spool.clone();
     let report = tokio::task::spawn_blocking(move || Spool::check(&spool_config, false))
         .await

@@ -181,6 +181,12 @@ impl Spool {
         })
     }
 
+    /// Whether the spool was last closed cleanly and its files are exactly
+    /// as that close left them (so a full check before serving adds nothing).
+    pub fn stopped_cleanly(config: &SpoolConfig) -> bool {
+        sled::stopped_cleanly(&config.path)
+    }
+
     /// Verifies a stopped spool record by record; never panics on damage.
     /// `accept_loss` records a detected loss as known so `serve` can start.
     pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, SpoolError> {

@@ -279,3 +279,41 @@ async fn the_service_reports_ready_watchdog_and_stopping_to_systemd() {
         "{after_stop:?}"
     );
 }
+
+#[tokio::test]
+async fn a_clean_stop_spares_the_next_start_a_full_check_and_a_kill_does_not() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let first = RelayProcess::spawn(&config).await;
+    assert_eq!(
+        first.logged("checking the whole spool").len(),
+        1,
+        "a new spool is checked"
+    );
+    first.sigterm().await;
+    let second = RelayProcess::spawn(&config).await;
+    assert_eq!(
+        second.logged("no full check").len(),
+        1,
+        "{}",
+        second.log_tail(5)
+    );
+    second.sigkill().await;
+    let third = RelayProcess::spawn(&config).await;
+    assert_eq!(
+        third.logged("checking the whole spool").len(),
+        1,
+        "after a kill the spool is checked whole"
+    );
+    third.sigterm().await;
+    // Files touched while stopped: checked whole again.
+    let db = dir.path().join("spool/db");
+    let file = std::fs::OpenOptions::new().append(true).open(&db).unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(file);
+    let fourth = RelayProcess::spawn(&config).await;
+    assert_eq!(fourth.logged("checking the whole spool").len(), 1);
+    fourth.sigterm().await;
+}

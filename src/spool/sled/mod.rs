@@ -31,7 +31,7 @@ use crate::delivery::Delivery;
 use crate::providers::Notification;
 pub use lease::SledLease;
 use lease::SubState;
-pub use open::check;
+pub use open::{check, stopped_cleanly};
 use writer::{Applied, Change, Op};
 
 /// sled's tree that holds everything (format 2).

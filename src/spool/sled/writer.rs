@@ -48,8 +48,12 @@ const QUEUE: usize = 4096;
 /// Entries one retention slice may examine: small, so a slice between two
 /// groups keeps ingest latency flat.
 const RETENTION_SLICE: usize = 256;
-/// A finished retention walk over old notifications starts again after this.
-const RETENTION_CYCLE_MS: i64 = 60_000;
+/// A finished retention walk over old notifications starts again after a
+/// quarter of the retention, within these bounds: soon enough that the
+/// spool levels off, seldom enough that what must stay (dead, waiting) is
+/// not read over and over.
+const RETENTION_CYCLE_MIN_MS: i64 = 100;
+const RETENTION_CYCLE_MAX_MS: i64 = 60_000;
 /// Bytes a group is expected to take on disk per byte of record (sled
 /// writes about twice what it is given), plus a constant.
 const SPACE_PER_BYTE: u64 = 2;
@@ -285,10 +289,20 @@ impl Writer {
             self.acknowledged.persist(&self.shared.config.path);
             Ok(())
         });
-        if result.is_err() {
-            std::mem::forget(self.shared.store.swap(None));
-        } else {
-            self.shared.store.store(None);
+        match self.shared.store.swap(None) {
+            Some(store) if result.is_ok() => {
+                // Let sled go, then note how its files look: if nothing
+                // touches them, the next start need not check them all.
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                while Arc::strong_count(&store) > 1 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if Arc::strong_count(&store) == 1 {
+                    drop(store);
+                    super::open::mark_clean_stop(&self.shared.config.path);
+                }
+            }
+            other => std::mem::forget(other),
         }
         result
     }
@@ -674,7 +688,9 @@ impl Writer {
             }
             if finished {
                 self.retention.notifications_from = 0;
-                self.retention.next_cycle_ms = now + RETENTION_CYCLE_MS;
+                let cycle = (ms(config.retention.0) / 4)
+                    .clamp(RETENTION_CYCLE_MIN_MS, RETENTION_CYCLE_MAX_MS);
+                self.retention.next_cycle_ms = now + cycle;
             }
         }
 
