@@ -385,19 +385,7 @@ async fn stalled_handshakes_and_slow_headers_are_cut_off() {
     assert!(waited >= Duration::from_millis(900), "{waited:?}");
 
     // Slowloris: TLS done, headers never finished: closed after header_timeout (1 s).
-    let pem = std::fs::read(relay.dir.path().join("tls/self-signed.crt")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    let mut stream = tls_connect(&relay, b"http/1.1").await;
     stream
         .write_all(b"POST /hooks/tusfacturas HTTP/1.1\r\nHost: localhost\r\n")
         .await

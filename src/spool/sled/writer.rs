@@ -620,11 +620,7 @@ impl Writer {
             let Some((_, id)) = keys::split_dedup_expiry(&key) else {
                 continue;
             };
-            let points_here = store
-                .get(&dedup_key)?
-                .and_then(|v| keys::split_dedup_value(&v))
-                .is_some_and(|(first, _)| first == id);
-            if points_here {
+            if dedup_points_to(&store, &dedup_key, id)? {
                 batch.remove(dedup_key);
             }
             done.dedup_entries += 1;
@@ -666,11 +662,7 @@ impl Writer {
                         batch.remove(item.map_err(storage)?);
                     }
                     let dedup_key = keys::dedup(&meta.source, &meta.dedup_key);
-                    let points_here = store
-                        .get(&dedup_key)?
-                        .and_then(|v| keys::split_dedup_value(&v))
-                        .is_some_and(|(first, _)| first == id);
-                    if points_here {
+                    if dedup_points_to(&store, &dedup_key, id)? {
                         batch.remove(dedup_key);
                         batch.remove(&keys::dedup_expiry(meta.received_ms, id));
                     }
@@ -727,6 +719,19 @@ struct GroupApplied {
     newest: Option<NotificationId>,
     /// Subscriptions with new first attempts.
     woken: HashSet<String>,
+}
+
+/// Whether a dedup entry still names `id` (a later copy past the window
+/// may have taken it over; then it is that one's to expire).
+fn dedup_points_to(
+    store: &Store,
+    dedup_key: &[u8],
+    id: NotificationId,
+) -> Result<bool, SpoolError> {
+    Ok(store
+        .get(dedup_key)?
+        .and_then(|v| keys::split_dedup_value(&v))
+        .is_some_and(|(first, _)| first == id))
 }
 
 /// Whether every delivery of a notification is over: delivered, purged, or
