@@ -304,9 +304,20 @@ async fn verify_spool(config: &Config) -> anyhow::Result<()> {
     }
     tracing::info!(spool = %config.spool.path.display(), "checking the whole spool before serving (it was not stopped cleanly, or its files changed)");
     let spool_config = config.spool.clone();
-    let report = tokio::task::spawn_blocking(move || Spool::check(&spool_config, false))
-        .await
-        .context("the spool check failed to run")??;
+    let check = tokio::task::spawn_blocking(move || Spool::check(&spool_config, false));
+    // A big spool takes a while to read: tell systemd the start goes on,
+    // so its start timeout does not kill a relay that is only checking.
+    let keep_alive = tokio::spawn(async {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("checking the spool")]);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(30_000_000)]);
+        }
+    });
+    let report = check.await;
+    keep_alive.abort();
+    let report = report.context("the spool check failed to run")??;
     for repair in &report.repaired {
         tracing::warn!(repair = %repair, "spool repaired on open");
     }
