@@ -25,24 +25,11 @@ const V2_HEADER: usize = 1 + 16 + 4;
 pub struct NotificationId(pub ulid::Ulid);
 
 impl NotificationId {
-    /// A new id for `now_ms`: sortable by time and, within this process,
-    /// strictly increasing, so ids taken in one millisecond keep their order.
+    /// A fresh id for `now_ms` (its order within one millisecond is
+    /// random; the spool's writer orders the ids it hands out with
+    /// [`NotificationId::next_after`]).
     pub fn new(now_ms: i64) -> Self {
-        static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
-        let ms = u64::try_from(now_ms).unwrap_or(0);
-        let fresh = ulid::Ulid::from_parts(ms, rand::random()).0;
-        let mut last = LAST
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Same millisecond as the last id (or a clock step back): count up
-        // from it instead, which stays unique and in order.
-        let id = if fresh > *last {
-            fresh
-        } else {
-            last.saturating_add(1)
-        };
-        *last = id;
-        NotificationId(ulid::Ulid(id))
+        Self::next_after(None, now_ms)
     }
 
     /// The id for a record received at `now_ms` in a spool whose newest id
@@ -296,7 +283,14 @@ mod tests {
 
     #[test]
     fn ids_taken_in_one_millisecond_keep_their_order() {
-        let ids: Vec<_> = (0..1_000).map(|_| NotificationId::new(5_000)).collect();
+        let mut last = None;
+        let ids: Vec<_> = (0..1_000)
+            .map(|_| {
+                let id = NotificationId::next_after(last, 5_000);
+                last = Some(id);
+                id
+            })
+            .collect();
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
     }
 }

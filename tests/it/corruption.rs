@@ -208,31 +208,8 @@ fn write_config(dir: &Path, subscription_port: u16) -> PathBuf {
 
 /// Writes a spool with `serve`: [`NOTIFICATIONS`] acknowledged, then SIGTERM.
 async fn build_spool(dir: &Path, config: &Path) -> HashSet<String> {
-    let mut child = Command::new(BINARY)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn,webhook_relay::app=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: std::net::SocketAddr = tokio::time::timeout(CHILD_LIMIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if log["fields"]["message"] == "ingress listening" {
-                return log["fields"]["addr"].as_str().unwrap().parse().unwrap();
-            }
-        }
-        panic!("relay exited before listening");
-    })
-    .await
-    .expect("relay listens");
-    let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let relay = crate::process::RelayProcess::spawn(config).await;
+    let addr = relay.addr;
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let pad = "x".repeat(900);
     let tasks: Vec<_> = (0..CLIENTS)
@@ -263,18 +240,7 @@ async fn build_spool(dir: &Path, config: &Path) -> HashSet<String> {
     for task in tasks {
         task.await.unwrap();
     }
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::time::timeout(CHILD_LIMIT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "clean stop: {status:?}");
-    drain.await.unwrap();
+    relay.sigterm().await;
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert_eq!(acked.len(), NOTIFICATIONS);
     acked
