@@ -227,9 +227,7 @@ impl SledSpool {
         };
         match self.write(change, true).await? {
             Applied::Stored(stored) => Ok(stored),
-            _ => Err(SpoolError::Storage(
-                "the writer answered out of turn".into(),
-            )),
+            _ => Err(out_of_turn()),
         }
     }
 
@@ -258,9 +256,7 @@ impl SledSpool {
         };
         match self.write(change, true).await? {
             Applied::Quarantined(id) => Ok(id),
-            _ => Err(SpoolError::Storage(
-                "the writer answered out of turn".into(),
-            )),
+            _ => Err(out_of_turn()),
         }
     }
 
@@ -335,9 +331,7 @@ impl SledSpool {
                 self.shared.wake([subscription]);
                 Ok(replayed)
             }
-            _ => Err(SpoolError::Storage(
-                "the writer answered out of turn".into(),
-            )),
+            _ => Err(out_of_turn()),
         }
     }
 
@@ -370,9 +364,7 @@ impl SledSpool {
                 }
                 Ok(moved)
             }
-            _ => Err(SpoolError::Storage(
-                "the writer answered out of turn".into(),
-            )),
+            _ => Err(out_of_turn()),
         }
     }
 
@@ -530,6 +522,12 @@ pub(super) fn decode_delivery(bytes: &[u8]) -> Result<Delivery, SpoolError> {
         ))),
         None => Err(SpoolError::Corrupt("empty delivery record".into())),
     }
+}
+
+/// The writer answers each change with the kind of `Applied` it asked for;
+/// anything else is a bug, reported rather than unwrapped.
+fn out_of_turn() -> SpoolError {
+    SpoolError::Storage("the writer answered out of turn".into())
 }
 
 fn rfc3339(time: time::OffsetDateTime) -> Option<String> {
