@@ -178,7 +178,10 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     if err.downcast_ref::<crate::config::ConfigError>().is_some() {
         EXIT_CONFIG
     } else if err.downcast_ref::<Damaged>().is_some()
-        || matches!(spool_error, Some(SpoolError::Lost { .. }))
+        || matches!(
+            spool_error,
+            Some(SpoolError::Lost { .. } | SpoolError::Damaged { .. })
+        )
     {
         EXIT_DAMAGED
     } else if matches!(spool_error, Some(SpoolError::Locked { .. })) {

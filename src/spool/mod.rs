@@ -43,6 +43,9 @@ pub enum SpoolError {
     Locked { path: PathBuf, detail: String },
     #[error("cannot open spool {}: {detail}", path.display())]
     Open { path: PathBuf, detail: String },
+    /// The files are damaged: sled cannot open or read them.
+    #[error("cannot open spool {}: {detail}", path.display())]
+    Damaged { path: PathBuf, detail: String },
     /// Acknowledged notifications are missing: the spool lost data.
     #[error("spool {} lost acknowledged notifications: {detail}", path.display())]
     Lost { path: PathBuf, detail: String },

@@ -460,6 +460,12 @@ fn no_escaped_panic(run: &Run, command: &str, label: &str, failures: &mut Failur
 
 /// A refusal names the spool and says what to do.
 fn refusal_is_clear(run: &Run, spool: &Path, command: &str, label: &str, f: &mut Failures) {
+    f.expect(run.code == Some(65), label, || {
+        format!(
+            "{command} refused damage without exit 65: {}",
+            run.describe()
+        )
+    });
     let message = run
         .stderr
         .lines()
@@ -658,18 +664,9 @@ async fn trial(pristine: &Pristine, damage: &Damage, f: &mut Failures) -> Outcom
                 missing_from_dump.first()
             )
         }),
-        Some(65) => {
-            let named = dump
-                .stderr
-                .lines()
-                .any(|l| l.contains("skipped: ") || l.contains("lost acknowledged"));
-            f.expect(named, label, || {
-                format!(
-                    "spool dump exits 65 naming what it skipped: {}",
-                    dump.describe()
-                )
-            });
-        }
+        // Exit 65 names what it skipped, or the loss, or else is a refusal.
+        Some(65)
+            if dump.stderr.contains("skipped: ") || dump.stderr.contains("lost acknowledged") => {}
         _ => refusal_is_clear(&dump, &dump_spool, "spool dump", label, f),
     }
     // Anything the dump could not print, the check reports.

@@ -59,17 +59,28 @@ pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError>
     let (store, repaired) = open_store(config)?;
     // From now on the files change: the mark of a clean stop no longer holds.
     forget_clean_stop(&config.path);
-    // A read that fails here is damage sled met past its first reads.
-    let unreadable = |err: SpoolError| match err {
-        SpoolError::Storage(detail) => SpoolError::Open {
+    // sled opened; a read that fails from here on (any of them: the cursors'
+    // too) is damage it met past its first reads.
+    prepare(config, routes, store, repaired).map_err(|err| match err {
+        SpoolError::Storage(detail) => SpoolError::Damaged {
             path: config.path.clone(),
             detail: damaged_advice(&format!("sled cannot read it: {detail}")),
         },
         other => other,
-    };
-    let newest = newest_notification(&store.tree).map_err(unreadable)?;
+    })
+}
+
+/// The loss check, cursors for new subscriptions, orphans and the newest ids
+/// of an opened store.
+fn prepare(
+    config: &SpoolConfig,
+    routes: &Routes,
+    store: Store,
+    repaired: Vec<String>,
+) -> Result<Opened, SpoolError> {
+    let newest = newest_notification(&store.tree)?;
     let acknowledged = Acknowledged::read(&config.path, newest);
-    if let Some(missing) = acknowledged.missing(&store.tree).map_err(unreadable)? {
+    if let Some(missing) = acknowledged.missing(&store.tree)? {
         // A repair made on this open (a snapshot rebuilt from the log) tells
         // where the files as they were are kept.
         let repairs: String = repaired.iter().map(|r| format!(" On open: {r}.")).collect();
@@ -94,7 +105,7 @@ pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError>
         }
     }
     store.db.flush().map_err(storage)?;
-    let orphans = super::orphans::count(&store.tree, routes).map_err(unreadable)?;
+    let orphans = super::orphans::count(&store.tree, routes)?;
     for (name, waiting) in &orphans {
         tracing::warn!(
             subscription = %name, waiting,
@@ -109,7 +120,7 @@ pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError>
         .scan_prefix([keys::QUARANTINE])
         .next_back()
         .transpose()
-        .map_err(|e| unreadable(storage(e)))?
+        .map_err(storage)?
         .and_then(|(key, _)| keys::id_of(&key));
     Ok(Opened {
         store,
@@ -130,7 +141,7 @@ pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError>
 /// What the rebuild could not recover shows in the acknowledged mark.
 fn open_store(config: &SpoolConfig) -> Result<(Store, Vec<String>), SpoolError> {
     open_store_or_damage(config).map_err(|refused| match refused {
-        Refused::Damaged(detail) => SpoolError::Open {
+        Refused::Damaged(detail) => SpoolError::Damaged {
             path: config.path.clone(),
             detail: damaged_advice(&detail),
         },
