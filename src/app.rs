@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::forwarder::{Forwarder, TargetError};
 use crate::ingress::tls::{self, ReloadableCert, SelfSigned, TlsError};
-use crate::ingress::{self, Ingress, ListenerSettings};
+use crate::ingress::{self, ListenerSettings, LiveIngress};
 use crate::listen::{ListenError, Listeners};
 use crate::spool::{Routes, Spool, SpoolError};
 
@@ -43,6 +43,9 @@ pub struct Relay {
     pub ingress_addr: SocketAddr,
     pub spool: Spool,
     cert: Option<Arc<ReloadableCert>>,
+    ingress: Arc<LiveIngress>,
+    /// The config in force (the last one reloaded).
+    config: std::sync::Mutex<Config>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), SpoolError>>,
 }
@@ -83,13 +86,13 @@ impl Relay {
         if let Some(generated) = self_signed {
             generated.write()?;
         }
-        let ingress = Ingress::new(&config, spool.clone(), clock);
+        let ingress = LiveIngress::new(&config, spool.clone(), clock);
         let settings = ListenerSettings::from_config(&config, acceptor);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(
             listener,
             settings,
-            ingress,
+            ingress.clone(),
             forwarder,
             spool.clone(),
             stopped,
@@ -106,9 +109,32 @@ impl Relay {
             ingress_addr,
             spool,
             cert,
+            ingress,
+            config: std::sync::Mutex::new(config),
             stop,
             task,
         })
+    }
+
+    /// Applies a reloaded (and validated) config: the sources, `max_body`,
+    /// `body_timeout` and `trusted_proxies` at once, and the certificate
+    /// files re-read; says which other changed keys wait for a restart.
+    pub fn reload(&self, config: Config) {
+        self.ingress.reload(&config);
+        self.reload_certificate();
+        let mut running = self
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pending = needs_restart(&running, &config);
+        if !pending.is_empty() {
+            tracing::warn!(
+                keys = %pending.join(", "),
+                "config reloaded, but these changes take effect only at the next restart"
+            );
+        }
+        tracing::info!(sources = config.sources.len(), "config reloaded");
+        *running = config;
     }
 
     /// Re-reads the TLS certificate files (SIGHUP).
@@ -137,6 +163,56 @@ impl Relay {
 /// The certificate to serve, and a self-signed one still to be written.
 type Certificate = (Option<Arc<ReloadableCert>>, Option<SelfSigned>);
 
+/// The keys (sections, or keys of `[server]`) that differ between two
+/// configs and that only a restart applies.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    // Compared through their Debug form: the sections hold no secret-free
+    // equality of their own, and this runs once per reload.
+    let differ =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let (a, b) = (&old.server, &new.server);
+    let mut changed = Vec::new();
+    for (key, differs) in [
+        ("server.listen", a.listen != b.listen),
+        (
+            "server.tls",
+            a.tls != b.tls || a.self_signed != b.self_signed,
+        ),
+        (
+            "server.tls_cert",
+            a.tls_cert != b.tls_cert || a.tls_key != b.tls_key,
+        ),
+        (
+            "server.header_timeout",
+            a.header_timeout != b.header_timeout,
+        ),
+        (
+            "server.handshake_timeout",
+            a.handshake_timeout != b.handshake_timeout,
+        ),
+        ("server.idle_timeout", a.idle_timeout != b.idle_timeout),
+        (
+            "server.max_connections",
+            a.max_connections != b.max_connections,
+        ),
+        (
+            "server.http2_max_streams",
+            a.http2_max_streams != b.http2_max_streams,
+        ),
+        ("spool", differ(&old.spool, &new.spool)),
+        ("forwarder", differ(&old.forwarder, &new.forwarder)),
+        (
+            "subscriptions",
+            differ(&old.subscriptions, &new.subscriptions),
+        ),
+    ] {
+        if differs {
+            changed.push(key);
+        }
+    }
+    changed
+}
+
 fn load_certificate(config: &Config) -> Result<Certificate, TlsError> {
     if !config.server.tls {
         return Ok((None, None));
@@ -159,7 +235,7 @@ fn load_certificate(config: &Config) -> Result<Certificate, TlsError> {
 async fn run(
     listener: TcpListener,
     settings: ListenerSettings,
-    ingress: Arc<Ingress>,
+    ingress: Arc<LiveIngress>,
     forwarder: Forwarder,
     spool: Spool,
     stopped: watch::Receiver<bool>,
@@ -195,7 +271,7 @@ const SPOOL_UPKEEP: Duration = Duration::from_millis(100);
 const LIMITER_SWEEP: Duration = Duration::from_secs(60);
 
 /// Periodic upkeep: the spool's slices, and forgetting idle rate-limit keys.
-async fn maintain(ingress: Arc<Ingress>, spool: Spool) {
+async fn maintain(ingress: Arc<LiveIngress>, spool: Spool) {
     let mut tick = tokio::time::interval(SPOOL_UPKEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep = tokio::time::Instant::now();

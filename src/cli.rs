@@ -133,7 +133,7 @@ pub fn run(cli: Cli) -> ExitCode {
                     config.subscriptions.len()
                 );
             }),
-        Command::Serve(arg) => load(&arg.config).and_then(serve),
+        Command::Serve(arg) => load(&arg.config).and_then(|config| serve(&arg.config, config)),
         Command::Spool(SpoolCommand::Dump {
             config,
             quarantine,
@@ -268,7 +268,7 @@ fn refuse_examples(config: &Config, listeners: &Listeners) -> anyhow::Result<()>
     .into())
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
     // Before the runtime's threads: taking systemd's sockets clears their
     // variables from the environment. Before the spool or a certificate
     // is touched: a start that cannot listen writes nothing.
@@ -286,7 +286,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let relay = Relay::start_on(config, listeners).await?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let watchdog = tokio::spawn(watchdog(relay.spool.clone()));
-        signals.wait_for_stop(&relay).await;
+        signals.wait_for_stop(&relay, path).await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         watchdog.abort();
         relay.stop().await?;
@@ -313,17 +313,35 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGTERM or SIGINT; SIGHUP reloads the TLS certificate.
-    async fn wait_for_stop(mut self, relay: &Relay) {
+    /// Waits for SIGTERM or SIGINT; SIGHUP reloads the config at `path`.
+    async fn wait_for_stop(mut self, relay: &Relay, path: &Path) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
-                _ = self.hup.recv() => relay.reload_certificate(),
+                _ = self.hup.recv() => reload(relay, path),
             }
         }
         tracing::info!("stopping");
     }
+}
+
+/// Re-reads the config; one that does not validate is logged, problem by
+/// problem, and the running one stays.
+fn reload(relay: &Relay, path: &Path) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+    match Config::load(path) {
+        Ok(config) => relay.reload(config),
+        Err(err) => {
+            for line in err.to_string().lines() {
+                tracing::error!(problem = %line, "config not reloaded; the running one stays");
+            }
+            if let Some(cause) = std::error::Error::source(&err) {
+                tracing::error!(problem = %cause, "config not reloaded; the running one stays");
+            }
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }
 
 /// Pings systemd's watchdog at half its period, when one is set, as long as

@@ -51,8 +51,40 @@ pub struct Ingress {
     trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-impl Ingress {
+/// The ingress that requests are checked against: built from the config at
+/// start, replaced whole by a reload. Each request takes the latest one when
+/// it starts, so a reload applies to the next request, also on connections
+/// already open.
+pub struct LiveIngress(arc_swap::ArcSwap<Ingress>);
+
+impl LiveIngress {
     pub fn new(config: &Config, spool: Spool, clock: Clock) -> Arc<Self> {
+        Arc::new(LiveIngress(arc_swap::ArcSwap::new(Ingress::new(
+            config, spool, clock,
+        ))))
+    }
+
+    /// Takes a reloaded config's sources (authentication, provider checks,
+    /// rate limits, which start afresh), `max_body`, `body_timeout` and
+    /// `trusted_proxies`. Requests under way finish as they started.
+    pub fn reload(&self, config: &Config) {
+        let old = self.current();
+        self.0
+            .store(Ingress::new(config, old.spool.clone(), old.clock));
+    }
+
+    fn current(&self) -> Arc<Ingress> {
+        self.0.load_full()
+    }
+
+    /// Forgets rate-limit state of idle peers; call periodically.
+    pub fn sweep_limiters(&self) {
+        self.current().sweep_limiters();
+    }
+}
+
+impl Ingress {
+    fn new(config: &Config, spool: Spool, clock: Clock) -> Arc<Self> {
         let sources = config
             .sources
             .iter()
@@ -79,8 +111,7 @@ impl Ingress {
         })
     }
 
-    /// Forgets rate-limit state of idle peers; call periodically.
-    pub fn sweep_limiters(&self) {
+    fn sweep_limiters(&self) {
         for (name, source) in &self.sources {
             if let Some(limiter) = &source.limiter {
                 let peers = limiter.sweep();
@@ -125,7 +156,7 @@ impl ListenerSettings {
 pub async fn serve(
     listener: TcpListener,
     settings: ListenerSettings,
-    ingress: Arc<Ingress>,
+    ingress: Arc<LiveIngress>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -219,7 +250,7 @@ pub async fn serve(
 async fn serve_connection<IO>(
     io: IO,
     peer: SocketAddr,
-    ingress: Arc<Ingress>,
+    ingress: Arc<LiveIngress>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     idle_timeout: Duration,
@@ -229,7 +260,7 @@ async fn serve_connection<IO>(
     let activity = Arc::new(Activity::new());
     let seen = activity.clone();
     let service = service_fn(move |request| {
-        let (ingress, seen) = (ingress.clone(), seen.clone());
+        let (ingress, seen) = (ingress.current(), seen.clone());
         async move {
             let _under_way = seen.request_started();
             Ok::<_, std::convert::Infallible>(handler::handle(&ingress, peer, request).await)

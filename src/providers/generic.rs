@@ -192,7 +192,7 @@ mod tests {
         );
         assert_eq!(
             check(&r, BODY, &no_headers()),
-            Err(Rejection::MissingField("header X-Event-Id".into()))
+            Err(Rejection::MissingField("header x-event-id".into()))
         );
         let mut bad = no_headers();
         bad.insert(

@@ -6,5 +6,6 @@ mod crash;
 mod forwarding;
 mod full_disk;
 mod helpers;
+mod host;
 mod ingest;
 mod process;
