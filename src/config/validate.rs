@@ -91,9 +91,14 @@ impl Config {
         }
         for (key, secret) in self.secrets() {
             if secret.starts_with(PLACEHOLDER) {
+                let what = if key.to_string().ends_with(".token") {
+                    "a token of your own here (16 or more of A-Z a-z 0-9 - _ . ~)"
+                } else {
+                    "a secret of your own here (`webhook-relay gen-secret` prints one)"
+                };
                 found.push((
                     key,
-                    "is still the packaged placeholder: write a secret of your own here (`webhook-relay gen-secret` prints one)".into(),
+                    format!("is still the packaged placeholder: write {what}"),
                 ));
             }
         }
