@@ -5,6 +5,7 @@
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::process::Command;
 
@@ -15,9 +16,9 @@ use crate::process::{write_config, RelayProcess, BINARY};
 /// listener at fd 3, `LISTEN_FDS=1`, `LISTEN_FDNAMES`, and `LISTEN_PID` set
 /// to the relay's own pid (`pid` = "self"), or to another one.
 fn activated(listener: &TcpListener, names: &str, pid: &str, config: &Path) -> Command {
-    // Let the socket survive exec; the shell moves it to fd 3 (as systemd
-    // passes it), sets LISTEN_PID to its own pid, and execs the relay,
-    // which keeps that pid.
+    // Let the socket survive exec; bash (whose redirections take fd numbers
+    // past 9, unlike dash) moves it to fd 3 as systemd passes it, sets
+    // LISTEN_PID to its own pid, and execs the relay, which keeps that pid.
     rustix::io::fcntl_setfd(listener, rustix::io::FdFlags::empty()).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(listener).to_string();
     let script = r#"
@@ -26,10 +27,10 @@ fn activated(listener: &TcpListener, names: &str, pid: &str, config: &Path) -> C
         [ "$pid" = self ] && pid=$$
         LISTEN_FDS=1 LISTEN_FDNAMES=$names LISTEN_PID=$pid exec "$@"
     "#;
-    let mut command = Command::new("sh");
+    let mut command = Command::new("bash");
     command
         .args([
-            "-c", script, "sh", &fd, names, pid, BINARY, "serve", "--config",
+            "-c", script, "bash", &fd, names, pid, BINARY, "serve", "--config",
         ])
         .arg(config);
     command
@@ -221,4 +222,62 @@ fn check_config_prints_each_problem_on_its_own_prefixed_line_and_each_cause_once
             missing.display()
         )
     );
+}
+
+#[tokio::test]
+async fn sighup_applies_a_changed_config_and_keeps_the_running_one_when_the_new_one_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let relay = RelayProcess::spawn(&config).await;
+    let client = provider_client(&dir.path().join("tls/self-signed.crt"));
+    let post = |token: &str, hook: &str| {
+        let request = client
+            .post(format!(
+                "https://localhost:{}/hooks/tusfacturas/{token}",
+                relay.addr.port()
+            ))
+            .body(tusfacturas(hook, "emitido", 1));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let hup = || {
+        let pid = relay.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let new_token = "tus-token-after-reload-0123";
+    assert_eq!(post(TUS_TOKEN, "before").await, 200);
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(TUS_TOKEN, new_token)).unwrap();
+    hup();
+    eventually(Duration::from_secs(10), "the reload logged", || {
+        !relay.logged("config reloaded").is_empty()
+    })
+    .await;
+    assert_eq!(post(new_token, "after").await, 200);
+    assert_eq!(post(TUS_TOKEN, "old").await, 401);
+
+    // A wrong config is logged, problem by problem, and changes nothing.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(new_token, "short")
+            .replace("max_body = \"64KiB\"", "max_body = \"64kB\""),
+    )
+    .unwrap();
+    hup();
+    eventually(Duration::from_secs(10), "the refusal logged", || {
+        relay.logged("config not reloaded").len() >= 2
+    })
+    .await;
+    let refused = relay.logged("config not reloaded").join("\n");
+    assert!(
+        refused.contains("server.max_body") && refused.contains("sources.tusfacturas.token"),
+        "{refused}"
+    );
+    assert_eq!(post(new_token, "still").await, 200);
+    relay.sigterm().await;
 }
