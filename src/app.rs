@@ -11,11 +11,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, Admin, AdminError, AdminListener};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::forwarder::{Forwarder, TargetError};
 use crate::ingress::tls::{self, ReloadableCert, TlsError};
 use crate::ingress::{self, Ingress, ListenerSettings};
+use crate::metrics::Metrics;
 use crate::spool::{Routes, Spool, SpoolError};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,8 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     #[error("a relay task failed: {0}")]
     Task(String),
     #[error("the relay stopped, but its spool could not be closed cleanly: {0}")]
@@ -40,6 +44,9 @@ pub enum AppError {
 /// A running relay. Dropping it does not stop it; call [`Relay::stop`].
 pub struct Relay {
     pub ingress_addr: SocketAddr,
+    /// Where the admin listener listens, when configured.
+    pub admin_listen: Option<String>,
+    pub admin: Arc<Admin>,
     pub spool: Spool,
     cert: Option<Arc<ReloadableCert>>,
     stop: watch::Sender<bool>,
@@ -63,7 +70,8 @@ impl Relay {
             )?)),
             None => None,
         };
-        let forwarder = Forwarder::new(&config, spool.clone(), clock)?;
+        let metrics = Arc::new(Metrics::new());
+        let forwarder = Forwarder::new(&config, spool.clone(), clock, metrics.clone())?;
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|source| AppError::Bind {
@@ -74,15 +82,24 @@ impl Relay {
             addr: config.server.listen,
             source,
         })?;
-        let ingress = Ingress::new(&config, spool.clone(), clock);
+        let admin_listener = match &config.admin.listen {
+            Some(listen) => Some(AdminListener::bind(listen).await?),
+            None => None,
+        };
+        let admin_listen = admin_listener.as_ref().map(AdminListener::describe);
+        let admin = Admin::new(&config, spool.clone(), metrics.clone(), clock);
+        let ingress = Ingress::new(&config, spool.clone(), clock, metrics);
         let settings = ListenerSettings::from_config(&config, acceptor);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(
-            listener,
+            Listeners {
+                ingress: listener,
+                admin: admin_listener,
+            },
             settings,
             ingress,
             forwarder,
-            spool.clone(),
+            admin.clone(),
             stopped,
         ));
         tracing::info!(
@@ -90,10 +107,13 @@ impl Relay {
             tls = cert.is_some(),
             spool = %spool.path().display(),
             subscriptions = config.subscriptions.len(),
+            admin = admin_listen.as_deref().unwrap_or("off"),
             "ingress listening"
         );
         Ok(Relay {
             ingress_addr,
+            admin_listen,
+            admin,
             spool,
             cert,
             stop,
@@ -139,27 +159,46 @@ fn load_certificate(config: &Config) -> Result<Option<Arc<ReloadableCert>>, TlsE
     ReloadableCert::load(&cert, &key).map(Some)
 }
 
+/// The bound listeners a relay serves.
+struct Listeners {
+    ingress: TcpListener,
+    admin: Option<AdminListener>,
+}
+
 async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     settings: ListenerSettings,
     ingress: Arc<Ingress>,
     forwarder: Forwarder,
-    spool: Spool,
+    admin: Arc<Admin>,
     stopped: watch::Receiver<bool>,
 ) -> Result<(), SpoolError> {
     let signal = |rx: watch::Receiver<bool>| async move {
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     };
+    let spool = ingress.spool().clone();
     let (forwarder_stop, forwarder_stopped) = watch::channel(false);
     let forwarding = tokio::spawn(forwarder.run(signal(forwarder_stopped)));
     let maintenance = tokio::spawn(maintain(ingress.clone(), spool.clone()));
+    // The admin listener stays up until the forwarder has stopped, so a
+    // stop can be watched through it.
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let admin_serving = listeners
+        .admin
+        .map(|listener| tokio::spawn(admin::serve(listener, admin.clone(), signal(admin_stopped))));
+    admin.set_serving(true);
 
-    ingress::serve(listener, settings, ingress, signal(stopped)).await;
+    ingress::serve(listeners.ingress, settings, ingress, signal(stopped)).await;
+    admin.set_serving(false);
     tracing::info!("ingress closed; stopping the forwarder");
     let _ = forwarder_stop.send(true);
     let _ = forwarding.await;
     maintenance.abort();
+    let _ = admin_stop.send(true);
+    if let Some(serving) = admin_serving {
+        let _ = serving.await;
+    }
     match spool.close().await {
         Ok(()) => {
             tracing::info!("spool flushed; relay stopped");

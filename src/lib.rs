@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod clock;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod delivery;
 pub mod forwarder;
 pub mod ingress;
+pub mod metrics;
 pub mod providers;
 pub mod signing;
 pub mod spool;

@@ -7,6 +7,7 @@
 //! are reported with the file, line, column and key; every problem is listed,
 //! not just the first.
 
+mod admin;
 mod locate;
 mod values;
 
@@ -21,6 +22,7 @@ use serde::Deserialize;
 use crate::delivery::Schedule;
 use crate::providers::{GenericRules, Provider};
 use crate::signing::SigningKey;
+pub use admin::{AdminConfig, AdminListen, AdminToken, Role};
 pub use locate::KeyPath;
 pub use values::{parse_duration, parse_rate, parse_size, ByteSize, HumanDuration, Rate};
 
@@ -34,6 +36,7 @@ pub struct Config {
     pub forwarder: ForwarderConfig,
     pub sources: BTreeMap<String, SourceConfig>,
     pub subscriptions: Vec<SubscriptionConfig>,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -314,25 +317,22 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
+        let unreadable = config
+            .admin
+            .read_token_files(&KeyPath::default().key("admin"));
+        if !unreadable.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems: located(&text, unreadable),
+            });
+        }
         Ok(config)
     }
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
         let config = Config::deserialize_sections(text)?;
-        let problems: Vec<Problem> = config
-            .problems()
-            .into_iter()
-            .map(|(key, message)| {
-                let at = locate::locate(text, &key);
-                Problem {
-                    key: key.to_string(),
-                    line: at.map(|p| p.line),
-                    column: at.map(|p| p.column),
-                    message,
-                }
-            })
-            .collect();
+        let problems = located(text, config.problems());
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -352,6 +352,7 @@ impl Config {
         for sub in &mut self.subscriptions {
             sub.tls_ca.as_mut().map(resolve);
         }
+        self.admin.resolve_paths(base);
     }
 
     /// Where the self-signed certificate and its key are kept.
@@ -418,6 +419,8 @@ impl Config {
             }
             sub.check(&at, self, &mut problems);
         }
+        self.admin
+            .check(&KeyPath::default().key("admin"), &mut problems);
         problems
     }
 }
@@ -440,6 +443,7 @@ impl Config {
             forwarder: ForwarderConfig::default(),
             sources: BTreeMap::new(),
             subscriptions: Vec::new(),
+            admin: AdminConfig::default(),
         };
         for (key, value) in root.into_inner() {
             match key.get_ref().as_ref() {
@@ -448,6 +452,7 @@ impl Config {
                 "forwarder" => {
                     config.forwarder = section(text, value, &mut problems).unwrap_or_default()
                 }
+                "admin" => config.admin = section(text, value, &mut problems).unwrap_or_default(),
                 "sources" => match value.into_inner() {
                     DeValue::Table(sources) => {
                         for (name, source) in sources {
@@ -476,7 +481,7 @@ impl Config {
                     text,
                     key.span(),
                     &format!(
-                        "unknown key `{other}`, expected one of the sections `server`, `spool`, `forwarder`, `sources`, `subscriptions`"
+                        "unknown key `{other}`, expected one of the sections `server`, `spool`, `forwarder`, `sources`, `subscriptions`, `admin`"
                     ),
                 )),
             }
@@ -489,6 +494,22 @@ impl Config {
             Err(problems)
         }
     }
+}
+
+/// Problems found on the parsed config, with their place in the text.
+fn located(text: &str, problems: Vec<(KeyPath, String)>) -> Vec<Problem> {
+    problems
+        .into_iter()
+        .map(|(key, message)| {
+            let at = locate::locate(text, &key);
+            Problem {
+                key: key.to_string(),
+                line: at.map(|p| p.line),
+                column: at.map(|p| p.column),
+                message,
+            }
+        })
+        .collect()
 }
 
 /// One section deserialized from its spanned value; its error, located, goes to `problems`.

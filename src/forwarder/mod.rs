@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{Decision, Delivery};
+use crate::metrics::{Ended, Metrics};
 use crate::spool::{Lease, Spool};
 pub use target::{parse_retry_after, Target, TargetError};
 
@@ -40,10 +41,16 @@ pub struct Forwarder {
     targets: Vec<Arc<Target>>,
     global: Arc<Semaphore>,
     grace: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
-    pub fn new(config: &Config, spool: Spool, clock: Clock) -> Result<Self, TargetError> {
+    pub fn new(
+        config: &Config,
+        spool: Spool,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, TargetError> {
         let targets = config
             .subscriptions
             .iter()
@@ -55,6 +62,7 @@ impl Forwarder {
             targets,
             global: Arc::new(Semaphore::new(config.forwarder.max_in_flight)),
             grace: config.forwarder.shutdown_grace.0,
+            metrics,
         })
     }
 
@@ -69,6 +77,7 @@ impl Forwarder {
                 spool: self.spool.clone(),
                 clock: self.clock,
                 global: self.global.clone(),
+                metrics: self.metrics.clone(),
             };
             workers.spawn(worker.run(stop_rx.clone(), self.grace));
         }
@@ -83,6 +92,7 @@ struct Worker {
     spool: Spool,
     clock: Clock,
     global: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
@@ -150,6 +160,7 @@ impl Worker {
                     spool: self.spool.clone(),
                     clock: self.clock,
                     stop: stop.clone(),
+                    metrics: self.metrics.clone(),
                 };
                 attempts.spawn(attempt.run(lease, [slot, global]));
             }
@@ -184,6 +195,7 @@ struct Attempt {
     spool: Spool,
     clock: Clock,
     stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Attempt {
@@ -213,18 +225,26 @@ impl Attempt {
             }
         };
         let (id, subscription, ms) = (lease.id(), lease.subscription(), now - started);
+        let seconds = |ms: i64| ms.max(0) as f64 / 1000.0;
+        self.metrics.attempt(subscription, &outcome, seconds(ms));
         match decision {
             Decision::Delivered => {
-                tracing::debug!(%id, subscription, attempt = number, ms, "delivered")
+                let since_receipt = now - lease.notification().meta.received_ms;
+                self.metrics
+                    .ended(subscription, Ended::delivered, Some(seconds(since_receipt)));
+                tracing::info!(%id, subscription, attempt = number, ms, ?outcome, "delivered")
             }
             Decision::RetryAt(at) => tracing::info!(
-                %id, subscription, attempt = number, ?outcome,
-                retry_in_ms = at - now, "attempt failed; will retry"
+                %id, subscription, attempt = number, ms, ?outcome,
+                next_try = %crate::clock::format_ms(at), "attempt failed; will retry"
             ),
-            Decision::Dead => tracing::warn!(
-                %id, subscription, attempt = number, ?outcome,
-                "delivery is dead after its last attempt; an admin can replay it"
-            ),
+            Decision::Dead => {
+                self.metrics.ended(subscription, Ended::dead, None);
+                tracing::warn!(
+                    %id, subscription, attempt = number, ms, ?outcome,
+                    "delivery is dead after its last attempt; an admin can replay it"
+                )
+            }
         }
         self.record(&lease, &delivery).await;
     }

@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::config::{Config, OnInvalid};
+use crate::metrics::Metrics;
 use crate::providers::Provider;
 use crate::spool::Spool;
 pub use auth::AuthFailure;
@@ -49,10 +50,11 @@ pub struct Ingress {
     max_body: u64,
     body_timeout: Duration,
     trusted_proxies: Vec<ipnet::IpNet>,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingress {
-    pub fn new(config: &Config, spool: Spool, clock: Clock) -> Arc<Self> {
+    pub fn new(config: &Config, spool: Spool, clock: Clock, metrics: Arc<Metrics>) -> Arc<Self> {
         let sources = config
             .sources
             .iter()
@@ -76,7 +78,12 @@ impl Ingress {
             max_body: config.server.max_body.0,
             body_timeout: config.server.body_timeout.0,
             trusted_proxies: config.server.trusted_proxy_networks(),
+            metrics,
         })
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
     }
 
     /// Forgets rate-limit state of idle peers; call periodically.

@@ -310,6 +310,30 @@ impl Spool {
         self.backend.quarantined()
     }
 
+    /// Notifications newest first, strictly older than `before` when given;
+    /// a damaged record is an `Err` item and ends the walk.
+    pub fn notifications_newest_first(
+        &self,
+        before: Option<NotificationId>,
+    ) -> impl Iterator<Item = Result<NotificationRecord, SpoolError>> + '_ {
+        self.backend.newest_first(sled::NOTIFICATIONS, before)
+    }
+
+    /// Quarantined bodies newest first, like [`Spool::notifications_newest_first`].
+    pub fn quarantined_newest_first(
+        &self,
+        before: Option<NotificationId>,
+    ) -> impl Iterator<Item = Result<QuarantineRecord, SpoolError>> + '_ {
+        self.backend.newest_first(sled::QUARANTINED, before)
+    }
+
+    pub fn quarantined_body(
+        &self,
+        id: NotificationId,
+    ) -> Result<Option<QuarantineRecord>, SpoolError> {
+        self.backend.quarantine_record(id)
+    }
+
     /// The deliveries of one notification, one per subscription it was
     /// fanned out to (a never attempted one is pending).
     pub fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {

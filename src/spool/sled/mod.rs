@@ -9,6 +9,7 @@ mod keys;
 mod lease;
 mod open;
 mod orphans;
+mod query;
 mod writer;
 
 use std::collections::HashMap;
@@ -32,6 +33,10 @@ use crate::providers::Notification;
 pub use lease::SledLease;
 use lease::SubState;
 pub use open::{check, stopped_cleanly};
+
+/// Which records a walk reads.
+pub const NOTIFICATIONS: u8 = keys::NOTIFICATION;
+pub const QUARANTINED: u8 = keys::QUARANTINE;
 use writer::{Applied, Change, Op};
 
 /// sled's tree that holds everything (format 2).
