@@ -1,0 +1,335 @@
+//! The admin listener on a running relay: tokens and roles, health,
+//! metrics, the notification list with its filters and pages, a
+//! notification's history, replays one by one and by filter, the quarantine.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
+pub const VIEWER_TOKEN: &str = "viewer-token-0123456789";
+
+/// The `[admin]` section the tests use: loopback, one admin, one viewer.
+pub fn admin_section() -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+tokens = [
+  {{ name = "ops", token = "{ADMIN_TOKEN}", role = "admin" }},
+  {{ name = "grafana", token = "{VIEWER_TOKEN}", role = "viewer" }},
+]
+"#
+    )
+}
+
+struct Admin {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Admin {
+    fn of(relay: &TestRelay) -> Admin {
+        let listen = relay
+            .relay()
+            .admin_listen
+            .clone()
+            .expect("the admin listener is configured");
+        Admin {
+            base: format!("http://{listen}"),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("admin listener answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call("GET", path, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// Polls `path` until its answer satisfies `done`; returns that answer.
+    async fn wait_for(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let body = self.get(path).await;
+            if done(&body) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last answer: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn items(body: &Value) -> usize {
+    body["items"].as_array().map_or(0, Vec::len)
+}
+
+async fn post_tus(relay: &TestRelay, hook: &str, reference: &str) -> String {
+    let body = tusfacturas(hook, "emitido", 1)
+        .replace("\"17032\"", &format!("\"{reference}\""));
+    let (status, json) = relay
+        .post(&format!("/hooks/tusfacturas/{TUS_TOKEN}"), body)
+        .await;
+    assert_eq!(status, 200, "{json}");
+    json["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn tokens_and_roles_guard_every_endpoint_but_health_and_metrics() {
+    let relay = TestRelay::start(&admin_section()).await;
+    let admin = Admin::of(&relay);
+    let id = post_tus(&relay, "h-1", "0001-0001").await;
+
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        let (status, body) = admin.call("GET", open, None).await;
+        assert_eq!(status, 200, "{open} needs no token: {body}");
+    }
+    let (status, ready) = admin.call("GET", "/readyz", None).await;
+    assert_eq!((status, ready["ready"].as_bool()), (200, Some(true)));
+
+    let list = "/api/notifications";
+    assert_eq!(admin.call("GET", list, None).await.0, 401, "no token");
+    let (status, body) = admin.call("GET", list, Some("not-a-token-at-all")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    assert_eq!(admin.call("GET", list, Some(VIEWER_TOKEN)).await.0, 200);
+    let replay = format!("/api/notifications/{id}/replay?subscription=none");
+    let (status, body) = admin.call("POST", &replay, Some(VIEWER_TOKEN)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let (status, _) = admin
+        .call("POST", "/api/replay?dry_run=true", Some(VIEWER_TOKEN))
+        .await;
+    assert_eq!(status, 403, "a viewer cannot replay in bulk");
+
+    // Errors name what is wrong.
+    let (status, body) = admin.call("GET", "/api/nothing", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = admin
+        .call("GET", "/api/notifications?state=lost", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 400);
+    assert!(body["detail"].as_str().unwrap().contains("state"), "{body}");
+    let (status, body) = admin
+        .call(
+            "GET",
+            "/api/notifications?sorce=tusfacturas",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(status, 400, "a misspelt filter is refused: {body}");
+    let unknown = "/api/notifications/01KAAAAAAAAAAAAAAAAAAAAAAA";
+    assert_eq!(admin.call("GET", unknown, Some(ADMIN_TOKEN)).await.0, 404);
+    let (status, _) = admin
+        .call("GET", "/api/notifications/not-an-id", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = admin.call("DELETE", list, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 405);
+
+    // The request above counted, by source and outcome, with no id in sight.
+    let (_, metrics) = admin.call("GET", "/metrics", None).await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains(
+            "webhook_relay_notifications_received_total{source=\"tusfacturas\",outcome=\"accepted\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&id), "no id as a label value");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_list_pages_newest_first_and_filters_by_invoice_and_time() {
+    let relay = TestRelay::start(&admin_section()).await;
+    let admin = Admin::of(&relay);
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(post_tus(&relay, &format!("h-{i}"), &format!("0001-{i:04}")).await);
+    }
+    ids.reverse();
+
+    let mut seen = Vec::new();
+    let mut path = "/api/notifications?limit=3&source=tusfacturas".to_owned();
+    for page in 0.. {
+        assert!(page < 5, "pages never end");
+        let body = admin.get(&path).await;
+        let items = body["items"].as_array().unwrap();
+        assert!(items.len() <= 3);
+        seen.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_owned()));
+        match body["next_cursor"].as_str() {
+            Some(cursor) => {
+                path = format!("/api/notifications?limit=3&source=tusfacturas&cursor={cursor}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every notification once, newest first");
+
+    let body = admin.get("/api/notifications?subject=0001-0003").await;
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{body}");
+    assert_eq!(items[0]["id"], ids[3]);
+    assert_eq!(items[0]["event"], "facturacion.emitido");
+
+    let body = admin
+        .get("/api/notifications?subject=0001-000*&until=2000-01-01T00:00:00Z")
+        .await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 0, "{body}");
+    let body = admin.get("/api/notifications?source=datil").await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 0, "{body}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn dead_deliveries_are_shown_with_their_attempts_and_replayed_by_filter() {
+    // Four failures per notification: the 50/100/150 ms schedule runs out.
+    let target = Target::start(vec![Reply::Status(500); 8]).await;
+    let relay = TestRelay::start(&format!(
+        "{}{}",
+        subscription("billing", &target.url(), ""),
+        admin_section()
+    ))
+    .await;
+    let admin = Admin::of(&relay);
+    let first = post_tus(&relay, "d-1", "0002-0001").await;
+    let second = post_tus(&relay, "d-2", "0002-0002").await;
+    target.wait_for(8, WAIT).await;
+    admin
+        .wait_for(
+            "/api/notifications?state=dead",
+            "both deliveries dead",
+            |b| items(b) == 2,
+        )
+        .await;
+
+    let shown = admin.get(&format!("/api/notifications/{first}")).await;
+    assert_eq!(shown["subject"], "0002-0001");
+    assert!(
+        shown["body"]
+            .as_str()
+            .unwrap()
+            .contains("\"hook_id\": \"d-1\""),
+        "{shown}"
+    );
+    let delivery = &shown["deliveries"][0];
+    assert_eq!(delivery["subscription"], "billing");
+    assert_eq!(delivery["state"], "dead");
+    let attempts = delivery["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4, "{delivery}");
+    assert_eq!(attempts[0]["outcome"]["code"], 500);
+    assert!(attempts[3]["started_at"].as_str().unwrap().ends_with('Z'));
+
+    let dry = admin
+        .call(
+            "POST",
+            "/api/replay?state=dead&source=tusfacturas&dry_run=true",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(dry.0, 200, "{}", dry.1);
+    assert_eq!(
+        (dry.1["deliveries"].as_u64(), dry.1["dry_run"].as_bool()),
+        (Some(2), Some(true))
+    );
+    assert_eq!(target.count(), 8, "a dry run sends nothing");
+
+    // The target has recovered (its script is spent): the replay delivers.
+    let done = admin
+        .call(
+            "POST",
+            "/api/replay?state=dead&source=tusfacturas",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(
+        (done.0, done.1["replayed"].as_u64()),
+        (200, Some(2)),
+        "{}",
+        done.1
+    );
+    assert!(
+        target
+            .wait_until(WAIT, |t| t.succeeded(&first) && t.succeeded(&second))
+            .await,
+        "both replayed deliveries arrive"
+    );
+    admin
+        .wait_for(
+            "/api/notifications?state=delivered",
+            "both delivered",
+            |b| items(b) == 2,
+        )
+        .await;
+    // A second replay of the one notification, by id, is refused: nothing is dead.
+    let (status, body) = admin
+        .call(
+            "POST",
+            &format!("/api/notifications/{first}/replay"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn quarantined_bodies_are_listed_and_shown_apart_from_notifications() {
+    let relay = TestRelay::start(&admin_section()).await;
+    let admin = Admin::of(&relay);
+    let (status, json) = relay
+        .post(
+            &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
+            "{\"not\": \"tusfacturas\"}",
+        )
+        .await;
+    assert_eq!(status, 422, "{json}");
+    let id = json["quarantine_id"].as_str().unwrap();
+
+    let list = admin.get("/api/notifications?state=quarantined").await;
+    assert_eq!(list["items"][0]["id"], id, "{list}");
+    let shown = admin.get(&format!("/api/quarantine/{id}")).await;
+    assert_eq!(shown["body"], "{\"not\": \"tusfacturas\"}");
+    assert_eq!(shown["source"], "tusfacturas");
+    let (status, body) = admin
+        .call(
+            "GET",
+            &format!("/api/notifications/{id}"),
+            Some(VIEWER_TOKEN),
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert!(
+        body["detail"].as_str().unwrap().contains("quarantine"),
+        "{body}"
+    );
+    relay.stop().await;
+}
