@@ -17,7 +17,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::delivery::Outcome;
@@ -97,6 +96,11 @@ pub enum Ended {
 struct SourceOutcome {
     source: String,
     outcome: Received,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -272,11 +276,15 @@ impl Metrics {
             "Changes covered by group commits (divided by flush_groups: the mean group size)",
             metrics.flushed_changes.clone(),
         );
-        registry.register(
-            "build",
-            "The relay's version",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        // A gauge set to 1 rather than an OpenMetrics `info`: the classic
+        // text parser (promtool, older Prometheus) knows no `info` type.
+        let build = Family::<BuildLabel, Gauge>::default();
+        build
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "The relay's version", build);
         Metrics {
             registry,
             ..metrics
@@ -379,6 +387,41 @@ impl Metrics {
     }
 }
 
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for
+/// scrapers that do not ask for OpenMetrics (and `promtool check
+/// metrics`): there a counter's HELP and TYPE name its `_total` samples,
+/// and there is no `# EOF`.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 256);
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let name = rest.split(' ').next().unwrap_or("");
+                if counters.contains(name) {
+                    let _ = writeln!(out, "{prefix}{name}_total{}", &rest[name.len()..]);
+                } else {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            None => {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,5 +471,16 @@ mod tests {
         });
         assert!(again.contains("webhook_relay_flushed_changes_total 7"));
         assert!(!again.contains("deliveries_waiting{"));
+    }
+
+    #[test]
+    fn the_classic_text_names_counters_by_their_samples() {
+        let metrics = Metrics::new();
+        metrics.received("tf", Received::accepted);
+        let classic = classic_text(&metrics.render(&Snapshot::default()));
+        assert!(classic.contains("# TYPE webhook_relay_notifications_received_total counter\n"));
+        assert!(classic.contains("# HELP webhook_relay_notifications_received_total Requests"));
+        assert!(classic.contains("# TYPE webhook_relay_spool_bytes gauge\n"));
+        assert!(!classic.contains("# EOF"));
     }
 }

@@ -146,7 +146,14 @@ async fn route(
     match segments.as_slice() {
         ["healthz"] if get => return ok(json!({ "status": "ok" })),
         ["readyz"] if get => return readyz(admin).await,
-        ["metrics"] if get => return metrics(admin).await,
+        ["metrics"] if get => {
+            let openmetrics = request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+            return metrics(admin, openmetrics).await;
+        }
         ["healthz" | "readyz" | "metrics"] => return Err(ApiError::Method(method)),
         _ => {}
     }
@@ -278,7 +285,9 @@ async fn readyz(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
     ))
 }
 
-async fn metrics(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the
+/// classic text format.
+async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes>>, ApiError> {
     let health = admin.spool.health();
     let spool = admin.spool.clone();
     // `size_on_disk` asks the filesystem, not the spool's records.
@@ -292,11 +301,21 @@ async fn metrics(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
         ..Snapshot::default()
     };
     let text = admin.metrics.render(&snapshot);
+    let (text, content_type) = if openmetrics {
+        (
+            text,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            crate::metrics::classic_text(&text),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
     let mut response = Response::new(Full::new(Bytes::from(text)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Ok(response)
 }
 

@@ -87,8 +87,7 @@ fn items(body: &Value) -> usize {
 }
 
 async fn post_tus(relay: &TestRelay, hook: &str, reference: &str) -> String {
-    let body = tusfacturas(hook, "emitido", 1)
-        .replace("\"17032\"", &format!("\"{reference}\""));
+    let body = tusfacturas(hook, "emitido", 1).replace("\"17032\"", &format!("\"{reference}\""));
     let (status, json) = relay
         .post(&format!("/hooks/tusfacturas/{TUS_TOKEN}"), body)
         .await;
@@ -332,4 +331,69 @@ async fn quarantined_bodies_are_listed_and_shown_apart_from_notifications() {
         "{body}"
     );
     relay.stop().await;
+}
+
+/// `promtool check metrics` (Debian package `prometheus`) on the live
+/// output. `.ci/run` installs it and sets `REQUIRE_PROMTOOL=1`; elsewhere
+/// the test says it was skipped.
+#[tokio::test]
+async fn promtool_accepts_the_live_metrics() {
+    let Ok(promtool) = which("promtool") else {
+        assert!(
+            std::env::var_os("REQUIRE_PROMTOOL").is_none(),
+            "REQUIRE_PROMTOOL is set but promtool is not installed"
+        );
+        eprintln!("promtool is not installed (Debian package prometheus): skipped");
+        return;
+    };
+    let target = Target::start(vec![Reply::Status(500)]).await;
+    let relay = TestRelay::start(&format!(
+        "{}{}",
+        subscription("billing", &target.url(), ""),
+        admin_section()
+    ))
+    .await;
+    let admin = Admin::of(&relay);
+    post_tus(&relay, "m-1", "0003-0001").await;
+    target.wait_for(2, WAIT).await;
+    let (_, text) = admin.call("GET", "/metrics", None).await;
+    let text = text.as_str().unwrap().to_owned();
+    for family in [
+        "webhook_relay_attempts_total{subscription=\"billing\",class=\"5xx\"} 1",
+        "webhook_relay_ingest_duration_seconds_bucket",
+        "webhook_relay_build_info",
+    ] {
+        assert!(text.contains(family), "{family} missing from:\n{text}");
+    }
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool refused the metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    relay.stop().await;
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .ok_or(())
 }
