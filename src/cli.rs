@@ -1,6 +1,8 @@
-//! The command line: `serve`, `check-config`, `spool dump`, `gen-secret`.
-//! Commands parse their arguments, load the config and call the library;
-//! a bad config exits with 64 (EX_USAGE) after naming file, line and key.
+//! The command line: `serve`, `check-config`, `spool ...`, `quarantine
+//! ...`, `gen-secret`. Commands parse their arguments, load the config and
+//! call the library, or (for a running relay) its admin API through
+//! [`remote`]; a bad config exits with 64 (EX_USAGE) after naming file,
+//! line and key.
 //!
 //! A damaged spool is never served with holes: `serve` first walks it the
 //! way `spool check` does and refuses, with exit 65 (EX_DATAERR), a spool
@@ -20,6 +22,9 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::signing::SigningKey;
 use crate::spool::{Routes, Spool, SpoolError};
+use remote::{cell, table, AdminClient, RemoteArgs, RemoteError};
+
+mod remote;
 
 /// EX_USAGE: the configuration is wrong.
 pub const EXIT_CONFIG: u8 = 64;
@@ -45,15 +50,122 @@ pub enum Command {
     Serve(ConfigArg),
     /// Validate the configuration and exit (0, or 64 with every error).
     CheckConfig(ConfigArg),
-    /// Inspect the spool of a stopped relay.
+    /// Inspect the spool: of a running relay through its admin API (ls,
+    /// show, stats, replay), or of a stopped one directly (dump, check, ...).
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// The quarantine of a running relay: authenticated bodies that were
+    /// not accepted as notifications.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Print a new subscription secret (`whsec_...`).
     GenSecret,
 }
 
 #[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List quarantined bodies, newest first.
+    Ls {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[arg(long)]
+        source: Option<String>,
+        /// RFC 3339, or a duration back from now (`24h`).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one quarantined body, with the reason it was not accepted.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        id: String,
+    },
+}
+
+/// The filters of `spool ls` and of a bulk `spool replay`.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct FilterArgs {
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Event type pattern, `*` matches anything (`facturacion.*`).
+    #[arg(long)]
+    pub event: Option<String>,
+    /// The invoice (TusFacturas external_reference, NubeFact serie-numero,
+    /// Dátil receipt), a pattern with `*`.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// waiting, delivered, dead, purged (or quarantined for `ls`).
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long)]
+    pub subscription: Option<String>,
+    /// RFC 3339, or a duration back from now (`24h`).
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+impl FilterArgs {
+    fn pairs(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![
+            ("source", self.source.clone()),
+            ("event", self.event.clone()),
+            ("subject", self.subject.clone()),
+            ("state", self.state.clone()),
+            ("subscription", self.subscription.clone()),
+            ("since", self.since.clone()),
+            ("until", self.until.clone()),
+        ]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pairs().iter().all(|(_, v)| v.is_none())
+    }
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SpoolCommand {
+    /// List notifications of a running relay, newest first, with the state
+    /// of each delivery.
+    Ls {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Rows per page.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Every page, not only the first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one notification of a running relay: its record, body, and
+    /// every delivery with its attempts.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        id: String,
+    },
+    /// Counts and the state of the spool of a running relay.
+    Stats {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// Print the spooled notifications as JSON lines, oldest first.
     Dump {
         #[command(flatten)]
@@ -93,17 +205,25 @@ pub enum SpoolCommand {
         /// The removed subscription.
         subscription: String,
     },
-    /// Put a notification's dead deliveries back in the queue, due now, with
-    /// a fresh schedule (the relay must be stopped; it sends them on start).
+    /// Put dead deliveries back in the queue, due now, with a fresh
+    /// schedule: one notification's (by id), or every one a filter picks
+    /// (with --dry-run to count them first, or --yes). Through the running
+    /// relay's admin API; a stopped relay's spool directly (by id only).
     Replay {
         #[command(flatten)]
         config: ConfigArg,
-        /// The notification's id (as `spool dump` prints it).
-        id: String,
-        /// Only this subscription's delivery (and replay it even if it was
-        /// delivered).
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The notification's id; without it, the filters pick.
+        id: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Count what a bulk replay would touch; change nothing.
         #[arg(long)]
-        subscription: Option<String>,
+        dry_run: bool,
+        /// Do the bulk replay.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -151,9 +271,46 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Spool(SpoolCommand::Replay {
             config,
+            remote,
             id,
-            subscription,
-        }) => load(&config.config).and_then(|config| replay(&config, &id, subscription)),
+            filter,
+            dry_run,
+            yes,
+        }) => replay_command(&config.config, &remote, id, filter, dry_run, yes),
+        Command::Spool(SpoolCommand::Ls {
+            config,
+            remote,
+            filter,
+            limit,
+            all,
+        }) => list(&config.config, &remote, &filter, limit, all),
+        Command::Spool(SpoolCommand::Show { config, remote, id }) => {
+            show(&config.config, &remote, &id)
+        }
+        Command::Spool(SpoolCommand::Stats { config, remote }) => stats(&config.config, &remote),
+        Command::Quarantine(QuarantineCommand::Ls {
+            config,
+            remote,
+            source,
+            since,
+            until,
+            limit,
+        }) => list(
+            &config.config,
+            &remote,
+            &FilterArgs {
+                source,
+                since,
+                until,
+                state: Some("quarantined".into()),
+                ..FilterArgs::default()
+            },
+            limit,
+            false,
+        ),
+        Command::Quarantine(QuarantineCommand::Show { config, remote, id }) => {
+            show_quarantined(&config.config, &remote, &id)
+        }
         Command::GenSecret => {
             println!("{}", SigningKey::generate_secret(rand::random()));
             Ok(())
@@ -175,7 +332,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             _ => None,
         }
     });
-    if err.downcast_ref::<crate::config::ConfigError>().is_some() {
+    if let Some(remote) = err.downcast_ref::<RemoteError>() {
+        remote.exit_code()
+    } else if err.downcast_ref::<crate::config::ConfigError>().is_some() {
         EXIT_CONFIG
     } else if err.downcast_ref::<Damaged>().is_some()
         || matches!(
@@ -540,4 +699,272 @@ fn put_body(line: &mut serde_json::Value, body: &[u8]) {
                 .into()
         }
     }
+}
+
+// === a running relay, through its admin API ===
+
+fn list(
+    config: &Path,
+    remote: &RemoteArgs,
+    filter: &FilterArgs,
+    limit: usize,
+    all: bool,
+) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let quarantine = filter.state.as_deref() == Some("quarantined");
+    let mut cursor: Option<String> = None;
+    let mut rows = Vec::new();
+    loop {
+        let mut pairs = filter.pairs();
+        pairs.push(("limit", Some(limit.to_string())));
+        pairs.push(("cursor", cursor.take()));
+        let page = client.get(&format!("/api/notifications{}", remote::query(&pairs)))?;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        if remote.json {
+            for item in &items {
+                println!("{item}");
+            }
+        }
+        for item in items {
+            rows.push(if quarantine {
+                vec![
+                    cell(&item["id"]),
+                    cell(&item["received_at"]),
+                    cell(&item["source"]),
+                    cell(&item["reason_kind"]),
+                    cell(&item["reason"]),
+                ]
+            } else {
+                let deliveries: Vec<String> = item["deliveries"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| format!("{}:{}", cell(&d["subscription"]), cell(&d["state"])))
+                    .collect();
+                vec![
+                    cell(&item["id"]),
+                    cell(&item["received_at"]),
+                    cell(&item["source"]),
+                    cell(&item["event"]),
+                    cell(&item["subject"]),
+                    deliveries.join(" "),
+                ]
+            });
+        }
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if !all || cursor.is_none() {
+            break;
+        }
+    }
+    if !remote.json {
+        let headers: &[&str] = if quarantine {
+            &["ID", "RECEIVED", "SOURCE", "KIND", "REASON"]
+        } else {
+            &["ID", "RECEIVED", "SOURCE", "EVENT", "SUBJECT", "DELIVERIES"]
+        };
+        print!("{}", table(headers, &rows));
+        if let Some(cursor) = cursor {
+            println!("(more: --all, or the API with cursor={cursor})");
+        }
+    }
+    Ok(())
+}
+
+fn show(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let shown = client.get(&format!("/api/notifications/{}", encode_segment(id)))?;
+    if remote.json {
+        println!("{shown}");
+        return Ok(());
+    }
+    for (label, key) in [
+        ("id", "id"),
+        ("received", "received_at"),
+        ("source", "source"),
+        ("event", "event"),
+        ("subject", "subject"),
+        ("provider time", "provider_time"),
+        ("dedup key", "dedup_key"),
+        ("peer", "peer"),
+    ] {
+        println!("{label:<14} {}", cell(&shown[key]));
+    }
+    let mut rows = Vec::new();
+    for delivery in shown["deliveries"].as_array().into_iter().flatten() {
+        let attempts = delivery["attempts"].as_array().cloned().unwrap_or_default();
+        rows.push(vec![
+            cell(&delivery["subscription"]),
+            cell(&delivery["state"]),
+            "-".into(),
+            cell(&delivery["next_try_at"]),
+            String::new(),
+        ]);
+        for attempt in attempts {
+            let outcome = &attempt["outcome"];
+            let what = match outcome["code"].as_u64() {
+                Some(code) => format!("HTTP {code}"),
+                None => cell(&outcome["kind"]),
+            };
+            rows.push(vec![
+                String::new(),
+                format!("attempt {}", cell(&attempt["number"])),
+                cell(&attempt["started_at"]),
+                format!("{} ms", cell(&attempt["duration_ms"])),
+                what,
+            ]);
+        }
+    }
+    println!();
+    print!(
+        "{}",
+        table(
+            &["SUBSCRIPTION", "STATE", "STARTED", "NEXT/TOOK", "OUTCOME"],
+            &rows
+        )
+    );
+    println!("\n{}", cell(&shown["body"]));
+    Ok(())
+}
+
+fn show_quarantined(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let shown = client.get(&format!("/api/quarantine/{}", encode_segment(id)))?;
+    if remote.json {
+        println!("{shown}");
+        return Ok(());
+    }
+    for (label, key) in [
+        ("id", "id"),
+        ("received", "received_at"),
+        ("source", "source"),
+        ("kind", "reason_kind"),
+        ("reason", "reason"),
+        ("peer", "peer"),
+    ] {
+        println!("{label:<10} {}", cell(&shown[key]));
+    }
+    println!("\n{}", cell(&shown["body"]));
+    Ok(())
+}
+
+fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let stats = client.get("/api/stats")?;
+    if remote.json {
+        println!("{stats}");
+        return Ok(());
+    }
+    let spool = &stats["spool"];
+    println!("spool          {}", cell(&spool["path"]));
+    println!("bytes on disk  {}", cell(&spool["bytes"]));
+    println!(
+        "writable       {}{}",
+        cell(&spool["writable"]),
+        spool["condition"]
+            .as_str()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default()
+    );
+    let rows: Vec<Vec<String>> = stats["sources"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, source)| vec![name.clone(), cell(&source["last_received_at"])])
+        .collect();
+    println!();
+    print!("{}", table(&["SOURCE", "LAST RECEIVED"], &rows));
+    Ok(())
+}
+
+/// `spool replay`: by id or by filter through the running relay; by id on
+/// the spool itself when the relay is not running.
+fn replay_command(
+    config_path: &Path,
+    remote: &RemoteArgs,
+    id: Option<String>,
+    filter: FilterArgs,
+    dry_run: bool,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let Some(id) = id else {
+        if !dry_run && !yes {
+            return Err(RemoteError::Usage(
+                "a replay by filter needs --dry-run (to count) or --yes (to do it)".into(),
+            )
+            .into());
+        }
+        let client = AdminClient::locate(remote, config_path)?;
+        let mut pairs = filter.pairs();
+        pairs.push(("dry_run", dry_run.then(|| "true".to_owned())));
+        let done = client.post(&format!("/api/replay{}", remote::query(&pairs)))?;
+        if remote.json {
+            println!("{done}");
+        } else if dry_run {
+            println!(
+                "would replay {} deliveries of {} notifications (run again with --yes)",
+                cell(&done["deliveries"]),
+                cell(&done["notifications"])
+            );
+        } else {
+            println!(
+                "replayed {} deliveries of {} notifications",
+                cell(&done["replayed"]),
+                cell(&done["notifications"])
+            );
+        }
+        return Ok(());
+    };
+    let other_filters = FilterArgs {
+        subscription: None,
+        ..filter.clone()
+    };
+    if !other_filters.is_empty() || dry_run {
+        return Err(RemoteError::Usage(
+            "a replay by id takes only --subscription; filters and --dry-run are for a replay without an id".into(),
+        )
+        .into());
+    }
+    let client = match AdminClient::locate(remote, config_path) {
+        Ok(client) => Some(client),
+        Err(err)
+            if matches!(
+                err.downcast_ref::<RemoteError>(),
+                Some(RemoteError::NoAddress(_))
+            ) =>
+        {
+            None
+        }
+        Err(err) => return Err(err),
+    };
+    if let Some(client) = client {
+        let path = format!(
+            "/api/notifications/{}/replay{}",
+            encode_segment(&id),
+            remote::query(&[("subscription", filter.subscription.clone())])
+        );
+        match client.post(&path) {
+            Ok(done) => {
+                for name in done["replayed"].as_array().into_iter().flatten() {
+                    let line =
+                        serde_json::json!({"id": id, "subscription": name, "replayed": true});
+                    println!("{line}");
+                }
+                return Ok(());
+            }
+            // Not running: the spool itself, below.
+            Err(err) if err.is_unreachable() => {
+                eprintln!(
+                    "webhook-relay: the relay is not running; replaying on its spool directly"
+                );
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let config = load(config_path)?;
+    replay(&config, &id, filter.subscription)
+}
+
+/// A path segment as typed by a user, made safe for a URL.
+fn encode_segment(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -397,3 +397,141 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
         .find(|path| path.is_file())
         .ok_or(())
 }
+
+/// Runs the built binary against the relay's admin API, the token in the
+/// environment; returns (exit code, stdout, stderr).
+fn cli(config: &std::path::Path, args: &[&str], token: &str) -> (i32, String, String) {
+    let out = std::process::Command::new(crate::process::BINARY)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("WEBHOOK_RELAY_TOKEN", token)
+        .env_remove("WEBHOOK_RELAY_ADMIN_URL")
+        .output()
+        .expect("the relay binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
+    let target = Target::start(vec![Reply::Status(500); 4]).await;
+    let relay = TestRelay::start(&format!(
+        "{}{}",
+        subscription("billing", &target.url(), ""),
+        admin_section()
+    ))
+    .await;
+    let admin = Admin::of(&relay);
+    let id = post_tus(&relay, "c-1", "0004-0001").await;
+    admin
+        .wait_for("/api/notifications?state=dead", "the delivery dead", |b| {
+            items(b) == 1
+        })
+        .await;
+    // The CLI finds the admin address in relay.toml (the port is the one bound).
+    let listen = relay.relay().admin_listen.clone().unwrap();
+    let config = relay.dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            base_config(relay.dir.path()),
+            admin_section().replace("127.0.0.1:0", &listen)
+        ),
+    )
+    .unwrap();
+    let config_file = config;
+    let config = config_file.as_path();
+
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(config, &["spool", "ls", "--state", "dead"], VIEWER_TOKEN)
+    });
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ID "), "a table with headers: {out}");
+    assert!(
+        lines[1].starts_with(&id) && lines[1].contains("billing:dead"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("0004-0001") && lines[1].contains('T'),
+        "{out}"
+    );
+
+    let (code, out, _) = tokio::task::block_in_place(|| {
+        cli(
+            config,
+            &["spool", "ls", "--subject", "0004-*", "--json"],
+            VIEWER_TOKEN,
+        )
+    });
+    assert_eq!(code, 0);
+    let row: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(row["id"], id);
+
+    let (code, out, _) =
+        tokio::task::block_in_place(|| cli(config, &["spool", "show", &id], VIEWER_TOKEN));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("attempt 4") && out.contains("HTTP 500"),
+        "{out}"
+    );
+    assert!(out.contains("\"hook_id\": \"c-1\""), "the body: {out}");
+
+    // Bulk actions need --dry-run or --yes; a viewer may not replay.
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        cli(config, &["spool", "replay", "--state", "dead"], ADMIN_TOKEN)
+    });
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--dry-run"), "{err}");
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        cli(
+            config,
+            &["spool", "replay", "--state", "dead", "--yes"],
+            VIEWER_TOKEN,
+        )
+    });
+    assert_eq!(code, 77, "{err}");
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(
+            config,
+            &["spool", "replay", "--source", "tusfacturas", "--dry-run"],
+            ADMIN_TOKEN,
+        )
+    });
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("would replay 1 deliveries"), "{out}");
+    assert_eq!(target.count(), 4, "a dry run sends nothing");
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(
+            config,
+            &["spool", "replay", "--source", "tusfacturas", "--yes"],
+            ADMIN_TOKEN,
+        )
+    });
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 1 deliveries"), "{out}");
+    assert!(target.wait_until(WAIT, |t| t.succeeded(&id)).await);
+
+    let (code, out, _) =
+        tokio::task::block_in_place(|| cli(config, &["spool", "stats"], VIEWER_TOKEN));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("tusfacturas") && out.contains("bytes on disk"),
+        "{out}"
+    );
+    let _dir = relay.stop().await;
+
+    // The relay is gone: a clear message and EX_UNAVAILABLE.
+    let (code, _, err) =
+        tokio::task::block_in_place(|| cli(config, &["spool", "ls"], VIEWER_TOKEN));
+    assert_eq!(code, 69, "{err}");
+    assert!(
+        err.contains("does not answer") && err.contains(&listen),
+        "{err}"
+    );
+}
