@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -14,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Admin, AdminError, AdminListener};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::forwarder::{Forwarder, TargetError};
+use crate::forwarder::{Forwarder, TargetError, Targets};
 use crate::ingress::tls::{self, ReloadableCert, TlsError};
 use crate::ingress::{self, Ingress, ListenerSettings};
 use crate::metrics::Metrics;
@@ -49,6 +50,12 @@ pub struct Relay {
     pub admin: Arc<Admin>,
     pub spool: Spool,
     cert: Option<Arc<ReloadableCert>>,
+    /// What a reload swaps: the config it came from, the ingress rules,
+    /// the forwarder's targets.
+    config: tokio::sync::Mutex<Config>,
+    ingress: Arc<ArcSwap<Ingress>>,
+    targets: watch::Sender<Targets>,
+    reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<admin::ReloadRequest>>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), SpoolError>>,
 }
@@ -71,7 +78,7 @@ impl Relay {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let forwarder = Forwarder::new(&config, spool.clone(), clock, metrics.clone())?;
+        let (forwarder, targets) = Forwarder::new(&config, spool.clone(), clock, metrics.clone())?;
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(|source| AppError::Bind {
@@ -87,8 +94,14 @@ impl Relay {
             None => None,
         };
         let admin_listen = admin_listener.as_ref().map(AdminListener::describe);
-        let admin = Admin::new(&config, spool.clone(), metrics.clone(), clock);
-        let ingress = Ingress::new(&config, spool.clone(), clock, metrics);
+        let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
+        let admin = Admin::new(&config, spool.clone(), metrics.clone(), clock, reloads);
+        let ingress = Arc::new(ArcSwap::new(Ingress::new(
+            &config,
+            spool.clone(),
+            clock,
+            metrics,
+        )));
         let settings = ListenerSettings::from_config(&config, acceptor);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(
@@ -97,7 +110,7 @@ impl Relay {
                 admin: admin_listener,
             },
             settings,
-            ingress,
+            ingress.clone(),
             forwarder,
             admin.clone(),
             stopped,
@@ -114,11 +127,78 @@ impl Relay {
             ingress_addr,
             admin_listen,
             admin,
+            config: tokio::sync::Mutex::new(config),
+            ingress,
+            targets,
+            reload_requests: std::sync::Mutex::new(Some(reload_requests)),
             spool,
             cert,
             stop,
             task,
         })
+    }
+
+    /// Applies a new, validated config without dropping a connection or a
+    /// request: sources, tokens and limits (each request sees the config
+    /// current when it arrives), subscriptions (added, removed, changed),
+    /// admin tokens, and the certificate files. What only a restart can
+    /// change (listen addresses, TLS on or off, the spool) is reported and
+    /// left as it was. Nothing is changed when the new subscriptions cannot
+    /// be set up (e.g. an unreadable CA file).
+    pub async fn reload(&self, new: Config) -> Result<Reloaded, AppError> {
+        let mut current = self.config.lock().await;
+        let targets = Targets::build(&new, Some(&self.targets.borrow()))?;
+        let restart_needed = restart_needed(&current, &new);
+        for key in &restart_needed {
+            tracing::warn!(key = %key, "changed in the config, but applies only after a restart");
+        }
+        self.spool.set_routes(Routes::from_config(&new)).await?;
+        let old_names: Vec<String> = current
+            .subscriptions
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let new_names: Vec<String> = new.subscriptions.iter().map(|s| s.name.clone()).collect();
+        let added: Vec<String> = new_names
+            .iter()
+            .filter(|n| !old_names.contains(n))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = old_names
+            .iter()
+            .filter(|n| !new_names.contains(n))
+            .cloned()
+            .collect();
+        for name in &removed {
+            tracing::warn!(subscription = %name, "subscription removed; its waiting deliveries stay as orphans (`spool move-orphans` or `purge-orphans`)");
+        }
+        self.targets.send_replace(targets);
+        self.ingress.store(self.ingress.load().reloaded(&new));
+        self.admin.reload(&new);
+        self.reload_certificate();
+        *current = new;
+        let report = Reloaded {
+            subscriptions_added: added,
+            subscriptions_removed: removed,
+            restart_needed,
+        };
+        tracing::info!(
+            added = ?report.subscriptions_added,
+            removed = ?report.subscriptions_removed,
+            "config reloaded"
+        );
+        Ok(report)
+    }
+
+    /// The admin API's requests to reload (`POST /api/reload`), for the
+    /// one who knows the config file; `None` once taken.
+    pub fn take_reload_requests(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<admin::ReloadRequest>> {
+        self.reload_requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// Re-reads the TLS certificate files (SIGHUP).
@@ -142,6 +222,60 @@ impl Relay {
             .map_err(|e| AppError::Task(e.to_string()))?
             .map_err(AppError::Close)
     }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Reloaded {
+    pub subscriptions_added: Vec<String>,
+    pub subscriptions_removed: Vec<String>,
+    /// Keys that changed but apply only after a restart.
+    pub restart_needed: Vec<String>,
+}
+
+/// The keys a reload cannot apply that differ between two configs.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut differs = |key: &str, changed: bool| {
+        if changed {
+            keys.push(key.to_owned());
+        }
+    };
+    differs("server.listen", old.server.listen != new.server.listen);
+    differs("server.tls", old.server.tls != new.server.tls);
+    differs(
+        "server.self_signed",
+        old.server.self_signed != new.server.self_signed,
+    );
+    differs(
+        "server.tls_cert",
+        old.server.tls_cert != new.server.tls_cert,
+    );
+    differs("server.tls_key", old.server.tls_key != new.server.tls_key);
+    differs(
+        "server.max_connections",
+        old.server.max_connections != new.server.max_connections,
+    );
+    differs(
+        "server (timeouts)",
+        (
+            old.server.header_timeout,
+            old.server.handshake_timeout,
+            old.server.idle_timeout,
+        ) != (
+            new.server.header_timeout,
+            new.server.handshake_timeout,
+            new.server.idle_timeout,
+        ),
+    );
+    differs("spool", old.spool != new.spool);
+    differs(
+        "forwarder",
+        (old.forwarder.max_in_flight, old.forwarder.shutdown_grace)
+            != (new.forwarder.max_in_flight, new.forwarder.shutdown_grace),
+    );
+    differs("admin.listen", old.admin.listen != new.admin.listen);
+    keys
 }
 
 fn load_certificate(config: &Config) -> Result<Option<Arc<ReloadableCert>>, TlsError> {
@@ -168,7 +302,7 @@ struct Listeners {
 async fn run(
     listeners: Listeners,
     settings: ListenerSettings,
-    ingress: Arc<Ingress>,
+    ingress: Arc<ArcSwap<Ingress>>,
     forwarder: Forwarder,
     admin: Arc<Admin>,
     stopped: watch::Receiver<bool>,
@@ -177,7 +311,7 @@ async fn run(
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     };
-    let spool = ingress.spool().clone();
+    let spool = ingress.load().spool().clone();
     let (forwarder_stop, forwarder_stopped) = watch::channel(false);
     let forwarding = tokio::spawn(forwarder.run(signal(forwarder_stopped)));
     let maintenance = tokio::spawn(maintain(ingress.clone(), spool.clone()));
@@ -217,7 +351,7 @@ const SPOOL_UPKEEP: Duration = Duration::from_millis(100);
 const LIMITER_SWEEP: Duration = Duration::from_secs(60);
 
 /// Periodic upkeep: the spool's slices, and forgetting idle rate-limit keys.
-async fn maintain(ingress: Arc<Ingress>, spool: Spool) {
+async fn maintain(ingress: Arc<ArcSwap<Ingress>>, spool: Spool) {
     let mut tick = tokio::time::interval(SPOOL_UPKEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep = tokio::time::Instant::now();
@@ -226,7 +360,7 @@ async fn maintain(ingress: Arc<Ingress>, spool: Spool) {
         // Errors (a store that cannot write yet) are the spool's to log, once.
         let _ = spool.maintain().await;
         if last_sweep.elapsed() >= LIMITER_SWEEP {
-            ingress.sweep_limiters();
+            ingress.load().sweep_limiters();
             last_sweep = tokio::time::Instant::now();
         }
     }

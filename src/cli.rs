@@ -250,7 +250,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 config.subscriptions.len()
             );
         }),
-        Command::Serve(arg) => load(&arg.config).and_then(serve),
+        Command::Serve(arg) => load(&arg.config).and_then(|config| serve(&arg.config, config)),
         Command::Spool(SpoolCommand::Dump {
             config,
             quarantine,
@@ -354,7 +354,7 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -367,7 +367,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let relay = Relay::start(config).await?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let watchdog = tokio::spawn(watchdog(relay.spool.clone()));
-        signals.wait_for_stop(&relay).await;
+        signals.wait_for_stop(&relay, path).await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         watchdog.abort();
         relay.stop().await?;
@@ -394,16 +394,44 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGTERM or SIGINT; SIGHUP reloads the TLS certificate.
-    async fn wait_for_stop(mut self, relay: &Relay) {
+    /// Waits for SIGTERM or SIGINT; SIGHUP (or the admin API) reloads the
+    /// config file.
+    async fn wait_for_stop(mut self, relay: &Relay, path: &Path) {
+        let mut requests = relay.take_reload_requests();
         loop {
             tokio::select! {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
-                _ = self.hup.recv() => relay.reload_certificate(),
+                _ = self.hup.recv() => {
+                    let _ = reload(relay, path).await;
+                }
+                Some(reply) = async { requests.as_mut()?.recv().await } => {
+                    let _ = reply.send(reload(relay, path).await);
+                }
             }
         }
         tracing::info!("stopping");
+    }
+}
+
+/// Re-reads and applies the config file; a file that does not load is
+/// logged, problem by problem, and the running config stays.
+async fn reload(relay: &Relay, path: &Path) -> Result<serde_json::Value, String> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            for line in err.to_string().lines() {
+                tracing::error!(problem = %line, "config not reloaded; the running one stays");
+            }
+            return Err(err.to_string());
+        }
+    };
+    match relay.reload(config).await {
+        Ok(report) => Ok(serde_json::to_value(report).unwrap_or_default()),
+        Err(err) => {
+            tracing::error!(error = %err, "config not reloaded; the running one stays");
+            Err(err.to_string())
+        }
     }
 }
 

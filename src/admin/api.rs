@@ -42,6 +42,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A config that did not load: the old one stays.
+    #[error("{0}")]
+    Invalid(String),
     #[error("the spool cannot answer now: {0}")]
     Spool(SpoolError),
     #[error("internal error: {0}")]
@@ -66,6 +69,7 @@ impl ApiError {
             ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Query(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Spool(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,6 +83,7 @@ impl ApiError {
             ApiError::Method(_) => "method_not_allowed",
             ApiError::Query(_) => "bad_request",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Invalid(_) => "invalid_config",
             ApiError::Spool(_) => "spool_unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -199,6 +204,27 @@ async fn route(
             caller.require(Role::Viewer)?;
             stats(admin).await
         }
+        ["api", "reload"] if post => {
+            caller.require(Role::Admin)?;
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            admin
+                .reloads
+                .send(reply)
+                .await
+                .map_err(|_| ApiError::Conflict("this relay cannot reload its config".into()))?;
+            // Nobody may be listening (a relay embedded without `serve`).
+            let answer = tokio::time::timeout(Duration::from_secs(30), answer)
+                .await
+                .map_err(|_| ApiError::Conflict("no answer to the reload request".into()))?;
+            match answer {
+                Ok(Ok(report)) => {
+                    tracing::info!(by = %caller.name, "config reloaded through the admin API");
+                    ok(report)
+                }
+                Ok(Err(problems)) => Err(ApiError::Invalid(problems)),
+                Err(_) => Err(ApiError::Conflict("the relay is stopping".into())),
+            }
+        }
         ["api", "subscriptions"] if get => {
             caller.require(Role::Subscriber)?;
             ok(subscriptions(admin))
@@ -210,6 +236,7 @@ async fn route(
         | ["api", "quarantine"]
         | ["api", "quarantine", _]
         | ["api", "stats"]
+        | ["api", "reload"]
         | ["api", "subscriptions"] => Err(ApiError::Method(method)),
         _ => Err(ApiError::NoRoute),
     }

@@ -51,11 +51,25 @@ pub struct Admin {
     config: ArcSwap<Config>,
     /// Set once every listener is bound and serving.
     serving: AtomicBool,
+    /// `POST /api/reload` asks whoever holds the receiver (the `serve`
+    /// command, which knows the config file) and waits for the answer.
+    reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
 }
 
+/// A request to re-read the config file; answered with what changed, or
+/// why nothing did.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>;
+
 impl Admin {
-    pub fn new(config: &Config, spool: Spool, metrics: Arc<Metrics>, clock: Clock) -> Arc<Admin> {
+    pub fn new(
+        config: &Config,
+        spool: Spool,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
+    ) -> Arc<Admin> {
         Arc::new(Admin {
+            reloads,
             spool,
             metrics,
             clock,

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -38,7 +39,10 @@ use limits::PeerLimiter;
 struct Source {
     provider: Provider,
     auth: auth::Auth,
-    limiter: Option<PeerLimiter>,
+    /// Shared with the next config when a reload leaves its rate as it was,
+    /// so a reload does not hand every peer a fresh allowance.
+    limiter: Option<Arc<PeerLimiter>>,
+    rate: Option<(crate::config::Rate, Option<u32>)>,
     on_invalid: OnInvalid,
 }
 
@@ -55,17 +59,48 @@ pub struct Ingress {
 
 impl Ingress {
     pub fn new(config: &Config, spool: Spool, clock: Clock, metrics: Arc<Metrics>) -> Arc<Self> {
+        Ingress::build(config, spool, clock, metrics, None)
+    }
+
+    /// The ingress of a reloaded config; rate limiters whose rate did not
+    /// change keep their state.
+    pub fn reloaded(&self, config: &Config) -> Arc<Self> {
+        Ingress::build(
+            config,
+            self.spool.clone(),
+            self.clock,
+            self.metrics.clone(),
+            Some(self),
+        )
+    }
+
+    fn build(
+        config: &Config,
+        spool: Spool,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        previous: Option<&Ingress>,
+    ) -> Arc<Self> {
         let sources = config
             .sources
             .iter()
             .map(|(name, source)| {
-                let limiter = source
-                    .rate
-                    .and_then(|rate| PeerLimiter::new(rate, source.burst));
+                let rate = source.rate.map(|rate| (rate, source.burst));
+                let kept = previous
+                    .and_then(|p| p.sources.get(name))
+                    .filter(|old| old.rate == rate)
+                    .and_then(|old| old.limiter.clone());
+                let limiter = kept.or_else(|| {
+                    source
+                        .rate
+                        .and_then(|rate| PeerLimiter::new(rate, source.burst))
+                        .map(Arc::new)
+                });
                 let checked = Source {
                     provider: source.provider(),
                     auth: auth::Auth::new(source),
                     limiter,
+                    rate,
                     on_invalid: source.on_invalid,
                 };
                 (name.clone(), checked)
@@ -132,7 +167,7 @@ impl ListenerSettings {
 pub async fn serve(
     listener: TcpListener,
     settings: ListenerSettings,
-    ingress: Arc<Ingress>,
+    ingress: Arc<ArcSwap<Ingress>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -226,7 +261,7 @@ pub async fn serve(
 async fn serve_connection<IO>(
     io: IO,
     peer: SocketAddr,
-    ingress: Arc<Ingress>,
+    ingress: Arc<ArcSwap<Ingress>>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     idle_timeout: Duration,
@@ -239,6 +274,9 @@ async fn serve_connection<IO>(
         let (ingress, seen) = (ingress.clone(), seen.clone());
         async move {
             let _under_way = seen.request_started();
+            // Each request sees the config current when it arrives (a reload
+            // applies to open connections too).
+            let ingress = ingress.load_full();
             Ok::<_, std::convert::Infallible>(handler::handle(&ingress, peer, request).await)
         }
     });

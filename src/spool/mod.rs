@@ -261,6 +261,14 @@ impl Spool {
         self.backend.reassign_orphans(from, to, now_ms).await
     }
 
+    /// Takes the subscriptions of a reloaded config: notifications stored
+    /// from now on fan out to them, and a new subscription gets those only
+    /// (what was stored before is for a backfill). Deliveries of a removed
+    /// subscription wait as orphans.
+    pub async fn set_routes(&self, routes: Routes) -> Result<(), SpoolError> {
+        self.backend.set_routes(routes).await
+    }
+
     /// One bounded slice of upkeep: retention, dedup expiry, recovery from a
     /// failed store, the acknowledged mark. The app calls it on a timer.
     pub async fn maintain(&self) -> Result<Maintained, SpoolError> {

@@ -9,3 +9,4 @@ mod full_disk;
 mod helpers;
 mod ingest;
 mod process;
+mod reload;

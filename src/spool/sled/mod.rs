@@ -184,6 +184,13 @@ impl SledSpool {
         &self.shared.config.path
     }
 
+    /// Takes a reloaded config's subscriptions (see `Change::Routes`).
+    pub async fn set_routes(&self, routes: Routes) -> Result<(), SpoolError> {
+        self.write(Change::Routes { routes }, true)
+            .await
+            .map(|_| ())
+    }
+
     async fn write(&self, change: Change, durable: bool) -> Result<Applied, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.writer

@@ -39,7 +39,7 @@ use super::open::Acknowledged;
 use super::{decode_delivery, encode_delivery, keys, lock, storage, Shared, Store};
 use crate::delivery::State;
 use crate::spool::record::{stamp_id, NotificationMeta, Record};
-use crate::spool::{Maintained, NotificationId, SpoolError, Stored};
+use crate::spool::{Maintained, NotificationId, Routes, SpoolError, Stored};
 
 /// Most changes applied in one batch and covered by one flush.
 const MAX_GROUP: usize = 512;
@@ -105,6 +105,11 @@ pub(super) enum Change {
         from: String,
         to: Option<String>,
         now_ms: i64,
+    },
+    /// A reloaded config's subscriptions: a new one starts its walk after
+    /// the newest id handed out so far (it gets what is stored from now on).
+    Routes {
+        routes: Routes,
     },
 }
 
@@ -370,7 +375,10 @@ impl Writer {
                 Change::Store { record, .. } | Change::Quarantine { record, .. } => {
                     record.len() as u64
                 }
-                Change::Complete { .. } | Change::Replay { .. } | Change::Orphans { .. } => 0,
+                Change::Complete { .. }
+                | Change::Replay { .. }
+                | Change::Orphans { .. }
+                | Change::Routes { .. } => 0,
             })
             .sum();
         if growth == 0 {
@@ -535,6 +543,18 @@ impl Writer {
                     // A delivery that cannot be replayed is that change's
                     // answer, not a failure of the group.
                     replay(store, &mut batch, id, &subscription, now_ms)?.map(Applied::Replayed)
+                }
+                Change::Routes { routes } => {
+                    let first_new = self.last_id.map_or(0, |id| id.0 .0.saturating_add(1));
+                    for name in routes.names() {
+                        let key = keys::cursor(name);
+                        if store.get(&key)?.is_none() {
+                            batch.insert(key, &first_new.to_be_bytes());
+                        }
+                    }
+                    // Stores stamped after this one fan out to the new set.
+                    self.shared.routes.store(Arc::new(routes));
+                    Ok(Applied::Recorded)
                 }
                 Change::Orphans { from, to, now_ms } => {
                     store
