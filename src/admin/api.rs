@@ -62,7 +62,7 @@ impl From<SpoolError> for ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         match self {
             ApiError::Auth(err) => err.status(),
             ApiError::NoRoute | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -124,6 +124,12 @@ fn ok(body: Value) -> Result<Response<Full<Bytes>>, ApiError> {
 pub(super) async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    if super::page::is_page(&path) {
+        return match super::page::handle(&admin, request).await {
+            Ok(response) => response,
+            Err(err) => super::page::error_page(&err),
+        };
+    }
     match route(&admin, request).await {
         Ok(response) => response,
         Err(err) => {
@@ -183,7 +189,8 @@ async fn route(
             caller.require(Role::Admin)?;
             let id = parse_id(id)?;
             let subscription = single_parameter(&query, "subscription")?;
-            replay_one(admin, &caller, id, subscription).await
+            let replayed = replay_one(admin, &caller, id, subscription).await?;
+            ok(json!({ "id": id.to_string(), "replayed": replayed }))
         }
         ["api", "replay"] if post => {
             caller.require(Role::Admin)?;
@@ -253,7 +260,7 @@ where
     ok(body)
 }
 
-fn parse_id(text: &str) -> Result<NotificationId, ApiError> {
+pub(super) fn parse_id(text: &str) -> Result<NotificationId, ApiError> {
     NotificationId::parse(text).ok_or_else(|| {
         ApiError::Query(QueryError::Invalid {
             name: "id",
@@ -264,7 +271,10 @@ fn parse_id(text: &str) -> Result<NotificationId, ApiError> {
 }
 
 /// The one parameter an endpoint takes, if given; any other is an error.
-fn single_parameter(query: &str, name: &'static str) -> Result<Option<String>, ApiError> {
+pub(super) fn single_parameter(
+    query: &str,
+    name: &'static str,
+) -> Result<Option<String>, ApiError> {
     let mut found = None;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         if key != name {
@@ -348,7 +358,7 @@ async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes
 
 // === notifications ===
 
-fn list_notifications(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
+pub(super) fn list_notifications(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
     let mut items = Vec::new();
     let mut next_cursor = None;
     let mut scanned = 0;
@@ -411,7 +421,7 @@ fn next_try_ms(delivery: &Delivery) -> Option<i64> {
     }
 }
 
-fn show_notification(spool: &Spool, id: NotificationId) -> Result<Value, ApiError> {
+pub(super) fn show_notification(spool: &Spool, id: NotificationId) -> Result<Value, ApiError> {
     let Some(record) = spool.notification(id)? else {
         if spool.is_quarantined(id)? {
             return Err(ApiError::NotFound(format!(
@@ -483,12 +493,15 @@ fn put_body(out: &mut Value, body: &[u8]) {
 
 // === replays ===
 
-async fn replay_one(
+/// Replays one notification's dead deliveries, or the named
+/// subscription's whatever its state (unless it is still waiting); the
+/// subscriptions replayed.
+pub(super) async fn replay_one(
     admin: &Admin,
     caller: &Caller,
     id: NotificationId,
     subscription: Option<String>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+) -> Result<Vec<String>, ApiError> {
     let spool = admin.spool.clone();
     let chosen = tokio::task::spawn_blocking(move || -> Result<Vec<String>, ApiError> {
         let Some(record) = spool.notification(id)? else {
@@ -534,7 +547,7 @@ async fn replay_one(
         admin.spool.replay(id, name, now_ms).await?;
         tracing::info!(%id, subscription = %name, by = %caller.name, "delivery replayed");
     }
-    ok(json!({ "id": id.to_string(), "replayed": chosen }))
+    Ok(chosen)
 }
 
 /// Replays every delivery a filter picks (its `state` defaults to dead;
@@ -610,7 +623,7 @@ async fn replay_bulk(
 
 // === quarantine ===
 
-fn list_quarantine(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
+pub(super) fn list_quarantine(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
     if filter.event.is_some() || filter.subject.is_some() || filter.subscription.is_some() {
         return Err(QueryError::Invalid {
             name: "state",
@@ -671,7 +684,7 @@ fn quarantine_summary(record: &QuarantineRecord) -> Value {
     })
 }
 
-fn show_quarantined(spool: &Spool, id: NotificationId) -> Result<Value, ApiError> {
+pub(super) fn show_quarantined(spool: &Spool, id: NotificationId) -> Result<Value, ApiError> {
     let Some(record) = spool.quarantined_body(id)? else {
         return Err(ApiError::NotFound(format!("no quarantined body {id}")));
     };
@@ -686,6 +699,10 @@ fn show_quarantined(spool: &Spool, id: NotificationId) -> Result<Value, ApiError
 // === stats and subscriptions ===
 
 async fn stats(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
+    ok(stats_value(admin).await?)
+}
+
+pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
     let health = admin.spool.health();
     let spool = admin.spool.clone();
     let bytes = tokio::task::spawn_blocking(move || spool.size_on_disk())
@@ -700,7 +717,7 @@ async fn stats(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
             (name.clone(), json!({ "last_received_at": last }))
         })
         .collect();
-    ok(json!({
+    Ok(json!({
         "spool": {
             "path": admin.spool.path(),
             "bytes": bytes,
@@ -714,7 +731,7 @@ async fn stats(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
     }))
 }
 
-fn subscriptions(admin: &Admin) -> Value {
+pub(super) fn subscriptions(admin: &Admin) -> Value {
     let config = admin.config.load();
     let items: Vec<Value> = config
         .subscriptions

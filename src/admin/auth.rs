@@ -31,6 +31,9 @@ impl AuthError {
     }
 }
 
+/// The cookie that carries the page's token.
+pub const SESSION_COOKIE: &str = "relay_token";
+
 /// An authenticated caller: the audit log records its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -92,6 +95,26 @@ impl Tokens {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => return Err(AuthError::Missing),
         };
+        self.find(token)
+    }
+
+    /// The page's caller: the token the login form put in the
+    /// [`SESSION_COOKIE`] (HttpOnly, SameSite=Strict, gone with the browser
+    /// session).
+    pub fn authenticate_cookie(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let token = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+            .ok_or(AuthError::Missing)?;
+        let token = percent_encoding::percent_decode_str(token).decode_utf8_lossy();
+        self.find(&token)
+    }
+
+    /// The entry whose token is `token`.
+    pub fn find(&self, token: &str) -> Result<Caller, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Every entry is compared, so the time does not tell which matched.
         let mut found = None;

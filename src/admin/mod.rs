@@ -6,9 +6,11 @@
 //! - [`auth`]: bearer tokens and roles.
 //! - [`query`]: the filters of the API, pure.
 //! - [`api`]: routes and handlers.
+//! - `page`: the HTML page over the same reads.
 
 mod api;
 pub mod auth;
+mod page;
 pub mod query;
 
 use std::convert::Infallible;

@@ -535,3 +535,150 @@ async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
         "{err}"
     );
 }
+
+/// Headless Chromium (Debian `chromium` and `chromium-driver`) opens the
+/// page, logs in, finds a dead notification in the table, opens it, clicks
+/// replay, and the delivery reaches the target. `.ci/run` installs the
+/// browser and sets `REQUIRE_BROWSER=1`; elsewhere the test says it was
+/// skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
+    use fantoccini::Locator;
+
+    let Ok(chromedriver) = which("chromedriver") else {
+        assert!(
+            std::env::var_os("REQUIRE_BROWSER").is_none(),
+            "REQUIRE_BROWSER is set but chromedriver is not installed"
+        );
+        eprintln!("chromedriver is not installed (Debian chromium-driver): skipped");
+        return;
+    };
+    let port = closed_port().await;
+    let mut driver = tokio::process::Command::new(chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromedriver starts");
+
+    let target = Target::start(vec![Reply::Status(500); 4]).await;
+    let relay = TestRelay::start(&format!(
+        "{}{}",
+        subscription("billing", &target.url(), ""),
+        admin_section()
+    ))
+    .await;
+    let admin = Admin::of(&relay);
+    let id = post_tus(&relay, "b-1", "0005-0042").await;
+    admin
+        .wait_for("/api/notifications?state=dead", "the delivery dead", |b| {
+            items(b) == 1
+        })
+        .await;
+
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+    );
+    let webdriver = format!("http://127.0.0.1:{port}");
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let browser = loop {
+        match fantoccini::ClientBuilder::new(connector.clone())
+            .capabilities(capabilities.clone())
+            .connect(&webdriver)
+            .await
+        {
+            Ok(browser) => break browser,
+            Err(err) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "chromedriver did not take a session: {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    browser.goto(&admin.base).await.unwrap();
+    let token = browser
+        .find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap();
+    token.send_keys(VIEWER_TOKEN).await.unwrap();
+    browser
+        .find(Locator::Css("form[action='/login'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // A viewer sees the table but gets no replay button.
+    let row = browser.find(Locator::LinkText(&id)).await.unwrap();
+    let table = browser
+        .find(Locator::Css("table:last-of-type"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        table.contains("0005-0042") && table.contains("dead"),
+        "{table}"
+    );
+    row.click().await.unwrap();
+    assert!(browser
+        .find_all(Locator::Css("form[action*='/replay'] button"))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Log out, and in as an admin.
+    browser
+        .find(Locator::Css("form[action='/logout'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let token = browser
+        .find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap();
+    token.send_keys(ADMIN_TOKEN).await.unwrap();
+    browser
+        .find(Locator::Css("form[action='/login'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .find(Locator::LinkText(&id))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let page = browser.source().await.unwrap();
+    assert!(
+        page.contains("attempt") && page.contains("HTTP 500"),
+        "{page}"
+    );
+    browser
+        .find(Locator::Css("form[action*='/replay'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        target.wait_until(WAIT, |t| t.succeeded(&id)).await,
+        "the replay clicked in the browser reaches the target"
+    );
+    browser.close().await.unwrap();
+    let _ = driver.kill().await;
+    relay.stop().await;
+}
