@@ -21,6 +21,25 @@ use crate::delivery::{Delivery, State};
 use crate::metrics::Snapshot;
 use crate::spool::{NotificationId, NotificationRecord, QuarantineRecord, Spool, SpoolError};
 
+/// Every route, as `docs/openapi.json` documents it (a test holds the two
+/// and the live listener to each other).
+pub const ROUTES: [(&str, &str); 14] = [
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/notifications"),
+    ("GET", "/api/notifications/{id}"),
+    ("POST", "/api/notifications/{id}/replay"),
+    ("POST", "/api/replay"),
+    ("GET", "/api/quarantine"),
+    ("GET", "/api/quarantine/{id}"),
+    ("GET", "/api/stats"),
+    ("GET", "/api/subscriptions"),
+    ("POST", "/api/reload"),
+    ("GET", "/"),
+    ("GET", "/n/{id}"),
+];
+
 /// Most notifications one page request reads before it answers with what
 /// it found and a cursor: a filter that matches little must not turn one
 /// request into a walk of the whole spool.
@@ -213,6 +232,9 @@ async fn route(
         }
         ["api", "reload"] if post => {
             caller.require(Role::Admin)?;
+            if let Some((name, _)) = form_urlencoded::parse(query.as_bytes()).next() {
+                return Err(QueryError::Unknown(name.into_owned()).into());
+            }
             let (reply, answer) = tokio::sync::oneshot::channel();
             admin
                 .reloads

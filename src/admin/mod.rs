@@ -31,6 +31,7 @@ use crate::clock::Clock;
 use crate::config::{AdminListen, Config};
 use crate::metrics::Metrics;
 use crate::spool::Spool;
+pub use api::ROUTES;
 use auth::Tokens;
 
 #[derive(Debug, thiserror::Error)]

@@ -682,3 +682,55 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
     let _ = driver.kill().await;
     relay.stop().await;
 }
+
+/// `docs/openapi.json` names every API route the listener serves, and
+/// each route it names is served: called with a bad parameter (so nothing
+/// changes), a route answers 400 or its own answer, never "no such
+/// endpoint" or 405.
+#[tokio::test]
+async fn the_openapi_file_and_the_live_routes_agree() {
+    let relay = TestRelay::start(&admin_section()).await;
+    let admin = Admin::of(&relay);
+    let id = post_tus(&relay, "o-1", "0006-0001").await;
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, operations) in spec["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    let served: std::collections::BTreeSet<(String, String)> = webhook_relay::admin::ROUTES
+        .iter()
+        .filter(|(_, path)| path.starts_with("/api") || path.ends_with("z") || *path == "/metrics")
+        .map(|(method, path)| (method.to_string(), path.to_string()))
+        .collect();
+    assert_eq!(
+        documented, served,
+        "docs/openapi.json and admin::ROUTES differ"
+    );
+    for (method, path) in &documented {
+        let live = path.replace("{id}", &id);
+        let probe = if method == "POST" {
+            format!("{live}?bogus=1")
+        } else {
+            live
+        };
+        let (status, body) = admin.call(method, &probe, Some(ADMIN_TOKEN)).await;
+        assert!(
+            status != 405 && !(status == 404 && body["detail"] == "no such endpoint"),
+            "{method} {path} is documented but not served: {status} {body}"
+        );
+        if method == "POST" {
+            assert_eq!(
+                status, 400,
+                "{method} {path} refuses an unknown parameter: {body}"
+            );
+        }
+    }
+    let (status, _) = admin
+        .call("GET", "/api/undocumented", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 404);
+    relay.stop().await;
+}
