@@ -402,4 +402,6 @@ impl Spool {
 }
 
 #[cfg(test)]
+mod counts_tests;
+#[cfg(test)]
 mod tests;

@@ -534,6 +534,29 @@ impl SledSpool {
             .unwrap();
     }
 
+    /// Tests: the counts as a walk over every record makes them now.
+    #[cfg(test)]
+    pub fn recount(&self) -> Counts {
+        counts::recount(&self.shared.store().unwrap().tree)
+            .unwrap()
+            .counts
+    }
+
+    /// Tests: write (or, with `None`, remove) the kept counts of a
+    /// subscription, or the totals, behind the writer's back.
+    #[cfg(test)]
+    pub fn overwrite_counts(&self, subscription: Option<&str>, value: Option<&[u8]>) {
+        let key = match subscription {
+            Some(name) => keys::subscription_counts(name),
+            None => keys::COUNT_TOTALS.to_vec(),
+        };
+        let tree = &self.shared.store().unwrap().tree;
+        match value {
+            Some(value) => tree.insert(key, value).unwrap(),
+            None => tree.remove(key).unwrap(),
+        };
+    }
+
     /// Tests: move the durable watermark back, as if the newer stores were
     /// applied but not yet flushed.
     #[cfg(test)]
