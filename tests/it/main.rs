@@ -8,3 +8,4 @@ mod full_disk;
 mod helpers;
 mod ingest;
 mod process;
+mod spool_cli;

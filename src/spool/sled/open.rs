@@ -1112,6 +1112,15 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
 /// everything else read clean: a recount that skipped damaged records is
 /// not the truth either, and is then only reported.
 fn check_counts(store: &Store, report: &mut CheckReport) {
+    if report.problems.iter().any(|p| p.starts_with(UNREADABLE)) {
+        // The walk met parts sled cannot read; a recount would meet them
+        // again and could only be wrong. Show what was kept, if readable.
+        let kept = catch_unwind(AssertUnwindSafe(|| counts::load(&store.tree)));
+        if let Ok(Ok(Kept::Found(kept))) = kept {
+            report.kept_counts = Some(kept);
+        }
+        return;
+    }
     let guarded = catch_unwind(AssertUnwindSafe(|| {
         Ok::<_, SpoolError>((counts::load(&store.tree)?, counts::recount(&store.tree)?))
     }));
