@@ -21,12 +21,7 @@ impl AuditId {
     /// `last`: always after `last`, so ids follow the order of commits
     /// even within one millisecond or when the clock steps back.
     pub fn next_after(last: Option<AuditId>, at_ms: i64) -> AuditId {
-        let ms = u64::try_from(at_ms).unwrap_or(0);
-        let fresh = ulid::Ulid::from_parts(ms, rand::random()).0;
-        match last {
-            Some(last) if fresh <= last.0 .0 => AuditId(ulid::Ulid(last.0 .0.saturating_add(1))),
-            _ => AuditId(ulid::Ulid(fresh)),
-        }
+        AuditId(super::record::ulid_after(last.map(|id| id.0), at_ms))
     }
 
     pub fn to_bytes(self) -> [u8; 16] {

@@ -295,7 +295,7 @@ impl Tally {
         self.counts.notifications += 1;
         self.totals_dirty = true;
         for name in subscriptions {
-            *Standing::Waiting.slot(self.subscription(name)) += 1;
+            self.added(name, Standing::Waiting);
         }
     }
 
@@ -313,14 +313,20 @@ impl Tally {
     }
 
     pub fn added(&mut self, subscription: &str, standing: Standing) {
-        *standing.slot(self.subscription(subscription)) += 1;
+        self.change(subscription, |counts| *standing.slot(counts) += 1);
     }
 
     pub fn removed(&mut self, subscription: &str, standing: Standing) {
-        let slot = standing.slot(self.subscription(subscription));
-        match slot.checked_sub(1) {
-            Some(less) => *slot = less,
-            None => self.drifted(subscription, standing),
+        let underflow = self.change(subscription, |counts| {
+            let slot = standing.slot(counts);
+            match slot.checked_sub(1) {
+                Some(less) => *slot = less,
+                None => return true,
+            }
+            false
+        });
+        if underflow {
+            self.drifted(subscription, standing);
         }
     }
 
@@ -341,14 +347,22 @@ impl Tally {
         self.totals_dirty = true;
     }
 
-    fn subscription(&mut self, name: &str) -> &mut SubscriptionCounts {
+    /// Changes one subscription's counts and marks them to be written.
+    /// On the ingest path: no allocation unless the name is new to the map
+    /// or to this batch.
+    fn change<R>(&mut self, name: &str, change: impl FnOnce(&mut SubscriptionCounts) -> R) -> R {
         if !self.dirty.contains(name) {
             self.dirty.insert(name.to_owned());
         }
-        self.counts
-            .subscriptions
-            .entry(name.to_owned())
-            .or_default()
+        match self.counts.subscriptions.get_mut(name) {
+            Some(counts) => change(counts),
+            None => {
+                let mut counts = SubscriptionCounts::default();
+                let out = change(&mut counts);
+                self.counts.subscriptions.insert(name.to_owned(), counts);
+                out
+            }
+        }
     }
 
     fn drifted(&mut self, subscription: &str, standing: Standing) {

@@ -1148,7 +1148,9 @@ fn check_counts(store: &Store, report: &mut CheckReport) {
             "the kept delivery counts disagree with a recount: {}",
             counts_difference(kept, &counted)
         )),
-        Kept::Missing => Some("no delivery counts were kept".to_owned()),
+        Kept::Missing => Some(
+            "no delivery counts were kept yet (a spool from a relay before they were)".to_owned(),
+        ),
         Kept::Damaged(why) => Some(format!("the kept delivery counts are damaged: {why}")),
     };
     if let Kept::Found(kept) = kept {
