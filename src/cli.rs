@@ -171,8 +171,11 @@ pub enum SpoolCommand {
         #[command(flatten)]
         config: ConfigArg,
         /// Print the quarantined bodies instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "audit")]
         quarantine: bool,
+        /// Print the audit log instead (who changed what, and when).
+        #[arg(long, conflicts_with = "deliveries")]
+        audit: bool,
         /// Print each notification's deliveries too.
         #[arg(long)]
         deliveries: bool,
@@ -254,8 +257,16 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Spool(SpoolCommand::Dump {
             config,
             quarantine,
+            audit,
             deliveries,
-        }) => load(&config.config).and_then(|config| dump(&config, quarantine, deliveries)),
+        }) => load(&config.config).and_then(|config| {
+            let what = match (quarantine, audit) {
+                (true, _) => Dumped::Quarantined,
+                (_, true) => Dumped::Audit,
+                _ => Dumped::Notifications { deliveries },
+            };
+            dump(&config, what)
+        }),
         Command::Spool(SpoolCommand::Check {
             config,
             accept_loss,
@@ -542,7 +553,14 @@ fn open_spool(config: &Config) -> anyhow::Result<Spool> {
     )?)
 }
 
-fn dump(config: &Config, quarantine: bool, deliveries: bool) -> anyhow::Result<()> {
+/// What `spool dump` prints.
+enum Dumped {
+    Notifications { deliveries: bool },
+    Quarantined,
+    Audit,
+}
+
+fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
     let spool = open_spool(config)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -551,7 +569,27 @@ fn dump(config: &Config, quarantine: bool, deliveries: bool) -> anyhow::Result<(
         unreadable += 1;
         eprintln!("webhook-relay: skipped: {err}");
     };
-    if quarantine {
+    if let Dumped::Audit = what {
+        for record in spool.audit_records() {
+            let record = match record {
+                Ok(record) => record,
+                Err(err) => {
+                    report(err);
+                    continue;
+                }
+            };
+            // Times for people (RFC 3339), as the CLI writes them everywhere.
+            let line = serde_json::json!({
+                "id": record.id,
+                "at": format_ms(record.at_ms),
+                "actor": record.entry.actor,
+                "action": record.entry.action,
+                "target": record.entry.target,
+                "detail": record.entry.detail,
+            });
+            writeln!(out, "{line}")?;
+        }
+    } else if let Dumped::Quarantined = what {
         for record in spool.quarantined() {
             let record = match record {
                 Ok(record) => record,
@@ -577,7 +615,7 @@ fn dump(config: &Config, quarantine: bool, deliveries: bool) -> anyhow::Result<(
             let mut line = serde_json::to_value(&record.meta)?;
             line["received_at"] = format_ms(record.meta.received_ms).into();
             put_body(&mut line, &record.body);
-            if deliveries {
+            if let Dumped::Notifications { deliveries: true } = what {
                 let id = crate::spool::NotificationId::parse(&record.meta.id)
                     .ok_or_else(|| anyhow::anyhow!("malformed id {}", record.meta.id))?;
                 match spool.deliveries_of(id) {
@@ -617,14 +655,16 @@ fn close(spool: Spool) -> anyhow::Result<()> {
 fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
     let report = Spool::check(&config.spool, accept_loss)?;
     println!(
-        "{}: {} notifications, {} quarantined, {} delivery records, {} retries due, {} dedup entries",
+        "{}: {} notifications, {} quarantined, {} delivery records, {} retries due, {} dedup entries, {} audit records",
         config.spool.path.display(),
         report.notifications,
         report.quarantined,
         report.deliveries,
         report.retries,
-        report.dedup_entries
+        report.dedup_entries,
+        report.audit_records
     );
+    print_counts(&report);
     for repair in &report.repaired {
         println!("repaired: {repair}");
     }
@@ -650,6 +690,26 @@ fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
             config.spool.path.display()
         ))
         .into())
+    }
+}
+
+/// The counts by a recount (or, when the spool could not be recounted, as
+/// kept): one line for the totals, one per subscription.
+fn print_counts(report: &crate::spool::CheckReport) {
+    let (counts, how) = match (&report.counts, &report.kept_counts) {
+        (Some(counts), _) => (counts, "counted"),
+        (None, Some(kept)) => (kept, "kept (not recounted)"),
+        (None, None) => return,
+    };
+    println!(
+        "counts ({how}): {} notifications, {} quarantined",
+        counts.notifications, counts.quarantined
+    );
+    for (name, sub) in &counts.subscriptions {
+        println!(
+            "counts of {name:?}: {} waiting, {} dead, {} delivered, {} purged",
+            sub.waiting, sub.dead, sub.delivered, sub.purged
+        );
     }
 }
 

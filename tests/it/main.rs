@@ -10,3 +10,4 @@ mod helpers;
 mod ingest;
 mod process;
 mod reload;
+mod spool_cli;
