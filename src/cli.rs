@@ -166,6 +166,15 @@ pub enum SpoolCommand {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// The audit log of a running relay, newest first: who changed what.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Print the spooled notifications as JSON lines, oldest first.
     Dump {
         #[command(flatten)]
@@ -299,6 +308,11 @@ pub fn run(cli: Cli) -> ExitCode {
             show(&config.config, &remote, &id)
         }
         Command::Spool(SpoolCommand::Stats { config, remote }) => stats(&config.config, &remote),
+        Command::Spool(SpoolCommand::Audit {
+            config,
+            remote,
+            limit,
+        }) => audit_log(&config.config, &remote, limit),
         Command::Quarantine(QuarantineCommand::Ls {
             config,
             remote,
@@ -414,7 +428,17 @@ impl Signals {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
                 _ = self.hup.recv() => {
-                    let _ = reload(relay, path).await;
+                    if let Ok(report) = reload(relay, path).await {
+                        let entry = crate::spool::AuditEntry {
+                            actor: "SIGHUP".into(),
+                            action: "config.reload".into(),
+                            target: path.display().to_string(),
+                            detail: report,
+                        };
+                        if let Err(err) = relay.spool.audit(entry).await {
+                            tracing::warn!(error = %err, "the reload is not in the audit log");
+                        }
+                    }
                 }
                 Some(reply) = async { requests.as_mut()?.recv().await } => {
                     let _ = reply.send(reload(relay, path).await);
@@ -772,6 +796,13 @@ fn replay(config: &Config, id: &str, subscription: Option<String>) -> anyhow::Re
             let line = serde_json::json!({"id": id.to_string(), "subscription": name, "replayed": replayed});
             println!("{line}");
         }
+        let entry = crate::spool::AuditEntry {
+            actor: "cli".into(),
+            action: "replay".into(),
+            target: id.to_string(),
+            detail: serde_json::json!({ "subscriptions": chosen }),
+        };
+        spool.audit(entry).await?;
         spool.close().await?;
         anyhow::Ok(())
     })
@@ -961,6 +992,35 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
         .collect();
     println!();
     print!("{}", table(&["SOURCE", "LAST RECEIVED"], &rows));
+    Ok(())
+}
+
+fn audit_log(config: &Path, remote: &RemoteArgs, limit: usize) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let page = client.get(&format!("/api/audit?limit={limit}"))?;
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    if remote.json {
+        for item in &items {
+            println!("{item}");
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|r| {
+            vec![
+                cell(&r["at"]),
+                cell(&r["actor"]),
+                cell(&r["action"]),
+                cell(&r["target"]),
+                cell(&r["detail"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["AT", "WHO", "ACTION", "TARGET", "DETAIL"], &rows)
+    );
     Ok(())
 }
 

@@ -19,11 +19,13 @@ use crate::clock::format_ms;
 use crate::config::Role;
 use crate::delivery::{Delivery, State};
 use crate::metrics::Snapshot;
-use crate::spool::{NotificationId, NotificationRecord, QuarantineRecord, Spool, SpoolError};
+use crate::spool::{
+    AuditEntry, AuditId, NotificationId, NotificationRecord, QuarantineRecord, Spool, SpoolError,
+};
 
 /// Every route, as `docs/openapi.json` documents it (a test holds the two
 /// and the live listener to each other).
-pub const ROUTES: [(&str, &str); 14] = [
+pub const ROUTES: [(&str, &str); 15] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -36,6 +38,7 @@ pub const ROUTES: [(&str, &str); 14] = [
     ("GET", "/api/stats"),
     ("GET", "/api/subscriptions"),
     ("POST", "/api/reload"),
+    ("GET", "/api/audit"),
     ("GET", "/"),
     ("GET", "/n/{id}"),
 ];
@@ -214,7 +217,7 @@ async fn route(
         ["api", "replay"] if post => {
             caller.require(Role::Admin)?;
             let filter = Filter::parse(&query, now_ms, true)?;
-            replay_bulk(admin, &caller, filter).await
+            replay_bulk(admin, &caller, filter, &query).await
         }
         ["api", "quarantine"] if get => {
             caller.require(Role::Viewer)?;
@@ -248,11 +251,43 @@ async fn route(
             match answer {
                 Ok(Ok(report)) => {
                     tracing::info!(by = %caller.name, "config reloaded through the admin API");
+                    audit(
+                        admin,
+                        &caller,
+                        "config.reload",
+                        "relay.toml",
+                        report.clone(),
+                    )
+                    .await?;
                     ok(report)
                 }
                 Ok(Err(problems)) => Err(ApiError::Invalid(problems)),
                 Err(_) => Err(ApiError::Conflict("the relay is stopping".into())),
             }
+        }
+        ["api", "audit"] if get => {
+            caller.require(Role::Viewer)?;
+            let (before, limit) = audit_page(&query)?;
+            let records = tokio::task::spawn_blocking(move || spool.audit_log(before, limit))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            let next_cursor = (records.len() == limit)
+                .then(|| records.last().map(|r| r.id.to_string()))
+                .flatten();
+            let items: Vec<Value> = records
+                .iter()
+                .map(|r| {
+                    json!({
+                        "id": r.id.to_string(),
+                        "at": format_ms(r.at_ms),
+                        "actor": r.entry.actor,
+                        "action": r.entry.action,
+                        "target": r.entry.target,
+                        "detail": r.entry.detail,
+                    })
+                })
+                .collect();
+            ok(json!({ "items": items, "next_cursor": next_cursor }))
         }
         ["api", "subscriptions"] if get => {
             caller.require(Role::Subscriber)?;
@@ -266,6 +301,7 @@ async fn route(
         | ["api", "quarantine", _]
         | ["api", "stats"]
         | ["api", "reload"]
+        | ["api", "audit"]
         | ["api", "subscriptions"] => Err(ApiError::Method(method)),
         _ => Err(ApiError::NoRoute),
     }
@@ -353,10 +389,34 @@ async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes
     let bytes = tokio::task::spawn_blocking(move || spool.size_on_disk().unwrap_or(0))
         .await
         .unwrap_or(0);
+    let counts = admin.spool.counts();
+    let config = admin.config.load();
+    // Configured subscriptions show even at zero; removed ones while they
+    // still have deliveries.
+    let mut deliveries: Vec<(String, u64, u64)> = config
+        .subscriptions
+        .iter()
+        .map(|s| {
+            let of = counts
+                .subscriptions
+                .get(&s.name)
+                .cloned()
+                .unwrap_or_default();
+            (s.name.clone(), of.waiting, of.dead)
+        })
+        .collect();
+    for (name, of) in &counts.subscriptions {
+        if !config.subscriptions.iter().any(|s| &s.name == name) {
+            deliveries.push((name.clone(), of.waiting, of.dead));
+        }
+    }
     let snapshot = Snapshot {
         spool_bytes: bytes,
         spool_writable: health.writable,
         flush_groups: admin.spool.flush_starts(),
+        deliveries,
+        quarantined: counts.quarantined,
+        notifications: counts.notifications,
         ..Snapshot::default()
     };
     let text = admin.metrics.render(&snapshot);
@@ -569,7 +629,65 @@ pub(super) async fn replay_one(
         admin.spool.replay(id, name, now_ms).await?;
         tracing::info!(%id, subscription = %name, by = %caller.name, "delivery replayed");
     }
+    audit(
+        admin,
+        caller,
+        "replay",
+        &id.to_string(),
+        json!({ "subscriptions": chosen }),
+    )
+    .await?;
     Ok(chosen)
+}
+
+/// Records a change in the spool's audit log (durably, before answering).
+async fn audit(
+    admin: &Admin,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    detail: Value,
+) -> Result<(), ApiError> {
+    admin
+        .spool
+        .audit(AuditEntry {
+            actor: caller.name.clone(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail,
+        })
+        .await?;
+    Ok(())
+}
+
+/// `limit` (default 50, at most 500) and `cursor` (an audit id) of an audit page.
+fn audit_page(query: &str) -> Result<(Option<AuditId>, usize), ApiError> {
+    let mut before = None;
+    let mut limit = super::query::DEFAULT_LIMIT;
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "cursor" => {
+                before = Some(value.parse::<AuditId>().map_err(|e| QueryError::Invalid {
+                    name: "cursor",
+                    value: value.to_string(),
+                    reason: e.to_string(),
+                })?)
+            }
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=super::query::MAX_LIMIT).contains(n))
+                    .ok_or_else(|| QueryError::Invalid {
+                        name: "limit",
+                        value: value.to_string(),
+                        reason: format!("a whole number from 1 to {}", super::query::MAX_LIMIT),
+                    })?
+            }
+            other => return Err(QueryError::Unknown(other.to_owned()).into()),
+        }
+    }
+    Ok((before, limit))
 }
 
 /// Replays every delivery a filter picks (its `state` defaults to dead;
@@ -578,6 +696,7 @@ async fn replay_bulk(
     admin: &Admin,
     caller: &Caller,
     mut filter: Filter,
+    filter_text: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     match filter.state {
         None => filter.state = Some(StateFilter::Delivery(DeliveryState::Dead)),
@@ -635,6 +754,14 @@ async fn replay_bulk(
         }
     }
     tracing::info!(by = %caller.name, notifications, replayed, "bulk replay");
+    audit(
+        admin,
+        caller,
+        "replay.bulk",
+        filter_text,
+        json!({ "notifications": notifications, "deliveries": targets.len(), "replayed": replayed }),
+    )
+    .await?;
     ok(json!({
         "dry_run": false,
         "notifications": notifications,
@@ -731,6 +858,27 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let config = admin.config.load();
+    let counts = admin.spool.counts();
+    let deliveries: serde_json::Map<String, Value> = config
+        .subscriptions
+        .iter()
+        .map(|s| s.name.clone())
+        .chain(counts.subscriptions.keys().cloned())
+        .map(|name| {
+            let of = counts.subscriptions.get(&name).cloned().unwrap_or_default();
+            let configured = config.subscriptions.iter().any(|s| s.name == name);
+            (
+                name,
+                json!({
+                    "waiting": of.waiting,
+                    "dead": of.dead,
+                    "delivered": of.delivered,
+                    "purged": of.purged,
+                    "configured": configured,
+                }),
+            )
+        })
+        .collect();
     let sources: serde_json::Map<String, Value> = config
         .sources
         .keys()
@@ -749,6 +897,9 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
             "refused_writes": health.refused_writes,
             "orphans": health.orphans,
         },
+        "notifications": counts.notifications,
+        "quarantined": counts.quarantined,
+        "subscriptions": deliveries,
         "sources": sources,
     }))
 }

@@ -288,6 +288,17 @@ async fn dead_deliveries_are_shown_with_their_attempts_and_replayed_by_filter() 
             |b| items(b) == 2,
         )
         .await;
+    // The replay is in the audit log, with who did it; the dry run is not.
+    let audit = admin.get("/api/audit").await;
+    let records = audit["items"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{audit}");
+    assert_eq!(records[0]["actor"], "ops");
+    assert_eq!(records[0]["action"], "replay.bulk");
+    assert_eq!(records[0]["detail"]["replayed"], 2);
+    assert!(records[0]["at"].as_str().unwrap().ends_with('Z'));
+    let stats = admin.get("/api/stats").await;
+    assert_eq!(stats["subscriptions"]["billing"]["delivered"], 2, "{stats}");
+    assert_eq!(stats["subscriptions"]["billing"]["dead"], 0, "{stats}");
     // A second replay of the one notification, by id, is refused: nothing is dead.
     let (status, body) = admin
         .call(
@@ -360,6 +371,8 @@ async fn promtool_accepts_the_live_metrics() {
     let text = text.as_str().unwrap().to_owned();
     for family in [
         "webhook_relay_attempts_total{subscription=\"billing\",class=\"5xx\"} 1",
+        "webhook_relay_deliveries_waiting{subscription=\"billing\"} ",
+        "webhook_relay_notifications_stored 1",
         "webhook_relay_ingest_duration_seconds_bucket",
         "webhook_relay_build_info",
     ] {
@@ -518,6 +531,11 @@ async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
     assert!(target.wait_until(WAIT, |t| t.succeeded(&id)).await);
 
     let (code, out, _) =
+        tokio::task::block_in_place(|| cli(config, &["spool", "audit"], VIEWER_TOKEN));
+    assert_eq!(code, 0);
+    let row = out.lines().nth(1).unwrap_or_default();
+    assert!(row.contains("ops") && row.contains("replay.bulk"), "{out}");
+    let (code, out, _) =
         tokio::task::block_in_place(|| cli(config, &["spool", "stats"], VIEWER_TOKEN));
     assert_eq!(code, 0);
     assert!(
@@ -604,21 +622,28 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
 
     browser.goto(&admin.base).await.unwrap();
     let token = browser
-        .find(Locator::Css("input[name=token]"))
+        .wait()
+        .for_element(Locator::Css("input[name=token]"))
         .await
         .unwrap();
     token.send_keys(VIEWER_TOKEN).await.unwrap();
     browser
-        .find(Locator::Css("form[action='/login'] button"))
+        .wait()
+        .for_element(Locator::Css("form[action='/login'] button"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
     // A viewer sees the table but gets no replay button.
-    let row = browser.find(Locator::LinkText(&id)).await.unwrap();
+    let row = browser
+        .wait()
+        .for_element(Locator::LinkText(&id))
+        .await
+        .unwrap();
     let table = browser
-        .find(Locator::Css("table:last-of-type"))
+        .wait()
+        .for_element(Locator::Css("table:last-of-type"))
         .await
         .unwrap()
         .text()
@@ -629,6 +654,12 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
         "{table}"
     );
     row.click().await.unwrap();
+    let deliveries_heading = Locator::XPath("//h2[text()='Deliveries']");
+    browser
+        .wait()
+        .for_element(deliveries_heading)
+        .await
+        .unwrap();
     assert!(browser
         .find_all(Locator::Css("form[action*='/replay'] button"))
         .await
@@ -637,29 +668,38 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
 
     // Log out, and in as an admin.
     browser
-        .find(Locator::Css("form[action='/logout'] button"))
+        .wait()
+        .for_element(Locator::Css("form[action='/logout'] button"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
     let token = browser
-        .find(Locator::Css("input[name=token]"))
+        .wait()
+        .for_element(Locator::Css("input[name=token]"))
         .await
         .unwrap();
     token.send_keys(ADMIN_TOKEN).await.unwrap();
     browser
-        .find(Locator::Css("form[action='/login'] button"))
+        .wait()
+        .for_element(Locator::Css("form[action='/login'] button"))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
     browser
-        .find(Locator::LinkText(&id))
+        .wait()
+        .for_element(Locator::LinkText(&id))
         .await
         .unwrap()
         .click()
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .for_element(deliveries_heading)
         .await
         .unwrap();
     let page = browser.source().await.unwrap();
@@ -668,7 +708,8 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
         "{page}"
     );
     browser
-        .find(Locator::Css("form[action*='/replay'] button"))
+        .wait()
+        .for_element(Locator::Css("form[action*='/replay'] button"))
         .await
         .unwrap()
         .click()

@@ -148,6 +148,25 @@ async fn sighup_swaps_a_token_and_adds_a_subscription_without_dropping_a_request
     assert_eq!(done.status(), 200);
     let report: serde_json::Value = serde_json::from_str(&done.text().await.unwrap()).unwrap();
     assert_eq!(report["subscriptions_removed"][0], "erp", "{report}");
+    // Both reloads are in the audit log, each with who asked.
+    let audit = admin_client
+        .get(format!("{admin}/api/audit"))
+        .bearer_auth(crate::admin::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let audit: serde_json::Value = serde_json::from_str(&audit.text().await.unwrap()).unwrap();
+    let actors: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["actor"].as_str().unwrap(), r["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actors,
+        [("ops", "config.reload"), ("SIGHUP", "config.reload")],
+        "{audit}"
+    );
 
     eventually(WAIT, "the loop to go on past the reloads", || {
         sent.load(Ordering::Acquire) >= before_reload + 5

@@ -117,7 +117,9 @@ pub(super) enum Change {
     },
     /// A reloaded config's subscriptions: a new one starts its walk after
     /// the newest id handed out so far (it gets what is stored from now on).
-    Routes { routes: Routes },
+    Routes {
+        routes: Routes,
+    },
     /// An audit entry (encoded), made at `at_ms`.
     Audit {
         entry: Vec<u8>,
