@@ -10,16 +10,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, Admin, AdminError, AdminListener};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::forwarder::{Forwarder, TargetError};
+use crate::forwarder::{Forwarder, TargetError, Targets};
 use crate::ingress::tls::{self, ReloadableCert, SelfSigned, TlsError};
-use crate::ingress::{self, ListenerSettings, LiveIngress};
-use crate::listen::{ListenError, Listeners};
+use crate::ingress::{self, Ingress, ListenerSettings};
+use crate::listen::{self, ListenError};
+use crate::metrics::Metrics;
 use crate::spool::{Routes, Spool, SpoolError};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,8 @@ pub enum AppError {
     Target(#[from] TargetError),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     #[error("a relay task failed: {0}")]
     Task(String),
     #[error("the relay stopped, but its spool could not be closed cleanly: {0}")]
@@ -41,11 +46,17 @@ pub enum AppError {
 /// A running relay. Dropping it does not stop it; call [`Relay::stop`].
 pub struct Relay {
     pub ingress_addr: SocketAddr,
+    /// Where the admin listener listens, when configured.
+    pub admin_listen: Option<String>,
+    pub admin: Arc<Admin>,
     pub spool: Spool,
     cert: Option<Arc<ReloadableCert>>,
-    ingress: Arc<LiveIngress>,
-    /// The config in force (the last one reloaded).
-    config: std::sync::Mutex<Config>,
+    /// What a reload swaps: the config it came from, the ingress rules,
+    /// the forwarder's targets.
+    config: tokio::sync::Mutex<Config>,
+    ingress: Arc<ArcSwap<Ingress>>,
+    targets: watch::Sender<Targets>,
+    reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<admin::ReloadRequest>>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), SpoolError>>,
 }
@@ -54,13 +65,13 @@ impl Relay {
     /// Starts everything on a listener bound as configured; the config must
     /// already be validated.
     pub async fn start(config: Config) -> Result<Relay, AppError> {
-        let listeners = Listeners::bind(config.server.listen)?;
+        let listeners = listen::Listeners::bind(config.server.listen)?;
         Relay::start_on(config, listeners).await
     }
 
     /// Starts everything on these listeners; the config must already be
     /// validated.
-    pub async fn start_on(config: Config, listeners: Listeners) -> Result<Relay, AppError> {
+    pub async fn start_on(config: Config, listeners: listen::Listeners) -> Result<Relay, AppError> {
         let clock = Clock::system();
         let spool = {
             let (spool_config, routes) = (config.spool.clone(), Routes::from_config(&config));
@@ -75,26 +86,46 @@ impl Relay {
             )?)),
             None => None,
         };
-        let forwarder = Forwarder::new(&config, spool.clone(), clock)?;
+        let metrics = Arc::new(Metrics::new());
+        let (forwarder, targets) = Forwarder::new(&config, spool.clone(), clock, metrics.clone())?;
         let listen_error = |source| ListenError::Bind {
             addr: config.server.listen,
             source,
         };
         let listener = TcpListener::from_std(listeners.ingress).map_err(listen_error)?;
         let ingress_addr = listener.local_addr().map_err(listen_error)?;
+        let admin_listener = match (listeners.admin, &config.admin.listen) {
+            // Passed by systemd (FileDescriptorName=admin): used as it is.
+            (Some(passed), _) => Some(AdminListener::Tcp(
+                TcpListener::from_std(passed).map_err(listen_error)?,
+            )),
+            (None, Some(listen)) => Some(AdminListener::bind(listen).await?),
+            (None, None) => None,
+        };
         // Nothing can fail after this: the files of a new certificate now.
         if let Some(generated) = self_signed {
             generated.write()?;
         }
-        let ingress = LiveIngress::new(&config, spool.clone(), clock);
+        let admin_listen = admin_listener.as_ref().map(AdminListener::describe);
+        let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
+        let admin = Admin::new(&config, spool.clone(), metrics.clone(), clock, reloads);
+        let ingress = Arc::new(ArcSwap::new(Ingress::new(
+            &config,
+            spool.clone(),
+            clock,
+            metrics,
+        )));
         let settings = ListenerSettings::from_config(&config, acceptor);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(
-            listener,
+            Listeners {
+                ingress: listener,
+                admin: admin_listener,
+            },
             settings,
             ingress.clone(),
             forwarder,
-            spool.clone(),
+            admin.clone(),
             stopped,
         ));
         tracing::info!(
@@ -103,38 +134,85 @@ impl Relay {
             socket_activated = listeners.activated,
             spool = %spool.path().display(),
             subscriptions = config.subscriptions.len(),
+            admin = admin_listen.as_deref().unwrap_or("off"),
             "ingress listening"
         );
         Ok(Relay {
             ingress_addr,
+            admin_listen,
+            admin,
+            config: tokio::sync::Mutex::new(config),
+            ingress,
+            targets,
+            reload_requests: std::sync::Mutex::new(Some(reload_requests)),
             spool,
             cert,
-            ingress,
-            config: std::sync::Mutex::new(config),
             stop,
             task,
         })
     }
 
-    /// Applies a reloaded (and validated) config: the sources, `max_body`,
-    /// `body_timeout` and `trusted_proxies` at once, and the certificate
-    /// files re-read; says which other changed keys wait for a restart.
-    pub fn reload(&self, config: Config) {
-        self.ingress.reload(&config);
-        self.reload_certificate();
-        let mut running = self
-            .config
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let pending = needs_restart(&running, &config);
-        if !pending.is_empty() {
-            tracing::warn!(
-                keys = %pending.join(", "),
-                "config reloaded, but these changes take effect only at the next restart"
-            );
+    /// Applies a new, validated config without dropping a connection or a
+    /// request: sources, tokens and limits (each request sees the config
+    /// current when it arrives), subscriptions (added, removed, changed),
+    /// admin tokens, and the certificate files. What only a restart can
+    /// change (listen addresses, TLS on or off, the spool) is reported and
+    /// left as it was. Nothing is changed when the new subscriptions cannot
+    /// be set up (e.g. an unreadable CA file).
+    pub async fn reload(&self, new: Config) -> Result<Reloaded, AppError> {
+        let mut current = self.config.lock().await;
+        let targets = Targets::build(&new, Some(&self.targets.borrow()))?;
+        let restart_needed = restart_needed(&current, &new);
+        for key in &restart_needed {
+            tracing::warn!(key = %key, "changed in the config, but applies only after a restart");
         }
-        tracing::info!(sources = config.sources.len(), "config reloaded");
-        *running = config;
+        self.spool.set_routes(Routes::from_config(&new)).await?;
+        let old_names: Vec<String> = current
+            .subscriptions
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let new_names: Vec<String> = new.subscriptions.iter().map(|s| s.name.clone()).collect();
+        let added: Vec<String> = new_names
+            .iter()
+            .filter(|n| !old_names.contains(n))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = old_names
+            .iter()
+            .filter(|n| !new_names.contains(n))
+            .cloned()
+            .collect();
+        for name in &removed {
+            tracing::warn!(subscription = %name, "subscription removed; its waiting deliveries stay as orphans (`spool move-orphans` or `purge-orphans`)");
+        }
+        self.targets.send_replace(targets);
+        self.ingress.store(self.ingress.load().reloaded(&new));
+        self.admin.reload(&new);
+        self.reload_certificate();
+        *current = new;
+        let report = Reloaded {
+            subscriptions_added: added,
+            subscriptions_removed: removed,
+            restart_needed,
+        };
+        tracing::info!(
+            added = ?report.subscriptions_added,
+            removed = ?report.subscriptions_removed,
+            "config reloaded"
+        );
+        Ok(report)
+    }
+
+    /// The admin API's requests to reload (`POST /api/reload`), for the
+    /// one who knows the config file; `None` once taken.
+    pub fn take_reload_requests(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<admin::ReloadRequest>> {
+        self.reload_requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// Re-reads the TLS certificate files (SIGHUP).
@@ -160,58 +238,62 @@ impl Relay {
     }
 }
 
+/// What a reload changed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Reloaded {
+    pub subscriptions_added: Vec<String>,
+    pub subscriptions_removed: Vec<String>,
+    /// Keys that changed but apply only after a restart.
+    pub restart_needed: Vec<String>,
+}
+
+/// The keys a reload cannot apply that differ between two configs.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut differs = |key: &str, changed: bool| {
+        if changed {
+            keys.push(key.to_owned());
+        }
+    };
+    differs("server.listen", old.server.listen != new.server.listen);
+    differs("server.tls", old.server.tls != new.server.tls);
+    differs(
+        "server.self_signed",
+        old.server.self_signed != new.server.self_signed,
+    );
+    differs(
+        "server.tls_cert",
+        old.server.tls_cert != new.server.tls_cert,
+    );
+    differs("server.tls_key", old.server.tls_key != new.server.tls_key);
+    differs(
+        "server.max_connections",
+        old.server.max_connections != new.server.max_connections,
+    );
+    differs(
+        "server (timeouts)",
+        (
+            old.server.header_timeout,
+            old.server.handshake_timeout,
+            old.server.idle_timeout,
+        ) != (
+            new.server.header_timeout,
+            new.server.handshake_timeout,
+            new.server.idle_timeout,
+        ),
+    );
+    differs("spool", old.spool != new.spool);
+    differs(
+        "forwarder",
+        (old.forwarder.max_in_flight, old.forwarder.shutdown_grace)
+            != (new.forwarder.max_in_flight, new.forwarder.shutdown_grace),
+    );
+    differs("admin.listen", old.admin.listen != new.admin.listen);
+    keys
+}
+
 /// The certificate to serve, and a self-signed one still to be written.
 type Certificate = (Option<Arc<ReloadableCert>>, Option<SelfSigned>);
-
-/// The keys (sections, or keys of `[server]`) that differ between two
-/// configs and that only a restart applies.
-fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    // Compared through their Debug form: the sections hold no secret-free
-    // equality of their own, and this runs once per reload.
-    let differ =
-        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-    let (a, b) = (&old.server, &new.server);
-    let mut changed = Vec::new();
-    for (key, differs) in [
-        ("server.listen", a.listen != b.listen),
-        (
-            "server.tls",
-            a.tls != b.tls || a.self_signed != b.self_signed,
-        ),
-        (
-            "server.tls_cert",
-            a.tls_cert != b.tls_cert || a.tls_key != b.tls_key,
-        ),
-        (
-            "server.header_timeout",
-            a.header_timeout != b.header_timeout,
-        ),
-        (
-            "server.handshake_timeout",
-            a.handshake_timeout != b.handshake_timeout,
-        ),
-        ("server.idle_timeout", a.idle_timeout != b.idle_timeout),
-        (
-            "server.max_connections",
-            a.max_connections != b.max_connections,
-        ),
-        (
-            "server.http2_max_streams",
-            a.http2_max_streams != b.http2_max_streams,
-        ),
-        ("spool", differ(&old.spool, &new.spool)),
-        ("forwarder", differ(&old.forwarder, &new.forwarder)),
-        (
-            "subscriptions",
-            differ(&old.subscriptions, &new.subscriptions),
-        ),
-    ] {
-        if differs {
-            changed.push(key);
-        }
-    }
-    changed
-}
 
 fn load_certificate(config: &Config) -> Result<Certificate, TlsError> {
     if !config.server.tls {
@@ -232,27 +314,46 @@ fn load_certificate(config: &Config) -> Result<Certificate, TlsError> {
     Ok((Some(ReloadableCert::load(&cert, &key)?), None))
 }
 
+/// The bound listeners a relay serves.
+struct Listeners {
+    ingress: TcpListener,
+    admin: Option<AdminListener>,
+}
+
 async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     settings: ListenerSettings,
-    ingress: Arc<LiveIngress>,
+    ingress: Arc<ArcSwap<Ingress>>,
     forwarder: Forwarder,
-    spool: Spool,
+    admin: Arc<Admin>,
     stopped: watch::Receiver<bool>,
 ) -> Result<(), SpoolError> {
     let signal = |rx: watch::Receiver<bool>| async move {
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     };
+    let spool = ingress.load().spool().clone();
     let (forwarder_stop, forwarder_stopped) = watch::channel(false);
     let forwarding = tokio::spawn(forwarder.run(signal(forwarder_stopped)));
     let maintenance = tokio::spawn(maintain(ingress.clone(), spool.clone()));
+    // The admin listener stays up until the forwarder has stopped, so a
+    // stop can be watched through it.
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let admin_serving = listeners
+        .admin
+        .map(|listener| tokio::spawn(admin::serve(listener, admin.clone(), signal(admin_stopped))));
+    admin.set_serving(true);
 
-    ingress::serve(listener, settings, ingress, signal(stopped)).await;
+    ingress::serve(listeners.ingress, settings, ingress, signal(stopped)).await;
+    admin.set_serving(false);
     tracing::info!("ingress closed; stopping the forwarder");
     let _ = forwarder_stop.send(true);
     let _ = forwarding.await;
     maintenance.abort();
+    let _ = admin_stop.send(true);
+    if let Some(serving) = admin_serving {
+        let _ = serving.await;
+    }
     match spool.close().await {
         Ok(()) => {
             tracing::info!("spool flushed; relay stopped");
@@ -271,7 +372,7 @@ const SPOOL_UPKEEP: Duration = Duration::from_millis(100);
 const LIMITER_SWEEP: Duration = Duration::from_secs(60);
 
 /// Periodic upkeep: the spool's slices, and forgetting idle rate-limit keys.
-async fn maintain(ingress: Arc<LiveIngress>, spool: Spool) {
+async fn maintain(ingress: Arc<ArcSwap<Ingress>>, spool: Spool) {
     let mut tick = tokio::time::interval(SPOOL_UPKEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep = tokio::time::Instant::now();
@@ -280,7 +381,7 @@ async fn maintain(ingress: Arc<LiveIngress>, spool: Spool) {
         // Errors (a store that cannot write yet) are the spool's to log, once.
         let _ = spool.maintain().await;
         if last_sweep.elapsed() >= LIMITER_SWEEP {
-            ingress.sweep_limiters();
+            ingress.load().sweep_limiters();
             last_sweep = tokio::time::Instant::now();
         }
     }

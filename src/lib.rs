@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod clock;
@@ -31,6 +32,7 @@ pub mod delivery;
 pub mod forwarder;
 pub mod ingress;
 pub mod listen;
+pub mod metrics;
 pub mod providers;
 pub mod signing;
 pub mod spool;

@@ -12,7 +12,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::locate::{self, KeyPath};
-use super::{Config, ForwarderConfig, ServerConfig, SpoolConfig};
+use super::{AdminConfig, Config, ForwarderConfig, ServerConfig, SpoolConfig};
 
 /// One thing wrong with the configuration, where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +94,18 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
+        let unreadable = config
+            .admin
+            .read_token_files(&KeyPath::default().key("admin"));
+        if !unreadable.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems: unreadable
+                    .into_iter()
+                    .map(|(key, message)| located(&text, key, message))
+                    .collect(),
+            });
+        }
         Ok(config)
     }
 
@@ -104,13 +116,7 @@ impl Config {
             if aside.covers(&key) {
                 continue;
             }
-            let at = locate::locate(text, &key);
-            problems.push(Problem {
-                key: key.to_string(),
-                line: at.map(|p| p.line),
-                column: at.map(|p| p.column),
-                message,
-            });
+            problems.push(located(text, key, message));
         }
         if problems.is_empty() {
             return Ok(config);
@@ -132,6 +138,7 @@ impl Config {
         for sub in &mut self.subscriptions {
             sub.tls_ca.as_mut().map(resolve);
         }
+        self.admin.resolve_paths(base);
     }
 
     /// Deserializes each section on its own (each source and subscription
@@ -154,6 +161,7 @@ impl Config {
             forwarder: ForwarderConfig::default(),
             sources: Default::default(),
             subscriptions: Vec::new(),
+            admin: AdminConfig::default(),
         };
         let top = KeyPath::default();
         for (key, value) in root.into_inner() {
@@ -166,6 +174,7 @@ impl Config {
                 "forwarder" => {
                     config.forwarder = reader.section(top.key(name), value).unwrap_or_default()
                 }
+                "admin" => config.admin = reader.section(top.key(name), value).unwrap_or_default(),
                 "sources" => match value.into_inner() {
                     DeValue::Table(sources) => {
                         for (source_name, source) in sources {
@@ -206,7 +215,7 @@ impl Config {
                     text,
                     key.span(),
                     &format!(
-                        "unknown key `{other}`, expected one of the sections `server`, `spool`, `forwarder`, `sources`, `subscriptions`"
+                        "unknown key `{other}`, expected one of the sections `server`, `spool`, `forwarder`, `sources`, `subscriptions`, `admin`"
                     ),
                 )),
             }
@@ -261,6 +270,17 @@ impl Reader<'_> {
         }
         self.aside.keys.push(at);
         None
+    }
+}
+
+/// A problem found on the parsed config, with its place in the text.
+fn located(text: &str, key: KeyPath, message: String) -> Problem {
+    let at = locate::locate(text, &key);
+    Problem {
+        key: key.to_string(),
+        line: at.map(|p| p.line),
+        column: at.map(|p| p.column),
+        message,
     }
 }
 

@@ -10,6 +10,7 @@
 //! together, in the order of the file, each with the file, line, column and
 //! key: every problem at once, syntax errors aside (they stop the reading).
 
+mod admin;
 mod load;
 mod locate;
 mod validate;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 
 use crate::delivery::Schedule;
 use crate::providers::{GenericRules, Provider};
+pub use admin::{AdminConfig, AdminListen, AdminToken, Role};
 pub use load::{ConfigError, Problem};
 pub use locate::KeyPath;
 pub use values::{
@@ -40,6 +42,7 @@ pub struct Config {
     pub forwarder: ForwarderConfig,
     pub sources: BTreeMap<String, SourceConfig>,
     pub subscriptions: Vec<SubscriptionConfig>,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,7 +90,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub path: PathBuf,
@@ -214,7 +217,7 @@ pub enum HmacEncoding {
     Base64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
     pub name: String,

@@ -89,6 +89,7 @@ impl Config {
             }
             sub.check(&at, self, aside, &mut found);
         }
+        self.admin.check(&top.key("admin"), &mut found);
         for (key, secret) in self.secrets() {
             if secret.starts_with(PLACEHOLDER) {
                 let what = if key.to_string().ends_with(".token") {
@@ -161,6 +162,12 @@ impl Config {
         for (i, sub) in self.subscriptions.iter().enumerate() {
             let at = KeyPath::default().key("subscriptions").index(i);
             secrets.push((at.key("secret"), sub.secret.as_str()));
+        }
+        for (i, token) in self.admin.tokens.iter().enumerate() {
+            let at = KeyPath::default().key("admin").key("tokens").index(i);
+            if let (Some(secret), None) = (&token.token, &token.token_file) {
+                secrets.push((at.key("token"), secret.as_str()));
+            }
         }
         secrets
     }

@@ -12,6 +12,7 @@ use hyper::body::Incoming as IncomingBody;
 
 use super::{Ingress, Source};
 use crate::config::OnInvalid;
+use crate::metrics;
 use crate::providers::Rejection;
 use crate::spool::{Received, SpoolError, Stored};
 
@@ -82,6 +83,17 @@ impl IngressError {
         }
     }
 
+    /// What the metrics count it as.
+    fn metric(&self) -> metrics::Received {
+        match self {
+            IngressError::Auth(_) => metrics::Received::unauthorized,
+            IngressError::RateLimited(_) => metrics::Received::rate_limited,
+            IngressError::Invalid { .. } => metrics::Received::invalid,
+            IngressError::Unavailable(_) => metrics::Received::spool_unavailable,
+            _ => metrics::Received::refused,
+        }
+    }
+
     fn into_response(self) -> Response<Full<Bytes>> {
         let mut body = serde_json::json!({ "error": self.kind(), "detail": self.to_string() });
         if let IngressError::Invalid { quarantine_id, .. } = &self {
@@ -142,9 +154,29 @@ pub(super) async fn handle(
         &ingress.trusted_proxies,
     );
     let path = loggable_path(request.uri().path());
+    let started = std::time::Instant::now();
+    // A label only for configured sources: the path is the client's to choose.
+    let source = route(request.uri().path())
+        .and_then(|(name, _)| ingress.sources.get_key_value(name))
+        .map_or(metrics::UNKNOWN_SOURCE, |(name, _)| name.as_str());
+    let source = source.to_owned();
     match accept(ingress, peer_ip, request).await {
-        Ok(answer) => answer,
+        Ok(Answer { response, outcome }) => {
+            ingress.metrics.received(&source, outcome);
+            if matches!(
+                outcome,
+                metrics::Received::accepted | metrics::Received::duplicate
+            ) {
+                ingress.metrics.stored(
+                    &source,
+                    started.elapsed().as_secs_f64(),
+                    ingress.clock.now_ms(),
+                );
+            }
+            response
+        }
         Err(err) => {
+            ingress.metrics.received(&source, err.metric());
             let status = err.status();
             if matches!(err, IngressError::Unavailable(_)) {
                 // The spool logs its own change of state once; not each refusal.
@@ -212,11 +244,17 @@ fn route(path: &str) -> Option<(&str, Option<&str>)> {
     Some((source, token))
 }
 
+/// A request's answer and what the metrics count it as.
+struct Answer {
+    response: Response<Full<Bytes>>,
+    outcome: metrics::Received,
+}
+
 async fn accept(
     ingress: &Ingress,
     peer: IpAddr,
     request: Request<IncomingBody>,
-) -> Result<Response<Full<Bytes>>, IngressError> {
+) -> Result<Answer, IngressError> {
     check_framing(&request)?;
     let (source_name, token) = route(request.uri().path()).ok_or(IngressError::NotFound)?;
     let source = ingress
@@ -247,15 +285,28 @@ async fn accept(
     };
     match source.provider.check(&received.body, &parts.headers) {
         Ok(notification) => {
+            let (event, subject) = (
+                notification.event_type.clone(),
+                notification.subject.clone(),
+            );
+            let source = received.source.clone();
             let stored = ingress.spool.store(received, notification).await?;
             let (id, duplicate) = match stored {
                 Stored::New(id) => (id, false),
                 Stored::Duplicate(id) => (id, true),
             };
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({ "id": id.to_string(), "duplicate": duplicate }),
-            ))
+            tracing::info!(%id, source, event, subject, duplicate, "notification accepted");
+            Ok(Answer {
+                response: json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "id": id.to_string(), "duplicate": duplicate }),
+                ),
+                outcome: if duplicate {
+                    metrics::Received::duplicate
+                } else {
+                    metrics::Received::accepted
+                },
+            })
         }
         Err(rejection) => quarantine(ingress, source, received, rejection).await,
     }
@@ -266,7 +317,7 @@ async fn quarantine(
     source: &Source,
     received: Received,
     rejection: Rejection,
-) -> Result<Response<Full<Bytes>>, IngressError> {
+) -> Result<Answer, IngressError> {
     let source_name = received.source.clone();
     let id = ingress
         .spool
@@ -278,10 +329,13 @@ async fn quarantine(
             rejection,
             quarantine_id: id.to_string(),
         }),
-        OnInvalid::Accept => Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({ "id": id.to_string(), "duplicate": false, "quarantined": true, "detail": rejection.to_string() }),
-        )),
+        OnInvalid::Accept => Ok(Answer {
+            response: json(
+                StatusCode::OK,
+                &serde_json::json!({ "id": id.to_string(), "duplicate": false, "quarantined": true, "detail": rejection.to_string() }),
+            ),
+            outcome: metrics::Received::invalid,
+        }),
     }
 }
 

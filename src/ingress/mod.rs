@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -26,6 +27,7 @@ use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::config::{Config, OnInvalid};
+use crate::metrics::Metrics;
 use crate::providers::Provider;
 use crate::spool::Spool;
 pub use auth::AuthFailure;
@@ -37,7 +39,10 @@ use limits::PeerLimiter;
 struct Source {
     provider: Provider,
     auth: auth::Auth,
-    limiter: Option<PeerLimiter>,
+    /// Shared with the next config when a reload leaves its rate as it was,
+    /// so a reload does not hand every peer a fresh allowance.
+    limiter: Option<Arc<PeerLimiter>>,
+    rate: Option<(crate::config::Rate, Option<u32>)>,
     on_invalid: OnInvalid,
 }
 
@@ -49,53 +54,53 @@ pub struct Ingress {
     max_body: u64,
     body_timeout: Duration,
     trusted_proxies: Vec<ipnet::IpNet>,
-}
-
-/// The ingress that requests are checked against: built from the config at
-/// start, replaced whole by a reload. Each request takes the latest one when
-/// it starts, so a reload applies to the next request, also on connections
-/// already open.
-pub struct LiveIngress(arc_swap::ArcSwap<Ingress>);
-
-impl LiveIngress {
-    pub fn new(config: &Config, spool: Spool, clock: Clock) -> Arc<Self> {
-        Arc::new(LiveIngress(arc_swap::ArcSwap::new(Ingress::new(
-            config, spool, clock,
-        ))))
-    }
-
-    /// Takes a reloaded config's sources (authentication, provider checks,
-    /// rate limits, which start afresh), `max_body`, `body_timeout` and
-    /// `trusted_proxies`. Requests under way finish as they started.
-    pub fn reload(&self, config: &Config) {
-        let old = self.current();
-        self.0
-            .store(Ingress::new(config, old.spool.clone(), old.clock));
-    }
-
-    fn current(&self) -> Arc<Ingress> {
-        self.0.load_full()
-    }
-
-    /// Forgets rate-limit state of idle peers; call periodically.
-    pub fn sweep_limiters(&self) {
-        self.current().sweep_limiters();
-    }
+    metrics: Arc<Metrics>,
 }
 
 impl Ingress {
-    fn new(config: &Config, spool: Spool, clock: Clock) -> Arc<Self> {
+    pub fn new(config: &Config, spool: Spool, clock: Clock, metrics: Arc<Metrics>) -> Arc<Self> {
+        Ingress::build(config, spool, clock, metrics, None)
+    }
+
+    /// The ingress of a reloaded config; rate limiters whose rate did not
+    /// change keep their state.
+    pub fn reloaded(&self, config: &Config) -> Arc<Self> {
+        Ingress::build(
+            config,
+            self.spool.clone(),
+            self.clock,
+            self.metrics.clone(),
+            Some(self),
+        )
+    }
+
+    fn build(
+        config: &Config,
+        spool: Spool,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        previous: Option<&Ingress>,
+    ) -> Arc<Self> {
         let sources = config
             .sources
             .iter()
             .map(|(name, source)| {
-                let limiter = source
-                    .rate
-                    .and_then(|rate| PeerLimiter::new(rate, source.burst));
+                let rate = source.rate.map(|rate| (rate, source.burst));
+                let kept = previous
+                    .and_then(|p| p.sources.get(name))
+                    .filter(|old| old.rate == rate)
+                    .and_then(|old| old.limiter.clone());
+                let limiter = kept.or_else(|| {
+                    source
+                        .rate
+                        .and_then(|rate| PeerLimiter::new(rate, source.burst))
+                        .map(Arc::new)
+                });
                 let checked = Source {
                     provider: source.provider(),
                     auth: auth::Auth::new(source),
                     limiter,
+                    rate,
                     on_invalid: source.on_invalid,
                 };
                 (name.clone(), checked)
@@ -108,10 +113,16 @@ impl Ingress {
             max_body: config.server.max_body.0,
             body_timeout: config.server.body_timeout.0,
             trusted_proxies: config.server.trusted_proxy_networks(),
+            metrics,
         })
     }
 
-    fn sweep_limiters(&self) {
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Forgets rate-limit state of idle peers; call periodically.
+    pub fn sweep_limiters(&self) {
         for (name, source) in &self.sources {
             if let Some(limiter) = &source.limiter {
                 let peers = limiter.sweep();
@@ -156,7 +167,7 @@ impl ListenerSettings {
 pub async fn serve(
     listener: TcpListener,
     settings: ListenerSettings,
-    ingress: Arc<LiveIngress>,
+    ingress: Arc<ArcSwap<Ingress>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -250,7 +261,7 @@ pub async fn serve(
 async fn serve_connection<IO>(
     io: IO,
     peer: SocketAddr,
-    ingress: Arc<LiveIngress>,
+    ingress: Arc<ArcSwap<Ingress>>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     idle_timeout: Duration,
@@ -260,9 +271,12 @@ async fn serve_connection<IO>(
     let activity = Arc::new(Activity::new());
     let seen = activity.clone();
     let service = service_fn(move |request| {
-        let (ingress, seen) = (ingress.current(), seen.clone());
+        let (ingress, seen) = (ingress.clone(), seen.clone());
         async move {
             let _under_way = seen.request_started();
+            // Each request sees the config current when it arrives (a reload
+            // applies to open connections too).
+            let ingress = ingress.load_full();
             Ok::<_, std::convert::Infallible>(handler::handle(&ingress, peer, request).await)
         }
     });

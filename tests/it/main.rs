@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real TLS on loopback, a real sled spool,
 //! real HTTP targets, and the built binary for crash tests.
 
+mod admin;
 mod corruption;
 mod crash;
 mod forwarding;
@@ -9,3 +10,5 @@ mod helpers;
 mod host;
 mod ingest;
 mod process;
+mod reload;
+mod spool_cli;
