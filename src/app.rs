@@ -96,9 +96,12 @@ impl Relay {
         let ingress_addr = listener.local_addr().map_err(listen_error)?;
         let admin_listener = match (listeners.admin, &config.admin.listen) {
             // Passed by systemd (FileDescriptorName=admin): used as it is.
-            (Some(passed), _) => Some(AdminListener::Tcp(
-                TcpListener::from_std(passed).map_err(listen_error)?,
-            )),
+            (Some(passed), _) => Some(AdminListener::Tcp(TcpListener::from_std(passed).map_err(
+                |source| ListenError::NotTcp {
+                    name: listen::ADMIN.into(),
+                    source,
+                },
+            )?)),
             (None, Some(listen)) => Some(AdminListener::bind(listen).await?),
             (None, None) => None,
         };
