@@ -458,6 +458,9 @@ fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
     // is touched: a start that cannot listen writes nothing.
     let listeners = Listeners::acquire(config.server.listen)?;
     refuse_examples(&config, &listeners)?;
+    // A certificate that cannot be read stops the start before the spool
+    // is created or opened.
+    check_certificate(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
