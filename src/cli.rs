@@ -88,6 +88,26 @@ pub enum QuarantineCommand {
         remote: RemoteArgs,
         id: String,
     },
+    /// Make a quarantined body a notification: its provider check runs
+    /// again (or, with --as-generic, it is taken as a generic one), then it
+    /// is delivered like any other.
+    Release {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        id: String,
+        #[arg(long)]
+        as_generic: bool,
+    },
+    /// Remove a quarantined body for good.
+    Discard {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        id: String,
+    },
 }
 
 /// The filters of `spool ls` and of a bulk `spool replay`.
@@ -335,6 +355,32 @@ pub fn run(cli: Cli) -> ExitCode {
         ),
         Command::Quarantine(QuarantineCommand::Show { config, remote, id }) => {
             show_quarantined(&config.config, &remote, &id)
+        }
+        Command::Quarantine(QuarantineCommand::Release {
+            config,
+            remote,
+            id,
+            as_generic,
+        }) => {
+            let query = if as_generic { "?as=generic" } else { "" };
+            let path = format!("/api/quarantine/{}/release{query}", encode_segment(&id));
+            post_and_print(&config.config, &remote, &path, |done| {
+                format!(
+                    "released {id} as notification {}{}",
+                    cell(&done["notification"]),
+                    if done["duplicate"] == true {
+                        " (a duplicate of it)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+        }
+        Command::Quarantine(QuarantineCommand::Discard { config, remote, id }) => {
+            let path = format!("/api/quarantine/{}/discard", encode_segment(&id));
+            post_and_print(&config.config, &remote, &path, |_| {
+                format!("discarded {id}")
+            })
         }
         Command::GenSecret => {
             println!("{}", SigningKey::generate_secret(rand::random()));
@@ -992,6 +1038,23 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
         .collect();
     println!();
     print!("{}", table(&["SOURCE", "LAST RECEIVED"], &rows));
+    Ok(())
+}
+
+/// A change through the API: its JSON answer, or a line for people.
+fn post_and_print(
+    config: &Path,
+    remote: &RemoteArgs,
+    path: &str,
+    say: impl FnOnce(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let done = client.post(path)?;
+    if remote.json {
+        println!("{done}");
+    } else {
+        println!("{}", say(&done));
+    }
     Ok(())
 }
 

@@ -248,7 +248,25 @@ impl Spool {
         received: Received,
         notification: Notification,
     ) -> Result<Stored, SpoolError> {
-        self.backend.store(received, notification).await
+        self.backend.store(received, notification, None).await
+    }
+
+    /// Makes a quarantined body a notification after all (an admin's
+    /// release, its provider check passed again, or accepted as generic):
+    /// stored and fanned out like one just received, and gone from the
+    /// quarantine in the same write. `NotFound` when it is no longer there.
+    pub async fn release(
+        &self,
+        id: NotificationId,
+        received: Received,
+        notification: Notification,
+    ) -> Result<Stored, SpoolError> {
+        self.backend.store(received, notification, Some(id)).await
+    }
+
+    /// Removes a quarantined body for good; `NotFound` when it is not there.
+    pub async fn discard(&self, id: NotificationId) -> Result<(), SpoolError> {
+        self.backend.discard(id).await
     }
 
     /// Keeps a rejected body durably, with the reason, for admins.

@@ -312,27 +312,35 @@ async fn dead_deliveries_are_shown_with_their_attempts_and_replayed_by_filter() 
 }
 
 #[tokio::test]
-async fn quarantined_bodies_are_listed_and_shown_apart_from_notifications() {
-    let relay = TestRelay::start(&admin_section()).await;
+async fn quarantined_bodies_are_listed_shown_released_and_discarded() {
+    let target = Target::start(Vec::new()).await;
+    let relay = TestRelay::start(&format!(
+        "{}{}",
+        subscription("billing", &target.url(), ""),
+        admin_section()
+    ))
+    .await;
     let admin = Admin::of(&relay);
-    let (status, json) = relay
-        .post(
-            &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
-            "{\"not\": \"tusfacturas\"}",
-        )
-        .await;
-    assert_eq!(status, 422, "{json}");
-    let id = json["quarantine_id"].as_str().unwrap();
+    let mut quarantined = Vec::new();
+    for body in ["{\"not\": \"tusfacturas\"}", "{\"also\": \"not\"}"] {
+        let (status, json) = relay
+            .post(&format!("/hooks/tusfacturas/{TUS_TOKEN}"), body)
+            .await;
+        assert_eq!(status, 422, "{json}");
+        quarantined.push(json["quarantine_id"].as_str().unwrap().to_owned());
+    }
+    let (first, second) = (&quarantined[0], &quarantined[1]);
 
     let list = admin.get("/api/notifications?state=quarantined").await;
-    assert_eq!(list["items"][0]["id"], id, "{list}");
-    let shown = admin.get(&format!("/api/quarantine/{id}")).await;
+    assert_eq!(list["items"][0]["id"], *second, "newest first: {list}");
+    assert_eq!(items(&list), 2);
+    let shown = admin.get(&format!("/api/quarantine/{first}")).await;
     assert_eq!(shown["body"], "{\"not\": \"tusfacturas\"}");
     assert_eq!(shown["source"], "tusfacturas");
     let (status, body) = admin
         .call(
             "GET",
-            &format!("/api/notifications/{id}"),
+            &format!("/api/notifications/{first}"),
             Some(VIEWER_TOKEN),
         )
         .await;
@@ -341,6 +349,74 @@ async fn quarantined_bodies_are_listed_and_shown_apart_from_notifications() {
         body["detail"].as_str().unwrap().contains("quarantine"),
         "{body}"
     );
+
+    // Its provider check still refuses it; a viewer may not release it.
+    let release = format!("/api/quarantine/{first}/release");
+    let (status, body) = admin.call("POST", &release, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("as=generic"),
+        "{body}"
+    );
+    let generic = format!("{release}?as=generic");
+    assert_eq!(
+        admin.call("POST", &generic, Some(VIEWER_TOKEN)).await.0,
+        403
+    );
+    // As generic it becomes a notification, delivered like any other.
+    let (status, released) = admin.call("POST", &generic, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{released}");
+    let id = released["notification"].as_str().unwrap().to_owned();
+    assert!(
+        target.wait_until(WAIT, |t| t.succeeded(&id)).await,
+        "released and delivered"
+    );
+    let shown = admin.get(&format!("/api/notifications/{id}")).await;
+    assert_eq!(
+        (shown["event"].as_str(), shown["source"].as_str()),
+        (Some("generic"), Some("tusfacturas"))
+    );
+    assert_eq!(
+        admin
+            .call(
+                "GET",
+                &format!("/api/quarantine/{first}"),
+                Some(ADMIN_TOKEN)
+            )
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        admin.call("POST", &generic, Some(ADMIN_TOKEN)).await.0,
+        404,
+        "released once"
+    );
+
+    let discard = format!("/api/quarantine/{second}/discard");
+    assert_eq!(admin.call("POST", &discard, Some(ADMIN_TOKEN)).await.0, 200);
+    assert_eq!(admin.call("POST", &discard, Some(ADMIN_TOKEN)).await.0, 404);
+    assert_eq!(
+        items(&admin.get("/api/notifications?state=quarantined").await),
+        0
+    );
+    let stats = admin.get("/api/stats").await;
+    assert_eq!(
+        (
+            stats["quarantined"].as_u64(),
+            stats["notifications"].as_u64()
+        ),
+        (Some(0), Some(1)),
+        "{stats}"
+    );
+    let audit = admin.get("/api/audit").await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["quarantine.discard", "quarantine.release"]);
     relay.stop().await;
 }
 

@@ -192,6 +192,10 @@ impl SledSpool {
         &self.shared.config.path
     }
 
+    pub async fn discard(&self, id: NotificationId) -> Result<(), SpoolError> {
+        self.write(Change::Discard { id }, true).await.map(|_| ())
+    }
+
     /// Takes a reloaded config's subscriptions (see `Change::Routes`).
     pub async fn set_routes(&self, routes: Routes) -> Result<(), SpoolError> {
         self.write(Change::Routes { routes }, true)
@@ -216,6 +220,7 @@ impl SledSpool {
         &self,
         received: Received,
         notification: Notification,
+        released: Option<NotificationId>,
     ) -> Result<Stored, SpoolError> {
         let subscriptions = self
             .shared
@@ -244,6 +249,7 @@ impl SledSpool {
             dedup_key,
             received_ms: received.received_ms,
             subscriptions: record.meta.subscriptions,
+            released,
         };
         match self.write(change, true).await? {
             Applied::Stored(stored) => Ok(stored),
