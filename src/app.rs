@@ -1,7 +1,10 @@
 //! Wires the parts and owns start-up and shutdown: opens the spool, sets up
-//! TLS, binds the ingress listener, starts the flusher, the forwarder and the
+//! TLS, takes the ingress listener (bound as configured, or handed over by
+//! systemd: [`crate::listen`]), starts the flusher, the forwarder and the
 //! maintenance timers, and on stop takes them down in order (ingress first,
-//! then the forwarder's in-flight attempts, then a last flush).
+//! then the forwarder's in-flight attempts, then a last flush). A start that
+//! fails writes nothing: the self-signed certificate of a first start is
+//! written once everything else is ready.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +19,9 @@ use crate::admin::{self, Admin, AdminError, AdminListener};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::forwarder::{Forwarder, TargetError, Targets};
-use crate::ingress::tls::{self, ReloadableCert, TlsError};
+use crate::ingress::tls::{self, ReloadableCert, SelfSigned, TlsError};
 use crate::ingress::{self, Ingress, ListenerSettings};
+use crate::listen::{self, ListenError};
 use crate::metrics::Metrics;
 use crate::spool::{Routes, Spool, SpoolError};
 
@@ -29,11 +33,8 @@ pub enum AppError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Target(#[from] TargetError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error("a relay task failed: {0}")]
@@ -61,8 +62,16 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts everything; the config must already be validated.
+    /// Starts everything on a listener bound as configured; the config must
+    /// already be validated.
     pub async fn start(config: Config) -> Result<Relay, AppError> {
+        let listeners = listen::Listeners::bind(config.server.listen)?;
+        Relay::start_on(config, listeners).await
+    }
+
+    /// Starts everything on these listeners; the config must already be
+    /// validated.
+    pub async fn start_on(config: Config, listeners: listen::Listeners) -> Result<Relay, AppError> {
         let clock = Clock::system();
         let spool = {
             let (spool_config, routes) = (config.spool.clone(), Routes::from_config(&config));
@@ -70,7 +79,7 @@ impl Relay {
                 .await
                 .map_err(|e| AppError::Task(e.to_string()))??
         };
-        let cert = load_certificate(&config)?;
+        let (cert, self_signed) = load_certificate(&config)?;
         let acceptor = match &cert {
             Some(cert) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
                 cert.clone(),
@@ -79,20 +88,27 @@ impl Relay {
         };
         let metrics = Arc::new(Metrics::new());
         let (forwarder, targets) = Forwarder::new(&config, spool.clone(), clock, metrics.clone())?;
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: config.server.listen,
-                source,
-            })?;
-        let ingress_addr = listener.local_addr().map_err(|source| AppError::Bind {
+        let listen_error = |source| ListenError::Bind {
             addr: config.server.listen,
             source,
-        })?;
-        let admin_listener = match &config.admin.listen {
-            Some(listen) => Some(AdminListener::bind(listen).await?),
-            None => None,
         };
+        let listener = TcpListener::from_std(listeners.ingress).map_err(listen_error)?;
+        let ingress_addr = listener.local_addr().map_err(listen_error)?;
+        let admin_listener = match (listeners.admin, &config.admin.listen) {
+            // Passed by systemd (FileDescriptorName=admin): used as it is.
+            (Some(passed), _) => Some(AdminListener::Tcp(TcpListener::from_std(passed).map_err(
+                |source| ListenError::NotTcp {
+                    name: listen::ADMIN.into(),
+                    source,
+                },
+            )?)),
+            (None, Some(listen)) => Some(AdminListener::bind(listen).await?),
+            (None, None) => None,
+        };
+        // Nothing can fail after this: the files of a new certificate now.
+        if let Some(generated) = self_signed {
+            generated.write()?;
+        }
         let admin_listen = admin_listener.as_ref().map(AdminListener::describe);
         let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
         let admin = Admin::new(&config, spool.clone(), metrics.clone(), clock, reloads);
@@ -118,6 +134,7 @@ impl Relay {
         tracing::info!(
             addr = %ingress_addr,
             tls = cert.is_some(),
+            socket_activated = listeners.activated,
             spool = %spool.path().display(),
             subscriptions = config.subscriptions.len(),
             admin = admin_listen.as_deref().unwrap_or("off"),
@@ -278,19 +295,26 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     keys
 }
 
-fn load_certificate(config: &Config) -> Result<Option<Arc<ReloadableCert>>, TlsError> {
+/// The certificate to serve, and a self-signed one still to be written.
+type Certificate = (Option<Arc<ReloadableCert>>, Option<SelfSigned>);
+
+fn load_certificate(config: &Config) -> Result<Certificate, TlsError> {
     if !config.server.tls {
-        return Ok(None);
+        return Ok((None, None));
     }
     let (cert, key) = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => (cert.clone(), key.clone()),
         _ => {
             let (cert, key) = config.self_signed_paths();
-            tls::ensure_self_signed(&cert, &key)?;
+            if !(cert.exists() && key.exists()) {
+                let generated = SelfSigned::generate(&cert, &key)?;
+                let loaded = ReloadableCert::from_self_signed(&generated)?;
+                return Ok((Some(loaded), Some(generated)));
+            }
             (cert, key)
         }
     };
-    ReloadableCert::load(&cert, &key).map(Some)
+    Ok((Some(ReloadableCert::load(&cert, &key)?), None))
 }
 
 /// The bound listeners a relay serves.

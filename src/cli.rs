@@ -20,6 +20,7 @@ use crate::app::Relay;
 use crate::clock::format_ms;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::listen::Listeners;
 use crate::signing::SigningKey;
 use crate::spool::{Routes, Spool, SpoolError};
 use remote::{cell, table, AdminClient, RemoteArgs, RemoteError};
@@ -274,14 +275,16 @@ pub struct ConfigArg {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::CheckConfig(arg) => load(&arg.config).map(|config| {
-            println!(
-                "{}: ok ({} sources, {} subscriptions)",
-                arg.config.display(),
-                config.sources.len(),
-                config.subscriptions.len()
-            );
-        }),
+        Command::CheckConfig(arg) => load(&arg.config)
+            .and_then(|config| check_certificate(&config).map(|()| config))
+            .map(|config| {
+                println!(
+                    "{}: ok ({} sources, {} subscriptions)",
+                    arg.config.display(),
+                    config.sources.len(),
+                    config.subscriptions.len()
+                );
+            }),
         Command::Serve(arg) => load(&arg.config).and_then(|config| serve(&arg.config, config)),
         Command::Spool(SpoolCommand::Dump {
             config,
@@ -390,10 +393,31 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("webhook-relay: {err:#}");
+            eprintln!("{}", report(&err));
             ExitCode::from(exit_code(&err))
         }
     }
+}
+
+/// The error for a person: each cause once (a cause that an error's own
+/// message already shows is not repeated), every line prefixed with the
+/// program's name, as a journal reader filters lines one by one.
+pub fn report(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text.lines()
+        .map(|line| format!("webhook-relay: {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
@@ -403,9 +427,18 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             _ => None,
         }
     });
+    let app_error = err.downcast_ref::<crate::app::AppError>();
     if let Some(remote) = err.downcast_ref::<RemoteError>() {
         remote.exit_code()
-    } else if err.downcast_ref::<crate::config::ConfigError>().is_some() {
+    } else if err.downcast_ref::<crate::config::ConfigError>().is_some()
+        // A certificate that cannot be read, or example secrets on a public
+        // address, is the operator's to fix: no restart will mend it.
+        || err.downcast_ref::<Refused>().is_some()
+        || err
+            .downcast_ref::<crate::ingress::tls::TlsError>()
+            .is_some()
+        || matches!(app_error, Some(crate::app::AppError::Tls(_)))
+    {
         EXIT_CONFIG
     } else if err.downcast_ref::<Damaged>().is_some()
         || matches!(
@@ -425,17 +458,62 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
+/// What `serve` refuses to do (exit 64): listen where others can reach it
+/// with the repository's example secrets.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+/// The configured certificate and key files can be read and fit together.
+fn check_certificate(config: &Config) -> anyhow::Result<()> {
+    if let (true, Some(cert), Some(key)) = (
+        config.server.tls,
+        &config.server.tls_cert,
+        &config.server.tls_key,
+    ) {
+        crate::ingress::tls::ReloadableCert::load(cert, key)?;
+    }
+    Ok(())
+}
+
+/// Refuses to serve on an address other than loopback while a secret is
+/// still one of the repository's examples (published, so no secret).
+fn refuse_examples(config: &Config, listeners: &Listeners) -> anyhow::Result<()> {
+    let public: Vec<String> = listeners
+        .addresses()
+        .into_iter()
+        .filter(|addr| !addr.ip().is_loopback())
+        .map(|addr| addr.to_string())
+        .collect();
+    let examples = config.example_secrets();
+    if public.is_empty() || examples.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = examples.iter().map(|k| format!("`{k}`")).collect();
+    Err(Refused(format!(
+        "refusing to listen on {} (not loopback): {} still hold the example secrets published with webhook-relay; write secrets of your own (`webhook-relay gen-secret` prints one), or listen on 127.0.0.1 to try it out",
+        public.join(", "),
+        keys.join(", ")
+    ))
+    .into())
+}
+
 fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
+    // Before the runtime's threads: taking systemd's sockets clears their
+    // variables from the environment. Before the spool or a certificate
+    // is touched: a start that cannot listen writes nothing.
+    let listeners = Listeners::acquire(config.server.listen)?;
+    refuse_examples(&config, &listeners)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         // Before anything starts: a SIGTERM that comes while the spool opens
-        // or the listener binds must stop the relay cleanly, not kill it.
+        // must stop the relay cleanly, not kill it.
         let signals = Signals::install()?;
         verify_spool(&config).await?;
-        let relay = Relay::start(config).await?;
+        let relay = Relay::start_on(config, listeners).await?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let watchdog = tokio::spawn(watchdog(relay.spool.clone()));
         signals.wait_for_stop(&relay, path).await;
@@ -498,13 +576,25 @@ impl Signals {
 /// Re-reads and applies the config file; a file that does not load is
 /// logged, problem by problem, and the running config stays.
 async fn reload(relay: &Relay, path: &Path) -> Result<serde_json::Value, String> {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+    let result = reload_file(relay, path).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    result
+}
+
+async fn reload_file(relay: &Relay, path: &Path) -> Result<serde_json::Value, String> {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(err) => {
-            for line in err.to_string().lines() {
+            // The cause (an unreadable file) is the error's source.
+            let text = match std::error::Error::source(&err) {
+                Some(cause) => format!("{err}: {cause}"),
+                None => err.to_string(),
+            };
+            for line in text.lines() {
                 tracing::error!(problem = %line, "config not reloaded; the running one stays");
             }
-            return Err(err.to_string());
+            return Err(text);
         }
     };
     match relay.reload(config).await {

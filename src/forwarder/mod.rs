@@ -233,19 +233,29 @@ impl Worker {
 
     async fn drain(&self, mut attempts: JoinSet<()>, grace: Duration) {
         while attempts.try_join_next().is_some() {}
-        let waiting = attempts.len();
-        if waiting == 0 {
+        if attempts.is_empty() {
             return;
         }
-        tracing::info!(subscription = %self.target.name, waiting, "waiting for attempts in flight");
+        // An attempt that is ending (a refused connection, an outcome being
+        // recorded) is done in moments: only those still going after that
+        // are worth a line, with their true count.
+        let quiet = DRAIN_QUIET.min(grace);
         let all_done = async { while attempts.join_next().await.is_some() {} };
-        if tokio::time::timeout(grace, all_done).await.is_err() {
+        if tokio::time::timeout(quiet, all_done).await.is_ok() {
+            return;
+        }
+        tracing::info!(subscription = %self.target.name, waiting = attempts.len(), "waiting for attempts in flight");
+        let all_done = async { while attempts.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace - quiet, all_done).await.is_err() {
             // Never recorded: they are due again after restart.
             tracing::warn!(subscription = %self.target.name, left = attempts.len(), "attempts still in flight at the end of the grace period; they will be retried");
             attempts.abort_all();
         }
     }
 }
+
+/// How long attempts may take to end on a stop before the log says it waits.
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
 
 /// One attempt at one delivery, from start to recorded outcome.
 struct Attempt {

@@ -7,6 +7,7 @@ mod crash;
 mod forwarding;
 mod full_disk;
 mod helpers;
+mod host;
 mod ingest;
 mod process;
 mod reload;
