@@ -175,7 +175,7 @@ async fn run(
 /// How often the spool gets a slice of upkeep (retention, recovery).
 const SPOOL_UPKEEP: Duration = Duration::from_millis(100);
 /// How often idle rate-limit keys are forgotten.
-const LIMITER_SWEEP: Duration = Duration::from_secs(60);
+const LIMITER_SWEEP: Duration = Duration::from_secs(10);
 
 /// Periodic upkeep: the spool's slices, and forgetting idle rate-limit keys.
 async fn maintain(ingress: Arc<Ingress>, spool: Spool) {

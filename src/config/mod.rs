@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// Generate (once, then reuse) a self-signed certificate under the spool's parent directory.
     pub self_signed: bool,
     pub max_body: ByteSize,
+    /// Bound of the request body bytes held in memory by all requests
+    /// together; past it new bodies wait briefly, then get 503.
+    pub max_inflight_body: ByteSize,
     /// Time allowed for a request's headers to arrive (slowloris).
     pub header_timeout: HumanDuration,
     /// Time allowed for a request's body to arrive.
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             tls_key: None,
             self_signed: false,
             max_body: ByteSize(1 << 20),
+            max_inflight_body: ByteSize(64 << 20),
             header_timeout: HumanDuration(Duration::from_secs(10)),
             body_timeout: HumanDuration(Duration::from_secs(15)),
             handshake_timeout: HumanDuration(Duration::from_secs(10)),
@@ -574,6 +578,15 @@ impl ServerConfig {
         }
         if self.max_body.0 == 0 {
             problems.push((at.key("max_body"), "must be at least 1 byte".into()));
+        }
+        if self.max_inflight_body.0 < self.max_body.0 {
+            problems.push((
+                at.key("max_inflight_body"),
+                "must be at least max_body".into(),
+            ));
+        }
+        if self.max_inflight_body.0 > u64::from(u32::MAX) {
+            problems.push((at.key("max_inflight_body"), "must be below 4GiB".into()));
         }
         for (key, value) in [
             ("header_timeout", self.header_timeout),

@@ -246,7 +246,7 @@ async fn an_authenticated_invalid_body_is_quarantined_with_its_reason() {
             "missing_field",
         ),
         (
-            r#"{"evento": "emitido", "recurso": "facturacion", "external_reference": "1", "hook_id": "h", "creado": "yesterday"}"#,
+            r#"{"evento": "emitido", "recurso": "facturacion", "external_reference": "1", "hook_id": 1.5}"#,
             "invalid_field",
         ),
     ];
@@ -514,46 +514,73 @@ async fn idle_connections_are_closed_and_a_request_under_way_is_not() {
 }
 
 #[tokio::test]
-async fn connections_past_max_connections_wait_for_a_free_slot() {
+async fn past_max_connections_the_connection_idle_longest_makes_room_and_busy_ones_keep_theirs() {
+    use tokio::io::AsyncWriteExt;
     let relay = TestRelay::start_edited(|base| {
         base.replace(
             "handshake_timeout = \"1s\"",
             "handshake_timeout = \"30s\"\nmax_connections = 2",
         )
+        .replace("body_timeout = \"2s\"", "body_timeout = \"20s\"")
     })
     .await;
     let addr = relay.relay().ingress_addr;
-    // Two connections that never start TLS hold both slots.
-    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let second = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let post = |timeout: Duration| {
+    let post = |hook: &str, timeout: Duration| {
         relay
             .client
             .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
-            .body(tusfacturas("h-slots", "emitido", 1))
+            .body(tusfacturas(hook, "emitido", 1))
             .timeout(timeout)
             .send()
     };
-    // A third is not served while they are held...
-    let unserved = post(Duration::from_millis(500)).await;
+    // Two connections that never start TLS hold both slots, idle: a third
+    // is served all the same, in place of one of them.
+    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let served = post("h-room", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(served.status(), 200);
+    drop((first, second));
+
+    // Two connections each with a request under way (a body still coming)
+    // are never closed for room: a third waits...
+    let path = format!("/hooks/tusfacturas/{TUS_TOKEN}");
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tls_connect(&relay, b"http/1.1").await;
+        stream
+            .write_all(
+                format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{{")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        stream.flush().await.unwrap();
+        busy.push(stream);
+    }
+    // (Nothing outside shows the relay has read their headers: give it a
+    // moment; a busy connection must never go, however long it took.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let unserved = post("h-busy", Duration::from_millis(800)).await;
     assert!(
         unserved.as_ref().is_err_and(reqwest::Error::is_timeout),
-        "served past max_connections: {unserved:?}"
+        "a busy connection was closed for room: {unserved:?}"
     );
-    // ...and is, once one of them goes.
-    drop(first);
-    let served = post(Duration::from_secs(10)).await.unwrap();
+    // ...and is served once one of them ends.
+    busy.pop();
+    let served = post("h-busy-2", Duration::from_secs(10)).await.unwrap();
     assert_eq!(served.status(), 200);
-    // The connection still waiting for its handshake does not hold the
-    // stop for its 30 s, nor for the 7 s drain of open requests.
+    // A connection waiting for its handshake does not hold the stop for its
+    // 30 s, nor for the drain of open requests.
+    let waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
     let stopping = tokio::time::Instant::now();
+    drop(busy);
     relay.stop().await;
     assert!(
         stopping.elapsed() < Duration::from_secs(5),
         "stop waited for a handshake: {:?}",
         stopping.elapsed()
     );
-    drop(second);
+    drop(waiting);
 }
 
 #[tokio::test]

@@ -216,6 +216,11 @@ impl SledSpool {
                 headers: received.headers,
                 peer: received.peer,
                 subscriptions,
+                flags: notification
+                    .flags
+                    .iter()
+                    .map(|flag| flag.as_str().to_owned())
+                    .collect(),
             },
             body: received.body,
         };
