@@ -179,20 +179,67 @@ pub(super) async fn handle(
             } else {
                 tracing::info!(%peer_ip, path, status = status.as_u16(), error = %err, "request refused");
             }
-            // A slow or broken upload is not waited for; any other refusal
-            // keeps the unread body so the answer reaches the client.
+            // A slow or broken upload is not waited for; after any other
+            // refusal the rest of the upload is read and dropped (bounded),
+            // so the answer reaches the client rather than a reset.
             let keep = !matches!(
                 err,
                 IngressError::BodyTimeout(_) | IngressError::BodyRead(_)
             );
+            if keep && !expects_continue(&parts) {
+                drain(&parts.headers, &mut body).await;
+            }
             let response = err.into_response();
             if keep {
-                response.map(|answer| answer.keeping(body, parts.version))
+                response.map(|answer| answer.keeping(body))
             } else {
                 response
             }
         }
     }
+}
+
+/// Most of an unread upload read and dropped after an early refusal.
+pub const DRAIN_BYTES: u64 = 1 << 20;
+/// Longest time spent on that.
+pub const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// A client that sent `Expect: 100-continue` has not sent its body: an
+/// early answer needs no drain (and reading would invite the body).
+fn expects_continue(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Reads and drops what is left of a refused upload, at most
+/// [`DRAIN_BYTES`] for at most [`DRAIN_TIME`], so the connection is not
+/// closed (HTTP/1.x: a reset that can destroy the answer in the client's
+/// buffers) or the stream reset (HTTP/2: some clients, curl 7.x among
+/// them, report the answer's `RST_STREAM(NO_ERROR)` as an error) with
+/// data unread. An upload declared larger than that is not read at all.
+async fn drain(headers: &HeaderMap, body: &mut IncomingBody) {
+    use hyper::body::Body as _;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if body.is_end_stream() || declared.is_some_and(|len| len > DRAIN_BYTES) {
+        return;
+    }
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+            match left.checked_sub(len) {
+                Some(rest) => left = rest,
+                None => return,
+            }
+        }
+    })
+    .await;
 }
 
 /// The request path as logs may show it: a source token is a secret (and a

@@ -691,3 +691,112 @@ async fn behind_a_trusted_proxy_the_forwarded_client_address_is_checked() {
     assert_eq!(post_as(&relay, Some("192.0.2.10")).await, 403);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn early_refusals_reach_an_http2_client_with_their_status() {
+    let relay = TestRelay::start("").await;
+    let medium = "y".repeat(40 * 1024);
+    let big = "x".repeat(200 * 1024);
+    let cases = [
+        (
+            format!("/hooks/tusfacturas/wrong-token-000000"),
+            medium.clone(),
+            401,
+        ),
+        ("/hooks/ghost".to_owned(), medium.clone(), 404),
+        ("/hooks/signed".to_owned(), medium.clone(), 401),
+        (format!("/hooks/tusfacturas/{TUS_TOKEN}"), big.clone(), 413),
+    ];
+    // A race between the answer and the stream's reset shows only some of
+    // the time: each case, many times, on one HTTP/2 connection and on new ones.
+    for round in 0..10 {
+        for (path, body, expected) in &cases {
+            let response = relay
+                .client
+                .post(relay.url(path))
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{path} round {round}: {e:?}"));
+            assert_eq!(response.version(), reqwest::Version::HTTP_2);
+            assert_eq!(response.status(), *expected, "{path} round {round}");
+            let (status, _) = answer(response).await;
+            assert_eq!(status, *expected);
+        }
+    }
+    let fresh = provider_client(&relay.dir.path().join("tls/self-signed.crt"));
+    for _ in 0..10 {
+        let response = fresh
+            .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 413);
+    }
+    // The connection is still good for a notification afterwards.
+    let (status, _) = relay
+        .post(
+            &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
+            tusfacturas("h-after-refusals", "emitido", 1),
+        )
+        .await;
+    assert_eq!(status, 200);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_upload_gets_413_before_the_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = TestRelay::start("").await;
+    let path = format!("/hooks/tusfacturas/{TUS_TOKEN}");
+    for _ in 0..10 {
+        let mut stream = tls_connect(&relay, b"http/1.1").await;
+        stream
+            .write_all(
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        // 160 KiB in 8 KiB chunks, past max_body (64 KiB); every write must
+        // succeed (no reset) and the answer must be a 413.
+        let chunk = format!("2000\r\n{}\r\n", "z".repeat(8192));
+        for _ in 0..20 {
+            stream
+                .write_all(chunk.as_bytes())
+                .await
+                .expect("no reset while uploading");
+        }
+        stream.write_all(b"0\r\n\r\n").await.unwrap();
+        stream.flush().await.unwrap();
+        let mut head = vec![0u8; 12];
+        stream.read_exact(&mut head).await.expect("an answer");
+        assert_eq!(&head, b"HTTP/1.1 413");
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_compressed_body_gets_415_and_nothing_is_stored() {
+    let relay = TestRelay::start("").await;
+    let response = relay
+        .client
+        .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+        .header("content-encoding", "gzip")
+        .body(vec![
+            0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    assert_eq!(response.headers()["accept-encoding"], "identity");
+    let (_, json) = answer(response).await;
+    assert_eq!(json["error"], "unsupported_content_encoding");
+    assert_eq!(relay.relay().spool.notifications().count(), 0);
+    assert_eq!(relay.relay().spool.quarantined().count(), 0);
+    relay.stop().await;
+}
