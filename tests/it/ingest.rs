@@ -699,7 +699,7 @@ async fn early_refusals_reach_an_http2_client_with_their_status() {
     let big = "x".repeat(200 * 1024);
     let cases = [
         (
-            format!("/hooks/tusfacturas/wrong-token-000000"),
+            "/hooks/tusfacturas/wrong-token-000000".to_owned(),
             medium.clone(),
             401,
         ),
