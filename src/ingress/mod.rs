@@ -37,6 +37,29 @@ pub use handler::IngressError;
 use limits::PeerLimiter;
 use slots::{Activity, Slots};
 
+/// For the fuzz targets (`fuzz/`): the header and body checks of
+/// authentication, with no socket. `value` is presented as every header
+/// the checks read, `path_token` as the path's token.
+#[doc(hidden)]
+pub fn fuzz_auth(
+    source: &crate::config::SourceConfig,
+    value: &[u8],
+    path_token: &str,
+    body: &[u8],
+) {
+    let auth = auth::Auth::new(source);
+    let mut headers = http::HeaderMap::new();
+    if let Ok(value) = http::HeaderValue::from_bytes(value) {
+        for name in ["authorization", "x-signature", "x-forwarded-for"] {
+            headers.append(name, value.clone());
+        }
+    }
+    let trusted: Vec<ipnet::IpNet> = vec!["127.0.0.0/8".parse().expect("a valid network")];
+    let peer = auth::client_ip(std::net::IpAddr::from([127, 0, 0, 1]), &headers, &trusted);
+    let _ = auth.check_request(peer, Some(path_token), &headers);
+    let _ = auth.check_body(&headers, body);
+}
+
 /// One configured source, ready to check requests.
 #[derive(Debug)]
 struct Source {

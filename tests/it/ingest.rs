@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use rustls_pki_types::pem::PemObject;
 use sha2::Sha256;
 use webhook_relay::spool::NotificationId;
 
@@ -400,25 +399,14 @@ async fn stalled_handshakes_and_slow_headers_are_cut_off() {
 }
 
 /// A raw TLS connection to the relay offering `alpn`.
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     relay: &TestRelay,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let pem = std::fs::read(relay.dir.path().join("tls/self-signed.crt")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
-    let tcp = tokio::net::TcpStream::connect(relay.relay().ingress_addr)
+    let cert = relay.dir.path().join("tls/self-signed.crt");
+    tls_connect_to(relay.relay().ingress_addr, &cert, alpn)
         .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    connector.connect(name, tcp).await.expect("TLS handshake")
+        .expect("TLS handshake")
 }
 
 /// Sends raw bytes on a new HTTP/1.x connection offering `alpn`; returns
