@@ -5,13 +5,16 @@
 //!
 //! A request reserves its bytes as they arrive (in steps), not what its
 //! `Content-Length` promises, so a slow sender holds only what it sent.
-//! Three pools must all grant a step, each within a short wait:
-//! - the connection's share (an eighth of the budget, at least `max_body`),
-//!   so one HTTP/2 connection with many streams cannot take it all;
-//! - for the part of a body past [`SMALL_BODY`], the large-body pool (three
-//!   quarters of the budget), so large bodies, authenticated or not, always
-//!   leave room for the small ones notifications are;
-//! - the whole budget.
+//! The budget is split in two pools, so large bodies, authenticated or not,
+//! never crowd out the small ones notifications are:
+//! - the small-body pool (a quarter of the budget) holds the first
+//!   [`SMALL_BODY`] bytes of bodies not declared larger than that;
+//! - the large-body pool (the rest, at least `max_body`) holds the rest,
+//!   and the whole of a body whose `Content-Length` is larger (hyper
+//!   enforces a declared length, so a body cannot claim to be small).
+//!
+//! On top of that, a connection may hold an eighth of the budget (at least
+//! `max_body`), so one HTTP/2 connection with many streams cannot take all.
 //!
 //! A step not granted within [`BUDGET_WAIT`] is [`Busy`]: the request is
 //! answered 503 with `Retry-After`, and what it held is released.
@@ -37,7 +40,7 @@ pub struct Busy;
 /// The process-wide budget.
 #[derive(Debug)]
 pub struct BodyBudget {
-    all: Arc<Semaphore>,
+    small: Arc<Semaphore>,
     large: Arc<Semaphore>,
     per_connection: usize,
     max_body: u64,
@@ -48,9 +51,11 @@ impl BodyBudget {
     pub fn new(total: u64, max_body: u64) -> BodyBudget {
         let total = usize::try_from(total).unwrap_or(usize::MAX >> 4);
         let max_body_usize = usize::try_from(max_body).unwrap_or(total);
+        let small = total / 4;
+        let large = (total - small).max(max_body_usize);
         BodyBudget {
-            all: Arc::new(Semaphore::new(total)),
-            large: Arc::new(Semaphore::new((total / 4 * 3).max(max_body_usize))),
+            small: Arc::new(Semaphore::new(small)),
+            large: Arc::new(Semaphore::new(large)),
             per_connection: (total / 8).max(max_body_usize),
             max_body,
         }
@@ -64,16 +69,17 @@ impl BodyBudget {
     /// Bytes not held by any request now.
     #[cfg(test)]
     pub fn available(&self) -> usize {
-        self.all.available_permits()
+        self.small.available_permits() + self.large.available_permits()
     }
 
     /// Grows `held` to cover `needed` bytes of one body, waiting at most
-    /// until `deadline`.
+    /// until `deadline`. `declared` is the body's `Content-Length`.
     pub async fn reserve(
         &self,
         held: &mut Held,
         share: &ConnectionShare,
         needed: u64,
+        declared: Option<u64>,
         deadline: Instant,
     ) -> Result<(), Busy> {
         if needed <= held.bytes {
@@ -81,18 +87,27 @@ impl BodyBudget {
         }
         let target = needed.max(held.bytes + STEP).min(self.max_body.max(needed));
         let step = target - held.bytes;
-        let large_step = target.saturating_sub(SMALL_BODY) - held.bytes.saturating_sub(SMALL_BODY);
+        let small_cap = match declared {
+            Some(len) if len > SMALL_BODY => 0,
+            _ => SMALL_BODY,
+        };
+        let small_step = target.min(small_cap) - held.bytes.min(small_cap);
         let conn = acquire(&share.0, step, deadline).await?;
-        let large = match large_step {
+        let small = match small_step {
+            0 => None,
+            n => Some(acquire(&self.small, n, deadline).await?),
+        };
+        let large = match step - small_step {
             0 => None,
             n => Some(acquire(&self.large, n, deadline).await?),
         };
-        let all = acquire(&self.all, step, deadline).await?;
         merge(&mut held.conn, conn);
+        if let Some(small) = small {
+            merge(&mut held.small, small);
+        }
         if let Some(large) = large {
             merge(&mut held.large, large);
         }
-        merge(&mut held.all, all);
         held.bytes = target;
         Ok(())
     }
@@ -127,8 +142,8 @@ pub struct ConnectionShare(Arc<Semaphore>);
 pub struct Held {
     bytes: u64,
     conn: Option<OwnedSemaphorePermit>,
+    small: Option<OwnedSemaphorePermit>,
     large: Option<OwnedSemaphorePermit>,
-    all: Option<OwnedSemaphorePermit>,
 }
 
 impl Held {
@@ -149,15 +164,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_holds_what_arrived_and_gives_it_back() {
         let budget = BodyBudget::new(1 << 20, 256 * 1024);
+        assert_eq!(budget.available(), 1 << 20);
         let share = budget.connection_share();
         let mut held = Held::default();
         budget
-            .reserve(&mut held, &share, 100, soon())
+            .reserve(&mut held, &share, 100, None, soon())
             .await
             .unwrap();
         assert_eq!(held.bytes(), STEP);
         budget
-            .reserve(&mut held, &share, 100_000, soon())
+            .reserve(&mut held, &share, 100_000, None, soon())
             .await
             .unwrap();
         assert_eq!(held.bytes(), 100_000);
@@ -168,45 +184,55 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn past_the_budget_a_body_is_busy_after_a_short_wait() {
-        let budget = BodyBudget::new(256 * 1024, 256 * 1024);
+        // 256 KiB: 64 KiB for small bodies, 192 KiB for large ones.
+        let budget = BodyBudget::new(256 * 1024, 128 * 1024);
         let (a, b) = (budget.connection_share(), budget.connection_share());
-        let mut first = Held::default();
+        let mut small = Held::default();
         budget
-            .reserve(&mut first, &a, 256 * 1024, soon())
+            .reserve(&mut small, &a, 64 * 1024, Some(64 * 1024), soon())
             .await
             .unwrap();
-        let mut second = Held::default();
+        let mut another = Held::default();
         let started = Instant::now();
-        let refused = budget.reserve(&mut second, &b, 10, soon()).await;
+        let refused = budget.reserve(&mut another, &b, 10, None, soon()).await;
         assert_eq!(refused, Err(Busy));
         assert!(started.elapsed() >= Duration::from_millis(50));
-        drop(first);
-        assert!(budget.reserve(&mut second, &b, 10, soon()).await.is_ok());
+        drop(small);
+        assert!(budget
+            .reserve(&mut another, &b, 10, None, soon())
+            .await
+            .is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn large_bodies_leave_room_for_small_ones() {
-        // 1 MiB budget: large bodies may hold 768 KiB of it together.
+        // 1 MiB budget: 256 KiB for small bodies, 768 KiB for large ones.
         let budget = BodyBudget::new(1 << 20, 512 * 1024);
         let mut large = Vec::new();
         for _ in 0..4 {
             let share = budget.connection_share();
             let mut held = Held::default();
+            let len = 300 * 1024;
             if budget
-                .reserve(&mut held, &share, 400 * 1024, soon())
+                .reserve(&mut held, &share, len, Some(len), soon())
                 .await
                 .is_ok()
             {
                 large.push(held);
             }
         }
-        assert_eq!(large.len(), 2, "a third 400 KiB body passes 768 KiB");
-        let share = budget.connection_share();
-        let mut small = Held::default();
-        budget
-            .reserve(&mut small, &share, 8 * 1024, soon())
-            .await
-            .unwrap();
+        assert_eq!(large.len(), 2, "a third 300 KiB body passes 768 KiB");
+        // Every small body still fits, up to the small pool.
+        let mut small = Vec::new();
+        for _ in 0..16 {
+            let share = budget.connection_share();
+            let mut held = Held::default();
+            budget
+                .reserve(&mut held, &share, 16 * 1024, Some(16 * 1024), soon())
+                .await
+                .unwrap();
+            small.push(held);
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -218,7 +244,7 @@ mod tests {
         for _ in 0..6 {
             let mut held = Held::default();
             if budget
-                .reserve(&mut held, &share, 256 * 1024, soon())
+                .reserve(&mut held, &share, 256 * 1024, None, soon())
                 .await
                 .is_ok()
             {
@@ -229,7 +255,19 @@ mod tests {
         let other = budget.connection_share();
         let mut held = Held::default();
         assert!(budget
-            .reserve(&mut held, &other, 256 * 1024, soon())
+            .reserve(&mut held, &other, 256 * 1024, None, soon())
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_of_max_body_still_takes_one_whole_body() {
+        let budget = BodyBudget::new(1 << 20, 1 << 20);
+        let share = budget.connection_share();
+        let mut held = Held::default();
+        let len = 1 << 20;
+        assert!(budget
+            .reserve(&mut held, &share, len, Some(len), soon())
             .await
             .is_ok());
     }

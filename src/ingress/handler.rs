@@ -428,7 +428,7 @@ async fn read_body(
         }
         ingress
             .budget
-            .reserve(held, share, len, budget_deadline)
+            .reserve(held, share, len, declared, budget_deadline)
             .await?;
         chunks.push(data);
     }

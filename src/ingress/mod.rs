@@ -150,26 +150,21 @@ impl ListenerSettings {
             idle_timeout: config.server.idle_timeout.0,
             http2_max_streams: config.server.http2_max_streams,
             http2_stream_window: HTTP2_STREAM_WINDOW,
-            http2_connection_window: http2_connection_window(config.server.max_body.0),
+            http2_connection_window: HTTP2_CONNECTION_WINDOW,
             drain_timeout: config.server.body_timeout.0 + Duration::from_secs(5),
         }
     }
 }
 
-/// An HTTP/2 stream may have this much unread body in flight (h2's
-/// default is 64 KiB less one byte; hyper's 1 MiB).
-const HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
+/// HTTP/2 flow control: the body bytes a client may send before the relay
+/// reads them, per stream (h2's own default, 64 KiB less one byte) and per
+/// connection. They sit in h2's buffers, outside the body budget, so they
+/// are kept small: at most `max_connections` × 128 KiB in all.
+const HTTP2_STREAM_WINDOW: u32 = 65_535;
+const HTTP2_CONNECTION_WINDOW: u32 = 128 * 1024;
 /// Request headers (HTTP/1.1 read buffer, HTTP/2 header list) above this
-/// are refused: 431 on HTTP/1.1, a stream reset on HTTP/2.
+/// are refused: 431 on HTTP/1.1, 431 and a refused stream on HTTP/2.
 const MAX_HEADER_BYTES: u32 = 64 * 1024;
-
-/// A connection's window: room for one whole body, at least 1 MiB; its
-/// streams share it.
-fn http2_connection_window(max_body: u64) -> u32 {
-    u32::try_from(max_body)
-        .unwrap_or(u32::MAX)
-        .clamp(1 << 20, 16 << 20)
-}
 
 /// Accepts connections until `shutdown` resolves, then lets open requests
 /// finish (bounded by `drain_timeout`).

@@ -20,8 +20,9 @@ use crate::process::RelayProcess;
 /// memory at most, 64 connections.
 const MAX_CONNECTIONS: usize = 64;
 /// Resident memory the relay may reach during any attack (the debug
-/// build; its idle RSS is about 20 MiB).
-const RSS_BOUND_KIB: u64 = 160 * 1024;
+/// build). Seen: 45 to 65 MiB; without the body budget the unsigned-bodies
+/// attack alone took it to 114 MiB.
+const RSS_BOUND_KIB: u64 = 96 * 1024;
 /// Open descriptors beyond those it had before the attack: one per
 /// connection slot, one waiting for a slot, a few for the spool.
 const FD_MARGIN: usize = MAX_CONNECTIONS + 16;
@@ -129,12 +130,14 @@ struct Sampler {
     max_fds: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
     fds_before: usize,
+    rss_before: u64,
 }
 
 impl Sampler {
     fn start(pid: u32) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
-        let max_rss = Arc::new(AtomicU64::new(rss_kib(pid)));
+        let rss_before = rss_kib(pid);
+        let max_rss = Arc::new(AtomicU64::new(rss_before));
         let fds_before = open_fds(pid);
         let max_fds = Arc::new(AtomicUsize::new(fds_before));
         let task = tokio::spawn({
@@ -153,6 +156,7 @@ impl Sampler {
             max_fds,
             task,
             fds_before,
+            rss_before,
         }
     }
 
@@ -165,8 +169,9 @@ impl Sampler {
             self.max_fds.load(Ordering::Relaxed),
         );
         println!(
-            "{attack}: highest RSS {} MiB, highest open fds {fds} ({} before)",
+            "{attack}: highest RSS {} MiB ({} before), highest open fds {fds} ({} before)",
             rss / 1024,
+            self.rss_before / 1024,
             self.fds_before
         );
         assert!(rss < RSS_BOUND_KIB, "{attack}: RSS {rss} KiB");
@@ -415,6 +420,8 @@ async fn unauthenticated_large_bodies_to_an_hmac_source_over_http1_and_http2() {
     let cert = relay.cert();
     let refused = Arc::new(AtomicU64::new(0));
     let counted = refused.clone();
+    // 8 clients over HTTP/1.1, one request at a time each, and 8 over
+    // HTTP/2, 8 streams at a time each: 72 MiB in flight from the clients.
     let attackers = spawn_attackers(16, move |i, until| {
         let (url, refused) = (url.clone(), counted.clone());
         let pem = std::fs::read(&cert).unwrap();
@@ -424,29 +431,37 @@ async fn unauthenticated_large_bodies_to_an_hmac_source_over_http1_and_http2() {
                 .tls_certs_only([cert])
                 .no_proxy()
                 .timeout(Duration::from_secs(10));
-            // Half over HTTP/1.1, half over HTTP/2.
-            let client = if i % 2 == 0 {
-                builder.http1_only()
+            let (client, streams) = if i % 2 == 0 {
+                (builder.http1_only().build().unwrap(), 1)
             } else {
-                builder
-            }
-            .build()
-            .unwrap();
+                (builder.build().unwrap(), 8)
+            };
             let body = bytes::Bytes::from(vec![b'x'; 1 << 20]);
-            let mut sent = 0;
-            while Instant::now() < until {
-                sent += 1;
-                let response = client
-                    .post(&url)
-                    .header("x-signature", "sha256=00")
-                    .body(body.clone())
-                    .send()
-                    .await;
-                if let Ok(response) = response {
-                    if matches!(response.status().as_u16(), 401 | 503) {
-                        refused.fetch_add(1, Ordering::Relaxed);
+            let loops = (0..streams).map(|_| {
+                let (client, url, body, refused) =
+                    (client.clone(), url.clone(), body.clone(), refused.clone());
+                tokio::spawn(async move {
+                    let mut sent = 0;
+                    while Instant::now() < until {
+                        sent += 1;
+                        let response = client
+                            .post(&url)
+                            .header("x-signature", "sha256=00")
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        if let Ok(response) = response {
+                            if matches!(response.status().as_u16(), 401 | 503) {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                     }
-                }
+                    sent
+                })
+            });
+            let mut sent = 0;
+            for task in loops.collect::<Vec<_>>() {
+                sent += task.await.unwrap_or(0);
             }
             sent
         }
@@ -458,8 +473,6 @@ async fn unauthenticated_large_bodies_to_an_hmac_source_over_http1_and_http2() {
     println!("1 MiB unsigned bodies sent: {sent}, refused 401/503: {refused}");
     assert!(refused > 16, "the attack did not run");
     let (rss, _) = sampler.check("unauthenticated large bodies").await;
-    // 16 MiB of bodies in flight by the clients, at most 8 MiB held.
-    assert!(rss < RSS_BOUND_KIB);
     relay.stop().await;
 }
 
