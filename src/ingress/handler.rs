@@ -204,14 +204,17 @@ pub const DRAIN_BYTES: u64 = 1 << 20;
 /// Longest time spent on that.
 pub const DRAIN_TIME: Duration = Duration::from_secs(2);
 
-/// A client that sent `Expect: 100-continue` has not sent its body: an
-/// early answer needs no drain (and reading would invite the body).
+/// An HTTP/1.1 client that sent `Expect: 100-continue` has not sent its
+/// body: an early answer needs no drain (and reading would invite the
+/// body). Over HTTP/2 hyper never sends `100 Continue`, so the client
+/// sends its body after its own wait, and it is drained like any other.
 fn expects_continue(parts: &Parts) -> bool {
-    parts
-        .headers
-        .get(header::EXPECT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+    parts.version != http::Version::HTTP_2
+        && parts
+            .headers
+            .get(header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
 }
 
 /// Reads and drops what is left of a refused upload, at most
