@@ -260,6 +260,22 @@ mod tests {
             .is_ok());
     }
 
+    #[test]
+    fn the_budget_must_hold_one_whole_body() {
+        let parse = |server: &str| {
+            crate::config::Config::parse(&format!("[server]\nself_signed = true\n{server}\n"))
+        };
+        let problems = parse("max_body = \"1MiB\"\nmax_inflight_body = \"512KiB\"").unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key.ends_with("max_inflight_body")),
+            "{problems:?}"
+        );
+        let config = parse("").unwrap();
+        assert_eq!(config.server.max_inflight_body.0, 64 << 20);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_budget_of_max_body_still_takes_one_whole_body() {
         let budget = BodyBudget::new(1 << 20, 1 << 20);
