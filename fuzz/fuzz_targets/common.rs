@@ -5,7 +5,11 @@ use webhook_relay::providers::{Notification, Rejection};
 
 pub fn check_notification(result: Result<Notification, Rejection>, prefix: &str) {
     let Ok(n) = result else { return };
-    assert!(n.dedup_key.starts_with(prefix), "dedup key {:?}", n.dedup_key);
+    assert!(
+        n.dedup_key.starts_with(prefix),
+        "dedup key {:?}",
+        n.dedup_key
+    );
     assert!(!n.event_type.is_empty());
     assert!(
         !n.event_type.chars().any(char::is_control),
@@ -13,7 +17,10 @@ pub fn check_notification(result: Result<Notification, Rejection>, prefix: &str)
         n.event_type
     );
     if let Some(subject) = &n.subject {
-        assert!(!subject.chars().any(char::is_control), "subject {subject:?}");
+        assert!(
+            !subject.chars().any(char::is_control),
+            "subject {subject:?}"
+        );
     }
 }
 
