@@ -315,6 +315,7 @@ mod tests {
             headers: Vec::new(),
             peer: String::new(),
             subscriptions: vec!["billing".into()],
+            flags: Vec::new(),
         }
     }
 

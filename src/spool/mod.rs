@@ -42,6 +42,12 @@ pub use record::{
 };
 pub use routes::Routes;
 
+/// For the fuzz targets (`fuzz/`): every decoder of stored bytes.
+#[doc(hidden)]
+pub fn fuzz_decode(bytes: &[u8]) -> usize {
+    sled::decode_any(bytes)
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool {} is in use by another process (a running relay?): {detail}", path.display())]

@@ -45,6 +45,7 @@ pub(crate) fn notification(dedup: &str) -> Notification {
         subject: Some("17032".into()),
         dedup_key: dedup.into(),
         provider_time: None,
+        flags: vec![],
     }
 }
 

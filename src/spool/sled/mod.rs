@@ -241,6 +241,11 @@ impl SledSpool {
                 headers: received.headers,
                 peer: received.peer,
                 subscriptions,
+                flags: notification
+                    .flags
+                    .iter()
+                    .map(|flag| flag.as_str().to_owned())
+                    .collect(),
             },
             body: received.body,
         };
@@ -623,6 +628,26 @@ pub(super) fn decode_delivery(bytes: &[u8]) -> Result<Delivery, SpoolError> {
         ))),
         None => Err(SpoolError::Corrupt("empty delivery record".into())),
     }
+}
+
+/// Runs every decoder of what the spool reads back (records, deliveries,
+/// index keys and values) on `bytes`; for the fuzz targets. Returns how
+/// many accepted them; none may panic.
+pub fn decode_any(bytes: &[u8]) -> usize {
+    let mut accepted = 0;
+    accepted += usize::from(crate::spool::NotificationRecord::decode(bytes).is_ok());
+    accepted += usize::from(crate::spool::QuarantineRecord::decode(bytes).is_ok());
+    if let Ok(delivery) = decode_delivery(bytes) {
+        // What decodes must encode again to the same delivery.
+        let again = encode_delivery(&delivery).and_then(|b| decode_delivery(&b));
+        assert_eq!(again.ok(), Some(delivery), "a delivery does not round-trip");
+        accepted += 1;
+    }
+    accepted += usize::from(keys::id_of(bytes).is_some());
+    accepted += usize::from(keys::split_dedup_value(bytes).is_some());
+    accepted += usize::from(keys::split_dedup_expiry(bytes).is_some());
+    accepted += usize::from(keys::split_retry(bytes).is_some());
+    accepted
 }
 
 /// The writer answers each change with the kind of `Applied` it asked for;
