@@ -270,6 +270,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     );
     differs("server.tls_key", old.server.tls_key != new.server.tls_key);
     differs(
+        "server.max_inflight_body",
+        old.server.max_inflight_body != new.server.max_inflight_body,
+    );
+    differs(
         "server.max_connections",
         old.server.max_connections != new.server.max_connections,
     );
@@ -372,7 +376,7 @@ async fn run(
 /// How often the spool gets a slice of upkeep (retention, recovery).
 const SPOOL_UPKEEP: Duration = Duration::from_millis(100);
 /// How often idle rate-limit keys are forgotten.
-const LIMITER_SWEEP: Duration = Duration::from_secs(60);
+const LIMITER_SWEEP: Duration = Duration::from_secs(10);
 
 /// Periodic upkeep: the spool's slices, and forgetting idle rate-limit keys.
 async fn maintain(ingress: Arc<ArcSwap<Ingress>>, spool: Spool) {

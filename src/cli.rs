@@ -59,6 +59,9 @@ pub enum Command {
     /// not accepted as notifications.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// The subscriptions of a running relay.
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCommand),
     /// Print a new subscription secret (`whsec_...`).
     GenSecret,
 }
@@ -88,6 +91,53 @@ pub enum QuarantineCommand {
         #[command(flatten)]
         remote: RemoteArgs,
         id: String,
+    },
+    /// Make a quarantined body a notification: its provider check runs
+    /// again (or, with --as-generic, it is taken as a generic one), then it
+    /// is delivered like any other.
+    Release {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        id: String,
+        #[arg(long)]
+        as_generic: bool,
+    },
+    /// Remove a quarantined body for good.
+    Discard {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionsCommand {
+    /// List them with their deliveries waiting, dead and delivered.
+    Ls {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Hold a subscription's deliveries (kept across restarts).
+    Pause {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        name: String,
+    },
+    /// Let a paused subscription's deliveries go, in their order.
+    Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        name: String,
     },
 }
 
@@ -338,6 +388,53 @@ pub fn run(cli: Cli) -> ExitCode {
         ),
         Command::Quarantine(QuarantineCommand::Show { config, remote, id }) => {
             show_quarantined(&config.config, &remote, &id)
+        }
+        Command::Quarantine(QuarantineCommand::Release {
+            config,
+            remote,
+            id,
+            as_generic,
+        }) => {
+            let query = if as_generic { "?as=generic" } else { "" };
+            let path = format!("/api/quarantine/{}/release{query}", encode_segment(&id));
+            post_and_print(&config.config, &remote, &path, |done| {
+                format!(
+                    "released {id} as notification {}{}",
+                    cell(&done["notification"]),
+                    if done["duplicate"] == true {
+                        " (a duplicate of it)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+        }
+        Command::Subscriptions(SubscriptionsCommand::Ls { config, remote }) => {
+            list_subscriptions(&config.config, &remote)
+        }
+        Command::Subscriptions(SubscriptionsCommand::Pause {
+            config,
+            remote,
+            name,
+        }) => {
+            let path = format!("/api/subscriptions/{}/pause", encode_segment(&name));
+            post_and_print(&config.config, &remote, &path, |_| format!("paused {name}"))
+        }
+        Command::Subscriptions(SubscriptionsCommand::Resume {
+            config,
+            remote,
+            name,
+        }) => {
+            let path = format!("/api/subscriptions/{}/resume", encode_segment(&name));
+            post_and_print(&config.config, &remote, &path, |_| {
+                format!("resumed {name}")
+            })
+        }
+        Command::Quarantine(QuarantineCommand::Discard { config, remote, id }) => {
+            let path = format!("/api/quarantine/{}/discard", encode_segment(&id));
+            post_and_print(&config.config, &remote, &path, |_| {
+                format!("discarded {id}")
+            })
         }
         Command::GenSecret => {
             println!("{}", SigningKey::generate_secret(rand::random()));
@@ -1085,6 +1182,69 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
         .collect();
     println!();
     print!("{}", table(&["SOURCE", "LAST RECEIVED"], &rows));
+    Ok(())
+}
+
+/// A change through the API: its JSON answer, or a line for people.
+fn post_and_print(
+    config: &Path,
+    remote: &RemoteArgs,
+    path: &str,
+    say: impl FnOnce(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let done = client.post(path)?;
+    if remote.json {
+        println!("{done}");
+    } else {
+        println!("{}", say(&done));
+    }
+    Ok(())
+}
+
+fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let subscriptions = client.get("/api/subscriptions")?;
+    let stats = client.get("/api/stats")?;
+    let items = subscriptions["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if remote.json {
+        for item in &items {
+            let mut item = item.clone();
+            item["deliveries"] =
+                stats["subscriptions"][item["name"].as_str().unwrap_or("")].clone();
+            println!("{item}");
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|s| {
+            let of = &stats["subscriptions"][s["name"].as_str().unwrap_or("")];
+            vec![
+                cell(&s["name"]),
+                cell(&s["url"]),
+                if s["paused"] == true {
+                    "paused"
+                } else {
+                    "active"
+                }
+                .to_owned(),
+                cell(&of["waiting"]),
+                cell(&of["dead"]),
+                cell(&of["delivered"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["NAME", "URL", "STATE", "WAITING", "DEAD", "DELIVERED"],
+            &rows
+        )
+    );
     Ok(())
 }
 

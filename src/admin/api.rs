@@ -19,13 +19,15 @@ use crate::clock::format_ms;
 use crate::config::Role;
 use crate::delivery::{Delivery, State};
 use crate::metrics::Snapshot;
+use crate::providers::{GenericRules, Provider};
 use crate::spool::{
-    AuditEntry, AuditId, NotificationId, NotificationRecord, QuarantineRecord, Spool, SpoolError,
+    AuditEntry, AuditId, NotificationId, NotificationRecord, QuarantineRecord, Received, Spool,
+    SpoolError, Stored,
 };
 
 /// Every route, as `docs/openapi.json` documents it (a test holds the two
 /// and the live listener to each other).
-pub const ROUTES: [(&str, &str); 15] = [
+pub const ROUTES: [(&str, &str); 19] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -35,8 +37,12 @@ pub const ROUTES: [(&str, &str); 15] = [
     ("POST", "/api/replay"),
     ("GET", "/api/quarantine"),
     ("GET", "/api/quarantine/{id}"),
+    ("POST", "/api/quarantine/{id}/release"),
+    ("POST", "/api/quarantine/{id}/discard"),
     ("GET", "/api/stats"),
     ("GET", "/api/subscriptions"),
+    ("POST", "/api/subscriptions/{name}/pause"),
+    ("POST", "/api/subscriptions/{name}/resume"),
     ("POST", "/api/reload"),
     ("GET", "/api/audit"),
     ("GET", "/"),
@@ -229,6 +235,41 @@ async fn route(
             let id = parse_id(id)?;
             blocking(move || show_quarantined(&spool, id)).await
         }
+        ["api", "quarantine", id, "release"] if post => {
+            caller.require(Role::Admin)?;
+            let id = parse_id(id)?;
+            let as_generic = match single_parameter(&query, "as")?.as_deref() {
+                None => false,
+                Some("generic") => true,
+                Some(other) => {
+                    return Err(QueryError::Invalid {
+                        name: "as",
+                        value: other.to_owned(),
+                        reason: "only `generic` (accept it as a generic notification)".into(),
+                    }
+                    .into())
+                }
+            };
+            release(admin, &caller, id, as_generic).await
+        }
+        ["api", "quarantine", id, "discard"] if post => {
+            caller.require(Role::Admin)?;
+            let id = parse_id(id)?;
+            if let Some((name, _)) = form_urlencoded::parse(query.as_bytes()).next() {
+                return Err(QueryError::Unknown(name.into_owned()).into());
+            }
+            admin.spool.discard(id).await?;
+            tracing::info!(%id, by = %caller.name, "quarantined body discarded");
+            audit(
+                admin,
+                &caller,
+                "quarantine.discard",
+                &id.to_string(),
+                Value::Null,
+            )
+            .await?;
+            ok(json!({ "id": id.to_string(), "discarded": true }))
+        }
         ["api", "stats"] if get => {
             caller.require(Role::Viewer)?;
             stats(admin).await
@@ -293,16 +334,28 @@ async fn route(
             caller.require(Role::Subscriber)?;
             ok(subscriptions(admin))
         }
+        ["api", "subscriptions", name, action @ ("pause" | "resume")] if post => {
+            caller.require(Role::Admin)?;
+            if let Some((key, _)) = form_urlencoded::parse(query.as_bytes()).next() {
+                return Err(QueryError::Unknown(key.into_owned()).into());
+            }
+            let name = percent_encoding::percent_decode_str(name)
+                .decode_utf8_lossy()
+                .into_owned();
+            pause(admin, &caller, &name, *action == "pause").await
+        }
         ["api", "notifications"]
         | ["api", "notifications", _]
         | ["api", "notifications", _, "replay"]
         | ["api", "replay"]
         | ["api", "quarantine"]
         | ["api", "quarantine", _]
+        | ["api", "quarantine", _, "release" | "discard"]
         | ["api", "stats"]
         | ["api", "reload"]
         | ["api", "audit"]
-        | ["api", "subscriptions"] => Err(ApiError::Method(method)),
+        | ["api", "subscriptions"]
+        | ["api", "subscriptions", _, "pause" | "resume"] => Err(ApiError::Method(method)),
         _ => Err(ApiError::NoRoute),
     }
 }
@@ -845,6 +898,84 @@ pub(super) fn show_quarantined(spool: &Spool, id: NotificationId) -> Result<Valu
     Ok(out)
 }
 
+/// Makes a quarantined body a notification: its source's provider check
+/// runs again (a config change, or a more tolerant relay, may now take it),
+/// or it is taken as a generic notification (any JSON object; event
+/// `generic`, deduplicated by its bytes). Then it is stored and fanned out
+/// as if just received, keeping its original receipt time.
+async fn release(
+    admin: &Admin,
+    caller: &Caller,
+    id: NotificationId,
+    as_generic: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let spool = admin.spool.clone();
+    let record = tokio::task::spawn_blocking(move || spool.quarantined_body(id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+        .ok_or_else(|| ApiError::NotFound(format!("no quarantined body {id}")))?;
+    let provider = if as_generic {
+        Provider::Generic(GenericRules {
+            dedup_pointer: None,
+            dedup_header: None,
+            event_pointer: None,
+            subject_pointer: None,
+            default_event: "generic".into(),
+        })
+    } else {
+        let config = admin.config.load();
+        let source = config.sources.get(&record.meta.source).ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "source {:?} is no longer configured; release it as generic (?as=generic) or discard it",
+                record.meta.source
+            ))
+        })?;
+        source.provider()
+    };
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &record.meta.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let notification = provider.check(&record.body, &headers).map_err(|rejection| {
+        ApiError::Invalid(format!(
+            "the check still refuses it: {rejection}; release it as generic (?as=generic) or discard it"
+        ))
+    })?;
+    let received = Received {
+        source: record.meta.source.clone(),
+        body: record.body.clone(),
+        content_type: record.meta.content_type.clone(),
+        headers: record.meta.headers.clone(),
+        peer: record.meta.peer.clone(),
+        received_ms: record.meta.received_ms,
+    };
+    let stored = admin.spool.release(id, received, notification).await?;
+    let (notification_id, duplicate) = match stored {
+        Stored::New(new) => (new, false),
+        Stored::Duplicate(first) => (first, true),
+    };
+    tracing::info!(%id, notification = %notification_id, duplicate, by = %caller.name, "quarantined body released");
+    let detail = json!({
+        "notification": notification_id.to_string(),
+        "duplicate": duplicate,
+        "as_generic": as_generic,
+    });
+    audit(
+        admin,
+        caller,
+        "quarantine.release",
+        &id.to_string(),
+        detail.clone(),
+    )
+    .await?;
+    ok(detail)
+}
+
 // === stats and subscriptions ===
 
 async fn stats(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -904,8 +1035,38 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
     }))
 }
 
+/// Holds or lets go a configured subscription's deliveries.
+pub(super) async fn pause(
+    admin: &Admin,
+    caller: &Caller,
+    name: &str,
+    paused: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if !admin
+        .config
+        .load()
+        .subscriptions
+        .iter()
+        .any(|s| s.name == name)
+    {
+        return Err(ApiError::NotFound(format!(
+            "no subscription {name:?} is configured"
+        )));
+    }
+    admin.spool.pause(name, paused).await?;
+    let action = if paused {
+        "subscription.pause"
+    } else {
+        "subscription.resume"
+    };
+    tracing::info!(subscription = %name, by = %caller.name, paused, "subscription {}", if paused { "paused" } else { "resumed" });
+    audit(admin, caller, action, name, Value::Null).await?;
+    ok(json!({ "name": name, "paused": paused }))
+}
+
 pub(super) fn subscriptions(admin: &Admin) -> Value {
     let config = admin.config.load();
+    let paused = admin.spool.paused();
     let items: Vec<Value> = config
         .subscriptions
         .iter()
@@ -915,6 +1076,7 @@ pub(super) fn subscriptions(admin: &Admin) -> Value {
                 "url": s.url,
                 "sources": s.sources,
                 "events": s.events,
+                "paused": paused.contains(&s.name),
                 "origin": "relay.toml",
             })
         })

@@ -256,11 +256,10 @@ fn parse_time(name: &'static str, value: &str, now_ms: i64) -> Result<i64, Query
         let ms = at.unix_timestamp_nanos() / 1_000_000;
         return i64::try_from(ms).map_err(|_| invalid("out of range"));
     }
-    // The config's one grammar for durations (README, "Durations and sizes").
     match crate::config::parse_duration(value) {
         Ok(back) => Ok(now_ms.saturating_sub(duration_ms(back))),
         Err(_) => Err(invalid(
-            "an RFC 3339 time (2026-11-25T10:00:00Z) or a duration back from now (24h, 30m, 7d)",
+            "an RFC 3339 time (2026-11-25T10:00:00Z) or a duration back from now (24h)",
         )),
     }
 }
@@ -316,6 +315,7 @@ mod tests {
             headers: Vec::new(),
             peer: String::new(),
             subscriptions: vec!["billing".into()],
+            flags: Vec::new(),
         }
     }
 

@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// Generate (once, then reuse) a self-signed certificate under the spool's parent directory.
     pub self_signed: bool,
     pub max_body: ByteSize,
+    /// Bound of the request body bytes held in memory by all requests
+    /// together; past it new bodies wait briefly, then get 503.
+    pub max_inflight_body: ByteSize,
     /// Time allowed for a request's headers to arrive (slowloris).
     pub header_timeout: HumanDuration,
     /// Time allowed for a request's body to arrive.
@@ -79,6 +82,7 @@ impl Default for ServerConfig {
             tls_key: None,
             self_signed: false,
             max_body: ByteSize(1 << 20),
+            max_inflight_body: ByteSize(64 << 20),
             header_timeout: HumanDuration(Duration::from_secs(10)),
             body_timeout: HumanDuration(Duration::from_secs(15)),
             handshake_timeout: HumanDuration(Duration::from_secs(10)),

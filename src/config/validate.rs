@@ -262,6 +262,16 @@ impl ServerConfig {
                 ),
             ));
         }
+        // (A max_body out of its range is reported above, on its own.)
+        if self.max_body.0 <= MAX_BODY && self.max_inflight_body.0 < self.max_body.0 {
+            found.push((
+                at.key("max_inflight_body"),
+                "must be at least max_body: the budget has to hold one whole body".into(),
+            ));
+        }
+        if self.max_inflight_body.0 > u64::from(u32::MAX) {
+            found.push((at.key("max_inflight_body"), "must be below 4GiB".into()));
+        }
         for (key, value) in [
             ("header_timeout", self.header_timeout),
             ("body_timeout", self.body_timeout),

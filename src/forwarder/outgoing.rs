@@ -27,13 +27,28 @@ const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
 
 /// The body to send: the spool keeps the provider's bytes, but a leading
 /// UTF-8 BOM is dropped (RFC 8259 §8.1 lets JSON parsers ignore it; the
-/// verifiers of Standard Webhooks libraries parse the body and choke on it).
-/// The signature is made over what is sent.
-pub fn body(raw: &Bytes) -> Bytes {
-    match raw.strip_prefix(BOM) {
+/// verifiers of Standard Webhooks libraries parse the body and choke on it),
+/// and a body the provider check read as Windows-1252 (`latin1`, the
+/// `latin1_body` flag) is sent as UTF-8, for the same verifiers and since
+/// JSON between systems is UTF-8 (RFC 8259 §8.1). The signature is made
+/// over what is sent. The second value is whether it was transcoded.
+pub fn body(raw: &Bytes, latin1: bool) -> (Bytes, bool) {
+    let body = match raw.strip_prefix(BOM) {
         Some(_) => raw.slice(BOM.len()..),
         None => raw.clone(),
+    };
+    if latin1 && std::str::from_utf8(&body).is_err() {
+        let (text, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(&body);
+        return (Bytes::from(text.into_owned()), true);
     }
+    (body, false)
+}
+
+/// The Content-Type to send for a body transcoded to UTF-8: the provider's
+/// media type, its charset (if it named one) replaced by UTF-8.
+pub fn utf8_content_type(content_type: &str) -> String {
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    format!("{media_type}; charset=utf-8")
 }
 
 /// A header value from payload data (subject, event type): cut to
@@ -62,12 +77,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_windows_1252_body_is_sent_as_utf8_only_when_flagged() {
+        let raw = Bytes::from_static(b"{\"a\": \"N\xba 1\"}");
+        let (sent, transcoded) = body(&raw, true);
+        assert!(transcoded);
+        assert_eq!(std::str::from_utf8(&sent).unwrap(), "{\"a\": \"Nº 1\"}");
+        assert_eq!(body(&raw, false), (raw.clone(), false));
+        // Flagged but UTF-8 after all (a resend fixed?): sent as it is.
+        let utf8 = Bytes::from("{\"a\": \"Nº 1\"}");
+        assert_eq!(body(&utf8, true), (utf8.clone(), false));
+        assert_eq!(
+            utf8_content_type("application/json; charset=ISO-8859-1"),
+            "application/json; charset=utf-8"
+        );
+    }
+
+    #[test]
     fn a_leading_bom_is_dropped_and_nothing_else() {
         let raw = Bytes::from_static(b"\xEF\xBB\xBF{\"a\": 1}");
-        assert_eq!(body(&raw).as_ref(), b"{\"a\": 1}");
+        assert_eq!(body(&raw, false).0.as_ref(), b"{\"a\": 1}");
         let plain = Bytes::from_static(b"{\"a\": \"\xEF\xBB\xBF\"}");
-        assert_eq!(body(&plain), plain);
-        assert_eq!(body(&Bytes::from_static(b"\xEF\xBB")).as_ref(), b"\xEF\xBB");
+        assert_eq!(body(&plain, false).0, plain);
+        assert_eq!(
+            body(&Bytes::from_static(b"\xEF\xBB"), false).0.as_ref(),
+            b"\xEF\xBB"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use super::outgoing;
 use crate::clock::format_ms;
 use crate::config::SubscriptionConfig;
 use crate::delivery::{Outcome, Schedule};
+use crate::providers::Flag;
 use crate::signing::SigningKey;
 use crate::spool::NotificationRecord;
 
@@ -99,7 +100,8 @@ impl Target {
     ) -> Outcome {
         let meta = &notification.meta;
         let timestamp = now_ms.div_euclid(1000);
-        let body = outgoing::body(&notification.body);
+        let latin1 = meta.flags.iter().any(|f| f == Flag::Latin1Body.as_str());
+        let (body, transcoded) = outgoing::body(&notification.body, latin1);
         let signature = self.key.sign(&meta.id, timestamp, &body);
         let timeout = if attempt <= 1 {
             self.timeout_first
@@ -119,16 +121,28 @@ impl Target {
             .header("x-relay-attempt", attempt.to_string())
             .header("x-relay-received-at", format_ms(meta.received_ms))
             .body(body);
-        // The provider's own Content-Type, or none if it sent none.
+        // The provider's own Content-Type, or none if it sent none (its
+        // charset made UTF-8 when the body was).
         if let Some(content_type) = meta
             .content_type
             .as_deref()
-            .and_then(|v| HeaderValue::from_str(v).ok())
+            .map(|v| match transcoded {
+                true => outgoing::utf8_content_type(v),
+                false => v.to_owned(),
+            })
+            .and_then(|v| HeaderValue::from_str(&v).ok())
         {
             request = request.header(http::header::CONTENT_TYPE, content_type);
         }
         if let Some(subject) = &meta.subject {
             request = request.header("x-relay-subject", outgoing::header_text(subject));
+        }
+        // What the provider check took though not as documented, e.g. a
+        // Windows-1252 body (sent as it came): the target can tell.
+        if !meta.flags.is_empty() {
+            if let Ok(flags) = HeaderValue::from_str(&meta.flags.join(", ")) {
+                request = request.header("x-relay-flags", flags);
+            }
         }
         match request.send().await {
             Ok(response) => read_answer(response).await,

@@ -5,11 +5,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming as IncomingBody;
 
+use super::answer::Answer;
+use super::budget::{ConnectionShare, Held, BUDGET_WAIT};
 use super::{Ingress, Source};
 use crate::config::OnInvalid;
 use crate::metrics;
@@ -29,6 +32,10 @@ pub enum IngressError {
     NoHost,
     #[error("transfer coding {0:?} is not supported; send the body plain or chunked")]
     UnsupportedTransferCoding(String),
+    #[error("content coding {0:?} is not accepted; send the body uncompressed")]
+    UnsupportedContentEncoding(String),
+    #[error(transparent)]
+    Busy(#[from] super::budget::Busy),
     #[error(transparent)]
     Auth(#[from] super::AuthFailure),
     #[error("too many requests; retry in {} s", retry_after_secs(*.0))]
@@ -55,6 +62,8 @@ impl IngressError {
             IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IngressError::NoHost => StatusCode::BAD_REQUEST,
             IngressError::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
+            IngressError::UnsupportedContentEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngressError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             IngressError::Auth(failure) => failure.status(),
             IngressError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             IngressError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -72,6 +81,8 @@ impl IngressError {
             IngressError::MethodNotAllowed => "method_not_allowed",
             IngressError::NoHost => "no_host",
             IngressError::UnsupportedTransferCoding(_) => "unsupported_transfer_coding",
+            IngressError::UnsupportedContentEncoding(_) => "unsupported_content_encoding",
+            IngressError::Busy(_) => "busy",
             IngressError::Auth(super::AuthFailure::AddressNotAllowed) => "forbidden",
             IngressError::Auth(_) => "unauthorized",
             IngressError::RateLimited(_) => "rate_limited",
@@ -90,11 +101,12 @@ impl IngressError {
             IngressError::RateLimited(_) => metrics::Received::rate_limited,
             IngressError::Invalid { .. } => metrics::Received::invalid,
             IngressError::Unavailable(_) => metrics::Received::spool_unavailable,
+            IngressError::Busy(_) => metrics::Received::busy,
             _ => metrics::Received::refused,
         }
     }
 
-    fn into_response(self) -> Response<Full<Bytes>> {
+    fn into_response(self) -> Response<Answer> {
         let mut body = serde_json::json!({ "error": self.kind(), "detail": self.to_string() });
         if let IngressError::Invalid { quarantine_id, .. } = &self {
             body["quarantine_id"] = quarantine_id.clone().into();
@@ -110,6 +122,15 @@ impl IngressError {
             }
             IngressError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            }
+            IngressError::Busy(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            IngressError::UnsupportedContentEncoding(_) => {
+                headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
             }
             IngressError::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -133,8 +154,8 @@ fn retry_after_secs(wait: Duration) -> u64 {
     secs.max(1)
 }
 
-fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Answer> {
+    let mut response = Response::new(Answer::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -146,8 +167,9 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
 pub(super) async fn handle(
     ingress: &Ingress,
     peer: SocketAddr,
+    share: &ConnectionShare,
     request: Request<IncomingBody>,
-) -> Response<Full<Bytes>> {
+) -> Response<Answer> {
     let peer_ip = super::auth::client_ip(
         peer.ip().to_canonical(),
         request.headers(),
@@ -158,10 +180,14 @@ pub(super) async fn handle(
     // A label only for configured sources: the path is the client's to choose.
     let source = route(request.uri().path())
         .and_then(|(name, _)| ingress.sources.get_key_value(name))
-        .map_or(metrics::UNKNOWN_SOURCE, |(name, _)| name.as_str());
-    let source = source.to_owned();
-    match accept(ingress, peer_ip, request).await {
-        Ok(Answer { response, outcome }) => {
+        .map_or(metrics::UNKNOWN_SOURCE, |(name, _)| name.as_str())
+        .to_owned();
+    let (parts, mut body) = request.into_parts();
+    let mut held = Held::default();
+    let result = accept(ingress, peer_ip, share, &parts, &mut body, &mut held).await;
+    drop(held);
+    match result {
+        Ok(Accepted { response, outcome }) => {
             ingress.metrics.received(&source, outcome);
             if matches!(
                 outcome,
@@ -178,7 +204,7 @@ pub(super) async fn handle(
         Err(err) => {
             ingress.metrics.received(&source, err.metric());
             let status = err.status();
-            if matches!(err, IngressError::Unavailable(_)) {
+            if matches!(err, IngressError::Unavailable(_) | IngressError::Busy(_)) {
                 // The spool logs its own change of state once; not each refusal.
                 tracing::debug!(%peer_ip, path, error = %err, "request not stored");
             } else if status.is_server_error() {
@@ -186,9 +212,70 @@ pub(super) async fn handle(
             } else {
                 tracing::info!(%peer_ip, path, status = status.as_u16(), error = %err, "request refused");
             }
-            err.into_response()
+            // A slow or broken upload is not waited for; after any other
+            // refusal the rest of the upload is read and dropped (bounded),
+            // so the answer reaches the client rather than a reset.
+            let keep = !matches!(
+                err,
+                IngressError::BodyTimeout(_) | IngressError::BodyRead(_)
+            );
+            if keep && !expects_continue(&parts) {
+                drain(&parts.headers, &mut body).await;
+            }
+            let response = err.into_response();
+            if keep {
+                response.map(|answer| answer.keeping(body))
+            } else {
+                response
+            }
         }
     }
+}
+
+/// Most of an unread upload read and dropped after an early refusal.
+pub const DRAIN_BYTES: u64 = 1 << 20;
+/// Longest time spent on that.
+pub const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// An HTTP/1.1 client that sent `Expect: 100-continue` has not sent its
+/// body: an early answer needs no drain (and reading would invite the
+/// body). Over HTTP/2 hyper never sends `100 Continue`, so the client
+/// sends its body after its own wait, and it is drained like any other.
+fn expects_continue(parts: &Parts) -> bool {
+    parts.version != http::Version::HTTP_2
+        && parts
+            .headers
+            .get(header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Reads and drops what is left of a refused upload, at most
+/// [`DRAIN_BYTES`] for at most [`DRAIN_TIME`], so the connection is not
+/// closed (HTTP/1.x: a reset that can destroy the answer in the client's
+/// buffers) or the stream reset (HTTP/2: some clients, curl 7.x among
+/// them, report the answer's `RST_STREAM(NO_ERROR)` as an error) with
+/// data unread. An upload declared larger than that is not read at all.
+async fn drain(headers: &HeaderMap, body: &mut IncomingBody) {
+    use hyper::body::Body as _;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if body.is_end_stream() || declared.is_some_and(|len| len > DRAIN_BYTES) {
+        return;
+    }
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+            match left.checked_sub(len) {
+                Some(rest) => left = rest,
+                None => return,
+            }
+        }
+    })
+    .await;
 }
 
 /// The request path as logs may show it: a source token is a secret (and a
@@ -216,12 +303,11 @@ fn loggable_path(path: &str) -> String {
 /// `Host` (RFC 9112 §3.2: 400), and a transfer coding other than chunked,
 /// whose body hyper would otherwise read as if it were plain (RFC 9112
 /// §6.1: 501).
-fn check_framing<B>(request: &Request<B>) -> Result<(), IngressError> {
-    if request.version() == http::Version::HTTP_11 && !request.headers().contains_key(header::HOST)
-    {
+fn check_framing(request: &Parts) -> Result<(), IngressError> {
+    if request.version == http::Version::HTTP_11 && !request.headers.contains_key(header::HOST) {
         return Err(IngressError::NoHost);
     }
-    for value in request.headers().get_all(header::TRANSFER_ENCODING) {
+    for value in request.headers.get_all(header::TRANSFER_ENCODING) {
         let text = value.to_str().unwrap_or("?");
         for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
             if !coding.eq_ignore_ascii_case("chunked") {
@@ -244,19 +330,40 @@ fn route(path: &str) -> Option<(&str, Option<&str>)> {
     Some((source, token))
 }
 
+/// Compressed bodies are refused rather than inflated: no provider sends
+/// them, and inflating before authentication would let a small upload
+/// claim a large share of memory.
+fn check_content_encoding(headers: &HeaderMap) -> Result<(), IngressError> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = value.to_str().unwrap_or("?");
+        for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("identity") {
+                return Err(IngressError::UnsupportedContentEncoding(coding.to_owned()));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A request's answer and what the metrics count it as.
-struct Answer {
-    response: Response<Full<Bytes>>,
+struct Accepted {
+    response: Response<Answer>,
     outcome: metrics::Received,
 }
 
+/// The checks, cheapest first: everything that can refuse a request
+/// before its body is read runs before it (and before a rate-limit key
+/// is made for the peer).
 async fn accept(
     ingress: &Ingress,
     peer: IpAddr,
-    request: Request<IncomingBody>,
-) -> Result<Answer, IngressError> {
-    check_framing(&request)?;
-    let (source_name, token) = route(request.uri().path()).ok_or(IngressError::NotFound)?;
+    share: &ConnectionShare,
+    parts: &Parts,
+    body: &mut IncomingBody,
+    held: &mut Held,
+) -> Result<Accepted, IngressError> {
+    check_framing(parts)?;
+    let (source_name, token) = route(parts.uri.path()).ok_or(IngressError::NotFound)?;
     let source = ingress
         .sources
         .get(source_name)
@@ -264,19 +371,18 @@ async fn accept(
     if token.is_some() && !source.auth.has_token() {
         return Err(IngressError::NotFound);
     }
-    if request.method() != Method::POST {
+    if parts.method != Method::POST {
         return Err(IngressError::MethodNotAllowed);
     }
+    source.auth.check_request(peer, token, &parts.headers)?;
+    check_content_encoding(&parts.headers)?;
     if let Some(limiter) = &source.limiter {
         limiter.check(peer).map_err(IngressError::RateLimited)?;
     }
-    source.auth.check_request(peer, token, request.headers())?;
-    let source_name = source_name.to_owned();
-    let (parts, body) = request.into_parts();
-    let body = read_body(ingress, &parts.headers, body).await?;
+    let body = read_body(ingress, share, &parts.headers, body, held).await?;
     source.auth.check_body(&parts.headers, &body)?;
     let received = Received {
-        source: source_name,
+        source: source_name.to_owned(),
         content_type: content_type(&parts.headers),
         headers: kept_headers(&parts.headers),
         peer: peer.to_string(),
@@ -285,22 +391,23 @@ async fn accept(
     };
     match source.provider.check(&received.body, &parts.headers) {
         Ok(notification) => {
+            let flags: Vec<&str> = notification.flags.iter().map(|f| f.as_str()).collect();
             let (event, subject) = (
                 notification.event_type.clone(),
                 notification.subject.clone(),
             );
-            let source = received.source.clone();
             let stored = ingress.spool.store(received, notification).await?;
             let (id, duplicate) = match stored {
                 Stored::New(id) => (id, false),
                 Stored::Duplicate(id) => (id, true),
             };
-            tracing::info!(%id, source, event, subject, duplicate, "notification accepted");
-            Ok(Answer {
-                response: json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "id": id.to_string(), "duplicate": duplicate }),
-                ),
+            tracing::info!(%id, source = %source_name, event, subject, duplicate, ?flags, "notification accepted");
+            let mut answer = serde_json::json!({ "id": id.to_string(), "duplicate": duplicate });
+            if !flags.is_empty() {
+                answer["flags"] = flags.into();
+            }
+            Ok(Accepted {
+                response: json(StatusCode::OK, &answer),
                 outcome: if duplicate {
                     metrics::Received::duplicate
                 } else {
@@ -317,7 +424,7 @@ async fn quarantine(
     source: &Source,
     received: Received,
     rejection: Rejection,
-) -> Result<Answer, IngressError> {
+) -> Result<Accepted, IngressError> {
     let source_name = received.source.clone();
     let id = ingress
         .spool
@@ -329,7 +436,7 @@ async fn quarantine(
             rejection,
             quarantine_id: id.to_string(),
         }),
-        OnInvalid::Accept => Ok(Answer {
+        OnInvalid::Accept => Ok(Accepted {
             response: json(
                 StatusCode::OK,
                 &serde_json::json!({ "id": id.to_string(), "duplicate": false, "quarantined": true, "detail": rejection.to_string() }),
@@ -339,10 +446,14 @@ async fn quarantine(
     }
 }
 
+/// Reads the body within `max_body` and `body_timeout`, holding budget for
+/// the bytes as they arrive (see `budget.rs`).
 async fn read_body(
     ingress: &Ingress,
+    share: &ConnectionShare,
     headers: &HeaderMap,
-    body: IncomingBody,
+    body: &mut IncomingBody,
+    held: &mut Held,
 ) -> Result<Bytes, IngressError> {
     let limit = ingress.max_body;
     let declared = headers
@@ -352,15 +463,42 @@ async fn read_body(
     if declared.is_some_and(|len| len > limit) {
         return Err(IngressError::TooLarge(limit));
     }
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match tokio::time::timeout(ingress.body_timeout, limited.collect()).await {
-        Err(_) => Err(IngressError::BodyTimeout(ingress.body_timeout)),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(IngressError::TooLarge(limit))
+    let started = tokio::time::Instant::now();
+    let deadline = started + ingress.body_timeout;
+    let budget_deadline = started + BUDGET_WAIT;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(IngressError::BodyTimeout(ingress.body_timeout)),
+            Ok(None) => break,
+            Ok(Some(Err(err))) => return Err(IngressError::BodyRead(err.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing we keep
+        };
+        len += data.len() as u64;
+        if len > limit {
+            return Err(IngressError::TooLarge(limit));
         }
-        Ok(Err(err)) => Err(IngressError::BodyRead(err.to_string())),
+        ingress
+            .budget
+            .reserve(held, share, len, declared, budget_deadline)
+            .await?;
+        chunks.push(data);
     }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => {
+            let mut whole = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+            for chunk in chunks {
+                whole.extend_from_slice(&chunk);
+            }
+            whole.freeze()
+        }
+    })
 }
 
 fn content_type(headers: &HeaderMap) -> Option<String> {
@@ -420,24 +558,51 @@ mod tests {
         };
         let http11 = http::Version::HTTP_11;
         assert!(matches!(
-            check_framing(&request(http11, &[])),
+            check_framing(&request(http11, &[]).into_parts().0),
             Err(IngressError::NoHost)
         ));
-        assert!(check_framing(&request(http::Version::HTTP_10, &[])).is_ok());
-        assert!(check_framing(&request(http::Version::HTTP_2, &[])).is_ok());
+        assert!(check_framing(&request(http::Version::HTTP_10, &[]).into_parts().0).is_ok());
+        assert!(check_framing(&request(http::Version::HTTP_2, &[]).into_parts().0).is_ok());
         let host = ("host", "relay.example");
-        assert!(check_framing(&request(http11, &[host])).is_ok());
-        assert!(check_framing(&request(http11, &[host, ("transfer-encoding", "chunked")])).is_ok());
-        let gzip = check_framing(&request(
-            http11,
-            &[host, ("transfer-encoding", "gzip, chunked")],
-        ));
+        assert!(check_framing(&request(http11, &[host]).into_parts().0).is_ok());
+        assert!(check_framing(
+            &request(http11, &[host, ("transfer-encoding", "chunked")])
+                .into_parts()
+                .0
+        )
+        .is_ok());
+        let gzip = check_framing(
+            &request(http11, &[host, ("transfer-encoding", "gzip, chunked")])
+                .into_parts()
+                .0,
+        );
         assert!(matches!(&gzip, Err(IngressError::UnsupportedTransferCoding(c)) if c == "gzip"));
         assert_eq!(gzip.unwrap_err().status(), StatusCode::NOT_IMPLEMENTED);
     }
 
     #[test]
+    fn compressed_bodies_are_refused_with_415() {
+        let headers = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(value));
+            headers
+        };
+        assert!(check_content_encoding(&HeaderMap::new()).is_ok());
+        assert!(check_content_encoding(&headers("identity")).is_ok());
+        let gzip = check_content_encoding(&headers("gzip")).unwrap_err();
+        assert!(matches!(&gzip, IngressError::UnsupportedContentEncoding(c) if c == "gzip"));
+        assert_eq!(gzip.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(gzip.kind(), "unsupported_content_encoding");
+        let response = gzip.into_response();
+        assert_eq!(response.headers()[header::ACCEPT_ENCODING], "identity");
+        assert!(check_content_encoding(&headers("identity, br")).is_err());
+    }
+
+    #[test]
     fn statuses_tell_the_truth() {
+        let busy = IngressError::Busy(super::super::budget::Busy);
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.into_response().headers()[header::RETRY_AFTER], "5");
         assert_eq!(
             IngressError::Unavailable(SpoolError::Closed).status(),
             StatusCode::SERVICE_UNAVAILABLE

@@ -3,17 +3,21 @@
 //! authenticates, enforces limits (connections, handshake, header and body
 //! time, body size, rate per peer), runs the provider check and hands the
 //! notification to the spool. It answers 200 only once the spool says the
-//! notification is on disk.
+//! notification is on disk. Memory is bounded by the body budget
+//! (`budget.rs`), connection slots (`slots.rs`), hyper's header buffers and
+//! the HTTP/2 settings set in [`serve`].
 
+mod answer;
 mod auth;
+mod budget;
 mod handler;
 mod limits;
+mod slots;
 pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +27,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::config::{Config, OnInvalid};
@@ -31,8 +34,33 @@ use crate::metrics::Metrics;
 use crate::providers::Provider;
 use crate::spool::Spool;
 pub use auth::AuthFailure;
+use budget::{BodyBudget, ConnectionShare};
 pub use handler::IngressError;
 use limits::PeerLimiter;
+use slots::{Activity, Slots};
+
+/// For the fuzz targets (`fuzz/`): the header and body checks of
+/// authentication, with no socket. `value` is presented as every header
+/// the checks read, `path_token` as the path's token.
+#[doc(hidden)]
+pub fn fuzz_auth(
+    source: &crate::config::SourceConfig,
+    value: &[u8],
+    path_token: &str,
+    body: &[u8],
+) {
+    let auth = auth::Auth::new(source);
+    let mut headers = http::HeaderMap::new();
+    if let Ok(value) = http::HeaderValue::from_bytes(value) {
+        for name in ["authorization", "x-signature", "x-forwarded-for"] {
+            headers.append(name, value.clone());
+        }
+    }
+    let trusted: Vec<ipnet::IpNet> = vec!["127.0.0.0/8".parse().expect("a valid network")];
+    let peer = auth::client_ip(std::net::IpAddr::from([127, 0, 0, 1]), &headers, &trusted);
+    let _ = auth.check_request(peer, Some(path_token), &headers);
+    let _ = auth.check_body(&headers, body);
+}
 
 /// One configured source, ready to check requests.
 #[derive(Debug)]
@@ -55,6 +83,9 @@ pub struct Ingress {
     body_timeout: Duration,
     trusted_proxies: Vec<ipnet::IpNet>,
     metrics: Arc<Metrics>,
+    /// Shared with the ingress of a reloaded config: the bytes held are the
+    /// process's, whatever the config.
+    budget: Arc<BodyBudget>,
 }
 
 impl Ingress {
@@ -114,6 +145,15 @@ impl Ingress {
             body_timeout: config.server.body_timeout.0,
             trusted_proxies: config.server.trusted_proxy_networks(),
             metrics,
+            budget: previous.map_or_else(
+                || {
+                    Arc::new(BodyBudget::new(
+                        config.server.max_inflight_body.0,
+                        config.server.max_body.0,
+                    ))
+                },
+                |p| p.budget.clone(),
+            ),
         })
     }
 
@@ -126,7 +166,7 @@ impl Ingress {
         for (name, source) in &self.sources {
             if let Some(limiter) = &source.limiter {
                 let peers = limiter.sweep();
-                if peers > 100_000 {
+                if peers * 2 > limits::MAX_KEYS {
                     tracing::warn!(source = %name, peers, "many peers are being rate limited");
                 }
             }
@@ -144,6 +184,10 @@ pub struct ListenerSettings {
     /// How long a connection may stay open with no request under way.
     pub idle_timeout: Duration,
     pub http2_max_streams: u32,
+    /// HTTP/2 flow-control windows: what a client may send before the
+    /// relay reads it, per stream and per connection.
+    pub http2_stream_window: u32,
+    pub http2_connection_window: u32,
     /// How long open connections may finish their requests after shutdown.
     pub drain_timeout: Duration,
 }
@@ -157,10 +201,22 @@ impl ListenerSettings {
             header_timeout: config.server.header_timeout.0,
             idle_timeout: config.server.idle_timeout.0,
             http2_max_streams: config.server.http2_max_streams,
+            http2_stream_window: HTTP2_STREAM_WINDOW,
+            http2_connection_window: HTTP2_CONNECTION_WINDOW,
             drain_timeout: config.server.body_timeout.0 + Duration::from_secs(5),
         }
     }
 }
+
+/// HTTP/2 flow control: the body bytes a client may send before the relay
+/// reads them, per stream (h2's own default, 64 KiB less one byte) and per
+/// connection. They sit in h2's buffers, outside the body budget, so they
+/// are kept small: at most `max_connections` × 128 KiB in all.
+const HTTP2_STREAM_WINDOW: u32 = 65_535;
+const HTTP2_CONNECTION_WINDOW: u32 = 128 * 1024;
+/// Request headers (HTTP/1.1 read buffer, HTTP/2 header list) above this
+/// are refused: 431 on HTTP/1.1, 431 and a refused stream on HTTP/2.
+const MAX_HEADER_BYTES: u32 = 64 * 1024;
 
 /// Accepts connections until `shutdown` resolves, then lets open requests
 /// finish (bounded by `drain_timeout`).
@@ -175,27 +231,25 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES as usize)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.http2_max_streams)
+        .initial_stream_window_size(settings.http2_stream_window)
+        .initial_connection_window_size(settings.http2_connection_window)
+        .max_header_list_size(MAX_HEADER_BYTES)
+        .max_send_buf_size(64 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let slots = Arc::new(Slots::new(settings.max_connections));
     // Tells connections still in their TLS handshake to give up: they have
     // no request to finish, and would hold the drain for their whole timeout.
     let (close_tx, close_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -208,12 +262,22 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // Every slot taken: the connection idle longest makes room, else
+        // this one waits (at most a handshake timeout) for a slot.
+        let slot = tokio::select! {
+            slot = slots.take(settings.handshake_timeout) => slot,
+            _ = &mut shutdown => break,
+        };
+        let Some(slot) = slot else {
+            tracing::debug!(%peer, "no connection slot came free; closing");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (ingress, builder, settings) = (ingress.clone(), builder.clone(), settings.clone());
         let watcher = graceful.watcher();
         let mut close_rx = close_rx.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let activity = slot.activity().clone();
             match &settings.tls {
                 Some(acceptor) => {
                     let handshake =
@@ -221,7 +285,7 @@ pub async fn serve(
                     tokio::select! {
                         done = handshake => match done {
                             Ok(Ok(tls)) => {
-                                serve_connection(tls, peer, ingress, &builder, watcher, settings.idle_timeout).await
+                                serve_connection(tls, peer, ingress, &builder, watcher, activity, settings.idle_timeout).await
                             }
                             Ok(Err(err)) => {
                                 tracing::debug!(%peer, error = %err, "TLS handshake failed")
@@ -232,6 +296,9 @@ pub async fn serve(
                         _ = async { close_rx.wait_for(|closing| *closing).await.is_ok() } => {
                             tracing::debug!(%peer, "closed during its TLS handshake: shutting down");
                         }
+                        () = activity.evicted() => {
+                            tracing::debug!(%peer, "closed during its TLS handshake to make room");
+                        }
                     }
                 }
                 None => {
@@ -241,11 +308,13 @@ pub async fn serve(
                         ingress,
                         &builder,
                         watcher,
+                        activity,
                         settings.idle_timeout,
                     )
                     .await
                 }
             }
+            drop(slot);
         });
     }
     drop(listener);
@@ -264,91 +333,49 @@ async fn serve_connection<IO>(
     ingress: Arc<ArcSwap<Ingress>>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
+    activity: Arc<Activity>,
     idle_timeout: Duration,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
     let seen = activity.clone();
+    let share: ConnectionShare = ingress.load().budget.connection_share();
     let service = service_fn(move |request| {
-        let (ingress, seen) = (ingress.clone(), seen.clone());
+        let (ingress, seen, share) = (ingress.clone(), seen.clone(), share.clone());
         async move {
             let _under_way = seen.request_started();
             // Each request sees the config current when it arrives (a reload
             // applies to open connections too).
             let ingress = ingress.load_full();
-            Ok::<_, std::convert::Infallible>(handler::handle(&ingress, peer, request).await)
+            Ok::<_, std::convert::Infallible>(
+                handler::handle(&ingress, peer, &share, request).await,
+            )
         }
     });
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
-    tokio::select! {
-        result = watcher.watch(connection) => {
-            if let Err(err) = result {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
-        }
-        // Dropping the connection closes it: nothing is under way on it.
-        () = activity.idle_for(idle_timeout) => {
-            tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}");
-        }
-    }
-}
-
-/// Whether a connection has a request under way, and since when it has
-/// had none: a client that connects and sends nothing, or keeps an idle
-/// connection, must not hold one of the `max_connections` slots forever.
-struct Activity {
-    in_flight: AtomicUsize,
-    last_end: std::sync::Mutex<tokio::time::Instant>,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            in_flight: AtomicUsize::new(0),
-            last_end: std::sync::Mutex::new(tokio::time::Instant::now()),
-        }
-    }
-
-    /// Marks a request under way until the guard is dropped.
-    fn request_started(self: &Arc<Self>) -> RequestUnderWay {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        RequestUnderWay(self.clone())
-    }
-
-    fn last_end(&self) -> tokio::time::Instant {
-        *self
-            .last_end
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Resolves once no request has been under way for `timeout`.
-    async fn idle_for(&self, timeout: Duration) {
-        loop {
-            tokio::time::sleep_until(self.last_end() + timeout).await;
-            if self.in_flight.load(Ordering::Acquire) == 0 && self.last_end().elapsed() >= timeout {
+    let connection = watcher.watch(connection);
+    tokio::pin!(connection);
+    loop {
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
                 return;
             }
-            if self.in_flight.load(Ordering::Acquire) > 0 {
-                // Look again once it could have become idle.
-                tokio::time::sleep(timeout).await;
+            // Dropping the connection closes it: nothing is under way on it.
+            () = activity.idle_for(idle_timeout) => {
+                tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}");
+                return;
+            }
+            () = activity.evicted() => {
+                if activity.is_idle() {
+                    tracing::debug!(%peer, "closing an idle connection to make room");
+                    return;
+                }
             }
         }
-    }
-}
-
-struct RequestUnderWay(Arc<Activity>);
-
-impl Drop for RequestUnderWay {
-    fn drop(&mut self) {
-        *self
-            .0
-            .last_end
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -1,18 +1,28 @@
 //! Dátil (Ecuador): checks a webhook body, which is the whole receipt
 //! (comprobante) with its `autorizacion` and/or `envio_sri` result, and
 //! names it `comprobante.<state>`, e.g. `comprobante.autorizado`.
+//!
+//! The documented states (AUTORIZADO, NO AUTORIZADO, DEVUELTA) carry no
+//! flag; any other (RECIBIDA, EN PROCESO...) is accepted and flagged
+//! [`Flag::UnknownState`]. The receipt's id may be a string or a number.
+//! A body with no receipt id at all (the doc's "Devuelto" example is only
+//! `envio_sri`) is accepted, keyed by the body's SHA-256 and flagged
+//! [`Flag::NoReceiptId`]. A `fecha` that cannot be read is left out and
+//! flagged [`Flag::UnreadableTime`].
 
 use super::{
-    event_name, field, invalid, non_empty, parse_object, required, text, to_utc, Notification,
-    Rejection,
+    field, invalid, non_empty, parse_object, required, safe_name, text, text_or_int, to_utc, Flag,
+    Notification, Rejection,
 };
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 /// Checks a Dátil body.
 pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
-    let receipt = parse_object(body)?;
+    let mut flags = Vec::new();
+    let receipt = parse_object(body, &mut flags)?;
     let autorizacion = sub_object(&receipt, "autorizacion")?;
     let envio_sri = sub_object(&receipt, "envio_sri")?;
     let (source, name) = match (autorizacion, envio_sri) {
@@ -21,18 +31,38 @@ pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
         (Some(a), None) => (a, "autorizacion"),
         (None, None) => return Err(Rejection::MissingField("autorizacion".into())),
     };
-    let state = state(source, name)?;
+    let state = state(source, name, &mut flags)?;
     let id = identifier(&receipt, autorizacion)?;
-    let provider_time = field(source, "fecha")
-        .map(|v| parse_fecha(v, &format!("{name}.fecha")))
-        .transpose()?;
+    let provider_time = match field(source, "fecha").map(|v| parse_fecha(v, name)) {
+        Some(Ok(time)) => Some(time),
+        Some(Err(_)) => {
+            flags.push(Flag::UnreadableTime);
+            None
+        }
+        None => None,
+    };
+    let dedup_key = match &id {
+        Some(id) => format!("datil:{id}:{state}"),
+        None => {
+            flags.push(Flag::NoReceiptId);
+            let hash: String = Sha256::digest(body)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("datil:sha256:{hash}:{state}")
+        }
+    };
     Ok(Notification {
         event_type: format!("comprobante.{state}"),
-        dedup_key: format!("datil:{id}:{state}"),
-        subject: Some(id),
+        dedup_key,
+        subject: id,
         provider_time,
+        flags,
     })
 }
+
+/// The states the doc shows, as named here.
+const STATES: &[&str] = &["autorizado", "no_autorizado", "devuelto"];
 
 /// An optional nested object; present but not an object is invalid.
 fn sub_object<'a>(
@@ -48,22 +78,30 @@ fn sub_object<'a>(
 
 /// The normalized state: lowercase, words joined by `_`, the SRI's
 /// feminine "DEVUELTA" named like the others (`devuelto`).
-fn state(source: &Map<String, Value>, name: &str) -> Result<String, Rejection> {
+fn state(
+    source: &Map<String, Value>,
+    name: &str,
+    flags: &mut Vec<Flag>,
+) -> Result<String, Rejection> {
     let path = format!("{name}.estado");
     let raw = non_empty(text(required(source, "estado", &path)?, &path)?, &path)?;
-    let words: Vec<&str> = raw.split_whitespace().collect();
-    let state = match words.join("_").to_lowercase().as_str() {
-        "devuelta" => "devuelto".to_owned(),
-        other => other.to_owned(),
+    let state = match safe_name(&raw).as_deref() {
+        Some("devuelta") => "devuelto".to_owned(),
+        Some(other) => other.to_owned(),
+        None => return Err(invalid(&path, "has no letter or digit")),
     };
-    event_name(state, &path)
+    if !STATES.contains(&state.as_str()) {
+        flags.push(Flag::UnknownState);
+    }
+    Ok(state)
 }
 
-/// The receipt's id, else its `clave_acceso`, else the authorization number.
+/// The receipt's id, else its `clave_acceso`, else the authorization
+/// number; `None` when the body carries none of them.
 fn identifier(
     receipt: &Map<String, Value>,
     autorizacion: Option<&Map<String, Value>>,
-) -> Result<String, Rejection> {
+) -> Result<Option<String>, Rejection> {
     let candidates = [
         (field(receipt, "id"), "id"),
         (field(receipt, "clave_acceso"), "clave_acceso"),
@@ -73,12 +111,13 @@ fn identifier(
         ),
     ];
     match candidates.into_iter().find(|(v, _)| v.is_some()) {
-        Some((Some(v), path)) => non_empty(text(v, path)?, path),
-        _ => Err(Rejection::MissingField("id".into())),
+        Some((Some(v), path)) => non_empty(text_or_int(v, path)?, path).map(Some),
+        _ => Ok(None),
     }
 }
 
-fn parse_fecha(value: &Value, path: &str) -> Result<OffsetDateTime, Rejection> {
+fn parse_fecha(value: &Value, name: &str) -> Result<OffsetDateTime, Rejection> {
+    let path = &format!("{name}.fecha");
     let s = text(value, path)?;
     let t = OffsetDateTime::parse(&s, &Rfc3339)
         .map_err(|e| invalid(path, format!("expected an RFC 3339 date: {e}")))?;
@@ -182,6 +221,7 @@ mod tests {
                 subject: Some("abcde1234567890abcde1234".into()),
                 dedup_key: "datil:abcde1234567890abcde1234:autorizado".into(),
                 provider_time: Some(DOC_TIME),
+                flags: vec![],
             }
         );
     }
@@ -212,10 +252,72 @@ mod tests {
     }
 
     #[test]
-    fn other_states_are_normalized() {
+    fn other_states_are_normalized_and_flagged() {
+        for (estado, named) in [
+            ("En Proceso", "en_proceso"),
+            ("RECIBIDA", "recibida"),
+            ("DEVOLUCIÓN", "devoluci_n"),
+        ] {
+            let mut v = autorizado();
+            v["autorizacion"]["estado"] = json!(estado);
+            let n = run(&v).unwrap();
+            assert_eq!(n.event_type, format!("comprobante.{named}"));
+            assert_eq!(n.flags, [Flag::UnknownState]);
+        }
+    }
+
+    #[test]
+    fn every_documented_state_in_a_full_receipt_carries_no_flag() {
+        for v in [autorizado(), no_autorizado(), devuelto()] {
+            assert!(run(&v).unwrap().flags.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_doc_s_devuelto_example_alone_is_accepted_keyed_by_its_hash() {
+        // The doc's "Devuelto" fragment exactly, with nothing around it.
+        let body = r#"{
+  "envio_sri": {
+    "fecha": "2015-09-28T19:28:56.782Z",
+    "estado": "DEVUELTA",
+    "mensajes": [{
+      "identificador": 45,
+      "mensaje": "ERROR EN DIFERENCIAS",
+      "informacion_adicional": "El total 34.54 no coincide con el calculado 34.65",
+      "tipo": "ERROR"
+    }, {
+      "identificador": 69,
+      "mensaje": "IDENTIFICACION DEL RECEPTOR",
+      "informacion_adicional": "La cédula 0921091010 no tiene cumple con la validación del dígito verificador",
+      "tipo": "ADVERTENCIA"
+    }]
+  }
+}"#;
+        let n = check(body.as_bytes()).unwrap();
+        assert_eq!(n.event_type, "comprobante.devuelto");
+        assert_eq!(n.subject, None);
+        assert_eq!(n.flags, [Flag::NoReceiptId]);
+        assert!(n.dedup_key.starts_with("datil:sha256:") && n.dedup_key.ends_with(":devuelto"));
+        assert_eq!(n.provider_time, Some(DOC_TIME));
+        // The same bytes again are the same notification.
+        assert_eq!(check(body.as_bytes()).unwrap().dedup_key, n.dedup_key);
+    }
+
+    #[test]
+    fn a_numeric_id_is_taken_as_text() {
         let mut v = autorizado();
-        v["autorizacion"]["estado"] = json!("En Proceso");
-        assert_eq!(run(&v).unwrap().event_type, "comprobante.en_proceso");
+        v["id"] = json!(42);
+        let n = run(&v).unwrap();
+        assert_eq!(n.dedup_key, "datil:42:autorizado");
+        assert!(n.flags.is_empty());
+    }
+
+    #[test]
+    fn a_windows_1252_receipt_is_taken_and_flagged() {
+        let body = b"{\"id\":\"r1\",\"comprador\":{\"razon_social\":\"Juan P\xe9rez\"},\"autorizacion\":{\"estado\":\"AUTORIZADO\",\"numero\":\"1\"}}";
+        let n = check(body).unwrap();
+        assert_eq!(n.dedup_key, "datil:r1:autorizado");
+        assert_eq!(n.flags, [Flag::Latin1Body]);
     }
 
     #[test]
@@ -253,29 +355,35 @@ mod tests {
             run(&v),
             Err(Rejection::MissingField("envio_sri.estado".into()))
         );
-        let mut v = devuelto();
-        for key in ["id", "clave_acceso"] {
-            v.as_object_mut().unwrap().remove(key);
-        }
-        assert_eq!(run(&v), Err(Rejection::MissingField("id".into())));
     }
 
     #[test]
-    fn rejects_wrong_types_and_bad_dates() {
+    fn rejects_wrong_types() {
         let mut v = autorizado();
         v["autorizacion"] = json!("AUTORIZADO");
         assert_eq!(invalid_field(run(&v)), "autorizacion");
         let mut v = autorizado();
-        v["id"] = json!(42);
+        v["id"] = json!({"a": 1});
         assert_eq!(invalid_field(run(&v)), "id");
         let mut v = autorizado();
         v["autorizacion"]["estado"] = json!("");
         assert_eq!(invalid_field(run(&v)), "autorizacion.estado");
         let mut v = autorizado();
+        v["autorizacion"]["estado"] = json!("¿?");
+        assert_eq!(invalid_field(run(&v)), "autorizacion.estado");
+    }
+
+    #[test]
+    fn an_unreadable_date_is_left_out_and_flagged() {
+        let mut v = autorizado();
         v["autorizacion"]["fecha"] = json!("28/09/2015 19:28:56");
-        assert_eq!(invalid_field(run(&v)), "autorizacion.fecha");
+        let n = run(&v).unwrap();
+        assert_eq!(
+            (n.provider_time, n.flags),
+            (None, vec![Flag::UnreadableTime])
+        );
         let mut v = devuelto();
         v["envio_sri"]["fecha"] = json!("9999-12-31T23:59:59-05:00");
-        assert_eq!(invalid_field(run(&v)), "envio_sri.fecha");
+        assert_eq!(run(&v).unwrap().flags, [Flag::UnreadableTime]);
     }
 }

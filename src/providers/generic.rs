@@ -27,12 +27,14 @@ pub fn check(
     body: &[u8],
     headers: &http::HeaderMap,
 ) -> Result<Notification, Rejection> {
-    let doc = Value::Object(parse_object(body)?);
+    let mut flags = Vec::new();
+    let doc = Value::Object(parse_object(body, &mut flags)?);
     Ok(Notification {
         dedup_key: dedup_key(rules, &doc, body, headers)?,
         event_type: event_type(rules, &doc)?,
         subject: subject(rules, &doc)?,
         provider_time: None,
+        flags,
     })
 }
 
@@ -143,6 +145,7 @@ mod tests {
                 subject: None,
                 dedup_key: format!("generic:sha256:{sha}"),
                 provider_time: None,
+                flags: vec![],
             }
         );
         let empty_default = GenericRules::default();

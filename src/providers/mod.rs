@@ -6,7 +6,17 @@
 //!
 //! Conventions shared by all providers:
 //! - Content-Type is never trusted; a UTF-8 BOM is stripped before parsing.
+//! - A body that is not UTF-8 is read as Windows-1252 (which covers
+//!   ISO-8859-1's letters), and the notification is flagged
+//!   [`Flag::Latin1Body`]; the spool keeps the raw bytes.
 //! - A field whose value is JSON `null` counts as absent.
+//! - Identifiers and counters are taken as integers, integral floats
+//!   (`105.0`) or strings of digits; booleans as `true`, `"true"`, `1`,
+//!   `"1"` (and their opposites). Unknown fields are ignored.
+//! - What a provider may plausibly send is accepted, and what the relay
+//!   does not know (an unknown event, a date it cannot read) is flagged on
+//!   the notification, never silently dropped or normalised. Rejection is
+//!   kept for what cannot be that provider's notification.
 //! - Text taken from the body is trimmed, and control characters are
 //!   rejected, because it ends up in keys, logs and forwarded headers.
 
@@ -32,6 +42,41 @@ pub struct Notification {
     pub dedup_key: String,
     /// the provider's own timestamp, converted to UTC
     pub provider_time: Option<OffsetDateTime>,
+    /// what was accepted though not as documented
+    pub flags: Vec<Flag>,
+}
+
+/// Something about an accepted notification an admin or a target may
+/// want to know: it was taken, but not exactly as the provider documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Flag {
+    /// The body was not UTF-8 and was read as Windows-1252/ISO-8859-1.
+    Latin1Body,
+    /// An event (TusFacturas `evento`) the provider does not document.
+    UnknownEvent,
+    /// A resource (TusFacturas `recurso`) the provider does not document.
+    UnknownResource,
+    /// A state (Dátil `estado`) the provider does not document.
+    UnknownState,
+    /// No receipt id came with it (Dátil's bare `envio_sri`): its dedup
+    /// key is the body's hash.
+    NoReceiptId,
+    /// The provider's timestamp could not be read; it was left out.
+    UnreadableTime,
+}
+
+impl Flag {
+    /// The name kept in the spool and shown in answers and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::Latin1Body => "latin1_body",
+            Flag::UnknownEvent => "unknown_event",
+            Flag::UnknownResource => "unknown_resource",
+            Flag::UnknownState => "unknown_state",
+            Flag::NoReceiptId => "no_receipt_id",
+            Flag::UnreadableTime => "unreadable_time",
+        }
+    }
 }
 
 /// Why a body was refused.
@@ -113,17 +158,58 @@ pub(crate) fn json_type(value: &Value) -> &'static str {
     }
 }
 
-/// Parses a body as JSON (BOM stripped), whatever its top-level type.
-pub(crate) fn parse_json(body: &[u8]) -> Result<Value, Rejection> {
+/// Parses a body as JSON (BOM stripped), whatever its top-level type. A
+/// body that is not UTF-8 is decoded as Windows-1252 (every byte maps to a
+/// character, so ISO-8859-1 text reads right) and flagged.
+pub(crate) fn parse_json(body: &[u8], flags: &mut Vec<Flag>) -> Result<Value, Rejection> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    serde_json::from_slice(body).map_err(|e| Rejection::NotJson(e.to_string()))
+    if std::str::from_utf8(body).is_ok() {
+        return serde_json::from_slice(body).map_err(|e| Rejection::NotJson(e.to_string()));
+    }
+    let (text, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(body);
+    let value = serde_json::from_str(&text)
+        .map_err(|e| Rejection::NotJson(format!("{e} (read as Windows-1252, not UTF-8)")))?;
+    flags.push(Flag::Latin1Body);
+    Ok(value)
 }
 
 /// Parses a body that must be a JSON object.
-pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Rejection> {
-    match parse_json(body)? {
+pub(crate) fn parse_object(
+    body: &[u8],
+    flags: &mut Vec<Flag>,
+) -> Result<Map<String, Value>, Rejection> {
+    match parse_json(body, flags)? {
         Value::Object(map) => Ok(map),
         other => Err(Rejection::NotObject(json_type(&other))),
+    }
+}
+
+/// A JSON number that is a whole non-negative number: `105` or `105.0`.
+fn whole(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        let f = n.as_f64()?;
+        // Below 2^53 every integer is exact in an f64.
+        (f.fract() == 0.0 && (0.0..9_007_199_254_740_992.0).contains(&f)).then_some(f as u64)
+    })
+}
+
+/// A boolean as senders write one: `true`, `"true"`, `1`, `"1"`, `"si"`
+/// and their opposites (case and spaces ignored).
+pub(crate) fn boolish(value: &Value, path: &str) -> Result<bool, Rejection> {
+    let refuse = || invalid(path, "expected true or false");
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::Number(n) => match whole(n) {
+            Some(1) => Ok(true),
+            Some(0) => Ok(false),
+            _ => Err(refuse()),
+        },
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "si" | "sí" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(refuse()),
+        },
+        _ => Err(refuse()),
     }
 }
 
@@ -162,12 +248,14 @@ pub(crate) fn text(value: &Value, path: &str) -> Result<String, Rejection> {
     }
 }
 
-/// A string or integer value as text (integers in decimal); may be empty.
-/// Floats are refused: an identifier sent as `1.0` is a sender bug.
+/// A string or integer value as text (integers in decimal, an integral
+/// float such as `17032.0` as the integer); may be empty. Other floats
+/// are refused: `1.5` is no identifier.
 pub(crate) fn text_or_int(value: &Value, path: &str) -> Result<String, Rejection> {
     match value {
         Value::String(s) => clean_text(s, path),
         Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        Value::Number(n) if whole(n).is_some() => Ok(whole(n).unwrap_or_default().to_string()),
         other => Err(invalid(
             path,
             format!("expected a string or an integer, got {}", json_type(other)),
@@ -183,14 +271,14 @@ pub(crate) fn non_empty(s: String, path: &str) -> Result<String, Rejection> {
     Ok(s)
 }
 
-/// A non-negative integer given as a JSON integer or a string of ASCII
-/// digits; both forms give the same number, so the same receipt gives the
-/// same key however the sender encodes it.
+/// A non-negative integer given as a JSON integer, an integral float
+/// (`105.0`) or a string of ASCII digits; every form gives the same
+/// number, so the same receipt gives the same key however it is encoded.
 pub(crate) fn unsigned(value: &Value, path: &str) -> Result<u64, Rejection> {
     match value {
-        Value::Number(n) => n
-            .as_u64()
-            .ok_or_else(|| invalid(path, "expected a non-negative integer")),
+        Value::Number(n) => {
+            whole(n).ok_or_else(|| invalid(path, "expected a non-negative integer"))
+        }
         Value::String(s) => {
             let s = s.trim();
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -205,14 +293,27 @@ pub(crate) fn unsigned(value: &Value, path: &str) -> Result<u64, Rejection> {
     }
 }
 
-/// A name part of an event type: limited to `a-z 0-9 _ -` so event types
-/// are safe to route on and never contain a dedup key's separators.
-pub(crate) fn event_name(s: String, path: &str) -> Result<String, Rejection> {
-    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
-    if !s.chars().all(allowed) {
-        return Err(invalid(path, "allowed characters are a-z 0-9 _ -"));
-    }
-    Ok(s)
+/// Longest name part kept in an event type.
+pub(crate) const MAX_NAME: usize = 64;
+
+/// A value the relay does not know, as a safe event-name part: lowercase,
+/// words joined by `_`, any character outside `a-z 0-9 _ -` as `_`, at
+/// most [`MAX_NAME`] characters; `None` if no letter or digit is left.
+pub(crate) fn safe_name(s: &str) -> Option<String> {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let safe: String = words
+        .join("_")
+        .to_lowercase()
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '_' | '-' => c,
+            _ => '_',
+        })
+        .take(MAX_NAME)
+        .collect();
+    safe.chars()
+        .any(|c| c.is_ascii_alphanumeric())
+        .then_some(safe)
 }
 
 /// Converts to UTC without the panic `to_offset` has at the edge of the
@@ -226,6 +327,7 @@ pub(crate) fn to_utc(t: OffsetDateTime, path: &str) -> Result<OffsetDateTime, Re
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::json;
 
     fn all_providers() -> Vec<Provider> {
         vec![
@@ -258,6 +360,20 @@ mod tests {
     }
 
     #[test]
+    fn flag_names() {
+        let all = [
+            Flag::Latin1Body,
+            Flag::UnknownEvent,
+            Flag::UnknownResource,
+            Flag::UnknownState,
+            Flag::NoReceiptId,
+            Flag::UnreadableTime,
+        ];
+        let names: std::collections::BTreeSet<_> = all.iter().map(|f| f.as_str()).collect();
+        assert_eq!(names.len(), all.len());
+    }
+
+    #[test]
     fn names_are_the_config_names() {
         let names: Vec<_> = all_providers().iter().map(Provider::name).collect();
         assert_eq!(
@@ -284,14 +400,69 @@ mod tests {
 
     #[test]
     fn bom_is_stripped_and_types_named() {
-        assert_eq!(parse_object(b"\xEF\xBB\xBF{}"), Ok(Map::new()));
-        assert_eq!(parse_object(b"[1]"), Err(Rejection::NotObject("array")));
-        assert_eq!(parse_object(b"null"), Err(Rejection::NotObject("null")));
-        assert_eq!(parse_object(b"").map_err(|e| e.kind()), Err("not_json"));
+        let flags = &mut Vec::new();
+        assert_eq!(parse_object(b"\xEF\xBB\xBF{}", flags), Ok(Map::new()));
         assert_eq!(
-            parse_object(b"\xff{}").map_err(|e| e.kind()),
+            parse_object(b"[1]", flags),
+            Err(Rejection::NotObject("array"))
+        );
+        assert_eq!(
+            parse_object(b"null", flags),
+            Err(Rejection::NotObject("null"))
+        );
+        assert_eq!(
+            parse_object(b"", flags).map_err(|e| e.kind()),
             Err("not_json")
         );
+        assert_eq!(
+            parse_object(b"\xff{}", flags).map_err(|e| e.kind()),
+            Err("not_json")
+        );
+        assert!(flags.is_empty());
+    }
+
+    #[test]
+    fn a_latin1_body_is_read_and_flagged() {
+        // "Factura Nº 12, señor" in ISO-8859-1: º is 0xBA, ñ is 0xF1.
+        let body = b"{\"a\":\"Factura N\xba 12, se\xf1or\"}";
+        let flags = &mut Vec::new();
+        let map = parse_object(body, flags).unwrap();
+        assert_eq!(map["a"], "Factura Nº 12, señor");
+        assert_eq!(flags, &[Flag::Latin1Body]);
+        // Windows-1252's own letters (0x80 is the euro sign) too.
+        let flags = &mut Vec::new();
+        let map = parse_object(b"{\"a\":\"\x80 5\"}", flags).unwrap();
+        assert_eq!(map["a"], "€ 5");
+    }
+
+    #[test]
+    fn booleans_as_senders_write_them() {
+        for yes in [
+            json!(true),
+            json!("true"),
+            json!("TRUE "),
+            json!(1),
+            json!("1"),
+            json!(1.0),
+        ] {
+            assert_eq!(boolish(&yes, "b"), Ok(true), "{yes}");
+        }
+        for no in [json!(false), json!("false"), json!(0), json!("0")] {
+            assert_eq!(boolish(&no, "b"), Ok(false), "{no}");
+        }
+        for neither in [json!(2), json!("maybe"), json!([]), json!({})] {
+            assert!(boolish(&neither, "b").is_err(), "{neither}");
+        }
+    }
+
+    #[test]
+    fn identifiers_as_integral_floats() {
+        assert_eq!(unsigned(&json!(105.0), "n"), Ok(105));
+        assert!(unsigned(&json!(105.5), "n").is_err());
+        assert!(unsigned(&json!(-1.0), "n").is_err());
+        assert!(unsigned(&json!(1e300), "n").is_err());
+        assert_eq!(text_or_int(&json!(17032.0), "f"), Ok("17032".into()));
+        assert!(text_or_int(&json!(1.5), "f").is_err());
     }
 
     #[test]

@@ -1,17 +1,20 @@
 //! NubeFact (Peru): checks its webhook body (the standard receipt response:
 //! `tipo_de_comprobante`, `serie`, `numero`, `aceptada_por_sunat`,
 //! `sunat_responsecode`) and names it `comprobante.aceptado`,
-//! `comprobante.rechazado` or `comprobante.pendiente`.
+//! `comprobante.rechazado` or `comprobante.pendiente`. Numbers may come as
+//! strings or integral floats (`"105"`, `105.0`), the acceptance as
+//! `true`, `"true"` or `1`.
 
 use super::{
-    field, invalid, non_empty, parse_object, required, text, text_or_int, unsigned, Notification,
-    Rejection,
+    boolish, field, invalid, non_empty, parse_object, required, text, text_or_int, unsigned,
+    Notification, Rejection,
 };
 use serde_json::{Map, Value};
 
 /// Checks a NubeFact body.
 pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
-    let obj = parse_object(body)?;
+    let mut flags = Vec::new();
+    let obj = parse_object(body, &mut flags)?;
     let tipo = tipo(&obj)?;
     let serie = serie(&obj)?;
     let numero = numero(&obj)?;
@@ -30,6 +33,7 @@ pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
             code.as_deref().unwrap_or("-")
         ),
         provider_time: None,
+        flags,
     })
 }
 
@@ -61,9 +65,7 @@ fn numero(obj: &Map<String, Value>) -> Result<u64, Rejection> {
 
 fn aceptada(obj: &Map<String, Value>) -> Result<bool, Rejection> {
     const F: &str = "aceptada_por_sunat";
-    required(obj, F, F)?
-        .as_bool()
-        .ok_or_else(|| invalid(F, "expected true or false"))
+    boolish(required(obj, F, F)?, F)
 }
 
 /// SUNAT's response code, if any. An empty string means "no answer yet",
@@ -124,8 +126,36 @@ mod tests {
                 subject: Some("BBB1-105".into()),
                 dedup_key: "nubefact:2:BBB1:105:aceptado:0".into(),
                 provider_time: None,
+                flags: vec![],
             }
         );
+    }
+
+    #[test]
+    fn numero_as_a_float_and_booleans_as_text_are_taken() {
+        // The exact payload the issue saw refused.
+        let body = br#"{"tipo_de_comprobante": 2, "serie": "BBB1", "numero": 105.0, "aceptada_por_sunat": "true", "sunat_responsecode": "0"}"#;
+        let n = check(body).unwrap();
+        assert_eq!(n.dedup_key, "nubefact:2:BBB1:105:aceptado:0");
+        assert!(n.flags.is_empty());
+        let as_text = br#"{"tipo_de_comprobante": "2.0", "serie": "BBB1", "numero": "105", "aceptada_por_sunat": 1, "sunat_responsecode": 0}"#;
+        // "2.0" as a string is not digits: refused (only numbers may be floats).
+        assert!(check(as_text).is_err());
+        let as_text = br#"{"tipo_de_comprobante": "2", "serie": "BBB1", "numero": "105", "aceptada_por_sunat": 1, "sunat_responsecode": 0}"#;
+        assert_eq!(check(as_text).unwrap().dedup_key, n.dedup_key);
+        let pending = br#"{"tipo_de_comprobante": 2.0, "serie": "BBB1", "numero": 105, "aceptada_por_sunat": "false"}"#;
+        assert_eq!(
+            check(pending).unwrap().dedup_key,
+            "nubefact:2:BBB1:105:pendiente:-"
+        );
+    }
+
+    #[test]
+    fn a_latin1_description_is_taken_and_flagged() {
+        let body = b"{\"tipo_de_comprobante\": 1, \"serie\": \"F001\", \"numero\": 7, \"aceptada_por_sunat\": true, \"sunat_description\": \"La Factura n\xfamero F001-7, ha sido aceptada\"}";
+        let n = check(body).unwrap();
+        assert_eq!(n.flags, [super::super::Flag::Latin1Body]);
+        assert_eq!(n.subject.as_deref(), Some("F001-7"));
     }
 
     #[test]
@@ -180,7 +210,8 @@ mod tests {
             ("numero", json!(0)),
             ("numero", json!(-5)),
             ("numero", json!(1.5)),
-            ("aceptada_por_sunat", json!("true")),
+            ("aceptada_por_sunat", json!("quizas")),
+            ("aceptada_por_sunat", json!(2)),
             ("sunat_responsecode", json!([])),
         ];
         for (key, value) in cases {

@@ -1,10 +1,20 @@
 //! TusFacturas (Argentina): checks its webhook body
 //! (`creado`, `evento`, `recurso`, `external_reference`, `intento`, `msg`,
 //! `hook_id`) and names it `{recurso}.{evento}`, e.g. `facturacion.emitido`.
+//!
+//! What it needs is `recurso`, `evento` and `hook_id` (the dedup key) and
+//! `external_reference` (the subject). The rest is informational and taken
+//! in any form: `intento` as a number or a string, `msg` as a list or a
+//! text. A `recurso` or `evento` the doc does not list (or in another case)
+//! is accepted, named in lowercase with other characters as `_`, and
+//! flagged [`Flag::UnknownResource`] / [`Flag::UnknownEvent`]. A `creado`
+//! that cannot be read is left out and flagged [`Flag::UnreadableTime`].
 
+#[cfg(test)]
+use super::MAX_NAME;
 use super::{
-    event_name, field, invalid, json_type, non_empty, parse_object, required, text, text_or_int,
-    to_utc, Notification, Rejection,
+    field, invalid, non_empty, parse_object, required, safe_name, text, text_or_int, to_utc, Flag,
+    Notification, Rejection,
 };
 use serde_json::{Map, Value};
 use time::macros::{format_description, offset};
@@ -12,9 +22,10 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 
 /// Checks a TusFacturas body.
 pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
-    let obj = parse_object(body)?;
-    let recurso = name_part(&obj, "recurso")?;
-    let evento = name_part(&obj, "evento")?;
+    let mut flags = Vec::new();
+    let obj = parse_object(body, &mut flags)?;
+    let recurso = name_part(&obj, "recurso", RECURSOS, Flag::UnknownResource, &mut flags)?;
+    let evento = name_part(&obj, "evento", EVENTOS, Flag::UnknownEvent, &mut flags)?;
     let external_reference = text_or_int(
         required(&obj, "external_reference", "external_reference")?,
         "external_reference",
@@ -23,9 +34,14 @@ pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
         text_or_int(required(&obj, "hook_id", "hook_id")?, "hook_id")?,
         "hook_id",
     )?;
-    check_intento(&obj)?;
-    check_msg(&obj)?;
-    let provider_time = field(&obj, "creado").map(parse_creado).transpose()?;
+    let provider_time = match field(&obj, "creado").map(parse_creado) {
+        Some(Ok(time)) => Some(time),
+        Some(Err(_)) => {
+            flags.push(Flag::UnreadableTime);
+            None
+        }
+        None => None,
+    };
 
     let event_type = format!("{recurso}.{evento}");
     Ok(Notification {
@@ -35,33 +51,30 @@ pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
         // An empty reference is the sender's choice, not a broken body.
         subject: Some(external_reference).filter(|s| !s.is_empty()),
         provider_time,
+        flags,
     })
 }
 
-/// `recurso` / `evento`: lowercased, then limited like every event name.
-fn name_part(obj: &Map<String, Value>, name: &str) -> Result<String, Rejection> {
+/// The resources and events the doc lists.
+const RECURSOS: &[&str] = &["facturacion"];
+const EVENTOS: &[&str] = &["encolado", "emitido", "error", "eliminado"];
+
+/// `recurso` / `evento`: a documented value as it is; anything else
+/// named safely ([`safe_name`]) and flagged.
+fn name_part(
+    obj: &Map<String, Value>,
+    name: &str,
+    known: &[&str],
+    flag: Flag,
+    flags: &mut Vec<Flag>,
+) -> Result<String, Rejection> {
     let s = non_empty(text(required(obj, name, name)?, name)?, name)?;
-    event_name(s.to_lowercase(), name)
-}
-
-/// `intento`, if present, is a positive integer (1 on the first send).
-fn check_intento(obj: &Map<String, Value>) -> Result<(), Rejection> {
-    match field(obj, "intento") {
-        None => Ok(()),
-        Some(v) if v.as_u64().is_some_and(|n| n >= 1) => Ok(()),
-        Some(_) => Err(invalid("intento", "expected a positive integer")),
+    if known.contains(&s.as_str()) {
+        return Ok(s);
     }
-}
-
-/// `msg`, if present, is the (possibly empty) list of errors.
-fn check_msg(obj: &Map<String, Value>) -> Result<(), Rejection> {
-    match field(obj, "msg") {
-        None | Some(Value::Array(_)) => Ok(()),
-        Some(other) => Err(invalid(
-            "msg",
-            format!("expected an array, got {}", json_type(other)),
-        )),
-    }
+    let safe = safe_name(&s).ok_or_else(|| invalid(name, "has no letter or digit"))?;
+    flags.push(flag);
+    Ok(safe)
 }
 
 /// `creado` is `dd/mm/yyyy HH:MM:SS` in Argentina time, fixed UTC−3 (no DST).
@@ -123,29 +136,61 @@ mod tests {
                 subject: Some("17032".into()),
                 dedup_key: "tusfacturas:xxxxx:facturacion.encolado".into(),
                 provider_time: Some(datetime!(2022-03-18 18:58:11 UTC)),
+                flags: vec![],
             }
         );
     }
 
     #[test]
-    fn known_and_unknown_eventos() {
-        for e in ["encolado", "emitido", "error", "eliminado", "anulado"] {
-            assert_eq!(
-                with("evento", json!(e)).unwrap().event_type,
-                format!("facturacion.{e}")
-            );
+    fn documented_eventos_carry_no_flag() {
+        for e in ["encolado", "emitido", "error", "eliminado"] {
+            let n = with("evento", json!(e)).unwrap();
+            assert_eq!(n.event_type, format!("facturacion.{e}"));
+            assert!(n.flags.is_empty(), "{e}");
         }
-        assert_eq!(
-            with("evento", json!("EMITIDO")).unwrap().event_type,
-            "facturacion.emitido"
-        );
+    }
+
+    #[test]
+    fn unknown_evento_and_recurso_are_accepted_with_a_flag() {
+        let n = with("evento", json!("anulado")).unwrap();
+        assert_eq!(n.event_type, "facturacion.anulado");
+        assert_eq!(n.flags, [Flag::UnknownEvent]);
+        // Another case is not silently taken as the documented value.
+        let n = with("evento", json!("EMITIDO")).unwrap();
+        assert_eq!(n.event_type, "facturacion.emitido");
+        assert_eq!(n.flags, [Flag::UnknownEvent]);
+        let n = with("evento", json!("Nota de Crédito")).unwrap();
+        assert_eq!(n.event_type, "facturacion.nota_de_cr_dito");
+        let n = check(
+            br#"{"creado":"18/03/2022 15:58:11","evento":"emitido","recurso":"remitos","external_reference":"17032","intento":1,"msg":[],"hook_id":"xxxxx"}"#,
+        )
+        .unwrap();
+        assert_eq!(n.event_type, "remitos.emitido");
+        assert_eq!(n.flags, [Flag::UnknownResource]);
+        let long = with("evento", json!("x".repeat(500))).unwrap();
+        assert_eq!(long.event_type.len(), "facturacion.".len() + MAX_NAME);
+    }
+
+    #[test]
+    fn intento_as_a_string_and_msg_as_text_are_taken() {
+        // The exact payloads: `intento` quoted, `msg` a sentence.
+        let quoted = br#"{"creado":"18/03/2022 15:58:11","evento":"error","recurso":"facturacion","external_reference":"17032","intento":"2","msg":"El CUIT del receptor no es valido","hook_id":"xxxxx"}"#;
+        let n = check(quoted).unwrap();
+        assert_eq!(n.dedup_key, "tusfacturas:xxxxx:facturacion.error");
+        assert!(n.flags.is_empty());
+        for intento in [json!(0), json!(2), json!("2"), json!(2.0), json!("x")] {
+            assert!(with("intento", intento.clone()).is_ok(), "{intento}");
+        }
+        for msg in [json!(["a"]), json!("boom"), json!({"error": "x"}), json!(7)] {
+            assert!(with("msg", msg.clone()).is_ok(), "{msg}");
+        }
     }
 
     #[test]
     fn retry_keeps_key_and_other_evento_changes_it() {
         let first = check(DOC_EXAMPLE.as_bytes()).unwrap().dedup_key;
         assert_eq!(with("intento", json!(2)).unwrap().dedup_key, first);
-        assert_eq!(with("intento", json!(5)).unwrap().dedup_key, first);
+        assert_eq!(with("intento", json!("5")).unwrap().dedup_key, first);
         assert_ne!(with("evento", json!("emitido")).unwrap().dedup_key, first);
     }
 
@@ -153,6 +198,10 @@ mod tests {
     fn integer_ids_and_optional_fields() {
         let n = with("hook_id", json!(123)).unwrap();
         assert_eq!(n.dedup_key, "tusfacturas:123:facturacion.encolado");
+        assert_eq!(
+            with("hook_id", json!(123.0)).unwrap().dedup_key,
+            n.dedup_key
+        );
         assert_eq!(
             with("external_reference", json!(17032))
                 .unwrap()
@@ -163,6 +212,17 @@ mod tests {
         assert_eq!(with("external_reference", json!("")).unwrap().subject, None);
         assert_eq!(without("creado").unwrap().provider_time, None);
         assert!(without("intento").is_ok() && without("msg").is_ok());
+        let extra = with("cuit", json!("20-12345678-9")).unwrap();
+        assert!(extra.flags.is_empty());
+    }
+
+    #[test]
+    fn a_latin1_body_is_taken_and_flagged() {
+        // external_reference "Nº 17032" in ISO-8859-1 (º is 0xBA).
+        let body = b"{\"creado\":\"18/03/2022 15:58:11\",\"evento\":\"emitido\",\"recurso\":\"facturacion\",\"external_reference\":\"N\xba 17032\",\"intento\":1,\"msg\":[],\"hook_id\":\"h1\"}";
+        let n = check(body).unwrap();
+        assert_eq!(n.subject.as_deref(), Some("Nº 17032"));
+        assert_eq!(n.flags, [Flag::Latin1Body]);
     }
 
     #[test]
@@ -179,9 +239,10 @@ mod tests {
     }
 
     #[test]
-    fn rejects_wrong_types() {
+    fn rejects_what_cannot_be_a_notification() {
         assert_eq!(invalid_field(with("evento", json!(""))), "evento");
-        assert_eq!(invalid_field(with("evento", json!("emi tido"))), "evento");
+        assert_eq!(invalid_field(with("evento", json!("!!"))), "evento");
+        assert_eq!(invalid_field(with("evento", json!("a\nb"))), "evento");
         assert_eq!(invalid_field(with("recurso", json!(7))), "recurso");
         assert_eq!(invalid_field(with("hook_id", json!(""))), "hook_id");
         assert_eq!(invalid_field(with("hook_id", json!(1.5))), "hook_id");
@@ -189,29 +250,22 @@ mod tests {
             invalid_field(with("external_reference", json!({}))),
             "external_reference"
         );
-        assert_eq!(invalid_field(with("intento", json!(0))), "intento");
-        assert_eq!(invalid_field(with("intento", json!("2"))), "intento");
-        assert_eq!(invalid_field(with("msg", json!("boom"))), "msg");
     }
 
     #[test]
-    fn rejects_bad_dates() {
+    fn an_unreadable_date_is_left_out_and_flagged() {
         for bad in [
-            "2022-03-18 15:58:11",
-            "31/02/2022 10:00:00",
-            "18/03/2022",
-            "18/03/2022 25:00:00",
+            json!("2022-03-18 15:58:11"),
+            json!("31/02/2022 10:00:00"),
+            json!("18/03/2022"),
+            json!("18/03/2022 25:00:00"),
+            json!(20220318),
+            // At the edge of the supported range: refused, not panicked.
+            json!("31/12/9999 23:00:00"),
         ] {
-            assert_eq!(invalid_field(with("creado", json!(bad))), "creado");
+            let n = with("creado", bad.clone()).unwrap();
+            assert_eq!(n.provider_time, None, "{bad}");
+            assert_eq!(n.flags, [Flag::UnreadableTime], "{bad}");
         }
-        assert_eq!(invalid_field(with("creado", json!(20220318))), "creado");
-    }
-
-    #[test]
-    fn date_at_the_edge_of_the_range_is_refused_not_panicked() {
-        assert_eq!(
-            invalid_field(with("creado", json!("31/12/9999 23:00:00"))),
-            "creado"
-        );
     }
 }

@@ -42,6 +42,12 @@ pub use record::{
 };
 pub use routes::Routes;
 
+/// For the fuzz targets (`fuzz/`): every decoder of stored bytes.
+#[doc(hidden)]
+pub fn fuzz_decode(bytes: &[u8]) -> usize {
+    sled::decode_any(bytes)
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool {} is in use by another process (a running relay?): {detail}", path.display())]
@@ -248,7 +254,37 @@ impl Spool {
         received: Received,
         notification: Notification,
     ) -> Result<Stored, SpoolError> {
-        self.backend.store(received, notification).await
+        self.backend.store(received, notification, None).await
+    }
+
+    /// Makes a quarantined body a notification after all (an admin's
+    /// release, its provider check passed again, or accepted as generic):
+    /// stored and fanned out like one just received, and gone from the
+    /// quarantine in the same write. `NotFound` when it is no longer there.
+    pub async fn release(
+        &self,
+        id: NotificationId,
+        received: Received,
+        notification: Notification,
+    ) -> Result<Stored, SpoolError> {
+        self.backend.store(received, notification, Some(id)).await
+    }
+
+    /// Holds a subscription's deliveries (`paused`), or lets them go again
+    /// in their order. Nothing of a paused subscription is leased; the
+    /// state is kept across restarts.
+    pub async fn pause(&self, subscription: &str, paused: bool) -> Result<(), SpoolError> {
+        self.backend.pause(subscription, paused).await
+    }
+
+    /// The subscriptions paused now.
+    pub fn paused(&self) -> std::collections::BTreeSet<String> {
+        self.backend.paused()
+    }
+
+    /// Removes a quarantined body for good; `NotFound` when it is not there.
+    pub async fn discard(&self, id: NotificationId) -> Result<(), SpoolError> {
+        self.backend.discard(id).await
     }
 
     /// Keeps a rejected body durably, with the reason, for admins.

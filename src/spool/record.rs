@@ -95,6 +95,10 @@ pub struct NotificationMeta {
     /// The subscriptions it was fanned out to when it was spooled.
     #[serde(default)]
     pub subscriptions: Vec<String>,
+    /// What the provider check accepted though not as documented
+    /// (`providers::Flag` names, e.g. `latin1_body`); absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
 
 /// An authenticated body that could not be accepted as a notification.

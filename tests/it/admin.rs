@@ -312,27 +312,35 @@ async fn dead_deliveries_are_shown_with_their_attempts_and_replayed_by_filter() 
 }
 
 #[tokio::test]
-async fn quarantined_bodies_are_listed_and_shown_apart_from_notifications() {
-    let relay = TestRelay::start(&admin_section()).await;
+async fn quarantined_bodies_are_listed_shown_released_and_discarded() {
+    let target = Target::start(Vec::new()).await;
+    let relay = TestRelay::start(&format!(
+        "{}{}",
+        subscription("billing", &target.url(), ""),
+        admin_section()
+    ))
+    .await;
     let admin = Admin::of(&relay);
-    let (status, json) = relay
-        .post(
-            &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
-            "{\"not\": \"tusfacturas\"}",
-        )
-        .await;
-    assert_eq!(status, 422, "{json}");
-    let id = json["quarantine_id"].as_str().unwrap();
+    let mut quarantined = Vec::new();
+    for body in ["{\"not\": \"tusfacturas\"}", "{\"also\": \"not\"}"] {
+        let (status, json) = relay
+            .post(&format!("/hooks/tusfacturas/{TUS_TOKEN}"), body)
+            .await;
+        assert_eq!(status, 422, "{json}");
+        quarantined.push(json["quarantine_id"].as_str().unwrap().to_owned());
+    }
+    let (first, second) = (&quarantined[0], &quarantined[1]);
 
     let list = admin.get("/api/notifications?state=quarantined").await;
-    assert_eq!(list["items"][0]["id"], id, "{list}");
-    let shown = admin.get(&format!("/api/quarantine/{id}")).await;
+    assert_eq!(list["items"][0]["id"], *second, "newest first: {list}");
+    assert_eq!(items(&list), 2);
+    let shown = admin.get(&format!("/api/quarantine/{first}")).await;
     assert_eq!(shown["body"], "{\"not\": \"tusfacturas\"}");
     assert_eq!(shown["source"], "tusfacturas");
     let (status, body) = admin
         .call(
             "GET",
-            &format!("/api/notifications/{id}"),
+            &format!("/api/notifications/{first}"),
             Some(VIEWER_TOKEN),
         )
         .await;
@@ -341,6 +349,74 @@ async fn quarantined_bodies_are_listed_and_shown_apart_from_notifications() {
         body["detail"].as_str().unwrap().contains("quarantine"),
         "{body}"
     );
+
+    // Its provider check still refuses it; a viewer may not release it.
+    let release = format!("/api/quarantine/{first}/release");
+    let (status, body) = admin.call("POST", &release, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("as=generic"),
+        "{body}"
+    );
+    let generic = format!("{release}?as=generic");
+    assert_eq!(
+        admin.call("POST", &generic, Some(VIEWER_TOKEN)).await.0,
+        403
+    );
+    // As generic it becomes a notification, delivered like any other.
+    let (status, released) = admin.call("POST", &generic, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{released}");
+    let id = released["notification"].as_str().unwrap().to_owned();
+    assert!(
+        target.wait_until(WAIT, |t| t.succeeded(&id)).await,
+        "released and delivered"
+    );
+    let shown = admin.get(&format!("/api/notifications/{id}")).await;
+    assert_eq!(
+        (shown["event"].as_str(), shown["source"].as_str()),
+        (Some("generic"), Some("tusfacturas"))
+    );
+    assert_eq!(
+        admin
+            .call(
+                "GET",
+                &format!("/api/quarantine/{first}"),
+                Some(ADMIN_TOKEN)
+            )
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        admin.call("POST", &generic, Some(ADMIN_TOKEN)).await.0,
+        404,
+        "released once"
+    );
+
+    let discard = format!("/api/quarantine/{second}/discard");
+    assert_eq!(admin.call("POST", &discard, Some(ADMIN_TOKEN)).await.0, 200);
+    assert_eq!(admin.call("POST", &discard, Some(ADMIN_TOKEN)).await.0, 404);
+    assert_eq!(
+        items(&admin.get("/api/notifications?state=quarantined").await),
+        0
+    );
+    let stats = admin.get("/api/stats").await;
+    assert_eq!(
+        (
+            stats["quarantined"].as_u64(),
+            stats["notifications"].as_u64()
+        ),
+        (Some(0), Some(1)),
+        "{stats}"
+    );
+    let audit = admin.get("/api/audit").await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["quarantine.discard", "quarantine.release"]);
     relay.stop().await;
 }
 
@@ -530,11 +606,30 @@ async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
     assert!(out.contains("replayed 1 deliveries"), "{out}");
     assert!(target.wait_until(WAIT, |t| t.succeeded(&id)).await);
 
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(config, &["subscriptions", "pause", "billing"], ADMIN_TOKEN)
+    });
+    assert_eq!((code, out.trim()), (0, "paused billing"), "{err}");
+    let (code, out, _) =
+        tokio::task::block_in_place(|| cli(config, &["subscriptions", "ls"], VIEWER_TOKEN));
+    assert_eq!(code, 0);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("billing"))
+        .unwrap_or_default();
+    assert!(row.contains("paused"), "{out}");
+    let (code, _, _) = tokio::task::block_in_place(|| {
+        cli(config, &["subscriptions", "resume", "billing"], ADMIN_TOKEN)
+    });
+    assert_eq!(code, 0);
     let (code, out, _) =
         tokio::task::block_in_place(|| cli(config, &["spool", "audit"], VIEWER_TOKEN));
     assert_eq!(code, 0);
-    let row = out.lines().nth(1).unwrap_or_default();
-    assert!(row.contains("ops") && row.contains("replay.bulk"), "{out}");
+    assert!(
+        out.lines()
+            .any(|row| row.contains("ops") && row.contains("replay.bulk")),
+        "{out}"
+    );
     let (code, out, _) =
         tokio::task::block_in_place(|| cli(config, &["spool", "stats"], VIEWER_TOKEN));
     assert_eq!(code, 0);
@@ -773,5 +868,60 @@ async fn the_openapi_file_and_the_live_routes_agree() {
         .call("GET", "/api/undocumented", Some(ADMIN_TOKEN))
         .await;
     assert_eq!(status, 404);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_paused_subscription_holds_its_deliveries_and_a_resume_sends_them_in_order() {
+    let billing = Target::start(Vec::new()).await;
+    let erp = Target::start(Vec::new()).await;
+    let relay = TestRelay::start(&format!(
+        "{}{}{}",
+        // One at a time: the order of arrival is the order of sending.
+        subscription("billing", &billing.url(), "max_in_flight = 1"),
+        subscription("erp", &erp.url(), ""),
+        admin_section()
+    ))
+    .await;
+    let admin = Admin::of(&relay);
+    let pause = "/api/subscriptions/billing/pause";
+    assert_eq!(admin.call("POST", pause, Some(VIEWER_TOKEN)).await.0, 403);
+    let (status, body) = admin
+        .call("POST", "/api/subscriptions/nobody/pause", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(admin.call("POST", pause, Some(ADMIN_TOKEN)).await.0, 200);
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(post_tus(&relay, &format!("p-{i}"), &format!("0007-{i:04}")).await);
+    }
+    // The other subscription got all three: the forwarder ran meanwhile.
+    assert!(
+        erp.wait_until(WAIT, |t| ids.iter().all(|id| t.succeeded(id)))
+            .await
+    );
+    assert_eq!(billing.count(), 0, "nothing goes to a paused subscription");
+    let subs = admin.get("/api/subscriptions").await;
+    assert_eq!(subs["items"][0]["paused"], true, "{subs}");
+    let stats = admin.get("/api/stats").await;
+    assert_eq!(stats["subscriptions"]["billing"]["waiting"], 3, "{stats}");
+
+    let resume = "/api/subscriptions/billing/resume";
+    assert_eq!(admin.call("POST", resume, Some(ADMIN_TOKEN)).await.0, 200);
+    let received = billing.wait_for(3, WAIT).await;
+    let order: Vec<String> = received
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(order, ids, "held deliveries go in their order");
+    let audit = admin.get("/api/audit").await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["subscription.resume", "subscription.pause"]);
     relay.stop().await;
 }

@@ -582,3 +582,50 @@ async fn a_bom_body_and_a_non_ascii_subject_reach_the_target_in_a_form_it_can_ta
     assert_eq!(kept.meta.subject.as_deref(), Some("Factura Nº 12"));
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_latin1_body_is_forwarded_as_utf8_with_its_flag_and_kept_raw() {
+    let target = Target::start(vec![]).await;
+    let relay = TestRelay::start(&subscription("erp", &target.url(), "")).await;
+    // external_reference "Nº 17032" and evento "ANULADO" (not in the doc),
+    // in ISO-8859-1: º is 0xBA.
+    let raw = b"{\"creado\":\"18/03/2022 15:58:11\",\"evento\":\"ANULADO\",\"recurso\":\"facturacion\",\"external_reference\":\"N\xba 17032\",\"intento\":\"2\",\"msg\":\"x\",\"hook_id\":\"h-latin1\"}".to_vec();
+    let response = relay
+        .client
+        .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+        .header("content-type", "application/json; charset=ISO-8859-1")
+        .body(raw.clone())
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = answer(response).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["flags"],
+        serde_json::json!(["latin1_body", "unknown_event"])
+    );
+    let got = target.wait_for(1, WAIT).await;
+    let request = &got[0];
+    let utf8 = String::from_utf8_lossy(&raw).replace('\u{FFFD}', "º");
+    assert_eq!(request.body.as_ref(), utf8.as_bytes(), "sent as UTF-8");
+    assert_eq!(
+        header(request, "content-type"),
+        "application/json; charset=utf-8"
+    );
+    assert_eq!(
+        header(request, "x-relay-flags"),
+        "latin1_body, unknown_event"
+    );
+    assert_eq!(header(request, "x-relay-event"), "facturacion.anulado");
+    assert_eq!(header(request, "x-relay-subject"), "UTF-8''N%C2%BA%2017032");
+    verify_with_standardwebhooks(request);
+    let id = NotificationId::parse(answer["id"].as_str().unwrap()).unwrap();
+    let kept = relay.relay().spool.notification(id).unwrap().unwrap();
+    assert_eq!(kept.meta.flags, ["latin1_body", "unknown_event"]);
+    assert_eq!(
+        kept.body.as_ref(),
+        &raw[..],
+        "the spool keeps the raw bytes"
+    );
+    relay.stop().await;
+}

@@ -181,6 +181,31 @@ pub fn provider_client(cert: &Path) -> reqwest::Client {
         .unwrap()
 }
 
+/// A raw TLS connection to `addr`, trusting `cert`, offering `alpn`.
+pub async fn tls_connect_to(
+    addr: SocketAddr,
+    cert: &Path,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(cert)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots
+            .add(cert.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name =
+        rustls_pki_types::ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+    connector.connect(name, tcp).await
+}
+
 pub fn tusfacturas(hook_id: &str, evento: &str, intento: u32) -> String {
     format!(
         r#"{{"creado": "18/03/2022 15:58:11", "evento": "{evento}", "recurso": "facturacion", "external_reference": "17032", "intento": {intento}, "msg": [], "hook_id": "{hook_id}"}}"#

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use rustls_pki_types::pem::PemObject;
 use sha2::Sha256;
 use webhook_relay::spool::NotificationId;
 
@@ -246,7 +245,7 @@ async fn an_authenticated_invalid_body_is_quarantined_with_its_reason() {
             "missing_field",
         ),
         (
-            r#"{"evento": "emitido", "recurso": "facturacion", "external_reference": "1", "hook_id": "h", "creado": "yesterday"}"#,
+            r#"{"evento": "emitido", "recurso": "facturacion", "external_reference": "1", "hook_id": 1.5}"#,
             "invalid_field",
         ),
     ];
@@ -400,25 +399,14 @@ async fn stalled_handshakes_and_slow_headers_are_cut_off() {
 }
 
 /// A raw TLS connection to the relay offering `alpn`.
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     relay: &TestRelay,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let pem = std::fs::read(relay.dir.path().join("tls/self-signed.crt")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
-    let tcp = tokio::net::TcpStream::connect(relay.relay().ingress_addr)
+    let cert = relay.dir.path().join("tls/self-signed.crt");
+    tls_connect_to(relay.relay().ingress_addr, &cert, alpn)
         .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    connector.connect(name, tcp).await.expect("TLS handshake")
+        .expect("TLS handshake")
 }
 
 /// Sends raw bytes on a new HTTP/1.x connection offering `alpn`; returns
@@ -514,46 +502,80 @@ async fn idle_connections_are_closed_and_a_request_under_way_is_not() {
 }
 
 #[tokio::test]
-async fn connections_past_max_connections_wait_for_a_free_slot() {
+async fn past_max_connections_the_connection_idle_longest_makes_room_and_busy_ones_keep_theirs() {
+    use tokio::io::AsyncWriteExt;
     let relay = TestRelay::start_edited(|base| {
         base.replace(
             "handshake_timeout = \"1s\"",
             "handshake_timeout = \"30s\"\nmax_connections = 2",
         )
+        .replace("body_timeout = \"2s\"", "body_timeout = \"20s\"")
     })
     .await;
     let addr = relay.relay().ingress_addr;
-    // Two connections that never start TLS hold both slots.
-    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let second = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let post = |timeout: Duration| {
+    let post = |hook: &str, timeout: Duration| {
         relay
             .client
             .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
-            .body(tusfacturas("h-slots", "emitido", 1))
+            .body(tusfacturas(hook, "emitido", 1))
             .timeout(timeout)
             .send()
     };
-    // A third is not served while they are held...
-    let unserved = post(Duration::from_millis(500)).await;
+    // Two connections that never start TLS hold both slots, idle: a third
+    // is served all the same, in place of one of them.
+    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let served = post("h-room", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(served.status(), 200);
+    drop((first, second));
+
+    // Two connections each with a request under way (a body still coming)
+    // are never closed for room: a third waits...
+    let path = format!("/hooks/tusfacturas/{TUS_TOKEN}");
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tls_connect(&relay, b"http/1.1").await;
+        stream
+            .write_all(
+                format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        // hyper sends 100 Continue once the handler reads the body: the
+        // request is under way.
+        let mut interim = [0u8; 25];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut interim)
+            .await
+            .unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        stream.write_all(b"{").await.unwrap();
+        stream.flush().await.unwrap();
+        busy.push(stream);
+    }
+    // Past the 250 ms a connection must be idle before it is closed for room.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let unserved = post("h-busy", Duration::from_millis(800)).await;
     assert!(
         unserved.as_ref().is_err_and(reqwest::Error::is_timeout),
-        "served past max_connections: {unserved:?}"
+        "a busy connection was closed for room: {unserved:?}"
     );
-    // ...and is, once one of them goes.
-    drop(first);
-    let served = post(Duration::from_secs(10)).await.unwrap();
+    // ...and is served once one of them ends.
+    busy.pop();
+    let served = post("h-busy-2", Duration::from_secs(10)).await.unwrap();
     assert_eq!(served.status(), 200);
-    // The connection still waiting for its handshake does not hold the
-    // stop for its 30 s, nor for the 7 s drain of open requests.
+    // A connection waiting for its handshake does not hold the stop for its
+    // 30 s, nor for the drain of open requests.
+    let waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
     let stopping = tokio::time::Instant::now();
+    drop(busy);
     relay.stop().await;
     assert!(
         stopping.elapsed() < Duration::from_secs(5),
         "stop waited for a handshake: {:?}",
         stopping.elapsed()
     );
-    drop(second);
+    drop(waiting);
 }
 
 #[tokio::test]
@@ -662,5 +684,114 @@ async fn behind_a_trusted_proxy_the_forwarded_client_address_is_checked() {
     // Without trusted_proxies, anyone could write that header: it is ignored.
     let relay = TestRelay::start("").await;
     assert_eq!(post_as(&relay, Some("192.0.2.10")).await, 403);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn early_refusals_reach_an_http2_client_with_their_status() {
+    let relay = TestRelay::start("").await;
+    let medium = "y".repeat(40 * 1024);
+    let big = "x".repeat(200 * 1024);
+    let cases = [
+        (
+            "/hooks/tusfacturas/wrong-token-000000".to_owned(),
+            medium.clone(),
+            401,
+        ),
+        ("/hooks/ghost".to_owned(), medium.clone(), 404),
+        ("/hooks/signed".to_owned(), medium.clone(), 401),
+        (format!("/hooks/tusfacturas/{TUS_TOKEN}"), big.clone(), 413),
+    ];
+    // A race between the answer and the stream's reset shows only some of
+    // the time: each case, many times, on one HTTP/2 connection and on new ones.
+    for round in 0..10 {
+        for (path, body, expected) in &cases {
+            let response = relay
+                .client
+                .post(relay.url(path))
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{path} round {round}: {e:?}"));
+            assert_eq!(response.version(), reqwest::Version::HTTP_2);
+            assert_eq!(response.status(), *expected, "{path} round {round}");
+            let (status, _) = answer(response).await;
+            assert_eq!(status, *expected);
+        }
+    }
+    let fresh = provider_client(&relay.dir.path().join("tls/self-signed.crt"));
+    for _ in 0..10 {
+        let response = fresh
+            .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 413);
+    }
+    // The connection is still good for a notification afterwards.
+    let (status, _) = relay
+        .post(
+            &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
+            tusfacturas("h-after-refusals", "emitido", 1),
+        )
+        .await;
+    assert_eq!(status, 200);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_upload_gets_413_before_the_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = TestRelay::start("").await;
+    let path = format!("/hooks/tusfacturas/{TUS_TOKEN}");
+    for _ in 0..10 {
+        let mut stream = tls_connect(&relay, b"http/1.1").await;
+        stream
+            .write_all(
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        // 160 KiB in 8 KiB chunks, past max_body (64 KiB); every write must
+        // succeed (no reset) and the answer must be a 413.
+        let chunk = format!("2000\r\n{}\r\n", "z".repeat(8192));
+        for _ in 0..20 {
+            stream
+                .write_all(chunk.as_bytes())
+                .await
+                .expect("no reset while uploading");
+        }
+        stream.write_all(b"0\r\n\r\n").await.unwrap();
+        stream.flush().await.unwrap();
+        let mut head = vec![0u8; 12];
+        stream.read_exact(&mut head).await.expect("an answer");
+        assert_eq!(&head, b"HTTP/1.1 413");
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_compressed_body_gets_415_and_nothing_is_stored() {
+    let relay = TestRelay::start("").await;
+    let response = relay
+        .client
+        .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+        .header("content-encoding", "gzip")
+        .body(vec![
+            0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    assert_eq!(response.headers()["accept-encoding"], "identity");
+    let (_, json) = answer(response).await;
+    assert_eq!(json["error"], "unsupported_content_encoding");
+    assert_eq!(relay.relay().spool.notifications().count(), 0);
+    assert_eq!(relay.relay().spool.quarantined().count(), 0);
     relay.stop().await;
 }

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real TLS on loopback, a real sled spool,
 //! real HTTP targets, and the built binary for crash tests.
 
+mod abuse;
 mod admin;
 mod corruption;
 mod crash;

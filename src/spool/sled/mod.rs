@@ -87,6 +87,8 @@ pub(super) struct Shared {
     pub recheck_upto: Mutex<Option<NotificationId>>,
     /// The counts as of the last applied batch (the writer publishes them).
     pub counts: Mutex<Counts>,
+    /// Subscriptions an admin paused: nothing of theirs is leased.
+    pub paused: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
@@ -174,6 +176,7 @@ impl SledSpool {
             }),
             flush_starts: AtomicU64::new(0),
             counts: Mutex::new(opened.counts.clone()),
+            paused: Mutex::new(opened.paused.clone()),
         });
         let start = writer::Start {
             acknowledged: opened.acknowledged,
@@ -190,6 +193,28 @@ impl SledSpool {
 
     pub fn path(&self) -> &Path {
         &self.shared.config.path
+    }
+
+    /// Holds (or, with `paused` false, releases) a subscription's
+    /// deliveries; kept across restarts.
+    pub async fn pause(&self, subscription: &str, paused: bool) -> Result<(), SpoolError> {
+        let change = Change::Pause {
+            subscription: subscription.to_owned(),
+            paused,
+        };
+        self.write(change, true).await?;
+        if !paused {
+            self.shared.wake([subscription]);
+        }
+        Ok(())
+    }
+
+    pub fn paused(&self) -> std::collections::BTreeSet<String> {
+        lock(&self.shared.paused).clone()
+    }
+
+    pub async fn discard(&self, id: NotificationId) -> Result<(), SpoolError> {
+        self.write(Change::Discard { id }, true).await.map(|_| ())
     }
 
     /// Takes a reloaded config's subscriptions (see `Change::Routes`).
@@ -216,6 +241,7 @@ impl SledSpool {
         &self,
         received: Received,
         notification: Notification,
+        released: Option<NotificationId>,
     ) -> Result<Stored, SpoolError> {
         let subscriptions = self
             .shared
@@ -236,6 +262,11 @@ impl SledSpool {
                 headers: received.headers,
                 peer: received.peer,
                 subscriptions,
+                flags: notification
+                    .flags
+                    .iter()
+                    .map(|flag| flag.as_str().to_owned())
+                    .collect(),
             },
             body: received.body,
         };
@@ -244,6 +275,7 @@ impl SledSpool {
             dedup_key,
             received_ms: received.received_ms,
             subscriptions: record.meta.subscriptions,
+            released,
         };
         match self.write(change, true).await? {
             Applied::Stored(stored) => Ok(stored),
@@ -289,6 +321,13 @@ impl SledSpool {
         loop {
             // Seen before the walk: whatever lands during it wakes the wait below.
             work.borrow_and_update();
+            if lock(&self.shared.paused).contains(subscription) {
+                // A resume wakes it.
+                if work.changed().await.is_err() {
+                    return Err(SpoolError::Closed);
+                }
+                continue;
+            }
             let shared = self.shared.clone();
             let name = subscription.to_owned();
             let now = self.shared.clock.now_ms();
@@ -617,6 +656,26 @@ pub(super) fn decode_delivery(bytes: &[u8]) -> Result<Delivery, SpoolError> {
         ))),
         None => Err(SpoolError::Corrupt("empty delivery record".into())),
     }
+}
+
+/// Runs every decoder of what the spool reads back (records, deliveries,
+/// index keys and values) on `bytes`; for the fuzz targets. Returns how
+/// many accepted them; none may panic.
+pub fn decode_any(bytes: &[u8]) -> usize {
+    let mut accepted = 0;
+    accepted += usize::from(crate::spool::NotificationRecord::decode(bytes).is_ok());
+    accepted += usize::from(crate::spool::QuarantineRecord::decode(bytes).is_ok());
+    if let Ok(delivery) = decode_delivery(bytes) {
+        // What decodes must encode again to the same delivery.
+        let again = encode_delivery(&delivery).and_then(|b| decode_delivery(&b));
+        assert_eq!(again.ok(), Some(delivery), "a delivery does not round-trip");
+        accepted += 1;
+    }
+    accepted += usize::from(keys::id_of(bytes).is_some());
+    accepted += usize::from(keys::split_dedup_value(bytes).is_some());
+    accepted += usize::from(keys::split_dedup_expiry(bytes).is_some());
+    accepted += usize::from(keys::split_retry(bytes).is_some());
+    accepted
 }
 
 /// The writer answers each change with the kind of `Applied` it asked for;

@@ -85,6 +85,9 @@ pub(super) enum Change {
         dedup_key: Vec<u8>,
         received_ms: i64,
         subscriptions: Vec<String>,
+        /// A quarantined body this notification is made from: it leaves
+        /// the quarantine in the same batch (a duplicate too).
+        released: Option<NotificationId>,
     },
     Quarantine {
         record: Vec<u8>,
@@ -119,6 +122,15 @@ pub(super) enum Change {
     /// the newest id handed out so far (it gets what is stored from now on).
     Routes {
         routes: Routes,
+    },
+    /// A quarantined body an admin gave up.
+    Discard {
+        id: NotificationId,
+    },
+    /// An admin holds (or releases) a subscription's deliveries.
+    Pause {
+        subscription: String,
+        paused: bool,
     },
     /// An audit entry (encoded), made at `at_ms`.
     Audit {
@@ -405,6 +417,8 @@ impl Writer {
                 | Change::Replay { .. }
                 | Change::Orphans { .. }
                 | Change::Routes { .. }
+                | Change::Discard { .. }
+                | Change::Pause { .. }
                 | Change::Audit { .. } => 0,
             })
             .sum();
@@ -518,7 +532,19 @@ impl Writer {
                     dedup_key,
                     received_ms,
                     subscriptions,
+                    released,
                 } => {
+                    if let Some(quarantined) = released {
+                        let key = keys::quarantine(quarantined);
+                        if store.get(&key)?.is_none() {
+                            out.results.push(Err(SpoolError::NotFound(format!(
+                                "quarantined body {quarantined} (released or discarded meanwhile)"
+                            ))));
+                            continue;
+                        }
+                        batch.remove(&key);
+                        self.tally.removed_quarantined();
+                    }
                     let earlier = match fresh_in_group.get(&dedup_key) {
                         Some(first) => Some(*first),
                         None => store
@@ -603,6 +629,30 @@ impl Writer {
                         }
                         Applied::Replayed(replayed.is_some())
                     })
+                }
+                Change::Pause {
+                    subscription,
+                    paused,
+                } => {
+                    let key = keys::paused(&subscription);
+                    if paused {
+                        batch.insert(key, &[]);
+                        lock(&self.shared.paused).insert(subscription);
+                    } else {
+                        batch.remove(key);
+                        lock(&self.shared.paused).remove(&subscription);
+                    }
+                    Ok(Applied::Recorded)
+                }
+                Change::Discard { id } => {
+                    let key = keys::quarantine(id);
+                    if store.get(&key)?.is_some() {
+                        batch.remove(&key);
+                        self.tally.removed_quarantined();
+                        Ok(Applied::Recorded)
+                    } else {
+                        Err(SpoolError::NotFound(format!("no quarantined body {id}")))
+                    }
                 }
                 Change::Routes { routes } => {
                     let first_new = self.last_id.map_or(0, |id| id.0 .0.saturating_add(1));

@@ -1,0 +1,547 @@
+//! Abuse tests on the built binary: each attack runs for a bounded time
+//! against a relay process while a normal provider client posts a
+//! notification, which must get its 200 within a second; the relay's
+//! resident memory and open file descriptors (read from /proc) must stay
+//! under the bounds stated here and in the README ("What we test").
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::helpers::*;
+use crate::process::RelayProcess;
+
+/// The relay's settings for these tests: 1 MiB bodies, 8 MiB of bodies in
+/// memory at most, 64 connections.
+const MAX_CONNECTIONS: usize = 64;
+/// Resident memory the relay may reach during any attack (the debug
+/// build). Seen: 45 to 65 MiB; without the body budget the unsigned-bodies
+/// attack alone took it to 114 MiB.
+const RSS_BOUND_KIB: u64 = 96 * 1024;
+/// Open descriptors beyond those it had before the attack: one per
+/// connection slot, one waiting for a slot, a few for the spool.
+const FD_MARGIN: usize = MAX_CONNECTIONS + 16;
+/// How long each attack lasts.
+const ATTACK: Duration = Duration::from_secs(4);
+
+struct Abused {
+    process: RelayProcess,
+    dir: tempfile::TempDir,
+    /// One attack at a time: each has the machine's cores to itself, as
+    /// far as this test binary is concerned.
+    _alone: tokio::sync::MutexGuard<'static, ()>,
+}
+
+static ONE_ATTACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Abused {
+    async fn start() -> Abused {
+        let alone = ONE_ATTACK_AT_A_TIME.lock().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = base_config(dir.path())
+            .replace(
+                "max_body = \"64KiB\"",
+                &format!(
+                    "max_body = \"1MiB\"\nmax_inflight_body = \"8MiB\"\nmax_connections = {MAX_CONNECTIONS}"
+                ),
+            )
+            .replace("handshake_timeout = \"1s\"", "handshake_timeout = \"2s\"");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, config).unwrap();
+        let process = RelayProcess::spawn(&path).await;
+        Abused {
+            process,
+            dir,
+            _alone: alone,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.process.addr
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("tls/self-signed.crt")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr().port())
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.child.id().expect("relay running")
+    }
+
+    /// A provider on a new connection (as one posts): its 200 within 1 s.
+    async fn normal_client_is_served(&self, hook: &str) {
+        let client = provider_client(&self.cert());
+        let started = Instant::now();
+        let response = client
+            .post(self.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+            .body(tusfacturas(hook, "emitido", 1))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let took = started.elapsed();
+        println!("{hook}: the normal client was answered in {took:?}");
+        let status = response.map(|r| r.status().as_u16());
+        assert!(
+            matches!(status, Ok(200)),
+            "the normal client got {status:?} after {took:?}; relay log:\n{}",
+            self.process.log_tail(20)
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "the normal client waited {took:?}"
+        );
+    }
+
+    /// Samples RSS and open fds until stopped; the highest of each.
+    fn sample(&self) -> Sampler {
+        Sampler::start(self.pid())
+    }
+
+    async fn stop(self) {
+        self.process.sigterm().await;
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    max_rss: Arc<AtomicU64>,
+    max_fds: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+    fds_before: usize,
+    rss_before: u64,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rss_before = rss_kib(pid);
+        let max_rss = Arc::new(AtomicU64::new(rss_before));
+        let fds_before = open_fds(pid);
+        let max_fds = Arc::new(AtomicUsize::new(fds_before));
+        let task = tokio::spawn({
+            let (stop, max_rss, max_fds) = (stop.clone(), max_rss.clone(), max_fds.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    max_rss.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                    max_fds.fetch_max(open_fds(pid), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        Sampler {
+            stop,
+            max_rss,
+            max_fds,
+            task,
+            fds_before,
+            rss_before,
+        }
+    }
+
+    /// Stops and asserts the bounds; returns (highest RSS KiB, highest fds).
+    async fn check(self, attack: &str) -> (u64, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        let (rss, fds) = (
+            self.max_rss.load(Ordering::Relaxed),
+            self.max_fds.load(Ordering::Relaxed),
+        );
+        println!(
+            "{attack}: highest RSS {} MiB ({} before), highest open fds {fds} ({} before)",
+            rss / 1024,
+            self.rss_before / 1024,
+            self.fds_before
+        );
+        assert!(rss < RSS_BOUND_KIB, "{attack}: RSS {rss} KiB");
+        assert!(
+            fds <= self.fds_before + FD_MARGIN,
+            "{attack}: {fds} open fds, {} before",
+            self.fds_before
+        );
+        (rss, fds)
+    }
+}
+
+/// Runs `attack` (given its index) on `n` tasks until [`ATTACK`] is over.
+fn spawn_attackers<F, Fut>(n: usize, attack: F) -> Vec<tokio::task::JoinHandle<u64>>
+where
+    F: Fn(usize, Instant) -> Fut,
+    Fut: std::future::Future<Output = u64> + Send + 'static,
+{
+    let until = Instant::now() + ATTACK;
+    (0..n).map(|i| tokio::spawn(attack(i, until))).collect()
+}
+
+async fn attacks_made(tasks: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("an attacker task");
+    }
+    total
+}
+
+/// Lets the attack build up before the normal client posts.
+async fn mid_attack() {
+    tokio::time::sleep(ATTACK / 2).await;
+}
+
+// === The attacks ===
+
+#[tokio::test]
+async fn idle_tls_connections_past_max_connections() {
+    let relay = Abused::start().await;
+    let sampler = relay.sample();
+    // Twice max_connections idle TLS connections, each reopened when the
+    // relay closes it.
+    let (addr, cert) = (relay.addr(), relay.cert());
+    let attackers = spawn_attackers(2 * MAX_CONNECTIONS, move |_, until| {
+        let cert = cert.clone();
+        async move {
+            let mut opened = 0;
+            while Instant::now() < until {
+                let connect = tls_connect_to(addr, &cert, b"http/1.1");
+                let Ok(Ok(mut stream)) = tokio::time::timeout_at(until, connect).await else {
+                    continue;
+                };
+                opened += 1;
+                let mut buf = [0u8; 64];
+                // Held, silent, until the relay closes it or the attack ends.
+                let _ = tokio::time::timeout_at(until, stream.read(&mut buf)).await;
+            }
+            opened
+        }
+    });
+    mid_attack().await;
+    relay.normal_client_is_served("abuse-idle").await;
+    let opened = attacks_made(attackers).await;
+    println!("idle TLS connections opened: {opened}");
+    assert!(opened > 2 * MAX_CONNECTIONS as u64);
+    sampler.check("idle TLS connections").await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn slow_headers_and_slow_bodies() {
+    let relay = Abused::start().await;
+    let sampler = relay.sample();
+    let (addr, cert) = (relay.addr(), relay.cert());
+    let attackers = spawn_attackers(48, move |i, until| {
+        let cert = cert.clone();
+        async move {
+            let mut made = 0;
+            while Instant::now() < until {
+                let Ok(Ok(mut stream)) =
+                    tokio::time::timeout_at(until, tls_connect_to(addr, &cert, b"http/1.1")).await
+                else {
+                    continue;
+                };
+                made += 1;
+                // Half send headers a byte at a time, half a body 100 bytes
+                // at a time (1 MiB declared): each 50 ms.
+                let head = format!(
+                    "POST /hooks/tusfacturas/{TUS_TOKEN} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\n"
+                );
+                let slow_body = i % 2 == 1;
+                if slow_body && stream.write_all(head.as_bytes()).await.is_err() {
+                    continue;
+                }
+                let mut k = 0usize;
+                while Instant::now() < until {
+                    let piece: &[u8] = if slow_body {
+                        &[b' '; 100]
+                    } else {
+                        &head.as_bytes()[k % head.len()..k % head.len() + 1]
+                    };
+                    k += 1;
+                    if stream.write_all(piece).await.is_err() || stream.flush().await.is_err() {
+                        break; // closed by the relay: start again
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            made
+        }
+    });
+    mid_attack().await;
+    relay.normal_client_is_served("abuse-slow").await;
+    let made = attacks_made(attackers).await;
+    println!("slow connections made: {made}");
+    sampler.check("slow headers and bodies").await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_headers() {
+    let relay = Abused::start().await;
+    let sampler = relay.sample();
+    let (addr, cert) = (relay.addr(), relay.cert());
+    let refused = Arc::new(AtomicU64::new(0));
+    let counted = refused.clone();
+    let attackers = spawn_attackers(16, move |_, until| {
+        let (cert, refused) = (cert.clone(), counted.clone());
+        async move {
+            let mut made = 0;
+            let filler = "a".repeat(8000);
+            while Instant::now() < until {
+                let Ok(Ok(mut stream)) =
+                    tokio::time::timeout_at(until, tls_connect_to(addr, &cert, b"http/1.1")).await
+                else {
+                    continue;
+                };
+                made += 1;
+                let mut head =
+                    format!("POST /hooks/tusfacturas/{TUS_TOKEN} HTTP/1.1\r\nHost: localhost\r\n");
+                for n in 0..40 {
+                    head.push_str(&format!("X-Filler-{n}: {filler}\r\n"));
+                }
+                head.push_str("\r\n");
+                let _ = stream.write_all(head.as_bytes()).await;
+                let mut answer = [0u8; 12];
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout_at(until, stream.read_exact(&mut answer)).await
+                {
+                    if &answer == b"HTTP/1.1 431" {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            made
+        }
+    });
+    mid_attack().await;
+    relay.normal_client_is_served("abuse-headers").await;
+    let made = attacks_made(attackers).await;
+    let refused = refused.load(Ordering::Relaxed);
+    println!("oversized header requests: {made}, answered 431: {refused}");
+    assert!(refused > 0, "no 431 for 320 KB of headers");
+    sampler.check("oversized headers").await;
+    relay.stop().await;
+}
+
+/// An HTTP/2 connection made with the h2 crate (no client-side limits).
+async fn h2_connect(
+    addr: SocketAddr,
+    cert: &Path,
+) -> Option<h2::client::SendRequest<bytes::Bytes>> {
+    let tls = tls_connect_to(addr, cert, b"h2").await.ok()?;
+    let (send, connection) = h2::client::handshake(tls).await.ok()?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Some(send)
+}
+
+fn h2_post(addr: SocketAddr, path: &str) -> http::Request<()> {
+    http::Request::post(format!("https://localhost:{}{path}", addr.port()))
+        .body(())
+        .expect("a request")
+}
+
+#[tokio::test]
+async fn http2_stream_floods_and_resets() {
+    let relay = Abused::start().await;
+    let sampler = relay.sample();
+    let (addr, cert) = (relay.addr(), relay.cert());
+    let path = format!("/hooks/tusfacturas/{TUS_TOKEN}");
+    let attackers = spawn_attackers(8, move |i, until| {
+        let (cert, path) = (cert.clone(), path.clone());
+        async move {
+            let mut streams = 0u64;
+            while Instant::now() < until {
+                let Some(send) = h2_connect(addr, &cert).await else {
+                    continue;
+                };
+                let mut open = Vec::new();
+                // Up to 200 streams per connection (the relay allows 64 at
+                // once), each with a part of a body that never ends; every
+                // other attacker resets each stream at once (rapid reset).
+                for _ in 0..200 {
+                    let Ok(mut ready) = send.clone().ready().await else {
+                        break;
+                    };
+                    let Ok((_response, mut body)) = ready.send_request(h2_post(addr, &path), false)
+                    else {
+                        break;
+                    };
+                    streams += 1;
+                    if i % 2 == 0 {
+                        body.send_reset(h2::Reason::CANCEL);
+                    } else {
+                        let _ = body.send_data(bytes::Bytes::from(vec![b'{'; 16 * 1024]), false);
+                        open.push(body);
+                    }
+                    if Instant::now() >= until {
+                        break;
+                    }
+                }
+                // Hold what is open a while, then start over.
+                tokio::time::sleep_until((Instant::now() + Duration::from_millis(500)).min(until))
+                    .await;
+            }
+            streams
+        }
+    });
+    mid_attack().await;
+    relay.normal_client_is_served("abuse-h2").await;
+    let streams = attacks_made(attackers).await;
+    println!("HTTP/2 streams opened or reset: {streams}");
+    assert!(streams > 1000);
+    sampler.check("HTTP/2 stream floods and resets").await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_large_bodies_to_an_hmac_source_over_http1_and_http2() {
+    let relay = Abused::start().await;
+    let sampler = relay.sample();
+    let url = relay.url("/hooks/signed");
+    let cert = relay.cert();
+    let refused = Arc::new(AtomicU64::new(0));
+    let counted = refused.clone();
+    // 8 clients over HTTP/1.1, one request at a time each, and 8 over
+    // HTTP/2, 8 streams at a time each: 72 MiB in flight from the clients.
+    let attackers = spawn_attackers(16, move |i, until| {
+        let (url, refused) = (url.clone(), counted.clone());
+        let pem = std::fs::read(&cert).unwrap();
+        async move {
+            let cert = reqwest::Certificate::from_pem(&pem).unwrap();
+            let builder = reqwest::Client::builder()
+                .tls_certs_only([cert])
+                .no_proxy()
+                .timeout(Duration::from_secs(10));
+            let (client, streams) = if i % 2 == 0 {
+                (builder.http1_only().build().unwrap(), 1)
+            } else {
+                (builder.build().unwrap(), 8)
+            };
+            let body = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+            let loops = (0..streams).map(|_| {
+                let (client, url, body, refused) =
+                    (client.clone(), url.clone(), body.clone(), refused.clone());
+                tokio::spawn(async move {
+                    let mut sent = 0;
+                    while Instant::now() < until {
+                        sent += 1;
+                        let response = client
+                            .post(&url)
+                            .header("x-signature", "sha256=00")
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        if let Ok(response) = response {
+                            if matches!(response.status().as_u16(), 401 | 503) {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    sent
+                })
+            });
+            let mut sent = 0;
+            for task in loops.collect::<Vec<_>>() {
+                sent += task.await.unwrap_or(0);
+            }
+            sent
+        }
+    });
+    mid_attack().await;
+    relay.normal_client_is_served("abuse-hmac").await;
+    let sent = attacks_made(attackers).await;
+    let refused = refused.load(Ordering::Relaxed);
+    println!("1 MiB unsigned bodies sent: {sent}, refused 401/503: {refused}");
+    assert!(refused > 16, "the attack did not run");
+    sampler.check("unauthenticated large bodies").await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn many_client_addresses_against_a_rate_limited_source() {
+    let relay = Abused::start().await;
+    let sampler = relay.sample();
+    let url = relay.url("/hooks/limited/limited-token-0123456789");
+    let wrong = relay.url("/hooks/limited/wrong-token-0000000000");
+    let pem = std::fs::read(relay.cert()).unwrap();
+    let client_from = |ip: IpAddr| {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+            .no_proxy()
+            .local_address(ip)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    // Unauthenticated requests make no rate-limit key: five wrong tokens
+    // from one address, and its quota (a burst of 2) is still whole.
+    let first = client_from(IpAddr::from([127, 9, 0, 1]));
+    for _ in 0..5 {
+        let status = first.post(&wrong).body("{}").send().await.unwrap().status();
+        assert_eq!(status, 401);
+    }
+    for expected in [200, 200, 429] {
+        let status = first.post(&url).body("{}").send().await.unwrap().status();
+        assert_eq!(status, expected);
+    }
+    // Then 256 client addresses (127.10.x.y), 32 at a time, three requests
+    // each: two pass, the third is limited, each address on its own quota.
+    let started = Instant::now();
+    let mut limited = 0;
+    for batch in 0..8u32 {
+        let mut tasks = Vec::new();
+        for n in batch * 32..(batch + 1) * 32 {
+            let ip = IpAddr::from([127, 10, (n / 250) as u8, (n % 250 + 1) as u8]);
+            let (client, url) = (client_from(ip), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for k in 0..3 {
+                    let response = client
+                        .post(&url)
+                        .body(format!("{{\"n\":{n},\"k\":{k}}}"))
+                        .send()
+                        .await;
+                    statuses.push(
+                        response
+                            .map(|r| r.status().as_u16())
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+                statuses
+            }));
+        }
+        if batch == 4 {
+            relay.normal_client_is_served("abuse-addresses").await;
+        }
+        for task in tasks {
+            let statuses = task.await.unwrap();
+            assert_eq!(statuses, [Ok(200), Ok(200), Ok(429)]);
+            limited += 1;
+        }
+    }
+    println!(
+        "client addresses: 257, each limited on its own quota ({limited} limited) in {:?}",
+        started.elapsed()
+    );
+    sampler.check("many client addresses").await;
+    relay.stop().await;
+}
