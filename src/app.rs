@@ -1,21 +1,28 @@
 //! Wires the parts and owns start-up and shutdown: opens the spool, sets up
-//! TLS, binds the ingress listener, starts the flusher, the forwarder and the
+//! TLS, takes the ingress listener (bound as configured, or handed over by
+//! systemd: [`crate::listen`]), starts the flusher, the forwarder and the
 //! maintenance timers, and on stop takes them down in order (ingress first,
-//! then the forwarder's in-flight attempts, then a last flush).
+//! then the forwarder's in-flight attempts, then a last flush). A start that
+//! fails writes nothing: the self-signed certificate of a first start is
+//! written once everything else is ready.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, Admin, AdminError, AdminListener};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::forwarder::{Forwarder, TargetError};
-use crate::ingress::tls::{self, ReloadableCert, TlsError};
+use crate::forwarder::{Forwarder, TargetError, Targets};
+use crate::ingress::tls::{self, ReloadableCert, SelfSigned, TlsError};
 use crate::ingress::{self, Ingress, ListenerSettings};
+use crate::listen::{self, ListenError};
+use crate::metrics::Metrics;
 use crate::spool::{Routes, Spool, SpoolError};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,11 +33,10 @@ pub enum AppError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Target(#[from] TargetError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     #[error("a relay task failed: {0}")]
     Task(String),
     #[error("the relay stopped, but its spool could not be closed cleanly: {0}")]
@@ -40,15 +46,32 @@ pub enum AppError {
 /// A running relay. Dropping it does not stop it; call [`Relay::stop`].
 pub struct Relay {
     pub ingress_addr: SocketAddr,
+    /// Where the admin listener listens, when configured.
+    pub admin_listen: Option<String>,
+    pub admin: Arc<Admin>,
     pub spool: Spool,
     cert: Option<Arc<ReloadableCert>>,
+    /// What a reload swaps: the config it came from, the ingress rules,
+    /// the forwarder's targets.
+    config: tokio::sync::Mutex<Config>,
+    ingress: Arc<ArcSwap<Ingress>>,
+    targets: watch::Sender<Targets>,
+    reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<admin::ReloadRequest>>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), SpoolError>>,
 }
 
 impl Relay {
-    /// Starts everything; the config must already be validated.
+    /// Starts everything on a listener bound as configured; the config must
+    /// already be validated.
     pub async fn start(config: Config) -> Result<Relay, AppError> {
+        let listeners = listen::Listeners::bind(config.server.listen)?;
+        Relay::start_on(config, listeners).await
+    }
+
+    /// Starts everything on these listeners; the config must already be
+    /// validated.
+    pub async fn start_on(config: Config, listeners: listen::Listeners) -> Result<Relay, AppError> {
         let clock = Clock::system();
         let spool = {
             let (spool_config, routes) = (config.spool.clone(), Routes::from_config(&config));
@@ -56,49 +79,143 @@ impl Relay {
                 .await
                 .map_err(|e| AppError::Task(e.to_string()))??
         };
-        let cert = load_certificate(&config)?;
+        let (cert, self_signed) = load_certificate(&config)?;
         let acceptor = match &cert {
             Some(cert) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
                 cert.clone(),
             )?)),
             None => None,
         };
-        let forwarder = Forwarder::new(&config, spool.clone(), clock)?;
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: config.server.listen,
-                source,
-            })?;
-        let ingress_addr = listener.local_addr().map_err(|source| AppError::Bind {
+        let metrics = Arc::new(Metrics::new());
+        let (forwarder, targets) = Forwarder::new(&config, spool.clone(), clock, metrics.clone())?;
+        let listen_error = |source| ListenError::Bind {
             addr: config.server.listen,
             source,
-        })?;
-        let ingress = Ingress::new(&config, spool.clone(), clock);
+        };
+        let listener = TcpListener::from_std(listeners.ingress).map_err(listen_error)?;
+        let ingress_addr = listener.local_addr().map_err(listen_error)?;
+        let admin_listener = match (listeners.admin, &config.admin.listen) {
+            // Passed by systemd (FileDescriptorName=admin): used as it is.
+            (Some(passed), _) => Some(AdminListener::Tcp(TcpListener::from_std(passed).map_err(
+                |source| ListenError::NotTcp {
+                    name: listen::ADMIN.into(),
+                    source,
+                },
+            )?)),
+            (None, Some(listen)) => Some(AdminListener::bind(listen).await?),
+            (None, None) => None,
+        };
+        // Nothing can fail after this: the files of a new certificate now.
+        if let Some(generated) = self_signed {
+            generated.write()?;
+        }
+        let admin_listen = admin_listener.as_ref().map(AdminListener::describe);
+        let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
+        let admin = Admin::new(&config, spool.clone(), metrics.clone(), clock, reloads);
+        let ingress = Arc::new(ArcSwap::new(Ingress::new(
+            &config,
+            spool.clone(),
+            clock,
+            metrics,
+        )));
         let settings = ListenerSettings::from_config(&config, acceptor);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(
-            listener,
+            Listeners {
+                ingress: listener,
+                admin: admin_listener,
+            },
             settings,
-            ingress,
+            ingress.clone(),
             forwarder,
-            spool.clone(),
+            admin.clone(),
             stopped,
         ));
         tracing::info!(
             addr = %ingress_addr,
             tls = cert.is_some(),
+            socket_activated = listeners.activated,
             spool = %spool.path().display(),
             subscriptions = config.subscriptions.len(),
+            admin = admin_listen.as_deref().unwrap_or("off"),
             "ingress listening"
         );
         Ok(Relay {
             ingress_addr,
+            admin_listen,
+            admin,
+            config: tokio::sync::Mutex::new(config),
+            ingress,
+            targets,
+            reload_requests: std::sync::Mutex::new(Some(reload_requests)),
             spool,
             cert,
             stop,
             task,
         })
+    }
+
+    /// Applies a new, validated config without dropping a connection or a
+    /// request: sources, tokens and limits (each request sees the config
+    /// current when it arrives), subscriptions (added, removed, changed),
+    /// admin tokens, and the certificate files. What only a restart can
+    /// change (listen addresses, TLS on or off, the spool) is reported and
+    /// left as it was. Nothing is changed when the new subscriptions cannot
+    /// be set up (e.g. an unreadable CA file).
+    pub async fn reload(&self, new: Config) -> Result<Reloaded, AppError> {
+        let mut current = self.config.lock().await;
+        let targets = Targets::build(&new, Some(&self.targets.borrow()))?;
+        let restart_needed = restart_needed(&current, &new);
+        for key in &restart_needed {
+            tracing::warn!(key = %key, "changed in the config, but applies only after a restart");
+        }
+        self.spool.set_routes(Routes::from_config(&new)).await?;
+        let old_names: Vec<String> = current
+            .subscriptions
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let new_names: Vec<String> = new.subscriptions.iter().map(|s| s.name.clone()).collect();
+        let added: Vec<String> = new_names
+            .iter()
+            .filter(|n| !old_names.contains(n))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = old_names
+            .iter()
+            .filter(|n| !new_names.contains(n))
+            .cloned()
+            .collect();
+        for name in &removed {
+            tracing::warn!(subscription = %name, "subscription removed; its waiting deliveries stay as orphans (`spool move-orphans` or `purge-orphans`)");
+        }
+        self.targets.send_replace(targets);
+        self.ingress.store(self.ingress.load().reloaded(&new));
+        self.admin.reload(&new);
+        self.reload_certificate();
+        *current = new;
+        let report = Reloaded {
+            subscriptions_added: added,
+            subscriptions_removed: removed,
+            restart_needed,
+        };
+        tracing::info!(
+            added = ?report.subscriptions_added,
+            removed = ?report.subscriptions_removed,
+            "config reloaded"
+        );
+        Ok(report)
+    }
+
+    /// The admin API's requests to reload (`POST /api/reload`), for the
+    /// one who knows the config file; `None` once taken.
+    pub fn take_reload_requests(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<admin::ReloadRequest>> {
+        self.reload_requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// Re-reads the TLS certificate files (SIGHUP).
@@ -124,42 +241,122 @@ impl Relay {
     }
 }
 
-fn load_certificate(config: &Config) -> Result<Option<Arc<ReloadableCert>>, TlsError> {
+/// What a reload changed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Reloaded {
+    pub subscriptions_added: Vec<String>,
+    pub subscriptions_removed: Vec<String>,
+    /// Keys that changed but apply only after a restart.
+    pub restart_needed: Vec<String>,
+}
+
+/// The keys a reload cannot apply that differ between two configs.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut differs = |key: &str, changed: bool| {
+        if changed {
+            keys.push(key.to_owned());
+        }
+    };
+    differs("server.listen", old.server.listen != new.server.listen);
+    differs("server.tls", old.server.tls != new.server.tls);
+    differs(
+        "server.self_signed",
+        old.server.self_signed != new.server.self_signed,
+    );
+    differs(
+        "server.tls_cert",
+        old.server.tls_cert != new.server.tls_cert,
+    );
+    differs("server.tls_key", old.server.tls_key != new.server.tls_key);
+    differs(
+        "server.max_connections",
+        old.server.max_connections != new.server.max_connections,
+    );
+    differs(
+        "server (timeouts)",
+        (
+            old.server.header_timeout,
+            old.server.handshake_timeout,
+            old.server.idle_timeout,
+        ) != (
+            new.server.header_timeout,
+            new.server.handshake_timeout,
+            new.server.idle_timeout,
+        ),
+    );
+    differs("spool", old.spool != new.spool);
+    differs(
+        "forwarder",
+        (old.forwarder.max_in_flight, old.forwarder.shutdown_grace)
+            != (new.forwarder.max_in_flight, new.forwarder.shutdown_grace),
+    );
+    differs("admin.listen", old.admin.listen != new.admin.listen);
+    keys
+}
+
+/// The certificate to serve, and a self-signed one still to be written.
+type Certificate = (Option<Arc<ReloadableCert>>, Option<SelfSigned>);
+
+fn load_certificate(config: &Config) -> Result<Certificate, TlsError> {
     if !config.server.tls {
-        return Ok(None);
+        return Ok((None, None));
     }
     let (cert, key) = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(cert), Some(key)) => (cert.clone(), key.clone()),
         _ => {
             let (cert, key) = config.self_signed_paths();
-            tls::ensure_self_signed(&cert, &key)?;
+            if !(cert.exists() && key.exists()) {
+                let generated = SelfSigned::generate(&cert, &key)?;
+                let loaded = ReloadableCert::from_self_signed(&generated)?;
+                return Ok((Some(loaded), Some(generated)));
+            }
             (cert, key)
         }
     };
-    ReloadableCert::load(&cert, &key).map(Some)
+    Ok((Some(ReloadableCert::load(&cert, &key)?), None))
+}
+
+/// The bound listeners a relay serves.
+struct Listeners {
+    ingress: TcpListener,
+    admin: Option<AdminListener>,
 }
 
 async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     settings: ListenerSettings,
-    ingress: Arc<Ingress>,
+    ingress: Arc<ArcSwap<Ingress>>,
     forwarder: Forwarder,
-    spool: Spool,
+    admin: Arc<Admin>,
     stopped: watch::Receiver<bool>,
 ) -> Result<(), SpoolError> {
     let signal = |rx: watch::Receiver<bool>| async move {
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     };
+    let spool = ingress.load().spool().clone();
     let (forwarder_stop, forwarder_stopped) = watch::channel(false);
     let forwarding = tokio::spawn(forwarder.run(signal(forwarder_stopped)));
     let maintenance = tokio::spawn(maintain(ingress.clone(), spool.clone()));
+    // The admin listener stays up until the forwarder has stopped, so a
+    // stop can be watched through it.
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let admin_serving = listeners
+        .admin
+        .map(|listener| tokio::spawn(admin::serve(listener, admin.clone(), signal(admin_stopped))));
+    admin.set_serving(true);
 
-    ingress::serve(listener, settings, ingress, signal(stopped)).await;
+    ingress::serve(listeners.ingress, settings, ingress, signal(stopped)).await;
+    admin.set_serving(false);
     tracing::info!("ingress closed; stopping the forwarder");
     let _ = forwarder_stop.send(true);
     let _ = forwarding.await;
     maintenance.abort();
+    let _ = admin_stop.send(true);
+    if let Some(serving) = admin_serving {
+        let _ = serving.await;
+    }
     match spool.close().await {
         Ok(()) => {
             tracing::info!("spool flushed; relay stopped");
@@ -178,7 +375,7 @@ const SPOOL_UPKEEP: Duration = Duration::from_millis(100);
 const LIMITER_SWEEP: Duration = Duration::from_secs(10);
 
 /// Periodic upkeep: the spool's slices, and forgetting idle rate-limit keys.
-async fn maintain(ingress: Arc<Ingress>, spool: Spool) {
+async fn maintain(ingress: Arc<ArcSwap<Ingress>>, spool: Spool) {
     let mut tick = tokio::time::interval(SPOOL_UPKEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep = tokio::time::Instant::now();
@@ -187,7 +384,7 @@ async fn maintain(ingress: Arc<Ingress>, spool: Spool) {
         // Errors (a store that cannot write yet) are the spool's to log, once.
         let _ = spool.maintain().await;
         if last_sweep.elapsed() >= LIMITER_SWEEP {
-            ingress.sweep_limiters();
+            ingress.load().sweep_limiters();
             last_sweep = tokio::time::Instant::now();
         }
     }

@@ -1,6 +1,8 @@
-//! The command line: `serve`, `check-config`, `spool dump`, `gen-secret`.
-//! Commands parse their arguments, load the config and call the library;
-//! a bad config exits with 64 (EX_USAGE) after naming file, line and key.
+//! The command line: `serve`, `check-config`, `spool ...`, `quarantine
+//! ...`, `gen-secret`. Commands parse their arguments, load the config and
+//! call the library, or (for a running relay) its admin API through
+//! [`remote`]; a bad config exits with 64 (EX_USAGE) after naming file,
+//! line and key.
 //!
 //! A damaged spool is never served with holes: `serve` first walks it the
 //! way `spool check` does and refuses, with exit 65 (EX_DATAERR), a spool
@@ -18,8 +20,12 @@ use crate::app::Relay;
 use crate::clock::format_ms;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::listen::Listeners;
 use crate::signing::SigningKey;
 use crate::spool::{Routes, Spool, SpoolError};
+use remote::{cell, table, AdminClient, RemoteArgs, RemoteError};
+
+mod remote;
 
 /// EX_USAGE: the configuration is wrong.
 pub const EXIT_CONFIG: u8 = 64;
@@ -45,22 +51,161 @@ pub enum Command {
     Serve(ConfigArg),
     /// Validate the configuration and exit (0, or 64 with every error).
     CheckConfig(ConfigArg),
-    /// Inspect the spool of a stopped relay.
+    /// Inspect the spool: of a running relay through its admin API (ls,
+    /// show, stats, replay), or of a stopped one directly (dump, check, ...).
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// The quarantine of a running relay: authenticated bodies that were
+    /// not accepted as notifications.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Print a new subscription secret (`whsec_...`).
     GenSecret,
 }
 
 #[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List quarantined bodies, newest first.
+    Ls {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[arg(long)]
+        source: Option<String>,
+        /// RFC 3339, or a duration back from now (`24h`).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one quarantined body, with the reason it was not accepted.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        id: String,
+    },
+    /// Make a quarantined body a notification: its provider check runs
+    /// again (or, with --as-generic, it is taken as a generic one), then it
+    /// is delivered like any other.
+    Release {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        id: String,
+        #[arg(long)]
+        as_generic: bool,
+    },
+    /// Remove a quarantined body for good.
+    Discard {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        id: String,
+    },
+}
+
+/// The filters of `spool ls` and of a bulk `spool replay`.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct FilterArgs {
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Event type pattern, `*` matches anything (`facturacion.*`).
+    #[arg(long)]
+    pub event: Option<String>,
+    /// The invoice (TusFacturas external_reference, NubeFact serie-numero,
+    /// Dátil receipt), a pattern with `*`.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// waiting, delivered, dead, purged (or quarantined for `ls`).
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long)]
+    pub subscription: Option<String>,
+    /// RFC 3339, or a duration back from now (`24h`).
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+impl FilterArgs {
+    fn pairs(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![
+            ("source", self.source.clone()),
+            ("event", self.event.clone()),
+            ("subject", self.subject.clone()),
+            ("state", self.state.clone()),
+            ("subscription", self.subscription.clone()),
+            ("since", self.since.clone()),
+            ("until", self.until.clone()),
+        ]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pairs().iter().all(|(_, v)| v.is_none())
+    }
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SpoolCommand {
+    /// List notifications of a running relay, newest first, with the state
+    /// of each delivery.
+    Ls {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Rows per page.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Every page, not only the first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one notification of a running relay: its record, body, and
+    /// every delivery with its attempts.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        id: String,
+    },
+    /// Counts and the state of the spool of a running relay.
+    Stats {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// The audit log of a running relay, newest first: who changed what.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Print the spooled notifications as JSON lines, oldest first.
     Dump {
         #[command(flatten)]
         config: ConfigArg,
         /// Print the quarantined bodies instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "audit")]
         quarantine: bool,
+        /// Print the audit log instead (who changed what, and when).
+        #[arg(long, conflicts_with = "deliveries")]
+        audit: bool,
         /// Print each notification's deliveries too.
         #[arg(long)]
         deliveries: bool,
@@ -93,17 +238,25 @@ pub enum SpoolCommand {
         /// The removed subscription.
         subscription: String,
     },
-    /// Put a notification's dead deliveries back in the queue, due now, with
-    /// a fresh schedule (the relay must be stopped; it sends them on start).
+    /// Put dead deliveries back in the queue, due now, with a fresh
+    /// schedule: one notification's (by id), or every one a filter picks
+    /// (with --dry-run to count them first, or --yes). Through the running
+    /// relay's admin API; a stopped relay's spool directly (by id only).
     Replay {
         #[command(flatten)]
         config: ConfigArg,
-        /// The notification's id (as `spool dump` prints it).
-        id: String,
-        /// Only this subscription's delivery (and replay it even if it was
-        /// delivered).
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The notification's id; without it, the filters pick.
+        id: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Count what a bulk replay would touch; change nothing.
         #[arg(long)]
-        subscription: Option<String>,
+        dry_run: bool,
+        /// Do the bulk replay.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -122,20 +275,30 @@ pub struct ConfigArg {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::CheckConfig(arg) => load(&arg.config).map(|config| {
-            println!(
-                "{}: ok ({} sources, {} subscriptions)",
-                arg.config.display(),
-                config.sources.len(),
-                config.subscriptions.len()
-            );
-        }),
-        Command::Serve(arg) => load(&arg.config).and_then(serve),
+        Command::CheckConfig(arg) => load(&arg.config)
+            .and_then(|config| check_certificate(&config).map(|()| config))
+            .map(|config| {
+                println!(
+                    "{}: ok ({} sources, {} subscriptions)",
+                    arg.config.display(),
+                    config.sources.len(),
+                    config.subscriptions.len()
+                );
+            }),
+        Command::Serve(arg) => load(&arg.config).and_then(|config| serve(&arg.config, config)),
         Command::Spool(SpoolCommand::Dump {
             config,
             quarantine,
+            audit,
             deliveries,
-        }) => load(&config.config).and_then(|config| dump(&config, quarantine, deliveries)),
+        }) => load(&config.config).and_then(|config| {
+            let what = match (quarantine, audit) {
+                (true, _) => Dumped::Quarantined,
+                (_, true) => Dumped::Audit,
+                _ => Dumped::Notifications { deliveries },
+            };
+            dump(&config, what)
+        }),
         Command::Spool(SpoolCommand::Check {
             config,
             accept_loss,
@@ -151,9 +314,77 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Spool(SpoolCommand::Replay {
             config,
+            remote,
             id,
-            subscription,
-        }) => load(&config.config).and_then(|config| replay(&config, &id, subscription)),
+            filter,
+            dry_run,
+            yes,
+        }) => replay_command(&config.config, &remote, id, filter, dry_run, yes),
+        Command::Spool(SpoolCommand::Ls {
+            config,
+            remote,
+            filter,
+            limit,
+            all,
+        }) => list(&config.config, &remote, &filter, limit, all),
+        Command::Spool(SpoolCommand::Show { config, remote, id }) => {
+            show(&config.config, &remote, &id)
+        }
+        Command::Spool(SpoolCommand::Stats { config, remote }) => stats(&config.config, &remote),
+        Command::Spool(SpoolCommand::Audit {
+            config,
+            remote,
+            limit,
+        }) => audit_log(&config.config, &remote, limit),
+        Command::Quarantine(QuarantineCommand::Ls {
+            config,
+            remote,
+            source,
+            since,
+            until,
+            limit,
+        }) => list(
+            &config.config,
+            &remote,
+            &FilterArgs {
+                source,
+                since,
+                until,
+                state: Some("quarantined".into()),
+                ..FilterArgs::default()
+            },
+            limit,
+            false,
+        ),
+        Command::Quarantine(QuarantineCommand::Show { config, remote, id }) => {
+            show_quarantined(&config.config, &remote, &id)
+        }
+        Command::Quarantine(QuarantineCommand::Release {
+            config,
+            remote,
+            id,
+            as_generic,
+        }) => {
+            let query = if as_generic { "?as=generic" } else { "" };
+            let path = format!("/api/quarantine/{}/release{query}", encode_segment(&id));
+            post_and_print(&config.config, &remote, &path, |done| {
+                format!(
+                    "released {id} as notification {}{}",
+                    cell(&done["notification"]),
+                    if done["duplicate"] == true {
+                        " (a duplicate of it)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+        }
+        Command::Quarantine(QuarantineCommand::Discard { config, remote, id }) => {
+            let path = format!("/api/quarantine/{}/discard", encode_segment(&id));
+            post_and_print(&config.config, &remote, &path, |_| {
+                format!("discarded {id}")
+            })
+        }
         Command::GenSecret => {
             println!("{}", SigningKey::generate_secret(rand::random()));
             Ok(())
@@ -162,10 +393,31 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("webhook-relay: {err:#}");
+            eprintln!("{}", report(&err));
             ExitCode::from(exit_code(&err))
         }
     }
+}
+
+/// The error for a person: each cause once (a cause that an error's own
+/// message already shows is not repeated), every line prefixed with the
+/// program's name, as a journal reader filters lines one by one.
+pub fn report(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text.lines()
+        .map(|line| format!("webhook-relay: {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
@@ -175,7 +427,18 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             _ => None,
         }
     });
-    if err.downcast_ref::<crate::config::ConfigError>().is_some() {
+    let app_error = err.downcast_ref::<crate::app::AppError>();
+    if let Some(remote) = err.downcast_ref::<RemoteError>() {
+        remote.exit_code()
+    } else if err.downcast_ref::<crate::config::ConfigError>().is_some()
+        // A certificate that cannot be read, or example secrets on a public
+        // address, is the operator's to fix: no restart will mend it.
+        || err.downcast_ref::<Refused>().is_some()
+        || err
+            .downcast_ref::<crate::ingress::tls::TlsError>()
+            .is_some()
+        || matches!(app_error, Some(crate::app::AppError::Tls(_)))
+    {
         EXIT_CONFIG
     } else if err.downcast_ref::<Damaged>().is_some()
         || matches!(
@@ -195,20 +458,65 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+/// What `serve` refuses to do (exit 64): listen where others can reach it
+/// with the repository's example secrets.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+/// The configured certificate and key files can be read and fit together.
+fn check_certificate(config: &Config) -> anyhow::Result<()> {
+    if let (true, Some(cert), Some(key)) = (
+        config.server.tls,
+        &config.server.tls_cert,
+        &config.server.tls_key,
+    ) {
+        crate::ingress::tls::ReloadableCert::load(cert, key)?;
+    }
+    Ok(())
+}
+
+/// Refuses to serve on an address other than loopback while a secret is
+/// still one of the repository's examples (published, so no secret).
+fn refuse_examples(config: &Config, listeners: &Listeners) -> anyhow::Result<()> {
+    let public: Vec<String> = listeners
+        .addresses()
+        .into_iter()
+        .filter(|addr| !addr.ip().is_loopback())
+        .map(|addr| addr.to_string())
+        .collect();
+    let examples = config.example_secrets();
+    if public.is_empty() || examples.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = examples.iter().map(|k| format!("`{k}`")).collect();
+    Err(Refused(format!(
+        "refusing to listen on {} (not loopback): {} still hold the example secrets published with webhook-relay; write secrets of your own (`webhook-relay gen-secret` prints one), or listen on 127.0.0.1 to try it out",
+        public.join(", "),
+        keys.join(", ")
+    ))
+    .into())
+}
+
+fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
+    // Before the runtime's threads: taking systemd's sockets clears their
+    // variables from the environment. Before the spool or a certificate
+    // is touched: a start that cannot listen writes nothing.
+    let listeners = Listeners::acquire(config.server.listen)?;
+    refuse_examples(&config, &listeners)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         // Before anything starts: a SIGTERM that comes while the spool opens
-        // or the listener binds must stop the relay cleanly, not kill it.
+        // must stop the relay cleanly, not kill it.
         let signals = Signals::install()?;
         verify_spool(&config).await?;
-        let relay = Relay::start(config).await?;
+        let relay = Relay::start_on(config, listeners).await?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let watchdog = tokio::spawn(watchdog(relay.spool.clone()));
-        signals.wait_for_stop(&relay).await;
+        signals.wait_for_stop(&relay, path).await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         watchdog.abort();
         relay.stop().await?;
@@ -235,16 +543,66 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGTERM or SIGINT; SIGHUP reloads the TLS certificate.
-    async fn wait_for_stop(mut self, relay: &Relay) {
+    /// Waits for SIGTERM or SIGINT; SIGHUP (or the admin API) reloads the
+    /// config file.
+    async fn wait_for_stop(mut self, relay: &Relay, path: &Path) {
+        let mut requests = relay.take_reload_requests();
         loop {
             tokio::select! {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
-                _ = self.hup.recv() => relay.reload_certificate(),
+                _ = self.hup.recv() => {
+                    if let Ok(report) = reload(relay, path).await {
+                        let entry = crate::spool::AuditEntry {
+                            actor: "SIGHUP".into(),
+                            action: "config.reload".into(),
+                            target: path.display().to_string(),
+                            detail: report,
+                        };
+                        if let Err(err) = relay.spool.audit(entry).await {
+                            tracing::warn!(error = %err, "the reload is not in the audit log");
+                        }
+                    }
+                }
+                Some(reply) = async { requests.as_mut()?.recv().await } => {
+                    let _ = reply.send(reload(relay, path).await);
+                }
             }
         }
         tracing::info!("stopping");
+    }
+}
+
+/// Re-reads and applies the config file; a file that does not load is
+/// logged, problem by problem, and the running config stays.
+async fn reload(relay: &Relay, path: &Path) -> Result<serde_json::Value, String> {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+    let result = reload_file(relay, path).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    result
+}
+
+async fn reload_file(relay: &Relay, path: &Path) -> Result<serde_json::Value, String> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            // The cause (an unreadable file) is the error's source.
+            let text = match std::error::Error::source(&err) {
+                Some(cause) => format!("{err}: {cause}"),
+                None => err.to_string(),
+            };
+            for line in text.lines() {
+                tracing::error!(problem = %line, "config not reloaded; the running one stays");
+            }
+            return Err(text);
+        }
+    };
+    match relay.reload(config).await {
+        Ok(report) => Ok(serde_json::to_value(report).unwrap_or_default()),
+        Err(err) => {
+            tracing::error!(error = %err, "config not reloaded; the running one stays");
+            Err(err.to_string())
+        }
     }
 }
 
@@ -355,7 +713,14 @@ fn open_spool(config: &Config) -> anyhow::Result<Spool> {
     )?)
 }
 
-fn dump(config: &Config, quarantine: bool, deliveries: bool) -> anyhow::Result<()> {
+/// What `spool dump` prints.
+enum Dumped {
+    Notifications { deliveries: bool },
+    Quarantined,
+    Audit,
+}
+
+fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
     let spool = open_spool(config)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -364,7 +729,27 @@ fn dump(config: &Config, quarantine: bool, deliveries: bool) -> anyhow::Result<(
         unreadable += 1;
         eprintln!("webhook-relay: skipped: {err}");
     };
-    if quarantine {
+    if let Dumped::Audit = what {
+        for record in spool.audit_records() {
+            let record = match record {
+                Ok(record) => record,
+                Err(err) => {
+                    report(err);
+                    continue;
+                }
+            };
+            // Times for people (RFC 3339), as the CLI writes them everywhere.
+            let line = serde_json::json!({
+                "id": record.id,
+                "at": format_ms(record.at_ms),
+                "actor": record.entry.actor,
+                "action": record.entry.action,
+                "target": record.entry.target,
+                "detail": record.entry.detail,
+            });
+            writeln!(out, "{line}")?;
+        }
+    } else if let Dumped::Quarantined = what {
         for record in spool.quarantined() {
             let record = match record {
                 Ok(record) => record,
@@ -390,7 +775,7 @@ fn dump(config: &Config, quarantine: bool, deliveries: bool) -> anyhow::Result<(
             let mut line = serde_json::to_value(&record.meta)?;
             line["received_at"] = format_ms(record.meta.received_ms).into();
             put_body(&mut line, &record.body);
-            if deliveries {
+            if let Dumped::Notifications { deliveries: true } = what {
                 let id = crate::spool::NotificationId::parse(&record.meta.id)
                     .ok_or_else(|| anyhow::anyhow!("malformed id {}", record.meta.id))?;
                 match spool.deliveries_of(id) {
@@ -430,14 +815,16 @@ fn close(spool: Spool) -> anyhow::Result<()> {
 fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
     let report = Spool::check(&config.spool, accept_loss)?;
     println!(
-        "{}: {} notifications, {} quarantined, {} delivery records, {} retries due, {} dedup entries",
+        "{}: {} notifications, {} quarantined, {} delivery records, {} retries due, {} dedup entries, {} audit records",
         config.spool.path.display(),
         report.notifications,
         report.quarantined,
         report.deliveries,
         report.retries,
-        report.dedup_entries
+        report.dedup_entries,
+        report.audit_records
     );
+    print_counts(&report);
     for repair in &report.repaired {
         println!("repaired: {repair}");
     }
@@ -463,6 +850,26 @@ fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
             config.spool.path.display()
         ))
         .into())
+    }
+}
+
+/// The counts by a recount (or, when the spool could not be recounted, as
+/// kept): one line for the totals, one per subscription.
+fn print_counts(report: &crate::spool::CheckReport) {
+    let (counts, how) = match (&report.counts, &report.kept_counts) {
+        (Some(counts), _) => (counts, "counted"),
+        (None, Some(kept)) => (kept, "kept (not recounted)"),
+        (None, None) => return,
+    };
+    println!(
+        "counts ({how}): {} notifications, {} quarantined",
+        counts.notifications, counts.quarantined
+    );
+    for (name, sub) in &counts.subscriptions {
+        println!(
+            "counts of {name:?}: {} waiting, {} dead, {} delivered, {} purged",
+            sub.waiting, sub.dead, sub.delivered, sub.purged
+        );
     }
 }
 
@@ -525,6 +932,13 @@ fn replay(config: &Config, id: &str, subscription: Option<String>) -> anyhow::Re
             let line = serde_json::json!({"id": id.to_string(), "subscription": name, "replayed": replayed});
             println!("{line}");
         }
+        let entry = crate::spool::AuditEntry {
+            actor: "cli".into(),
+            action: "replay".into(),
+            target: id.to_string(),
+            detail: serde_json::json!({ "subscriptions": chosen }),
+        };
+        spool.audit(entry).await?;
         spool.close().await?;
         anyhow::Ok(())
     })
@@ -540,4 +954,318 @@ fn put_body(line: &mut serde_json::Value, body: &[u8]) {
                 .into()
         }
     }
+}
+
+// === a running relay, through its admin API ===
+
+fn list(
+    config: &Path,
+    remote: &RemoteArgs,
+    filter: &FilterArgs,
+    limit: usize,
+    all: bool,
+) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let quarantine = filter.state.as_deref() == Some("quarantined");
+    let mut cursor: Option<String> = None;
+    let mut rows = Vec::new();
+    loop {
+        let mut pairs = filter.pairs();
+        pairs.push(("limit", Some(limit.to_string())));
+        pairs.push(("cursor", cursor.take()));
+        let page = client.get(&format!("/api/notifications{}", remote::query(&pairs)))?;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        if remote.json {
+            for item in &items {
+                println!("{item}");
+            }
+        }
+        for item in items {
+            rows.push(if quarantine {
+                vec![
+                    cell(&item["id"]),
+                    cell(&item["received_at"]),
+                    cell(&item["source"]),
+                    cell(&item["reason_kind"]),
+                    cell(&item["reason"]),
+                ]
+            } else {
+                let deliveries: Vec<String> = item["deliveries"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| format!("{}:{}", cell(&d["subscription"]), cell(&d["state"])))
+                    .collect();
+                vec![
+                    cell(&item["id"]),
+                    cell(&item["received_at"]),
+                    cell(&item["source"]),
+                    cell(&item["event"]),
+                    cell(&item["subject"]),
+                    deliveries.join(" "),
+                ]
+            });
+        }
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if !all || cursor.is_none() {
+            break;
+        }
+    }
+    if !remote.json {
+        let headers: &[&str] = if quarantine {
+            &["ID", "RECEIVED", "SOURCE", "KIND", "REASON"]
+        } else {
+            &["ID", "RECEIVED", "SOURCE", "EVENT", "SUBJECT", "DELIVERIES"]
+        };
+        print!("{}", table(headers, &rows));
+        if let Some(cursor) = cursor {
+            println!("(more: --all, or the API with cursor={cursor})");
+        }
+    }
+    Ok(())
+}
+
+fn show(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let shown = client.get(&format!("/api/notifications/{}", encode_segment(id)))?;
+    if remote.json {
+        println!("{shown}");
+        return Ok(());
+    }
+    for (label, key) in [
+        ("id", "id"),
+        ("received", "received_at"),
+        ("source", "source"),
+        ("event", "event"),
+        ("subject", "subject"),
+        ("provider time", "provider_time"),
+        ("dedup key", "dedup_key"),
+        ("peer", "peer"),
+    ] {
+        println!("{label:<14} {}", cell(&shown[key]));
+    }
+    let mut rows = Vec::new();
+    for delivery in shown["deliveries"].as_array().into_iter().flatten() {
+        let attempts = delivery["attempts"].as_array().cloned().unwrap_or_default();
+        rows.push(vec![
+            cell(&delivery["subscription"]),
+            cell(&delivery["state"]),
+            "-".into(),
+            cell(&delivery["next_try_at"]),
+            String::new(),
+        ]);
+        for attempt in attempts {
+            let outcome = &attempt["outcome"];
+            let what = match outcome["code"].as_u64() {
+                Some(code) => format!("HTTP {code}"),
+                None => cell(&outcome["kind"]),
+            };
+            rows.push(vec![
+                String::new(),
+                format!("attempt {}", cell(&attempt["number"])),
+                cell(&attempt["started_at"]),
+                format!("{} ms", cell(&attempt["duration_ms"])),
+                what,
+            ]);
+        }
+    }
+    println!();
+    print!(
+        "{}",
+        table(
+            &["SUBSCRIPTION", "STATE", "STARTED", "NEXT/TOOK", "OUTCOME"],
+            &rows
+        )
+    );
+    println!("\n{}", cell(&shown["body"]));
+    Ok(())
+}
+
+fn show_quarantined(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let shown = client.get(&format!("/api/quarantine/{}", encode_segment(id)))?;
+    if remote.json {
+        println!("{shown}");
+        return Ok(());
+    }
+    for (label, key) in [
+        ("id", "id"),
+        ("received", "received_at"),
+        ("source", "source"),
+        ("kind", "reason_kind"),
+        ("reason", "reason"),
+        ("peer", "peer"),
+    ] {
+        println!("{label:<10} {}", cell(&shown[key]));
+    }
+    println!("\n{}", cell(&shown["body"]));
+    Ok(())
+}
+
+fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let stats = client.get("/api/stats")?;
+    if remote.json {
+        println!("{stats}");
+        return Ok(());
+    }
+    let spool = &stats["spool"];
+    println!("spool          {}", cell(&spool["path"]));
+    println!("bytes on disk  {}", cell(&spool["bytes"]));
+    println!(
+        "writable       {}{}",
+        cell(&spool["writable"]),
+        spool["condition"]
+            .as_str()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default()
+    );
+    let rows: Vec<Vec<String>> = stats["sources"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, source)| vec![name.clone(), cell(&source["last_received_at"])])
+        .collect();
+    println!();
+    print!("{}", table(&["SOURCE", "LAST RECEIVED"], &rows));
+    Ok(())
+}
+
+/// A change through the API: its JSON answer, or a line for people.
+fn post_and_print(
+    config: &Path,
+    remote: &RemoteArgs,
+    path: &str,
+    say: impl FnOnce(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let done = client.post(path)?;
+    if remote.json {
+        println!("{done}");
+    } else {
+        println!("{}", say(&done));
+    }
+    Ok(())
+}
+
+fn audit_log(config: &Path, remote: &RemoteArgs, limit: usize) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let page = client.get(&format!("/api/audit?limit={limit}"))?;
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    if remote.json {
+        for item in &items {
+            println!("{item}");
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|r| {
+            vec![
+                cell(&r["at"]),
+                cell(&r["actor"]),
+                cell(&r["action"]),
+                cell(&r["target"]),
+                cell(&r["detail"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["AT", "WHO", "ACTION", "TARGET", "DETAIL"], &rows)
+    );
+    Ok(())
+}
+
+/// `spool replay`: by id or by filter through the running relay; by id on
+/// the spool itself when the relay is not running.
+fn replay_command(
+    config_path: &Path,
+    remote: &RemoteArgs,
+    id: Option<String>,
+    filter: FilterArgs,
+    dry_run: bool,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let Some(id) = id else {
+        if !dry_run && !yes {
+            return Err(RemoteError::Usage(
+                "a replay by filter needs --dry-run (to count) or --yes (to do it)".into(),
+            )
+            .into());
+        }
+        let client = AdminClient::locate(remote, config_path)?;
+        let mut pairs = filter.pairs();
+        pairs.push(("dry_run", dry_run.then(|| "true".to_owned())));
+        let done = client.post(&format!("/api/replay{}", remote::query(&pairs)))?;
+        if remote.json {
+            println!("{done}");
+        } else if dry_run {
+            println!(
+                "would replay {} deliveries of {} notifications (run again with --yes)",
+                cell(&done["deliveries"]),
+                cell(&done["notifications"])
+            );
+        } else {
+            println!(
+                "replayed {} deliveries of {} notifications",
+                cell(&done["replayed"]),
+                cell(&done["notifications"])
+            );
+        }
+        return Ok(());
+    };
+    let other_filters = FilterArgs {
+        subscription: None,
+        ..filter.clone()
+    };
+    if !other_filters.is_empty() || dry_run {
+        return Err(RemoteError::Usage(
+            "a replay by id takes only --subscription; filters and --dry-run are for a replay without an id".into(),
+        )
+        .into());
+    }
+    let client = match AdminClient::locate(remote, config_path) {
+        Ok(client) => Some(client),
+        Err(err)
+            if matches!(
+                err.downcast_ref::<RemoteError>(),
+                Some(RemoteError::NoAddress(_))
+            ) =>
+        {
+            None
+        }
+        Err(err) => return Err(err),
+    };
+    if let Some(client) = client {
+        let path = format!(
+            "/api/notifications/{}/replay{}",
+            encode_segment(&id),
+            remote::query(&[("subscription", filter.subscription.clone())])
+        );
+        match client.post(&path) {
+            Ok(done) => {
+                for name in done["replayed"].as_array().into_iter().flatten() {
+                    let line =
+                        serde_json::json!({"id": id, "subscription": name, "replayed": true});
+                    println!("{line}");
+                }
+                return Ok(());
+            }
+            // Not running: the spool itself, below.
+            Err(err) if err.is_unreachable() => {
+                eprintln!(
+                    "webhook-relay: the relay is not running; replaying on its spool directly"
+                );
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let config = load(config_path)?;
+    replay(&config, &id, filter.subscription)
+}
+
+/// A path segment as typed by a user, made safe for a URL.
+fn encode_segment(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -12,6 +12,8 @@
 //! - [`forwarder`]: sends due deliveries and records their outcomes.
 //! - [`config`]: the `relay.toml` schema and its validation.
 //! - [`app`]: wires the parts, owns start-up and shutdown.
+//! - [`listen`]: the listening sockets: from systemd (socket activation)
+//!   or bound as configured.
 //! - [`cli`]: the command line (`serve`, `check-config`, `spool dump`, ...).
 //! - [`clock`]: Unix milliseconds: the system clock in service, or one that
 //!   follows tokio's paused clock in tests.
@@ -21,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod clock;
@@ -28,6 +31,8 @@ pub mod config;
 pub mod delivery;
 pub mod forwarder;
 pub mod ingress;
+pub mod listen;
+pub mod metrics;
 pub mod providers;
 pub mod signing;
 pub mod spool;

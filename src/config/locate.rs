@@ -30,6 +30,16 @@ impl KeyPath {
         next.0.push(Segment::Index(index));
         next
     }
+
+    /// This path followed by `rest`.
+    pub fn join(&self, rest: &KeyPath) -> KeyPath {
+        KeyPath(self.0.iter().chain(&rest.0).cloned().collect())
+    }
+
+    /// Whether `prefix` is this path or one of its parents.
+    pub fn starts_with(&self, prefix: &KeyPath) -> bool {
+        self.0.starts_with(&prefix.0)
+    }
 }
 
 impl fmt::Display for KeyPath {
@@ -154,6 +164,24 @@ fn find_in_value(value: &Spanned<DeValue<'_>>, offset: usize) -> Option<KeyPath>
     }
 }
 
+/// Takes out of `table` the deepest key whose key or value holds `offset`
+/// (an array counts as one value), and returns its path from `table`.
+pub fn remove_at(table: &mut DeTable<'_>, offset: usize) -> Option<KeyPath> {
+    for (key, value) in table.iter_mut() {
+        if let DeValue::Table(inner) = value.get_mut() {
+            if let Some(inner) = remove_at(inner, offset) {
+                return Some(KeyPath::default().key(key.get_ref()).join(&inner));
+            }
+        }
+    }
+    let name = table
+        .iter()
+        .find(|(key, value)| key.span().contains(&offset) || value.span().contains(&offset))
+        .map(|(key, _)| key.get_ref().to_string())?;
+    table.remove(name.as_str());
+    Some(KeyPath::default().key(&name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +231,26 @@ mod tests {
         assert_eq!(key_at(TEXT, offset).to_string(), "sources.tus.rate");
         let offset = TEXT.find("ftp").unwrap();
         assert_eq!(key_at(TEXT, offset).to_string(), "subscriptions[1].url");
+    }
+
+    #[test]
+    fn removes_the_deepest_key_at_an_offset() {
+        let text = "[a]\nx = 1\nb = { c = 2, d = [3, 4] }\n";
+        let mut root = DeTable::parse(text).unwrap().into_inner();
+        let offset = text.find('4').unwrap();
+        assert_eq!(
+            remove_at(&mut root, offset).map(|p| p.to_string()),
+            Some("a.b.d".to_owned())
+        );
+        let offset = text.find('x').unwrap();
+        assert_eq!(
+            remove_at(&mut root, offset).map(|p| p.to_string()),
+            Some("a.x".to_owned())
+        );
+        assert_eq!(
+            remove_at(&mut root, text.find('2').unwrap()).map(|p| p.to_string()),
+            Some("a.b.c".to_owned())
+        );
     }
 
     #[test]

@@ -55,8 +55,8 @@ fn every_validation_problem_is_listed() {
         [
             "sources.open",
             "subscriptions[0].url",
-            "subscriptions[0].sources[0]",
             "subscriptions[0].secret",
+            "subscriptions[0].sources[0]",
             "subscriptions[0].schedule"
         ]
     );
@@ -128,9 +128,18 @@ fn a_bad_network_names_its_list_entry_and_line() {
     assert_eq!(
         found,
         [
-            ("server.trusted_proxies[1]", Some(2)),
-            ("sources.tus.allow_ips[0]", Some(8))
+            ("server.trusted_proxies", Some(2)),
+            ("sources.tus.allow_ips", Some(8))
         ]
+    );
+    // The message names the entry.
+    assert!(
+        problems[0].message.contains("\"10.0.0.0/99\""),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].message.contains("\"not an address\""),
+        "{problems:?}"
     );
 }
 
@@ -161,4 +170,131 @@ fn type_errors_and_unknown_keys_in_several_sections_are_all_listed() {
 fn a_syntax_error_is_located() {
     let problems = Config::parse("[server]\nlisten = \n").unwrap_err();
     assert_eq!(problems[0].line, Some(2), "{problems:?}");
+}
+
+#[test]
+fn a_bad_value_hides_no_other_problem_in_its_section_or_the_file() {
+    // The case: a bad duration, a source without authentication
+    // and max_in_flight = 0 in one file, plus a bad duration beside other
+    // problems inside one subscription.
+    let text = format!(
+        "{}\n[spool]\ndedup_window = \"15 seconds\"\n\n[forwarder]\nmax_in_flight = 0\n\n[sources.open]\nprovider = \"generic\"\nrate = \"fast\"\n\n[[subscriptions]]\nname = \"erp\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"{SECRET}\"\nschedule = [\"5m\", \"1y\"]\ntimeout_first = \"3h\"\nmax_in_flight = 0\n",
+        minimal()
+    );
+    let problems = Config::parse(&text).unwrap_err();
+    let found: Vec<(Option<usize>, &str)> =
+        problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            (Some(9), "spool.dedup_window"),
+            (Some(12), "forwarder.max_in_flight"),
+            (Some(14), "sources.open"),
+            (Some(16), "sources.open.rate"),
+            (Some(22), "subscriptions[0].schedule"),
+            (Some(23), "subscriptions[0].timeout_first"),
+            (Some(24), "subscriptions[0].max_in_flight"),
+        ],
+        "{problems:?}"
+    );
+    assert!(problems[0].message.contains("\"15 seconds\""));
+    assert!(problems[4].message.contains("unknown unit \"y\""));
+    assert!(
+        problems[5].message.contains("at most 10m"),
+        "{}",
+        problems[5].message
+    );
+    assert!(problems.iter().all(|p| p.column.is_some()));
+}
+
+#[test]
+fn absurd_durations_and_sizes_are_refused_with_their_bounds() {
+    let text = format!(
+        "{}\n[[subscriptions]]\nname = \"erp\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"{SECRET}\"\nschedule = [\"5m\", \"365d\"]\n",
+        minimal().replace("[server]\n", "[server]\nmax_body = \"1GiB\"\nidle_timeout = \"0s\"\n")
+    );
+    let problems = Config::parse(&text).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "server.max_body",
+            "server.idle_timeout",
+            "subscriptions[0].schedule[1]"
+        ],
+        "{problems:?}"
+    );
+    assert!(
+        problems[2].message.contains("365d is too long: at most 7d"),
+        "{problems:?}"
+    );
+    let problems =
+        Config::parse(&minimal().replace("[server]\n", "[server]\nmax_body = \"1MB\"\n"))
+            .unwrap_err();
+    assert!(
+        problems[0].message.contains("did you mean \"1MiB\""),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_config_with_nothing_to_receive_is_an_error() {
+    let problems = Config::parse("[server]\nself_signed = true\n").unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "sources");
+    assert!(problems[0].message.contains("receive nothing"));
+    // But a source that is there and wrong is not also "nothing".
+    let problems = Config::parse("[sources.tus]\nprovider = \"sap\"\n").unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["sources.tus.provider", "server.tls_cert"],
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn placeholders_and_examples_are_named() {
+    let text = "[server]\nself_signed = true\n\n[sources.tus]\nprovider = \"tusfacturas\"\ntoken = \"CHANGE-ME-token\"\n\n[[subscriptions]]\nname = \"erp\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"CHANGE-ME\"\n";
+    let problems = Config::parse(text).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["sources.tus.token", "subscriptions[0].secret"],
+        "{problems:?}"
+    );
+    assert!(problems.iter().all(|p| p.message.contains("placeholder")));
+
+    let example = Config::parse(include_str!("../../relay.toml")).unwrap();
+    let named: Vec<String> = example
+        .example_secrets()
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(
+        named,
+        [
+            "sources.datil.token",
+            "sources.nubefact.token",
+            "sources.tusfacturas.token",
+            "subscriptions[0].secret"
+        ]
+    );
+    assert!(Config::parse(&minimal())
+        .unwrap()
+        .example_secrets()
+        .is_empty());
+}
+
+#[test]
+fn header_names_and_networks_are_typed_at_load() {
+    let text = minimal()
+        + "allow_ips = [\"203.0.113.0/24\", \"::1\"]\nhmac = { header = \"X-Sig\", secret = \"0123456789abcdef\" }\n";
+    let config = Config::parse(&text).unwrap();
+    let source = &config.sources["tus"];
+    assert_eq!(source.allowed_networks().len(), 2);
+    assert_eq!(source.hmac.as_ref().unwrap().header.0, "x-sig");
+    let problems = Config::parse(&text.replace("X-Sig", "X Sig")).unwrap_err();
+    assert_eq!(problems[0].key, "sources.tus.hmac.header", "{problems:?}");
+    assert!(problems[0].message.contains("not a valid HTTP header name"));
 }

@@ -13,6 +13,7 @@
 mod outgoing;
 mod target;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use tokio::task::JoinSet;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{Decision, Delivery};
+use crate::metrics::{Ended, Metrics};
 use crate::spool::{Lease, Spool};
 pub use target::{parse_retry_after, Target, TargetError};
 
@@ -37,44 +39,109 @@ const LEASE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 pub struct Forwarder {
     spool: Spool,
     clock: Clock,
-    targets: Vec<Arc<Target>>,
+    /// The subscriptions to serve; a reload sends a new list.
+    targets: watch::Receiver<Targets>,
     global: Arc<Semaphore>,
     grace: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
-    pub fn new(config: &Config, spool: Spool, clock: Clock) -> Result<Self, TargetError> {
-        let targets = config
-            .subscriptions
-            .iter()
-            .map(|s| Target::new(s).map(Arc::new))
-            .collect::<Result<_, _>>()?;
-        Ok(Forwarder {
+    pub fn new(
+        config: &Config,
+        spool: Spool,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, watch::Sender<Targets>), TargetError> {
+        let (targets_tx, targets) = watch::channel(Targets::build(config, None)?);
+        let forwarder = Forwarder {
             spool,
             clock,
             targets,
             global: Arc::new(Semaphore::new(config.forwarder.max_in_flight)),
             grace: config.forwarder.shutdown_grace.0,
-        })
+            metrics,
+        };
+        Ok((forwarder, targets_tx))
     }
 
-    /// Runs every subscription's worker until `shutdown` resolves; then waits
-    /// up to the grace period for attempts in flight and records them.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let (stop_tx, stop_rx) = watch::channel(false);
+    /// Runs a worker per subscription until `shutdown` resolves; then waits
+    /// up to the grace period for attempts in flight and records them. A new
+    /// list of targets (a reload) stops the workers of subscriptions removed
+    /// or changed (each finishing its attempts in flight) and starts those
+    /// of subscriptions added or changed.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let mut running: HashMap<String, (Arc<Target>, watch::Sender<bool>)> = HashMap::new();
         let mut workers = JoinSet::new();
-        for target in &self.targets {
-            let worker = Worker {
-                target: target.clone(),
-                spool: self.spool.clone(),
-                clock: self.clock,
-                global: self.global.clone(),
-            };
-            workers.spawn(worker.run(stop_rx.clone(), self.grace));
+        let mut reloadable = true;
+        tokio::pin!(shutdown);
+        loop {
+            let wanted = self.targets.borrow_and_update().clone();
+            running.retain(|name, (target, stop)| {
+                let keep = wanted.0.iter().any(|t| Arc::ptr_eq(t, target));
+                if !keep {
+                    tracing::info!(subscription = %name, "subscription worker stopping (reload)");
+                    let _ = stop.send(true);
+                }
+                keep
+            });
+            for target in &wanted.0 {
+                if running.contains_key(&target.name) {
+                    continue;
+                }
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let worker = Worker {
+                    target: target.clone(),
+                    spool: self.spool.clone(),
+                    clock: self.clock,
+                    global: self.global.clone(),
+                    metrics: self.metrics.clone(),
+                };
+                workers.spawn(worker.run(stop_rx, self.grace));
+                running.insert(target.name.clone(), (target.clone(), stop_tx));
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                // Once the sender is gone there is no reload to wait for.
+                changed = self.targets.changed(), if reloadable => reloadable = changed.is_ok(),
+                // Reap workers that stopped after a reload.
+                Some(_) = workers.join_next(), if !workers.is_empty() => {}
+            }
         }
-        shutdown.await;
-        let _ = stop_tx.send(true);
+        for (_, (_, stop)) in running {
+            let _ = stop.send(true);
+        }
         while workers.join_next().await.is_some() {}
+    }
+}
+
+/// The targets of the configured subscriptions.
+#[derive(Clone)]
+pub struct Targets(Vec<Arc<Target>>);
+
+impl Targets {
+    /// Builds a target per subscription; one whose config is unchanged
+    /// since `previous` is kept as it is (its worker goes on undisturbed).
+    pub fn build(config: &Config, previous: Option<&Targets>) -> Result<Targets, TargetError> {
+        config
+            .subscriptions
+            .iter()
+            .map(|s| {
+                let same = previous
+                    .into_iter()
+                    .flat_map(|p| p.0.iter())
+                    .find(|t| t.config == *s);
+                match same {
+                    Some(target) => Ok(target.clone()),
+                    None => Target::new(s).map(Arc::new),
+                }
+            })
+            .collect::<Result<_, _>>()
+            .map(Targets)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|t| t.name.as_str())
     }
 }
 
@@ -83,6 +150,7 @@ struct Worker {
     spool: Spool,
     clock: Clock,
     global: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
@@ -150,6 +218,7 @@ impl Worker {
                     spool: self.spool.clone(),
                     clock: self.clock,
                     stop: stop.clone(),
+                    metrics: self.metrics.clone(),
                 };
                 attempts.spawn(attempt.run(lease, [slot, global]));
             }
@@ -164,13 +233,20 @@ impl Worker {
 
     async fn drain(&self, mut attempts: JoinSet<()>, grace: Duration) {
         while attempts.try_join_next().is_some() {}
-        let waiting = attempts.len();
-        if waiting == 0 {
+        if attempts.is_empty() {
             return;
         }
-        tracing::info!(subscription = %self.target.name, waiting, "waiting for attempts in flight");
+        // An attempt that is ending (a refused connection, an outcome being
+        // recorded) is done in moments: only those still going after that
+        // are worth a line, with their true count.
+        let quiet = DRAIN_QUIET.min(grace);
         let all_done = async { while attempts.join_next().await.is_some() {} };
-        if tokio::time::timeout(grace, all_done).await.is_err() {
+        if tokio::time::timeout(quiet, all_done).await.is_ok() {
+            return;
+        }
+        tracing::info!(subscription = %self.target.name, waiting = attempts.len(), "waiting for attempts in flight");
+        let all_done = async { while attempts.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace - quiet, all_done).await.is_err() {
             // Never recorded: they are due again after restart.
             tracing::warn!(subscription = %self.target.name, left = attempts.len(), "attempts still in flight at the end of the grace period; they will be retried");
             attempts.abort_all();
@@ -178,12 +254,16 @@ impl Worker {
     }
 }
 
+/// How long attempts may take to end on a stop before the log says it waits.
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
+
 /// One attempt at one delivery, from start to recorded outcome.
 struct Attempt {
     target: Arc<Target>,
     spool: Spool,
     clock: Clock,
     stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Attempt {
@@ -213,18 +293,26 @@ impl Attempt {
             }
         };
         let (id, subscription, ms) = (lease.id(), lease.subscription(), now - started);
+        let seconds = |ms: i64| ms.max(0) as f64 / 1000.0;
+        self.metrics.attempt(subscription, &outcome, seconds(ms));
         match decision {
             Decision::Delivered => {
-                tracing::debug!(%id, subscription, attempt = number, ms, "delivered")
+                let since_receipt = now - lease.notification().meta.received_ms;
+                self.metrics
+                    .ended(subscription, Ended::delivered, Some(seconds(since_receipt)));
+                tracing::info!(%id, subscription, attempt = number, ms, ?outcome, "delivered")
             }
             Decision::RetryAt(at) => tracing::info!(
-                %id, subscription, attempt = number, ?outcome,
-                retry_in_ms = at - now, "attempt failed; will retry"
+                %id, subscription, attempt = number, ms, ?outcome,
+                next_try = %crate::clock::format_ms(at), "attempt failed; will retry"
             ),
-            Decision::Dead => tracing::warn!(
-                %id, subscription, attempt = number, ?outcome,
-                "delivery is dead after its last attempt; an admin can replay it"
-            ),
+            Decision::Dead => {
+                self.metrics.ended(subscription, Ended::dead, None);
+                tracing::warn!(
+                    %id, subscription, attempt = number, ms, ?outcome,
+                    "delivery is dead after its last attempt; an admin can replay it"
+                )
+            }
         }
         self.record(&lease, &delivery).await;
     }

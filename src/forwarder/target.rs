@@ -26,6 +26,8 @@ pub enum TargetError {
 
 pub struct Target {
     pub name: String,
+    /// What it was built from: a reload keeps a target whose config is unchanged.
+    pub config: SubscriptionConfig,
     url: reqwest::Url,
     client: reqwest::Client,
     key: SigningKey,
@@ -76,6 +78,7 @@ impl Target {
         });
         Ok(Target {
             name: config.name.clone(),
+            config: config.clone(),
             url,
             client,
             key,

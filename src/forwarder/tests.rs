@@ -50,7 +50,8 @@ async fn a_failing_delivery_is_retried_on_the_providers_schedule_then_dead() {
     let config = config(dir.path(), &format!("http://127.0.0.1:{port}/hook"));
     let clock = Clock::following_tokio();
     let spool = Spool::open(&config.spool, Routes::from_config(&config), clock).unwrap();
-    let forwarder = Forwarder::new(&config, spool.clone(), clock).unwrap();
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let (forwarder, _targets) = Forwarder::new(&config, spool.clone(), clock, metrics).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(forwarder.run(async {
         let _ = stopped.await;

@@ -100,13 +100,11 @@ impl Auth {
                 .basic
                 .as_ref()
                 .map(|b| digest(format!("{}:{}", b.user, b.password).as_bytes())),
-            hmac: source.hmac.as_ref().and_then(|h| {
-                Some(HmacRule {
-                    header: http::HeaderName::from_bytes(h.header.as_bytes()).ok()?,
-                    secret: h.secret.as_bytes().to_vec(),
-                    encoding: h.encoding,
-                    prefix: h.prefix.clone(),
-                })
+            hmac: source.hmac.as_ref().map(|h| HmacRule {
+                header: h.header.0.clone(),
+                secret: h.secret.as_bytes().to_vec(),
+                encoding: h.encoding,
+                prefix: h.prefix.clone(),
             }),
             networks: source.allowed_networks(),
         }

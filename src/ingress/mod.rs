@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -29,6 +30,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::Clock;
 use crate::config::{Config, OnInvalid};
+use crate::metrics::Metrics;
 use crate::providers::Provider;
 use crate::spool::Spool;
 pub use auth::AuthFailure;
@@ -65,7 +67,10 @@ pub fn fuzz_auth(
 struct Source {
     provider: Provider,
     auth: auth::Auth,
-    limiter: Option<PeerLimiter>,
+    /// Shared with the next config when a reload leaves its rate as it was,
+    /// so a reload does not hand every peer a fresh allowance.
+    limiter: Option<Arc<PeerLimiter>>,
+    rate: Option<(crate::config::Rate, Option<u32>)>,
     on_invalid: OnInvalid,
 }
 
@@ -77,27 +82,70 @@ pub struct Ingress {
     max_body: u64,
     body_timeout: Duration,
     trusted_proxies: Vec<ipnet::IpNet>,
-    budget: BodyBudget,
+    metrics: Arc<Metrics>,
+    /// Kept across reloads that leave `max_body` and `max_inflight_body`
+    /// as they were, so bodies in flight stay counted.
+    budget: Arc<BodyBudget>,
 }
 
 impl Ingress {
-    pub fn new(config: &Config, spool: Spool, clock: Clock) -> Arc<Self> {
+    pub fn new(config: &Config, spool: Spool, clock: Clock, metrics: Arc<Metrics>) -> Arc<Self> {
+        Ingress::build(config, spool, clock, metrics, None)
+    }
+
+    /// The ingress of a reloaded config; rate limiters whose rate did not
+    /// change keep their state.
+    pub fn reloaded(&self, config: &Config) -> Arc<Self> {
+        Ingress::build(
+            config,
+            self.spool.clone(),
+            self.clock,
+            self.metrics.clone(),
+            Some(self),
+        )
+    }
+
+    fn build(
+        config: &Config,
+        spool: Spool,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        previous: Option<&Ingress>,
+    ) -> Arc<Self> {
         let sources = config
             .sources
             .iter()
             .map(|(name, source)| {
-                let limiter = source
-                    .rate
-                    .and_then(|rate| PeerLimiter::new(rate, source.burst));
+                let rate = source.rate.map(|rate| (rate, source.burst));
+                let kept = previous
+                    .and_then(|p| p.sources.get(name))
+                    .filter(|old| old.rate == rate)
+                    .and_then(|old| old.limiter.clone());
+                let limiter = kept.or_else(|| {
+                    source
+                        .rate
+                        .and_then(|rate| PeerLimiter::new(rate, source.burst))
+                        .map(Arc::new)
+                });
                 let checked = Source {
                     provider: source.provider(),
                     auth: auth::Auth::new(source),
                     limiter,
+                    rate,
                     on_invalid: source.on_invalid,
                 };
                 (name.clone(), checked)
             })
             .collect();
+        let budget = previous
+            .map(|p| p.budget.clone())
+            .filter(|b| b.is_for(config.server.max_inflight_body.0, config.server.max_body.0))
+            .unwrap_or_else(|| {
+                Arc::new(BodyBudget::new(
+                    config.server.max_inflight_body.0,
+                    config.server.max_body.0,
+                ))
+            });
         Arc::new(Ingress {
             sources,
             spool,
@@ -105,8 +153,13 @@ impl Ingress {
             max_body: config.server.max_body.0,
             body_timeout: config.server.body_timeout.0,
             trusted_proxies: config.server.trusted_proxy_networks(),
-            budget: BodyBudget::new(config.server.max_inflight_body.0, config.server.max_body.0),
+            metrics,
+            budget,
         })
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.spool
     }
 
     /// Forgets rate-limit state of idle peers; call periodically.
@@ -171,7 +224,7 @@ const MAX_HEADER_BYTES: u32 = 64 * 1024;
 pub async fn serve(
     listener: TcpListener,
     settings: ListenerSettings,
-    ingress: Arc<Ingress>,
+    ingress: Arc<ArcSwap<Ingress>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -278,7 +331,7 @@ pub async fn serve(
 async fn serve_connection<IO>(
     io: IO,
     peer: SocketAddr,
-    ingress: Arc<Ingress>,
+    ingress: Arc<ArcSwap<Ingress>>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     activity: Arc<Activity>,
@@ -287,11 +340,14 @@ async fn serve_connection<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let seen = activity.clone();
-    let share: ConnectionShare = ingress.budget.connection_share();
+    let share: ConnectionShare = ingress.load().budget.connection_share();
     let service = service_fn(move |request| {
         let (ingress, seen, share) = (ingress.clone(), seen.clone(), share.clone());
         async move {
             let _under_way = seen.request_started();
+            // Each request sees the config current when it arrives (a reload
+            // applies to open connections too).
+            let ingress = ingress.load_full();
             Ok::<_, std::convert::Infallible>(
                 handler::handle(&ingress, peer, &share, request).await,
             )

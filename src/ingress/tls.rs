@@ -49,6 +49,31 @@ impl ReloadableCert {
         }))
     }
 
+    /// A self-signed certificate made in memory; a reload reads its files,
+    /// once [`SelfSigned::write`] has written them.
+    pub fn from_self_signed(generated: &SelfSigned) -> Result<Arc<Self>, TlsError> {
+        let cert_err = |detail: String| TlsError::Certificate {
+            path: generated.cert_path.clone(),
+            detail,
+        };
+        let chain = CertificateDer::pem_slice_iter(generated.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| cert_err(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(generated.key_pem.as_bytes()).map_err(|e| {
+            TlsError::Key {
+                path: generated.key_path.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+        let key = CertifiedKey::from_der(chain, key, &provider())
+            .map_err(|e| TlsError::Mismatch(e.to_string()))?;
+        Ok(Arc::new(ReloadableCert {
+            current: ArcSwap::from_pointee(key),
+            cert_path: generated.cert_path.clone(),
+            key_path: generated.key_path.clone(),
+        }))
+    }
+
     /// Re-reads the files; on error the old certificate stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
         let key = read_pair(&self.cert_path, &self.key_path)?;
@@ -101,24 +126,53 @@ pub fn ensure_self_signed(cert_path: &Path, key_path: &Path) -> Result<(), TlsEr
     if cert_path.exists() && key_path.exists() {
         return Ok(());
     }
-    let fail = |detail: String| TlsError::SelfSigned {
-        path: cert_path.parent().unwrap_or(Path::new(".")).to_owned(),
-        detail,
-    };
-    let names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| fail(e.to_string()))?;
-    if let Some(dir) = cert_path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    SelfSigned::generate(cert_path, key_path)?.write()
+}
+
+/// A self-signed certificate for localhost, made in memory: a start writes
+/// it to its files only once nothing else can fail, so a failed start
+/// leaves nothing behind.
+pub struct SelfSigned {
+    cert_pem: String,
+    key_pem: String,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl SelfSigned {
+    pub fn generate(cert_path: &Path, key_path: &Path) -> Result<SelfSigned, TlsError> {
+        let names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        let generated =
+            rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::SelfSigned {
+                path: cert_path.parent().unwrap_or(Path::new(".")).to_owned(),
+                detail: e.to_string(),
+            })?;
+        Ok(SelfSigned {
+            cert_pem: generated.cert.pem(),
+            key_pem: generated.signing_key.serialize_pem(),
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+        })
     }
-    write_private(key_path, generated.signing_key.serialize_pem().as_bytes())
-        .map_err(|e| fail(e.to_string()))?;
-    std::fs::write(cert_path, generated.cert.pem()).map_err(|e| fail(e.to_string()))?;
-    tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate for localhost");
-    Ok(())
+
+    /// Writes the key (mode 0600) and the certificate.
+    pub fn write(&self) -> Result<(), TlsError> {
+        let fail = |detail: String| TlsError::SelfSigned {
+            path: self.cert_path.parent().unwrap_or(Path::new(".")).to_owned(),
+            detail,
+        };
+        if let Some(dir) = self.cert_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        }
+        write_private(&self.key_path, self.key_pem.as_bytes()).map_err(|e| fail(e.to_string()))?;
+        std::fs::write(&self.cert_path, &self.cert_pem).map_err(|e| fail(e.to_string()))?;
+        tracing::info!(cert = %self.cert_path.display(), "generated a self-signed certificate for localhost");
+        Ok(())
+    }
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {

@@ -11,7 +11,7 @@ pub struct GenericRules {
     /// JSON pointer (RFC 6901, e.g. "/id") to the dedup key
     pub dedup_pointer: Option<String>,
     /// header whose value is the dedup key (used when dedup_pointer is None)
-    pub dedup_header: Option<String>,
+    pub dedup_header: Option<http::HeaderName>,
     /// JSON pointer to the event type; else `default_event`
     pub event_pointer: Option<String>,
     /// JSON pointer to the subject
@@ -60,7 +60,7 @@ fn dedup_key(
 
 /// A header's value; missing, empty, not UTF-8 or with control characters
 /// all count as missing, as the source did not send a usable id.
-fn header(headers: &http::HeaderMap, name: &str) -> Result<String, Rejection> {
+fn header(headers: &http::HeaderMap, name: &http::HeaderName) -> Result<String, Rejection> {
     headers
         .get(name)
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn header_key_is_used_when_no_pointer() {
         let r = GenericRules {
-            dedup_header: Some("X-Event-Id".into()),
+            dedup_header: Some(http::HeaderName::from_static("x-event-id")),
             ..rules()
         };
         let mut headers = no_headers();
@@ -195,7 +195,7 @@ mod tests {
         );
         assert_eq!(
             check(&r, BODY, &no_headers()),
-            Err(Rejection::MissingField("header X-Event-Id".into()))
+            Err(Rejection::MissingField("header x-event-id".into()))
         );
         let mut bad = no_headers();
         bad.insert(

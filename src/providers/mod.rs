@@ -345,7 +345,7 @@ mod tests {
                 ..GenericRules::default()
             }),
             Provider::Generic(GenericRules {
-                dedup_header: Some("x-id".into()),
+                dedup_header: Some(http::HeaderName::from_static("x-id")),
                 ..GenericRules::default()
             }),
         ]

@@ -5,7 +5,10 @@
 //! inside), [`Spool::quarantine`] a body, [`Spool::lease`] due deliveries of
 //! one subscription and [`Spool::complete`] them with their new state,
 //! [`Spool::replay`], queries, retention ([`Spool::maintain`]) and
-//! [`Spool::health`]. No backend type, key or error crosses this boundary.
+//! [`Spool::health`]; it keeps [`Spool::counts`] of deliveries by state in
+//! memory (and persisted with the changes they count) and an audit log of
+//! admins' changes ([`Spool::audit`]). No backend type, key or error
+//! crosses this boundary.
 //!
 //! The promises every backend keeps:
 //! - `store` answers only after a flush (that began after the write) made the
@@ -17,6 +20,7 @@
 //! Today's backend is sled ([`sled`]); the boundary is shaped so a NATS
 //! JetStream one can slot in beside it.
 
+mod audit;
 pub mod record;
 mod routes;
 mod sled;
@@ -32,6 +36,7 @@ use crate::clock::Clock;
 use crate::config::SpoolConfig;
 use crate::delivery::Delivery;
 use crate::providers::Notification;
+pub use audit::{AuditEntry, AuditId, AuditIdError, AuditRecord};
 pub use record::{
     NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta, QuarantineRecord, Record,
 };
@@ -156,6 +161,36 @@ pub struct Maintained {
     pub notifications: u64,
     pub quarantined: u64,
     pub dedup_entries: u64,
+    pub audit_records: u64,
+}
+
+/// One subscription's deliveries by where they stand.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SubscriptionCounts {
+    /// Not yet final: never attempted, or waiting for a retry/replay (in
+    /// flight counts here).
+    pub waiting: u64,
+    pub dead: u64,
+    pub delivered: u64,
+    /// Given up by an admin (orphans purged).
+    pub purged: u64,
+}
+
+impl SubscriptionCounts {
+    pub fn is_zero(&self) -> bool {
+        *self == SubscriptionCounts::default()
+    }
+}
+
+/// What the spool holds, counted as it changes (see [`Spool::counts`]).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    /// Stored, not yet removed by retention.
+    pub notifications: u64,
+    pub quarantined: u64,
+    /// By subscription name; a subscription with no delivery in the spool
+    /// is absent.
+    pub subscriptions: BTreeMap<String, SubscriptionCounts>,
 }
 
 /// What [`Spool::check`] found in a stopped spool.
@@ -170,6 +205,11 @@ pub struct CheckReport {
     pub problems: Vec<String>,
     pub repaired: Vec<String>,
     pub orphans: BTreeMap<String, u64>,
+    pub audit_records: u64,
+    /// The counts as a walk over every record makes them (None when the
+    /// walk could not read them all), and as the spool kept them.
+    pub counts: Option<Counts>,
+    pub kept_counts: Option<Counts>,
 }
 
 /// The spool, over its backend. Cheap to clone.
@@ -214,7 +254,25 @@ impl Spool {
         received: Received,
         notification: Notification,
     ) -> Result<Stored, SpoolError> {
-        self.backend.store(received, notification).await
+        self.backend.store(received, notification, None).await
+    }
+
+    /// Makes a quarantined body a notification after all (an admin's
+    /// release, its provider check passed again, or accepted as generic):
+    /// stored and fanned out like one just received, and gone from the
+    /// quarantine in the same write. `NotFound` when it is no longer there.
+    pub async fn release(
+        &self,
+        id: NotificationId,
+        received: Received,
+        notification: Notification,
+    ) -> Result<Stored, SpoolError> {
+        self.backend.store(received, notification, Some(id)).await
+    }
+
+    /// Removes a quarantined body for good; `NotFound` when it is not there.
+    pub async fn discard(&self, id: NotificationId) -> Result<(), SpoolError> {
+        self.backend.discard(id).await
     }
 
     /// Keeps a rejected body durably, with the reason, for admins.
@@ -267,6 +325,14 @@ impl Spool {
         self.backend.reassign_orphans(from, to, now_ms).await
     }
 
+    /// Takes the subscriptions of a reloaded config: notifications stored
+    /// from now on fan out to them, and a new subscription gets those only
+    /// (what was stored before is for a backfill). Deliveries of a removed
+    /// subscription wait as orphans.
+    pub async fn set_routes(&self, routes: Routes) -> Result<(), SpoolError> {
+        self.backend.set_routes(routes).await
+    }
+
     /// One bounded slice of upkeep: retention, dedup expiry, recovery from a
     /// failed store, the acknowledged mark. The app calls it on a timer.
     pub async fn maintain(&self) -> Result<Maintained, SpoolError> {
@@ -275,6 +341,18 @@ impl Spool {
 
     pub fn health(&self) -> Health {
         self.backend.health()
+    }
+
+    /// What the spool holds by state and subscription: kept in memory by
+    /// the writer, exact as of the last applied group; no I/O.
+    pub fn counts(&self) -> Counts {
+        self.backend.counts()
+    }
+
+    /// Appends one record to the audit log, stamped with the spool's clock;
+    /// answers once it is durable.
+    pub async fn audit(&self, entry: AuditEntry) -> Result<AuditId, SpoolError> {
+        self.backend.audit(entry).await
     }
 
     /// Whether the writer answers within `within`, after finishing the
@@ -316,6 +394,30 @@ impl Spool {
         self.backend.quarantined()
     }
 
+    /// Notifications newest first, strictly older than `before` when given;
+    /// a damaged record is an `Err` item and ends the walk.
+    pub fn notifications_newest_first(
+        &self,
+        before: Option<NotificationId>,
+    ) -> impl Iterator<Item = Result<NotificationRecord, SpoolError>> + '_ {
+        self.backend.newest_first(sled::NOTIFICATIONS, before)
+    }
+
+    /// Quarantined bodies newest first, like [`Spool::notifications_newest_first`].
+    pub fn quarantined_newest_first(
+        &self,
+        before: Option<NotificationId>,
+    ) -> impl Iterator<Item = Result<QuarantineRecord, SpoolError>> + '_ {
+        self.backend.newest_first(sled::QUARANTINED, before)
+    }
+
+    pub fn quarantined_body(
+        &self,
+        id: NotificationId,
+    ) -> Result<Option<QuarantineRecord>, SpoolError> {
+        self.backend.quarantine_record(id)
+    }
+
     /// The deliveries of one notification, one per subscription it was
     /// fanned out to (a never attempted one is pending).
     pub fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
@@ -325,6 +427,23 @@ impl Spool {
     /// When the earliest not-yet-final delivery of `subscription` is due.
     pub fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
         self.backend.next_due_ms(subscription)
+    }
+
+    /// Audit records, newest first, strictly older than `before` when
+    /// given; at most `limit`. An unreadable record is skipped and counted
+    /// in [`Spool::health`].
+    pub fn audit_log(
+        &self,
+        before: Option<AuditId>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, SpoolError> {
+        self.backend.audit_log(before, limit)
+    }
+
+    /// The whole audit log, oldest first; a damaged record is an `Err` item
+    /// and the walk goes on past it.
+    pub fn audit_records(&self) -> impl Iterator<Item = Result<AuditRecord, SpoolError>> + '_ {
+        self.backend.audit_records()
     }
 
     /// Group flushes started so far (tests count them).
@@ -338,5 +457,7 @@ impl Spool {
     }
 }
 
+#[cfg(test)]
+mod counts_tests;
 #[cfg(test)]
 mod tests;

@@ -37,14 +37,7 @@ impl NotificationId {
     /// millisecond, or when the clock stepped back, it counts up from it),
     /// so the order of ids is the order of commits.
     pub fn next_after(last: Option<NotificationId>, now_ms: i64) -> Self {
-        let ms = u64::try_from(now_ms).unwrap_or(0);
-        let fresh = ulid::Ulid::from_parts(ms, rand::random()).0;
-        match last {
-            Some(last) if fresh <= last.0 .0 => {
-                NotificationId(ulid::Ulid(last.0 .0.saturating_add(1)))
-            }
-            _ => NotificationId(ulid::Ulid(fresh)),
-        }
+        NotificationId(ulid_after(last.map(|id| id.0), now_ms))
     }
 
     pub fn to_bytes(self) -> [u8; 16] {
@@ -63,6 +56,17 @@ impl NotificationId {
     /// The Unix milliseconds the id was made for (its receipt time).
     pub fn ms(self) -> i64 {
         i64::try_from(self.0.timestamp_ms()).unwrap_or(i64::MAX)
+    }
+}
+
+/// A fresh ULID for `now_ms`, or, when that would not sort after `last`
+/// (the same millisecond, a clock stepped back), the one right after `last`.
+pub(crate) fn ulid_after(last: Option<ulid::Ulid>, now_ms: i64) -> ulid::Ulid {
+    let ms = u64::try_from(now_ms).unwrap_or(0);
+    let fresh = ulid::Ulid::from_parts(ms, rand::random()).0;
+    match last {
+        Some(last) if fresh <= last.0 => ulid::Ulid(last.0.saturating_add(1)),
+        _ => ulid::Ulid(fresh),
     }
 }
 

@@ -49,14 +49,14 @@ pub(crate) fn notification(dedup: &str) -> Notification {
     }
 }
 
-async fn store(spool: &Spool, dedup: &str, at: i64) -> Stored {
+pub(super) async fn store(spool: &Spool, dedup: &str, at: i64) -> Stored {
     spool
         .store(received(at), notification(dedup))
         .await
         .unwrap()
 }
 
-async fn store_new(spool: &Spool, dedup: &str, at: i64) -> NotificationId {
+pub(super) async fn store_new(spool: &Spool, dedup: &str, at: i64) -> NotificationId {
     match store(spool, dedup, at).await {
         Stored::New(id) => id,
         other => panic!("{other:?}"),
@@ -64,7 +64,7 @@ async fn store_new(spool: &Spool, dedup: &str, at: i64) -> NotificationId {
 }
 
 /// What the forwarder does with one lease: start, finish, complete.
-async fn attempt(spool: &Spool, lease: &Lease, outcome: Outcome, now: i64) -> Delivery {
+pub(super) async fn attempt(spool: &Spool, lease: &Lease, outcome: Outcome, now: i64) -> Delivery {
     let schedule = Schedule::try_new(vec![Duration::from_secs(10)], 0.0).unwrap();
     let mut delivery = lease.delivery().clone();
     delivery.start(now).unwrap();
@@ -73,14 +73,14 @@ async fn attempt(spool: &Spool, lease: &Lease, outcome: Outcome, now: i64) -> De
     delivery
 }
 
-fn ok() -> Outcome {
+pub(super) fn ok() -> Outcome {
     Outcome::Status {
         code: 200,
         retry_after_ms: None,
     }
 }
 
-async fn lease_now(spool: &Spool, name: &str, max: usize) -> Vec<Lease> {
+pub(super) async fn lease_now(spool: &Spool, name: &str, max: usize) -> Vec<Lease> {
     tokio::time::timeout(Duration::from_secs(5), spool.lease(name, max))
         .await
         .expect("nothing due")
@@ -498,7 +498,7 @@ async fn a_closed_spool_refuses_writes_and_probes() {
 
 /// A spool where `old` (then removed from the config) has one retry and
 /// one never-attempted delivery waiting, and `erp` has both delivered.
-async fn spool_with_orphans(dir: &Path) -> [NotificationId; 2] {
+pub(super) async fn spool_with_orphans(dir: &Path) -> [NotificationId; 2] {
     let now = Clock::system().now_ms();
     let (spool, _) = open(dir, &["erp", "old"]);
     let a = store_new(&spool, "a", now).await;

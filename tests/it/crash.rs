@@ -331,3 +331,55 @@ async fn a_clean_stop_spares_the_next_start_a_full_check_and_a_kill_does_not() {
     assert_eq!(fourth.logged("checking the whole spool").len(), 1);
     fourth.sigterm().await;
 }
+
+/// The counts `spool check` prints for one subscription: waiting, dead,
+/// delivered, purged.
+fn printed_counts(check: &str, subscription: &str) -> Option<[u64; 4]> {
+    let prefix = format!("counts of {subscription:?}: ");
+    let line = check.lines().find_map(|l| l.strip_prefix(&prefix))?;
+    let numbers: Vec<u64> = line
+        .split(", ")
+        .filter_map(|part| part.split(' ').next()?.parse().ok())
+        .collect();
+    numbers.try_into().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_forwarding_leaves_kept_counts_that_a_recount_agrees_with() {
+    init();
+    let target = Target::start(vec![]).await;
+    // Half the attempts fail and the schedule is short: deliveries end
+    // delivered, dead or still waiting when the kill comes.
+    target.fail_randomly(0.5);
+    let dir = tempfile::tempdir().unwrap();
+    let sub = format!(
+        "\n[[subscriptions]]\nname = \"erp\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nschedule = [\"20ms\", \"40ms\"]\nmax_in_flight = 16\n",
+        target.url()
+    );
+    let config = write_config(dir.path(), &sub);
+    let cert = dir.path().join("tls/self-signed.crt");
+    let mut rng = rand::rng();
+    let mut acknowledged = 0;
+    for round in 0..4 {
+        let relay = RelayProcess::spawn(&config).await;
+        let load = Load::start(relay.addr, &cert, 8, round);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..700))).await;
+        relay.sigkill().await;
+        acknowledged += load.finish().await.0.len();
+        // Before the next start, whose check would mend what it finds.
+        let check = relay_cli(&["spool", "check"], &config, &[]);
+        let report = String::from_utf8_lossy(&check.stdout);
+        assert!(check.status.success(), "round {round}: {report}");
+        assert!(
+            !report.contains("delivery counts"),
+            "round {round}: the kept counts must equal a recount after a SIGKILL:\n{report}"
+        );
+        let [waiting, dead, delivered, purged] =
+            printed_counts(&report, "erp").unwrap_or_else(|| panic!("no counts: {report}"));
+        eprintln!(
+            "round {round}: {acknowledged} acknowledged so far; erp: {waiting} waiting, {dead} dead, {delivered} delivered, {purged} purged"
+        );
+        assert_eq!(purged, 0);
+    }
+    assert!(acknowledged >= 50, "the load must have been real");
+}

@@ -165,10 +165,15 @@ async fn a_full_disk_answers_503_then_recovers_by_itself_with_nothing_lost_or_re
         relay.child.id().is_some(),
         "a full disk must not stop the relay"
     );
-    assert_eq!(
-        relay.logged("spool cannot take notifications").len(),
-        1,
-        "one line for the change of state, not one per request"
+    // One line per change of state, not one per request. The free space
+    // can cross the guard more than once while sled settles its files
+    // (it did on a loaded CI machine), each crossing logged both ways.
+    let entered = relay.logged("spool cannot take notifications").len();
+    let left = relay.logged("spool writable again").len();
+    assert!(
+        (1..=3).contains(&entered) && left + 1 == entered,
+        "{entered} lines 'cannot take', {left} 'writable again':\n{}",
+        relay.log_tail(20)
     );
     assert!(
         relay.count_level("ERROR") <= 3,
@@ -198,7 +203,11 @@ async fn a_full_disk_answers_503_then_recovers_by_itself_with_nothing_lost_or_re
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(relay.logged("spool writable again").len(), 1);
+    assert_eq!(
+        relay.logged("spool writable again").len(),
+        entered,
+        "every 'cannot take' line has its 'writable again'"
+    );
     for m in 0..20 {
         let body = tus_body(&format!("c{m}"), "after");
         let response = client.post(&url).body(body.clone()).send().await.unwrap();

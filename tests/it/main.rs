@@ -2,10 +2,14 @@
 //! real HTTP targets, and the built binary for crash tests.
 
 mod abuse;
+mod admin;
 mod corruption;
 mod crash;
 mod forwarding;
 mod full_disk;
 mod helpers;
+mod host;
 mod ingest;
 mod process;
+mod reload;
+mod spool_cli;

@@ -11,14 +11,20 @@
 //! | `l`    | id (16) ++ subscription               | delivery record (once tried)  |
 //! | `r`    | subscription 0x00 due ms (8) ++ id    | empty: a retry or replay due  |
 //! | `c`    | subscription                          | first-attempt cursor: id (16) |
+//! | `a`    | audit id (16)                         | audit entry                   |
 //! | `m`    | name                                  | the spool's own marks         |
+//! | `m`    | `counts`                              | totals (see `counts.rs`)      |
+//! | `m`    | `counts/` subscription                | that subscription's counts    |
 //!
 //! A notification's first attempt needs no entry of its own: the `n` keys
 //! are in id (time) order, so each subscription walks them from its cursor.
 //! Only what failed, was replayed or came from format 1 waits in `r`.
+//! The counts are written in the batch of the change they count, so they
+//! are exactly as durable as what they count; a spool without them (made
+//! before they existed) gets them from one walk on open.
 //! Times are big-endian so keys sort by time; negative times sort as 0.
 
-use super::super::NotificationId;
+use super::super::{AuditId, NotificationId};
 
 pub const NOTIFICATION: u8 = b'n';
 pub const QUARANTINE: u8 = b'q';
@@ -27,11 +33,17 @@ pub const DEDUP_EXPIRY: u8 = b'x';
 pub const DELIVERY: u8 = b'l';
 pub const RETRY: u8 = b'r';
 pub const CURSOR: u8 = b'c';
+pub const AUDIT: u8 = b'a';
 pub const MARK: u8 = b'm';
 
 /// The newest notification retention removed: the acknowledged mark may
 /// name it without anything having been lost.
 pub const REMOVED_UPTO: &[u8] = b"mremoved_upto";
+
+/// The spool-wide counts (notifications, quarantined bodies).
+pub const COUNT_TOTALS: &[u8] = b"mcounts";
+/// Before a subscription's name: its deliveries' counts.
+pub const SUBSCRIPTION_COUNTS: &[u8] = b"mcounts/";
 
 fn ms_bytes(ms: i64) -> [u8; 8] {
     ms.max(0).to_be_bytes()
@@ -135,6 +147,23 @@ pub fn cursor(subscription: &str) -> Vec<u8> {
     key.push(CURSOR);
     key.extend_from_slice(subscription.as_bytes());
     key
+}
+
+pub fn subscription_counts(subscription: &str) -> Vec<u8> {
+    let mut key = SUBSCRIPTION_COUNTS.to_vec();
+    key.extend_from_slice(subscription.as_bytes());
+    key
+}
+
+pub fn audit(id: AuditId) -> [u8; 17] {
+    let mut key = [AUDIT; 17];
+    key[1..].copy_from_slice(&id.to_bytes());
+    key
+}
+
+/// The id in an `a` key.
+pub fn audit_id_of(key: &[u8]) -> Option<AuditId> {
+    AuditId::from_bytes(key.get(1..)?).filter(|_| key.len() == 17)
 }
 
 #[cfg(test)]

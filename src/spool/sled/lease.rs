@@ -18,6 +18,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::counts::Standing;
 use super::writer::Change;
 use super::{delivery_of, encode_delivery, keys, lock, storage, Shared, Store, EXAMINE_PER_LEASE};
 use crate::delivery::Delivery;
@@ -104,6 +105,8 @@ impl SledLease {
                 .due_at()
                 .map(|at| keys::retry(&self.subscription, at, self.id)),
             cursor,
+            was: Standing::of(&self.delivery.state),
+            now: Standing::of(&delivery.state),
         })
     }
 

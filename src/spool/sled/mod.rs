@@ -2,13 +2,16 @@
 //! sled (0.34). `keys.rs` is the layout, `open.rs` opening (with upgrade,
 //! repair and loss detection), `writer.rs` the single writer thread (group
 //! commit, retention, the free-space guard), `lease.rs` what each
-//! subscription has handed out. Reads run on the caller's thread, which is
-//! never an async worker: the async methods move them to the blocking pool.
+//! subscription has handed out, `counts.rs` the counts the writer keeps.
+//! Reads run on the caller's thread, which is never an async worker: the
+//! async methods move them to the blocking pool.
 
+mod counts;
 mod keys;
 mod lease;
 mod open;
 mod orphans;
+mod query;
 mod writer;
 
 use std::collections::HashMap;
@@ -22,8 +25,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::record::{NotificationMeta, QuarantineMeta, Record};
 use super::{
-    Health, Maintained, NotificationId, NotificationRecord, QuarantineRecord, Received, Routes,
-    SpoolError, Stored,
+    audit, AuditEntry, AuditId, AuditRecord, Counts, Health, Maintained, NotificationId,
+    NotificationRecord, QuarantineRecord, Received, Routes, SpoolError, Stored,
 };
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
@@ -32,6 +35,10 @@ use crate::providers::Notification;
 pub use lease::SledLease;
 use lease::SubState;
 pub use open::{check, stopped_cleanly};
+
+/// Which records a walk reads.
+pub const NOTIFICATIONS: u8 = keys::NOTIFICATION;
+pub const QUARANTINED: u8 = keys::QUARANTINE;
 use writer::{Applied, Change, Op};
 
 /// sled's tree that holds everything (format 2).
@@ -78,6 +85,8 @@ pub(super) struct Shared {
     /// Ids at or below this may already have a delivery record from before
     /// the store was (re)opened: first-attempt walks check for one.
     pub recheck_upto: Mutex<Option<NotificationId>>,
+    /// The counts as of the last applied batch (the writer publishes them).
+    pub counts: Mutex<Counts>,
 }
 
 impl Shared {
@@ -164,19 +173,34 @@ impl SledSpool {
                 ..Health::default()
             }),
             flush_starts: AtomicU64::new(0),
+            counts: Mutex::new(opened.counts.clone()),
         });
-        let writer =
-            writer::start(shared.clone(), opened.acknowledged, opened.last_id).map_err(|e| {
-                SpoolError::Open {
-                    path: config.path.clone(),
-                    detail: format!("cannot start the writer thread: {e}"),
-                }
-            })?;
+        let start = writer::Start {
+            acknowledged: opened.acknowledged,
+            last_id: opened.last_id,
+            last_audit: opened.last_audit,
+            counts: opened.counts,
+        };
+        let writer = writer::start(shared.clone(), start).map_err(|e| SpoolError::Open {
+            path: config.path.clone(),
+            detail: format!("cannot start the writer thread: {e}"),
+        })?;
         Ok(SledSpool { shared, writer })
     }
 
     pub fn path(&self) -> &Path {
         &self.shared.config.path
+    }
+
+    pub async fn discard(&self, id: NotificationId) -> Result<(), SpoolError> {
+        self.write(Change::Discard { id }, true).await.map(|_| ())
+    }
+
+    /// Takes a reloaded config's subscriptions (see `Change::Routes`).
+    pub async fn set_routes(&self, routes: Routes) -> Result<(), SpoolError> {
+        self.write(Change::Routes { routes }, true)
+            .await
+            .map(|_| ())
     }
 
     async fn write(&self, change: Change, durable: bool) -> Result<Applied, SpoolError> {
@@ -196,6 +220,7 @@ impl SledSpool {
         &self,
         received: Received,
         notification: Notification,
+        released: Option<NotificationId>,
     ) -> Result<Stored, SpoolError> {
         let subscriptions = self
             .shared
@@ -229,6 +254,7 @@ impl SledSpool {
             dedup_key,
             received_ms: received.received_ms,
             subscriptions: record.meta.subscriptions,
+            released,
         };
         match self.write(change, true).await? {
             Applied::Stored(stored) => Ok(stored),
@@ -389,6 +415,21 @@ impl SledSpool {
         self.shared.health()
     }
 
+    pub fn counts(&self) -> Counts {
+        lock(&self.shared.counts).clone()
+    }
+
+    pub async fn audit(&self, entry: AuditEntry) -> Result<AuditId, SpoolError> {
+        let change = Change::Audit {
+            entry: audit::encode_entry(&entry)?,
+            at_ms: self.shared.clock.now_ms(),
+        };
+        match self.write(change, true).await? {
+            Applied::Audited(id) => Ok(id),
+            _ => Err(out_of_turn()),
+        }
+    }
+
     pub async fn writer_alive(&self, within: Duration) -> bool {
         let (alive, answer) = oneshot::channel();
         let asked =
@@ -466,6 +507,43 @@ impl SledSpool {
         lease::next_due_ms(&self.shared, subscription)
     }
 
+    pub fn audit_log(
+        &self,
+        before: Option<AuditId>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, SpoolError> {
+        let store = self.shared.store()?;
+        let from = [keys::AUDIT];
+        let until = match before {
+            Some(before) => keys::audit(before).to_vec(),
+            None => vec![keys::AUDIT + 1],
+        };
+        let mut out = Vec::new();
+        for item in store.tree.range(from.to_vec()..until).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(storage)?;
+            let decoded = keys::audit_id_of(&key)
+                .ok_or_else(|| SpoolError::Corrupt(format!("malformed audit key {key:?}")))
+                .and_then(|id| audit::decode_record(id, &value));
+            match decoded {
+                Ok(record) => out.push(record),
+                Err(err) => self.shared.note_unreadable(err.to_string()),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn audit_records(&self) -> impl Iterator<Item = Result<AuditRecord, SpoolError>> + '_ {
+        let items: Box<dyn Iterator<Item = Result<AuditRecord, SpoolError>>> =
+            match self.shared.store() {
+                Ok(store) => Box::new(open::audit_records_of(store)),
+                Err(err) => Box::new(std::iter::once(Err(err))),
+            };
+        items
+    }
+
     /// Tests: damage a delivery record in place.
     #[cfg(test)]
     pub fn damage_delivery(&self, id: NotificationId, subscription: &str) {
@@ -477,6 +555,29 @@ impl SledSpool {
                 b"\x09not a delivery".as_slice(),
             )
             .unwrap();
+    }
+
+    /// Tests: the counts as a walk over every record makes them now.
+    #[cfg(test)]
+    pub fn recount(&self) -> Counts {
+        counts::recount(&self.shared.store().unwrap().tree)
+            .unwrap()
+            .counts
+    }
+
+    /// Tests: write (or, with `None`, remove) the kept counts of a
+    /// subscription, or the totals, behind the writer's back.
+    #[cfg(test)]
+    pub fn overwrite_counts(&self, subscription: Option<&str>, value: Option<&[u8]>) {
+        let key = match subscription {
+            Some(name) => keys::subscription_counts(name),
+            None => keys::COUNT_TOTALS.to_vec(),
+        };
+        let tree = &self.shared.store().unwrap().tree;
+        match value {
+            Some(value) => tree.insert(key, value).unwrap(),
+            None => tree.remove(key).unwrap(),
+        };
     }
 
     /// Tests: move the durable watermark back, as if the newer stores were

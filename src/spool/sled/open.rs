@@ -1,8 +1,10 @@
 //! Opening the sled spool: the lock, repairs sled can make (a damaged
 //! snapshot is rebuilt from the log, a damaged `conf` is rewritten), the
 //! upgrade from format 1, the check that no acknowledged notification went
-//! missing, cursors for new subscriptions, and orphans. Also the offline
-//! check of a whole spool and the record walks `spool dump` uses.
+//! missing, cursors for new subscriptions, orphans, and the counts (read
+//! back, or made by one walk for a spool that has none). Also the offline
+//! check of a whole spool (which recounts) and the record walks `spool
+//! dump` uses.
 //!
 //! sled can panic on a damaged file; every call that reads a spool of
 //! unknown health runs under `catch_unwind`, so damage is an error with a
@@ -23,11 +25,15 @@ use std::time::Duration;
 
 use ::sled::{Batch, Db, IVec, Tree};
 
+use super::counts::{self, Kept};
 use super::{db_file, decode_delivery, keys, storage, Store, TREE};
 use crate::clock::format_ms;
 use crate::config::SpoolConfig;
 use crate::spool::record::{HasId, NotificationMeta, Record};
-use crate::spool::{CheckReport, NotificationId, NotificationRecord, Routes, SpoolError};
+use crate::spool::{
+    audit, AuditId, AuditRecord, CheckReport, Counts, NotificationId, NotificationRecord, Routes,
+    SpoolError,
+};
 
 const FORMAT: &[u8] = b"2";
 const FORMAT_V1: &[u8] = b"1";
@@ -53,6 +59,9 @@ pub struct Opened {
     pub orphans: BTreeMap<String, u64>,
     pub repaired: Vec<String>,
     pub acknowledged: Acknowledged,
+    pub counts: Counts,
+    /// The newest audit record: new ones come after it.
+    pub last_audit: Option<AuditId>,
 }
 
 pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError> {
@@ -122,6 +131,14 @@ fn prepare(
         .transpose()
         .map_err(storage)?
         .and_then(|(key, _)| keys::id_of(&key));
+    let last_audit = store
+        .tree
+        .scan_prefix([keys::AUDIT])
+        .next_back()
+        .transpose()
+        .map_err(storage)?
+        .and_then(|(key, _)| keys::audit_id_of(&key));
+    let counts = counts_on_open(&store)?;
     Ok(Opened {
         store,
         newest,
@@ -129,7 +146,35 @@ fn prepare(
         orphans,
         repaired,
         acknowledged,
+        counts,
+        last_audit,
     })
+}
+
+/// The kept counts; for a spool that has none (made before they were
+/// kept) or whose count keys are damaged, one walk makes and keeps them.
+fn counts_on_open(store: &Store) -> Result<Counts, SpoolError> {
+    let why = match counts::load(&store.tree)? {
+        Kept::Found(counts) => return Ok(counts),
+        Kept::Missing => None,
+        Kept::Damaged(why) => Some(why),
+    };
+    if let Some(why) = &why {
+        tracing::warn!(damage = %why, "the spool's kept counts are damaged; counting again");
+    }
+    let started = std::time::Instant::now();
+    let recount = counts::recount(&store.tree)?;
+    counts::write_all(&store.tree, &recount.counts)?;
+    store.db.flush().map_err(storage)?;
+    tracing::info!(
+        notifications = recount.counts.notifications,
+        quarantined = recount.counts.quarantined,
+        subscriptions = recount.counts.subscriptions.len(),
+        unreadable_records = recount.unreadable,
+        took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "counted the spool's deliveries by a walk over every notification (once: they are kept from now on)"
+    );
+    Ok(recount.counts)
 }
 
 /// The lock, sled itself (with repairs), the format (with the upgrade).
@@ -728,7 +773,8 @@ const UNREADABLE: &str = "unreadable: ";
 const LOST: &str = "lost: ";
 
 /// The kinds of entries (key prefixes) of the spool's tree.
-const KINDS: [u8; 7] = [
+const KINDS: [u8; 8] = [
+    keys::AUDIT,
     keys::CURSOR,
     keys::DEDUP,
     keys::DELIVERY,
@@ -914,6 +960,7 @@ fn describe(key: &[u8]) -> String {
         Some(keys::DEDUP_EXPIRY) => {
             keys::split_dedup_expiry(key).map(|(_, id)| format!("dedup expiry of {id}"))
         }
+        Some(keys::AUDIT) => keys::audit_id_of(key).map(|id| format!("audit record {id}")),
         Some(keys::DEDUP) => Some(format!("dedup entry {:?}", text(&key[1..]))),
         Some(keys::CURSOR) => Some(format!("cursor of {:?}", text(&key[1..]))),
         _ => None,
@@ -924,6 +971,7 @@ fn describe(key: &[u8]) -> String {
 /// A gap in words: which entries, between which readable ones.
 fn gap_text(kind: Option<u8>, after: Option<&IVec>, resume: Option<&IVec>, error: &str) -> String {
     let what = match kind {
+        Some(keys::AUDIT) => "audit records",
         Some(keys::CURSOR) => "cursors",
         Some(keys::DEDUP) => "dedup entries",
         Some(keys::DELIVERY) => "delivery records",
@@ -960,6 +1008,31 @@ where
         match step {
             Step::Entry(key, value) => Record::decode(&value)
                 .map_err(|err| SpoolError::Corrupt(format!("{}: {err}", describe(&key)))),
+            Step::Gap {
+                kind,
+                after,
+                resume,
+                error,
+            } => Err(SpoolError::Corrupt(gap_text(
+                kind,
+                after.as_ref(),
+                resume.as_ref(),
+                &error,
+            ))),
+        }
+    })
+}
+
+/// The audit records, oldest first, as [`records_of`] walks records.
+pub fn audit_records_of(
+    store: std::sync::Arc<Store>,
+) -> impl Iterator<Item = Result<AuditRecord, SpoolError>> {
+    Walk::prefix(store.tree.clone(), keys::AUDIT).map(move |step| {
+        let _store = &store;
+        match step {
+            Step::Entry(key, value) => keys::audit_id_of(&key)
+                .ok_or_else(|| SpoolError::Corrupt(format!("malformed audit key {key:?}")))
+                .and_then(|id| audit::decode_record(id, &value)),
             Step::Gap {
                 kind,
                 after,
@@ -1029,8 +1102,111 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
     .ok()
     .and_then(Result::ok)
     .unwrap_or_default();
+    check_counts(&store, &mut report);
     store.db.flush().map_err(storage)?;
     Ok(report)
+}
+
+/// Counts again and compares with the kept counts. Where they differ (or
+/// none are kept), the recount is written in their place, but only when
+/// everything else read clean: a recount that skipped damaged records is
+/// not the truth either, and is then only reported.
+fn check_counts(store: &Store, report: &mut CheckReport) {
+    if report.problems.iter().any(|p| p.starts_with(UNREADABLE)) {
+        // The walk met parts sled cannot read; a recount would meet them
+        // again and could only be wrong. Show what was kept, if readable.
+        let kept = catch_unwind(AssertUnwindSafe(|| counts::load(&store.tree)));
+        if let Ok(Ok(Kept::Found(kept))) = kept {
+            report.kept_counts = Some(kept);
+        }
+        return;
+    }
+    let guarded = catch_unwind(AssertUnwindSafe(|| {
+        Ok::<_, SpoolError>((counts::load(&store.tree)?, counts::recount(&store.tree)?))
+    }));
+    let (kept, recount) = match guarded {
+        Ok(Ok(found)) => found,
+        Ok(Err(err)) => {
+            report.problems.push(format!(
+                "{UNREADABLE}cannot count the deliveries again: {err}"
+            ));
+            return;
+        }
+        Err(panic) => {
+            report.problems.push(format!(
+                "{UNREADABLE}sled panicked counting the deliveries again: {}",
+                panic_text(&panic)
+            ));
+            return;
+        }
+    };
+    let clean = report.problems.is_empty() && recount.unreadable == 0;
+    let counted = recount.counts;
+    let disagreement = match &kept {
+        Kept::Found(kept) if *kept == counted => None,
+        Kept::Found(kept) => Some(format!(
+            "the kept delivery counts disagree with a recount: {}",
+            counts_difference(kept, &counted)
+        )),
+        Kept::Missing => Some(
+            "no delivery counts were kept yet (a spool from a relay before they were)".to_owned(),
+        ),
+        Kept::Damaged(why) => Some(format!("the kept delivery counts are damaged: {why}")),
+    };
+    if let Kept::Found(kept) = kept {
+        report.kept_counts = Some(kept);
+    }
+    if let Some(disagreement) = disagreement {
+        let rewritten = clean
+            && catch_unwind(AssertUnwindSafe(|| {
+                counts::write_all(&store.tree, &counted)
+            }))
+            .is_ok_and(|written| written.is_ok());
+        if rewritten {
+            report
+                .repaired
+                .push(format!("{disagreement}; the recount is kept now"));
+            report.kept_counts = Some(counted.clone());
+        } else {
+            report.problems.push(format!(
+                "{disagreement} (not rewritten while the spool has other problems)"
+            ));
+        }
+    }
+    report.counts = Some(counted);
+}
+
+/// Where two counts differ, in words.
+fn counts_difference(kept: &Counts, counted: &Counts) -> String {
+    let mut parts = Vec::new();
+    if kept.notifications != counted.notifications {
+        parts.push(format!(
+            "notifications kept {} counted {}",
+            kept.notifications, counted.notifications
+        ));
+    }
+    if kept.quarantined != counted.quarantined {
+        parts.push(format!(
+            "quarantined kept {} counted {}",
+            kept.quarantined, counted.quarantined
+        ));
+    }
+    let names: BTreeSet<&String> = kept
+        .subscriptions
+        .keys()
+        .chain(counted.subscriptions.keys())
+        .collect();
+    for name in names {
+        let a = kept.subscriptions.get(name).cloned().unwrap_or_default();
+        let b = counted.subscriptions.get(name).cloned().unwrap_or_default();
+        if a != b {
+            parts.push(format!(
+                "{name:?} kept {}/{}/{}/{} counted {}/{}/{}/{} (waiting/dead/delivered/purged)",
+                a.waiting, a.dead, a.delivered, a.purged, b.waiting, b.dead, b.delivered, b.purged
+            ));
+        }
+    }
+    parts.join("; ")
 }
 
 /// Whether the notification is surely not there (a read that fails is
@@ -1108,6 +1284,15 @@ fn walk_all(store: &Store, report: &mut CheckReport) {
                 report
                     .problems
                     .push(format!("malformed dedup expiry {key:?}"));
+            }
+            Some(keys::AUDIT) => {
+                report.audit_records += 1;
+                let decoded = keys::audit_id_of(&key)
+                    .ok_or_else(|| SpoolError::Corrupt(format!("malformed audit key {key:?}")))
+                    .and_then(|id| audit::decode_record(id, &value));
+                if let Err(err) = decoded {
+                    report.problems.push(err.to_string());
+                }
             }
             Some(keys::CURSOR) if NotificationId::from_bytes(&value).is_none() => {
                 report.problems.push(format!("malformed cursor {key:?}"));

@@ -1,16 +1,19 @@
 //! Orphans: deliveries waiting for a subscription that is no longer in the
 //! config. They are counted (at open, for health and `spool check`), and an
 //! admin can give them to another subscription or purge them; either way
-//! the orphan's delivery is kept, purged, with its history.
+//! the orphan's delivery is kept, purged, with its history (and counted so:
+//! each batch of the reassignment carries the counts it moved).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
 
 use ::sled::{Batch, Tree};
 
+use super::counts::{Standing, Tally};
 use super::{decode_delivery, delivery_of, encode_delivery, keys, storage, Store};
 use crate::delivery::Delivery;
 use crate::spool::record::{NotificationMeta, Record};
-use crate::spool::{NotificationId, Routes, SpoolError};
+use crate::spool::{Counts, NotificationId, Routes, SpoolError};
 
 /// Most notifications examined to count one orphan subscription's backlog.
 const COUNT_EXAMINE: usize = 1_000_000;
@@ -78,33 +81,67 @@ fn never_attempted<'a>(
         })
 }
 
+/// One batch of a reassignment, with the counts it moved and the
+/// notifications it already gave up (a read does not see them until the
+/// batch is applied, and a delivery with two retry entries must be given
+/// up once).
+struct Reassigning<'a> {
+    store: &'a Store,
+    tally: &'a mut Tally,
+    published: &'a Mutex<Counts>,
+    batch: Batch,
+    in_batch: usize,
+    given_up: HashSet<NotificationId>,
+}
+
+impl Reassigning<'_> {
+    fn apply_if_full(&mut self) -> Result<(), SpoolError> {
+        if self.in_batch >= BATCH {
+            self.apply()?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self) -> Result<(), SpoolError> {
+        let batch = std::mem::take(&mut self.batch);
+        self.tally.apply(self.store, batch, self.published)?;
+        self.in_batch = 0;
+        self.given_up.clear();
+        Ok(())
+    }
+}
+
 /// Purges every waiting delivery of `from`, and gives each to `to` as a new
 /// delivery due now when `to` is named (unless that notification already
 /// has one for `to`). Returns how many deliveries were reassigned.
 pub fn reassign(
     store: &Store,
+    tally: &mut Tally,
+    published: &Mutex<Counts>,
     from: &str,
     to: Option<&str>,
     now_ms: i64,
 ) -> Result<u64, SpoolError> {
     let tree = &store.tree;
-    let mut batch = Batch::default();
-    let mut in_batch = 0;
-    let mut done = 0;
-    let flush_if_full = |batch: &mut Batch, in_batch: &mut usize| -> Result<(), SpoolError> {
-        if *in_batch >= BATCH {
-            tree.apply_batch(std::mem::take(batch)).map_err(storage)?;
-            *in_batch = 0;
-        }
-        Ok(())
+    let mut work = Reassigning {
+        store,
+        tally,
+        published,
+        batch: Batch::default(),
+        in_batch: 0,
+        given_up: HashSet::new(),
     };
+    let mut done = 0;
     for item in tree.scan_prefix(keys::retry_prefix(from)) {
         let (key, _) = item.map_err(storage)?;
-        batch.remove(key.clone());
-        in_batch += 1;
+        work.batch.remove(key.clone());
+        work.in_batch += 1;
         let Some((_, _, id)) = keys::split_retry(&key) else {
             continue;
         };
+        if work.given_up.contains(&id) {
+            continue;
+        }
         let Some(bytes) = store.get(&keys::notification(id))? else {
             continue;
         };
@@ -117,28 +154,30 @@ pub fn reassign(
             Err(SpoolError::Corrupt(_)) => continue,
             Err(err) => return Err(err),
         };
-        give_up(store, &mut batch, id, &meta, delivery, to, now_ms)?;
+        give_up(&mut work, id, &meta, delivery, to, now_ms)?;
         done += 1;
-        flush_if_full(&mut batch, &mut in_batch)?;
+        work.apply_if_full()?;
     }
     let cursor = store.get(&keys::cursor(from))?.unwrap_or_default();
     for item in never_attempted(tree, from, &cursor) {
         let (id, meta) = item?;
+        if work.given_up.contains(&id) {
+            continue;
+        }
         let delivery = Delivery::new(from, meta.received_ms);
-        give_up(store, &mut batch, id, &meta, delivery, to, now_ms)?;
-        in_batch += 1;
+        give_up(&mut work, id, &meta, delivery, to, now_ms)?;
+        work.in_batch += 1;
         done += 1;
-        flush_if_full(&mut batch, &mut in_batch)?;
+        work.apply_if_full()?;
     }
     // Nothing waits for it any more; configured again, it starts afresh.
-    batch.remove(keys::cursor(from));
-    tree.apply_batch(batch).map_err(storage)?;
+    work.batch.remove(keys::cursor(from));
+    work.apply()?;
     Ok(done)
 }
 
 fn give_up(
-    store: &Store,
-    batch: &mut Batch,
+    work: &mut Reassigning<'_>,
     id: NotificationId,
     meta: &NotificationMeta,
     mut delivery: Delivery,
@@ -146,19 +185,24 @@ fn give_up(
     now_ms: i64,
 ) -> Result<(), SpoolError> {
     let from = delivery.subscription.clone();
+    work.given_up.insert(id);
+    let was = Standing::of(&delivery.state);
     // Already final (a stale retry entry): nothing to give up, only to drop.
     if delivery.purge(now_ms).is_ok() {
-        batch.insert(keys::delivery(id, &from), encode_delivery(&delivery)?);
+        work.batch
+            .insert(keys::delivery(id, &from), encode_delivery(&delivery)?);
+        work.tally.moved(&from, was, Standing::Purged);
     }
     let Some(to) = to else { return Ok(()) };
-    let has_one =
-        meta.subscriptions.iter().any(|s| s == to) || store.get(&keys::delivery(id, to))?.is_some();
+    let has_one = meta.subscriptions.iter().any(|s| s == to)
+        || work.store.get(&keys::delivery(id, to))?.is_some();
     if !has_one {
-        batch.insert(
+        work.batch.insert(
             keys::delivery(id, to),
             encode_delivery(&Delivery::new(to, now_ms))?,
         );
-        batch.insert(keys::retry(to, now_ms, id), &[]);
+        work.batch.insert(keys::retry(to, now_ms, id), &[]);
+        work.tally.added(to, Standing::Waiting);
     }
     Ok(())
 }

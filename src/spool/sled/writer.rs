@@ -12,7 +12,11 @@
 //! (which can deadlock, see CRATES.md).
 //!
 //! Ids are handed out here, in commit order, so "newest durable id" is a
-//! watermark: every id below it was in an earlier (flushed) group.
+//! watermark: every id below it was in an earlier (flushed) group. Audit
+//! record ids too, so the log's order is the order of commits.
+//!
+//! The writer also keeps the counts (`counts.rs`): every change stages its
+//! effect, and each batch carries the count keys it touched.
 //!
 //! A full disk must never reach sled: after an I/O error inside a write,
 //! sled 0.34's `flush` can wait forever for a buffer that will never be
@@ -35,11 +39,12 @@ use std::time::Duration;
 use ::sled::Batch;
 use tokio::sync::{mpsc, oneshot};
 
+use super::counts::{Standing, Tally};
 use super::open::Acknowledged;
 use super::{decode_delivery, encode_delivery, keys, lock, storage, Shared, Store};
-use crate::delivery::State;
+use crate::delivery::{Delivery, State};
 use crate::spool::record::{stamp_id, NotificationMeta, Record};
-use crate::spool::{Maintained, NotificationId, SpoolError, Stored};
+use crate::spool::{AuditId, Maintained, NotificationId, Routes, SpoolError, Stored};
 
 /// Most changes applied in one batch and covered by one flush.
 const MAX_GROUP: usize = 512;
@@ -66,6 +71,7 @@ pub(super) enum Applied {
     Replayed(bool),
     Recorded,
     Reassigned(u64),
+    Audited(AuditId),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Applied, SpoolError>>;
@@ -79,6 +85,9 @@ pub(super) enum Change {
         dedup_key: Vec<u8>,
         received_ms: i64,
         subscriptions: Vec<String>,
+        /// A quarantined body this notification is made from: it leaves
+        /// the quarantine in the same batch (a duplicate too).
+        released: Option<NotificationId>,
     },
     Quarantine {
         record: Vec<u8>,
@@ -93,6 +102,9 @@ pub(super) enum Change {
         old_retry: Option<Vec<u8>>,
         new_retry: Option<Vec<u8>>,
         cursor: Option<u128>,
+        /// Where the delivery stood when leased, and stands now (counts).
+        was: Standing,
+        now: Standing,
     },
     Replay {
         id: NotificationId,
@@ -105,6 +117,20 @@ pub(super) enum Change {
         from: String,
         to: Option<String>,
         now_ms: i64,
+    },
+    /// A reloaded config's subscriptions: a new one starts its walk after
+    /// the newest id handed out so far (it gets what is stored from now on).
+    Routes {
+        routes: Routes,
+    },
+    /// A quarantined body an admin gave up.
+    Discard {
+        id: NotificationId,
+    },
+    /// An audit entry (encoded), made at `at_ms`.
+    Audit {
+        entry: Vec<u8>,
+        at_ms: i64,
     },
 }
 
@@ -136,19 +162,26 @@ struct Write {
     reply: Reply,
 }
 
-pub(super) fn start(
-    shared: Arc<Shared>,
-    acknowledged: Acknowledged,
-    last_id: Option<NotificationId>,
-) -> std::io::Result<mpsc::Sender<Op>> {
+/// What the writer starts from, as opening found it.
+pub(super) struct Start {
+    pub acknowledged: Acknowledged,
+    pub last_id: Option<NotificationId>,
+    pub last_audit: Option<AuditId>,
+    /// The counts, as published in `Shared::counts` too.
+    pub counts: crate::spool::Counts,
+}
+
+pub(super) fn start(shared: Arc<Shared>, from: Start) -> std::io::Result<mpsc::Sender<Op>> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut writer = Writer {
         shared,
-        acknowledged,
+        acknowledged: from.acknowledged,
         blocked: None,
         retention: Retention::default(),
         now_ms: 0,
-        last_id,
+        last_id: from.last_id,
+        last_audit: from.last_audit,
+        tally: Tally::new(from.counts),
     };
     std::thread::Builder::new()
         .name("spool-writer".into())
@@ -195,6 +228,9 @@ struct Writer {
     now_ms: i64,
     /// The newest id handed out (or found in the store at open).
     last_id: Option<NotificationId>,
+    /// The newest audit record id, likewise.
+    last_audit: Option<AuditId>,
+    tally: Tally,
 }
 
 impl Writer {
@@ -370,7 +406,14 @@ impl Writer {
                 Change::Store { record, .. } | Change::Quarantine { record, .. } => {
                     record.len() as u64
                 }
-                Change::Complete { .. } | Change::Replay { .. } | Change::Orphans { .. } => 0,
+                // An admin's audit record is small and goes with changes
+                // that are not refused either (replays): not counted.
+                Change::Complete { .. }
+                | Change::Replay { .. }
+                | Change::Orphans { .. }
+                | Change::Routes { .. }
+                | Change::Discard { .. }
+                | Change::Audit { .. } => 0,
             })
             .sum();
         if growth == 0 {
@@ -456,8 +499,21 @@ impl Writer {
     }
 
     /// Applies a group as one batch (or more, where a replay must read what
-    /// came before it).
+    /// came before it), each with the counts it changed. Counts staged for
+    /// a batch that is not applied are taken back.
     fn apply(&mut self, store: &Store, changes: Vec<Change>) -> Result<GroupApplied, SpoolError> {
+        let applied = self.apply_changes(store, changes);
+        if applied.is_err() {
+            self.tally.discard(&self.shared.counts);
+        }
+        applied
+    }
+
+    fn apply_changes(
+        &mut self,
+        store: &Store,
+        changes: Vec<Change>,
+    ) -> Result<GroupApplied, SpoolError> {
         let window =
             i64::try_from(self.shared.config.dedup_window.0.as_millis()).unwrap_or(i64::MAX);
         let mut batch = Batch::default();
@@ -470,7 +526,19 @@ impl Writer {
                     dedup_key,
                     received_ms,
                     subscriptions,
+                    released,
                 } => {
+                    if let Some(quarantined) = released {
+                        let key = keys::quarantine(quarantined);
+                        if store.get(&key)?.is_none() {
+                            out.results.push(Err(SpoolError::NotFound(format!(
+                                "quarantined body {quarantined} (released or discarded meanwhile)"
+                            ))));
+                            continue;
+                        }
+                        batch.remove(&key);
+                        self.tally.removed_quarantined();
+                    }
                     let earlier = match fresh_in_group.get(&dedup_key) {
                         Some(first) => Some(*first),
                         None => store
@@ -488,6 +556,7 @@ impl Writer {
                         batch.insert(dedup_key.as_slice(), &keys::dedup_value(id, received_ms));
                         batch.insert(&keys::dedup_expiry(received_ms, id), dedup_key.as_slice());
                         fresh_in_group.insert(dedup_key, id);
+                        self.tally.stored(&subscriptions);
                         out.newest = Some(id);
                         out.woken.extend(subscriptions);
                         Ok(Applied::Stored(Stored::New(id)))
@@ -500,6 +569,7 @@ impl Writer {
                     let id = self.next_id(received_ms);
                     stamp_id(&mut record, id);
                     batch.insert(&keys::quarantine(id), record);
+                    self.tally.quarantined();
                     Ok(Applied::Quarantined(id))
                 }
                 Change::Complete {
@@ -509,7 +579,17 @@ impl Writer {
                     old_retry,
                     new_retry,
                     cursor,
+                    was,
+                    now,
                 } => {
+                    let was = if self.lease_may_be_stale(&subscription, was) {
+                        // What the record holds now, this group's writes included.
+                        self.tally
+                            .apply(store, std::mem::take(&mut batch), &self.shared.counts)?;
+                        stored_standing(store, id, &subscription)?
+                    } else {
+                        Some(was)
+                    };
                     if let Some(old) = old_retry {
                         batch.remove(old);
                     }
@@ -520,6 +600,11 @@ impl Writer {
                     if let Some(cursor) = cursor {
                         batch.insert(keys::cursor(&subscription), &cursor.to_be_bytes());
                     }
+                    match was {
+                        Some(was) => self.tally.moved(&subscription, was, now),
+                        // An unreadable record was not counted; its new one is.
+                        None => self.tally.added(&subscription, now),
+                    }
                     Ok(Applied::Recorded)
                 }
                 Change::Replay {
@@ -528,28 +613,74 @@ impl Writer {
                     now_ms,
                 } => {
                     // It reads what this group wrote before it.
-                    store
-                        .tree
-                        .apply_batch(std::mem::take(&mut batch))
-                        .map_err(storage)?;
+                    self.tally
+                        .apply(store, std::mem::take(&mut batch), &self.shared.counts)?;
                     // A delivery that cannot be replayed is that change's
                     // answer, not a failure of the group.
-                    replay(store, &mut batch, id, &subscription, now_ms)?.map(Applied::Replayed)
+                    replay(store, &mut batch, id, &subscription, now_ms)?.map(|replayed| {
+                        if let Some(was) = replayed {
+                            self.tally.moved(&subscription, was, Standing::Waiting);
+                        }
+                        Applied::Replayed(replayed.is_some())
+                    })
+                }
+                Change::Discard { id } => {
+                    let key = keys::quarantine(id);
+                    if store.get(&key)?.is_some() {
+                        batch.remove(&key);
+                        self.tally.removed_quarantined();
+                        Ok(Applied::Recorded)
+                    } else {
+                        Err(SpoolError::NotFound(format!("no quarantined body {id}")))
+                    }
+                }
+                Change::Routes { routes } => {
+                    let first_new = self.last_id.map_or(0, |id| id.0 .0.saturating_add(1));
+                    for name in routes.names() {
+                        let key = keys::cursor(name);
+                        if store.get(&key)?.is_none() {
+                            batch.insert(key, &first_new.to_be_bytes());
+                        }
+                    }
+                    // Stores stamped after this one fan out to the new set.
+                    self.shared.routes.store(Arc::new(routes));
+                    Ok(Applied::Recorded)
                 }
                 Change::Orphans { from, to, now_ms } => {
-                    store
-                        .tree
-                        .apply_batch(std::mem::take(&mut batch))
-                        .map_err(storage)?;
-                    let moved = super::orphans::reassign(store, &from, to.as_deref(), now_ms)?;
+                    self.tally
+                        .apply(store, std::mem::take(&mut batch), &self.shared.counts)?;
+                    let moved = super::orphans::reassign(
+                        store,
+                        &mut self.tally,
+                        &self.shared.counts,
+                        &from,
+                        to.as_deref(),
+                        now_ms,
+                    )?;
                     lock(&self.shared.health).orphans.remove(&from);
                     Ok(Applied::Reassigned(moved))
+                }
+                Change::Audit { entry, at_ms } => {
+                    let id = AuditId::next_after(self.last_audit, at_ms);
+                    self.last_audit = Some(id);
+                    batch.insert(&keys::audit(id), entry);
+                    Ok(Applied::Audited(id))
                 }
             };
             out.results.push(result);
         }
-        store.tree.apply_batch(batch).map_err(storage)?;
+        self.tally.apply(store, batch, &self.shared.counts)?;
         Ok(out)
+    }
+
+    /// Whether the record a lease was made from may have changed since:
+    /// a final one (leased through a stale retry entry) may have been
+    /// replayed, and one of a subscription no longer configured may have
+    /// been purged as an orphan. Then the writer reads what it replaces;
+    /// otherwise nothing else writes a leased delivery, and the lease's
+    /// word spares a read per outcome.
+    fn lease_may_be_stale(&self, subscription: &str, was: Standing) -> bool {
+        was.is_final() || !self.shared.routes.load().contains(subscription)
     }
 
     fn next_id(&mut self, received_ms: i64) -> NotificationId {
@@ -592,11 +723,20 @@ impl Writer {
     }
 
     /// One bounded slice of retention: expired dedup entries, delivered
-    /// notifications and quarantined bodies older than `retention`. Not
-    /// flushed on its own: it rides on the next group flush, and a removal
-    /// lost in a crash is simply made again.
+    /// notifications, quarantined bodies and audit records older than
+    /// `retention`. Not flushed on its own: it rides on the next group
+    /// flush, and a removal lost in a crash is simply made again (with the
+    /// counts, which go in the same batch).
     fn retention_slice(&mut self) -> Result<Maintained, SpoolError> {
         let store = self.shared.store()?;
+        let done = self.retention_changes(&store);
+        if done.is_err() {
+            self.tally.discard(&self.shared.counts);
+        }
+        done
+    }
+
+    fn retention_changes(&mut self, store: &Store) -> Result<Maintained, SpoolError> {
         let config = &self.shared.config;
         let now = self.now_ms;
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
@@ -620,7 +760,7 @@ impl Writer {
             let Some((_, id)) = keys::split_dedup_expiry(&key) else {
                 continue;
             };
-            if dedup_points_to(&store, &dedup_key, id)? {
+            if dedup_points_to(store, &dedup_key, id)? {
                 batch.remove(dedup_key);
             }
             done.dedup_entries += 1;
@@ -656,13 +796,18 @@ impl Writer {
                         continue;
                     }
                 };
-                if removable(&self.shared, &store, id, &meta, dead_cutoff)? {
+                if let Some(records) = removable(&self.shared, store, id, &meta, dead_cutoff)? {
                     batch.remove(&key);
                     for item in store.tree.scan_prefix(keys::delivery_prefix(id)).keys() {
                         batch.remove(item.map_err(storage)?);
                     }
+                    self.tally.removed_notification(
+                        records
+                            .iter()
+                            .map(|d| (d.subscription.as_str(), Standing::of(&d.state))),
+                    );
                     let dedup_key = keys::dedup(&meta.source, &meta.dedup_key);
-                    if dedup_points_to(&store, &dedup_key, id)? {
+                    if dedup_points_to(store, &dedup_key, id)? {
                         batch.remove(dedup_key);
                         batch.remove(&keys::dedup_expiry(meta.received_ms, id));
                     }
@@ -699,11 +844,32 @@ impl Writer {
             }
             let (key, _) = item.map_err(storage)?;
             batch.remove(key);
+            self.tally.removed_quarantined();
             done.quarantined += 1;
         }
 
+        // Audit records, by age alone, like quarantined bodies.
+        let from = [keys::AUDIT];
+        let until = keys::audit(AuditId(ulid::Ulid::from_parts(
+            u64::try_from(cutoff.max(0)).unwrap_or(0),
+            0,
+        )));
+        for (seen, item) in store
+            .tree
+            .range(from.as_slice()..until.as_slice())
+            .enumerate()
+        {
+            if seen == RETENTION_SLICE {
+                behind = true;
+                break;
+            }
+            let (key, _) = item.map_err(storage)?;
+            batch.remove(key);
+            done.audit_records += 1;
+        }
+
         self.retention.behind = behind;
-        store.tree.apply_batch(batch).map_err(storage)?;
+        self.tally.apply(store, batch, &self.shared.counts)?;
         if done != Maintained::default() {
             tracing::debug!(?done, "retention slice");
         }
@@ -734,21 +900,22 @@ fn dedup_points_to(
         .is_some_and(|(first, _)| first == id))
 }
 
-/// Whether every delivery of a notification is over: delivered, purged, or
-/// dead past `dead_cutoff` (when dead deliveries expire at all). A
-/// subscription it was fanned out to with no record yet was never attempted.
+/// The delivery records of a notification, if every one is over:
+/// delivered, purged, or dead past `dead_cutoff` (when dead deliveries
+/// expire at all). A subscription it was fanned out to with no record yet
+/// was never attempted.
 fn removable(
     shared: &Shared,
     store: &Store,
     id: NotificationId,
     meta: &NotificationMeta,
     dead_cutoff: Option<i64>,
-) -> Result<bool, SpoolError> {
+) -> Result<Option<Vec<Delivery>>, SpoolError> {
     let records = match super::orphans::records_of(store, id) {
         Ok(records) => records,
         Err(SpoolError::Corrupt(err)) => {
             shared.note_unreadable(format!("a delivery of {id}: {err}"));
-            return Ok(false);
+            return Ok(None);
         }
         Err(err) => return Err(err),
     };
@@ -761,29 +928,31 @@ fn removable(
         State::Dead { at_ms } => dead_cutoff.is_some_and(|cutoff| at_ms < cutoff),
         State::Pending | State::InFlight { .. } | State::Waiting { .. } => false,
     });
-    Ok(all_attempted && all_over)
+    Ok((all_attempted && all_over).then_some(records))
 }
 
-/// Puts a final delivery back in the queue, due now; false if it was never
-/// attempted. The outer error is the store's; the inner one the request's.
+/// Puts a final delivery back in the queue, due now, and tells where it
+/// stood; None if it was never attempted. The outer error is the store's;
+/// the inner one the request's.
 fn replay(
     store: &Store,
     batch: &mut Batch,
     id: NotificationId,
     subscription: &str,
     now_ms: i64,
-) -> Result<Result<bool, SpoolError>, SpoolError> {
+) -> Result<Result<Option<Standing>, SpoolError>, SpoolError> {
     if store.get(&keys::notification(id))?.is_none() {
         return Ok(Err(SpoolError::NotFound(id.to_string())));
     }
     let key = keys::delivery(id, subscription);
     let Some(bytes) = store.get(&key)? else {
-        return Ok(Ok(false));
+        return Ok(Ok(None));
     };
     let mut delivery = match decode_delivery(&bytes) {
         Ok(delivery) => delivery,
         Err(err) => return Ok(Err(err)),
     };
+    let was = Standing::of(&delivery.state);
     if let Err(err) = delivery.replay(now_ms) {
         return Ok(Err(SpoolError::NotReplayable(err.to_string())));
     }
@@ -791,7 +960,22 @@ fn replay(
         batch.insert(keys::retry(subscription, at, id), &[]);
     }
     batch.insert(key, encode_delivery(&delivery)?);
-    Ok(Ok(true))
+    Ok(Ok(Some(was)))
+}
+
+/// Where a delivery stands in the store: its record's state, waiting when
+/// it has none yet; None when the record cannot be read.
+fn stored_standing(
+    store: &Store,
+    id: NotificationId,
+    subscription: &str,
+) -> Result<Option<Standing>, SpoolError> {
+    match store.get(&keys::delivery(id, subscription))? {
+        None => Ok(Some(Standing::Waiting)),
+        Some(bytes) => Ok(decode_delivery(&bytes)
+            .ok()
+            .map(|delivery| Standing::of(&delivery.state))),
+    }
 }
 
 fn answer_all(replies: impl IntoIterator<Item = Reply>, err: &SpoolError) {

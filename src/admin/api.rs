@@ -1,0 +1,1041 @@
+//! The admin routes: each request authenticated (but `/healthz`, `/readyz`
+//! and `/metrics`), routed, and answered in JSON; every failure an
+//! [`ApiError`] with its status. Spool reads run on the blocking pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::auth::{AuthError, Caller};
+use super::query::{DeliveryState, Filter, QueryError, StateFilter};
+use super::Admin;
+use crate::clock::format_ms;
+use crate::config::Role;
+use crate::delivery::{Delivery, State};
+use crate::metrics::Snapshot;
+use crate::providers::{GenericRules, Provider};
+use crate::spool::{
+    AuditEntry, AuditId, NotificationId, NotificationRecord, QuarantineRecord, Received, Spool,
+    SpoolError, Stored,
+};
+
+/// Every route, as `docs/openapi.json` documents it (a test holds the two
+/// and the live listener to each other).
+pub const ROUTES: [(&str, &str); 17] = [
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/notifications"),
+    ("GET", "/api/notifications/{id}"),
+    ("POST", "/api/notifications/{id}/replay"),
+    ("POST", "/api/replay"),
+    ("GET", "/api/quarantine"),
+    ("GET", "/api/quarantine/{id}"),
+    ("POST", "/api/quarantine/{id}/release"),
+    ("POST", "/api/quarantine/{id}/discard"),
+    ("GET", "/api/stats"),
+    ("GET", "/api/subscriptions"),
+    ("POST", "/api/reload"),
+    ("GET", "/api/audit"),
+    ("GET", "/"),
+    ("GET", "/n/{id}"),
+];
+
+/// Most notifications one page request reads before it answers with what
+/// it found and a cursor: a filter that matches little must not turn one
+/// request into a walk of the whole spool.
+const SCAN_LIMIT: usize = 20_000;
+/// How long `/readyz` waits for the spool's writer.
+const WRITER_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("no such endpoint")]
+    NoRoute,
+    #[error("{0} is not allowed here")]
+    Method(Method),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A config that did not load: the old one stays.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the spool cannot answer now: {0}")]
+    Spool(SpoolError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<SpoolError> for ApiError {
+    fn from(err: SpoolError) -> Self {
+        match err {
+            SpoolError::NotFound(what) => ApiError::NotFound(what),
+            SpoolError::NotReplayable(why) => ApiError::Conflict(why),
+            other => ApiError::Spool(other),
+        }
+    }
+}
+
+impl ApiError {
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Auth(err) => err.status(),
+            ApiError::NoRoute | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Query(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Spool(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Auth(AuthError::Forbidden { .. }) => "forbidden",
+            ApiError::Auth(_) => "unauthorized",
+            ApiError::NoRoute | ApiError::NotFound(_) => "not_found",
+            ApiError::Method(_) => "method_not_allowed",
+            ApiError::Query(_) => "bad_request",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Invalid(_) => "invalid_config",
+            ApiError::Spool(_) => "spool_unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = json_response(
+            self.status(),
+            &json!({ "error": self.kind(), "detail": self.to_string() }),
+        );
+        if matches!(
+            self,
+            ApiError::Auth(AuthError::Missing | AuthError::Unknown)
+        ) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"webhook-relay admin\""),
+            );
+        }
+        response
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn ok(body: Value) -> Result<Response<Full<Bytes>>, ApiError> {
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+pub(super) async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    if super::page::is_page(&path) {
+        return match super::page::handle(&admin, request).await {
+            Ok(response) => response,
+            Err(err) => super::page::error_page(&err),
+        };
+    }
+    match route(&admin, request).await {
+        Ok(response) => response,
+        Err(err) => {
+            if err.status().is_server_error() {
+                tracing::warn!(%method, path, error = %err, "admin request failed");
+            } else {
+                tracing::debug!(%method, path, error = %err, "admin request refused");
+            }
+            err.into_response()
+        }
+    }
+}
+
+async fn route(
+    admin: &Arc<Admin>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let method = request.method().clone();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST;
+    // Open to anyone who can reach the listener: nothing in them is private.
+    match segments.as_slice() {
+        ["healthz"] if get => return ok(json!({ "status": "ok" })),
+        ["readyz"] if get => return readyz(admin).await,
+        ["metrics"] if get => {
+            let openmetrics = request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+            return metrics(admin, openmetrics).await;
+        }
+        ["healthz" | "readyz" | "metrics"] => return Err(ApiError::Method(method)),
+        _ => {}
+    }
+    let caller = admin.tokens.load().authenticate(request.headers())?;
+    let spool = admin.spool.clone();
+    let now_ms = admin.clock.now_ms();
+    match segments.as_slice() {
+        ["api", "notifications"] if get => {
+            caller.require(Role::Viewer)?;
+            let filter = Filter::parse(&query, now_ms, false)?;
+            if filter.state == Some(StateFilter::Quarantined) {
+                return blocking(move || list_quarantine(&spool, &filter)).await;
+            }
+            blocking(move || list_notifications(&spool, &filter)).await
+        }
+        ["api", "notifications", id] if get => {
+            caller.require(Role::Viewer)?;
+            let id = parse_id(id)?;
+            blocking(move || show_notification(&spool, id)).await
+        }
+        ["api", "notifications", id, "replay"] if post => {
+            caller.require(Role::Admin)?;
+            let id = parse_id(id)?;
+            let subscription = single_parameter(&query, "subscription")?;
+            let replayed = replay_one(admin, &caller, id, subscription).await?;
+            ok(json!({ "id": id.to_string(), "replayed": replayed }))
+        }
+        ["api", "replay"] if post => {
+            caller.require(Role::Admin)?;
+            let filter = Filter::parse(&query, now_ms, true)?;
+            replay_bulk(admin, &caller, filter, &query).await
+        }
+        ["api", "quarantine"] if get => {
+            caller.require(Role::Viewer)?;
+            let filter = Filter::parse(&query, now_ms, false)?;
+            blocking(move || list_quarantine(&spool, &filter)).await
+        }
+        ["api", "quarantine", id] if get => {
+            caller.require(Role::Viewer)?;
+            let id = parse_id(id)?;
+            blocking(move || show_quarantined(&spool, id)).await
+        }
+        ["api", "quarantine", id, "release"] if post => {
+            caller.require(Role::Admin)?;
+            let id = parse_id(id)?;
+            let as_generic = match single_parameter(&query, "as")?.as_deref() {
+                None => false,
+                Some("generic") => true,
+                Some(other) => {
+                    return Err(QueryError::Invalid {
+                        name: "as",
+                        value: other.to_owned(),
+                        reason: "only `generic` (accept it as a generic notification)".into(),
+                    }
+                    .into())
+                }
+            };
+            release(admin, &caller, id, as_generic).await
+        }
+        ["api", "quarantine", id, "discard"] if post => {
+            caller.require(Role::Admin)?;
+            let id = parse_id(id)?;
+            if let Some((name, _)) = form_urlencoded::parse(query.as_bytes()).next() {
+                return Err(QueryError::Unknown(name.into_owned()).into());
+            }
+            admin.spool.discard(id).await?;
+            tracing::info!(%id, by = %caller.name, "quarantined body discarded");
+            audit(
+                admin,
+                &caller,
+                "quarantine.discard",
+                &id.to_string(),
+                Value::Null,
+            )
+            .await?;
+            ok(json!({ "id": id.to_string(), "discarded": true }))
+        }
+        ["api", "stats"] if get => {
+            caller.require(Role::Viewer)?;
+            stats(admin).await
+        }
+        ["api", "reload"] if post => {
+            caller.require(Role::Admin)?;
+            if let Some((name, _)) = form_urlencoded::parse(query.as_bytes()).next() {
+                return Err(QueryError::Unknown(name.into_owned()).into());
+            }
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            admin
+                .reloads
+                .send(reply)
+                .await
+                .map_err(|_| ApiError::Conflict("this relay cannot reload its config".into()))?;
+            // Nobody may be listening (a relay embedded without `serve`).
+            let answer = tokio::time::timeout(Duration::from_secs(30), answer)
+                .await
+                .map_err(|_| ApiError::Conflict("no answer to the reload request".into()))?;
+            match answer {
+                Ok(Ok(report)) => {
+                    tracing::info!(by = %caller.name, "config reloaded through the admin API");
+                    audit(
+                        admin,
+                        &caller,
+                        "config.reload",
+                        "relay.toml",
+                        report.clone(),
+                    )
+                    .await?;
+                    ok(report)
+                }
+                Ok(Err(problems)) => Err(ApiError::Invalid(problems)),
+                Err(_) => Err(ApiError::Conflict("the relay is stopping".into())),
+            }
+        }
+        ["api", "audit"] if get => {
+            caller.require(Role::Viewer)?;
+            let (before, limit) = audit_page(&query)?;
+            let records = tokio::task::spawn_blocking(move || spool.audit_log(before, limit))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            let next_cursor = (records.len() == limit)
+                .then(|| records.last().map(|r| r.id.to_string()))
+                .flatten();
+            let items: Vec<Value> = records
+                .iter()
+                .map(|r| {
+                    json!({
+                        "id": r.id.to_string(),
+                        "at": format_ms(r.at_ms),
+                        "actor": r.entry.actor,
+                        "action": r.entry.action,
+                        "target": r.entry.target,
+                        "detail": r.entry.detail,
+                    })
+                })
+                .collect();
+            ok(json!({ "items": items, "next_cursor": next_cursor }))
+        }
+        ["api", "subscriptions"] if get => {
+            caller.require(Role::Subscriber)?;
+            ok(subscriptions(admin))
+        }
+        ["api", "notifications"]
+        | ["api", "notifications", _]
+        | ["api", "notifications", _, "replay"]
+        | ["api", "replay"]
+        | ["api", "quarantine"]
+        | ["api", "quarantine", _]
+        | ["api", "quarantine", _, "release" | "discard"]
+        | ["api", "stats"]
+        | ["api", "reload"]
+        | ["api", "audit"]
+        | ["api", "subscriptions"] => Err(ApiError::Method(method)),
+        _ => Err(ApiError::NoRoute),
+    }
+}
+
+/// Runs a spool read on the blocking pool.
+async fn blocking<F>(read: F) -> Result<Response<Full<Bytes>>, ApiError>
+where
+    F: FnOnce() -> Result<Value, ApiError> + Send + 'static,
+{
+    let body = tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| ApiError::Internal(format!("spool read failed: {e}")))??;
+    ok(body)
+}
+
+pub(super) fn parse_id(text: &str) -> Result<NotificationId, ApiError> {
+    NotificationId::parse(text).ok_or_else(|| {
+        ApiError::Query(QueryError::Invalid {
+            name: "id",
+            value: text.to_owned(),
+            reason: "not a notification id".into(),
+        })
+    })
+}
+
+/// The one parameter an endpoint takes, if given; any other is an error.
+pub(super) fn single_parameter(
+    query: &str,
+    name: &'static str,
+) -> Result<Option<String>, ApiError> {
+    let mut found = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key != name {
+            return Err(QueryError::Unknown(key.into_owned()).into());
+        }
+        if found.replace(value.into_owned()).is_some() {
+            return Err(QueryError::Repeated(name.into()).into());
+        }
+    }
+    Ok(found)
+}
+
+// === health and metrics ===
+
+async fn readyz(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
+    let health = admin.spool.health();
+    let mut reasons = Vec::new();
+    if !admin.serving.load(std::sync::atomic::Ordering::Acquire) {
+        reasons.push("the listeners are not serving yet".to_owned());
+    }
+    if health.fatal {
+        reasons.push(format!(
+            "the spool failed and needs a restart: {}",
+            health.condition.clone().unwrap_or_default()
+        ));
+    } else if !health.writable {
+        reasons.push(format!(
+            "the spool refuses new notifications: {}",
+            health.condition.clone().unwrap_or_default()
+        ));
+    }
+    if !admin.spool.writer_alive(WRITER_WAIT).await {
+        reasons.push(format!(
+            "the spool's writer did not answer within {WRITER_WAIT:?}"
+        ));
+    }
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(json_response(
+        status,
+        &json!({ "ready": reasons.is_empty(), "reasons": reasons }),
+    ))
+}
+
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the
+/// classic text format.
+async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes>>, ApiError> {
+    let health = admin.spool.health();
+    let spool = admin.spool.clone();
+    // `size_on_disk` asks the filesystem, not the spool's records.
+    let bytes = tokio::task::spawn_blocking(move || spool.size_on_disk().unwrap_or(0))
+        .await
+        .unwrap_or(0);
+    let counts = admin.spool.counts();
+    let config = admin.config.load();
+    // Configured subscriptions show even at zero; removed ones while they
+    // still have deliveries.
+    let mut deliveries: Vec<(String, u64, u64)> = config
+        .subscriptions
+        .iter()
+        .map(|s| {
+            let of = counts
+                .subscriptions
+                .get(&s.name)
+                .cloned()
+                .unwrap_or_default();
+            (s.name.clone(), of.waiting, of.dead)
+        })
+        .collect();
+    for (name, of) in &counts.subscriptions {
+        if !config.subscriptions.iter().any(|s| &s.name == name) {
+            deliveries.push((name.clone(), of.waiting, of.dead));
+        }
+    }
+    let snapshot = Snapshot {
+        spool_bytes: bytes,
+        spool_writable: health.writable,
+        flush_groups: admin.spool.flush_starts(),
+        deliveries,
+        quarantined: counts.quarantined,
+        notifications: counts.notifications,
+        ..Snapshot::default()
+    };
+    let text = admin.metrics.render(&snapshot);
+    let (text, content_type) = if openmetrics {
+        (
+            text,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            crate::metrics::classic_text(&text),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(response)
+}
+
+// === notifications ===
+
+pub(super) fn list_notifications(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
+    let mut items = Vec::new();
+    let mut next_cursor = None;
+    let mut scanned = 0;
+    for record in spool.notifications_newest_first(filter.cursor) {
+        let record = record?;
+        let id = record_id(&record.meta.id)?;
+        scanned += 1;
+        if filter.past_since(record.meta.received_ms) {
+            break;
+        }
+        if filter.matches_meta(&record.meta) {
+            let deliveries = spool.deliveries_of(id)?;
+            if filter.matches_deliveries(&deliveries) {
+                items.push(notification_summary(&record, &deliveries));
+                if items.len() == filter.limit {
+                    next_cursor = Some(id);
+                    break;
+                }
+            }
+        }
+        if scanned == SCAN_LIMIT {
+            next_cursor = Some(id);
+            break;
+        }
+    }
+    Ok(json!({
+        "items": items,
+        "next_cursor": next_cursor.map(|id| id.to_string()),
+        "scanned": scanned,
+    }))
+}
+
+fn record_id(text: &str) -> Result<NotificationId, ApiError> {
+    NotificationId::parse(text)
+        .ok_or_else(|| ApiError::Spool(SpoolError::Corrupt(format!("malformed id {text:?}"))))
+}
+
+fn notification_summary(record: &NotificationRecord, deliveries: &[Delivery]) -> Value {
+    let meta = &record.meta;
+    json!({
+        "id": meta.id,
+        "source": meta.source,
+        "event": meta.event_type,
+        "subject": meta.subject,
+        "received_at": format_ms(meta.received_ms),
+        "deliveries": deliveries.iter().map(|d| json!({
+            "subscription": d.subscription,
+            "state": DeliveryState::of(&d.state).name(),
+            "attempts": d.attempts.len(),
+            "next_try_at": next_try_ms(d).map(format_ms),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn next_try_ms(delivery: &Delivery) -> Option<i64> {
+    match delivery.state {
+        State::Pending => Some(delivery.created_ms),
+        State::Waiting { until_ms } => Some(until_ms),
+        _ => None,
+    }
+}
+
+pub(super) fn show_notification(spool: &Spool, id: NotificationId) -> Result<Value, ApiError> {
+    let Some(record) = spool.notification(id)? else {
+        if spool.is_quarantined(id)? {
+            return Err(ApiError::NotFound(format!(
+                "{id} is a quarantined body, not a notification: GET /api/quarantine/{id}"
+            )));
+        }
+        return Err(ApiError::NotFound(format!("no notification {id}")));
+    };
+    let deliveries = spool.deliveries_of(id)?;
+    let meta = &record.meta;
+    let mut out = json!({
+        "id": meta.id,
+        "source": meta.source,
+        "event": meta.event_type,
+        "subject": meta.subject,
+        "received_at": format_ms(meta.received_ms),
+        "provider_time": meta.provider_time,
+        "dedup_key": meta.dedup_key,
+        "content_type": meta.content_type,
+        "headers": meta.headers,
+        "peer": meta.peer,
+        "subscriptions": meta.subscriptions,
+        "deliveries": deliveries.iter().map(delivery_detail).collect::<Vec<_>>(),
+    });
+    put_body(&mut out, &record.body);
+    Ok(out)
+}
+
+fn delivery_detail(delivery: &Delivery) -> Value {
+    let (state_at, in_flight_attempt) = match delivery.state {
+        State::Delivered { at_ms } | State::Dead { at_ms } | State::Purged { at_ms } => {
+            (Some(at_ms), None)
+        }
+        State::InFlight { attempt, since_ms } => (Some(since_ms), Some(attempt)),
+        State::Pending | State::Waiting { .. } => (None, None),
+    };
+    json!({
+        "subscription": delivery.subscription,
+        "state": DeliveryState::of(&delivery.state).name(),
+        "state_at": state_at.map(format_ms),
+        "in_flight_attempt": in_flight_attempt,
+        "next_try_at": next_try_ms(delivery).map(format_ms),
+        "created_at": format_ms(delivery.created_ms),
+        "replayed_at": delivery.replayed_ms.iter().copied().map(format_ms).collect::<Vec<_>>(),
+        "attempts": delivery.attempts.iter().map(|a| json!({
+            "number": a.number,
+            "started_at": format_ms(a.started_ms),
+            "duration_ms": a.duration_ms,
+            "outcome": a.outcome,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The body as text when it is UTF-8, else base64.
+fn put_body(out: &mut Value, body: &[u8]) {
+    match std::str::from_utf8(body) {
+        Ok(text) => {
+            out["body"] = text.into();
+            out["body_encoding"] = "utf-8".into();
+        }
+        Err(_) => {
+            out["body"] = base64::engine::general_purpose::STANDARD
+                .encode(body)
+                .into();
+            out["body_encoding"] = "base64".into();
+        }
+    }
+}
+
+// === replays ===
+
+/// Replays one notification's dead deliveries, or the named
+/// subscription's whatever its state (unless it is still waiting); the
+/// subscriptions replayed.
+pub(super) async fn replay_one(
+    admin: &Admin,
+    caller: &Caller,
+    id: NotificationId,
+    subscription: Option<String>,
+) -> Result<Vec<String>, ApiError> {
+    let spool = admin.spool.clone();
+    let chosen = tokio::task::spawn_blocking(move || -> Result<Vec<String>, ApiError> {
+        let Some(record) = spool.notification(id)? else {
+            if spool.is_quarantined(id)? {
+                return Err(ApiError::NotFound(format!(
+                    "{id} is a quarantined body, not a notification: it has no deliveries to replay"
+                )));
+            }
+            return Err(ApiError::NotFound(format!("no notification {id}")));
+        };
+        let deliveries = spool.deliveries_of(id)?;
+        match subscription {
+            Some(name) => {
+                let Some(delivery) = deliveries.iter().find(|d| d.subscription == name) else {
+                    return Err(ApiError::NotFound(format!(
+                        "notification {id} has no delivery for subscription {name:?} (it went to {:?})",
+                        record.meta.subscriptions
+                    )));
+                };
+                if DeliveryState::of(&delivery.state) == DeliveryState::Waiting {
+                    return Err(ApiError::Conflict(format!(
+                        "the delivery of {id} to {name:?} is still waiting for its next attempt"
+                    )));
+                }
+                Ok(vec![name])
+            }
+            None => Ok(deliveries
+                .into_iter()
+                .filter(|d| matches!(d.state, State::Dead { .. }))
+                .map(|d| d.subscription)
+                .collect()),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    if chosen.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "notification {id} has no dead delivery; name one with ?subscription= to replay it anyway"
+        )));
+    }
+    let now_ms = admin.clock.now_ms();
+    for name in &chosen {
+        admin.spool.replay(id, name, now_ms).await?;
+        tracing::info!(%id, subscription = %name, by = %caller.name, "delivery replayed");
+    }
+    audit(
+        admin,
+        caller,
+        "replay",
+        &id.to_string(),
+        json!({ "subscriptions": chosen }),
+    )
+    .await?;
+    Ok(chosen)
+}
+
+/// Records a change in the spool's audit log (durably, before answering).
+async fn audit(
+    admin: &Admin,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    detail: Value,
+) -> Result<(), ApiError> {
+    admin
+        .spool
+        .audit(AuditEntry {
+            actor: caller.name.clone(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail,
+        })
+        .await?;
+    Ok(())
+}
+
+/// `limit` (default 50, at most 500) and `cursor` (an audit id) of an audit page.
+fn audit_page(query: &str) -> Result<(Option<AuditId>, usize), ApiError> {
+    let mut before = None;
+    let mut limit = super::query::DEFAULT_LIMIT;
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "cursor" => {
+                before = Some(value.parse::<AuditId>().map_err(|e| QueryError::Invalid {
+                    name: "cursor",
+                    value: value.to_string(),
+                    reason: e.to_string(),
+                })?)
+            }
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=super::query::MAX_LIMIT).contains(n))
+                    .ok_or_else(|| QueryError::Invalid {
+                        name: "limit",
+                        value: value.to_string(),
+                        reason: format!("a whole number from 1 to {}", super::query::MAX_LIMIT),
+                    })?
+            }
+            other => return Err(QueryError::Unknown(other.to_owned()).into()),
+        }
+    }
+    Ok((before, limit))
+}
+
+/// Replays every delivery a filter picks (its `state` defaults to dead;
+/// waiting ones are never picked: they are due anyway).
+async fn replay_bulk(
+    admin: &Admin,
+    caller: &Caller,
+    mut filter: Filter,
+    filter_text: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    match filter.state {
+        None => filter.state = Some(StateFilter::Delivery(DeliveryState::Dead)),
+        Some(StateFilter::Delivery(DeliveryState::Waiting)) | Some(StateFilter::Quarantined) => {
+            return Err(QueryError::Invalid {
+                name: "state",
+                value: "waiting or quarantined".into(),
+                reason: "only dead, delivered or purged deliveries can be replayed".into(),
+            }
+            .into())
+        }
+        Some(StateFilter::Delivery(_)) => {}
+    }
+    let spool = admin.spool.clone();
+    let walk = filter.clone();
+    let targets = tokio::task::spawn_blocking(move || {
+        let mut targets = Vec::new();
+        let mut notifications = 0u64;
+        for record in spool.notifications_newest_first(None) {
+            let record = record?;
+            if walk.past_since(record.meta.received_ms) {
+                break;
+            }
+            if !walk.matches_meta(&record.meta) {
+                continue;
+            }
+            let id = record_id(&record.meta.id)?;
+            let deliveries = spool.deliveries_of(id)?;
+            let chosen = walk.chosen(&deliveries);
+            if !chosen.is_empty() {
+                notifications += 1;
+            }
+            targets.extend(chosen.into_iter().map(|d| (id, d.subscription.clone())));
+        }
+        Ok::<_, ApiError>((targets, notifications))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (targets, notifications) = targets?;
+    if filter.dry_run {
+        return ok(json!({
+            "dry_run": true,
+            "notifications": notifications,
+            "deliveries": targets.len(),
+        }));
+    }
+    let now_ms = admin.clock.now_ms();
+    let mut replayed = 0u64;
+    for (id, subscription) in &targets {
+        match admin.spool.replay(*id, subscription, now_ms).await {
+            Ok(_) => replayed += 1,
+            // Changed since the walk (e.g. retention removed it): skip it.
+            Err(SpoolError::NotFound(_) | SpoolError::NotReplayable(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    tracing::info!(by = %caller.name, notifications, replayed, "bulk replay");
+    audit(
+        admin,
+        caller,
+        "replay.bulk",
+        filter_text,
+        json!({ "notifications": notifications, "deliveries": targets.len(), "replayed": replayed }),
+    )
+    .await?;
+    ok(json!({
+        "dry_run": false,
+        "notifications": notifications,
+        "deliveries": targets.len(),
+        "replayed": replayed,
+    }))
+}
+
+// === quarantine ===
+
+pub(super) fn list_quarantine(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
+    if filter.event.is_some() || filter.subject.is_some() || filter.subscription.is_some() {
+        return Err(QueryError::Invalid {
+            name: "state",
+            value: "quarantined".into(),
+            reason: "a quarantined body has no event, subject or subscription; filter it by source and time".into(),
+        }
+        .into());
+    }
+    let mut items = Vec::new();
+    let mut next_cursor = None;
+    let mut scanned = 0;
+    for record in spool.quarantined_newest_first(filter.cursor) {
+        let record = record?;
+        let id = record_id(&record.meta.id)?;
+        scanned += 1;
+        if filter
+            .since_ms
+            .is_some_and(|since| record.meta.received_ms < since)
+        {
+            break;
+        }
+        let in_range = filter
+            .until_ms
+            .is_none_or(|until| record.meta.received_ms < until);
+        if in_range
+            && filter
+                .source
+                .as_ref()
+                .is_none_or(|s| *s == record.meta.source)
+        {
+            items.push(quarantine_summary(&record));
+            if items.len() == filter.limit {
+                next_cursor = Some(id);
+                break;
+            }
+        }
+        if scanned == SCAN_LIMIT {
+            next_cursor = Some(id);
+            break;
+        }
+    }
+    Ok(json!({
+        "items": items,
+        "next_cursor": next_cursor.map(|id| id.to_string()),
+        "scanned": scanned,
+    }))
+}
+
+fn quarantine_summary(record: &QuarantineRecord) -> Value {
+    let meta = &record.meta;
+    json!({
+        "id": meta.id,
+        "source": meta.source,
+        "received_at": format_ms(meta.received_ms),
+        "reason_kind": meta.reason_kind,
+        "reason": meta.reason,
+        "bytes": record.body.len(),
+    })
+}
+
+pub(super) fn show_quarantined(spool: &Spool, id: NotificationId) -> Result<Value, ApiError> {
+    let Some(record) = spool.quarantined_body(id)? else {
+        return Err(ApiError::NotFound(format!("no quarantined body {id}")));
+    };
+    let mut out = quarantine_summary(&record);
+    out["content_type"] = json!(record.meta.content_type);
+    out["headers"] = json!(record.meta.headers);
+    out["peer"] = json!(record.meta.peer);
+    put_body(&mut out, &record.body);
+    Ok(out)
+}
+
+/// Makes a quarantined body a notification: its source's provider check
+/// runs again (a config change, or a more tolerant relay, may now take it),
+/// or it is taken as a generic notification (any JSON object; event
+/// `generic`, deduplicated by its bytes). Then it is stored and fanned out
+/// as if just received, keeping its original receipt time.
+async fn release(
+    admin: &Admin,
+    caller: &Caller,
+    id: NotificationId,
+    as_generic: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let spool = admin.spool.clone();
+    let record = tokio::task::spawn_blocking(move || spool.quarantined_body(id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+        .ok_or_else(|| ApiError::NotFound(format!("no quarantined body {id}")))?;
+    let provider = if as_generic {
+        Provider::Generic(GenericRules {
+            dedup_pointer: None,
+            dedup_header: None,
+            event_pointer: None,
+            subject_pointer: None,
+            default_event: "generic".into(),
+        })
+    } else {
+        let config = admin.config.load();
+        let source = config.sources.get(&record.meta.source).ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "source {:?} is no longer configured; release it as generic (?as=generic) or discard it",
+                record.meta.source
+            ))
+        })?;
+        source.provider()
+    };
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &record.meta.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let notification = provider.check(&record.body, &headers).map_err(|rejection| {
+        ApiError::Invalid(format!(
+            "the check still refuses it: {rejection}; release it as generic (?as=generic) or discard it"
+        ))
+    })?;
+    let received = Received {
+        source: record.meta.source.clone(),
+        body: record.body.clone(),
+        content_type: record.meta.content_type.clone(),
+        headers: record.meta.headers.clone(),
+        peer: record.meta.peer.clone(),
+        received_ms: record.meta.received_ms,
+    };
+    let stored = admin.spool.release(id, received, notification).await?;
+    let (notification_id, duplicate) = match stored {
+        Stored::New(new) => (new, false),
+        Stored::Duplicate(first) => (first, true),
+    };
+    tracing::info!(%id, notification = %notification_id, duplicate, by = %caller.name, "quarantined body released");
+    let detail = json!({
+        "notification": notification_id.to_string(),
+        "duplicate": duplicate,
+        "as_generic": as_generic,
+    });
+    audit(
+        admin,
+        caller,
+        "quarantine.release",
+        &id.to_string(),
+        detail.clone(),
+    )
+    .await?;
+    ok(detail)
+}
+
+// === stats and subscriptions ===
+
+async fn stats(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
+    ok(stats_value(admin).await?)
+}
+
+pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
+    let health = admin.spool.health();
+    let spool = admin.spool.clone();
+    let bytes = tokio::task::spawn_blocking(move || spool.size_on_disk())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let config = admin.config.load();
+    let counts = admin.spool.counts();
+    let deliveries: serde_json::Map<String, Value> = config
+        .subscriptions
+        .iter()
+        .map(|s| s.name.clone())
+        .chain(counts.subscriptions.keys().cloned())
+        .map(|name| {
+            let of = counts.subscriptions.get(&name).cloned().unwrap_or_default();
+            let configured = config.subscriptions.iter().any(|s| s.name == name);
+            (
+                name,
+                json!({
+                    "waiting": of.waiting,
+                    "dead": of.dead,
+                    "delivered": of.delivered,
+                    "purged": of.purged,
+                    "configured": configured,
+                }),
+            )
+        })
+        .collect();
+    let sources: serde_json::Map<String, Value> = config
+        .sources
+        .keys()
+        .map(|name| {
+            let last = admin.metrics.last_received_ms(name).map(format_ms);
+            (name.clone(), json!({ "last_received_at": last }))
+        })
+        .collect();
+    Ok(json!({
+        "spool": {
+            "path": admin.spool.path(),
+            "bytes": bytes,
+            "writable": health.writable,
+            "fatal": health.fatal,
+            "condition": health.condition,
+            "refused_writes": health.refused_writes,
+            "orphans": health.orphans,
+        },
+        "notifications": counts.notifications,
+        "quarantined": counts.quarantined,
+        "subscriptions": deliveries,
+        "sources": sources,
+    }))
+}
+
+pub(super) fn subscriptions(admin: &Admin) -> Value {
+    let config = admin.config.load();
+    let items: Vec<Value> = config
+        .subscriptions
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "url": s.url,
+                "sources": s.sources,
+                "events": s.events,
+                "origin": "relay.toml",
+            })
+        })
+        .collect();
+    json!({ "items": items })
+}

@@ -1,0 +1,238 @@
+//! The admin listener: the API, `/metrics`, `/healthz`, `/readyz` and the
+//! page, on loopback or a unix socket, apart from the provider-facing
+//! ingress. It reads the spool through its queries and changes it only
+//! through the spool's writes (replays); it never touches a store.
+//!
+//! - [`auth`]: bearer tokens and roles.
+//! - [`query`]: the filters of the API, pure.
+//! - [`api`]: routes and handlers.
+//! - `page`: the HTML page over the same reads.
+
+mod api;
+pub mod auth;
+mod page;
+pub mod query;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::clock::Clock;
+use crate::config::{AdminListen, Config};
+use crate::metrics::Metrics;
+use crate::spool::Spool;
+pub use api::ROUTES;
+use auth::Tokens;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot listen for admin requests on {listen}: {source}")]
+    Bind {
+        listen: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for admin requests on {listen}: {reason}")]
+    Socket { listen: String, reason: String },
+}
+
+/// What the admin handlers share; the parts a reload changes are swapped whole.
+pub struct Admin {
+    spool: Spool,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    tokens: ArcSwap<Tokens>,
+    config: ArcSwap<Config>,
+    /// Set once every listener is bound and serving.
+    serving: AtomicBool,
+    /// `POST /api/reload` asks whoever holds the receiver (the `serve`
+    /// command, which knows the config file) and waits for the answer.
+    reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
+}
+
+/// A request to re-read the config file; answered with what changed, or
+/// why nothing did.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>;
+
+impl Admin {
+    pub fn new(
+        config: &Config,
+        spool: Spool,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
+    ) -> Arc<Admin> {
+        Arc::new(Admin {
+            reloads,
+            spool,
+            metrics,
+            clock,
+            tokens: ArcSwap::from_pointee(Tokens::from_config(&config.admin)),
+            config: ArcSwap::from_pointee(config.clone()),
+            serving: AtomicBool::new(false),
+        })
+    }
+
+    /// The relay accepts notifications: `/readyz` may say so.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Release);
+    }
+
+    /// Takes a reloaded config's tokens and subscriptions.
+    pub fn reload(&self, config: &Config) {
+        self.tokens
+            .store(Arc::new(Tokens::from_config(&config.admin)));
+        self.config.store(Arc::new(config.clone()));
+    }
+}
+
+/// A bound admin listener.
+pub enum AdminListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl AdminListener {
+    /// Binds as configured. A unix socket left by an earlier run is
+    /// replaced; any other file at that path is an error. The socket is
+    /// made accessible to its owner only.
+    pub async fn bind(listen: &AdminListen) -> Result<AdminListener, AdminError> {
+        let bind_error = |source| AdminError::Bind {
+            listen: listen.to_string(),
+            source,
+        };
+        match listen {
+            AdminListen::Tcp(addr) => TcpListener::bind(addr)
+                .await
+                .map(AdminListener::Tcp)
+                .map_err(bind_error),
+            AdminListen::Unix(path) => {
+                use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    if !meta.file_type().is_socket() {
+                        return Err(AdminError::Socket {
+                            listen: listen.to_string(),
+                            reason: "a file that is not a socket is in the way".into(),
+                        });
+                    }
+                    std::fs::remove_file(path).map_err(bind_error)?;
+                }
+                let listener = UnixListener::bind(path).map_err(bind_error)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(bind_error)?;
+                Ok(AdminListener::Unix(listener, path.clone()))
+            }
+        }
+    }
+
+    /// Where it listens, for logs and tests.
+    pub fn describe(&self) -> String {
+        match self {
+            AdminListener::Tcp(listener) => listener
+                .local_addr()
+                .map_or_else(|_| "?".into(), |addr| addr.to_string()),
+            AdminListener::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+}
+
+/// How long admin requests may finish after shutdown.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Admin clients are few; a bound keeps a runaway script from piling up.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves admin requests until `shutdown` resolves.
+pub async fn serve(listener: AdminListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = accept(&listener) => accepted,
+            _ = &mut shutdown => break,
+        };
+        let Some(io) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (admin, builder, watcher) = (admin.clone(), builder.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match io {
+                Accepted::Tcp(stream) => serve_connection(stream, admin, &builder, watcher).await,
+                Accepted::Unix(stream) => serve_connection(stream, admin, &builder, watcher).await,
+            }
+        });
+    }
+    if let AdminListener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin connections still open after the drain timeout; closing them");
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &AdminListener) -> Option<Accepted> {
+    let accepted = match listener {
+        AdminListener::Tcp(listener) => listener.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+        AdminListener::Unix(listener, _) => listener.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    };
+    match accepted {
+        Ok(io) => Some(io),
+        Err(err) => {
+            tracing::warn!(error = %err, "admin accept failed");
+            None
+        }
+    }
+}
+
+async fn serve_connection<IO>(
+    io: IO,
+    admin: Arc<Admin>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let admin = admin.clone();
+        async move { Ok::<_, Infallible>(api::handle(admin, request).await) }
+    });
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(err) = watcher.watch(connection).await {
+        tracing::debug!(error = %err, "admin connection ended with an error");
+    }
+}

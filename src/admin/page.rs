@@ -1,0 +1,485 @@
+//! The admin page: server-rendered HTML over the same reads as the API,
+//! with no script and no build step. The token is asked once, by a form,
+//! and kept in a session cookie (HttpOnly, SameSite=Strict: no script can
+//! read it and no other site can make the browser use it); it goes with the
+//! browser session or at "log out". Buttons are forms that POST and come
+//! back to the page they were on.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use super::api::{self, ApiError};
+use super::auth::{Caller, SESSION_COOKIE};
+use super::query::Filter;
+use super::Admin;
+use crate::config::Role;
+use crate::spool::NotificationId;
+
+/// The login form's body is a token: a few hundred bytes at most.
+const MAX_FORM: usize = 4096;
+
+/// Whether the request is for the page (not the API or the probes).
+pub(super) fn is_page(path: &str) -> bool {
+    path == "/"
+        || path == "/login"
+        || path == "/logout"
+        || path.starts_with("/n/")
+        || path.starts_with("/q/")
+}
+
+pub(super) async fn handle(
+    admin: &Arc<Admin>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let method = request.method().clone();
+    if path == "/login" && method == Method::POST {
+        return login(admin, request).await;
+    }
+    if path == "/logout" && method == Method::POST {
+        return Ok(redirect("/", Some(clear_cookie())));
+    }
+    let caller = match admin.tokens.load().authenticate_cookie(request.headers()) {
+        Ok(caller) => caller,
+        Err(_) => return Ok(html(StatusCode::UNAUTHORIZED, &login_form(None))),
+    };
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (Method::GET, [""]) => dashboard(admin, &caller, &query).await,
+        (Method::GET, ["n", id]) => notification(admin, &caller, id).await,
+        (Method::POST, ["n", id, "replay"]) => {
+            caller.require(Role::Admin)?;
+            let id = api::parse_id(id)?;
+            let subscription = api::single_parameter(&query, "subscription")?;
+            api::replay_one(admin, &caller, id, subscription).await?;
+            Ok(redirect(&format!("/n/{id}"), None))
+        }
+        (Method::GET, ["q", id]) => quarantined(admin, &caller, id).await,
+        (method, _) if method != Method::GET => Err(ApiError::Method(method)),
+        _ => Err(ApiError::NoRoute),
+    }
+}
+
+async fn login(
+    admin: &Arc<Admin>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let body = Limited::new(request.into_body(), MAX_FORM)
+        .collect()
+        .await
+        .map_err(|_| ApiError::Invalid("the login form is too large".into()))?
+        .to_bytes();
+    let token = form_urlencoded::parse(&body)
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.trim().to_owned())
+        .unwrap_or_default();
+    match admin.tokens.load().find(&token) {
+        Ok(caller) => {
+            tracing::info!(by = %caller.name, "logged in to the admin page");
+            let value = format!(
+                "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+                percent_encoding::utf8_percent_encode(&token, percent_encoding::NON_ALPHANUMERIC)
+            );
+            Ok(redirect("/", HeaderValue::from_str(&value).ok()))
+        }
+        Err(_) => Ok(html(
+            StatusCode::UNAUTHORIZED,
+            &login_form(Some("That token is not one of the relay's admin tokens.")),
+        )),
+    }
+}
+
+/// An error as a page: the status and what went wrong.
+pub(super) fn error_page(err: &ApiError) -> Response<Full<Bytes>> {
+    html(
+        err.status(),
+        &page(
+            "error",
+            None,
+            &format!(
+                "<p class=dead>{}</p><p><a href=/>back</a></p>",
+                escape(&err.to_string())
+            ),
+        ),
+    )
+}
+
+fn clear_cookie() -> HeaderValue {
+    HeaderValue::from_static("relay_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+}
+
+fn redirect(to: &str, cookie: Option<HeaderValue>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(location) = HeaderValue::from_str(to) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if let Some(cookie) = cookie {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+fn html(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Nothing here runs script or loads anything from elsewhere.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+/// Text made safe inside HTML elements and attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A JSON value as escaped text ("–" when absent).
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "–".into(),
+        Value::String(s) => escape(s),
+        other => escape(&other.to_string()),
+    }
+}
+
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}\
+th{background:#f4f4f4}.dead{color:#b00;font-weight:600}.delivered{color:#070}.waiting{color:#a60}\
+pre{background:#f7f7f7;padding:1em;overflow:auto;max-height:30em}form.inline{display:inline}\
+header{display:flex;gap:1.5em;align-items:baseline}.muted{color:#777}";
+
+fn page(title: &str, caller: Option<&Caller>, body: &str) -> String {
+    let who = caller
+        .map(|c| {
+            format!(
+                "<span class=muted>{} ({})</span><form class=inline method=post action=/logout><button>log out</button></form>",
+                escape(&c.name),
+                c.role
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{title} · webhook-relay</title>\
+         <style>{STYLE}</style></head><body><header><h1><a href=/>webhook-relay</a></h1>{who}</header>{body}</body></html>",
+        title = escape(title)
+    )
+}
+
+fn login_form(error: Option<&str>) -> String {
+    let error = error
+        .map(|e| format!("<p class=dead>{}</p>", escape(e)))
+        .unwrap_or_default();
+    page(
+        "log in",
+        None,
+        &format!(
+            "{error}<form method=post action=/login><label>Admin token <input type=password name=token autofocus></label> <button>log in</button></form>\
+             <p class=muted>The token is kept for this browser session only.</p>"
+        ),
+    )
+}
+
+async fn dashboard(
+    admin: &Arc<Admin>,
+    caller: &Caller,
+    query: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    // An empty field of the filter form means "any".
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form_urlencoded::parse(query.as_bytes()).filter(|(_, v)| !v.is_empty()))
+        .finish();
+    let filter = Filter::parse(&query, admin.clock.now_ms(), false)?;
+    let stats = api::stats_value(admin).await?;
+    let spool = admin.spool.clone();
+    let listed = filter.clone();
+    let quarantine = filter.state == Some(super::query::StateFilter::Quarantined);
+    let list = tokio::task::spawn_blocking(move || {
+        if quarantine {
+            api::list_quarantine(&spool, &listed)
+        } else {
+            api::list_notifications(&spool, &listed)
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+
+    let mut body = String::new();
+    let store = &stats["spool"];
+    let _ = write!(
+        body,
+        "<p>Spool <code>{}</code>: {} bytes, {}.</p>",
+        text(&store["path"]),
+        text(&store["bytes"]),
+        if store["writable"] == Value::Bool(true) {
+            "taking notifications".to_owned()
+        } else {
+            format!(
+                "<span class=dead>not writable: {}</span>",
+                text(&store["condition"])
+            )
+        }
+    );
+    let _ = write!(body, "<h2>Subscriptions</h2><table><tr><th>name</th><th>target</th><th>sources</th><th>events</th></tr>");
+    for sub in api::subscriptions(admin)["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            text(&sub["name"]),
+            text(&sub["url"]),
+            text(&sub["sources"]),
+            text(&sub["events"])
+        );
+    }
+    body.push_str("</table><h2>Notifications</h2>");
+    body.push_str(&filter_form(&filter));
+    if quarantine {
+        body.push_str("<table><tr><th>id</th><th>received</th><th>source</th><th>reason</th></tr>");
+        for item in list["items"].as_array().into_iter().flatten() {
+            let _ = write!(
+                body,
+                "<tr><td><a href=\"/q/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                text(&item["received_at"]),
+                text(&item["source"]),
+                text(&item["reason"]),
+                id = text(&item["id"]),
+            );
+        }
+    } else {
+        body.push_str("<table><tr><th>id</th><th>received</th><th>source</th><th>event</th><th>invoice</th><th>deliveries</th></tr>");
+        for item in list["items"].as_array().into_iter().flatten() {
+            let deliveries: Vec<String> = item["deliveries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    format!(
+                        "{} <span class={state}>{state}</span>",
+                        text(&d["subscription"]),
+                        state = text(&d["state"])
+                    )
+                })
+                .collect();
+            let _ = write!(
+                body,
+                "<tr><td><a href=\"/n/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                text(&item["received_at"]),
+                text(&item["source"]),
+                text(&item["event"]),
+                text(&item["subject"]),
+                deliveries.join("<br>"),
+                id = text(&item["id"]),
+            );
+        }
+    }
+    body.push_str("</table>");
+    if let Some(cursor) = list["next_cursor"].as_str() {
+        let mut next = form_urlencoded::Serializer::new(String::new());
+        next.extend_pairs(form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "cursor"));
+        next.append_pair("cursor", cursor);
+        let _ = write!(
+            body,
+            "<p><a href=\"/?{}\">older →</a></p>",
+            escape(&next.finish())
+        );
+    }
+    Ok(html(
+        StatusCode::OK,
+        &page("notifications", Some(caller), &body),
+    ))
+}
+
+fn filter_form(filter: &Filter) -> String {
+    let field = |name: &str, value: &Option<String>| {
+        format!(
+            "<label>{name} <input name={name} size=12 value=\"{}\"></label> ",
+            escape(value.as_deref().unwrap_or(""))
+        )
+    };
+    let state = match filter.state {
+        Some(super::query::StateFilter::Delivery(state)) => state.name(),
+        Some(super::query::StateFilter::Quarantined) => "quarantined",
+        None => "",
+    };
+    let options: String = ["", "waiting", "delivered", "dead", "purged", "quarantined"]
+        .iter()
+        .map(|option| {
+            let selected = if *option == state { " selected" } else { "" };
+            format!(
+                "<option value=\"{option}\"{selected}>{}</option>",
+                if option.is_empty() { "any" } else { option }
+            )
+        })
+        .collect();
+    format!(
+        "<form method=get action=/>{}{}{}{}<label>state <select name=state>{options}</select></label> <button>filter</button></form>",
+        field("source", &filter.source),
+        field("event", &filter.event),
+        field("subject", &filter.subject),
+        field("subscription", &filter.subscription),
+    )
+}
+
+async fn notification(
+    admin: &Arc<Admin>,
+    caller: &Caller,
+    id: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let id: NotificationId = api::parse_id(id)?;
+    let spool = admin.spool.clone();
+    let shown = tokio::task::spawn_blocking(move || api::show_notification(&spool, id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let mut body = String::new();
+    body.push_str("<table>");
+    for (label, key) in [
+        ("id", "id"),
+        ("received", "received_at"),
+        ("source", "source"),
+        ("event", "event"),
+        ("invoice", "subject"),
+        ("provider time", "provider_time"),
+        ("peer", "peer"),
+    ] {
+        let _ = write!(
+            body,
+            "<tr><th>{label}</th><td>{}</td></tr>",
+            text(&shown[key])
+        );
+    }
+    body.push_str("</table><h2>Deliveries</h2>");
+    let may_replay = caller.role >= Role::Admin;
+    for delivery in shown["deliveries"].as_array().into_iter().flatten() {
+        let subscription = delivery["subscription"].as_str().unwrap_or("");
+        let state = text(&delivery["state"]);
+        let _ = write!(
+            body,
+            "<h3>{} <span class={state}>{state}</span></h3>",
+            escape(subscription)
+        );
+        if may_replay && state != "waiting" {
+            let target: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("subscription", subscription)
+                .finish();
+            let _ = write!(
+                body,
+                "<form method=post action=\"/n/{id}/replay?{}\"><button>replay to {}</button></form>",
+                escape(&target),
+                escape(subscription)
+            );
+        }
+        body.push_str(
+            "<table><tr><th>attempt</th><th>started</th><th>took</th><th>outcome</th></tr>",
+        );
+        for attempt in delivery["attempts"].as_array().into_iter().flatten() {
+            let outcome = &attempt["outcome"];
+            let what = match outcome["code"].as_u64() {
+                Some(code) => format!("HTTP {code}"),
+                None => text(&outcome["kind"]),
+            };
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{} ms</td><td>{what}</td></tr>",
+                text(&attempt["number"]),
+                text(&attempt["started_at"]),
+                text(&attempt["duration_ms"]),
+            );
+        }
+        let _ = write!(
+            body,
+            "</table><p class=muted>next try: {}</p>",
+            text(&delivery["next_try_at"])
+        );
+    }
+    let _ = write!(body, "<h2>Body</h2><pre>{}</pre>", text(&shown["body"]));
+    Ok(html(
+        StatusCode::OK,
+        &page(&format!("notification {id}"), Some(caller), &body),
+    ))
+}
+
+async fn quarantined(
+    admin: &Arc<Admin>,
+    caller: &Caller,
+    id: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let id: NotificationId = api::parse_id(id)?;
+    let spool = admin.spool.clone();
+    let shown = tokio::task::spawn_blocking(move || api::show_quarantined(&spool, id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let mut body = String::from("<table>");
+    for (label, key) in [
+        ("id", "id"),
+        ("received", "received_at"),
+        ("source", "source"),
+        ("kind", "reason_kind"),
+        ("reason", "reason"),
+        ("peer", "peer"),
+    ] {
+        let _ = write!(
+            body,
+            "<tr><th>{label}</th><td>{}</td></tr>",
+            text(&shown[key])
+        );
+    }
+    let _ = write!(
+        body,
+        "</table><h2>Body</h2><pre>{}</pre>",
+        text(&shown["body"])
+    );
+    Ok(html(
+        StatusCode::OK,
+        &page(&format!("quarantined {id}"), Some(caller), &body),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_outside_cannot_become_markup() {
+        assert_eq!(
+            escape("<script>alert('x')</script> & \"q\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
+        assert_eq!(text(&Value::Null), "–");
+        assert_eq!(text(&serde_json::json!("0001-<b>")), "0001-&lt;b&gt;");
+    }
+}

@@ -1,0 +1,486 @@
+//! The relay's Prometheus metrics: counters and histograms that ingress and
+//! the forwarder update as they work, and gauges the admin listener sets
+//! from in-memory state just before it renders a scrape. Nothing here reads
+//! the spool: a scrape costs the same whatever the backlog.
+//!
+//! Label values are only names from the config (sources, subscriptions) and
+//! fixed words (outcomes, classes): never ids, subjects or anything a client
+//! sent, so the number of series stays bounded.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::delivery::Outcome;
+
+/// Label for requests whose path names no configured source.
+pub const UNKNOWN_SOURCE: &str = "";
+
+/// What became of one request to the ingress.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Received {
+    accepted,
+    duplicate,
+    unauthorized,
+    /// Authenticated, but not a notification of its provider (quarantined).
+    invalid,
+    rate_limited,
+    spool_unavailable,
+    /// Any other refusal (unknown path, method, size, framing, timeout).
+    refused,
+}
+
+/// How one delivery attempt ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum AttemptClass {
+    Status2xx,
+    Status3xx,
+    Status4xx,
+    Status5xx,
+    Timeout,
+    Connect,
+    Tls,
+    Io,
+}
+
+impl EncodeLabelValue for AttemptClass {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            AttemptClass::Status2xx => "2xx",
+            AttemptClass::Status3xx => "3xx",
+            AttemptClass::Status4xx => "4xx",
+            AttemptClass::Status5xx => "5xx",
+            AttemptClass::Timeout => "timeout",
+            AttemptClass::Connect => "connect",
+            AttemptClass::Tls => "tls",
+            AttemptClass::Io => "io",
+        })
+    }
+}
+
+impl AttemptClass {
+    pub fn of(outcome: &Outcome) -> AttemptClass {
+        match outcome {
+            Outcome::Status { code, .. } => match code {
+                200..=299 => AttemptClass::Status2xx,
+                300..=399 => AttemptClass::Status3xx,
+                400..=499 => AttemptClass::Status4xx,
+                _ => AttemptClass::Status5xx,
+            },
+            Outcome::Timeout => AttemptClass::Timeout,
+            Outcome::Connect => AttemptClass::Connect,
+            Outcome::Tls => AttemptClass::Tls,
+            Outcome::Io { .. } => AttemptClass::Io,
+        }
+    }
+}
+
+/// Where a delivery ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Ended {
+    delivered,
+    dead,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceOutcome {
+    source: String,
+    outcome: Received,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionLabel {
+    subscription: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionClass {
+    subscription: String,
+    class: AttemptClass,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionEnded {
+    subscription: String,
+    outcome: Ended,
+}
+
+/// The state of the spool and the deliveries, read from memory at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub spool_bytes: u64,
+    pub spool_writable: bool,
+    pub flush_groups: u64,
+    pub flushed_changes: u64,
+    /// Per subscription: (waiting, dead).
+    pub deliveries: Vec<(String, u64, u64)>,
+    pub quarantined: u64,
+    pub notifications: u64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    received: Family<SourceOutcome, Counter>,
+    ingest_seconds: Family<SourceLabel, Histogram>,
+    last_received: Family<SourceLabel, Gauge>,
+    attempts: Family<SubscriptionClass, Counter>,
+    attempt_seconds: Family<SubscriptionLabel, Histogram>,
+    ended: Family<SubscriptionEnded, Counter>,
+    end_to_end_seconds: Family<SubscriptionLabel, Histogram>,
+    waiting: Family<SubscriptionLabel, Gauge>,
+    dead: Family<SubscriptionLabel, Gauge>,
+    quarantined: Gauge,
+    notifications: Gauge,
+    spool_bytes: Gauge,
+    spool_writable: Gauge,
+    flush_groups: Counter<u64, AtomicU64>,
+    flushed_changes: Counter<u64, AtomicU64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Seconds from 0.5 ms to about 65 s: an ingest is a flush (ms), an
+/// attempt up to its timeout.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// Seconds from 10 ms to about 2 days: retries run for 22 h by default.
+fn end_to_end_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 4.0, 13))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("webhook_relay");
+        let metrics = Metrics {
+            received: Family::default(),
+            ingest_seconds: Family::new_with_constructor(latency_histogram),
+            last_received: Family::default(),
+            attempts: Family::default(),
+            attempt_seconds: Family::new_with_constructor(latency_histogram),
+            ended: Family::default(),
+            end_to_end_seconds: Family::new_with_constructor(end_to_end_histogram),
+            waiting: Family::default(),
+            dead: Family::default(),
+            quarantined: Gauge::default(),
+            notifications: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spool_writable: Gauge::default(),
+            flush_groups: Counter::default(),
+            flushed_changes: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "notifications_received",
+            "Requests to the ingress by source and what became of them",
+            metrics.received.clone(),
+        );
+        registry.register(
+            "ingest_duration_seconds",
+            "From request to durable answer, for stored notifications",
+            metrics.ingest_seconds.clone(),
+        );
+        registry.register(
+            "last_received_timestamp_seconds",
+            "When the last notification of each source was stored (Unix time)",
+            metrics.last_received.clone(),
+        );
+        registry.register(
+            "attempts",
+            "Delivery attempts by subscription and how they ended",
+            metrics.attempts.clone(),
+        );
+        registry.register(
+            "attempt_duration_seconds",
+            "Duration of one delivery attempt",
+            metrics.attempt_seconds.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Deliveries that ended, delivered or dead",
+            metrics.ended.clone(),
+        );
+        registry.register(
+            "delivery_end_to_end_seconds",
+            "From the notification's receipt to its delivery",
+            metrics.end_to_end_seconds.clone(),
+        );
+        registry.register(
+            "deliveries_waiting",
+            "Deliveries not yet final (first attempt or retry to come)",
+            metrics.waiting.clone(),
+        );
+        registry.register(
+            "deliveries_dead",
+            "Dead deliveries, waiting for an admin",
+            metrics.dead.clone(),
+        );
+        registry.register(
+            "quarantined",
+            "Quarantined bodies kept",
+            metrics.quarantined.clone(),
+        );
+        registry.register(
+            "notifications_stored",
+            "Notifications kept in the spool",
+            metrics.notifications.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes the spool takes on disk",
+            metrics.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_writable",
+            "1 while the spool takes new notifications, 0 while it refuses them (503)",
+            metrics.spool_writable.clone(),
+        );
+        registry.register(
+            "flush_groups",
+            "Group commits flushed to disk",
+            metrics.flush_groups.clone(),
+        );
+        registry.register(
+            "flushed_changes",
+            "Changes covered by group commits (divided by flush_groups: the mean group size)",
+            metrics.flushed_changes.clone(),
+        );
+        // A gauge set to 1 rather than an OpenMetrics `info`: the classic
+        // text parser (promtool, older Prometheus) knows no `info` type.
+        let build = Family::<BuildLabel, Gauge>::default();
+        build
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "The relay's version", build);
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// One request to the ingress ended. `source` must be a configured
+    /// source's name, or [`UNKNOWN_SOURCE`].
+    pub fn received(&self, source: &str, outcome: Received) {
+        self.received
+            .get_or_create(&SourceOutcome {
+                source: source.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// A notification was stored (or recognised as a duplicate) after `seconds`.
+    pub fn stored(&self, source: &str, seconds: f64, now_ms: i64) {
+        let label = SourceLabel {
+            source: source.to_owned(),
+        };
+        self.ingest_seconds.get_or_create(&label).observe(seconds);
+        self.last_received
+            .get_or_create(&label)
+            .set(now_ms.div_euclid(1000));
+    }
+
+    /// When the last notification of `source` was stored (Unix ms, to the second).
+    pub fn last_received_ms(&self, source: &str) -> Option<i64> {
+        let label = SourceLabel {
+            source: source.to_owned(),
+        };
+        self.last_received
+            .get(&label)
+            .map(|gauge| gauge.get().saturating_mul(1000))
+    }
+
+    pub fn attempt(&self, subscription: &str, outcome: &Outcome, seconds: f64) {
+        self.attempts
+            .get_or_create(&SubscriptionClass {
+                subscription: subscription.to_owned(),
+                class: AttemptClass::of(outcome),
+            })
+            .inc();
+        self.attempt_seconds
+            .get_or_create(&SubscriptionLabel {
+                subscription: subscription.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// A delivery ended; `since_receipt` for a delivered one.
+    pub fn ended(&self, subscription: &str, outcome: Ended, since_receipt: Option<f64>) {
+        self.ended
+            .get_or_create(&SubscriptionEnded {
+                subscription: subscription.to_owned(),
+                outcome,
+            })
+            .inc();
+        if let Some(seconds) = since_receipt {
+            self.end_to_end_seconds
+                .get_or_create(&SubscriptionLabel {
+                    subscription: subscription.to_owned(),
+                })
+                .observe(seconds);
+        }
+    }
+
+    /// The text exposition, with the gauges set from `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let to_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.spool_bytes.set(to_gauge(snapshot.spool_bytes));
+        self.spool_writable.set(i64::from(snapshot.spool_writable));
+        self.quarantined.set(to_gauge(snapshot.quarantined));
+        self.notifications.set(to_gauge(snapshot.notifications));
+        // Counters that mirror the spool's own running totals.
+        let catch_up = |counter: &Counter<u64, AtomicU64>, total: u64| {
+            let behind = total.saturating_sub(counter.get());
+            if behind > 0 {
+                counter.inc_by(behind);
+            }
+        };
+        catch_up(&self.flush_groups, snapshot.flush_groups);
+        catch_up(&self.flushed_changes, snapshot.flushed_changes);
+        // Subscriptions that went away (a reload) leave no stale series.
+        self.waiting.clear();
+        self.dead.clear();
+        for (subscription, waiting, dead) in &snapshot.deliveries {
+            let label = SubscriptionLabel {
+                subscription: subscription.clone(),
+            };
+            self.waiting.get_or_create(&label).set(to_gauge(*waiting));
+            self.dead.get_or_create(&label).set(to_gauge(*dead));
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for
+/// scrapers that do not ask for OpenMetrics (and `promtool check
+/// metrics`): there a counter's HELP and TYPE name its `_total` samples,
+/// and there is no `# EOF`.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 256);
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let name = rest.split(' ').next().unwrap_or("");
+                if counters.contains(name) {
+                    let _ = writeln!(out, "{prefix}{name}_total{}", &rest[name.len()..]);
+                } else {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            None => {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scrape_has_the_families_with_bounded_labels() {
+        let metrics = Metrics::new();
+        metrics.received("tf", Received::accepted);
+        metrics.received(UNKNOWN_SOURCE, Received::refused);
+        metrics.stored("tf", 0.002, 1_700_000_000_500);
+        metrics.attempt(
+            "billing",
+            &Outcome::Status {
+                code: 503,
+                retry_after_ms: None,
+            },
+            0.01,
+        );
+        metrics.ended("billing", Ended::dead, None);
+        let text = metrics.render(&Snapshot {
+            spool_bytes: 4096,
+            spool_writable: true,
+            flush_groups: 3,
+            flushed_changes: 7,
+            deliveries: vec![("billing".into(), 2, 1)],
+            quarantined: 0,
+            notifications: 3,
+        });
+        for line in [
+            "webhook_relay_notifications_received_total{source=\"tf\",outcome=\"accepted\"} 1",
+            "webhook_relay_notifications_received_total{source=\"\",outcome=\"refused\"} 1",
+            "webhook_relay_attempts_total{subscription=\"billing\",class=\"5xx\"} 1",
+            "webhook_relay_deliveries_total{subscription=\"billing\",outcome=\"dead\"} 1",
+            "webhook_relay_deliveries_waiting{subscription=\"billing\"} 2",
+            "webhook_relay_last_received_timestamp_seconds{source=\"tf\"} 1700000000",
+            "webhook_relay_flushed_changes_total 7",
+            "webhook_relay_spool_writable 1",
+            "webhook_relay_build_info{version=",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        // A second render does not count the spool's totals twice.
+        let again = metrics.render(&Snapshot {
+            flush_groups: 3,
+            flushed_changes: 7,
+            ..Snapshot::default()
+        });
+        assert!(again.contains("webhook_relay_flushed_changes_total 7"));
+        assert!(!again.contains("deliveries_waiting{"));
+    }
+
+    #[test]
+    fn the_classic_text_names_counters_by_their_samples() {
+        let metrics = Metrics::new();
+        metrics.received("tf", Received::accepted);
+        let classic = classic_text(&metrics.render(&Snapshot::default()));
+        assert!(classic.contains("# TYPE webhook_relay_notifications_received_total counter\n"));
+        assert!(classic.contains("# HELP webhook_relay_notifications_received_total Requests"));
+        assert!(classic.contains("# TYPE webhook_relay_spool_bytes gauge\n"));
+        assert!(!classic.contains("# EOF"));
+    }
+}
