@@ -28,7 +28,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             ..GenericRules::default()
         }),
         Provider::Generic(GenericRules {
-            dedup_header: Some("x-id".into()),
+            dedup_header: Some(http::HeaderName::from_static("x-id")),
             ..GenericRules::default()
         }),
     ];

@@ -579,6 +579,8 @@ pub(super) fn show_notification(spool: &Spool, id: NotificationId) -> Result<Val
         "headers": meta.headers,
         "peer": meta.peer,
         "subscriptions": meta.subscriptions,
+        // What the provider check accepted though not as documented.
+        "flags": meta.flags,
         "deliveries": deliveries.iter().map(delivery_detail).collect::<Vec<_>>(),
     });
     put_body(&mut out, &record.body);

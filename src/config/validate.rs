@@ -36,6 +36,8 @@ const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(365 * 86_400);
 const MAX_RETENTION: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// `server.max_body`: provider notifications are a few KiB.
 const MAX_BODY: u64 = 64 << 20;
+/// `server.max_inflight_body`: the memory all bodies in flight may hold.
+const MAX_INFLIGHT_BODY: u64 = 4 << 30;
 
 impl Config {
     /// Every rule across fields that the types alone cannot express.
@@ -262,15 +264,18 @@ impl ServerConfig {
                 ),
             ));
         }
-        // (A max_body out of its range is reported above, on its own.)
-        if self.max_body.0 <= MAX_BODY && self.max_inflight_body.0 < self.max_body.0 {
+        // (Below a max_body that is itself refused is no second problem.)
+        let below_body = self.max_body.0 <= MAX_BODY && self.max_inflight_body.0 < self.max_body.0;
+        if below_body || self.max_inflight_body.0 > MAX_INFLIGHT_BODY {
             found.push((
                 at.key("max_inflight_body"),
-                "must be at least max_body: the budget has to hold one whole body".into(),
+                format!(
+                    "must be between max_body ({}) and {} (it is {})",
+                    self.max_body,
+                    super::ByteSize(MAX_INFLIGHT_BODY),
+                    self.max_inflight_body
+                ),
             ));
-        }
-        if self.max_inflight_body.0 > u64::from(u32::MAX) {
-            found.push((at.key("max_inflight_body"), "must be below 4GiB".into()));
         }
         for (key, value) in [
             ("header_timeout", self.header_timeout),

@@ -13,17 +13,17 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// A complete answer, with the request body it may keep.
 #[derive(Debug)]
-pub struct Answer {
+pub struct AnswerBody {
     data: Option<Bytes>,
     len: u64,
     /// Dropped with the answer, after its last frame.
     _kept: Option<Incoming>,
 }
 
-impl Answer {
-    pub fn new(data: Bytes) -> Answer {
+impl AnswerBody {
+    pub fn new(data: Bytes) -> AnswerBody {
         let len = data.len() as u64;
-        Answer {
+        AnswerBody {
             data: Some(data).filter(|d| !d.is_empty()),
             len,
             _kept: None,
@@ -31,7 +31,7 @@ impl Answer {
     }
 
     /// Keeps `body`, the request's unread body, as the module doc says.
-    pub fn keeping(mut self, body: Incoming) -> Answer {
+    pub fn keeping(mut self, body: Incoming) -> AnswerBody {
         if !body.is_end_stream() {
             self._kept = Some(body);
         }
@@ -39,7 +39,7 @@ impl Answer {
     }
 }
 
-impl Body for Answer {
+impl Body for AnswerBody {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 

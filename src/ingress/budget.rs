@@ -44,11 +44,14 @@ pub struct BodyBudget {
     large: Arc<Semaphore>,
     per_connection: usize,
     max_body: u64,
+    /// `max_inflight_body` and `max_body` it was made for.
+    settings: (u64, u64),
 }
 
 impl BodyBudget {
     /// `total` is `max_inflight_body` (validated: `max_body..4GiB`).
     pub fn new(total: u64, max_body: u64) -> BodyBudget {
+        let settings = (total, max_body);
         let total = usize::try_from(total).unwrap_or(usize::MAX >> 4);
         let max_body_usize = usize::try_from(max_body).unwrap_or(total);
         let small = total / 4;
@@ -58,7 +61,13 @@ impl BodyBudget {
             large: Arc::new(Semaphore::new(large)),
             per_connection: (total / 8).max(max_body_usize),
             max_body,
+            settings,
         }
+    }
+
+    /// Whether this budget was made for these settings.
+    pub fn is_for(&self, total: u64, max_body: u64) -> bool {
+        self.settings == (total, max_body)
     }
 
     /// A new connection's share.
@@ -264,7 +273,7 @@ mod tests {
     fn the_budget_must_hold_one_whole_body() {
         let parse = |server: &str| {
             crate::config::Config::parse(&format!(
-                "[server]\nself_signed = true\n{server}\n\n[sources.tf]\nprovider = \"tusfacturas\"\ntoken = \"tus-token-0123456789\"\n"
+                "[server]\nself_signed = true\n{server}\n[sources.s]\nprovider = \"generic\"\ntoken = \"0123456789abcdef\"\n"
             ))
         };
         let problems = parse("max_body = \"1MiB\"\nmax_inflight_body = \"512KiB\"").unwrap_err();

@@ -11,7 +11,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body_util::BodyExt;
 use hyper::body::Incoming as IncomingBody;
 
-use super::answer::Answer;
+use super::answer::AnswerBody;
 use super::budget::{ConnectionShare, Held, BUDGET_WAIT};
 use super::{Ingress, Source};
 use crate::config::OnInvalid;
@@ -106,7 +106,7 @@ impl IngressError {
         }
     }
 
-    fn into_response(self) -> Response<Answer> {
+    fn into_response(self) -> Response<AnswerBody> {
         let mut body = serde_json::json!({ "error": self.kind(), "detail": self.to_string() });
         if let IngressError::Invalid { quarantine_id, .. } = &self {
             body["quarantine_id"] = quarantine_id.clone().into();
@@ -154,8 +154,8 @@ fn retry_after_secs(wait: Duration) -> u64 {
     secs.max(1)
 }
 
-fn json(status: StatusCode, body: &serde_json::Value) -> Response<Answer> {
-    let mut response = Response::new(Answer::new(Bytes::from(body.to_string())));
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<AnswerBody> {
+    let mut response = Response::new(AnswerBody::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -169,7 +169,7 @@ pub(super) async fn handle(
     peer: SocketAddr,
     share: &ConnectionShare,
     request: Request<IncomingBody>,
-) -> Response<Answer> {
+) -> Response<AnswerBody> {
     let peer_ip = super::auth::client_ip(
         peer.ip().to_canonical(),
         request.headers(),
@@ -180,14 +180,14 @@ pub(super) async fn handle(
     // A label only for configured sources: the path is the client's to choose.
     let source = route(request.uri().path())
         .and_then(|(name, _)| ingress.sources.get_key_value(name))
-        .map_or(metrics::UNKNOWN_SOURCE, |(name, _)| name.as_str())
-        .to_owned();
+        .map_or(metrics::UNKNOWN_SOURCE, |(name, _)| name.as_str());
+    let source = source.to_owned();
     let (parts, mut body) = request.into_parts();
     let mut held = Held::default();
     let result = accept(ingress, peer_ip, share, &parts, &mut body, &mut held).await;
     drop(held);
     match result {
-        Ok(Accepted { response, outcome }) => {
+        Ok(Answer { response, outcome }) => {
             ingress.metrics.received(&source, outcome);
             if matches!(
                 outcome,
@@ -330,6 +330,12 @@ fn route(path: &str) -> Option<(&str, Option<&str>)> {
     Some((source, token))
 }
 
+/// A request's answer and what the metrics count it as.
+struct Answer {
+    response: Response<AnswerBody>,
+    outcome: metrics::Received,
+}
+
 /// Compressed bodies are refused rather than inflated: no provider sends
 /// them, and inflating before authentication would let a small upload
 /// claim a large share of memory.
@@ -345,12 +351,6 @@ fn check_content_encoding(headers: &HeaderMap) -> Result<(), IngressError> {
     Ok(())
 }
 
-/// A request's answer and what the metrics count it as.
-struct Accepted {
-    response: Response<Answer>,
-    outcome: metrics::Received,
-}
-
 /// The checks, cheapest first: everything that can refuse a request
 /// before its body is read runs before it (and before a rate-limit key
 /// is made for the peer).
@@ -361,7 +361,7 @@ async fn accept(
     parts: &Parts,
     body: &mut IncomingBody,
     held: &mut Held,
-) -> Result<Accepted, IngressError> {
+) -> Result<Answer, IngressError> {
     check_framing(parts)?;
     let (source_name, token) = route(parts.uri.path()).ok_or(IngressError::NotFound)?;
     let source = ingress
@@ -391,22 +391,23 @@ async fn accept(
     };
     match source.provider.check(&received.body, &parts.headers) {
         Ok(notification) => {
-            let flags: Vec<&str> = notification.flags.iter().map(|f| f.as_str()).collect();
             let (event, subject) = (
                 notification.event_type.clone(),
                 notification.subject.clone(),
             );
+            let flags: Vec<&str> = notification.flags.iter().map(|f| f.as_str()).collect();
+            let source = received.source.clone();
             let stored = ingress.spool.store(received, notification).await?;
             let (id, duplicate) = match stored {
                 Stored::New(id) => (id, false),
                 Stored::Duplicate(id) => (id, true),
             };
-            tracing::info!(%id, source = %source_name, event, subject, duplicate, ?flags, "notification accepted");
+            tracing::info!(%id, source, event, subject, duplicate, ?flags, "notification accepted");
             let mut answer = serde_json::json!({ "id": id.to_string(), "duplicate": duplicate });
             if !flags.is_empty() {
                 answer["flags"] = flags.into();
             }
-            Ok(Accepted {
+            Ok(Answer {
                 response: json(StatusCode::OK, &answer),
                 outcome: if duplicate {
                     metrics::Received::duplicate
@@ -424,7 +425,7 @@ async fn quarantine(
     source: &Source,
     received: Received,
     rejection: Rejection,
-) -> Result<Accepted, IngressError> {
+) -> Result<Answer, IngressError> {
     let source_name = received.source.clone();
     let id = ingress
         .spool
@@ -436,7 +437,7 @@ async fn quarantine(
             rejection,
             quarantine_id: id.to_string(),
         }),
-        OnInvalid::Accept => Ok(Accepted {
+        OnInvalid::Accept => Ok(Answer {
             response: json(
                 StatusCode::OK,
                 &serde_json::json!({ "id": id.to_string(), "duplicate": false, "quarantined": true, "detail": rejection.to_string() }),

@@ -83,8 +83,8 @@ pub struct Ingress {
     body_timeout: Duration,
     trusted_proxies: Vec<ipnet::IpNet>,
     metrics: Arc<Metrics>,
-    /// Shared with the ingress of a reloaded config: the bytes held are the
-    /// process's, whatever the config.
+    /// Kept across reloads that leave `max_body` and `max_inflight_body`
+    /// as they were, so bodies in flight stay counted.
     budget: Arc<BodyBudget>,
 }
 
@@ -137,6 +137,15 @@ impl Ingress {
                 (name.clone(), checked)
             })
             .collect();
+        let budget = previous
+            .map(|p| p.budget.clone())
+            .filter(|b| b.is_for(config.server.max_inflight_body.0, config.server.max_body.0))
+            .unwrap_or_else(|| {
+                Arc::new(BodyBudget::new(
+                    config.server.max_inflight_body.0,
+                    config.server.max_body.0,
+                ))
+            });
         Arc::new(Ingress {
             sources,
             spool,
@@ -145,15 +154,7 @@ impl Ingress {
             body_timeout: config.server.body_timeout.0,
             trusted_proxies: config.server.trusted_proxy_networks(),
             metrics,
-            budget: previous.map_or_else(
-                || {
-                    Arc::new(BodyBudget::new(
-                        config.server.max_inflight_body.0,
-                        config.server.max_body.0,
-                    ))
-                },
-                |p| p.budget.clone(),
-            ),
+            budget,
         })
     }
 
