@@ -467,6 +467,7 @@ async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes
         spool_bytes: bytes,
         spool_writable: health.writable,
         flush_groups: admin.spool.flush_starts(),
+        flushed_changes: admin.spool.flushed_changes(),
         deliveries,
         quarantined: counts.quarantined,
         notifications: counts.notifications,

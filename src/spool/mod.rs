@@ -458,6 +458,12 @@ impl Spool {
         self.backend.audit_records()
     }
 
+    /// Changes (stores, outcomes, ...) covered by completed group flushes:
+    /// divided by [`Spool::flush_starts`], the mean group size.
+    pub fn flushed_changes(&self) -> u64 {
+        self.backend.flushed_changes()
+    }
+
     /// Group flushes started so far (tests count them).
     pub fn flush_starts(&self) -> u64 {
         self.backend.flush_starts()

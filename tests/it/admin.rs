@@ -454,6 +454,15 @@ async fn promtool_accepts_the_live_metrics() {
     ] {
         assert!(text.contains(family), "{family} missing from:\n{text}");
     }
+    let flushed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook_relay_flushed_changes_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        flushed >= 1,
+        "the store and the outcome were flushed:\n{text}"
+    );
     let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -82,6 +82,8 @@ pub(super) struct Shared {
     subs: Mutex<HashMap<String, Arc<Mutex<SubState>>>>,
     pub health: Mutex<Health>,
     pub flush_starts: AtomicU64,
+    /// Changes covered by completed group flushes.
+    pub flushed_changes: AtomicU64,
     /// Ids at or below this may already have a delivery record from before
     /// the store was (re)opened: first-attempt walks check for one.
     pub recheck_upto: Mutex<Option<NotificationId>>,
@@ -175,6 +177,7 @@ impl SledSpool {
                 ..Health::default()
             }),
             flush_starts: AtomicU64::new(0),
+            flushed_changes: AtomicU64::new(0),
             counts: Mutex::new(opened.counts.clone()),
             paused: Mutex::new(opened.paused.clone()),
         });
@@ -617,6 +620,10 @@ impl SledSpool {
 
     pub fn flush_starts(&self) -> u64 {
         self.shared.flush_starts.load(Ordering::Relaxed)
+    }
+
+    pub fn flushed_changes(&self) -> u64 {
+        self.shared.flushed_changes.load(Ordering::Relaxed)
     }
 
     pub fn size_on_disk(&self) -> Result<u64, SpoolError> {

@@ -380,6 +380,7 @@ impl Writer {
                 return answer_all(waiting.into_iter().map(|(_, reply)| reply), &err);
             }
         };
+        let group_size = waiting.len() as u64;
         let mut durable_replies = Vec::new();
         for ((durable, reply), result) in waiting.into_iter().zip(applied.results) {
             if durable {
@@ -392,6 +393,9 @@ impl Writer {
             self.enter_failure(&err);
             return answer_all(durable_replies.into_iter().map(|(reply, _)| reply), &err);
         }
+        self.shared
+            .flushed_changes
+            .fetch_add(group_size, Ordering::Relaxed);
         if let Some(newest) = applied.newest {
             *lock(&self.shared.durable) = Some(newest);
             self.acknowledged.note(newest);
