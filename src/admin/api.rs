@@ -471,7 +471,6 @@ async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes
         deliveries,
         quarantined: counts.quarantined,
         notifications: counts.notifications,
-        ..Snapshot::default()
     };
     let text = admin.metrics.render(&snapshot);
     let (text, content_type) = if openmetrics {
