@@ -59,6 +59,9 @@ pub enum Command {
     /// not accepted as notifications.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// The subscriptions of a running relay.
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCommand),
     /// Print a new subscription secret (`whsec_...`).
     GenSecret,
 }
@@ -108,6 +111,33 @@ pub enum QuarantineCommand {
         #[command(flatten)]
         remote: RemoteArgs,
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionsCommand {
+    /// List them with their deliveries waiting, dead and delivered.
+    Ls {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Hold a subscription's deliveries (kept across restarts).
+    Pause {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        name: String,
+    },
+    /// Let a paused subscription's deliveries go, in their order.
+    Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        name: String,
     },
 }
 
@@ -379,6 +409,27 @@ pub fn run(cli: Cli) -> ExitCode {
                 )
             })
         }
+        Command::Subscriptions(SubscriptionsCommand::Ls { config, remote }) => {
+            list_subscriptions(&config.config, &remote)
+        }
+        Command::Subscriptions(SubscriptionsCommand::Pause {
+            config,
+            remote,
+            name,
+        }) => {
+            let path = format!("/api/subscriptions/{}/pause", encode_segment(&name));
+            post_and_print(&config.config, &remote, &path, |_| format!("paused {name}"))
+        }
+        Command::Subscriptions(SubscriptionsCommand::Resume {
+            config,
+            remote,
+            name,
+        }) => {
+            let path = format!("/api/subscriptions/{}/resume", encode_segment(&name));
+            post_and_print(&config.config, &remote, &path, |_| {
+                format!("resumed {name}")
+            })
+        }
         Command::Quarantine(QuarantineCommand::Discard { config, remote, id }) => {
             let path = format!("/api/quarantine/{}/discard", encode_segment(&id));
             post_and_print(&config.config, &remote, &path, |_| {
@@ -504,6 +555,9 @@ fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
     // is touched: a start that cannot listen writes nothing.
     let listeners = Listeners::acquire(config.server.listen)?;
     refuse_examples(&config, &listeners)?;
+    // A certificate that cannot be read stops the start before the spool
+    // is created or opened.
+    check_certificate(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1145,6 +1199,52 @@ fn post_and_print(
     } else {
         println!("{}", say(&done));
     }
+    Ok(())
+}
+
+fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let subscriptions = client.get("/api/subscriptions")?;
+    let stats = client.get("/api/stats")?;
+    let items = subscriptions["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if remote.json {
+        for item in &items {
+            let mut item = item.clone();
+            item["deliveries"] =
+                stats["subscriptions"][item["name"].as_str().unwrap_or("")].clone();
+            println!("{item}");
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|s| {
+            let of = &stats["subscriptions"][s["name"].as_str().unwrap_or("")];
+            vec![
+                cell(&s["name"]),
+                cell(&s["url"]),
+                if s["paused"] == true {
+                    "paused"
+                } else {
+                    "active"
+                }
+                .to_owned(),
+                cell(&of["waiting"]),
+                cell(&of["dead"]),
+                cell(&of["delivered"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["NAME", "URL", "STATE", "WAITING", "DEAD", "DELIVERED"],
+            &rows
+        )
+    );
     Ok(())
 }
 

@@ -35,6 +35,8 @@ pub enum Received {
     invalid,
     rate_limited,
     spool_unavailable,
+    /// The memory budget for bodies in flight was spent (503).
+    busy,
     /// Any other refusal (unknown path, method, size, framing, timeout).
     refused,
 }

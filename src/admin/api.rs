@@ -27,7 +27,7 @@ use crate::spool::{
 
 /// Every route, as `docs/openapi.json` documents it (a test holds the two
 /// and the live listener to each other).
-pub const ROUTES: [(&str, &str); 17] = [
+pub const ROUTES: [(&str, &str); 19] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -41,6 +41,8 @@ pub const ROUTES: [(&str, &str); 17] = [
     ("POST", "/api/quarantine/{id}/discard"),
     ("GET", "/api/stats"),
     ("GET", "/api/subscriptions"),
+    ("POST", "/api/subscriptions/{name}/pause"),
+    ("POST", "/api/subscriptions/{name}/resume"),
     ("POST", "/api/reload"),
     ("GET", "/api/audit"),
     ("GET", "/"),
@@ -332,6 +334,16 @@ async fn route(
             caller.require(Role::Subscriber)?;
             ok(subscriptions(admin))
         }
+        ["api", "subscriptions", name, action @ ("pause" | "resume")] if post => {
+            caller.require(Role::Admin)?;
+            if let Some((key, _)) = form_urlencoded::parse(query.as_bytes()).next() {
+                return Err(QueryError::Unknown(key.into_owned()).into());
+            }
+            let name = percent_encoding::percent_decode_str(name)
+                .decode_utf8_lossy()
+                .into_owned();
+            pause(admin, &caller, &name, *action == "pause").await
+        }
         ["api", "notifications"]
         | ["api", "notifications", _]
         | ["api", "notifications", _, "replay"]
@@ -342,7 +354,8 @@ async fn route(
         | ["api", "stats"]
         | ["api", "reload"]
         | ["api", "audit"]
-        | ["api", "subscriptions"] => Err(ApiError::Method(method)),
+        | ["api", "subscriptions"]
+        | ["api", "subscriptions", _, "pause" | "resume"] => Err(ApiError::Method(method)),
         _ => Err(ApiError::NoRoute),
     }
 }
@@ -1024,8 +1037,38 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
     }))
 }
 
+/// Holds or lets go a configured subscription's deliveries.
+pub(super) async fn pause(
+    admin: &Admin,
+    caller: &Caller,
+    name: &str,
+    paused: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if !admin
+        .config
+        .load()
+        .subscriptions
+        .iter()
+        .any(|s| s.name == name)
+    {
+        return Err(ApiError::NotFound(format!(
+            "no subscription {name:?} is configured"
+        )));
+    }
+    admin.spool.pause(name, paused).await?;
+    let action = if paused {
+        "subscription.pause"
+    } else {
+        "subscription.resume"
+    };
+    tracing::info!(subscription = %name, by = %caller.name, paused, "subscription {}", if paused { "paused" } else { "resumed" });
+    audit(admin, caller, action, name, Value::Null).await?;
+    ok(json!({ "name": name, "paused": paused }))
+}
+
 pub(super) fn subscriptions(admin: &Admin) -> Value {
     let config = admin.config.load();
+    let paused = admin.spool.paused();
     let items: Vec<Value> = config
         .subscriptions
         .iter()
@@ -1035,6 +1078,7 @@ pub(super) fn subscriptions(admin: &Admin) -> Value {
                 "url": s.url,
                 "sources": s.sources,
                 "events": s.events,
+                "paused": paused.contains(&s.name),
                 "origin": "relay.toml",
             })
         })

@@ -31,6 +31,7 @@ pub(super) fn is_page(path: &str) -> bool {
         || path == "/logout"
         || path.starts_with("/n/")
         || path.starts_with("/q/")
+        || path.starts_with("/s/")
 }
 
 pub(super) async fn handle(
@@ -62,6 +63,14 @@ pub(super) async fn handle(
             Ok(redirect(&format!("/n/{id}"), None))
         }
         (Method::GET, ["q", id]) => quarantined(admin, &caller, id).await,
+        (Method::POST, ["s", name, action @ ("pause" | "resume")]) => {
+            caller.require(Role::Admin)?;
+            let name = percent_encoding::percent_decode_str(name)
+                .decode_utf8_lossy()
+                .into_owned();
+            api::pause(admin, &caller, &name, *action == "pause").await?;
+            Ok(redirect("/", None))
+        }
         (method, _) if method != Method::GET => Err(ApiError::Method(method)),
         _ => Err(ApiError::NoRoute),
     }
@@ -249,15 +258,37 @@ async fn dashboard(
             )
         }
     );
-    let _ = write!(body, "<h2>Subscriptions</h2><table><tr><th>name</th><th>target</th><th>sources</th><th>events</th></tr>");
+    let _ = write!(body, "<h2>Subscriptions</h2><table><tr><th>name</th><th>target</th><th>sources</th><th>events</th><th>state</th></tr>");
+    let counts = &stats["subscriptions"];
     for sub in api::subscriptions(admin)["items"]
         .as_array()
         .into_iter()
         .flatten()
     {
+        let name = sub["name"].as_str().unwrap_or("");
+        let paused = sub["paused"] == Value::Bool(true);
+        let of = &counts[name];
+        let mut state = format!(
+            "{} waiting, <span class=dead>{} dead</span>, {} delivered{}",
+            text(&of["waiting"]),
+            text(&of["dead"]),
+            text(&of["delivered"]),
+            if paused { " — <b>paused</b>" } else { "" }
+        );
+        if caller.role >= Role::Admin {
+            let action = if paused { "resume" } else { "pause" };
+            let path =
+                percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            let _ = write!(
+                state,
+                " <form class=inline method=post action=\"/s/{}/{action}\"><button>{action}</button></form>",
+                escape(&path)
+            );
+        }
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{state}</td></tr>",
             text(&sub["name"]),
             text(&sub["url"]),
             text(&sub["sources"]),

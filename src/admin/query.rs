@@ -256,7 +256,7 @@ fn parse_time(name: &'static str, value: &str, now_ms: i64) -> Result<i64, Query
         let ms = at.unix_timestamp_nanos() / 1_000_000;
         return i64::try_from(ms).map_err(|_| invalid("out of range"));
     }
-    match humantime::parse_duration(value) {
+    match crate::config::parse_duration(value) {
         Ok(back) => Ok(now_ms.saturating_sub(duration_ms(back))),
         Err(_) => Err(invalid(
             "an RFC 3339 time (2026-11-25T10:00:00Z) or a duration back from now (24h)",

@@ -298,3 +298,28 @@ fn header_names_and_networks_are_typed_at_load() {
     assert_eq!(problems[0].key, "sources.tus.hmac.header", "{problems:?}");
     assert!(problems[0].message.contains("not a valid HTTP header name"));
 }
+
+#[test]
+fn the_packaged_relay_toml_is_refused_for_its_placeholders_only() {
+    let text = include_str!("../../debian/relay.toml");
+    let problems = Config::parse(text).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["sources.tusfacturas.token", "subscriptions[0].secret"],
+        "{problems:?}"
+    );
+    assert!(problems.iter().all(|p| p.message.contains("placeholder")));
+    // Filled in, it is valid: TLS on with files, the admin listener on a
+    // unix socket, no example secret.
+    let filled = text
+        .replace(
+            "token = \"CHANGE-ME\"",
+            "token = \"a-token-of-our-own-0123\"",
+        )
+        .replace("secret = \"CHANGE-ME\"", &format!("secret = \"{SECRET}\""));
+    let config = Config::parse(&filled).unwrap();
+    assert!(config.server.tls && config.server.tls_cert.is_some() && !config.server.self_signed);
+    assert!(matches!(config.admin.listen, Some(AdminListen::Unix(_))));
+    assert!(config.example_secrets().is_empty());
+}

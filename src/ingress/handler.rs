@@ -101,6 +101,7 @@ impl IngressError {
             IngressError::RateLimited(_) => metrics::Received::rate_limited,
             IngressError::Invalid { .. } => metrics::Received::invalid,
             IngressError::Unavailable(_) => metrics::Received::spool_unavailable,
+            IngressError::Busy(_) => metrics::Received::busy,
             _ => metrics::Received::refused,
         }
     }

@@ -270,6 +270,18 @@ impl Spool {
         self.backend.store(received, notification, Some(id)).await
     }
 
+    /// Holds a subscription's deliveries (`paused`), or lets them go again
+    /// in their order. Nothing of a paused subscription is leased; the
+    /// state is kept across restarts.
+    pub async fn pause(&self, subscription: &str, paused: bool) -> Result<(), SpoolError> {
+        self.backend.pause(subscription, paused).await
+    }
+
+    /// The subscriptions paused now.
+    pub fn paused(&self) -> std::collections::BTreeSet<String> {
+        self.backend.paused()
+    }
+
     /// Removes a quarantined body for good; `NotFound` when it is not there.
     pub async fn discard(&self, id: NotificationId) -> Result<(), SpoolError> {
         self.backend.discard(id).await

@@ -875,3 +875,35 @@ mod interleavings {
         }
     }
 }
+
+#[tokio::test]
+async fn a_paused_subscription_is_leased_nothing_until_resumed_even_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, clock) = open(dir.path(), &["billing", "erp"]);
+    spool.pause("billing", true).await.unwrap();
+    let id = store_new(&spool, "p-1", clock.now_ms()).await;
+    let erp = spool.lease("erp", 8).await.unwrap();
+    assert_eq!(erp[0].id(), id, "other subscriptions go on");
+    assert!(nothing_due(&spool, "billing", Duration::from_millis(200)).await);
+    drop(erp);
+    spool.close().await.unwrap();
+    drop(spool);
+
+    let (spool, _) = open(dir.path(), &["billing", "erp"]);
+    assert!(spool.paused().contains("billing"), "kept across a reopen");
+    assert!(nothing_due(&spool, "billing", Duration::from_millis(200)).await);
+    // A lease that waits is woken by the resume.
+    let waiting = tokio::spawn({
+        let spool = spool.clone();
+        async move { spool.lease("billing", 8).await }
+    });
+    spool.pause("billing", false).await.unwrap();
+    let leased = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the resume wakes the lease")
+        .unwrap()
+        .unwrap();
+    assert_eq!(leased[0].id(), id);
+    assert!(spool.paused().is_empty());
+    spool.close().await.unwrap();
+}

@@ -606,11 +606,30 @@ async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
     assert!(out.contains("replayed 1 deliveries"), "{out}");
     assert!(target.wait_until(WAIT, |t| t.succeeded(&id)).await);
 
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(config, &["subscriptions", "pause", "billing"], ADMIN_TOKEN)
+    });
+    assert_eq!((code, out.trim()), (0, "paused billing"), "{err}");
+    let (code, out, _) =
+        tokio::task::block_in_place(|| cli(config, &["subscriptions", "ls"], VIEWER_TOKEN));
+    assert_eq!(code, 0);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("billing"))
+        .unwrap_or_default();
+    assert!(row.contains("paused"), "{out}");
+    let (code, _, _) = tokio::task::block_in_place(|| {
+        cli(config, &["subscriptions", "resume", "billing"], ADMIN_TOKEN)
+    });
+    assert_eq!(code, 0);
     let (code, out, _) =
         tokio::task::block_in_place(|| cli(config, &["spool", "audit"], VIEWER_TOKEN));
     assert_eq!(code, 0);
-    let row = out.lines().nth(1).unwrap_or_default();
-    assert!(row.contains("ops") && row.contains("replay.bulk"), "{out}");
+    assert!(
+        out.lines()
+            .any(|row| row.contains("ops") && row.contains("replay.bulk")),
+        "{out}"
+    );
     let (code, out, _) =
         tokio::task::block_in_place(|| cli(config, &["spool", "stats"], VIEWER_TOKEN));
     assert_eq!(code, 0);
@@ -849,5 +868,60 @@ async fn the_openapi_file_and_the_live_routes_agree() {
         .call("GET", "/api/undocumented", Some(ADMIN_TOKEN))
         .await;
     assert_eq!(status, 404);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_paused_subscription_holds_its_deliveries_and_a_resume_sends_them_in_order() {
+    let billing = Target::start(Vec::new()).await;
+    let erp = Target::start(Vec::new()).await;
+    let relay = TestRelay::start(&format!(
+        "{}{}{}",
+        // One at a time: the order of arrival is the order of sending.
+        subscription("billing", &billing.url(), "max_in_flight = 1"),
+        subscription("erp", &erp.url(), ""),
+        admin_section()
+    ))
+    .await;
+    let admin = Admin::of(&relay);
+    let pause = "/api/subscriptions/billing/pause";
+    assert_eq!(admin.call("POST", pause, Some(VIEWER_TOKEN)).await.0, 403);
+    let (status, body) = admin
+        .call("POST", "/api/subscriptions/nobody/pause", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(admin.call("POST", pause, Some(ADMIN_TOKEN)).await.0, 200);
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(post_tus(&relay, &format!("p-{i}"), &format!("0007-{i:04}")).await);
+    }
+    // The other subscription got all three: the forwarder ran meanwhile.
+    assert!(
+        erp.wait_until(WAIT, |t| ids.iter().all(|id| t.succeeded(id)))
+            .await
+    );
+    assert_eq!(billing.count(), 0, "nothing goes to a paused subscription");
+    let subs = admin.get("/api/subscriptions").await;
+    assert_eq!(subs["items"][0]["paused"], true, "{subs}");
+    let stats = admin.get("/api/stats").await;
+    assert_eq!(stats["subscriptions"]["billing"]["waiting"], 3, "{stats}");
+
+    let resume = "/api/subscriptions/billing/resume";
+    assert_eq!(admin.call("POST", resume, Some(ADMIN_TOKEN)).await.0, 200);
+    let received = billing.wait_for(3, WAIT).await;
+    let order: Vec<String> = received
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(order, ids, "held deliveries go in their order");
+    let audit = admin.get("/api/audit").await;
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["subscription.resume", "subscription.pause"]);
     relay.stop().await;
 }

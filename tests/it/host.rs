@@ -140,6 +140,23 @@ async fn sockets_passed_to_another_process_are_not_taken_and_a_failed_bind_write
         !dir.path().join("spool").exists(),
         "spool written by a failed start"
     );
+
+    // A certificate file that is not there: exit 64, and still no spool.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "self_signed = true",
+        "tls_cert = \"missing.crt\"\ntls_key = \"missing.key\"",
+    );
+    let config = dir.path().join("missing-cert.toml");
+    std::fs::write(&config, text).unwrap();
+    drop(taken);
+    let run = relay_cli(&["serve"], &config, &[]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("missing.crt"), "{stderr}");
+    assert!(
+        !dir.path().join("spool").exists(),
+        "spool written by a failed start"
+    );
 }
 
 #[test]

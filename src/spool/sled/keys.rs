@@ -44,6 +44,12 @@ pub const REMOVED_UPTO: &[u8] = b"mremoved_upto";
 pub const COUNT_TOTALS: &[u8] = b"mcounts";
 /// Before a subscription's name: its deliveries' counts.
 pub const SUBSCRIPTION_COUNTS: &[u8] = b"mcounts/";
+/// `mpaused/<subscription>`, present while an admin holds its deliveries.
+pub const PAUSED: &[u8] = b"mpaused/";
+
+pub fn paused(subscription: &str) -> Vec<u8> {
+    [PAUSED, subscription.as_bytes()].concat()
+}
 
 fn ms_bytes(ms: i64) -> [u8; 8] {
     ms.max(0).to_be_bytes()

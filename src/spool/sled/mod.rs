@@ -87,6 +87,8 @@ pub(super) struct Shared {
     pub recheck_upto: Mutex<Option<NotificationId>>,
     /// The counts as of the last applied batch (the writer publishes them).
     pub counts: Mutex<Counts>,
+    /// Subscriptions an admin paused: nothing of theirs is leased.
+    pub paused: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
@@ -174,6 +176,7 @@ impl SledSpool {
             }),
             flush_starts: AtomicU64::new(0),
             counts: Mutex::new(opened.counts.clone()),
+            paused: Mutex::new(opened.paused.clone()),
         });
         let start = writer::Start {
             acknowledged: opened.acknowledged,
@@ -190,6 +193,24 @@ impl SledSpool {
 
     pub fn path(&self) -> &Path {
         &self.shared.config.path
+    }
+
+    /// Holds (or, with `paused` false, releases) a subscription's
+    /// deliveries; kept across restarts.
+    pub async fn pause(&self, subscription: &str, paused: bool) -> Result<(), SpoolError> {
+        let change = Change::Pause {
+            subscription: subscription.to_owned(),
+            paused,
+        };
+        self.write(change, true).await?;
+        if !paused {
+            self.shared.wake([subscription]);
+        }
+        Ok(())
+    }
+
+    pub fn paused(&self) -> std::collections::BTreeSet<String> {
+        lock(&self.shared.paused).clone()
     }
 
     pub async fn discard(&self, id: NotificationId) -> Result<(), SpoolError> {
@@ -300,6 +321,13 @@ impl SledSpool {
         loop {
             // Seen before the walk: whatever lands during it wakes the wait below.
             work.borrow_and_update();
+            if lock(&self.shared.paused).contains(subscription) {
+                // A resume wakes it.
+                if work.changed().await.is_err() {
+                    return Err(SpoolError::Closed);
+                }
+                continue;
+            }
             let shared = self.shared.clone();
             let name = subscription.to_owned();
             let now = self.shared.clock.now_ms();

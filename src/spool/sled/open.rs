@@ -62,6 +62,8 @@ pub struct Opened {
     pub counts: Counts,
     /// The newest audit record: new ones come after it.
     pub last_audit: Option<AuditId>,
+    /// Subscriptions an admin paused.
+    pub paused: std::collections::BTreeSet<String>,
 }
 
 pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError> {
@@ -139,6 +141,16 @@ fn prepare(
         .map_err(storage)?
         .and_then(|(key, _)| keys::audit_id_of(&key));
     let counts = counts_on_open(&store)?;
+    let mut paused = std::collections::BTreeSet::new();
+    for entry in store.tree.scan_prefix(keys::PAUSED) {
+        let (key, _) = entry.map_err(storage)?;
+        if let Ok(name) = std::str::from_utf8(&key[keys::PAUSED.len()..]) {
+            paused.insert(name.to_owned());
+        }
+    }
+    for name in &paused {
+        tracing::warn!(subscription = %name, "subscription paused by an admin: its deliveries wait until it is resumed");
+    }
     Ok(Opened {
         store,
         newest,
@@ -148,6 +160,7 @@ fn prepare(
         acknowledged,
         counts,
         last_audit,
+        paused,
     })
 }
 

@@ -127,6 +127,11 @@ pub(super) enum Change {
     Discard {
         id: NotificationId,
     },
+    /// An admin holds (or releases) a subscription's deliveries.
+    Pause {
+        subscription: String,
+        paused: bool,
+    },
     /// An audit entry (encoded), made at `at_ms`.
     Audit {
         entry: Vec<u8>,
@@ -413,6 +418,7 @@ impl Writer {
                 | Change::Orphans { .. }
                 | Change::Routes { .. }
                 | Change::Discard { .. }
+                | Change::Pause { .. }
                 | Change::Audit { .. } => 0,
             })
             .sum();
@@ -623,6 +629,20 @@ impl Writer {
                         }
                         Applied::Replayed(replayed.is_some())
                     })
+                }
+                Change::Pause {
+                    subscription,
+                    paused,
+                } => {
+                    let key = keys::paused(&subscription);
+                    if paused {
+                        batch.insert(key, &[]);
+                        lock(&self.shared.paused).insert(subscription);
+                    } else {
+                        batch.remove(key);
+                        lock(&self.shared.paused).remove(&subscription);
+                    }
+                    Ok(Applied::Recorded)
                 }
                 Change::Discard { id } => {
                     let key = keys::quarantine(id);
