@@ -82,7 +82,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let Some(index) = DURATION_UNITS.iter().position(|(name, _)| *name == unit) else {
             return Err(invalid(&match unit {
                 "" if after.is_empty() => format!("the number {number} has no unit"),
-                "" => format!("unexpected {:?} after {number}", &after[..1]),
+                "" => format!(
+                    "unexpected {:?} after {number}",
+                    after.chars().next().unwrap_or_default()
+                ),
                 _ => format!("unknown unit {unit:?}"),
             }));
         };
@@ -296,6 +299,19 @@ mod tests {
         assert!(parse_duration("1y")
             .unwrap_err()
             .contains("unknown unit \"y\""));
+    }
+
+    #[test]
+    fn a_character_of_several_bytes_after_a_number_is_an_error_not_a_panic() {
+        // Found by the admin_filter fuzz target: `until=182025%BA...`
+        // reached this parser and cut the text inside a character.
+        for bad in ["182025\u{FFFD}%2.*", "1º", "5é", "1h\u{1F600}", "30m€"] {
+            let err = parse_duration(bad).expect_err(bad);
+            assert!(err.contains("write <digits><unit>"), "{bad}: {err}");
+        }
+        assert!(parse_duration("1º")
+            .unwrap_err()
+            .contains("unexpected 'º' after 1"));
     }
 
     #[test]
