@@ -270,6 +270,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     );
     differs("server.tls_key", old.server.tls_key != new.server.tls_key);
     differs(
+        "server.http2_max_streams",
+        old.server.http2_max_streams != new.server.http2_max_streams,
+    );
+    differs(
         "server.max_inflight_body",
         old.server.max_inflight_body != new.server.max_inflight_body,
     );
