@@ -277,7 +277,8 @@ fn placeholders_and_examples_are_named() {
             "sources.datil.token",
             "sources.nubefact.token",
             "sources.tusfacturas.token",
-            "subscriptions[0].secret"
+            "subscriptions[0].secret",
+            "admin.tokens[0].token"
         ]
     );
     assert!(Config::parse(&minimal())
