@@ -25,7 +25,7 @@ use crate::spool::{
     SpoolError, Stored,
 };
 
-/// Every route, as `docs/openapi.json` documents it (a test holds the two
+/// Every route, as `doc/openapi.json` documents it (a test holds the two
 /// and the live listener to each other).
 pub const ROUTES: [(&str, &str); 19] = [
     ("GET", "/healthz"),

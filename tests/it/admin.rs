@@ -828,7 +828,7 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
     relay.stop().await;
 }
 
-/// `docs/openapi.json` names every API route the listener serves, and
+/// `doc/openapi.json` names every API route the listener serves, and
 /// each route it names is served: called with a bad parameter (so nothing
 /// changes), a route answers 400 or its own answer, never "no such
 /// endpoint" or 405.
@@ -837,7 +837,7 @@ async fn the_openapi_file_and_the_live_routes_agree() {
     let relay = TestRelay::start(&admin_section()).await;
     let admin = Admin::of(&relay);
     let id = post_tus(&relay, "o-1", "0006-0001").await;
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/openapi.json");
     let spec: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     let mut documented = std::collections::BTreeSet::new();
     for (path, operations) in spec["paths"].as_object().unwrap() {
@@ -852,7 +852,7 @@ async fn the_openapi_file_and_the_live_routes_agree() {
         .collect();
     assert_eq!(
         documented, served,
-        "docs/openapi.json and admin::ROUTES differ"
+        "doc/openapi.json and admin::ROUTES differ"
     );
     for (method, path) in &documented {
         let live = path.replace("{id}", &id);
