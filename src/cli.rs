@@ -1086,18 +1086,7 @@ fn show(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
         println!("{shown}");
         return Ok(());
     }
-    for (label, key) in [
-        ("id", "id"),
-        ("received", "received_at"),
-        ("source", "source"),
-        ("event", "event"),
-        ("subject", "subject"),
-        ("provider time", "provider_time"),
-        ("dedup key", "dedup_key"),
-        ("peer", "peer"),
-    ] {
-        println!("{label:<14} {}", cell(&shown[key]));
-    }
+    print_fields(&shown, &crate::admin::NOTIFICATION_FIELDS);
     let mut rows = Vec::new();
     for delivery in shown["deliveries"].as_array().into_iter().flatten() {
         let attempts = delivery["attempts"].as_array().cloned().unwrap_or_default();
@@ -1142,18 +1131,16 @@ fn show_quarantined(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Res
         println!("{shown}");
         return Ok(());
     }
-    for (label, key) in [
-        ("id", "id"),
-        ("received", "received_at"),
-        ("source", "source"),
-        ("kind", "reason_kind"),
-        ("reason", "reason"),
-        ("peer", "peer"),
-    ] {
-        println!("{label:<10} {}", cell(&shown[key]));
-    }
+    print_fields(&shown, &crate::admin::QUARANTINE_FIELDS);
     println!("\n{}", cell(&shown["body"]));
     Ok(())
+}
+
+/// One line a field: its label, then its value.
+fn print_fields(shown: &serde_json::Value, fields: &[(&str, &str)]) {
+    for (label, key) in fields {
+        println!("{label:<14} {}", cell(&shown[*key]));
+    }
 }
 
 fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {

@@ -21,8 +21,8 @@ use crate::delivery::{Delivery, State};
 use crate::metrics::Snapshot;
 use crate::providers::{GenericRules, Provider};
 use crate::spool::{
-    AuditEntry, AuditId, NotificationId, NotificationRecord, QuarantineRecord, Received, Spool,
-    SpoolError, Stored,
+    AuditEntry, AuditId, NotificationId, NotificationRecord, QuarantineRecord, Received, Record,
+    Spool, SpoolError, Stored,
 };
 
 /// Every route, as `doc/openapi.json` documents it (a test holds the two
@@ -494,24 +494,47 @@ async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes
 // === notifications ===
 
 pub(super) fn list_notifications(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
+    page(
+        spool.notifications_newest_first(filter.cursor),
+        filter,
+        |meta| (&meta.id, meta.received_ms),
+        |record, id| {
+            if !filter.matches_meta(&record.meta) {
+                return Ok(None);
+            }
+            let deliveries = spool.deliveries_of(id)?;
+            Ok(filter
+                .matches_deliveries(&deliveries)
+                .then(|| notification_summary(record, &deliveries)))
+        },
+    )
+}
+
+/// One page of a walk newest first: `row` makes a record a row of the page,
+/// or skips it. The walk stops past `since`, at `limit` rows, or after
+/// [`SCAN_LIMIT`] records, with the cursor to go on from.
+fn page<M>(
+    records: impl Iterator<Item = Result<Record<M>, SpoolError>>,
+    filter: &Filter,
+    id_and_time: impl Fn(&M) -> (&str, i64),
+    mut row: impl FnMut(&Record<M>, NotificationId) -> Result<Option<Value>, ApiError>,
+) -> Result<Value, ApiError> {
     let mut items = Vec::new();
     let mut next_cursor = None;
     let mut scanned = 0;
-    for record in spool.notifications_newest_first(filter.cursor) {
+    for record in records {
         let record = record?;
-        let id = record_id(&record.meta.id)?;
+        let (id, received_ms) = id_and_time(&record.meta);
+        let id = record_id(id)?;
         scanned += 1;
-        if filter.past_since(record.meta.received_ms) {
+        if filter.past_since(received_ms) {
             break;
         }
-        if filter.matches_meta(&record.meta) {
-            let deliveries = spool.deliveries_of(id)?;
-            if filter.matches_deliveries(&deliveries) {
-                items.push(notification_summary(&record, &deliveries));
-                if items.len() == filter.limit {
-                    next_cursor = Some(id);
-                    break;
-                }
+        if let Some(item) = row(&record, id)? {
+            items.push(item);
+            if items.len() == filter.limit {
+                next_cursor = Some(id);
+                break;
             }
         }
         if scanned == SCAN_LIMIT {
@@ -836,44 +859,17 @@ pub(super) fn list_quarantine(spool: &Spool, filter: &Filter) -> Result<Value, A
         }
         .into());
     }
-    let mut items = Vec::new();
-    let mut next_cursor = None;
-    let mut scanned = 0;
-    for record in spool.quarantined_newest_first(filter.cursor) {
-        let record = record?;
-        let id = record_id(&record.meta.id)?;
-        scanned += 1;
-        if filter
-            .since_ms
-            .is_some_and(|since| record.meta.received_ms < since)
-        {
-            break;
-        }
-        let in_range = filter
-            .until_ms
-            .is_none_or(|until| record.meta.received_ms < until);
-        if in_range
-            && filter
-                .source
-                .as_ref()
-                .is_none_or(|s| *s == record.meta.source)
-        {
-            items.push(quarantine_summary(&record));
-            if items.len() == filter.limit {
-                next_cursor = Some(id);
-                break;
-            }
-        }
-        if scanned == SCAN_LIMIT {
-            next_cursor = Some(id);
-            break;
-        }
-    }
-    Ok(json!({
-        "items": items,
-        "next_cursor": next_cursor.map(|id| id.to_string()),
-        "scanned": scanned,
-    }))
+    page(
+        spool.quarantined_newest_first(filter.cursor),
+        filter,
+        |meta| (&meta.id, meta.received_ms),
+        |record, _| {
+            let meta = &record.meta;
+            let in_range = filter.until_ms.is_none_or(|until| meta.received_ms < until);
+            let of_source = filter.source.as_ref().is_none_or(|s| *s == meta.source);
+            Ok((in_range && of_source).then(|| quarantine_summary(record)))
+        },
+    )
 }
 
 fn quarantine_summary(record: &QuarantineRecord) -> Value {

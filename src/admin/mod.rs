@@ -95,6 +95,29 @@ impl Admin {
     }
 }
 
+/// The fields of a notification, as the API names them, and the label
+/// the CLI and the page show each under.
+pub const NOTIFICATION_FIELDS: [(&str, &str); 8] = [
+    ("id", "id"),
+    ("received", "received_at"),
+    ("source", "source"),
+    ("event", "event"),
+    ("invoice", "subject"),
+    ("provider time", "provider_time"),
+    ("dedup key", "dedup_key"),
+    ("peer", "peer"),
+];
+
+/// The same for a quarantined body.
+pub const QUARANTINE_FIELDS: [(&str, &str); 6] = [
+    ("id", "id"),
+    ("received", "received_at"),
+    ("source", "source"),
+    ("kind", "reason_kind"),
+    ("reason", "reason"),
+    ("peer", "peer"),
+];
+
 /// A bound admin listener.
 pub enum AdminListener {
     Tcp(TcpListener),

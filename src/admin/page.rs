@@ -395,24 +395,8 @@ async fn notification(
     let shown = tokio::task::spawn_blocking(move || api::show_notification(&spool, id))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let mut body = String::new();
-    body.push_str("<table>");
-    for (label, key) in [
-        ("id", "id"),
-        ("received", "received_at"),
-        ("source", "source"),
-        ("event", "event"),
-        ("invoice", "subject"),
-        ("provider time", "provider_time"),
-        ("peer", "peer"),
-    ] {
-        let _ = write!(
-            body,
-            "<tr><th>{label}</th><td>{}</td></tr>",
-            text(&shown[key])
-        );
-    }
-    body.push_str("</table><h2>Deliveries</h2>");
+    let mut body = fields_table(&shown, &super::NOTIFICATION_FIELDS);
+    body.push_str("<h2>Deliveries</h2>");
     let may_replay = caller.role >= Role::Admin;
     for delivery in shown["deliveries"].as_array().into_iter().flatten() {
         let subscription = delivery["subscription"].as_str().unwrap_or("");
@@ -463,6 +447,20 @@ async fn notification(
     ))
 }
 
+/// A table of a record's fields, a row each.
+fn fields_table(shown: &Value, fields: &[(&str, &str)]) -> String {
+    let mut out = String::from("<table>");
+    for (label, key) in fields {
+        let _ = write!(
+            out,
+            "<tr><th>{label}</th><td>{}</td></tr>",
+            text(&shown[*key])
+        );
+    }
+    out.push_str("</table>");
+    out
+}
+
 async fn quarantined(
     admin: &Arc<Admin>,
     caller: &Caller,
@@ -474,26 +472,8 @@ async fn quarantined(
     let shown = tokio::task::spawn_blocking(move || api::show_quarantined(&spool, id))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let mut body = String::from("<table>");
-    for (label, key) in [
-        ("id", "id"),
-        ("received", "received_at"),
-        ("source", "source"),
-        ("kind", "reason_kind"),
-        ("reason", "reason"),
-        ("peer", "peer"),
-    ] {
-        let _ = write!(
-            body,
-            "<tr><th>{label}</th><td>{}</td></tr>",
-            text(&shown[key])
-        );
-    }
-    let _ = write!(
-        body,
-        "</table><h2>Body</h2><pre>{}</pre>",
-        text(&shown["body"])
-    );
+    let mut body = fields_table(&shown, &super::QUARANTINE_FIELDS);
+    let _ = write!(body, "<h2>Body</h2><pre>{}</pre>", text(&shown["body"]));
     Ok(html(
         StatusCode::OK,
         &page(&format!("quarantined {id}"), Some(caller), &body),

@@ -82,6 +82,35 @@ impl Admin {
     }
 }
 
+/// A relay with the admin section and one subscription, `billing`, to `target`.
+async fn relay_to(target: &Target) -> (TestRelay, Admin) {
+    let relay = TestRelay::start(&format!(
+        "{}{}",
+        subscription("billing", &target.url(), ""),
+        admin_section()
+    ))
+    .await;
+    let admin = Admin::of(&relay);
+    (relay, admin)
+}
+
+/// Posts a notification and waits until its only delivery is dead (the
+/// target answers its four attempts with 500).
+async fn dead_notification(
+    relay: &TestRelay,
+    admin: &Admin,
+    hook: &str,
+    reference: &str,
+) -> String {
+    let id = post_tus(relay, hook, reference).await;
+    admin
+        .wait_for("/api/notifications?state=dead", "the delivery dead", |b| {
+            items(b) == 1
+        })
+        .await;
+    id
+}
+
 fn items(body: &Value) -> usize {
     body["items"].as_array().map_or(0, Vec::len)
 }
@@ -212,13 +241,7 @@ async fn the_list_pages_newest_first_and_filters_by_invoice_and_time() {
 async fn dead_deliveries_are_shown_with_their_attempts_and_replayed_by_filter() {
     // Four failures per notification: the 50/100/150 ms schedule runs out.
     let target = Target::start(vec![Reply::Status(500); 8]).await;
-    let relay = TestRelay::start(&format!(
-        "{}{}",
-        subscription("billing", &target.url(), ""),
-        admin_section()
-    ))
-    .await;
-    let admin = Admin::of(&relay);
+    let (relay, admin) = relay_to(&target).await;
     let first = post_tus(&relay, "d-1", "0002-0001").await;
     let second = post_tus(&relay, "d-2", "0002-0002").await;
     target.wait_for(8, WAIT).await;
@@ -314,13 +337,7 @@ async fn dead_deliveries_are_shown_with_their_attempts_and_replayed_by_filter() 
 #[tokio::test]
 async fn quarantined_bodies_are_listed_shown_released_and_discarded() {
     let target = Target::start(Vec::new()).await;
-    let relay = TestRelay::start(&format!(
-        "{}{}",
-        subscription("billing", &target.url(), ""),
-        admin_section()
-    ))
-    .await;
-    let admin = Admin::of(&relay);
+    let (relay, admin) = relay_to(&target).await;
     let mut quarantined = Vec::new();
     for body in ["{\"not\": \"tusfacturas\"}", "{\"also\": \"not\"}"] {
         let (status, json) = relay
@@ -434,13 +451,7 @@ async fn promtool_accepts_the_live_metrics() {
         return;
     };
     let target = Target::start(vec![Reply::Status(500)]).await;
-    let relay = TestRelay::start(&format!(
-        "{}{}",
-        subscription("billing", &target.url(), ""),
-        admin_section()
-    ))
-    .await;
-    let admin = Admin::of(&relay);
+    let (relay, admin) = relay_to(&target).await;
     post_tus(&relay, "m-1", "0003-0001").await;
     target.wait_for(2, WAIT).await;
     let (_, text) = admin.call("GET", "/metrics", None).await;
@@ -517,19 +528,8 @@ fn cli(config: &std::path::Path, args: &[&str], token: &str) -> (i32, String, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
     let target = Target::start(vec![Reply::Status(500); 4]).await;
-    let relay = TestRelay::start(&format!(
-        "{}{}",
-        subscription("billing", &target.url(), ""),
-        admin_section()
-    ))
-    .await;
-    let admin = Admin::of(&relay);
-    let id = post_tus(&relay, "c-1", "0004-0001").await;
-    admin
-        .wait_for("/api/notifications?state=dead", "the delivery dead", |b| {
-            items(b) == 1
-        })
-        .await;
+    let (relay, admin) = relay_to(&target).await;
+    let id = dead_notification(&relay, &admin, "c-1", "0004-0001").await;
     // The CLI finds the admin address in relay.toml (the port is the one bound).
     let listen = relay.relay().admin_listen.clone().unwrap();
     let config = relay.dir.path().join("cli.toml");
@@ -685,19 +685,8 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
         .expect("chromedriver starts");
 
     let target = Target::start(vec![Reply::Status(500); 4]).await;
-    let relay = TestRelay::start(&format!(
-        "{}{}",
-        subscription("billing", &target.url(), ""),
-        admin_section()
-    ))
-    .await;
-    let admin = Admin::of(&relay);
-    let id = post_tus(&relay, "b-1", "0005-0042").await;
-    admin
-        .wait_for("/api/notifications?state=dead", "the delivery dead", |b| {
-            items(b) == 1
-        })
-        .await;
+    let (relay, admin) = relay_to(&target).await;
+    let id = dead_notification(&relay, &admin, "b-1", "0005-0042").await;
 
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(
