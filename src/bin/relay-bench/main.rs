@@ -18,6 +18,11 @@
 //! Beside the rates it prints the relay's CPU time (user + system, from
 //! /proc/<pid>/stat) per notification and per delivery.
 
+/// The same allocator as the relay, so that the bare server it is compared
+/// with is not handicapped by glibc's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod load;
 mod servers;
 
