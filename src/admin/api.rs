@@ -356,11 +356,11 @@ async fn route(
         }
         ["api", "subscriptions", name, action @ ("pause" | "resume")] if post => {
             let name = decode_segment(name);
-            // An admin any, a subscriber the ones it created.
-            super::subscriptions::may_manage(admin, &caller, &name)?;
             if let Some((key, _)) = form_urlencoded::parse(query.as_bytes()).next() {
                 return Err(QueryError::Unknown(key.into_owned()).into());
             }
+            // An admin any, a subscriber the ones it created.
+            super::subscriptions::may_manage(admin, &caller, &name)?;
             pause(admin, &caller, &name, *action == "pause").await
         }
         ["api", "subscriptions", name, "backfill"] if post => {

@@ -165,6 +165,10 @@ impl SledSpool {
         clock: Clock,
     ) -> Result<SledSpool, SpoolError> {
         let opened = open::open(config, &routes)?;
+        // Until the caller hands over the full routes, the API-created
+        // subscriptions are known by name (a stopped relay's commands must
+        // not take their deliveries for orphans).
+        let routes = routes.with_names(opened.api_subscriptions.keys());
         let shared = Arc::new(Shared {
             config: config.clone(),
             clock,
