@@ -63,6 +63,9 @@ pub struct Admin {
     /// After an API change of subscriptions is in the spool, asks the app
     /// to hand them to fan-out and the forwarder, and waits for it.
     changes: tokio::sync::mpsc::Sender<ChangeRequest>,
+    /// Held by each subscription change from its checks to its answer, so
+    /// two requests cannot both find a name free and both take it.
+    subscription_changes: tokio::sync::Mutex<()>,
 }
 
 /// A request to apply the subscriptions kept in the spool; answered once
@@ -85,6 +88,7 @@ impl Admin {
         Arc::new(Admin {
             reloads,
             changes,
+            subscription_changes: tokio::sync::Mutex::new(()),
             spool,
             metrics,
             clock,

@@ -96,6 +96,7 @@ pub(super) async fn create(
         .to_bytes();
     let request: CreateRequest =
         serde_json::from_slice(&bytes).map_err(|e| bad_body(format!("not a subscription: {e}")))?;
+    let _one_at_a_time = admin.subscription_changes.lock().await;
     let config = admin.config.load();
     if config.subscriptions.iter().any(|s| s.name == request.name) {
         let from_file = !admin
@@ -201,6 +202,7 @@ pub(super) async fn delete(
             .into())
         }
     };
+    let _one_at_a_time = admin.subscription_changes.lock().await;
     let Owned::Api(subscription) = owned(admin, caller, name)? else {
         return Err(ApiError::Conflict(format!(
             "subscription {name:?} is defined in relay.toml: remove it there and reload"
@@ -260,6 +262,7 @@ pub(super) async fn rotate_secret(
                 ),
             })?,
     };
+    let _one_at_a_time = admin.subscription_changes.lock().await;
     let Owned::Api(mut subscription) = owned(admin, caller, name)? else {
         return Err(ApiError::Conflict(format!(
             "subscription {name:?} is defined in relay.toml: put a new secret there \

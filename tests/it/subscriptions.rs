@@ -522,3 +522,43 @@ async fn the_built_cli_adds_and_removes_a_subscription() {
 fn urlencode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
+
+/// A reload (what SIGHUP runs) keeps the API's subscriptions in effect,
+/// and a relay.toml that takes one of their names is refused, changing
+/// nothing.
+#[tokio::test]
+async fn a_reload_keeps_api_subscriptions_and_refuses_a_file_that_takes_their_name() {
+    let billing = Target::start(Vec::new()).await;
+    let erp = Target::start(Vec::new()).await;
+    let (relay, admin) = start(&billing.url()).await;
+    let secret = create(&admin, ERP_TOKEN, erp_request("erp", &erp.url())).await;
+    let same = Config::parse(&config_text(relay.dir.path(), &billing.url())).unwrap();
+    relay
+        .relay()
+        .reload(same)
+        .await
+        .expect("an unchanged file reloads");
+    let id = post_tus(&relay, "l-1", "0106-0001").await;
+    let received = erp.wait_for(1, WAIT).await;
+    assert_eq!(webhook_id(&received[0]), id);
+    assert!(
+        verifies(&secret, &received[0]),
+        "the same subscription, same secret"
+    );
+
+    let clash = format!(
+        "{}{}",
+        config_text(relay.dir.path(), &billing.url()),
+        subscription("erp", &billing.url(), "")
+    );
+    let err = relay
+        .relay()
+        .reload(Config::parse(&clash).unwrap())
+        .await
+        .expect_err("a file taking an API name is refused");
+    assert!(err.to_string().contains("\"erp\""), "{err}");
+    let id = post_tus(&relay, "l-2", "0106-0002").await;
+    let received = erp.wait_for(2, WAIT).await;
+    assert_eq!(webhook_id(&received[1]), id, "still the API's erp");
+    relay.stop().await;
+}

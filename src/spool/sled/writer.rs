@@ -136,7 +136,8 @@ pub(super) enum Change {
         subscription: String,
         paused: bool,
     },
-    /// An API-created subscription kept (`Some`, encoded) or removed.
+    /// An API-created subscription kept (`Some`, encoded) or removed
+    /// (with its pause mark).
     Subscription {
         name: String,
         kept: Option<(Vec<u8>, Box<ApiSubscription>)>,
@@ -676,6 +677,9 @@ impl Writer {
                         None => {
                             batch.remove(key);
                             lock(&self.shared.api_subscriptions).remove(&name);
+                            // A later subscription of that name starts unpaused.
+                            batch.remove(keys::paused(&name));
+                            lock(&self.shared.paused).remove(&name);
                         }
                     }
                     Ok(Applied::Recorded)
