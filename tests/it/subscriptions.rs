@@ -562,3 +562,43 @@ async fn a_reload_keeps_api_subscriptions_and_refuses_a_file_that_takes_their_na
     assert_eq!(webhook_id(&received[1]), id, "still the API's erp");
     relay.stop().await;
 }
+
+/// A stopped relay's spool commands know the API's subscriptions: their
+/// waiting deliveries are no orphans to `spool check`, and cannot be
+/// purged as orphans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_spool_takes_api_subscriptions_for_subscriptions_not_orphans() {
+    let billing = Target::start(Vec::new()).await;
+    let (relay, admin) = start(&billing.url()).await;
+    let dead_end = format!("http://127.0.0.1:{}/in", closed_port().await);
+    let mut waits = erp_request("erp", &dead_end);
+    waits["schedule"] = json!(["1h"]);
+    create(&admin, ERP_TOKEN, waits).await;
+    post_tus(&relay, "o-1", "0107-0001").await;
+    let stats = admin
+        .wait_for("/api/stats", "a delivery waiting for erp", |s| {
+            s["subscriptions"]["erp"]["waiting"] == 1
+        })
+        .await;
+    assert_eq!(stats["spool"]["orphans"], json!({}), "{stats}");
+    let dir = relay.stop().await;
+    let config = dir.path().join("relay.toml");
+    std::fs::write(&config, config_text(dir.path(), &billing.url())).unwrap();
+
+    let out = tokio::task::block_in_place(|| relay_cli(&["spool", "check"], &config, &[]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("orphans:"), "{text}");
+    let out =
+        tokio::task::block_in_place(|| relay_cli(&["spool", "purge-orphans"], &config, &["erp"]));
+    assert!(!out.status.success(), "erp's deliveries are not orphans");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("configured"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -751,6 +751,7 @@ pub fn decode_any(bytes: &[u8]) -> usize {
     accepted += usize::from(keys::split_dedup_value(bytes).is_some());
     accepted += usize::from(keys::split_dedup_expiry(bytes).is_some());
     accepted += usize::from(keys::split_retry(bytes).is_some());
+    accepted += usize::from(super::subscriptions::decode(bytes).is_ok());
     accepted
 }
 
