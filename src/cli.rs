@@ -1253,9 +1253,15 @@ pub(crate) fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::
         .iter()
         .map(|s| {
             let of = &stats["subscriptions"][s["name"].as_str().unwrap_or("")];
+            // Who created it, for those made through the API.
+            let origin = match &s["created_by"] {
+                serde_json::Value::String(by) => format!("api ({by})"),
+                _ => cell(&s["origin"]),
+            };
             vec![
                 cell(&s["name"]),
                 cell(&s["url"]),
+                origin,
                 if s["paused"] == true {
                     "paused"
                 } else {
@@ -1271,7 +1277,15 @@ pub(crate) fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::
     print!(
         "{}",
         table(
-            &["NAME", "URL", "STATE", "WAITING", "DEAD", "DELIVERED"],
+            &[
+                "NAME",
+                "URL",
+                "ORIGIN",
+                "STATE",
+                "WAITING",
+                "DEAD",
+                "DELIVERED"
+            ],
             &rows
         )
     );

@@ -507,8 +507,9 @@ fn may_create(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-/// The subscription, if the caller may manage it: an admin any, a
-/// subscriber those it created.
+/// Whether the caller may manage this subscription: an admin any, a
+/// subscriber those it created (403 otherwise; 404 for an admin when there
+/// is no such subscription).
 pub(super) fn may_manage(admin: &Admin, caller: &Caller, name: &str) -> Result<(), ApiError> {
     owned(admin, caller, name).map(|_| ())
 }

@@ -499,7 +499,19 @@ async fn the_built_cli_adds_and_removes_a_subscription() {
 
     let (code, out, _) = run(&["subscriptions", "ls"], ADMIN_TOKEN);
     assert_eq!(code, 0);
-    assert!(out.lines().any(|l| l.starts_with("erp ")), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("erp "))
+        .unwrap_or_default();
+    assert!(
+        row.contains("api (erp-team)") && row.contains("active"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("billing ") && l.contains("relay.toml")),
+        "{out}"
+    );
     let (code, out, err) = run(&["subscriptions", "test", "erp", "--json"], ERP_TOKEN);
     assert_eq!(code, 0, "{err}");
     let test: Value = serde_json::from_str(out.trim()).unwrap();
