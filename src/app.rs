@@ -5,6 +5,11 @@
 //! then the forwarder's in-flight attempts, then a last flush). A start that
 //! fails writes nothing: the self-signed certificate of a first start is
 //! written once everything else is ready.
+//!
+//! The subscriptions in effect are those of `relay.toml` and those the
+//! admin API created (kept in the spool): [`effective_config`] merges them,
+//! and both a reload and an API change hand the result to fan-out, the
+//! forwarder and the admin API the same way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +28,7 @@ use crate::ingress::tls::{self, ReloadableCert, SelfSigned, TlsError};
 use crate::ingress::{self, Ingress, ListenerSettings};
 use crate::listen::{self, ListenError};
 use crate::metrics::Metrics;
-use crate::spool::{Routes, Spool, SpoolError};
+use crate::spool::{ApiSubscription, Routes, Spool, SpoolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -41,6 +46,8 @@ pub enum AppError {
     Task(String),
     #[error("the relay stopped, but its spool could not be closed cleanly: {0}")]
     Close(SpoolError),
+    #[error("{0}")]
+    Subscriptions(String),
 }
 
 /// A running relay. Dropping it does not stop it; call [`Relay::stop`].
@@ -51,11 +58,11 @@ pub struct Relay {
     pub admin: Arc<Admin>,
     pub spool: Spool,
     cert: Option<Arc<ReloadableCert>>,
-    /// What a reload swaps: the config it came from, the ingress rules,
-    /// the forwarder's targets.
-    config: tokio::sync::Mutex<Config>,
+    /// What a reload or an API change of subscriptions swaps.
+    live: Arc<Live>,
     ingress: Arc<ArcSwap<Ingress>>,
-    targets: watch::Sender<Targets>,
+    /// Applies the admin API's subscription changes.
+    applier: JoinHandle<()>,
     reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<admin::ReloadRequest>>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), SpoolError>>,
@@ -87,7 +94,13 @@ impl Relay {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        let (forwarder, targets) = Forwarder::new(&config, spool.clone(), clock, metrics.clone())?;
+        let (effective, problems) = effective_config(&config, &spool.api_subscriptions());
+        for problem in problems {
+            tracing::error!(problem = %problem, "an API-created subscription is left out");
+        }
+        spool.set_routes(Routes::from_config(&effective)).await?;
+        let (forwarder, targets) =
+            Forwarder::new(&effective, spool.clone(), clock, metrics.clone())?;
         let listen_error = |source| ListenError::Bind {
             addr: config.server.listen,
             source,
@@ -111,7 +124,15 @@ impl Relay {
         }
         let admin_listen = admin_listener.as_ref().map(AdminListener::describe);
         let (reloads, reload_requests) = tokio::sync::mpsc::channel(4);
-        let admin = Admin::new(&config, spool.clone(), metrics.clone(), clock, reloads);
+        let (changes, change_requests) = tokio::sync::mpsc::channel(4);
+        let admin = Admin::new(
+            &effective,
+            spool.clone(),
+            metrics.clone(),
+            clock,
+            reloads,
+            changes,
+        );
         let ingress = Arc::new(ArcSwap::new(Ingress::new(
             &config,
             spool.clone(),
@@ -136,17 +157,24 @@ impl Relay {
             tls = cert.is_some(),
             socket_activated = listeners.activated,
             spool = %spool.path().display(),
-            subscriptions = config.subscriptions.len(),
+            subscriptions = effective.subscriptions.len(),
             admin = admin_listen.as_deref().unwrap_or("off"),
             "ingress listening"
         );
+        let live = Arc::new(Live {
+            config: tokio::sync::Mutex::new(config),
+            targets,
+            spool: spool.clone(),
+            admin: admin.clone(),
+        });
+        let applier = tokio::spawn(apply_changes(live.clone(), change_requests));
         Ok(Relay {
             ingress_addr,
             admin_listen,
             admin,
-            config: tokio::sync::Mutex::new(config),
+            live,
+            applier,
             ingress,
-            targets,
             reload_requests: std::sync::Mutex::new(Some(reload_requests)),
             spool,
             cert,
@@ -163,13 +191,20 @@ impl Relay {
     /// left as it was. Nothing is changed when the new subscriptions cannot
     /// be set up (e.g. an unreadable CA file).
     pub async fn reload(&self, new: Config) -> Result<Reloaded, AppError> {
-        let mut current = self.config.lock().await;
-        let targets = Targets::build(&new, Some(&self.targets.borrow()))?;
+        let mut current = self.live.config.lock().await;
+        // A name the API already holds is refused, not silently shadowed.
+        let (effective, problems) = effective_config(&new, &self.spool.api_subscriptions());
+        if !problems.is_empty() {
+            return Err(AppError::Subscriptions(problems.join("; ")));
+        }
+        let targets = Targets::build(&effective, Some(&self.live.targets.borrow()))?;
         let restart_needed = restart_needed(&current, &new);
         for key in &restart_needed {
             tracing::warn!(key = %key, "changed in the config, but applies only after a restart");
         }
-        self.spool.set_routes(Routes::from_config(&new)).await?;
+        self.spool
+            .set_routes(Routes::from_config(&effective))
+            .await?;
         let old_names: Vec<String> = current
             .subscriptions
             .iter()
@@ -189,9 +224,9 @@ impl Relay {
         for name in &removed {
             tracing::warn!(subscription = %name, "subscription removed; its waiting deliveries stay as orphans (`spool move-orphans` or `purge-orphans`)");
         }
-        self.targets.send_replace(targets);
+        self.live.targets.send_replace(targets);
         self.ingress.store(self.ingress.load().reloaded(&new));
-        self.admin.reload(&new);
+        self.admin.reload(&effective);
         self.reload_certificate();
         *current = new;
         let report = Reloaded {
@@ -233,12 +268,81 @@ impl Relay {
     /// Stops accepting, lets the forwarder finish its attempts in flight,
     /// makes a last flush and closes the spool.
     pub async fn stop(self) -> Result<(), AppError> {
+        self.applier.abort();
         let _ = self.stop.send(true);
         self.task
             .await
             .map_err(|e| AppError::Task(e.to_string()))?
             .map_err(AppError::Close)
     }
+}
+
+/// What the subscriptions in effect are built from, shared by reloads and
+/// the admin API's changes (the lock orders them).
+struct Live {
+    /// The config as `relay.toml` has it (no API subscription in it).
+    config: tokio::sync::Mutex<Config>,
+    targets: watch::Sender<Targets>,
+    spool: Spool,
+    admin: Arc<Admin>,
+}
+
+/// The config with the API-created subscriptions after those of
+/// `relay.toml`, and the problems of those that cannot be used (a name now
+/// in `relay.toml`, a setting no longer valid), which are left out.
+pub fn effective_config(file: &Config, api: &[ApiSubscription]) -> (Config, Vec<String>) {
+    let mut effective = file.clone();
+    let mut problems = Vec::new();
+    for subscription in api {
+        if file
+            .subscriptions
+            .iter()
+            .any(|s| s.name == subscription.name)
+        {
+            problems.push(format!(
+                "subscription {:?} is in relay.toml and was also created through the admin API: \
+                 rename one, or delete the API one (`webhook-relay subscriptions rm`)",
+                subscription.name
+            ));
+            continue;
+        }
+        match subscription.to_config() {
+            Ok(config) => effective.subscriptions.push(config),
+            Err(err) => problems.push(format!(
+                "API subscription {:?} cannot be used: {err}",
+                subscription.name
+            )),
+        }
+    }
+    (effective, problems)
+}
+
+/// Applies the admin API's subscription changes (already in the spool) to
+/// fan-out, the forwarder and the admin API, one at a time.
+async fn apply_changes(
+    live: Arc<Live>,
+    mut requests: tokio::sync::mpsc::Receiver<admin::ChangeRequest>,
+) {
+    while let Some(reply) = requests.recv().await {
+        let _ = reply.send(apply_api_subscriptions(&live).await);
+    }
+}
+
+async fn apply_api_subscriptions(live: &Live) -> Result<(), String> {
+    let file = live.config.lock().await;
+    let (effective, problems) = effective_config(&file, &live.spool.api_subscriptions());
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    let targets =
+        Targets::build(&effective, Some(&live.targets.borrow())).map_err(|e| e.to_string())?;
+    live.spool
+        .set_routes(Routes::from_config(&effective))
+        .await
+        .map_err(|e| e.to_string())?;
+    live.targets.send_replace(targets);
+    live.admin.reload(&effective);
+    Ok(())
 }
 
 /// What a reload changed.

@@ -26,6 +26,7 @@ use crate::spool::{Routes, Spool, SpoolError};
 use remote::{cell, table, AdminClient, RemoteArgs, RemoteError};
 
 mod remote;
+mod subscriptions;
 
 /// EX_USAGE: the configuration is wrong.
 pub const EXIT_CONFIG: u8 = 64;
@@ -138,6 +139,68 @@ pub enum SubscriptionsCommand {
         #[command(flatten)]
         remote: RemoteArgs,
         name: String,
+    },
+    /// Create a subscription (its URL's host must be in [admin]
+    /// allowed_targets); prints its secret, once.
+    Add {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(flatten)]
+        new: subscriptions::AddArgs,
+    },
+    /// Delete a subscription created with `add`.
+    Rm {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        name: String,
+        /// Give up its deliveries still waiting (they are kept, purged);
+        /// needs --yes.
+        #[arg(long)]
+        purge: bool,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Give a subscription the stored notifications of a time range that
+    /// match it, in order (--dry-run to count them first, or --yes).
+    Backfill {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        name: String,
+        /// An RFC 3339 time, or a duration back from now (`24h`).
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Send a subscription a signed test event (`relay.test`).
+    Test {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        name: String,
+    },
+    /// Give a subscription a new secret (printed once); the old one signs
+    /// too until the overlap ends.
+    RotateSecret {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        name: String,
+        /// How long the old secret still signs (`24h`, `30m`).
+        #[arg(long, default_value = "24h")]
+        overlap: String,
     },
 }
 
@@ -409,27 +472,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 )
             })
         }
-        Command::Subscriptions(SubscriptionsCommand::Ls { config, remote }) => {
-            list_subscriptions(&config.config, &remote)
-        }
-        Command::Subscriptions(SubscriptionsCommand::Pause {
-            config,
-            remote,
-            name,
-        }) => {
-            let path = format!("/api/subscriptions/{}/pause", encode_segment(&name));
-            post_and_print(&config.config, &remote, &path, |_| format!("paused {name}"))
-        }
-        Command::Subscriptions(SubscriptionsCommand::Resume {
-            config,
-            remote,
-            name,
-        }) => {
-            let path = format!("/api/subscriptions/{}/resume", encode_segment(&name));
-            post_and_print(&config.config, &remote, &path, |_| {
-                format!("resumed {name}")
-            })
-        }
+        Command::Subscriptions(change) => subscriptions::run(change),
         Command::Quarantine(QuarantineCommand::Discard { config, remote, id }) => {
             let path = format!("/api/quarantine/{}/discard", encode_segment(&id));
             post_and_print(&config.config, &remote, &path, |_| {
@@ -1173,7 +1216,7 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
 }
 
 /// A change through the API: its JSON answer, or a line for people.
-fn post_and_print(
+pub(crate) fn post_and_print(
     config: &Path,
     remote: &RemoteArgs,
     path: &str,
@@ -1189,7 +1232,7 @@ fn post_and_print(
     Ok(())
 }
 
-fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
+pub(crate) fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
     let client = AdminClient::locate(remote, config)?;
     let subscriptions = client.get("/api/subscriptions")?;
     let stats = client.get("/api/stats")?;
@@ -1210,9 +1253,15 @@ fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> 
         .iter()
         .map(|s| {
             let of = &stats["subscriptions"][s["name"].as_str().unwrap_or("")];
+            // Who created it, for those made through the API.
+            let origin = match &s["created_by"] {
+                serde_json::Value::String(by) => format!("api ({by})"),
+                _ => cell(&s["origin"]),
+            };
             vec![
                 cell(&s["name"]),
                 cell(&s["url"]),
+                origin,
                 if s["paused"] == true {
                     "paused"
                 } else {
@@ -1228,7 +1277,15 @@ fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> 
     print!(
         "{}",
         table(
-            &["NAME", "URL", "STATE", "WAITING", "DEAD", "DELIVERED"],
+            &[
+                "NAME",
+                "URL",
+                "ORIGIN",
+                "STATE",
+                "WAITING",
+                "DEAD",
+                "DELIVERED"
+            ],
             &rows
         )
     );
@@ -1353,6 +1410,6 @@ fn replay_command(
 }
 
 /// A path segment as typed by a user, made safe for a URL.
-fn encode_segment(text: &str) -> String {
+pub(crate) fn encode_segment(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

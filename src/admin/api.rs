@@ -27,7 +27,7 @@ use crate::spool::{
 
 /// Every route, as `doc/openapi.json` documents it (a test holds the two
 /// and the live listener to each other).
-pub const ROUTES: [(&str, &str); 19] = [
+pub const ROUTES: [(&str, &str); 24] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -41,8 +41,13 @@ pub const ROUTES: [(&str, &str); 19] = [
     ("POST", "/api/quarantine/{id}/discard"),
     ("GET", "/api/stats"),
     ("GET", "/api/subscriptions"),
+    ("POST", "/api/subscriptions"),
+    ("DELETE", "/api/subscriptions/{name}"),
     ("POST", "/api/subscriptions/{name}/pause"),
     ("POST", "/api/subscriptions/{name}/resume"),
+    ("POST", "/api/subscriptions/{name}/backfill"),
+    ("POST", "/api/subscriptions/{name}/test"),
+    ("POST", "/api/subscriptions/{name}/rotate-secret"),
     ("POST", "/api/reload"),
     ("GET", "/api/audit"),
     ("GET", "/"),
@@ -70,6 +75,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A request that is well formed but cannot be done as asked (a
+    /// subscription whose target is not allowed, a setting out of range).
+    #[error("{0}")]
+    Unprocessable(String),
     /// A config that did not load: the old one stays.
     #[error("{0}")]
     Invalid(String),
@@ -97,7 +106,7 @@ impl ApiError {
             ApiError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Query(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(_) | ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Spool(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -112,6 +121,7 @@ impl ApiError {
             ApiError::Query(_) => "bad_request",
             ApiError::Conflict(_) => "conflict",
             ApiError::Invalid(_) => "invalid_config",
+            ApiError::Unprocessable(_) => "unprocessable",
             ApiError::Spool(_) => "spool_unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -135,7 +145,7 @@ impl ApiError {
     }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -145,7 +155,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     response
 }
 
-fn ok(body: Value) -> Result<Response<Full<Bytes>>, ApiError> {
+pub(super) fn ok(body: Value) -> Result<Response<Full<Bytes>>, ApiError> {
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -334,15 +344,39 @@ async fn route(
             caller.require(Role::Subscriber)?;
             ok(subscriptions(admin))
         }
-        ["api", "subscriptions", name, action @ ("pause" | "resume")] if post => {
-            caller.require(Role::Admin)?;
+        ["api", "subscriptions"] if post => {
             if let Some((key, _)) = form_urlencoded::parse(query.as_bytes()).next() {
                 return Err(QueryError::Unknown(key.into_owned()).into());
             }
-            let name = percent_encoding::percent_decode_str(name)
-                .decode_utf8_lossy()
-                .into_owned();
+            super::subscriptions::create(admin, &caller, request.into_body()).await
+        }
+        ["api", "subscriptions", name] if method == Method::DELETE => {
+            let name = decode_segment(name);
+            super::subscriptions::delete(admin, &caller, &name, &query).await
+        }
+        ["api", "subscriptions", name, action @ ("pause" | "resume")] if post => {
+            let name = decode_segment(name);
+            if let Some((key, _)) = form_urlencoded::parse(query.as_bytes()).next() {
+                return Err(QueryError::Unknown(key.into_owned()).into());
+            }
+            // An admin any, a subscriber the ones it created.
+            super::subscriptions::may_manage(admin, &caller, &name)?;
             pause(admin, &caller, &name, *action == "pause").await
+        }
+        ["api", "subscriptions", name, "backfill"] if post => {
+            let name = decode_segment(name);
+            super::subscriptions::backfill(admin, &caller, &name, &query).await
+        }
+        ["api", "subscriptions", name, "test"] if post => {
+            let name = decode_segment(name);
+            if let Some((key, _)) = form_urlencoded::parse(query.as_bytes()).next() {
+                return Err(QueryError::Unknown(key.into_owned()).into());
+            }
+            super::subscriptions::test_event(admin, &caller, &name).await
+        }
+        ["api", "subscriptions", name, "rotate-secret"] if post => {
+            let name = decode_segment(name);
+            super::subscriptions::rotate_secret(admin, &caller, &name, &query).await
         }
         ["api", "notifications"]
         | ["api", "notifications", _]
@@ -355,9 +389,19 @@ async fn route(
         | ["api", "reload"]
         | ["api", "audit"]
         | ["api", "subscriptions"]
-        | ["api", "subscriptions", _, "pause" | "resume"] => Err(ApiError::Method(method)),
+        | ["api", "subscriptions", _]
+        | ["api", "subscriptions", _, "pause" | "resume" | "backfill" | "test" | "rotate-secret"] => {
+            Err(ApiError::Method(method))
+        }
         _ => Err(ApiError::NoRoute),
     }
+}
+
+/// A path segment as the client meant it (`%2F` and the like decoded).
+fn decode_segment(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Runs a spool read on the blocking pool.
@@ -719,7 +763,7 @@ pub(super) async fn replay_one(
 }
 
 /// Records a change in the spool's audit log (durably, before answering).
-async fn audit(
+pub(super) async fn audit(
     admin: &Admin,
     caller: &Caller,
     action: &str,
@@ -1065,18 +1109,23 @@ pub(super) async fn pause(
 pub(super) fn subscriptions(admin: &Admin) -> Value {
     let config = admin.config.load();
     let paused = admin.spool.paused();
+    let api = admin.spool.api_subscriptions();
     let items: Vec<Value> = config
         .subscriptions
         .iter()
         .map(|s| {
-            json!({
-                "name": s.name,
-                "url": s.url,
-                "sources": s.sources,
-                "events": s.events,
-                "paused": paused.contains(&s.name),
-                "origin": "relay.toml",
-            })
+            let mut item = match api.iter().find(|a| a.name == s.name) {
+                Some(created) => super::subscriptions::describe(created),
+                None => json!({
+                    "name": s.name,
+                    "url": s.url,
+                    "sources": s.sources,
+                    "events": s.events,
+                    "origin": "relay.toml",
+                }),
+            };
+            item["paused"] = json!(paused.contains(&s.name));
+            item
         })
         .collect();
     json!({ "items": items })

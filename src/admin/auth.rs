@@ -146,6 +146,7 @@ mod tests {
         };
         Tokens::from_config(&AdminConfig {
             listen: None,
+            allowed_targets: Vec::new(),
             tokens: vec![
                 token("ops", "admin-token-0123456789", Role::Admin),
                 token("grafana", "viewer-token-0123456789", Role::Viewer),

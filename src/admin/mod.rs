@@ -6,12 +6,15 @@
 //! - [`auth`]: bearer tokens and roles.
 //! - [`query`]: the filters of the API, pure.
 //! - [`api`]: routes and handlers.
+//! - `subscriptions`: creating, deleting, backfilling and testing
+//!   subscriptions and rotating their secrets.
 //! - `page`: the HTML page over the same reads.
 
 mod api;
 pub mod auth;
 mod page;
 pub mod query;
+mod subscriptions;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -57,7 +60,17 @@ pub struct Admin {
     /// `POST /api/reload` asks whoever holds the receiver (the `serve`
     /// command, which knows the config file) and waits for the answer.
     reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
+    /// After an API change of subscriptions is in the spool, asks the app
+    /// to hand them to fan-out and the forwarder, and waits for it.
+    changes: tokio::sync::mpsc::Sender<ChangeRequest>,
+    /// Held by each subscription change from its checks to its answer, so
+    /// two requests cannot both find a name free and both take it.
+    subscription_changes: tokio::sync::Mutex<()>,
 }
+
+/// A request to apply the subscriptions kept in the spool; answered once
+/// they are in effect, or with why not.
+pub type ChangeRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// A request to re-read the config file; answered with what changed, or
 /// why nothing did.
@@ -70,9 +83,12 @@ impl Admin {
         metrics: Arc<Metrics>,
         clock: Clock,
         reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
+        changes: tokio::sync::mpsc::Sender<ChangeRequest>,
     ) -> Arc<Admin> {
         Arc::new(Admin {
             reloads,
+            changes,
+            subscription_changes: tokio::sync::Mutex::new(()),
             spool,
             metrics,
             clock,

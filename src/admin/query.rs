@@ -244,7 +244,7 @@ fn parse_state(value: String) -> Result<StateFilter, QueryError> {
 }
 
 /// RFC 3339 (`2026-11-25T10:00:00Z`), or a duration back from now (`24h`).
-fn parse_time(name: &'static str, value: &str, now_ms: i64) -> Result<i64, QueryError> {
+pub fn parse_time(name: &'static str, value: &str, now_ms: i64) -> Result<i64, QueryError> {
     let invalid = |reason: &str| QueryError::Invalid {
         name,
         value: value.to_owned(),

@@ -147,8 +147,31 @@ impl AdminClient {
         self.call(reqwest::Method::POST, path)
     }
 
+    /// POST with a JSON body.
+    pub fn post_json(&self, path: &str, body: &Value) -> Result<Value, RemoteError> {
+        self.send(reqwest::Method::POST, path, Some(body))
+    }
+
+    pub fn delete(&self, path: &str) -> Result<Value, RemoteError> {
+        self.call(reqwest::Method::DELETE, path)
+    }
+
     fn call(&self, method: reqwest::Method, path: &str) -> Result<Value, RemoteError> {
+        self.send(method, path, None)
+    }
+
+    fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, RemoteError> {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }

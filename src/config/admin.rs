@@ -1,5 +1,6 @@
 //! The `[admin]` section: where the admin listener binds, the bearer tokens
-//! that may use it and their roles.
+//! that may use it and their roles, and the targets that subscriptions
+//! created through the API may point at (`allowed_targets`).
 //!
 //! The admin listener speaks plain HTTP, so it may only bind to loopback or
 //! a unix socket: anything else is a config error (put a TLS proxy in front
@@ -20,6 +21,93 @@ pub struct AdminConfig {
     /// admin listener when absent.
     pub listen: Option<AdminListen>,
     pub tokens: Vec<AdminToken>,
+    /// Hosts and networks an API-created subscription's URL may name; none
+    /// when absent, so no invoice leaves for a host the operator did not name.
+    pub allowed_targets: Vec<AllowedTarget>,
+}
+
+/// One entry of `allowed_targets`: a network (`"10.0.0.0/8"`, `"127.0.0.1"`),
+/// a host name (`"billing.internal"`), or every host under a domain
+/// (`"*.apps.internal"`). Host names compare without case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedTarget {
+    Network(ipnet::IpNet),
+    Host(String),
+    /// `*.apps.internal`: the text after `*.`, matched as a suffix after a dot.
+    Domain(String),
+}
+
+impl AllowedTarget {
+    pub fn parse(text: &str) -> Result<AllowedTarget, String> {
+        if let Ok(net) = text.parse::<ipnet::IpNet>() {
+            return Ok(AllowedTarget::Network(net));
+        }
+        if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+            return Ok(AllowedTarget::Network(ip.into()));
+        }
+        let (name, domain) = match text.strip_prefix("*.") {
+            Some(rest) => (rest, true),
+            None => (text, false),
+        };
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(format!(
+                "{text:?} is not a host name, \"*.\" and a domain, an IP address or a CIDR network \
+                 (e.g. \"billing.internal\", \"*.apps.internal\", \"10.0.0.0/8\")"
+            ));
+        }
+        let name = name.to_ascii_lowercase();
+        Ok(if domain {
+            AllowedTarget::Domain(name)
+        } else {
+            AllowedTarget::Host(name)
+        })
+    }
+
+    /// Whether a URL's host (as `Url::host_str` gives it: an IPv6
+    /// address in brackets) is this entry's.
+    pub fn allows(&self, host: &str) -> bool {
+        let ip = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .parse::<std::net::IpAddr>();
+        match (self, ip) {
+            (AllowedTarget::Network(net), Ok(ip)) => net.contains(&ip),
+            (AllowedTarget::Host(name), Err(_)) => host.eq_ignore_ascii_case(name),
+            (AllowedTarget::Domain(domain), Err(_)) => {
+                let host = host.to_ascii_lowercase();
+                host.strip_suffix(domain.as_str())
+                    .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for AllowedTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllowedTarget::Network(net) => write!(f, "{net}"),
+            AllowedTarget::Host(name) => f.write_str(name),
+            AllowedTarget::Domain(domain) => write!(f, "*.{domain}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AllowedTarget {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?;
+        AllowedTarget::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Where the admin listener binds.
@@ -101,6 +189,13 @@ pub struct AdminToken {
 const MIN_TOKEN_LEN: usize = 16;
 
 impl AdminConfig {
+    /// Whether an API-created subscription may send to `url`: its host is
+    /// one of `allowed_targets`.
+    pub fn allows_target(&self, url: &reqwest::Url) -> bool {
+        url.host_str()
+            .is_some_and(|host| self.allowed_targets.iter().any(|t| t.allows(host)))
+    }
+
     pub(super) fn check(&self, at: &KeyPath, problems: &mut Vec<(KeyPath, String)>) {
         if let Some(AdminListen::Tcp(addr)) = &self.listen {
             if !addr.ip().is_loopback() {

@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use crate::delivery::Schedule;
 use crate::providers::{GenericRules, Provider};
-pub use admin::{AdminConfig, AdminListen, AdminToken, Role};
+pub use admin::{AdminConfig, AdminListen, AdminToken, AllowedTarget, Role};
 pub use load::{ConfigError, Problem};
 pub use locate::KeyPath;
 pub use values::{
@@ -247,6 +247,18 @@ pub struct SubscriptionConfig {
     pub jitter: f64,
     /// PEM file of extra CA certificates to trust for an https target.
     pub tls_ca: Option<PathBuf>,
+    /// The secret a rotation replaced, still signed with until its time
+    /// (Unix ms). Never in `relay.toml`: only API-created subscriptions
+    /// rotate (the spool keeps it).
+    #[serde(skip)]
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// A replaced secret and the end of its overlap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    pub secret: String,
+    pub until_ms: i64,
 }
 
 fn default_schedule() -> Vec<HumanDuration> {

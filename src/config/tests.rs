@@ -324,3 +324,39 @@ fn the_packaged_relay_toml_is_refused_for_its_placeholders_only() {
     assert!(matches!(config.admin.listen, Some(AdminListen::Unix(_))));
     assert!(config.example_secrets().is_empty());
 }
+
+#[test]
+fn allowed_targets_are_hosts_domains_or_networks_and_a_bad_one_is_located() {
+    let text = minimal()
+        + "[admin]\nallowed_targets = [\"billing.internal\", \"*.apps.internal\", \"10.0.0.0/8\", \"::1\"]\n";
+    let admin = Config::parse(&text).unwrap().admin;
+    let allows = |url: &str| admin.allows_target(&reqwest::Url::parse(url).unwrap());
+    assert!(allows("https://BILLING.internal/hooks"));
+    assert!(allows("http://erp.apps.internal:8080/in"));
+    assert!(allows("http://10.1.2.3/in"));
+    assert!(allows("http://[::1]:9000/in"));
+    assert!(
+        !allows("https://apps.internal/in"),
+        "the domain itself is not under it"
+    );
+    assert!(!allows("https://billing.internal.evil.example/in"));
+    assert!(!allows("http://11.0.0.1/in"));
+    assert!(!allows("https://invoices.example.com/in"));
+    assert!(
+        !Config::parse(&minimal())
+            .unwrap()
+            .admin
+            .allows_target(&reqwest::Url::parse("http://127.0.0.1/").unwrap()),
+        "absent, it allows nothing"
+    );
+
+    let bad = minimal() + "[admin]\nallowed_targets = [\"ok.internal\", \"no spaces\"]\n";
+    let problems = Config::parse(&bad).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "admin.allowed_targets");
+    assert!(problems[0].line.is_some(), "{problems:?}");
+    assert!(
+        problems[0].message.contains("\"no spaces\""),
+        "{problems:?}"
+    );
+}

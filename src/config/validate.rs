@@ -365,6 +365,23 @@ impl SourceConfig {
 // === impl SubscriptionConfig ===
 
 impl SubscriptionConfig {
+    /// The problems of a subscription made outside `relay.toml` (through
+    /// the admin API), checked against `config` by the same rules, each as
+    /// "key: what".
+    pub fn problems_in(&self, config: &Config) -> Vec<String> {
+        let mut found = Found::new();
+        self.check(
+            &KeyPath::default(),
+            config,
+            &SetAside::default(),
+            &mut found,
+        );
+        found
+            .into_iter()
+            .map(|(key, message)| format!("{key}: {message}"))
+            .collect()
+    }
+
     fn check(&self, at: &KeyPath, config: &Config, aside: &SetAside, found: &mut Found) {
         if !is_name(&self.name) {
             found.push((

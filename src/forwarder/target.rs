@@ -31,6 +31,8 @@ pub struct Target {
     url: reqwest::Url,
     client: reqwest::Client,
     key: SigningKey,
+    /// The key a rotation replaced, and until when (Unix ms) it signs too.
+    previous: Option<(SigningKey, i64)>,
     headers: HeaderMap,
     pub schedule: Schedule,
     timeout_first: Duration,
@@ -47,6 +49,13 @@ impl Target {
         };
         let url = reqwest::Url::parse(&config.url).map_err(|e| fail(e.to_string()))?;
         let key = SigningKey::from_secret(&config.secret).map_err(|e| fail(e.to_string()))?;
+        let previous = match &config.previous_secret {
+            Some(previous) => Some((
+                SigningKey::from_secret(&previous.secret).map_err(|e| fail(e.to_string()))?,
+                previous.until_ms,
+            )),
+            None => None,
+        };
         let schedule = config.retry_schedule().map_err(|e| fail(e.to_string()))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
@@ -82,6 +91,7 @@ impl Target {
             url,
             client,
             key,
+            previous,
             headers,
             schedule,
             timeout_first: config.timeout_first.0,
@@ -102,7 +112,7 @@ impl Target {
         let timestamp = now_ms.div_euclid(1000);
         let latin1 = meta.flags.iter().any(|f| f == Flag::Latin1Body.as_str());
         let (body, transcoded) = outgoing::body(&notification.body, latin1);
-        let signature = self.key.sign(&meta.id, timestamp, &body);
+        let signature = self.signature(&meta.id, timestamp, &body, now_ms);
         let timeout = if attempt <= 1 {
             self.timeout_first
         } else {
@@ -148,6 +158,22 @@ impl Target {
             Ok(response) => read_answer(response).await,
             Err(err) => classify(&err),
         }
+    }
+}
+
+impl Target {
+    /// The `webhook-signature` value: the current key's, and while a
+    /// rotation's overlap lasts the replaced key's too (Standard Webhooks
+    /// lists several, space-separated; a receiver accepts any it knows).
+    fn signature(&self, msg_id: &str, timestamp: i64, body: &[u8], now_ms: i64) -> String {
+        let mut signature = self.key.sign(msg_id, timestamp, body);
+        if let Some((previous, until_ms)) = &self.previous {
+            if now_ms < *until_ms {
+                signature.push(' ');
+                signature.push_str(&previous.sign(msg_id, timestamp, body));
+            }
+        }
+        signature
     }
 }
 
@@ -228,6 +254,34 @@ pub fn parse_retry_after(value: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replaced_key_signs_too_until_its_time_and_not_after() {
+        let (old, new) = (
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            SigningKey::generate_secret([7; 32]),
+        );
+        let mut config: SubscriptionConfig = toml::from_str(&format!(
+            "name = \"erp\"\nurl = \"http://127.0.0.1:1/\"\nsecret = \"{new}\"\n"
+        ))
+        .unwrap();
+        config.previous_secret = Some(crate::config::PreviousSecret {
+            secret: old.into(),
+            until_ms: 10_000,
+        });
+        let target = Target::new(&config).unwrap();
+        let (old, new) = (
+            SigningKey::from_secret(old).unwrap(),
+            SigningKey::from_secret(&new).unwrap(),
+        );
+        let during = target.signature("msg_1", 9, b"{}", 9_999);
+        assert_eq!(during.split(' ').count(), 2, "{during}");
+        assert!(new.verify("msg_1", 9, b"{}", &during));
+        assert!(old.verify("msg_1", 9, b"{}", &during));
+        let after = target.signature("msg_1", 10, b"{}", 10_000);
+        assert!(new.verify("msg_1", 10, b"{}", &after));
+        assert!(!old.verify("msg_1", 10, b"{}", &after), "{after}");
+    }
 
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {

@@ -24,6 +24,7 @@ mod audit;
 pub mod record;
 mod routes;
 mod sled;
+mod subscriptions;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ pub use record::{
     NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta, QuarantineRecord, Record,
 };
 pub use routes::Routes;
+pub use subscriptions::{ApiSubscription, Replaced, Settings};
 
 /// For the fuzz targets (`fuzz/`): every decoder of stored bytes.
 #[doc(hidden)]
@@ -280,6 +282,48 @@ impl Spool {
     /// The subscriptions paused now.
     pub fn paused(&self) -> std::collections::BTreeSet<String> {
         self.backend.paused()
+    }
+
+    /// The subscriptions created through the admin API (kept in memory).
+    pub fn api_subscriptions(&self) -> Vec<ApiSubscription> {
+        self.backend.api_subscriptions()
+    }
+
+    /// Keeps an API-created subscription (new, or with a rotated secret);
+    /// answers once durable. Fan-out and forwarding take it only when the
+    /// caller hands the new routes and targets over ([`Spool::set_routes`]).
+    pub async fn put_subscription(&self, subscription: ApiSubscription) -> Result<(), SpoolError> {
+        self.backend.put_subscription(subscription).await
+    }
+
+    /// Forgets an API-created subscription; answers once durable.
+    pub async fn remove_subscription(&self, name: &str) -> Result<(), SpoolError> {
+        self.backend.remove_subscription(name).await
+    }
+
+    /// Gives `subscription` a new delivery, due now, of each of these
+    /// stored notifications that it has none of yet; they go out in id
+    /// (receipt) order. Returns how many were added.
+    pub async fn backfill(
+        &self,
+        subscription: &str,
+        ids: Vec<NotificationId>,
+        now_ms: i64,
+    ) -> Result<u64, SpoolError> {
+        self.backend.backfill(subscription, ids, now_ms).await
+    }
+
+    /// Stores a notification of the relay's own (a test event) fanned out
+    /// to these subscriptions only, through the same durable path.
+    pub async fn store_to(
+        &self,
+        received: Received,
+        notification: Notification,
+        subscriptions: Vec<String>,
+    ) -> Result<Stored, SpoolError> {
+        self.backend
+            .store_to(received, notification, None, subscriptions)
+            .await
     }
 
     /// Removes a quarantined body for good; `NotFound` when it is not there.

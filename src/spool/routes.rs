@@ -75,6 +75,22 @@ impl Routes {
     pub fn contains(&self, name: &str) -> bool {
         self.names().any(|n| n == name)
     }
+
+    /// These routes and, for each name they lack, a subscription known by
+    /// name only (it takes nothing; for telling orphans from subscriptions).
+    pub fn with_names<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> Routes {
+        let mut routes = self.routes.clone();
+        for name in names {
+            if !self.contains(name) {
+                routes.push(Route {
+                    name: name.clone(),
+                    sources: Some(Vec::new()),
+                    events: None,
+                });
+            }
+        }
+        Routes::new(routes)
+    }
 }
 
 #[cfg(test)]

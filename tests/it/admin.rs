@@ -26,13 +26,13 @@ tokens = [
     )
 }
 
-struct Admin {
-    base: String,
-    client: reqwest::Client,
+pub struct Admin {
+    pub base: String,
+    pub client: reqwest::Client,
 }
 
 impl Admin {
-    fn of(relay: &TestRelay) -> Admin {
+    pub fn of(relay: &TestRelay) -> Admin {
         let listen = relay
             .relay()
             .admin_listen
@@ -44,7 +44,7 @@ impl Admin {
         }
     }
 
-    async fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
@@ -59,14 +59,14 @@ impl Admin {
         )
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub async fn get(&self, path: &str) -> Value {
         let (status, body) = self.call("GET", path, Some(ADMIN_TOKEN)).await;
         assert_eq!(status, 200, "GET {path}: {body}");
         body
     }
 
     /// Polls `path` until its answer satisfies `done`; returns that answer.
-    async fn wait_for(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let body = self.get(path).await;
@@ -115,7 +115,7 @@ fn items(body: &Value) -> usize {
     body["items"].as_array().map_or(0, Vec::len)
 }
 
-async fn post_tus(relay: &TestRelay, hook: &str, reference: &str) -> String {
+pub async fn post_tus(relay: &TestRelay, hook: &str, reference: &str) -> String {
     let body = tusfacturas(hook, "emitido", 1).replace("\"17032\"", &format!("\"{reference}\""));
     let (status, json) = relay
         .post(&format!("/hooks/tusfacturas/{TUS_TOKEN}"), body)
@@ -509,7 +509,7 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
 
 /// Runs the built binary against the relay's admin API, the token in the
 /// environment; returns (exit code, stdout, stderr).
-fn cli(config: &std::path::Path, args: &[&str], token: &str) -> (i32, String, String) {
+pub fn cli(config: &std::path::Path, args: &[&str], token: &str) -> (i32, String, String) {
     let out = std::process::Command::new(crate::process::BINARY)
         .args(args)
         .arg("--config")

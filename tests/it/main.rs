@@ -13,3 +13,4 @@ mod ingest;
 mod process;
 mod reload;
 mod spool_cli;
+mod subscriptions;

@@ -15,6 +15,7 @@
 //! | `m`    | name                                  | the spool's own marks         |
 //! | `m`    | `counts`                              | totals (see `counts.rs`)      |
 //! | `m`    | `counts/` subscription                | that subscription's counts    |
+//! | `m`    | `sub/` subscription                   | an API-created subscription   |
 //!
 //! A notification's first attempt needs no entry of its own: the `n` keys
 //! are in id (time) order, so each subscription walks them from its cursor.
@@ -46,6 +47,13 @@ pub const COUNT_TOTALS: &[u8] = b"mcounts";
 pub const SUBSCRIPTION_COUNTS: &[u8] = b"mcounts/";
 /// `mpaused/<subscription>`, present while an admin holds its deliveries.
 pub const PAUSED: &[u8] = b"mpaused/";
+
+/// `msub/<name>`: a subscription created through the admin API.
+pub const API_SUBSCRIPTION: &[u8] = b"msub/";
+
+pub fn api_subscription(name: &str) -> Vec<u8> {
+    [API_SUBSCRIPTION, name.as_bytes()].concat()
+}
 
 pub fn paused(subscription: &str) -> Vec<u8> {
     [PAUSED, subscription.as_bytes()].concat()

@@ -6,6 +6,7 @@
 //! Reads run on the caller's thread, which is never an async worker: the
 //! async methods move them to the blocking pool.
 
+mod backfill;
 mod counts;
 mod keys;
 mod lease;
@@ -24,6 +25,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::record::{NotificationMeta, QuarantineMeta, Record};
+use super::subscriptions::ApiSubscription;
 use super::{
     audit, AuditEntry, AuditId, AuditRecord, Counts, Health, Maintained, NotificationId,
     NotificationRecord, QuarantineRecord, Received, Routes, SpoolError, Stored,
@@ -91,6 +93,8 @@ pub(super) struct Shared {
     pub counts: Mutex<Counts>,
     /// Subscriptions an admin paused: nothing of theirs is leased.
     pub paused: Mutex<std::collections::BTreeSet<String>>,
+    /// Subscriptions created through the admin API, by name.
+    pub api_subscriptions: Mutex<std::collections::BTreeMap<String, ApiSubscription>>,
 }
 
 impl Shared {
@@ -161,6 +165,10 @@ impl SledSpool {
         clock: Clock,
     ) -> Result<SledSpool, SpoolError> {
         let opened = open::open(config, &routes)?;
+        // Until the caller hands over the full routes, the API-created
+        // subscriptions are known by name (a stopped relay's commands must
+        // not take their deliveries for orphans).
+        let routes = routes.with_names(opened.api_subscriptions.keys());
         let shared = Arc::new(Shared {
             config: config.clone(),
             clock,
@@ -180,6 +188,7 @@ impl SledSpool {
             flushed_changes: AtomicU64::new(0),
             counts: Mutex::new(opened.counts.clone()),
             paused: Mutex::new(opened.paused.clone()),
+            api_subscriptions: Mutex::new(opened.api_subscriptions.clone()),
         });
         let start = writer::Start {
             acknowledged: opened.acknowledged,
@@ -214,6 +223,54 @@ impl SledSpool {
 
     pub fn paused(&self) -> std::collections::BTreeSet<String> {
         lock(&self.shared.paused).clone()
+    }
+
+    pub fn api_subscriptions(&self) -> Vec<ApiSubscription> {
+        lock(&self.shared.api_subscriptions)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Keeps (creates or replaces) an API-created subscription, durably.
+    pub async fn put_subscription(&self, subscription: ApiSubscription) -> Result<(), SpoolError> {
+        let change = Change::Subscription {
+            name: subscription.name.clone(),
+            kept: Some((
+                super::subscriptions::encode(&subscription)?,
+                Box::new(subscription),
+            )),
+        };
+        self.write(change, true).await.map(|_| ())
+    }
+
+    /// Forgets an API-created subscription, durably.
+    pub async fn remove_subscription(&self, name: &str) -> Result<(), SpoolError> {
+        let change = Change::Subscription {
+            name: name.to_owned(),
+            kept: None,
+        };
+        self.write(change, true).await.map(|_| ())
+    }
+
+    pub async fn backfill(
+        &self,
+        subscription: &str,
+        ids: Vec<NotificationId>,
+        now_ms: i64,
+    ) -> Result<u64, SpoolError> {
+        let change = Change::Backfill {
+            subscription: subscription.to_owned(),
+            ids,
+            now_ms,
+        };
+        match self.write(change, true).await? {
+            Applied::Added(added) => {
+                self.shared.wake([subscription]);
+                Ok(added)
+            }
+            _ => Err(out_of_turn()),
+        }
     }
 
     pub async fn discard(&self, id: NotificationId) -> Result<(), SpoolError> {
@@ -251,6 +308,18 @@ impl SledSpool {
             .routes
             .load()
             .matching(&received.source, &notification.event_type);
+        self.store_to(received, notification, released, subscriptions)
+            .await
+    }
+
+    /// Stores a notification fanned out to these subscriptions only.
+    pub async fn store_to(
+        &self,
+        received: Received,
+        notification: Notification,
+        released: Option<NotificationId>,
+        subscriptions: Vec<String>,
+    ) -> Result<Stored, SpoolError> {
         let dedup_key = keys::dedup(&received.source, &notification.dedup_key);
         let record = Record {
             meta: NotificationMeta {
@@ -682,6 +751,7 @@ pub fn decode_any(bytes: &[u8]) -> usize {
     accepted += usize::from(keys::split_dedup_value(bytes).is_some());
     accepted += usize::from(keys::split_dedup_expiry(bytes).is_some());
     accepted += usize::from(keys::split_retry(bytes).is_some());
+    accepted += usize::from(super::subscriptions::decode(bytes).is_ok());
     accepted
 }
 

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use ::sled::{Batch, Db, IVec, Tree};
 
+use super::super::subscriptions::ApiSubscription;
 use super::counts::{self, Kept};
 use super::{db_file, decode_delivery, keys, storage, Store, TREE};
 use crate::clock::format_ms;
@@ -64,6 +65,8 @@ pub struct Opened {
     pub last_audit: Option<AuditId>,
     /// Subscriptions an admin paused.
     pub paused: std::collections::BTreeSet<String>,
+    /// Subscriptions created through the admin API.
+    pub api_subscriptions: BTreeMap<String, ApiSubscription>,
 }
 
 pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError> {
@@ -116,7 +119,10 @@ fn prepare(
         }
     }
     store.db.flush().map_err(storage)?;
-    let orphans = super::orphans::count(&store.tree, routes)?;
+    let api_subscriptions = read_api_subscriptions(&store)?;
+    // What the API created is no orphan, though the config does not name it.
+    let routes = routes.with_names(api_subscriptions.keys());
+    let orphans = super::orphans::count(&store.tree, &routes)?;
     for (name, waiting) in &orphans {
         tracing::warn!(
             subscription = %name, waiting,
@@ -161,7 +167,26 @@ fn prepare(
         counts,
         last_audit,
         paused,
+        api_subscriptions,
     })
+}
+
+/// The API-created subscriptions; a damaged one is logged and left out
+/// (its deliveries then wait as orphans, where an admin sees them).
+fn read_api_subscriptions(store: &Store) -> Result<BTreeMap<String, ApiSubscription>, SpoolError> {
+    let mut found = BTreeMap::new();
+    for entry in store.tree.scan_prefix(keys::API_SUBSCRIPTION) {
+        let (key, value) = entry.map_err(storage)?;
+        match super::super::subscriptions::decode(&value) {
+            Ok(subscription) => {
+                found.insert(subscription.name.clone(), subscription);
+            }
+            Err(err) => {
+                tracing::error!(key = ?key, error = %err, "an API-created subscription cannot be read; left out")
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The kept counts; for a spool that has none (made before they were
@@ -1110,7 +1135,9 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
         ));
     }
     report.orphans = catch_unwind(AssertUnwindSafe(|| {
-        super::orphans::count(&store.tree, &Routes::default())
+        // The API's subscriptions are no orphans, though no config names them.
+        let api = read_api_subscriptions(&store)?;
+        super::orphans::count(&store.tree, &Routes::default().with_names(api.keys()))
     }))
     .ok()
     .and_then(Result::ok)

@@ -44,7 +44,9 @@ use super::open::Acknowledged;
 use super::{decode_delivery, encode_delivery, keys, lock, storage, Shared, Store};
 use crate::delivery::{Delivery, State};
 use crate::spool::record::{stamp_id, NotificationMeta, Record};
-use crate::spool::{AuditId, Maintained, NotificationId, Routes, SpoolError, Stored};
+use crate::spool::{
+    ApiSubscription, AuditId, Maintained, NotificationId, Routes, SpoolError, Stored,
+};
 
 /// Most changes applied in one batch and covered by one flush.
 const MAX_GROUP: usize = 512;
@@ -72,6 +74,8 @@ pub(super) enum Applied {
     Recorded,
     Reassigned(u64),
     Audited(AuditId),
+    /// Deliveries a backfill added.
+    Added(u64),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Applied, SpoolError>>;
@@ -131,6 +135,19 @@ pub(super) enum Change {
     Pause {
         subscription: String,
         paused: bool,
+    },
+    /// An API-created subscription kept (`Some`, encoded) or removed
+    /// (with its pause mark).
+    Subscription {
+        name: String,
+        kept: Option<(Vec<u8>, Box<ApiSubscription>)>,
+    },
+    /// New deliveries to `subscription`, due at `now_ms`, of these
+    /// notifications (skipped where it has one already).
+    Backfill {
+        subscription: String,
+        ids: Vec<NotificationId>,
+        now_ms: i64,
     },
     /// An audit entry (encoded), made at `at_ms`.
     Audit {
@@ -423,6 +440,8 @@ impl Writer {
                 | Change::Routes { .. }
                 | Change::Discard { .. }
                 | Change::Pause { .. }
+                | Change::Subscription { .. }
+                | Change::Backfill { .. }
                 | Change::Audit { .. } => 0,
             })
             .sum();
@@ -647,6 +666,41 @@ impl Writer {
                         lock(&self.shared.paused).remove(&subscription);
                     }
                     Ok(Applied::Recorded)
+                }
+                Change::Subscription { name, kept } => {
+                    let key = keys::api_subscription(&name);
+                    match kept {
+                        Some((bytes, subscription)) => {
+                            batch.insert(key, bytes);
+                            lock(&self.shared.api_subscriptions).insert(name, *subscription);
+                        }
+                        None => {
+                            batch.remove(key);
+                            lock(&self.shared.api_subscriptions).remove(&name);
+                            // A later subscription of that name starts unpaused.
+                            batch.remove(keys::paused(&name));
+                            lock(&self.shared.paused).remove(&name);
+                        }
+                    }
+                    Ok(Applied::Recorded)
+                }
+                Change::Backfill {
+                    subscription,
+                    ids,
+                    now_ms,
+                } => {
+                    // It reads what this group wrote before it.
+                    self.tally
+                        .apply(store, std::mem::take(&mut batch), &self.shared.counts)?;
+                    let added = super::backfill::give(
+                        store,
+                        &mut batch,
+                        &mut self.tally,
+                        &subscription,
+                        &ids,
+                        now_ms,
+                    )?;
+                    Ok(Applied::Added(added))
                 }
                 Change::Discard { id } => {
                     let key = keys::quarantine(id);
