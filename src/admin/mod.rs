@@ -6,11 +6,13 @@
 //! - [`auth`]: bearer tokens and roles.
 //! - [`query`]: the filters of the API, pure.
 //! - [`api`]: routes and handlers.
+//! - `purge`: the bulk purge.
 //! - `page`: the HTML page over the same reads.
 
 mod api;
 pub mod auth;
 mod page;
+mod purge;
 pub mod query;
 
 use std::convert::Infallible;

@@ -418,7 +418,7 @@ async fn notification(
             );
         }
         body.push_str(
-            "<table><tr><th>attempt</th><th>started</th><th>took</th><th>outcome</th></tr>",
+            "<table><tr><th>attempt</th><th>started</th><th>took</th><th>outcome</th><th>answer</th></tr>",
         );
         for attempt in delivery["attempts"].as_array().into_iter().flatten() {
             let outcome = &attempt["outcome"];
@@ -428,10 +428,11 @@ async fn notification(
             };
             let _ = write!(
                 body,
-                "<tr><td>{}</td><td>{}</td><td>{} ms</td><td>{what}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{} ms</td><td>{what}</td><td><code>{}</code></td></tr>",
                 text(&attempt["number"]),
                 text(&attempt["started_at"]),
                 text(&attempt["duration_ms"]),
+                text(&attempt["answer"]),
             );
         }
         let _ = write!(

@@ -164,6 +164,16 @@ pub struct Maintained {
     pub audit_records: u64,
 }
 
+/// What [`Spool::purge`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Purged {
+    /// Deliveries now purged.
+    pub purged: u64,
+    /// Deliveries left as they were: in flight, never attempted, or no
+    /// longer dead or waiting.
+    pub skipped: u64,
+}
+
 /// One subscription's deliveries by where they stand.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SubscriptionCounts {
@@ -172,7 +182,7 @@ pub struct SubscriptionCounts {
     pub waiting: u64,
     pub dead: u64,
     pub delivered: u64,
-    /// Given up by an admin (orphans purged).
+    /// Given up by an admin (a bulk purge, or orphans purged).
     pub purged: u64,
 }
 
@@ -324,6 +334,20 @@ impl Spool {
         self.backend.replay(id, subscription, now_ms).await
     }
 
+    /// Gives up the named deliveries (notification, subscription): the
+    /// dead ones, and the waiting ones between two attempts, become purged,
+    /// with their history; the rest are skipped (see [`Purged`]). Applied
+    /// in bounded slices between other writes; answers once durable.
+    /// Retention removes a notification once all its deliveries are
+    /// delivered or purged, as it does delivered ones.
+    pub async fn purge(
+        &self,
+        targets: Vec<(NotificationId, String)>,
+        now_ms: i64,
+    ) -> Result<Purged, SpoolError> {
+        self.backend.purge(targets, now_ms).await
+    }
+
     /// Gives every delivery waiting for `from`, a subscription no longer
     /// configured, to the configured subscription `to` (due now), or purges
     /// them when `to` is `None`; `from`'s deliveries are kept, purged, with
@@ -439,6 +463,13 @@ impl Spool {
     /// When the earliest not-yet-final delivery of `subscription` is due.
     pub fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
         self.backend.next_due_ms(subscription)
+    }
+
+    /// When the oldest delivery still waiting for `subscription` was
+    /// received (None when nothing waits): two short reads, cheap enough
+    /// for every scrape; see the sled backend for how exact it is.
+    pub fn oldest_waiting_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
+        self.backend.oldest_waiting_ms(subscription)
     }
 
     /// Audit records, newest first, strictly older than `before` when

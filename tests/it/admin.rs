@@ -26,13 +26,13 @@ tokens = [
     )
 }
 
-struct Admin {
+pub struct Admin {
     base: String,
     client: reqwest::Client,
 }
 
 impl Admin {
-    fn of(relay: &TestRelay) -> Admin {
+    pub fn of(relay: &TestRelay) -> Admin {
         let listen = relay
             .relay()
             .admin_listen
@@ -44,7 +44,7 @@ impl Admin {
         }
     }
 
-    async fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(token) = token {
@@ -59,14 +59,14 @@ impl Admin {
         )
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub async fn get(&self, path: &str) -> Value {
         let (status, body) = self.call("GET", path, Some(ADMIN_TOKEN)).await;
         assert_eq!(status, 200, "GET {path}: {body}");
         body
     }
 
     /// Polls `path` until its answer satisfies `done`; returns that answer.
-    async fn wait_for(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let body = self.get(path).await;
@@ -83,7 +83,7 @@ impl Admin {
 }
 
 /// A relay with the admin section and one subscription, `billing`, to `target`.
-async fn relay_to(target: &Target) -> (TestRelay, Admin) {
+pub async fn relay_to(target: &Target) -> (TestRelay, Admin) {
     let relay = TestRelay::start(&format!(
         "{}{}",
         subscription("billing", &target.url(), ""),
@@ -96,7 +96,7 @@ async fn relay_to(target: &Target) -> (TestRelay, Admin) {
 
 /// Posts a notification and waits until its only delivery is dead (the
 /// target answers its four attempts with 500).
-async fn dead_notification(
+pub async fn dead_notification(
     relay: &TestRelay,
     admin: &Admin,
     hook: &str,
@@ -111,11 +111,11 @@ async fn dead_notification(
     id
 }
 
-fn items(body: &Value) -> usize {
+pub fn items(body: &Value) -> usize {
     body["items"].as_array().map_or(0, Vec::len)
 }
 
-async fn post_tus(relay: &TestRelay, hook: &str, reference: &str) -> String {
+pub async fn post_tus(relay: &TestRelay, hook: &str, reference: &str) -> String {
     let body = tusfacturas(hook, "emitido", 1).replace("\"17032\"", &format!("\"{reference}\""));
     let (status, json) = relay
         .post(&format!("/hooks/tusfacturas/{TUS_TOKEN}"), body)
@@ -509,7 +509,7 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
 
 /// Runs the built binary against the relay's admin API, the token in the
 /// environment; returns (exit code, stdout, stderr).
-fn cli(config: &std::path::Path, args: &[&str], token: &str) -> (i32, String, String) {
+pub fn cli(config: &std::path::Path, args: &[&str], token: &str) -> (i32, String, String) {
     let out = std::process::Command::new(crate::process::BINARY)
         .args(args)
         .arg("--config")
@@ -525,12 +525,9 @@ fn cli(config: &std::path::Path, args: &[&str], token: &str) -> (i32, String, St
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
-    let target = Target::start(vec![Reply::Status(500); 4]).await;
-    let (relay, admin) = relay_to(&target).await;
-    let id = dead_notification(&relay, &admin, "c-1", "0004-0001").await;
-    // The CLI finds the admin address in relay.toml (the port is the one bound).
+/// A `relay.toml` for the CLI, naming the running relay's admin address
+/// (the port it bound), as an operator's copy would.
+pub fn cli_config(relay: &TestRelay) -> std::path::PathBuf {
     let listen = relay.relay().admin_listen.clone().unwrap();
     let config = relay.dir.path().join("cli.toml");
     std::fs::write(
@@ -542,7 +539,16 @@ async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
         ),
     )
     .unwrap();
-    let config_file = config;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
+    let target = Target::start(vec![Reply::Status(500); 4]).await;
+    let (relay, admin) = relay_to(&target).await;
+    let id = dead_notification(&relay, &admin, "c-1", "0004-0001").await;
+    let listen = relay.relay().admin_listen.clone().unwrap();
+    let config_file = cli_config(&relay);
     let config = config_file.as_path();
 
     let (code, out, err) = tokio::task::block_in_place(|| {

@@ -44,7 +44,7 @@ use super::open::Acknowledged;
 use super::{decode_delivery, encode_delivery, keys, lock, storage, Shared, Store};
 use crate::delivery::{Delivery, State};
 use crate::spool::record::{stamp_id, NotificationMeta, Record};
-use crate::spool::{AuditId, Maintained, NotificationId, Routes, SpoolError, Stored};
+use crate::spool::{AuditId, Maintained, NotificationId, Purged, Routes, SpoolError, Stored};
 
 /// Most changes applied in one batch and covered by one flush.
 const MAX_GROUP: usize = 512;
@@ -72,6 +72,7 @@ pub(super) enum Applied {
     Recorded,
     Reassigned(u64),
     Audited(AuditId),
+    Purged(Purged),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Applied, SpoolError>>;
@@ -136,6 +137,11 @@ pub(super) enum Change {
     Audit {
         entry: Vec<u8>,
         at_ms: i64,
+    },
+    /// One slice of an admin's bulk purge (see `purge.rs`).
+    Purge {
+        targets: Vec<(NotificationId, String)>,
+        now_ms: i64,
     },
 }
 
@@ -423,7 +429,8 @@ impl Writer {
                 | Change::Routes { .. }
                 | Change::Discard { .. }
                 | Change::Pause { .. }
-                | Change::Audit { .. } => 0,
+                | Change::Audit { .. }
+                | Change::Purge { .. } => 0,
             })
             .sum();
         if growth == 0 {
@@ -683,6 +690,13 @@ impl Writer {
                     )?;
                     lock(&self.shared.health).orphans.remove(&from);
                     Ok(Applied::Reassigned(moved))
+                }
+                Change::Purge { targets, now_ms } => {
+                    // It reads what this group wrote before it.
+                    self.tally
+                        .apply(store, std::mem::take(&mut batch), &self.shared.counts)?;
+                    super::purge::slice(&self.shared, store, &mut self.tally, &targets, now_ms)
+                        .map(Applied::Purged)
                 }
                 Change::Audit { entry, at_ms } => {
                     let id = AuditId::next_after(self.last_audit, at_ms);
