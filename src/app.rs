@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Admin, AdminError, AdminListener};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::events::Events;
 use crate::forwarder::{Forwarder, TargetError, Targets};
 use crate::ingress::tls::{self, ReloadableCert, SelfSigned, TlsError};
 use crate::ingress::{self, Ingress, ListenerSettings};
@@ -56,6 +57,7 @@ pub struct Relay {
     config: tokio::sync::Mutex<Config>,
     ingress: Arc<ArcSwap<Ingress>>,
     targets: watch::Sender<Targets>,
+    events: Arc<Events>,
     reload_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<admin::ReloadRequest>>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), SpoolError>>,
@@ -88,6 +90,8 @@ impl Relay {
         };
         let metrics = Arc::new(Metrics::new());
         let (forwarder, targets) = Forwarder::new(&config, spool.clone(), clock, metrics.clone())?;
+        let (events_stop, events_stopped) = watch::channel(false);
+        let (events, events_task) = Events::start(&config, spool.clone(), clock, events_stopped);
         let listen_error = |source| ListenError::Bind {
             addr: config.server.listen,
             source,
@@ -129,6 +133,7 @@ impl Relay {
             ingress.clone(),
             forwarder,
             admin.clone(),
+            (events_stop, events_task),
             stopped,
         ));
         tracing::info!(
@@ -147,6 +152,7 @@ impl Relay {
             config: tokio::sync::Mutex::new(config),
             ingress,
             targets,
+            events,
             reload_requests: std::sync::Mutex::new(Some(reload_requests)),
             spool,
             cert,
@@ -190,6 +196,7 @@ impl Relay {
             tracing::warn!(subscription = %name, "subscription removed; its waiting deliveries stay as orphans (`spool move-orphans` or `purge-orphans`)");
         }
         self.targets.send_replace(targets);
+        self.events.reload(&new);
         self.ingress.store(self.ingress.load().reloaded(&new));
         self.admin.reload(&new);
         self.reload_certificate();
@@ -337,6 +344,7 @@ async fn run(
     ingress: Arc<ArcSwap<Ingress>>,
     forwarder: Forwarder,
     admin: Arc<Admin>,
+    (events_stop, events_task): (watch::Sender<bool>, JoinHandle<()>),
     stopped: watch::Receiver<bool>,
 ) -> Result<(), SpoolError> {
     let signal = |rx: watch::Receiver<bool>| async move {
@@ -360,6 +368,9 @@ async fn run(
     tracing::info!("ingress closed; stopping the forwarder");
     let _ = forwarder_stop.send(true);
     let _ = forwarding.await;
+    // The last attempts' events, stored before the spool closes.
+    let _ = events_stop.send(true);
+    let _ = events_task.await;
     maintenance.abort();
     let _ = admin_stop.send(true);
     if let Some(serving) = admin_serving {

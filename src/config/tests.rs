@@ -324,3 +324,23 @@ fn the_packaged_relay_toml_is_refused_for_its_placeholders_only() {
     assert!(matches!(config.admin.listen, Some(AdminListen::Unix(_))));
     assert!(config.example_secrets().is_empty());
 }
+
+#[test]
+fn the_relay_source_is_reserved_and_failing_after_is_at_least_one() {
+    assert_eq!(
+        Config::parse(&minimal()).unwrap().forwarder.failing_after,
+        5
+    );
+    let text = format!(
+        "{}\n[forwarder]\nfailing_after = 0\n\n[sources.relay]\nprovider = \"generic\"\ntoken = \"0123456789abcdef\"\n",
+        minimal()
+    );
+    let problems = Config::parse(&text).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["forwarder.failing_after", "sources.relay"],
+        "{problems:?}"
+    );
+    assert!(problems[1].message.contains("reserved"), "{problems:?}");
+}

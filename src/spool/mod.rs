@@ -8,7 +8,8 @@
 //! [`Spool::health`]; it keeps [`Spool::counts`] of deliveries by state in
 //! memory (and persisted with the changes they count) and an audit log of
 //! admins' changes ([`Spool::audit`]). No backend type, key or error
-//! crosses this boundary.
+//! crosses this boundary. It reports what it recorded that the relay's
+//! operational events are made of ([`Spool::observe`]).
 //!
 //! The promises every backend keeps:
 //! - `store` answers only after a flush (that began after the write) made the
@@ -21,6 +22,7 @@
 //! JetStream one can slot in beside it.
 
 mod audit;
+mod observe;
 pub mod record;
 mod routes;
 mod sled;
@@ -37,6 +39,7 @@ use crate::config::SpoolConfig;
 use crate::delivery::Delivery;
 use crate::providers::Notification;
 pub use audit::{AuditEntry, AuditId, AuditIdError, AuditRecord};
+pub use observe::{Observed, ObservedNotification};
 pub use record::{
     NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta, QuarantineRecord, Record,
 };
@@ -226,6 +229,7 @@ pub struct CheckReport {
 #[derive(Clone)]
 pub struct Spool {
     backend: sled::SledSpool,
+    observer: std::sync::Arc<observe::Observer>,
 }
 
 impl Spool {
@@ -237,6 +241,7 @@ impl Spool {
     pub fn open(config: &SpoolConfig, routes: Routes, clock: Clock) -> Result<Spool, SpoolError> {
         Ok(Spool {
             backend: sled::SledSpool::open(config, routes, clock)?,
+            observer: std::sync::Arc::default(),
         })
     }
 
@@ -304,7 +309,24 @@ impl Spool {
         reason_kind: &str,
         reason: String,
     ) -> Result<NotificationId, SpoolError> {
-        self.backend.quarantine(received, reason_kind, reason).await
+        let noted = self
+            .observer
+            .is_on()
+            .then(|| (received.source.clone(), received.body.len(), reason.clone()));
+        let id = self
+            .backend
+            .quarantine(received, reason_kind, reason)
+            .await?;
+        if let Some((source, bytes, reason)) = noted {
+            self.observer.send(Observed::Quarantined {
+                id,
+                source,
+                reason_kind: reason_kind.to_owned(),
+                reason,
+                bytes,
+            });
+        }
+        Ok(id)
     }
 
     /// Up to `max` deliveries of `subscription` that are due, waiting until
@@ -319,7 +341,29 @@ impl Spool {
     /// outcome only means the delivery is made again. On error the lease
     /// stays held; retry later, do not send it again.
     pub async fn complete(&self, lease: &Lease, delivery: &Delivery) -> Result<(), SpoolError> {
-        self.backend.complete(&lease.0, delivery).await
+        self.backend.complete(&lease.0, delivery).await?;
+        self.observer.attempted(lease, delivery);
+        Ok(())
+    }
+
+    /// Starts reporting what the spool records that operational events are
+    /// made of (attempts recorded, bodies quarantined), on the channel
+    /// returned, while [`Spool::set_observing`] is on; `None` if someone
+    /// already observes. A report that finds the channel full is dropped
+    /// and counted ([`Spool::observed_dropped`]): the spool never waits
+    /// for its observer.
+    pub fn observe(&self, capacity: usize) -> Option<tokio::sync::mpsc::Receiver<Observed>> {
+        self.observer.start(capacity)
+    }
+
+    /// Whether to report at all: off, nothing is cloned or sent.
+    pub fn set_observing(&self, on: bool) {
+        self.observer.set_on(on);
+    }
+
+    /// Reports dropped because the observer's channel was full.
+    pub fn observed_dropped(&self) -> u64 {
+        self.observer.dropped()
     }
 
     /// Puts a dead (or delivered) delivery back in the queue with a fresh

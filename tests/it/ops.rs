@@ -218,11 +218,12 @@ async fn each_attempt_keeps_the_start_of_the_targets_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_and_metrics_show_the_oldest_waiting_delivery_and_each_sources_requests() {
     // billing delivers; slow fails once and waits ten minutes.
-    let target = Target::start(vec![Reply::Status(500)]).await;
+    let down = Target::start(vec![Reply::Status(500)]).await;
+    let up = Target::start(Vec::new()).await;
     let relay = TestRelay::start(&format!(
         "{}{}{}",
-        slow_subscription("slow", &target.url()),
-        subscription("billing", &target.url(), ""),
+        slow_subscription("slow", &down.url()),
+        subscription("billing", &up.url(), ""),
         admin_section()
     ))
     .await;
@@ -301,4 +302,156 @@ async fn stats_and_metrics_show_the_oldest_waiting_delivery_and_each_sources_req
         "{out}"
     );
     relay.stop().await;
+}
+
+/// The relay's own events, as a `relay.*` subscriber received them: each
+/// body's `type`, in order of arrival, every one signed and marked as from
+/// the source `relay`.
+fn relay_events(target: &Target) -> Vec<Value> {
+    target
+        .received()
+        .iter()
+        .map(|request| {
+            crate::forwarding::verify_with_standardwebhooks(request);
+            assert_eq!(request.headers["x-relay-source"], "relay");
+            serde_json::from_slice::<Value>(&request.body).unwrap()
+        })
+        .collect()
+}
+
+fn types(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+/// A relay whose `billing` goes to `failing` on a short schedule (three
+/// attempts), `alerts` takes the relay's events, `plain` takes everything
+/// (no filter), and a subscription is failing after two failures in a row.
+async fn relay_with_alerts(
+    failing: &Target,
+    alerts: &Target,
+    plain: &Target,
+) -> (TestRelay, Admin) {
+    let billing = subscription("billing", &failing.url(), "").replace(
+        "schedule = [\"50ms\", \"100ms\", \"150ms\"]",
+        "schedule = [\"50ms\", \"100ms\"]",
+    );
+    let relay = TestRelay::start_edited(|base| {
+        format!(
+            "{}{billing}{}{}{}",
+            base.replace(
+                "shutdown_grace = \"2s\"",
+                "shutdown_grace = \"2s\"\nfailing_after = 2"
+            ),
+            subscription("alerts", &alerts.url(), "events = [\"relay.*\"]"),
+            subscription("plain", &plain.url(), ""),
+            admin_section()
+        )
+    })
+    .await;
+    let admin = Admin::of(&relay);
+    (relay, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_target_raises_failing_once_then_dead_then_recovered() {
+    let failing = Target::start(vec![Reply::Status(500); 3]).await;
+    let alerts = Target::start(Vec::new()).await;
+    let plain = Target::start(Vec::new()).await;
+    let (relay, admin) = relay_with_alerts(&failing, &alerts, &plain).await;
+    let id = post_tus(&relay, "e-1", "0009-0004").await;
+
+    alerts.wait_for(2, WAIT).await;
+    let events = relay_events(&alerts);
+    assert_eq!(
+        types(&events),
+        ["relay.subscription.failing", "relay.delivery.dead"],
+        "{events:?}"
+    );
+    let (failing_event, dead) = (&events[0], &events[1]);
+    assert_eq!(failing_event["subscription"], "billing");
+    assert_eq!(failing_event["consecutive_failures"], 2);
+    assert_eq!(dead["subscription"], "billing");
+    assert_eq!(dead["attempts"], 3);
+    assert_eq!(dead["last_attempt"]["outcome"]["code"], 500);
+    let invoice = &dead["notification"];
+    assert_eq!(
+        (
+            invoice["id"].as_str(),
+            invoice["source"].as_str(),
+            invoice["subject"].as_str()
+        ),
+        (Some(id.as_str()), Some("tusfacturas"), Some("0009-0004"))
+    );
+    assert!(
+        !dead.to_string().contains("hook_id"),
+        "no invoice body in an event: {dead}"
+    );
+
+    // The target is back: a replay delivers, and billing has recovered.
+    let (status, body) = admin
+        .call(
+            "POST",
+            &format!("/api/notifications/{id}/replay"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    alerts.wait_for(3, WAIT).await;
+    let events = relay_events(&alerts);
+    assert_eq!(
+        events[2]["type"], "relay.subscription.recovered",
+        "{events:?}"
+    );
+    assert_eq!(events[2]["subscription"], "billing");
+    assert_eq!(events[2]["failures_before"], 3);
+
+    // A subscription with no `events` filter got the invoice, not the
+    // relay's events; the events are in the spool as source `relay`.
+    assert!(plain.wait_until(WAIT, |t| t.succeeded(&id)).await);
+    assert!(
+        plain
+            .received()
+            .iter()
+            .all(|r| r.headers["x-relay-source"] == "tusfacturas"),
+        "relay events reached a subscription that did not ask for them"
+    );
+    let stored = admin.get("/api/notifications?source=relay").await;
+    assert_eq!(items(&stored), 3, "{stored}");
+    relay.stop().await;
+    assert_eq!(alerts.count(), 3, "nothing more after the stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_body_raises_quarantine_added() {
+    let failing = Target::start(Vec::new()).await;
+    let alerts = Target::start(Vec::new()).await;
+    let plain = Target::start(Vec::new()).await;
+    let (relay, _admin) = relay_with_alerts(&failing, &alerts, &plain).await;
+    let (status, json) = relay
+        .post(
+            &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
+            "{\"not\": \"tusfacturas\"}",
+        )
+        .await;
+    assert_eq!(status, 422, "{json}");
+    alerts.wait_for(1, WAIT).await;
+    let events = relay_events(&alerts);
+    assert_eq!(types(&events), ["relay.quarantine.added"]);
+    assert_eq!(events[0]["quarantine_id"], json["quarantine_id"]);
+    assert_eq!(events[0]["source"], "tusfacturas");
+    assert!(events[0]["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(
+        !events[0].to_string().contains("\"not\""),
+        "no body: {}",
+        events[0]
+    );
+    relay.stop().await;
+    assert_eq!(
+        plain.count(),
+        0,
+        "a quarantined body goes nowhere, nor its event"
+    );
 }
