@@ -115,6 +115,9 @@ struct Held {
     dropped: u64,
     /// Since when the spool refuses notifications, while it does.
     full_since: Option<i64>,
+    /// The spool's count of refused writes, and the time, at the last look.
+    refused_writes: u64,
+    looked_ms: i64,
 }
 
 impl Held {
@@ -205,10 +208,27 @@ impl Held {
 
     /// Raises `relay.spool.full` and `relay.spool.recovered` as the spool's
     /// health turns. A fatal failure raises nothing: no event could be
-    /// stored before the restart it needs.
+    /// stored before the restart it needs. A full spell shorter than the
+    /// time between two looks still shows in the count of refused writes
+    /// (those 503s are what matters to the providers): it raises both.
     fn watch_health(&mut self, events: &Events, now_ms: i64) {
         let health = events.spool.health();
+        let refused_since = health.refused_writes.saturating_sub(self.refused_writes);
+        let looked_ms = std::mem::replace(&mut self.looked_ms, now_ms);
+        self.refused_writes = health.refused_writes;
         match (self.full_since, health.writable) {
+            (None, true) if refused_since > 0 => {
+                let condition = format!(
+                    "the spool refused {refused_since} notifications for lack of room, and was writable again at the next look"
+                );
+                self.push(events, RelayEvent::SpoolFull { condition }, looked_ms);
+                let recovered = RelayEvent::SpoolRecovered {
+                    full_since_ms: looked_ms,
+                    refused_writes: health.refused_writes,
+                    events_dropped: std::mem::take(&mut self.dropped),
+                };
+                self.push(events, recovered, now_ms);
+            }
             (None, false) if !health.fatal => {
                 let since = health.since_ms.unwrap_or(now_ms);
                 self.full_since = Some(since);
@@ -268,6 +288,8 @@ async fn run(
         pending: VecDeque::new(),
         dropped: 0,
         full_since: None,
+        refused_writes: events.spool.health().refused_writes,
+        looked_ms: clock.now_ms(),
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
