@@ -268,8 +268,12 @@ async fn dashboard(
         let name = sub["name"].as_str().unwrap_or("");
         let paused = sub["paused"] == Value::Bool(true);
         let of = &counts[name];
+        let oldest = match &of["oldest_waiting_received_at"] {
+            Value::String(at) => format!(" (oldest waiting since {})", escape(at)),
+            _ => String::new(),
+        };
         let mut state = format!(
-            "{} waiting, <span class=dead>{} dead</span>, {} delivered{}",
+            "{} waiting{oldest}, <span class=dead>{} dead</span>, {} delivered{}",
             text(&of["waiting"]),
             text(&of["dead"]),
             text(&of["delivered"]),

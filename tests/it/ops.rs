@@ -212,6 +212,23 @@ async fn each_attempt_keeps_the_start_of_the_targets_answer() {
         !out.contains('\x1b'),
         "no escape sequence reaches the terminal: {out:?}"
     );
+
+    // The page shows it on the attempt's row, as text.
+    let listen = relay.relay().admin_listen.clone().unwrap();
+    let page = reqwest::Client::new()
+        .get(format!("http://{listen}/n/{id}"))
+        .header("cookie", format!("relay_token={VIEWER_TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<td><code>down for maintenance"), "{page}");
+    assert!(
+        page.contains("{&quot;error&quot;:&quot;unknown invoice"),
+        "escaped: {page}"
+    );
     relay.stop().await;
 }
 
