@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Admin, AdminError, AdminListener};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::events::Events;
 use crate::forwarder::{Forwarder, TargetError, Targets};
 use crate::ingress::tls::{self, ReloadableCert, SelfSigned, TlsError};
 use crate::ingress::{self, Ingress, ListenerSettings};
@@ -101,6 +102,8 @@ impl Relay {
         spool.set_routes(Routes::from_config(&effective)).await?;
         let (forwarder, targets) =
             Forwarder::new(&effective, spool.clone(), clock, metrics.clone())?;
+        let (events_stop, events_stopped) = watch::channel(false);
+        let (events, events_task) = Events::start(&effective, spool.clone(), clock, events_stopped);
         let listen_error = |source| ListenError::Bind {
             addr: config.server.listen,
             source,
@@ -150,6 +153,7 @@ impl Relay {
             ingress.clone(),
             forwarder,
             admin.clone(),
+            (events_stop, events_task),
             stopped,
         ));
         tracing::info!(
@@ -164,6 +168,7 @@ impl Relay {
         let live = Arc::new(Live {
             config: tokio::sync::Mutex::new(config),
             targets,
+            events,
             spool: spool.clone(),
             admin: admin.clone(),
         });
@@ -225,6 +230,7 @@ impl Relay {
             tracing::warn!(subscription = %name, "subscription removed; its waiting deliveries stay as orphans (`spool move-orphans` or `purge-orphans`)");
         }
         self.live.targets.send_replace(targets);
+        self.live.events.reload(&effective);
         self.ingress.store(self.ingress.load().reloaded(&new));
         self.admin.reload(&effective);
         self.reload_certificate();
@@ -283,6 +289,8 @@ struct Live {
     /// The config as `relay.toml` has it (no API subscription in it).
     config: tokio::sync::Mutex<Config>,
     targets: watch::Sender<Targets>,
+    /// Who wants the relay's own events, and their threshold.
+    events: Arc<Events>,
     spool: Spool,
     admin: Arc<Admin>,
 }
@@ -341,6 +349,7 @@ async fn apply_api_subscriptions(live: &Live) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     live.targets.send_replace(targets);
+    live.events.reload(&effective);
     live.admin.reload(&effective);
     Ok(())
 }
@@ -441,6 +450,7 @@ async fn run(
     ingress: Arc<ArcSwap<Ingress>>,
     forwarder: Forwarder,
     admin: Arc<Admin>,
+    (events_stop, events_task): (watch::Sender<bool>, JoinHandle<()>),
     stopped: watch::Receiver<bool>,
 ) -> Result<(), SpoolError> {
     let signal = |rx: watch::Receiver<bool>| async move {
@@ -464,6 +474,9 @@ async fn run(
     tracing::info!("ingress closed; stopping the forwarder");
     let _ = forwarder_stop.send(true);
     let _ = forwarding.await;
+    // The last attempts' events, stored before the spool closes.
+    let _ = events_stop.send(true);
+    let _ = events_task.await;
     maintenance.abort();
     let _ = admin_stop.send(true);
     if let Some(serving) = admin_serving {

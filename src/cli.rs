@@ -351,6 +351,24 @@ pub enum SpoolCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Give up the deliveries a filter picks (`--state` dead, the default,
+    /// or waiting): they become purged, keep their history and can still
+    /// be replayed until retention removes them. Through the running
+    /// relay's admin API; needs --dry-run (to count) or --yes.
+    Purge {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Count what the purge would touch; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do the purge.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -413,6 +431,13 @@ pub fn run(cli: Cli) -> ExitCode {
             dry_run,
             yes,
         }) => replay_command(&config.config, &remote, id, filter, dry_run, yes),
+        Command::Spool(SpoolCommand::Purge {
+            config,
+            remote,
+            filter,
+            dry_run,
+            yes,
+        }) => purge_command(&config.config, &remote, &filter, dry_run, yes),
         Command::Spool(SpoolCommand::Ls {
             config,
             remote,
@@ -1139,6 +1164,7 @@ fn show(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
             "-".into(),
             cell(&delivery["next_try_at"]),
             String::new(),
+            String::new(),
         ]);
         for attempt in attempts {
             let outcome = &attempt["outcome"];
@@ -1152,6 +1178,7 @@ fn show(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
                 cell(&attempt["started_at"]),
                 format!("{} ms", cell(&attempt["duration_ms"])),
                 what,
+                one_line(&cell(&attempt["answer"])),
             ]);
         }
     }
@@ -1159,7 +1186,14 @@ fn show(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
     print!(
         "{}",
         table(
-            &["SUBSCRIPTION", "STATE", "STARTED", "NEXT/TOOK", "OUTCOME"],
+            &[
+                "SUBSCRIPTION",
+                "STATE",
+                "STARTED",
+                "NEXT/TOOK",
+                "OUTCOME",
+                "ANSWER"
+            ],
             &rows
         )
     );
@@ -1208,10 +1242,70 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
         .as_object()
         .into_iter()
         .flatten()
-        .map(|(name, source)| vec![name.clone(), cell(&source["last_received_at"])])
+        .map(|(name, source)| {
+            let received = &source["received_since_start"];
+            let count = |outcome: &str| received[outcome].as_u64().unwrap_or(0).to_string();
+            let refused: u64 = received
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(outcome, _)| !matches!(outcome.as_str(), "accepted" | "duplicate"))
+                .filter_map(|(_, n)| n.as_u64())
+                .sum();
+            vec![
+                name.clone(),
+                cell(&source["last_received_at"]),
+                count("accepted"),
+                count("duplicate"),
+                refused.to_string(),
+            ]
+        })
         .collect();
     println!();
-    print!("{}", table(&["SOURCE", "LAST RECEIVED"], &rows));
+    print!(
+        "{}",
+        table(
+            &[
+                "SOURCE",
+                "LAST RECEIVED",
+                "ACCEPTED",
+                "DUPLICATE",
+                "REFUSED"
+            ],
+            &rows
+        )
+    );
+    let rows: Vec<Vec<String>> = stats["subscriptions"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, of)| {
+            vec![
+                name.clone(),
+                cell(&of["waiting"]),
+                cell(&of["dead"]),
+                cell(&of["delivered"]),
+                cell(&of["purged"]),
+                cell(&of["oldest_waiting_received_at"]),
+            ]
+        })
+        .collect();
+    println!();
+    print!(
+        "{}",
+        table(
+            &[
+                "SUBSCRIPTION",
+                "WAITING",
+                "DEAD",
+                "DELIVERED",
+                "PURGED",
+                "OLDEST WAITING"
+            ],
+            &rows
+        )
+    );
+    println!("\n(accepted, duplicate and refused count requests since the relay started)");
     Ok(())
 }
 
@@ -1407,6 +1501,51 @@ fn replay_command(
     }
     let config = load(config_path)?;
     replay(&config, &id, filter.subscription)
+}
+
+/// `spool purge`: by filter, through the running relay.
+fn purge_command(
+    config_path: &Path,
+    remote: &RemoteArgs,
+    filter: &FilterArgs,
+    dry_run: bool,
+    yes: bool,
+) -> anyhow::Result<()> {
+    if !dry_run && !yes {
+        return Err(RemoteError::Usage(
+            "a purge needs --dry-run (to count) or --yes (to do it)".into(),
+        )
+        .into());
+    }
+    let client = AdminClient::locate(remote, config_path)?;
+    let mut pairs = filter.pairs();
+    pairs.push(("dry_run", dry_run.then(|| "true".to_owned())));
+    let done = client.post(&format!("/api/purge{}", remote::query(&pairs)))?;
+    if remote.json {
+        println!("{done}");
+    } else if dry_run {
+        println!(
+            "would purge {} deliveries of {} notifications (run again with --yes)",
+            cell(&done["deliveries"]),
+            cell(&done["notifications"])
+        );
+    } else {
+        println!(
+            "purged {} deliveries of {} notifications ({} skipped: in flight, never attempted, or changed meanwhile)",
+            cell(&done["purged"]),
+            cell(&done["notifications"]),
+            cell(&done["skipped"])
+        );
+    }
+    Ok(())
+}
+
+/// A target's text on one table line: its line breaks and other control
+/// characters (a terminal's escape sequences among them) become spaces.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// A path segment as typed by a user, made safe for a URL.

@@ -187,6 +187,28 @@ pub struct Attempt {
     pub started_ms: i64,
     pub duration_ms: u64,
     pub outcome: Outcome,
+    /// The start of the target's answer body ([`answer_excerpt`]); absent
+    /// when it sent none, when it sent no answer at all, and in records
+    /// written before attempts kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+}
+
+/// Most bytes of a target's answer kept in an attempt: enough for an error
+/// message, small enough that a delivery's history stays a few KiB a try.
+pub const ANSWER_KEPT: usize = 4096;
+
+/// What an attempt keeps of an answer body: its first [`ANSWER_KEPT`]
+/// bytes as text (invalid UTF-8 replaced, a character cut at the end
+/// dropped); None for an empty body.
+pub fn answer_excerpt(body: &[u8]) -> Option<String> {
+    let kept = &body[..body.len().min(ANSWER_KEPT)];
+    let whole = match std::str::from_utf8(kept) {
+        // Only the end is incomplete: the cut went through a character.
+        Err(err) if err.error_len().is_none() => &kept[..err.valid_up_to()],
+        _ => kept,
+    };
+    (!whole.is_empty()).then(|| String::from_utf8_lossy(whole).into_owned())
 }
 
 /// Where a delivery stands.
@@ -203,8 +225,8 @@ pub enum State {
     Delivered { at_ms: i64 },
     /// The schedule ran out; an admin may replay it.
     Dead { at_ms: i64 },
-    /// An admin gave it up (its subscription was removed from the config);
-    /// kept with its history, and it may still be replayed.
+    /// An admin gave it up (a bulk purge, or its subscription was removed
+    /// from the config); kept with its history, and it may still be replayed.
     Purged { at_ms: i64 },
 }
 
@@ -349,6 +371,7 @@ impl Delivery {
             // A clock stepped backwards gives 0, not a wrapped huge number.
             duration_ms: u64::try_from(now_ms.saturating_sub(since_ms)).unwrap_or(0),
             outcome,
+            answer: None,
         });
         self.state = match decision {
             Decision::Delivered => State::Delivered { at_ms: now_ms },
@@ -356,6 +379,14 @@ impl Delivery {
             Decision::Dead => State::Dead { at_ms: now_ms },
         };
         Ok(decision)
+    }
+
+    /// Keeps the target's answer ([`answer_excerpt`]) with the attempt
+    /// [`Delivery::finish`] recorded last.
+    pub fn keep_answer(&mut self, answer: Option<String>) {
+        if let Some(last) = self.attempts.last_mut() {
+            last.answer = answer;
+        }
     }
 
     /// After a crash, an InFlight record is due again now: its attempt may or
@@ -403,6 +434,17 @@ impl Delivery {
         }
         self.state = State::Purged { at_ms: now_ms };
         Ok(())
+    }
+
+    /// An admin's bulk purge gives up a dead delivery, or one that is not
+    /// final: it will not be sent (a replay may still bring it back).
+    /// Delivered and already purged ones are left as they are.
+    pub fn give_up(&mut self, now_ms: i64) -> Result<(), TransitionError> {
+        if matches!(self.state, State::Dead { .. }) {
+            self.state = State::Purged { at_ms: now_ms };
+            return Ok(());
+        }
+        self.purge(now_ms)
     }
 }
 
@@ -654,7 +696,8 @@ mod tests {
                 number: 1,
                 started_ms: T0 + 10,
                 duration_ms: 50,
-                outcome: status(204)
+                outcome: status(204),
+                answer: None,
             }]
         );
         assert!(d.is_final());
@@ -839,6 +882,72 @@ mod tests {
         assert_eq!(d.start(T0 + 2), Err(TransitionError::AlreadyFinal));
         d.replay(T0 + 3).unwrap();
         assert_eq!(d.due_at(), Some(T0 + 3));
+    }
+
+    #[test]
+    fn a_bulk_purge_gives_up_dead_and_waiting_deliveries_but_not_delivered_ones() {
+        let s = Schedule::try_new(vec![Duration::from_millis(10)], 0.0).unwrap();
+        let mut dead = Delivery::new("billing", T0);
+        for at in [T0, T0 + 10] {
+            dead.start(at).unwrap();
+            dead.finish(&s, status(500), at, 0.0).unwrap();
+        }
+        assert!(matches!(dead.state, State::Dead { .. }), "{:?}", dead.state);
+        dead.give_up(T0 + 20).unwrap();
+        assert_eq!(dead.state, State::Purged { at_ms: T0 + 20 });
+        assert_eq!(dead.attempts.len(), 2, "the history stays");
+
+        let mut waiting = Delivery::new("billing", T0);
+        waiting.start(T0).unwrap();
+        waiting.finish(&s, status(500), T0, 0.0).unwrap();
+        waiting.give_up(T0 + 1).unwrap();
+        assert_eq!(waiting.due_at(), None);
+
+        let mut delivered = Delivery::new("billing", T0);
+        delivered.start(T0).unwrap();
+        delivered.finish(&s, status(200), T0, 0.0).unwrap();
+        assert_eq!(
+            delivered.give_up(T0 + 1),
+            Err(TransitionError::AlreadyFinal)
+        );
+        assert_eq!(waiting.give_up(T0 + 2), Err(TransitionError::AlreadyFinal));
+    }
+
+    #[test]
+    fn an_answer_is_kept_cut_to_a_few_kib_as_text() {
+        assert_eq!(answer_excerpt(b""), None);
+        assert_eq!(
+            answer_excerpt(b"{\"error\":\"no such invoice\"}").as_deref(),
+            Some("{\"error\":\"no such invoice\"}")
+        );
+        // Cut inside a two-byte character: the half is dropped.
+        let mut long = vec![b'a'; ANSWER_KEPT - 1];
+        long.extend_from_slice("ñ and more".as_bytes());
+        let kept = answer_excerpt(&long).unwrap();
+        assert_eq!(kept.len(), ANSWER_KEPT - 1);
+        assert!(kept.bytes().all(|b| b == b'a'));
+        // Not UTF-8 at all: replaced, not refused.
+        assert_eq!(
+            answer_excerpt(&[0xff, b'o', b'k']).as_deref(),
+            Some("\u{fffd}ok")
+        );
+    }
+
+    #[test]
+    fn an_attempt_written_before_answers_were_kept_still_reads() {
+        let old = r#"{"number":1,"started_ms":5,"duration_ms":2,"outcome":{"kind":"timeout"}}"#;
+        let attempt: Attempt = serde_json::from_str(old).unwrap();
+        assert_eq!(attempt.answer, None);
+        assert_eq!(
+            serde_json::to_string(&attempt).unwrap(),
+            old,
+            "no field added when empty"
+        );
+        let mut d = Delivery::new("billing", T0);
+        d.start(T0).unwrap();
+        d.finish(&standard(), status(500), T0 + 3, 0.0).unwrap();
+        d.keep_answer(Some("busy".into()));
+        assert_eq!(d.attempts[0].answer.as_deref(), Some("busy"));
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! - [`delivery`]: the pure state machine of one delivery and its schedule.
 //! - [`signing`]: Standard Webhooks signatures.
 //! - [`forwarder`]: sends due deliveries and records their outcomes.
+//! - [`events`]: the relay's own operational events (a delivery dead, a
+//!   subscription failing, a full spool...), stored and delivered like
+//!   notifications to the subscriptions that ask for them.
 //! - [`config`]: the `relay.toml` schema and its validation.
 //! - [`app`]: wires the parts, owns start-up and shutdown.
 //! - [`listen`]: the listening sockets: from systemd (socket activation)
@@ -18,7 +21,7 @@
 //! - [`clock`]: Unix milliseconds: the system clock in service, or one that
 //!   follows tokio's paused clock in tests.
 //!
-//! Dependencies point down: `cli` → `app` → `ingress`, `forwarder` → `spool`
+//! Dependencies point down: `cli` → `app` → `ingress`, `forwarder`, `events` → `spool`
 //! → `providers`, `delivery`, `signing`, `config`.
 
 #![forbid(unsafe_code)]
@@ -29,6 +32,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod events;
 pub mod forwarder;
 pub mod ingress;
 pub mod listen;

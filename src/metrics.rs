@@ -1,7 +1,8 @@
 //! The relay's Prometheus metrics: counters and histograms that ingress and
 //! the forwarder update as they work, and gauges the admin listener sets
-//! from in-memory state just before it renders a scrape. Nothing here reads
-//! the spool: a scrape costs the same whatever the backlog.
+//! from in-memory state just before it renders a scrape (the oldest waiting
+//! age costs two index seeks per subscription). Nothing here reads the
+//! spool: a scrape costs the same whatever the backlog.
 //!
 //! Label values are only names from the config (sources, subscriptions) and
 //! fixed words (outcomes, classes): never ids, subjects or anything a client
@@ -39,6 +40,20 @@ pub enum Received {
     busy,
     /// Any other refusal (unknown path, method, size, framing, timeout).
     refused,
+}
+
+impl Received {
+    /// Every outcome; its `Debug` name is its label value.
+    pub const ALL: [Received; 8] = [
+        Received::accepted,
+        Received::duplicate,
+        Received::unauthorized,
+        Received::invalid,
+        Received::rate_limited,
+        Received::spool_unavailable,
+        Received::busy,
+        Received::refused,
+    ];
 }
 
 /// How one delivery attempt ended.
@@ -136,6 +151,9 @@ pub struct Snapshot {
     pub flushed_changes: u64,
     /// Per subscription: (waiting, dead).
     pub deliveries: Vec<(String, u64, u64)>,
+    /// Per subscription with something waiting: the oldest waiting
+    /// delivery's age in seconds.
+    pub oldest_waiting: Vec<(String, f64)>,
     pub quarantined: u64,
     pub notifications: u64,
 }
@@ -151,6 +169,7 @@ pub struct Metrics {
     end_to_end_seconds: Family<SubscriptionLabel, Histogram>,
     waiting: Family<SubscriptionLabel, Gauge>,
     dead: Family<SubscriptionLabel, Gauge>,
+    oldest_waiting: Family<SubscriptionLabel, Gauge<f64, AtomicU64>>,
     quarantined: Gauge,
     notifications: Gauge,
     spool_bytes: Gauge,
@@ -195,6 +214,7 @@ impl Metrics {
             end_to_end_seconds: Family::new_with_constructor(end_to_end_histogram),
             waiting: Family::default(),
             dead: Family::default(),
+            oldest_waiting: Family::default(),
             quarantined: Gauge::default(),
             notifications: Gauge::default(),
             spool_bytes: Gauge::default(),
@@ -247,6 +267,11 @@ impl Metrics {
             "deliveries_dead",
             "Dead deliveries, waiting for an admin",
             metrics.dead.clone(),
+        );
+        registry.register(
+            "oldest_waiting_age_seconds",
+            "Age of the oldest delivery not yet final (0 when none waits)",
+            metrics.oldest_waiting.clone(),
         );
         registry.register(
             "quarantined",
@@ -315,6 +340,22 @@ impl Metrics {
             .set(now_ms.div_euclid(1000));
     }
 
+    /// Requests from `source` since the relay started, by what became of
+    /// them (outcomes that never happened left out).
+    pub fn received_by_outcome(&self, source: &str) -> Vec<(String, u64)> {
+        Received::ALL
+            .into_iter()
+            .filter_map(|outcome| {
+                let label = SourceOutcome {
+                    source: source.to_owned(),
+                    outcome,
+                };
+                let count = self.received.get(&label)?.get();
+                Some((format!("{outcome:?}"), count))
+            })
+            .collect()
+    }
+
     /// When the last notification of `source` was stored (Unix ms, to the second).
     pub fn last_received_ms(&self, source: &str) -> Option<i64> {
         let label = SourceLabel {
@@ -375,12 +416,20 @@ impl Metrics {
         // Subscriptions that went away (a reload) leave no stale series.
         self.waiting.clear();
         self.dead.clear();
+        self.oldest_waiting.clear();
         for (subscription, waiting, dead) in &snapshot.deliveries {
             let label = SubscriptionLabel {
                 subscription: subscription.clone(),
             };
             self.waiting.get_or_create(&label).set(to_gauge(*waiting));
             self.dead.get_or_create(&label).set(to_gauge(*dead));
+            self.oldest_waiting.get_or_create(&label).set(0.0);
+        }
+        for (subscription, age) in &snapshot.oldest_waiting {
+            let label = SubscriptionLabel {
+                subscription: subscription.clone(),
+            };
+            self.oldest_waiting.get_or_create(&label).set(*age);
         }
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -449,11 +498,13 @@ mod tests {
             flush_groups: 3,
             flushed_changes: 7,
             deliveries: vec![("billing".into(), 2, 1)],
+            oldest_waiting: vec![("billing".into(), 1.5)],
             quarantined: 0,
             notifications: 3,
         });
         for line in [
             "webhook_relay_notifications_received_total{source=\"tf\",outcome=\"accepted\"} 1",
+            "webhook_relay_oldest_waiting_age_seconds{subscription=\"billing\"} 1.5",
             "webhook_relay_notifications_received_total{source=\"\",outcome=\"refused\"} 1",
             "webhook_relay_attempts_total{subscription=\"billing\",class=\"5xx\"} 1",
             "webhook_relay_deliveries_total{subscription=\"billing\",outcome=\"dead\"} 1",

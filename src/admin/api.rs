@@ -27,7 +27,7 @@ use crate::spool::{
 
 /// Every route, as `doc/openapi.json` documents it (a test holds the two
 /// and the live listener to each other).
-pub const ROUTES: [(&str, &str); 24] = [
+pub const ROUTES: [(&str, &str); 25] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -35,6 +35,7 @@ pub const ROUTES: [(&str, &str); 24] = [
     ("GET", "/api/notifications/{id}"),
     ("POST", "/api/notifications/{id}/replay"),
     ("POST", "/api/replay"),
+    ("POST", "/api/purge"),
     ("GET", "/api/quarantine"),
     ("GET", "/api/quarantine/{id}"),
     ("POST", "/api/quarantine/{id}/release"),
@@ -235,6 +236,11 @@ async fn route(
             let filter = Filter::parse(&query, now_ms, true)?;
             replay_bulk(admin, &caller, filter, &query).await
         }
+        ["api", "purge"] if post => {
+            caller.require(Role::Admin)?;
+            let filter = Filter::parse(&query, now_ms, true)?;
+            ok(super::purge::purge_bulk(admin, &caller, filter, &query).await?)
+        }
         ["api", "quarantine"] if get => {
             caller.require(Role::Viewer)?;
             let filter = Filter::parse(&query, now_ms, false)?;
@@ -382,6 +388,7 @@ async fn route(
         | ["api", "notifications", _]
         | ["api", "notifications", _, "replay"]
         | ["api", "replay"]
+        | ["api", "purge"]
         | ["api", "quarantine"]
         | ["api", "quarantine", _]
         | ["api", "quarantine", _, "release" | "discard"]
@@ -507,12 +514,19 @@ async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes
             deliveries.push((name.clone(), of.waiting, of.dead));
         }
     }
+    let now_ms = admin.clock.now_ms();
+    let oldest_waiting = oldest_waiting(admin)
+        .await
+        .into_iter()
+        .filter_map(|(name, at)| Some((name, age_seconds(now_ms, at?))))
+        .collect();
     let snapshot = Snapshot {
         spool_bytes: bytes,
         spool_writable: health.writable,
         flush_groups: admin.spool.flush_starts(),
         flushed_changes: admin.spool.flushed_changes(),
         deliveries,
+        oldest_waiting,
         quarantined: counts.quarantined,
         notifications: counts.notifications,
     };
@@ -533,6 +547,35 @@ async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     Ok(response)
+}
+
+/// When each configured subscription's oldest waiting delivery was
+/// received (None when nothing waits, or the spool cannot say now): two
+/// index seeks each, off the runtime.
+async fn oldest_waiting(admin: &Admin) -> Vec<(String, Option<i64>)> {
+    let names: Vec<String> = admin
+        .config
+        .load()
+        .subscriptions
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let spool = admin.spool.clone();
+    tokio::task::spawn_blocking(move || {
+        names
+            .into_iter()
+            .map(|name| {
+                let at = spool.oldest_waiting_ms(&name).ok().flatten();
+                (name, at)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+fn age_seconds(now_ms: i64, at_ms: i64) -> f64 {
+    now_ms.saturating_sub(at_ms).max(0) as f64 / 1000.0
 }
 
 // === notifications ===
@@ -675,6 +718,8 @@ fn delivery_detail(delivery: &Delivery) -> Value {
             "started_at": format_ms(a.started_ms),
             "duration_ms": a.duration_ms,
             "outcome": a.outcome,
+            // The start of the target's answer body, if it sent one.
+            "answer": a.answer,
         })).collect::<Vec<_>>(),
     })
 }
@@ -832,32 +877,7 @@ async fn replay_bulk(
         }
         Some(StateFilter::Delivery(_)) => {}
     }
-    let spool = admin.spool.clone();
-    let walk = filter.clone();
-    let targets = tokio::task::spawn_blocking(move || {
-        let mut targets = Vec::new();
-        let mut notifications = 0u64;
-        for record in spool.notifications_newest_first(None) {
-            let record = record?;
-            if walk.past_since(record.meta.received_ms) {
-                break;
-            }
-            if !walk.matches_meta(&record.meta) {
-                continue;
-            }
-            let id = record_id(&record.meta.id)?;
-            let deliveries = spool.deliveries_of(id)?;
-            let chosen = walk.chosen(&deliveries);
-            if !chosen.is_empty() {
-                notifications += 1;
-            }
-            targets.extend(chosen.into_iter().map(|d| (id, d.subscription.clone())));
-        }
-        Ok::<_, ApiError>((targets, notifications))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (targets, notifications) = targets?;
+    let (targets, notifications) = picked(admin, &filter).await?;
     if filter.dry_run {
         return ok(json!({
             "dry_run": true,
@@ -890,6 +910,40 @@ async fn replay_bulk(
         "deliveries": targets.len(),
         "replayed": replayed,
     }))
+}
+
+/// The deliveries a bulk action's filter picks (notification, subscription),
+/// and how many notifications they belong to: one walk newest first, off
+/// the runtime.
+pub(super) async fn picked(
+    admin: &Admin,
+    filter: &Filter,
+) -> Result<(Vec<(NotificationId, String)>, u64), ApiError> {
+    let spool = admin.spool.clone();
+    let walk = filter.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut targets = Vec::new();
+        let mut notifications = 0u64;
+        for record in spool.notifications_newest_first(None) {
+            let record = record?;
+            if walk.past_since(record.meta.received_ms) {
+                break;
+            }
+            if !walk.matches_meta(&record.meta) {
+                continue;
+            }
+            let id = record_id(&record.meta.id)?;
+            let deliveries = spool.deliveries_of(id)?;
+            let chosen = walk.chosen(&deliveries);
+            if !chosen.is_empty() {
+                notifications += 1;
+            }
+            targets.extend(chosen.into_iter().map(|d| (id, d.subscription.clone())));
+        }
+        Ok::<_, ApiError>((targets, notifications))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
 // === quarantine ===
@@ -1032,6 +1086,12 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let config = admin.config.load();
     let counts = admin.spool.counts();
+    let now_ms = admin.clock.now_ms();
+    let oldest: std::collections::HashMap<String, i64> = oldest_waiting(admin)
+        .await
+        .into_iter()
+        .filter_map(|(name, at)| Some((name, at?)))
+        .collect();
     let deliveries: serde_json::Map<String, Value> = config
         .subscriptions
         .iter()
@@ -1040,6 +1100,7 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
         .map(|name| {
             let of = counts.subscriptions.get(&name).cloned().unwrap_or_default();
             let configured = config.subscriptions.iter().any(|s| s.name == name);
+            let oldest = oldest.get(&name).copied();
             (
                 name,
                 json!({
@@ -1048,6 +1109,8 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
                     "delivered": of.delivered,
                     "purged": of.purged,
                     "configured": configured,
+                    "oldest_waiting_received_at": oldest.map(format_ms),
+                    "oldest_waiting_age_seconds": oldest.map(|at| age_seconds(now_ms, at)),
                 }),
             )
         })
@@ -1057,7 +1120,17 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
         .keys()
         .map(|name| {
             let last = admin.metrics.last_received_ms(name).map(format_ms);
-            (name.clone(), json!({ "last_received_at": last }))
+            // Since the relay started, from the metrics (memory, no scan).
+            let received: serde_json::Map<String, Value> = admin
+                .metrics
+                .received_by_outcome(name)
+                .into_iter()
+                .map(|(outcome, count)| (outcome, count.into()))
+                .collect();
+            (
+                name.clone(),
+                json!({ "last_received_at": last, "received_since_start": received }),
+            )
         })
         .collect();
     Ok(json!({

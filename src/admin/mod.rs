@@ -8,11 +8,13 @@
 //! - [`api`]: routes and handlers.
 //! - `subscriptions`: creating, deleting, backfilling and testing
 //!   subscriptions and rotating their secrets.
+//! - `purge`: the bulk purge.
 //! - `page`: the HTML page over the same reads.
 
 mod api;
 pub mod auth;
 mod page;
+mod purge;
 pub mod query;
 mod subscriptions;
 

@@ -268,8 +268,12 @@ async fn dashboard(
         let name = sub["name"].as_str().unwrap_or("");
         let paused = sub["paused"] == Value::Bool(true);
         let of = &counts[name];
+        let oldest = match &of["oldest_waiting_received_at"] {
+            Value::String(at) => format!(" (oldest waiting since {})", escape(at)),
+            _ => String::new(),
+        };
         let mut state = format!(
-            "{} waiting, <span class=dead>{} dead</span>, {} delivered{}",
+            "{} waiting{oldest}, <span class=dead>{} dead</span>, {} delivered{}",
             text(&of["waiting"]),
             text(&of["dead"]),
             text(&of["delivered"]),
@@ -418,7 +422,7 @@ async fn notification(
             );
         }
         body.push_str(
-            "<table><tr><th>attempt</th><th>started</th><th>took</th><th>outcome</th></tr>",
+            "<table><tr><th>attempt</th><th>started</th><th>took</th><th>outcome</th><th>answer</th></tr>",
         );
         for attempt in delivery["attempts"].as_array().into_iter().flatten() {
             let outcome = &attempt["outcome"];
@@ -428,10 +432,11 @@ async fn notification(
             };
             let _ = write!(
                 body,
-                "<tr><td>{}</td><td>{}</td><td>{} ms</td><td>{what}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{} ms</td><td>{what}</td><td><code>{}</code></td></tr>",
                 text(&attempt["number"]),
                 text(&attempt["started_at"]),
                 text(&attempt["duration_ms"]),
+                text(&attempt["answer"]),
             );
         }
         let _ = write!(

@@ -34,7 +34,7 @@ pub enum DeliveryState {
     Waiting,
     Delivered,
     Dead,
-    /// Given up by an admin (its subscription was removed).
+    /// Given up by an admin (a bulk purge, or its subscription was removed).
     Purged,
 }
 

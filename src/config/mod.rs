@@ -138,6 +138,9 @@ pub struct ForwarderConfig {
     pub max_in_flight: usize,
     /// On SIGTERM, how long attempts in flight may take to finish.
     pub shutdown_grace: HumanDuration,
+    /// Failed attempts in a row after which a subscription is reported
+    /// failing (the operational event `relay.subscription.failing`).
+    pub failing_after: u32,
 }
 
 impl Default for ForwarderConfig {
@@ -145,9 +148,15 @@ impl Default for ForwarderConfig {
         ForwarderConfig {
             max_in_flight: 256,
             shutdown_grace: HumanDuration(Duration::from_secs(10)),
+            failing_after: 5,
         }
     }
 }
+
+/// The source name of the relay's own operational events: no configured
+/// source may take it, and only a subscription whose `events` name
+/// `relay.` patterns receives what it sends (see `spool::routes`).
+pub const RELAY_SOURCE: &str = "relay";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -360,3 +360,23 @@ fn allowed_targets_are_hosts_domains_or_networks_and_a_bad_one_is_located() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn the_relay_source_is_reserved_and_failing_after_is_at_least_one() {
+    assert_eq!(
+        Config::parse(&minimal()).unwrap().forwarder.failing_after,
+        5
+    );
+    let text = format!(
+        "{}\n[forwarder]\nfailing_after = 0\n\n[sources.relay]\nprovider = \"generic\"\ntoken = \"0123456789abcdef\"\n",
+        minimal()
+    );
+    let problems = Config::parse(&text).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["forwarder.failing_after", "sources.relay"],
+        "{problems:?}"
+    );
+    assert!(problems[1].message.contains("reserved"), "{problems:?}");
+}

@@ -56,6 +56,9 @@ impl Config {
         if self.forwarder.max_in_flight == 0 {
             found.push((forwarder.key("max_in_flight"), "must be at least 1".into()));
         }
+        if self.forwarder.failing_after == 0 {
+            found.push((forwarder.key("failing_after"), "must be at least 1".into()));
+        }
         in_range(
             &mut found,
             forwarder.key("shutdown_grace"),
@@ -76,6 +79,14 @@ impl Config {
                 found.push((
                     at.clone(),
                     format!("source name {name:?} may use only a-z, 0-9, '-' and '_'"),
+                ));
+            }
+            if name == super::RELAY_SOURCE {
+                found.push((
+                    at.clone(),
+                    format!(
+                        "source name {name:?} is reserved for the relay's own operational events"
+                    ),
                 ));
             }
             source.check(&at, &mut found);

@@ -279,7 +279,7 @@ impl Attempt {
                 return self.record(&lease, &delivery).await;
             }
         };
-        let outcome = self
+        let (outcome, answer) = self
             .target
             .send(lease.notification(), number, started)
             .await;
@@ -292,6 +292,7 @@ impl Attempt {
                 return;
             }
         };
+        delivery.keep_answer(answer);
         let (id, subscription, ms) = (lease.id(), lease.subscription(), now - started);
         let seconds = |ms: i64| ms.max(0) as f64 / 1000.0;
         self.metrics.attempt(subscription, &outcome, seconds(ms));

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::outgoing;
 use crate::clock::format_ms;
 use crate::config::SubscriptionConfig;
-use crate::delivery::{Outcome, Schedule};
+use crate::delivery::{answer_excerpt, Outcome, Schedule, ANSWER_KEPT};
 use crate::providers::Flag;
 use crate::signing::SigningKey;
 use crate::spool::NotificationRecord;
@@ -101,13 +101,14 @@ impl Target {
         })
     }
 
-    /// Sends attempt `attempt` of a notification; never fails, it reports.
+    /// Sends attempt `attempt` of a notification; never fails, it reports
+    /// the outcome and what the target answered (see [`answer_excerpt`]).
     pub async fn send(
         &self,
         notification: &NotificationRecord,
         attempt: u32,
         now_ms: i64,
-    ) -> Outcome {
+    ) -> (Outcome, Option<String>) {
         let meta = &notification.meta;
         let timestamp = now_ms.div_euclid(1000);
         let latin1 = meta.flags.iter().any(|f| f == Flag::Latin1Body.as_str());
@@ -156,7 +157,7 @@ impl Target {
         }
         match request.send().await {
             Ok(response) => read_answer(response).await,
-            Err(err) => classify(&err),
+            Err(err) => (classify(&err), None),
         }
     }
 }
@@ -177,7 +178,7 @@ impl Target {
     }
 }
 
-async fn read_answer(mut response: reqwest::Response) -> Outcome {
+async fn read_answer(mut response: reqwest::Response) -> (Outcome, Option<String>) {
     let code = response.status().as_u16();
     let retry_after_ms = response
         .headers()
@@ -186,23 +187,28 @@ async fn read_answer(mut response: reqwest::Response) -> Outcome {
         .and_then(parse_retry_after);
     // Read (a bounded part of) the answer so the connection can be reused;
     // a target that resets mid-answer has not confirmed anything.
+    // Its start is kept for the attempt history (why did it refuse?).
     let mut read = 0;
+    let mut kept = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 read += chunk.len();
+                let room = ANSWER_KEPT.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 if read > MAX_ANSWER {
                     break;
                 }
             }
             Ok(None) => break,
-            Err(err) => return classify(&err),
+            Err(err) => return (classify(&err), None),
         }
     }
-    Outcome::Status {
+    let outcome = Outcome::Status {
         code,
         retry_after_ms,
-    }
+    };
+    (outcome, answer_excerpt(&kept))
 }
 
 fn classify(err: &reqwest::Error) -> Outcome {

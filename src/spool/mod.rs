@@ -8,7 +8,8 @@
 //! [`Spool::health`]; it keeps [`Spool::counts`] of deliveries by state in
 //! memory (and persisted with the changes they count) and an audit log of
 //! admins' changes ([`Spool::audit`]). No backend type, key or error
-//! crosses this boundary.
+//! crosses this boundary. It reports what it recorded that the relay's
+//! operational events are made of ([`Spool::observe`]).
 //!
 //! The promises every backend keeps:
 //! - `store` answers only after a flush (that began after the write) made the
@@ -21,6 +22,7 @@
 //! JetStream one can slot in beside it.
 
 mod audit;
+mod observe;
 pub mod record;
 mod routes;
 mod sled;
@@ -38,6 +40,7 @@ use crate::config::SpoolConfig;
 use crate::delivery::Delivery;
 use crate::providers::Notification;
 pub use audit::{AuditEntry, AuditId, AuditIdError, AuditRecord};
+pub use observe::{Observed, ObservedNotification};
 pub use record::{
     NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta, QuarantineRecord, Record,
 };
@@ -166,6 +169,16 @@ pub struct Maintained {
     pub audit_records: u64,
 }
 
+/// What [`Spool::purge`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Purged {
+    /// Deliveries now purged.
+    pub purged: u64,
+    /// Deliveries left as they were: in flight, never attempted, or no
+    /// longer dead or waiting.
+    pub skipped: u64,
+}
+
 /// One subscription's deliveries by where they stand.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SubscriptionCounts {
@@ -174,7 +187,7 @@ pub struct SubscriptionCounts {
     pub waiting: u64,
     pub dead: u64,
     pub delivered: u64,
-    /// Given up by an admin (orphans purged).
+    /// Given up by an admin (a bulk purge, or orphans purged).
     pub purged: u64,
 }
 
@@ -218,6 +231,7 @@ pub struct CheckReport {
 #[derive(Clone)]
 pub struct Spool {
     backend: sled::SledSpool,
+    observer: std::sync::Arc<observe::Observer>,
 }
 
 impl Spool {
@@ -229,6 +243,7 @@ impl Spool {
     pub fn open(config: &SpoolConfig, routes: Routes, clock: Clock) -> Result<Spool, SpoolError> {
         Ok(Spool {
             backend: sled::SledSpool::open(config, routes, clock)?,
+            observer: std::sync::Arc::default(),
         })
     }
 
@@ -338,7 +353,24 @@ impl Spool {
         reason_kind: &str,
         reason: String,
     ) -> Result<NotificationId, SpoolError> {
-        self.backend.quarantine(received, reason_kind, reason).await
+        let noted = self
+            .observer
+            .is_on()
+            .then(|| (received.source.clone(), received.body.len(), reason.clone()));
+        let id = self
+            .backend
+            .quarantine(received, reason_kind, reason)
+            .await?;
+        if let Some((source, bytes, reason)) = noted {
+            self.observer.send(Observed::Quarantined {
+                id,
+                source,
+                reason_kind: reason_kind.to_owned(),
+                reason,
+                bytes,
+            });
+        }
+        Ok(id)
     }
 
     /// Up to `max` deliveries of `subscription` that are due, waiting until
@@ -353,7 +385,29 @@ impl Spool {
     /// outcome only means the delivery is made again. On error the lease
     /// stays held; retry later, do not send it again.
     pub async fn complete(&self, lease: &Lease, delivery: &Delivery) -> Result<(), SpoolError> {
-        self.backend.complete(&lease.0, delivery).await
+        self.backend.complete(&lease.0, delivery).await?;
+        self.observer.attempted(lease, delivery);
+        Ok(())
+    }
+
+    /// Starts reporting what the spool records that operational events are
+    /// made of (attempts recorded, bodies quarantined), on the channel
+    /// returned, while [`Spool::set_observing`] is on; `None` if someone
+    /// already observes. A report that finds the channel full is dropped
+    /// and counted ([`Spool::observed_dropped`]): the spool never waits
+    /// for its observer.
+    pub fn observe(&self, capacity: usize) -> Option<tokio::sync::mpsc::Receiver<Observed>> {
+        self.observer.start(capacity)
+    }
+
+    /// Whether to report at all: off, nothing is cloned or sent.
+    pub fn set_observing(&self, on: bool) {
+        self.observer.set_on(on);
+    }
+
+    /// Reports dropped because the observer's channel was full.
+    pub fn observed_dropped(&self) -> u64 {
+        self.observer.dropped()
     }
 
     /// Puts a dead (or delivered) delivery back in the queue with a fresh
@@ -366,6 +420,20 @@ impl Spool {
         now_ms: i64,
     ) -> Result<bool, SpoolError> {
         self.backend.replay(id, subscription, now_ms).await
+    }
+
+    /// Gives up the named deliveries (notification, subscription): the
+    /// dead ones, and the waiting ones between two attempts, become purged,
+    /// with their history; the rest are skipped (see [`Purged`]). Applied
+    /// in bounded slices between other writes; answers once durable.
+    /// Retention removes a notification once all its deliveries are
+    /// delivered or purged, as it does delivered ones.
+    pub async fn purge(
+        &self,
+        targets: Vec<(NotificationId, String)>,
+        now_ms: i64,
+    ) -> Result<Purged, SpoolError> {
+        self.backend.purge(targets, now_ms).await
     }
 
     /// Gives every delivery waiting for `from`, a subscription no longer
@@ -483,6 +551,13 @@ impl Spool {
     /// When the earliest not-yet-final delivery of `subscription` is due.
     pub fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
         self.backend.next_due_ms(subscription)
+    }
+
+    /// When the oldest delivery still waiting for `subscription` was
+    /// received (None when nothing waits): two short reads, cheap enough
+    /// for every scrape; see the sled backend for how exact it is.
+    pub fn oldest_waiting_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
+        self.backend.oldest_waiting_ms(subscription)
     }
 
     /// Audit records, newest first, strictly older than `before` when

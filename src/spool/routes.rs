@@ -2,7 +2,7 @@
 //! spool when it stores it (from the configured subscriptions; replaced
 //! whole on reload).
 
-use crate::config::{filters_match, Config};
+use crate::config::{filters_match, wildcard_match, Config, RELAY_SOURCE};
 
 /// One subscription's name and filters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,14 @@ impl Route {
     }
 
     fn matches(&self, source: &str, event_type: &str) -> bool {
+        if source == RELAY_SOURCE {
+            // The relay's own events go only where they are asked for by
+            // name: a subscription with no `events`, or with `*`, keeps
+            // receiving invoices alone. Its `sources` do not apply.
+            return self.events.iter().flatten().any(|pattern| {
+                pattern.starts_with("relay.") && wildcard_match(pattern, event_type)
+            });
+        }
         filters_match(
             self.sources.as_deref(),
             self.events.as_deref(),
@@ -114,5 +122,40 @@ mod tests {
         assert_eq!(routes.matching("tus", "facturacion.error"), ["everything"]);
         assert_eq!(routes.matching("datil", "x.emitido"), ["everything"]);
         assert!(routes.contains("tus-issued") && !routes.contains("tus"));
+    }
+
+    #[test]
+    fn relay_events_go_only_to_subscriptions_that_name_them() {
+        let routes = Routes::new(vec![
+            Route::all("everything"),
+            Route {
+                name: "star".into(),
+                sources: None,
+                events: Some(vec!["*".into()]),
+            },
+            Route {
+                name: "alerts".into(),
+                sources: Some(vec!["tus".into()]),
+                events: Some(vec!["relay.*".into(), "*.emitido".into()]),
+            },
+            Route {
+                name: "dead-only".into(),
+                sources: None,
+                events: Some(vec!["relay.delivery.dead".into()]),
+            },
+        ]);
+        assert_eq!(
+            routes.matching(RELAY_SOURCE, "relay.delivery.dead"),
+            ["alerts", "dead-only"]
+        );
+        assert_eq!(
+            routes.matching(RELAY_SOURCE, "relay.spool.full"),
+            ["alerts"]
+        );
+        // A provider's event named like one of ours is an ordinary notification.
+        assert_eq!(
+            routes.matching("tus", "relay.delivery.dead"),
+            ["everything", "star", "alerts", "dead-only"]
+        );
     }
 }

@@ -83,7 +83,7 @@ impl Admin {
 }
 
 /// A relay with the admin section and one subscription, `billing`, to `target`.
-async fn relay_to(target: &Target) -> (TestRelay, Admin) {
+pub async fn relay_to(target: &Target) -> (TestRelay, Admin) {
     let relay = TestRelay::start(&format!(
         "{}{}",
         subscription("billing", &target.url(), ""),
@@ -96,7 +96,7 @@ async fn relay_to(target: &Target) -> (TestRelay, Admin) {
 
 /// Posts a notification and waits until its only delivery is dead (the
 /// target answers its four attempts with 500).
-async fn dead_notification(
+pub async fn dead_notification(
     relay: &TestRelay,
     admin: &Admin,
     hook: &str,
@@ -111,7 +111,7 @@ async fn dead_notification(
     id
 }
 
-fn items(body: &Value) -> usize {
+pub fn items(body: &Value) -> usize {
     body["items"].as_array().map_or(0, Vec::len)
 }
 
@@ -525,12 +525,9 @@ pub fn cli(config: &std::path::Path, args: &[&str], token: &str) -> (i32, String
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
-    let target = Target::start(vec![Reply::Status(500); 4]).await;
-    let (relay, admin) = relay_to(&target).await;
-    let id = dead_notification(&relay, &admin, "c-1", "0004-0001").await;
-    // The CLI finds the admin address in relay.toml (the port is the one bound).
+/// A `relay.toml` for the CLI, naming the running relay's admin address
+/// (the port it bound), as an operator's copy would.
+pub fn cli_config(relay: &TestRelay) -> std::path::PathBuf {
     let listen = relay.relay().admin_listen.clone().unwrap();
     let config = relay.dir.path().join("cli.toml");
     std::fs::write(
@@ -542,7 +539,16 @@ async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
         ),
     )
     .unwrap();
-    let config_file = config;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
+    let target = Target::start(vec![Reply::Status(500); 4]).await;
+    let (relay, admin) = relay_to(&target).await;
+    let id = dead_notification(&relay, &admin, "c-1", "0004-0001").await;
+    let listen = relay.relay().admin_listen.clone().unwrap();
+    let config_file = cli_config(&relay);
     let config = config_file.as_path();
 
     let (code, out, err) = tokio::task::block_in_place(|| {

@@ -303,7 +303,7 @@ async fn a_target_receives_the_original_body_signed_with_relay_headers() {
 /// Checks the signature with the Standard Webhooks project's own library
 /// (the `standardwebhooks` crate): the headers and body as received verify,
 /// and the same headers over a tampered body do not.
-fn verify_with_standardwebhooks(request: &Received) {
+pub fn verify_with_standardwebhooks(request: &Received) {
     let webhook = Webhook::new(SECRET).expect("a valid whsec_ secret");
     if let Err(error) = webhook.verify(&request.body, &request.headers) {
         panic!("standardwebhooks rejected the signature: {error}");

@@ -150,7 +150,13 @@ async fn a_full_disk_answers_503_then_recovers_by_itself_with_nothing_lost_or_re
         return;
     }
     let target = Target::start(vec![]).await;
-    let sub = subscription("erp", &target.url(), "");
+    // The relay's own events about its spool go to `alerts`.
+    let alerts = Target::start(vec![]).await;
+    let sub = format!(
+        "{}{}",
+        subscription("erp", &target.url(), ""),
+        subscription("alerts", &alerts.url(), "events = [\"relay.spool.*\"]")
+    );
     let config = config_on(&disk.dir, dir.path(), "4MiB", &sub);
     let relay = disk.start_relay(&config).await;
     let client = provider_client(&disk.dir.join("tls/self-signed.crt"));
@@ -242,6 +248,44 @@ async fn a_full_disk_answers_503_then_recovers_by_itself_with_nothing_lost_or_re
         per_id.len()
     );
     assert!(most <= 3, "a resend storm: one id sent {most} times");
+
+    // `relay.spool.full` waited in memory and was stored once there was
+    // room, followed by `relay.spool.recovered`: a pair per crossing (two
+    // crossings between two looks at the spool's health make one).
+    let events = || -> Vec<serde_json::Value> {
+        alerts
+            .received()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .collect()
+    };
+    let pairs = alerts
+        .wait_until(Duration::from_secs(10), |t| {
+            t.count() >= 2 && t.count() % 2 == 0
+        })
+        .await;
+    let events = events();
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert!(
+        pairs && types.len() <= 2 * entered,
+        "alerts got {types:?}, {entered} crossings"
+    );
+    for pair in types.chunks(2) {
+        assert_eq!(
+            pair,
+            ["relay.spool.full", "relay.spool.recovered"],
+            "{types:?}"
+        );
+    }
+    assert!(events[0]["condition"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty()));
+    let refused: u64 = events
+        .iter()
+        .filter_map(|e| e["refused_writes"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(refused >= 50, "the 503s are counted: {events:?}");
 
     relay.sigterm().await;
     let spooled = dump(&config).await;

@@ -241,6 +241,8 @@ pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> 
 #[derive(Debug, Clone)]
 pub enum Reply {
     Status(u16),
+    /// This status with this body (the others answer `{}`).
+    StatusBody(u16, Vec<u8>),
     StatusRetryAfter(u16, u64),
     /// Answer only after this long (past the relay's timeout).
     Hang(Duration),
@@ -404,17 +406,15 @@ async fn respond(
         at: tokio::time::Instant::now(),
     });
     state.arrived.notify_waiters();
-    let full = |status: u16| {
-        let mut response = Response::new(
-            Full::new(Bytes::from_static(b"{}"))
-                .map_err(|e| match e {})
-                .boxed(),
-        );
+    let with_body = |status: u16, body: Bytes| {
+        let mut response = Response::new(Full::new(body).map_err(|e| match e {}).boxed());
         *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
         response
     };
+    let full = |status: u16| with_body(status, Bytes::from_static(b"{}"));
     Ok(match reply {
         Reply::Status(code) => full(code),
+        Reply::StatusBody(code, body) => with_body(code, Bytes::from(body)),
         Reply::StatusRetryAfter(code, secs) => {
             let mut response = full(code);
             response.headers_mut().insert("retry-after", secs.into());

@@ -70,7 +70,7 @@ impl SubState {
         }
     }
 
-    fn holds(&self, id: NotificationId) -> bool {
+    pub(super) fn holds(&self, id: NotificationId) -> bool {
         self.first_in_flight.contains(&id) || self.retry_in_flight.contains(&id)
     }
 }
@@ -405,6 +405,48 @@ fn earliest_retry(
 pub fn next_due_ms(shared: &Shared, name: &str) -> Result<Option<i64>, SpoolError> {
     let store = shared.store()?;
     let retry = earliest_retry(&store, name, |_, _| false)?;
+    let first = first_unattempted_ms(shared, &store, name, EXAMINE_PER_LEASE)?;
+    Ok(match (retry, first) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// Records past the cursor [`oldest_waiting_ms`] examines for a first
+/// attempt: it runs at every scrape, so it must stay a seek, not a walk.
+const OLDEST_EXAMINE: usize = 1024;
+
+/// When the oldest delivery still waiting for `name` was received, as far
+/// as two short reads tell: the first notification not yet attempted (exact,
+/// first attempts go in id order; found within [`OLDEST_EXAMINE`] records
+/// of the cursor), and the retry due soonest (retries of one schedule come
+/// due in about the order their notifications came; an old one replayed
+/// counts once it is next). No scan of the backlog.
+pub fn oldest_waiting_ms(shared: &Shared, name: &str) -> Result<Option<i64>, SpoolError> {
+    let store = shared.store()?;
+    let mut retry = None;
+    for item in store.tree.scan_prefix(keys::retry_prefix(name)) {
+        let (key, _) = item.map_err(storage)?;
+        if let Some((_, _, id)) = keys::split_retry(&key) {
+            retry = Some(id.ms());
+            break;
+        }
+    }
+    let first = first_unattempted_ms(shared, &store, name, OLDEST_EXAMINE)?;
+    Ok(match (retry, first) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// When `name`'s first notification not yet attempted was received,
+/// looking at most `examine` records past its cursor.
+fn first_unattempted_ms(
+    shared: &Shared,
+    store: &Store,
+    name: &str,
+    examine: usize,
+) -> Result<Option<i64>, SpoolError> {
     let cursor = {
         let handle = shared.sub(name);
         let state = lock(&handle);
@@ -412,11 +454,10 @@ pub fn next_due_ms(shared: &Shared, name: &str) -> Result<Option<i64>, SpoolErro
         match (state.loaded, lowest_held) {
             (true, Some(held)) => held.min(state.scan_from),
             (true, None) => state.scan_from,
-            (false, _) => read_cursor(&store, name)?,
+            (false, _) => read_cursor(store, name)?,
         }
     };
     let start = keys::notification(NotificationId(ulid::Ulid(cursor)));
-    let mut first = None;
     for item in store
         .tree
         .range(start..)
@@ -424,7 +465,7 @@ pub fn next_due_ms(shared: &Shared, name: &str) -> Result<Option<i64>, SpoolErro
             item.as_ref()
                 .map_or(true, |(k, _)| k.first() == Some(&keys::NOTIFICATION))
         })
-        .take(EXAMINE_PER_LEASE)
+        .take(examine)
     {
         let (key, value) = item.map_err(storage)?;
         let Some(id) = keys::id_of(&key) else {
@@ -436,12 +477,8 @@ pub fn next_due_ms(shared: &Shared, name: &str) -> Result<Option<i64>, SpoolErro
         if record.meta.subscriptions.iter().any(|s| s == name)
             && store.get(&keys::delivery(id, name))?.is_none()
         {
-            first = Some(record.meta.received_ms);
-            break;
+            return Ok(Some(record.meta.received_ms));
         }
     }
-    Ok(match (retry, first) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    })
+    Ok(None)
 }

@@ -12,6 +12,7 @@ mod keys;
 mod lease;
 mod open;
 mod orphans;
+mod purge;
 mod query;
 mod writer;
 
@@ -28,7 +29,7 @@ use super::record::{NotificationMeta, QuarantineMeta, Record};
 use super::subscriptions::ApiSubscription;
 use super::{
     audit, AuditEntry, AuditId, AuditRecord, Counts, Health, Maintained, NotificationId,
-    NotificationRecord, QuarantineRecord, Received, Routes, SpoolError, Stored,
+    NotificationRecord, Purged, QuarantineRecord, Received, Routes, SpoolError, Stored,
 };
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
@@ -48,6 +49,9 @@ const TREE: &str = "spool";
 /// Most records a first-attempt walk examines per call, so one blocking
 /// read stays short even past many notifications for other subscriptions.
 const EXAMINE_PER_LEASE: usize = 4096;
+/// Deliveries one write of a bulk purge gives up: one slice holds the
+/// writer about as long as one group of stores.
+const PURGE_SLICE: usize = 256;
 /// How many unreadable ids health keeps.
 const UNREADABLE_IDS_KEPT: usize = 100;
 
@@ -466,6 +470,32 @@ impl SledSpool {
         }
     }
 
+    /// Gives up the named deliveries, [`PURGE_SLICE`] per write, so the
+    /// stores queued meanwhile go between two slices; the last slice is
+    /// answered once flushed.
+    pub async fn purge(
+        &self,
+        targets: Vec<(NotificationId, String)>,
+        now_ms: i64,
+    ) -> Result<Purged, SpoolError> {
+        let mut total = Purged::default();
+        let slices = targets.chunks(PURGE_SLICE).count();
+        for (n, slice) in targets.chunks(PURGE_SLICE).enumerate() {
+            let change = Change::Purge {
+                targets: slice.to_vec(),
+                now_ms,
+            };
+            match self.write(change, n + 1 == slices).await? {
+                Applied::Purged(done) => {
+                    total.purged += done.purged;
+                    total.skipped += done.skipped;
+                }
+                _ => return Err(out_of_turn()),
+            }
+        }
+        Ok(total)
+    }
+
     pub async fn reassign_orphans(
         &self,
         from: &str,
@@ -605,6 +635,10 @@ impl SledSpool {
 
     pub fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
         lease::next_due_ms(&self.shared, subscription)
+    }
+
+    pub fn oldest_waiting_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
+        lease::oldest_waiting_ms(&self.shared, subscription)
     }
 
     pub fn audit_log(

@@ -45,7 +45,7 @@ use super::{decode_delivery, encode_delivery, keys, lock, storage, Shared, Store
 use crate::delivery::{Delivery, State};
 use crate::spool::record::{stamp_id, NotificationMeta, Record};
 use crate::spool::{
-    ApiSubscription, AuditId, Maintained, NotificationId, Routes, SpoolError, Stored,
+    ApiSubscription, AuditId, Maintained, NotificationId, Purged, Routes, SpoolError, Stored,
 };
 
 /// Most changes applied in one batch and covered by one flush.
@@ -76,6 +76,7 @@ pub(super) enum Applied {
     Audited(AuditId),
     /// Deliveries a backfill added.
     Added(u64),
+    Purged(Purged),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Applied, SpoolError>>;
@@ -153,6 +154,11 @@ pub(super) enum Change {
     Audit {
         entry: Vec<u8>,
         at_ms: i64,
+    },
+    /// One slice of an admin's bulk purge (see `purge.rs`).
+    Purge {
+        targets: Vec<(NotificationId, String)>,
+        now_ms: i64,
     },
 }
 
@@ -442,7 +448,8 @@ impl Writer {
                 | Change::Pause { .. }
                 | Change::Subscription { .. }
                 | Change::Backfill { .. }
-                | Change::Audit { .. } => 0,
+                | Change::Audit { .. }
+                | Change::Purge { .. } => 0,
             })
             .sum();
         if growth == 0 {
@@ -737,6 +744,13 @@ impl Writer {
                     )?;
                     lock(&self.shared.health).orphans.remove(&from);
                     Ok(Applied::Reassigned(moved))
+                }
+                Change::Purge { targets, now_ms } => {
+                    // It reads what this group wrote before it.
+                    self.tally
+                        .apply(store, std::mem::take(&mut batch), &self.shared.counts)?;
+                    super::purge::slice(&self.shared, store, &mut self.tally, &targets, now_ms)
+                        .map(Applied::Purged)
                 }
                 Change::Audit { entry, at_ms } => {
                     let id = AuditId::next_after(self.last_audit, at_ms);

@@ -1,0 +1,255 @@
+//! The relay's operational events, pure: what each one is called and the
+//! JSON body it is delivered with. A body names what happened (the
+//! subscription, the notification's id, source, event and invoice, the
+//! counts) and never carries an invoice's body.
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::clock::format_ms;
+use crate::config::RELAY_SOURCE;
+use crate::delivery::Attempt;
+use crate::providers::Notification;
+use crate::spool::{NotificationId, ObservedNotification, Received};
+
+/// One operational event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayEvent {
+    /// A delivery's schedule ran out: an admin must replay or purge it.
+    DeliveryDead {
+        subscription: String,
+        notification: ObservedNotification,
+        last: Attempt,
+    },
+    /// A subscription's attempts failed `failures` times in a row.
+    SubscriptionFailing {
+        subscription: String,
+        failures: u32,
+        notification: ObservedNotification,
+        last: Attempt,
+    },
+    /// The first success after a subscription was reported failing.
+    SubscriptionRecovered {
+        subscription: String,
+        failures: u32,
+        notification: ObservedNotification,
+    },
+    /// A body its provider check refused was kept in the quarantine.
+    QuarantineAdded {
+        id: NotificationId,
+        source: String,
+        reason_kind: String,
+        reason: String,
+        bytes: usize,
+    },
+    /// The spool stopped taking notifications (503s) since `since_ms`.
+    SpoolFull { condition: String },
+    /// The spool takes notifications again.
+    SpoolRecovered {
+        full_since_ms: i64,
+        refused_writes: u64,
+        /// Operational events lost meanwhile (more than could wait).
+        events_dropped: u64,
+    },
+}
+
+impl RelayEvent {
+    /// Its event type: what subscriptions filter on (`relay.*`).
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            RelayEvent::DeliveryDead { .. } => "relay.delivery.dead",
+            RelayEvent::SubscriptionFailing { .. } => "relay.subscription.failing",
+            RelayEvent::SubscriptionRecovered { .. } => "relay.subscription.recovered",
+            RelayEvent::QuarantineAdded { .. } => "relay.quarantine.added",
+            RelayEvent::SpoolFull { .. } => "relay.spool.full",
+            RelayEvent::SpoolRecovered { .. } => "relay.spool.recovered",
+        }
+    }
+
+    /// The invoice it is about, where there is one.
+    fn subject(&self) -> Option<String> {
+        match self {
+            RelayEvent::DeliveryDead { notification, .. } => notification.subject.clone(),
+            _ => None,
+        }
+    }
+
+    /// The body delivered, for an event raised at `at_ms`.
+    pub fn body(&self, at_ms: i64) -> Value {
+        let mut body = match self {
+            RelayEvent::DeliveryDead {
+                subscription,
+                notification,
+                last,
+            } => json!({
+                "subscription": subscription,
+                "notification": notification_json(notification),
+                "attempts": last.number,
+                "last_attempt": attempt_json(last),
+            }),
+            RelayEvent::SubscriptionFailing {
+                subscription,
+                failures,
+                notification,
+                last,
+            } => json!({
+                "subscription": subscription,
+                "consecutive_failures": failures,
+                "notification": notification_json(notification),
+                "last_attempt": attempt_json(last),
+            }),
+            RelayEvent::SubscriptionRecovered {
+                subscription,
+                failures,
+                notification,
+            } => json!({
+                "subscription": subscription,
+                "failures_before": failures,
+                "notification": notification_json(notification),
+            }),
+            RelayEvent::QuarantineAdded {
+                id,
+                source,
+                reason_kind,
+                reason,
+                bytes,
+            } => json!({
+                "quarantine_id": id.to_string(),
+                "source": source,
+                "reason_kind": reason_kind,
+                "reason": reason,
+                "bytes": bytes,
+            }),
+            RelayEvent::SpoolFull { condition } => json!({ "condition": condition }),
+            RelayEvent::SpoolRecovered {
+                full_since_ms,
+                refused_writes,
+                events_dropped,
+            } => json!({
+                "full_since": format_ms(*full_since_ms),
+                "refused_writes": refused_writes,
+                "events_dropped": events_dropped,
+            }),
+        };
+        body["type"] = self.event_type().into();
+        body["at"] = format_ms(at_ms).into();
+        body
+    }
+
+    /// What the spool stores for it: a notification of the source
+    /// [`RELAY_SOURCE`], received at `at_ms`, deduplicated by `unique` (a
+    /// fresh id: no two events are the same).
+    pub fn stored(&self, at_ms: i64, unique: NotificationId) -> (Received, Notification) {
+        let received = Received {
+            source: RELAY_SOURCE.to_owned(),
+            body: Bytes::from(self.body(at_ms).to_string()),
+            content_type: Some("application/json".into()),
+            headers: Vec::new(),
+            peer: RELAY_SOURCE.to_owned(),
+            received_ms: at_ms,
+        };
+        let notification = Notification {
+            event_type: self.event_type().to_owned(),
+            subject: self.subject(),
+            dedup_key: format!("relay:{unique}"),
+            provider_time: None,
+            flags: Vec::new(),
+        };
+        (received, notification)
+    }
+}
+
+fn notification_json(notification: &ObservedNotification) -> Value {
+    json!({
+        "id": notification.id.to_string(),
+        "source": notification.source,
+        "event": notification.event_type,
+        "subject": notification.subject,
+        "received_at": format_ms(notification.received_ms),
+    })
+}
+
+/// An attempt without the target's answer (it may say anything).
+fn attempt_json(attempt: &Attempt) -> Value {
+    json!({
+        "number": attempt.number,
+        "started_at": format_ms(attempt.started_ms),
+        "duration_ms": attempt.duration_ms,
+        "outcome": attempt.outcome,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Outcome;
+
+    const AT: i64 = 1_764_000_000_000;
+
+    fn invoice() -> ObservedNotification {
+        ObservedNotification {
+            id: NotificationId::new(AT - 5000),
+            source: "tusfacturas".into(),
+            event_type: "facturacion.emitido".into(),
+            subject: Some("0001-1234".into()),
+            received_ms: AT - 5000,
+        }
+    }
+
+    #[test]
+    fn a_dead_delivery_names_the_invoice_and_the_last_attempt_not_its_body() {
+        let event = RelayEvent::DeliveryDead {
+            subscription: "billing".into(),
+            notification: invoice(),
+            last: Attempt {
+                number: 4,
+                started_ms: AT - 10,
+                duration_ms: 7,
+                outcome: Outcome::Status {
+                    code: 500,
+                    retry_after_ms: None,
+                },
+                answer: Some("stack trace with secrets".into()),
+            },
+        };
+        let body = event.body(AT);
+        assert_eq!(body["type"], "relay.delivery.dead");
+        assert_eq!(body["subscription"], "billing");
+        assert_eq!(body["notification"]["subject"], "0001-1234");
+        assert_eq!(body["notification"]["source"], "tusfacturas");
+        assert_eq!(body["attempts"], 4);
+        assert_eq!(body["last_attempt"]["outcome"]["code"], 500);
+        assert!(!body.to_string().contains("secrets"), "no target answer");
+        assert!(body["at"].as_str().is_some_and(|t| t.ends_with('Z')));
+        let (received, notification) = event.stored(AT, NotificationId::new(AT));
+        assert_eq!(received.source, RELAY_SOURCE);
+        assert_eq!(notification.event_type, "relay.delivery.dead");
+        assert_eq!(notification.subject.as_deref(), Some("0001-1234"));
+        assert!(notification.dedup_key.starts_with("relay:"));
+    }
+
+    #[test]
+    fn every_event_type_is_a_relay_event() {
+        let events = [
+            RelayEvent::SpoolFull {
+                condition: "disk full".into(),
+            },
+            RelayEvent::SpoolRecovered {
+                full_since_ms: AT,
+                refused_writes: 3,
+                events_dropped: 0,
+            },
+            RelayEvent::QuarantineAdded {
+                id: NotificationId::new(AT),
+                source: "datil".into(),
+                reason_kind: "invalid_json".into(),
+                reason: "expected value".into(),
+                bytes: 12,
+            },
+        ];
+        for event in events {
+            assert!(event.event_type().starts_with("relay."));
+            assert_eq!(event.body(AT)["type"], event.event_type());
+        }
+    }
+}

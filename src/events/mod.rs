@@ -1,0 +1,326 @@
+//! The relay's own operational events (`relay.delivery.dead`,
+//! `relay.subscription.failing`, `relay.subscription.recovered`,
+//! `relay.quarantine.added`, `relay.spool.full`, `relay.spool.recovered`),
+//! stored in the spool as notifications of the reserved source `relay` and
+//! so delivered, signed and retried like invoices, to the subscriptions
+//! that name them (`events = ["relay.*"]`, see `spool::routes`).
+//!
+//! - `event`: each event's type and body, pure.
+//! - `streaks`: failed attempts in a row per subscription, pure.
+//! - here: one task turns what the spool reports (attempts recorded,
+//!   bodies quarantined, see `Spool::observe`) and its health into events
+//!   and stores them.
+//!
+//! What it promises, and what not: an event is durable once stored, and
+//! from then on delivered at least once. Between its cause and its store
+//! it lives in memory (moments, or while the spool is full), so a crash
+//! then loses it; its cause (a dead delivery, a quarantined body) is in
+//! the spool either way. `relay.spool.full` cannot be stored in a full
+//! spool: it waits in memory with what else comes meanwhile (up to
+//! [`MAX_PENDING`]; the rest is dropped and counted) and is stored as soon
+//! as the spool takes notifications again, followed by
+//! `relay.spool.recovered`. Deliveries of relay events raise no events of
+//! their own (a dead alert must not raise another alert, and so on), and
+//! nothing here ever pauses or disables a subscription.
+
+mod event;
+mod streaks;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::Clock;
+use crate::config::{Config, RELAY_SOURCE};
+use crate::delivery::State;
+use crate::spool::{NotificationId, Observed, Routes, Spool, SpoolError};
+pub use event::RelayEvent;
+use streaks::{Streaks, Turn};
+
+/// Reports the spool may queue for this task before it drops them.
+const REPORTS: usize = 4096;
+/// Events kept in memory while the spool cannot store them.
+pub const MAX_PENDING: usize = 1024;
+/// How often the spool's health is looked at (and stores retried).
+const TICK: Duration = Duration::from_millis(250);
+
+/// The events' side of the relay: who wants them (from the config) and
+/// the threshold for `relay.subscription.failing`. Shared with the task.
+pub struct Events {
+    routes: ArcSwap<Routes>,
+    failing_after: AtomicU32,
+    spool: Spool,
+}
+
+impl Events {
+    /// Starts the task that stores events until `stop` turns true; it then
+    /// stores what it holds (if the spool can) and ends.
+    pub fn start(
+        config: &Config,
+        spool: Spool,
+        clock: Clock,
+        stop: watch::Receiver<bool>,
+    ) -> (Arc<Events>, tokio::task::JoinHandle<()>) {
+        let events = Arc::new(Events {
+            routes: ArcSwap::from_pointee(Routes::default()),
+            failing_after: AtomicU32::new(1),
+            spool: spool.clone(),
+        });
+        let reports = spool.observe(REPORTS);
+        events.reload(config);
+        let task = tokio::spawn(run(events.clone(), reports, clock, stop));
+        (events, task)
+    }
+
+    /// Takes a reloaded config's subscriptions and threshold; the spool
+    /// reports only while some subscription wants relay events.
+    pub fn reload(&self, config: &Config) {
+        let routes = Routes::from_config(config);
+        let wanted = ALL_TYPES
+            .iter()
+            .any(|event_type| !routes.matching(RELAY_SOURCE, event_type).is_empty());
+        self.routes.store(Arc::new(routes));
+        self.failing_after
+            .store(config.forwarder.failing_after.max(1), Ordering::Relaxed);
+        self.spool.set_observing(wanted);
+    }
+
+    fn wanted(&self, event: &RelayEvent) -> bool {
+        !self
+            .routes
+            .load()
+            .matching(RELAY_SOURCE, event.event_type())
+            .is_empty()
+    }
+}
+
+const ALL_TYPES: [&str; 6] = [
+    "relay.delivery.dead",
+    "relay.subscription.failing",
+    "relay.subscription.recovered",
+    "relay.quarantine.added",
+    "relay.spool.full",
+    "relay.spool.recovered",
+];
+
+/// What the task holds between two stores.
+struct Held {
+    streaks: Streaks,
+    /// Raised, not yet stored: (event, raised at).
+    pending: VecDeque<(RelayEvent, i64)>,
+    dropped: u64,
+    /// Since when the spool refuses notifications, while it does.
+    full_since: Option<i64>,
+    /// The spool's count of refused writes, and the time, at the last look.
+    refused_writes: u64,
+    looked_ms: i64,
+}
+
+impl Held {
+    fn push(&mut self, events: &Events, event: RelayEvent, at_ms: i64) {
+        if !events.wanted(&event) {
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.dropped += 1;
+            if self.dropped == 1 || self.dropped.is_power_of_two() {
+                tracing::warn!(
+                    event = event.event_type(),
+                    dropped = self.dropped,
+                    "operational event dropped: too many wait for the spool"
+                );
+            }
+            return;
+        }
+        self.pending.push_back((event, at_ms));
+    }
+
+    /// Turns one report of the spool into the events it makes.
+    fn take(&mut self, events: &Events, report: Observed, now_ms: i64) {
+        match report {
+            // No events about the delivery of events.
+            Observed::Attempted { notification, .. } if notification.source == RELAY_SOURCE => {}
+            Observed::Attempted {
+                notification,
+                subscription,
+                attempt,
+                state,
+            } => {
+                let threshold = events.failing_after.load(Ordering::Relaxed);
+                let success = attempt.outcome.is_success();
+                match self.streaks.record(&subscription, success, threshold) {
+                    Some(Turn::Failing { failures }) => self.push(
+                        events,
+                        RelayEvent::SubscriptionFailing {
+                            subscription: subscription.clone(),
+                            failures,
+                            notification: notification.clone(),
+                            last: attempt.clone(),
+                        },
+                        now_ms,
+                    ),
+                    Some(Turn::Recovered { failures }) => self.push(
+                        events,
+                        RelayEvent::SubscriptionRecovered {
+                            subscription: subscription.clone(),
+                            failures,
+                            notification: notification.clone(),
+                        },
+                        now_ms,
+                    ),
+                    None => {}
+                }
+                if matches!(state, State::Dead { .. }) {
+                    self.push(
+                        events,
+                        RelayEvent::DeliveryDead {
+                            subscription,
+                            notification,
+                            last: attempt,
+                        },
+                        now_ms,
+                    );
+                }
+            }
+            Observed::Quarantined {
+                id,
+                source,
+                reason_kind,
+                reason,
+                bytes,
+            } => self.push(
+                events,
+                RelayEvent::QuarantineAdded {
+                    id,
+                    source,
+                    reason_kind,
+                    reason,
+                    bytes,
+                },
+                now_ms,
+            ),
+        }
+    }
+
+    /// Raises `relay.spool.full` and `relay.spool.recovered` as the spool's
+    /// health turns. A fatal failure raises nothing: no event could be
+    /// stored before the restart it needs. A full spell shorter than the
+    /// time between two looks still shows in the count of refused writes
+    /// (those 503s are what matters to the providers): it raises both.
+    fn watch_health(&mut self, events: &Events, now_ms: i64) {
+        let health = events.spool.health();
+        let refused_since = health.refused_writes.saturating_sub(self.refused_writes);
+        let looked_ms = std::mem::replace(&mut self.looked_ms, now_ms);
+        self.refused_writes = health.refused_writes;
+        match (self.full_since, health.writable) {
+            (None, true) if refused_since > 0 => {
+                let condition = format!(
+                    "the spool refused {refused_since} notifications for lack of room, and was writable again at the next look"
+                );
+                self.push(events, RelayEvent::SpoolFull { condition }, looked_ms);
+                let recovered = RelayEvent::SpoolRecovered {
+                    full_since_ms: looked_ms,
+                    refused_writes: health.refused_writes,
+                    events_dropped: std::mem::take(&mut self.dropped),
+                };
+                self.push(events, recovered, now_ms);
+            }
+            (None, false) if !health.fatal => {
+                let since = health.since_ms.unwrap_or(now_ms);
+                self.full_since = Some(since);
+                let condition = health.condition.unwrap_or_default();
+                self.push(events, RelayEvent::SpoolFull { condition }, since);
+            }
+            (Some(full_since_ms), true) => {
+                self.full_since = None;
+                let recovered = RelayEvent::SpoolRecovered {
+                    full_since_ms,
+                    refused_writes: health.refused_writes,
+                    events_dropped: std::mem::take(&mut self.dropped),
+                };
+                self.push(events, recovered, now_ms);
+            }
+            _ => {}
+        }
+    }
+
+    /// Stores what waits, oldest first, while the spool takes it.
+    async fn store(&mut self, events: &Events) {
+        while let Some((event, at_ms)) = self.pending.pop_front() {
+            if !events.spool.health().writable {
+                self.pending.push_front((event, at_ms));
+                return;
+            }
+            let (received, notification) = event.stored(at_ms, NotificationId::new(at_ms));
+            match events.spool.store(received, notification).await {
+                Ok(_) => {
+                    tracing::info!(event = event.event_type(), "operational event stored");
+                }
+                // Full, or closing: it waits for the next try.
+                Err(SpoolError::Unavailable(_) | SpoolError::Closed) => {
+                    self.pending.push_front((event, at_ms));
+                    return;
+                }
+                Err(err) => {
+                    tracing::error!(event = event.event_type(), error = %err, "operational event not stored");
+                }
+            }
+        }
+    }
+}
+
+async fn run(
+    events: Arc<Events>,
+    reports: Option<mpsc::Receiver<Observed>>,
+    clock: Clock,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(mut reports) = reports else {
+        tracing::error!("the spool already has an observer: no operational events");
+        return;
+    };
+    let mut held = Held {
+        streaks: Streaks::default(),
+        pending: VecDeque::new(),
+        dropped: 0,
+        full_since: None,
+        refused_writes: events.spool.health().refused_writes,
+        looked_ms: clock.now_ms(),
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            report = reports.recv() => match report {
+                Some(report) => {
+                    held.take(&events, report, clock.now_ms());
+                    false
+                }
+                None => true,
+            },
+            _ = tick.tick() => false,
+            _ = stop.wait_for(|stopped| *stopped) => true,
+        };
+        if stopping {
+            // What the last attempts reported, then a last store.
+            while let Ok(report) = reports.try_recv() {
+                held.take(&events, report, clock.now_ms());
+            }
+            held.watch_health(&events, clock.now_ms());
+            held.store(&events).await;
+            if !held.pending.is_empty() {
+                tracing::warn!(
+                    left = held.pending.len(),
+                    "operational events not stored at the stop"
+                );
+            }
+            return;
+        }
+        held.watch_health(&events, clock.now_ms());
+        held.store(&events).await;
+    }
+}
