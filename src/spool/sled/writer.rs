@@ -9,7 +9,9 @@
 //! forwarded before it is durable. While it flushes, the next group queues.
 //! So one flush covers many requests, no request is answered before a flush
 //! that began after its write, and sled never sees concurrent flushes
-//! (which can deadlock, see CRATES.md).
+//! (which can deadlock, see CRATES.md). A group that holds only changes
+//! nobody waits on (delivery outcomes) is left for the next flush, made at
+//! the latest 10 ms later.
 //!
 //! Ids are handed out here, in commit order, so "newest durable id" is a
 //! watermark: every id below it was in an earlier (flushed) group. Audit
@@ -52,6 +54,14 @@ use crate::spool::{
 const MAX_GROUP: usize = 512;
 /// Changes waiting for the writer before senders have to wait too.
 const QUEUE: usize = 4096;
+/// A group nobody waits on for durability (delivery outcomes) is not
+/// flushed on its own: the next flush covers it, at the latest after this
+/// long or this many such changes. A flush per outcome group kept the
+/// writer busy, so a notification arriving behind one waited for two
+/// flushes; a crash in the window re-sends those deliveries (at-least-once,
+/// same `webhook-id`), it loses no notification.
+const OUTCOMES_FLUSHED_WITHIN: Duration = Duration::from_millis(10);
+const OUTCOMES_FLUSHED_AFTER: u64 = 1024;
 /// Entries one retention slice may examine: small, so a slice between two
 /// groups keeps ingest latency flat.
 const RETENTION_SLICE: usize = 256;
@@ -210,6 +220,7 @@ pub(super) fn start(shared: Arc<Shared>, from: Start) -> std::io::Result<mpsc::S
         last_id: from.last_id,
         last_audit: from.last_audit,
         tally: Tally::new(from.counts),
+        unflushed: None,
     };
     std::thread::Builder::new()
         .name("spool-writer".into())
@@ -259,6 +270,8 @@ struct Writer {
     /// The newest audit record id, likewise.
     last_audit: Option<AuditId>,
     tally: Tally,
+    /// Applied changes no flush has covered yet: since when, how many.
+    unflushed: Option<(std::time::Instant, u64)>,
 }
 
 impl Writer {
@@ -267,7 +280,19 @@ impl Writer {
         &mut self,
         mut rx: mpsc::Receiver<Op>,
     ) -> Option<oneshot::Sender<Result<(), SpoolError>>> {
-        while let Some(first) = rx.blocking_recv() {
+        // Only a timer for the wait on the channel: the writer's thread
+        // stays outside the relay's runtime (and its paused test clocks).
+        let timer = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(timer) => timer,
+            Err(err) => {
+                self.enter_failure(&SpoolError::Storage(format!("writer timer: {err}")));
+                return None;
+            }
+        };
+        while let Some(first) = self.next_op(&mut rx, &timer) {
             let mut group: Vec<Write> = Vec::new();
             let mut probes = Vec::new();
             let mut maintains = Vec::new();
@@ -336,6 +361,49 @@ impl Writer {
             }
         }
         None
+    }
+
+    /// The next change; while applied changes wait for a flush, the flush
+    /// is made when none comes within [`OUTCOMES_FLUSHED_WITHIN`].
+    fn next_op(
+        &mut self,
+        rx: &mut mpsc::Receiver<Op>,
+        timer: &tokio::runtime::Runtime,
+    ) -> Option<Op> {
+        loop {
+            let Some((since, _)) = self.unflushed else {
+                return rx.blocking_recv();
+            };
+            let deadline = tokio::time::Instant::from_std(since + OUTCOMES_FLUSHED_WITHIN);
+            // The timer is made inside the runtime it belongs to.
+            match timer.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
+                Ok(op) => return op,
+                Err(_elapsed) => self.flush_unflushed(),
+            }
+        }
+    }
+
+    /// Flushes what earlier groups left unflushed.
+    fn flush_unflushed(&mut self) {
+        let Some((_, changes)) = self.unflushed else {
+            return;
+        };
+        let result = self
+            .shared
+            .store()
+            .and_then(|store| flush(&self.shared, &store));
+        match result {
+            Ok(()) => {
+                self.unflushed = None;
+                self.shared
+                    .flushed_changes
+                    .fetch_add(changes, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.unflushed = None;
+                self.enter_failure(&err);
+            }
+        }
     }
 
     /// The last flush and the acknowledged mark; then the store is let go.
@@ -412,13 +480,22 @@ impl Writer {
                 let _ = reply.send(result);
             }
         }
+        let (unflushed_since, unflushed) = self.unflushed.unwrap_or((std::time::Instant::now(), 0));
+        if durable_replies.is_empty()
+            && applied.newest.is_none()
+            && unflushed + group_size < OUTCOMES_FLUSHED_AFTER
+        {
+            self.unflushed = Some((unflushed_since, unflushed + group_size));
+            return;
+        }
+        self.unflushed = None;
         if let Err(err) = flush(&self.shared, &store) {
             self.enter_failure(&err);
             return answer_all(durable_replies.into_iter().map(|(reply, _)| reply), &err);
         }
         self.shared
             .flushed_changes
-            .fetch_add(group_size, Ordering::Relaxed);
+            .fetch_add(unflushed + group_size, Ordering::Relaxed);
         if let Some(newest) = applied.newest {
             *lock(&self.shared.durable) = Some(newest);
             self.acknowledged.note(newest);
