@@ -260,7 +260,7 @@ async fn dashboard(
     );
     let _ = write!(body, "<h2>Subscriptions</h2><table><tr><th>name</th><th>target</th><th>sources</th><th>events</th><th>state</th></tr>");
     let counts = &stats["subscriptions"];
-    for sub in api::subscriptions(admin)["items"]
+    for sub in api::subscriptions(admin, caller)["items"]
         .as_array()
         .into_iter()
         .flatten()
