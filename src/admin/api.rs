@@ -256,19 +256,8 @@ async fn route(
         ["api", "quarantine", id, "release"] if post => {
             caller.require(Role::Admin)?;
             let id = parse_id(id)?;
-            let as_generic = match single_parameter(&query, "as")?.as_deref() {
-                None => false,
-                Some("generic") => true,
-                Some(other) => {
-                    return Err(QueryError::Invalid {
-                        name: "as",
-                        value: other.to_owned(),
-                        reason: "only `generic` (accept it as a generic notification)".into(),
-                    }
-                    .into())
-                }
-            };
-            release(admin, &caller, id, as_generic).await
+            let as_generic = release_as_generic(&query)?;
+            ok(release(admin, &caller, id, as_generic).await?)
         }
         ["api", "quarantine", id, "discard"] if post => {
             caller.require(Role::Admin)?;
@@ -1007,17 +996,32 @@ pub(super) fn show_quarantined(spool: &Spool, id: NotificationId) -> Result<Valu
     Ok(out)
 }
 
+/// A release's only parameter: `as=generic`, or none.
+pub(super) fn release_as_generic(query: &str) -> Result<bool, ApiError> {
+    match single_parameter(query, "as")?.as_deref() {
+        None => Ok(false),
+        Some("generic") => Ok(true),
+        Some(other) => Err(QueryError::Invalid {
+            name: "as",
+            value: other.to_owned(),
+            reason: "only `generic` (accept it as a generic notification)".into(),
+        }
+        .into()),
+    }
+}
+
 /// Makes a quarantined body a notification: its source's provider check
 /// runs again (a config change, or a more tolerant relay, may now take it),
 /// or it is taken as a generic notification (any JSON object; event
 /// `generic`, deduplicated by its bytes). Then it is stored and fanned out
-/// as if just received, keeping its original receipt time.
-async fn release(
+/// as if just received, keeping its original receipt time. Answers the
+/// notification it became.
+pub(super) async fn release(
     admin: &Admin,
     caller: &Caller,
     id: NotificationId,
     as_generic: bool,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+) -> Result<Value, ApiError> {
     let spool = admin.spool.clone();
     let record = tokio::task::spawn_blocking(move || spool.quarantined_body(id))
         .await
@@ -1082,7 +1086,7 @@ async fn release(
         detail.clone(),
     )
     .await?;
-    ok(detail)
+    Ok(detail)
 }
 
 // === stats and subscriptions ===

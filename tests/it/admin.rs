@@ -944,6 +944,75 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
 /// each route it names is served: called with a bad parameter (so nothing
 /// changes), a route answers 400 or its own answer, never "no such
 /// endpoint" or 405.
+/// The page's release buttons: shown to an admin only, and a press makes
+/// the quarantined body a notification that reaches the target, audited.
+#[tokio::test]
+async fn the_page_releases_a_quarantined_body_and_it_is_delivered() {
+    let target = Target::start(Vec::new()).await;
+    let (relay, admin) = relay_to(&target).await;
+    let (status, json) = relay
+        .post(
+            &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
+            "{\"not\": \"tusfacturas\"}",
+        )
+        .await;
+    assert_eq!(status, 422, "{json}");
+    let quarantined = json["quarantine_id"].as_str().unwrap().to_owned();
+    // Redirects are the page's answers: see them rather than follow them.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let as_page = |method: reqwest::Method, path: &str, token: &str| {
+        browser
+            .request(method, format!("{}{path}", admin.base))
+            .header("cookie", format!("relay_token={token}"))
+            .send()
+    };
+    let shown_to = |token: &'static str| {
+        let path = format!("/q/{quarantined}");
+        let request = as_page(reqwest::Method::GET, &path, token);
+        async move { request.await.unwrap().text().await.unwrap() }
+    };
+    let button = format!("action=\"/q/{quarantined}/release?as=generic\"");
+    assert!(
+        shown_to(ADMIN_TOKEN).await.contains(&button),
+        "an admin's page has the button"
+    );
+    assert!(
+        !shown_to(VIEWER_TOKEN).await.contains("release"),
+        "a viewer's has none"
+    );
+
+    let press = format!("/q/{quarantined}/release?as=generic");
+    let refused = as_page(reqwest::Method::POST, &press, VIEWER_TOKEN)
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let answer = as_page(reqwest::Method::POST, &press, ADMIN_TOKEN)
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 303);
+    let location = answer.headers()["location"].to_str().unwrap().to_owned();
+    let id = location
+        .strip_prefix("/n/")
+        .unwrap_or_else(|| panic!("back to the notification's page: {location}"))
+        .to_owned();
+    assert!(
+        target.wait_until(WAIT, |t| t.succeeded(&id)).await,
+        "released and delivered"
+    );
+    let audit = admin.get("/api/audit").await;
+    let record = &audit["items"][0];
+    assert_eq!(
+        (record["action"].as_str(), record["actor"].as_str()),
+        (Some("quarantine.release"), Some("ops")),
+        "{audit}"
+    );
+    assert_eq!(record["target"], quarantined);
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn the_openapi_file_and_the_live_routes_agree() {
     let relay = TestRelay::start(&admin_section()).await;
