@@ -1238,6 +1238,16 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
             .map(|c| format!(" ({c})"))
             .unwrap_or_default()
     );
+    let all = &stats["deliveries"];
+    println!(
+        "kept           {} notifications, {} quarantined; deliveries: {} waiting, {} dead, {} delivered, {} purged",
+        cell(&stats["notifications"]),
+        cell(&stats["quarantined"]),
+        cell(&all["waiting"]),
+        cell(&all["dead"]),
+        cell(&all["delivered"]),
+        cell(&all["purged"])
+    );
     let rows: Vec<Vec<String>> = stats["sources"]
         .as_object()
         .into_iter()
@@ -1328,17 +1338,14 @@ pub(crate) fn post_and_print(
 
 pub(crate) fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
     let client = AdminClient::locate(remote, config)?;
+    // Each item carries its delivery counts: a subscriber may not read the stats.
     let subscriptions = client.get("/api/subscriptions")?;
-    let stats = client.get("/api/stats")?;
     let items = subscriptions["items"]
         .as_array()
         .cloned()
         .unwrap_or_default();
     if remote.json {
         for item in &items {
-            let mut item = item.clone();
-            item["deliveries"] =
-                stats["subscriptions"][item["name"].as_str().unwrap_or("")].clone();
             println!("{item}");
         }
         return Ok(());
@@ -1346,7 +1353,7 @@ pub(crate) fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|s| {
-            let of = &stats["subscriptions"][s["name"].as_str().unwrap_or("")];
+            let of = &s["deliveries"];
             // Who created it, for those made through the API.
             let origin = match &s["created_by"] {
                 serde_json::Value::String(by) => format!("api ({by})"),

@@ -221,6 +221,7 @@ async fn route(
         }
         ["api", "notifications", id] if get => {
             caller.require(Role::Viewer)?;
+            no_parameters(&query)?;
             let id = parse_id(id)?;
             blocking(move || show_notification(&spool, id)).await
         }
@@ -248,25 +249,15 @@ async fn route(
         }
         ["api", "quarantine", id] if get => {
             caller.require(Role::Viewer)?;
+            no_parameters(&query)?;
             let id = parse_id(id)?;
             blocking(move || show_quarantined(&spool, id)).await
         }
         ["api", "quarantine", id, "release"] if post => {
             caller.require(Role::Admin)?;
             let id = parse_id(id)?;
-            let as_generic = match single_parameter(&query, "as")?.as_deref() {
-                None => false,
-                Some("generic") => true,
-                Some(other) => {
-                    return Err(QueryError::Invalid {
-                        name: "as",
-                        value: other.to_owned(),
-                        reason: "only `generic` (accept it as a generic notification)".into(),
-                    }
-                    .into())
-                }
-            };
-            release(admin, &caller, id, as_generic).await
+            let as_generic = release_as_generic(&query)?;
+            ok(release(admin, &caller, id, as_generic).await?)
         }
         ["api", "quarantine", id, "discard"] if post => {
             caller.require(Role::Admin)?;
@@ -288,6 +279,7 @@ async fn route(
         }
         ["api", "stats"] if get => {
             caller.require(Role::Viewer)?;
+            no_parameters(&query)?;
             stats(admin).await
         }
         ["api", "reload"] if post => {
@@ -348,7 +340,8 @@ async fn route(
         }
         ["api", "subscriptions"] if get => {
             caller.require(Role::Subscriber)?;
-            ok(subscriptions(admin))
+            no_parameters(&query)?;
+            ok(subscriptions(admin, &caller))
         }
         ["api", "subscriptions"] if post => {
             if let Some((key, _)) = form_urlencoded::parse(query.as_bytes()).next() {
@@ -430,6 +423,15 @@ pub(super) fn parse_id(text: &str) -> Result<NotificationId, ApiError> {
             reason: "not a notification id".into(),
         })
     })
+}
+
+/// For an endpoint that takes no parameter: a misspelt filter is refused
+/// rather than silently ignored.
+fn no_parameters(query: &str) -> Result<(), ApiError> {
+    match form_urlencoded::parse(query.as_bytes()).next() {
+        Some((name, _)) => Err(QueryError::Unknown(name.into_owned()).into()),
+        None => Ok(()),
+    }
 }
 
 /// The one parameter an endpoint takes, if given; any other is an error.
@@ -994,17 +996,32 @@ pub(super) fn show_quarantined(spool: &Spool, id: NotificationId) -> Result<Valu
     Ok(out)
 }
 
+/// A release's only parameter: `as=generic`, or none.
+pub(super) fn release_as_generic(query: &str) -> Result<bool, ApiError> {
+    match single_parameter(query, "as")?.as_deref() {
+        None => Ok(false),
+        Some("generic") => Ok(true),
+        Some(other) => Err(QueryError::Invalid {
+            name: "as",
+            value: other.to_owned(),
+            reason: "only `generic` (accept it as a generic notification)".into(),
+        }
+        .into()),
+    }
+}
+
 /// Makes a quarantined body a notification: its source's provider check
 /// runs again (a config change, or a more tolerant relay, may now take it),
 /// or it is taken as a generic notification (any JSON object; event
 /// `generic`, deduplicated by its bytes). Then it is stored and fanned out
-/// as if just received, keeping its original receipt time.
-async fn release(
+/// as if just received, keeping its original receipt time. Answers the
+/// notification it became.
+pub(super) async fn release(
     admin: &Admin,
     caller: &Caller,
     id: NotificationId,
     as_generic: bool,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+) -> Result<Value, ApiError> {
     let spool = admin.spool.clone();
     let record = tokio::task::spawn_blocking(move || spool.quarantined_body(id))
         .await
@@ -1069,7 +1086,7 @@ async fn release(
         detail.clone(),
     )
     .await?;
-    ok(detail)
+    Ok(detail)
 }
 
 // === stats and subscriptions ===
@@ -1133,6 +1150,14 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
             )
         })
         .collect();
+    // Every delivery in the spool by where it stands, whatever its subscription.
+    let mut by_state = crate::spool::SubscriptionCounts::default();
+    for of in counts.subscriptions.values() {
+        by_state.waiting += of.waiting;
+        by_state.dead += of.dead;
+        by_state.delivered += of.delivered;
+        by_state.purged += of.purged;
+    }
     Ok(json!({
         "spool": {
             "path": admin.spool.path(),
@@ -1145,6 +1170,7 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
         },
         "notifications": counts.notifications,
         "quarantined": counts.quarantined,
+        "deliveries": by_state,
         "subscriptions": deliveries,
         "sources": sources,
     }))
@@ -1179,13 +1205,24 @@ pub(super) async fn pause(
     ok(json!({ "name": name, "paused": paused }))
 }
 
-pub(super) fn subscriptions(admin: &Admin) -> Value {
+/// The subscriptions the caller may see: an admin or a viewer all of them,
+/// a subscriber only those it created (another team's target URLs are not
+/// its business).
+pub(super) fn subscriptions(admin: &Admin, caller: &Caller) -> Value {
     let config = admin.config.load();
     let paused = admin.spool.paused();
     let api = admin.spool.api_subscriptions();
+    let counts = admin.spool.counts();
+    let visible = |name: &str| {
+        caller.role >= Role::Viewer
+            || api
+                .iter()
+                .any(|a| a.name == name && a.created_by == caller.name)
+    };
     let items: Vec<Value> = config
         .subscriptions
         .iter()
+        .filter(|s| visible(&s.name))
         .map(|s| {
             let mut item = match api.iter().find(|a| a.name == s.name) {
                 Some(created) => super::subscriptions::describe(created),
@@ -1198,6 +1235,19 @@ pub(super) fn subscriptions(admin: &Admin) -> Value {
                 }),
             };
             item["paused"] = json!(paused.contains(&s.name));
+            // From the spool's kept counts (memory), so a subscriber, who
+            // may not read the stats, sees its own backlog too.
+            let of = counts
+                .subscriptions
+                .get(&s.name)
+                .cloned()
+                .unwrap_or_default();
+            item["deliveries"] = json!({
+                "waiting": of.waiting,
+                "dead": of.dead,
+                "delivered": of.delivered,
+                "purged": of.purged,
+            });
             item
         })
         .collect();

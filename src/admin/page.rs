@@ -63,6 +63,14 @@ pub(super) async fn handle(
             Ok(redirect(&format!("/n/{id}"), None))
         }
         (Method::GET, ["q", id]) => quarantined(admin, &caller, id).await,
+        (Method::POST, ["q", id, "release"]) => {
+            caller.require(Role::Admin)?;
+            let id = api::parse_id(id)?;
+            let as_generic = api::release_as_generic(&query)?;
+            let released = api::release(admin, &caller, id, as_generic).await?;
+            let notification = released["notification"].as_str().unwrap_or_default();
+            Ok(redirect(&format!("/n/{notification}"), None))
+        }
         (Method::POST, ["s", name, action @ ("pause" | "resume")]) => {
             caller.require(Role::Admin)?;
             let name = percent_encoding::percent_decode_str(name)
@@ -260,7 +268,7 @@ async fn dashboard(
     );
     let _ = write!(body, "<h2>Subscriptions</h2><table><tr><th>name</th><th>target</th><th>sources</th><th>events</th><th>state</th></tr>");
     let counts = &stats["subscriptions"];
-    for sub in api::subscriptions(admin)["items"]
+    for sub in api::subscriptions(admin, caller)["items"]
         .as_array()
         .into_iter()
         .flatten()
@@ -478,6 +486,14 @@ async fn quarantined(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     let mut body = fields_table(&shown, &super::QUARANTINE_FIELDS);
+    if caller.role >= Role::Admin {
+        // The check again (it may take it now), or as a generic notification.
+        let _ = write!(
+            body,
+            "<form class=inline method=post action=\"/q/{id}/release\"><button>release</button></form> \
+             <form class=inline method=post action=\"/q/{id}/release?as=generic\"><button>release as generic</button></form>"
+        );
+    }
     let _ = write!(body, "<h2>Body</h2><pre>{}</pre>", text(&shown["body"]));
     Ok(html(
         StatusCode::OK,

@@ -11,8 +11,10 @@ use crate::helpers::*;
 const WAIT: Duration = Duration::from_secs(10);
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
 pub const VIEWER_TOKEN: &str = "viewer-token-0123456789";
+pub const SUBSCRIBER_TOKEN: &str = "subscriber-token-0123456789";
 
-/// The `[admin]` section the tests use: loopback, one admin, one viewer.
+/// The `[admin]` section the tests use: loopback, one admin, one viewer,
+/// one subscriber.
 pub fn admin_section() -> String {
     format!(
         r#"
@@ -21,6 +23,7 @@ listen = "127.0.0.1:0"
 tokens = [
   {{ name = "ops", token = "{ADMIN_TOKEN}", role = "admin" }},
   {{ name = "grafana", token = "{VIEWER_TOKEN}", role = "viewer" }},
+  {{ name = "erp-team", token = "{SUBSCRIBER_TOKEN}", role = "subscriber" }},
 ]
 "#
     )
@@ -192,6 +195,120 @@ async fn tokens_and_roles_guard_every_endpoint_but_health_and_metrics() {
         "{metrics}"
     );
     assert!(!metrics.contains(&id), "no id as a label value");
+    relay.stop().await;
+}
+
+/// A notification id no spool holds.
+const UNKNOWN_ID: &str = "01KAAAAAAAAAAAAAAAAAAAAAAA";
+
+/// Every `/api/` route of `admin::ROUTES`, walked: no token 401; a viewer
+/// 403 on every change and no refusal on a read; a subscriber 403 but on
+/// the subscriptions' list and creation; an id or name that is not
+/// there 404; a parameter the route does not take 400. None of the
+/// requests changes anything, so their order does not matter.
+#[tokio::test]
+async fn every_api_route_answers_401_403_404_and_400_as_it_should() {
+    let target = Target::start(Vec::new()).await;
+    let (relay, admin) = relay_to(&target).await;
+    // The parameters a route needs before it looks at who or what (a
+    // backfill without `since` is a bad request whoever asks).
+    let needed = |path: &str| {
+        if path.ends_with("/backfill") {
+            "since=1h"
+        } else {
+            ""
+        }
+    };
+    let with_query = |path: String, query: &str| match query {
+        "" => path,
+        query => format!("{path}?{query}"),
+    };
+    let api_routes: Vec<(&str, &str)> = webhook_relay::admin::ROUTES
+        .iter()
+        .copied()
+        .filter(|(_, path)| path.starts_with("/api/"))
+        .collect();
+    assert!(api_routes.len() >= 20, "{api_routes:?}");
+    let mut takes_an_id = 0;
+    for (method, template) in api_routes {
+        let query = needed(template);
+        let existing = with_query(
+            template
+                .replace("{id}", UNKNOWN_ID)
+                .replace("{name}", "billing"),
+            query,
+        );
+        let route = format!("{method} {template}");
+
+        let (status, body) = admin.call(method, &existing, None).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("unauthorized")),
+            "{route} without a token: {body}"
+        );
+
+        let (status, body) = admin.call(method, &existing, Some(VIEWER_TOKEN)).await;
+        if method == "GET" {
+            assert!(
+                status == 200 || (status == 404 && template.contains('{')),
+                "{route} reads, so a viewer may: {status} {body}"
+            );
+        } else {
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (403, Some("forbidden")),
+                "{route} changes, so a viewer may not: {body}"
+            );
+        }
+
+        // A subscriber lists and creates subscriptions, and manages only
+        // those it created (not relay.toml's `billing`): nothing else.
+        let (status, body) = admin.call(method, &existing, Some(SUBSCRIBER_TOKEN)).await;
+        if template == "/api/subscriptions" {
+            assert_ne!(status, 403, "{route} is open to a subscriber: {body}");
+        } else {
+            assert_eq!(status, 403, "{route} by a subscriber: {body}");
+        }
+
+        if template.contains('{') {
+            takes_an_id += 1;
+            let missing = with_query(
+                template
+                    .replace("{id}", UNKNOWN_ID)
+                    .replace("{name}", "no-such-subscription"),
+                query,
+            );
+            let (status, body) = admin.call(method, &missing, Some(ADMIN_TOKEN)).await;
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (404, Some("not_found")),
+                "{route} of what is not there: {body}"
+            );
+        }
+
+        let misspelt = match query {
+            "" => format!("{existing}?sorce=x"),
+            _ => format!("{existing}&sorce=x"),
+        };
+        let (status, body) = admin.call(method, &misspelt, Some(ADMIN_TOKEN)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("bad_request")),
+            "{route} with a parameter it does not take: {body}"
+        );
+        assert!(
+            body["detail"].as_str().unwrap_or("").contains("sorce"),
+            "{route}: the error names the parameter: {body}"
+        );
+    }
+    assert!(
+        takes_an_id >= 10,
+        "the routes with an id or a name were walked"
+    );
+    // Nothing was changed: no audit record, no delivery.
+    let audit = admin.get("/api/audit").await;
+    assert_eq!(items(&audit), 0, "{audit}");
+    assert!(target.received().is_empty());
     relay.stop().await;
 }
 
@@ -827,6 +944,75 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
 /// each route it names is served: called with a bad parameter (so nothing
 /// changes), a route answers 400 or its own answer, never "no such
 /// endpoint" or 405.
+/// The page's release buttons: shown to an admin only, and a press makes
+/// the quarantined body a notification that reaches the target, audited.
+#[tokio::test]
+async fn the_page_releases_a_quarantined_body_and_it_is_delivered() {
+    let target = Target::start(Vec::new()).await;
+    let (relay, admin) = relay_to(&target).await;
+    let (status, json) = relay
+        .post(
+            &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
+            "{\"not\": \"tusfacturas\"}",
+        )
+        .await;
+    assert_eq!(status, 422, "{json}");
+    let quarantined = json["quarantine_id"].as_str().unwrap().to_owned();
+    // Redirects are the page's answers: see them rather than follow them.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let as_page = |method: reqwest::Method, path: &str, token: &str| {
+        browser
+            .request(method, format!("{}{path}", admin.base))
+            .header("cookie", format!("relay_token={token}"))
+            .send()
+    };
+    let shown_to = |token: &'static str| {
+        let path = format!("/q/{quarantined}");
+        let request = as_page(reqwest::Method::GET, &path, token);
+        async move { request.await.unwrap().text().await.unwrap() }
+    };
+    let button = format!("action=\"/q/{quarantined}/release?as=generic\"");
+    assert!(
+        shown_to(ADMIN_TOKEN).await.contains(&button),
+        "an admin's page has the button"
+    );
+    assert!(
+        !shown_to(VIEWER_TOKEN).await.contains("release"),
+        "a viewer's has none"
+    );
+
+    let press = format!("/q/{quarantined}/release?as=generic");
+    let refused = as_page(reqwest::Method::POST, &press, VIEWER_TOKEN)
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let answer = as_page(reqwest::Method::POST, &press, ADMIN_TOKEN)
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 303);
+    let location = answer.headers()["location"].to_str().unwrap().to_owned();
+    let id = location
+        .strip_prefix("/n/")
+        .unwrap_or_else(|| panic!("back to the notification's page: {location}"))
+        .to_owned();
+    assert!(
+        target.wait_until(WAIT, |t| t.succeeded(&id)).await,
+        "released and delivered"
+    );
+    let audit = admin.get("/api/audit").await;
+    let record = &audit["items"][0];
+    assert_eq!(
+        (record["action"].as_str(), record["actor"].as_str()),
+        (Some("quarantine.release"), Some("ops")),
+        "{audit}"
+    );
+    assert_eq!(record["target"], quarantined);
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn the_openapi_file_and_the_live_routes_agree() {
     let relay = TestRelay::start(&admin_section()).await;

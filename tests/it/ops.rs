@@ -264,6 +264,12 @@ async fn stats_and_metrics_show_the_oldest_waiting_delivery_and_each_sources_req
         .await;
 
     let stats = admin.get("/api/stats").await;
+    // By state, over every subscription: slow's waits, billing's arrived.
+    assert_eq!(
+        stats["deliveries"],
+        serde_json::json!({ "waiting": 1, "dead": 0, "delivered": 1, "purged": 0 }),
+        "{stats}"
+    );
     let slow = &stats["subscriptions"]["slow"];
     assert_eq!(
         slow["oldest_waiting_received_at"], shown["received_at"],

@@ -258,6 +258,24 @@ async fn allowed_targets_and_roles_decide_who_creates_what_where() {
     let mut waits = erp_request("erp", &dead_end);
     waits["schedule"] = json!(["1h"]);
     create(&admin, ERP_TOKEN, waits).await;
+    // Each team lists only what it created; a viewer sees them all.
+    for (token, expected) in [
+        (ERP_TOKEN, vec!["erp"]),
+        (SHOP_TOKEN, vec![]),
+        (VIEWER_TOKEN, vec!["billing", "erp"]),
+        (ADMIN_TOKEN, vec!["billing", "erp"]),
+    ] {
+        let (status, listed) = send(&admin, Method::GET, subs, token, None).await;
+        assert_eq!(status, 200, "{listed}");
+        let mut names: Vec<&str> = listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, expected, "listed for {token}: {listed}");
+    }
     let (status, _) = send(
         &admin,
         Method::POST,
@@ -512,6 +530,22 @@ async fn the_built_cli_adds_and_removes_a_subscription() {
             .any(|l| l.starts_with("billing ") && l.contains("relay.toml")),
         "{out}"
     );
+    // A team's listing shows its own, not the file's target.
+    let (code, out, err) = run(&["subscriptions", "ls", "--json"], ERP_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    let own: Vec<Value> = out
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let names: Vec<&str> = own.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["erp"], "{out}");
+    // Its counts come with it (a subscriber may not read /api/stats).
+    assert!(own[0]["deliveries"]["waiting"].is_u64(), "{out}");
+    let (code, out, err) = run(&["subscriptions", "ls"], ERP_TOKEN);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("erp ")), "{out}");
+    assert!(!out.contains("billing"), "{out}");
+    assert!(!out.contains(&billing.url()), "{out}");
     let (code, out, err) = run(&["subscriptions", "test", "erp", "--json"], ERP_TOKEN);
     assert_eq!(code, 0, "{err}");
     let test: Value = serde_json::from_str(out.trim()).unwrap();
