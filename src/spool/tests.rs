@@ -318,6 +318,28 @@ async fn concurrent_writes_share_flushes_and_none_is_answered_by_an_earlier_flus
 }
 
 #[tokio::test]
+async fn an_outcome_is_answered_at_once_and_flushed_soon_with_nothing_else_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Clock::system().now_ms();
+    let (spool, _) = open(dir.path(), &["erp"]);
+    store_new(&spool, "a", now).await;
+    let leases = lease_now(&spool, "erp", 1).await;
+    let before = spool.flush_starts();
+    attempt(&spool, &leases[0], ok(), now).await;
+    // No other write follows: the writer's own deadline must flush it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while spool.flush_starts() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an outcome was left unflushed"
+        );
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(spool.flush_starts(), before + 1, "one flush for the outcome");
+}
+
+#[tokio::test]
 async fn a_second_process_gets_a_clear_locked_error() {
     let dir = tempfile::tempdir().unwrap();
     let _spool = open(dir.path(), &[]).0;
