@@ -336,7 +336,11 @@ async fn an_outcome_is_answered_at_once_and_flushed_soon_with_nothing_else_writt
         tokio::task::yield_now().await;
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert_eq!(spool.flush_starts(), before + 1, "one flush for the outcome");
+    assert_eq!(
+        spool.flush_starts(),
+        before + 1,
+        "one flush for the outcome"
+    );
 }
 
 #[tokio::test]
