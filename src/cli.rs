@@ -1433,19 +1433,14 @@ fn replay_command(
     yes: bool,
 ) -> anyhow::Result<()> {
     let Some(id) = id else {
-        if !dry_run && !yes {
-            return Err(RemoteError::Usage(
-                "a replay by filter needs --dry-run (to count) or --yes (to do it)".into(),
-            )
-            .into());
-        }
-        let client = AdminClient::locate(remote, config_path)?;
-        let mut pairs = filter.pairs();
-        pairs.push(("dry_run", dry_run.then(|| "true".to_owned())));
-        let done = client.post(&format!("/api/replay{}", remote::query(&pairs)))?;
-        if remote.json {
-            println!("{done}");
-        } else if dry_run {
+        let bulk = Bulk {
+            what: "a replay by filter",
+            route: "/api/replay",
+        };
+        let Some(done) = bulk.run(config_path, remote, &filter, dry_run, yes)? else {
+            return Ok(());
+        };
+        if dry_run {
             println!(
                 "would replay {} deliveries of {} notifications (run again with --yes)",
                 cell(&done["deliveries"]),
@@ -1510,6 +1505,42 @@ fn replay_command(
     replay(&config, &id, filter.subscription)
 }
 
+/// A bulk action by filter on the running relay: counted first
+/// (`--dry-run`) or done (`--yes`), one of the two required.
+struct Bulk {
+    what: &'static str,
+    route: &'static str,
+}
+
+impl Bulk {
+    /// The relay's answer, or `None` once printed as JSON.
+    fn run(
+        &self,
+        config_path: &Path,
+        remote: &RemoteArgs,
+        filter: &FilterArgs,
+        dry_run: bool,
+        yes: bool,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        if !dry_run && !yes {
+            return Err(RemoteError::Usage(format!(
+                "{} needs --dry-run (to count) or --yes (to do it)",
+                self.what
+            ))
+            .into());
+        }
+        let client = AdminClient::locate(remote, config_path)?;
+        let mut pairs = filter.pairs();
+        pairs.push(("dry_run", dry_run.then(|| "true".to_owned())));
+        let done = client.post(&format!("{}{}", self.route, remote::query(&pairs)))?;
+        if remote.json {
+            println!("{done}");
+            return Ok(None);
+        }
+        Ok(Some(done))
+    }
+}
+
 /// `spool purge`: by filter, through the running relay.
 fn purge_command(
     config_path: &Path,
@@ -1518,19 +1549,14 @@ fn purge_command(
     dry_run: bool,
     yes: bool,
 ) -> anyhow::Result<()> {
-    if !dry_run && !yes {
-        return Err(RemoteError::Usage(
-            "a purge needs --dry-run (to count) or --yes (to do it)".into(),
-        )
-        .into());
-    }
-    let client = AdminClient::locate(remote, config_path)?;
-    let mut pairs = filter.pairs();
-    pairs.push(("dry_run", dry_run.then(|| "true".to_owned())));
-    let done = client.post(&format!("/api/purge{}", remote::query(&pairs)))?;
-    if remote.json {
-        println!("{done}");
-    } else if dry_run {
+    let bulk = Bulk {
+        what: "a purge",
+        route: "/api/purge",
+    };
+    let Some(done) = bulk.run(config_path, remote, filter, dry_run, yes)? else {
+        return Ok(());
+    };
+    if dry_run {
         println!(
             "would purge {} deliveries of {} notifications (run again with --yes)",
             cell(&done["deliveries"]),
