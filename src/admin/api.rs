@@ -1183,13 +1183,7 @@ pub(super) async fn pause(
     name: &str,
     paused: bool,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    if !admin
-        .config
-        .load()
-        .subscriptions
-        .iter()
-        .any(|s| s.name == name)
-    {
+    if !admin.has_subscription(name) {
         return Err(ApiError::NotFound(format!(
             "no subscription {name:?} is configured"
         )));

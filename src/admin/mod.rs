@@ -79,6 +79,16 @@ pub type ChangeRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
 pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>;
 
 impl Admin {
+    /// Whether a subscription of that name is in effect (relay.toml's or
+    /// the API's).
+    fn has_subscription(&self, name: &str) -> bool {
+        self.config
+            .load()
+            .subscriptions
+            .iter()
+            .any(|s| s.name == name)
+    }
+
     pub fn new(
         config: &Config,
         spool: Spool,

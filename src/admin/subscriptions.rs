@@ -446,13 +446,7 @@ pub(super) async fn test_event(
     name: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     owned(admin, caller, name)?;
-    if !admin
-        .config
-        .load()
-        .subscriptions
-        .iter()
-        .any(|s| s.name == name)
-    {
+    if !admin.has_subscription(name) {
         return Err(ApiError::NotFound(format!("no subscription {name:?}")));
     }
     let now_ms = admin.clock.now_ms();
@@ -521,13 +515,7 @@ fn owned(admin: &Admin, caller: &Caller, name: &str) -> Result<Owned, ApiError> 
         .api_subscriptions()
         .into_iter()
         .find(|s| s.name == name);
-    let in_file = api.is_none()
-        && admin
-            .config
-            .load()
-            .subscriptions
-            .iter()
-            .any(|s| s.name == name);
+    let in_file = api.is_none() && admin.has_subscription(name);
     match (api, caller.role) {
         (Some(api), Role::Admin) => Ok(Owned::Api(Box::new(api))),
         (Some(api), _) if api.created_by == caller.name => Ok(Owned::Api(Box::new(api))),
