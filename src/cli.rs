@@ -1264,6 +1264,8 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
                 .sum();
             vec![
                 name.clone(),
+                cell(&source["stored"]),
+                cell(&source["quarantined"]),
                 cell(&source["last_received_at"]),
                 count("accepted"),
                 count("duplicate"),
@@ -1277,6 +1279,8 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
         table(
             &[
                 "SOURCE",
+                "STORED",
+                "QUARANTINED",
                 "LAST RECEIVED",
                 "ACCEPTED",
                 "DUPLICATE",

@@ -1132,10 +1132,17 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
             )
         })
         .collect();
+    // The configured sources, and any other the spool still holds (one
+    // removed from the config, or the relay's own events).
     let sources: serde_json::Map<String, Value> = config
         .sources
         .keys()
+        .chain(counts.sources.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .map(|name| {
+            let held = counts.sources.get(name).cloned().unwrap_or_default();
+            let configured = config.sources.contains_key(name);
             let last = admin.metrics.last_received_ms(name).map(format_ms);
             // Since the relay started, from the metrics (memory, no scan).
             let received: serde_json::Map<String, Value> = admin
@@ -1146,7 +1153,13 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
                 .collect();
             (
                 name.clone(),
-                json!({ "last_received_at": last, "received_since_start": received }),
+                json!({
+                    "stored": held.stored,
+                    "quarantined": held.quarantined,
+                    "configured": configured,
+                    "last_received_at": last,
+                    "received_since_start": received,
+                }),
             )
         })
         .collect();

@@ -307,7 +307,9 @@ async fn dashboard(
             text(&sub["events"])
         );
     }
-    body.push_str("</table><h2>Notifications</h2>");
+    body.push_str("</table>");
+    sources_table(&mut body, &stats["sources"]);
+    body.push_str("<h2>Notifications</h2>");
     body.push_str(&filter_form(&filter));
     if quarantine {
         body.push_str("<table><tr><th>id</th><th>received</th><th>source</th><th>reason</th></tr>");
@@ -472,6 +474,26 @@ fn fields_table(shown: &Value, fields: &[(&str, &str)]) -> String {
     }
     out.push_str("</table>");
     out
+}
+
+/// What the spool holds per source, each count a link to that list.
+fn sources_table(body: &mut String, sources: &Value) {
+    body.push_str("<h2>Sources</h2><table><tr><th>source</th><th>stored</th><th>quarantined</th><th>last received</th></tr>");
+    for (name, source) in sources.as_object().into_iter().flatten() {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("source", name)
+            .finish();
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td><a href=\"/?{query}\">{}</a></td><td><a href=\"/?{query}&amp;state=quarantined\">{}</a></td><td>{}</td></tr>",
+            escape(name),
+            text(&source["stored"]),
+            text(&source["quarantined"]),
+            text(&source["last_received_at"]),
+            query = escape(&query),
+        );
+    }
+    body.push_str("</table>");
 }
 
 async fn quarantined(

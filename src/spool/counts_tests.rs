@@ -29,16 +29,46 @@ fn counts(notifications: u64, quarantined: u64, subs: &[(&str, SubscriptionCount
             .iter()
             .map(|(name, counts)| ((*name).to_owned(), counts.clone()))
             .collect(),
+        sources: BTreeMap::new(),
     }
 }
 
-/// The kept counts, after asserting that a walk over every record agrees.
+/// `(source, stored, quarantined)` for each source, as [`Counts::sources`].
+fn sources(of: &[(&str, u64, u64)]) -> BTreeMap<String, SourceCounts> {
+    of.iter()
+        .map(|&(name, stored, quarantined)| {
+            (
+                name.to_owned(),
+                SourceCounts {
+                    stored,
+                    quarantined,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The kept counts, after asserting that a walk over every record agrees
+/// (per source too); the per-source ones are left out of the answer, for
+/// the tests of delivery counts ([`by_source`] answers them).
 fn counted(spool: &Spool) -> Counts {
+    Counts {
+        sources: BTreeMap::new(),
+        ..counted_whole(spool)
+    }
+}
+
+fn counted_whole(spool: &Spool) -> Counts {
     // Every change a test makes is answered once applied, and no test
     // leaves retention behind (which would run a slice of its own).
     let kept = spool.counts();
     assert_eq!(kept, spool.backend.recount(), "kept counts vs a recount");
     kept
+}
+
+/// The kept per-source counts, after asserting that a recount agrees.
+fn by_source(spool: &Spool) -> BTreeMap<String, SourceCounts> {
+    counted_whole(spool).sources
 }
 
 /// The totals as `counts.rs` stores them (version 1, two big-endian u64s).
@@ -49,13 +79,24 @@ fn totals_value(notifications: u64, quarantined: u64) -> Vec<u8> {
     value
 }
 
-async fn quarantine_one(spool: &Spool, at: i64) {
+async fn quarantine_one(spool: &Spool, at: i64) -> NotificationId {
+    quarantine_from(spool, "tus", at).await
+}
+
+async fn quarantine_from(spool: &Spool, source: &str, at: i64) -> NotificationId {
     let mut body = received(at);
+    body.source = source.into();
     body.body = Bytes::from_static(b"junk");
     spool
         .quarantine(body, "not_json", "x".into())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn store_from(spool: &Spool, source: &str, dedup: &str, at: i64) -> Stored {
+    let mut body = received(at);
+    body.source = source.into();
+    spool.store(body, notification(dedup)).await.unwrap()
 }
 
 #[tokio::test]
@@ -242,6 +283,7 @@ async fn retention_takes_the_counts_of_what_it_removes() {
         counts(2, 0, &[("erp", sub(1, 1, 0, 0))]),
         "the delivered one and the quarantined body went"
     );
+    assert_eq!(by_source(&spool), sources(&[("tus", 2, 0)]));
     tokio::time::sleep(Duration::from_secs(200)).await;
     assert_eq!(spool.maintain().await.unwrap().notifications, 1);
     assert_eq!(
@@ -249,6 +291,7 @@ async fn retention_takes_the_counts_of_what_it_removes() {
         counts(1, 0, &[("erp", sub(1, 0, 0, 0))]),
         "then the dead one, past spool.dead_retention"
     );
+    assert_eq!(by_source(&spool), sources(&[("tus", 1, 0)]));
 }
 
 #[tokio::test]
@@ -263,13 +306,16 @@ async fn kept_counts_are_read_back_on_open_without_a_walk_and_check_mends_them()
             attempt(&spool, &lease, ok(), now).await;
         }
         quarantine_one(&spool, now).await;
-        let before = counted(&spool);
+        let before = counted_whole(&spool);
         spool.close().await.unwrap();
         before
     };
     assert_eq!(
         before,
-        counts(2, 1, &[("crm", sub(2, 0, 0, 0)), ("erp", sub(1, 0, 1, 0))])
+        Counts {
+            sources: sources(&[("tus", 2, 1)]),
+            ..counts(2, 1, &[("crm", sub(2, 0, 0, 0)), ("erp", sub(1, 0, 1, 0))])
+        }
     );
     let (spool, _) = open(dir.path(), &["erp", "crm"]);
     assert_eq!(spool.counts(), before, "the same after a reopen");
@@ -346,9 +392,141 @@ async fn a_format_1_spool_is_counted_by_the_upgrade() {
     let expected = counts(5, 1, &[("crm", sub(5, 0, 0, 0)), ("erp", sub(3, 1, 1, 0))]);
     let (spool, _) = open(dir.path(), &["erp", "crm"]);
     assert_eq!(counted(&spool), expected);
+    let expected = Counts {
+        sources: by_source(&spool),
+        ..expected
+    };
+    assert_eq!(
+        expected.sources.values().map(|s| s.stored).sum::<u64>(),
+        5,
+        "every notification under its source: {:?}",
+        expected.sources
+    );
     spool.close().await.unwrap();
     let (spool, _) = open(dir.path(), &["erp", "crm"]);
     assert_eq!(spool.counts(), expected, "kept from the upgrade on");
+}
+
+// === per source ===
+
+#[tokio::test]
+async fn each_source_counts_what_it_stored_and_quarantined_and_a_release_moves_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    let now = clock.now_ms();
+    assert!(matches!(
+        store_from(&spool, "tus", "k1", now).await,
+        Stored::New(_)
+    ));
+    assert!(matches!(
+        store_from(&spool, "tus", "k1", now).await,
+        Stored::Duplicate(_)
+    ));
+    assert!(matches!(
+        store_from(&spool, "nube", "k2", now).await,
+        Stored::New(_)
+    ));
+    let nube_junk = quarantine_from(&spool, "nube", now).await;
+    quarantine_from(&spool, "nube", now).await;
+    let datil_junk = quarantine_from(&spool, "datil", now).await;
+    assert_eq!(
+        by_source(&spool),
+        sources(&[("datil", 0, 1), ("nube", 1, 2), ("tus", 1, 0)]),
+        "a duplicate counts nothing"
+    );
+
+    let mut again = received(now);
+    again.source = "nube".into();
+    let released = spool
+        .release(nube_junk, again.clone(), notification("k3"))
+        .await
+        .unwrap();
+    assert!(matches!(released, Stored::New(_)), "{released:?}");
+    spool.discard(datil_junk).await.unwrap();
+    assert_eq!(
+        by_source(&spool),
+        sources(&[("nube", 2, 1), ("tus", 1, 0)]),
+        "released: from quarantined to stored; a source holding nothing is absent"
+    );
+    // Released or discarded already: refused, and nothing moves.
+    assert!(matches!(
+        spool.release(nube_junk, again, notification("k4")).await,
+        Err(SpoolError::NotFound(_))
+    ));
+    assert!(matches!(
+        spool.discard(datil_junk).await,
+        Err(SpoolError::NotFound(_))
+    ));
+    assert_eq!(counted_whole(&spool).notifications, 3);
+    assert_eq!(by_source(&spool), sources(&[("nube", 2, 1), ("tus", 1, 0)]));
+}
+
+#[tokio::test]
+async fn per_source_counts_survive_a_reopen_are_made_by_one_walk_for_an_older_spool_and_check_mends_them(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Clock::system().now_ms();
+    let expected = sources(&[("datil", 0, 1), ("tus", 2, 0)]);
+    {
+        let (spool, _) = open(dir.path(), &["erp"]);
+        store_from(&spool, "tus", "a", now).await;
+        store_from(&spool, "tus", "b", now).await;
+        quarantine_from(&spool, "datil", now).await;
+        assert_eq!(by_source(&spool), expected);
+        spool.close().await.unwrap();
+    }
+    let (spool, _) = open(dir.path(), &["erp"]);
+    assert_eq!(spool.counts().sources, expected, "the same after a reopen");
+
+    // As a spool whose counts predate the per-source ones: the totals
+    // and the subscriptions' counts are there, the sources' are not.
+    spool.backend.overwrite_source_counts(None, None);
+    spool.backend.overwrite_source_counts(Some("tus"), None);
+    spool.backend.overwrite_source_counts(Some("datil"), None);
+    // Wrong totals that the walk must replace: proof that it walked.
+    spool
+        .backend
+        .overwrite_counts(None, Some(&totals_value(999, 1)));
+    spool.close().await.unwrap();
+    let (spool, _) = open(dir.path(), &["erp"]);
+    assert_eq!(counted_whole(&spool).notifications, 2, "counted by a walk");
+    assert_eq!(by_source(&spool), expected);
+    // Kept from then on: a wrong but well-formed source count is believed.
+    let mut wrong = vec![1];
+    wrong.extend_from_slice(&7u64.to_be_bytes());
+    wrong.extend_from_slice(&0u64.to_be_bytes());
+    spool
+        .backend
+        .overwrite_source_counts(Some("tus"), Some(&wrong));
+    spool.close().await.unwrap();
+    let (spool, _) = open(dir.path(), &["erp"]);
+    assert_eq!(spool.counts().sources["tus"].stored, 7);
+    spool.close().await.unwrap();
+
+    // `spool check` recounts them, says which differed, and mends them.
+    let report = Spool::check(&config(dir.path()), false).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(
+        report
+            .repaired
+            .iter()
+            .any(|r| r.contains("source \"tus\" kept 7/0 counted 2/0")),
+        "{:?}",
+        report.repaired
+    );
+    assert_eq!(report.counts.map(|c| c.sources), Some(expected.clone()));
+    let (spool, _) = open(dir.path(), &["erp"]);
+    assert_eq!(spool.counts().sources, expected);
+    spool.close().await.unwrap();
+
+    // A damaged source count is a walk on open, not an error.
+    let (spool, _) = open(dir.path(), &["erp"]);
+    spool
+        .backend
+        .overwrite_source_counts(Some("tus"), Some(b"\x01short"));
+    spool.close().await.unwrap();
+    let (spool, _) = open(dir.path(), &["erp"]);
+    assert_eq!(by_source(&spool), expected);
 }
 
 // === the audit log ===
@@ -493,16 +671,17 @@ mod interleavings {
         for op in ops {
             match op {
                 Op::Store(key) => {
-                    let now = clock.now_ms();
-                    let stored = spool
-                        .store(received(now), notification(&format!("k{key}")))
-                        .await
-                        .unwrap();
+                    // Two sources, so the per-source counts are tried too.
+                    let source = if key % 3 == 0 { "nube" } else { "tus" };
+                    let stored =
+                        store_from(&spool, source, &format!("k{key}"), clock.now_ms()).await;
                     if let Stored::New(id) = stored {
                         ids.push(id);
                     }
                 }
-                Op::Quarantine => quarantine_one(&spool, clock.now_ms()).await,
+                Op::Quarantine => {
+                    quarantine_one(&spool, clock.now_ms()).await;
+                }
                 Op::Lease(sub, n) => held.extend(lease_some(&spool, sub, n).await),
                 Op::Complete(i, ok) if i < held.len() => {
                     let lease = held.remove(i);

@@ -197,6 +197,22 @@ impl SubscriptionCounts {
     }
 }
 
+/// What the spool holds of one source.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SourceCounts {
+    /// Notifications stored, not yet removed by retention.
+    pub stored: u64,
+    /// Bodies in quarantine (those whose record cannot be read are in the
+    /// total only: their source is not known).
+    pub quarantined: u64,
+}
+
+impl SourceCounts {
+    pub fn is_zero(&self) -> bool {
+        *self == SourceCounts::default()
+    }
+}
+
 /// What the spool holds, counted as it changes (see [`Spool::counts`]).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Counts {
@@ -206,6 +222,9 @@ pub struct Counts {
     /// By subscription name; a subscription with no delivery in the spool
     /// is absent.
     pub subscriptions: BTreeMap<String, SubscriptionCounts>,
+    /// By source name (as received, configured or not); a source with
+    /// nothing in the spool is absent.
+    pub sources: BTreeMap<String, SourceCounts>,
 }
 
 /// What [`Spool::check`] found in a stopped spool.

@@ -250,6 +250,13 @@ async fn stats_and_metrics_show_the_oldest_waiting_delivery_and_each_sources_req
         .post("/hooks/tusfacturas/not-the-token-0123456789", "{}")
         .await;
     assert_eq!(status, 401);
+    let (status, json) = relay
+        .post(
+            &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
+            "{\"not\": \"tusfacturas\"}",
+        )
+        .await;
+    assert_eq!(status, 422, "quarantined: {json}");
     let shown = admin
         .wait_for(
             &format!("/api/notifications/{id}"),
@@ -283,6 +290,11 @@ async fn stats_and_metrics_show_the_oldest_waiting_delivery_and_each_sources_req
         Value::Null
     );
     let tus = &stats["sources"]["tusfacturas"];
+    // Kept by the spool: the one stored and the one quarantined; the
+    // unauthorized request kept nothing.
+    assert_eq!(tus["stored"], 1, "{stats}");
+    assert_eq!(tus["quarantined"], 1, "{stats}");
+    assert_eq!(tus["configured"], true, "{stats}");
     assert_eq!(tus["received_since_start"]["accepted"], 1, "{stats}");
     assert_eq!(tus["received_since_start"]["unauthorized"], 1, "{stats}");
     assert!(tus["last_received_at"]
@@ -323,6 +335,39 @@ async fn stats_and_metrics_show_the_oldest_waiting_delivery_and_each_sources_req
     assert!(
         row.contains(shown["received_at"].as_str().unwrap()),
         "{out}"
+    );
+    // Per source: what the spool holds (stored, quarantined), then the rest.
+    let source_row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("tusfacturas "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(source_row.get(1..3), Some(["1", "1"].as_slice()), "{out}");
+    let (code, out, err) =
+        tokio::task::block_in_place(|| cli(&config, &["spool", "stats", "--json"], VIEWER_TOKEN));
+    assert_eq!(code, 0, "{err}");
+    let json: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["sources"]["tusfacturas"]["stored"], 1, "{out}");
+    assert_eq!(json["sources"]["tusfacturas"]["quarantined"], 1, "{out}");
+
+    // The page's sources table, each count a link to its list.
+    let listen = relay.relay().admin_listen.clone().unwrap();
+    let page = reqwest::Client::new()
+        .get(format!("http://{listen}/"))
+        .header("cookie", format!("relay_token={VIEWER_TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(
+            "<tr><td>tusfacturas</td><td><a href=\"/?source=tusfacturas\">1</a></td>\
+             <td><a href=\"/?source=tusfacturas&amp;state=quarantined\">1</a></td>"
+        ),
+        "{page}"
     );
     relay.stop().await;
 }

@@ -4,8 +4,8 @@
 //!
 //! The writer applies every change, so it keeps them: each change stages
 //! its effect in the [`Tally`], and the batch that applies the change also
-//! writes the counts it touched (one key per subscription touched, one for
-//! the totals). So after a crash they are exactly as durable as what they
+//! writes the counts it touched (one key per subscription or source
+//! touched, one for the totals). So after a crash they are exactly as durable as what they
 //! count, and opening loads them in O(subscriptions). Only a spool made
 //! before they existed (or whose count keys are damaged) is walked once, on
 //! open, by [`recount`]; `spool check` walks too and compares.
@@ -15,6 +15,11 @@
 //! purged. A notification counts one delivery per subscription it was
 //! fanned out to, plus one per delivery record of a subscription it was
 //! given to later (orphans reassigned).
+//!
+//! Per source, the notifications stored and the bodies in quarantine. A
+//! spool whose counts predate these has the totals but not the
+//! [`keys::SOURCE_COUNTS_KEPT`] mark: it is counted once on open, like one
+//! without counts.
 
 use std::collections::BTreeSet;
 use std::iter::Peekable;
@@ -24,8 +29,8 @@ use ::sled::{Batch, IVec, Tree};
 
 use super::{decode_delivery, keys, lock, storage, Store};
 use crate::delivery::State;
-use crate::spool::record::{NotificationMeta, Record};
-use crate::spool::{Counts, SpoolError, SubscriptionCounts};
+use crate::spool::record::{NotificationMeta, QuarantineMeta, Record};
+use crate::spool::{Counts, SourceCounts, SpoolError, SubscriptionCounts};
 
 /// The layout of the count values: a version byte, then big-endian u64s.
 const COUNTS_V1: u8 = 1;
@@ -94,12 +99,27 @@ fn encode_subscription(counts: &SubscriptionCounts) -> Vec<u8> {
     encode_u64s(&[counts.waiting, counts.dead, counts.delivered, counts.purged])
 }
 
+fn encode_source(counts: &SourceCounts) -> Vec<u8> {
+    encode_u64s(&[counts.stored, counts.quarantined])
+}
+
+/// The source of a quarantined body, read from its record; None when the
+/// record cannot be read (it is then in the total alone, here and in a
+/// recount alike).
+pub fn quarantined_source(value: &[u8]) -> Option<String> {
+    Record::<QuarantineMeta>::decode(value)
+        .ok()
+        .map(|record| record.meta.source)
+}
+
 /// The counts a spool keeps, as found on open.
 #[derive(Debug)]
 pub enum Kept {
     Found(Counts),
     /// Made before counts were kept (or never opened by this version).
     Missing,
+    /// Made before the per-source counts were kept: the others are there.
+    WithoutSources,
     /// A count key cannot be read: which, and why.
     Damaged(String),
 }
@@ -112,11 +132,39 @@ pub fn load(tree: &Tree) -> Result<Kept, SpoolError> {
     let Some([notifications, quarantined]) = decode_u64s::<2>(&totals) else {
         return Ok(Kept::Damaged(format!("the totals key holds {totals:?}")));
     };
+    if tree
+        .get(keys::SOURCE_COUNTS_KEPT)
+        .map_err(storage)?
+        .is_none()
+    {
+        return Ok(Kept::WithoutSources);
+    }
     let mut counts = Counts {
         notifications,
         quarantined,
         ..Counts::default()
     };
+    for item in tree.scan_prefix(keys::SOURCE_COUNTS) {
+        let (key, value) = item.map_err(storage)?;
+        let name = key.get(keys::SOURCE_COUNTS.len()..).unwrap_or_default();
+        let Ok(name) = std::str::from_utf8(name) else {
+            return Ok(Kept::Damaged(format!(
+                "a source count key is not UTF-8: {key:?}"
+            )));
+        };
+        let Some([stored, quarantined]) = decode_u64s::<2>(&value) else {
+            return Ok(Kept::Damaged(format!(
+                "the counts of source {name:?} hold {value:?}"
+            )));
+        };
+        counts.sources.insert(
+            name.to_owned(),
+            SourceCounts {
+                stored,
+                quarantined,
+            },
+        );
+    }
     for item in tree.scan_prefix(keys::SUBSCRIPTION_COUNTS) {
         let (key, value) = item.map_err(storage)?;
         let name = key
@@ -143,8 +191,8 @@ pub fn load(tree: &Tree) -> Result<Kept, SpoolError> {
     Ok(Kept::Found(counts))
 }
 
-/// Writes `counts` whole, in place of whatever was kept (a subscription
-/// kept but absent from `counts` is removed).
+/// Writes `counts` whole, in place of whatever was kept (a subscription or
+/// source kept but absent from `counts` is removed).
 pub fn write_all(tree: &Tree, counts: &Counts) -> Result<(), SpoolError> {
     let mut batch = Batch::default();
     for item in tree.scan_prefix(keys::SUBSCRIPTION_COUNTS).keys() {
@@ -158,6 +206,15 @@ pub fn write_all(tree: &Tree, counts: &Counts) -> Result<(), SpoolError> {
             );
         }
     }
+    for item in tree.scan_prefix(keys::SOURCE_COUNTS).keys() {
+        batch.remove(item.map_err(storage)?);
+    }
+    for (name, source) in &counts.sources {
+        if !source.is_zero() {
+            batch.insert(keys::source_counts(name), encode_source(source));
+        }
+    }
+    batch.insert(keys::SOURCE_COUNTS_KEPT, &[]);
     batch.insert(keys::COUNT_TOTALS, encode_totals(counts));
     tree.apply_batch(batch).map_err(storage)
 }
@@ -191,6 +248,7 @@ pub fn recount(tree: &Tree) -> Result<Recount, SpoolError> {
             out.unreadable += 1;
             continue;
         };
+        source_entry(&mut out.counts, &record.meta.source).stored += 1;
         let subscriptions = &record.meta.subscriptions;
         for name in subscriptions {
             // A damaged record of this subscription stands nowhere known.
@@ -207,11 +265,18 @@ pub fn recount(tree: &Tree) -> Result<Recount, SpoolError> {
             }
         }
     }
-    for item in tree.scan_prefix([keys::QUARANTINE]).keys() {
-        item.map_err(storage)?;
+    for item in tree.scan_prefix([keys::QUARANTINE]) {
+        let (_, value) = item.map_err(storage)?;
         out.counts.quarantined += 1;
+        if let Some(source) = quarantined_source(&value) {
+            source_entry(&mut out.counts, &source).quarantined += 1;
+        }
     }
     Ok(out)
+}
+
+fn source_entry<'a>(counts: &'a mut Counts, source: &str) -> &'a mut SourceCounts {
+    counts.sources.entry(source.to_owned()).or_default()
 }
 
 fn add(counts: &mut Counts, name: &str, standing: Standing) {
@@ -275,6 +340,8 @@ pub struct Tally {
     counts: Counts,
     /// Subscriptions whose counts were staged since the last apply.
     dirty: BTreeSet<String>,
+    /// Sources whose counts were staged since the last apply.
+    sources_dirty: BTreeSet<String>,
     totals_dirty: bool,
     /// A count went below zero once: warned, so the log is not flooded.
     warned: bool,
@@ -285,23 +352,27 @@ impl Tally {
         Tally {
             counts,
             dirty: BTreeSet::new(),
+            sources_dirty: BTreeSet::new(),
             totals_dirty: false,
             warned: false,
         }
     }
 
-    /// A new notification, one waiting delivery per subscription.
-    pub fn stored(&mut self, subscriptions: &[String]) {
+    /// A new notification of `source`, one waiting delivery per
+    /// subscription.
+    pub fn stored(&mut self, source: &str, subscriptions: &[String]) {
         self.counts.notifications += 1;
         self.totals_dirty = true;
+        self.change_source(source, |counts| counts.stored += 1);
         for name in subscriptions {
             self.added(name, Standing::Waiting);
         }
     }
 
-    pub fn quarantined(&mut self) {
+    pub fn quarantined(&mut self, source: &str) {
         self.counts.quarantined += 1;
         self.totals_dirty = true;
+        self.change_source(source, |counts| counts.quarantined += 1);
     }
 
     /// A delivery of `subscription` went from one standing to another.
@@ -326,25 +397,64 @@ impl Tally {
             false
         });
         if underflow {
-            self.drifted(subscription, standing);
+            self.drifted(subscription, &format!("{standing:?}"));
         }
     }
 
-    /// Retention removed a notification with these deliveries.
+    /// Retention removed a notification of `source` with these deliveries.
     pub fn removed_notification<'a>(
         &mut self,
+        source: &str,
         deliveries: impl IntoIterator<Item = (&'a str, Standing)>,
     ) {
         self.counts.notifications = self.counts.notifications.saturating_sub(1);
         self.totals_dirty = true;
+        self.lower_source(source, |counts| &mut counts.stored);
         for (name, standing) in deliveries {
             self.removed(name, standing);
         }
     }
 
-    pub fn removed_quarantined(&mut self) {
+    /// A quarantined body left (retention, discard, release); `source` is
+    /// None when its record could not be read (see [`quarantined_source`]).
+    pub fn removed_quarantined(&mut self, source: Option<&str>) {
         self.counts.quarantined = self.counts.quarantined.saturating_sub(1);
         self.totals_dirty = true;
+        if let Some(source) = source {
+            self.lower_source(source, |counts| &mut counts.quarantined);
+        }
+    }
+
+    /// Takes one from a source's count, warning once if it is already 0.
+    fn lower_source(&mut self, source: &str, slot: impl FnOnce(&mut SourceCounts) -> &mut u64) {
+        let underflow = self.change_source(source, |counts| {
+            let slot = slot(counts);
+            match slot.checked_sub(1) {
+                Some(less) => *slot = less,
+                None => return true,
+            }
+            false
+        });
+        if underflow {
+            self.drifted(source, "source");
+        }
+    }
+
+    /// Changes one source's counts and marks them to be written; like
+    /// [`Tally::change`], no allocation for a source already in this batch.
+    fn change_source<R>(&mut self, name: &str, change: impl FnOnce(&mut SourceCounts) -> R) -> R {
+        if !self.sources_dirty.contains(name) {
+            self.sources_dirty.insert(name.to_owned());
+        }
+        match self.counts.sources.get_mut(name) {
+            Some(counts) => change(counts),
+            None => {
+                let mut counts = SourceCounts::default();
+                let out = change(&mut counts);
+                self.counts.sources.insert(name.to_owned(), counts);
+                out
+            }
+        }
     }
 
     /// Changes one subscription's counts and marks them to be written.
@@ -365,13 +475,14 @@ impl Tally {
         }
     }
 
-    fn drifted(&mut self, subscription: &str, standing: Standing) {
+    /// `name` is a subscription or a source, `count` which of its counts.
+    fn drifted(&mut self, name: &str, count: &str) {
         if !self.warned {
             self.warned = true;
             tracing::warn!(
-                subscription,
-                ?standing,
-                "a delivery count would go below zero: the counts disagree with the spool; \
+                name,
+                count,
+                "a count would go below zero: the counts disagree with the spool; \
                  `webhook-relay spool check` (relay stopped) recounts and rewrites them"
             );
         }
@@ -395,6 +506,15 @@ impl Tally {
                 _ => batch.remove(key),
             }
         }
+        for name in &self.sources_dirty {
+            let key = keys::source_counts(name);
+            match self.counts.sources.get(name) {
+                Some(counts) if !counts.is_zero() => {
+                    batch.insert(key, encode_source(counts));
+                }
+                _ => batch.remove(key),
+            }
+        }
         if self.totals_dirty {
             batch.insert(keys::COUNT_TOTALS, encode_totals(&self.counts));
         }
@@ -411,6 +531,17 @@ impl Tally {
                 _ => {
                     self.counts.subscriptions.remove(&name);
                     shown.subscriptions.remove(&name);
+                }
+            }
+        }
+        for name in std::mem::take(&mut self.sources_dirty) {
+            match self.counts.sources.get(&name) {
+                Some(counts) if !counts.is_zero() => {
+                    shown.sources.insert(name, counts.clone());
+                }
+                _ => {
+                    self.counts.sources.remove(&name);
+                    shown.sources.remove(&name);
                 }
             }
         }
@@ -432,6 +563,16 @@ impl Tally {
                 }
                 None => {
                     self.counts.subscriptions.remove(&name);
+                }
+            }
+        }
+        for name in std::mem::take(&mut self.sources_dirty) {
+            match shown.sources.get(&name) {
+                Some(counts) => {
+                    self.counts.sources.insert(name, counts.clone());
+                }
+                None => {
+                    self.counts.sources.remove(&name);
                 }
             }
         }

@@ -15,6 +15,8 @@
 //! | `m`    | name                                  | the spool's own marks         |
 //! | `m`    | `counts`                              | totals (see `counts.rs`)      |
 //! | `m`    | `counts/` subscription                | that subscription's counts    |
+//! | `m`    | `sources`                             | empty: per-source counts kept |
+//! | `m`    | `sources/` source                     | that source's counts          |
 //! | `m`    | `sub/` subscription                   | an API-created subscription   |
 //!
 //! A notification's first attempt needs no entry of its own: the `n` keys
@@ -45,6 +47,11 @@ pub const REMOVED_UPTO: &[u8] = b"mremoved_upto";
 pub const COUNT_TOTALS: &[u8] = b"mcounts";
 /// Before a subscription's name: its deliveries' counts.
 pub const SUBSCRIPTION_COUNTS: &[u8] = b"mcounts/";
+/// Present once the per-source counts are kept (a spool whose counts
+/// predate them has the totals without it, and is counted once on open).
+pub const SOURCE_COUNTS_KEPT: &[u8] = b"msources";
+/// Before a source's name: what the spool holds of it.
+pub const SOURCE_COUNTS: &[u8] = b"msources/";
 /// `mpaused/<subscription>`, present while an admin holds its deliveries.
 pub const PAUSED: &[u8] = b"mpaused/";
 
@@ -161,6 +168,10 @@ pub fn cursor(subscription: &str) -> Vec<u8> {
     key.push(CURSOR);
     key.extend_from_slice(subscription.as_bytes());
     key
+}
+
+pub fn source_counts(source: &str) -> Vec<u8> {
+    [SOURCE_COUNTS, source.as_bytes()].concat()
 }
 
 pub fn subscription_counts(subscription: &str) -> Vec<u8> {

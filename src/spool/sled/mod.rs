@@ -350,6 +350,7 @@ impl SledSpool {
             record: record.encode()?,
             dedup_key,
             received_ms: received.received_ms,
+            source: record.meta.source,
             subscriptions: record.meta.subscriptions,
             released,
         };
@@ -381,6 +382,7 @@ impl SledSpool {
         let change = Change::Quarantine {
             record: record.encode()?,
             received_ms: received.received_ms,
+            source: record.meta.source,
         };
         match self.write(change, true).await? {
             Applied::Quarantined(id) => Ok(id),
@@ -706,6 +708,21 @@ impl SledSpool {
         let key = match subscription {
             Some(name) => keys::subscription_counts(name),
             None => keys::COUNT_TOTALS.to_vec(),
+        };
+        let tree = &self.shared.store().unwrap().tree;
+        match value {
+            Some(value) => tree.insert(key, value).unwrap(),
+            None => tree.remove(key).unwrap(),
+        };
+    }
+
+    /// Tests: write (or, with `None`, remove) the kept counts of a source,
+    /// or (`source` None) the mark that says they are kept.
+    #[cfg(test)]
+    pub fn overwrite_source_counts(&self, source: Option<&str>, value: Option<&[u8]>) {
+        let key = match source {
+            Some(name) => keys::source_counts(name),
+            None => keys::SOURCE_COUNTS_KEPT.to_vec(),
         };
         let tree = &self.shared.store().unwrap().tree;
         match value {

@@ -194,7 +194,7 @@ fn read_api_subscriptions(store: &Store) -> Result<BTreeMap<String, ApiSubscript
 fn counts_on_open(store: &Store) -> Result<Counts, SpoolError> {
     let why = match counts::load(&store.tree)? {
         Kept::Found(counts) => return Ok(counts),
-        Kept::Missing => None,
+        Kept::Missing | Kept::WithoutSources => None,
         Kept::Damaged(why) => Some(why),
     };
     if let Some(why) = &why {
@@ -208,6 +208,7 @@ fn counts_on_open(store: &Store) -> Result<Counts, SpoolError> {
         notifications = recount.counts.notifications,
         quarantined = recount.counts.quarantined,
         subscriptions = recount.counts.subscriptions.len(),
+        sources = recount.counts.sources.len(),
         unreadable_records = recount.unreadable,
         took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "counted the spool's deliveries by a walk over every notification (once: they are kept from now on)"
@@ -1191,6 +1192,9 @@ fn check_counts(store: &Store, report: &mut CheckReport) {
         Kept::Missing => Some(
             "no delivery counts were kept yet (a spool from a relay before they were)".to_owned(),
         ),
+        Kept::WithoutSources => Some(
+            "no per-source counts were kept yet (a spool from a relay before they were)".to_owned(),
+        ),
         Kept::Damaged(why) => Some(format!("the kept delivery counts are damaged: {why}")),
     };
     if let Kept::Found(kept) = kept {
@@ -1243,6 +1247,17 @@ fn counts_difference(kept: &Counts, counted: &Counts) -> String {
             parts.push(format!(
                 "{name:?} kept {}/{}/{}/{} counted {}/{}/{}/{} (waiting/dead/delivered/purged)",
                 a.waiting, a.dead, a.delivered, a.purged, b.waiting, b.dead, b.delivered, b.purged
+            ));
+        }
+    }
+    let sources: BTreeSet<&String> = kept.sources.keys().chain(counted.sources.keys()).collect();
+    for name in sources {
+        let a = kept.sources.get(name).cloned().unwrap_or_default();
+        let b = counted.sources.get(name).cloned().unwrap_or_default();
+        if a != b {
+            parts.push(format!(
+                "source {name:?} kept {}/{} counted {}/{} (stored/quarantined)",
+                a.stored, a.quarantined, b.stored, b.quarantined
             ));
         }
     }

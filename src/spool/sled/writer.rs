@@ -41,7 +41,7 @@ use std::time::Duration;
 use ::sled::Batch;
 use tokio::sync::{mpsc, oneshot};
 
-use super::counts::{Standing, Tally};
+use super::counts::{quarantined_source, Standing, Tally};
 use super::open::Acknowledged;
 use super::{decode_delivery, encode_delivery, keys, lock, storage, Shared, Store};
 use crate::delivery::{Delivery, State};
@@ -99,6 +99,8 @@ pub(super) enum Change {
         record: Vec<u8>,
         dedup_key: Vec<u8>,
         received_ms: i64,
+        /// For the per-source counts.
+        source: String,
         subscriptions: Vec<String>,
         /// A quarantined body this notification is made from: it leaves
         /// the quarantine in the same batch (a duplicate too).
@@ -107,6 +109,8 @@ pub(super) enum Change {
     Quarantine {
         record: Vec<u8>,
         received_ms: i64,
+        /// For the per-source counts.
+        source: String,
     },
     /// A leased delivery's new state: its record, its retry entry moved,
     /// and (for a first attempt) the subscription's cursor.
@@ -135,18 +139,11 @@ pub(super) enum Change {
     },
     /// A reloaded config's subscriptions: a new one starts its walk after
     /// the newest id handed out so far (it gets what is stored from now on).
-    Routes {
-        routes: Routes,
-    },
+    Routes { routes: Routes },
     /// A quarantined body an admin gave up.
-    Discard {
-        id: NotificationId,
-    },
+    Discard { id: NotificationId },
     /// An admin holds (or releases) a subscription's deliveries.
-    Pause {
-        subscription: String,
-        paused: bool,
-    },
+    Pause { subscription: String, paused: bool },
     /// An API-created subscription kept (`Some`, encoded) or removed
     /// (with its pause mark).
     Subscription {
@@ -161,10 +158,7 @@ pub(super) enum Change {
         now_ms: i64,
     },
     /// An audit entry (encoded), made at `at_ms`.
-    Audit {
-        entry: Vec<u8>,
-        at_ms: i64,
-    },
+    Audit { entry: Vec<u8>, at_ms: i64 },
     /// One slice of an admin's bulk purge (see `purge.rs`).
     Purge {
         targets: Vec<(NotificationId, String)>,
@@ -638,19 +632,21 @@ impl Writer {
                     mut record,
                     dedup_key,
                     received_ms,
+                    source,
                     subscriptions,
                     released,
                 } => {
                     if let Some(quarantined) = released {
                         let key = keys::quarantine(quarantined);
-                        if store.get(&key)?.is_none() {
+                        let Some(body) = store.get(&key)? else {
                             out.results.push(Err(SpoolError::NotFound(format!(
                                 "quarantined body {quarantined} (released or discarded meanwhile)"
                             ))));
                             continue;
-                        }
+                        };
                         batch.remove(&key);
-                        self.tally.removed_quarantined();
+                        self.tally
+                            .removed_quarantined(quarantined_source(&body).as_deref());
                     }
                     let earlier = match fresh_in_group.get(&dedup_key) {
                         Some(first) => Some(*first),
@@ -669,7 +665,7 @@ impl Writer {
                         batch.insert(dedup_key.as_slice(), &keys::dedup_value(id, received_ms));
                         batch.insert(&keys::dedup_expiry(received_ms, id), dedup_key.as_slice());
                         fresh_in_group.insert(dedup_key, id);
-                        self.tally.stored(&subscriptions);
+                        self.tally.stored(&source, &subscriptions);
                         out.newest = Some(id);
                         out.woken.extend(subscriptions);
                         Ok(Applied::Stored(Stored::New(id)))
@@ -678,11 +674,12 @@ impl Writer {
                 Change::Quarantine {
                     mut record,
                     received_ms,
+                    source,
                 } => {
                     let id = self.next_id(received_ms);
                     stamp_id(&mut record, id);
                     batch.insert(&keys::quarantine(id), record);
-                    self.tally.quarantined();
+                    self.tally.quarantined(&source);
                     Ok(Applied::Quarantined(id))
                 }
                 Change::Complete {
@@ -788,9 +785,10 @@ impl Writer {
                 }
                 Change::Discard { id } => {
                     let key = keys::quarantine(id);
-                    if store.get(&key)?.is_some() {
+                    if let Some(body) = store.get(&key)? {
                         batch.remove(&key);
-                        self.tally.removed_quarantined();
+                        self.tally
+                            .removed_quarantined(quarantined_source(&body).as_deref());
                         Ok(Applied::Recorded)
                     } else {
                         Err(SpoolError::NotFound(format!("no quarantined body {id}")))
@@ -971,6 +969,7 @@ impl Writer {
                         batch.remove(item.map_err(storage)?);
                     }
                     self.tally.removed_notification(
+                        &meta.source,
                         records
                             .iter()
                             .map(|d| (d.subscription.as_str(), Standing::of(&d.state))),
@@ -1011,9 +1010,10 @@ impl Writer {
                 behind = true;
                 break;
             }
-            let (key, _) = item.map_err(storage)?;
+            let (key, body) = item.map_err(storage)?;
             batch.remove(key);
-            self.tally.removed_quarantined();
+            self.tally
+                .removed_quarantined(quarantined_source(&body).as_deref());
             done.quarantined += 1;
         }
 
