@@ -150,12 +150,17 @@ async fn a_full_disk_answers_503_then_recovers_by_itself_with_nothing_lost_or_re
         return;
     }
     let target = Target::start(vec![]).await;
-    // The relay's own events about its spool go to `alerts`.
+    // The relay's own events about its spool go to `alerts`, one at a time
+    // so that they arrive in the order they were stored.
     let alerts = Target::start(vec![]).await;
     let sub = format!(
         "{}{}",
         subscription("erp", &target.url(), ""),
-        subscription("alerts", &alerts.url(), "events = [\"relay.spool.*\"]")
+        subscription(
+            "alerts",
+            &alerts.url(),
+            "events = [\"relay.spool.*\"]\nmax_in_flight = 1"
+        )
     );
     let config = config_on(&disk.dir, dir.path(), "4MiB", &sub);
     let relay = disk.start_relay(&config).await;

@@ -413,7 +413,12 @@ async fn relay_with_alerts(
                 "shutdown_grace = \"2s\"",
                 "shutdown_grace = \"2s\"\nfailing_after = 2"
             ),
-            subscription("alerts", &alerts.url(), "events = [\"relay.*\"]"),
+            subscription(
+                "alerts",
+                &alerts.url(),
+                // One at a time: they arrive in the order they were stored.
+                "events = [\"relay.*\"]\nmax_in_flight = 1",
+            ),
             subscription("plain", &plain.url(), ""),
             admin_section()
         )
