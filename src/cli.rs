@@ -216,6 +216,9 @@ pub struct FilterArgs {
     /// Dátil receipt), a pattern with `*`.
     #[arg(long)]
     pub subject: Option<String>,
+    /// The invoice's status: queued, accepted, rejected, deleted, unknown.
+    #[arg(long)]
+    pub status: Option<String>,
     /// waiting, delivered, dead, purged (or quarantined for `ls`).
     #[arg(long)]
     pub state: Option<String>,
@@ -234,6 +237,7 @@ impl FilterArgs {
             ("source", self.source.clone()),
             ("event", self.event.clone()),
             ("subject", self.subject.clone()),
+            ("status", self.status.clone()),
             ("state", self.state.clone()),
             ("subscription", self.subscription.clone()),
             ("since", self.since.clone()),
@@ -1124,6 +1128,7 @@ fn list(
                     cell(&item["source"]),
                     cell(&item["event"]),
                     cell(&item["subject"]),
+                    cell(&item["status"]),
                     deliveries.join(" "),
                 ]
             });
@@ -1137,7 +1142,15 @@ fn list(
         let headers: &[&str] = if quarantine {
             &["ID", "RECEIVED", "SOURCE", "KIND", "REASON"]
         } else {
-            &["ID", "RECEIVED", "SOURCE", "EVENT", "SUBJECT", "DELIVERIES"]
+            &[
+                "ID",
+                "RECEIVED",
+                "SOURCE",
+                "EVENT",
+                "SUBJECT",
+                "STATUS",
+                "DELIVERIES",
+            ]
         };
         print!("{}", table(headers, &rows));
         if let Some(cursor) = cursor {

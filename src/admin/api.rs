@@ -648,6 +648,7 @@ fn notification_summary(record: &NotificationRecord, deliveries: &[Delivery]) ->
         "source": meta.source,
         "event": meta.event_type,
         "subject": meta.subject,
+        "status": meta.status,
         "received_at": format_ms(meta.received_ms),
         "deliveries": deliveries.iter().map(|d| json!({
             "subscription": d.subscription,
@@ -682,6 +683,7 @@ pub(super) fn show_notification(spool: &Spool, id: NotificationId) -> Result<Val
         "source": meta.source,
         "event": meta.event_type,
         "subject": meta.subject,
+        "status": meta.status,
         "received_at": format_ms(meta.received_ms),
         "provider_time": meta.provider_time,
         "dedup_key": meta.dedup_key,

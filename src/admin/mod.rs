@@ -115,12 +115,13 @@ impl Admin {
 
 /// The fields of a notification, as the API names them, and the label
 /// the CLI and the page show each under.
-pub const NOTIFICATION_FIELDS: [(&str, &str); 8] = [
+pub const NOTIFICATION_FIELDS: [(&str, &str); 9] = [
     ("id", "id"),
     ("received", "received_at"),
     ("source", "source"),
     ("event", "event"),
     ("invoice", "subject"),
+    ("status", "status"),
     ("provider time", "provider_time"),
     ("dedup key", "dedup_key"),
     ("peer", "peer"),

@@ -60,6 +60,7 @@ struct CreateRequest {
     max_in_flight: Option<usize>,
     schedule: Option<Vec<String>>,
     jitter: Option<f64>,
+    statuses: Option<Vec<String>>,
 }
 
 impl CreateRequest {
@@ -71,6 +72,7 @@ impl CreateRequest {
             max_in_flight: self.max_in_flight,
             schedule: self.schedule.clone(),
             jitter: self.jitter,
+            statuses: self.statuses.clone(),
         }
     }
 }
@@ -334,7 +336,10 @@ pub(super) async fn backfill(
             }
             let in_range = range.until_ms.is_none_or(|until| meta.received_ms < until);
             let fanned_out = meta.subscriptions.contains(&subscription.name);
-            if !in_range || fanned_out || !subscription.matches(&meta.source, &meta.event_type) {
+            if !in_range
+                || fanned_out
+                || !subscription.matches(&meta.source, &meta.event_type, meta.status)
+            {
                 continue;
             }
             let Some(id) = NotificationId::parse(&meta.id) else {
@@ -477,6 +482,7 @@ pub(super) async fn test_event(
         // Never a duplicate: each request is its own event.
         dedup_key: format!("test:{nonce:032x}"),
         provider_time: None,
+        status: crate::providers::InvoiceStatus::Unknown,
         flags: Vec::new(),
     };
     let id = match admin

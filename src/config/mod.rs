@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::delivery::Schedule;
-use crate::providers::{GenericRules, Provider};
+use crate::providers::{GenericRules, InvoiceStatus, Provider};
 pub use admin::{AdminConfig, AdminListen, AdminToken, AllowedTarget, Role};
 pub use load::{ConfigError, Problem};
 pub use locate::KeyPath;
@@ -239,6 +239,9 @@ pub struct SubscriptionConfig {
     pub sources: Option<Vec<String>>,
     /// Event-type patterns with `*`; all events when absent.
     pub events: Option<Vec<String>>,
+    /// The invoice statuses it takes (`["accepted", "rejected"]`); all
+    /// when absent. The relay's own events are not held to it.
+    pub statuses: Option<Vec<InvoiceStatus>>,
     /// Standard Webhooks secret: `whsec_` + base64.
     pub secret: String,
     #[serde(default)]
@@ -344,15 +347,22 @@ impl SubscriptionConfig {
         Schedule::try_new(self.schedule.iter().map(|d| d.0).collect(), self.jitter)
     }
 
-    /// Whether a notification from `source` with `event_type` goes to this subscription.
-    pub fn matches(&self, source: &str, event_type: &str) -> bool {
+    /// Whether a notification from `source` with `event_type` and
+    /// `status` goes to this subscription.
+    pub fn matches(&self, source: &str, event_type: &str, status: InvoiceStatus) -> bool {
         filters_match(
             self.sources.as_deref(),
             self.events.as_deref(),
             source,
             event_type,
-        )
+        ) && status_matches(self.statuses.as_deref(), status)
     }
+}
+
+/// Whether a subscription with this `statuses` filter takes a notification
+/// with `status` (everything when absent).
+pub fn status_matches(statuses: Option<&[InvoiceStatus]>, status: InvoiceStatus) -> bool {
+    statuses.is_none_or(|wanted| wanted.contains(&status))
 }
 
 /// Whether a subscription with these filters takes a notification: its

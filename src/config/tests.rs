@@ -98,10 +98,37 @@ fn subscriptions_match_sources_and_event_patterns() {
     );
     let config = Config::parse(&text).unwrap();
     let sub = &config.subscriptions[0];
-    assert!(sub.matches("tus", "facturacion.emitido"));
-    assert!(!sub.matches("tus", "comprobante.aceptado"));
-    assert!(!sub.matches("other", "facturacion.emitido"));
+    assert!(sub.matches("tus", "facturacion.emitido", InvoiceStatus::Accepted));
+    assert!(!sub.matches("tus", "comprobante.aceptado", InvoiceStatus::Accepted));
+    assert!(!sub.matches("other", "facturacion.emitido", InvoiceStatus::Accepted));
     assert_eq!(sub.retry_schedule().unwrap().max_attempts(), 6);
+}
+
+#[test]
+fn a_statuses_filter_takes_the_named_statuses_and_refuses_other_words() {
+    let subscription = |statuses: &str| {
+        format!(
+            "{}\n[[subscriptions]]\nname = \"erp\"\nurl = \"http://127.0.0.1:9/x\"\nsecret = \"{SECRET}\"\nstatuses = {statuses}\n",
+            minimal()
+        )
+    };
+    let config = Config::parse(&subscription(r#"["accepted", "rejected"]"#)).unwrap();
+    let sub = &config.subscriptions[0];
+    assert!(sub.matches("tus", "facturacion.emitido", InvoiceStatus::Accepted));
+    assert!(sub.matches("tus", "facturacion.error", InvoiceStatus::Rejected));
+    assert!(!sub.matches("tus", "facturacion.encolado", InvoiceStatus::Queued));
+    let problems = Config::parse(&subscription(r#"["emitido"]"#)).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.key.contains("statuses")),
+        "{problems:?}"
+    );
+    let problems = Config::parse(&subscription("[]")).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key.contains("statuses") && p.message.contains("takes no status")),
+        "{problems:?}"
+    );
 }
 
 #[test]

@@ -424,6 +424,13 @@ impl SubscriptionConfig {
                 ));
             }
         }
+        if self.statuses.as_ref().is_some_and(Vec::is_empty) {
+            // Surely a mistake: it would take no invoice at all.
+            found.push((
+                at.key("statuses"),
+                "takes no status: leave it out to take them all".into(),
+            ));
+        }
         if !self.secret.starts_with(PLACEHOLDER) {
             if let Err(err) = SigningKey::from_secret(&self.secret) {
                 found.push((

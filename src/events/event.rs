@@ -153,6 +153,7 @@ impl RelayEvent {
             subject: self.subject(),
             dedup_key: format!("relay:{unique}"),
             provider_time: None,
+            status: crate::providers::InvoiceStatus::Unknown,
             flags: Vec::new(),
         };
         (received, notification)

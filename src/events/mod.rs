@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, watch};
 use crate::clock::Clock;
 use crate::config::{Config, RELAY_SOURCE};
 use crate::delivery::State;
+use crate::providers::InvoiceStatus;
 use crate::spool::{NotificationId, Observed, Routes, Spool, SpoolError};
 pub use event::RelayEvent;
 use streaks::{Streaks, Turn};
@@ -80,9 +81,11 @@ impl Events {
     /// reports only while some subscription wants relay events.
     pub fn reload(&self, config: &Config) {
         let routes = Routes::from_config(config);
-        let wanted = ALL_TYPES
-            .iter()
-            .any(|event_type| !routes.matching(RELAY_SOURCE, event_type).is_empty());
+        let wanted = ALL_TYPES.iter().any(|event_type| {
+            !routes
+                .matching(RELAY_SOURCE, event_type, InvoiceStatus::Unknown)
+                .is_empty()
+        });
         self.routes.store(Arc::new(routes));
         self.failing_after
             .store(config.forwarder.failing_after.max(1), Ordering::Relaxed);
@@ -93,7 +96,7 @@ impl Events {
         !self
             .routes
             .load()
-            .matching(RELAY_SOURCE, event.event_type())
+            .matching(RELAY_SOURCE, event.event_type(), InvoiceStatus::Unknown)
             .is_empty()
     }
 }

@@ -129,6 +129,7 @@ impl Target {
             .header("webhook-signature", signature)
             .header("x-relay-source", &meta.source)
             .header("x-relay-event", outgoing::header_text(&meta.event_type))
+            .header("x-relay-status", meta.status.as_str())
             .header("x-relay-attempt", attempt.to_string())
             .header("x-relay-received-at", format_ms(meta.received_ms))
             .body(body);

@@ -2,7 +2,8 @@
 //! spool when it stores it (from the configured subscriptions; replaced
 //! whole on reload).
 
-use crate::config::{filters_match, wildcard_match, Config, RELAY_SOURCE};
+use crate::config::{filters_match, status_matches, wildcard_match, Config, RELAY_SOURCE};
+use crate::providers::InvoiceStatus;
 
 /// One subscription's name and filters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +13,8 @@ pub struct Route {
     pub sources: Option<Vec<String>>,
     /// Event-type patterns with `*`; all events when `None`.
     pub events: Option<Vec<String>>,
+    /// Invoice statuses; all when `None`.
+    pub statuses: Option<Vec<InvoiceStatus>>,
 }
 
 impl Route {
@@ -21,10 +24,11 @@ impl Route {
             name: name.to_owned(),
             sources: None,
             events: None,
+            statuses: None,
         }
     }
 
-    fn matches(&self, source: &str, event_type: &str) -> bool {
+    fn matches(&self, source: &str, event_type: &str, status: InvoiceStatus) -> bool {
         if source == RELAY_SOURCE {
             // The relay's own events go only where they are asked for by
             // name: a subscription with no `events`, or with `*`, keeps
@@ -38,7 +42,7 @@ impl Route {
             self.events.as_deref(),
             source,
             event_type,
-        )
+        ) && status_matches(self.statuses.as_deref(), status)
     }
 }
 
@@ -62,16 +66,18 @@ impl Routes {
                     name: s.name.clone(),
                     sources: s.sources.clone(),
                     events: s.events.clone(),
+                    statuses: s.statuses.clone(),
                 })
                 .collect(),
         )
     }
 
-    /// The names of the subscriptions that take this source and event type.
-    pub fn matching(&self, source: &str, event_type: &str) -> Vec<String> {
+    /// The names of the subscriptions that take this source, event type
+    /// and invoice status.
+    pub fn matching(&self, source: &str, event_type: &str, status: InvoiceStatus) -> Vec<String> {
         self.routes
             .iter()
-            .filter(|r| r.matches(source, event_type))
+            .filter(|r| r.matches(source, event_type, status))
             .map(|r| r.name.clone())
             .collect()
     }
@@ -94,6 +100,7 @@ impl Routes {
                     name: name.clone(),
                     sources: Some(Vec::new()),
                     events: None,
+                    statuses: None,
                 });
             }
         }
@@ -113,15 +120,48 @@ mod tests {
                 name: "tus-issued".into(),
                 sources: Some(vec!["tus".into()]),
                 events: Some(vec!["*.emitido".into()]),
+                statuses: None,
             },
         ]);
         assert_eq!(
-            routes.matching("tus", "facturacion.emitido"),
+            routes.matching("tus", "facturacion.emitido", InvoiceStatus::Unknown),
             ["everything", "tus-issued"]
         );
-        assert_eq!(routes.matching("tus", "facturacion.error"), ["everything"]);
-        assert_eq!(routes.matching("datil", "x.emitido"), ["everything"]);
+        assert_eq!(
+            routes.matching("tus", "facturacion.error", InvoiceStatus::Unknown),
+            ["everything"]
+        );
+        assert_eq!(
+            routes.matching("datil", "x.emitido", InvoiceStatus::Unknown),
+            ["everything"]
+        );
         assert!(routes.contains("tus-issued") && !routes.contains("tus"));
+    }
+
+    #[test]
+    fn a_statuses_filter_takes_only_those_statuses_but_not_for_relay_events() {
+        let routes = Routes::new(vec![
+            Route::all("everything"),
+            Route {
+                name: "final".into(),
+                sources: None,
+                events: Some(vec!["*".into(), "relay.*".into()]),
+                statuses: Some(vec![InvoiceStatus::Accepted, InvoiceStatus::Rejected]),
+            },
+        ]);
+        assert_eq!(
+            routes.matching("tus", "facturacion.emitido", InvoiceStatus::Accepted),
+            ["everything", "final"]
+        );
+        assert_eq!(
+            routes.matching("tus", "facturacion.encolado", InvoiceStatus::Queued),
+            ["everything"]
+        );
+        // The relay's own events carry no invoice status: not held to it.
+        assert_eq!(
+            routes.matching(RELAY_SOURCE, "relay.delivery.dead", InvoiceStatus::Unknown),
+            ["final"]
+        );
     }
 
     #[test]
@@ -132,29 +172,32 @@ mod tests {
                 name: "star".into(),
                 sources: None,
                 events: Some(vec!["*".into()]),
+                statuses: None,
             },
             Route {
                 name: "alerts".into(),
                 sources: Some(vec!["tus".into()]),
                 events: Some(vec!["relay.*".into(), "*.emitido".into()]),
+                statuses: None,
             },
             Route {
                 name: "dead-only".into(),
                 sources: None,
                 events: Some(vec!["relay.delivery.dead".into()]),
+                statuses: None,
             },
         ]);
         assert_eq!(
-            routes.matching(RELAY_SOURCE, "relay.delivery.dead"),
+            routes.matching(RELAY_SOURCE, "relay.delivery.dead", InvoiceStatus::Unknown),
             ["alerts", "dead-only"]
         );
         assert_eq!(
-            routes.matching(RELAY_SOURCE, "relay.spool.full"),
+            routes.matching(RELAY_SOURCE, "relay.spool.full", InvoiceStatus::Unknown),
             ["alerts"]
         );
         // A provider's event named like one of ours is an ordinary notification.
         assert_eq!(
-            routes.matching("tus", "relay.delivery.dead"),
+            routes.matching("tus", "relay.delivery.dead", InvoiceStatus::Unknown),
             ["everything", "star", "alerts", "dead-only"]
         );
     }

@@ -307,11 +307,11 @@ impl SledSpool {
         notification: Notification,
         released: Option<NotificationId>,
     ) -> Result<Stored, SpoolError> {
-        let subscriptions = self
-            .shared
-            .routes
-            .load()
-            .matching(&received.source, &notification.event_type);
+        let subscriptions = self.shared.routes.load().matching(
+            &received.source,
+            &notification.event_type,
+            notification.status,
+        );
         self.store_to(received, notification, released, subscriptions)
             .await
     }
@@ -334,6 +334,7 @@ impl SledSpool {
                 subject: notification.subject,
                 dedup_key: notification.dedup_key,
                 provider_time: notification.provider_time.and_then(rfc3339),
+                status: notification.status,
                 content_type: received.content_type,
                 headers: received.headers,
                 peer: received.peer,
