@@ -8,6 +8,7 @@
 
 mod backfill;
 mod counts;
+mod invoices;
 mod keys;
 mod lease;
 mod open;
@@ -325,6 +326,11 @@ impl SledSpool {
         subscriptions: Vec<String>,
     ) -> Result<Stored, SpoolError> {
         let dedup_key = keys::dedup(&received.source, &notification.dedup_key);
+        let invoice = invoices::InvoiceRef::of(
+            &received.source,
+            notification.subject.as_deref(),
+            notification.status,
+        );
         let record = Record {
             meta: NotificationMeta {
                 id: String::new(),
@@ -353,6 +359,7 @@ impl SledSpool {
             received_ms: received.received_ms,
             subscriptions: record.meta.subscriptions,
             released,
+            invoice,
         };
         match self.write(change, true).await? {
             Applied::Stored(stored) => Ok(stored),

@@ -40,6 +40,7 @@ use ::sled::Batch;
 use tokio::sync::{mpsc, oneshot};
 
 use super::counts::{Standing, Tally};
+use super::invoices::{self, InvoiceRef};
 use super::open::Acknowledged;
 use super::{decode_delivery, encode_delivery, keys, lock, storage, Shared, Store};
 use crate::delivery::{Delivery, State};
@@ -93,6 +94,8 @@ pub(super) enum Change {
         /// A quarantined body this notification is made from: it leaves
         /// the quarantine in the same batch (a duplicate too).
         released: Option<NotificationId>,
+        /// The invoice it is about, for the invoice index (`invoices.rs`).
+        invoice: Option<InvoiceRef>,
     },
     Quarantine {
         record: Vec<u8>,
@@ -554,6 +557,7 @@ impl Writer {
             i64::try_from(self.shared.config.dedup_window.0.as_millis()).unwrap_or(i64::MAX);
         let mut batch = Batch::default();
         let mut fresh_in_group: HashMap<Vec<u8>, NotificationId> = HashMap::new();
+        let mut invoices_in_group = invoices::Pending::default();
         let mut out = GroupApplied::default();
         for change in changes {
             let result = match change {
@@ -563,6 +567,7 @@ impl Writer {
                     received_ms,
                     subscriptions,
                     released,
+                    invoice,
                 } => {
                     if let Some(quarantined) = released {
                         let key = keys::quarantine(quarantined);
@@ -584,6 +589,9 @@ impl Writer {
                             .map(|(first, _)| first),
                     };
                     if let Some(first) = earlier {
+                        if let Some(invoice) = &invoice {
+                            invoices_in_group.resent(store, &mut batch, invoice, first)?;
+                        }
                         Ok(Applied::Stored(Stored::Duplicate(first)))
                     } else {
                         let id = self.next_id(received_ms);
@@ -592,6 +600,15 @@ impl Writer {
                         batch.insert(dedup_key.as_slice(), &keys::dedup_value(id, received_ms));
                         batch.insert(&keys::dedup_expiry(received_ms, id), dedup_key.as_slice());
                         fresh_in_group.insert(dedup_key, id);
+                        if let Some(invoice) = &invoice {
+                            invoices_in_group.stored(
+                                store,
+                                &mut batch,
+                                invoice,
+                                id,
+                                received_ms,
+                            )?;
+                        }
                         self.tally.stored(&subscriptions);
                         out.newest = Some(id);
                         out.woken.extend(subscriptions);
@@ -836,6 +853,7 @@ impl Writer {
         let cutoff = now.saturating_sub(ms(config.retention.0));
         let dead_cutoff = config.dead_retention.map(|d| now.saturating_sub(ms(d.0)));
         let mut batch = Batch::default();
+        let mut invoices_gone = invoices::Removed::default();
         let mut done = Maintained::default();
         let mut behind = false;
 
@@ -903,6 +921,7 @@ impl Writer {
                         batch.remove(dedup_key);
                         batch.remove(&keys::dedup_expiry(meta.received_ms, id));
                     }
+                    invoices_gone.notification(store, &mut batch, &meta, id)?;
                     done.notifications += 1;
                     removed_upto = Some(id);
                 }
