@@ -1,5 +1,5 @@
 //! The command line: `serve`, `check-config`, `spool ...`, `quarantine
-//! ...`, `gen-secret`. Commands parse their arguments, load the config and
+//! ...`, `subscriptions ...`, `invoice ...`, `gen-secret`. Commands parse their arguments, load the config and
 //! call the library, or (for a running relay) its admin API through
 //! [`remote`]; a bad config exits with 64 (EX_USAGE) after naming file,
 //! line and key.
@@ -25,6 +25,7 @@ use crate::signing::SigningKey;
 use crate::spool::{Routes, Spool, SpoolError};
 use remote::{cell, table, AdminClient, RemoteArgs, RemoteError};
 
+mod invoice;
 mod remote;
 mod subscriptions;
 
@@ -63,6 +64,10 @@ pub enum Command {
     /// The subscriptions of a running relay.
     #[command(subcommand)]
     Subscriptions(SubscriptionsCommand),
+    /// The invoices of a running relay: each with its current status, and
+    /// its timeline of notifications and deliveries.
+    #[command(subcommand)]
+    Invoice(invoice::InvoiceCommand),
     /// Print a new subscription secret (`whsec_...`).
     GenSecret,
 }
@@ -502,6 +507,7 @@ pub fn run(cli: Cli) -> ExitCode {
             })
         }
         Command::Subscriptions(change) => subscriptions::run(change),
+        Command::Invoice(command) => invoice::run(command),
         Command::Quarantine(QuarantineCommand::Discard { config, remote, id }) => {
             let path = format!("/api/quarantine/{}/discard", encode_segment(&id));
             post_and_print(&config.config, &remote, &path, |_| {
@@ -1555,7 +1561,7 @@ fn purge_command(
 
 /// A target's text on one table line: its line breaks and other control
 /// characters (a terminal's escape sequences among them) become spaces.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()

@@ -27,7 +27,7 @@ use crate::spool::{
 
 /// Every route, as `doc/openapi.json` documents it (a test holds the two
 /// and the live listener to each other).
-pub const ROUTES: [(&str, &str); 25] = [
+pub const ROUTES: [(&str, &str); 29] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -51,8 +51,12 @@ pub const ROUTES: [(&str, &str); 25] = [
     ("POST", "/api/subscriptions/{name}/rotate-secret"),
     ("POST", "/api/reload"),
     ("GET", "/api/audit"),
+    ("GET", "/api/invoices"),
+    ("GET", "/api/invoices/{source}/{subject}"),
     ("GET", "/"),
     ("GET", "/n/{id}"),
+    ("GET", "/i"),
+    ("GET", "/i/{source}/{subject}"),
 ];
 
 /// Most notifications one page request reads before it answers with what
@@ -346,6 +350,19 @@ async fn route(
                 .collect();
             ok(json!({ "items": items, "next_cursor": next_cursor }))
         }
+        ["api", "invoices"] if get => {
+            caller.require(Role::Viewer)?;
+            let filter = super::invoices::InvoiceFilter::parse(&query, now_ms)?;
+            blocking(move || super::invoices::list(&spool, &filter)).await
+        }
+        ["api", "invoices", source, subject] if get => {
+            caller.require(Role::Viewer)?;
+            if let Some((key, _)) = form_urlencoded::parse(query.as_bytes()).next() {
+                return Err(QueryError::Unknown(key.into_owned()).into());
+            }
+            let (source, subject) = (decode_segment(source), decode_segment(subject));
+            blocking(move || super::invoices::show(&spool, &source, &subject)).await
+        }
         ["api", "subscriptions"] if get => {
             caller.require(Role::Subscriber)?;
             ok(subscriptions(admin))
@@ -395,6 +412,8 @@ async fn route(
         | ["api", "stats"]
         | ["api", "reload"]
         | ["api", "audit"]
+        | ["api", "invoices"]
+        | ["api", "invoices", _, _]
         | ["api", "subscriptions"]
         | ["api", "subscriptions", _]
         | ["api", "subscriptions", _, "pause" | "resume" | "backfill" | "test" | "rotate-secret"] => {
@@ -699,7 +718,7 @@ pub(super) fn show_notification(spool: &Spool, id: NotificationId) -> Result<Val
     Ok(out)
 }
 
-fn delivery_detail(delivery: &Delivery) -> Value {
+pub(super) fn delivery_detail(delivery: &Delivery) -> Value {
     let (state_at, in_flight_attempt) = match delivery.state {
         State::Delivered { at_ms } | State::Dead { at_ms } | State::Purged { at_ms } => {
             (Some(at_ms), None)

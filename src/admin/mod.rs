@@ -9,10 +9,14 @@
 //! - `subscriptions`: creating, deleting, backfilling and testing
 //!   subscriptions and rotating their secrets.
 //! - `purge`: the bulk purge.
-//! - `page`: the HTML page over the same reads.
+//! - `invoices`: the invoices and their timelines, from the spool's index.
+//! - `page`: the HTML page over the same reads; `invoice_page` its
+//!   invoice search and timeline.
 
 mod api;
 pub mod auth;
+mod invoice_page;
+mod invoices;
 mod page;
 mod purge;
 pub mod query;

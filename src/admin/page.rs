@@ -32,6 +32,8 @@ pub(super) fn is_page(path: &str) -> bool {
         || path.starts_with("/n/")
         || path.starts_with("/q/")
         || path.starts_with("/s/")
+        || path == "/i"
+        || path.starts_with("/i/")
 }
 
 pub(super) async fn handle(
@@ -63,6 +65,10 @@ pub(super) async fn handle(
             Ok(redirect(&format!("/n/{id}"), None))
         }
         (Method::GET, ["q", id]) => quarantined(admin, &caller, id).await,
+        (Method::GET, ["i"]) => super::invoice_page::search(admin, &caller, &query).await,
+        (Method::GET, ["i", source, subject]) => {
+            super::invoice_page::timeline(admin, &caller, source, subject).await
+        }
         (Method::POST, ["s", name, action @ ("pause" | "resume")]) => {
             caller.require(Role::Admin)?;
             let name = percent_encoding::percent_decode_str(name)
@@ -136,7 +142,7 @@ fn redirect(to: &str, cookie: Option<HeaderValue>) -> Response<Full<Bytes>> {
     response
 }
 
-fn html(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+pub(super) fn html(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -156,7 +162,7 @@ fn html(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 }
 
 /// Text made safe inside HTML elements and attribute values.
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -172,7 +178,7 @@ fn escape(text: &str) -> String {
 }
 
 /// A JSON value as escaped text ("–" when absent).
-fn text(value: &Value) -> String {
+pub(super) fn text(value: &Value) -> String {
     match value {
         Value::Null => "–".into(),
         Value::String(s) => escape(s),
@@ -186,7 +192,7 @@ th{background:#f4f4f4}.dead{color:#b00;font-weight:600}.delivered{color:#070}.wa
 pre{background:#f7f7f7;padding:1em;overflow:auto;max-height:30em}form.inline{display:inline}\
 header{display:flex;gap:1.5em;align-items:baseline}.muted{color:#777}";
 
-fn page(title: &str, caller: Option<&Caller>, body: &str) -> String {
+pub(super) fn page(title: &str, caller: Option<&Caller>, body: &str) -> String {
     let who = caller
         .map(|c| {
             format!(
@@ -299,7 +305,9 @@ async fn dashboard(
             text(&sub["events"])
         );
     }
-    body.push_str("</table><h2>Notifications</h2>");
+    body.push_str("</table><h2>Invoices</h2>");
+    body.push_str(&super::invoice_page::search_form(""));
+    body.push_str("<h2>Notifications</h2>");
     body.push_str(&filter_form(&filter));
     if quarantine {
         body.push_str("<table><tr><th>id</th><th>received</th><th>source</th><th>reason</th></tr>");
