@@ -25,6 +25,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             subscriptions: vec![],
             flags: vec![],
             status: webhook_relay::providers::InvoiceStatus::Accepted,
+            superseded: false,
         },
         body: Bytes::copy_from_slice(data),
     };

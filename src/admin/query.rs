@@ -331,6 +331,7 @@ mod tests {
             subscriptions: vec!["billing".into()],
             flags: Vec::new(),
             status: InvoiceStatus::Unknown,
+            superseded: false,
         }
     }
 

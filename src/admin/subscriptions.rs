@@ -61,6 +61,7 @@ struct CreateRequest {
     schedule: Option<Vec<String>>,
     jitter: Option<f64>,
     statuses: Option<Vec<String>>,
+    on_superseded: Option<String>,
 }
 
 impl CreateRequest {
@@ -73,6 +74,7 @@ impl CreateRequest {
             schedule: self.schedule.clone(),
             jitter: self.jitter,
             statuses: self.statuses.clone(),
+            on_superseded: self.on_superseded.clone(),
         }
     }
 }

@@ -33,6 +33,14 @@ pub struct AddArgs {
     /// Attempts in flight at once.
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// An invoice status it takes: queued, accepted, rejected, deleted,
+    /// unknown (repeat for more); all when absent.
+    #[arg(long = "status")]
+    statuses: Vec<String>,
+    /// What it gets of a notification that would move its invoice back
+    /// from a final status: deliver, mark (the default) or skip.
+    #[arg(long)]
+    on_superseded: Option<String>,
 }
 
 impl AddArgs {
@@ -52,6 +60,11 @@ impl AddArgs {
                 self.timeout_retry.as_ref().map(|v| json!(v)),
             ),
             ("max_in_flight", self.max_in_flight.map(|v| json!(v))),
+            ("statuses", list(&self.statuses)),
+            (
+                "on_superseded",
+                self.on_superseded.as_ref().map(|v| json!(v)),
+            ),
         ] {
             if let Some(value) = value {
                 request[key] = value;

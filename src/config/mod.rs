@@ -179,6 +179,32 @@ pub enum OnInvalid {
     Accept,
 }
 
+/// What a subscription gets of a superseded notification: one that
+/// arrived after a final status of its invoice and would move it back (an
+/// `encolado` resend after `emitido`), so that an app that keeps the last
+/// write does not regress the invoice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSuperseded {
+    /// Sent as any other.
+    Deliver,
+    /// Sent with `x-relay-superseded: true`.
+    #[default]
+    Mark,
+    /// Not sent: its delivery is recorded as purged at once.
+    Skip,
+}
+
+impl OnSuperseded {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnSuperseded::Deliver => "deliver",
+            OnSuperseded::Mark => "mark",
+            OnSuperseded::Skip => "skip",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
@@ -242,6 +268,10 @@ pub struct SubscriptionConfig {
     /// The invoice statuses it takes (`["accepted", "rejected"]`); all
     /// when absent. The relay's own events are not held to it.
     pub statuses: Option<Vec<InvoiceStatus>>,
+    /// What it gets of a notification that would move an invoice back
+    /// from a final status.
+    #[serde(default)]
+    pub on_superseded: OnSuperseded,
     /// Standard Webhooks secret: `whsec_` + base64.
     pub secret: String,
     #[serde(default)]

@@ -122,11 +122,34 @@ fn a_statuses_filter_takes_the_named_statuses_and_refuses_other_words() {
         problems.iter().any(|p| p.key.contains("statuses")),
         "{problems:?}"
     );
+    assert_eq!(sub.on_superseded, OnSuperseded::Mark, "the default");
     let problems = Config::parse(&subscription("[]")).unwrap_err();
     assert!(
         problems
             .iter()
             .any(|p| p.key.contains("statuses") && p.message.contains("takes no status")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn on_superseded_takes_deliver_mark_or_skip() {
+    let with = |choice: &str| {
+        Config::parse(&format!(
+            "{}\n[[subscriptions]]\nname = \"erp\"\nurl = \"http://127.0.0.1:9/x\"\nsecret = \"{SECRET}\"\non_superseded = \"{choice}\"\n",
+            minimal()
+        ))
+    };
+    for (choice, wanted) in [
+        ("deliver", OnSuperseded::Deliver),
+        ("mark", OnSuperseded::Mark),
+        ("skip", OnSuperseded::Skip),
+    ] {
+        assert_eq!(with(choice).unwrap().subscriptions[0].on_superseded, wanted);
+    }
+    let problems = with("drop").unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.key.contains("on_superseded")),
         "{problems:?}"
     );
 }

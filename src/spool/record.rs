@@ -105,6 +105,10 @@ pub struct NotificationMeta {
     /// unknown one is not written, so it costs nothing where it says nothing.
     #[serde(default, skip_serializing_if = "is_unknown")]
     pub status: InvoiceStatus,
+    /// It arrived after a final status of its invoice and would have moved
+    /// it back (set by the spool's writer, which keeps the invoice index).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
 }
 
 fn is_unknown(status: &InvoiceStatus) -> bool {

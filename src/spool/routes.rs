@@ -2,7 +2,9 @@
 //! spool when it stores it (from the configured subscriptions; replaced
 //! whole on reload).
 
-use crate::config::{filters_match, status_matches, wildcard_match, Config, RELAY_SOURCE};
+use crate::config::{
+    filters_match, status_matches, wildcard_match, Config, OnSuperseded, RELAY_SOURCE,
+};
 use crate::providers::InvoiceStatus;
 
 /// One subscription's name and filters.
@@ -15,6 +17,8 @@ pub struct Route {
     pub events: Option<Vec<String>>,
     /// Invoice statuses; all when `None`.
     pub statuses: Option<Vec<InvoiceStatus>>,
+    /// What it gets of a superseded notification.
+    pub on_superseded: OnSuperseded,
 }
 
 impl Route {
@@ -25,6 +29,7 @@ impl Route {
             sources: None,
             events: None,
             statuses: None,
+            on_superseded: OnSuperseded::default(),
         }
     }
 
@@ -67,6 +72,7 @@ impl Routes {
                     sources: s.sources.clone(),
                     events: s.events.clone(),
                     statuses: s.statuses.clone(),
+                    on_superseded: s.on_superseded,
                 })
                 .collect(),
         )
@@ -80,6 +86,13 @@ impl Routes {
             .filter(|r| r.matches(source, event_type, status))
             .map(|r| r.name.clone())
             .collect()
+    }
+
+    /// Whether `name` holds back superseded notifications.
+    pub fn skips_superseded(&self, name: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.name == name && r.on_superseded == OnSuperseded::Skip)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -101,6 +114,7 @@ impl Routes {
                     sources: Some(Vec::new()),
                     events: None,
                     statuses: None,
+                    on_superseded: OnSuperseded::default(),
                 });
             }
         }
@@ -121,6 +135,7 @@ mod tests {
                 sources: Some(vec!["tus".into()]),
                 events: Some(vec!["*.emitido".into()]),
                 statuses: None,
+                ..Route::all("")
             },
         ]);
         assert_eq!(
@@ -147,6 +162,7 @@ mod tests {
                 sources: None,
                 events: Some(vec!["*".into(), "relay.*".into()]),
                 statuses: Some(vec![InvoiceStatus::Accepted, InvoiceStatus::Rejected]),
+                ..Route::all("")
             },
         ]);
         assert_eq!(
@@ -173,18 +189,21 @@ mod tests {
                 sources: None,
                 events: Some(vec!["*".into()]),
                 statuses: None,
+                ..Route::all("")
             },
             Route {
                 name: "alerts".into(),
                 sources: Some(vec!["tus".into()]),
                 events: Some(vec!["relay.*".into(), "*.emitido".into()]),
                 statuses: None,
+                ..Route::all("")
             },
             Route {
                 name: "dead-only".into(),
                 sources: None,
                 events: Some(vec!["relay.delivery.dead".into()]),
                 statuses: None,
+                ..Route::all("")
             },
         ]);
         assert_eq!(

@@ -365,3 +365,80 @@ async fn a_browser_finds_an_invoice_by_number_and_sees_its_timeline() {
     let _ = driver.kill().await;
     relay.stop().await;
 }
+
+/// `on_superseded`: a queued notification after the invoice was accepted
+/// goes to `deliver` as any other, to `mark` with `x-relay-superseded`,
+/// and not to `skip`, whose delivery is recorded as purged.
+#[tokio::test]
+async fn a_superseded_notification_is_delivered_marked_or_skipped_per_subscription() {
+    let delivers = Target::start(vec![]).await;
+    let marks = Target::start(vec![]).await;
+    let skips = Target::start(vec![]).await;
+    let subs = [
+        subscription("delivers", &delivers.url(), r#"on_superseded = "deliver""#),
+        // `mark` is the default.
+        subscription("marks", &marks.url(), ""),
+        subscription("skips", &skips.url(), r#"on_superseded = "skip""#),
+    ]
+    .concat();
+    let relay = TestRelay::start(&format!("{}{subs}", admin_section())).await;
+    let admin = Admin::of(&relay);
+    post_about(&relay, "s-q", "encolado", "0008-0001").await;
+    post_about(&relay, "s-a", "emitido", "0008-0001").await;
+    let late = post_about(&relay, "s-late", "encolado", "0008-0001").await;
+    let late = late["id"].as_str().unwrap().to_owned();
+
+    let superseded_header = |target: &Target| -> Vec<(String, String)> {
+        target
+            .received()
+            .iter()
+            .map(|r| {
+                (
+                    header(r, "webhook-id").to_owned(),
+                    header(r, "x-relay-superseded").to_owned(),
+                )
+            })
+            .collect()
+    };
+    delivers.wait_for(3, WAIT).await;
+    marks.wait_for(3, WAIT).await;
+    skips.wait_for(2, WAIT).await;
+    for (id, mark) in superseded_header(&delivers) {
+        assert_eq!(mark, "", "deliver sends {id} as it is");
+    }
+    let marked: Vec<String> = superseded_header(&marks)
+        .into_iter()
+        .filter(|(_, mark)| mark == "true")
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(marked, [late.as_str()], "only the late one is marked");
+    assert!(
+        !superseded_header(&skips).iter().any(|(id, _)| *id == late),
+        "skip never sends it"
+    );
+
+    let shown = admin.get(&format!("/api/notifications/{late}")).await;
+    let states: Vec<(&str, &str)> = shown["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["subscription"].as_str().unwrap(),
+                d["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(states.contains(&("skips", "purged")), "{states:?}");
+    let stats = admin
+        .wait_for("/api/stats", "the counts settled", |s| {
+            s["subscriptions"]["skips"]["delivered"] == 2
+        })
+        .await;
+    let skips_counts = &stats["subscriptions"]["skips"];
+    assert_eq!(skips_counts["purged"], 1, "{skips_counts}");
+    assert_eq!(skips_counts["waiting"], 0, "{skips_counts}");
+    // Nothing more comes to skip however long one waits for the forwarder.
+    assert_eq!(skips.count(), 2);
+    relay.stop().await;
+}

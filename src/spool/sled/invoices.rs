@@ -252,6 +252,36 @@ pub fn check_entry(key: &[u8], value: &[u8]) -> Option<String> {
     (!readable).then(|| format!("malformed invoice index entry {key:?}"))
 }
 
+/// A superseded notification as the writer stores it.
+pub struct Superseded {
+    /// Its record, marked superseded.
+    pub record: Vec<u8>,
+    /// The subscriptions that still take it.
+    pub kept: Vec<String>,
+    /// Those that skip such notifications: their deliveries are recorded
+    /// as purged.
+    pub skipped: Vec<String>,
+}
+
+/// Marks a superseded notification's record and takes the subscriptions
+/// that skip such notifications out of its fan-out.
+pub fn supersede(
+    record: &[u8],
+    subscriptions: Vec<String>,
+    skips: impl Fn(&str) -> bool,
+) -> Result<Superseded, SpoolError> {
+    let mut decoded = Record::<NotificationMeta>::decode(record)?;
+    let (skipped, kept): (Vec<String>, Vec<String>) =
+        subscriptions.into_iter().partition(|name| skips(name));
+    decoded.meta.superseded = true;
+    decoded.meta.subscriptions = kept.clone();
+    Ok(Superseded {
+        record: decoded.encode()?,
+        kept,
+        skipped,
+    })
+}
+
 // === reads ===
 
 impl SledSpool {

@@ -341,6 +341,8 @@ impl SledSpool {
                 dedup_key: notification.dedup_key,
                 provider_time: notification.provider_time.and_then(rfc3339),
                 status: notification.status,
+                // The writer knows, from the invoice index.
+                superseded: false,
                 content_type: received.content_type,
                 headers: received.headers,
                 peer: received.peer,

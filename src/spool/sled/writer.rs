@@ -562,7 +562,7 @@ impl Writer {
         for change in changes {
             let result = match change {
                 Change::Store {
-                    mut record,
+                    record,
                     dedup_key,
                     received_ms,
                     subscriptions,
@@ -595,20 +595,28 @@ impl Writer {
                         Ok(Applied::Stored(Stored::Duplicate(first)))
                     } else {
                         let id = self.next_id(received_ms);
-                        stamp_id(&mut record, id);
-                        batch.insert(&keys::notification(id), record);
-                        batch.insert(dedup_key.as_slice(), &keys::dedup_value(id, received_ms));
-                        batch.insert(&keys::dedup_expiry(received_ms, id), dedup_key.as_slice());
-                        fresh_in_group.insert(dedup_key, id);
-                        if let Some(invoice) = &invoice {
-                            invoices_in_group.stored(
+                        let superseded = match &invoice {
+                            Some(invoice) => invoices_in_group.stored(
                                 store,
                                 &mut batch,
                                 invoice,
                                 id,
                                 received_ms,
-                            )?;
-                        }
+                            )?,
+                            None => false,
+                        };
+                        // Rare (a late resend after a final status): the
+                        // record is re-encoded only then.
+                        let (mut record, subscriptions) = if superseded {
+                            self.superseded(&mut batch, &record, subscriptions, id, received_ms)?
+                        } else {
+                            (record, subscriptions)
+                        };
+                        stamp_id(&mut record, id);
+                        batch.insert(&keys::notification(id), record);
+                        batch.insert(dedup_key.as_slice(), &keys::dedup_value(id, received_ms));
+                        batch.insert(&keys::dedup_expiry(received_ms, id), dedup_key.as_slice());
+                        fresh_in_group.insert(dedup_key, id);
                         self.tally.stored(&subscriptions);
                         out.newest = Some(id);
                         out.woken.extend(subscriptions);
@@ -788,6 +796,30 @@ impl Writer {
     /// been purged as an orphan. Then the writer reads what it replaces;
     /// otherwise nothing else writes a leased delivery, and the lease's
     /// word spares a read per outcome.
+    /// A superseded notification: its record marked, and for each
+    /// subscription that skips such notifications a delivery recorded as
+    /// purged at once (never sent, counted as purged). Answers the record
+    /// and the subscriptions that still take it.
+    fn superseded(
+        &mut self,
+        batch: &mut Batch,
+        record: &[u8],
+        subscriptions: Vec<String>,
+        id: NotificationId,
+        received_ms: i64,
+    ) -> Result<(Vec<u8>, Vec<String>), SpoolError> {
+        let routes = self.shared.routes.load();
+        let superseded =
+            invoices::supersede(record, subscriptions, |name| routes.skips_superseded(name))?;
+        for name in &superseded.skipped {
+            let mut delivery = Delivery::new(name.as_str(), received_ms);
+            delivery.state = State::Purged { at_ms: received_ms };
+            batch.insert(keys::delivery(id, name), encode_delivery(&delivery)?);
+            self.tally.added(name, Standing::Purged);
+        }
+        Ok((superseded.record, superseded.kept))
+    }
+
     fn lease_may_be_stale(&self, subscription: &str, was: Standing) -> bool {
         was.is_final() || !self.shared.routes.load().contains(subscription)
     }
