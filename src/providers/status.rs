@@ -125,6 +125,18 @@ mod tests {
         }
     }
 
+    /// The spool's index leans on it: a final status needs no look at
+    /// where the invoice stood.
+    #[test]
+    fn a_final_status_does_not_depend_on_the_one_before() {
+        for told in ALL_STATUSES.into_iter().filter(|s| s.is_final()) {
+            for before in ALL_STATUSES.map(Some).into_iter().chain([None]) {
+                let t = told.apply_to(before);
+                assert_eq!((t.status, t.superseded), (told, false), "{before:?}");
+            }
+        }
+    }
+
     #[test]
     fn final_statuses_follow_anything_and_unknown_changes_nothing() {
         assert_eq!(Accepted.apply_to(Some(Rejected)).status, Accepted);

@@ -2,25 +2,28 @@
 //! writer in the batch that stores each notification, so it is exactly as
 //! durable as what it indexes and never needs a scan to answer.
 //!
-//! | prefix | key                                      | value                                            |
-//! |--------|------------------------------------------|--------------------------------------------------|
-//! | `i`    | source 0x00 subject 0x00 id (16)         | status (1), superseded (1), resends (u32 BE)     |
-//! | `v`    | source 0x00 subject                      | current status (1), latest id (16), its ms (8)   |
+//! | prefix | key                              | value                                                        |
+//! |--------|----------------------------------|--------------------------------------------------------------|
+//! | `i`    | source 0x00 subject 0x00 !id (16) | status told (1), superseded (1), resends (u32 BE), after (1) |
 //!
-//! `i` is the timeline: one entry per stored notification, in id (time)
-//! order under its invoice's prefix, with the status it told, whether it
-//! would have moved a final status back, and how often the provider resent
-//! it inside the dedup window (each resend is a duplicate the dedup path
-//! answers). `v` is the invoice: its current status (a final one never
-//! regresses, see `providers::status`) and its latest notification.
-//! Retention removes a notification's `i` entry with it, and the `v` entry
-//! with the last one. A spool written before the index existed gets it in
-//! one walk at open (`open.rs`), like the counts.
+//! One entry per stored notification, newest first under its invoice's
+//! prefix (the id's bytes inverted, `!id`, because sled seeks forward
+//! much more cheaply than it iterates back): the status it told, whether it would have moved a
+//! final status back, how often the provider resent it inside the dedup
+//! window (each resend is a duplicate the dedup path answers), and the
+//! invoice's status after it (a final one never regresses, see
+//! `providers::status`). So the invoice's current status is its first
+//! entry's, one forward seek away, and a store costs that seek and one
+//! insert, and the insert alone for a final status, which follows anything
+//! (an entry per invoice beside it cost a second insert on every store,
+//! and a seek back from the end of the timeline cost more than the insert:
+//! both measured too dear). Retention removes a notification's entry with it;
+//! the invoice goes with its last one. A spool written before the index
+//! existed gets it in one walk at open (`open.rs`), like the counts.
 //!
-//! The encodings and the writer's steps are here; pure apart from the
-//! store reads the writer hands in.
+//! The encodings and the writer's steps are here, and the reads.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use ::sled::Batch;
 
@@ -32,7 +35,6 @@ use crate::spool::{
 };
 
 pub const ENTRY: u8 = b'i';
-pub const INVOICE: u8 = b'v';
 /// Present once the index covers every notification (set by the upgrade).
 pub const BUILT: &[u8] = b"minvoices";
 
@@ -75,42 +77,57 @@ fn status_of_byte(byte: u8) -> InvoiceStatus {
         .unwrap_or(InvoiceStatus::Unknown)
 }
 
-/// `v` source 0x00 subject.
-pub fn invoice_key(source: &str, subject: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(2 + source.len() + subject.len());
-    key.push(INVOICE);
+/// `i` source 0x00: every invoice of a source.
+pub fn source_prefix(source: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + source.len());
+    key.push(ENTRY);
     key.extend_from_slice(source.as_bytes());
     key.push(0);
-    key.extend_from_slice(subject.as_bytes());
     key
-}
-
-/// `v` source 0x00: every invoice of a source.
-pub fn source_prefix(source: &str) -> Vec<u8> {
-    invoice_key(source, "")
-}
-
-/// The source and subject of a `v` key.
-pub fn split_invoice_key(key: &[u8]) -> Option<(&str, &str)> {
-    let rest = key.get(1..)?;
-    let zero = rest.iter().position(|&b| b == 0)?;
-    let source = std::str::from_utf8(&rest[..zero]).ok()?;
-    let subject = std::str::from_utf8(rest.get(zero + 1..)?).ok()?;
-    Some((source, subject))
 }
 
 /// `i` source 0x00 subject 0x00: an invoice's timeline.
 pub fn timeline_prefix(source: &str, subject: &str) -> Vec<u8> {
-    let mut key = invoice_key(source, subject);
-    key[0] = ENTRY;
+    let mut key = source_prefix(source);
+    key.extend_from_slice(subject.as_bytes());
     key.push(0);
     key
 }
 
+/// The first key after every entry of the timeline under `prefix`.
+fn past_timeline(prefix: &[u8]) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    if let Some(last) = key.last_mut() {
+        *last = 1;
+    }
+    key
+}
+
+/// An id as its entry's key ends: its bytes inverted, newest first.
+fn newest_first(id: NotificationId) -> [u8; 16] {
+    id.to_bytes().map(|b| !b)
+}
+
+fn id_of_inverted(bytes: &[u8]) -> Option<NotificationId> {
+    let inverted: [u8; 16] = bytes.try_into().ok()?;
+    NotificationId::from_bytes(&inverted.map(|b| !b))
+}
+
 pub fn entry_key(source: &str, subject: &str, id: NotificationId) -> Vec<u8> {
     let mut key = timeline_prefix(source, subject);
-    key.extend_from_slice(&id.to_bytes());
+    key.extend_from_slice(&newest_first(id));
     key
+}
+
+/// The source, subject and id of an entry's key.
+pub fn split_entry_key(key: &[u8]) -> Option<(&str, &str, NotificationId)> {
+    let id_at = key.len().checked_sub(16)?;
+    // `i` source 0x00 subject 0x00, before the id.
+    let names = key.get(1..id_at)?.strip_suffix(&[0])?;
+    let zero = names.iter().position(|&b| b == 0)?;
+    let source = std::str::from_utf8(&names[..zero]).ok()?;
+    let subject = std::str::from_utf8(&names[zero + 1..]).ok()?;
+    Some((source, subject, id_of_inverted(&key[id_at..])?))
 }
 
 /// One notification in an invoice's timeline.
@@ -119,14 +136,17 @@ pub struct Entry {
     pub status: InvoiceStatus,
     pub superseded: bool,
     pub resends: u32,
+    /// The invoice's status after this notification.
+    pub after: InvoiceStatus,
 }
 
 impl Entry {
-    pub fn encode(&self) -> [u8; 6] {
-        let mut out = [0; 6];
+    pub fn encode(&self) -> [u8; 7] {
+        let mut out = [0; 7];
         out[0] = status_byte(self.status);
         out[1] = u8::from(self.superseded);
-        out[2..].copy_from_slice(&self.resends.to_be_bytes());
+        out[2..6].copy_from_slice(&self.resends.to_be_bytes());
+        out[6] = status_byte(self.after);
         out
     }
 
@@ -136,35 +156,15 @@ impl Entry {
             status: status_of_byte(*bytes.first()?),
             superseded: *bytes.get(1)? != 0,
             resends: u32::from_be_bytes(resends),
+            after: status_of_byte(*bytes.get(6)?),
         })
     }
 }
 
-/// An invoice: where it stands and its latest notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Current {
-    pub status: InvoiceStatus,
-    pub latest: NotificationId,
-    pub latest_ms: i64,
-}
-
-impl Current {
-    pub fn encode(&self) -> [u8; 25] {
-        let mut out = [0; 25];
-        out[0] = status_byte(self.status);
-        out[1..17].copy_from_slice(&self.latest.to_bytes());
-        out[17..].copy_from_slice(&self.latest_ms.to_be_bytes());
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<Current> {
-        let ms: [u8; 8] = bytes.get(17..25)?.try_into().ok()?;
-        Some(Current {
-            status: status_of_byte(*bytes.first()?),
-            latest: NotificationId::from_bytes(bytes.get(1..17)?)?,
-            latest_ms: i64::from_be_bytes(ms),
-        })
-    }
+/// What `spool check` finds wrong with an index entry, if anything.
+pub fn check_entry(key: &[u8], value: &[u8]) -> Option<String> {
+    let readable = Entry::decode(value).is_some() && split_entry_key(key).is_some();
+    (!readable).then(|| format!("malformed invoice index entry {key:?}"))
 }
 
 // === the writer's steps ===
@@ -174,23 +174,20 @@ impl Current {
 /// notifications of one invoice in one group see each other.
 #[derive(Default)]
 pub struct Pending {
-    values: HashMap<Vec<u8>, Vec<u8>>,
+    /// Entries written by the group, by key.
+    entries: HashMap<Vec<u8>, Entry>,
+    /// Each invoice's status after the group's last entry of it, by
+    /// timeline prefix.
+    latest: HashMap<Vec<u8>, InvoiceStatus>,
 }
 
 impl Pending {
-    fn get(&self, store: &Store, key: &[u8]) -> Result<Option<Vec<u8>>, SpoolError> {
-        match self.values.get(key) {
-            Some(value) => Ok(Some(value.clone())),
-            None => Ok(store.tree.get(key).map_err(storage)?.map(|v| v.to_vec())),
-        }
+    fn put(&mut self, batch: &mut Batch, key: Vec<u8>, entry: Entry) {
+        batch.insert(key.as_slice(), &entry.encode());
+        self.entries.insert(key, entry);
     }
 
-    fn put(&mut self, batch: &mut Batch, key: Vec<u8>, value: Vec<u8>) {
-        batch.insert(key.as_slice(), value.as_slice());
-        self.values.insert(key, value);
-    }
-
-    /// A new notification of `invoice`: its timeline entry, and the
+    /// A new notification of `invoice`: its timeline entry, with the
     /// invoice's status moved on (or kept, when the notification would
     /// move a final status back). Answers whether it was superseded.
     pub fn stored(
@@ -199,27 +196,26 @@ impl Pending {
         batch: &mut Batch,
         invoice: &InvoiceRef,
         id: NotificationId,
-        received_ms: i64,
     ) -> Result<bool, SpoolError> {
-        let key = invoice_key(&invoice.source, &invoice.subject);
-        let before = self.get(store, &key)?.and_then(|v| Current::decode(&v));
-        let transition = invoice.status.apply_to(before.map(|c| c.status));
+        let prefix = timeline_prefix(&invoice.source, &invoice.subject);
+        let before = match self.latest.get(&prefix) {
+            Some(status) => Some(*status),
+            // A final status follows anything: no need to look (most
+            // notifications are final ones, so most stores skip the seek).
+            None if invoice.status.is_final() => None,
+            None => newest_entry(store, &prefix)?.map(|(_, entry)| entry.after),
+        };
+        let transition = invoice.status.apply_to(before);
         let entry = Entry {
             status: invoice.status,
             superseded: transition.superseded,
             resends: 0,
+            after: transition.status,
         };
-        self.put(
-            batch,
-            entry_key(&invoice.source, &invoice.subject, id),
-            entry.encode().to_vec(),
-        );
-        let current = Current {
-            status: transition.status,
-            latest: id,
-            latest_ms: received_ms,
-        };
-        self.put(batch, key, current.encode().to_vec());
+        let mut key = prefix.clone();
+        key.extend_from_slice(&newest_first(id));
+        self.put(batch, key, entry);
+        self.latest.insert(prefix, transition.status);
         Ok(transition.superseded)
     }
 
@@ -233,23 +229,40 @@ impl Pending {
         first: NotificationId,
     ) -> Result<(), SpoolError> {
         let key = entry_key(&invoice.source, &invoice.subject, first);
+        let entry = match self.entries.get(&key) {
+            Some(entry) => Some(*entry),
+            None => store
+                .tree
+                .get(&key)
+                .map_err(storage)?
+                .and_then(|v| Entry::decode(&v)),
+        };
         // An entry missing (removed by retention meanwhile) counts nothing.
-        if let Some(mut entry) = self.get(store, &key)?.and_then(|v| Entry::decode(&v)) {
+        if let Some(mut entry) = entry {
             entry.resends = entry.resends.saturating_add(1);
-            self.put(batch, key, entry.encode().to_vec());
+            self.put(batch, key, entry);
         }
         Ok(())
     }
 }
 
-/// What `spool check` finds wrong with an index entry, if anything.
-pub fn check_entry(key: &[u8], value: &[u8]) -> Option<String> {
-    let readable = match key.first().copied() {
-        Some(ENTRY) => Entry::decode(value).is_some() && key.len() > 18,
-        Some(INVOICE) => Current::decode(value).is_some() && split_invoice_key(key).is_some(),
-        _ => false,
-    };
-    (!readable).then(|| format!("malformed invoice index entry {key:?}"))
+/// The newest entry under a timeline prefix: the first.
+fn newest_entry(store: &Store, prefix: &[u8]) -> Result<Option<(Vec<u8>, Entry)>, SpoolError> {
+    let found = store
+        .tree
+        .range(prefix.to_vec()..past_timeline(prefix))
+        .next()
+        .transpose()
+        .map_err(storage)?;
+    Ok(found.and_then(|(key, value)| Some((key.to_vec(), Entry::decode(&value)?))))
+}
+
+/// Retention removes notification `id`: its entry (the invoice goes with
+/// its last one, as nothing else is kept of it).
+pub fn removed(batch: &mut Batch, meta: &NotificationMeta, id: NotificationId) {
+    if let Some(invoice) = InvoiceRef::of(&meta.source, meta.subject.as_deref(), meta.status) {
+        batch.remove(entry_key(&invoice.source, &invoice.subject, id));
+    }
 }
 
 /// A superseded notification as the writer stores it.
@@ -294,25 +307,35 @@ impl SledSpool {
         let store = self.shared.store()?;
         let prefix = match source {
             Some(source) => source_prefix(source),
-            None => vec![INVOICE],
+            None => vec![ENTRY],
         };
-        let start = match after {
-            // Strictly after it: the key with a 0x00 appended is the next.
+        let mut from = match after {
             Some(cursor) => {
-                let mut key = invoice_key(&cursor.source, &cursor.subject);
-                key.push(0);
-                key.max(prefix.clone())
+                past_timeline(&timeline_prefix(&cursor.source, &cursor.subject)).max(prefix.clone())
             }
             None => prefix.clone(),
         };
         let mut found = Vec::new();
-        for item in store.tree.range(start..) {
+        // Each invoice: its first entry is its newest; then a seek past
+        // the rest of its timeline.
+        while found.len() < max {
+            let Some(item) = store.tree.range(from.clone()..).next() else {
+                break;
+            };
             let (key, value) = item.map_err(storage)?;
-            if !key.starts_with(&prefix) || found.len() == max {
+            if !key.starts_with(&prefix) {
                 break;
             }
-            if let Some(invoice) = invoice_of(&key, &value) {
-                found.push(invoice);
+            match (split_entry_key(&key), Entry::decode(&value)) {
+                (Some((source, subject, latest)), Some(entry)) => {
+                    found.push(invoice(source, subject, latest, entry));
+                    from = past_timeline(&timeline_prefix(source, subject));
+                }
+                // Damaged (spool check reports it): step past this key.
+                _ => {
+                    from = key.to_vec();
+                    from.push(0);
+                }
             }
         }
         Ok(found)
@@ -324,16 +347,14 @@ impl SledSpool {
         subject: &str,
     ) -> Result<Option<(Invoice, Vec<TimelineEntry>)>, SpoolError> {
         let store = self.shared.store()?;
-        let key = invoice_key(source, subject);
-        let Some(invoice) = store.get(&key)?.and_then(|v| invoice_of(&key, &v)) else {
-            return Ok(None);
-        };
         let prefix = timeline_prefix(source, subject);
         let mut timeline = Vec::new();
+        let mut current = None;
         for item in store.tree.scan_prefix(&prefix) {
             let (key, value) = item.map_err(storage)?;
-            let id = key.get(prefix.len()..).and_then(NotificationId::from_bytes);
+            let id = key.get(prefix.len()..).and_then(id_of_inverted);
             if let (Some(id), Some(entry)) = (id, Entry::decode(&value)) {
+                current.get_or_insert_with(|| invoice(source, subject, id, entry));
                 timeline.push(TimelineEntry {
                     id,
                     status: entry.status,
@@ -342,26 +363,27 @@ impl SledSpool {
                 });
             }
         }
-        Ok(Some((invoice, timeline)))
+        // Kept newest first; told oldest first.
+        timeline.reverse();
+        Ok(current.map(|invoice| (invoice, timeline)))
     }
 }
 
-fn invoice_of(key: &[u8], value: &[u8]) -> Option<Invoice> {
-    let (source, subject) = split_invoice_key(key)?;
-    let current = Current::decode(value)?;
-    Some(Invoice {
+/// An invoice as its newest entry tells it.
+fn invoice(source: &str, subject: &str, latest: NotificationId, newest: Entry) -> Invoice {
+    Invoice {
         source: source.to_owned(),
         subject: subject.to_owned(),
-        status: current.status,
-        latest: current.latest,
-        latest_ms: current.latest_ms,
-    })
+        status: newest.after,
+        latest,
+        latest_ms: latest.ms(),
+    }
 }
 
 // === the upgrade ===
 
 /// Records indexed per batch by the upgrade: bounded memory on any spool.
-const UPGRADE_BATCH: usize = 4096;
+const UPGRADE_BATCH: u64 = 4096;
 
 /// Builds the index of a spool written before it existed, in one walk over
 /// its notifications (in id order, so each invoice's status moves as it
@@ -390,9 +412,9 @@ pub fn build_on_open(store: &Store) -> Result<Option<u64>, SpoolError> {
         else {
             continue;
         };
-        pending.stored(store, &mut batch, &invoice, id, meta.received_ms)?;
+        pending.stored(store, &mut batch, &invoice, id)?;
         indexed += 1;
-        if indexed % UPGRADE_BATCH as u64 == 0 {
+        if indexed % UPGRADE_BATCH == 0 {
             store
                 .tree
                 .apply_batch(std::mem::take(&mut batch))
@@ -406,88 +428,44 @@ pub fn build_on_open(store: &Store) -> Result<Option<u64>, SpoolError> {
     Ok(Some(indexed))
 }
 
-/// What one retention slice removed from the index, so that two
-/// notifications of one invoice removed in the same slice see each other
-/// gone and the invoice goes with the last.
-#[derive(Default)]
-pub struct Removed {
-    entries: HashSet<Vec<u8>>,
-}
-
-impl Removed {
-    /// Retention removes notification `id`: its entry, and its invoice when
-    /// no other notification of it is left.
-    pub fn notification(
-        &mut self,
-        store: &Store,
-        batch: &mut Batch,
-        meta: &NotificationMeta,
-        id: NotificationId,
-    ) -> Result<(), SpoolError> {
-        let Some(invoice) = InvoiceRef::of(&meta.source, meta.subject.as_deref(), meta.status)
-        else {
-            return Ok(());
-        };
-        let (source, subject) = (&invoice.source, &invoice.subject);
-        let entry = entry_key(source, subject, id);
-        batch.remove(entry.as_slice());
-        self.entries.insert(entry);
-        let mut left = false;
-        for key in store
-            .tree
-            .scan_prefix(timeline_prefix(source, subject))
-            .keys()
-        {
-            if !self.entries.contains(key.map_err(storage)?.as_ref()) {
-                left = true;
-                break;
-            }
-        }
-        if !left {
-            batch.remove(invoice_key(source, subject));
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn values_round_trip() {
+    fn entries_round_trip() {
         for status in ALL_STATUSES {
             let entry = Entry {
                 status,
                 superseded: true,
                 resends: 7,
+                after: InvoiceStatus::Accepted,
             };
             assert_eq!(Entry::decode(&entry.encode()), Some(entry));
-            let current = Current {
-                status,
-                latest: NotificationId::new(5_000),
-                latest_ms: 5_000,
-            };
-            assert_eq!(Current::decode(&current.encode()), Some(current));
         }
         assert_eq!(Entry::decode(&[0, 1]), None);
-        assert_eq!(Current::decode(&[0; 10]), None);
     }
 
     #[test]
     fn keys_keep_invoices_apart_and_timelines_in_time_order() {
         let a = NotificationId::new(1_000);
         let b = NotificationId::new(2_000);
-        assert!(entry_key("tus", "0001", a) < entry_key("tus", "0001", b));
+        // Newest first within an invoice.
+        assert!(entry_key("tus", "0001", b) < entry_key("tus", "0001", a));
         assert!(entry_key("tus", "0001", b).starts_with(&timeline_prefix("tus", "0001")));
-        // "0001" is not a prefix of "00011"'s timeline.
+        // "0001" is not a prefix of "00011"'s timeline, and every entry of
+        // an invoice sorts before the end of its timeline.
+        let end = past_timeline(&timeline_prefix("tus", "0001"));
         assert!(!entry_key("tus", "00011", a).starts_with(&timeline_prefix("tus", "0001")));
+        assert!(entry_key("tus", "0001", b) < end);
+        assert!(entry_key("tus", "00011", a) > end);
         assert_eq!(
-            split_invoice_key(&invoice_key("tus", "0001-2")),
-            Some(("tus", "0001-2"))
+            split_entry_key(&entry_key("tus", "0001-2", b)),
+            Some(("tus", "0001-2", b))
         );
-        assert!(invoice_key("tus", "x").starts_with(&source_prefix("tus")));
-        assert!(!invoice_key("tusf", "x").starts_with(&source_prefix("tus")));
+        assert_eq!(split_entry_key(b"i"), None);
+        assert!(entry_key("tus", "x", a).starts_with(&source_prefix("tus")));
+        assert!(!entry_key("tusf", "x", a).starts_with(&source_prefix("tus")));
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! | `m`    | `counts`                              | totals (see `counts.rs`)      |
 //! | `m`    | `counts/` subscription                | that subscription's counts    |
 //! | `m`    | `sub/` subscription                   | an API-created subscription   |
-//! | `i`, `v` | see `invoices.rs`                   | the invoice index             |
+//! | `i`    | see `invoices.rs`                     | the invoice index             |
 //!
 //! A notification's first attempt needs no entry of its own: the `n` keys
 //! are in id (time) order, so each subscription walks them from its cursor.

@@ -819,10 +819,9 @@ const UNREADABLE: &str = "unreadable: ";
 const LOST: &str = "lost: ";
 
 /// The kinds of entries (key prefixes) of the spool's tree.
-const KINDS: [u8; 10] = [
+const KINDS: [u8; 9] = [
     keys::AUDIT,
     super::invoices::ENTRY,
-    super::invoices::INVOICE,
     keys::CURSOR,
     keys::DEDUP,
     keys::DELIVERY,
@@ -1027,7 +1026,7 @@ fn gap_text(kind: Option<u8>, after: Option<&IVec>, resume: Option<&IVec>, error
         Some(keys::QUARANTINE) => "quarantined bodies",
         Some(keys::RETRY) => "retries",
         Some(keys::DEDUP_EXPIRY) => "dedup expiries",
-        Some(super::invoices::ENTRY | super::invoices::INVOICE) => "invoice index entries",
+        Some(super::invoices::ENTRY) => "invoice index entries",
         _ => "entries",
     };
     let from = after.map_or_else(
@@ -1349,7 +1348,7 @@ fn walk_all(store: &Store, report: &mut CheckReport) {
                 report.problems.push(format!("malformed cursor {key:?}"));
             }
             Some(keys::DEDUP_EXPIRY | keys::CURSOR | keys::MARK) => {}
-            Some(super::invoices::ENTRY | super::invoices::INVOICE) => {
+            Some(super::invoices::ENTRY) => {
                 if let Some(problem) = super::invoices::check_entry(&key, &value) {
                     report.problems.push(problem);
                 }

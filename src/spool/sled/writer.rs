@@ -596,13 +596,9 @@ impl Writer {
                     } else {
                         let id = self.next_id(received_ms);
                         let superseded = match &invoice {
-                            Some(invoice) => invoices_in_group.stored(
-                                store,
-                                &mut batch,
-                                invoice,
-                                id,
-                                received_ms,
-                            )?,
+                            Some(invoice) => {
+                                invoices_in_group.stored(store, &mut batch, invoice, id)?
+                            }
                             None => false,
                         };
                         // Rare (a late resend after a final status): the
@@ -885,7 +881,6 @@ impl Writer {
         let cutoff = now.saturating_sub(ms(config.retention.0));
         let dead_cutoff = config.dead_retention.map(|d| now.saturating_sub(ms(d.0)));
         let mut batch = Batch::default();
-        let mut invoices_gone = invoices::Removed::default();
         let mut done = Maintained::default();
         let mut behind = false;
 
@@ -953,7 +948,7 @@ impl Writer {
                         batch.remove(dedup_key);
                         batch.remove(&keys::dedup_expiry(meta.received_ms, id));
                     }
-                    invoices_gone.notification(store, &mut batch, &meta, id)?;
+                    invoices::removed(&mut batch, &meta, id);
                     done.notifications += 1;
                     removed_upto = Some(id);
                 }
