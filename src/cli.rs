@@ -177,11 +177,16 @@ pub enum SubscriptionsCommand {
         #[command(flatten)]
         remote: RemoteArgs,
         name: String,
-        /// An RFC 3339 time, or a duration back from now (`24h`).
-        #[arg(long)]
-        since: String,
+        /// An RFC 3339 time, or a duration back from now (`24h`); needed
+        /// but with --current.
+        #[arg(long, required_unless_present = "current")]
+        since: Option<String>,
         #[arg(long)]
         until: Option<String>,
+        /// Each invoice's current notification once (the newest that tells
+        /// its status), not the raw history.
+        #[arg(long)]
+        current: bool,
         #[arg(long)]
         dry_run: bool,
         #[arg(long)]

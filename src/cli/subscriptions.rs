@@ -132,6 +132,7 @@ pub fn run(command: SubscriptionsCommand) -> anyhow::Result<()> {
             name,
             since,
             until,
+            current,
             dry_run,
             yes,
         } => {
@@ -145,15 +146,24 @@ pub fn run(command: SubscriptionsCommand) -> anyhow::Result<()> {
                 "/api/subscriptions/{}/backfill{}",
                 encode_segment(&name),
                 query(&[
-                    ("since", Some(since)),
+                    ("since", since),
                     ("until", until),
+                    ("current", current.then(|| "true".to_owned())),
                     ("dry_run", dry_run.then(|| "true".to_owned())),
                 ])
             );
             post_and_print(&config.config, &remote, &path, |done| {
                 let range = format!(
-                    "received from {} until {}",
-                    cell(&done["range"]["since"]),
+                    "{}received from {} until {}",
+                    if current {
+                        "(each invoice's current one) "
+                    } else {
+                        ""
+                    },
+                    match &done["range"]["since"] {
+                        Value::Null => "the first".to_owned(),
+                        since => cell(since),
+                    },
                     match &done["range"]["until"] {
                         Value::Null => "now".to_owned(),
                         until => cell(until),
