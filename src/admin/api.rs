@@ -1140,7 +1140,16 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
         .sources
         .keys()
         .map(|name| {
-            let last = admin.metrics.last_received_ms(name).map(format_ms);
+            let last_ms = admin.metrics.last_received_ms(name);
+            let last = last_ms.map(format_ms);
+            // With `expect_every`: silent when nothing came for that long
+            // (as `relay.source.silent` tells, by the same rule).
+            let expect_every_ms = config.sources[name]
+                .expect_every
+                .map(|every| i64::try_from(every.0.as_millis()).unwrap_or(i64::MAX));
+            let silent = expect_every_ms.map(|every| {
+                crate::events::silence::is_silent(now_ms, admin.started_ms, every, last_ms)
+            });
             // Since the relay started, from the metrics (memory, no scan).
             let received: serde_json::Map<String, Value> = admin
                 .metrics
@@ -1150,7 +1159,12 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
                 .collect();
             (
                 name.clone(),
-                json!({ "last_received_at": last, "received_since_start": received }),
+                json!({
+                    "last_received_at": last,
+                    "received_since_start": received,
+                    "expect_every_seconds": expect_every_ms.map(|ms| ms / 1000),
+                    "silent": silent,
+                }),
             )
         })
         .collect();

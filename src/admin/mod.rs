@@ -72,6 +72,9 @@ pub struct Admin {
     /// Held by each subscription change from its checks to its answer, so
     /// two requests cannot both find a name free and both take it.
     subscription_changes: tokio::sync::Mutex<()>,
+    /// When the relay started (Unix ms): a source expected every so often
+    /// that sent nothing since is silent from then.
+    started_ms: i64,
 }
 
 /// A request to apply the subscriptions kept in the spool; answered once
@@ -92,6 +95,7 @@ impl Admin {
         changes: tokio::sync::mpsc::Sender<ChangeRequest>,
     ) -> Arc<Admin> {
         Arc::new(Admin {
+            started_ms: clock.now_ms(),
             reloads,
             changes,
             subscription_changes: tokio::sync::Mutex::new(()),

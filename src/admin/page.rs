@@ -264,6 +264,18 @@ async fn dashboard(
             )
         }
     );
+    // Sources with `expect_every` that sent nothing for that long.
+    for (name, source) in stats["sources"].as_object().into_iter().flatten() {
+        if source["silent"] == Value::Bool(true) {
+            let _ = write!(
+                body,
+                "<p class=dead id=silent-{name}>Source {name} is silent: nothing received for {} s (last: {}).</p>",
+                text(&source["expect_every_seconds"]),
+                text(&source["last_received_at"]),
+                name = escape(name),
+            );
+        }
+    }
     let _ = write!(body, "<h2>Subscriptions</h2><table><tr><th>name</th><th>target</th><th>sources</th><th>events</th><th>state</th></tr>");
     let counts = &stats["subscriptions"];
     for sub in api::subscriptions(admin)["items"]

@@ -221,6 +221,9 @@ pub struct SourceConfig {
     pub burst: Option<u32>,
     #[serde(default)]
     pub on_invalid: OnInvalid,
+    /// Nothing from it for this long raises `relay.source.silent` (once,
+    /// until it is heard again).
+    pub expect_every: Option<HumanDuration>,
     // Rules of the `generic` provider.
     pub dedup_pointer: Option<String>,
     pub dedup_header: Option<HeaderName>,

@@ -442,3 +442,63 @@ async fn a_superseded_notification_is_delivered_marked_or_skipped_per_subscripti
     assert_eq!(skips.count(), 2);
     relay.stop().await;
 }
+
+/// `expect_every`: a source that sends nothing for that long raises
+/// `relay.source.silent` once and shows as silent in `/api/stats`; a
+/// notification from it raises `relay.source.recovered`. (The last
+/// receipt is kept to the second, so the setting is in seconds here.)
+#[tokio::test]
+async fn a_silent_source_is_announced_once_and_its_recovery_too() {
+    let alerts = Target::start(vec![]).await;
+    let relay = TestRelay::start_edited(|base| {
+        format!(
+            "{}{}{}",
+            base.replace(
+                "[sources.tusfacturas]\n",
+                "[sources.tusfacturas]\nexpect_every = \"2s\"\n"
+            ),
+            subscription("alerts", &alerts.url(), r#"events = ["relay.source.*"]"#),
+            admin_section()
+        )
+    })
+    .await;
+    let admin = Admin::of(&relay);
+    let types = |target: &Target| -> Vec<(String, String)> {
+        target
+            .received()
+            .iter()
+            .map(|r| {
+                let body: Value = serde_json::from_slice(&r.body).unwrap();
+                (
+                    body["type"].as_str().unwrap_or("").to_owned(),
+                    body["source"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    alerts.wait_for(1, WAIT).await;
+    assert_eq!(
+        types(&alerts),
+        [("relay.source.silent".into(), "tusfacturas".into())],
+        "only the source that expects notifications"
+    );
+    let stats = admin.get("/api/stats").await;
+    assert_eq!(stats["sources"]["tusfacturas"]["silent"], true, "{stats}");
+    assert_eq!(stats["sources"]["tusfacturas"]["expect_every_seconds"], 2);
+    assert!(stats["sources"]["datil"]["silent"].is_null(), "not expected");
+
+    post_about(&relay, "silence-1", "emitido", "0009-0001").await;
+    let stats = admin.get("/api/stats").await;
+    assert_eq!(stats["sources"]["tusfacturas"]["silent"], false, "{stats}");
+    alerts.wait_for(2, WAIT).await;
+    let seen = types(&alerts);
+    assert_eq!(
+        seen[..2],
+        [
+            ("relay.source.silent".to_owned(), "tusfacturas".to_owned()),
+            ("relay.source.recovered".to_owned(), "tusfacturas".to_owned()),
+        ],
+        "silent once, then recovered"
+    );
+    relay.stop().await;
+}
