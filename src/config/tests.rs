@@ -133,6 +133,28 @@ fn a_statuses_filter_takes_the_named_statuses_and_refuses_other_words() {
 }
 
 #[test]
+fn expect_every_is_a_duration_of_a_second_or_more() {
+    let with = |every: &str| {
+        Config::parse(&minimal().replace(
+            "provider = \"tusfacturas\"\n",
+            &format!("provider = \"tusfacturas\"\nexpect_every = \"{every}\"\n"),
+        ))
+    };
+    let config = with("6h").unwrap();
+    let every = config
+        .sources
+        .values()
+        .find_map(|s| s.expect_every)
+        .unwrap();
+    assert_eq!(every.0, std::time::Duration::from_secs(6 * 3600));
+    let problems = with("10ms").unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.key.contains("expect_every")),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn on_superseded_takes_deliver_mark_or_skip() {
     let with = |choice: &str| {
         Config::parse(&format!(

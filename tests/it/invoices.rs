@@ -485,7 +485,10 @@ async fn a_silent_source_is_announced_once_and_its_recovery_too() {
     let stats = admin.get("/api/stats").await;
     assert_eq!(stats["sources"]["tusfacturas"]["silent"], true, "{stats}");
     assert_eq!(stats["sources"]["tusfacturas"]["expect_every_seconds"], 2);
-    assert!(stats["sources"]["datil"]["silent"].is_null(), "not expected");
+    assert!(
+        stats["sources"]["datil"]["silent"].is_null(),
+        "not expected"
+    );
 
     post_about(&relay, "silence-1", "emitido", "0009-0001").await;
     let stats = admin.get("/api/stats").await;
@@ -496,7 +499,10 @@ async fn a_silent_source_is_announced_once_and_its_recovery_too() {
         seen[..2],
         [
             ("relay.source.silent".to_owned(), "tusfacturas".to_owned()),
-            ("relay.source.recovered".to_owned(), "tusfacturas".to_owned()),
+            (
+                "relay.source.recovered".to_owned(),
+                "tusfacturas".to_owned()
+            ),
         ],
         "silent once, then recovered"
     );
