@@ -103,7 +103,13 @@ impl Relay {
         let (forwarder, targets) =
             Forwarder::new(&effective, spool.clone(), clock, metrics.clone())?;
         let (events_stop, events_stopped) = watch::channel(false);
-        let (events, events_task) = Events::start(&effective, spool.clone(), clock, events_stopped);
+        let (events, events_task) = Events::start(
+            &effective,
+            spool.clone(),
+            metrics.clone(),
+            clock,
+            events_stopped,
+        );
         let listen_error = |source| ListenError::Bind {
             addr: config.server.listen,
             source,

@@ -1,5 +1,5 @@
 //! The command line: `serve`, `check-config`, `spool ...`, `quarantine
-//! ...`, `gen-secret`. Commands parse their arguments, load the config and
+//! ...`, `subscriptions ...`, `invoice ...`, `gen-secret`. Commands parse their arguments, load the config and
 //! call the library, or (for a running relay) its admin API through
 //! [`remote`]; a bad config exits with 64 (EX_USAGE) after naming file,
 //! line and key.
@@ -25,6 +25,7 @@ use crate::signing::SigningKey;
 use crate::spool::{Routes, Spool, SpoolError};
 use remote::{cell, table, AdminClient, RemoteArgs, RemoteError};
 
+mod invoice;
 mod remote;
 mod subscriptions;
 
@@ -63,6 +64,10 @@ pub enum Command {
     /// The subscriptions of a running relay.
     #[command(subcommand)]
     Subscriptions(SubscriptionsCommand),
+    /// The invoices of a running relay: each with its current status, and
+    /// its timeline of notifications and deliveries.
+    #[command(subcommand)]
+    Invoice(invoice::InvoiceCommand),
     /// Print a new subscription secret (`whsec_...`).
     GenSecret,
 }
@@ -172,11 +177,16 @@ pub enum SubscriptionsCommand {
         #[command(flatten)]
         remote: RemoteArgs,
         name: String,
-        /// An RFC 3339 time, or a duration back from now (`24h`).
-        #[arg(long)]
-        since: String,
+        /// An RFC 3339 time, or a duration back from now (`24h`); needed
+        /// but with --current.
+        #[arg(long, required_unless_present = "current")]
+        since: Option<String>,
         #[arg(long)]
         until: Option<String>,
+        /// Each invoice's current notification once (the newest that tells
+        /// its status), not the raw history.
+        #[arg(long)]
+        current: bool,
         #[arg(long)]
         dry_run: bool,
         #[arg(long)]
@@ -216,6 +226,9 @@ pub struct FilterArgs {
     /// Dátil receipt), a pattern with `*`.
     #[arg(long)]
     pub subject: Option<String>,
+    /// The invoice's status: queued, accepted, rejected, deleted, unknown.
+    #[arg(long)]
+    pub status: Option<String>,
     /// waiting, delivered, dead, purged (or quarantined for `ls`).
     #[arg(long)]
     pub state: Option<String>,
@@ -234,6 +247,7 @@ impl FilterArgs {
             ("source", self.source.clone()),
             ("event", self.event.clone()),
             ("subject", self.subject.clone()),
+            ("status", self.status.clone()),
             ("state", self.state.clone()),
             ("subscription", self.subscription.clone()),
             ("since", self.since.clone()),
@@ -498,6 +512,7 @@ pub fn run(cli: Cli) -> ExitCode {
             })
         }
         Command::Subscriptions(change) => subscriptions::run(change),
+        Command::Invoice(command) => invoice::run(command),
         Command::Quarantine(QuarantineCommand::Discard { config, remote, id }) => {
             let path = format!("/api/quarantine/{}/discard", encode_segment(&id));
             post_and_print(&config.config, &remote, &path, |_| {
@@ -1124,6 +1139,7 @@ fn list(
                     cell(&item["source"]),
                     cell(&item["event"]),
                     cell(&item["subject"]),
+                    cell(&item["status"]),
                     deliveries.join(" "),
                 ]
             });
@@ -1137,7 +1153,15 @@ fn list(
         let headers: &[&str] = if quarantine {
             &["ID", "RECEIVED", "SOURCE", "KIND", "REASON"]
         } else {
-            &["ID", "RECEIVED", "SOURCE", "EVENT", "SUBJECT", "DELIVERIES"]
+            &[
+                "ID",
+                "RECEIVED",
+                "SOURCE",
+                "EVENT",
+                "SUBJECT",
+                "STATUS",
+                "DELIVERIES",
+            ]
         };
         print!("{}", table(headers, &rows));
         if let Some(cursor) = cursor {
@@ -1579,7 +1603,7 @@ fn purge_command(
 
 /// A target's text on one table line: its line breaks and other control
 /// characters (a terminal's escape sequences among them) become spaces.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()

@@ -27,6 +27,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             peer: String::new(),
             subscriptions: vec!["billing".into()],
             flags: Vec::new(),
+            status: webhook_relay::providers::InvoiceStatus::Accepted,
+            superseded: false,
         };
         let _ = filter.matches_meta(&meta);
         let _ = filter.matches_deliveries(&[]);

@@ -24,6 +24,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             peer: "127.0.0.1".into(),
             subscriptions: vec![],
             flags: vec![],
+            status: webhook_relay::providers::InvoiceStatus::Accepted,
+            superseded: false,
         },
         body: Bytes::copy_from_slice(data),
     };

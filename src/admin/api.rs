@@ -27,7 +27,7 @@ use crate::spool::{
 
 /// Every route, as `doc/openapi.json` documents it (a test holds the two
 /// and the live listener to each other).
-pub const ROUTES: [(&str, &str); 25] = [
+pub const ROUTES: [(&str, &str); 29] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -51,8 +51,12 @@ pub const ROUTES: [(&str, &str); 25] = [
     ("POST", "/api/subscriptions/{name}/rotate-secret"),
     ("POST", "/api/reload"),
     ("GET", "/api/audit"),
+    ("GET", "/api/invoices"),
+    ("GET", "/api/invoices/{source}/{subject}"),
     ("GET", "/"),
     ("GET", "/n/{id}"),
+    ("GET", "/i"),
+    ("GET", "/i/{source}/{subject}"),
 ];
 
 /// Most notifications one page request reads before it answers with what
@@ -338,6 +342,19 @@ async fn route(
                 .collect();
             ok(json!({ "items": items, "next_cursor": next_cursor }))
         }
+        ["api", "invoices"] if get => {
+            caller.require(Role::Viewer)?;
+            let filter = super::invoices::InvoiceFilter::parse(&query, now_ms)?;
+            blocking(move || super::invoices::list(&spool, &filter)).await
+        }
+        ["api", "invoices", source, subject] if get => {
+            caller.require(Role::Viewer)?;
+            if let Some((key, _)) = form_urlencoded::parse(query.as_bytes()).next() {
+                return Err(QueryError::Unknown(key.into_owned()).into());
+            }
+            let (source, subject) = (decode_segment(source), decode_segment(subject));
+            blocking(move || super::invoices::show(&spool, &source, &subject)).await
+        }
         ["api", "subscriptions"] if get => {
             caller.require(Role::Subscriber)?;
             no_parameters(&query)?;
@@ -388,6 +405,8 @@ async fn route(
         | ["api", "stats"]
         | ["api", "reload"]
         | ["api", "audit"]
+        | ["api", "invoices"]
+        | ["api", "invoices", _, _]
         | ["api", "subscriptions"]
         | ["api", "subscriptions", _]
         | ["api", "subscriptions", _, "pause" | "resume" | "backfill" | "test" | "rotate-secret"] => {
@@ -650,6 +669,7 @@ fn notification_summary(record: &NotificationRecord, deliveries: &[Delivery]) ->
         "source": meta.source,
         "event": meta.event_type,
         "subject": meta.subject,
+        "status": meta.status,
         "received_at": format_ms(meta.received_ms),
         "deliveries": deliveries.iter().map(|d| json!({
             "subscription": d.subscription,
@@ -684,6 +704,7 @@ pub(super) fn show_notification(spool: &Spool, id: NotificationId) -> Result<Val
         "source": meta.source,
         "event": meta.event_type,
         "subject": meta.subject,
+        "status": meta.status,
         "received_at": format_ms(meta.received_ms),
         "provider_time": meta.provider_time,
         "dedup_key": meta.dedup_key,
@@ -699,7 +720,7 @@ pub(super) fn show_notification(spool: &Spool, id: NotificationId) -> Result<Val
     Ok(out)
 }
 
-fn delivery_detail(delivery: &Delivery) -> Value {
+pub(super) fn delivery_detail(delivery: &Delivery) -> Value {
     let (state_at, in_flight_attempt) = match delivery.state {
         State::Delivered { at_ms } | State::Dead { at_ms } | State::Purged { at_ms } => {
             (Some(at_ms), None)
@@ -1143,7 +1164,18 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
         .map(|name| {
             let held = counts.sources.get(name).cloned().unwrap_or_default();
             let configured = config.sources.contains_key(name);
-            let last = admin.metrics.last_received_ms(name).map(format_ms);
+            let last_ms = admin.metrics.last_received_ms(name);
+            let last = last_ms.map(format_ms);
+            // With `expect_every`: silent when nothing came for that long
+            // (as `relay.source.silent` tells, by the same rule).
+            let expect_every_ms = config
+                .sources
+                .get(name)
+                .and_then(|source| source.expect_every)
+                .map(|every| i64::try_from(every.0.as_millis()).unwrap_or(i64::MAX));
+            let silent = expect_every_ms.map(|every| {
+                crate::events::silence::is_silent(now_ms, admin.started_ms, every, last_ms)
+            });
             // Since the relay started, from the metrics (memory, no scan).
             let received: serde_json::Map<String, Value> = admin
                 .metrics
@@ -1159,6 +1191,8 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
                     "configured": configured,
                     "last_received_at": last,
                     "received_since_start": received,
+                    "expect_every_seconds": expect_every_ms.map(|ms| ms / 1000),
+                    "silent": silent,
                 }),
             )
         })

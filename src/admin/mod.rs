@@ -9,10 +9,14 @@
 //! - `subscriptions`: creating, deleting, backfilling and testing
 //!   subscriptions and rotating their secrets.
 //! - `purge`: the bulk purge.
-//! - `page`: the HTML page over the same reads.
+//! - `invoices`: the invoices and their timelines, from the spool's index.
+//! - `page`: the HTML page over the same reads; `invoice_page` its
+//!   invoice search and timeline.
 
 mod api;
 pub mod auth;
+mod invoice_page;
+mod invoices;
 mod page;
 mod purge;
 pub mod query;
@@ -68,6 +72,9 @@ pub struct Admin {
     /// Held by each subscription change from its checks to its answer, so
     /// two requests cannot both find a name free and both take it.
     subscription_changes: tokio::sync::Mutex<()>,
+    /// When the relay started (Unix ms): a source expected every so often
+    /// that sent nothing since is silent from then.
+    started_ms: i64,
 }
 
 /// A request to apply the subscriptions kept in the spool; answered once
@@ -98,6 +105,7 @@ impl Admin {
         changes: tokio::sync::mpsc::Sender<ChangeRequest>,
     ) -> Arc<Admin> {
         Arc::new(Admin {
+            started_ms: clock.now_ms(),
             reloads,
             changes,
             subscription_changes: tokio::sync::Mutex::new(()),
@@ -125,12 +133,13 @@ impl Admin {
 
 /// The fields of a notification, as the API names them, and the label
 /// the CLI and the page show each under.
-pub const NOTIFICATION_FIELDS: [(&str, &str); 8] = [
+pub const NOTIFICATION_FIELDS: [(&str, &str); 9] = [
     ("id", "id"),
     ("received", "received_at"),
     ("source", "source"),
     ("event", "event"),
     ("invoice", "subject"),
+    ("status", "status"),
     ("provider time", "provider_time"),
     ("dedup key", "dedup_key"),
     ("peer", "peer"),

@@ -32,6 +32,8 @@ pub(super) fn is_page(path: &str) -> bool {
         || path.starts_with("/n/")
         || path.starts_with("/q/")
         || path.starts_with("/s/")
+        || path == "/i"
+        || path.starts_with("/i/")
 }
 
 pub(super) async fn handle(
@@ -70,6 +72,10 @@ pub(super) async fn handle(
             let released = api::release(admin, &caller, id, as_generic).await?;
             let notification = released["notification"].as_str().unwrap_or_default();
             Ok(redirect(&format!("/n/{notification}"), None))
+        }
+        (Method::GET, ["i"]) => super::invoice_page::search(admin, &caller, &query).await,
+        (Method::GET, ["i", source, subject]) => {
+            super::invoice_page::timeline(admin, &caller, source, subject).await
         }
         (Method::POST, ["s", name, action @ ("pause" | "resume")]) => {
             caller.require(Role::Admin)?;
@@ -144,7 +150,7 @@ fn redirect(to: &str, cookie: Option<HeaderValue>) -> Response<Full<Bytes>> {
     response
 }
 
-fn html(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+pub(super) fn html(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -164,7 +170,7 @@ fn html(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 }
 
 /// Text made safe inside HTML elements and attribute values.
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -180,7 +186,7 @@ fn escape(text: &str) -> String {
 }
 
 /// A JSON value as escaped text ("–" when absent).
-fn text(value: &Value) -> String {
+pub(super) fn text(value: &Value) -> String {
     match value {
         Value::Null => "–".into(),
         Value::String(s) => escape(s),
@@ -194,7 +200,7 @@ th{background:#f4f4f4}.dead{color:#b00;font-weight:600}.delivered{color:#070}.wa
 pre{background:#f7f7f7;padding:1em;overflow:auto;max-height:30em}form.inline{display:inline}\
 header{display:flex;gap:1.5em;align-items:baseline}.muted{color:#777}";
 
-fn page(title: &str, caller: Option<&Caller>, body: &str) -> String {
+pub(super) fn page(title: &str, caller: Option<&Caller>, body: &str) -> String {
     let who = caller
         .map(|c| {
             format!(
@@ -266,6 +272,18 @@ async fn dashboard(
             )
         }
     );
+    // Sources with `expect_every` that sent nothing for that long.
+    for (name, source) in stats["sources"].as_object().into_iter().flatten() {
+        if source["silent"] == Value::Bool(true) {
+            let _ = write!(
+                body,
+                "<p class=dead id=silent-{name}>Source {name} is silent: nothing received for {} s (last: {}).</p>",
+                text(&source["expect_every_seconds"]),
+                text(&source["last_received_at"]),
+                name = escape(name),
+            );
+        }
+    }
     let _ = write!(body, "<h2>Subscriptions</h2><table><tr><th>name</th><th>target</th><th>sources</th><th>events</th><th>state</th></tr>");
     let counts = &stats["subscriptions"];
     for sub in api::subscriptions(admin, caller)["items"]
@@ -309,6 +327,8 @@ async fn dashboard(
     }
     body.push_str("</table>");
     sources_table(&mut body, &stats["sources"]);
+    body.push_str("<h2>Invoices</h2>");
+    body.push_str(&super::invoice_page::search_form(""));
     body.push_str("<h2>Notifications</h2>");
     body.push_str(&filter_form(&filter));
     if quarantine {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::config::wildcard_match;
 use crate::delivery::{Delivery, State};
+use crate::providers::InvoiceStatus;
 use crate::spool::{NotificationId, NotificationMeta};
 
 /// Rows per page when the client does not say.
@@ -77,6 +78,8 @@ pub struct Filter {
     pub event: Option<String>,
     /// The invoice (a pattern with `*`).
     pub subject: Option<String>,
+    /// The invoice's status as the notification tells it.
+    pub status: Option<InvoiceStatus>,
     pub state: Option<StateFilter>,
     pub subscription: Option<String>,
     /// Received at or after (Unix ms).
@@ -92,10 +95,11 @@ pub struct Filter {
 
 /// Parameters a request may carry; anything else is refused, so a typo
 /// (`sorce=`) is an error and not a filter silently ignored.
-const LIST_PARAMETERS: [&str; 9] = [
+const LIST_PARAMETERS: [&str; 10] = [
     "source",
     "event",
     "subject",
+    "status",
     "state",
     "subscription",
     "since",
@@ -128,6 +132,7 @@ impl Filter {
                 "subject" => filter.subject = Some(non_empty("subject", value)?),
                 "subscription" => filter.subscription = Some(non_empty("subscription", value)?),
                 "state" => filter.state = Some(parse_state(value)?),
+                "status" => filter.status = Some(parse_status(value)?),
                 "since" => filter.since_ms = Some(parse_time("since", &value, now_ms)?),
                 "until" => filter.until_ms = Some(parse_time("until", &value, now_ms)?),
                 "limit" => filter.limit = parse_limit(value)?,
@@ -169,6 +174,7 @@ impl Filter {
                     .as_deref()
                     .is_some_and(|subject| wildcard_match(p, subject))
             })
+            && self.status.is_none_or(|status| status == meta.status)
             && self.since_ms.is_none_or(|since| meta.received_ms >= since)
             && self.until_ms.is_none_or(|until| meta.received_ms < until)
             && self
@@ -240,6 +246,14 @@ fn parse_state(value: String) -> Result<StateFilter, QueryError> {
                 reason: "one of waiting, delivered, dead, purged, quarantined".into(),
             })
         }
+    })
+}
+
+pub fn parse_status(value: String) -> Result<InvoiceStatus, QueryError> {
+    InvoiceStatus::parse(&value).ok_or_else(|| QueryError::Invalid {
+        name: "status",
+        value,
+        reason: "one of queued, accepted, rejected, deleted, unknown".into(),
     })
 }
 
@@ -316,6 +330,8 @@ mod tests {
             peer: String::new(),
             subscriptions: vec!["billing".into()],
             flags: Vec::new(),
+            status: InvoiceStatus::Unknown,
+            superseded: false,
         }
     }
 
@@ -362,6 +378,7 @@ mod tests {
         for (query, wanted) in [
             ("sorce=tf", "unknown parameter \"sorce\""),
             ("state=lost", "state=\"lost\""),
+            ("status=emitido", "status=\"emitido\""),
             ("limit=0", "limit=\"0\""),
             ("limit=100000", "limit=\"100000\""),
             ("since=yesterday", "since=\"yesterday\""),
@@ -378,6 +395,16 @@ mod tests {
             assert!(err.contains(wanted), "{query}: {err}");
         }
         assert!(Filter::parse("dry_run=true", NOW, true).unwrap().dry_run);
+    }
+
+    #[test]
+    fn the_status_filter_takes_the_notifications_status() {
+        let filter = Filter::parse("status=accepted", NOW, false).unwrap();
+        let mut accepted = meta("tf", "facturacion.emitido", Some("1"), NOW);
+        accepted.status = InvoiceStatus::Accepted;
+        assert!(filter.matches_meta(&accepted));
+        // An old record, or one that says nothing, is `unknown`.
+        assert!(!filter.matches_meta(&meta("tf", "facturacion.emitido", Some("1"), NOW)));
     }
 
     #[test]

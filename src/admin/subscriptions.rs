@@ -60,6 +60,8 @@ struct CreateRequest {
     max_in_flight: Option<usize>,
     schedule: Option<Vec<String>>,
     jitter: Option<f64>,
+    statuses: Option<Vec<String>>,
+    on_superseded: Option<String>,
 }
 
 impl CreateRequest {
@@ -71,6 +73,8 @@ impl CreateRequest {
             max_in_flight: self.max_in_flight,
             schedule: self.schedule.clone(),
             jitter: self.jitter,
+            statuses: self.statuses.clone(),
+            on_superseded: self.on_superseded.clone(),
         }
     }
 }
@@ -325,16 +329,24 @@ pub(super) async fn backfill(
         return Err(ApiError::NotFound(format!("no subscription {name:?}")));
     };
     let spool = admin.spool.clone();
+    let since_ms = range.since_ms.unwrap_or(0);
+    let (current, until_ms) = (range.current, range.until_ms);
     let chosen = tokio::task::spawn_blocking(move || {
+        if current {
+            return current_of_each_invoice(&spool, &subscription, since_ms, until_ms);
+        }
         let mut chosen = Vec::new();
         for record in spool.notifications_newest_first(None) {
             let meta = record?.meta;
-            if meta.received_ms < range.since_ms {
+            if meta.received_ms < since_ms {
                 break;
             }
             let in_range = range.until_ms.is_none_or(|until| meta.received_ms < until);
             let fanned_out = meta.subscriptions.contains(&subscription.name);
-            if !in_range || fanned_out || !subscription.matches(&meta.source, &meta.event_type) {
+            if !in_range
+                || fanned_out
+                || !subscription.matches(&meta.source, &meta.event_type, meta.status)
+            {
                 continue;
             }
             let Some(id) = NotificationId::parse(&meta.id) else {
@@ -359,8 +371,9 @@ pub(super) async fn backfill(
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
     let range_json = json!({
-        "since": format_ms(range.since_ms),
+        "since": range.since_ms.map(format_ms),
         "until": range.until_ms.map(format_ms),
+        "current": range.current,
     });
     if range.dry_run {
         return ok(
@@ -380,32 +393,113 @@ pub(super) async fn backfill(
     )
 }
 
-/// The time range of a backfill.
-struct BackfillRange {
+/// For `current=true`: of each invoice (from the spool's invoice index),
+/// the newest notification that tells its current status (never a
+/// superseded one), if it was received in `since..until`, matches the
+/// subscription and the subscription has no delivery of it; in receipt
+/// order.
+fn current_of_each_invoice(
+    spool: &crate::spool::Spool,
+    subscription: &crate::config::SubscriptionConfig,
     since_ms: i64,
     until_ms: Option<i64>,
+) -> Result<Vec<NotificationId>, ApiError> {
+    const CHUNK: usize = 512;
+    let mut chosen = Vec::new();
+    let sources: Vec<Option<String>> = match &subscription.sources {
+        Some(sources) => sources.iter().cloned().map(Some).collect(),
+        None => vec![None],
+    };
+    for source in sources {
+        let mut after = None;
+        loop {
+            let invoices = spool.invoices(source.as_deref(), after.as_ref(), CHUNK)?;
+            let last_chunk = invoices.len() < CHUNK;
+            for invoice in &invoices {
+                after = Some(crate::spool::InvoiceCursor::after(invoice));
+                let Some((invoice, timeline)) = spool.invoice(&invoice.source, &invoice.subject)?
+                else {
+                    continue;
+                };
+                let telling = timeline
+                    .iter()
+                    .rev()
+                    .filter(|e| !e.superseded)
+                    .find(|e| e.status == invoice.status)
+                    .or_else(|| timeline.iter().rev().find(|e| !e.superseded));
+                let Some(entry) = telling else {
+                    continue;
+                };
+                let Some(record) = spool.notification(entry.id)? else {
+                    continue;
+                };
+                let meta = &record.meta;
+                let in_range = meta.received_ms >= since_ms
+                    && until_ms.is_none_or(|until| meta.received_ms < until);
+                if !in_range
+                    || meta.subscriptions.contains(&subscription.name)
+                    || !subscription.matches(&meta.source, &meta.event_type, meta.status)
+                    || spool
+                        .deliveries_of(entry.id)?
+                        .iter()
+                        .any(|d| d.subscription == subscription.name)
+                {
+                    continue;
+                }
+                chosen.push(entry.id);
+                if chosen.len() > MAX_BACKFILL {
+                    return Err(ApiError::Unprocessable(format!(
+                        "more than {MAX_BACKFILL} invoices: backfill them in parts (since, until)"
+                    )));
+                }
+            }
+            if last_chunk {
+                break;
+            }
+        }
+    }
+    chosen.sort();
+    Ok(chosen)
+}
+
+/// The time range of a backfill, and whether it gives each invoice's
+/// current notification only.
+struct BackfillRange {
+    /// Required but for `current`.
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
     dry_run: bool,
+    current: bool,
 }
 
 impl BackfillRange {
     fn parse(query: &str, now_ms: i64) -> Result<BackfillRange, QueryError> {
-        let (mut since, mut until, mut dry_run) = (None, None, false);
+        let (mut since, mut until, mut dry_run, mut current) = (None, None, false, false);
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             let slot = match key.as_ref() {
                 "since" => &mut since,
                 "until" => &mut until,
-                "dry_run" => {
-                    dry_run = match value.as_ref() {
+                flag @ ("dry_run" | "current") => {
+                    let on = match value.as_ref() {
                         "true" | "1" | "" => true,
                         "false" | "0" => false,
                         _ => {
                             return Err(QueryError::Invalid {
-                                name: "dry_run",
+                                name: if flag == "dry_run" {
+                                    "dry_run"
+                                } else {
+                                    "current"
+                                },
                                 value: value.into_owned(),
                                 reason: "true or false".into(),
                             })
                         }
                     };
+                    *(if flag == "dry_run" {
+                        &mut dry_run
+                    } else {
+                        &mut current
+                    }) = on;
                     continue;
                 }
                 other => return Err(QueryError::Unknown(other.to_owned())),
@@ -414,16 +508,20 @@ impl BackfillRange {
                 return Err(QueryError::Repeated(key.into_owned()));
             }
         }
-        let since = since.ok_or_else(|| QueryError::Invalid {
-            name: "since",
-            value: String::new(),
-            reason: "a backfill needs since= (an RFC 3339 time, or a duration back from now such as 24h)".into(),
-        })?;
-        let since_ms = parse_time("since", &since, now_ms)?;
+        if since.is_none() && !current {
+            return Err(QueryError::Invalid {
+                name: "since",
+                value: String::new(),
+                reason: "a backfill needs since= (an RFC 3339 time, or a duration back from now such as 24h), or current=true".into(),
+            });
+        }
+        let since_ms = since
+            .map(|since| parse_time("since", &since, now_ms))
+            .transpose()?;
         let until_ms = until
             .map(|until| parse_time("until", &until, now_ms))
             .transpose()?;
-        if let Some(until_ms) = until_ms.filter(|until| *until <= since_ms) {
+        if let Some(until_ms) = until_ms.filter(|until| since_ms.is_some_and(|s| *until <= s)) {
             return Err(QueryError::Invalid {
                 name: "until",
                 value: format_ms(until_ms),
@@ -434,6 +532,7 @@ impl BackfillRange {
             since_ms,
             until_ms,
             dry_run,
+            current,
         })
     }
 }
@@ -471,6 +570,7 @@ pub(super) async fn test_event(
         // Never a duplicate: each request is its own event.
         dedup_key: format!("test:{nonce:032x}"),
         provider_time: None,
+        status: crate::providers::InvoiceStatus::Unknown,
         flags: Vec::new(),
     };
     let id = match admin
@@ -586,10 +686,15 @@ mod tests {
     fn a_backfill_needs_since_and_an_ordered_range() {
         let now = 1_800_000_000_000;
         let range = BackfillRange::parse("since=2h&until=1h&dry_run=true", now).unwrap();
-        assert_eq!(range.since_ms, now - 2 * 3_600_000);
+        assert_eq!(range.since_ms, Some(now - 2 * 3_600_000));
         assert_eq!(range.until_ms, Some(now - 3_600_000));
-        assert!(range.dry_run);
+        assert!(range.dry_run && !range.current);
+        // Each invoice's current notification needs no range.
+        let current = BackfillRange::parse("current=true", now).unwrap();
+        assert!(current.current && current.since_ms.is_none());
         for bad in [
+            "current=maybe",
+            "current=false",
             "",
             "until=1h",
             "since=1h&until=2h",

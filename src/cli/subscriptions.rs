@@ -33,6 +33,14 @@ pub struct AddArgs {
     /// Attempts in flight at once.
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// An invoice status it takes: queued, accepted, rejected, deleted,
+    /// unknown (repeat for more); all when absent.
+    #[arg(long = "status")]
+    statuses: Vec<String>,
+    /// What it gets of a notification that would move its invoice back
+    /// from a final status: deliver, mark (the default) or skip.
+    #[arg(long)]
+    on_superseded: Option<String>,
 }
 
 impl AddArgs {
@@ -52,6 +60,11 @@ impl AddArgs {
                 self.timeout_retry.as_ref().map(|v| json!(v)),
             ),
             ("max_in_flight", self.max_in_flight.map(|v| json!(v))),
+            ("statuses", list(&self.statuses)),
+            (
+                "on_superseded",
+                self.on_superseded.as_ref().map(|v| json!(v)),
+            ),
         ] {
             if let Some(value) = value {
                 request[key] = value;
@@ -119,6 +132,7 @@ pub fn run(command: SubscriptionsCommand) -> anyhow::Result<()> {
             name,
             since,
             until,
+            current,
             dry_run,
             yes,
         } => {
@@ -132,15 +146,24 @@ pub fn run(command: SubscriptionsCommand) -> anyhow::Result<()> {
                 "/api/subscriptions/{}/backfill{}",
                 encode_segment(&name),
                 query(&[
-                    ("since", Some(since)),
+                    ("since", since),
                     ("until", until),
+                    ("current", current.then(|| "true".to_owned())),
                     ("dry_run", dry_run.then(|| "true".to_owned())),
                 ])
             );
             post_and_print(&config.config, &remote, &path, |done| {
                 let range = format!(
-                    "received from {} until {}",
-                    cell(&done["range"]["since"]),
+                    "{}received from {} until {}",
+                    if current {
+                        "(each invoice's current one) "
+                    } else {
+                        ""
+                    },
+                    match &done["range"]["since"] {
+                        Value::Null => "the first".to_owned(),
+                        since => cell(since),
+                    },
                     match &done["range"]["until"] {
                         Value::Null => "now".to_owned(),
                         until => cell(until),

@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::delivery::Schedule;
-use crate::providers::{GenericRules, Provider};
+use crate::providers::{GenericRules, InvoiceStatus, Provider};
 pub use admin::{AdminConfig, AdminListen, AdminToken, AllowedTarget, Role};
 pub use load::{ConfigError, Problem};
 pub use locate::KeyPath;
@@ -179,6 +179,32 @@ pub enum OnInvalid {
     Accept,
 }
 
+/// What a subscription gets of a superseded notification: one that
+/// arrived after a final status of its invoice and would move it back (an
+/// `encolado` resend after `emitido`), so that an app that keeps the last
+/// write does not regress the invoice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSuperseded {
+    /// Sent as any other.
+    Deliver,
+    /// Sent with `x-relay-superseded: true`.
+    #[default]
+    Mark,
+    /// Not sent: its delivery is recorded as purged at once.
+    Skip,
+}
+
+impl OnSuperseded {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnSuperseded::Deliver => "deliver",
+            OnSuperseded::Mark => "mark",
+            OnSuperseded::Skip => "skip",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
@@ -195,6 +221,9 @@ pub struct SourceConfig {
     pub burst: Option<u32>,
     #[serde(default)]
     pub on_invalid: OnInvalid,
+    /// Nothing from it for this long raises `relay.source.silent` (once,
+    /// until it is heard again).
+    pub expect_every: Option<HumanDuration>,
     // Rules of the `generic` provider.
     pub dedup_pointer: Option<String>,
     pub dedup_header: Option<HeaderName>,
@@ -239,6 +268,13 @@ pub struct SubscriptionConfig {
     pub sources: Option<Vec<String>>,
     /// Event-type patterns with `*`; all events when absent.
     pub events: Option<Vec<String>>,
+    /// The invoice statuses it takes (`["accepted", "rejected"]`); all
+    /// when absent. The relay's own events are not held to it.
+    pub statuses: Option<Vec<InvoiceStatus>>,
+    /// What it gets of a notification that would move an invoice back
+    /// from a final status.
+    #[serde(default)]
+    pub on_superseded: OnSuperseded,
     /// Standard Webhooks secret: `whsec_` + base64.
     pub secret: String,
     #[serde(default)]
@@ -344,15 +380,22 @@ impl SubscriptionConfig {
         Schedule::try_new(self.schedule.iter().map(|d| d.0).collect(), self.jitter)
     }
 
-    /// Whether a notification from `source` with `event_type` goes to this subscription.
-    pub fn matches(&self, source: &str, event_type: &str) -> bool {
+    /// Whether a notification from `source` with `event_type` and
+    /// `status` goes to this subscription.
+    pub fn matches(&self, source: &str, event_type: &str, status: InvoiceStatus) -> bool {
         filters_match(
             self.sources.as_deref(),
             self.events.as_deref(),
             source,
             event_type,
-        )
+        ) && status_matches(self.statuses.as_deref(), status)
     }
+}
+
+/// Whether a subscription with this `statuses` filter takes a notification
+/// with `status` (everything when absent).
+pub fn status_matches(statuses: Option<&[InvoiceStatus]>, status: InvoiceStatus) -> bool {
+    statuses.is_none_or(|wanted| wanted.contains(&status))
 }
 
 /// Whether a subscription with these filters takes a notification: its

@@ -98,10 +98,82 @@ fn subscriptions_match_sources_and_event_patterns() {
     );
     let config = Config::parse(&text).unwrap();
     let sub = &config.subscriptions[0];
-    assert!(sub.matches("tus", "facturacion.emitido"));
-    assert!(!sub.matches("tus", "comprobante.aceptado"));
-    assert!(!sub.matches("other", "facturacion.emitido"));
+    assert!(sub.matches("tus", "facturacion.emitido", InvoiceStatus::Accepted));
+    assert!(!sub.matches("tus", "comprobante.aceptado", InvoiceStatus::Accepted));
+    assert!(!sub.matches("other", "facturacion.emitido", InvoiceStatus::Accepted));
     assert_eq!(sub.retry_schedule().unwrap().max_attempts(), 6);
+}
+
+#[test]
+fn a_statuses_filter_takes_the_named_statuses_and_refuses_other_words() {
+    let subscription = |statuses: &str| {
+        format!(
+            "{}\n[[subscriptions]]\nname = \"erp\"\nurl = \"http://127.0.0.1:9/x\"\nsecret = \"{SECRET}\"\nstatuses = {statuses}\n",
+            minimal()
+        )
+    };
+    let config = Config::parse(&subscription(r#"["accepted", "rejected"]"#)).unwrap();
+    let sub = &config.subscriptions[0];
+    assert!(sub.matches("tus", "facturacion.emitido", InvoiceStatus::Accepted));
+    assert!(sub.matches("tus", "facturacion.error", InvoiceStatus::Rejected));
+    assert!(!sub.matches("tus", "facturacion.encolado", InvoiceStatus::Queued));
+    let problems = Config::parse(&subscription(r#"["emitido"]"#)).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.key.contains("statuses")),
+        "{problems:?}"
+    );
+    assert_eq!(sub.on_superseded, OnSuperseded::Mark, "the default");
+    let problems = Config::parse(&subscription("[]")).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key.contains("statuses") && p.message.contains("takes no status")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn expect_every_is_a_duration_of_a_second_or_more() {
+    let with = |every: &str| {
+        Config::parse(&minimal().replace(
+            "provider = \"tusfacturas\"\n",
+            &format!("provider = \"tusfacturas\"\nexpect_every = \"{every}\"\n"),
+        ))
+    };
+    let config = with("6h").unwrap();
+    let every = config
+        .sources
+        .values()
+        .find_map(|s| s.expect_every)
+        .unwrap();
+    assert_eq!(every.0, std::time::Duration::from_secs(6 * 3600));
+    let problems = with("10ms").unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.key.contains("expect_every")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn on_superseded_takes_deliver_mark_or_skip() {
+    let with = |choice: &str| {
+        Config::parse(&format!(
+            "{}\n[[subscriptions]]\nname = \"erp\"\nurl = \"http://127.0.0.1:9/x\"\nsecret = \"{SECRET}\"\non_superseded = \"{choice}\"\n",
+            minimal()
+        ))
+    };
+    for (choice, wanted) in [
+        ("deliver", OnSuperseded::Deliver),
+        ("mark", OnSuperseded::Mark),
+        ("skip", OnSuperseded::Skip),
+    ] {
+        assert_eq!(with(choice).unwrap().subscriptions[0].on_superseded, wanted);
+    }
+    let problems = with("drop").unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.key.contains("on_superseded")),
+        "{problems:?}"
+    );
 }
 
 #[test]

@@ -312,6 +312,16 @@ impl ServerConfig {
 
 impl SourceConfig {
     fn check(&self, at: &KeyPath, found: &mut Found) {
+        if self
+            .expect_every
+            .is_some_and(|every| every.0 < Duration::from_secs(1))
+        {
+            // The last receipt is kept to the second.
+            found.push((
+                at.key("expect_every"),
+                "must be at least 1s (the last receipt is kept to the second)".into(),
+            ));
+        }
         if let Some(token) = self.token.as_ref().filter(|t| !t.starts_with(PLACEHOLDER)) {
             if token.len() < 16
                 || !token
@@ -423,6 +433,13 @@ impl SubscriptionConfig {
                     "an event pattern cannot be empty".into(),
                 ));
             }
+        }
+        if self.statuses.as_ref().is_some_and(Vec::is_empty) {
+            // Surely a mistake: it would take no invoice at all.
+            found.push((
+                at.key("statuses"),
+                "takes no status: leave it out to take them all".into(),
+            ));
         }
         if !self.secret.starts_with(PLACEHOLDER) {
             if let Err(err) = SigningKey::from_secret(&self.secret) {

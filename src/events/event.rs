@@ -44,6 +44,18 @@ pub enum RelayEvent {
     },
     /// The spool stopped taking notifications (503s) since `since_ms`.
     SpoolFull { condition: String },
+    /// Nothing came from a source for its `expect_every`.
+    SourceSilent {
+        source: String,
+        expect_every_ms: i64,
+        /// Its last notification, when one came since the relay started.
+        last_received_ms: Option<i64>,
+    },
+    /// A silent source was heard again.
+    SourceRecovered {
+        source: String,
+        silent_since_ms: i64,
+    },
     /// The spool takes notifications again.
     SpoolRecovered {
         full_since_ms: i64,
@@ -63,6 +75,8 @@ impl RelayEvent {
             RelayEvent::QuarantineAdded { .. } => "relay.quarantine.added",
             RelayEvent::SpoolFull { .. } => "relay.spool.full",
             RelayEvent::SpoolRecovered { .. } => "relay.spool.recovered",
+            RelayEvent::SourceSilent { .. } => "relay.source.silent",
+            RelayEvent::SourceRecovered { .. } => "relay.source.recovered",
         }
     }
 
@@ -121,6 +135,22 @@ impl RelayEvent {
                 "bytes": bytes,
             }),
             RelayEvent::SpoolFull { condition } => json!({ "condition": condition }),
+            RelayEvent::SourceSilent {
+                source,
+                expect_every_ms,
+                last_received_ms,
+            } => json!({
+                "source": source,
+                "expect_every_seconds": expect_every_ms / 1000,
+                "last_received_at": last_received_ms.map(format_ms),
+            }),
+            RelayEvent::SourceRecovered {
+                source,
+                silent_since_ms,
+            } => json!({
+                "source": source,
+                "silent_since": format_ms(*silent_since_ms),
+            }),
             RelayEvent::SpoolRecovered {
                 full_since_ms,
                 refused_writes,
@@ -153,6 +183,7 @@ impl RelayEvent {
             subject: self.subject(),
             dedup_key: format!("relay:{unique}"),
             provider_time: None,
+            status: crate::providers::InvoiceStatus::Unknown,
             flags: Vec::new(),
         };
         (received, notification)

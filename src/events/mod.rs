@@ -1,12 +1,14 @@
 //! The relay's own operational events (`relay.delivery.dead`,
 //! `relay.subscription.failing`, `relay.subscription.recovered`,
-//! `relay.quarantine.added`, `relay.spool.full`, `relay.spool.recovered`),
+//! `relay.quarantine.added`, `relay.spool.full`, `relay.spool.recovered`,
+//! `relay.source.silent`, `relay.source.recovered`),
 //! stored in the spool as notifications of the reserved source `relay` and
 //! so delivered, signed and retried like invoices, to the subscriptions
 //! that name them (`events = ["relay.*"]`, see `spool::routes`).
 //!
 //! - `event`: each event's type and body, pure.
 //! - `streaks`: failed attempts in a row per subscription, pure.
+//! - `silence`: sources that sent nothing for their `expect_every`, pure.
 //! - here: one task turns what the spool reports (attempts recorded,
 //!   bodies quarantined, see `Spool::observe`) and its health into events
 //!   and stores them.
@@ -24,6 +26,7 @@
 //! nothing here ever pauses or disables a subscription.
 
 mod event;
+pub mod silence;
 mod streaks;
 
 use std::collections::VecDeque;
@@ -37,6 +40,8 @@ use tokio::sync::{mpsc, watch};
 use crate::clock::Clock;
 use crate::config::{Config, RELAY_SOURCE};
 use crate::delivery::State;
+use crate::metrics::Metrics;
+use crate::providers::InvoiceStatus;
 use crate::spool::{NotificationId, Observed, Routes, Spool, SpoolError};
 pub use event::RelayEvent;
 use streaks::{Streaks, Turn};
@@ -54,6 +59,9 @@ pub struct Events {
     routes: ArcSwap<Routes>,
     failing_after: AtomicU32,
     spool: Spool,
+    metrics: Arc<Metrics>,
+    /// Each source with `expect_every`, and it in ms.
+    expected: ArcSwap<Vec<(String, i64)>>,
 }
 
 impl Events {
@@ -62,6 +70,7 @@ impl Events {
     pub fn start(
         config: &Config,
         spool: Spool,
+        metrics: Arc<Metrics>,
         clock: Clock,
         stop: watch::Receiver<bool>,
     ) -> (Arc<Events>, tokio::task::JoinHandle<()>) {
@@ -69,6 +78,8 @@ impl Events {
             routes: ArcSwap::from_pointee(Routes::default()),
             failing_after: AtomicU32::new(1),
             spool: spool.clone(),
+            metrics,
+            expected: ArcSwap::from_pointee(Vec::new()),
         });
         let reports = spool.observe(REPORTS);
         events.reload(config);
@@ -80,10 +91,13 @@ impl Events {
     /// reports only while some subscription wants relay events.
     pub fn reload(&self, config: &Config) {
         let routes = Routes::from_config(config);
-        let wanted = ALL_TYPES
-            .iter()
-            .any(|event_type| !routes.matching(RELAY_SOURCE, event_type).is_empty());
+        let wanted = ALL_TYPES.iter().any(|event_type| {
+            !routes
+                .matching(RELAY_SOURCE, event_type, InvoiceStatus::Unknown)
+                .is_empty()
+        });
         self.routes.store(Arc::new(routes));
+        self.expected.store(Arc::new(expected_sources(config)));
         self.failing_after
             .store(config.forwarder.failing_after.max(1), Ordering::Relaxed);
         self.spool.set_observing(wanted);
@@ -93,18 +107,35 @@ impl Events {
         !self
             .routes
             .load()
-            .matching(RELAY_SOURCE, event.event_type())
+            .matching(RELAY_SOURCE, event.event_type(), InvoiceStatus::Unknown)
             .is_empty()
     }
 }
 
-const ALL_TYPES: [&str; 6] = [
+/// Each source with `expect_every`, and it in ms.
+pub fn expected_sources(config: &Config) -> Vec<(String, i64)> {
+    config
+        .sources
+        .iter()
+        .filter_map(|(name, source)| {
+            let every = source.expect_every?;
+            Some((
+                name.clone(),
+                i64::try_from(every.0.as_millis()).unwrap_or(i64::MAX),
+            ))
+        })
+        .collect()
+}
+
+const ALL_TYPES: [&str; 8] = [
     "relay.delivery.dead",
     "relay.subscription.failing",
     "relay.subscription.recovered",
     "relay.quarantine.added",
     "relay.spool.full",
     "relay.spool.recovered",
+    "relay.source.silent",
+    "relay.source.recovered",
 ];
 
 /// What the task holds between two stores.
@@ -118,6 +149,8 @@ struct Held {
     /// The spool's count of refused writes, and the time, at the last look.
     refused_writes: u64,
     looked_ms: i64,
+    silence: silence::Silence,
+    started_ms: i64,
 }
 
 impl Held {
@@ -248,6 +281,41 @@ impl Held {
         }
     }
 
+    /// Raises `relay.source.silent` and `relay.source.recovered` as
+    /// sources with `expect_every` fall silent and are heard again (their
+    /// last receipt from the metrics: memory, no spool read).
+    fn watch_sources(&mut self, events: &Events, now_ms: i64) {
+        let expected = events.expected.load();
+        let sources: Vec<(String, i64, Option<i64>)> = expected
+            .iter()
+            .map(|(name, every)| (name.clone(), *every, events.metrics.last_received_ms(name)))
+            .collect();
+        for turn in self.silence.look(now_ms, self.started_ms, &sources) {
+            let event = match turn {
+                silence::Turn::Silent {
+                    source,
+                    expect_every_ms,
+                    last_ms,
+                } => {
+                    tracing::warn!(%source, "nothing received from this source for its expect_every");
+                    RelayEvent::SourceSilent {
+                        source,
+                        expect_every_ms,
+                        last_received_ms: last_ms,
+                    }
+                }
+                silence::Turn::Heard {
+                    source,
+                    silent_since_ms,
+                } => RelayEvent::SourceRecovered {
+                    source,
+                    silent_since_ms,
+                },
+            };
+            self.push(events, event, now_ms);
+        }
+    }
+
     /// Stores what waits, oldest first, while the spool takes it.
     async fn store(&mut self, events: &Events) {
         while let Some((event, at_ms)) = self.pending.pop_front() {
@@ -290,6 +358,8 @@ async fn run(
         full_since: None,
         refused_writes: events.spool.health().refused_writes,
         looked_ms: clock.now_ms(),
+        silence: silence::Silence::default(),
+        started_ms: clock.now_ms(),
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -321,6 +391,7 @@ async fn run(
             return;
         }
         held.watch_health(&events, clock.now_ms());
+        held.watch_sources(&events, clock.now_ms());
         held.store(&events).await;
     }
 }

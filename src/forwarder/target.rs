@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::outgoing;
 use crate::clock::format_ms;
-use crate::config::SubscriptionConfig;
+use crate::config::{OnSuperseded, SubscriptionConfig};
 use crate::delivery::{answer_excerpt, Outcome, Schedule, ANSWER_KEPT};
 use crate::providers::Flag;
 use crate::signing::SigningKey;
@@ -129,6 +129,7 @@ impl Target {
             .header("webhook-signature", signature)
             .header("x-relay-source", &meta.source)
             .header("x-relay-event", outgoing::header_text(&meta.event_type))
+            .header("x-relay-status", meta.status.as_str())
             .header("x-relay-attempt", attempt.to_string())
             .header("x-relay-received-at", format_ms(meta.received_ms))
             .body(body);
@@ -147,6 +148,11 @@ impl Target {
         }
         if let Some(subject) = &meta.subject {
             request = request.header("x-relay-subject", outgoing::header_text(subject));
+        }
+        // It would move its invoice back from a final status: an app that
+        // keeps the last write can tell (`deliver` sends it as any other).
+        if meta.superseded && self.config.on_superseded == OnSuperseded::Mark {
+            request = request.header("x-relay-superseded", "true");
         }
         // What the provider check took though not as documented, e.g. a
         // Windows-1252 body (sent as it came): the target can tell.

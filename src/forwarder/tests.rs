@@ -73,6 +73,7 @@ async fn a_failing_delivery_is_retried_on_the_providers_schedule_then_dead() {
                 subject: None,
                 dedup_key: "k".into(),
                 provider_time: None,
+                status: crate::providers::InvoiceStatus::Unknown,
                 flags: vec![],
             },
         )

@@ -12,7 +12,7 @@
 
 use super::{
     field, invalid, non_empty, parse_object, required, safe_name, text, text_or_int, to_utc, Flag,
-    Notification, Rejection,
+    InvoiceStatus, Notification, Rejection,
 };
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -53,12 +53,26 @@ pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
         }
     };
     Ok(Notification {
+        status: status_of(&state),
         event_type: format!("comprobante.{state}"),
         dedup_key,
         subject: id,
         provider_time,
         flags,
     })
+}
+
+/// The invoice's status a state (as named here) tells. The doc shows the
+/// three final ones; the SRI's own words for a receipt it has received but
+/// not decided on (RECIBIDA, EN PROCESO) are taken as queued, though they
+/// stay flagged as undocumented.
+pub(crate) fn status_of(state: &str) -> InvoiceStatus {
+    match state {
+        "autorizado" => InvoiceStatus::Accepted,
+        "no_autorizado" | "devuelto" => InvoiceStatus::Rejected,
+        "recibida" | "en_proceso" => InvoiceStatus::Queued,
+        _ => InvoiceStatus::Unknown,
+    }
 }
 
 /// The states the doc shows, as named here.
@@ -221,6 +235,7 @@ mod tests {
                 subject: Some("abcde1234567890abcde1234".into()),
                 dedup_key: "datil:abcde1234567890abcde1234:autorizado".into(),
                 provider_time: Some(DOC_TIME),
+                status: InvoiceStatus::Accepted,
                 flags: vec![],
             }
         );
@@ -385,5 +400,43 @@ mod tests {
         let mut v = devuelto();
         v["envio_sri"]["fecha"] = json!("9999-12-31T23:59:59-05:00");
         assert_eq!(run(&v).unwrap().flags, [Flag::UnreadableTime]);
+    }
+
+    // === The status of each documented state: one README row each ===
+
+    #[test]
+    fn status_autorizado_is_accepted() {
+        assert_eq!(run(&autorizado()).unwrap().status, InvoiceStatus::Accepted);
+    }
+
+    #[test]
+    fn status_no_autorizado_is_rejected() {
+        assert_eq!(
+            run(&no_autorizado()).unwrap().status,
+            InvoiceStatus::Rejected
+        );
+    }
+
+    #[test]
+    fn status_devuelta_is_rejected() {
+        assert_eq!(run(&devuelto()).unwrap().status, InvoiceStatus::Rejected);
+    }
+
+    #[test]
+    fn status_recibida_or_en_proceso_is_queued() {
+        for estado in ["RECIBIDA", "EN PROCESO"] {
+            let mut v = devuelto();
+            v["envio_sri"]["estado"] = json!(estado);
+            let n = run(&v).unwrap();
+            assert_eq!(n.status, InvoiceStatus::Queued, "{estado}");
+            assert_eq!(n.flags, [Flag::UnknownState], "{estado}");
+        }
+    }
+
+    #[test]
+    fn status_of_any_other_state_is_unknown() {
+        let mut v = autorizado();
+        v["autorizacion"]["estado"] = json!("ANULADO");
+        assert_eq!(run(&v).unwrap().status, InvoiceStatus::Unknown);
     }
 }

@@ -1,7 +1,9 @@
 //! The `generic` provider: any JSON object, with the dedup key, event type
 //! and subject found where the source's config ([`GenericRules`]) says.
 
-use super::{invalid, json_type, non_empty, parse_object, text, Notification, Rejection};
+use super::{
+    invalid, json_type, non_empty, parse_object, text, InvoiceStatus, Notification, Rejection,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -34,6 +36,8 @@ pub fn check(
         event_type: event_type(rules, &doc)?,
         subject: subject(rules, &doc)?,
         provider_time: None,
+        // A generic body has no vocabulary the relay knows.
+        status: InvoiceStatus::Unknown,
         flags,
     })
 }
@@ -145,6 +149,7 @@ mod tests {
                 subject: None,
                 dedup_key: format!("generic:sha256:{sha}"),
                 provider_time: None,
+                status: InvoiceStatus::Unknown,
                 flags: vec![],
             }
         );

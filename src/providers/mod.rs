@@ -1,6 +1,6 @@
 //! Provider checks: pure functions that turn the raw body of a provider's
 //! webhook into a [`Notification`] (event type, subject, dedup key, provider
-//! time) or a typed [`Rejection`]. One submodule per provider plus `generic`;
+//! time, the invoice's status) or a typed [`Rejection`]. One submodule per provider plus `generic`;
 //! the JSON helpers they share live here. No I/O, no clock: callers pass the
 //! bytes (and headers) and get a value back, so every rule is unit-testable.
 //!
@@ -23,9 +23,11 @@
 pub mod datil;
 pub mod generic;
 pub mod nubefact;
+pub mod status;
 pub mod tusfacturas;
 
 pub use generic::GenericRules;
+pub use status::{InvoiceStatus, ALL_STATUSES};
 
 use serde_json::{Map, Value};
 use time::{OffsetDateTime, UtcOffset};
@@ -42,6 +44,8 @@ pub struct Notification {
     pub dedup_key: String,
     /// the provider's own timestamp, converted to UTC
     pub provider_time: Option<OffsetDateTime>,
+    /// where the invoice stands, in the relay's words (see [`status`])
+    pub status: InvoiceStatus,
     /// what was accepted though not as documented
     pub flags: Vec<Flag>,
 }

@@ -7,7 +7,7 @@
 
 use super::{
     boolish, field, invalid, non_empty, parse_object, required, text, text_or_int, unsigned,
-    Notification, Rejection,
+    InvoiceStatus, Notification, Rejection,
 };
 use serde_json::{Map, Value};
 
@@ -20,12 +20,13 @@ pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
     let numero = numero(&obj)?;
     let accepted = aceptada(&obj)?;
     let code = response_code(&obj)?;
-    let suffix = match (accepted, code.as_deref()) {
-        (true, _) => "aceptado",
-        (false, Some(c)) if c != "0" => "rechazado",
-        (false, _) => "pendiente",
+    let (suffix, status) = match (accepted, code.as_deref()) {
+        (true, _) => ("aceptado", InvoiceStatus::Accepted),
+        (false, Some(c)) if c != "0" => ("rechazado", InvoiceStatus::Rejected),
+        (false, _) => ("pendiente", InvoiceStatus::Queued),
     };
     Ok(Notification {
+        status,
         event_type: format!("comprobante.{suffix}"),
         subject: Some(format!("{serie}-{numero}")),
         dedup_key: format!(
@@ -126,6 +127,7 @@ mod tests {
                 subject: Some("BBB1-105".into()),
                 dedup_key: "nubefact:2:BBB1:105:aceptado:0".into(),
                 provider_time: None,
+                status: InvoiceStatus::Accepted,
                 flags: vec![],
             }
         );
@@ -216,6 +218,27 @@ mod tests {
         ];
         for (key, value) in cases {
             assert_eq!(invalid_field(with(json!({ key: value }))), key, "{value}");
+        }
+    }
+
+    // === The status of each documented state: one README row each ===
+
+    #[test]
+    fn status_aceptada_por_sunat_is_accepted() {
+        assert_eq!(with(json!({})).unwrap().status, InvoiceStatus::Accepted);
+    }
+
+    #[test]
+    fn status_not_accepted_with_a_rejection_code_is_rejected() {
+        let n = with(json!({"aceptada_por_sunat": false, "sunat_responsecode": "2017"})).unwrap();
+        assert_eq!(n.status, InvoiceStatus::Rejected);
+    }
+
+    #[test]
+    fn status_not_accepted_without_a_rejection_code_is_queued() {
+        for code in [json!(null), json!(""), json!("0")] {
+            let n = with(json!({"aceptada_por_sunat": false, "sunat_responsecode": code})).unwrap();
+            assert_eq!(n.status, InvoiceStatus::Queued, "{code}");
         }
     }
 }

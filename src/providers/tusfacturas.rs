@@ -14,7 +14,7 @@
 use super::MAX_NAME;
 use super::{
     field, invalid, non_empty, parse_object, required, safe_name, text, text_or_int, to_utc, Flag,
-    Notification, Rejection,
+    InvoiceStatus, Notification, Rejection,
 };
 use serde_json::{Map, Value};
 use time::macros::{format_description, offset};
@@ -45,6 +45,7 @@ pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
 
     let event_type = format!("{recurso}.{evento}");
     Ok(Notification {
+        status: status_of(&recurso, &evento),
         // `intento` stays out of the key: retries must dedup to the same key.
         dedup_key: format!("tusfacturas:{hook_id}:{event_type}"),
         event_type,
@@ -53,6 +54,18 @@ pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
         provider_time,
         flags,
     })
+}
+
+/// The invoice's status a documented event tells; `unknown` for a
+/// resource or an event the doc does not list.
+pub(crate) fn status_of(recurso: &str, evento: &str) -> InvoiceStatus {
+    match (recurso, evento) {
+        ("facturacion", "encolado") => InvoiceStatus::Queued,
+        ("facturacion", "emitido") => InvoiceStatus::Accepted,
+        ("facturacion", "error") => InvoiceStatus::Rejected,
+        ("facturacion", "eliminado") => InvoiceStatus::Deleted,
+        _ => InvoiceStatus::Unknown,
+    }
 }
 
 /// The resources and events the doc lists.
@@ -136,6 +149,7 @@ mod tests {
                 subject: Some("17032".into()),
                 dedup_key: "tusfacturas:xxxxx:facturacion.encolado".into(),
                 provider_time: Some(datetime!(2022-03-18 18:58:11 UTC)),
+                status: InvoiceStatus::Queued,
                 flags: vec![],
             }
         );
@@ -267,5 +281,40 @@ mod tests {
             assert_eq!(n.provider_time, None, "{bad}");
             assert_eq!(n.flags, [Flag::UnreadableTime], "{bad}");
         }
+    }
+
+    // === The status of each documented event: one README row each ===
+
+    fn status_of_evento(evento: &str) -> InvoiceStatus {
+        with("evento", json!(evento)).unwrap().status
+    }
+
+    #[test]
+    fn status_encolado_is_queued() {
+        assert_eq!(status_of_evento("encolado"), InvoiceStatus::Queued);
+    }
+
+    #[test]
+    fn status_emitido_is_accepted() {
+        assert_eq!(status_of_evento("emitido"), InvoiceStatus::Accepted);
+    }
+
+    #[test]
+    fn status_error_is_rejected() {
+        assert_eq!(status_of_evento("error"), InvoiceStatus::Rejected);
+    }
+
+    #[test]
+    fn status_eliminado_is_deleted() {
+        assert_eq!(status_of_evento("eliminado"), InvoiceStatus::Deleted);
+    }
+
+    #[test]
+    fn status_of_an_undocumented_event_or_resource_is_unknown() {
+        assert_eq!(status_of_evento("anulado"), InvoiceStatus::Unknown);
+        // Another case is read as the documented word (and flagged).
+        assert_eq!(status_of_evento("EMITIDO"), InvoiceStatus::Accepted);
+        let remito = with("recurso", json!("remitos")).unwrap();
+        assert_eq!(remito.status, InvoiceStatus::Unknown);
     }
 }

@@ -22,6 +22,7 @@
 //! JetStream one can slot in beside it.
 
 mod audit;
+mod invoices;
 mod observe;
 pub mod record;
 mod routes;
@@ -40,6 +41,7 @@ use crate::config::SpoolConfig;
 use crate::delivery::Delivery;
 use crate::providers::Notification;
 pub use audit::{AuditEntry, AuditId, AuditIdError, AuditRecord};
+pub use invoices::{Invoice, InvoiceCursor, TimelineEntry};
 pub use observe::{Observed, ObservedNotification};
 pub use record::{
     NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta, QuarantineRecord, Record,
@@ -561,6 +563,26 @@ impl Spool {
         self.backend.quarantine_record(id)
     }
 
+    /// Up to `max` invoices after `after` in (source, subject) order, of
+    /// `source` only when given: read from the invoice index, no scan.
+    pub fn invoices(
+        &self,
+        source: Option<&str>,
+        after: Option<&InvoiceCursor>,
+        max: usize,
+    ) -> Result<Vec<Invoice>, SpoolError> {
+        self.backend.invoices(source, after, max)
+    }
+
+    /// One invoice and its timeline, oldest notification first.
+    pub fn invoice(
+        &self,
+        source: &str,
+        subject: &str,
+    ) -> Result<Option<(Invoice, Vec<TimelineEntry>)>, SpoolError> {
+        self.backend.invoice(source, subject)
+    }
+
     /// The deliveries of one notification, one per subscription it was
     /// fanned out to (a never attempted one is pending).
     pub fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
@@ -615,5 +637,7 @@ impl Spool {
 
 #[cfg(test)]
 mod counts_tests;
+#[cfg(test)]
+mod invoices_tests;
 #[cfg(test)]
 mod tests;

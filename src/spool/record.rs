@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::SpoolError;
+use crate::providers::InvoiceStatus;
 
 const RECORD_V1: u8 = 1;
 const RECORD_V2: u8 = 2;
@@ -99,6 +100,19 @@ pub struct NotificationMeta {
     /// (`providers::Flag` names, e.g. `latin1_body`); absent when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
+    /// The invoice's status as this notification tells it. Records stored
+    /// before statuses were kept have none and read as `unknown`; an
+    /// unknown one is not written, so it costs nothing where it says nothing.
+    #[serde(default, skip_serializing_if = "is_unknown")]
+    pub status: InvoiceStatus,
+    /// It arrived after a final status of its invoice and would have moved
+    /// it back (set by the spool's writer, which keeps the invoice index).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
+}
+
+fn is_unknown(status: &InvoiceStatus) -> bool {
+    *status == InvoiceStatus::Unknown
 }
 
 /// An authenticated body that could not be accepted as a notification.

@@ -2,7 +2,10 @@
 //! spool when it stores it (from the configured subscriptions; replaced
 //! whole on reload).
 
-use crate::config::{filters_match, wildcard_match, Config, RELAY_SOURCE};
+use crate::config::{
+    filters_match, status_matches, wildcard_match, Config, OnSuperseded, RELAY_SOURCE,
+};
+use crate::providers::InvoiceStatus;
 
 /// One subscription's name and filters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,6 +15,10 @@ pub struct Route {
     pub sources: Option<Vec<String>>,
     /// Event-type patterns with `*`; all events when `None`.
     pub events: Option<Vec<String>>,
+    /// Invoice statuses; all when `None`.
+    pub statuses: Option<Vec<InvoiceStatus>>,
+    /// What it gets of a superseded notification.
+    pub on_superseded: OnSuperseded,
 }
 
 impl Route {
@@ -21,10 +28,12 @@ impl Route {
             name: name.to_owned(),
             sources: None,
             events: None,
+            statuses: None,
+            on_superseded: OnSuperseded::default(),
         }
     }
 
-    fn matches(&self, source: &str, event_type: &str) -> bool {
+    fn matches(&self, source: &str, event_type: &str, status: InvoiceStatus) -> bool {
         if source == RELAY_SOURCE {
             // The relay's own events go only where they are asked for by
             // name: a subscription with no `events`, or with `*`, keeps
@@ -38,7 +47,7 @@ impl Route {
             self.events.as_deref(),
             source,
             event_type,
-        )
+        ) && status_matches(self.statuses.as_deref(), status)
     }
 }
 
@@ -62,18 +71,28 @@ impl Routes {
                     name: s.name.clone(),
                     sources: s.sources.clone(),
                     events: s.events.clone(),
+                    statuses: s.statuses.clone(),
+                    on_superseded: s.on_superseded,
                 })
                 .collect(),
         )
     }
 
-    /// The names of the subscriptions that take this source and event type.
-    pub fn matching(&self, source: &str, event_type: &str) -> Vec<String> {
+    /// The names of the subscriptions that take this source, event type
+    /// and invoice status.
+    pub fn matching(&self, source: &str, event_type: &str, status: InvoiceStatus) -> Vec<String> {
         self.routes
             .iter()
-            .filter(|r| r.matches(source, event_type))
+            .filter(|r| r.matches(source, event_type, status))
             .map(|r| r.name.clone())
             .collect()
+    }
+
+    /// Whether `name` holds back superseded notifications.
+    pub fn skips_superseded(&self, name: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.name == name && r.on_superseded == OnSuperseded::Skip)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -94,6 +113,8 @@ impl Routes {
                     name: name.clone(),
                     sources: Some(Vec::new()),
                     events: None,
+                    statuses: None,
+                    on_superseded: OnSuperseded::default(),
                 });
             }
         }
@@ -113,15 +134,50 @@ mod tests {
                 name: "tus-issued".into(),
                 sources: Some(vec!["tus".into()]),
                 events: Some(vec!["*.emitido".into()]),
+                statuses: None,
+                ..Route::all("")
             },
         ]);
         assert_eq!(
-            routes.matching("tus", "facturacion.emitido"),
+            routes.matching("tus", "facturacion.emitido", InvoiceStatus::Unknown),
             ["everything", "tus-issued"]
         );
-        assert_eq!(routes.matching("tus", "facturacion.error"), ["everything"]);
-        assert_eq!(routes.matching("datil", "x.emitido"), ["everything"]);
+        assert_eq!(
+            routes.matching("tus", "facturacion.error", InvoiceStatus::Unknown),
+            ["everything"]
+        );
+        assert_eq!(
+            routes.matching("datil", "x.emitido", InvoiceStatus::Unknown),
+            ["everything"]
+        );
         assert!(routes.contains("tus-issued") && !routes.contains("tus"));
+    }
+
+    #[test]
+    fn a_statuses_filter_takes_only_those_statuses_but_not_for_relay_events() {
+        let routes = Routes::new(vec![
+            Route::all("everything"),
+            Route {
+                name: "final".into(),
+                sources: None,
+                events: Some(vec!["*".into(), "relay.*".into()]),
+                statuses: Some(vec![InvoiceStatus::Accepted, InvoiceStatus::Rejected]),
+                ..Route::all("")
+            },
+        ]);
+        assert_eq!(
+            routes.matching("tus", "facturacion.emitido", InvoiceStatus::Accepted),
+            ["everything", "final"]
+        );
+        assert_eq!(
+            routes.matching("tus", "facturacion.encolado", InvoiceStatus::Queued),
+            ["everything"]
+        );
+        // The relay's own events carry no invoice status: not held to it.
+        assert_eq!(
+            routes.matching(RELAY_SOURCE, "relay.delivery.dead", InvoiceStatus::Unknown),
+            ["final"]
+        );
     }
 
     #[test]
@@ -132,29 +188,35 @@ mod tests {
                 name: "star".into(),
                 sources: None,
                 events: Some(vec!["*".into()]),
+                statuses: None,
+                ..Route::all("")
             },
             Route {
                 name: "alerts".into(),
                 sources: Some(vec!["tus".into()]),
                 events: Some(vec!["relay.*".into(), "*.emitido".into()]),
+                statuses: None,
+                ..Route::all("")
             },
             Route {
                 name: "dead-only".into(),
                 sources: None,
                 events: Some(vec!["relay.delivery.dead".into()]),
+                statuses: None,
+                ..Route::all("")
             },
         ]);
         assert_eq!(
-            routes.matching(RELAY_SOURCE, "relay.delivery.dead"),
+            routes.matching(RELAY_SOURCE, "relay.delivery.dead", InvoiceStatus::Unknown),
             ["alerts", "dead-only"]
         );
         assert_eq!(
-            routes.matching(RELAY_SOURCE, "relay.spool.full"),
+            routes.matching(RELAY_SOURCE, "relay.spool.full", InvoiceStatus::Unknown),
             ["alerts"]
         );
         // A provider's event named like one of ours is an ordinary notification.
         assert_eq!(
-            routes.matching("tus", "relay.delivery.dead"),
+            routes.matching("tus", "relay.delivery.dead", InvoiceStatus::Unknown),
             ["everything", "star", "alerts", "dead-only"]
         );
     }

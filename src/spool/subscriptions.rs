@@ -60,6 +60,12 @@ pub struct Settings {
     pub schedule: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter: Option<f64>,
+    /// Invoice statuses it takes (`["accepted", "rejected"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statuses: Option<Vec<String>>,
+    /// `deliver`, `mark` or `skip` (see `config::OnSuperseded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_superseded: Option<String>,
 }
 
 impl ApiSubscription {
@@ -95,6 +101,12 @@ impl ApiSubscription {
         }
         if let Some(schedule) = &settings.schedule {
             table.insert("schedule".into(), strings(schedule));
+        }
+        if let Some(statuses) = &settings.statuses {
+            table.insert("statuses".into(), strings(statuses));
+        }
+        if let Some(choice) = &settings.on_superseded {
+            table.insert("on_superseded".into(), choice.clone().into());
         }
         if let Some(jitter) = settings.jitter {
             table.insert("jitter".into(), jitter.into());
@@ -146,6 +158,8 @@ mod tests {
             settings: Settings {
                 rate: Some("20/s".into()),
                 timeout_first: Some("3s".into()),
+                statuses: Some(vec!["accepted".into()]),
+                on_superseded: Some("skip".into()),
                 ..Settings::default()
             },
             created_by: "erp-team".into(),
@@ -160,7 +174,11 @@ mod tests {
         assert_eq!(config.timeout_first.0, std::time::Duration::from_secs(3));
         assert_eq!(config.max_in_flight, 8, "the relay.toml default");
         assert_eq!(config.retry_schedule().unwrap().max_attempts(), 6);
-        assert!(config.matches("tus", "anything") && !config.matches("datil", "x"));
+        assert_eq!(config.on_superseded, crate::config::OnSuperseded::Skip);
+        let accepted = crate::providers::InvoiceStatus::Accepted;
+        assert!(config.matches("tus", "anything", accepted));
+        assert!(!config.matches("datil", "x", accepted));
+        assert!(!config.matches("tus", "x", crate::providers::InvoiceStatus::Queued));
     }
 
     #[test]

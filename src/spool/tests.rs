@@ -45,6 +45,7 @@ pub(crate) fn notification(dedup: &str) -> Notification {
         subject: Some("17032".into()),
         dedup_key: dedup.into(),
         provider_time: None,
+        status: crate::providers::InvoiceStatus::Unknown,
         flags: vec![],
     }
 }
@@ -654,6 +655,10 @@ async fn a_format_1_spool_upgrades_on_open_and_loses_nothing() {
     let (spool, _) = open(dir.path(), &["erp", "crm"]);
     let records: Vec<_> = spool.notifications().collect::<Result<_, _>>().unwrap();
     assert_eq!(records.len(), 5);
+    // Stored before statuses were kept: they read as unknown.
+    assert!(records
+        .iter()
+        .all(|r| r.meta.status == crate::providers::InvoiceStatus::Unknown));
     let hooks: Vec<_> = records.iter().map(|r| r.meta.dedup_key.clone()).collect();
     assert_eq!(
         hooks,

@@ -781,6 +781,73 @@ async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
     );
 }
 
+/// A headless Chromium session (Debian `chromium` and `chromium-driver`)
+/// and its driver process, or None (the test is skipped, and says so)
+/// where chromedriver is not installed and `REQUIRE_BROWSER` is not set.
+pub async fn headless_browser() -> Option<(fantoccini::Client, tokio::process::Child)> {
+    let Ok(chromedriver) = which("chromedriver") else {
+        assert!(
+            std::env::var_os("REQUIRE_BROWSER").is_none(),
+            "REQUIRE_BROWSER is set but chromedriver is not installed"
+        );
+        eprintln!("chromedriver is not installed (Debian chromium-driver): skipped");
+        return None;
+    };
+    let port = closed_port().await;
+    let driver = tokio::process::Command::new(chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromedriver starts");
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+    );
+    let webdriver = format!("http://127.0.0.1:{port}");
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match fantoccini::ClientBuilder::new(connector.clone())
+            .capabilities(capabilities.clone())
+            .connect(&webdriver)
+            .await
+        {
+            Ok(browser) => return Some((browser, driver)),
+            Err(err) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "chromedriver did not take a session: {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Fills the page's login form with `token` and sends it.
+pub async fn log_in(browser: &fantoccini::Client, token: &str) {
+    use fantoccini::Locator;
+    browser
+        .wait()
+        .for_element(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .for_element(Locator::Css("form[action='/login'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// Headless Chromium (Debian `chromium` and `chromium-driver`) opens the
 /// page, logs in, finds a dead notification in the table, opens it, clicks
 /// replay, and the delivery reaches the target. `.ci/run` installs the
@@ -790,67 +857,15 @@ async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
 async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
     use fantoccini::Locator;
 
-    let Ok(chromedriver) = which("chromedriver") else {
-        assert!(
-            std::env::var_os("REQUIRE_BROWSER").is_none(),
-            "REQUIRE_BROWSER is set but chromedriver is not installed"
-        );
-        eprintln!("chromedriver is not installed (Debian chromium-driver): skipped");
+    let Some((browser, mut driver)) = headless_browser().await else {
         return;
     };
-    let port = closed_port().await;
-    let mut driver = tokio::process::Command::new(chromedriver)
-        .arg(format!("--port={port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chromedriver starts");
-
     let target = Target::start(vec![Reply::Status(500); 4]).await;
     let (relay, admin) = relay_to(&target).await;
     let id = dead_notification(&relay, &admin, "b-1", "0005-0042").await;
 
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
-    );
-    let webdriver = format!("http://127.0.0.1:{port}");
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let browser = loop {
-        match fantoccini::ClientBuilder::new(connector.clone())
-            .capabilities(capabilities.clone())
-            .connect(&webdriver)
-            .await
-        {
-            Ok(browser) => break browser,
-            Err(err) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "chromedriver did not take a session: {err}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-
     browser.goto(&admin.base).await.unwrap();
-    let token = browser
-        .wait()
-        .for_element(Locator::Css("input[name=token]"))
-        .await
-        .unwrap();
-    token.send_keys(VIEWER_TOKEN).await.unwrap();
-    browser
-        .wait()
-        .for_element(Locator::Css("form[action='/login'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&browser, VIEWER_TOKEN).await;
     // A viewer sees the table but gets no replay button.
     let row = browser
         .wait()
@@ -891,20 +906,7 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
         .click()
         .await
         .unwrap();
-    let token = browser
-        .wait()
-        .for_element(Locator::Css("input[name=token]"))
-        .await
-        .unwrap();
-    token.send_keys(ADMIN_TOKEN).await.unwrap();
-    browser
-        .wait()
-        .for_element(Locator::Css("form[action='/login'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&browser, ADMIN_TOKEN).await;
     browser
         .wait()
         .for_element(Locator::LinkText(&id))

@@ -10,6 +10,7 @@ mod full_disk;
 mod helpers;
 mod host;
 mod ingest;
+mod invoices;
 mod ops;
 mod process;
 mod reload;

@@ -493,6 +493,12 @@ async fn a_failing_target_raises_failing_once_then_dead_then_recovered() {
     );
     let stored = admin.get("/api/notifications?source=relay").await;
     assert_eq!(items(&stored), 3, "{stored}");
+    // The stats name the `relay` source too, which no config defines.
+    let stats = admin.get("/api/stats").await;
+    let own = &stats["sources"]["relay"];
+    assert_eq!(own["stored"], 3, "{stats}");
+    assert_eq!(own["configured"], false, "{stats}");
+    assert!(own["silent"].is_null(), "{stats}");
     relay.stop().await;
     assert_eq!(alerts.count(), 3, "nothing more after the stop");
 }

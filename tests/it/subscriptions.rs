@@ -648,3 +648,95 @@ async fn a_stopped_spool_takes_api_subscriptions_for_subscriptions_not_orphans()
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `backfill?current=true`: of each invoice, the newest notification that
+/// tells where it stands (not a superseded late resend), once, in receipt
+/// order, for an app that joins late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_current_backfill_gives_each_invoice_its_current_notification_once() {
+    let billing = Target::start(Vec::new()).await;
+    let late = Target::start(Vec::new()).await;
+    let (relay, admin) = start(&billing.url()).await;
+    let post = |hook: &'static str, evento: &'static str, reference: &'static str| {
+        let body = tusfacturas(hook, evento, 1).replace("\"17032\"", &format!("\"{reference}\""));
+        let relay = &relay;
+        async move {
+            let (status, json) = relay
+                .post(&format!("/hooks/tusfacturas/{TUS_TOKEN}"), body)
+                .await;
+            assert_eq!(status, 200, "{json}");
+            json["id"].as_str().unwrap().to_owned()
+        }
+    };
+    post("cur-1", "encolado", "0104-0001").await;
+    let issued = post("cur-2", "emitido", "0104-0001").await;
+    // A late resend of the queued state: superseded, never the current one.
+    post("cur-3", "encolado", "0104-0001").await;
+    let other = post("cur-4", "encolado", "0104-0002").await;
+    create(&admin, ERP_TOKEN, erp_request("late", &late.url())).await;
+
+    let path = "/api/subscriptions/late/backfill?current=true&dry_run=true";
+    let (status, counted) = send(&admin, reqwest::Method::POST, path, ERP_TOKEN, None).await;
+    assert_eq!(
+        (status, &counted["notifications"]),
+        (200, &json!(2)),
+        "{counted}"
+    );
+    assert_eq!(late.count(), 0, "a dry run changes nothing");
+    let path = "/api/subscriptions/late/backfill?current=true";
+    let (status, done) = send(&admin, reqwest::Method::POST, path, ERP_TOKEN, None).await;
+    assert_eq!((status, &done["added"]), (200, &json!(2)), "{done}");
+    let received = late.wait_for(2, WAIT).await;
+    let order: Vec<String> = received.iter().map(webhook_id).collect();
+    assert_eq!(order, [issued, other], "one each, in receipt order");
+    let (_, again) = send(&admin, reqwest::Method::POST, path, ERP_TOKEN, None).await;
+    assert_eq!(again["added"], 0, "given once: {again}");
+    let audit = admin.get("/api/audit").await;
+    let backfill = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "subscription.backfill")
+        .expect("the backfill audited");
+    assert_eq!(backfill["detail"]["range"]["current"], true, "{backfill}");
+    let (status, _) = send(
+        &admin,
+        reqwest::Method::POST,
+        "/api/subscriptions/late/backfill",
+        ERP_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "neither since nor current");
+
+    // The built CLI: --current in place of --since, and still a dry run or --yes.
+    let config_file = crate::admin::cli_config(&relay);
+    let config = config_file.as_path();
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(
+            config,
+            &[
+                "subscriptions",
+                "backfill",
+                "late",
+                "--current",
+                "--dry-run",
+            ],
+            ADMIN_TOKEN,
+        )
+    });
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("would give late 0 notifications (each invoice's current one)"),
+        "{out}"
+    );
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        cli(
+            config,
+            &["subscriptions", "backfill", "late", "--yes"],
+            ADMIN_TOKEN,
+        )
+    });
+    assert_ne!(code, 0, "neither --since nor --current: {err}");
+    relay.stop().await;
+}

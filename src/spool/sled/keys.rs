@@ -18,6 +18,7 @@
 //! | `m`    | `sources`                             | empty: per-source counts kept |
 //! | `m`    | `sources/` source                     | that source's counts          |
 //! | `m`    | `sub/` subscription                   | an API-created subscription   |
+//! | `i`    | see `invoices.rs`                     | the invoice index             |
 //!
 //! A notification's first attempt needs no entry of its own: the `n` keys
 //! are in id (time) order, so each subscription walks them from its cursor.

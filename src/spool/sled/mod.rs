@@ -8,6 +8,7 @@
 
 mod backfill;
 mod counts;
+mod invoices;
 mod keys;
 mod lease;
 mod open;
@@ -307,11 +308,11 @@ impl SledSpool {
         notification: Notification,
         released: Option<NotificationId>,
     ) -> Result<Stored, SpoolError> {
-        let subscriptions = self
-            .shared
-            .routes
-            .load()
-            .matching(&received.source, &notification.event_type);
+        let subscriptions = self.shared.routes.load().matching(
+            &received.source,
+            &notification.event_type,
+            notification.status,
+        );
         self.store_to(received, notification, released, subscriptions)
             .await
     }
@@ -325,6 +326,11 @@ impl SledSpool {
         subscriptions: Vec<String>,
     ) -> Result<Stored, SpoolError> {
         let dedup_key = keys::dedup(&received.source, &notification.dedup_key);
+        let invoice = invoices::InvoiceRef::of(
+            &received.source,
+            notification.subject.as_deref(),
+            notification.status,
+        );
         let record = Record {
             meta: NotificationMeta {
                 id: String::new(),
@@ -334,6 +340,9 @@ impl SledSpool {
                 subject: notification.subject,
                 dedup_key: notification.dedup_key,
                 provider_time: notification.provider_time.and_then(rfc3339),
+                status: notification.status,
+                // The writer knows, from the invoice index.
+                superseded: false,
                 content_type: received.content_type,
                 headers: received.headers,
                 peer: received.peer,
@@ -353,6 +362,7 @@ impl SledSpool {
             source: record.meta.source,
             subscriptions: record.meta.subscriptions,
             released,
+            invoice,
         };
         match self.write(change, true).await? {
             Applied::Stored(stored) => Ok(stored),

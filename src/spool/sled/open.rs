@@ -147,6 +147,14 @@ fn prepare(
         .map_err(storage)?
         .and_then(|(key, _)| keys::audit_id_of(&key));
     let counts = counts_on_open(&store)?;
+    if let Some(indexed) = super::invoices::build_on_open(&store)? {
+        if indexed > 0 {
+            tracing::info!(
+                notifications = indexed,
+                "indexed the spool's notifications by invoice (once: the index is kept from now on)"
+            );
+        }
+    }
     let mut paused = std::collections::BTreeSet::new();
     for entry in store.tree.scan_prefix(keys::PAUSED) {
         let (key, _) = entry.map_err(storage)?;
@@ -812,8 +820,9 @@ const UNREADABLE: &str = "unreadable: ";
 const LOST: &str = "lost: ";
 
 /// The kinds of entries (key prefixes) of the spool's tree.
-const KINDS: [u8; 8] = [
+const KINDS: [u8; 9] = [
     keys::AUDIT,
+    super::invoices::ENTRY,
     keys::CURSOR,
     keys::DEDUP,
     keys::DELIVERY,
@@ -1018,6 +1027,7 @@ fn gap_text(kind: Option<u8>, after: Option<&IVec>, resume: Option<&IVec>, error
         Some(keys::QUARANTINE) => "quarantined bodies",
         Some(keys::RETRY) => "retries",
         Some(keys::DEDUP_EXPIRY) => "dedup expiries",
+        Some(super::invoices::ENTRY) => "invoice index entries",
         _ => "entries",
     };
     let from = after.map_or_else(
@@ -1353,6 +1363,11 @@ fn walk_all(store: &Store, report: &mut CheckReport) {
                 report.problems.push(format!("malformed cursor {key:?}"));
             }
             Some(keys::DEDUP_EXPIRY | keys::CURSOR | keys::MARK) => {}
+            Some(super::invoices::ENTRY) => {
+                if let Some(problem) = super::invoices::check_entry(&key, &value) {
+                    report.problems.push(problem);
+                }
+            }
             _ => report.problems.push(format!("unknown entry {key:?}")),
         }
     }

@@ -42,6 +42,7 @@ use ::sled::Batch;
 use tokio::sync::{mpsc, oneshot};
 
 use super::counts::{quarantined_source, Standing, Tally};
+use super::invoices::{self, InvoiceRef};
 use super::open::Acknowledged;
 use super::{decode_delivery, encode_delivery, keys, lock, storage, Shared, Store};
 use crate::delivery::{Delivery, State};
@@ -105,6 +106,8 @@ pub(super) enum Change {
         /// A quarantined body this notification is made from: it leaves
         /// the quarantine in the same batch (a duplicate too).
         released: Option<NotificationId>,
+        /// The invoice it is about, for the invoice index (`invoices.rs`).
+        invoice: Option<InvoiceRef>,
     },
     Quarantine {
         record: Vec<u8>,
@@ -625,16 +628,18 @@ impl Writer {
             i64::try_from(self.shared.config.dedup_window.0.as_millis()).unwrap_or(i64::MAX);
         let mut batch = Batch::default();
         let mut fresh_in_group: HashMap<Vec<u8>, NotificationId> = HashMap::new();
+        let mut invoices_in_group = invoices::Pending::default();
         let mut out = GroupApplied::default();
         for change in changes {
             let result = match change {
                 Change::Store {
-                    mut record,
+                    record,
                     dedup_key,
                     received_ms,
                     source,
                     subscriptions,
                     released,
+                    invoice,
                 } => {
                     if let Some(quarantined) = released {
                         let key = keys::quarantine(quarantined);
@@ -657,9 +662,25 @@ impl Writer {
                             .map(|(first, _)| first),
                     };
                     if let Some(first) = earlier {
+                        if let Some(invoice) = &invoice {
+                            invoices_in_group.resent(store, &mut batch, invoice, first)?;
+                        }
                         Ok(Applied::Stored(Stored::Duplicate(first)))
                     } else {
                         let id = self.next_id(received_ms);
+                        let superseded = match &invoice {
+                            Some(invoice) => {
+                                invoices_in_group.stored(store, &mut batch, invoice, id)?
+                            }
+                            None => false,
+                        };
+                        // Rare (a late resend after a final status): the
+                        // record is re-encoded only then.
+                        let (mut record, subscriptions) = if superseded {
+                            self.superseded(&mut batch, &record, subscriptions, id, received_ms)?
+                        } else {
+                            (record, subscriptions)
+                        };
                         stamp_id(&mut record, id);
                         batch.insert(&keys::notification(id), record);
                         batch.insert(dedup_key.as_slice(), &keys::dedup_value(id, received_ms));
@@ -846,6 +867,30 @@ impl Writer {
     /// been purged as an orphan. Then the writer reads what it replaces;
     /// otherwise nothing else writes a leased delivery, and the lease's
     /// word spares a read per outcome.
+    /// A superseded notification: its record marked, and for each
+    /// subscription that skips such notifications a delivery recorded as
+    /// purged at once (never sent, counted as purged). Answers the record
+    /// and the subscriptions that still take it.
+    fn superseded(
+        &mut self,
+        batch: &mut Batch,
+        record: &[u8],
+        subscriptions: Vec<String>,
+        id: NotificationId,
+        received_ms: i64,
+    ) -> Result<(Vec<u8>, Vec<String>), SpoolError> {
+        let routes = self.shared.routes.load();
+        let superseded =
+            invoices::supersede(record, subscriptions, |name| routes.skips_superseded(name))?;
+        for name in &superseded.skipped {
+            let mut delivery = Delivery::new(name.as_str(), received_ms);
+            delivery.state = State::Purged { at_ms: received_ms };
+            batch.insert(keys::delivery(id, name), encode_delivery(&delivery)?);
+            self.tally.added(name, Standing::Purged);
+        }
+        Ok((superseded.record, superseded.kept))
+    }
+
     fn lease_may_be_stale(&self, subscription: &str, was: Standing) -> bool {
         was.is_final() || !self.shared.routes.load().contains(subscription)
     }
@@ -979,6 +1024,7 @@ impl Writer {
                         batch.remove(dedup_key);
                         batch.remove(&keys::dedup_expiry(meta.received_ms, id));
                     }
+                    invoices::removed(&mut batch, &meta, id);
                     done.notifications += 1;
                     removed_upto = Some(id);
                 }

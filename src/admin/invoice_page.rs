@@ -1,0 +1,152 @@
+//! The page's invoices: a search by invoice number (`/i?number=`) and an
+//! invoice's timeline (`/i/{source}/{subject}`), server-rendered over the
+//! same reads as `GET /api/invoices` and `GET /api/invoices/{source}/{subject}`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+
+use super::api::ApiError;
+use super::auth::Caller;
+use super::invoices::{self, InvoiceFilter};
+use super::page::{escape, html, page, text};
+use super::Admin;
+use crate::config::Role;
+
+/// The search box, on the dashboard and above the results.
+pub(super) fn search_form(number: &str) -> String {
+    format!(
+        "<form method=get action=/i><label>invoice number <input name=number value=\"{}\"></label> <button>find</button></form>",
+        escape(number)
+    )
+}
+
+/// The invoices whose number contains what was typed (`*` as anywhere).
+pub(super) async fn search(
+    admin: &Arc<Admin>,
+    caller: &Caller,
+    query: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let number = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "number")
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    let mut body = search_form(&number);
+    if !number.is_empty() {
+        let filter = InvoiceFilter {
+            subject: Some(format!("*{number}*")),
+            limit: super::query::MAX_LIMIT,
+            ..InvoiceFilter::default()
+        };
+        let spool = admin.spool.clone();
+        let found = tokio::task::spawn_blocking(move || invoices::list(&spool, &filter))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        let items = found["items"].as_array().cloned().unwrap_or_default();
+        if items.is_empty() {
+            let _ = write!(body, "<p>No invoice numbered like {}.</p>", escape(&number));
+        } else {
+            body.push_str(
+                "<table><tr><th>source</th><th>invoice</th><th>status</th><th>latest</th></tr>",
+            );
+            for item in &items {
+                let _ = write!(
+                    body,
+                    "<tr><td>{}</td><td><a href=\"{}\">{}</a></td><td><span class={status}>{status}</span></td><td>{}</td></tr>",
+                    text(&item["source"]),
+                    timeline_link(item),
+                    text(&item["subject"]),
+                    text(&item["latest_at"]),
+                    status = text(&item["status"]),
+                );
+            }
+            body.push_str("</table>");
+        }
+    }
+    Ok(html(StatusCode::OK, &page("invoices", Some(caller), &body)))
+}
+
+fn timeline_link(item: &Value) -> String {
+    let segment = |v: &Value| {
+        percent_encoding::utf8_percent_encode(
+            v.as_str().unwrap_or(""),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string()
+    };
+    format!(
+        "/i/{}/{}",
+        segment(&item["source"]),
+        segment(&item["subject"])
+    )
+}
+
+/// One invoice: its status, and each notification with its deliveries.
+pub(super) async fn timeline(
+    admin: &Arc<Admin>,
+    caller: &Caller,
+    source: &str,
+    subject: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let (source, subject) = (decode(source), decode(subject));
+    let spool = admin.spool.clone();
+    let (src, subj) = (source.clone(), subject.clone());
+    let shown = tokio::task::spawn_blocking(move || invoices::show(&spool, &src, &subj))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let mut body = search_form("");
+    let _ = write!(
+        body,
+        "<h2>Invoice {} of {}: <span class={status} id=invoice-status>{status}</span></h2>",
+        escape(&subject),
+        escape(&source),
+        status = text(&shown["status"]),
+    );
+    body.push_str("<table id=timeline><tr><th>received</th><th>notification</th><th>event</th><th>status</th><th>resends</th><th>deliveries</th></tr>");
+    for n in shown["notifications"].as_array().into_iter().flatten() {
+        let superseded = if n["superseded"] == Value::Bool(true) {
+            " <span class=muted>(superseded)</span>"
+        } else {
+            ""
+        };
+        let deliveries: Vec<String> = n["deliveries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                format!(
+                    "{} <span class={state}>{state}</span> ({} attempts)",
+                    text(&d["subscription"]),
+                    d["attempts"].as_array().map_or(0, Vec::len),
+                    state = text(&d["state"]),
+                )
+            })
+            .collect();
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td><a href=\"/n/{id}\">{id}</a></td><td>{}</td><td>{}{superseded}</td><td>{}</td><td>{}</td></tr>",
+            text(&n["received_at"]),
+            text(&n["event"]),
+            text(&n["status"]),
+            text(&n["resends"]),
+            deliveries.join("<br>"),
+            id = text(&n["id"]),
+        );
+    }
+    body.push_str("</table>");
+    Ok(html(
+        StatusCode::OK,
+        &page(&format!("invoice {subject}"), Some(caller), &body),
+    ))
+}

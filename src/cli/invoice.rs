@@ -1,0 +1,177 @@
+//! `webhook-relay invoice ls|show`: the invoices a running relay knows
+//! (notifications grouped by source and invoice number, each with its
+//! current status) and one invoice's timeline, through the admin API.
+
+use serde_json::Value;
+
+use super::remote::{cell, query, table, AdminClient, RemoteArgs};
+use super::{encode_segment, one_line, ConfigArg};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum InvoiceCommand {
+    /// List invoices with their current status, in source and number order.
+    Ls {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        #[arg(long)]
+        source: Option<String>,
+        /// The invoice number, a pattern with `*` (`0001-*`).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Its current status: queued, accepted, rejected, deleted, unknown.
+        #[arg(long)]
+        status: Option<String>,
+        /// Its latest notification at or after: RFC 3339, or a duration
+        /// back from now (`24h`).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One invoice: every notification of it in order, the status each
+    /// told, the provider's resends, and every delivery with its attempts.
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        source: String,
+        subject: String,
+    },
+}
+
+/// Runs one `invoice` command.
+pub fn run(command: InvoiceCommand) -> anyhow::Result<()> {
+    match command {
+        InvoiceCommand::Ls {
+            config,
+            remote,
+            source,
+            subject,
+            status,
+            since,
+            limit,
+        } => {
+            let client = AdminClient::locate(&remote, &config.config)?;
+            let pairs = vec![
+                ("source", source),
+                ("subject", subject),
+                ("status", status),
+                ("since", since),
+                ("limit", Some(limit.to_string())),
+            ];
+            let page = client.get(&format!("/api/invoices{}", query(&pairs)))?;
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            if remote.json {
+                for item in &items {
+                    println!("{item}");
+                }
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|i| {
+                    vec![
+                        cell(&i["source"]),
+                        cell(&i["subject"]),
+                        cell(&i["status"]),
+                        cell(&i["latest_at"]),
+                        cell(&i["latest_id"]),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["SOURCE", "INVOICE", "STATUS", "LATEST", "LATEST ID"],
+                    &rows
+                )
+            );
+            if let Some(cursor) = page["next_cursor"].as_str() {
+                println!("(more: the API with cursor={cursor})");
+            }
+            Ok(())
+        }
+        InvoiceCommand::Show {
+            config,
+            remote,
+            source,
+            subject,
+        } => {
+            let client = AdminClient::locate(&remote, &config.config)?;
+            let shown = client.get(&format!(
+                "/api/invoices/{}/{}",
+                encode_segment(&source),
+                encode_segment(&subject)
+            ))?;
+            if remote.json {
+                println!("{shown}");
+                return Ok(());
+            }
+            print_timeline(&shown);
+            Ok(())
+        }
+    }
+}
+
+/// The invoice's status, then one row per notification and one per
+/// delivery under it.
+fn print_timeline(shown: &Value) {
+    println!(
+        "{} {}: {} (latest {})\n",
+        cell(&shown["source"]),
+        cell(&shown["subject"]),
+        cell(&shown["status"]),
+        cell(&shown["latest_at"])
+    );
+    let mut rows = Vec::new();
+    for n in shown["notifications"].as_array().into_iter().flatten() {
+        let mut status = cell(&n["status"]);
+        if n["superseded"].as_bool() == Some(true) {
+            status.push_str(" (superseded)");
+        }
+        rows.push(vec![
+            cell(&n["received_at"]),
+            cell(&n["id"]),
+            cell(&n["event"]),
+            status,
+            cell(&n["resends"]),
+            String::new(),
+        ]);
+        for d in n["deliveries"].as_array().into_iter().flatten() {
+            let attempts = d["attempts"].as_array().map_or(0, Vec::len);
+            let last = d["attempts"]
+                .as_array()
+                .and_then(|a| a.last())
+                .map(|a| match a["outcome"]["code"].as_u64() {
+                    Some(code) => format!("HTTP {code}"),
+                    None => cell(&a["outcome"]["kind"]),
+                })
+                .unwrap_or_default();
+            rows.push(vec![
+                String::new(),
+                format!("-> {}", cell(&d["subscription"])),
+                cell(&d["state"]),
+                format!("{attempts} attempts"),
+                String::new(),
+                one_line(&last),
+            ]);
+        }
+    }
+    print!(
+        "{}",
+        table(
+            &[
+                "RECEIVED",
+                "NOTIFICATION",
+                "EVENT",
+                "STATUS",
+                "RESENDS",
+                "LAST"
+            ],
+            &rows
+        )
+    );
+}

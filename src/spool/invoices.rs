@@ -1,0 +1,83 @@
+//! Invoices as the spool knows them, whatever the backend: notifications
+//! grouped by (source, subject), each invoice with its current status (a
+//! final one never regresses) and its timeline. The index is kept by the
+//! backend as it stores (see `sled/invoices.rs`); these are the words it
+//! answers in.
+
+use super::NotificationId;
+use crate::providers::InvoiceStatus;
+
+/// One invoice: where it stands and its latest notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invoice {
+    pub source: String,
+    pub subject: String,
+    /// Its status after every notification so far, a final one kept
+    /// against later ones that would move it back.
+    pub status: InvoiceStatus,
+    pub latest: NotificationId,
+    /// When the latest notification was received (Unix ms).
+    pub latest_ms: i64,
+}
+
+/// One notification in an invoice's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineEntry {
+    pub id: NotificationId,
+    /// The status this notification told.
+    pub status: InvoiceStatus,
+    /// It would have moved the invoice back from a final status.
+    pub superseded: bool,
+    /// How often the provider sent it again inside the dedup window.
+    pub resends: u32,
+}
+
+/// Where a listing of invoices goes on from: after this one, in the
+/// order of (source, subject).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceCursor {
+    pub source: String,
+    pub subject: String,
+}
+
+impl InvoiceCursor {
+    /// As the API hands it out: `source:subject` (a source name has no
+    /// `:`; a subject may).
+    pub fn parse(text: &str) -> Option<InvoiceCursor> {
+        let (source, subject) = text.split_once(':')?;
+        (!source.is_empty() && !subject.is_empty()).then(|| InvoiceCursor {
+            source: source.to_owned(),
+            subject: subject.to_owned(),
+        })
+    }
+
+    pub fn after(invoice: &Invoice) -> InvoiceCursor {
+        InvoiceCursor {
+            source: invoice.source.clone(),
+            subject: invoice.subject.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for InvoiceCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.source, self.subject)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips_with_a_colon_in_the_subject() {
+        let cursor = InvoiceCursor::parse("tus:A:0001").unwrap();
+        assert_eq!(
+            (cursor.source.as_str(), cursor.subject.as_str()),
+            ("tus", "A:0001")
+        );
+        assert_eq!(InvoiceCursor::parse(&cursor.to_string()), Some(cursor));
+        assert_eq!(InvoiceCursor::parse("tus"), None);
+        assert_eq!(InvoiceCursor::parse(":x"), None);
+    }
+}

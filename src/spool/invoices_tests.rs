@@ -1,0 +1,155 @@
+//! The invoice index on a real sled spool: kept by the writer as it
+//! stores, resends counted, a final status kept, retention, and the
+//! one-time build for a spool written before it.
+
+use super::tests::{config, open, received, routes};
+use super::*;
+use crate::clock::Clock;
+use crate::config::HumanDuration;
+use crate::providers::{InvoiceStatus, Notification};
+use std::path::Path;
+use std::time::Duration;
+
+fn said(dedup: &str, subject: &str, status: InvoiceStatus) -> Notification {
+    Notification {
+        event_type: format!("facturacion.{}", status.as_str()),
+        subject: Some(subject.into()),
+        dedup_key: dedup.into(),
+        provider_time: None,
+        status,
+        flags: vec![],
+    }
+}
+
+async fn store(spool: &Spool, n: Notification, at: i64) -> Stored {
+    spool.store(received(at), n).await.unwrap()
+}
+
+async fn store_new(spool: &Spool, n: Notification, at: i64) -> NotificationId {
+    match store(spool, n, at).await {
+        Stored::New(id) => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_invoice_keeps_its_timeline_resends_and_a_final_status() {
+    use InvoiceStatus::*;
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    let now = clock.now_ms();
+    let queued = store_new(&spool, said("q", "0001", Queued), now).await;
+    // The provider's retry of the same notification: a duplicate, counted.
+    for _ in 0..2 {
+        assert_eq!(
+            store(&spool, said("q", "0001", Queued), now + 1).await,
+            Stored::Duplicate(queued)
+        );
+    }
+    let accepted = store_new(&spool, said("a", "0001", Accepted), now + 2).await;
+    // A late "queued" after the acceptance does not move it back.
+    let late = store_new(&spool, said("q2", "0001", Queued), now + 3).await;
+    store_new(&spool, said("o", "0002", Queued), now + 4).await;
+
+    let (invoice, timeline) = spool.invoice("tus", "0001").unwrap().unwrap();
+    assert_eq!(invoice.status, Accepted);
+    assert_eq!(invoice.latest, late);
+    let seen: Vec<_> = timeline
+        .iter()
+        .map(|e| (e.id, e.status, e.superseded, e.resends))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (queued, Queued, false, 2),
+            (accepted, Accepted, false, 0),
+            (late, Queued, true, 0),
+        ]
+    );
+    assert!(spool.invoice("tus", "0003").unwrap().is_none());
+    assert!(spool.invoice("datil", "0001").unwrap().is_none());
+
+    let all = spool.invoices(None, None, 10).unwrap();
+    let listed: Vec<_> = all.iter().map(|i| (i.subject.as_str(), i.status)).collect();
+    assert_eq!(listed, [("0001", Accepted), ("0002", Queued)]);
+    let after = InvoiceCursor::after(&all[0]);
+    let rest = spool.invoices(Some("tus"), Some(&after), 10).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].subject, "0002");
+    assert!(spool.invoices(Some("tu"), None, 10).unwrap().is_empty());
+    assert_eq!(spool.invoices(None, None, 1).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn two_notifications_of_one_invoice_in_one_group_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    let now = clock.now_ms();
+    let (a, b) = tokio::join!(
+        store(&spool, said("a", "0009", InvoiceStatus::Accepted), now),
+        store(&spool, said("b", "0009", InvoiceStatus::Queued), now),
+    );
+    assert!(matches!((a, b), (Stored::New(_), Stored::New(_))));
+    let (_, timeline) = spool.invoice("tus", "0009").unwrap().unwrap();
+    assert_eq!(timeline.len(), 2);
+    // Whichever came first, a queued one after the acceptance is superseded.
+    let superseded: Vec<bool> = timeline.iter().map(|e| e.superseded).collect();
+    let first_is_accepted = timeline[0].status == InvoiceStatus::Accepted;
+    assert_eq!(superseded, [false, first_is_accepted]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_takes_an_invoice_with_its_last_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.retention = HumanDuration(Duration::from_secs(120));
+    // No subscription: nothing waits, retention may take them.
+    let clock = Clock::following_tokio();
+    let spool = Spool::open(&config, routes(&[]), clock).unwrap();
+    let now = clock.now_ms();
+    store_new(&spool, said("a", "0001", InvoiceStatus::Queued), now).await;
+    store_new(&spool, said("b", "0001", InvoiceStatus::Accepted), now).await;
+    tokio::time::sleep(Duration::from_secs(121)).await;
+    let done = spool.maintain().await.unwrap();
+    assert_eq!(done.notifications, 2);
+    assert!(spool.invoice("tus", "0001").unwrap().is_none());
+    assert!(spool.invoices(None, None, 10).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_spool_from_before_the_index_gets_it_once_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-v1");
+    let spool_dir = dir.path().join("spool");
+    std::fs::create_dir_all(spool_dir.join("blobs")).unwrap();
+    for file in ["conf", "db"] {
+        std::fs::copy(fixture.join(file), spool_dir.join(file)).unwrap();
+    }
+    let (spool, _) = open(dir.path(), &["erp", "crm"]);
+    let records: Vec<_> = spool.notifications().collect::<Result<_, _>>().unwrap();
+    let mut subjects: Vec<(String, String)> = records
+        .iter()
+        .filter_map(|r| Some((r.meta.source.clone(), r.meta.subject.clone()?)))
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert!(
+        !subjects.is_empty(),
+        "the fixture's notifications name invoices"
+    );
+    let listed = spool.invoices(None, None, 100).unwrap();
+    let listed_subjects: Vec<(String, String)> = listed
+        .iter()
+        .map(|i| (i.source.clone(), i.subject.clone()))
+        .collect();
+    assert_eq!(listed_subjects, subjects);
+    // Stored before statuses were kept: unknown.
+    assert!(listed.iter().all(|i| i.status == InvoiceStatus::Unknown));
+    let (source, subject) = &subjects[0];
+    let (_, timeline) = spool.invoice(source, subject).unwrap().unwrap();
+    let of_it = records
+        .iter()
+        .filter(|r| r.meta.source == *source && r.meta.subject.as_deref() == Some(subject))
+        .count();
+    assert_eq!(timeline.len(), of_it);
+}
