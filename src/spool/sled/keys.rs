@@ -7,7 +7,7 @@
 //! | `n`    | id (16)                               | notification record           |
 //! | `q`    | id (16)                               | quarantine record             |
 //! | `d`    | source 0x00 dedup key                 | id (16) ++ received ms (8)    |
-//! | `x`    | received ms (8) ++ id (16)            | the `d` key it expires        |
+//! | `x`    | received ms (8) ++ id (16)            | the `d` key it expires (1)    |
 //! | `l`    | id (16) ++ subscription               | delivery record (once tried)  |
 //! | `r`    | subscription 0x00 due ms (8) ++ id    | empty: a retry or replay due  |
 //! | `c`    | subscription                          | first-attempt cursor: id (16) |
@@ -19,6 +19,11 @@
 //! | `m`    | `sources/` source                     | that source's counts          |
 //! | `m`    | `sub/` subscription                   | an API-created subscription   |
 //! | `i`    | see `invoices.rs`                     | the invoice index             |
+//!
+//! (1) Written by releases before 2026-11-25 only: a `d` entry now goes
+//! with its notification (retention), and past the dedup window a store
+//! finds it stale and takes the key over; the `x` entries left in an older
+//! spool are still walked until none is left.
 //!
 //! A notification's first attempt needs no entry of its own: the `n` keys
 //! are in id (time) order, so each subscription walks them from its cursor.

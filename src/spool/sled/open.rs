@@ -587,9 +587,6 @@ fn migrate_v1(db: &Db, tree: &Tree, meta: &Tree) -> Result<(), SpoolError> {
     for item in db.open_tree("dedup").map_err(storage)?.iter() {
         let (key, value) = item.map_err(storage)?;
         let dedup_key = prefixed(keys::DEDUP, &key);
-        if let Some((id, at)) = keys::split_dedup_value(&value) {
-            put(&mut batch, keys::dedup_expiry(at, id).to_vec(), &dedup_key)?;
-        }
         put(&mut batch, dedup_key, &value)?;
         counts[1] += 1;
     }

@@ -683,8 +683,10 @@ impl Writer {
                         };
                         stamp_id(&mut record, id);
                         batch.insert(&keys::notification(id), record);
+                        // No expiry entry: the entry goes with its
+                        // notification (retention), and past the window a
+                        // store finds it stale and takes the key over.
                         batch.insert(dedup_key.as_slice(), &keys::dedup_value(id, received_ms));
-                        batch.insert(&keys::dedup_expiry(received_ms, id), dedup_key.as_slice());
                         fresh_in_group.insert(dedup_key, id);
                         self.tally.stored(&source, &subscriptions);
                         out.newest = Some(id);
@@ -934,9 +936,9 @@ impl Writer {
         self.retention_slice()
     }
 
-    /// One bounded slice of retention: expired dedup entries, delivered
-    /// notifications, quarantined bodies and audit records older than
-    /// `retention`. Not flushed on its own: it rides on the next group
+    /// One bounded slice of retention: delivered notifications with their
+    /// dedup entries, quarantined bodies and audit records older than
+    /// `retention` (and the dedup entries of an older spool's time index). Not flushed on its own: it rides on the next group
     /// flush, and a removal lost in a crash is simply made again (with the
     /// counts, which go in the same batch).
     fn retention_slice(&mut self) -> Result<Maintained, SpoolError> {
@@ -959,7 +961,8 @@ impl Writer {
         let mut done = Maintained::default();
         let mut behind = false;
 
-        // Dedup entries, by their time index.
+        // Dedup entries by the time index that spools written before this
+        // release still hold; new entries go with their notification.
         let start = keys::dedup_expiry(0, NotificationId(ulid::Ulid(0)));
         let end = keys::dedup_expiry(dedup_cutoff, NotificationId(ulid::Ulid(0)));
         for (seen, item) in store.tree.range(start..end).enumerate() {
