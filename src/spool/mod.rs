@@ -583,6 +583,25 @@ impl Spool {
         self.backend.invoice(source, subject)
     }
 
+    /// Up to `max` `queued` notifications of `source` after `after`,
+    /// received at or before `until_ms`, oldest first, with their subject:
+    /// from a time-ordered index, no scan.
+    pub fn waiting(
+        &self,
+        source: &str,
+        after: Option<NotificationId>,
+        until_ms: i64,
+        max: usize,
+    ) -> Result<Vec<(NotificationId, String)>, SpoolError> {
+        self.backend.waiting(source, after, until_ms, max)
+    }
+
+    /// One invoice as it stands now (its current status and latest
+    /// notification), without its timeline.
+    pub fn invoice_now(&self, source: &str, subject: &str) -> Result<Option<Invoice>, SpoolError> {
+        self.backend.invoice_now(source, subject)
+    }
+
     /// The deliveries of one notification, one per subscription it was
     /// fanned out to (a never attempted one is pending).
     pub fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
