@@ -41,7 +41,7 @@ use crate::config::SpoolConfig;
 use crate::delivery::Delivery;
 use crate::providers::Notification;
 pub use audit::{AuditEntry, AuditId, AuditIdError, AuditRecord};
-pub use invoices::{Invoice, InvoiceCursor, TimelineEntry};
+pub use invoices::{Invoice, InvoiceCursor, StuckInvoice, TimelineEntry};
 pub use observe::{Observed, ObservedNotification};
 pub use record::{
     NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta, QuarantineRecord, Record,
