@@ -513,8 +513,8 @@ async fn a_silent_source_is_announced_once_and_its_recovery_too() {
 /// stuck: `relay.invoice.stuck` reaches a real target once, the API's
 /// `stuck=true` and `webhook_relay_invoices_stuck` show it, and its
 /// `emitido` clears it (`relay.invoice.unstuck`, the gauge back to 0). An
-/// invoice emitted in time is never stuck.
-#[tokio::test]
+/// invoice emitted in time is never stuck. The built CLI lists it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_invoice_gets_stuck_once_and_clears_with_its_final_status() {
     let alerts = Target::start(vec![]).await;
     let relay = TestRelay::start_edited(|base| {
@@ -561,6 +561,29 @@ async fn a_queued_invoice_gets_stuck_once_and_clears_with_its_final_status() {
     assert_eq!(subjects, ["0008-0001"], "emitted in time: never stuck");
     assert_eq!(listed["items"][0]["latest_id"], queued_id.as_str());
     assert_eq!(stuck_gauge().await.as_deref(), Some("1"));
+    let config_file = cli_config(&relay);
+    let config = config_file.as_path();
+    let (code, out, err) =
+        tokio::task::block_in_place(|| cli(config, &["invoice", "ls", "--stuck"], VIEWER_TOKEN));
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("QUEUED SINCE"), "a table: {out}");
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[1].contains("0008-0001") && lines[1].contains('T'),
+        "{out}"
+    );
+    let (code, out, _) = tokio::task::block_in_place(|| {
+        cli(
+            config,
+            &["invoice", "ls", "--stuck", "--json"],
+            VIEWER_TOKEN,
+        )
+    });
+    assert_eq!(code, 0);
+    let row: Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(row["subject"], "0008-0001");
+    assert_eq!(row["stuck"], true);
 
     post_about(&relay, "s-e1", "emitido", "0008-0001").await;
     let both = alerts.wait_for(2, WAIT).await;
