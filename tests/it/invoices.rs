@@ -584,6 +584,39 @@ async fn a_queued_invoice_gets_stuck_once_and_clears_with_its_final_status() {
     let row: Value = serde_json::from_str(out.trim()).expect("one JSON line");
     assert_eq!(row["subject"], "0008-0001");
     assert_eq!(row["stuck"], true);
+    // The page names it, in the same headless browser as the admin page
+    // (skipped where there is none, as that test is).
+    if let Some((browser, mut driver)) = headless_browser().await {
+        use fantoccini::Locator;
+        browser.goto(&admin.base).await.unwrap();
+        log_in(&browser, VIEWER_TOKEN).await;
+        browser
+            .wait()
+            .for_element(Locator::Id("stuck"))
+            .await
+            .unwrap();
+        let heading = browser
+            .find(Locator::Id("stuck"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(heading, "Stuck invoices (1)");
+        let table = browser
+            .find(Locator::Css("#stuck + table"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            table.contains("0008-0001") && !table.contains("0008-0002"),
+            "{table}"
+        );
+        browser.close().await.unwrap();
+        let _ = driver.kill().await;
+    }
 
     post_about(&relay, "s-e1", "emitido", "0008-0001").await;
     let both = alerts.wait_for(2, WAIT).await;
