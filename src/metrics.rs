@@ -21,6 +21,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::delivery::Outcome;
+use crate::spool::StuckInvoice;
 
 /// Label for requests whose path names no configured source.
 pub const UNKNOWN_SOURCE: &str = "";
@@ -163,6 +164,9 @@ pub struct Metrics {
     received: Family<SourceOutcome, Counter>,
     ingest_seconds: Family<SourceLabel, Histogram>,
     last_received: Family<SourceLabel, Gauge>,
+    invoices_stuck: Family<SourceLabel, Gauge>,
+    /// The stuck invoices as the events task last found them.
+    stuck: std::sync::Mutex<Vec<StuckInvoice>>,
     attempts: Family<SubscriptionClass, Counter>,
     attempt_seconds: Family<SubscriptionLabel, Histogram>,
     ended: Family<SubscriptionEnded, Counter>,
@@ -208,6 +212,8 @@ impl Metrics {
             received: Family::default(),
             ingest_seconds: Family::new_with_constructor(latency_histogram),
             last_received: Family::default(),
+            invoices_stuck: Family::default(),
+            stuck: std::sync::Mutex::new(Vec::new()),
             attempts: Family::default(),
             attempt_seconds: Family::new_with_constructor(latency_histogram),
             ended: Family::default(),
@@ -237,6 +243,11 @@ impl Metrics {
             "last_received_timestamp_seconds",
             "When the last notification of each source was stored (Unix time)",
             metrics.last_received.clone(),
+        );
+        registry.register(
+            "invoices_stuck",
+            "Invoices left queued past their source's stuck_after",
+            metrics.invoices_stuck.clone(),
         );
         registry.register(
             "attempts",
@@ -364,6 +375,30 @@ impl Metrics {
         self.last_received
             .get(&label)
             .map(|gauge| gauge.get().saturating_mul(1000))
+    }
+
+    /// The stuck invoices now, of the `watched` sources (each gets its
+    /// count, 0 when none is stuck, so the gauge goes down as they clear).
+    pub fn set_stuck(&self, stuck: Vec<StuckInvoice>, watched: &[String]) {
+        for source in watched {
+            let count = stuck.iter().filter(|s| s.source == *source).count();
+            self.invoices_stuck
+                .get_or_create(&SourceLabel {
+                    source: source.clone(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        if let Ok(mut list) = self.stuck.lock() {
+            *list = stuck;
+        }
+    }
+
+    /// The stuck invoices, by (source, subject).
+    pub fn stuck_invoices(&self) -> Vec<StuckInvoice> {
+        self.stuck
+            .lock()
+            .map(|list| list.clone())
+            .unwrap_or_default()
     }
 
     pub fn attempt(&self, subscription: &str, outcome: &Outcome, seconds: f64) {

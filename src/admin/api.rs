@@ -345,6 +345,10 @@ async fn route(
         ["api", "invoices"] if get => {
             caller.require(Role::Viewer)?;
             let filter = super::invoices::InvoiceFilter::parse(&query, now_ms)?;
+            if filter.stuck {
+                let stuck = admin.metrics.stuck_invoices();
+                return ok(super::invoices::list_stuck(&stuck, &filter));
+            }
             blocking(move || super::invoices::list(&spool, &filter)).await
         }
         ["api", "invoices", source, subject] if get => {

@@ -71,6 +71,31 @@ pub(super) async fn search(
     Ok(html(StatusCode::OK, &page("invoices", Some(caller), &body)))
 }
 
+/// The stuck invoices, for the dashboard (nothing when none is).
+pub(super) fn stuck_table(admin: &Admin) -> String {
+    let stuck = admin.metrics.stuck_invoices();
+    if stuck.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "<h2 id=stuck>Stuck invoices ({})</h2><table><tr><th>source</th><th>invoice</th><th>queued since</th></tr>",
+        stuck.len()
+    );
+    for invoice in &stuck {
+        let item = serde_json::json!({ "source": invoice.source, "subject": invoice.subject });
+        let _ = write!(
+            out,
+            "<tr class=dead><td>{}</td><td><a href=\"{}\">{}</a></td><td>{}</td></tr>",
+            escape(&invoice.source),
+            escape(&timeline_link(&item)),
+            escape(&invoice.subject),
+            escape(&crate::clock::format_ms(invoice.since_ms)),
+        );
+    }
+    out.push_str("</table>");
+    out
+}
+
 fn timeline_link(item: &Value) -> String {
     let segment = |v: &Value| {
         percent_encoding::utf8_percent_encode(

@@ -3,17 +3,19 @@
 //! a cursor) and `GET /api/invoices/{source}/{subject}` (the timeline:
 //! every notification of the invoice in order, the status it told, whether
 //! it was superseded, the provider's resends, and each delivery with its
-//! attempts). The filter is parsed here, purely; the reads run on the
+//! attempts). `stuck=true` lists the stuck invoices instead, from the
+//! list the events task keeps in memory (no index read at all). The
+//! filter is parsed here, purely; the reads run on the
 //! blocking pool like the other spool reads.
 
 use serde_json::{json, Value};
 
 use super::api::{delivery_detail, ApiError};
-use super::query::{parse_status, parse_time, QueryError, DEFAULT_LIMIT, MAX_LIMIT};
+use super::query::{parse_bool, parse_status, parse_time, QueryError, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::clock::format_ms;
 use crate::config::wildcard_match;
 use crate::providers::InvoiceStatus;
-use crate::spool::{Invoice, InvoiceCursor, Spool};
+use crate::spool::{Invoice, InvoiceCursor, Spool, StuckInvoice};
 
 /// Invoices one page request reads from the index before it answers with
 /// what it found and a cursor (as for notifications).
@@ -33,9 +35,13 @@ pub struct InvoiceFilter {
     pub since_ms: Option<i64>,
     pub limit: usize,
     pub cursor: Option<InvoiceCursor>,
+    /// Only invoices left `queued` past their source's `stuck_after`.
+    pub stuck: bool,
 }
 
-const PARAMETERS: [&str; 6] = ["source", "subject", "status", "since", "limit", "cursor"];
+const PARAMETERS: [&str; 7] = [
+    "source", "subject", "status", "since", "limit", "cursor", "stuck",
+];
 
 impl InvoiceFilter {
     /// Parses a query string; `now_ms` anchors `since=24h`.
@@ -71,6 +77,7 @@ impl InvoiceFilter {
                 }
                 "status" => filter.status = Some(parse_status(value)?),
                 "since" => filter.since_ms = Some(parse_time("since", &value, now_ms)?),
+                "stuck" => filter.stuck = parse_bool("stuck", value)?,
                 "limit" => {
                     filter.limit = value
                         .parse::<usize>()
@@ -138,6 +145,57 @@ pub fn list(spool: &Spool, filter: &InvoiceFilter) -> Result<Value, ApiError> {
         "next_cursor": next_cursor.map(|c| c.to_string()),
         "scanned": scanned,
     }))
+}
+
+/// One page of the stuck invoices (`stuck=true`), in (source, subject)
+/// order: `since` picks those queued since then, a `status` other than
+/// `queued` none.
+pub fn list_stuck(stuck: &[StuckInvoice], filter: &InvoiceFilter) -> Value {
+    let mut matching = stuck.iter().filter(|s| {
+        filter
+            .source
+            .as_ref()
+            .is_none_or(|source| *source == s.source)
+            && filter
+                .subject
+                .as_ref()
+                .is_none_or(|p| wildcard_match(p, &s.subject))
+            && filter.status.is_none_or(|st| st == InvoiceStatus::Queued)
+            && filter.since_ms.is_none_or(|since| s.since_ms >= since)
+            && filter.cursor.as_ref().is_none_or(|c| {
+                (s.source.as_str(), s.subject.as_str()) > (c.source.as_str(), c.subject.as_str())
+            })
+    });
+    let items: Vec<Value> = matching
+        .by_ref()
+        .take(filter.limit)
+        .map(|s| {
+            json!({
+                "source": s.source,
+                "subject": s.subject,
+                "status": InvoiceStatus::Queued,
+                "stuck": true,
+                "queued_since": format_ms(s.since_ms),
+                "latest_id": s.latest.to_string(),
+                "latest_at": format_ms(s.latest.ms()),
+            })
+        })
+        .collect();
+    let next_cursor = (matching.next().is_some())
+        .then(|| items.last())
+        .flatten()
+        .map(|last| {
+            format!(
+                "{}:{}",
+                last["source"].as_str().unwrap_or(""),
+                last["subject"].as_str().unwrap_or("")
+            )
+        });
+    json!({
+        "items": items,
+        "next_cursor": next_cursor,
+        "scanned": stuck.len(),
+    })
 }
 
 fn summary(invoice: &Invoice) -> Value {
@@ -211,6 +269,44 @@ mod tests {
         assert!(!filter.matches(&invoice("0002-7", InvoiceStatus::Queued, NOW - 60_000)));
         assert!(!filter.matches(&invoice("0001-7", InvoiceStatus::Accepted, NOW - 60_000)));
         assert!(!filter.matches(&invoice("0001-7", InvoiceStatus::Queued, NOW - 7_200_000)));
+    }
+
+    #[test]
+    fn stuck_invoices_page_in_order_with_the_filter() {
+        let stuck = |subject: &str, since_ms: i64| StuckInvoice {
+            source: "tus".into(),
+            subject: subject.into(),
+            since_ms,
+            latest: NotificationId::new(since_ms),
+        };
+        let list = [
+            stuck("0001-1", NOW - 7_200_000),
+            stuck("0001-2", NOW),
+            stuck("0002-1", NOW),
+        ];
+        let filter = InvoiceFilter::parse("stuck=true&subject=0001-*&limit=1", NOW).unwrap();
+        assert!(filter.stuck);
+        let page = list_stuck(&list, &filter);
+        assert_eq!(page["items"][0]["subject"], "0001-1");
+        assert_eq!(page["next_cursor"], "tus:0001-1");
+        let next = InvoiceFilter::parse("stuck=1&subject=0001-*&cursor=tus:0001-1", NOW).unwrap();
+        let page = list_stuck(&list, &next);
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
+        assert_eq!(page["items"][0]["subject"], "0001-2");
+        assert!(page["next_cursor"].is_null());
+        let recent = InvoiceFilter::parse("stuck=true&since=1h", NOW).unwrap();
+        assert_eq!(
+            list_stuck(&list, &recent)["items"].as_array().map(Vec::len),
+            Some(2)
+        );
+        let accepted = InvoiceFilter::parse("stuck=true&status=accepted", NOW).unwrap();
+        assert_eq!(
+            list_stuck(&list, &accepted)["items"]
+                .as_array()
+                .map(Vec::len),
+            Some(0)
+        );
+        assert!(InvoiceFilter::parse("stuck=maybe", NOW).is_err());
     }
 
     #[test]

@@ -284,6 +284,7 @@ async fn dashboard(
             );
         }
     }
+    body.push_str(&super::invoice_page::stuck_table(admin));
     let _ = write!(body, "<h2>Subscriptions</h2><table><tr><th>name</th><th>target</th><th>sources</th><th>events</th><th>state</th></tr>");
     let counts = &stats["subscriptions"];
     for sub in api::subscriptions(admin, caller)["items"]

@@ -293,7 +293,7 @@ fn parse_limit(value: String) -> Result<usize, QueryError> {
     }
 }
 
-fn parse_bool(name: &'static str, value: String) -> Result<bool, QueryError> {
+pub(super) fn parse_bool(name: &'static str, value: String) -> Result<bool, QueryError> {
     match value.as_str() {
         "true" | "1" | "" => Ok(true),
         "false" | "0" => Ok(false),

@@ -27,6 +27,10 @@ pub enum InvoiceCommand {
         /// back from now (`24h`).
         #[arg(long)]
         since: Option<String>,
+        /// Only stuck invoices: left queued past their source's
+        /// `stuck_after`, with the time their wait began.
+        #[arg(long)]
+        stuck: bool,
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
@@ -52,6 +56,7 @@ pub fn run(command: InvoiceCommand) -> anyhow::Result<()> {
             subject,
             status,
             since,
+            stuck,
             limit,
         } => {
             let client = AdminClient::locate(&remote, &config.config)?;
@@ -61,6 +66,7 @@ pub fn run(command: InvoiceCommand) -> anyhow::Result<()> {
                 ("status", status),
                 ("since", since),
                 ("limit", Some(limit.to_string())),
+                ("stuck", stuck.then(|| "true".to_owned())),
             ];
             let page = client.get(&format!("/api/invoices{}", query(&pairs)))?;
             let items = page["items"].as_array().cloned().unwrap_or_default();
@@ -73,22 +79,27 @@ pub fn run(command: InvoiceCommand) -> anyhow::Result<()> {
             let rows: Vec<Vec<String>> = items
                 .iter()
                 .map(|i| {
-                    vec![
-                        cell(&i["source"]),
-                        cell(&i["subject"]),
-                        cell(&i["status"]),
-                        cell(&i["latest_at"]),
-                        cell(&i["latest_id"]),
-                    ]
+                    let mut row = vec![cell(&i["source"]), cell(&i["subject"]), cell(&i["status"])];
+                    if stuck {
+                        row.push(cell(&i["queued_since"]));
+                    }
+                    row.extend([cell(&i["latest_at"]), cell(&i["latest_id"])]);
+                    row
                 })
                 .collect();
-            print!(
-                "{}",
-                table(
-                    &["SOURCE", "INVOICE", "STATUS", "LATEST", "LATEST ID"],
-                    &rows
-                )
-            );
+            let headers: &[&str] = if stuck {
+                &[
+                    "SOURCE",
+                    "INVOICE",
+                    "STATUS",
+                    "QUEUED SINCE",
+                    "LATEST",
+                    "LATEST ID",
+                ]
+            } else {
+                &["SOURCE", "INVOICE", "STATUS", "LATEST", "LATEST ID"]
+            };
+            print!("{}", table(headers, &rows));
             if let Some(cursor) = page["next_cursor"].as_str() {
                 println!("(more: the API with cursor={cursor})");
             }

@@ -224,12 +224,35 @@ pub struct SourceConfig {
     /// Nothing from it for this long raises `relay.source.silent` (once,
     /// until it is heard again).
     pub expect_every: Option<HumanDuration>,
+    /// An invoice left `queued` this long after its first queued
+    /// notification, with no final status since, is stuck (raises
+    /// `relay.invoice.stuck` once). Defaults per provider, see
+    /// [`SourceConfig::stuck_after`].
+    #[serde(rename = "stuck_after")]
+    pub stuck_after_set: Option<HumanDuration>,
     // Rules of the `generic` provider.
     pub dedup_pointer: Option<String>,
     pub dedup_header: Option<HeaderName>,
     pub event_pointer: Option<String>,
     pub subject_pointer: Option<String>,
     pub event_type: Option<String>,
+}
+
+impl SourceConfig {
+    /// How long an invoice may stay `queued`: the configured value, or the
+    /// provider's default (why each, in the README's "Stuck invoices"):
+    /// NubeFact boletas wait for the next daily summary and SUNAT's answer
+    /// to it, so two days; a TusFacturas `encolado` and a Dátil receipt are
+    /// decided within hours, and the providers retry for about 22 h, so a
+    /// day. A generic source has no status to wait on: none.
+    pub fn stuck_after(&self) -> Option<Duration> {
+        const HOUR: u64 = 3600;
+        self.stuck_after_set.map(|d| d.0).or(match self.provider {
+            ProviderName::Nubefact => Some(Duration::from_secs(48 * HOUR)),
+            ProviderName::Tusfacturas | ProviderName::Datil => Some(Duration::from_secs(24 * HOUR)),
+            ProviderName::Generic => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

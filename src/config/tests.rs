@@ -452,3 +452,23 @@ fn the_relay_source_is_reserved_and_failing_after_is_at_least_one() {
     );
     assert!(problems[1].message.contains("reserved"), "{problems:?}");
 }
+
+#[test]
+fn stuck_after_defaults_per_provider_and_must_be_more_than_zero() {
+    let with = |line: &str| {
+        Config::parse(&minimal().replace(
+            "provider = \"tusfacturas\"\n",
+            &format!("provider = \"tusfacturas\"\n{line}"),
+        ))
+    };
+    let stuck_after = |config: Config| config.sources.values().find_map(|s| s.stuck_after());
+    let day = std::time::Duration::from_secs(24 * 3600);
+    assert_eq!(stuck_after(with("").unwrap()), Some(day));
+    let set = with("stuck_after = \"5ms\"\n").unwrap();
+    assert_eq!(stuck_after(set), Some(std::time::Duration::from_millis(5)));
+    let problems = with("stuck_after = \"0s\"\n").unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.key.contains("stuck_after")),
+        "{problems:?}"
+    );
+}

@@ -322,6 +322,9 @@ impl SourceConfig {
                 "must be at least 1s (the last receipt is kept to the second)".into(),
             ));
         }
+        if self.stuck_after_set.is_some_and(|after| after.0.is_zero()) {
+            found.push((at.key("stuck_after"), "must be more than 0".into()));
+        }
         if let Some(token) = self.token.as_ref().filter(|t| !t.starts_with(PLACEHOLDER)) {
             if token.len() < 16
                 || !token

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use crate::clock::format_ms;
 use crate::config::RELAY_SOURCE;
 use crate::delivery::Attempt;
-use crate::providers::Notification;
-use crate::spool::{NotificationId, ObservedNotification, Received};
+use crate::providers::{InvoiceStatus, Notification};
+use crate::spool::{NotificationId, ObservedNotification, Received, StuckInvoice};
 
 /// One operational event.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +56,17 @@ pub enum RelayEvent {
         source: String,
         silent_since_ms: i64,
     },
+    /// An invoice stayed `queued` past its source's `stuck_after`.
+    InvoiceStuck {
+        invoice: StuckInvoice,
+        stuck_after_ms: i64,
+    },
+    /// A stuck invoice got its final status.
+    InvoiceUnstuck {
+        was: StuckInvoice,
+        status: InvoiceStatus,
+        latest: NotificationId,
+    },
     /// The spool takes notifications again.
     SpoolRecovered {
         full_since_ms: i64,
@@ -77,6 +88,8 @@ impl RelayEvent {
             RelayEvent::SpoolRecovered { .. } => "relay.spool.recovered",
             RelayEvent::SourceSilent { .. } => "relay.source.silent",
             RelayEvent::SourceRecovered { .. } => "relay.source.recovered",
+            RelayEvent::InvoiceStuck { .. } => "relay.invoice.stuck",
+            RelayEvent::InvoiceUnstuck { .. } => "relay.invoice.unstuck",
         }
     }
 
@@ -84,6 +97,8 @@ impl RelayEvent {
     fn subject(&self) -> Option<String> {
         match self {
             RelayEvent::DeliveryDead { notification, .. } => notification.subject.clone(),
+            RelayEvent::InvoiceStuck { invoice, .. } => Some(invoice.subject.clone()),
+            RelayEvent::InvoiceUnstuck { was, .. } => Some(was.subject.clone()),
             _ => None,
         }
     }
@@ -151,6 +166,28 @@ impl RelayEvent {
                 "source": source,
                 "silent_since": format_ms(*silent_since_ms),
             }),
+            RelayEvent::InvoiceStuck {
+                invoice,
+                stuck_after_ms,
+            } => json!({
+                "source": invoice.source,
+                "subject": invoice.subject,
+                "queued_since": format_ms(invoice.since_ms),
+                "stuck_after_seconds": stuck_after_ms / 1000,
+                "stuck_after_ms": stuck_after_ms,
+                "latest_notification": invoice.latest.to_string(),
+            }),
+            RelayEvent::InvoiceUnstuck {
+                was,
+                status,
+                latest,
+            } => json!({
+                "source": was.source,
+                "subject": was.subject,
+                "queued_since": format_ms(was.since_ms),
+                "status": status.as_str(),
+                "notification": latest.to_string(),
+            }),
             RelayEvent::SpoolRecovered {
                 full_since_ms,
                 refused_writes,
@@ -183,7 +220,7 @@ impl RelayEvent {
             subject: self.subject(),
             dedup_key: format!("relay:{unique}"),
             provider_time: None,
-            status: crate::providers::InvoiceStatus::Unknown,
+            status: InvoiceStatus::Unknown,
             flags: Vec::new(),
         };
         (received, notification)

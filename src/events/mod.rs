@@ -1,7 +1,8 @@
 //! The relay's own operational events (`relay.delivery.dead`,
 //! `relay.subscription.failing`, `relay.subscription.recovered`,
 //! `relay.quarantine.added`, `relay.spool.full`, `relay.spool.recovered`,
-//! `relay.source.silent`, `relay.source.recovered`),
+//! `relay.source.silent`, `relay.source.recovered`, `relay.invoice.stuck`,
+//! `relay.invoice.unstuck`),
 //! stored in the spool as notifications of the reserved source `relay` and
 //! so delivered, signed and retried like invoices, to the subscriptions
 //! that name them (`events = ["relay.*"]`, see `spool::routes`).
@@ -9,6 +10,7 @@
 //! - `event`: each event's type and body, pure.
 //! - `streaks`: failed attempts in a row per subscription, pure.
 //! - `silence`: sources that sent nothing for their `expect_every`, pure.
+//! - `stuck`: invoices left `queued` past their `stuck_after`, pure.
 //! - here: one task turns what the spool reports (attempts recorded,
 //!   bodies quarantined, see `Spool::observe`) and its health into events
 //!   and stores them.
@@ -28,6 +30,7 @@
 mod event;
 pub mod silence;
 mod streaks;
+pub mod stuck;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -42,7 +45,7 @@ use crate::config::{Config, RELAY_SOURCE};
 use crate::delivery::State;
 use crate::metrics::Metrics;
 use crate::providers::InvoiceStatus;
-use crate::spool::{NotificationId, Observed, Routes, Spool, SpoolError};
+use crate::spool::{Invoice, NotificationId, Observed, Routes, Spool, SpoolError};
 pub use event::RelayEvent;
 use streaks::{Streaks, Turn};
 
@@ -62,6 +65,8 @@ pub struct Events {
     metrics: Arc<Metrics>,
     /// Each source with `expect_every`, and it in ms.
     expected: ArcSwap<Vec<(String, i64)>>,
+    /// Each source with a `stuck_after`, and it in ms.
+    stuck_after: ArcSwap<Vec<(String, i64)>>,
 }
 
 impl Events {
@@ -80,6 +85,7 @@ impl Events {
             spool: spool.clone(),
             metrics,
             expected: ArcSwap::from_pointee(Vec::new()),
+            stuck_after: ArcSwap::from_pointee(Vec::new()),
         });
         let reports = spool.observe(REPORTS);
         events.reload(config);
@@ -98,6 +104,8 @@ impl Events {
         });
         self.routes.store(Arc::new(routes));
         self.expected.store(Arc::new(expected_sources(config)));
+        self.stuck_after
+            .store(Arc::new(stuck_after_sources(config)));
         self.failing_after
             .store(config.forwarder.failing_after.max(1), Ordering::Relaxed);
         self.spool.set_observing(wanted);
@@ -127,7 +135,23 @@ pub fn expected_sources(config: &Config) -> Vec<(String, i64)> {
         .collect()
 }
 
-const ALL_TYPES: [&str; 8] = [
+/// Each source with a `stuck_after` (its own or its provider's), and it
+/// in ms.
+pub fn stuck_after_sources(config: &Config) -> Vec<(String, i64)> {
+    config
+        .sources
+        .iter()
+        .filter_map(|(name, source)| {
+            let after = source.stuck_after()?;
+            Some((
+                name.clone(),
+                i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+            ))
+        })
+        .collect()
+}
+
+const ALL_TYPES: [&str; 10] = [
     "relay.delivery.dead",
     "relay.subscription.failing",
     "relay.subscription.recovered",
@@ -136,7 +160,50 @@ const ALL_TYPES: [&str; 8] = [
     "relay.spool.recovered",
     "relay.source.silent",
     "relay.source.recovered",
+    "relay.invoice.stuck",
+    "relay.invoice.unstuck",
 ];
+
+/// Queued notifications one look walks per source, at most: a backlog
+/// (a restart on a spool full of old queued notifications) is worked off
+/// over a few ticks instead of holding one up.
+const WALK_MAX: usize = 2048;
+
+/// What one look at the spool found for the stuck check.
+#[derive(Default)]
+struct Looked {
+    /// (source, subject, queued notification, the invoice now) of each
+    /// queued notification that waited its `stuck_after`.
+    waited: Vec<(String, String, NotificationId, Option<Invoice>)>,
+    /// Each stuck invoice as it stands now.
+    rechecked: Vec<(String, String, Option<Invoice>)>,
+}
+
+/// The spool reads of the stuck check: the time-ordered index of queued
+/// notifications from where each source's walk stopped, and one seek per
+/// candidate and per stuck invoice.
+fn look(
+    spool: &Spool,
+    now_ms: i64,
+    sources: &[(String, i64, Option<NotificationId>)],
+    stuck: Vec<(String, String)>,
+) -> Result<Looked, SpoolError> {
+    let mut looked = Looked::default();
+    for (source, stuck_after_ms, walked) in sources {
+        let until_ms = now_ms.saturating_sub(*stuck_after_ms);
+        for (queued, subject) in spool.waiting(source, *walked, until_ms, WALK_MAX)? {
+            let current = spool.invoice_now(source, &subject)?;
+            looked
+                .waited
+                .push((source.clone(), subject, queued, current));
+        }
+    }
+    for (source, subject) in stuck {
+        let current = spool.invoice_now(&source, &subject)?;
+        looked.rechecked.push((source, subject, current));
+    }
+    Ok(looked)
+}
 
 /// What the task holds between two stores.
 struct Held {
@@ -151,6 +218,7 @@ struct Held {
     looked_ms: i64,
     silence: silence::Silence,
     started_ms: i64,
+    stuck: stuck::Stuck,
 }
 
 impl Held {
@@ -316,6 +384,68 @@ impl Held {
         }
     }
 
+    /// Raises `relay.invoice.stuck` and `relay.invoice.unstuck` as invoices
+    /// stay `queued` past their source's `stuck_after` and get their final
+    /// status, and keeps the list and `webhook_relay_invoices_stuck`
+    /// current (memory: nothing is read at scrape time).
+    async fn watch_invoices(&mut self, events: &Events, now_ms: i64) {
+        let watched = events.stuck_after.load_full();
+        let names: Vec<String> = watched.iter().map(|(name, _)| name.clone()).collect();
+        let mut turns = self.stuck.keep_sources(&names);
+        let sources: Vec<_> = watched
+            .iter()
+            .map(|(name, after)| (name.clone(), *after, self.stuck.walked_to(name)))
+            .collect();
+        let stuck = self.stuck.keys();
+        let spool = events.spool.clone();
+        let looked =
+            tokio::task::spawn_blocking(move || look(&spool, now_ms, &sources, stuck)).await;
+        match looked {
+            Ok(Ok(looked)) => {
+                for (source, subject, current) in looked.rechecked {
+                    turns.extend(self.stuck.recheck(&source, &subject, current.as_ref()));
+                }
+                for (source, subject, queued, current) in looked.waited {
+                    turns.extend(
+                        self.stuck
+                            .waited(&source, &subject, queued, current.as_ref()),
+                    );
+                }
+            }
+            // The spool closing, or a read it could not make: the next
+            // tick looks again from the same point.
+            Ok(Err(err)) => tracing::warn!(error = %err, "stuck invoices not looked at"),
+            Err(err) => tracing::error!(error = %err, "the stuck invoice check failed"),
+        }
+        for turn in turns {
+            let event = match turn {
+                stuck::Turn::Stuck(invoice) => {
+                    tracing::warn!(source = %invoice.source, subject = %invoice.subject, "invoice stuck: queued with no final status for its stuck_after");
+                    let stuck_after_ms = watched
+                        .iter()
+                        .find(|(name, _)| *name == invoice.source)
+                        .map_or(0, |(_, after)| *after);
+                    RelayEvent::InvoiceStuck {
+                        invoice,
+                        stuck_after_ms,
+                    }
+                }
+                stuck::Turn::Cleared {
+                    was,
+                    status,
+                    latest,
+                } => RelayEvent::InvoiceUnstuck {
+                    was,
+                    status,
+                    latest,
+                },
+                stuck::Turn::Forgotten(_) => continue,
+            };
+            self.push(events, event, now_ms);
+        }
+        events.metrics.set_stuck(self.stuck.listed(), &names);
+    }
+
     /// Stores what waits, oldest first, while the spool takes it.
     async fn store(&mut self, events: &Events) {
         while let Some((event, at_ms)) = self.pending.pop_front() {
@@ -360,6 +490,7 @@ async fn run(
         looked_ms: clock.now_ms(),
         silence: silence::Silence::default(),
         started_ms: clock.now_ms(),
+        stuck: stuck::Stuck::default(),
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -392,6 +523,7 @@ async fn run(
         }
         held.watch_health(&events, clock.now_ms());
         held.watch_sources(&events, clock.now_ms());
+        held.watch_invoices(&events, clock.now_ms()).await;
         held.store(&events).await;
     }
 }

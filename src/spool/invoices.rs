@@ -32,6 +32,18 @@ pub struct TimelineEntry {
     pub resends: u32,
 }
 
+/// An invoice left `queued` past its source's `stuck_after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckInvoice {
+    pub source: String,
+    pub subject: String,
+    /// When its wait began: its first `queued` notification not followed
+    /// by a final status (Unix ms).
+    pub since_ms: i64,
+    /// Its latest notification when it was found stuck.
+    pub latest: NotificationId,
+}
+
 /// Where a listing of invoices goes on from: after this one, in the
 /// order of (source, subject).
 #[derive(Debug, Clone, PartialEq, Eq)]

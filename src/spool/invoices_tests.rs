@@ -153,3 +153,40 @@ async fn a_spool_from_before_the_index_gets_it_once_on_open() {
         .count();
     assert_eq!(timeline.len(), of_it);
 }
+
+#[tokio::test]
+async fn only_queued_notifications_wait_in_time_order_and_are_read_from_a_point() {
+    use InvoiceStatus::*;
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    let now = clock.now_ms();
+    let first = store_new(&spool, said("q1", "0001", Queued), now).await;
+    store_new(&spool, said("a2", "0002", Accepted), now + 1).await;
+    let second = store_new(&spool, said("q3", "0003", Queued), now + 2).await;
+    // A late queued resend after a final status starts no wait.
+    store_new(&spool, said("a1", "0001", Accepted), now + 3).await;
+    store_new(&spool, said("q1b", "0001", Queued), now + 4).await;
+
+    let all = spool.waiting("tus", None, now + 10, 10).unwrap();
+    assert_eq!(
+        all,
+        [(first, "0001".to_owned()), (second, "0003".to_owned())]
+    );
+    // Up to a time, and on from a point.
+    assert_eq!(spool.waiting("tus", None, now + 1, 10).unwrap().len(), 1);
+    assert_eq!(
+        spool.waiting("tus", Some(first), now + 10, 10).unwrap(),
+        [(second, "0003".to_owned())]
+    );
+    assert!(spool
+        .waiting("datil", None, now + 10, 10)
+        .unwrap()
+        .is_empty());
+    let current = spool.invoice_now("tus", "0001").unwrap().unwrap();
+    assert_eq!(current.status, Accepted);
+    assert_eq!(
+        spool.invoice_now("tus", "0003").unwrap().unwrap().status,
+        Queued
+    );
+    assert!(spool.invoice_now("tus", "0009").unwrap().is_none());
+}

@@ -41,7 +41,7 @@ use crate::config::SpoolConfig;
 use crate::delivery::Delivery;
 use crate::providers::Notification;
 pub use audit::{AuditEntry, AuditId, AuditIdError, AuditRecord};
-pub use invoices::{Invoice, InvoiceCursor, TimelineEntry};
+pub use invoices::{Invoice, InvoiceCursor, StuckInvoice, TimelineEntry};
 pub use observe::{Observed, ObservedNotification};
 pub use record::{
     NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta, QuarantineRecord, Record,
@@ -581,6 +581,25 @@ impl Spool {
         subject: &str,
     ) -> Result<Option<(Invoice, Vec<TimelineEntry>)>, SpoolError> {
         self.backend.invoice(source, subject)
+    }
+
+    /// Up to `max` `queued` notifications of `source` after `after`,
+    /// received at or before `until_ms`, oldest first, with their subject:
+    /// from a time-ordered index, no scan.
+    pub fn waiting(
+        &self,
+        source: &str,
+        after: Option<NotificationId>,
+        until_ms: i64,
+        max: usize,
+    ) -> Result<Vec<(NotificationId, String)>, SpoolError> {
+        self.backend.waiting(source, after, until_ms, max)
+    }
+
+    /// One invoice as it stands now (its current status and latest
+    /// notification), without its timeline.
+    pub fn invoice_now(&self, source: &str, subject: &str) -> Result<Option<Invoice>, SpoolError> {
+        self.backend.invoice_now(source, subject)
     }
 
     /// The deliveries of one notification, one per subscription it was

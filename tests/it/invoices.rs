@@ -508,3 +508,141 @@ async fn a_silent_source_is_announced_once_and_its_recovery_too() {
     );
     relay.stop().await;
 }
+
+/// `stuck_after` (300 ms here): an invoice left `encolado` that long is
+/// stuck: `relay.invoice.stuck` reaches a real target once, the API's
+/// `stuck=true` and `webhook_relay_invoices_stuck` show it, and its
+/// `emitido` clears it (`relay.invoice.unstuck`, the gauge back to 0). An
+/// invoice emitted in time is never stuck. The built CLI lists it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_invoice_gets_stuck_once_and_clears_with_its_final_status() {
+    let alerts = Target::start(vec![]).await;
+    let relay = TestRelay::start_edited(|base| {
+        format!(
+            "{}{}{}",
+            base.replace(
+                "[sources.tusfacturas]\n",
+                "[sources.tusfacturas]\nstuck_after = \"300ms\"\n"
+            ),
+            subscription("alerts", &alerts.url(), r#"events = ["relay.invoice.*"]"#),
+            admin_section()
+        )
+    })
+    .await;
+    let admin = Admin::of(&relay);
+    let stuck_gauge = || async {
+        let (_, text) = admin.call("GET", "/metrics", None).await;
+        let text = text.as_str().unwrap_or_default().to_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("webhook_relay_invoices_stuck{source=\"tusfacturas\"} "))
+            .map(str::to_owned)
+    };
+    let queued = post_about(&relay, "s-q", "encolado", "0008-0001").await;
+    let queued_id = queued["id"].as_str().expect("an id").to_owned();
+    post_about(&relay, "s-q2", "encolado", "0008-0002").await;
+    post_about(&relay, "s-e2", "emitido", "0008-0002").await;
+
+    let first = alerts.wait_for(1, WAIT).await;
+    let stuck: Value = serde_json::from_slice(&first[0].body).unwrap();
+    assert_eq!(stuck["type"], "relay.invoice.stuck", "{stuck}");
+    assert_eq!(stuck["source"], "tusfacturas");
+    assert_eq!(stuck["subject"], "0008-0001");
+    assert_eq!(stuck["latest_notification"], queued_id.as_str());
+    assert_eq!(stuck["stuck_after_ms"], 300);
+    assert!(stuck["queued_since"].as_str().is_some(), "{stuck}");
+
+    let listed = admin.get("/api/invoices?stuck=true").await;
+    let subjects: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["subject"].as_str())
+        .collect();
+    assert_eq!(subjects, ["0008-0001"], "emitted in time: never stuck");
+    assert_eq!(listed["items"][0]["latest_id"], queued_id.as_str());
+    assert_eq!(stuck_gauge().await.as_deref(), Some("1"));
+    let config_file = cli_config(&relay);
+    let config = config_file.as_path();
+    let (code, out, err) =
+        tokio::task::block_in_place(|| cli(config, &["invoice", "ls", "--stuck"], VIEWER_TOKEN));
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("QUEUED SINCE"), "a table: {out}");
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[1].contains("0008-0001") && lines[1].contains('T'),
+        "{out}"
+    );
+    let (code, out, _) = tokio::task::block_in_place(|| {
+        cli(
+            config,
+            &["invoice", "ls", "--stuck", "--json"],
+            VIEWER_TOKEN,
+        )
+    });
+    assert_eq!(code, 0);
+    let row: Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(row["subject"], "0008-0001");
+    assert_eq!(row["stuck"], true);
+    // The page names it, in the same headless browser as the admin page
+    // (skipped where there is none, as that test is).
+    if let Some((browser, mut driver)) = headless_browser().await {
+        use fantoccini::Locator;
+        browser.goto(&admin.base).await.unwrap();
+        log_in(&browser, VIEWER_TOKEN).await;
+        browser
+            .wait()
+            .for_element(Locator::Id("stuck"))
+            .await
+            .unwrap();
+        let heading = browser
+            .find(Locator::Id("stuck"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(heading, "Stuck invoices (1)");
+        let table = browser
+            .find(Locator::Css("#stuck + table"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            table.contains("0008-0001") && !table.contains("0008-0002"),
+            "{table}"
+        );
+        browser.close().await.unwrap();
+        let _ = driver.kill().await;
+    }
+
+    post_about(&relay, "s-e1", "emitido", "0008-0001").await;
+    let both = alerts.wait_for(2, WAIT).await;
+    let cleared: Value = serde_json::from_slice(&both[1].body).unwrap();
+    assert_eq!(cleared["type"], "relay.invoice.unstuck", "{cleared}");
+    assert_eq!(cleared["subject"], "0008-0001");
+    assert_eq!(cleared["status"], "accepted");
+    admin
+        .wait_for("/api/invoices?stuck=true", "the stuck list emptied", |l| {
+            l["items"].as_array().is_some_and(Vec::is_empty)
+        })
+        .await;
+    assert_eq!(stuck_gauge().await.as_deref(), Some("0"));
+    // Several more looks of the events task later: still told once each.
+    let events = admin
+        .wait_for(
+            "/api/invoices/relay/0008-0001",
+            "the relay's own events indexed",
+            |i| i["notifications"].as_array().is_some_and(|n| n.len() == 2),
+        )
+        .await;
+    assert_eq!(events["notifications"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        alerts.count(),
+        2,
+        "stuck once, cleared once, nothing for 0008-0002"
+    );
+    relay.stop().await;
+}

@@ -21,6 +21,18 @@
 //! the invoice goes with its last one. A spool written before the index
 //! existed gets it in one walk at open (`open.rs`), like the counts.
 //!
+//! Beside it, the invoices waiting for a final status, by time:
+//!
+//! | prefix | key                  | value   |
+//! |--------|----------------------|---------|
+//! | `w`    | source 0x00 id (16)  | subject |
+//!
+//! written in the same batch for a `queued` notification only (one more
+//! insert; a final one pays nothing), removed by retention with it. The
+//! stuck check walks it per source in time order from where it stopped
+//! and looks each candidate's current status up in the index above (one
+//! seek): never a scan of the spool.
+//!
 //! The encodings and the writer's steps are here, and the reads.
 
 use std::collections::HashMap;
@@ -35,6 +47,8 @@ use crate::spool::{
 };
 
 pub const ENTRY: u8 = b'i';
+/// A `queued` notification, by source and time (see above).
+pub const WAITING: u8 = b'w';
 /// Present once the index covers every notification (set by the upgrade).
 pub const BUILT: &[u8] = b"minvoices";
 
@@ -130,6 +144,16 @@ pub fn split_entry_key(key: &[u8]) -> Option<(&str, &str, NotificationId)> {
     Some((source, subject, id_of_inverted(&key[id_at..])?))
 }
 
+/// `w` source 0x00 id: a queued notification, in time order per source.
+pub fn waiting_key(source: &str, id: NotificationId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(18 + source.len());
+    key.push(WAITING);
+    key.extend_from_slice(source.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
 /// One notification in an invoice's timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -165,6 +189,16 @@ impl Entry {
 pub fn check_entry(key: &[u8], value: &[u8]) -> Option<String> {
     let readable = Entry::decode(value).is_some() && split_entry_key(key).is_some();
     (!readable).then(|| format!("malformed invoice index entry {key:?}"))
+}
+
+/// What `spool check` finds wrong with a waiting entry, if anything.
+pub fn check_waiting(key: &[u8], value: &[u8]) -> Option<String> {
+    let id = key
+        .len()
+        .checked_sub(16)
+        .and_then(|at| NotificationId::from_bytes(&key[at..]));
+    let readable = id.is_some() && std::str::from_utf8(value).is_ok() && key.contains(&0);
+    (!readable).then(|| format!("malformed waiting invoice entry {key:?}"))
 }
 
 // === the writer's steps ===
@@ -215,6 +249,11 @@ impl Pending {
         let mut key = prefix.clone();
         key.extend_from_slice(&newest_first(id));
         self.put(batch, key, entry);
+        // Only a queued notification that leaves its invoice queued can
+        // start the wait for a final status.
+        if invoice.status == InvoiceStatus::Queued && transition.status == InvoiceStatus::Queued {
+            batch.insert(waiting_key(&invoice.source, id), invoice.subject.as_bytes());
+        }
         self.latest.insert(prefix, transition.status);
         Ok(transition.superseded)
     }
@@ -262,6 +301,9 @@ fn newest_entry(store: &Store, prefix: &[u8]) -> Result<Option<(Vec<u8>, Entry)>
 pub fn removed(batch: &mut Batch, meta: &NotificationMeta, id: NotificationId) {
     if let Some(invoice) = InvoiceRef::of(&meta.source, meta.subject.as_deref(), meta.status) {
         batch.remove(entry_key(&invoice.source, &invoice.subject, id));
+        if invoice.status == InvoiceStatus::Queued {
+            batch.remove(waiting_key(&invoice.source, id));
+        }
     }
 }
 
@@ -366,6 +408,54 @@ impl SledSpool {
         // Kept newest first; told oldest first.
         timeline.reverse();
         Ok(current.map(|invoice| (invoice, timeline)))
+    }
+}
+
+impl SledSpool {
+    /// Up to `max` queued notifications of `source` after `after`, received
+    /// at or before `until_ms`, oldest first: (id, subject).
+    pub fn waiting(
+        &self,
+        source: &str,
+        after: Option<NotificationId>,
+        until_ms: i64,
+        max: usize,
+    ) -> Result<Vec<(NotificationId, String)>, SpoolError> {
+        let store = self.shared.store()?;
+        let from = match after {
+            Some(id) => {
+                let mut key = waiting_key(source, id);
+                key.push(0);
+                key
+            }
+            None => waiting_key(source, NotificationId(ulid::Ulid(0))),
+        };
+        // The first id of the millisecond after `until_ms`.
+        let next_ms = u64::try_from(until_ms.saturating_add(1)).unwrap_or(0);
+        let end = waiting_key(source, NotificationId(ulid::Ulid::from_parts(next_ms, 0)));
+        let mut found = Vec::new();
+        for item in store.tree.range(from..end).take(max) {
+            let (key, value) = item.map_err(storage)?;
+            let id = key
+                .len()
+                .checked_sub(16)
+                .and_then(|at| NotificationId::from_bytes(&key[at..]));
+            // Damaged (spool check reports it): skipped.
+            if let (Some(id), Ok(subject)) = (id, std::str::from_utf8(&value)) {
+                found.push((id, subject.to_owned()));
+            }
+        }
+        Ok(found)
+    }
+
+    /// One invoice as it stands now: one seek.
+    pub fn invoice_now(&self, source: &str, subject: &str) -> Result<Option<Invoice>, SpoolError> {
+        let store = self.shared.store()?;
+        let prefix = timeline_prefix(source, subject);
+        Ok(newest_entry(&store, &prefix)?.and_then(|(key, entry)| {
+            let id = key.get(prefix.len()..).and_then(id_of_inverted)?;
+            Some(invoice(source, subject, id, entry))
+        }))
     }
 }
 

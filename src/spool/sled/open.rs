@@ -817,9 +817,10 @@ const UNREADABLE: &str = "unreadable: ";
 const LOST: &str = "lost: ";
 
 /// The kinds of entries (key prefixes) of the spool's tree.
-const KINDS: [u8; 9] = [
+const KINDS: [u8; 10] = [
     keys::AUDIT,
     super::invoices::ENTRY,
+    super::invoices::WAITING,
     keys::CURSOR,
     keys::DEDUP,
     keys::DELIVERY,
@@ -1025,6 +1026,7 @@ fn gap_text(kind: Option<u8>, after: Option<&IVec>, resume: Option<&IVec>, error
         Some(keys::RETRY) => "retries",
         Some(keys::DEDUP_EXPIRY) => "dedup expiries",
         Some(super::invoices::ENTRY) => "invoice index entries",
+        Some(super::invoices::WAITING) => "waiting invoice entries",
         _ => "entries",
     };
     let from = after.map_or_else(
@@ -1362,6 +1364,11 @@ fn walk_all(store: &Store, report: &mut CheckReport) {
             Some(keys::DEDUP_EXPIRY | keys::CURSOR | keys::MARK) => {}
             Some(super::invoices::ENTRY) => {
                 if let Some(problem) = super::invoices::check_entry(&key, &value) {
+                    report.problems.push(problem);
+                }
+            }
+            Some(super::invoices::WAITING) => {
+                if let Some(problem) = super::invoices::check_waiting(&key, &value) {
                     report.problems.push(problem);
                 }
             }
