@@ -827,22 +827,24 @@ pub async fn headless_browser() -> Option<(fantoccini::Client, tokio::process::C
     }
 }
 
+/// The element, once the page shows it (WebDriver waits for it).
+pub async fn shown(
+    browser: &fantoccini::Client,
+    locator: fantoccini::Locator<'_>,
+) -> fantoccini::elements::Element {
+    browser.wait().for_element(locator).await.unwrap()
+}
+
 /// Fills the page's login form with `token` and sends it.
 pub async fn log_in(browser: &fantoccini::Client, token: &str) {
     use fantoccini::Locator;
-    browser
-        .wait()
-        .for_element(Locator::Css("input[name=token]"))
+    shown(browser, Locator::Css("input[name=token]"))
         .await
-        .unwrap()
         .send_keys(token)
         .await
         .unwrap();
-    browser
-        .wait()
-        .for_element(Locator::Css("form[action='/login'] button"))
+    shown(browser, Locator::Css("form[action='/login'] button"))
         .await
-        .unwrap()
         .click()
         .await
         .unwrap();
@@ -867,16 +869,9 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
     browser.goto(&admin.base).await.unwrap();
     log_in(&browser, VIEWER_TOKEN).await;
     // A viewer sees the table but gets no replay button.
-    let row = browser
-        .wait()
-        .for_element(Locator::LinkText(&id))
+    let row = shown(&browser, Locator::LinkText(&id)).await;
+    let table = shown(&browser, Locator::Css("table:last-of-type"))
         .await
-        .unwrap();
-    let table = browser
-        .wait()
-        .for_element(Locator::Css("table:last-of-type"))
-        .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -886,11 +881,7 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
     );
     row.click().await.unwrap();
     let deliveries_heading = Locator::XPath("//h2[text()='Deliveries']");
-    browser
-        .wait()
-        .for_element(deliveries_heading)
-        .await
-        .unwrap();
+    shown(&browser, deliveries_heading).await;
     assert!(browser
         .find_all(Locator::Css("form[action*='/replay'] button"))
         .await
@@ -898,38 +889,25 @@ async fn a_browser_logs_in_finds_a_dead_notification_and_replays_it() {
         .is_empty());
 
     // Log out, and in as an admin.
-    browser
-        .wait()
-        .for_element(Locator::Css("form[action='/logout'] button"))
+    shown(&browser, Locator::Css("form[action='/logout'] button"))
         .await
-        .unwrap()
         .click()
         .await
         .unwrap();
     log_in(&browser, ADMIN_TOKEN).await;
-    browser
-        .wait()
-        .for_element(Locator::LinkText(&id))
+    shown(&browser, Locator::LinkText(&id))
         .await
-        .unwrap()
         .click()
         .await
         .unwrap();
-    browser
-        .wait()
-        .for_element(deliveries_heading)
-        .await
-        .unwrap();
+    shown(&browser, deliveries_heading).await;
     let page = browser.source().await.unwrap();
     assert!(
         page.contains("attempt") && page.contains("HTTP 500"),
         "{page}"
     );
-    browser
-        .wait()
-        .for_element(Locator::Css("form[action*='/replay'] button"))
+    shown(&browser, Locator::Css("form[action*='/replay'] button"))
         .await
-        .unwrap()
         .click()
         .await
         .unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::admin::{
-    admin_section, cli, cli_config, headless_browser, log_in, relay_to, Admin, ADMIN_TOKEN,
+    admin_section, cli, cli_config, headless_browser, log_in, relay_to, shown, Admin, ADMIN_TOKEN,
     VIEWER_TOKEN,
 };
 use crate::helpers::*;
@@ -308,35 +308,23 @@ async fn a_browser_finds_an_invoice_by_number_and_sees_its_timeline() {
 
     browser.goto(&admin.base).await.unwrap();
     log_in(&browser, VIEWER_TOKEN).await;
-    browser
-        .wait()
-        .for_element(Locator::Css("input[name=number]"))
+    shown(&browser, Locator::Css("input[name=number]"))
         .await
-        .unwrap()
         .send_keys("7-0001")
         .await
         .unwrap();
-    browser
-        .wait()
-        .for_element(Locator::Css("form[action='/i'] button"))
+    shown(&browser, Locator::Css("form[action='/i'] button"))
         .await
-        .unwrap()
         .click()
         .await
         .unwrap();
-    browser
-        .wait()
-        .for_element(Locator::LinkText("0007-0001"))
+    shown(&browser, Locator::LinkText("0007-0001"))
         .await
-        .unwrap()
         .click()
         .await
         .unwrap();
-    let status = browser
-        .wait()
-        .for_element(Locator::Id("invoice-status"))
+    let status = shown(&browser, Locator::Id("invoice-status"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -590,11 +578,7 @@ async fn a_queued_invoice_gets_stuck_once_and_clears_with_its_final_status() {
         use fantoccini::Locator;
         browser.goto(&admin.base).await.unwrap();
         log_in(&browser, VIEWER_TOKEN).await;
-        browser
-            .wait()
-            .for_element(Locator::Id("stuck"))
-            .await
-            .unwrap();
+        shown(&browser, Locator::Id("stuck")).await;
         let heading = browser
             .find(Locator::Id("stuck"))
             .await
