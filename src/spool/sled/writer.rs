@@ -385,6 +385,12 @@ impl Writer {
         let Some((_, changes)) = self.unflushed else {
             return;
         };
+        if self.is_failed() {
+            // A failed sled can hang in its flush (see above): what it did
+            // not make durable is sent again after the restart.
+            self.unflushed = None;
+            return;
+        }
         let result = self
             .shared
             .store()
