@@ -487,6 +487,7 @@ impl Writer {
         if durable_replies.is_empty()
             && applied.newest.is_none()
             && unflushed + group_size < OUTCOMES_FLUSHED_AFTER
+            && unflushed_since.elapsed() < OUTCOMES_FLUSHED_WITHIN
         {
             self.unflushed = Some((unflushed_since, unflushed + group_size));
             return;
