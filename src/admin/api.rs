@@ -321,9 +321,7 @@ async fn route(
         ["api", "audit"] if get => {
             caller.require(Role::Viewer)?;
             let (before, limit) = audit_page(&query)?;
-            let records = tokio::task::spawn_blocking(move || spool.audit_log(before, limit))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            let records = off_runtime(move || spool.audit_log(before, limit)).await?;
             let next_cursor = (records.len() == limit)
                 .then(|| records.last().map(|r| r.id.to_string()))
                 .flatten();
@@ -427,15 +425,25 @@ fn decode_segment(segment: &str) -> String {
         .into_owned()
 }
 
-/// Runs a spool read on the blocking pool.
+/// Runs a spool read on the blocking pool and answers its JSON.
 async fn blocking<F>(read: F) -> Result<Response<Full<Bytes>>, ApiError>
 where
     F: FnOnce() -> Result<Value, ApiError> + Send + 'static,
 {
-    let body = tokio::task::spawn_blocking(read)
+    ok(off_runtime(read).await?)
+}
+
+/// Runs a spool read on the blocking pool (sled reads block).
+pub(super) async fn off_runtime<T, E, F>(read: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+    ApiError: From<E>,
+{
+    Ok(tokio::task::spawn_blocking(read)
         .await
-        .map_err(|e| ApiError::Internal(format!("spool read failed: {e}")))??;
-    ok(body)
+        .map_err(|e| ApiError::Internal(format!("spool read failed: {e}")))??)
 }
 
 pub(super) fn parse_id(text: &str) -> Result<NotificationId, ApiError> {
@@ -779,7 +787,7 @@ pub(super) async fn replay_one(
     subscription: Option<String>,
 ) -> Result<Vec<String>, ApiError> {
     let spool = admin.spool.clone();
-    let chosen = tokio::task::spawn_blocking(move || -> Result<Vec<String>, ApiError> {
+    let chosen = off_runtime(move || -> Result<Vec<String>, ApiError> {
         let Some(record) = spool.notification(id)? else {
             if spool.is_quarantined(id)? {
                 return Err(ApiError::NotFound(format!(
@@ -811,8 +819,7 @@ pub(super) async fn replay_one(
                 .collect()),
         }
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await?;
     if chosen.is_empty() {
         return Err(ApiError::Conflict(format!(
             "notification {id} has no dead delivery; name one with ?subscription= to replay it anyway"
@@ -1048,9 +1055,8 @@ pub(super) async fn release(
     as_generic: bool,
 ) -> Result<Value, ApiError> {
     let spool = admin.spool.clone();
-    let record = tokio::task::spawn_blocking(move || spool.quarantined_body(id))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
+    let record = off_runtime(move || spool.quarantined_body(id))
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no quarantined body {id}")))?;
     let provider = if as_generic {
         Provider::Generic(GenericRules {
@@ -1123,9 +1129,7 @@ async fn stats(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
 pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
     let health = admin.spool.health();
     let spool = admin.spool.clone();
-    let bytes = tokio::task::spawn_blocking(move || spool.size_on_disk())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let bytes = off_runtime(move || spool.size_on_disk()).await?;
     let config = admin.config.load();
     let counts = admin.spool.counts();
     let now_ms = admin.clock.now_ms();

@@ -44,9 +44,7 @@ pub(super) async fn search(
             ..InvoiceFilter::default()
         };
         let spool = admin.spool.clone();
-        let found = tokio::task::spawn_blocking(move || invoices::list(&spool, &filter))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        let found = super::api::off_runtime(move || invoices::list(&spool, &filter)).await?;
         let items = found["items"].as_array().cloned().unwrap_or_default();
         if items.is_empty() {
             let _ = write!(body, "<p>No invoice numbered like {}.</p>", escape(&number));
@@ -127,9 +125,7 @@ pub(super) async fn timeline(
     let (source, subject) = (decode(source), decode(subject));
     let spool = admin.spool.clone();
     let (src, subj) = (source.clone(), subject.clone());
-    let shown = tokio::task::spawn_blocking(move || invoices::show(&spool, &src, &subj))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let shown = super::api::off_runtime(move || invoices::show(&spool, &src, &subj)).await?;
     let mut body = search_form("");
     let _ = write!(
         body,

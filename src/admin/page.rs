@@ -246,15 +246,14 @@ async fn dashboard(
     let spool = admin.spool.clone();
     let listed = filter.clone();
     let quarantine = filter.state == Some(super::query::StateFilter::Quarantined);
-    let list = tokio::task::spawn_blocking(move || {
+    let list = api::off_runtime(move || {
         if quarantine {
             api::list_quarantine(&spool, &listed)
         } else {
             api::list_notifications(&spool, &listed)
         }
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await?;
 
     let mut body = String::new();
     let store = &stats["spool"];
@@ -427,9 +426,7 @@ async fn notification(
     caller.require(Role::Viewer)?;
     let id: NotificationId = api::parse_id(id)?;
     let spool = admin.spool.clone();
-    let shown = tokio::task::spawn_blocking(move || api::show_notification(&spool, id))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let shown = api::off_runtime(move || api::show_notification(&spool, id)).await?;
     let mut body = fields_table(&shown, &super::NOTIFICATION_FIELDS);
     body.push_str("<h2>Deliveries</h2>");
     let may_replay = caller.role >= Role::Admin;
@@ -525,9 +522,7 @@ async fn quarantined(
     caller.require(Role::Viewer)?;
     let id: NotificationId = api::parse_id(id)?;
     let spool = admin.spool.clone();
-    let shown = tokio::task::spawn_blocking(move || api::show_quarantined(&spool, id))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let shown = api::off_runtime(move || api::show_quarantined(&spool, id)).await?;
     let mut body = fields_table(&shown, &super::QUARANTINE_FIELDS);
     if caller.role >= Role::Admin {
         // The check again (it may take it now), or as a generic notification.

@@ -331,7 +331,7 @@ pub(super) async fn backfill(
     let spool = admin.spool.clone();
     let since_ms = range.since_ms.unwrap_or(0);
     let (current, until_ms) = (range.current, range.until_ms);
-    let chosen = tokio::task::spawn_blocking(move || {
+    let chosen = super::api::off_runtime(move || {
         if current {
             return current_of_each_invoice(&spool, &subscription, since_ms, until_ms);
         }
@@ -368,8 +368,7 @@ pub(super) async fn backfill(
         chosen.reverse();
         Ok(chosen)
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await?;
     let range_json = json!({
         "since": range.since_ms.map(format_ms),
         "until": range.until_ms.map(format_ms),
