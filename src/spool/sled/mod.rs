@@ -11,6 +11,7 @@ mod counts;
 mod invoices;
 mod keys;
 mod lease;
+mod mark;
 mod open;
 mod orphans;
 mod purge;

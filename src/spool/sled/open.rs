@@ -11,9 +11,8 @@
 //! message, never a crash.
 //!
 //! A truncated log looks to sled like a torn write: it opens with what is
-//! before the cut, silently. So the writer keeps a small fsynced file beside
-//! sled's, `acknowledged`, naming the newest notification answered 200 (at
-//! most a second old); on open, that notification must be there.
+//! before the cut, silently; on open, the notification the acknowledged
+//! mark (`mark.rs`) names must be there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -27,8 +26,8 @@ use ::sled::{Batch, Db, IVec, Tree};
 
 use super::super::subscriptions::ApiSubscription;
 use super::counts::{self, Kept};
+use super::mark::{self, Acknowledged};
 use super::{db_file, decode_delivery, keys, storage, Store, TREE};
-use crate::clock::format_ms;
 use crate::config::SpoolConfig;
 use crate::spool::record::{HasId, NotificationMeta, Record};
 use crate::spool::{
@@ -41,7 +40,6 @@ const FORMAT_V1: &[u8] = b"1";
 const V1_TREES: [&str; 5] = ["notifications", "dedup", "deliveries", "due", "quarantine"];
 /// What sled 0.34 writes to `conf` for the settings this spool uses.
 const EXPECTED_CONF: &str = "segment_size: 524288\nuse_compression: false\nversion: 0.34\n";
-const ACKNOWLEDGED_FILE: &str = "acknowledged";
 /// Where a repair keeps the files as they were: `damaged-1`, `damaged-2`, ...
 const DAMAGED_DIR: &str = "damaged-";
 /// How long `open` waits for a lock that is being let go: sled releases its
@@ -540,7 +538,7 @@ fn check_not_locked(path: &Path) -> Result<(), SpoolError> {
     }
 }
 
-fn newest_notification(tree: &Tree) -> Result<Option<NotificationId>, SpoolError> {
+pub(super) fn newest_notification(tree: &Tree) -> Result<Option<NotificationId>, SpoolError> {
     let last = tree
         .scan_prefix([keys::NOTIFICATION])
         .next_back()
@@ -705,107 +703,6 @@ pub fn stopped_cleanly(path: &Path) -> bool {
 
 fn forget_clean_stop(path: &Path) {
     let _ = std::fs::remove_file(path.join(CLEAN_STOP_FILE));
-}
-
-// === the acknowledged mark ===
-
-/// The newest notification answered 200, as written to `acknowledged`.
-pub struct Acknowledged {
-    /// What the file says (None: no file, or unreadable).
-    written: Option<NotificationId>,
-    /// The newest acknowledged one known now.
-    newest: Option<NotificationId>,
-    last_write: Option<std::time::Instant>,
-    warned: bool,
-}
-
-impl Acknowledged {
-    fn read(path: &Path, newest: Option<NotificationId>) -> Acknowledged {
-        let written = std::fs::read_to_string(path.join(ACKNOWLEDGED_FILE))
-            .ok()
-            .and_then(|text| {
-                let mut lines = text.lines();
-                (lines.next() == Some("webhook-relay acknowledged"))
-                    .then(|| lines.next().and_then(NotificationId::parse))
-                    .flatten()
-            });
-        Acknowledged {
-            written,
-            newest: newest.max(written),
-            last_write: None,
-            warned: false,
-        }
-    }
-
-    /// What is missing, if the newest acknowledged notification is gone
-    /// (and retention did not remove it).
-    fn missing(&self, tree: &Tree) -> Result<Option<String>, SpoolError> {
-        let Some(id) = self.written else {
-            return Ok(None);
-        };
-        if tree.get(keys::notification(id)).map_err(storage)?.is_some() {
-            return Ok(None);
-        }
-        let removed_upto = tree
-            .get(keys::REMOVED_UPTO)
-            .map_err(storage)?
-            .and_then(|v| NotificationId::from_bytes(&v));
-        if removed_upto.is_some_and(|upto| id <= upto) {
-            return Ok(None);
-        }
-        let newest = newest_notification(tree)?;
-        Ok(Some(format!(
-            "notification {id} (received {}) was answered 200 but is not in the spool; \
-             the newest one there is {}",
-            format_ms(id.ms()),
-            newest.map_or_else(
-                || "none (it is empty)".into(),
-                |n| format!("{n} (received {})", format_ms(n.ms()))
-            )
-        )))
-    }
-
-    pub fn note(&mut self, id: NotificationId) {
-        self.newest = self.newest.max(Some(id));
-    }
-
-    /// Writes the mark if it changed and the last write is `every` old.
-    pub fn persist_every(&mut self, path: &Path, every: Duration) {
-        if self.last_write.is_some_and(|at| at.elapsed() < every) {
-            return;
-        }
-        self.persist(path);
-    }
-
-    /// Writes the mark if it changed: a new file, fsynced, renamed over the
-    /// old one, and the directory fsynced.
-    pub fn persist(&mut self, path: &Path) {
-        if self.newest == self.written {
-            return;
-        }
-        let Some(newest) = self.newest else { return };
-        self.last_write = Some(std::time::Instant::now());
-        match write_acknowledged(path, newest) {
-            Ok(()) => {
-                self.written = Some(newest);
-                self.warned = false;
-            }
-            Err(err) if !self.warned => {
-                self.warned = true;
-                tracing::warn!(error = %err, "cannot update the spool's acknowledged mark; loss detection lags until it can");
-            }
-            Err(_) => {}
-        }
-    }
-}
-
-fn write_acknowledged(path: &Path, id: NotificationId) -> std::io::Result<()> {
-    let tmp = path.join(format!("{ACKNOWLEDGED_FILE}.tmp"));
-    let mut file = File::create(&tmp)?;
-    writeln!(file, "webhook-relay acknowledged\n{id}")?;
-    file.sync_data()?;
-    std::fs::rename(&tmp, path.join(ACKNOWLEDGED_FILE))?;
-    File::open(path)?.sync_all()
 }
 
 // === reading a spool of unknown health ===
@@ -1128,7 +1025,7 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
             if newest.is_some() {
                 acknowledged.persist(&config.path);
             } else {
-                let _ = std::fs::remove_file(config.path.join(ACKNOWLEDGED_FILE));
+                mark::forget(&config.path);
             }
             report.repaired.push(format!("loss accepted: {missing}"));
         }

@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::counts::{quarantined_source, Standing, Tally};
 use super::invoices::{self, InvoiceRef};
-use super::open::Acknowledged;
+use super::mark::{Acknowledged, MarkKeeper};
 use super::{decode_delivery, encode_delivery, keys, lock, storage, Shared, Store};
 use crate::delivery::{Delivery, State};
 use crate::spool::record::{stamp_id, NotificationMeta, Record};
@@ -208,9 +208,10 @@ pub(super) struct Start {
 
 pub(super) fn start(shared: Arc<Shared>, from: Start) -> std::io::Result<mpsc::Sender<Op>> {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let mark = MarkKeeper::start(from.acknowledged, &shared.config.path);
     let mut writer = Writer {
         shared,
-        acknowledged: from.acknowledged,
+        mark,
         blocked: None,
         retention: Retention::default(),
         now_ms: 0,
@@ -255,7 +256,7 @@ struct Retention {
 
 struct Writer {
     shared: Arc<Shared>,
-    acknowledged: Acknowledged,
+    mark: MarkKeeper,
     blocked: Option<Blocked>,
     retention: Retention,
     /// The time of the latest maintenance tick: the writer reads no clock
@@ -421,7 +422,7 @@ impl Writer {
         }
         let result = self.shared.store().and_then(|store| {
             flush(&self.shared, &store)?;
-            self.acknowledged.persist(&self.shared.config.path);
+            self.mark.finish();
             Ok(())
         });
         match self.shared.store.swap(None) {
@@ -502,7 +503,7 @@ impl Writer {
             .fetch_add(unflushed + group_size, Ordering::Relaxed);
         if let Some(newest) = applied.newest {
             *lock(&self.shared.durable) = Some(newest);
-            self.acknowledged.note(newest);
+            self.mark.note(newest);
             self.shared.wake(applied.woken.iter().map(String::as_str));
         }
         for (reply, result) in durable_replies {
@@ -938,8 +939,7 @@ impl Writer {
             }
             Some(Blocked::Full { .. }) | None => {}
         }
-        self.acknowledged
-            .persist_every(&self.shared.config.path, Duration::from_secs(1));
+        self.mark.maintain();
         self.retention_slice()
     }
 
