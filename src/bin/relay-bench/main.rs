@@ -6,7 +6,11 @@
 //!   bare TLS hyper server answering 200, N keep-alive connections each;
 //!   also the relay without fdatasync, to show what the sync costs.
 //! - forward:  deliveries per second to a local target from a ready backlog,
-//!   and end-to-end latency (provider POST → target receipt) at a fixed rate.
+//!   then the latency scenario.
+//! - latency:  end-to-end latency (provider POST → target receipt) at 500
+//!   and 1,000 notifications/s, in `--rounds` rounds of 5 s each; before
+//!   each round, the disk's own fdatasync latency in the spool's directory,
+//!   so that a slow spell of the disk shows beside the figure it spoiled.
 //! - steady:   ingest and forwarding at once: a closed-loop load on the
 //!   relay with one subscription to a local target; notifications/s
 //!   acknowledged, deliveries/s received, the backlog left, CPU per
@@ -68,6 +72,7 @@ enum Scenario {
         #[arg(long, default_value_t = 20_000)]
         backlog: u64,
     },
+    Latency,
     Steady {
         /// Run longer (300 s unless --seconds) with `retention = "2s"` and
         /// `dedup_window = "1s"`, printing the spool's size on disk every
@@ -103,6 +108,7 @@ fn main() {
             Scenario::BareServer { cert, key } => servers::run_bare_server(cert.zip(key)).await,
             Scenario::Ingest => ingest(&args_settings(&args)).await,
             Scenario::Forward { backlog } => forward(&args_settings(&args), backlog).await,
+            Scenario::Latency => latency(&args_settings(&args)).await,
             Scenario::Steady { soak } => steady(&args_settings(&args), soak).await,
             Scenario::Backlog { notifications } => backlog(notifications).await,
             Scenario::All => {
@@ -512,16 +518,71 @@ async fn forward(settings: &Settings, backlog: u64) {
         cpu_per(cpu_before, cpu_after, 1) / 1e6 / elapsed.as_secs_f64()
     );
 
-    // End-to-end latency at fixed, moderate rates, one after the other on
-    // the same relay.
+    latency(settings).await;
+}
+
+/// Seconds each end-to-end round posts for.
+const LATENCY_ROUND_SECONDS: u64 = 5;
+
+/// End-to-end latency at fixed, moderate rates, in rounds on one relay;
+/// the median of the rounds' p99 is the figure (one slow spell of this
+/// shared machine's disk spoils one round, not the result).
+async fn latency(settings: &Settings) {
+    println!(
+        "\n== latency: provider POST -> target receipt, {} rounds of {LATENCY_ROUND_SECONDS} s per rate ==",
+        settings.rounds
+    );
+    let ws = Workspace::new();
+    let client = load::client(Some(&ws.cert_pem()), 8);
     let target = Target::start(true).await;
     let config = ws.config("latency", true, &subscription("bench", &target.url(), 64));
     let relay = ChildServer::relay(&config).await;
     let url = hooks_url(relay.addr);
-    for (rate, count, prefix) in [(500u32, 2_500u64, "e2e"), (1_000, 5_000, "e2k")] {
-        end_to_end(&client, &url, (&relay, &target), (rate, count), prefix).await;
+    for rate in [500u32, 1_000] {
+        let mut p99s = Vec::new();
+        for round in 1..=settings.rounds {
+            let disk = disk_sync_latency(ws.dir.path()).await;
+            println!(
+                "round {round} (the disk's fdatasync of a 1.5 KB append just before: p50 {:.2} ms  p99 {:.2} ms):",
+                load::percentile_ms(&disk, 0.50),
+                load::percentile_ms(&disk, 0.99)
+            );
+            let prefix = format!("e2e-{rate}-{round}");
+            let count = u64::from(rate) * LATENCY_ROUND_SECONDS;
+            let p99 = end_to_end(&client, &url, (&relay, &target), (rate, count), &prefix).await;
+            p99s.push(p99);
+        }
+        println!(
+            "end-to-end at {rate}/s: median of the rounds' p99 {:.2} ms",
+            median(p99s)
+        );
     }
     relay.stop().await;
+}
+
+/// The disk's own latency, sorted (µs): 500 appends of 1.5 KB (about a
+/// notification's record), each followed by an fdatasync, in `dir`.
+async fn disk_sync_latency(dir: &Path) -> Vec<u64> {
+    let path = dir.join("disk-probe");
+    let sorted = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&path).expect("disk probe file");
+        let record = [b'x'; 1536];
+        let mut latencies: Vec<u64> = (0..500)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                file.write_all(&record).expect("disk probe write");
+                file.sync_data().expect("disk probe fdatasync");
+                started.elapsed().as_micros() as u64
+            })
+            .collect();
+        let _ = std::fs::remove_file(&path);
+        latencies.sort_unstable();
+        latencies
+    })
+    .await
+    .expect("disk probe task");
+    sorted
 }
 
 /// Posts `count` notifications at `rate` per second and prints the
@@ -532,12 +593,12 @@ async fn end_to_end(
     url: &str,
     (relay, target): (&ChildServer, &Target),
     (rate, count): (u32, u64),
-    prefix: &'static str,
-) {
+    prefix: &str,
+) -> f64 {
     // The target may hold an earlier run's notifications (other prefixes).
     let before = target.distinct();
     let cpu_before = relay.cpu_us();
-    let body = notification(prefix);
+    let body = notification(prefix.to_owned());
     let (sent_at, failed) = load::open_loop(client, url, rate, count, body).await;
     let acknowledged = count - failed;
     target
@@ -565,6 +626,7 @@ async fn end_to_end(
         cpu_per(cpu_before, cpu_after, latencies.len() as u64),
         latencies.len()
     );
+    load::percentile_ms(&latencies, 0.99)
 }
 
 /// Seconds `steady --soak` runs unless `--seconds` says otherwise. The
