@@ -739,6 +739,56 @@ async fn a_stuck_invoice_is_announced_once_across_a_restart_and_cleared_after_it
     assert_eq!(told(&alerts), told_so_far, "nothing told again");
 }
 
+/// A reload that stops watching a source (here it removes the source)
+/// drops its series of `webhook_relay_invoices_stuck`, its stuck invoices
+/// from the list, and their marks in the spool, without an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_stops_watching_a_source_drops_its_stuck_invoices() {
+    let alerts = Target::start(vec![]).await;
+    let relay = TestRelay::start_edited(|base| stuck_config(base, &alerts)).await;
+    let admin = Admin::of(&relay);
+    post_about(&relay, "u-q1", "encolado", "0010-0001").await;
+    alerts.wait_for(1, WAIT).await;
+    assert_eq!(tus_stuck_gauge(&admin).await.as_deref(), Some("1"));
+    let spool = relay.relay().spool.clone();
+    eventually(WAIT, "the stuck invoice saved in the spool", || {
+        spool.stuck_marks().is_ok_and(|m| m.stuck.len() == 1)
+    })
+    .await;
+
+    let text = stuck_config(base_config(relay.dir.path()), &alerts);
+    let (before, tus_block) = text
+        .split_once("[sources.tusfacturas]\n")
+        .expect("the base config has the source");
+    let (_, after) = tus_block
+        .split_once("\n\n")
+        .expect("a blank line ends the block");
+    let without_tus = webhook_relay::config::Config::parse(&format!("{before}{after}")).unwrap();
+    relay.relay().reload(without_tus).await.expect("reloaded");
+
+    admin
+        .wait_for("/api/invoices?stuck=true", "the stuck list emptied", |l| {
+            stuck_subjects(l).is_empty()
+        })
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tus_stuck_gauge(&admin).await.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the series of a source no longer watched is dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(WAIT, "its marks dropped from the spool", || {
+        spool
+            .stuck_marks()
+            .is_ok_and(|m| m.stuck.is_empty() && m.walked.iter().all(|(s, _)| s != "tusfacturas"))
+    })
+    .await;
+    assert_eq!(alerts.count(), 1, "dropped quietly: no unstuck");
+    relay.stop().await;
+}
+
 /// Retention that removes a stuck invoice removes its mark too (at the
 /// stuck check's next look), quietly: the list, the gauge and the spool's
 /// marks empty, no `relay.invoice.unstuck`.
