@@ -431,8 +431,21 @@ async fn a_superseded_notification_is_delivered_marked_or_skipped_per_subscripti
     relay.stop().await;
 }
 
+/// The admin page's dashboard as a viewer's browser gets it.
+async fn dashboard_html(admin: &Admin) -> String {
+    let response = admin
+        .client
+        .get(format!("{}/", admin.base))
+        .header("cookie", format!("relay_token={VIEWER_TOKEN}"))
+        .send()
+        .await
+        .expect("admin listener answers");
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
 /// `expect_every`: a source that sends nothing for that long raises
-/// `relay.source.silent` once and shows as silent in `/api/stats`; a
+/// `relay.source.silent` once and shows as silent in `/api/stats` and in a banner on the page; a
 /// notification from it raises `relay.source.recovered`. (The last
 /// receipt is kept to the second, so the setting is in seconds here.)
 #[tokio::test]
@@ -477,10 +490,23 @@ async fn a_silent_source_is_announced_once_and_its_recovery_too() {
         stats["sources"]["datil"]["silent"].is_null(),
         "not expected"
     );
+    // The page's dashboard names it in a banner, and only it.
+    let page = dashboard_html(&admin).await;
+    assert!(
+        page.contains("id=silent-tusfacturas")
+            && page.contains("Source tusfacturas is silent: nothing received for 2 s"),
+        "{page}"
+    );
+    assert!(!page.contains("id=silent-datil"), "{page}");
 
     post_about(&relay, "silence-1", "emitido", "0009-0001").await;
     let stats = admin.get("/api/stats").await;
     assert_eq!(stats["sources"]["tusfacturas"]["silent"], false, "{stats}");
+    let page = dashboard_html(&admin).await;
+    assert!(
+        !page.contains("is silent"),
+        "heard again: no banner: {page}"
+    );
     alerts.wait_for(2, WAIT).await;
     let seen = types(&alerts);
     assert_eq!(
