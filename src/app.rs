@@ -109,7 +109,8 @@ impl Relay {
             metrics.clone(),
             clock,
             events_stopped,
-        );
+        )
+        .await;
         let listen_error = |source| ListenError::Bind {
             addr: config.server.listen,
             source,

@@ -167,6 +167,8 @@ pub struct Metrics {
     invoices_stuck: Family<SourceLabel, Gauge>,
     /// The stuck invoices as the events task last found them.
     stuck: std::sync::Mutex<Vec<StuckInvoice>>,
+    /// The sources `invoices_stuck` has a series for.
+    stuck_watched: std::sync::Mutex<Vec<String>>,
     attempts: Family<SubscriptionClass, Counter>,
     attempt_seconds: Family<SubscriptionLabel, Histogram>,
     ended: Family<SubscriptionEnded, Counter>,
@@ -214,6 +216,7 @@ impl Metrics {
             last_received: Family::default(),
             invoices_stuck: Family::default(),
             stuck: std::sync::Mutex::new(Vec::new()),
+            stuck_watched: std::sync::Mutex::new(Vec::new()),
             attempts: Family::default(),
             attempt_seconds: Family::new_with_constructor(latency_histogram),
             ended: Family::default(),
@@ -378,8 +381,17 @@ impl Metrics {
     }
 
     /// The stuck invoices now, of the `watched` sources (each gets its
-    /// count, 0 when none is stuck, so the gauge goes down as they clear).
+    /// count, 0 when none is stuck, so the gauge goes down as they clear;
+    /// a source no longer watched loses its series).
     pub fn set_stuck(&self, stuck: Vec<StuckInvoice>, watched: &[String]) {
+        if let Ok(mut before) = self.stuck_watched.lock() {
+            for source in before.iter().filter(|s| !watched.contains(s)) {
+                self.invoices_stuck.remove(&SourceLabel {
+                    source: source.clone(),
+                });
+            }
+            *before = watched.to_vec();
+        }
         for source in watched {
             let count = stuck.iter().filter(|s| s.source == *source).count();
             self.invoices_stuck

@@ -71,8 +71,9 @@ pub struct Events {
 
 impl Events {
     /// Starts the task that stores events until `stop` turns true; it then
-    /// stores what it holds (if the spool can) and ends.
-    pub fn start(
+    /// stores what it holds (if the spool can) and ends. The stuck
+    /// invoices the spool kept are listed (and counted) from the start.
+    pub async fn start(
         config: &Config,
         spool: Spool,
         metrics: Arc<Metrics>,
@@ -89,7 +90,8 @@ impl Events {
         });
         let reports = spool.observe(REPORTS);
         events.reload(config);
-        let task = tokio::spawn(run(events.clone(), reports, clock, stop));
+        let stuck = events.seed_stuck().await;
+        let task = tokio::spawn(run(events.clone(), reports, clock, stop, stuck));
         (events, task)
     }
 
@@ -109,6 +111,35 @@ impl Events {
         self.failing_after
             .store(config.forwarder.failing_after.max(1), Ordering::Relaxed);
         self.spool.set_observing(wanted);
+    }
+
+    /// The stuck check as the spool kept it, of the sources watched now
+    /// (the others' marks go at the first save), published at once. A
+    /// read that fails starts it empty: the invoices still stuck are then
+    /// announced again rather than not at all.
+    async fn seed_stuck(&self) -> stuck::Stuck {
+        let spool = self.spool.clone();
+        let marks = match tokio::task::spawn_blocking(move || spool.stuck_marks()).await {
+            Ok(Ok(marks)) => marks,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "stuck invoices kept in the spool not read; they may be announced again");
+                return stuck::Stuck::default();
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "stuck invoices kept in the spool not read");
+                return stuck::Stuck::default();
+            }
+        };
+        let mut stuck = stuck::Stuck::seeded(marks);
+        let watched: Vec<String> = self
+            .stuck_after
+            .load()
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
+        stuck.keep_sources(&watched);
+        self.metrics.set_stuck(stuck.listed(), &watched);
+        stuck
     }
 
     fn wanted(&self, event: &RelayEvent) -> bool {
@@ -446,6 +477,24 @@ impl Held {
         events.metrics.set_stuck(self.stuck.listed(), &names);
     }
 
+    /// Saves what changed in the stuck check, once every event raised
+    /// before is stored: a mark is never durable before its event, so a
+    /// crash between the two tells the event again rather than never.
+    /// A save that fails is tried again with the next changes.
+    async fn save_stuck(&mut self, events: &Events) {
+        if !self.pending.is_empty() {
+            return;
+        }
+        let changes = self.stuck.take_changes();
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(err) = events.spool.save_stuck(changes.clone()).await {
+            tracing::warn!(error = %err, "stuck invoices not saved; tried again at the next look");
+            self.stuck.unsaved(changes);
+        }
+    }
+
     /// Stores what waits, oldest first, while the spool takes it.
     async fn store(&mut self, events: &Events) {
         while let Some((event, at_ms)) = self.pending.pop_front() {
@@ -476,6 +525,7 @@ async fn run(
     reports: Option<mpsc::Receiver<Observed>>,
     clock: Clock,
     mut stop: watch::Receiver<bool>,
+    stuck: stuck::Stuck,
 ) {
     let Some(mut reports) = reports else {
         tracing::error!("the spool already has an observer: no operational events");
@@ -490,7 +540,7 @@ async fn run(
         looked_ms: clock.now_ms(),
         silence: silence::Silence::default(),
         started_ms: clock.now_ms(),
-        stuck: stuck::Stuck::default(),
+        stuck,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -513,6 +563,7 @@ async fn run(
             }
             held.watch_health(&events, clock.now_ms());
             held.store(&events).await;
+            held.save_stuck(&events).await;
             if !held.pending.is_empty() {
                 tracing::warn!(
                     left = held.pending.len(),
@@ -525,5 +576,6 @@ async fn run(
         held.watch_sources(&events, clock.now_ms());
         held.watch_invoices(&events, clock.now_ms()).await;
         held.store(&events).await;
+        held.save_stuck(&events).await;
     }
 }

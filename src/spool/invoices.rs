@@ -44,6 +44,33 @@ pub struct StuckInvoice {
     pub latest: NotificationId,
 }
 
+/// What the stuck check keeps in the spool, so that a restart neither
+/// announces a stuck invoice again nor misses its clearing: the stuck
+/// invoices, and how far each source's queued notifications were walked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StuckMarks {
+    pub stuck: Vec<StuckInvoice>,
+    /// (source, the last queued notification of it looked at).
+    pub walked: Vec<(String, NotificationId)>,
+}
+
+/// Changes to the [`StuckMarks`], written together (one batch).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StuckChanges {
+    /// Invoices found stuck.
+    pub marked: Vec<StuckInvoice>,
+    /// (source, subject) of invoices cleared or forgotten.
+    pub unmarked: Vec<(String, String)>,
+    /// (source, walked to), `None` for a source no longer watched.
+    pub walked: Vec<(String, Option<NotificationId>)>,
+}
+
+impl StuckChanges {
+    pub fn is_empty(&self) -> bool {
+        self.marked.is_empty() && self.unmarked.is_empty() && self.walked.is_empty()
+    }
+}
+
 /// Where a listing of invoices goes on from: after this one, in the
 /// order of (source, subject).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -190,3 +190,46 @@ async fn only_queued_notifications_wait_in_time_order_and_are_read_from_a_point(
     );
     assert!(spool.invoice_now("tus", "0009").unwrap().is_none());
 }
+
+#[tokio::test]
+async fn the_stuck_marks_are_kept_across_a_reopen_and_removed_when_unmarked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, clock) = open(dir.path(), &["erp"]);
+    let since = NotificationId::new(clock.now_ms());
+    let stuck = |subject: &str| StuckInvoice {
+        source: "tus".into(),
+        subject: subject.into(),
+        since_ms: since.ms(),
+        latest: since,
+    };
+    spool
+        .save_stuck(StuckChanges {
+            marked: vec![stuck("0001"), stuck("0002:b")],
+            unmarked: vec![],
+            walked: vec![("tus".into(), Some(since)), ("datil".into(), Some(since))],
+        })
+        .await
+        .unwrap();
+    spool.close().await.unwrap();
+    drop(spool);
+
+    let (spool, _) = open(dir.path(), &["erp"]);
+    let kept = spool.stuck_marks().unwrap();
+    assert_eq!(kept.stuck, [stuck("0001"), stuck("0002:b")]);
+    assert_eq!(
+        kept.walked,
+        [("datil".to_owned(), since), ("tus".to_owned(), since)]
+    );
+    spool
+        .save_stuck(StuckChanges {
+            marked: vec![],
+            unmarked: vec![("tus".into(), "0001".into())],
+            walked: vec![("datil".into(), None)],
+        })
+        .await
+        .unwrap();
+    let left = spool.stuck_marks().unwrap();
+    assert_eq!(left.stuck, [stuck("0002:b")]);
+    assert_eq!(left.walked, [("tus".to_owned(), since)]);
+    spool.close().await.unwrap();
+}

@@ -41,7 +41,7 @@ use crate::config::SpoolConfig;
 use crate::delivery::Delivery;
 use crate::providers::Notification;
 pub use audit::{AuditEntry, AuditId, AuditIdError, AuditRecord};
-pub use invoices::{Invoice, InvoiceCursor, StuckInvoice, TimelineEntry};
+pub use invoices::{Invoice, InvoiceCursor, StuckChanges, StuckInvoice, StuckMarks, TimelineEntry};
 pub use observe::{Observed, ObservedNotification};
 pub use record::{
     NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta, QuarantineRecord, Record,
@@ -600,6 +600,19 @@ impl Spool {
     /// notification), without its timeline.
     pub fn invoice_now(&self, source: &str, subject: &str) -> Result<Option<Invoice>, SpoolError> {
         self.backend.invoice_now(source, subject)
+    }
+
+    /// The stuck check's marks, as last saved (a short read of its own
+    /// keys, one per stuck invoice and per watched source).
+    pub fn stuck_marks(&self) -> Result<StuckMarks, SpoolError> {
+        self.backend.stuck_marks()
+    }
+
+    /// Saves changes to the stuck check's marks through the writer; they
+    /// ride on the next group flush (a change lost in a crash makes the
+    /// check tell an invoice's turn again: at least once, like events).
+    pub async fn save_stuck(&self, changes: StuckChanges) -> Result<(), SpoolError> {
+        self.backend.save_stuck(changes).await
     }
 
     /// The deliveries of one notification, one per subscription it was

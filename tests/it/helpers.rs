@@ -126,6 +126,23 @@ impl TestRelay {
         }
     }
 
+    /// Starts again on the spool and certificate of a stopped relay, on
+    /// the base config as `edit` changes it.
+    pub async fn start_again(
+        dir: tempfile::TempDir,
+        edit: impl FnOnce(String) -> String,
+    ) -> TestRelay {
+        let text = edit(base_config(dir.path()));
+        let config = Config::parse(&text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
+        let relay = Relay::start(config).await.expect("relay starts again");
+        let client = provider_client(&dir.path().join("tls/self-signed.crt"));
+        TestRelay {
+            relay: Some(relay),
+            dir,
+            client,
+        }
+    }
+
     pub fn relay(&self) -> &Relay {
         self.relay.as_ref().expect("relay running")
     }

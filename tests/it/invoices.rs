@@ -431,8 +431,21 @@ async fn a_superseded_notification_is_delivered_marked_or_skipped_per_subscripti
     relay.stop().await;
 }
 
+/// The admin page's dashboard as a viewer's browser gets it.
+async fn dashboard_html(admin: &Admin) -> String {
+    let response = admin
+        .client
+        .get(format!("{}/", admin.base))
+        .header("cookie", format!("relay_token={VIEWER_TOKEN}"))
+        .send()
+        .await
+        .expect("admin listener answers");
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
 /// `expect_every`: a source that sends nothing for that long raises
-/// `relay.source.silent` once and shows as silent in `/api/stats`; a
+/// `relay.source.silent` once and shows as silent in `/api/stats` and in a banner on the page; a
 /// notification from it raises `relay.source.recovered`. (The last
 /// receipt is kept to the second, so the setting is in seconds here.)
 #[tokio::test]
@@ -477,10 +490,23 @@ async fn a_silent_source_is_announced_once_and_its_recovery_too() {
         stats["sources"]["datil"]["silent"].is_null(),
         "not expected"
     );
+    // The page's dashboard names it in a banner, and only it.
+    let page = dashboard_html(&admin).await;
+    assert!(
+        page.contains("id=silent-tusfacturas")
+            && page.contains("Source tusfacturas is silent: nothing received for 2 s"),
+        "{page}"
+    );
+    assert!(!page.contains("id=silent-datil"), "{page}");
 
     post_about(&relay, "silence-1", "emitido", "0009-0001").await;
     let stats = admin.get("/api/stats").await;
     assert_eq!(stats["sources"]["tusfacturas"]["silent"], false, "{stats}");
+    let page = dashboard_html(&admin).await;
+    assert!(
+        !page.contains("is silent"),
+        "heard again: no banner: {page}"
+    );
     alerts.wait_for(2, WAIT).await;
     let seen = types(&alerts);
     assert_eq!(
@@ -627,6 +653,208 @@ async fn a_queued_invoice_gets_stuck_once_and_clears_with_its_final_status() {
         alerts.count(),
         2,
         "stuck once, cleared once, nothing for 0008-0002"
+    );
+    relay.stop().await;
+}
+
+/// The base config with TusFacturas invoices stuck after 300 ms, an
+/// alerts subscription for the invoice events (one at a time, so they
+/// arrive in order) and the admin listener.
+fn stuck_config(base: String, alerts: &Target) -> String {
+    format!(
+        "{}{}{}",
+        base.replace(
+            "[sources.tusfacturas]\n",
+            "[sources.tusfacturas]\nstuck_after = \"300ms\"\n"
+        ),
+        subscription(
+            "alerts",
+            &alerts.url(),
+            "events = [\"relay.invoice.*\"]\nmax_in_flight = 1"
+        ),
+        admin_section()
+    )
+}
+
+/// `webhook_relay_invoices_stuck{source="tusfacturas"}` as scraped, if
+/// the series is there.
+async fn tus_stuck_gauge(admin: &Admin) -> Option<String> {
+    let (_, text) = admin.call("GET", "/metrics", None).await;
+    text.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook_relay_invoices_stuck{source=\"tusfacturas\"} "))
+        .map(str::to_owned)
+}
+
+fn stuck_subjects(listed: &Value) -> Vec<String> {
+    listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["subject"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// (type, subject) of each event the alerts target received, in order.
+fn told(alerts: &Target) -> Vec<(String, String)> {
+    alerts
+        .received()
+        .iter()
+        .map(|r| {
+            let event: Value = serde_json::from_slice(&r.body).unwrap();
+            (
+                event["type"].as_str().unwrap_or_default().to_owned(),
+                event["subject"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The stuck check's state is kept in the spool: across a restart an
+/// invoice announced stuck is listed and counted at once, not announced
+/// again, and its final status after the restart clears it once; the
+/// cleared one's mark is gone at the next start, the other's is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_invoice_is_announced_once_across_a_restart_and_cleared_after_it() {
+    let alerts = Target::start(vec![]).await;
+    let relay = TestRelay::start_edited(|base| stuck_config(base, &alerts)).await;
+    post_about(&relay, "r-q1", "encolado", "0009-0001").await;
+    alerts.wait_for(1, WAIT).await;
+    assert_eq!(
+        told(&alerts),
+        [("relay.invoice.stuck".to_owned(), "0009-0001".to_owned())]
+    );
+    let dir = relay.stop().await;
+
+    let relay = TestRelay::start_again(dir, |base| stuck_config(base, &alerts)).await;
+    let admin = Admin::of(&relay);
+    // Right after the start, before the events task looked at anything.
+    let listed = admin.get("/api/invoices?stuck=true").await;
+    assert_eq!(stuck_subjects(&listed), ["0009-0001"], "{listed}");
+    assert_eq!(tus_stuck_gauge(&admin).await.as_deref(), Some("1"));
+    // Another invoice queued after the restart gets stuck too: by then the
+    // walk went past the first one's queued notification.
+    post_about(&relay, "r-q2", "encolado", "0009-0002").await;
+    alerts.wait_for(2, WAIT).await;
+    post_about(&relay, "r-e1", "emitido", "0009-0001").await;
+    alerts.wait_for(3, WAIT).await;
+    admin
+        .wait_for("/api/invoices?stuck=true", "the first one cleared", |l| {
+            stuck_subjects(l) == ["0009-0002"]
+        })
+        .await;
+    let told_so_far = told(&alerts);
+    assert_eq!(
+        told_so_far,
+        [
+            ("relay.invoice.stuck".to_owned(), "0009-0001".to_owned()),
+            ("relay.invoice.stuck".to_owned(), "0009-0002".to_owned()),
+            ("relay.invoice.unstuck".to_owned(), "0009-0001".to_owned()),
+        ],
+        "stuck once across the restart, cleared once after it"
+    );
+    let dir = relay.stop().await;
+
+    let relay = TestRelay::start_again(dir, |base| stuck_config(base, &alerts)).await;
+    let admin = Admin::of(&relay);
+    let listed = admin.get("/api/invoices?stuck=true").await;
+    assert_eq!(stuck_subjects(&listed), ["0009-0002"], "{listed}");
+    assert_eq!(tus_stuck_gauge(&admin).await.as_deref(), Some("1"));
+    relay.stop().await;
+    assert_eq!(told(&alerts), told_so_far, "nothing told again");
+}
+
+/// A reload that stops watching a source (here it removes the source)
+/// drops its series of `webhook_relay_invoices_stuck`, its stuck invoices
+/// from the list, and their marks in the spool, without an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_stops_watching_a_source_drops_its_stuck_invoices() {
+    let alerts = Target::start(vec![]).await;
+    let relay = TestRelay::start_edited(|base| stuck_config(base, &alerts)).await;
+    let admin = Admin::of(&relay);
+    post_about(&relay, "u-q1", "encolado", "0010-0001").await;
+    alerts.wait_for(1, WAIT).await;
+    assert_eq!(tus_stuck_gauge(&admin).await.as_deref(), Some("1"));
+    let spool = relay.relay().spool.clone();
+    eventually(WAIT, "the stuck invoice saved in the spool", || {
+        spool.stuck_marks().is_ok_and(|m| m.stuck.len() == 1)
+    })
+    .await;
+
+    let text = stuck_config(base_config(relay.dir.path()), &alerts);
+    let (before, tus_block) = text
+        .split_once("[sources.tusfacturas]\n")
+        .expect("the base config has the source");
+    let (_, after) = tus_block
+        .split_once("\n\n")
+        .expect("a blank line ends the block");
+    let without_tus = webhook_relay::config::Config::parse(&format!("{before}{after}")).unwrap();
+    relay.relay().reload(without_tus).await.expect("reloaded");
+
+    admin
+        .wait_for("/api/invoices?stuck=true", "the stuck list emptied", |l| {
+            stuck_subjects(l).is_empty()
+        })
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tus_stuck_gauge(&admin).await.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the series of a source no longer watched is dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(WAIT, "its marks dropped from the spool", || {
+        spool
+            .stuck_marks()
+            .is_ok_and(|m| m.stuck.is_empty() && m.walked.iter().all(|(s, _)| s != "tusfacturas"))
+    })
+    .await;
+    assert_eq!(alerts.count(), 1, "dropped quietly: no unstuck");
+    relay.stop().await;
+}
+
+/// Retention that removes a stuck invoice removes its mark too (at the
+/// stuck check's next look), quietly: the list, the gauge and the spool's
+/// marks empty, no `relay.invoice.unstuck`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_that_removes_a_stuck_invoice_removes_its_mark() {
+    let alerts = Target::start(vec![]).await;
+    let relay = TestRelay::start_edited(|base| {
+        stuck_config(base, &alerts).replace(
+            "dedup_window = \"72h\"\n",
+            "dedup_window = \"2s\"\nretention = \"2s\"\n",
+        )
+    })
+    .await;
+    let admin = Admin::of(&relay);
+    post_about(&relay, "k-q1", "encolado", "0011-0001").await;
+    alerts.wait_for(1, WAIT).await;
+    let spool = relay.relay().spool.clone();
+    eventually(WAIT, "the stuck invoice saved in the spool", || {
+        spool.stuck_marks().is_ok_and(|m| m.stuck.len() == 1)
+    })
+    .await;
+
+    eventually(WAIT, "retention to remove the invoice", || {
+        spool
+            .invoice_now("tusfacturas", "0011-0001")
+            .is_ok_and(|i| i.is_none())
+    })
+    .await;
+    eventually(WAIT, "its mark removed from the spool", || {
+        spool.stuck_marks().is_ok_and(|m| m.stuck.is_empty())
+    })
+    .await;
+    let listed = admin.get("/api/invoices?stuck=true").await;
+    assert!(stuck_subjects(&listed).is_empty(), "{listed}");
+    assert_eq!(tus_stuck_gauge(&admin).await.as_deref(), Some("0"));
+    assert_eq!(
+        told(&alerts).len(),
+        1,
+        "forgotten quietly: {:?}",
+        told(&alerts)
     );
     relay.stop().await;
 }

@@ -12,7 +12,7 @@ use standardwebhooks::Webhook;
 use webhook_relay::app::Relay;
 use webhook_relay::config::Config;
 
-use crate::admin::{cli, post_tus, Admin, ADMIN_TOKEN, VIEWER_TOKEN};
+use crate::admin::{cli, cli_config, post_tus, Admin, ADMIN_TOKEN, VIEWER_TOKEN};
 use crate::helpers::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -738,5 +738,74 @@ async fn a_current_backfill_gives_each_invoice_its_current_notification_once() {
         )
     });
     assert_ne!(code, 0, "neither --since nor --current: {err}");
+    relay.stop().await;
+}
+
+/// `subscriptions add --status`: the built CLI creates a subscription
+/// that carries the statuses, and a notification of another status is
+/// not fanned out to it (the file's subscription gets both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_cli_adds_a_subscription_that_takes_only_some_statuses() {
+    let billing = Target::start(Vec::new()).await;
+    let decided = Target::start(Vec::new()).await;
+    let (relay, admin) = start(&billing.url()).await;
+    let config = cli_config(&relay);
+    let url = decided.url();
+    let add = [
+        "subscriptions",
+        "add",
+        "decided",
+        "--url",
+        &url,
+        "--status",
+        "accepted",
+        "--status",
+        "rejected",
+        "--json",
+    ];
+    let (code, out, err) = tokio::task::block_in_place(|| cli(&config, &add, ERP_TOKEN));
+    assert_eq!(code, 0, "{err}");
+    let created: Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(
+        created["settings"]["statuses"],
+        json!(["accepted", "rejected"]),
+        "{created}"
+    );
+    let listed = admin.get("/api/subscriptions").await;
+    let kept = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "decided")
+        .unwrap_or_else(|| panic!("listed: {listed}"));
+    assert_eq!(
+        kept["settings"]["statuses"],
+        json!(["accepted", "rejected"])
+    );
+
+    let (status, json) = relay
+        .post(
+            &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
+            tusfacturas("st-q", "encolado", 1),
+        )
+        .await;
+    assert_eq!(status, 200, "{json}");
+    let queued = json["id"].as_str().unwrap().to_owned();
+    let accepted = post_tus(&relay, "st-a", "17032").await;
+    let got = decided.wait_for(1, WAIT).await;
+    assert_eq!(webhook_id(&got[0]), accepted);
+    assert_eq!(got[0].headers["x-relay-status"], "accepted");
+    // Both reached the file's subscription; the queued one has no
+    // delivery to "decided" at all (fan-out decides at spool time).
+    billing.wait_for(2, WAIT).await;
+    let shown = admin.get(&format!("/api/notifications/{queued}")).await;
+    let to: Vec<&str> = shown["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["subscription"].as_str())
+        .collect();
+    assert_eq!(to, ["billing"], "{shown}");
+    assert_eq!(decided.count(), 1);
     relay.stop().await;
 }

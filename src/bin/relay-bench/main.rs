@@ -5,6 +5,9 @@
 //! - ingest:   durable ingest (every 200 covered by a flush + fdatasync) vs a
 //!   bare TLS hyper server answering 200, N keep-alive connections each;
 //!   also the relay without fdatasync, to show what the sync costs.
+//!   `--lifecycle` adds a relay posted each invoice twice, `encolado`
+//!   (queued) then `emitido`, to show what a queued notification's extra
+//!   index entry and seek cost beside the final-only default.
 //! - forward:  deliveries per second to a local target from a ready backlog,
 //!   then the latency scenario.
 //! - latency:  end-to-end latency (provider POST → target receipt) at 500
@@ -66,7 +69,13 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Scenario {
-    Ingest,
+    Ingest {
+        /// Also measure a relay posted each invoice's queued notification
+        /// (TusFacturas `encolado`), then its final `emitido`, beside the
+        /// default final-only bodies.
+        #[arg(long)]
+        lifecycle: bool,
+    },
     Forward {
         /// Notifications in the ready backlog.
         #[arg(long, default_value_t = 20_000)]
@@ -106,14 +115,14 @@ fn main() {
     runtime.block_on(async move {
         match args.scenario {
             Scenario::BareServer { cert, key } => servers::run_bare_server(cert.zip(key)).await,
-            Scenario::Ingest => ingest(&args_settings(&args)).await,
+            Scenario::Ingest { lifecycle } => ingest(&args_settings(&args), lifecycle).await,
             Scenario::Forward { backlog } => forward(&args_settings(&args), backlog).await,
             Scenario::Latency => latency(&args_settings(&args)).await,
             Scenario::Steady { soak } => steady(&args_settings(&args), soak).await,
             Scenario::Backlog { notifications } => backlog(notifications).await,
             Scenario::All => {
                 let settings = args_settings(&args);
-                ingest(&settings).await;
+                ingest(&settings, false).await;
                 forward(&settings, 20_000).await;
                 steady(&settings, false).await;
                 backlog(100_000).await;
@@ -234,6 +243,51 @@ fn notification(
     }
 }
 
+/// Notifications posted in one stretch of queued ones, then as many final
+/// ones of the same invoices: far more than the requests in flight, so
+/// each invoice's queued notification is stored before its final one
+/// (the other way round it would be a superseded resend, another path).
+const LIFECYCLE_STRETCH: u64 = 4096;
+
+/// Bodies that take each invoice through its lifecycle: request `n` is
+/// the queued `encolado` of an invoice in one stretch, its final `emitido`
+/// in the next. The invoices are named after `prefix` too: one seen in an
+/// earlier round is final already, and a queued one would not move it.
+fn lifecycle_notification(
+    prefix: impl std::fmt::Display + Send + Sync + 'static,
+) -> impl Fn(u64) -> String + Send + Sync + 'static {
+    move |n| {
+        let stretch = n / LIFECYCLE_STRETCH;
+        let invoice = (stretch / 2) * LIFECYCLE_STRETCH + n % LIFECYCLE_STRETCH;
+        let evento = if stretch.is_multiple_of(2) {
+            "encolado"
+        } else {
+            "emitido"
+        };
+        format!(
+            r#"{{"creado": "18/03/2022 15:58:11", "evento": "{evento}", "recurso": "facturacion", "external_reference": "{prefix}-{invoice}", "intento": 1, "msg": [], "hook_id": "{prefix}-{n}"}}"#
+        )
+    }
+}
+
+/// What a contender posts.
+#[derive(Clone, Copy)]
+enum Bodies {
+    /// A final `emitido` of a new invoice each time.
+    Final,
+    /// Queued, then final, per invoice ([`lifecycle_notification`]).
+    Lifecycle,
+}
+
+impl Bodies {
+    fn of(self, prefix: String) -> Box<dyn Fn(u64) -> String + Send + Sync> {
+        match self {
+            Bodies::Final => Box::new(notification(prefix)),
+            Bodies::Lifecycle => Box::new(lifecycle_notification(prefix)),
+        }
+    }
+}
+
 fn hooks_url(addr: std::net::SocketAddr) -> String {
     format!(
         "https://localhost:{}/hooks/tusfacturas/{TOKEN}",
@@ -277,22 +331,14 @@ async fn measure(
     url: &str,
     connections: usize,
     duration: Duration,
-    prefix: String,
+    bodies: Box<dyn Fn(u64) -> String + Send + Sync>,
 ) -> Stats {
-    load::closed_loop(
-        client,
-        url,
-        connections,
-        duration,
-        2_000_000,
-        notification(prefix),
-    )
-    .await
+    load::closed_loop(client, url, connections, duration, 2_000_000, bodies).await
 }
 
-async fn ingest(settings: &Settings) {
+async fn ingest(settings: &Settings, lifecycle: bool) {
     for &connections in &settings.connections {
-        ingest_at(connections, settings.duration, settings.rounds).await;
+        ingest_at(connections, settings.duration, settings.rounds, lifecycle).await;
     }
 }
 
@@ -305,6 +351,9 @@ struct Contender {
     client: reqwest::Client,
     /// Starts the hook ids it posts, so that no request is a resend.
     prefix: &'static str,
+    bodies: Bodies,
+    /// Before its ratio to the bare server in each round's line.
+    round_label: &'static str,
     /// Its spool directory in the workspace (the relays only).
     spool: Option<&'static str>,
     /// Notifications it acknowledged, warm-up included.
@@ -320,6 +369,7 @@ impl Contender {
         name: &'static str,
         (server, url): (ChildServer, String),
         (prefix, spool): (&'static str, Option<&'static str>),
+        (bodies, round_label): (Bodies, &'static str),
         pem: &[u8],
         connections: usize,
     ) -> Contender {
@@ -331,6 +381,8 @@ impl Contender {
             url,
             client,
             prefix,
+            bodies,
+            round_label,
             spool,
             stored,
             runs: Vec::new(),
@@ -339,7 +391,7 @@ impl Contender {
     }
 }
 
-async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
+async fn ingest_at(connections: usize, duration: Duration, rounds: usize, lifecycle: bool) {
     println!(
         "\n== ingest: {connections} keep-alive TLS connections, HTTP/1.1, {rounds} rounds of {} s each ==",
         duration.as_secs()
@@ -353,20 +405,56 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
             "bare hyper + rustls (baseline)",
             (bare, bare_url),
             ("b", None),
+            (Bodies::Final, ""),
             &pem,
             connections,
         )
         .await,
     ];
-    for (name, prefix, spool, sync_data) in [
-        ("relay, flush + fdatasync", "s", "synced", true),
-        ("relay, flush only (no fdatasync)", "u", "unsynced", false),
-    ] {
+    let mut relays = vec![
+        (
+            "relay, flush + fdatasync",
+            "s",
+            "synced",
+            true,
+            Bodies::Final,
+            "",
+        ),
+        (
+            "relay, flush only (no fdatasync)",
+            "u",
+            "unsynced",
+            false,
+            Bodies::Final,
+            "without fdatasync ",
+        ),
+    ];
+    if lifecycle {
+        relays.push((
+            "relay, queued then final",
+            "l",
+            "lifecycle",
+            true,
+            Bodies::Lifecycle,
+            "queued then final ",
+        ));
+    }
+    for (name, prefix, spool, sync_data, bodies, round_label) in relays {
         let relay = ChildServer::relay(&ws.config(spool, sync_data, "")).await;
         let url = hooks_url(relay.addr);
         let server = (relay, url);
-        contenders
-            .push(Contender::start(name, server, (prefix, Some(spool)), &pem, connections).await);
+        let posts = (bodies, round_label);
+        contenders.push(
+            Contender::start(
+                name,
+                server,
+                (prefix, Some(spool)),
+                posts,
+                &pem,
+                connections,
+            )
+            .await,
+        );
     }
     for round in 0..rounds {
         // Each round starts with another contender, so that a drift over
@@ -381,7 +469,7 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
                 &contender.url,
                 connections,
                 duration,
-                prefix,
+                contender.bodies.of(prefix),
             )
             .await;
             let cpu_after = contender.server.cpu_us();
@@ -394,13 +482,16 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize) {
         let bare_rate = contenders[0].runs[round].rate();
         let ratios: Vec<String> = contenders[1..]
             .iter()
-            .map(|c| format!("{:.0} %", 100.0 * c.runs[round].rate() / bare_rate))
+            .map(|c| {
+                let ratio = 100.0 * c.runs[round].rate() / bare_rate;
+                format!("{}{ratio:.0} %", c.round_label)
+            })
             .collect();
         println!(
             "  round {}: bare {:.0} req/s, relay/bare {}",
             round + 1,
             bare_rate,
-            ratios.join(", without fdatasync ")
+            ratios.join(", ")
         );
     }
     let bare_rates: Vec<f64> = contenders[0].runs.iter().map(Stats::rate).collect();
@@ -895,4 +986,35 @@ fn dir_size(path: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webhook_relay::providers::{tusfacturas, InvoiceStatus};
+
+    #[test]
+    fn lifecycle_bodies_queue_each_invoice_then_make_it_final() {
+        let body = lifecycle_notification("l0");
+        let told = |n: u64| {
+            let checked = tusfacturas::check(body(n).as_bytes()).expect("a valid TusFacturas body");
+            (checked.subject.expect("an invoice"), checked.status)
+        };
+        let (first, status) = told(0);
+        assert_eq!(status, InvoiceStatus::Queued);
+        assert_eq!(told(LIFECYCLE_STRETCH), (first, InvoiceStatus::Accepted));
+        let (last, status) = told(LIFECYCLE_STRETCH - 1);
+        assert_eq!(status, InvoiceStatus::Queued);
+        assert_eq!(
+            told(2 * LIFECYCLE_STRETCH - 1),
+            (last.clone(), InvoiceStatus::Accepted)
+        );
+        // The next stretch starts new invoices, and another round's
+        // prefix never names one of this round.
+        let (next, status) = told(2 * LIFECYCLE_STRETCH);
+        assert_eq!(status, InvoiceStatus::Queued);
+        assert_ne!(next, last);
+        let other_round = tusfacturas::check(lifecycle_notification("l1")(0).as_bytes()).unwrap();
+        assert_ne!(other_round.subject, Some(told(0).0));
+    }
 }

@@ -33,6 +33,21 @@
 //! and looks each candidate's current status up in the index above (one
 //! seek): never a scan of the spool.
 //!
+//! And the stuck check's own marks (`events::stuck`), so that a restart
+//! neither announces a stuck invoice again nor misses its clearing:
+//!
+//! | prefix | key                                  | value                           |
+//! |--------|--------------------------------------|---------------------------------|
+//! | `m`    | `stuck/` source 0x00 subject         | since ms (8) ++ latest id (16) |
+//! | `m`    | `walked/` source                     | id (16)                         |
+//!
+//! one per stuck invoice and one per watched source, written by the
+//! writer when the events task saves what changed (after the events those
+//! changes raised are stored). The task removes a mark when the invoice
+//! clears, when retention took its notifications (the task's next look
+//! finds it gone), or when its source is no longer watched: no mark
+//! outlives what it marks by more than one look.
+//!
 //! The encodings and the writer's steps are here, and the reads.
 
 use std::collections::HashMap;
@@ -43,7 +58,8 @@ use super::{storage, SledSpool, Store};
 use crate::providers::{InvoiceStatus, ALL_STATUSES};
 use crate::spool::record::Record;
 use crate::spool::{
-    Invoice, InvoiceCursor, NotificationId, NotificationMeta, SpoolError, TimelineEntry,
+    Invoice, InvoiceCursor, NotificationId, NotificationMeta, SpoolError, StuckChanges,
+    StuckInvoice, StuckMarks, TimelineEntry,
 };
 
 pub const ENTRY: u8 = b'i';
@@ -51,6 +67,11 @@ pub const ENTRY: u8 = b'i';
 pub const WAITING: u8 = b'w';
 /// Present once the index covers every notification (set by the upgrade).
 pub const BUILT: &[u8] = b"minvoices";
+
+/// `mstuck/` source 0x00 subject: a stuck invoice.
+pub const STUCK: &[u8] = b"mstuck/";
+/// `mwalked/` source: how far the stuck check walked its `w` entries.
+pub const WALKED: &[u8] = b"mwalked/";
 
 /// Which invoice a notification is about, as the writer indexes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +173,55 @@ pub fn waiting_key(source: &str, id: NotificationId) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&id.to_bytes());
     key
+}
+
+pub fn stuck_key(source: &str, subject: &str) -> Vec<u8> {
+    [STUCK, source.as_bytes(), &[0], subject.as_bytes()].concat()
+}
+
+pub fn walked_key(source: &str) -> Vec<u8> {
+    [WALKED, source.as_bytes()].concat()
+}
+
+fn encode_stuck(stuck: &StuckInvoice) -> [u8; 24] {
+    let mut out = [0; 24];
+    out[..8].copy_from_slice(&stuck.since_ms.to_be_bytes());
+    out[8..].copy_from_slice(&stuck.latest.to_bytes());
+    out
+}
+
+fn decode_stuck(key: &[u8], value: &[u8]) -> Option<StuckInvoice> {
+    let names = key.strip_prefix(STUCK)?;
+    let zero = names.iter().position(|&b| b == 0)?;
+    let since: [u8; 8] = value.get(..8)?.try_into().ok()?;
+    Some(StuckInvoice {
+        source: std::str::from_utf8(&names[..zero]).ok()?.to_owned(),
+        subject: std::str::from_utf8(&names[zero + 1..]).ok()?.to_owned(),
+        since_ms: i64::from_be_bytes(since),
+        latest: NotificationId::from_bytes(value.get(8..)?)?,
+    })
+}
+
+/// Writes changes to the stuck check's marks into `batch`. A name that
+/// cannot be a key part (a 0x00) was never indexed, so never marked.
+pub fn save_stuck(batch: &mut Batch, changes: &StuckChanges) {
+    for stuck in &changes.marked {
+        if !stuck.source.contains('\0') && !stuck.subject.contains('\0') {
+            batch.insert(
+                stuck_key(&stuck.source, &stuck.subject),
+                &encode_stuck(stuck),
+            );
+        }
+    }
+    for (source, subject) in &changes.unmarked {
+        batch.remove(stuck_key(source, subject));
+    }
+    for (source, walked) in &changes.walked {
+        match walked {
+            Some(id) => batch.insert(walked_key(source), &id.to_bytes()),
+            None => batch.remove(walked_key(source)),
+        }
+    }
 }
 
 /// One notification in an invoice's timeline.
@@ -456,6 +526,27 @@ impl SledSpool {
             let id = key.get(prefix.len()..).and_then(id_of_inverted)?;
             Some(invoice(source, subject, id, entry))
         }))
+    }
+}
+
+impl SledSpool {
+    /// The stuck check's marks (damaged ones are skipped: at worst an
+    /// invoice is announced again).
+    pub fn stuck_marks(&self) -> Result<StuckMarks, SpoolError> {
+        let store = self.shared.store()?;
+        let mut marks = StuckMarks::default();
+        for item in store.tree.scan_prefix(STUCK) {
+            let (key, value) = item.map_err(storage)?;
+            marks.stuck.extend(decode_stuck(&key, &value));
+        }
+        for item in store.tree.scan_prefix(WALKED) {
+            let (key, value) = item.map_err(storage)?;
+            let source = std::str::from_utf8(&key[WALKED.len()..]).ok();
+            if let (Some(source), Some(id)) = (source, NotificationId::from_bytes(&value)) {
+                marks.walked.push((source.to_owned(), id));
+            }
+        }
+        Ok(marks)
     }
 }
 

@@ -18,6 +18,7 @@
 //! | `m`    | `sources`                             | empty: per-source counts kept |
 //! | `m`    | `sources/` source                     | that source's counts          |
 //! | `m`    | `sub/` subscription                   | an API-created subscription   |
+//! | `m`    | `stuck/`, `walked/` (`invoices.rs`)   | the stuck check's marks       |
 //! | `i`    | see `invoices.rs`                     | the invoice index             |
 //!
 //! (1) Written by releases before 2026-11-25 only: a `d` entry now goes

@@ -227,6 +227,12 @@ impl SledSpool {
         Ok(())
     }
 
+    /// Saves changes to the stuck check's marks; answered once applied,
+    /// made durable by the next group flush.
+    pub async fn save_stuck(&self, changes: super::StuckChanges) -> Result<(), SpoolError> {
+        self.write(Change::Stuck(changes), false).await.map(|_| ())
+    }
+
     pub fn paused(&self) -> std::collections::BTreeSet<String> {
         lock(&self.shared.paused).clone()
     }

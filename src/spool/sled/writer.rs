@@ -167,6 +167,8 @@ pub(super) enum Change {
         targets: Vec<(NotificationId, String)>,
         now_ms: i64,
     },
+    /// The stuck check's marks changed (see `invoices.rs`).
+    Stuck(crate::spool::StuckChanges),
 }
 
 pub(super) enum Op {
@@ -531,7 +533,8 @@ impl Writer {
                 | Change::Subscription { .. }
                 | Change::Backfill { .. }
                 | Change::Audit { .. }
-                | Change::Purge { .. } => 0,
+                | Change::Purge { .. }
+                | Change::Stuck(_) => 0,
             })
             .sum();
         if growth == 0 {
@@ -857,6 +860,10 @@ impl Writer {
                         .apply(store, std::mem::take(&mut batch), &self.shared.counts)?;
                     super::purge::slice(&self.shared, store, &mut self.tally, &targets, now_ms)
                         .map(Applied::Purged)
+                }
+                Change::Stuck(changes) => {
+                    invoices::save_stuck(&mut batch, &changes);
+                    Ok(Applied::Recorded)
                 }
                 Change::Audit { entry, at_ms } => {
                     let id = AuditId::next_after(self.last_audit, at_ms);
