@@ -652,11 +652,15 @@ async fn latency(settings: &Settings) {
 }
 
 /// The disk's own latency, sorted (µs): 500 appends of 1.5 KB (about a
-/// notification's record), each followed by an fdatasync, in `dir`.
+/// notification's record), each followed by an fdatasync, in `dir`. A
+/// `sync` first: what earlier work left dirty (a build's output, deleted
+/// files' discards on a filesystem mounted with `discard`) would otherwise
+/// be written back by the first fdatasyncs of the round, tens of ms each.
 async fn disk_sync_latency(dir: &Path) -> Vec<u64> {
     let path = dir.join("disk-probe");
     let sorted = tokio::task::spawn_blocking(move || {
         use std::io::Write as _;
+        rustix::fs::sync();
         let mut file = std::fs::File::create(&path).expect("disk probe file");
         let record = [b'x'; 1536];
         let mut latencies: Vec<u64> = (0..500)

@@ -85,6 +85,8 @@ pub(super) struct Shared {
     /// The newest notification covered by a completed flush: nothing newer
     /// is leased.
     pub durable: Mutex<Option<NotificationId>>,
+    /// An fdatasync the writer's syncer saw fail, for the writer to take up.
+    pub sync_failed: Mutex<Option<SpoolError>>,
     /// Per subscription: bumped when it may have new due work.
     work: Mutex<HashMap<String, watch::Sender<u64>>>,
     subs: Mutex<HashMap<String, Arc<Mutex<SubState>>>>,
@@ -179,6 +181,7 @@ impl SledSpool {
             config: config.clone(),
             clock,
             durable: Mutex::new(opened.newest),
+            sync_failed: Mutex::new(None),
             recheck_upto: Mutex::new(opened.newest),
             store: ArcSwapOption::from_pointee(opened.store),
             routes: ArcSwap::from_pointee(routes),

@@ -3,10 +3,12 @@
 //!
 //! Every change goes through one channel to one thread. It takes whatever
 //! has queued up, applies it as one sled batch (atomic, one tree), then
-//! flushes sled and fdatasyncs its log, and only then answers the changes
-//! that wait for durability and publishes the newest notification the flush
-//! covered: the first-attempt walks never go past it, so nothing is
-//! forwarded before it is durable. While it flushes, the next group queues.
+//! flushes sled; its syncer thread fdatasyncs sled's log, and only then
+//! answers the changes that wait for durability and publishes the newest
+//! notification the sync covered: the first-attempt walks never go past
+//! it, so nothing is forwarded before it is durable. While it flushes, the
+//! next group queues; while a small group syncs, the writer goes on with
+//! the next (a large one it waits for, so that the next grows).
 //! So one flush covers many requests, no request is answered before a flush
 //! that began after its write, and sled never sees concurrent flushes
 //! (which can deadlock, see CRATES.md). A group that holds only changes
@@ -53,6 +55,13 @@ use crate::spool::{
 
 /// Most changes applied in one batch and covered by one flush.
 const MAX_GROUP: usize = 512;
+/// A group of at most this many changes is handed to the syncer and the
+/// writer goes on with the next: at a light load the next notification
+/// need not wait for this one's fdatasync (end-to-end p99 at 1,000/s 2.8
+/// → 1.7 ms). The writer waits for a larger group's sync: under load
+/// the next group grows meanwhile, and fewer, larger groups cost less
+/// than many small ones (each sled flush wakes its whole I/O pool).
+const SYNCED_BEHIND_MAX: usize = 4;
 /// Changes waiting for the writer before senders have to wait too.
 const QUEUE: usize = 4096;
 /// A group nobody waits on for durability (delivery outcomes) is not
@@ -199,6 +208,79 @@ struct Write {
     reply: Reply,
 }
 
+/// A group sled has flushed, waiting for the fdatasync that makes it
+/// survive a power cut before it is answered and published.
+struct Flushed {
+    replies: Vec<(Reply, Result<Applied, SpoolError>)>,
+    newest: Option<NotificationId>,
+    woken: HashSet<String>,
+    changes: u64,
+    /// Told once the group is answered, if the writer waits for that.
+    synced: Option<std::sync::mpsc::Sender<()>>,
+}
+
+/// The fdatasync after sled's flush, on a thread of its own: while it
+/// syncs one group the writer applies and flushes the next, and one
+/// fdatasync covers every group flushed before it began. A group is
+/// answered, and its notifications leased, only after an fdatasync that
+/// began after its sled flush returned.
+struct Syncer {
+    tx: std::sync::mpsc::Sender<Flushed>,
+    thread: std::thread::JoinHandle<()>,
+    /// Where the syncer says a group the writer waits for is answered.
+    synced_tx: std::sync::mpsc::Sender<()>,
+    synced_rx: std::sync::mpsc::Receiver<()>,
+}
+
+impl Syncer {
+    fn start(shared: Arc<Shared>) -> std::io::Result<Syncer> {
+        let (tx, rx) = std::sync::mpsc::channel::<Flushed>();
+        let thread = std::thread::Builder::new()
+            .name("spool-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let groups: Vec<Flushed> =
+                        std::iter::once(first).chain(rx.try_iter()).collect();
+                    let synced = shared.store().and_then(|store| sync_log(&store));
+                    for group in groups {
+                        publish(&shared, group, &synced);
+                    }
+                    if let Err(err) = synced {
+                        *lock(&shared.sync_failed) = Some(err);
+                    }
+                }
+            })?;
+        let (synced_tx, synced_rx) = std::sync::mpsc::channel();
+        Ok(Syncer {
+            tx,
+            thread,
+            synced_tx,
+            synced_rx,
+        })
+    }
+}
+
+/// Answers a flushed group and publishes what it made durable, or answers
+/// it with the error that kept it from being durable.
+fn publish(shared: &Shared, group: Flushed, synced: &Result<(), SpoolError>) {
+    if let Err(err) = synced {
+        return answer_all(group.replies.into_iter().map(|(reply, _)| reply), err);
+    }
+    shared
+        .flushed_changes
+        .fetch_add(group.changes, Ordering::Relaxed);
+    if let Some(newest) = group.newest {
+        *lock(&shared.durable) = Some(newest);
+        shared.wake(group.woken.iter().map(String::as_str));
+    }
+    for (reply, result) in group.replies {
+        let _ = reply.send(result);
+    }
+    if let Some(synced) = group.synced {
+        let _ = synced.send(());
+    }
+}
+
 /// What the writer starts from, as opening found it.
 pub(super) struct Start {
     pub acknowledged: Acknowledged,
@@ -211,6 +293,7 @@ pub(super) struct Start {
 pub(super) fn start(shared: Arc<Shared>, from: Start) -> std::io::Result<mpsc::Sender<Op>> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let mark = MarkKeeper::start(from.acknowledged, &shared.config.path);
+    let syncer = Syncer::start(shared.clone())?;
     let mut writer = Writer {
         shared,
         mark,
@@ -221,6 +304,7 @@ pub(super) fn start(shared: Arc<Shared>, from: Start) -> std::io::Result<mpsc::S
         last_audit: from.last_audit,
         tally: Tally::new(from.counts),
         unflushed: None,
+        syncer: Some(syncer),
     };
     std::thread::Builder::new()
         .name("spool-writer".into())
@@ -272,6 +356,8 @@ struct Writer {
     tally: Tally,
     /// Applied changes no flush has covered yet: since when, how many.
     unflushed: Option<(std::time::Instant, u64)>,
+    /// `None` once stopped (at shut-down).
+    syncer: Option<Syncer>,
 }
 
 impl Writer {
@@ -414,6 +500,8 @@ impl Writer {
 
     /// The last flush and the acknowledged mark; then the store is let go.
     fn shut_down(&mut self) -> Result<(), SpoolError> {
+        self.stop_syncer();
+        self.take_sync_failure();
         if let Some(Blocked::Failed { reason }) = &self.blocked {
             // A failed sled hangs in its flush, and dropping it flushes:
             // leave it to the end of the process.
@@ -422,8 +510,12 @@ impl Writer {
                 "the last writes may not be durable: {reason}"
             )));
         }
+        self.stop_syncer();
         let result = self.shared.store().and_then(|store| {
             flush(&self.shared, &store)?;
+            if let Some(durable) = *lock(&self.shared.durable) {
+                self.mark.note(durable);
+            }
             self.mark.finish();
             Ok(())
         });
@@ -445,11 +537,28 @@ impl Writer {
         result
     }
 
+    /// A failed fdatasync fails the store, as one in the writer would.
+    fn take_sync_failure(&mut self) {
+        let failed = lock(&self.shared.sync_failed).take();
+        if let Some(err) = failed {
+            self.enter_failure(&err);
+        }
+    }
+
+    /// Waits until every group handed to the syncer is answered.
+    fn stop_syncer(&mut self) {
+        if let Some(Syncer { tx, thread, .. }) = self.syncer.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
+    }
+
     fn is_failed(&self) -> bool {
         matches!(self.blocked, Some(Blocked::Failed { .. }))
     }
 
     fn commit(&mut self, group: Vec<Write>) {
+        self.take_sync_failure();
         let store = match (&self.blocked, self.shared.store()) {
             (Some(Blocked::Failed { reason }), _) => {
                 let reason = reason.clone();
@@ -496,20 +605,35 @@ impl Writer {
             return;
         }
         self.unflushed = None;
-        if let Err(err) = flush(&self.shared, &store) {
+        if let Err(err) = flush_sled(&self.shared, &store) {
             self.enter_failure(&err);
             return answer_all(durable_replies.into_iter().map(|(reply, _)| reply), &err);
         }
-        self.shared
-            .flushed_changes
-            .fetch_add(unflushed + group_size, Ordering::Relaxed);
-        if let Some(newest) = applied.newest {
-            *lock(&self.shared.durable) = Some(newest);
-            self.mark.note(newest);
-            self.shared.wake(applied.woken.iter().map(String::as_str));
-        }
-        for (reply, result) in durable_replies {
-            let _ = reply.send(result);
+        let wait = group_size as usize > SYNCED_BEHIND_MAX;
+        let flushed = Flushed {
+            replies: durable_replies,
+            newest: applied.newest,
+            woken: applied.woken,
+            changes: unflushed + group_size,
+            synced: None,
+        };
+        match (&self.syncer, &store.log) {
+            (Some(syncer), Some(_)) => {
+                let flushed = Flushed {
+                    synced: wait.then(|| syncer.synced_tx.clone()),
+                    ..flushed
+                };
+                match syncer.tx.send(flushed) {
+                    Ok(()) if wait => {
+                        let _ = syncer.synced_rx.recv();
+                    }
+                    Ok(()) => {}
+                    Err(std::sync::mpsc::SendError(flushed)) => {
+                        publish(&self.shared, flushed, &sync_log(&store));
+                    }
+                }
+            }
+            _ => publish(&self.shared, flushed, &Ok(())),
         }
     }
 
@@ -936,6 +1060,7 @@ impl Writer {
     }
 
     fn maintain(&mut self) -> Result<Maintained, SpoolError> {
+        self.take_sync_failure();
         match &self.blocked {
             Some(Blocked::Failed { reason }) => {
                 return Err(SpoolError::Unavailable(reason.clone()));
@@ -945,6 +1070,9 @@ impl Writer {
                 self.leave_full();
             }
             Some(Blocked::Full { .. }) | None => {}
+        }
+        if let Some(durable) = *lock(&self.shared.durable) {
+            self.mark.note(durable);
         }
         self.mark.maintain();
         self.retention_slice()
@@ -1219,11 +1347,20 @@ fn answer_all(replies: impl IntoIterator<Item = Reply>, err: &SpoolError) {
 /// sled's flush writes its log with `sync_file_range` on Linux, which
 /// survives a crash but not a power cut: the fdatasync after it does.
 pub(super) fn flush(shared: &Shared, store: &Store) -> Result<(), SpoolError> {
+    flush_sled(shared, store)?;
+    sync_log(store)
+}
+
+fn flush_sled(shared: &Shared, store: &Store) -> Result<(), SpoolError> {
     shared.flush_starts.fetch_add(1, Ordering::Relaxed);
     store
         .db
         .flush()
         .map_err(|e| SpoolError::Flush(format!("sled flush: {e}")))?;
+    Ok(())
+}
+
+fn sync_log(store: &Store) -> Result<(), SpoolError> {
     if let Some(log) = &store.log {
         log.sync_data()
             .map_err(|e| SpoolError::Flush(format!("fdatasync: {e}")))?;
