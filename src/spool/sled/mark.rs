@@ -135,7 +135,7 @@ pub struct MarkKeeper {
 
 impl MarkKeeper {
     pub fn start(acknowledged: Acknowledged, path: &Path) -> MarkKeeper {
-        let newest = acknowledged.newest;
+        let (newest, written) = (acknowledged.newest, acknowledged.written);
         let (tx, rx) = mpsc::channel::<NotificationId>();
         let mut on_thread = acknowledged.clone();
         let thread_path = path.to_owned();
@@ -159,7 +159,9 @@ impl MarkKeeper {
         };
         MarkKeeper {
             newest,
-            handed: newest,
+            // After a crash the store may be ahead of the file: the
+            // first hand-off writes what it holds.
+            handed: written,
             last_handed: None,
             path: path.to_owned(),
             thread,
