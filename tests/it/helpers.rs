@@ -114,27 +114,18 @@ impl TestRelay {
     /// Starts on the base config as `edit` changes it.
     pub async fn start_edited(edit: impl FnOnce(String) -> String) -> TestRelay {
         init();
-        let dir = tempfile::tempdir().unwrap();
-        let text = edit(base_config(dir.path()));
-        let config = Config::parse(&text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
-        let relay = Relay::start(config).await.expect("relay starts");
-        let client = provider_client(&dir.path().join("tls/self-signed.crt"));
-        TestRelay {
-            relay: Some(relay),
-            dir,
-            client,
-        }
+        TestRelay::start_again(tempfile::tempdir().unwrap(), edit).await
     }
 
-    /// Starts again on the spool and certificate of a stopped relay, on
-    /// the base config as `edit` changes it.
+    /// Starts on the spool and certificate in `dir` (a stopped relay's,
+    /// or a new one), on the base config as `edit` changes it.
     pub async fn start_again(
         dir: tempfile::TempDir,
         edit: impl FnOnce(String) -> String,
     ) -> TestRelay {
         let text = edit(base_config(dir.path()));
         let config = Config::parse(&text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
-        let relay = Relay::start(config).await.expect("relay starts again");
+        let relay = Relay::start(config).await.expect("relay starts");
         let client = provider_client(&dir.path().join("tls/self-signed.crt"));
         TestRelay {
             relay: Some(relay),

@@ -544,13 +544,6 @@ async fn a_queued_invoice_gets_stuck_once_and_clears_with_its_final_status() {
     })
     .await;
     let admin = Admin::of(&relay);
-    let stuck_gauge = || async {
-        let (_, text) = admin.call("GET", "/metrics", None).await;
-        let text = text.as_str().unwrap_or_default().to_owned();
-        text.lines()
-            .find_map(|l| l.strip_prefix("webhook_relay_invoices_stuck{source=\"tusfacturas\"} "))
-            .map(str::to_owned)
-    };
     let queued = post_about(&relay, "s-q", "encolado", "0008-0001").await;
     let queued_id = queued["id"].as_str().expect("an id").to_owned();
     post_about(&relay, "s-q2", "encolado", "0008-0002").await;
@@ -574,7 +567,7 @@ async fn a_queued_invoice_gets_stuck_once_and_clears_with_its_final_status() {
         .collect();
     assert_eq!(subjects, ["0008-0001"], "emitted in time: never stuck");
     assert_eq!(listed["items"][0]["latest_id"], queued_id.as_str());
-    assert_eq!(stuck_gauge().await.as_deref(), Some("1"));
+    assert_eq!(tus_stuck_gauge(&admin).await.as_deref(), Some("1"));
     let config_file = cli_config(&relay);
     let config = config_file.as_path();
     let (code, out, err) =
@@ -639,7 +632,7 @@ async fn a_queued_invoice_gets_stuck_once_and_clears_with_its_final_status() {
             l["items"].as_array().is_some_and(Vec::is_empty)
         })
         .await;
-    assert_eq!(stuck_gauge().await.as_deref(), Some("0"));
+    assert_eq!(tus_stuck_gauge(&admin).await.as_deref(), Some("0"));
     // Several more looks of the events task later: still told once each.
     let events = admin
         .wait_for(
