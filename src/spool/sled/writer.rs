@@ -519,7 +519,6 @@ impl Writer {
                 "the last writes may not be durable: {reason}"
             )));
         }
-        self.stop_syncer();
         let result = self.shared.store().and_then(|store| {
             flush(&self.shared, &store)?;
             if let Some(durable) = *lock(&self.shared.durable) {
