@@ -81,7 +81,11 @@ enum Scenario {
         #[arg(long, default_value_t = 20_000)]
         backlog: u64,
     },
-    Latency,
+    Latency {
+        /// Notifications per second to post at, one rate after the other.
+        #[arg(long, value_delimiter = ',', default_values_t = [500, 1_000])]
+        rates: Vec<u32>,
+    },
     Steady {
         /// Run longer (300 s unless --seconds) with `retention = "2s"` and
         /// `dedup_window = "1s"`, printing the spool's size on disk every
@@ -112,16 +116,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let settings = args_settings(&args);
     runtime.block_on(async move {
         match args.scenario {
             Scenario::BareServer { cert, key } => servers::run_bare_server(cert.zip(key)).await,
-            Scenario::Ingest { lifecycle } => ingest(&args_settings(&args), lifecycle).await,
-            Scenario::Forward { backlog } => forward(&args_settings(&args), backlog).await,
-            Scenario::Latency => latency(&args_settings(&args)).await,
-            Scenario::Steady { soak } => steady(&args_settings(&args), soak).await,
+            Scenario::Ingest { lifecycle } => ingest(&settings, lifecycle).await,
+            Scenario::Forward { backlog } => forward(&settings, backlog).await,
+            Scenario::Latency { rates } => latency(&settings, &rates).await,
+            Scenario::Steady { soak } => steady(&settings, soak).await,
             Scenario::Backlog { notifications } => backlog(notifications).await,
             Scenario::All => {
-                let settings = args_settings(&args);
                 ingest(&settings, false).await;
                 forward(&settings, 20_000).await;
                 steady(&settings, false).await;
@@ -609,7 +613,7 @@ async fn forward(settings: &Settings, backlog: u64) {
         cpu_per(cpu_before, cpu_after, 1) / 1e6 / elapsed.as_secs_f64()
     );
 
-    latency(settings).await;
+    latency(settings, &[500, 1_000]).await;
 }
 
 /// Seconds each end-to-end round posts for.
@@ -618,7 +622,7 @@ const LATENCY_ROUND_SECONDS: u64 = 5;
 /// End-to-end latency at fixed, moderate rates, in rounds on one relay;
 /// the median of the rounds' p99 is the figure (one slow spell of this
 /// shared machine's disk spoils one round, not the result).
-async fn latency(settings: &Settings) {
+async fn latency(settings: &Settings, rates: &[u32]) {
     println!(
         "\n== latency: provider POST -> target receipt, {} rounds of {LATENCY_ROUND_SECONDS} s per rate ==",
         settings.rounds
@@ -629,7 +633,7 @@ async fn latency(settings: &Settings) {
     let config = ws.config("latency", true, &subscription("bench", &target.url(), 64));
     let relay = ChildServer::relay(&config).await;
     let url = hooks_url(relay.addr);
-    for rate in [500u32, 1_000] {
+    for &rate in rates {
         let mut p99s = Vec::new();
         for round in 1..=settings.rounds {
             let disk = disk_sync_latency(ws.dir.path()).await;
