@@ -272,39 +272,6 @@ async fn an_idle_lease_wakes_as_soon_as_a_store_is_durable() {
     );
 }
 
-/// The sync that makes a notification durable leases it for an idle
-/// worker on the spot: the worker's lease returns it without a walk of its
-/// own; a paused subscription's worker is handed nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_worker_is_handed_its_first_attempts_by_the_sync() {
-    let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp", "archive"]);
-    spool.pause("archive", true).await.unwrap();
-    let waiting = |name: &'static str| {
-        let spool = spool.clone();
-        tokio::spawn(async move { spool.lease(name, 4).await })
-    };
-    let (erp, archive) = (waiting("erp"), waiting("archive"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !spool.backend.idle_and_handed("erp").0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the lease never went idle"
-        );
-        tokio::task::yield_now().await;
-    }
-    let id = store_new(&spool, "a", clock.now_ms()).await;
-    let leases = tokio::time::timeout(Duration::from_secs(5), erp)
-        .await
-        .expect("the lease never woke")
-        .unwrap()
-        .unwrap();
-    assert_eq!(leases.iter().map(Lease::id).collect::<Vec<_>>(), [id]);
-    assert_eq!(spool.backend.idle_and_handed("erp"), (false, 1));
-    assert!(!archive.is_finished(), "a paused subscription leased");
-    archive.abort();
-}
-
 #[tokio::test]
 async fn nothing_newer_than_the_last_flush_is_leased() {
     let dir = tempfile::tempdir().unwrap();

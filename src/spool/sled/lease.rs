@@ -177,33 +177,6 @@ pub fn walk(shared: &Arc<Shared>, name: &str, max: usize, now: i64) -> Result<Fo
     Ok(Found::NothingUntil(next))
 }
 
-/// Finds up to `max` first attempts of `name` (no retries: they need the
-/// clock) and leases them: the syncer's walk for a subscription whose
-/// worker waits idle, right after a sync made new notifications durable.
-pub fn walk_first_attempts(
-    shared: &Arc<Shared>,
-    name: &str,
-    max: usize,
-) -> Result<Vec<SledLease>, SpoolError> {
-    let store = shared.store()?;
-    let handle = shared.sub(name);
-    let mut out = Vec::new();
-    let mut state = lock(&handle);
-    if !state.loaded {
-        state.scan_from = read_cursor(&store, name)?;
-        state.loaded = true;
-    }
-    let walk = Walk {
-        shared,
-        store: &store,
-        name,
-        handle: &handle,
-    };
-    walk.first_attempts(max, &mut state, &mut out)?;
-    drop(state);
-    Ok(out)
-}
-
 fn read_cursor(store: &Store, name: &str) -> Result<u128, SpoolError> {
     Ok(store
         .get(&keys::cursor(name))?

@@ -18,7 +18,7 @@ mod purge;
 mod query;
 mod writer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,15 +87,6 @@ pub(super) struct Shared {
     pub durable: Mutex<Option<NotificationId>>,
     /// An fdatasync the writer's syncer saw fail, for the writer to take up.
     pub sync_failed: Mutex<Option<SpoolError>>,
-    /// Subscriptions whose worker waits for work, with how many leases it
-    /// can take: after a sync the syncer walks for them (see `handed`).
-    pub idle: Mutex<HashMap<String, usize>>,
-    /// First attempts the syncer leased for an idle worker: its next
-    /// `lease` takes them without a walk of its own on the blocking pool
-    /// (two thread hand-offs fewer between a flush and the send).
-    pub handed: Mutex<HashMap<String, Vec<SledLease>>>,
-    /// Leases handed over so far.
-    pub handed_total: AtomicU64,
     /// Per subscription: bumped when it may have new due work.
     work: Mutex<HashMap<String, watch::Sender<u64>>>,
     subs: Mutex<HashMap<String, Arc<Mutex<SubState>>>>,
@@ -114,61 +105,7 @@ pub(super) struct Shared {
     pub api_subscriptions: Mutex<std::collections::BTreeMap<String, ApiSubscription>>,
 }
 
-/// A worker waiting for work, as the syncer sees it; unmarked when the
-/// wait ends (or the lease future is dropped).
-struct Idle<'a> {
-    shared: &'a Shared,
-    subscription: &'a str,
-}
-
-impl<'a> Idle<'a> {
-    fn mark(shared: &'a Shared, subscription: &'a str, max: usize) -> Idle<'a> {
-        lock(&shared.idle).insert(subscription.to_owned(), max);
-        Idle {
-            shared,
-            subscription,
-        }
-    }
-}
-
-impl Drop for Idle<'_> {
-    fn drop(&mut self) {
-        lock(&self.shared.idle).remove(self.subscription);
-    }
-}
-
 impl Shared {
-    /// For each of `woken` whose worker waits idle (and is not paused),
-    /// leases its new first attempts now, on this (non-async) thread.
-    pub fn hand_first_attempts(self: &Arc<Self>, woken: &HashSet<String>) {
-        for name in woken {
-            let Some(max) = lock(&self.idle).remove(name) else {
-                continue;
-            };
-            if lock(&self.paused).contains(name) {
-                continue;
-            }
-            // An error leaves the work where it is: the worker's own walk
-            // meets it and reports it.
-            if let Ok(leases) = lease::walk_first_attempts(self, name, max) {
-                if !leases.is_empty() {
-                    self.handed_total
-                        .fetch_add(leases.len() as u64, Ordering::Relaxed);
-                    lock(&self.handed)
-                        .entry(name.clone())
-                        .or_default()
-                        .extend(leases);
-                }
-            }
-        }
-    }
-
-    /// Lets go of leases handed to workers that never took them.
-    pub fn drop_handed(&self) {
-        let handed = std::mem::take(&mut *lock(&self.handed));
-        drop(handed);
-    }
-
     pub fn store(&self) -> Result<Arc<Store>, SpoolError> {
         self.store.load_full().ok_or_else(|| {
             SpoolError::Unavailable(
@@ -245,9 +182,6 @@ impl SledSpool {
             clock,
             durable: Mutex::new(opened.newest),
             sync_failed: Mutex::new(None),
-            idle: Mutex::new(HashMap::new()),
-            handed: Mutex::new(HashMap::new()),
-            handed_total: AtomicU64::new(0),
             recheck_upto: Mutex::new(opened.newest),
             store: ArcSwapOption::from_pointee(opened.store),
             routes: ArcSwap::from_pointee(routes),
@@ -492,10 +426,6 @@ impl SledSpool {
                 }
                 continue;
             }
-            let handed = lock(&self.shared.handed).remove(subscription);
-            if let Some(leases) = handed.filter(|leases| !leases.is_empty()) {
-                return Ok(leases);
-            }
             let shared = self.shared.clone();
             let name = subscription.to_owned();
             let now = self.shared.clock.now_ms();
@@ -514,7 +444,6 @@ impl SledSpool {
                     None => std::future::pending().await,
                 }
             };
-            let _idle = Idle::mark(&self.shared, subscription, max);
             tokio::select! {
                 changed = work.changed() => {
                     if changed.is_err() {
@@ -831,16 +760,6 @@ impl SledSpool {
 
     pub fn flush_starts(&self) -> u64 {
         self.shared.flush_starts.load(Ordering::Relaxed)
-    }
-
-    /// Tests: whether `subscription`'s worker waits idle, and how many
-    /// leases the syncer handed over so far.
-    #[cfg(test)]
-    pub fn idle_and_handed(&self, subscription: &str) -> (bool, u64) {
-        (
-            lock(&self.shared.idle).contains_key(subscription),
-            self.shared.handed_total.load(Ordering::Relaxed),
-        )
     }
 
     pub fn flushed_changes(&self) -> u64 {

@@ -219,9 +219,6 @@ struct Flushed {
     changes: u64,
     /// Told (or dropped) once the group is answered.
     synced: std::sync::mpsc::SyncSender<()>,
-    /// A small group (a light load): lease its first attempts for idle
-    /// workers right here.
-    hand_off: bool,
 }
 
 /// The fdatasync after sled's flush, on a thread of its own: while it
@@ -267,7 +264,7 @@ impl Syncer {
 
 /// Answers a flushed group and publishes what it made durable, or answers
 /// it with the error that kept it from being durable.
-fn publish(shared: &Arc<Shared>, group: Flushed, synced: &Result<(), SpoolError>) {
+fn publish(shared: &Shared, group: Flushed, synced: &Result<(), SpoolError>) {
     if let Err(err) = synced {
         return answer_all(group.replies.into_iter().map(|(reply, _)| reply), err);
     }
@@ -277,17 +274,13 @@ fn publish(shared: &Arc<Shared>, group: Flushed, synced: &Result<(), SpoolError>
     if let Some(newest) = group.newest {
         let mut durable = lock(&shared.durable);
         *durable = (*durable).max(Some(newest));
+        drop(durable);
+        shared.wake(group.woken.iter().map(String::as_str));
     }
     for (reply, result) in group.replies {
         let _ = reply.send(result);
     }
     let _ = group.synced.try_send(());
-    if group.newest.is_some() {
-        if group.hand_off {
-            shared.hand_first_attempts(&group.woken);
-        }
-        shared.wake(group.woken.iter().map(String::as_str));
-    }
 }
 
 /// What the writer starts from, as opening found it.
@@ -518,8 +511,6 @@ impl Writer {
     fn shut_down(&mut self) -> Result<(), SpoolError> {
         self.stop_syncer();
         self.take_sync_failure();
-        // They hold the shared state (and it them): let them go.
-        self.shared.drop_handed();
         if let Some(Blocked::Failed { reason }) = &self.blocked {
             // A failed sled hangs in its flush, and dropping it flushes:
             // leave it to the end of the process.
@@ -646,7 +637,6 @@ impl Writer {
             woken: applied.woken,
             changes: unflushed + group_size,
             synced,
-            hand_off: group_size as usize <= SYNCED_BEHIND_MAX,
         };
         match (&self.syncer, &store.log) {
             (Some(syncer), Some(_)) => match syncer.tx.send(flushed) {
