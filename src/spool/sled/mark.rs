@@ -3,7 +3,8 @@
 //! truncated log looks to sled like a torn write and opens silently with
 //! what is before the cut; at open that notification must be there.
 //!
-//! The writer notes each flushed notification; a thread of its own writes
+//! The writer notes the newest notification a sync made durable (the
+//! lease watermark), once per upkeep tick; a thread of its own writes
 //! the file (a new file, fsynced, renamed over the old one, the directory
 //! fsynced), at most once a second: those syncs took 1-2 ms, and on the
 //! writer's thread every request arriving meanwhile waited for them.
@@ -120,7 +121,7 @@ pub fn forget(path: &Path) {
     let _ = std::fs::remove_file(path.join(ACKNOWLEDGED_FILE));
 }
 
-/// The writer's side of the mark: notes what each flush made durable and
+/// The writer's side of the mark: notes what the syncs made durable and
 /// hands it, at most once a second, to the thread that writes the file.
 pub struct MarkKeeper {
     newest: Option<NotificationId>,
@@ -169,7 +170,7 @@ impl MarkKeeper {
         }
     }
 
-    /// `id` was flushed and answered.
+    /// `id` was made durable (flushed and fdatasynced).
     pub fn note(&mut self, id: NotificationId) {
         self.newest = self.newest.max(Some(id));
     }
