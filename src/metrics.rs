@@ -150,6 +150,9 @@ pub struct Snapshot {
     pub spool_writable: bool,
     pub flush_groups: u64,
     pub flushed_changes: u64,
+    /// What the spool reported to the operational events and the events
+    /// task could not take in time (its channel was full): events lost.
+    pub event_reports_dropped: u64,
     /// Per subscription: (waiting, dead).
     pub deliveries: Vec<(String, u64, u64)>,
     /// Per subscription with something waiting: the oldest waiting
@@ -182,6 +185,7 @@ pub struct Metrics {
     spool_writable: Gauge,
     flush_groups: Counter<u64, AtomicU64>,
     flushed_changes: Counter<u64, AtomicU64>,
+    event_reports_dropped: Counter<u64, AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -230,6 +234,7 @@ impl Metrics {
             spool_writable: Gauge::default(),
             flush_groups: Counter::default(),
             flushed_changes: Counter::default(),
+            event_reports_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -316,6 +321,11 @@ impl Metrics {
             "flushed_changes",
             "Changes covered by group commits (divided by flush_groups: the mean group size)",
             metrics.flushed_changes.clone(),
+        );
+        registry.register(
+            "event_reports_dropped",
+            "Spool reports the operational events task could not take in time (its queue was full): relay.* events that were not raised",
+            metrics.event_reports_dropped.clone(),
         );
         // A gauge set to 1 rather than an OpenMetrics `info`: the classic
         // text parser (promtool, older Prometheus) knows no `info` type.
@@ -460,6 +470,7 @@ impl Metrics {
         };
         catch_up(&self.flush_groups, snapshot.flush_groups);
         catch_up(&self.flushed_changes, snapshot.flushed_changes);
+        catch_up(&self.event_reports_dropped, snapshot.event_reports_dropped);
         // Subscriptions that went away (a reload) leave no stale series.
         self.waiting.clear();
         self.dead.clear();
@@ -544,6 +555,7 @@ mod tests {
             spool_writable: true,
             flush_groups: 3,
             flushed_changes: 7,
+            event_reports_dropped: 2,
             deliveries: vec![("billing".into(), 2, 1)],
             oldest_waiting: vec![("billing".into(), 1.5)],
             quarantined: 0,
@@ -558,6 +570,7 @@ mod tests {
             "webhook_relay_deliveries_waiting{subscription=\"billing\"} 2",
             "webhook_relay_last_received_timestamp_seconds{source=\"tf\"} 1700000000",
             "webhook_relay_flushed_changes_total 7",
+            "webhook_relay_event_reports_dropped_total 2",
             "webhook_relay_spool_writable 1",
             "webhook_relay_build_info{version=",
         ] {

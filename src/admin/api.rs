@@ -558,6 +558,7 @@ async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes
         spool_writable: health.writable,
         flush_groups: admin.spool.flush_starts(),
         flushed_changes: admin.spool.flushed_changes(),
+        event_reports_dropped: admin.spool.observed_dropped(),
         deliveries,
         oldest_waiting,
         quarantined: counts.quarantined,

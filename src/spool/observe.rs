@@ -102,3 +102,33 @@ impl Observer {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quarantined(n: u64) -> Observed {
+        Observed::Quarantined {
+            id: NotificationId::new(n as i64),
+            source: "tus".into(),
+            reason_kind: "invalid_json".into(),
+            reason: "not JSON".into(),
+            bytes: 3,
+        }
+    }
+
+    #[test]
+    fn a_full_channel_drops_and_counts_and_never_waits() {
+        let observer = Observer::default();
+        let mut reports = observer.start(2).expect("the first observer");
+        assert!(observer.start(2).is_none(), "one observer only");
+        let sent: Vec<Observed> = (1..=5).map(quarantined).collect();
+        for report in &sent {
+            observer.send(report.clone());
+        }
+        assert_eq!(observer.dropped(), 3);
+        assert_eq!(reports.try_recv().ok().as_ref(), Some(&sent[0]));
+        assert_eq!(reports.try_recv().ok().as_ref(), Some(&sent[1]));
+        assert!(reports.try_recv().is_err());
+    }
+}

@@ -579,6 +579,7 @@ async fn promtool_accepts_the_live_metrics() {
         "webhook_relay_notifications_stored 1",
         "webhook_relay_ingest_duration_seconds_bucket",
         "webhook_relay_build_info",
+        "webhook_relay_event_reports_dropped_total 0",
     ] {
         assert!(text.contains(family), "{family} missing from:\n{text}");
     }
