@@ -62,6 +62,19 @@ impl Admin {
         )
     }
 
+    /// A page of the admin UI as a browser logged in with `token` gets it.
+    pub async fn page_as(&self, path: &str, token: &str) -> String {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("cookie", format!("relay_token={token}"))
+            .send()
+            .await
+            .expect("admin listener answers");
+        assert_eq!(response.status(), 200, "GET {path} as a page");
+        response.text().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> Value {
         let (status, body) = self.call("GET", path, Some(ADMIN_TOKEN)).await;
         assert_eq!(status, 200, "GET {path}: {body}");

@@ -431,19 +431,6 @@ async fn a_superseded_notification_is_delivered_marked_or_skipped_per_subscripti
     relay.stop().await;
 }
 
-/// The admin page's dashboard as a viewer's browser gets it.
-async fn dashboard_html(admin: &Admin) -> String {
-    let response = admin
-        .client
-        .get(format!("{}/", admin.base))
-        .header("cookie", format!("relay_token={VIEWER_TOKEN}"))
-        .send()
-        .await
-        .expect("admin listener answers");
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
-
 /// `expect_every`: a source that sends nothing for that long raises
 /// `relay.source.silent` once and shows as silent in `/api/stats` and in a banner on the page; a
 /// notification from it raises `relay.source.recovered`. (The last
@@ -452,15 +439,7 @@ async fn dashboard_html(admin: &Admin) -> String {
 async fn a_silent_source_is_announced_once_and_its_recovery_too() {
     let alerts = Target::start(vec![]).await;
     let relay = TestRelay::start_edited(|base| {
-        format!(
-            "{}{}{}",
-            base.replace(
-                "[sources.tusfacturas]\n",
-                "[sources.tusfacturas]\nexpect_every = \"2s\"\n"
-            ),
-            subscription("alerts", &alerts.url(), r#"events = ["relay.source.*"]"#),
-            admin_section()
-        )
+        alerts_config(base, "expect_every = \"2s\"", "relay.source.*", &alerts)
     })
     .await;
     let admin = Admin::of(&relay);
@@ -491,7 +470,7 @@ async fn a_silent_source_is_announced_once_and_its_recovery_too() {
         "not expected"
     );
     // The page's dashboard names it in a banner, and only it.
-    let page = dashboard_html(&admin).await;
+    let page = admin.page_as("/", VIEWER_TOKEN).await;
     assert!(
         page.contains("id=silent-tusfacturas")
             && page.contains("Source tusfacturas is silent: nothing received for 2 s"),
@@ -502,7 +481,7 @@ async fn a_silent_source_is_announced_once_and_its_recovery_too() {
     post_about(&relay, "silence-1", "emitido", "0009-0001").await;
     let stats = admin.get("/api/stats").await;
     assert_eq!(stats["sources"]["tusfacturas"]["silent"], false, "{stats}");
-    let page = dashboard_html(&admin).await;
+    let page = admin.page_as("/", VIEWER_TOKEN).await;
     assert!(
         !page.contains("is silent"),
         "heard again: no banner: {page}"
@@ -531,18 +510,7 @@ async fn a_silent_source_is_announced_once_and_its_recovery_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_invoice_gets_stuck_once_and_clears_with_its_final_status() {
     let alerts = Target::start(vec![]).await;
-    let relay = TestRelay::start_edited(|base| {
-        format!(
-            "{}{}{}",
-            base.replace(
-                "[sources.tusfacturas]\n",
-                "[sources.tusfacturas]\nstuck_after = \"300ms\"\n"
-            ),
-            subscription("alerts", &alerts.url(), r#"events = ["relay.invoice.*"]"#),
-            admin_section()
-        )
-    })
-    .await;
+    let relay = TestRelay::start_edited(|base| stuck_config(base, &alerts)).await;
     let admin = Admin::of(&relay);
     let queued = post_about(&relay, "s-q", "encolado", "0008-0001").await;
     let queued_id = queued["id"].as_str().expect("an id").to_owned();
@@ -654,16 +622,23 @@ async fn a_queued_invoice_gets_stuck_once_and_clears_with_its_final_status() {
 /// alerts subscription for the invoice events (one at a time, so they
 /// arrive in order) and the admin listener.
 fn stuck_config(base: String, alerts: &Target) -> String {
+    alerts_config(base, "stuck_after = \"300ms\"", "relay.invoice.*", alerts)
+}
+
+/// The base config with `setting` on the TusFacturas source, an `alerts`
+/// subscription to the relay's `events` (one at a time, so that they
+/// arrive in the order they were stored), and the admin API.
+fn alerts_config(base: String, setting: &str, events: &str, alerts: &Target) -> String {
     format!(
         "{}{}{}",
         base.replace(
             "[sources.tusfacturas]\n",
-            "[sources.tusfacturas]\nstuck_after = \"300ms\"\n"
+            &format!("[sources.tusfacturas]\n{setting}\n")
         ),
         subscription(
             "alerts",
             &alerts.url(),
-            "events = [\"relay.invoice.*\"]\nmax_in_flight = 1"
+            &format!("events = [\"{events}\"]\nmax_in_flight = 1")
         ),
         admin_section()
     )

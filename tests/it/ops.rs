@@ -214,16 +214,7 @@ async fn each_attempt_keeps_the_start_of_the_targets_answer() {
     );
 
     // The page shows it on the attempt's row, as text.
-    let listen = relay.relay().admin_listen.clone().unwrap();
-    let page = reqwest::Client::new()
-        .get(format!("http://{listen}/n/{id}"))
-        .header("cookie", format!("relay_token={VIEWER_TOKEN}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = admin.page_as(&format!("/n/{id}"), VIEWER_TOKEN).await;
     assert!(page.contains("<td><code>down for maintenance"), "{page}");
     assert!(
         page.contains("{&quot;error&quot;:&quot;unknown invoice"),
@@ -352,16 +343,7 @@ async fn stats_and_metrics_show_the_oldest_waiting_delivery_and_each_sources_req
     assert_eq!(json["sources"]["tusfacturas"]["quarantined"], 1, "{out}");
 
     // The page's sources table, each count a link to its list.
-    let listen = relay.relay().admin_listen.clone().unwrap();
-    let page = reqwest::Client::new()
-        .get(format!("http://{listen}/"))
-        .header("cookie", format!("relay_token={VIEWER_TOKEN}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = admin.page_as("/", VIEWER_TOKEN).await;
     assert!(
         page.contains(
             "<tr><td>tusfacturas</td><td><a href=\"/?source=tusfacturas\">1</a></td>\

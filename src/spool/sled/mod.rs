@@ -729,11 +729,7 @@ impl SledSpool {
             Some(name) => keys::subscription_counts(name),
             None => keys::COUNT_TOTALS.to_vec(),
         };
-        let tree = &self.shared.store().unwrap().tree;
-        match value {
-            Some(value) => tree.insert(key, value).unwrap(),
-            None => tree.remove(key).unwrap(),
-        };
+        self.overwrite(key, value);
     }
 
     /// Tests: write (or, with `None`, remove) the kept counts of a source,
@@ -744,6 +740,12 @@ impl SledSpool {
             Some(name) => keys::source_counts(name),
             None => keys::SOURCE_COUNTS_KEPT.to_vec(),
         };
+        self.overwrite(key, value);
+    }
+
+    /// Tests: write (or, with `None`, remove) `key` behind the writer's back.
+    #[cfg(test)]
+    fn overwrite(&self, key: Vec<u8>, value: Option<&[u8]>) {
         let tree = &self.shared.store().unwrap().tree;
         match value {
             Some(value) => tree.insert(key, value).unwrap(),
