@@ -633,6 +633,13 @@ async fn latency(settings: &Settings, rates: &[u32]) {
     let config = ws.config("latency", true, &subscription("bench", &target.url(), 64));
     let relay = ChildServer::relay(&config).await;
     let url = hooks_url(relay.addr);
+    warm_up_delivered(
+        &client,
+        &url,
+        &target,
+        rates.first().copied().unwrap_or(1_000),
+    )
+    .await;
     for &rate in rates {
         let mut p99s = Vec::new();
         for round in 1..=settings.rounds {
@@ -653,6 +660,30 @@ async fn latency(settings: &Settings, rates: &[u32]) {
         );
     }
     relay.stop().await;
+}
+
+/// One second of posts at `rate`, delivered and not counted: just after a
+/// start the first few dozen notifications took 20-30 ms each (first
+/// connections, first flushes), which is not the steady state the rounds
+/// measure.
+async fn warm_up_delivered(client: &reqwest::Client, url: &str, target: &Target, rate: u32) {
+    let before = target.distinct();
+    let body = notification("warm-up".to_owned());
+    let (_, failed) = load::open_loop(client, url, rate, u64::from(rate), body).await;
+    let delivered = target
+        .wait_for(
+            before + (u64::from(rate) - failed) as usize,
+            Duration::from_secs(60),
+        )
+        .await;
+    println!(
+        "warm-up: {rate} notifications at {rate}/s, not counted ({failed} posts failed{})",
+        if delivered {
+            ""
+        } else {
+            ", not all delivered within 60 s"
+        }
+    );
 }
 
 /// The disk's own latency, sorted (µs): 500 appends of 1.5 KB (about a
