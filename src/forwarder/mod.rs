@@ -213,6 +213,12 @@ impl Worker {
                         _ = stop.wait_for(|s| *s) => { stopping = true; break }
                     }
                 }
+                // A pause holds what this batch has not sent yet too (behind
+                // a rate limit, that can be many seconds of sending): the
+                // rest of the leases are dropped, so due again on a resume.
+                if self.spool.is_paused(&self.target.name) {
+                    break;
+                }
                 let attempt = Attempt {
                     target: self.target.clone(),
                     spool: self.spool.clone(),

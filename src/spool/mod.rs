@@ -320,6 +320,11 @@ impl Spool {
         self.backend.paused()
     }
 
+    /// Whether `subscription` is paused now.
+    pub fn is_paused(&self, subscription: &str) -> bool {
+        self.backend.is_paused(subscription)
+    }
+
     /// The subscriptions created through the admin API (kept in memory).
     pub fn api_subscriptions(&self) -> Vec<ApiSubscription> {
         self.backend.api_subscriptions()

@@ -1056,6 +1056,60 @@ async fn the_openapi_file_and_the_live_routes_agree() {
 }
 
 #[tokio::test]
+async fn a_pause_holds_what_a_worker_leased_but_has_not_sent_yet() {
+    // Two a second, in bursts of two: a worker that leases eight at once
+    // sends two, then holds six behind the limit for up to three seconds.
+    let billing = Target::start(Vec::new()).await;
+    let relay = TestRelay::start(&format!(
+        "{}{}",
+        subscription("billing", &billing.url(), "rate = \"2/s\""),
+        admin_section()
+    ))
+    .await;
+    let admin = Admin::of(&relay);
+    let pause = "/api/subscriptions/billing/pause";
+    let resume = "/api/subscriptions/billing/resume";
+    // Paused while they come in, so that one lease takes all eight.
+    assert_eq!(admin.call("POST", pause, Some(ADMIN_TOKEN)).await.0, 200);
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(post_tus(&relay, &format!("b-{i}"), &format!("0008-{i:04}")).await);
+    }
+    assert_eq!(admin.call("POST", resume, Some(ADMIN_TOKEN)).await.0, 200);
+    billing.wait_for(2, WAIT).await;
+    assert_eq!(admin.call("POST", pause, Some(ADMIN_TOKEN)).await.0, 200);
+    // One attempt may have been under way as the pause came.
+    let at_pause = billing.count() + 1;
+    // Had the worker gone on with its batch, two more would arrive by then.
+    let sent_on = billing
+        .wait_until(Duration::from_millis(1_500), |t| t.count() > at_pause)
+        .await;
+    assert!(
+        !sent_on,
+        "{} sent after the pause, {at_pause} at most expected",
+        billing.count()
+    );
+    let stats = admin.get("/api/stats").await;
+    assert_eq!(
+        stats["subscriptions"]["billing"]["waiting"].as_u64(),
+        Some(8 - billing.count() as u64),
+        "what was held waits again: {stats}"
+    );
+
+    assert_eq!(admin.call("POST", resume, Some(ADMIN_TOKEN)).await.0, 200);
+    assert!(
+        billing
+            .wait_until(Duration::from_secs(15), |t| ids
+                .iter()
+                .all(|id| t.succeeded(id)))
+            .await,
+        "all eight are sent after the resume"
+    );
+    assert_eq!(billing.count(), 8, "each once");
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn a_paused_subscription_holds_its_deliveries_and_a_resume_sends_them_in_order() {
     let billing = Target::start(Vec::new()).await;
     let erp = Target::start(Vec::new()).await;

@@ -240,6 +240,10 @@ impl SledSpool {
         lock(&self.shared.paused).clone()
     }
 
+    pub fn is_paused(&self, subscription: &str) -> bool {
+        lock(&self.shared.paused).contains(subscription)
+    }
+
     pub fn api_subscriptions(&self) -> Vec<ApiSubscription> {
         lock(&self.shared.api_subscriptions)
             .values()
