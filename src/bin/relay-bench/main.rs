@@ -4,7 +4,9 @@
 //! `cargo run --release --bin relay-bench -- all` runs every scenario:
 //! - ingest:   durable ingest (every 200 covered by a flush + fdatasync) vs a
 //!   bare TLS hyper server answering 200, N keep-alive connections each;
-//!   also the relay without fdatasync, to show what the sync costs.
+//!   also the relay without fdatasync, to show what the sync costs, and
+//!   sled alone (`sled_alone.rs`): the relay's writes in groups of N with
+//!   nothing else, the most a relay on sled can reach.
 //!   `--lifecycle` adds a relay posted each invoice twice, `encolado`
 //!   (queued) then `emitido`, to show what a queued notification's extra
 //!   index entry and seek cost beside the final-only default.
@@ -32,6 +34,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod load;
 mod servers;
+mod sled_alone;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -460,6 +463,12 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize, lifecy
             .await,
         );
     }
+    // What sled allows at all: every connection's notification in every
+    // group, and nothing but sled's writes.
+    let mut sled_alone = Some(sled_alone::SledAlone::open(
+        &ws.dir.path().join("sled-alone"),
+    ));
+    let mut sled_alone_rates = Vec::new();
     for round in 0..rounds {
         // Each round starts with another contender, so that a drift over
         // the run (the spools grow) does not always fall on the same side.
@@ -483,6 +492,16 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize, lifecy
             contender.stored += stats.ok;
             contender.runs.push(stats);
         }
+        if let Some(mut alone) = sled_alone.take() {
+            let (alone, rate) = tokio::task::spawn_blocking(move || {
+                let rate = alone.run(connections, duration);
+                (alone, rate)
+            })
+            .await
+            .expect("sled-alone thread");
+            sled_alone = Some(alone);
+            sled_alone_rates.push(rate);
+        }
         let bare_rate = contenders[0].runs[round].rate();
         let ratios: Vec<String> = contenders[1..]
             .iter()
@@ -490,6 +509,11 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize, lifecy
                 let ratio = 100.0 * c.runs[round].rate() / bare_rate;
                 format!("{}{ratio:.0} %", c.round_label)
             })
+            .chain(
+                sled_alone_rates
+                    .get(round)
+                    .map(|rate| format!("sled alone {:.0} %", 100.0 * rate / bare_rate)),
+            )
             .collect();
         println!(
             "  round {}: bare {:.0} req/s, relay/bare {}",
@@ -510,6 +534,19 @@ async fn ingest_at(connections: usize, duration: Duration, rounds: usize, lifecy
             median(ratios)
         });
         print_row(contender.name, &Stats::pooled(&contender.runs), ratio);
+    }
+    if !sled_alone_rates.is_empty() {
+        let ratios: Vec<f64> = sled_alone_rates
+            .iter()
+            .zip(&bare_rates)
+            .map(|(rate, bare)| rate / bare)
+            .collect();
+        println!(
+            "{:<34} {:>10.0} notifications/s (groups of {connections}, one thread, no HTTP)  vs bare {:.0} % (median): the most a relay on sled can reach here",
+            "sled alone, flush + fdatasync",
+            median(sled_alone_rates.clone()),
+            100.0 * median(ratios)
+        );
     }
     for contender in &contenders {
         print_cpu_row(contender);
