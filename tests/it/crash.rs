@@ -17,6 +17,8 @@ use crate::process::*;
 /// connections until the relay dies; records every one answered 200.
 struct Load {
     acked: Arc<Mutex<Vec<(String, String)>>>,
+    /// How many were acknowledged so far, for a kill after N of them.
+    acked_count: tokio::sync::watch::Receiver<usize>,
     /// Bodies whose request got no answer (the relay died): a provider
     /// sends them again.
     unanswered: Arc<Mutex<Vec<String>>>,
@@ -27,10 +29,13 @@ impl Load {
     fn start(relay_addr: std::net::SocketAddr, cert: &Path, clients: usize, round: usize) -> Load {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let unanswered = Arc::new(Mutex::new(Vec::new()));
+        let (count_tx, acked_count) = tokio::sync::watch::channel(0);
+        let count_tx = Arc::new(count_tx);
         let tasks = (0..clients)
             .map(|client_no| {
                 let client = provider_client(cert);
                 let acked = acked.clone();
+                let count_tx = count_tx.clone();
                 let unanswered = unanswered.clone();
                 let url = format!(
                     "https://localhost:{}/hooks/tusfacturas/{TUS_TOKEN}",
@@ -55,14 +60,33 @@ impl Load {
                         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
                         let id = json["id"].as_str().unwrap().to_owned();
                         acked.lock().unwrap().push((id, body));
+                        count_tx.send_modify(|count| *count += 1);
                     }
                 })
             })
             .collect();
         Load {
             acked,
+            acked_count,
             unanswered,
             tasks,
+        }
+    }
+
+    /// Waits until at least `n` notifications were acknowledged (so a kill
+    /// lands under real load however slow the machine); fails after a
+    /// minute.
+    async fn acknowledged_at_least(&mut self, n: usize) {
+        let reached = self.acked_count.wait_for(|count| *count >= n);
+        let in_time = matches!(
+            tokio::time::timeout(Duration::from_secs(60), reached).await,
+            Ok(Ok(_))
+        );
+        if !in_time {
+            panic!(
+                "the load reached only {} acknowledged of {n} in 60 s",
+                *self.acked_count.borrow()
+            );
         }
     }
 
@@ -78,8 +102,15 @@ impl Load {
     }
 }
 
+/// A round's kill comes after this many acknowledged notifications, at
+/// random in the range.
+const MIN_ACKED_BEFORE_KILL: usize = 20;
+const MAX_ACKED_BEFORE_KILL: usize = 400;
+
 /// Runs `rounds` of: start the binary, load it, SIGKILL it at a random
-/// moment. Returns what was acknowledged and what got no answer.
+/// moment (after a random number of acknowledged notifications, not a
+/// fixed time, so a slow machine still kills under load). Returns what was
+/// acknowledged and what got no answer.
 async fn kill_rounds(
     dir: &Path,
     config: &Path,
@@ -91,13 +122,13 @@ async fn kill_rounds(
     let mut rng = rand::rng();
     for round in 0..rounds {
         let relay = RelayProcess::spawn(config).await;
-        let load = Load::start(relay.addr, &cert, 8, round);
-        let moment = Duration::from_millis(rng.random_range(100..600));
-        tokio::time::sleep(moment).await;
+        let mut load = Load::start(relay.addr, &cert, 8, round);
+        let moment = rng.random_range(MIN_ACKED_BEFORE_KILL..MAX_ACKED_BEFORE_KILL);
+        load.acknowledged_at_least(moment).await;
         relay.sigkill().await;
         let (round_acked, round_unanswered) = load.finish().await;
         eprintln!(
-            "round {round}: SIGKILL after {moment:?}, {} acknowledged, {} unanswered",
+            "round {round}: SIGKILL after {moment} acknowledged, {} acknowledged in all, {} unanswered",
             round_acked.len(),
             round_unanswered.len()
         );
@@ -362,8 +393,9 @@ async fn sigkill_while_forwarding_leaves_kept_counts_that_a_recount_agrees_with(
     let mut acknowledged = 0;
     for round in 0..4 {
         let relay = RelayProcess::spawn(&config).await;
-        let load = Load::start(relay.addr, &cert, 8, round);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(200..700))).await;
+        let mut load = Load::start(relay.addr, &cert, 8, round);
+        load.acknowledged_at_least(rng.random_range(MIN_ACKED_BEFORE_KILL..MAX_ACKED_BEFORE_KILL))
+            .await;
         relay.sigkill().await;
         acknowledged += load.finish().await.0.len();
         // Before the next start, whose check would mend what it finds.
