@@ -43,6 +43,16 @@ pub enum SecretError {
 impl SigningKey {
     /// Parses a `whsec_<standard base64>` secret.
     pub fn from_secret(secret: &str) -> Result<Self, SecretError> {
+        let key = Self::key_bytes(secret)?;
+        // HMAC accepts keys of any length, so this cannot fail; mapping the
+        // error keeps the function free of panics all the same.
+        let mac =
+            HmacSha256::new_from_slice(&key).map_err(|_| SecretError::BadLength(key.len()))?;
+        Ok(Self { mac })
+    }
+
+    /// The key bytes of a `whsec_<standard base64>` secret, checked.
+    pub fn key_bytes(secret: &str) -> Result<Vec<u8>, SecretError> {
         let encoded = secret
             .strip_prefix(SECRET_PREFIX)
             .ok_or(SecretError::MissingPrefix)?;
@@ -52,11 +62,7 @@ impl SigningKey {
         if !(MIN_KEY_LEN..=MAX_KEY_LEN).contains(&key.len()) {
             return Err(SecretError::BadLength(key.len()));
         }
-        // HMAC accepts keys of any length, so this cannot fail; mapping the
-        // error keeps the function free of panics all the same.
-        let mac =
-            HmacSha256::new_from_slice(&key).map_err(|_| SecretError::BadLength(key.len()))?;
-        Ok(Self { mac })
+        Ok(key)
     }
 
     /// Formats fresh key bytes as a secret. The caller supplies the

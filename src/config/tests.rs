@@ -1,3 +1,4 @@
+use super::validate::is_example_secret;
 use super::*;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -337,8 +338,14 @@ fn placeholders_and_examples_are_named() {
     );
     assert!(problems.iter().all(|p| p.message.contains("placeholder")));
 
-    let example = Config::parse(include_str!("../../relay.toml")).unwrap();
-    let named: Vec<String> = example
+    // Examples are known by their marker, whatever file they are in.
+    let example_key = "whsec_ZXhhbXBsZS1zdWJzY3JpcHRpb24tc2VjcmV0LTAxMjM=";
+    let text = format!(
+        "{}\n[[subscriptions]]\nname = \"erp\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"{example_key}\"\n\n[admin]\nlisten = \"127.0.0.1:9090\"\ntokens = [{{ name = \"admin\", token = \"example-admin-0123456789\", role = \"admin\" }}]\n",
+        minimal().replace("0123456789abcdef", "example-token-0123"),
+    );
+    let named: Vec<String> = Config::parse(&text)
+        .unwrap()
         .example_secrets()
         .iter()
         .map(|k| k.to_string())
@@ -346,13 +353,15 @@ fn placeholders_and_examples_are_named() {
     assert_eq!(
         named,
         [
-            "sources.datil.token",
-            "sources.nubefact.token",
-            "sources.tusfacturas.token",
+            "sources.tus.token",
             "subscriptions[0].secret",
             "admin.tokens[0].token"
         ]
     );
+    assert!(is_example_secret(example_key));
+    assert!(!is_example_secret(SECRET));
+    assert!(!is_example_secret("whsec_not base64!"));
+    assert!(!is_example_secret("an-example-in-the-middle"));
     assert!(Config::parse(&minimal())
         .unwrap()
         .example_secrets()

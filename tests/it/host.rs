@@ -74,6 +74,21 @@ async fn a_socket_passed_by_systemd_is_served_and_the_configured_address_is_not_
         .unwrap();
     assert_eq!(response.status(), 200);
     relay.sigterm().await;
+
+    // Nothing of the shipped file is built into the relay: an operator's
+    // edit needs no rebuild and cannot be mistaken for a published example.
+    let binary = std::fs::read(BINARY).unwrap();
+    let shipped = shipped_relay_toml();
+    let example_token = shipped
+        .split('"')
+        .find(|value| value.starts_with("example-tusfacturas-"))
+        .unwrap();
+    assert!(
+        !binary
+            .windows(example_token.len())
+            .any(|window| window == example_token.as_bytes()),
+        "the binary holds relay.toml's {example_token}"
+    );
 }
 
 #[tokio::test]
@@ -163,10 +178,9 @@ async fn sockets_passed_to_another_process_are_not_taken_and_a_failed_bind_write
 fn example_secrets_are_refused_off_loopback_and_allowed_on_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.toml");
-    let example = include_str!("../../relay.toml");
     std::fs::write(
         &path,
-        example.replace("listen = \"127.0.0.1:8443\"", "listen = \"0.0.0.0:0\""),
+        shipped_relay_toml().replace("listen = \"127.0.0.1:8443\"", "listen = \"0.0.0.0:0\""),
     )
     .unwrap();
     let run = relay_cli(&["serve"], &path, &[]);
@@ -198,6 +212,60 @@ fn example_secrets_are_refused_off_loopback_and_allowed_on_it() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+/// The shipped `relay.toml` as a file, read at run time: an operator
+/// edits the file, not the binary.
+fn shipped_relay_toml() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/relay.toml")).unwrap()
+}
+
+#[tokio::test]
+async fn the_shipped_relay_toml_with_fresh_secrets_of_ones_own_serves_off_loopback() {
+    use base64::Engine as _;
+    use rand::distr::{Alphanumeric, SampleString};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    let mut rng = rand::rng();
+    let mut text = shipped_relay_toml()
+        .replace("listen = \"127.0.0.1:8443\"", "listen = \"0.0.0.0:0\"")
+        .replace("listen = \"127.0.0.1:9090\"", "listen = \"127.0.0.1:0\"");
+    let mut tus_token = String::new();
+    for name in ["tusfacturas", "datil", "nubefact", "admin"] {
+        let prefix = format!("token = \"example-{name}-");
+        let start = text.find(&prefix).expect("an example token") + "token = \"".len();
+        let end = start + text[start..].find('"').unwrap();
+        let fresh = Alphanumeric.sample_string(&mut rng, 32);
+        if name == "tusfacturas" {
+            tus_token = fresh.clone();
+        }
+        text.replace_range(start..end, &fresh);
+    }
+    let start = text.find("secret = \"whsec_").unwrap() + "secret = \"".len();
+    let end = start + text[start..].find('"').unwrap();
+    let key: [u8; 32] = rand::random();
+    let fresh_secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    text.replace_range(start..end, &fresh_secret);
+    assert!(!text.contains("\"example-"), "every example replaced");
+    std::fs::write(&path, text).unwrap();
+
+    let relay = RelayProcess::spawn(&path).await;
+    assert!(relay.addr.ip().is_unspecified(), "{}", relay.addr);
+    let client = provider_client(&dir.path().join("data/tls/self-signed.crt"));
+    let response = client
+        .post(format!(
+            "https://localhost:{}/hooks/tusfacturas/{tus_token}",
+            relay.addr.port()
+        ))
+        .body(tusfacturas("fresh-1", "emitido", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    relay.sigterm().await;
 }
 
 #[test]
