@@ -11,6 +11,7 @@ mod helpers;
 mod host;
 mod ingest;
 mod invoices;
+mod layout;
 mod memory;
 mod ops;
 mod process;

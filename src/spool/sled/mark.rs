@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use ::sled::Tree;
 
-use super::open::newest_notification;
-use super::{keys, storage};
+use super::{keys, newest_notification, storage};
 use crate::clock::format_ms;
 use crate::spool::{NotificationId, SpoolError};
 

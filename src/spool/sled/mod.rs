@@ -75,6 +75,19 @@ pub(super) fn storage(err: ::sled::Error) -> SpoolError {
     SpoolError::Storage(err.to_string())
 }
 
+/// The newest notification in the tree (what open checks against the
+/// acknowledged mark, and what a new mark names).
+pub(super) fn newest_notification(
+    tree: &::sled::Tree,
+) -> Result<Option<NotificationId>, SpoolError> {
+    let last = tree
+        .scan_prefix([keys::NOTIFICATION])
+        .next_back()
+        .transpose()
+        .map_err(storage)?;
+    Ok(last.and_then(|(key, _)| keys::id_of(&key)))
+}
+
 /// State shared by the handles, the writer thread and the leases.
 pub(super) struct Shared {
     pub config: SpoolConfig,

@@ -27,7 +27,7 @@ use ::sled::{Batch, Db, IVec, Tree};
 use super::super::subscriptions::ApiSubscription;
 use super::counts::{self, Kept};
 use super::mark::{self, Acknowledged};
-use super::{db_file, decode_delivery, keys, storage, Store, TREE};
+use super::{db_file, decode_delivery, keys, newest_notification, storage, Store, TREE};
 use crate::config::SpoolConfig;
 use crate::spool::record::{HasId, NotificationMeta, Record};
 use crate::spool::{
@@ -536,15 +536,6 @@ fn check_not_locked(path: &Path) -> Result<(), SpoolError> {
             }
         }
     }
-}
-
-pub(super) fn newest_notification(tree: &Tree) -> Result<Option<NotificationId>, SpoolError> {
-    let last = tree
-        .scan_prefix([keys::NOTIFICATION])
-        .next_back()
-        .transpose()
-        .map_err(storage)?;
-    Ok(last.and_then(|(key, _)| keys::id_of(&key)))
 }
 
 // === the format-1 upgrade ===
