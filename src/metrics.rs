@@ -160,6 +160,10 @@ pub struct Snapshot {
     pub oldest_waiting: Vec<(String, f64)>,
     pub quarantined: u64,
     pub notifications: u64,
+    /// The configured sources: each has its received series from the first
+    /// scrape, at zero, so `increase()` sees the first request after a
+    /// start.
+    pub sources: Vec<String>,
 }
 
 pub struct Metrics {
@@ -475,7 +479,23 @@ impl Metrics {
         self.waiting.clear();
         self.dead.clear();
         self.oldest_waiting.clear();
+        for source in &snapshot.sources {
+            for outcome in Received::ALL {
+                self.received.get_or_create(&SourceOutcome {
+                    source: source.clone(),
+                    outcome,
+                });
+            }
+        }
         for (subscription, waiting, dead) in &snapshot.deliveries {
+            // At zero from the first scrape: the first dead delivery after
+            // a start is an increase, not a new series.
+            for outcome in [Ended::delivered, Ended::dead] {
+                self.ended.get_or_create(&SubscriptionEnded {
+                    subscription: subscription.clone(),
+                    outcome,
+                });
+            }
             let label = SubscriptionLabel {
                 subscription: subscription.clone(),
             };
@@ -560,6 +580,7 @@ mod tests {
             oldest_waiting: vec![("billing".into(), 1.5)],
             quarantined: 0,
             notifications: 3,
+            sources: vec!["tf".into()],
         });
         for line in [
             "webhook_relay_notifications_received_total{source=\"tf\",outcome=\"accepted\"} 1",
@@ -584,6 +605,28 @@ mod tests {
         });
         assert!(again.contains("webhook_relay_flushed_changes_total 7"));
         assert!(!again.contains("deliveries_waiting{"));
+    }
+
+    #[test]
+    fn configured_sources_and_subscriptions_have_their_series_at_zero_before_any_traffic() {
+        let metrics = Metrics::new();
+        let text = metrics.render(&Snapshot {
+            sources: vec!["tf".into()],
+            deliveries: vec![("billing".into(), 0, 0)],
+            ..Snapshot::default()
+        });
+        for outcome in Received::ALL {
+            let line = format!(
+                "webhook_relay_notifications_received_total{{source=\"tf\",outcome=\"{outcome:?}\"}} 0"
+            );
+            assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+        }
+        for outcome in ["delivered", "dead"] {
+            let line = format!(
+                "webhook_relay_deliveries_total{{subscription=\"billing\",outcome=\"{outcome}\"}} 0"
+            );
+            assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+        }
     }
 
     #[test]

@@ -563,6 +563,7 @@ async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes
         oldest_waiting,
         quarantined: counts.quarantined,
         notifications: counts.notifications,
+        sources: config.sources.keys().cloned().collect(),
     };
     let text = admin.metrics.render(&snapshot);
     let (text, content_type) = if openmetrics {

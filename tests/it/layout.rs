@@ -44,11 +44,7 @@ fn no_module_imports_a_sibling_that_imports_it_back() {
         .map(|cycle| {
             let mut lines = vec![format!(
                 "cycle: {}",
-                cycle
-                    .iter()
-                    .map(display)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                cycle.iter().map(display).collect::<Vec<_>>().join(", ")
             )];
             for from in cycle {
                 for (to, why) in &edges[from] {
