@@ -572,14 +572,7 @@ async fn quarantined_bodies_are_listed_shown_released_and_discarded() {
 /// the test says it was skipped.
 #[tokio::test]
 async fn promtool_accepts_the_live_metrics() {
-    let Ok(promtool) = which("promtool") else {
-        assert!(
-            std::env::var_os("REQUIRE_PROMTOOL").is_none(),
-            "REQUIRE_PROMTOOL is set but promtool is not installed"
-        );
-        eprintln!("promtool is not installed (Debian package prometheus): skipped");
-        return;
-    };
+    let Some(promtool) = promtool() else { return };
     let target = Target::start(vec![Reply::Status(500)]).await;
     let (relay, admin) = relay_to(&target).await;
     post_tus(&relay, "m-1", "0003-0001").await;
@@ -627,6 +620,122 @@ async fn promtool_accepts_the_live_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
     relay.stop().await;
+}
+
+/// The shipped alert rules (`docs/prometheus/`): `promtool check rules`
+/// accepts them and `promtool test rules` passes their cases (one that
+/// fires and one that does not, per alert).
+#[test]
+fn promtool_checks_and_tests_the_shipped_alert_rules() {
+    let Some(promtool) = promtool() else { return };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus");
+    for args in [
+        ["check", "rules", RULES_FILE],
+        ["test", "rules", "webhook-relay.rules.test.yml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool runs");
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+const RULES_FILE: &str = "webhook-relay.rules.yml";
+
+/// Every `webhook_relay_*` name in the shipped alert rules is a family the
+/// live relay serves (its `# TYPE` line), and every label a rule's selector
+/// matches on is one its series carry: a renamed metric or label cannot
+/// leave an alert that never fires. Needs no promtool.
+#[tokio::test]
+async fn the_shipped_alert_rules_name_live_metrics_and_labels() {
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("docs/prometheus")
+            .join(RULES_FILE),
+    )
+    .unwrap();
+    // A dead delivery, so the delivery and attempt families have series.
+    let target = Target::start(vec![Reply::Status(500); 4]).await;
+    let (relay, admin) = relay_to(&target).await;
+    dead_notification(&relay, &admin, "r-1", "0004-0001").await;
+    let (_, text) = admin.call("GET", "/metrics", None).await;
+    let text = text.as_str().unwrap().to_owned();
+    let families: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    // (metric, the label names of its series)
+    let series_labels = |metric: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(metric)?.strip_prefix('{'))
+            .flat_map(|l| {
+                l.split('}')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('=').map(|(name, _)| name.trim().to_owned()))
+            })
+            .collect()
+    };
+    let mut checked = 0;
+    let mut rest = rules.as_str();
+    while let Some(at) = rest.find("webhook_relay_") {
+        rest = &rest[at..];
+        let name_len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let name = &rest[..name_len];
+        rest = &rest[name_len..];
+        if name == "webhook_relay_" {
+            continue; // prose: "every webhook_relay_* name"
+        }
+        assert!(
+            families.contains(name),
+            "{RULES_FILE} names {name}, which the relay does not serve:\n{text}"
+        );
+        if let Some(selector) = rest.strip_prefix('{') {
+            let selector = selector.split('}').next().unwrap_or("");
+            let served = series_labels(name);
+            for matcher in selector.split(',') {
+                let label = matcher.split(['=', '!']).next().unwrap_or("").trim();
+                assert!(
+                    served.contains(label),
+                    "{RULES_FILE} matches {name} on `{label}`, which its series do not carry \
+                     ({served:?}):\n{text}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} metric names found in {RULES_FILE}"
+    );
+    relay.stop().await;
+}
+
+/// promtool (Debian package `prometheus`), or `None` and a note that the
+/// test was skipped; `.ci/run` installs it and sets `REQUIRE_PROMTOOL=1`,
+/// which makes its absence a failure.
+fn promtool() -> Option<std::path::PathBuf> {
+    let found = which("promtool").ok();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("REQUIRE_PROMTOOL").is_none(),
+            "REQUIRE_PROMTOOL is set but promtool is not installed"
+        );
+        eprintln!("promtool is not installed (Debian package prometheus): skipped");
+    }
+    found
 }
 
 fn which(program: &str) -> Result<std::path::PathBuf, ()> {
