@@ -481,20 +481,20 @@ impl Metrics {
         self.oldest_waiting.clear();
         for source in &snapshot.sources {
             for outcome in Received::ALL {
-                self.received.get_or_create(&SourceOutcome {
+                drop(self.received.get_or_create(&SourceOutcome {
                     source: source.clone(),
                     outcome,
-                });
+                }));
             }
         }
         for (subscription, waiting, dead) in &snapshot.deliveries {
             // At zero from the first scrape: the first dead delivery after
             // a start is an increase, not a new series.
             for outcome in [Ended::delivered, Ended::dead] {
-                self.ended.get_or_create(&SubscriptionEnded {
+                drop(self.ended.get_or_create(&SubscriptionEnded {
                     subscription: subscription.clone(),
                     outcome,
-                });
+                }));
             }
             let label = SubscriptionLabel {
                 subscription: subscription.clone(),
