@@ -1093,7 +1093,8 @@ async fn the_page_releases_a_quarantined_body_and_it_is_delivered() {
 /// session cookie, a POST from another origin (or that says neither where
 /// it comes from), or without the session's CSRF token, is 403 and changes
 /// nothing; the page's own works. The cookie is a session id, not the
-/// token, and after "log out" it opens nothing.
+/// token, and after "log out" (or a reload that removes its token) it
+/// opens nothing.
 #[tokio::test]
 async fn the_page_refuses_cross_origin_posts_and_its_cookie_dies_at_logout() {
     let target = Target::start(Vec::new()).await;
@@ -1163,6 +1164,23 @@ async fn the_page_refuses_cross_origin_posts_and_its_cookie_dies_at_logout() {
     let subs = admin.get("/api/subscriptions").await;
     assert_eq!(subs["items"][0]["paused"], true, "still paused: {subs}");
     assert_eq!(other.get("/").await.0, 200, "the other session lives on");
+
+    // A reload that removes a token ends its sessions; the others live on.
+    let grafana = admin.log_in_page(VIEWER_TOKEN).await;
+    assert_eq!(grafana.get("/").await.0, 200);
+    let without_viewer = format!(
+        "{}{}{}",
+        base_config(relay.dir.path()),
+        subscription("billing", &target.url(), ""),
+        admin_section().replace(
+            &format!("name = \"grafana\", token = \"{VIEWER_TOKEN}\""),
+            "name = \"grafana\", token = \"another-viewer-token-0123\""
+        ),
+    );
+    let config = webhook_relay::config::Config::parse(&without_viewer).unwrap();
+    relay.relay().reload(config).await.expect("reloaded");
+    assert_eq!(grafana.get("/").await.0, 401, "its token is gone");
+    assert_eq!(other.get("/").await.0, 200, "the admin's is not");
 
     // Behind a TLS proxy that says so, the cookie is Secure.
     let proxied = reqwest::Client::builder()
