@@ -31,9 +31,6 @@ impl AuthError {
     }
 }
 
-/// The cookie that carries the page's token.
-pub const SESSION_COOKIE: &str = "relay_token";
-
 /// An authenticated caller: the audit log records its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -78,7 +75,7 @@ impl Tokens {
                 .filter_map(|t| {
                     Some(Entry {
                         name: t.name.clone(),
-                        digest: Sha256::digest(t.token.as_deref()?.as_bytes()).into(),
+                        digest: digest(t.token.as_deref()?),
                         role: t.role,
                     })
                 })
@@ -98,28 +95,18 @@ impl Tokens {
         self.find(token)
     }
 
-    /// The page's caller: the token the login form put in the
-    /// [`SESSION_COOKIE`] (HttpOnly, SameSite=Strict, gone with the browser
-    /// session).
-    pub fn authenticate_cookie(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
-        let token = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
-            .ok_or(AuthError::Missing)?;
-        let token = percent_encoding::percent_decode_str(token).decode_utf8_lossy();
-        self.find(&token)
-    }
-
     /// The entry whose token is `token`.
     pub fn find(&self, token: &str) -> Result<Caller, AuthError> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.find_digest(&digest(token))
+    }
+
+    /// The entry whose token's SHA-256 is `digest` (what a page session
+    /// keeps instead of the token).
+    pub fn find_digest(&self, digest: &[u8; 32]) -> Result<Caller, AuthError> {
         // Every entry is compared, so the time does not tell which matched.
         let mut found = None;
         for entry in &self.0 {
-            if bool::from(entry.digest.ct_eq(&digest)) {
+            if bool::from(entry.digest.ct_eq(digest)) {
                 found = Some(entry);
             }
         }
@@ -130,6 +117,11 @@ impl Tokens {
             })
             .ok_or(AuthError::Unknown)
     }
+}
+
+/// SHA-256 of a token.
+pub fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 #[cfg(test)]

@@ -11,9 +11,8 @@ use http_body_util::Full;
 use serde_json::Value;
 
 use super::api::ApiError;
-use super::auth::Caller;
 use super::invoices::{self, InvoiceFilter};
-use super::page::{escape, html, page, text};
+use super::page::{escape, html, page, text, LoggedIn};
 use super::Admin;
 use crate::config::Role;
 
@@ -28,10 +27,10 @@ pub(super) fn search_form(number: &str) -> String {
 /// The invoices whose number contains what was typed (`*` as anywhere).
 pub(super) async fn search(
     admin: &Arc<Admin>,
-    caller: &Caller,
+    user: &LoggedIn,
     query: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    caller.require(Role::Viewer)?;
+    user.caller.require(Role::Viewer)?;
     let number = form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "number")
         .map(|(_, v)| v.trim().to_owned())
@@ -66,7 +65,7 @@ pub(super) async fn search(
             body.push_str("</table>");
         }
     }
-    Ok(html(StatusCode::OK, &page("invoices", Some(caller), &body)))
+    Ok(html(StatusCode::OK, &page("invoices", Some(user), &body)))
 }
 
 /// The stuck invoices, for the dashboard (nothing when none is).
@@ -112,11 +111,11 @@ fn timeline_link(item: &Value) -> String {
 /// One invoice: its status, and each notification with its deliveries.
 pub(super) async fn timeline(
     admin: &Arc<Admin>,
-    caller: &Caller,
+    user: &LoggedIn,
     source: &str,
     subject: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    caller.require(Role::Viewer)?;
+    user.caller.require(Role::Viewer)?;
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
             .decode_utf8_lossy()
@@ -168,6 +167,6 @@ pub(super) async fn timeline(
     body.push_str("</table>");
     Ok(html(
         StatusCode::OK,
-        &page(&format!("invoice {subject}"), Some(caller), &body),
+        &page(&format!("invoice {subject}"), Some(user), &body),
     ))
 }

@@ -4,6 +4,8 @@
 //! through the spool's writes (replays); it never touches a store.
 //!
 //! - [`auth`]: bearer tokens and roles.
+//! - [`session`]: the page's sessions (cookie ids, CSRF tokens), in memory;
+//!   [`csrf`] the checks that a page's POST comes from the page.
 //! - [`query`]: the filters of the API, pure.
 //! - [`api`]: routes and handlers.
 //! - `subscriptions`: creating, deleting, backfilling and testing
@@ -15,11 +17,13 @@
 
 mod api;
 pub mod auth;
+pub mod csrf;
 mod invoice_page;
 mod invoices;
 mod page;
 mod purge;
 pub mod query;
+pub mod session;
 mod subscriptions;
 
 use std::convert::Infallible;
@@ -60,6 +64,8 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     clock: Clock,
     tokens: ArcSwap<Tokens>,
+    /// The page's logins.
+    sessions: session::Sessions,
     config: ArcSwap<Config>,
     /// Set once every listener is bound and serving.
     serving: AtomicBool,
@@ -113,6 +119,7 @@ impl Admin {
             metrics,
             clock,
             tokens: ArcSwap::from_pointee(Tokens::from_config(&config.admin)),
+            sessions: session::Sessions::default(),
             config: ArcSwap::from_pointee(config.clone()),
             serving: AtomicBool::new(false),
         })

@@ -1,9 +1,10 @@
 //! The admin page: server-rendered HTML over the same reads as the API,
 //! with no script and no build step. The token is asked once, by a form,
-//! and kept in a session cookie (HttpOnly, SameSite=Strict: no script can
-//! read it and no other site can make the browser use it); it goes with the
-//! browser session or at "log out". Buttons are forms that POST and come
-//! back to the page they were on.
+//! and opens a session: the cookie holds its random id (HttpOnly,
+//! SameSite=Strict, Secure over HTTPS), never the token, and "log out"
+//! ends it on the server. Buttons are forms that POST and come back to the
+//! page they were on; each POST must come from the page's own origin and
+//! carry the session's CSRF token (see `csrf`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -15,14 +16,23 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::api::{self, ApiError};
-use super::auth::{Caller, SESSION_COOKIE};
+use super::auth::{self, Caller};
+use super::csrf::{self, CsrfError, CSRF_FIELD};
 use super::query::Filter;
+use super::session;
 use super::Admin;
 use crate::config::Role;
 use crate::spool::NotificationId;
 
-/// The login form's body is a token: a few hundred bytes at most.
+/// The login form's body is a token, the others' a CSRF token: a few
+/// hundred bytes at most.
 const MAX_FORM: usize = 4096;
+
+/// A browser logged in to the page: who, and the CSRF token its forms carry.
+pub(super) struct LoggedIn {
+    pub caller: Caller,
+    pub csrf: String,
+}
 
 /// Whether the request is for the page (not the API or the probes).
 pub(super) fn is_page(path: &str) -> bool {
@@ -40,49 +50,78 @@ pub(super) async fn handle(
     admin: &Arc<Admin>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let path = request.uri().path().to_owned();
-    let query = request.uri().query().unwrap_or("").to_owned();
-    let method = request.method().clone();
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let method = parts.method.clone();
+    let https = csrf::is_https(&parts.headers);
+    // Anything but a read must come from the page itself, login included
+    // (another site must not log the browser in as someone else either).
+    let changes = method != Method::GET && method != Method::HEAD;
+    if changes {
+        if let Err(err) = csrf::check_origin(&parts.uri, &parts.headers) {
+            return Ok(refused(&method, &path, &err));
+        }
+    }
+    let session_id = session::cookie(&parts.headers);
     if path == "/login" && method == Method::POST {
-        return login(admin, request).await;
+        return login(admin, body, session_id, https).await;
+    }
+    let user = session_id.and_then(|id| logged_in(admin, id));
+    if changes {
+        let form = read_form(body).await?;
+        if let Some(user) = &user {
+            if let Err(err) =
+                csrf::check_token(&user.csrf, form_field(&form, CSRF_FIELD).as_deref())
+            {
+                return Ok(refused(&method, &path, &err));
+            }
+        }
     }
     if path == "/logout" && method == Method::POST {
-        return Ok(redirect("/", Some(clear_cookie())));
+        if let (Some(id), Some(user)) = (session_id, &user) {
+            admin.sessions.close(id);
+            tracing::info!(by = %user.caller.name, "logged out of the admin page");
+        }
+        return Ok(redirect(
+            "/",
+            HeaderValue::from_str(&session::clear_cookie(https)).ok(),
+        ));
     }
-    let caller = match admin.tokens.load().authenticate_cookie(request.headers()) {
-        Ok(caller) => caller,
-        Err(_) => return Ok(html(StatusCode::UNAUTHORIZED, &login_form(None))),
+    let Some(user) = user else {
+        return Ok(html(StatusCode::UNAUTHORIZED, &login_form(None)));
     };
+    let caller = &user.caller;
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
-        (Method::GET, [""]) => dashboard(admin, &caller, &query).await,
-        (Method::GET, ["n", id]) => notification(admin, &caller, id).await,
+        (Method::GET, [""]) => dashboard(admin, &user, &query).await,
+        (Method::GET, ["n", id]) => notification(admin, &user, id).await,
         (Method::POST, ["n", id, "replay"]) => {
             caller.require(Role::Admin)?;
             let id = api::parse_id(id)?;
             let subscription = api::single_parameter(&query, "subscription")?;
-            api::replay_one(admin, &caller, id, subscription).await?;
+            api::replay_one(admin, caller, id, subscription).await?;
             Ok(redirect(&format!("/n/{id}"), None))
         }
-        (Method::GET, ["q", id]) => quarantined(admin, &caller, id).await,
+        (Method::GET, ["q", id]) => quarantined(admin, &user, id).await,
         (Method::POST, ["q", id, "release"]) => {
             caller.require(Role::Admin)?;
             let id = api::parse_id(id)?;
             let as_generic = api::release_as_generic(&query)?;
-            let released = api::release(admin, &caller, id, as_generic).await?;
+            let released = api::release(admin, caller, id, as_generic).await?;
             let notification = released["notification"].as_str().unwrap_or_default();
             Ok(redirect(&format!("/n/{notification}"), None))
         }
-        (Method::GET, ["i"]) => super::invoice_page::search(admin, &caller, &query).await,
+        (Method::GET, ["i"]) => super::invoice_page::search(admin, &user, &query).await,
         (Method::GET, ["i", source, subject]) => {
-            super::invoice_page::timeline(admin, &caller, source, subject).await
+            super::invoice_page::timeline(admin, &user, source, subject).await
         }
         (Method::POST, ["s", name, action @ ("pause" | "resume")]) => {
             caller.require(Role::Admin)?;
             let name = percent_encoding::percent_decode_str(name)
                 .decode_utf8_lossy()
                 .into_owned();
-            api::pause(admin, &caller, &name, *action == "pause").await?;
+            api::pause(admin, caller, &name, *action == "pause").await?;
             Ok(redirect("/", None))
         }
         (method, _) if method != Method::GET => Err(ApiError::Method(method)),
@@ -90,27 +129,81 @@ pub(super) async fn handle(
     }
 }
 
-async fn login(
-    admin: &Arc<Admin>,
-    request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let body = Limited::new(request.into_body(), MAX_FORM)
+/// The session of that id, with the caller its token names now (a token
+/// a reload removed ends its sessions).
+fn logged_in(admin: &Admin, id: &str) -> Option<LoggedIn> {
+    let found = admin.sessions.find(id, admin.clock.now_ms())?;
+    match admin.tokens.load().find_digest(&found.token_digest) {
+        Ok(caller) => Some(LoggedIn {
+            caller,
+            csrf: found.csrf,
+        }),
+        Err(_) => {
+            admin.sessions.close(id);
+            None
+        }
+    }
+}
+
+async fn read_form(body: Incoming) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(body, MAX_FORM)
         .collect()
         .await
-        .map_err(|_| ApiError::Invalid("the login form is too large".into()))?
-        .to_bytes();
-    let token = form_urlencoded::parse(&body)
-        .find(|(name, _)| name == "token")
-        .map(|(_, value)| value.trim().to_owned())
+        .map_err(|_| ApiError::Invalid("the form is too large".into()))?
+        .to_bytes())
+}
+
+fn form_field(form: &[u8], name: &str) -> Option<String> {
+    form_urlencoded::parse(form)
+        .find(|(field, _)| field == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+/// A change refused because it may come from another site.
+fn refused(method: &Method, path: &str, err: &CsrfError) -> Response<Full<Bytes>> {
+    tracing::warn!(%method, path, error = %err, "admin page request refused as cross-site");
+    html(
+        StatusCode::FORBIDDEN,
+        &page(
+            "refused",
+            None,
+            &format!(
+                "<p class=dead>{}</p><p><a href=/>back</a></p>",
+                escape(&err.to_string())
+            ),
+        ),
+    )
+}
+
+/// The hidden field that carries the session's CSRF token in a form.
+fn csrf_input(user: &LoggedIn) -> String {
+    format!(
+        "<input type=hidden name={CSRF_FIELD} value=\"{}\">",
+        escape(&user.csrf)
+    )
+}
+
+async fn login(
+    admin: &Arc<Admin>,
+    body: Incoming,
+    old_session: Option<&str>,
+    https: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let form = read_form(body).await?;
+    let token = form_field(&form, "token")
+        .map(|t| t.trim().to_owned())
         .unwrap_or_default();
     match admin.tokens.load().find(&token) {
         Ok(caller) => {
             tracing::info!(by = %caller.name, "logged in to the admin page");
-            let value = format!(
-                "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-                percent_encoding::utf8_percent_encode(&token, percent_encoding::NON_ALPHANUMERIC)
-            );
-            Ok(redirect("/", HeaderValue::from_str(&value).ok()))
+            if let Some(old) = old_session {
+                admin.sessions.close(old);
+            }
+            let id = admin
+                .sessions
+                .open(auth::digest(&token), admin.clock.now_ms());
+            let cookie = HeaderValue::from_str(&session::set_cookie(&id, https)).ok();
+            Ok(redirect("/", cookie))
         }
         Err(_) => Ok(html(
             StatusCode::UNAUTHORIZED,
@@ -132,10 +225,6 @@ pub(super) fn error_page(err: &ApiError) -> Response<Full<Bytes>> {
             ),
         ),
     )
-}
-
-fn clear_cookie() -> HeaderValue {
-    HeaderValue::from_static("relay_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
 fn redirect(to: &str, cookie: Option<HeaderValue>) -> Response<Full<Bytes>> {
@@ -200,13 +289,14 @@ th{background:#f4f4f4}.dead{color:#b00;font-weight:600}.delivered{color:#070}.wa
 pre{background:#f7f7f7;padding:1em;overflow:auto;max-height:30em}form.inline{display:inline}\
 header{display:flex;gap:1.5em;align-items:baseline}.muted{color:#777}";
 
-pub(super) fn page(title: &str, caller: Option<&Caller>, body: &str) -> String {
-    let who = caller
-        .map(|c| {
+pub(super) fn page(title: &str, user: Option<&LoggedIn>, body: &str) -> String {
+    let who = user
+        .map(|user| {
             format!(
-                "<span class=muted>{} ({})</span><form class=inline method=post action=/logout><button>log out</button></form>",
-                escape(&c.name),
-                c.role
+                "<span class=muted>{} ({})</span><form class=inline method=post action=/logout>{}<button>log out</button></form>",
+                escape(&user.caller.name),
+                user.caller.role,
+                csrf_input(user)
             )
         })
         .unwrap_or_default();
@@ -226,16 +316,17 @@ fn login_form(error: Option<&str>) -> String {
         None,
         &format!(
             "{error}<form method=post action=/login><label>Admin token <input type=password name=token autofocus></label> <button>log in</button></form>\
-             <p class=muted>The token is kept for this browser session only.</p>"
+             <p class=muted>The session ends with the browser's, after an hour unused, or at \"log out\".</p>"
         ),
     )
 }
 
 async fn dashboard(
     admin: &Arc<Admin>,
-    caller: &Caller,
+    user: &LoggedIn,
     query: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let caller = &user.caller;
     caller.require(Role::Viewer)?;
     // An empty field of the filter form means "any".
     let query: String = form_urlencoded::Serializer::new(String::new())
@@ -312,8 +403,9 @@ async fn dashboard(
                     .to_string();
             let _ = write!(
                 state,
-                " <form class=inline method=post action=\"/s/{}/{action}\"><button>{action}</button></form>",
-                escape(&path)
+                " <form class=inline method=post action=\"/s/{}/{action}\">{}<button>{action}</button></form>",
+                escape(&path),
+                csrf_input(user)
             );
         }
         let _ = write!(
@@ -383,7 +475,7 @@ async fn dashboard(
     }
     Ok(html(
         StatusCode::OK,
-        &page("notifications", Some(caller), &body),
+        &page("notifications", Some(user), &body),
     ))
 }
 
@@ -420,9 +512,10 @@ fn filter_form(filter: &Filter) -> String {
 
 async fn notification(
     admin: &Arc<Admin>,
-    caller: &Caller,
+    user: &LoggedIn,
     id: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let caller = &user.caller;
     caller.require(Role::Viewer)?;
     let id: NotificationId = api::parse_id(id)?;
     let spool = admin.spool.clone();
@@ -444,8 +537,9 @@ async fn notification(
                 .finish();
             let _ = write!(
                 body,
-                "<form method=post action=\"/n/{id}/replay?{}\"><button>replay to {}</button></form>",
+                "<form method=post action=\"/n/{id}/replay?{}\">{}<button>replay to {}</button></form>",
                 escape(&target),
+                csrf_input(user),
                 escape(subscription)
             );
         }
@@ -476,7 +570,7 @@ async fn notification(
     let _ = write!(body, "<h2>Body</h2><pre>{}</pre>", text(&shown["body"]));
     Ok(html(
         StatusCode::OK,
-        &page(&format!("notification {id}"), Some(caller), &body),
+        &page(&format!("notification {id}"), Some(user), &body),
     ))
 }
 
@@ -516,9 +610,10 @@ fn sources_table(body: &mut String, sources: &Value) {
 
 async fn quarantined(
     admin: &Arc<Admin>,
-    caller: &Caller,
+    user: &LoggedIn,
     id: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let caller = &user.caller;
     caller.require(Role::Viewer)?;
     let id: NotificationId = api::parse_id(id)?;
     let spool = admin.spool.clone();
@@ -528,14 +623,15 @@ async fn quarantined(
         // The check again (it may take it now), or as a generic notification.
         let _ = write!(
             body,
-            "<form class=inline method=post action=\"/q/{id}/release\"><button>release</button></form> \
-             <form class=inline method=post action=\"/q/{id}/release?as=generic\"><button>release as generic</button></form>"
+            "<form class=inline method=post action=\"/q/{id}/release\">{csrf}<button>release</button></form> \
+             <form class=inline method=post action=\"/q/{id}/release?as=generic\">{csrf}<button>release as generic</button></form>",
+            csrf = csrf_input(user)
         );
     }
     let _ = write!(body, "<h2>Body</h2><pre>{}</pre>", text(&shown["body"]));
     Ok(html(
         StatusCode::OK,
-        &page(&format!("quarantined {id}"), Some(caller), &body),
+        &page(&format!("quarantined {id}"), Some(user), &body),
     ))
 }
 

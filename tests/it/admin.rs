@@ -64,15 +64,41 @@ impl Admin {
 
     /// A page of the admin UI as a browser logged in with `token` gets it.
     pub async fn page_as(&self, path: &str, token: &str) -> String {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .header("cookie", format!("relay_token={token}"))
+        let (status, page) = self.log_in_page(token).await.get(path).await;
+        assert_eq!(status, 200, "GET {path} as a page: {page}");
+        page
+    }
+
+    /// Logs in to the page as a browser would (the form, from the page's
+    /// own origin) and keeps the session's cookie.
+    pub async fn log_in_page(&self, token: &str) -> PageSession {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", token)
+            .finish();
+        let response = client
+            .post(format!("{}/login", self.base))
+            .header("origin", &self.base)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
             .send()
             .await
             .expect("admin listener answers");
-        assert_eq!(response.status(), 200, "GET {path} as a page");
-        response.text().await.unwrap()
+        assert_eq!(response.status(), 303, "the login form is taken");
+        let set_cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let cookie = set_cookie.split(';').next().unwrap().to_owned();
+        PageSession {
+            base: self.base.clone(),
+            client,
+            set_cookie,
+            cookie,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Value {
@@ -95,6 +121,78 @@ impl Admin {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// A logged-in browser's session on the page, played with reqwest (no
+/// redirects followed: the page's 303s are its answers).
+pub struct PageSession {
+    base: String,
+    client: reqwest::Client,
+    /// The login's `Set-Cookie`, attributes and all.
+    pub set_cookie: String,
+    /// `name=value`, as the browser sends it back.
+    pub cookie: String,
+}
+
+impl PageSession {
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .expect("admin listener answers");
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// The CSRF token of the session's forms, read from one of its pages.
+    pub async fn csrf(&self) -> String {
+        let (status, page) = self.get("/").await;
+        assert_eq!(status, 200, "{page}");
+        let (_, rest) = page
+            .split_once("name=csrf value=\"")
+            .unwrap_or_else(|| panic!("the page's forms carry a CSRF token: {page}"));
+        rest.split('"').next().unwrap().to_owned()
+    }
+
+    /// A form's POST with the session's cookie, sent with `origin` (none
+    /// when None) and the form field `csrf` (none when None).
+    pub async fn post(&self, path: &str, origin: Option<&str>, csrf: Option<&str>) -> u16 {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        if let Some(csrf) = csrf {
+            form.append_pair("csrf", csrf);
+        }
+        let response = request
+            .body(form.finish())
+            .send()
+            .await
+            .expect("admin listener answers");
+        response.status().as_u16()
+    }
+
+    /// The same, from the page itself with its token.
+    pub async fn press(&self, path: &str) -> reqwest::Response {
+        let csrf = self.csrf().await;
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .header("origin", &self.base)
+            .header("sec-fetch-site", "same-origin")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={csrf}"))
+            .send()
+            .await
+            .expect("admin listener answers")
     }
 }
 
@@ -1061,40 +1159,24 @@ async fn the_page_releases_a_quarantined_body_and_it_is_delivered() {
         .await;
     assert_eq!(status, 422, "{json}");
     let quarantined = json["quarantine_id"].as_str().unwrap().to_owned();
-    // Redirects are the page's answers: see them rather than follow them.
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let as_page = |method: reqwest::Method, path: &str, token: &str| {
-        browser
-            .request(method, format!("{}{path}", admin.base))
-            .header("cookie", format!("relay_token={token}"))
-            .send()
-    };
-    let shown_to = |token: &'static str| {
-        let path = format!("/q/{quarantined}");
-        let request = as_page(reqwest::Method::GET, &path, token);
-        async move { request.await.unwrap().text().await.unwrap() }
-    };
+    let (ops, grafana) = (
+        admin.log_in_page(ADMIN_TOKEN).await,
+        admin.log_in_page(VIEWER_TOKEN).await,
+    );
+    let shown = format!("/q/{quarantined}");
     let button = format!("action=\"/q/{quarantined}/release?as=generic\"");
     assert!(
-        shown_to(ADMIN_TOKEN).await.contains(&button),
+        ops.get(&shown).await.1.contains(&button),
         "an admin's page has the button"
     );
     assert!(
-        !shown_to(VIEWER_TOKEN).await.contains("release"),
+        !grafana.get(&shown).await.1.contains("release"),
         "a viewer's has none"
     );
 
     let press = format!("/q/{quarantined}/release?as=generic");
-    let refused = as_page(reqwest::Method::POST, &press, VIEWER_TOKEN)
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 403);
-    let answer = as_page(reqwest::Method::POST, &press, ADMIN_TOKEN)
-        .await
-        .unwrap();
+    assert_eq!(grafana.press(&press).await.status(), 403);
+    let answer = ops.press(&press).await;
     assert_eq!(answer.status(), 303);
     let location = answer.headers()["location"].to_str().unwrap().to_owned();
     let id = location
@@ -1113,6 +1195,253 @@ async fn the_page_releases_a_quarantined_body_and_it_is_delivered() {
         "{audit}"
     );
     assert_eq!(record["target"], quarantined);
+    relay.stop().await;
+}
+
+/// The page's POSTs come from the page or not at all: with a valid
+/// session cookie, a POST from another origin (or that says neither where
+/// it comes from), or without the session's CSRF token, is 403 and changes
+/// nothing; the page's own works. The cookie is a session id, not the
+/// token, and after "log out" (or a reload that removes its token) it
+/// opens nothing.
+#[tokio::test]
+async fn the_page_refuses_cross_origin_posts_and_its_cookie_dies_at_logout() {
+    let target = Target::start(Vec::new()).await;
+    let (relay, admin) = relay_to(&target).await;
+    let ops = admin.log_in_page(ADMIN_TOKEN).await;
+    assert!(
+        !ops.set_cookie.contains(ADMIN_TOKEN) && ops.cookie.starts_with("relay_session="),
+        "the cookie holds a session id, not the token: {}",
+        ops.set_cookie
+    );
+    for attribute in ["Path=/", "HttpOnly", "SameSite=Strict"] {
+        assert!(ops.set_cookie.contains(attribute), "{}", ops.set_cookie);
+    }
+    assert!(!ops.set_cookie.contains("Secure"), "plain HTTP: not Secure");
+    let csrf = ops.csrf().await;
+    let pause = "/s/billing/pause";
+    let port = admin.base.rsplit(':').next().unwrap();
+    let elsewhere = format!("http://127.0.0.1:{}", port.parse::<u16>().unwrap() ^ 1);
+    let same = Some(admin.base.as_str());
+    for (origin, token, why) in [
+        (
+            Some("http://evil.example"),
+            Some(csrf.as_str()),
+            "another site",
+        ),
+        (
+            Some(elsewhere.as_str()),
+            Some(csrf.as_str()),
+            "another port",
+        ),
+        (Some("null"), Some(csrf.as_str()), "an opaque origin"),
+        (None, Some(csrf.as_str()), "no Origin"),
+        (same, None, "no CSRF token"),
+        (same, Some("0123456789abcdef"), "a wrong CSRF token"),
+    ] {
+        assert_eq!(ops.post(pause, origin, token).await, 403, "{why}");
+    }
+    let subs = admin.get("/api/subscriptions").await;
+    assert_eq!(subs["items"][0]["paused"], false, "nothing paused: {subs}");
+    assert_eq!(items(&admin.get("/api/audit").await), 0, "nothing audited");
+
+    // The page's own POST, with its token: done, as the admin.
+    assert_eq!(ops.post(pause, same, Some(&csrf)).await, 303);
+    let subs = admin.get("/api/subscriptions").await;
+    assert_eq!(subs["items"][0]["paused"], true, "{subs}");
+    let audit = admin.get("/api/audit").await;
+    assert_eq!(
+        (
+            audit["items"][0]["action"].as_str(),
+            audit["items"][0]["actor"].as_str()
+        ),
+        (Some("subscription.pause"), Some("ops")),
+        "{audit}"
+    );
+    // Another login, another session with a token of its own.
+    let other = admin.log_in_page(ADMIN_TOKEN).await;
+    assert_ne!(other.cookie, ops.cookie);
+    let resume = "/s/billing/resume";
+    assert_eq!(other.post(resume, same, Some(&csrf)).await, 403);
+
+    // Logged out, the old cookie opens nothing, and changes nothing.
+    assert_eq!(ops.post("/logout", same, Some(&csrf)).await, 303);
+    let (status, page) = ops.get("/").await;
+    assert_eq!(status, 401, "the login form again: {page}");
+    assert!(page.contains("name=token"), "{page}");
+    assert_eq!(ops.post(resume, same, Some(&csrf)).await, 401);
+    let subs = admin.get("/api/subscriptions").await;
+    assert_eq!(subs["items"][0]["paused"], true, "still paused: {subs}");
+    assert_eq!(other.get("/").await.0, 200, "the other session lives on");
+
+    // A reload that removes a token ends its sessions; the others live on.
+    let grafana = admin.log_in_page(VIEWER_TOKEN).await;
+    assert_eq!(grafana.get("/").await.0, 200);
+    let without_viewer = format!(
+        "{}{}{}",
+        base_config(relay.dir.path()),
+        subscription("billing", &target.url(), ""),
+        admin_section().replace(
+            &format!("name = \"grafana\", token = \"{VIEWER_TOKEN}\""),
+            "name = \"grafana\", token = \"another-viewer-token-0123\""
+        ),
+    );
+    let config = webhook_relay::config::Config::parse(&without_viewer).unwrap();
+    relay.relay().reload(config).await.expect("reloaded");
+    assert_eq!(grafana.get("/").await.0, 401, "its token is gone");
+    assert_eq!(other.get("/").await.0, 200, "the admin's is not");
+
+    // Behind a TLS proxy that says so, the cookie is Secure.
+    let proxied = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let host = admin.base.trim_start_matches("http://");
+    let answer = proxied
+        .post(format!("{}/login", admin.base))
+        .header("origin", format!("https://{host}"))
+        .header("x-forwarded-proto", "https")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 303);
+    let cookie = answer.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+
+    // The API, by bearer token, is not the page's business: unchanged.
+    let (status, body) = admin
+        .call(
+            "POST",
+            "/api/subscriptions/billing/resume",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    relay.stop().await;
+}
+
+/// A tiny site on another port of 127.0.0.1: each path a page.
+async fn attacker_site(pages: Vec<(String, String)>) -> String {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let pages = std::sync::Arc::new(pages);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let pages = pages.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let page = pages
+                        .iter()
+                        .find(|(path, _)| path == request.uri().path())
+                        .map_or_else(String::new, |(_, page)| page.clone());
+                    let mut response =
+                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(page)));
+                    response
+                        .headers_mut()
+                        .insert("content-type", "text/html".parse().unwrap());
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    base
+}
+
+/// Waits until the browser has left `from` (a form it submitted has been
+/// answered, and the browser shows that answer).
+async fn left(browser: &fantoccini::Client, from: &str) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let url = browser.current_url().await.unwrap().to_string();
+        if !url.starts_with(from) {
+            return url;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still on {url}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Headless Chromium, logged in as an admin, visits pages on another port
+/// of 127.0.0.1 that submit themselves to the page's pause and replay
+/// buttons (the cookie goes with them: SameSite counts no ports). Nothing
+/// changes: the subscription is not paused, the dead delivery not
+/// replayed, nothing audited. The admin's own button still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_another_port_cannot_make_a_logged_in_browser_change_anything() {
+    use fantoccini::Locator;
+
+    let Some((browser, mut driver)) = headless_browser().await else {
+        return;
+    };
+    let target = Target::start(vec![Reply::Status(500); 4]).await;
+    let (relay, admin) = relay_to(&target).await;
+    let id = dead_notification(&relay, &admin, "x-1", "0009-0001").await;
+
+    browser.goto(&admin.base).await.unwrap();
+    log_in(&browser, ADMIN_TOKEN).await;
+    shown(&browser, Locator::LinkText(&id)).await;
+
+    let attack = |action: String| {
+        format!(
+            "<!doctype html><body onload=\"document.forms[0].submit()\">\
+             <form method=post action=\"{action}\"><input type=hidden name=csrf value=guess></form>"
+        )
+    };
+    let evil = attacker_site(vec![
+        (
+            "/pause".into(),
+            attack(format!("{}/s/billing/pause", admin.base)),
+        ),
+        (
+            "/replay".into(),
+            attack(format!("{}/n/{id}/replay?subscription=billing", admin.base)),
+        ),
+    ])
+    .await;
+    for page in ["/pause", "/replay"] {
+        browser.goto(&format!("{evil}{page}")).await.unwrap();
+        let landed = left(&browser, &evil).await;
+        assert!(
+            landed.starts_with(&admin.base),
+            "the form was sent: {landed}"
+        );
+    }
+    // Each form was answered before the browser showed the answer.
+    let subs = admin.get("/api/subscriptions").await;
+    assert_eq!(subs["items"][0]["paused"], false, "not paused: {subs}");
+    let shown_notification = admin.get(&format!("/api/notifications/{id}")).await;
+    assert_eq!(
+        shown_notification["deliveries"][0]["state"], "dead",
+        "not replayed: {shown_notification}"
+    );
+    assert!(!target.succeeded(&id));
+    assert_eq!(items(&admin.get("/api/audit").await), 0, "nothing audited");
+
+    // The admin's own button, in the same browser session, works.
+    browser.goto(&admin.base).await.unwrap();
+    shown(
+        &browser,
+        Locator::Css("form[action='/s/billing/pause'] button"),
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
+    admin
+        .wait_for("/api/subscriptions", "the pause", |s| {
+            s["items"][0]["paused"] == true
+        })
+        .await;
+    browser.close().await.unwrap();
+    let _ = driver.kill().await;
     relay.stop().await;
 }
 
