@@ -796,6 +796,15 @@ const LOST: &str = "lost: ";
 /// and skipped when met. A loss is left to the open that follows, which
 /// refuses it with its own advice.
 async fn verify_spool(config: &Config) -> anyhow::Result<()> {
+    if Spool::is_new(&config.spool) {
+        tracing::info!(spool = %config.spool.path.display(), "no spool there yet: creating a new one");
+        return Ok(());
+    }
+    // The lock first: a second relay on the same spool says only that.
+    let spool_config = config.spool.clone();
+    tokio::task::spawn_blocking(move || Spool::ensure_not_locked(&spool_config))
+        .await
+        .context("the spool's lock check failed to run")??;
     if Spool::stopped_cleanly(&config.spool) {
         tracing::info!("the spool was stopped cleanly and is untouched since; no full check");
         return Ok(());

@@ -274,6 +274,16 @@ impl Spool {
         sled::stopped_cleanly(&config.path)
     }
 
+    /// Whether no spool exists at the configured path yet.
+    pub fn is_new(config: &SpoolConfig) -> bool {
+        sled::is_new(&config.path)
+    }
+
+    /// An error at once when another process holds the spool.
+    pub fn ensure_not_locked(config: &SpoolConfig) -> Result<(), SpoolError> {
+        sled::ensure_not_locked(&config.path)
+    }
+
     /// Verifies a stopped spool record by record; never panics on damage.
     /// `accept_loss` records a detected loss as known so `serve` can start.
     pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, SpoolError> {

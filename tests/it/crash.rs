@@ -274,6 +274,8 @@ async fn the_service_reports_ready_watchdog_and_stopping_to_systemd() {
     init();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
+    // A spool that was not stopped cleanly is checked whole before serving.
+    RelayProcess::spawn(&config).await.sigkill().await;
     let socket_path = dir.path().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
     let mut command = Command::new(BINARY);
@@ -293,8 +295,7 @@ async fn the_service_reports_ready_watchdog_and_stopping_to_systemd() {
         Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
     };
     let ten_s = Duration::from_secs(10);
-    // A spool that was not stopped cleanly (here: a new one) is checked
-    // whole first, and the service says so while its start goes on.
+    // The service says so while its start goes on.
     let mut before_ready = Vec::new();
     loop {
         let message = recv(ten_s).await.expect("READY=1 within 10 s");
@@ -331,11 +332,15 @@ async fn a_clean_stop_spares_the_next_start_a_full_check_and_a_kill_does_not() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
     let first = RelayProcess::spawn(&config).await;
-    assert_eq!(
-        first.logged("checking the whole spool").len(),
-        1,
-        "a new spool is checked"
-    );
+    // A new spool is created, not checked, and nothing is said repaired.
+    assert_eq!(first.logged("creating a new one").len(), 1);
+    assert_eq!(first.logged("checking the whole spool").len(), 0);
+    assert_eq!(first.count_level("WARN"), 0, "{}", first.log_tail(5));
+    // A second relay on the same spool says only that it is in use.
+    let second = relay_cli(&["serve"], &config, &[]);
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("is in use by another process"), "{said}");
+    assert!(!said.contains("checking the whole spool"), "{said}");
     first.sigterm().await;
     let second = RelayProcess::spawn(&config).await;
     assert_eq!(

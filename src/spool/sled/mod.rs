@@ -39,7 +39,7 @@ use crate::delivery::Delivery;
 use crate::providers::Notification;
 pub use lease::SledLease;
 use lease::SubState;
-pub use open::{check, stopped_cleanly};
+pub use open::{check, ensure_not_locked, is_new, stopped_cleanly};
 
 /// Which records a walk reads.
 pub const NOTIFICATIONS: u8 = keys::NOTIFICATION;

@@ -511,6 +511,18 @@ fn repair_conf(path: &Path, repaired: &mut Vec<String>) -> Result<(), SpoolError
     Ok(())
 }
 
+/// Whether there is no spool at `path` yet: the first start creates it.
+pub fn is_new(path: &Path) -> bool {
+    !db_file(path).exists()
+}
+
+/// Fails (after a short grace for a relay that is just stopping) when
+/// another process holds the spool: checked before anything is said of a
+/// check.
+pub fn ensure_not_locked(path: &Path) -> Result<(), SpoolError> {
+    check_not_locked(path)
+}
+
 fn check_not_locked(path: &Path) -> Result<(), SpoolError> {
     let Ok(file) = File::open(db_file(path)) else {
         return Ok(()); // a new spool, or one sled will report on itself
