@@ -27,8 +27,8 @@ pub fn target_url(url: &str) -> String {
 }
 
 /// `text` with every `http://` or `https://` URL in it redacted as
-/// [`target_url`] does (a URL ends at white space, a quote or `<>`; a `)`
-/// that closes the text around it stays).
+/// [`target_url`] does (a URL ends at white space, a quote or `<>`;
+/// punctuation after it stays).
 pub fn urls_in(text: &str) -> Cow<'_, str> {
     if !contains_url(text) {
         return Cow::Borrowed(text);
@@ -41,20 +41,27 @@ pub fn urls_in(text: &str) -> Cow<'_, str> {
         let len = tail
             .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>'))
             .unwrap_or(tail.len());
-        let mut url = &tail[..len];
-        // "for url (http://host/path?q)": the parenthesis is the text's.
-        let closing = url.ends_with(')') && !url.contains('(');
-        if closing {
-            url = &url[..url.len() - 1];
-        }
+        let (url, after) = tail[..len].split_at(url_end(&tail[..len]));
         out.push_str(&target_url(url));
-        if closing {
-            out.push(')');
-        }
+        out.push_str(after);
         rest = &tail[len..];
     }
     out.push_str(rest);
     Cow::Owned(out)
+}
+
+/// Where a URL that runs to the end of `span` stops: punctuation at its
+/// end is the text's ("for url (http://host/path?q): ..."), and so is a
+/// `)` the URL did not open.
+fn url_end(span: &str) -> usize {
+    let mut end = span.len();
+    loop {
+        match span[..end].chars().next_back() {
+            Some(',' | '.' | ';' | ':' | '!') => end -= 1,
+            Some(')') if !span[..end].contains('(') => end -= 1,
+            _ => return end,
+        }
+    }
 }
 
 fn contains_url(text: &str) -> bool {
@@ -99,7 +106,7 @@ mod tests {
         );
         assert_eq!(
             urls_in("to HTTPS://a.test/x?k=1 and http://u:p@b.test/y#z."),
-            "to https://a.test/x and http://b.test/y"
+            "to https://a.test/x and http://b.test/y."
         );
         assert!(matches!(urls_in("no url here"), Cow::Borrowed(_)));
     }
