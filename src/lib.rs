@@ -18,6 +18,7 @@
 //! - [`listen`]: the listening sockets: from systemd (socket activation)
 //!   or bound as configured.
 //! - [`cli`]: the command line (`serve`, `check-config`, `spool dump`, ...).
+//! - [`redact`]: target URLs as non-admins see them (no query, no userinfo).
 //! - [`clock`]: Unix milliseconds: the system clock in service, or one that
 //!   follows tokio's paused clock in tests.
 //!
@@ -38,5 +39,6 @@ pub mod ingress;
 pub mod listen;
 pub mod metrics;
 pub mod providers;
+pub mod redact;
 pub mod signing;
 pub mod spool;

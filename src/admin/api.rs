@@ -754,11 +754,23 @@ pub(super) fn delivery_detail(delivery: &Delivery) -> Value {
             "number": a.number,
             "started_at": format_ms(a.started_ms),
             "duration_ms": a.duration_ms,
-            "outcome": a.outcome,
+            "outcome": outcome_json(&a.outcome),
             // The start of the target's answer body, if it sent one.
             "answer": a.answer,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// An attempt's outcome with any target URL in its error detail redacted
+/// (a viewer reads it; attempts kept before the forwarder redacted it).
+fn outcome_json(outcome: &crate::delivery::Outcome) -> Value {
+    let mut shown = json!(outcome);
+    if let Some(detail) = shown.get_mut("detail") {
+        if let Some(text) = detail.as_str() {
+            *detail = crate::redact::urls_in(text).into_owned().into();
+        }
+    }
+    shown
 }
 
 /// The body as text when it is UTF-8, else base64.
@@ -1258,7 +1270,8 @@ pub(super) async fn pause(
 
 /// The subscriptions the caller may see: an admin or a viewer all of them,
 /// a subscriber only those it created (another team's target URLs are not
-/// its business).
+/// its business). Only an admin reads a URL whole; the others see its
+/// scheme, host and path (see `redact`).
 pub(super) fn subscriptions(admin: &Admin, caller: &Caller) -> Value {
     let config = admin.config.load();
     let paused = admin.spool.paused();
@@ -1279,11 +1292,14 @@ pub(super) fn subscriptions(admin: &Admin, caller: &Caller) -> Value {
                 Some(created) => super::subscriptions::describe(created),
                 None => json!({
                     "name": s.name,
-                    "url": s.url,
                     "sources": s.sources,
                     "events": s.events,
                     "origin": "relay.toml",
                 }),
+            };
+            item["url"] = match caller.role {
+                Role::Admin => json!(s.url),
+                _ => json!(crate::redact::target_url(&s.url)),
             };
             item["paused"] = json!(paused.contains(&s.name));
             // From the spool's kept counts (memory), so a subscriber, who

@@ -170,7 +170,8 @@ pub(super) async fn create(
         apply(admin).await?;
         return Err(err);
     }
-    tracing::info!(subscription = %subscription.name, url = %subscription.url, by = %caller.name, "subscription created");
+    let shown_url = crate::redact::target_url(&subscription.url);
+    tracing::info!(subscription = %subscription.name, url = %shown_url, by = %caller.name, "subscription created");
     let mut shown = describe(&subscription);
     audit(
         admin,
@@ -182,6 +183,9 @@ pub(super) async fn create(
     .await?;
     // Shown once, here; never listed.
     shown["secret"] = json!(subscription.secret);
+    if caller.role == Role::Admin {
+        shown["url"] = json!(subscription.url);
+    }
     Ok(json_response(StatusCode::CREATED, &shown))
 }
 
@@ -659,11 +663,13 @@ async fn apply(admin: &Admin) -> Result<(), ApiError> {
         .map_err(ApiError::Internal)
 }
 
-/// An API subscription as listed and audited: everything but its secrets.
+/// An API subscription as listed and audited: everything but its secrets,
+/// and its URL redacted (viewers read the audit; an admin's listing puts
+/// the whole URL back).
 pub(super) fn describe(subscription: &ApiSubscription) -> Value {
     json!({
         "name": subscription.name,
-        "url": subscription.url,
+        "url": crate::redact::target_url(&subscription.url),
         "sources": subscription.sources,
         "events": subscription.events,
         "settings": subscription.settings,

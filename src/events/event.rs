@@ -12,14 +12,23 @@ use crate::delivery::Attempt;
 use crate::providers::{InvoiceStatus, Notification};
 use crate::spool::{NotificationId, ObservedNotification, Received, StuckInvoice};
 
+/// Ids an aggregated event lists (of its `count`), the first ones.
+pub const FIRST_IDS: usize = 20;
+
 /// One operational event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RelayEvent {
-    /// A delivery's schedule ran out: an admin must replay or purge it.
+    /// Deliveries of one subscription whose schedule ran out (an admin
+    /// must replay or purge them): `count` of them from the event's time
+    /// to `last_ms`, the first with its last attempt, and the first
+    /// [`FIRST_IDS`] ids.
     DeliveryDead {
         subscription: String,
         notification: ObservedNotification,
         last: Attempt,
+        count: u64,
+        ids: Vec<NotificationId>,
+        last_ms: i64,
     },
     /// A subscription's attempts failed `failures` times in a row.
     SubscriptionFailing {
@@ -27,20 +36,28 @@ pub enum RelayEvent {
         failures: u32,
         notification: ObservedNotification,
         last: Attempt,
+        /// Recoveries and failings folded into this one (a flapping target).
+        flaps: u32,
     },
     /// The first success after a subscription was reported failing.
     SubscriptionRecovered {
         subscription: String,
         failures: u32,
         notification: ObservedNotification,
+        /// Failings and recoveries folded into this one.
+        flaps: u32,
     },
-    /// A body its provider check refused was kept in the quarantine.
+    /// Bodies of one source its provider check refused were kept in the
+    /// quarantine: `count` of them, the first as it was, the first
+    /// [`FIRST_IDS`] ids.
     QuarantineAdded {
         id: NotificationId,
         source: String,
         reason_kind: String,
         reason: String,
         bytes: usize,
+        count: u64,
+        ids: Vec<NotificationId>,
     },
     /// The spool stopped taking notifications (503s) since `since_ms`.
     SpoolFull { condition: String },
@@ -93,6 +110,17 @@ impl RelayEvent {
         }
     }
 
+    /// The subscription it is about, where there is one: who else may
+    /// receive it depends on who owns that one.
+    pub fn subscription(&self) -> Option<&str> {
+        match self {
+            RelayEvent::DeliveryDead { subscription, .. }
+            | RelayEvent::SubscriptionFailing { subscription, .. }
+            | RelayEvent::SubscriptionRecovered { subscription, .. } => Some(subscription),
+            _ => None,
+        }
+    }
+
     /// The invoice it is about, where there is one.
     fn subject(&self) -> Option<String> {
         match self {
@@ -110,8 +138,14 @@ impl RelayEvent {
                 subscription,
                 notification,
                 last,
+                count,
+                ids,
+                last_ms,
             } => json!({
                 "subscription": subscription,
+                "count": count,
+                "ids": ids_json(ids),
+                "last_at": format_ms(*last_ms),
                 "notification": notification_json(notification),
                 "attempts": last.number,
                 "last_attempt": attempt_json(last),
@@ -121,20 +155,24 @@ impl RelayEvent {
                 failures,
                 notification,
                 last,
+                flaps,
             } => json!({
                 "subscription": subscription,
                 "consecutive_failures": failures,
                 "notification": notification_json(notification),
                 "last_attempt": attempt_json(last),
+                "flaps": flaps,
             }),
             RelayEvent::SubscriptionRecovered {
                 subscription,
                 failures,
                 notification,
+                flaps,
             } => json!({
                 "subscription": subscription,
                 "failures_before": failures,
                 "notification": notification_json(notification),
+                "flaps": flaps,
             }),
             RelayEvent::QuarantineAdded {
                 id,
@@ -142,12 +180,16 @@ impl RelayEvent {
                 reason_kind,
                 reason,
                 bytes,
+                count,
+                ids,
             } => json!({
                 "quarantine_id": id.to_string(),
                 "source": source,
                 "reason_kind": reason_kind,
                 "reason": reason,
                 "bytes": bytes,
+                "count": count,
+                "ids": ids_json(ids),
             }),
             RelayEvent::SpoolFull { condition } => json!({ "condition": condition }),
             RelayEvent::SourceSilent {
@@ -237,13 +279,24 @@ fn notification_json(notification: &ObservedNotification) -> Value {
     })
 }
 
-/// An attempt without the target's answer (it may say anything).
+fn ids_json(ids: &[NotificationId]) -> Value {
+    ids.iter().map(ToString::to_string).collect()
+}
+
+/// An attempt without the target's answer (it may say anything), and with
+/// any URL in its error detail redacted (see `redact`).
 fn attempt_json(attempt: &Attempt) -> Value {
+    let mut outcome = json!(attempt.outcome);
+    if let Some(detail) = outcome.get_mut("detail") {
+        if let Some(text) = detail.as_str() {
+            *detail = crate::redact::urls_in(text).into_owned().into();
+        }
+    }
     json!({
         "number": attempt.number,
         "started_at": format_ms(attempt.started_ms),
         "duration_ms": attempt.duration_ms,
-        "outcome": attempt.outcome,
+        "outcome": outcome,
     })
 }
 
@@ -266,9 +319,10 @@ mod tests {
 
     #[test]
     fn a_dead_delivery_names_the_invoice_and_the_last_attempt_not_its_body() {
+        let first = invoice();
         let event = RelayEvent::DeliveryDead {
             subscription: "billing".into(),
-            notification: invoice(),
+            notification: first.clone(),
             last: Attempt {
                 number: 4,
                 started_ms: AT - 10,
@@ -279,10 +333,17 @@ mod tests {
                 },
                 answer: Some("stack trace with secrets".into()),
             },
+            count: 3,
+            ids: vec![first.id, NotificationId::new(AT - 4000)],
+            last_ms: AT - 1,
         };
         let body = event.body(AT);
         assert_eq!(body["type"], "relay.delivery.dead");
         assert_eq!(body["subscription"], "billing");
+        assert_eq!(body["count"], 3);
+        assert_eq!(body["ids"][0], first.id.to_string());
+        assert_eq!(body["ids"].as_array().map(Vec::len), Some(2));
+        assert_eq!(body["last_at"], format_ms(AT - 1));
         assert_eq!(body["notification"]["subject"], "0001-1234");
         assert_eq!(body["notification"]["source"], "tusfacturas");
         assert_eq!(body["attempts"], 4);
@@ -294,6 +355,30 @@ mod tests {
         assert_eq!(notification.event_type, "relay.delivery.dead");
         assert_eq!(notification.subject.as_deref(), Some("0001-1234"));
         assert!(notification.dedup_key.starts_with("relay:"));
+    }
+
+    #[test]
+    fn a_target_url_in_an_error_detail_keeps_no_query() {
+        let event = RelayEvent::SubscriptionFailing {
+            subscription: "billing".into(),
+            failures: 5,
+            notification: invoice(),
+            last: Attempt {
+                number: 5,
+                started_ms: AT,
+                duration_ms: 1,
+                outcome: Outcome::Io {
+                    detail:
+                        "error sending request for url (http://u:pw@10.0.0.5/drop?apikey=s3cret)"
+                            .into(),
+                },
+                answer: None,
+            },
+            flaps: 0,
+        };
+        let body = event.body(AT).to_string();
+        assert!(body.contains("http://10.0.0.5/drop)"), "{body}");
+        assert!(!body.contains("s3cret") && !body.contains("pw@"), "{body}");
     }
 
     #[test]
@@ -313,6 +398,8 @@ mod tests {
                 reason_kind: "invalid_json".into(),
                 reason: "expected value".into(),
                 bytes: 12,
+                count: 1,
+                ids: vec![NotificationId::new(AT)],
             },
         ];
         for event in events {

@@ -9,11 +9,17 @@
 //!
 //! - `event`: each event's type and body, pure.
 //! - `streaks`: failed attempts in a row per subscription, pure.
+//! - `burst`: the spool's reports counted into few events (one dead
+//!   event per subscription per second with the count), pure.
+//! - `audience`: which subscriptions may receive an event (a team hears
+//!   of its own subscriptions only), pure.
 //! - `silence`: sources that sent nothing for their `expect_every`, pure.
 //! - `stuck`: invoices left `queued` past their `stuck_after`, pure.
-//! - here: one task turns what the spool reports (attempts recorded,
-//!   bodies quarantined, see `Spool::observe`) and its health into events
-//!   and stores them.
+//! - here: the spool hands each report (attempts recorded, bodies
+//!   quarantined, see `Spool::observe`) to a `burst` counter as it records
+//!   it, with no queue a burst could fill; one task takes the counts, looks
+//!   at the spool's health, and stores the events, each for the
+//!   subscriptions that ask for it and may see it.
 //!
 //! What it promises, and what not: an event is durable once stored, and
 //! from then on delivered at least once. Between its cause and its store
@@ -27,30 +33,29 @@
 //! their own (a dead alert must not raise another alert, and so on), and
 //! nothing here ever pauses or disables a subscription.
 
+mod audience;
+mod burst;
 mod event;
 pub mod silence;
 mod streaks;
 pub mod stuck;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::config::{Config, RELAY_SOURCE};
-use crate::delivery::State;
 use crate::metrics::Metrics;
 use crate::providers::InvoiceStatus;
-use crate::spool::{Invoice, NotificationId, Observed, Routes, Spool, SpoolError};
+use crate::spool::{Invoice, NotificationId, Observe, Observed, Routes, Spool, SpoolError};
+use audience::Audience;
+use burst::Burst;
 pub use event::RelayEvent;
-use streaks::{Streaks, Turn};
 
-/// Reports the spool may queue for this task before it drops them.
-const REPORTS: usize = 4096;
 /// Events kept in memory while the spool cannot store them.
 pub const MAX_PENDING: usize = 1024;
 /// How often the spool's health is looked at (and stores retried).
@@ -60,7 +65,10 @@ const TICK: Duration = Duration::from_millis(250);
 /// the threshold for `relay.subscription.failing`. Shared with the task.
 pub struct Events {
     routes: ArcSwap<Routes>,
-    failing_after: AtomicU32,
+    /// Who owns which subscription (a team, or the admins).
+    audience: ArcSwap<Audience>,
+    /// Where the spool's reports are counted, and the failing threshold.
+    counted: Arc<Counted>,
     spool: Spool,
     metrics: Arc<Metrics>,
     /// Each source with `expect_every`, and it in ms.
@@ -80,18 +88,23 @@ impl Events {
         clock: Clock,
         stop: watch::Receiver<bool>,
     ) -> (Arc<Events>, tokio::task::JoinHandle<()>) {
+        let counted = Arc::new(Counted {
+            burst: Mutex::new(Burst::default()),
+            clock,
+        });
         let events = Arc::new(Events {
             routes: ArcSwap::from_pointee(Routes::default()),
-            failing_after: AtomicU32::new(1),
+            audience: ArcSwap::from_pointee(Audience::default()),
+            counted: counted.clone(),
             spool: spool.clone(),
             metrics,
             expected: ArcSwap::from_pointee(Vec::new()),
             stuck_after: ArcSwap::from_pointee(Vec::new()),
         });
-        let reports = spool.observe(REPORTS);
+        let observing = spool.observe(counted);
         events.reload(config);
         let stuck = events.seed_stuck().await;
-        let task = tokio::spawn(run(events.clone(), reports, clock, stop, stuck));
+        let task = tokio::spawn(run(events.clone(), observing, clock, stop, stuck));
         (events, task)
     }
 
@@ -108,8 +121,13 @@ impl Events {
         self.expected.store(Arc::new(expected_sources(config)));
         self.stuck_after
             .store(Arc::new(stuck_after_sources(config)));
-        self.failing_after
-            .store(config.forwarder.failing_after.max(1), Ordering::Relaxed);
+        self.counted
+            .burst()
+            .set_failing_after(config.forwarder.failing_after);
+        self.audience.store(Arc::new(Audience::new(
+            config,
+            &self.spool.api_subscriptions(),
+        )));
         self.spool.set_observing(wanted);
     }
 
@@ -148,6 +166,31 @@ impl Events {
             .load()
             .matching(RELAY_SOURCE, event.event_type(), InvoiceStatus::Unknown)
             .is_empty()
+    }
+}
+
+/// The spool's observer: each report is counted as it comes, under a
+/// lock held for a few map operations, never queued.
+struct Counted {
+    burst: Mutex<Burst>,
+    clock: Clock,
+}
+
+impl Counted {
+    fn burst(&self) -> std::sync::MutexGuard<'_, Burst> {
+        // A panic mid-count leaves counts, not broken invariants.
+        self.burst.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Observe for Counted {
+    fn observe(&self, report: Observed) {
+        let now_ms = self.clock.now_ms();
+        self.burst().take(report, now_ms);
+    }
+
+    fn dropped(&self) -> u64 {
+        self.burst().dropped()
     }
 }
 
@@ -238,7 +281,6 @@ fn look(
 
 /// What the task holds between two stores.
 struct Held {
-    streaks: Streaks,
     /// Raised, not yet stored: (event, raised at).
     pending: VecDeque<(RelayEvent, i64)>,
     dropped: u64,
@@ -271,70 +313,22 @@ impl Held {
         self.pending.push_back((event, at_ms));
     }
 
-    /// Turns one report of the spool into the events it makes.
-    fn take(&mut self, events: &Events, report: Observed, now_ms: i64) {
-        match report {
-            // No events about the delivery of events.
-            Observed::Attempted { notification, .. } if notification.source == RELAY_SOURCE => {}
-            Observed::Attempted {
-                notification,
-                subscription,
-                attempt,
-                state,
-            } => {
-                let threshold = events.failing_after.load(Ordering::Relaxed);
-                let success = attempt.outcome.is_success();
-                match self.streaks.record(&subscription, success, threshold) {
-                    Some(Turn::Failing { failures }) => self.push(
-                        events,
-                        RelayEvent::SubscriptionFailing {
-                            subscription: subscription.clone(),
-                            failures,
-                            notification: notification.clone(),
-                            last: attempt.clone(),
-                        },
-                        now_ms,
-                    ),
-                    Some(Turn::Recovered { failures }) => self.push(
-                        events,
-                        RelayEvent::SubscriptionRecovered {
-                            subscription: subscription.clone(),
-                            failures,
-                            notification: notification.clone(),
-                        },
-                        now_ms,
-                    ),
-                    None => {}
-                }
-                if matches!(state, State::Dead { .. }) {
-                    self.push(
-                        events,
-                        RelayEvent::DeliveryDead {
-                            subscription,
-                            notification,
-                            last: attempt,
-                        },
-                        now_ms,
-                    );
-                }
+    /// Takes what the spool's reports counted (at most once per
+    /// `burst::WINDOW_MS`, or all of it at the stop), while the spool can
+    /// store it: while it cannot, the counts grow in place of a queue.
+    fn take_counted(&mut self, events: &Events, now_ms: i64, all: bool) {
+        if !all && !events.spool.health().writable {
+            return;
+        }
+        let counted = {
+            let mut burst = events.counted.burst();
+            match all {
+                true => burst.take_all(now_ms),
+                false => burst.take_due(now_ms),
             }
-            Observed::Quarantined {
-                id,
-                source,
-                reason_kind,
-                reason,
-                bytes,
-            } => self.push(
-                events,
-                RelayEvent::QuarantineAdded {
-                    id,
-                    source,
-                    reason_kind,
-                    reason,
-                    bytes,
-                },
-                now_ms,
-            ),
+        };
+        for (event, at_ms) in counted {
+            self.push(events, event, at_ms);
         }
     }
 
@@ -502,8 +496,21 @@ impl Held {
                 self.pending.push_front((event, at_ms));
                 return;
             }
+            let asking = events.routes.load().matching(
+                RELAY_SOURCE,
+                event.event_type(),
+                InvoiceStatus::Unknown,
+            );
+            let recipients = events.audience.load().recipients(&event, asking);
+            if recipients.is_empty() {
+                continue;
+            }
             let (received, notification) = event.stored(at_ms, NotificationId::new(at_ms));
-            match events.spool.store(received, notification).await {
+            match events
+                .spool
+                .store_to(received, notification, recipients)
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(event = event.event_type(), "operational event stored");
                 }
@@ -522,17 +529,16 @@ impl Held {
 
 async fn run(
     events: Arc<Events>,
-    reports: Option<mpsc::Receiver<Observed>>,
+    observing: bool,
     clock: Clock,
     mut stop: watch::Receiver<bool>,
     stuck: stuck::Stuck,
 ) {
-    let Some(mut reports) = reports else {
+    if !observing {
         tracing::error!("the spool already has an observer: no operational events");
         return;
-    };
+    }
     let mut held = Held {
-        streaks: Streaks::default(),
         pending: VecDeque::new(),
         dropped: 0,
         full_since: None,
@@ -546,21 +552,12 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
-            report = reports.recv() => match report {
-                Some(report) => {
-                    held.take(&events, report, clock.now_ms());
-                    false
-                }
-                None => true,
-            },
             _ = tick.tick() => false,
             _ = stop.wait_for(|stopped| *stopped) => true,
         };
         if stopping {
             // What the last attempts reported, then a last store.
-            while let Ok(report) = reports.try_recv() {
-                held.take(&events, report, clock.now_ms());
-            }
+            held.take_counted(&events, clock.now_ms(), true);
             held.watch_health(&events, clock.now_ms());
             held.store(&events).await;
             held.save_stuck(&events).await;
@@ -572,6 +569,7 @@ async fn run(
             }
             return;
         }
+        held.take_counted(&events, clock.now_ms(), false);
         held.watch_health(&events, clock.now_ms());
         held.watch_sources(&events, clock.now_ms());
         held.watch_invoices(&events, clock.now_ms()).await;
@@ -579,3 +577,6 @@ async fn run(
         held.save_stuck(&events).await;
     }
 }
+
+#[cfg(test)]
+mod tests;

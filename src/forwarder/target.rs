@@ -236,6 +236,9 @@ fn classify(err: &reqwest::Error) -> Outcome {
     }
 }
 
+/// The error and its causes, with the target URL the client names in
+/// them redacted: the detail is kept, shown and raised in events that
+/// non-admins read.
 fn error_chain(err: &reqwest::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -244,7 +247,7 @@ fn error_chain(err: &reqwest::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    crate::redact::urls_in(&text).into_owned()
 }
 
 /// `Retry-After` as seconds, or as an HTTP date (taken relative to now).

@@ -42,7 +42,7 @@ use crate::delivery::Delivery;
 use crate::providers::Notification;
 pub use audit::{AuditEntry, AuditId, AuditIdError, AuditRecord};
 pub use invoices::{Invoice, InvoiceCursor, StuckChanges, StuckInvoice, StuckMarks, TimelineEntry};
-pub use observe::{Observed, ObservedNotification};
+pub use observe::{Observe, Observed, ObservedNotification};
 pub use record::{
     NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta, QuarantineRecord, Record,
 };
@@ -427,13 +427,12 @@ impl Spool {
     }
 
     /// Starts reporting what the spool records that operational events are
-    /// made of (attempts recorded, bodies quarantined), on the channel
-    /// returned, while [`Spool::set_observing`] is on; `None` if someone
-    /// already observes. A report that finds the channel full is dropped
-    /// and counted ([`Spool::observed_dropped`]): the spool never waits
-    /// for its observer.
-    pub fn observe(&self, capacity: usize) -> Option<tokio::sync::mpsc::Receiver<Observed>> {
-        self.observer.start(capacity)
+    /// made of (attempts recorded, bodies quarantined) to `observer`, while
+    /// [`Spool::set_observing`] is on; false if someone already observes.
+    /// Each report is handed over as it is recorded, never queued, so a
+    /// burst loses none: the observer aggregates (and must never wait).
+    pub fn observe(&self, observer: std::sync::Arc<dyn Observe>) -> bool {
+        self.observer.start(observer)
     }
 
     /// Whether to report at all: off, nothing is cloned or sent.
@@ -441,7 +440,7 @@ impl Spool {
         self.observer.set_on(on);
     }
 
-    /// Reports dropped because the observer's channel was full.
+    /// Reports the observer took but could not keep.
     pub fn observed_dropped(&self) -> u64 {
         self.observer.dropped()
     }

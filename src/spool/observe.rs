@@ -1,17 +1,24 @@
 //! What the spool reports as it records it: facts in the spool's words
 //! (an attempt was recorded, a body was quarantined), for whoever turns
 //! them into the relay's operational events. The spool knows nothing of
-//! those; it only never waits for its observer (a full channel drops the
-//! report and counts it) and, while nobody wants the reports, costs one
-//! atomic load per outcome.
+//! those; it hands each report to its observer's [`Observe::observe`] in
+//! the recording task (no queue that a burst could fill: the observer
+//! aggregates as it takes them, and must never wait) and, while nobody
+//! wants the reports, costs one atomic load per outcome.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
-
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use super::{Lease, NotificationId};
 use crate::delivery::{Attempt, Delivery, State};
+
+/// Who takes the spool's reports.
+pub trait Observe: Send + Sync {
+    /// Takes one report at once (called in the task that recorded it).
+    fn observe(&self, report: Observed);
+    /// Reports it took but could not keep.
+    fn dropped(&self) -> u64;
+}
 
 /// The notification an attempt was for, as a report names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,17 +51,16 @@ pub enum Observed {
     },
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Observer {
-    sender: OnceLock<mpsc::Sender<Observed>>,
+    sink: OnceLock<Arc<dyn Observe>>,
     on: AtomicBool,
-    dropped: AtomicU64,
 }
 
 impl Observer {
-    pub fn start(&self, capacity: usize) -> Option<mpsc::Receiver<Observed>> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        self.sender.set(tx).ok().map(|()| rx)
+    /// Makes `sink` the observer; false if there is one already.
+    pub fn start(&self, sink: Arc<dyn Observe>) -> bool {
+        self.sink.set(sink).is_ok()
     }
 
     pub fn set_on(&self, on: bool) {
@@ -62,19 +68,16 @@ impl Observer {
     }
 
     pub fn is_on(&self) -> bool {
-        self.on.load(Ordering::Acquire) && self.sender.get().is_some()
+        self.on.load(Ordering::Acquire) && self.sink.get().is_some()
     }
 
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.sink.get().map_or(0, |sink| sink.dropped())
     }
 
     pub fn send(&self, report: Observed) {
-        let Some(sender) = self.sender.get() else {
-            return;
-        };
-        if sender.try_send(report).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(sink) = self.sink.get() {
+            sink.observe(report);
         }
     }
 
@@ -106,6 +109,19 @@ impl Observer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<Observed>>);
+
+    impl Observe for Kept {
+        fn observe(&self, report: Observed) {
+            self.0.lock().unwrap().push(report);
+        }
+        fn dropped(&self) -> u64 {
+            7
+        }
+    }
 
     fn quarantined(n: u64) -> Observed {
         Observed::Quarantined {
@@ -118,17 +134,21 @@ mod tests {
     }
 
     #[test]
-    fn a_full_channel_drops_and_counts_and_never_waits() {
+    fn every_report_reaches_the_one_observer_none_is_queued() {
         let observer = Observer::default();
-        let mut reports = observer.start(2).expect("the first observer");
-        assert!(observer.start(2).is_none(), "one observer only");
-        let sent: Vec<Observed> = (1..=5).map(quarantined).collect();
+        assert!(!observer.is_on(), "no observer yet");
+        let kept = Arc::new(Kept::default());
+        assert!(observer.start(kept.clone()));
+        assert!(
+            !observer.start(Arc::new(Kept::default())),
+            "one observer only"
+        );
+        observer.set_on(true);
+        let sent: Vec<Observed> = (1..=5000).map(quarantined).collect();
         for report in &sent {
             observer.send(report.clone());
         }
-        assert_eq!(observer.dropped(), 3);
-        assert_eq!(reports.try_recv().ok().as_ref(), Some(&sent[0]));
-        assert_eq!(reports.try_recv().ok().as_ref(), Some(&sent[1]));
-        assert!(reports.try_recv().is_err());
+        assert_eq!(*kept.0.lock().unwrap(), sent);
+        assert_eq!(observer.dropped(), 7, "the observer's own count");
     }
 }

@@ -5,6 +5,7 @@ mod abuse;
 mod admin;
 mod corruption;
 mod crash;
+mod events;
 mod forwarding;
 mod full_disk;
 mod helpers;
