@@ -13,6 +13,8 @@
 //! Sockets are taken before the async runtime starts: reading and clearing
 //! the environment is only sound while the process has one thread.
 
+pub mod slots;
+
 use std::net::{SocketAddr, TcpListener};
 
 /// The name of the providers' listener in `LISTEN_FDNAMES`.

@@ -23,6 +23,8 @@ use crate::spool::NotificationId;
 
 /// The login form's body is a token: a few hundred bytes at most.
 const MAX_FORM: usize = 4096;
+/// How long the login form may take to arrive.
+const FORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether the request is for the page (not the API or the probes).
 pub(super) fn is_page(path: &str) -> bool {
@@ -94,11 +96,16 @@ async fn login(
     admin: &Arc<Admin>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let body = Limited::new(request.into_body(), MAX_FORM)
-        .collect()
-        .await
-        .map_err(|_| ApiError::Invalid("the login form is too large".into()))?
-        .to_bytes();
+    // Anyone who reaches the listener may post here: a body that never
+    // comes must not hold a connection slot (`listen::slots`) for good.
+    let body = tokio::time::timeout(
+        FORM_TIMEOUT,
+        Limited::new(request.into_body(), MAX_FORM).collect(),
+    )
+    .await
+    .map_err(|_| ApiError::Invalid("the login form did not arrive in time".into()))?
+    .map_err(|_| ApiError::Invalid("the login form is too large".into()))?
+    .to_bytes();
     let token = form_urlencoded::parse(&body)
         .find(|(name, _)| name == "token")
         .map(|(_, value)| value.trim().to_owned())
