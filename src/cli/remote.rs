@@ -178,6 +178,21 @@ impl AdminClient {
         self.call(reqwest::Method::DELETE, path)
     }
 
+    /// What a failed request means: no answer in time, or no relay there.
+    fn failed(&self, err: &reqwest::Error) -> RemoteError {
+        if err.is_timeout() {
+            RemoteError::TimedOut {
+                address: self.address.clone(),
+                timeout: self.timeout,
+            }
+        } else {
+            RemoteError::Unreachable {
+                address: self.address.clone(),
+                detail: root_cause(err),
+            }
+        }
+    }
+
     fn call(&self, method: reqwest::Method, path: &str) -> Result<Value, RemoteError> {
         self.send(method, path, None)
     }
@@ -214,22 +229,6 @@ impl AdminClient {
                 }),
             }
         })
-    }
-}
-
-impl AdminClient {
-    fn failed(&self, err: &reqwest::Error) -> RemoteError {
-        if err.is_timeout() {
-            RemoteError::TimedOut {
-                address: self.address.clone(),
-                timeout: self.timeout,
-            }
-        } else {
-            RemoteError::Unreachable {
-                address: self.address.clone(),
-                detail: root_cause(err),
-            }
-        }
     }
 }
 
@@ -344,6 +343,16 @@ mod tests {
         assert_eq!(lines[1], "a          0001-1234");
         assert!(lines[2].ends_with('…'));
         assert_eq!(lines[2].chars().count(), 11 + 48 + 1);
+    }
+
+    #[test]
+    fn timeouts_are_durations_longer_than_zero() {
+        assert_eq!(
+            parse_timeout("30s").unwrap().0,
+            std::time::Duration::from_secs(30)
+        );
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("30").is_err());
     }
 
     #[test]
