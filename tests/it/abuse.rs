@@ -564,27 +564,82 @@ const ADMIN_CONNECTIONS: usize = 64;
 const ADMIN_PROMPT: Duration = Duration::from_secs(2);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Where the admin listener under attack is.
+#[derive(Clone)]
+enum AdminAt {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
+
+impl AdminAt {
+    async fn connect(&self) -> std::io::Result<Box<dyn Connection>> {
+        Ok(match self {
+            AdminAt::Tcp(addr) => Box::new(tokio::net::TcpStream::connect(addr).await?),
+            AdminAt::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+        })
+    }
+
+    /// A new client (so a new connection, as a probe makes) and the base URL.
+    fn client(&self) -> (reqwest::Client, String) {
+        let builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        let (builder, base) = match self {
+            AdminAt::Tcp(addr) => (builder, format!("http://{addr}")),
+            AdminAt::Unix(path) => (builder.unix_socket(path.clone()), "http://localhost".into()),
+        };
+        (builder.build().unwrap(), base)
+    }
+
+    /// As the CLI's `--admin-url` takes it.
+    fn cli_url(&self) -> String {
+        match self {
+            AdminAt::Tcp(addr) => format!("http://{addr}"),
+            AdminAt::Unix(path) => format!("unix:{}", path.display()),
+        }
+    }
+}
+
 #[tokio::test]
 async fn silent_and_preface_only_connections_cannot_lock_the_admin_listener() {
-    // Idle connections are closed only after 30 s here: what keeps the
-    // listener open is closing the idle ones to make room.
-    let relay = Abused::start_edited(|config| {
-        config.replace("idle_timeout = \"1s\"", "idle_timeout = \"30s\"") + &admin_section()
-    })
-    .await;
+    let relay = Abused::start_edited(|config| admin_under_attack(config, "127.0.0.1:0")).await;
     let url = relay.process.admin_url();
-    let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
-    // Twice the bound: half send nothing, half only the HTTP/2 preface;
-    // each reopened as soon as the relay closes it.
+    let admin = AdminAt::Tcp(url.trim_start_matches("http://").parse().unwrap());
+    attack_the_admin_listener(relay, admin).await;
+}
+
+#[tokio::test]
+async fn silent_and_preface_only_connections_cannot_lock_the_admin_unix_socket() {
+    let sockets = tempfile::tempdir().unwrap();
+    let path = sockets.path().join("admin.sock");
+    let listen = format!("unix:{}", path.display());
+    let relay = Abused::start_edited(|config| admin_under_attack(config, &listen)).await;
+    attack_the_admin_listener(relay, AdminAt::Unix(path)).await;
+}
+
+/// These tests' config with an admin listener on `listen`. Idle
+/// connections are closed only after 30 s: what keeps the listener open
+/// is closing the idle ones to make room.
+fn admin_under_attack(config: String, listen: &str) -> String {
+    config.replace("idle_timeout = \"1s\"", "idle_timeout = \"30s\"")
+        + &admin_section().replace("127.0.0.1:0", listen)
+}
+
+/// Twice the admin listener's bound of connections, half sending nothing,
+/// half only the HTTP/2 preface, each reopened as soon as the relay closes
+/// it; meanwhile `/healthz`, `/metrics` and `spool stats` on new
+/// connections must answer promptly.
+async fn attack_the_admin_listener(relay: Abused, admin: AdminAt) {
     let until = Instant::now() + 2 * ATTACK;
     let opened = Arc::new(AtomicU64::new(0));
     let attackers: Vec<_> = (0..2 * ADMIN_CONNECTIONS)
         .map(|i| {
-            let opened = opened.clone();
+            let (opened, admin) = (opened.clone(), admin.clone());
             tokio::spawn(async move {
                 while Instant::now() < until {
-                    let connect = tokio::net::TcpStream::connect(addr);
-                    let Ok(Ok(mut stream)) = tokio::time::timeout_at(until, connect).await else {
+                    let Ok(Ok(mut stream)) = tokio::time::timeout_at(until, admin.connect()).await
+                    else {
                         continue;
                     };
                     opened.fetch_add(1, Ordering::Relaxed);
@@ -609,14 +664,10 @@ async fn silent_and_preface_only_connections_cannot_lock_the_admin_listener() {
     mid_attack().await;
 
     for path in ["/healthz", "/metrics"] {
-        // A new client each time: a new connection, as a probe makes.
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
+        let (client, base) = admin.client();
         let started = Instant::now();
         let status = client
-            .get(format!("{url}{path}"))
+            .get(format!("{base}{path}"))
             .send()
             .await
             .map(|r| r.status().as_u16());
@@ -632,7 +683,7 @@ async fn silent_and_preface_only_connections_cannot_lock_the_admin_listener() {
     let config = relay.dir.path().join("relay.toml");
     let started = Instant::now();
     let cli = tokio::task::spawn_blocking({
-        let url = url.clone();
+        let url = admin.cli_url();
         move || {
             relay_cli(
                 &["spool", "stats"],
