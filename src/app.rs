@@ -1,8 +1,9 @@
 //! Wires the parts and owns start-up and shutdown: opens the spool, sets up
 //! TLS, takes the ingress listener (bound as configured, or handed over by
 //! systemd: [`crate::listen`]), starts the flusher, the forwarder and the
-//! maintenance timers, and on stop takes them down in order (ingress first,
-//! then the forwarder's in-flight attempts, then a last flush). A start that
+//! maintenance timers, and on stop takes them down (the ingress's requests
+//! under way and the forwarder's attempts in flight side by side, each
+//! within its `shutdown_grace`, then a last flush). A start that
 //! fails writes nothing: the self-signed certificate of a first start is
 //! written once everything else is ready.
 //!
@@ -407,10 +408,12 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
             old.server.header_timeout,
             old.server.handshake_timeout,
             old.server.idle_timeout,
+            old.server.shutdown_grace,
         ) != (
             new.server.header_timeout,
             new.server.handshake_timeout,
             new.server.idle_timeout,
+            new.server.shutdown_grace,
         ),
     );
     differs("spool", old.spool != new.spool);
@@ -465,8 +468,10 @@ async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     let spool = ingress.load().spool().clone();
-    let (forwarder_stop, forwarder_stopped) = watch::channel(false);
-    let forwarding = tokio::spawn(forwarder.run(signal(forwarder_stopped)));
+    // The forwarder stops when the ingress does, not after its drain: the
+    // two graces run side by side, so a stop takes the longer of them, not
+    // their sum, and fits in the unit's TimeoutStopSec.
+    let forwarding = tokio::spawn(forwarder.run(signal(stopped.clone())));
     let maintenance = tokio::spawn(maintain(ingress.clone(), spool.clone()));
     // The admin listener stays up until the forwarder has stopped, so a
     // stop can be watched through it.
@@ -478,8 +483,7 @@ async fn run(
 
     ingress::serve(listeners.ingress, settings, ingress, signal(stopped)).await;
     admin.set_serving(false);
-    tracing::info!("ingress closed; stopping the forwarder");
-    let _ = forwarder_stop.send(true);
+    tracing::info!("ingress closed; waiting for the forwarder");
     let _ = forwarding.await;
     // The last attempts' events, stored before the spool closes.
     let _ = events_stop.send(true);

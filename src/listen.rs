@@ -12,6 +12,12 @@
 //!
 //! Sockets are taken before the async runtime starts: reading and clearing
 //! the environment is only sound while the process has one thread.
+//!
+//! [`slots`]: the connection slots both listeners (ingress and admin)
+//! serve their connections in: a bound, idle timeouts, room made by
+//! closing the connection idle longest.
+
+pub mod slots;
 
 use std::net::{SocketAddr, TcpListener};
 

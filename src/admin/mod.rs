@@ -42,6 +42,7 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::clock::Clock;
 use crate::config::{AdminListen, Config};
+use crate::listen::slots::{self, Activity, Slots};
 use crate::metrics::Metrics;
 use crate::spool::Spool;
 pub use api::ROUTES;
@@ -214,43 +215,85 @@ impl AdminListener {
 
 /// How long admin requests may finish after shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
-/// Admin clients are few; a bound keeps a runaway script from piling up.
+/// Admin clients are few; a bound keeps a runaway script from piling up,
+/// and idle connections past it are closed to make room (`listen::slots`),
+/// so nobody can lock out `/healthz`, the CLI or the page by holding them.
 const MAX_CONNECTIONS: usize = 64;
+/// Request headers above this are refused (431), as on the ingress.
+const MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// HTTP/2 streams at once on one admin connection.
+const MAX_STREAMS: u32 = 32;
+
+/// The admin listener's connection limits: the ingress's timeouts
+/// (`server.header_timeout`, `idle_timeout`, and `handshake_timeout` as the
+/// longest wait for a slot; there is no TLS here) and [`MAX_CONNECTIONS`].
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    slot_wait: Duration,
+}
+
+impl Limits {
+    fn from_config(config: &Config) -> Limits {
+        Limits {
+            header_timeout: config.server.header_timeout.0,
+            idle_timeout: config.server.idle_timeout.0,
+            slot_wait: config.server.handshake_timeout.0,
+        }
+    }
+}
 
 /// Serves admin requests until `shutdown` resolves.
 pub async fn serve(listener: AdminListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
+    let limits = Limits::from_config(&admin.config.load());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES as usize);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_BYTES);
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Slots::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
         let accepted = tokio::select! {
             accepted = accept(&listener) => accepted,
             _ = &mut shutdown => break,
         };
-        let Some(io) = accepted else {
+        let Some((io, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        // Every slot taken: the connection idle longest makes room, else
+        // this one waits (bounded) for a slot.
+        let slot = tokio::select! {
+            slot = slots.take(limits.slot_wait) => slot,
+            _ = &mut shutdown => break,
+        };
+        let Some(slot) = slot else {
+            tracing::debug!(%peer, "no admin connection slot came free; closing");
             continue;
         };
         let (admin, builder, watcher) = (admin.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _permit = permit;
+            let activity = slot.activity().clone();
+            let idle = limits.idle_timeout;
             match io {
-                Accepted::Tcp(stream) => serve_connection(stream, admin, &builder, watcher).await,
-                Accepted::Unix(stream) => serve_connection(stream, admin, &builder, watcher).await,
+                Accepted::Tcp(stream) => {
+                    serve_connection(stream, &peer, admin, &builder, watcher, activity, idle).await
+                }
+                Accepted::Unix(stream) => {
+                    serve_connection(stream, &peer, admin, &builder, watcher, activity, idle).await
+                }
             }
+            drop(slot);
         });
     }
     if let AdminListener::Unix(_, path) = &listener {
@@ -270,13 +313,20 @@ enum Accepted {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &AdminListener) -> Option<Accepted> {
+/// The next connection and its peer, for the log.
+async fn accept(listener: &AdminListener) -> Option<(Accepted, String)> {
     let accepted = match listener {
-        AdminListener::Tcp(listener) => listener.accept().await.map(|(s, _)| Accepted::Tcp(s)),
-        AdminListener::Unix(listener, _) => listener.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        AdminListener::Tcp(listener) => listener
+            .accept()
+            .await
+            .map(|(s, peer)| (Accepted::Tcp(s), format!("admin {peer}"))),
+        AdminListener::Unix(listener, _) => listener
+            .accept()
+            .await
+            .map(|(s, _)| (Accepted::Unix(s), "admin unix socket".to_owned())),
     };
     match accepted {
-        Ok(io) => Some(io),
+        Ok(accepted) => Some(accepted),
         Err(err) => {
             tracing::warn!(error = %err, "admin accept failed");
             None
@@ -286,20 +336,25 @@ async fn accept(listener: &AdminListener) -> Option<Accepted> {
 
 async fn serve_connection<IO>(
     io: IO,
+    peer: &str,
     admin: Arc<Admin>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
+    activity: Arc<Activity>,
+    idle_timeout: Duration,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let seen = activity.clone();
     let service = service_fn(move |request| {
-        let admin = admin.clone();
-        async move { Ok::<_, Infallible>(api::handle(admin, request).await) }
+        let (admin, seen) = (admin.clone(), seen.clone());
+        async move {
+            let _under_way = seen.request_started();
+            Ok::<_, Infallible>(api::handle(admin, request).await)
+        }
     });
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
-    if let Err(err) = watcher.watch(connection).await {
-        tracing::debug!(error = %err, "admin connection ended with an error");
-    }
+    slots::serve_while_wanted(watcher.watch(connection), &activity, idle_timeout, &peer).await;
 }

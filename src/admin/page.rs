@@ -27,6 +27,8 @@ use crate::spool::NotificationId;
 /// The login form's body is a token, the others' a CSRF token: a few
 /// hundred bytes at most.
 const MAX_FORM: usize = 4096;
+/// How long the login form may take to arrive.
+const FORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A browser logged in to the page: who, and the CSRF token its forms carry.
 pub(super) struct LoggedIn {
@@ -145,12 +147,16 @@ fn logged_in(admin: &Admin, id: &str) -> Option<LoggedIn> {
     }
 }
 
+/// Anyone who reaches the listener may post the login form: a body that
+/// never comes must not hold a connection slot (`listen::slots`) for good.
 async fn read_form(body: Incoming) -> Result<Bytes, ApiError> {
-    Ok(Limited::new(body, MAX_FORM)
-        .collect()
-        .await
-        .map_err(|_| ApiError::Invalid("the form is too large".into()))?
-        .to_bytes())
+    Ok(
+        tokio::time::timeout(FORM_TIMEOUT, Limited::new(body, MAX_FORM).collect())
+            .await
+            .map_err(|_| ApiError::Invalid("the form did not arrive in time".into()))?
+            .map_err(|_| ApiError::Invalid("the form is too large".into()))?
+            .to_bytes(),
+    )
 }
 
 fn form_field(form: &[u8], name: &str) -> Option<String> {

@@ -2,6 +2,8 @@
 //! address and token are found in this order: flags (`--admin-url`,
 //! `--token-file`), the environment (`WEBHOOK_RELAY_ADMIN_URL`,
 //! `WEBHOOK_RELAY_TOKEN`), then the `[admin]` section of `relay.toml`.
+//! Each request waits at most `--timeout` (`WEBHOOK_RELAY_TIMEOUT`, 30 s)
+//! for the whole answer, then says so and exits 69.
 //! People get tables with RFC 3339 times; scripts get `--json`.
 
 use std::fmt::Write as _;
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::config::{AdminListen, Config, Role};
+use crate::config::{parse_duration, AdminListen, Config, HumanDuration, Role};
 
 /// EX_UNAVAILABLE: the relay's admin listener cannot be reached.
 pub const EXIT_UNREACHABLE: u8 = 69;
@@ -33,6 +35,14 @@ pub enum RemoteError {
          (for a stopped relay, `webhook-relay spool dump` reads the spool directly)"
     )]
     Unreachable { address: String, detail: String },
+    #[error(
+        "the relay's admin listener at {address} did not answer within {timeout} \
+         (--timeout or WEBHOOK_RELAY_TIMEOUT); the relay may be overloaded or stuck"
+    )]
+    TimedOut {
+        address: String,
+        timeout: HumanDuration,
+    },
     #[error("the admin API refused the token ({status}): {detail}")]
     Denied { status: u16, detail: String },
     #[error("the admin API answered {status}: {detail}")]
@@ -44,7 +54,7 @@ pub enum RemoteError {
 impl RemoteError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            RemoteError::Unreachable { .. } => EXIT_UNREACHABLE,
+            RemoteError::Unreachable { .. } | RemoteError::TimedOut { .. } => EXIT_UNREACHABLE,
             RemoteError::Denied { .. } => EXIT_NOPERM,
             RemoteError::NoAddress(_) | RemoteError::Usage(_) => 64,
             _ => 1,
@@ -58,7 +68,7 @@ impl RemoteError {
 }
 
 /// Where the admin API is and how to call it.
-#[derive(Debug, clap::Args, Clone, Default)]
+#[derive(Debug, clap::Args, Clone)]
 pub struct RemoteArgs {
     /// The admin API: `http://127.0.0.1:9090` or `unix:/run/webhook-relay/admin.sock`.
     #[arg(long, env = "WEBHOOK_RELAY_ADMIN_URL")]
@@ -70,6 +80,16 @@ pub struct RemoteArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The longest wait for the relay's whole answer: `30s`, `2m`.
+    #[arg(long, env = "WEBHOOK_RELAY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub timeout: HumanDuration,
+}
+
+fn parse_timeout(text: &str) -> Result<HumanDuration, String> {
+    match parse_duration(text)? {
+        std::time::Duration::ZERO => Err("the timeout must be longer than 0s".into()),
+        timeout => Ok(HumanDuration(timeout)),
+    }
 }
 
 pub struct AdminClient {
@@ -79,6 +99,7 @@ pub struct AdminClient {
     /// As the user wrote it, for messages.
     address: String,
     token: Option<String>,
+    timeout: HumanDuration,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -123,7 +144,7 @@ impl AdminClient {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120));
+        let builder = reqwest::Client::builder().timeout(args.timeout.0);
         let (builder, base) = match &listen {
             AdminListen::Tcp(addr) => (builder, format!("http://{addr}")),
             AdminListen::Unix(path) => {
@@ -135,6 +156,7 @@ impl AdminClient {
             base,
             address: listen.to_string(),
             token,
+            timeout: args.timeout,
             runtime,
         })
     }
@@ -154,6 +176,21 @@ impl AdminClient {
 
     pub fn delete(&self, path: &str) -> Result<Value, RemoteError> {
         self.call(reqwest::Method::DELETE, path)
+    }
+
+    /// What a failed request means: no answer in time, or no relay there.
+    fn failed(&self, err: &reqwest::Error) -> RemoteError {
+        if err.is_timeout() {
+            RemoteError::TimedOut {
+                address: self.address.clone(),
+                timeout: self.timeout,
+            }
+        } else {
+            RemoteError::Unreachable {
+                address: self.address.clone(),
+                detail: root_cause(err),
+            }
+        }
     }
 
     fn call(&self, method: reqwest::Method, path: &str) -> Result<Value, RemoteError> {
@@ -176,21 +213,9 @@ impl AdminClient {
             request = request.bearer_auth(token);
         }
         self.runtime.block_on(async {
-            let response = request
-                .send()
-                .await
-                .map_err(|err| RemoteError::Unreachable {
-                    address: self.address.clone(),
-                    detail: root_cause(&err),
-                })?;
+            let response = request.send().await.map_err(|err| self.failed(&err))?;
             let status = response.status().as_u16();
-            let text = response
-                .text()
-                .await
-                .map_err(|err| RemoteError::Unreachable {
-                    address: self.address.clone(),
-                    detail: root_cause(&err),
-                })?;
+            let text = response.text().await.map_err(|err| self.failed(&err))?;
             let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
             match status {
                 200..=299 => Ok(body),
@@ -318,6 +343,16 @@ mod tests {
         assert_eq!(lines[1], "a          0001-1234");
         assert!(lines[2].ends_with('…'));
         assert_eq!(lines[2].chars().count(), 11 + 48 + 1);
+    }
+
+    #[test]
+    fn timeouts_are_durations_longer_than_zero() {
+        assert_eq!(
+            parse_timeout("30s").unwrap().0,
+            std::time::Duration::from_secs(30)
+        );
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("30").is_err());
     }
 
     #[test]

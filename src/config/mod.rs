@@ -68,6 +68,10 @@ pub struct ServerConfig {
     pub idle_timeout: HumanDuration,
     pub max_connections: usize,
     pub http2_max_streams: u32,
+    /// On SIGTERM, how long requests under way may take to finish (then
+    /// they are cut, unanswered): with `forwarder.shutdown_grace`, which
+    /// runs alongside, it bounds a stop inside the unit's TimeoutStopSec.
+    pub shutdown_grace: HumanDuration,
     /// Balancers (addresses or CIDR networks) whose `X-Forwarded-For` is
     /// believed: behind them, allowlists and rate limits see the client.
     pub trusted_proxies: Vec<Network>,
@@ -89,6 +93,7 @@ impl Default for ServerConfig {
             idle_timeout: HumanDuration(Duration::from_secs(30)),
             max_connections: 1024,
             http2_max_streams: 64,
+            shutdown_grace: HumanDuration(Duration::from_secs(20)),
             trusted_proxies: Vec::new(),
         }
     }

@@ -481,3 +481,16 @@ fn stuck_after_defaults_per_provider_and_must_be_more_than_zero() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn a_stop_must_fit_in_timeout_stop_sec_whatever_body_timeout_is() {
+    let config =
+        Config::parse(&minimal().replace("[server]\n", "[server]\nbody_timeout = \"1h\"\n"))
+            .unwrap();
+    assert_eq!(config.server.shutdown_grace.0, Duration::from_secs(20));
+    let text = minimal().replace("[server]\n", "[server]\nshutdown_grace = \"1m\"\n");
+    let problems = Config::parse(&text).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "server.shutdown_grace");
+    assert!(problems[0].message.contains("at most 50s"), "{problems:?}");
+}

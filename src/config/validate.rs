@@ -30,8 +30,9 @@ const MAX_TIMEOUT: Duration = HOUR;
 const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// One wait of a retry schedule: the providers' own retries end within a day.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(7 * 86_400);
-/// `forwarder.shutdown_grace`: must fit in the unit's TimeoutStopSec (60 s)
-/// with room for the last flush.
+/// `forwarder.shutdown_grace` and `server.shutdown_grace` (which run side
+/// by side): must fit in the unit's TimeoutStopSec (60 s) with room for the
+/// admin listener's drain (5 s) and the last flush.
 const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(50);
 const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(365 * 86_400);
 const MAX_RETENTION: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -305,6 +306,13 @@ impl ServerConfig {
         if self.max_connections == 0 {
             found.push((at.key("max_connections"), "must be at least 1".into()));
         }
+        in_range(
+            found,
+            at.key("shutdown_grace"),
+            self.shutdown_grace,
+            Duration::ZERO,
+            MAX_SHUTDOWN_GRACE,
+        );
     }
 }
 

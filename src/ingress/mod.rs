@@ -4,7 +4,7 @@
 //! time, body size, rate per peer), runs the provider check and hands the
 //! notification to the spool. It answers 200 only once the spool says the
 //! notification is on disk. Memory is bounded by the body budget
-//! (`budget.rs`), connection slots (`slots.rs`), hyper's header buffers and
+//! (`budget.rs`), connection slots (`crate::listen::slots`), hyper's header buffers and
 //! the HTTP/2 settings set in [`serve`].
 
 mod answer;
@@ -12,7 +12,6 @@ mod auth;
 mod budget;
 mod handler;
 mod limits;
-mod slots;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -30,6 +29,7 @@ use tokio::net::TcpListener;
 
 use crate::clock::Clock;
 use crate::config::{Config, OnInvalid};
+use crate::listen::slots::{self, Activity, Slots};
 use crate::metrics::Metrics;
 use crate::providers::Provider;
 use crate::spool::Spool;
@@ -37,7 +37,6 @@ pub use auth::AuthFailure;
 use budget::{BodyBudget, ConnectionShare};
 pub use handler::IngressError;
 use limits::PeerLimiter;
-use slots::{Activity, Slots};
 
 /// For the fuzz targets (`fuzz/`): the header and body checks of
 /// authentication, with no socket. `value` is presented as every header
@@ -189,7 +188,9 @@ pub struct ListenerSettings {
     /// relay reads it, per stream and per connection.
     pub http2_stream_window: u32,
     pub http2_connection_window: u32,
-    /// How long open connections may finish their requests after shutdown.
+    /// How long open connections may finish their requests after shutdown
+    /// (`server.shutdown_grace`, so a stop fits in TimeoutStopSec whatever
+    /// `body_timeout` is).
     pub drain_timeout: Duration,
 }
 
@@ -204,7 +205,8 @@ impl ListenerSettings {
             http2_max_streams: config.server.http2_max_streams,
             http2_stream_window: HTTP2_STREAM_WINDOW,
             http2_connection_window: HTTP2_CONNECTION_WINDOW,
-            drain_timeout: config.server.body_timeout.0 + Duration::from_secs(5),
+            drain_timeout: (config.server.body_timeout.0 + Duration::from_secs(5))
+                .min(config.server.shutdown_grace.0),
         }
     }
 }
@@ -357,26 +359,5 @@ async fn serve_connection<IO>(
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
     let connection = watcher.watch(connection);
-    tokio::pin!(connection);
-    loop {
-        tokio::select! {
-            result = &mut connection => {
-                if let Err(err) = result {
-                    tracing::debug!(%peer, error = %err, "connection ended with an error");
-                }
-                return;
-            }
-            // Dropping the connection closes it: nothing is under way on it.
-            () = activity.idle_for(idle_timeout) => {
-                tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}");
-                return;
-            }
-            () = activity.evicted() => {
-                if activity.is_idle() {
-                    tracing::debug!(%peer, "closing an idle connection to make room");
-                    return;
-                }
-            }
-        }
-    }
+    slots::serve_while_wanted(connection, &activity, idle_timeout, &peer).await;
 }

@@ -3,6 +3,8 @@
 //! notification, which must get its 200 within a second; the relay's
 //! resident memory and open file descriptors (read from /proc) must stay
 //! under the bounds stated here and in the README ("What we test").
+//! The admin listener gets the same treatment, and a stop is bounded
+//! whatever slow clients do.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -10,9 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::admin::{admin_section, ADMIN_TOKEN};
 use crate::helpers::*;
 use crate::process::RelayProcess;
 
@@ -41,6 +44,11 @@ static ONE_ATTACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_
 
 impl Abused {
     async fn start() -> Abused {
+        Abused::start_edited(|config| config).await
+    }
+
+    /// Starts on these tests' config as `edit` changes it.
+    async fn start_edited(edit: impl FnOnce(String) -> String) -> Abused {
         let alone = ONE_ATTACK_AT_A_TIME.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let config = base_config(dir.path())
@@ -51,6 +59,7 @@ impl Abused {
                 ),
             )
             .replace("handshake_timeout = \"1s\"", "handshake_timeout = \"2s\"");
+        let config = edit(config);
         let path = dir.path().join("relay.toml");
         std::fs::write(&path, config).unwrap();
         let process = RelayProcess::spawn(&path).await;
@@ -544,4 +553,325 @@ async fn many_client_addresses_against_a_rate_limited_source() {
     );
     sampler.check("many client addresses").await;
     relay.stop().await;
+}
+
+// === The admin listener and the stop ===
+
+/// The admin listener's connection bound (`admin::MAX_CONNECTIONS`).
+const ADMIN_CONNECTIONS: usize = 64;
+/// The longest the admin listener may take to answer a new connection
+/// while it is under attack.
+const ADMIN_PROMPT: Duration = Duration::from_secs(2);
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Where the admin listener under attack is.
+#[derive(Clone)]
+enum AdminAt {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
+
+impl AdminAt {
+    async fn connect(&self) -> std::io::Result<Box<dyn Connection>> {
+        Ok(match self {
+            AdminAt::Tcp(addr) => Box::new(tokio::net::TcpStream::connect(addr).await?),
+            AdminAt::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+        })
+    }
+
+    /// A new client (so a new connection, as a probe makes) and the base URL.
+    fn client(&self) -> (reqwest::Client, String) {
+        let builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        let (builder, base) = match self {
+            AdminAt::Tcp(addr) => (builder, format!("http://{addr}")),
+            AdminAt::Unix(path) => (builder.unix_socket(path.clone()), "http://localhost".into()),
+        };
+        (builder.build().unwrap(), base)
+    }
+
+    /// As the CLI's `--admin-url` takes it.
+    fn cli_url(&self) -> String {
+        match self {
+            AdminAt::Tcp(addr) => format!("http://{addr}"),
+            AdminAt::Unix(path) => format!("unix:{}", path.display()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_and_preface_only_connections_cannot_lock_the_admin_listener() {
+    let relay = Abused::start_edited(|config| admin_under_attack(config, "127.0.0.1:0")).await;
+    let url = relay.process.admin_url();
+    let admin = AdminAt::Tcp(url.trim_start_matches("http://").parse().unwrap());
+    attack_the_admin_listener(relay, admin).await;
+}
+
+#[tokio::test]
+async fn silent_and_preface_only_connections_cannot_lock_the_admin_unix_socket() {
+    let sockets = tempfile::tempdir().unwrap();
+    let path = sockets.path().join("admin.sock");
+    let listen = format!("unix:{}", path.display());
+    let relay = Abused::start_edited(|config| admin_under_attack(config, &listen)).await;
+    attack_the_admin_listener(relay, AdminAt::Unix(path)).await;
+}
+
+/// These tests' config with an admin listener on `listen`. Idle
+/// connections are closed only after 30 s: what keeps the listener open
+/// is closing the idle ones to make room.
+fn admin_under_attack(config: String, listen: &str) -> String {
+    config.replace("idle_timeout = \"1s\"", "idle_timeout = \"30s\"")
+        + &admin_section().replace("127.0.0.1:0", listen)
+}
+
+/// Twice the admin listener's bound of connections, half sending nothing,
+/// half only the HTTP/2 preface, each reopened as soon as the relay closes
+/// it; meanwhile `/healthz`, `/metrics` and `spool stats` on new
+/// connections must answer promptly.
+async fn attack_the_admin_listener(relay: Abused, admin: AdminAt) {
+    let until = Instant::now() + 2 * ATTACK;
+    let opened = Arc::new(AtomicU64::new(0));
+    let attackers: Vec<_> = (0..2 * ADMIN_CONNECTIONS)
+        .map(|i| {
+            let (opened, admin) = (opened.clone(), admin.clone());
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let Ok(Ok(mut stream)) = tokio::time::timeout_at(until, admin.connect()).await
+                    else {
+                        continue;
+                    };
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    if i % 2 == 1 && stream.write_all(H2_PREFACE).await.is_err() {
+                        continue;
+                    }
+                    // Held until the relay closes it (an HTTP/2 one reads
+                    // the relay's SETTINGS meanwhile).
+                    let mut buf = [0u8; 1024];
+                    while let Ok(Ok(1..)) =
+                        tokio::time::timeout_at(until, stream.read(&mut buf)).await
+                    {
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(10), "every attacker connected", || {
+        opened.load(Ordering::Relaxed) >= 2 * ADMIN_CONNECTIONS as u64
+    })
+    .await;
+    mid_attack().await;
+
+    for path in ["/healthz", "/metrics"] {
+        let (client, base) = admin.client();
+        let started = Instant::now();
+        let status = client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        let took = started.elapsed();
+        println!("admin {path} answered under attack in {took:?}");
+        assert!(
+            matches!(status, Ok(200)) && took < ADMIN_PROMPT,
+            "{path}: {status:?} after {took:?}"
+        );
+    }
+    let token_file = relay.dir.path().join("admin.token");
+    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
+    let config = relay.dir.path().join("relay.toml");
+    let started = Instant::now();
+    let cli = tokio::task::spawn_blocking({
+        let url = admin.cli_url();
+        move || {
+            relay_cli(
+                &["spool", "stats"],
+                &config,
+                &[
+                    "--admin-url",
+                    &url,
+                    "--token-file",
+                    token_file.to_str().unwrap(),
+                ],
+            )
+        }
+    });
+    let output = tokio::time::timeout(Duration::from_secs(20), cli)
+        .await
+        .expect("the CLI answers within 20 s")
+        .unwrap();
+    let took = started.elapsed();
+    println!("`spool stats` answered under attack in {took:?}");
+    assert!(
+        output.status.success(),
+        "spool stats: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(took < 2 * ADMIN_PROMPT, "the CLI took {took:?}");
+    assert!(Instant::now() < until, "the checks ran under attack");
+
+    for attacker in attackers {
+        attacker.await.unwrap();
+    }
+    let opened = opened.load(Ordering::Relaxed);
+    println!("admin connections opened: {opened}");
+    assert!(
+        opened > 2 * ADMIN_CONNECTIONS as u64,
+        "idle connections were closed to make room"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_gives_up_on_an_admin_listener_that_never_answers() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
+    // No config file: the flags say everything.
+    let config = dir.path().join("relay.toml");
+    let started = Instant::now();
+    let output = tokio::task::spawn_blocking(move || {
+        relay_cli(
+            &["spool", "stats"],
+            &config,
+            &[
+                "--admin-url",
+                &format!("http://{addr}"),
+                "--token-file",
+                token_file.to_str().unwrap(),
+                "--timeout",
+                "2s",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("the CLI gave up after {took:?}: {stderr}");
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&addr.to_string()) && stderr.contains("did not answer within 2s"),
+        "{stderr}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    holding.abort();
+}
+
+/// A provider's POST on its own TLS connection: headers sent and answered
+/// `100 Continue` (so the relay is reading its body), then half its body.
+/// Returns the connection and the other half.
+async fn begin_body(
+    relay: &Abused,
+    hook: &str,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+) {
+    let body = tusfacturas(hook, "emitido", 1).into_bytes();
+    let mut stream = tls_connect_to(relay.addr(), &relay.cert(), b"http/1.1")
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /hooks/tusfacturas/{TUS_TOKEN} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let continued = read_head(&mut stream).await;
+    assert!(continued.starts_with("HTTP/1.1 100"), "{continued}");
+    let (first, rest) = body.split_at(body.len() / 2);
+    stream.write_all(first).await.unwrap();
+    stream.flush().await.unwrap();
+    (stream, rest.to_vec())
+}
+
+/// Reads to the end of an answer's head (within 10 s).
+async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    let reading = async {
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1..) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), reading)
+        .await
+        .expect("an answer's head within 10 s");
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn a_stop_ends_within_shutdown_grace_however_long_body_timeout_is() {
+    const GRACE: Duration = Duration::from_secs(3);
+    let mut relay = Abused::start_edited(|config| {
+        config.replace(
+            "body_timeout = \"2s\"",
+            "body_timeout = \"1h\"\nshutdown_grace = \"3s\"",
+        )
+    })
+    .await;
+    let mut acknowledged = vec![];
+    for n in 0..5 {
+        let hook = format!("before-stop-{n}");
+        relay.normal_client_is_served(&hook).await;
+        acknowledged.push(hook);
+    }
+    // One body that never ends, one that ends during the stop.
+    let _held_open = begin_body(&relay, "held-open").await;
+    let (mut finishing, rest) = begin_body(&relay, "finished-during-stop").await;
+
+    relay.process.send_sigterm();
+    let stop_sent = Instant::now();
+    eventually(Duration::from_secs(10), "the relay begins its stop", || {
+        !relay.process.logged("\"message\":\"stopping\"").is_empty()
+    })
+    .await;
+    finishing.write_all(&rest).await.unwrap();
+    let answer = read_head(&mut finishing).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    acknowledged.push("finished-during-stop".into());
+
+    let exit = tokio::time::timeout(GRACE + Duration::from_secs(10), relay.process.child.wait())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no exit within {:?} of SIGTERM:\n{}",
+                GRACE + Duration::from_secs(10),
+                relay.process.log_tail(20)
+            )
+        })
+        .unwrap();
+    let took = stop_sent.elapsed();
+    println!(
+        "stopped in {took:?} with a body held open (body_timeout 1h, shutdown_grace {GRACE:?})"
+    );
+    assert!(exit.success(), "{exit:?}: {}", relay.process.log_tail(20));
+    assert!(
+        took < GRACE + Duration::from_secs(3),
+        "the stop took {took:?}"
+    );
+
+    let kept = crate::process::dump(&relay.dir.path().join("relay.toml")).await;
+    for hook in &acknowledged {
+        assert!(
+            kept.values().any(|body| body.contains(hook.as_str())),
+            "{hook} was acknowledged but is not in the spool"
+        );
+    }
+    assert!(!kept.values().any(|body| body.contains("held-open")));
 }

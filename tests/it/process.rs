@@ -104,6 +104,26 @@ impl RelayProcess {
             .join("\n")
     }
 
+    /// The admin listener's address (`http://...`), from the start-up line.
+    pub fn admin_url(&self) -> String {
+        let line = self
+            .logged("ingress listening")
+            .pop()
+            .expect("start-up line");
+        let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+        format!("http://{}", log["fields"]["admin"].as_str().unwrap())
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn send_sigterm(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     pub async fn sigkill(mut self) {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
@@ -111,12 +131,7 @@ impl RelayProcess {
 
     /// SIGTERM, and the exit status (within 30 s).
     pub async fn terminate(mut self) -> (std::process::ExitStatus, RelayProcess) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.send_sigterm();
         let Ok(exit) = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await
         else {
             panic!(

@@ -128,7 +128,7 @@ async fn sighup_swaps_a_token_and_adds_a_subscription_without_dropping_a_request
     hup(&relay);
     logged(&relay, "config not reloaded", 1).await;
     assert_eq!(post(&client, &relay, &new_path, "after-broken").await, 200);
-    let admin = admin_url(&relay);
+    let admin = relay.admin_url();
     let admin_client = reqwest::Client::new();
     let reload = |client: &reqwest::Client| {
         client
@@ -184,14 +184,4 @@ async fn sighup_swaps_a_token_and_adds_a_subscription_without_dropping_a_request
         panic!("the loop let go of the relay");
     };
     relay.sigterm().await;
-}
-
-/// The admin listener's address, from the relay's start-up line.
-fn admin_url(relay: &RelayProcess) -> String {
-    let line = relay
-        .logged("ingress listening")
-        .pop()
-        .expect("start-up line");
-    let log: serde_json::Value = serde_json::from_str(&line).unwrap();
-    format!("http://{}", log["fields"]["admin"].as_str().unwrap())
 }

@@ -1,5 +1,6 @@
 //! Connection slots: at most `max_connections` connections are served at
-//! once, and each knows whether a request is under way on it.
+//! once, and each knows whether a request is under way on it. Both
+//! listeners use them: the providers' ingress and the admin listener.
 //!
 //! A connection with no request under way is closed after `idle_timeout`.
 //! And when every slot is taken, a new connection does not wait for that:
@@ -8,8 +9,11 @@
 //! nothing cannot lock providers out even for an idle timeout. Connections
 //! with a request under way are never closed for room; when all are busy a
 //! new connection waits for a slot, up to the handshake timeout.
+//! [`serve_while_wanted`] runs a connection under those rules.
 
 use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -177,6 +181,39 @@ impl Drop for RequestUnderWay {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs `connection` (a hyper connection) until it ends, until it has had
+/// no request under way for `idle_timeout`, or until it is asked to make
+/// room while idle: dropping it then closes it. `peer` names it in the log.
+pub async fn serve_while_wanted<E: Display>(
+    connection: impl Future<Output = Result<(), E>>,
+    activity: &Activity,
+    idle_timeout: Duration,
+    peer: &(dyn Display + Sync),
+) {
+    tokio::pin!(connection);
+    loop {
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            // Dropping the connection closes it: nothing is under way on it.
+            () = activity.idle_for(idle_timeout) => {
+                tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}");
+                return;
+            }
+            () = activity.evicted() => {
+                if activity.is_idle() {
+                    tracing::debug!(%peer, "closing an idle connection to make room");
+                    return;
+                }
+            }
+        }
     }
 }
 
