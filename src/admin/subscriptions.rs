@@ -295,6 +295,10 @@ pub(super) async fn delete(
         false => 0,
     };
     tracing::info!(subscription = %name, by = %caller.name, purged, "subscription deleted");
+    if purged > 0 {
+        let detail = json!({ "purged": purged });
+        audit(admin, caller, "subscription.delete_purged", name, detail).await?;
+    }
     ok(json!({ "name": name, "deleted": true, "purged": purged }))
 }
 
@@ -677,6 +681,28 @@ fn owned(admin: &Admin, caller: &Caller, name: &str) -> Result<Owned, ApiError> 
         (None, Role::Admin) if in_file => Ok(Owned::File),
         // A subscriber learns nothing of the others' subscriptions.
         _ => Err(ApiError::NotFound(format!("no subscription {name:?}"))),
+    }
+}
+
+/// Refuses to resume an API-created subscription whose target `[admin]
+/// allowed_targets` no longer allows (409): a reload paused it for that.
+pub(super) fn may_resume(admin: &Admin, name: &str) -> Result<(), ApiError> {
+    let config = admin.config.load();
+    match admin
+        .spool
+        .api_subscriptions()
+        .into_iter()
+        .find(|s| s.name == name)
+    {
+        Some(subscription) if !subscription.target_allowed(&config.admin) => {
+            Err(ApiError::Conflict(format!(
+                "subscription {name:?} stays paused: its target {} is not among [admin] \
+                 allowed_targets; allow the host in relay.toml and reload, or delete the \
+                 subscription",
+                subscription.redacted_target()
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::SpoolError;
-use crate::config::{PreviousSecret, SubscriptionConfig};
+use crate::config::{AdminConfig, PreviousSecret, SubscriptionConfig};
 
 /// One API-created subscription.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,6 +122,32 @@ impl ApiSubscription {
     }
 }
 
+impl ApiSubscription {
+    /// Whether `[admin] allowed_targets` lets it send to its URL: a
+    /// narrowed list can leave a subscription created under a wider one
+    /// without an allowed target.
+    pub fn target_allowed(&self, admin: &AdminConfig) -> bool {
+        reqwest::Url::parse(&self.url).is_ok_and(|url| admin.allows_target(&url))
+    }
+
+    /// Its target as a log line or an answer may show it: scheme, host
+    /// (and port) and path, never user info, query or fragment (where
+    /// receivers put keys).
+    pub fn redacted_target(&self) -> String {
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) => {
+                format!(
+                    "{}://{}{}",
+                    url.scheme(),
+                    url.host_str().unwrap_or_default(),
+                    url.port().map(|p| format!(":{p}")).unwrap_or_default()
+                ) + url.path()
+            }
+            Err(_) => "(not a URL)".into(),
+        }
+    }
+}
+
 /// The stored form: a version byte, then the subscription as JSON.
 const SUBSCRIPTION_V1: u8 = 1;
 
@@ -179,6 +205,19 @@ mod tests {
         assert!(config.matches("tus", "anything", accepted));
         assert!(!config.matches("datil", "x", accepted));
         assert!(!config.matches("tus", "x", crate::providers::InvoiceStatus::Queued));
+    }
+
+    #[test]
+    fn its_target_is_checked_against_allowed_targets_and_shown_without_query_or_user() {
+        let mut sub = billing();
+        sub.url = "http://user:pw@10.0.0.5:8080/in/hook?apikey=k#f".into();
+        assert_eq!(sub.redacted_target(), "http://10.0.0.5:8080/in/hook");
+        let admin = |allowed: &str| -> AdminConfig {
+            toml::from_str(&format!("allowed_targets = [{allowed}]")).unwrap()
+        };
+        assert!(sub.target_allowed(&admin("\"10.0.0.5\"")));
+        assert!(!sub.target_allowed(&admin("")));
+        assert!(!sub.target_allowed(&admin("\"10.0.0.6\"")));
     }
 
     #[test]

@@ -275,10 +275,17 @@ async fn every_api_route_answers_401_403_404_and_400_as_it_should() {
         }
 
         // A subscriber lists and creates subscriptions, and manages only
-        // those it created (not relay.toml's `billing`): nothing else.
+        // those it created (not relay.toml's `billing`, which it is told
+        // of as of a name nobody holds): nothing else.
         let (status, body) = admin.call(method, &existing, Some(SUBSCRIBER_TOKEN)).await;
         if template == "/api/subscriptions" {
             assert_ne!(status, 403, "{route} is open to a subscriber: {body}");
+        } else if template.starts_with("/api/subscriptions/{name}") {
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (404, Some("not_found")),
+                "{route} by a subscriber: {body}"
+            );
         } else {
             assert_eq!(status, 403, "{route} by a subscriber: {body}");
         }
