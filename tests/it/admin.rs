@@ -216,7 +216,8 @@ const UNKNOWN_ID: &str = "01KAAAAAAAAAAAAAAAAAAAAAAA";
 
 /// Every `/api/` route of `admin::ROUTES`, walked: no token 401; a viewer
 /// 403 on every change and no refusal on a read; a subscriber 403 but on
-/// the subscriptions' list and creation; an id or name that is not
+/// the subscriptions' list and creation, and 404 on a subscription not its
+/// own (the answer to a name nobody holds); an id or name that is not
 /// there 404; a parameter the route does not take 400. None of the
 /// requests changes anything, so their order does not matter.
 #[tokio::test]
