@@ -101,6 +101,8 @@ impl Relay {
             tracing::error!(problem = %problem, "an API-created subscription is left out");
         }
         spool.set_routes(Routes::from_config(&effective)).await?;
+        // Before the forwarder runs: nothing goes to a target no longer allowed.
+        hold_disallowed_targets(&spool, &config).await?;
         let (forwarder, targets) =
             Forwarder::new(&effective, spool.clone(), clock, metrics.clone())?;
         let (events_stop, events_stopped) = watch::channel(false);
@@ -215,6 +217,7 @@ impl Relay {
         for key in &restart_needed {
             tracing::warn!(key = %key, "changed in the config, but applies only after a restart");
         }
+        let held = hold_disallowed_targets(&self.spool, &new).await?;
         self.spool
             .set_routes(Routes::from_config(&effective))
             .await?;
@@ -246,11 +249,13 @@ impl Relay {
         let report = Reloaded {
             subscriptions_added: added,
             subscriptions_removed: removed,
+            subscriptions_paused_target_not_allowed: held,
             restart_needed,
         };
         tracing::info!(
             added = ?report.subscriptions_added,
             removed = ?report.subscriptions_removed,
+            paused_target_not_allowed = ?report.subscriptions_paused_target_not_allowed,
             "config reloaded"
         );
         Ok(report)
@@ -333,6 +338,42 @@ pub fn effective_config(file: &Config, api: &[ApiSubscription]) -> (Config, Vec<
     (effective, problems)
 }
 
+/// Pauses the API-created subscriptions whose target `config`'s
+/// `[admin] allowed_targets` does not allow (any more): never deleted, so
+/// their deliveries wait, and an admin resumes them once the target is
+/// allowed again, or deletes them. Each is logged (WARN, with the redacted
+/// target) and a new pause audited; answers their names.
+async fn hold_disallowed_targets(
+    spool: &Spool,
+    config: &Config,
+) -> Result<Vec<String>, SpoolError> {
+    let mut held = Vec::new();
+    for subscription in spool.api_subscriptions() {
+        if subscription.target_allowed(&config.admin) {
+            continue;
+        }
+        let target = subscription.redacted_target();
+        let name = subscription.name;
+        let paused_now = !spool.is_paused(&name);
+        if paused_now {
+            spool.pause(&name, true).await?;
+            let entry = crate::spool::AuditEntry {
+                actor: "relay".into(),
+                action: "subscription.pause".into(),
+                target: name.clone(),
+                detail: serde_json::json!({
+                    "reason": "target no longer allowed",
+                    "target": target,
+                }),
+            };
+            spool.audit(entry).await?;
+        }
+        tracing::warn!(subscription = %name, %target, paused_now, "subscription paused: its target is no longer among [admin] allowed_targets; its deliveries wait (allow the host and resume it, or delete it)");
+        held.push(name);
+    }
+    Ok(held)
+}
+
 /// Applies the admin API's subscription changes (already in the spool) to
 /// fan-out, the forwarder and the admin API, one at a time.
 async fn apply_changes(
@@ -367,6 +408,9 @@ async fn apply_api_subscriptions(live: &Live) -> Result<(), String> {
 pub struct Reloaded {
     pub subscriptions_added: Vec<String>,
     pub subscriptions_removed: Vec<String>,
+    /// API-created subscriptions paused (or still paused) because their
+    /// target is no longer among `[admin] allowed_targets`.
+    pub subscriptions_paused_target_not_allowed: Vec<String>,
     /// Keys that changed but apply only after a restart.
     pub restart_needed: Vec<String>,
 }

@@ -1257,6 +1257,9 @@ pub(super) async fn pause(
             "no subscription {name:?} is configured"
         )));
     }
+    if !paused {
+        super::subscriptions::may_resume(admin, name)?;
+    }
     admin.spool.pause(name, paused).await?;
     let action = if paused {
         "subscription.pause"
@@ -1289,7 +1292,11 @@ pub(super) fn subscriptions(admin: &Admin, caller: &Caller) -> Value {
         .filter(|s| visible(&s.name))
         .map(|s| {
             let mut item = match api.iter().find(|a| a.name == s.name) {
-                Some(created) => super::subscriptions::describe(created),
+                Some(created) => {
+                    let mut item = super::subscriptions::describe(created);
+                    item["target_allowed"] = json!(created.target_allowed(&config.admin));
+                    item
+                }
                 None => json!({
                     "name": s.name,
                     "sources": s.sources,

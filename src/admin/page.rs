@@ -400,7 +400,11 @@ async fn dashboard(
             text(&of["waiting"]),
             text(&of["dead"]),
             text(&of["delivered"]),
-            if paused { " — <b>paused</b>" } else { "" }
+            match (paused, &sub["target_allowed"]) {
+                (true, Value::Bool(false)) => " — <b>paused: target no longer allowed</b>",
+                (true, _) => " — <b>paused</b>",
+                (false, _) => "",
+            }
         );
         if caller.role >= Role::Admin {
             let action = if paused { "resume" } else { "pause" };

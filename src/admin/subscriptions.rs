@@ -30,7 +30,9 @@ use crate::clock::format_ms;
 use crate::config::{parse_duration, HumanDuration, Role};
 use crate::providers::Notification;
 use crate::signing::SigningKey;
-use crate::spool::{ApiSubscription, NotificationId, Received, Replaced, Settings, Stored};
+use crate::spool::{
+    ApiSubscription, AuditEntry, NotificationId, Received, Replaced, Settings, Stored,
+};
 
 /// Largest create request body: a name, a URL and a few settings.
 const MAX_REQUEST: usize = 64 << 10;
@@ -102,31 +104,6 @@ pub(super) async fn create(
         serde_json::from_slice(&bytes).map_err(|e| bad_body(format!("not a subscription: {e}")))?;
     let _one_at_a_time = admin.subscription_changes.lock().await;
     let config = admin.config.load();
-    if config.subscriptions.iter().any(|s| s.name == request.name) {
-        let from_file = !admin
-            .spool
-            .api_subscriptions()
-            .iter()
-            .any(|s| s.name == request.name);
-        return Err(ApiError::Conflict(match from_file {
-            true => format!("subscription {:?} is defined in relay.toml", request.name),
-            false => format!("subscription {:?} exists already", request.name),
-        }));
-    }
-    // A removed subscription's waiting deliveries would go to the new one.
-    if let Some(left) = admin
-        .spool
-        .counts()
-        .subscriptions
-        .get(&request.name)
-        .filter(|c| c.waiting > 0)
-    {
-        return Err(ApiError::Conflict(format!(
-            "{} deliveries of a removed subscription named {:?} still wait: choose another name, \
-             or move or purge them first (spool move-orphans / purge-orphans)",
-            left.waiting, request.name
-        )));
-    }
     let subscription = ApiSubscription {
         settings: request.settings(),
         name: request.name,
@@ -163,30 +140,107 @@ pub(super) async fn create(
             ),
         }));
     }
-    admin.spool.put_subscription(subscription.clone()).await?;
-    if let Err(err) = apply(admin).await {
-        // Not in effect: not kept either.
-        admin.spool.remove_subscription(&subscription.name).await?;
-        apply(admin).await?;
-        return Err(err);
-    }
+    // Last, so that a request otherwise refused is refused alike whether
+    // its name is taken or not.
+    name_is_free(admin, caller, &config, &subscription.name)?;
+    let shown = describe(&subscription);
+    // The subscription and its audit record in one batch: a crash keeps
+    // both or neither. A caller that lost the answer rotates the secret.
+    admin
+        .spool
+        .put_subscription(
+            subscription.clone(),
+            entry(
+                caller,
+                "subscription.create",
+                &subscription.name,
+                shown.clone(),
+            ),
+        )
+        .await?;
     let shown_url = crate::redact::target_url(&subscription.url);
     tracing::info!(subscription = %subscription.name, url = %shown_url, by = %caller.name, "subscription created");
-    let mut shown = describe(&subscription);
-    audit(
-        admin,
-        caller,
-        "subscription.create",
-        &subscription.name,
-        shown.clone(),
-    )
-    .await?;
+    if let Err(err) = apply(admin).await {
+        // Not in effect: not kept either, and the audit log says so.
+        let undone = json!({ "reason": err.to_string() });
+        admin
+            .spool
+            .remove_subscription(
+                &subscription.name,
+                entry(
+                    caller,
+                    "subscription.create_undone",
+                    &subscription.name,
+                    undone,
+                ),
+            )
+            .await?;
+        apply(admin).await?;
+        tracing::warn!(subscription = %subscription.name, error = %err, "subscription created, then removed: it could not be put in effect");
+        return Err(err);
+    }
+    let mut shown = shown;
     // Shown once, here; never listed.
     shown["secret"] = json!(subscription.secret);
     if caller.role == Role::Admin {
         shown["url"] = json!(subscription.url);
     }
     Ok(json_response(StatusCode::CREATED, &shown))
+}
+
+/// Refuses a name in use, by a subscription (of `relay.toml` or the API)
+/// or by the waiting deliveries of a removed one. An admin learns which;
+/// a subscriber gets one answer for all, so a refused create tells it no
+/// more about other teams than managing the name does (404).
+fn name_is_free(
+    admin: &Admin,
+    caller: &Caller,
+    config: &crate::config::Config,
+    name: &str,
+) -> Result<(), ApiError> {
+    let taken = if config.subscriptions.iter().any(|s| s.name == name) {
+        let from_file = !admin
+            .spool
+            .api_subscriptions()
+            .iter()
+            .any(|s| s.name == name);
+        Some(match from_file {
+            true => format!("subscription {name:?} is defined in relay.toml"),
+            false => format!("subscription {name:?} exists already"),
+        })
+    } else {
+        // A removed subscription's waiting deliveries would go to the new one.
+        admin
+            .spool
+            .counts()
+            .subscriptions
+            .get(name)
+            .filter(|c| c.waiting > 0)
+            .map(|left| {
+                format!(
+                    "{} deliveries of a removed subscription named {name:?} still wait: choose \
+                     another name, or move or purge them first (spool move-orphans / purge-orphans)",
+                    left.waiting
+                )
+            })
+    };
+    match (taken, caller.role) {
+        (None, _) => Ok(()),
+        (Some(precise), Role::Admin) => Err(ApiError::Conflict(precise)),
+        (Some(_), _) => Err(ApiError::Conflict(format!(
+            "the name {name:?} is not available: choose another"
+        ))),
+    }
+}
+
+/// An audit entry of `caller`'s change.
+fn entry(caller: &Caller, action: &str, target: &str, detail: Value) -> AuditEntry {
+    AuditEntry {
+        actor: caller.name.clone(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        detail,
+    }
 }
 
 /// Deletes an API-created subscription. Its deliveries still waiting make
@@ -228,7 +282,12 @@ pub(super) async fn delete(
              ?purge=true to give them up"
         )));
     }
-    admin.spool.remove_subscription(name).await?;
+    let mut detail = describe(&subscription);
+    detail["purge"] = json!(purge);
+    admin
+        .spool
+        .remove_subscription(name, entry(caller, "subscription.delete", name, detail))
+        .await?;
     apply(admin).await?;
     let purged = match purge {
         true => {
@@ -240,9 +299,10 @@ pub(super) async fn delete(
         false => 0,
     };
     tracing::info!(subscription = %name, by = %caller.name, purged, "subscription deleted");
-    let mut detail = describe(&subscription);
-    detail["purged"] = json!(purged);
-    audit(admin, caller, "subscription.delete", name, detail).await?;
+    if purged > 0 {
+        let detail = json!({ "purged": purged });
+        audit(admin, caller, "subscription.delete_purged", name, detail).await?;
+    }
     ok(json!({ "name": name, "deleted": true, "purged": purged }))
 }
 
@@ -286,17 +346,16 @@ pub(super) async fn rotate_secret(
         secret: std::mem::replace(&mut subscription.secret, new.clone()),
         until_ms,
     });
-    admin.spool.put_subscription(*subscription).await?;
-    apply(admin).await?;
+    let detail = json!({ "previous_valid_until": format_ms(until_ms) });
+    admin
+        .spool
+        .put_subscription(
+            *subscription,
+            entry(caller, "subscription.rotate_secret", name, detail),
+        )
+        .await?;
     tracing::info!(subscription = %name, by = %caller.name, overlap = %HumanDuration(overlap), "subscription secret rotated");
-    audit(
-        admin,
-        caller,
-        "subscription.rotate_secret",
-        name,
-        json!({ "previous_valid_until": format_ms(until_ms) }),
-    )
-    .await?;
+    apply(admin).await?;
     ok(json!({
         "name": name,
         "secret": new,
@@ -605,8 +664,9 @@ fn may_create(caller: &Caller) -> Result<(), ApiError> {
 }
 
 /// Whether the caller may manage this subscription: an admin any, a
-/// subscriber those it created (403 otherwise; 404 for an admin when there
-/// is no such subscription).
+/// subscriber those it created. A subscriber asking for any other name
+/// gets the answer of a name nobody holds (404), whether another team's
+/// subscription or `relay.toml`'s holds it or none does.
 pub(super) fn may_manage(admin: &Admin, caller: &Caller, name: &str) -> Result<(), ApiError> {
     owned(admin, caller, name).map(|_| ())
 }
@@ -624,12 +684,29 @@ fn owned(admin: &Admin, caller: &Caller, name: &str) -> Result<Owned, ApiError> 
         (Some(api), _) if api.created_by == caller.name => Ok(Owned::Api(Box::new(api))),
         (None, Role::Admin) if in_file => Ok(Owned::File),
         // A subscriber learns nothing of the others' subscriptions.
-        (_, Role::Subscriber) => Err(ApiError::Auth(AuthError::Forbidden {
-            name: caller.name.clone(),
-            role: caller.role,
-            needed: Role::Admin,
-        })),
         _ => Err(ApiError::NotFound(format!("no subscription {name:?}"))),
+    }
+}
+
+/// Refuses to resume an API-created subscription whose target `[admin]
+/// allowed_targets` no longer allows (409): a reload paused it for that.
+pub(super) fn may_resume(admin: &Admin, name: &str) -> Result<(), ApiError> {
+    let config = admin.config.load();
+    match admin
+        .spool
+        .api_subscriptions()
+        .into_iter()
+        .find(|s| s.name == name)
+    {
+        Some(subscription) if !subscription.target_allowed(&config.admin) => {
+            Err(ApiError::Conflict(format!(
+                "subscription {name:?} stays paused: its target {} is not among [admin] \
+                 allowed_targets; allow the host in relay.toml and reload, or delete the \
+                 subscription",
+                subscription.redacted_target()
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -211,7 +211,16 @@ async fn a_teams_subscription_hears_only_of_its_own_subscriptions() {
         created_by: "erp-team".into(),
         created_ms: clock.now_ms(),
     };
-    spool.put_subscription(erp_alerts.clone()).await.unwrap();
+    let created = crate::spool::AuditEntry {
+        actor: "erp-team".into(),
+        action: "subscription.create".into(),
+        target: "erp-alerts".into(),
+        detail: serde_json::Value::Null,
+    };
+    spool
+        .put_subscription(erp_alerts.clone(), created)
+        .await
+        .unwrap();
     config.subscriptions.push(erp_alerts.to_config().unwrap());
     spool
         .set_routes(Routes::from_config(&config))

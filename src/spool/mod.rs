@@ -340,16 +340,33 @@ impl Spool {
         self.backend.api_subscriptions()
     }
 
-    /// Keeps an API-created subscription (new, or with a rotated secret);
-    /// answers once durable. Fan-out and forwarding take it only when the
-    /// caller hands the new routes and targets over ([`Spool::set_routes`]).
-    pub async fn put_subscription(&self, subscription: ApiSubscription) -> Result<(), SpoolError> {
-        self.backend.put_subscription(subscription).await
+    /// Keeps an API-created subscription (new, or with a rotated secret)
+    /// and the audit record of that change, both or neither (one batch);
+    /// answers once durable, with the record's id. Fan-out and forwarding
+    /// take it only when the caller hands the new routes and targets over
+    /// ([`Spool::set_routes`]).
+    pub async fn put_subscription(
+        &self,
+        subscription: ApiSubscription,
+        audit: AuditEntry,
+    ) -> Result<AuditId, SpoolError> {
+        self.backend.put_subscription(subscription, audit).await
     }
 
-    /// Forgets an API-created subscription; answers once durable.
-    pub async fn remove_subscription(&self, name: &str) -> Result<(), SpoolError> {
-        self.backend.remove_subscription(name).await
+    /// Forgets an API-created subscription, with the audit record of that
+    /// change (both or neither); answers once durable.
+    pub async fn remove_subscription(
+        &self,
+        name: &str,
+        audit: AuditEntry,
+    ) -> Result<AuditId, SpoolError> {
+        self.backend.remove_subscription(name, audit).await
+    }
+
+    /// Tests: the writer's next group fails before its batch is applied.
+    #[cfg(test)]
+    pub fn fail_next_batch(&self) {
+        self.backend.fail_next_batch();
     }
 
     /// Gives `subscription` a new delivery, due now, of each of these

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::SpoolError;
-use crate::config::{PreviousSecret, SubscriptionConfig};
+use crate::config::{AdminConfig, PreviousSecret, SubscriptionConfig};
 
 /// One API-created subscription.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,6 +122,22 @@ impl ApiSubscription {
     }
 }
 
+impl ApiSubscription {
+    /// Whether `[admin] allowed_targets` lets it send to its URL: a
+    /// narrowed list can leave a subscription created under a wider one
+    /// without an allowed target.
+    pub fn target_allowed(&self, admin: &AdminConfig) -> bool {
+        reqwest::Url::parse(&self.url).is_ok_and(|url| admin.allows_target(&url))
+    }
+
+    /// Its target as a log line or an answer may show it: scheme, host
+    /// (and port) and path, never user info, query or fragment (where
+    /// receivers put keys).
+    pub fn redacted_target(&self) -> String {
+        crate::redact::target_url(&self.url)
+    }
+}
+
 /// The stored form: a version byte, then the subscription as JSON.
 const SUBSCRIPTION_V1: u8 = 1;
 
@@ -182,6 +198,19 @@ mod tests {
     }
 
     #[test]
+    fn its_target_is_checked_against_allowed_targets_and_shown_without_query_or_user() {
+        let mut sub = billing();
+        sub.url = "http://user:pw@10.0.0.5:8080/in/hook?apikey=k#f".into();
+        assert_eq!(sub.redacted_target(), "http://10.0.0.5:8080/in/hook");
+        let admin = |allowed: &str| -> AdminConfig {
+            toml::from_str(&format!("allowed_targets = [{allowed}]")).unwrap()
+        };
+        assert!(sub.target_allowed(&admin("\"10.0.0.5\"")));
+        assert!(!sub.target_allowed(&admin("")));
+        assert!(!sub.target_allowed(&admin("\"10.0.0.6\"")));
+    }
+
+    #[test]
     fn a_bad_setting_is_named_in_the_config_grammar() {
         let mut sub = billing();
         sub.settings.rate = Some("fast".into());
@@ -202,5 +231,78 @@ mod tests {
             assert!(decode(&bytes[..cut]).is_err(), "cut {cut}");
         }
         assert!(decode(b"\x09{}").is_err());
+    }
+
+    fn created(name: &str) -> crate::spool::AuditEntry {
+        crate::spool::AuditEntry {
+            actor: "erp-team".into(),
+            action: "subscription.create".into(),
+            target: name.into(),
+            detail: serde_json::json!({ "url": "http://10.0.0.5/in" }),
+        }
+    }
+
+    /// What a reopened spool holds: the API subscriptions' names and the
+    /// audit records' (action, target).
+    fn reopened(dir: &std::path::Path) -> (Vec<String>, Vec<(String, String)>) {
+        let (spool, _) = crate::spool::tests::open(dir, &[]);
+        let names = spool
+            .api_subscriptions()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let records = spool
+            .audit_log(None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.entry.action, r.entry.target))
+            .collect();
+        (names, records)
+    }
+
+    #[tokio::test]
+    async fn a_subscription_and_its_audit_record_land_together_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = crate::spool::tests::open(dir.path(), &[]);
+        let id = spool
+            .put_subscription(billing(), created("billing"))
+            .await
+            .unwrap();
+        // The writer's next batch fails: neither half of this one lands.
+        spool.fail_next_batch();
+        let mut other = billing();
+        other.name = "shop".into();
+        assert!(spool
+            .put_subscription(other, created("shop"))
+            .await
+            .is_err());
+        spool.close().await.unwrap();
+        drop(spool);
+
+        let (names, records) = reopened(dir.path());
+        assert_eq!(names, ["billing"], "the failed one is not kept");
+        assert_eq!(
+            records,
+            [("subscription.create".to_owned(), "billing".to_owned())],
+            "one record, the kept one's"
+        );
+        let (spool, _) = crate::spool::tests::open(dir.path(), &[]);
+        assert_eq!(spool.audit_log(None, 1).unwrap()[0].id, id);
+
+        // A removal and its record, likewise.
+        let mut removed = created("billing");
+        removed.action = "subscription.delete".into();
+        spool.fail_next_batch();
+        assert!(spool
+            .remove_subscription("billing", removed.clone())
+            .await
+            .is_err());
+        spool.remove_subscription("billing", removed).await.unwrap();
+        spool.close().await.unwrap();
+        drop(spool);
+        let (names, records) = reopened(dir.path());
+        assert!(names.is_empty(), "{names:?}");
+        assert_eq!(records.len(), 2, "{records:?}");
+        assert_eq!(records[0].0, "subscription.delete", "newest first");
     }
 }

@@ -314,7 +314,8 @@ const UNKNOWN_ID: &str = "01KAAAAAAAAAAAAAAAAAAAAAAA";
 
 /// Every `/api/` route of `admin::ROUTES`, walked: no token 401; a viewer
 /// 403 on every change and no refusal on a read; a subscriber 403 but on
-/// the subscriptions' list and creation; an id or name that is not
+/// the subscriptions' list and creation, and 404 on a subscription not its
+/// own (the answer to a name nobody holds); an id or name that is not
 /// there 404; a parameter the route does not take 400. None of the
 /// requests changes anything, so their order does not matter.
 #[tokio::test]
@@ -373,10 +374,17 @@ async fn every_api_route_answers_401_403_404_and_400_as_it_should() {
         }
 
         // A subscriber lists and creates subscriptions, and manages only
-        // those it created (not relay.toml's `billing`): nothing else.
+        // those it created (not relay.toml's `billing`, which it is told
+        // of as of a name nobody holds): nothing else.
         let (status, body) = admin.call(method, &existing, Some(SUBSCRIBER_TOKEN)).await;
         if template == "/api/subscriptions" {
             assert_ne!(status, 403, "{route} is open to a subscriber: {body}");
+        } else if template.starts_with("/api/subscriptions/{name}") {
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (404, Some("not_found")),
+                "{route} by a subscriber: {body}"
+            );
         } else {
             assert_eq!(status, 403, "{route} by a subscriber: {body}");
         }

@@ -13,7 +13,7 @@ const WAIT: Duration = Duration::from_secs(10);
 const OLD_TOKEN: &str = "lenient-token-0123456789";
 const NEW_TOKEN: &str = "lenient-token-rotated-42";
 
-fn hup(relay: &RelayProcess) {
+pub fn hup(relay: &RelayProcess) {
     let pid = relay.child.id().expect("running").to_string();
     let status = std::process::Command::new("kill")
         .args(["-HUP", &pid])
@@ -27,7 +27,7 @@ async fn logged(relay: &RelayProcess, text: &str, n: usize) {
     eventually(WAIT, text, || relay.logged(text).len() >= n).await;
 }
 
-async fn post(client: &reqwest::Client, relay: &RelayProcess, path: &str, hook: &str) -> u16 {
+pub async fn post(client: &reqwest::Client, relay: &RelayProcess, path: &str, hook: &str) -> u16 {
     client
         .post(format!("https://localhost:{}{path}", relay.addr.port()))
         .header("content-type", "application/json")

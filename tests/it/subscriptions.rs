@@ -294,7 +294,7 @@ async fn allowed_targets_and_roles_decide_who_creates_what_where() {
         (Method::POST, "/api/subscriptions/billing/pause"),
     ] {
         let (status, body) = send(&admin, method.clone(), path, SHOP_TOKEN, None).await;
-        assert_eq!(status, 403, "{method} {path} by another team: {body}");
+        assert_eq!(status, 404, "{method} {path} by another team: {body}");
     }
     let (status, body) = send(
         &admin,
@@ -356,6 +356,7 @@ async fn allowed_targets_and_roles_decide_who_creates_what_where() {
         "subscription.create",
         "subscription.pause",
         "subscription.delete",
+        "subscription.delete_purged",
     ] {
         assert!(audit.contains(action), "{action} in {audit}");
     }
@@ -555,7 +556,8 @@ async fn the_built_cli_adds_and_removes_a_subscription() {
     let (code, _, err) = run(&["subscriptions", "rm", "erp", "--purge"], ERP_TOKEN);
     assert_eq!(code, 64, "--purge needs --yes: {err}");
     let (code, _, err) = run(&["subscriptions", "rm", "erp"], SHOP_TOKEN);
-    assert_eq!(code, 77, "another team's: {err}");
+    assert_eq!(code, 1, "another team's, like a name nobody holds: {err}");
+    assert!(err.contains("no subscription \"erp\""), "{err}");
     let (code, out, err) = run(&["subscriptions", "rm", "erp", "--json"], ERP_TOKEN);
     assert_eq!(code, 0, "{err}");
     let removed: Value = serde_json::from_str(out.trim()).unwrap();
@@ -808,4 +810,300 @@ async fn the_built_cli_adds_a_subscription_that_takes_only_some_statuses() {
     assert_eq!(to, ["billing"], "{shown}");
     assert_eq!(decided.count(), 1);
     relay.stop().await;
+}
+
+/// A subscriber cannot tell another team's subscription, or relay.toml's,
+/// from a name nobody holds: creating any taken name gets one answer, a
+/// request refused for another reason is refused alike whatever its name,
+/// and managing a name it does not hold is a 404 like a free name. An
+/// admin still gets precise answers.
+#[tokio::test]
+async fn a_subscriber_gets_one_answer_for_every_name_it_does_not_hold() {
+    use reqwest::Method;
+    let billing = Target::start(Vec::new()).await;
+    let (relay, admin) = start(&billing.url()).await;
+    let subs = "/api/subscriptions";
+    create(&admin, ERP_TOKEN, erp_request("erp", &billing.url())).await;
+    // An answer with the name it was about taken out.
+    let unnamed =
+        |name: &str, (status, body): (u16, Value)| (status, body.to_string().replace(name, "NAME"));
+
+    let mut creates = Vec::new();
+    for name in ["erp", "billing"] {
+        let request = erp_request(name, &billing.url());
+        let answer = send(&admin, Method::POST, subs, SHOP_TOKEN, Some(request)).await;
+        creates.push(unnamed(name, answer));
+    }
+    assert_eq!(creates[0].0, 409, "{creates:?}");
+    assert_eq!(
+        creates[0], creates[1],
+        "another team's name and relay.toml's"
+    );
+    assert!(
+        !creates[0].1.contains("exists") && !creates[0].1.contains("relay.toml"),
+        "{creates:?}"
+    );
+    let mut refused = Vec::new();
+    for name in ["erp", "free-name"] {
+        let request = erp_request(name, "https://invoices.example.com/in");
+        let answer = send(&admin, Method::POST, subs, SHOP_TOKEN, Some(request)).await;
+        refused.push(unnamed(name, answer));
+    }
+    assert_eq!(refused[0].0, 422, "{refused:?}");
+    assert_eq!(refused[0], refused[1], "refused alike, taken name or free");
+
+    for (method, action) in [
+        (Method::DELETE, ""),
+        (Method::POST, "/pause"),
+        (Method::POST, "/resume"),
+        (Method::POST, "/test"),
+        (Method::POST, "/rotate-secret"),
+        (Method::POST, "/backfill?since=1h"),
+    ] {
+        let mut answers = Vec::new();
+        for name in ["erp", "billing", "nobody"] {
+            let path = format!("{subs}/{name}{action}");
+            let answer = send(&admin, method.clone(), &path, SHOP_TOKEN, None).await;
+            answers.push(unnamed(name, answer));
+        }
+        assert_eq!(answers[0].0, 404, "{method} {action}: {answers:?}");
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "{method} {action}: {answers:?}"
+        );
+    }
+
+    // An admin is told which.
+    let (status, body) = send(
+        &admin,
+        Method::POST,
+        subs,
+        ADMIN_TOKEN,
+        Some(erp_request("erp", &billing.url())),
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert!(
+        body["detail"].as_str().unwrap().contains("exists already"),
+        "{body}"
+    );
+    let (status, body) = send(
+        &admin,
+        Method::POST,
+        subs,
+        ADMIN_TOKEN,
+        Some(erp_request("billing", &billing.url())),
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert!(
+        body["detail"].as_str().unwrap().contains("relay.toml"),
+        "{body}"
+    );
+    let (status, _) = send(
+        &admin,
+        Method::POST,
+        "/api/subscriptions/nobody/pause",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    relay.stop().await;
+}
+
+/// A caller that lost the answer to its create (the one time the secret
+/// is shown: a crash, a timeout) rotates the secret at once (overlap 0s)
+/// and verifies the next delivery with it; both changes are audited.
+#[tokio::test]
+async fn a_caller_that_lost_its_secret_rotates_it_and_the_new_one_verifies_deliveries() {
+    let billing = Target::start(Vec::new()).await;
+    let erp = Target::start(Vec::new()).await;
+    let (relay, admin) = start(&billing.url()).await;
+    let lost = create(&admin, ERP_TOKEN, erp_request("erp", &erp.url())).await;
+    let (status, rotated) = send(
+        &admin,
+        reqwest::Method::POST,
+        "/api/subscriptions/erp/rotate-secret?overlap=0s",
+        ERP_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let secret = rotated["secret"].as_str().unwrap();
+    post_tus(&relay, "lost-1", "0107-0001").await;
+    let received = erp.wait_for(1, WAIT).await;
+    assert!(verifies(secret, &received[0]), "the rotated secret");
+    assert!(!verifies(&lost, &received[0]), "the lost one signs no more");
+    let audit = admin.get("/api/audit").await;
+    let actions: Vec<(&str, &str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["actor"].as_str().unwrap(),
+                r["action"].as_str().unwrap(),
+                r["target"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("erp-team", "subscription.rotate_secret", "erp"),
+            ("erp-team", "subscription.create", "erp"),
+        ],
+        "{audit}"
+    );
+    relay.stop().await;
+}
+
+/// Narrowing `[admin] allowed_targets` pauses the API subscriptions whose
+/// target it no longer allows (never deletes them), on the built binary:
+/// at start-up and on SIGHUP or `POST /api/reload`, each named in a WARN
+/// (its target without the query) and in the reload's answer, marked on
+/// the page, refused a resume; widened again, a resume delivers what
+/// waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_allowed_targets_pauses_the_api_subscriptions_it_no_longer_allows() {
+    use crate::process::{write_config, RelayProcess};
+    use crate::reload::{hup, post};
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let billing = Target::start(Vec::new()).await;
+    let erp = Target::start(Vec::new()).await;
+    let allowing = subscription("billing", &billing.url(), "") + &admin_section();
+    let narrowed = allowing.replace(r#"allowed_targets = ["127.0.0.1"]"#, "allowed_targets = []");
+    assert_ne!(allowing, narrowed);
+    let config = write_config(dir.path(), &allowing);
+    let relay = RelayProcess::spawn(&config).await;
+    let provider = provider_client(&dir.path().join("tls/self-signed.crt"));
+    let hooks = format!("/hooks/tusfacturas/{TUS_TOKEN}");
+    let admin = Admin {
+        base: relay.admin_url(),
+        client: reqwest::Client::new(),
+    };
+    let erp_url = format!("{}?apikey=erp-key-0123", erp.url());
+    create(&admin, ERP_TOKEN, erp_request("erp", &erp_url)).await;
+    assert_eq!(post(&provider, &relay, &hooks, "n-1").await, 200);
+    erp.wait_for(1, WAIT).await;
+    relay.sigterm().await;
+
+    // Narrowed while it was stopped: paused at start-up, and said so.
+    write_config(dir.path(), &narrowed);
+    let relay = RelayProcess::spawn(&config).await;
+    let admin = Admin {
+        base: relay.admin_url(),
+        client: reqwest::Client::new(),
+    };
+    let warned = |relay: &RelayProcess| {
+        relay
+            .logged("subscription paused: its target is no longer among")
+            .into_iter()
+            .filter(|line| line.contains("\"WARN\"") && line.contains("\"erp\""))
+            .map(|line| {
+                assert!(
+                    line.contains(&format!("http://{}/hook", erp.addr)) && !line.contains("apikey"),
+                    "the target without its query: {line}"
+                );
+            })
+            .count()
+    };
+    assert_eq!(warned(&relay), 1, "{}", relay.log_tail(20));
+    let erp_item = |listed: Value| {
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "erp")
+            .cloned()
+            .expect("kept, not deleted")
+    };
+    let item = erp_item(admin.get("/api/subscriptions").await);
+    assert_eq!(
+        (&item["paused"], &item["target_allowed"]),
+        (&json!(true), &json!(false)),
+        "{item}"
+    );
+    assert_eq!(post(&provider, &relay, &hooks, "n-2").await, 200);
+    billing.wait_for(2, WAIT).await;
+    // Billing has its delivery: erp's was due as early, and stays held.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(erp.count(), 1, "nothing sent to a target no longer allowed");
+    let item = erp_item(admin.get("/api/subscriptions").await);
+    assert_eq!(item["deliveries"]["waiting"], 1, "kept for later: {item}");
+    let page = admin.page_as("/", ADMIN_TOKEN).await;
+    assert!(page.contains("paused: target no longer allowed"), "{page}");
+    for token in [ERP_TOKEN, ADMIN_TOKEN] {
+        let (status, body) = send(
+            &admin,
+            reqwest::Method::POST,
+            "/api/subscriptions/erp/resume",
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(status, 409, "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("allowed_targets") && !detail.contains("apikey"),
+            "{body}"
+        );
+    }
+    let audit = admin.get("/api/audit").await.to_string();
+    assert!(
+        audit.contains(r#""action":"subscription.pause","actor":"relay""#)
+            || audit.contains(r#""actor":"relay","action":"subscription.pause""#),
+        "{audit}"
+    );
+
+    // Widened again (SIGHUP): resumed by a person, it delivers what waited.
+    write_config(dir.path(), &allowing);
+    hup(&relay);
+    eventually(WAIT, "the reload", || {
+        !relay.logged("config reloaded").is_empty()
+    })
+    .await;
+    let (status, body) = send(
+        &admin,
+        reqwest::Method::POST,
+        "/api/subscriptions/erp/resume",
+        ERP_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    erp.wait_for(2, WAIT).await;
+
+    // Narrowed by SIGHUP: paused at once, in the log and the reload's line.
+    write_config(dir.path(), &narrowed);
+    hup(&relay);
+    eventually(WAIT, "the second reload", || {
+        relay.logged("config reloaded").len() >= 2
+    })
+    .await;
+    assert_eq!(warned(&relay), 2);
+    let reloaded = relay.logged("config reloaded").pop().unwrap();
+    assert!(reloaded.contains("erp"), "{reloaded}");
+    assert_eq!(
+        erp_item(admin.get("/api/subscriptions").await)["paused"],
+        true
+    );
+    // And the admin API's reload answers their names.
+    let (status, report) = send(
+        &admin,
+        reqwest::Method::POST,
+        "/api/reload",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["subscriptions_paused_target_not_allowed"],
+        json!(["erp"]),
+        "{report}"
+    );
+    relay.sigterm().await;
 }

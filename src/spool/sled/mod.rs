@@ -116,6 +116,9 @@ pub(super) struct Shared {
     pub paused: Mutex<std::collections::BTreeSet<String>>,
     /// Subscriptions created through the admin API, by name.
     pub api_subscriptions: Mutex<std::collections::BTreeMap<String, ApiSubscription>>,
+    /// Tests: the writer's next group fails before its batch is applied.
+    #[cfg(test)]
+    pub fail_next_batch: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -211,6 +214,8 @@ impl SledSpool {
             counts: Mutex::new(opened.counts.clone()),
             paused: Mutex::new(opened.paused.clone()),
             api_subscriptions: Mutex::new(opened.api_subscriptions.clone()),
+            #[cfg(test)]
+            fail_next_batch: std::sync::atomic::AtomicBool::new(false),
         });
         let start = writer::Start {
             acknowledged: opened.acknowledged,
@@ -264,25 +269,54 @@ impl SledSpool {
             .collect()
     }
 
-    /// Keeps (creates or replaces) an API-created subscription, durably.
-    pub async fn put_subscription(&self, subscription: ApiSubscription) -> Result<(), SpoolError> {
+    /// Keeps (creates or replaces) an API-created subscription with the
+    /// audit record of that change, in one batch, durably.
+    pub async fn put_subscription(
+        &self,
+        subscription: ApiSubscription,
+        audit: AuditEntry,
+    ) -> Result<AuditId, SpoolError> {
         let change = Change::Subscription {
             name: subscription.name.clone(),
             kept: Some((
                 super::subscriptions::encode(&subscription)?,
                 Box::new(subscription),
             )),
+            audit: audit::encode_entry(&audit)?,
+            audited_ms: self.shared.clock.now_ms(),
         };
-        self.write(change, true).await.map(|_| ())
+        self.audited(change).await
     }
 
-    /// Forgets an API-created subscription, durably.
-    pub async fn remove_subscription(&self, name: &str) -> Result<(), SpoolError> {
+    /// Forgets an API-created subscription with the audit record of that
+    /// change, in one batch, durably.
+    pub async fn remove_subscription(
+        &self,
+        name: &str,
+        audit: AuditEntry,
+    ) -> Result<AuditId, SpoolError> {
         let change = Change::Subscription {
             name: name.to_owned(),
             kept: None,
+            audit: audit::encode_entry(&audit)?,
+            audited_ms: self.shared.clock.now_ms(),
         };
-        self.write(change, true).await.map(|_| ())
+        self.audited(change).await
+    }
+
+    async fn audited(&self, change: Change) -> Result<AuditId, SpoolError> {
+        match self.write(change, true).await? {
+            Applied::Audited(id) => Ok(id),
+            _ => Err(out_of_turn()),
+        }
+    }
+
+    /// Tests: the writer's next group fails before its batch is applied.
+    #[cfg(test)]
+    pub fn fail_next_batch(&self) {
+        self.shared
+            .fail_next_batch
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub async fn backfill(

@@ -159,10 +159,13 @@ pub(super) enum Change {
     /// An admin holds (or releases) a subscription's deliveries.
     Pause { subscription: String, paused: bool },
     /// An API-created subscription kept (`Some`, encoded) or removed
-    /// (with its pause mark).
+    /// (with its pause mark), with the audit record of that change (encoded,
+    /// made at `audited_ms`) in the same batch: a crash keeps both or neither.
     Subscription {
         name: String,
         kept: Option<(Vec<u8>, Box<ApiSubscription>)>,
+        audit: Vec<u8>,
+        audited_ms: i64,
     },
     /// New deliveries to `subscription`, due at `now_ms`, of these
     /// notifications (skipped where it has one already).
@@ -923,7 +926,12 @@ impl Writer {
                     }
                     Ok(Applied::Recorded)
                 }
-                Change::Subscription { name, kept } => {
+                Change::Subscription {
+                    name,
+                    kept,
+                    audit,
+                    audited_ms,
+                } => {
                     let key = keys::api_subscription(&name);
                     match kept {
                         Some((bytes, subscription)) => {
@@ -938,7 +946,10 @@ impl Writer {
                             lock(&self.shared.paused).remove(&name);
                         }
                     }
-                    Ok(Applied::Recorded)
+                    let id = AuditId::next_after(self.last_audit, audited_ms);
+                    self.last_audit = Some(id);
+                    batch.insert(&keys::audit(id), audit);
+                    Ok(Applied::Audited(id))
                 }
                 Change::Backfill {
                     subscription,
@@ -1014,6 +1025,17 @@ impl Writer {
                 }
             };
             out.results.push(result);
+        }
+        #[cfg(test)]
+        if self
+            .shared
+            .fail_next_batch
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            // As if the batch could not be written: none of it is.
+            return Err(SpoolError::Encode(
+                "a batch failed on purpose (test)".into(),
+            ));
         }
         self.tally.apply(store, batch, &self.shared.counts)?;
         Ok(out)
