@@ -187,7 +187,7 @@ async fn sighup_swaps_a_token_and_adds_a_subscription_without_dropping_a_request
 }
 
 /// The admin listener's address, from the relay's start-up line.
-fn admin_url(relay: &RelayProcess) -> String {
+pub fn admin_url(relay: &RelayProcess) -> String {
     let line = relay
         .logged("ingress listening")
         .pop()
