@@ -685,13 +685,18 @@ impl Writer {
     /// `min_free`, and every write of a group that would go below its
     /// floor; returns what may still be written.
     fn guard_space(&mut self, group: Vec<Write>) -> Vec<Write> {
-        let (stored, other) = group.iter().fold((0, 0), |(stored, other), w| {
-            match &w.change {
+        let (stored, other) = group
+            .iter()
+            .fold((0, 0), |(stored, other), w| match &w.change {
                 Change::Store { record, .. } | Change::Quarantine { record, .. } => {
                     (stored + record.len() as u64, other)
                 }
-                Change::Complete { value, .. } => (stored, other + value.len() as u64 + SPACE_PER_CHANGE),
-                Change::Audit { entry, .. } => (stored, other + entry.len() as u64 + SPACE_PER_CHANGE),
+                Change::Complete { value, .. } => {
+                    (stored, other + value.len() as u64 + SPACE_PER_CHANGE)
+                }
+                Change::Audit { entry, .. } => {
+                    (stored, other + entry.len() as u64 + SPACE_PER_CHANGE)
+                }
                 Change::Replay { .. }
                 | Change::Orphans { .. }
                 | Change::Routes { .. }
@@ -701,8 +706,7 @@ impl Writer {
                 | Change::Backfill { .. }
                 | Change::Purge { .. }
                 | Change::Stuck(_) => (stored, other + SPACE_PER_CHANGE),
-            }
-        });
+            });
         let mut group = group;
         if stored > 0 {
             let needed = (stored + other) * SPACE_PER_BYTE + SPACE_PER_GROUP;
@@ -1153,7 +1157,9 @@ impl Writer {
                     tracing::info!("spool has room for outcomes again: leasing again");
                 }
                 if matches!(self.blocked, Some(Blocked::Full { .. }))
-                    && self.check_space(self.min_free(), SPACE_PER_GROUP * 4).is_ok()
+                    && self
+                        .check_space(self.min_free(), SPACE_PER_GROUP * 4)
+                        .is_ok()
                 {
                     self.leave_full();
                 }
