@@ -84,9 +84,17 @@ impl Relay {
         let clock = Clock::system();
         let spool = {
             let (spool_config, routes) = (config.spool.clone(), Routes::from_config(&config));
-            tokio::task::spawn_blocking(move || Spool::open(&spool_config, routes, clock))
-                .await
-                .map_err(|e| AppError::Task(e.to_string()))??
+            tokio::task::spawn_blocking(move || match Spool::room_to_open(&spool_config) {
+                Ok(()) => Spool::open(&spool_config, routes, clock),
+                // sled may fail on a full disk as it opens, and a failed
+                // sled cannot be let go of: serve 503s until there is room.
+                Err(reason) => {
+                    tracing::warn!(condition = %reason, "no room to open the spool: answering 503 until there is, then reopening it");
+                    Spool::unopened(&spool_config, routes, clock, reason)
+                }
+            })
+            .await
+            .map_err(|e| AppError::Task(e.to_string()))??
         };
         let (cert, self_signed) = load_certificate(&config)?;
         let acceptor = match &cert {

@@ -636,7 +636,15 @@ fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
     // Before the runtime's threads: taking systemd's sockets clears their
     // variables from the environment. Before the spool or a certificate
     // is touched: a start that cannot listen writes nothing.
-    let listeners = Listeners::acquire(config.server.listen)?;
+    let mut listeners = Listeners::acquire(config.server.listen)?;
+    // A TCP admin listener is bound here, as if passed by systemd, so that
+    // a restart in place (`reexec`) can pass it on too.
+    if let (None, Some(crate::config::AdminListen::Tcp(addr))) =
+        (&listeners.admin, &config.admin.listen)
+    {
+        listeners.admin = Some(Listeners::bind(*addr)?.ingress);
+    }
+    let reexec = crate::reexec::Reexec::keep(&listeners)?;
     refuse_examples(&config, &listeners)?;
     // A certificate that cannot be read stops the start before the spool
     // is created or opened.
@@ -653,9 +661,11 @@ fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
         let relay = Relay::start_on(config, listeners).await?;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let watchdog = tokio::spawn(watchdog(relay.spool.clone()));
+        let reopen = tokio::spawn(reexec.when_room_returns(relay.spool.clone()));
         signals.wait_for_stop(&relay, path).await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         watchdog.abort();
+        reopen.abort();
         relay.stop().await?;
         Ok(())
     })
@@ -744,11 +754,10 @@ async fn reload_file(relay: &Relay, path: &Path) -> Result<serde_json::Value, St
 }
 
 /// Pings systemd's watchdog at half its period, when one is set, as long as
-/// the spool's writer answers within a quarter of it and the store has not
-/// failed for good: a writer stuck on a hung disk, or a store only a restart
-/// mends, lets the watchdog restart the service. A full disk is not such a
-/// case (the relay recovers by itself when room returns); it shows in the
-/// service's status line instead.
+/// the spool's writer answers within a quarter of it: a writer stuck on a
+/// hung disk lets the watchdog restart the service. A full disk or a failed
+/// store is not such a case (the relay reopens it by itself when there is
+/// room, `reexec`); it shows in the service's status line instead.
 async fn watchdog(spool: Spool) {
     let Some(period) = sd_notify::watchdog_enabled().filter(|p| !p.is_zero()) else {
         return;
@@ -766,11 +775,7 @@ async fn watchdog(spool: Spool) {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
             last_status = status;
         }
-        if health.fatal {
-            tracing::error!(
-                "the spool's store failed; withholding the watchdog ping so the service restarts"
-            );
-        } else if spool.writer_alive(period / 4).await {
+        if spool.writer_alive(period / 4).await {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         } else {
             tracing::error!("spool writer not answering; withholding the watchdog ping");
@@ -796,6 +801,11 @@ const LOST: &str = "lost: ";
 /// and skipped when met. A loss is left to the open that follows, which
 /// refuses it with its own advice.
 async fn verify_spool(config: &Config) -> anyhow::Result<()> {
+    if Spool::room_to_open(&config.spool).is_err() {
+        // The spool is not opened before there is room (`Relay::start_on`);
+        // the process that opens it then checks it.
+        return Ok(());
+    }
     if Spool::is_new(&config.spool) {
         tracing::info!(spool = %config.spool.path.display(), "no spool there yet: creating a new one");
         return Ok(());

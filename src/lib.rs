@@ -17,6 +17,8 @@
 //! - [`app`]: wires the parts, owns start-up and shutdown.
 //! - [`listen`]: the listening sockets: from systemd (socket activation)
 //!   or bound as configured.
+//! - [`reexec`]: the relay replaces its own process, on the same sockets,
+//!   to reopen a spool that failed or had no room, once there is room.
 //! - [`cli`]: the command line (`serve`, `check-config`, `spool dump`, ...).
 //! - [`redact`]: target URLs as non-admins see them (no query, no userinfo).
 //! - [`clock`]: Unix milliseconds: the system clock in service, or one that
@@ -40,5 +42,6 @@ pub mod listen;
 pub mod metrics;
 pub mod providers;
 pub mod redact;
+pub mod reexec;
 pub mod signing;
 pub mod spool;

@@ -492,7 +492,7 @@ async fn readyz(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
     }
     if health.fatal {
         reasons.push(format!(
-            "the spool failed and needs a restart: {}",
+            "the spool's store failed or is not open; the relay reopens it by itself once there is room: {}",
             health.condition.clone().unwrap_or_default()
         ));
     } else if !health.writable {

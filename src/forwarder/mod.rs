@@ -7,8 +7,10 @@
 //! A lease whose outcome cannot be recorded (a full disk) is held and its
 //! recording retried, with a growing pause, until it succeeds or the relay
 //! stops: the delivery is never sent again meanwhile, so a broken disk does
-//! not turn into a resend storm. A crash mid-attempt leaves the delivery
-//! due: it is retried after restart, at-least-once.
+//! not turn into a resend storm; and while the spool is short of room for
+//! outcomes its lease hands out nothing, so no attempt starts whose outcome
+//! could not be written. A crash mid-attempt leaves the delivery due: it is
+//! retried after restart, at-least-once.
 
 mod outgoing;
 mod target;

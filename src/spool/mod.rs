@@ -268,6 +268,30 @@ impl Spool {
         })
     }
 
+    /// A spool whose store is not opened for lack of room (`reason`): it
+    /// refuses every write and leases nothing; the relay replaces its
+    /// process once [`Spool::room_to_open`] holds (`crate::reexec`).
+    pub fn unopened(
+        config: &SpoolConfig,
+        routes: Routes,
+        clock: Clock,
+        reason: String,
+    ) -> Result<Spool, SpoolError> {
+        Ok(Spool {
+            backend: sled::SledSpool::unopened(config, routes, clock, reason)?,
+            observer: std::sync::Arc::default(),
+        })
+    }
+
+    /// Whether the spool's filesystem has the room an open needs; else why not.
+    pub fn room_to_open(config: &SpoolConfig) -> Result<(), String> {
+        sled::room_to_open(config)
+    }
+
+    pub fn config(&self) -> &SpoolConfig {
+        self.backend.config()
+    }
+
     /// Whether the spool was last closed cleanly and its files are exactly
     /// as that close left them (so a full check before serving adds nothing).
     pub fn stopped_cleanly(config: &SpoolConfig) -> bool {

@@ -54,6 +54,9 @@ const EXAMINE_PER_LEASE: usize = 4096;
 /// Deliveries one write of a bulk purge gives up: one slice holds the
 /// writer about as long as one group of stores.
 const PURGE_SLICE: usize = 256;
+/// Bytes free, above the floor of `min_free`, for an open to go ahead
+/// (sled starts a new segment of 512 KiB, the writer its first groups).
+const ROOM_TO_OPEN: u64 = 2 << 20;
 /// How many unreadable ids health keeps.
 const UNREADABLE_IDS_KEPT: usize = 100;
 
@@ -100,6 +103,10 @@ pub(super) struct Shared {
     pub durable: Mutex<Option<NotificationId>>,
     /// An fdatasync the writer's syncer saw fail, for the writer to take up.
     pub sync_failed: Mutex<Option<SpoolError>>,
+    /// True while the writer takes no write at all (the disk is below the
+    /// floor of `min_free`, or the store failed or is not open): leases
+    /// hand out nothing meanwhile (see `writer.rs`).
+    pub short_of_room: watch::Sender<bool>,
     /// Per subscription: bumped when it may have new due work.
     work: Mutex<HashMap<String, watch::Sender<u64>>>,
     subs: Mutex<HashMap<String, Arc<Mutex<SubState>>>>,
@@ -170,6 +177,33 @@ impl Shared {
     }
 }
 
+/// Room to open the spool: its filesystem has the floor of `min_free` free
+/// (what outcomes and upkeep may not go below, see `writer.rs`) and
+/// [`ROOM_TO_OPEN`] more; else why not.
+pub fn room_to_open(config: &SpoolConfig) -> Result<(), String> {
+    // A spool not created yet lives in a directory not made yet.
+    let mut path = config.path.as_path();
+    while !path.exists() {
+        match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => path = parent,
+            _ => return Ok(()),
+        }
+    }
+    let Ok(stat) = rustix::fs::statvfs(path) else {
+        // Cannot tell: let the open try.
+        return Ok(());
+    };
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let needed = (config.min_free.0 / 2).saturating_add(ROOM_TO_OPEN);
+    if free >= needed {
+        Ok(())
+    } else {
+        Err(format!(
+            "disk full: {free} bytes free on the spool's filesystem, {needed} needed to open it (half of spool.min_free, and {ROOM_TO_OPEN} for the open)"
+        ))
+    }
+}
+
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -198,6 +232,7 @@ impl SledSpool {
             clock,
             durable: Mutex::new(opened.newest),
             sync_failed: Mutex::new(None),
+            short_of_room: watch::Sender::new(false),
             recheck_upto: Mutex::new(opened.newest),
             store: ArcSwapOption::from_pointee(opened.store),
             routes: ArcSwap::from_pointee(routes),
@@ -222,6 +257,57 @@ impl SledSpool {
             last_id: opened.last_id,
             last_audit: opened.last_audit,
             counts: opened.counts,
+            unopened: None,
+        };
+        let writer = writer::start(shared.clone(), start).map_err(|e| SpoolError::Open {
+            path: config.path.clone(),
+            detail: format!("cannot start the writer thread: {e}"),
+        })?;
+        Ok(SledSpool { shared, writer })
+    }
+
+    /// A spool whose store is not opened (no room on its filesystem): every
+    /// write is refused with `reason`, nothing is leased, health says it is
+    /// fatal, and the relay replaces its process once there is room
+    /// (`crate::reexec`). Its files are not touched.
+    pub fn unopened(
+        config: &SpoolConfig,
+        routes: Routes,
+        clock: Clock,
+        reason: String,
+    ) -> Result<SledSpool, SpoolError> {
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            clock,
+            durable: Mutex::new(None),
+            sync_failed: Mutex::new(None),
+            short_of_room: watch::Sender::new(true),
+            recheck_upto: Mutex::new(None),
+            store: ArcSwapOption::empty(),
+            routes: ArcSwap::from_pointee(routes),
+            work: Mutex::default(),
+            subs: Mutex::default(),
+            health: Mutex::new(Health {
+                writable: false,
+                fatal: true,
+                condition: Some(reason.clone()),
+                since_ms: Some(clock.now_ms()),
+                ..Health::default()
+            }),
+            flush_starts: AtomicU64::new(0),
+            flushed_changes: AtomicU64::new(0),
+            counts: Mutex::default(),
+            paused: Mutex::default(),
+            api_subscriptions: Mutex::default(),
+            #[cfg(test)]
+            fail_next_batch: std::sync::atomic::AtomicBool::new(false),
+        });
+        let start = writer::Start {
+            acknowledged: mark::Acknowledged::read(&config.path, None),
+            last_id: None,
+            last_audit: None,
+            counts: Counts::default(),
+            unopened: Some(reason),
         };
         let writer = writer::start(shared.clone(), start).map_err(|e| SpoolError::Open {
             path: config.path.clone(),
@@ -232,6 +318,10 @@ impl SledSpool {
 
     pub fn path(&self) -> &Path {
         &self.shared.config.path
+    }
+
+    pub fn config(&self) -> &SpoolConfig {
+        &self.shared.config
     }
 
     /// Holds (or, with `paused` false, releases) a subscription's
@@ -345,6 +435,11 @@ impl SledSpool {
 
     /// Takes a reloaded config's subscriptions (see `Change::Routes`).
     pub async fn set_routes(&self, routes: Routes) -> Result<(), SpoolError> {
+        if self.shared.store.load().is_none() {
+            // Not opened (or closed): nothing is stored, fan-out is moot.
+            self.shared.routes.store(Arc::new(routes));
+            return Ok(());
+        }
         self.write(Change::Routes { routes }, true)
             .await
             .map(|_| ())
@@ -470,6 +565,14 @@ impl SledSpool {
         loop {
             // Seen before the walk: whatever lands during it wakes the wait below.
             work.borrow_and_update();
+            if *self.shared.short_of_room.borrow() {
+                // No attempt whose outcome could not be written: wait for room.
+                let mut short = self.shared.short_of_room.subscribe();
+                if short.wait_for(|short| !short).await.is_err() {
+                    return Err(SpoolError::Closed);
+                }
+                continue;
+            }
             if lock(&self.shared.paused).contains(subscription) {
                 // A resume wakes it.
                 if work.changed().await.is_err() {

@@ -25,16 +25,28 @@
 //! A full disk must never reach sled: after an I/O error inside a write,
 //! sled 0.34's `flush` can wait forever for a buffer that will never be
 //! written, and dropping a tree flushes, so a failed store can be neither
-//! flushed, closed nor reopened in the process. So the writer keeps
-//! `spool.min_free` bytes free on the spool's filesystem: a group that would
-//! eat into it has its stores and quarantines refused (503) while outcomes
-//! and replays still go through, the change of state is logged once, and
-//! writes resume by themselves as soon as there is room. If sled fails all
-//! the same (something else filled the disk between two checks), the store
-//! is failed for good: every write is refused, health says it is fatal (the
-//! watchdog stops vouching, so systemd restarts the relay), and a stop exits
-//! with an error.
-
+//! flushed, closed nor reopened in the process. So the writer keeps room
+//! on the spool's filesystem, in two steps (statvfs before each group):
+//! - below `spool.min_free` (plus what the group needs), stores and
+//!   quarantines are refused (503); everything else still goes through;
+//! - the lower half of `min_free` is the budget of what must be written
+//!   (outcomes, replays, retention, audit records, marks): below that
+//!   floor every write is refused, retention pauses, and the spool is
+//!   *short of room*: its leases hand out nothing, so the forwarder makes
+//!   no attempt whose outcome could not be written. Outcomes already in
+//!   flight (at most one per slot) are held by the forwarder in memory and
+//!   recorded once there is room, never sent again meanwhile.
+//!
+//! sled is log-structured (an overwrite grows the log too), so the floor
+//! is what keeps it from ENOSPC: nothing the writer does goes below it.
+//! The change of state is logged once, and writes resume by themselves as
+//! soon as there is room (checked at every upkeep tick). If sled fails all
+//! the same (something else filled the disk between two checks), the
+//! store is failed in this process: every write is refused, leases stop,
+//! health says it is fatal, and the relay replaces its process once there
+//! is room again (`crate::reexec`); nothing acknowledged is lost, since an
+//! answer waited for an fdatasync, and outcomes not yet flushed are sent
+//! again (at-least-once).
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -87,6 +99,9 @@ const RETENTION_CYCLE_MAX_MS: i64 = 60_000;
 /// writes about twice what it is given), plus a constant.
 const SPACE_PER_BYTE: u64 = 2;
 const SPACE_PER_GROUP: u64 = 64 << 10;
+/// What a change other than a store takes, besides its own value: keys,
+/// index entries, the counts it moves.
+const SPACE_PER_CHANGE: u64 = 512;
 
 /// What one write did.
 pub(super) enum Applied {
@@ -293,6 +308,9 @@ pub(super) struct Start {
     pub last_audit: Option<AuditId>,
     /// The counts, as published in `Shared::counts` too.
     pub counts: crate::spool::Counts,
+    /// Why the store was not opened, if it was not (see
+    /// `SledSpool::unopened`): every write is refused with it.
+    pub unopened: Option<String>,
 }
 
 pub(super) fn start(shared: Arc<Shared>, from: Start) -> std::io::Result<mpsc::Sender<Op>> {
@@ -302,7 +320,8 @@ pub(super) fn start(shared: Arc<Shared>, from: Start) -> std::io::Result<mpsc::S
     let mut writer = Writer {
         shared,
         mark,
-        blocked: None,
+        short: from.unopened.is_some(),
+        blocked: from.unopened.map(|reason| Blocked::Failed { reason }),
         retention: Retention::default(),
         now_ms: 0,
         last_id: from.last_id,
@@ -350,6 +369,9 @@ struct Writer {
     shared: Arc<Shared>,
     mark: MarkKeeper,
     blocked: Option<Blocked>,
+    /// Below the floor of `min_free` (or failed): no write is taken and
+    /// nothing is leased (published in `Shared::short_of_room`).
+    short: bool,
     retention: Retention,
     /// The time of the latest maintenance tick: the writer reads no clock
     /// of its own (its thread is outside the async runtime, whose clock
@@ -425,7 +447,7 @@ impl Writer {
             for reply in maintains {
                 let _ = reply.send(self.maintain());
             }
-            if self.retention.behind && !self.is_failed() && rx.is_empty() {
+            if self.retention.behind && !self.is_failed() && !self.short && rx.is_empty() {
                 let _ = self.retention_slice();
             }
             if !probes.is_empty() {
@@ -514,13 +536,18 @@ impl Writer {
     fn shut_down(&mut self) -> Result<(), SpoolError> {
         self.stop_syncer();
         self.take_sync_failure();
+        if self.shared.store.load().is_none() {
+            // Never opened (no room at the start): nothing to flush.
+            return Ok(());
+        }
         if let Some(Blocked::Failed { reason }) = &self.blocked {
             // A failed sled hangs in its flush, and dropping it flushes:
-            // leave it to the end of the process.
+            // leave it to the end of the process. Every acknowledged
+            // notification was synced before its answer; outcomes since
+            // the last flush are made again (at-least-once).
+            tracing::warn!(error = %reason, "the spool's store failed earlier: outcomes not yet flushed are not recorded; those deliveries will be made again");
             std::mem::forget(self.shared.store.swap(None));
-            return Err(SpoolError::Flush(format!(
-                "the last writes may not be durable: {reason}"
-            )));
+            return Ok(());
         }
         let result = self.shared.store().and_then(|store| {
             flush(&self.shared, &store)?;
@@ -658,52 +685,77 @@ impl Writer {
     }
 
     /// Refuses the stores and quarantines of a group that would eat into
-    /// `min_free`; returns what may still be written.
+    /// `min_free`, and every write of a group that would go below its
+    /// floor; returns what may still be written.
     fn guard_space(&mut self, group: Vec<Write>) -> Vec<Write> {
-        let growth: u64 = group
+        let (stored, other) = group
             .iter()
-            .map(|w| match &w.change {
+            .fold((0, 0), |(stored, other), w| match &w.change {
                 Change::Store { record, .. } | Change::Quarantine { record, .. } => {
-                    record.len() as u64
+                    (stored + record.len() as u64, other)
                 }
-                // An admin's audit record is small and goes with changes
-                // that are not refused either (replays): not counted.
-                Change::Complete { .. }
-                | Change::Replay { .. }
+                Change::Complete { value, .. } => {
+                    (stored, other + value.len() as u64 + SPACE_PER_CHANGE)
+                }
+                Change::Audit { entry, .. } => {
+                    (stored, other + entry.len() as u64 + SPACE_PER_CHANGE)
+                }
+                Change::Replay { .. }
                 | Change::Orphans { .. }
                 | Change::Routes { .. }
                 | Change::Discard { .. }
                 | Change::Pause { .. }
                 | Change::Subscription { .. }
                 | Change::Backfill { .. }
-                | Change::Audit { .. }
                 | Change::Purge { .. }
-                | Change::Stuck(_) => 0,
-            })
-            .sum();
-        if growth == 0 {
+                | Change::Stuck(_) => (stored, other + SPACE_PER_CHANGE),
+            });
+        let mut group = group;
+        if stored > 0 {
+            let needed = (stored + other) * SPACE_PER_BYTE + SPACE_PER_GROUP;
+            match self.check_space(self.min_free(), needed) {
+                Ok(()) => {
+                    self.leave_full();
+                    return group;
+                }
+                Err(reason) => {
+                    self.enter_full(reason.clone());
+                    let (refused, kept): (Vec<Write>, Vec<Write>) =
+                        group.into_iter().partition(|w| {
+                            matches!(w.change, Change::Store { .. } | Change::Quarantine { .. })
+                        });
+                    self.refuse(refused, &reason);
+                    group = kept;
+                }
+            }
+        }
+        if group.is_empty() {
             return group;
         }
-        let needed = growth * SPACE_PER_BYTE + SPACE_PER_GROUP;
-        match self.check_space(needed) {
-            Ok(()) => {
-                self.leave_full();
-                group
-            }
+        match self.check_space(self.floor(), other * SPACE_PER_BYTE + SPACE_PER_GROUP) {
+            Ok(()) => group,
             Err(reason) => {
-                self.enter_full(reason.clone());
-                let (refused, kept): (Vec<Write>, Vec<Write>) = group.into_iter().partition(|w| {
-                    matches!(w.change, Change::Store { .. } | Change::Quarantine { .. })
-                });
-                self.refuse(refused, &reason);
-                kept
+                self.enter_short(&reason);
+                self.refuse(group, &reason);
+                Vec::new()
             }
         }
     }
 
-    /// Whether `needed` bytes can be written and `min_free` still be left.
-    fn check_space(&self, needed: u64) -> Result<(), String> {
-        let min_free = self.shared.config.min_free.0;
+    fn min_free(&self) -> u64 {
+        self.shared.config.min_free.0
+    }
+
+    /// Below this, nothing at all is written: the lower half of `min_free`
+    /// is the budget of outcomes and upkeep.
+    fn floor(&self) -> u64 {
+        self.min_free() / 2
+    }
+
+    /// Whether `needed` bytes can be written and `keep` still be left free
+    /// (`min_free` 0: no guard at all).
+    fn check_space(&self, keep: u64, needed: u64) -> Result<(), String> {
+        let min_free = self.min_free();
         if min_free == 0 {
             return Ok(());
         }
@@ -712,13 +764,28 @@ impl Writer {
             // Cannot tell: let sled try.
             Err(_) => return Ok(()),
         };
-        if free >= min_free.saturating_add(needed) {
+        if free >= keep.saturating_add(needed) {
             Ok(())
         } else {
             Err(format!(
                 "disk full: {free} bytes free on the spool's filesystem, {min_free} kept free (spool.min_free)"
             ))
         }
+    }
+
+    /// Below the floor: nothing more is written or leased until there is room.
+    fn enter_short(&mut self, reason: &str) {
+        if self.short {
+            return;
+        }
+        tracing::error!(error = %reason, "spool short of room: holding outcomes and upkeep, leasing nothing, until there is room");
+        self.enter_full(reason.to_owned());
+        self.set_short(true);
+    }
+
+    fn set_short(&mut self, short: bool) {
+        self.short = short;
+        self.shared.short_of_room.send_replace(short);
     }
 
     fn enter_full(&mut self, reason: String) {
@@ -1087,7 +1154,7 @@ impl Writer {
             return;
         }
         let reason = err.to_string();
-        tracing::error!(error = %reason, "the spool's store failed; answering 503; the relay must be restarted (the watchdog stops vouching for it)");
+        tracing::error!(error = %reason, "the spool's store failed; answering 503 and leasing nothing; the relay replaces its process once there is room");
         {
             let mut health = lock(&self.shared.health);
             health.writable = false;
@@ -1096,6 +1163,7 @@ impl Writer {
             health.since_ms = Some(self.now_ms);
         }
         self.blocked = Some(Blocked::Failed { reason });
+        self.set_short(true);
     }
 
     fn maintain(&mut self) -> Result<Maintained, SpoolError> {
@@ -1105,10 +1173,23 @@ impl Writer {
                 return Err(SpoolError::Unavailable(reason.clone()));
             }
             // Back once a typical group fits again.
-            Some(Blocked::Full { .. }) if self.check_space(SPACE_PER_GROUP * 4).is_ok() => {
-                self.leave_full();
+            Some(Blocked::Full { .. }) | None => {
+                if self.short && self.check_space(self.floor(), SPACE_PER_GROUP * 4).is_ok() {
+                    self.set_short(false);
+                    tracing::info!("spool has room for outcomes again: leasing again");
+                }
+                if matches!(self.blocked, Some(Blocked::Full { .. }))
+                    && self
+                        .check_space(self.min_free(), SPACE_PER_GROUP * 4)
+                        .is_ok()
+                {
+                    self.leave_full();
+                }
             }
-            Some(Blocked::Full { .. }) | None => {}
+        }
+        if self.short {
+            // Retention writes too (a removal grows sled's log).
+            return Ok(Maintained::default());
         }
         if let Some(durable) = *lock(&self.shared.durable) {
             self.mark.note(durable);
