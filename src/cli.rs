@@ -1035,8 +1035,9 @@ fn reassign_orphans(config: &Config, from: &str, to: Option<&str>) -> anyhow::Re
 /// Replays the dead deliveries of one notification (or the named
 /// subscription's, whatever its state) and prints one JSON line each.
 fn replay(config: &Config, id: &str, subscription: Option<String>) -> anyhow::Result<()> {
-    let id = crate::spool::NotificationId::parse(id)
-        .ok_or_else(|| anyhow::anyhow!("{id:?} is not a notification id"))?;
+    let id: crate::spool::NotificationId = id
+        .parse()
+        .map_err(|why| anyhow::anyhow!("not a notification id: {why}"))?;
     let spool = open_spool(config)?;
     let Some(notification) = spool.notification(id)? else {
         if spool.is_quarantined(id)? {

@@ -447,11 +447,11 @@ where
 }
 
 pub(super) fn parse_id(text: &str) -> Result<NotificationId, ApiError> {
-    NotificationId::parse(text).ok_or_else(|| {
+    text.parse().map_err(|why: crate::spool::IdError| {
         ApiError::Query(QueryError::Invalid {
             name: "id",
             value: text.to_owned(),
-            reason: "not a notification id".into(),
+            reason: format!("not a notification id: {why}"),
         })
     })
 }

@@ -213,6 +213,8 @@ async fn tokens_and_roles_guard_every_endpoint_but_health_and_metrics() {
 
 /// A notification id no spool holds.
 const UNKNOWN_ID: &str = "01KAAAAAAAAAAAAAAAAAAAAAAA";
+/// 26 characters of base32 beyond the largest ULID (`7ZZZ…`).
+const OVERFLOWING_ID: &str = "ZZZZZZZZZZZZZZZZZZZZZZZZZZ";
 
 /// Every `/api/` route of `admin::ROUTES`, walked: no token 401; a viewer
 /// 403 on every change and no refusal on a read; a subscriber 403 but on
@@ -297,6 +299,24 @@ async fn every_api_route_answers_401_403_404_and_400_as_it_should() {
                 (404, Some("not_found")),
                 "{route} of what is not there: {body}"
             );
+            // Past the largest ULID: once read as `7ZZZ…` (a 404, or
+            // another id's record), now refused as no id at all.
+            if template.contains("{id}") {
+                let overflowing = with_query(template.replace("{id}", OVERFLOWING_ID), query);
+                let (status, body) = admin.call(method, &overflowing, Some(ADMIN_TOKEN)).await;
+                assert_eq!(
+                    (status, body["error"].as_str()),
+                    (400, Some("bad_request")),
+                    "{route} of an id past the largest: {body}"
+                );
+                assert!(
+                    body["detail"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("begins with 0 to 7"),
+                    "{route}: the error says why: {body}"
+                );
+            }
         }
 
         let misspelt = match query {
@@ -318,6 +338,14 @@ async fn every_api_route_answers_401_403_404_and_400_as_it_should() {
         takes_an_id >= 10,
         "the routes with an id or a name were walked"
     );
+    let (status, body) = admin
+        .call(
+            "GET",
+            &format!("/api/audit?cursor={OVERFLOWING_ID}"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(status, 400, "an audit cursor past the largest id: {body}");
     // Nothing was changed: no audit record, no delivery.
     let audit = admin.get("/api/audit").await;
     assert_eq!(items(&audit), 0, "{audit}");
