@@ -107,8 +107,14 @@ fn subscriptions_match_sources_and_event_patterns() {
 #[test]
 fn a_target_url_with_spaces_or_a_bad_host_is_refused_at_its_key() {
     for (url, said) in [
-        (" http://billing.internal/in", "spaces or control characters"),
-        ("http://billing.internal/in\\n", "spaces or control characters"),
+        (
+            " http://billing.internal/in",
+            "spaces or control characters",
+        ),
+        (
+            "http://billing.internal/in\\n",
+            "spaces or control characters",
+        ),
         ("http://x..apps.test/in", "empty label"),
     ] {
         let text = format!(

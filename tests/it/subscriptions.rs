@@ -219,8 +219,14 @@ async fn allowed_targets_and_roles_decide_who_creates_what_where() {
     // A URL taken only after a repair (spaces trimmed, a newline dropped)
     // or with an empty label in its host: 422 saying which, not stored.
     for (url, said) in [
-        (format!(" {}", billing.url()), "spaces or control characters"),
-        (format!("{}\n", billing.url()), "spaces or control characters"),
+        (
+            format!(" {}", billing.url()),
+            "spaces or control characters",
+        ),
+        (
+            format!("{}\n", billing.url()),
+            "spaces or control characters",
+        ),
         ("http://x..apps.test/in".to_owned(), "empty label"),
     ] {
         let (status, body) = send(
