@@ -44,7 +44,7 @@ pub use audit::{AuditEntry, AuditId, AuditIdError, AuditRecord};
 pub use invoices::{Invoice, InvoiceCursor, StuckChanges, StuckInvoice, StuckMarks, TimelineEntry};
 pub use observe::{Observed, ObservedNotification};
 pub use record::{
-    IdError, NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta,
+    parse_ulid, IdError, NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta,
     QuarantineRecord, Record,
 };
 pub use routes::Routes;
