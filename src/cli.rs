@@ -1054,8 +1054,9 @@ fn reassign_orphans(config: &Config, from: &str, to: Option<&str>) -> anyhow::Re
 /// Replays the dead deliveries of one notification (or the named
 /// subscription's, whatever its state) and prints one JSON line each.
 fn replay(config: &Config, id: &str, subscription: Option<String>) -> anyhow::Result<()> {
-    let id = crate::spool::NotificationId::parse(id)
-        .ok_or_else(|| anyhow::anyhow!("{id:?} is not a notification id"))?;
+    let id: crate::spool::NotificationId = id
+        .parse()
+        .map_err(|why| anyhow::anyhow!("not a notification id: {why}"))?;
     let spool = open_spool(config)?;
     let Some(notification) = spool.notification(id)? else {
         if spool.is_quarantined(id)? {
@@ -1579,12 +1580,64 @@ impl Bulk {
         let client = AdminClient::locate(remote, config_path)?;
         let mut pairs = filter.pairs();
         pairs.push(("dry_run", dry_run.then(|| "true".to_owned())));
-        let done = client.post(&format!("{}{}", self.route, remote::query(&pairs)))?;
+        let mut done = client.post(&format!("{}{}", self.route, remote::query(&pairs)))?;
+        if !dry_run {
+            done = wait_for_job(&client, done)?;
+        }
         if remote.json {
             println!("{done}");
             return Ok(None);
         }
         Ok(Some(done))
+    }
+}
+
+/// How often the CLI asks how far a bulk job is.
+const JOB_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Follows a bulk job the relay started (`started` is its 202 answer) to
+/// its end, printing progress on stderr; its last state, or an error if it
+/// failed or the relay forgot it (a restart).
+fn wait_for_job(
+    client: &AdminClient,
+    started: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let Some(id) = started["id"].as_str().map(str::to_owned) else {
+        // An answer without a job: a relay that still answers at once.
+        return Ok(started);
+    };
+    let kind = started["kind"].as_str().unwrap_or("bulk").to_owned();
+    let done_key = if kind == "purge" {
+        "purged"
+    } else {
+        "replayed"
+    };
+    let mut job = started;
+    let mut shown = String::new();
+    loop {
+        let progress = format!(
+            "{kind} job {id}: {} {done_key} of {} deliveries picked so far ({} notifications), {} skipped",
+            cell(&job[done_key]),
+            cell(&job["deliveries"]),
+            cell(&job["notifications"]),
+            cell(&job["skipped"]),
+        );
+        if progress != shown {
+            eprintln!("{progress}");
+            shown = progress;
+        }
+        match job["state"].as_str() {
+            Some("running") => {}
+            Some("failed") => anyhow::bail!(
+                "the {kind} job {id} failed after {} of {} deliveries: {}",
+                cell(&job[done_key]),
+                cell(&job["deliveries"]),
+                cell(&job["error"])
+            ),
+            _ => return Ok(job),
+        }
+        std::thread::sleep(JOB_POLL);
+        job = client.get(&format!("/api/jobs/{id}"))?;
     }
 }
 

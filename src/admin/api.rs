@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::auth::{AuthError, Caller};
+use super::jobs::BulkKind;
 use super::query::{DeliveryState, Filter, QueryError, StateFilter};
 use super::Admin;
 use crate::clock::format_ms;
@@ -27,7 +28,7 @@ use crate::spool::{
 
 /// Every route, as `doc/openapi.json` documents it (a test holds the two
 /// and the live listener to each other).
-pub const ROUTES: [(&str, &str); 29] = [
+pub const ROUTES: [(&str, &str); 30] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -36,6 +37,7 @@ pub const ROUTES: [(&str, &str); 29] = [
     ("POST", "/api/notifications/{id}/replay"),
     ("POST", "/api/replay"),
     ("POST", "/api/purge"),
+    ("GET", "/api/jobs/{id}"),
     ("GET", "/api/quarantine"),
     ("GET", "/api/quarantine/{id}"),
     ("POST", "/api/quarantine/{id}/release"),
@@ -244,7 +246,12 @@ async fn route(
         ["api", "purge"] if post => {
             caller.require(Role::Admin)?;
             let filter = Filter::parse(&query, now_ms, true)?;
-            ok(super::purge::purge_bulk(admin, &caller, filter, &query).await?)
+            super::purge::purge_bulk(admin, &caller, filter, &query).await
+        }
+        ["api", "jobs", id] if get => {
+            caller.require(Role::Viewer)?;
+            no_parameters(&query)?;
+            ok(super::jobs::show(admin, id)?)
         }
         ["api", "quarantine"] if get => {
             caller.require(Role::Viewer)?;
@@ -447,11 +454,11 @@ where
 }
 
 pub(super) fn parse_id(text: &str) -> Result<NotificationId, ApiError> {
-    NotificationId::parse(text).ok_or_else(|| {
+    text.parse().map_err(|why: crate::spool::IdError| {
         ApiError::Query(QueryError::Invalid {
             name: "id",
             value: text.to_owned(),
-            reason: "not a notification id".into(),
+            reason: format!("not a notification id: {why}"),
         })
     })
 }
@@ -908,7 +915,7 @@ fn audit_page(query: &str) -> Result<(Option<AuditId>, usize), ApiError> {
 /// Replays every delivery a filter picks (its `state` defaults to dead;
 /// waiting ones are never picked: they are due anyway).
 async fn replay_bulk(
-    admin: &Admin,
+    admin: &Arc<Admin>,
     caller: &Caller,
     mut filter: Filter,
     filter_text: &str,
@@ -925,73 +932,11 @@ async fn replay_bulk(
         }
         Some(StateFilter::Delivery(_)) => {}
     }
-    let (targets, notifications) = picked(admin, &filter).await?;
     if filter.dry_run {
-        return ok(json!({
-            "dry_run": true,
-            "notifications": notifications,
-            "deliveries": targets.len(),
-        }));
+        return ok(super::jobs::count(admin, &filter).await?);
     }
-    let now_ms = admin.clock.now_ms();
-    let mut replayed = 0u64;
-    for (id, subscription) in &targets {
-        match admin.spool.replay(*id, subscription, now_ms).await {
-            Ok(_) => replayed += 1,
-            // Changed since the walk (e.g. retention removed it): skip it.
-            Err(SpoolError::NotFound(_) | SpoolError::NotReplayable(_)) => {}
-            Err(err) => return Err(err.into()),
-        }
-    }
-    tracing::info!(by = %caller.name, notifications, replayed, "bulk replay");
-    audit(
-        admin,
-        caller,
-        "replay.bulk",
-        filter_text,
-        json!({ "notifications": notifications, "deliveries": targets.len(), "replayed": replayed }),
-    )
-    .await?;
-    ok(json!({
-        "dry_run": false,
-        "notifications": notifications,
-        "deliveries": targets.len(),
-        "replayed": replayed,
-    }))
-}
-
-/// The deliveries a bulk action's filter picks (notification, subscription),
-/// and how many notifications they belong to: one walk newest first, off
-/// the runtime.
-pub(super) async fn picked(
-    admin: &Admin,
-    filter: &Filter,
-) -> Result<(Vec<(NotificationId, String)>, u64), ApiError> {
-    let spool = admin.spool.clone();
-    let walk = filter.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut targets = Vec::new();
-        let mut notifications = 0u64;
-        for record in spool.notifications_newest_first(None) {
-            let record = record?;
-            if walk.past_since(record.meta.received_ms) {
-                break;
-            }
-            if !walk.matches_meta(&record.meta) {
-                continue;
-            }
-            let id = record_id(&record.meta.id)?;
-            let deliveries = spool.deliveries_of(id)?;
-            let chosen = walk.chosen(&deliveries);
-            if !chosen.is_empty() {
-                notifications += 1;
-            }
-            targets.extend(chosen.into_iter().map(|d| (id, d.subscription.clone())));
-        }
-        Ok::<_, ApiError>((targets, notifications))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
+    let started = super::jobs::start(admin, caller, BulkKind::Replay, filter, filter_text)?;
+    Ok(json_response(StatusCode::ACCEPTED, &started))
 }
 
 // === quarantine ===

@@ -10,7 +10,7 @@
 //! - [`api`]: routes and handlers.
 //! - `subscriptions`: creating, deleting, backfilling and testing
 //!   subscriptions and rotating their secrets.
-//! - `purge`: the bulk purge.
+//! - `purge`: the bulk purge; `jobs`: bulk replays and purges run as jobs.
 //! - `invoices`: the invoices and their timelines, from the spool's index.
 //! - `page`: the HTML page over the same reads; `invoice_page` its
 //!   invoice search and timeline.
@@ -20,6 +20,7 @@ pub mod auth;
 pub mod csrf;
 mod invoice_page;
 mod invoices;
+mod jobs;
 mod page;
 mod purge;
 pub mod query;
@@ -79,6 +80,8 @@ pub struct Admin {
     /// Held by each subscription change from its checks to its answer, so
     /// two requests cannot both find a name free and both take it.
     subscription_changes: tokio::sync::Mutex<()>,
+    /// Bulk replays and purges, running and lately finished.
+    jobs: jobs::Jobs,
     /// When the relay started (Unix ms): a source expected every so often
     /// that sent nothing since is silent from then.
     started_ms: i64,
@@ -116,6 +119,7 @@ impl Admin {
             reloads,
             changes,
             subscription_changes: tokio::sync::Mutex::new(()),
+            jobs: jobs::Jobs::default(),
             spool,
             metrics,
             clock,

@@ -2,25 +2,32 @@
 //! otherwise stay forever (dead ones: `spool.dead_retention` has no
 //! default) or that should not go out at all (waiting ones). The same
 //! filters as a bulk replay, the same dry run that answers the count
-//! first. The spool purges them in bounded slices through its writer (see
+//! first. It runs as a job (`jobs.rs`): the pick is walked in slices and
+//! the spool purges each in bounded slices through its writer (see
 //! `Spool::purge`); a purged delivery keeps its history and can still be
 //! replayed until retention removes its notification.
 
-use serde_json::{json, Value};
+use std::sync::Arc;
 
-use super::api::{audit, picked, ApiError};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use super::api::{json_response, ApiError};
 use super::auth::Caller;
+use super::jobs::{self, BulkKind};
 use super::query::{DeliveryState, Filter, QueryError, StateFilter};
 use super::Admin;
 
-/// Purges what `filter` picks (its `state` defaults to dead; only dead or
-/// waiting deliveries can be purged), or with `dry_run` only counts them.
+/// Starts a job that purges what `filter` picks (its `state` defaults to
+/// dead; only dead or waiting deliveries can be purged), or with `dry_run`
+/// only counts them.
 pub(super) async fn purge_bulk(
-    admin: &Admin,
+    admin: &Arc<Admin>,
     caller: &Caller,
     mut filter: Filter,
     filter_text: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Response<Full<Bytes>>, ApiError> {
     match filter.state {
         None => filter.state = Some(StateFilter::Delivery(DeliveryState::Dead)),
         Some(StateFilter::Delivery(DeliveryState::Dead | DeliveryState::Waiting)) => {}
@@ -37,30 +44,12 @@ pub(super) async fn purge_bulk(
             .into());
         }
     }
-    let (targets, notifications) = picked(admin, &filter).await?;
-    let deliveries = targets.len();
     if filter.dry_run {
-        return Ok(json!({
-            "dry_run": true,
-            "notifications": notifications,
-            "deliveries": deliveries,
-        }));
+        return Ok(json_response(
+            StatusCode::OK,
+            &jobs::count(admin, &filter).await?,
+        ));
     }
-    let done = admin.spool.purge(targets, admin.clock.now_ms()).await?;
-    tracing::info!(
-        by = %caller.name,
-        notifications,
-        purged = done.purged,
-        skipped = done.skipped,
-        "bulk purge"
-    );
-    let answer = json!({
-        "dry_run": false,
-        "notifications": notifications,
-        "deliveries": deliveries,
-        "purged": done.purged,
-        "skipped": done.skipped,
-    });
-    audit(admin, caller, "purge.bulk", filter_text, answer.clone()).await?;
-    Ok(answer)
+    let started = jobs::start(admin, caller, BulkKind::Purge, filter, filter_text)?;
+    Ok(json_response(StatusCode::ACCEPTED, &started))
 }

@@ -137,14 +137,15 @@ impl Filter {
                 "until" => filter.until_ms = Some(parse_time("until", &value, now_ms)?),
                 "limit" => filter.limit = parse_limit(value)?,
                 "cursor" => {
-                    filter.cursor =
-                        Some(
-                            NotificationId::parse(&value).ok_or_else(|| QueryError::Invalid {
-                                name: "cursor",
-                                value,
-                                reason: "not a notification id (take next_cursor of a page)".into(),
-                            })?,
-                        )
+                    filter.cursor = Some(value.parse::<NotificationId>().map_err(|why| {
+                        QueryError::Invalid {
+                            name: "cursor",
+                            value,
+                            reason: format!(
+                                "not a notification id (take next_cursor of a page): {why}"
+                            ),
+                        }
+                    })?)
                 }
                 "dry_run" => filter.dry_run = parse_bool("dry_run", value)?,
                 _ => {}

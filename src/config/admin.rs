@@ -49,16 +49,8 @@ impl AllowedTarget {
             Some(rest) => (rest, true),
             None => (text, false),
         };
-        let label_ok = |label: &str| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        };
-        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        // The same host syntax as a target URL's.
+        if super::host_name_problem(name).is_some() {
             return Err(format!(
                 "{text:?} is not a host name, \"*.\" and a domain, an IP address or a CIDR network \
                  (e.g. \"billing.internal\", \"*.apps.internal\", \"10.0.0.0/8\")"

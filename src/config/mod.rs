@@ -13,6 +13,7 @@
 mod admin;
 mod load;
 mod locate;
+mod target;
 mod validate;
 mod values;
 
@@ -28,6 +29,7 @@ use crate::providers::{GenericRules, InvoiceStatus, Provider};
 pub use admin::{AdminConfig, AdminListen, AdminToken, AllowedTarget, Role};
 pub use load::{ConfigError, Problem};
 pub use locate::KeyPath;
+pub use target::{host_name_problem, target_url, TargetUrlError};
 pub use values::{
     parse_duration, parse_rate, parse_size, ByteSize, HeaderName, HumanDuration, Network, Rate,
 };

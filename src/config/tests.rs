@@ -106,6 +106,33 @@ fn subscriptions_match_sources_and_event_patterns() {
 }
 
 #[test]
+fn a_target_url_with_spaces_or_a_bad_host_is_refused_at_its_key() {
+    for (url, said) in [
+        (
+            " http://billing.internal/in",
+            "spaces or control characters",
+        ),
+        (
+            "http://billing.internal/in\\n",
+            "spaces or control characters",
+        ),
+        ("http://x..apps.test/in", "empty label"),
+    ] {
+        let text = format!(
+            "{}\n[[subscriptions]]\nname = \"erp\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n",
+            minimal()
+        );
+        let problems = Config::parse(&text).expect_err(url);
+        assert_eq!(problems.len(), 1, "{url:?}: {problems:?}");
+        assert_eq!(problems[0].key, "subscriptions[0].url");
+        assert!(problems[0].line.is_some(), "{problems:?}");
+        assert!(problems[0].message.contains(said), "{url:?}: {problems:?}");
+    }
+    let bad = minimal() + "[admin]\nallowed_targets = [\"x..apps.test\"]\n";
+    assert!(Config::parse(&bad).is_err(), "the same host syntax");
+}
+
+#[test]
 fn a_statuses_filter_takes_the_named_statuses_and_refuses_other_words() {
     let subscription = |statuses: &str| {
         format!(

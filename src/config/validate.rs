@@ -421,13 +421,8 @@ impl SubscriptionConfig {
                 format!("{:?} may use only a-z, 0-9, '-' and '_'", self.name),
             ));
         }
-        match reqwest::Url::parse(&self.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-            Ok(_) => found.push((
-                at.key("url"),
-                format!("{:?} is not an http or https URL", self.url),
-            )),
-            Err(err) => found.push((at.key("url"), format!("{:?} is not a URL: {err}", self.url))),
+        if let Err(err) = super::target_url(&self.url) {
+            found.push((at.key("url"), err.to_string()));
         }
         for (i, source) in self.sources.iter().flatten().enumerate() {
             if !config.sources.contains_key(source) && !aside.sources.contains(source) {

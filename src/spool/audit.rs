@@ -47,19 +47,21 @@ impl std::fmt::Display for AuditId {
 
 /// Why a text is not an audit id.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("{text:?} is not an audit record id (a 26-character ULID)")]
+#[error("not an audit record id: {why}")]
 pub struct AuditIdError {
     pub text: String,
+    pub why: super::record::IdError,
 }
 
 impl std::str::FromStr for AuditId {
     type Err = AuditIdError;
 
     fn from_str(text: &str) -> Result<AuditId, AuditIdError> {
-        ulid::Ulid::from_string(text)
+        super::record::parse_ulid(text)
             .map(AuditId)
-            .map_err(|_| AuditIdError {
+            .map_err(|why| AuditIdError {
                 text: text.to_owned(),
+                why,
             })
     }
 }
@@ -142,6 +144,7 @@ mod tests {
         assert_eq!(parsed, id);
         assert_eq!(id.ms(), 1_700_000_000_000);
         assert!("not-an-id".parse::<AuditId>().is_err());
+        assert!("ZZZZZZZZZZZZZZZZZZZZZZZZZZ".parse::<AuditId>().is_err());
         let later = AuditId::next_after(Some(id), 1_600_000_000_000);
         assert!(later > id, "a clock stepped back still orders after");
         assert_eq!(serde_json::to_value(id).unwrap(), id.to_string());

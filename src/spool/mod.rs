@@ -44,7 +44,8 @@ pub use audit::{AuditEntry, AuditId, AuditIdError, AuditRecord};
 pub use invoices::{Invoice, InvoiceCursor, StuckChanges, StuckInvoice, StuckMarks, TimelineEntry};
 pub use observe::{Observe, Observed, ObservedNotification};
 pub use record::{
-    NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta, QuarantineRecord, Record,
+    parse_ulid, IdError, NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta,
+    QuarantineRecord, Record,
 };
 pub use routes::Routes;
 pub use subscriptions::{ApiSubscription, Replaced, Settings};

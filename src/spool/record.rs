@@ -50,14 +50,65 @@ impl NotificationId {
         Some(NotificationId(ulid::Ulid(u128::from_be_bytes(bytes))))
     }
 
+    /// The id a text names, if it is one ([`parse_ulid`]'s rules).
     pub fn parse(text: &str) -> Option<Self> {
-        ulid::Ulid::from_string(text).ok().map(NotificationId)
+        text.parse().ok()
     }
 
     /// The Unix milliseconds the id was made for (its receipt time).
     pub fn ms(self) -> i64 {
         i64::try_from(self.0.timestamp_ms()).unwrap_or(i64::MAX)
     }
+}
+
+impl std::str::FromStr for NotificationId {
+    type Err = IdError;
+
+    fn from_str(text: &str) -> Result<NotificationId, IdError> {
+        parse_ulid(text).map(NotificationId)
+    }
+}
+
+/// Why a text is not an id (a ULID: 26 characters of Crockford's base32).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{text:?} has {length} characters; an id has 26")]
+    Length { text: String, length: usize },
+    #[error("{text:?} holds {found:?}, not a character of an id (0-9 and A-Z but I, L, O, U)")]
+    Character { text: String, found: char },
+    #[error("{text:?} is past the largest id (an id begins with 0 to 7)")]
+    Overflow { text: String },
+}
+
+/// A ULID, strictly: exactly 26 characters of Crockford's base32 (either
+/// case), no spaces, and the first at most `7`. The `ulid` crate reads a
+/// first character above `7` by dropping its high bits (`ZZZ…` is then
+/// `7ZZ…`), so two texts would name one id; that is refused here.
+pub fn parse_ulid(text: &str) -> Result<ulid::Ulid, IdError> {
+    let length = text.chars().count();
+    if length != ulid::ULID_LEN {
+        return Err(IdError::Length {
+            text: text.to_owned(),
+            length,
+        });
+    }
+    if let Some(found) = text.chars().find(|c| {
+        !c.is_ascii_alphanumeric() || matches!(c.to_ascii_uppercase(), 'I' | 'L' | 'O' | 'U')
+    }) {
+        return Err(IdError::Character {
+            text: text.to_owned(),
+            found,
+        });
+    }
+    if !matches!(text.as_bytes().first(), Some(b'0'..=b'7')) {
+        return Err(IdError::Overflow {
+            text: text.to_owned(),
+        });
+    }
+    ulid::Ulid::from_string(text).map_err(|_| IdError::Character {
+        text: text.to_owned(),
+        found: '?',
+    })
 }
 
 /// A fresh ULID for `now_ms`, or, when that would not sort after `last`
@@ -291,6 +342,47 @@ mod tests {
         assert!(a < b && a.to_bytes() < b.to_bytes());
         assert_eq!(NotificationId::parse(&a.to_string()), Some(a));
         assert_eq!(NotificationId::from_bytes(&a.to_bytes()), Some(a));
+    }
+
+    #[test]
+    fn ids_are_parsed_strictly() {
+        let largest = "7ZZZZZZZZZZZZZZZZZZZZZZZZZ";
+        assert_eq!(
+            NotificationId::parse(largest),
+            Some(NotificationId(ulid::Ulid(u128::MAX)))
+        );
+        assert_eq!(
+            NotificationId::parse(&largest.to_lowercase()),
+            NotificationId::parse(largest)
+        );
+        // Past the largest id: the ulid crate alone reads it as `7ZZ…`.
+        for past in ["8ZZZZZZZZZZZZZZZZZZZZZZZZZ", "ZZZZZZZZZZZZZZZZZZZZZZZZZZ"] {
+            assert!(ulid::Ulid::from_string(past).is_ok());
+            assert!(
+                matches!(
+                    past.parse::<NotificationId>(),
+                    Err(IdError::Overflow { .. })
+                ),
+                "{past}"
+            );
+        }
+        let id = NotificationId::new(1_000).to_string();
+        for (bad, why) in [
+            (format!(" {id}"), "length"),
+            (format!("{id}\n"), "length"),
+            (id[..25].to_owned(), "length"),
+            (format!("{}U", &id[..25]), "character"),
+            (format!("{}-", &id[..25]), "character"),
+            (format!("{}é", &id[..25]), "character"),
+        ] {
+            let refused = bad.parse::<NotificationId>().expect_err(&bad);
+            let kind = match refused {
+                IdError::Length { .. } => "length",
+                IdError::Character { .. } => "character",
+                IdError::Overflow { .. } => "overflow",
+            };
+            assert_eq!(kind, why, "{bad:?}: {refused}");
+        }
     }
 
     #[test]

@@ -238,6 +238,30 @@ pub async fn post_tus(relay: &TestRelay, hook: &str, reference: &str) -> String 
     json["id"].as_str().unwrap().to_owned()
 }
 
+/// Starts a bulk replay or purge (`path`, a POST): it answers 202 with a
+/// running job at once; follows the job to its end and returns its last
+/// state, and every state seen on the way.
+pub async fn bulk_job(admin: &Admin, path: &str) -> (Value, Vec<Value>) {
+    let (status, started) = admin.call("POST", path, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 202, "POST {path} starts a job: {started}");
+    assert_eq!(started["state"], "running", "{started}");
+    let id = started["id"].as_str().expect("a job id").to_owned();
+    let mut seen = vec![started];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = admin.get(&format!("/api/jobs/{id}")).await;
+        seen.push(job.clone());
+        if job["state"] != "running" {
+            return (job, seen);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id} still running: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn tokens_and_roles_guard_every_endpoint_but_health_and_metrics() {
     let relay = TestRelay::start(&admin_section()).await;
@@ -311,6 +335,8 @@ async fn tokens_and_roles_guard_every_endpoint_but_health_and_metrics() {
 
 /// A notification id no spool holds.
 const UNKNOWN_ID: &str = "01KAAAAAAAAAAAAAAAAAAAAAAA";
+/// 26 characters of base32 beyond the largest ULID (`7ZZZ…`).
+const OVERFLOWING_ID: &str = "ZZZZZZZZZZZZZZZZZZZZZZZZZZ";
 
 /// Every `/api/` route of `admin::ROUTES`, walked: no token 401; a viewer
 /// 403 on every change and no refusal on a read; a subscriber 403 but on
@@ -403,6 +429,24 @@ async fn every_api_route_answers_401_403_404_and_400_as_it_should() {
                 (404, Some("not_found")),
                 "{route} of what is not there: {body}"
             );
+            // Past the largest ULID: once read as `7ZZZ…` (a 404, or
+            // another id's record), now refused as no id at all.
+            if template.contains("{id}") {
+                let overflowing = with_query(template.replace("{id}", OVERFLOWING_ID), query);
+                let (status, body) = admin.call(method, &overflowing, Some(ADMIN_TOKEN)).await;
+                assert_eq!(
+                    (status, body["error"].as_str()),
+                    (400, Some("bad_request")),
+                    "{route} of an id past the largest: {body}"
+                );
+                assert!(
+                    body["detail"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("begins with 0 to 7"),
+                    "{route}: the error says why: {body}"
+                );
+            }
         }
 
         let misspelt = match query {
@@ -424,6 +468,14 @@ async fn every_api_route_answers_401_403_404_and_400_as_it_should() {
         takes_an_id >= 10,
         "the routes with an id or a name were walked"
     );
+    let (status, body) = admin
+        .call(
+            "GET",
+            &format!("/api/audit?cursor={OVERFLOWING_ID}"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(status, 400, "an audit cursor past the largest id: {body}");
     // Nothing was changed: no audit record, no delivery.
     let audit = admin.get("/api/audit").await;
     assert_eq!(items(&audit), 0, "{audit}");
@@ -521,18 +573,11 @@ async fn dead_deliveries_are_shown_with_their_attempts_and_replayed_by_filter() 
     assert_eq!(target.count(), 8, "a dry run sends nothing");
 
     // The target has recovered (its script is spent): the replay delivers.
-    let done = admin
-        .call(
-            "POST",
-            "/api/replay?state=dead&source=tusfacturas",
-            Some(ADMIN_TOKEN),
-        )
-        .await;
+    let (done, _) = bulk_job(&admin, "/api/replay?state=dead&source=tusfacturas").await;
     assert_eq!(
-        (done.0, done.1["replayed"].as_u64()),
-        (200, Some(2)),
-        "{}",
-        done.1
+        (done["state"].as_str(), done["replayed"].as_u64()),
+        (Some("done"), Some(2)),
+        "{done}"
     );
     assert!(
         target
@@ -965,6 +1010,10 @@ async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
     });
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("replayed 1 deliveries"), "{out}");
+    assert!(
+        err.contains("replay job ") && err.contains("1 replayed"),
+        "progress on stderr: {err}"
+    );
     assert!(target.wait_until(WAIT, |t| t.succeeded(&id)).await);
 
     let (code, out, err) = tokio::task::block_in_place(|| {
@@ -1607,5 +1656,127 @@ async fn a_paused_subscription_holds_its_deliveries_and_a_resume_sends_them_in_o
         .map(|r| r["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, ["subscription.resume", "subscription.pause"]);
+    relay.stop().await;
+}
+
+/// A bulk replay of thousands of dead deliveries is a job: 202 at once,
+/// before anything is picked; the walk goes in slices of 1,000 (three
+/// here) and the job counts them; it ends done with every delivery
+/// replayed, and every one is delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_replay_of_thousands_runs_as_a_job_with_progress() {
+    const NOTIFICATIONS: usize = 300;
+    const SUBSCRIPTIONS: usize = 10;
+    let target = Target::start(Vec::new()).await;
+    target.fail_randomly(1.0);
+    let mut subscriptions = String::new();
+    for n in 0..SUBSCRIPTIONS {
+        // Two attempts, then dead.
+        subscriptions.push_str(&subscription(&format!("s{n}"), &target.url(), "").replace(
+            "schedule = [\"50ms\", \"100ms\", \"150ms\"]",
+            "schedule = [\"10ms\"]",
+        ));
+    }
+    let relay = TestRelay::start(&format!("{subscriptions}{}", admin_section())).await;
+    let admin = Admin::of(&relay);
+    for n in 0..NOTIFICATIONS {
+        post_tus(&relay, &format!("bulk-{n}"), &format!("0005-{n:05}")).await;
+    }
+    let all_dead = |stats: &Value| {
+        (0..SUBSCRIPTIONS).all(|n| stats["subscriptions"][format!("s{n}")]["dead"] == NOTIFICATIONS)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !all_dead(&admin.get("/api/stats").await) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "all deliveries dead"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    target.fail_randomly(0.0);
+    let deliveries = (NOTIFICATIONS * SUBSCRIPTIONS) as u64;
+
+    let (dry_status, dry) = admin
+        .call("POST", "/api/replay?dry_run=true", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(
+        (dry_status, dry["deliveries"].as_u64()),
+        (200, Some(deliveries)),
+        "a dry run counts at once: {dry}"
+    );
+
+    let asked = tokio::time::Instant::now();
+    let (status, started) = admin.call("POST", "/api/replay", Some(ADMIN_TOKEN)).await;
+    let answered_in = asked.elapsed();
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(
+        (started["deliveries"].as_u64(), started["replayed"].as_u64()),
+        (Some(0), Some(0)),
+        "answered before anything was picked: {started}"
+    );
+    assert!(
+        answered_in < Duration::from_secs(2),
+        "at once: {answered_in:?}"
+    );
+    // One job at a time.
+    let (second, body) = admin.call("POST", "/api/replay", Some(ADMIN_TOKEN)).await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    let finished = admin
+        .wait_for(&format!("/api/jobs/{id}"), "the job done", |job| {
+            job["state"] != "running"
+        })
+        .await;
+    if second == 202 {
+        // The first one ended before the second was asked: not a refusal.
+        assert_eq!(finished["state"], "done", "{finished}");
+    } else {
+        assert_eq!(second, 409, "a second job while one runs: {body}");
+    }
+    assert_eq!(finished["state"], "done", "{finished}");
+    eprintln!(
+        "bulk replay of {deliveries}: 202 in {answered_in:?}, job done in {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        (
+            finished["deliveries"].as_u64(),
+            finished["replayed"].as_u64(),
+            finished["notifications"].as_u64(),
+            finished["skipped"].as_u64(),
+        ),
+        (
+            Some(deliveries),
+            Some(deliveries),
+            Some(NOTIFICATIONS as u64),
+            Some(0)
+        ),
+        "{finished}"
+    );
+    assert!(finished["finished_at"].as_str().is_some(), "{finished}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = admin.get("/api/stats").await;
+        if (0..SUBSCRIPTIONS)
+            .all(|n| stats["subscriptions"][format!("s{n}")]["delivered"] == NOTIFICATIONS)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "every replayed delivery delivered: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Audited once it ended, with its counts.
+    let audit = admin.get("/api/audit").await;
+    let record = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "replay.bulk" && r["detail"]["job"] == id.as_str())
+        .unwrap_or_else(|| panic!("the job's audit record: {audit}"))
+        .clone();
+    assert_eq!(record["detail"]["replayed"], deliveries, "{record}");
+    assert_eq!(record["actor"], "ops");
     relay.stop().await;
 }

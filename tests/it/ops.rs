@@ -102,11 +102,15 @@ async fn a_purge_gives_up_dead_and_waiting_deliveries_counts_them_and_is_audited
         (200, Some(1)),
         "{dry}"
     );
-    let (status, done) = admin.call("POST", "/api/purge", Some(ADMIN_TOKEN)).await;
-    assert_eq!(status, 200, "{done}");
+    let (done, _) = bulk_job(&admin, "/api/purge").await;
     assert_eq!(
-        (done["purged"].as_u64(), done["skipped"].as_u64()),
-        (Some(1), Some(0))
+        (
+            done["state"].as_str(),
+            done["purged"].as_u64(),
+            done["skipped"].as_u64()
+        ),
+        (Some("done"), Some(1), Some(0)),
+        "{done}"
     );
 
     // Both kept with their history, counted as purged; nothing more sent.

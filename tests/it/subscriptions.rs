@@ -216,6 +216,33 @@ async fn allowed_targets_and_roles_decide_who_creates_what_where() {
     bad["rate"] = json!("fast");
     let (status, body) = send(&admin, Method::POST, subs, ERP_TOKEN, Some(bad)).await;
     assert_eq!(status, 422, "{body}");
+    // A URL taken only after a repair (spaces trimmed, a newline dropped)
+    // or with an empty label in its host: 422 saying which, not stored.
+    for (url, said) in [
+        (
+            format!(" {}", billing.url()),
+            "spaces or control characters",
+        ),
+        (
+            format!("{}\n", billing.url()),
+            "spaces or control characters",
+        ),
+        ("http://x..apps.test/in".to_owned(), "empty label"),
+    ] {
+        let (status, body) = send(
+            &admin,
+            Method::POST,
+            subs,
+            ADMIN_TOKEN,
+            Some(erp_request("spaced", &url)),
+        )
+        .await;
+        assert_eq!(status, 422, "{url:?}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap_or("").contains(said),
+            "{url:?}: {body}"
+        );
+    }
     let (status, _) = send(
         &admin,
         Method::POST,

@@ -16,6 +16,7 @@ mod open;
 mod orphans;
 mod purge;
 mod query;
+mod quiet_panic;
 mod writer;
 
 use std::collections::HashMap;

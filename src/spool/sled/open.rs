@@ -7,8 +7,9 @@
 //! dump` uses.
 //!
 //! sled can panic on a damaged file; every call that reads a spool of
-//! unknown health runs under `catch_unwind`, so damage is an error with a
-//! message, never a crash.
+//! unknown health runs under `catch_quietly` (`catch_unwind` without Rust's
+//! panic text on stderr), so damage is an error with a message, never a
+//! crash.
 //!
 //! A truncated log looks to sled like a torn write: it opens with what is
 //! before the cut, silently; on open, the notification the acknowledged
@@ -18,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write as _;
 use std::ops::Bound;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use ::sled::{Batch, Db, IVec, Tree};
 use super::super::subscriptions::ApiSubscription;
 use super::counts::{self, Kept};
 use super::mark::{self, Acknowledged};
+use super::quiet_panic::catch_quietly;
 use super::{db_file, decode_delivery, keys, newest_notification, storage, Store, TREE};
 use crate::config::SpoolConfig;
 use crate::spool::record::{HasId, NotificationMeta, Record};
@@ -324,10 +326,10 @@ fn open_store_or_damage(config: &SpoolConfig) -> Result<(Store, Vec<String>), Re
 }
 
 /// sled's open and the first reads every use of the spool makes (the
-/// format, the upgrade, the newest entries), all under `catch_unwind`.
+/// format, the upgrade, the newest entries), all under `catch_quietly`.
 fn open_checked(config: &SpoolConfig) -> Result<(Db, Tree), OpenFailure> {
     let db = try_open_db(config)?;
-    let guarded = catch_unwind(AssertUnwindSafe(|| -> Result<Tree, OpenFailure> {
+    let guarded = catch_quietly(AssertUnwindSafe(|| -> Result<Tree, OpenFailure> {
         let meta = db.open_tree("meta").map_err(sled_failure)?;
         let tree = db.open_tree(TREE).map_err(sled_failure)?;
         match meta.get("format").map_err(sled_failure)? {
@@ -452,7 +454,7 @@ fn try_open_db(config: &SpoolConfig) -> Result<Db, OpenFailure> {
         .cache_capacity(config.cache_capacity.0)
         // The writer makes writes durable; sled's own timer would only add flushes.
         .flush_every_ms(None);
-    match catch_unwind(AssertUnwindSafe(|| sled_config.open())) {
+    match catch_quietly(AssertUnwindSafe(|| sled_config.open())) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(err)) => Err(sled_failure(err)),
         Err(panic) => Err(OpenFailure {
@@ -744,7 +746,7 @@ enum Step {
     },
 }
 
-/// The entries of a key range in order, each read under `catch_unwind`.
+/// The entries of a key range in order, each read under `catch_quietly`.
 /// Where sled cannot read a part (a damaged page fails the same way however
 /// often it is asked), the walk reports a gap and goes on from the first
 /// entry after it that a walk back from the end of the range reaches.
@@ -854,7 +856,7 @@ impl Walk {
             .map_or_else(|| self.start.clone(), Bound::Excluded);
         let mut back = self.tree.range::<IVec, _>((lower, self.end.clone()));
         let mut first = None;
-        while let Ok(Some(Ok((key, _)))) = catch_unwind(AssertUnwindSafe(|| back.next_back())) {
+        while let Ok(Some(Ok((key, _)))) = catch_quietly(AssertUnwindSafe(|| back.next_back())) {
             first = Some(key);
         }
         first
@@ -872,7 +874,7 @@ impl Iterator for Walk {
         let iter = self
             .iter
             .get_or_insert_with(|| tree.range::<IVec, _>((from.clone(), end.clone())));
-        match catch_unwind(AssertUnwindSafe(|| iter.next())) {
+        match catch_quietly(AssertUnwindSafe(|| iter.next())) {
             Ok(None) => {
                 self.done = true;
                 None
@@ -1037,14 +1039,14 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
             "{UNREADABLE}cannot tell whether acknowledged notifications are missing: {err}"
         )),
     }
-    let walked = catch_unwind(AssertUnwindSafe(|| walk_all(&store, &mut report)));
+    let walked = catch_quietly(AssertUnwindSafe(|| walk_all(&store, &mut report)));
     if let Err(panic) = walked {
         report.problems.push(format!(
             "{UNREADABLE}sled panicked reading the spool: {}",
             panic_text(&panic)
         ));
     }
-    report.orphans = catch_unwind(AssertUnwindSafe(|| {
+    report.orphans = catch_quietly(AssertUnwindSafe(|| {
         // The API's subscriptions are no orphans, though no config names them.
         let api = read_api_subscriptions(&store)?;
         super::orphans::count(&store.tree, &Routes::default().with_names(api.keys()))
@@ -1065,13 +1067,13 @@ fn check_counts(store: &Store, report: &mut CheckReport) {
     if report.problems.iter().any(|p| p.starts_with(UNREADABLE)) {
         // The walk met parts sled cannot read; a recount would meet them
         // again and could only be wrong. Show what was kept, if readable.
-        let kept = catch_unwind(AssertUnwindSafe(|| counts::load(&store.tree)));
+        let kept = catch_quietly(AssertUnwindSafe(|| counts::load(&store.tree)));
         if let Ok(Ok(Kept::Found(kept))) = kept {
             report.kept_counts = Some(kept);
         }
         return;
     }
-    let guarded = catch_unwind(AssertUnwindSafe(|| {
+    let guarded = catch_quietly(AssertUnwindSafe(|| {
         Ok::<_, SpoolError>((counts::load(&store.tree)?, counts::recount(&store.tree)?))
     }));
     let (kept, recount) = match guarded {
@@ -1111,7 +1113,7 @@ fn check_counts(store: &Store, report: &mut CheckReport) {
     }
     if let Some(disagreement) = disagreement {
         let rewritten = clean
-            && catch_unwind(AssertUnwindSafe(|| {
+            && catch_quietly(AssertUnwindSafe(|| {
                 counts::write_all(&store.tree, &counted)
             }))
             .is_ok_and(|written| written.is_ok());
@@ -1176,7 +1178,7 @@ fn counts_difference(kept: &Counts, counted: &Counts) -> String {
 /// Whether the notification is surely not there (a read that fails is
 /// reported by the walk that meets the same damage).
 fn surely_missing(store: &Store, id: NotificationId) -> bool {
-    catch_unwind(AssertUnwindSafe(|| store.get(&keys::notification(id))))
+    catch_quietly(AssertUnwindSafe(|| store.get(&keys::notification(id))))
         .is_ok_and(|got| matches!(got, Ok(None)))
 }
 
