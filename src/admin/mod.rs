@@ -13,17 +13,22 @@
 //! - `purge`: the bulk purge.
 //! - `invoices`: the invoices and their timelines, from the spool's index.
 //! - `page`: the HTML page over the same reads; `invoice_page` its
-//!   invoice search and timeline.
+//!   invoice search and timeline; `style` its style sheet and list
+//!   tables, `humane` its values as a person reads them, `chart` its
+//!   hour of traffic as SVG.
 
 mod api;
 pub mod auth;
+mod chart;
 pub mod csrf;
+mod humane;
 mod invoice_page;
 mod invoices;
 mod page;
 mod purge;
 pub mod query;
 pub mod session;
+mod style;
 mod subscriptions;
 
 use std::convert::Infallible;
