@@ -7,12 +7,15 @@ use serde_json::Value;
 
 use super::page::escape;
 
-/// `n` and its noun, singular for one: "1 attempt", "2 attempts".
+/// `n` and its noun, singular for one: "1 attempt", "2 attempts",
+/// "2 deliveries".
 pub fn count(n: u64, noun: &str) -> String {
     if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
+        return format!("1 {noun}");
+    }
+    match noun.strip_suffix('y') {
+        Some(stem) if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
     }
 }
 
@@ -133,6 +136,8 @@ mod tests {
         assert_eq!(count(1, "attempt"), "1 attempt");
         assert_eq!(count(2, "attempt"), "2 attempts");
         assert_eq!(count(0, "attempt"), "0 attempts");
+        assert_eq!(count(3, "delivery"), "3 deliveries");
+        assert_eq!(count(2, "day"), "2 days");
     }
 
     #[test]

@@ -378,6 +378,7 @@ async fn dashboard(
     // Results first when the page was asked for some.
     if filtering {
         body.push_str(&results);
+        body.push_str("<h2>The relay now</h2>");
     }
     let store = &stats["spool"];
     let bytes = store["bytes"].as_u64().unwrap_or(0);
@@ -606,7 +607,15 @@ async fn notification(
     let spool = admin.spool.clone();
     let shown = api::off_runtime(move || api::show_notification(&spool, id)).await?;
     let now_ms = admin.clock.now_ms();
-    let mut body = fields_table(&shown, &super::NOTIFICATION_FIELDS, now_ms);
+    let mut body = format!(
+        "<h2>Notification {}{}</h2>",
+        text(&shown["event"]),
+        match shown["subject"].as_str() {
+            Some(subject) => format!(" of invoice {}", escape(subject)),
+            None => String::new(),
+        }
+    );
+    body.push_str(&fields_table(&shown, &super::NOTIFICATION_FIELDS, now_ms));
     // The table's last row: its flags.
     body.truncate(body.len() - "</table>".len());
     let _ = write!(

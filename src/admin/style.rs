@@ -98,14 +98,16 @@ rect.received{fill:#3b6fd8}rect.delivered{fill:#2a9d4b}rect.waiting{fill:#d08a1a
 .key-received{color:#3b6fd8}.key-delivered{color:#2a9d4b}.key-waiting{color:#d08a1a}\
 .axis{display:flex;justify-content:space-between;color:#666;font-size:.85em}";
 
-/// Below this width a list table is a card per row.
+/// Below this width a list table is a card per row (a line per cell;
+/// where the values are short, the cells run on in one paragraph).
 const NARROW: &str = "@media (max-width:40em){\
 body{padding:.5em .7em;font-size:14px}\
 table.list,table.list tbody,table.list tr,table.list td{display:block;width:100%}\
 table.list tr:first-child{display:none}\
 table.list tr{border:1px solid #ddd;border-radius:.4em;margin:.5em 0;padding:.3em 0}\
 table.list td{border:0;padding:.1em .6em}\
-table.list td::before{font-weight:600;color:#555;margin-right:.5em}";
+table.list td::before{font-weight:600;color:#555;margin-right:.5em}\
+table.attempts td,table.sources td{display:inline-block;width:auto}";
 
 /// The style sheet, made once.
 pub fn sheet() -> &'static str {
