@@ -103,7 +103,7 @@ impl Relay {
             )?)),
             None => None,
         };
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_clock(clock));
         let (effective, problems) = effective_config(&config, &spool.api_subscriptions());
         for problem in problems {
             tracing::error!(problem = %problem, "an API-created subscription is left out");

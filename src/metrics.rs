@@ -4,9 +4,14 @@
 //! age costs two index seeks per subscription). Nothing here reads the
 //! spool: a scrape costs the same whatever the backlog.
 //!
+//! [`history`] keeps the last hour a minute at a time for the admin
+//! page's chart, fed from the same calls that count.
+//!
 //! Label values are only names from the config (sources, subscriptions) and
 //! fixed words (outcomes, classes): never ids, subjects or anything a client
 //! sent, so the number of series stays bounded.
+
+pub mod history;
 
 use std::sync::atomic::AtomicU64;
 
@@ -20,6 +25,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::clock::Clock;
 use crate::delivery::Outcome;
 use crate::spool::StuckInvoice;
 
@@ -190,6 +196,9 @@ pub struct Metrics {
     flush_groups: Counter<u64, AtomicU64>,
     flushed_changes: Counter<u64, AtomicU64>,
     event_reports_dropped: Counter<u64, AtomicU64>,
+    /// The last hour, a minute a bucket, timed by `clock`.
+    history: std::sync::Mutex<history::History>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -216,7 +225,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics timed by the system clock.
     pub fn new() -> Metrics {
+        Metrics::with_clock(Clock::system())
+    }
+
+    /// Metrics whose hour of history is timed by `clock`.
+    pub fn with_clock(clock: Clock) -> Metrics {
         let mut registry = Registry::with_prefix("webhook_relay");
         let metrics = Metrics {
             received: Family::default(),
@@ -239,6 +254,8 @@ impl Metrics {
             flush_groups: Counter::default(),
             flushed_changes: Counter::default(),
             event_reports_dropped: Counter::default(),
+            history: std::sync::Mutex::new(history::History::default()),
+            clock,
             registry: Registry::default(),
         };
         registry.register(
@@ -349,6 +366,9 @@ impl Metrics {
     /// One request to the ingress ended. `source` must be a configured
     /// source's name, or [`UNKNOWN_SOURCE`].
     pub fn received(&self, source: &str, outcome: Received) {
+        if outcome == Received::accepted {
+            self.record(|history, now_ms| history.received(now_ms));
+        }
         self.received
             .get_or_create(&SourceOutcome {
                 source: source.to_owned(),
@@ -443,6 +463,9 @@ impl Metrics {
 
     /// A delivery ended; `since_receipt` for a delivered one.
     pub fn ended(&self, subscription: &str, outcome: Ended, since_receipt: Option<f64>) {
+        if outcome == Ended::delivered {
+            self.record(|history, now_ms| history.delivered(now_ms));
+        }
         self.ended
             .get_or_create(&SubscriptionEnded {
                 subscription: subscription.to_owned(),
@@ -458,8 +481,36 @@ impl Metrics {
         }
     }
 
+    fn record(&self, change: impl FnOnce(&mut history::History, i64)) {
+        let now_ms = self.clock.now_ms();
+        if let Ok(mut history) = self.history.lock() {
+            change(&mut history, now_ms);
+        }
+    }
+
+    /// The age of the oldest waiting delivery of all subscriptions, now
+    /// (0 when none waits), for the hour's chart.
+    pub fn sample_oldest_waiting(&self, age_seconds: f64) {
+        self.record(|history, now_ms| history.sample_oldest_waiting(now_ms, age_seconds));
+    }
+
+    /// The last hour, a minute each, oldest first.
+    pub fn last_hour(&self) -> Vec<history::Minute> {
+        let now_ms = self.clock.now_ms();
+        self.history
+            .lock()
+            .map(|history| history.last_hour(now_ms))
+            .unwrap_or_default()
+    }
+
     /// The text exposition, with the gauges set from `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> String {
+        let oldest = snapshot
+            .oldest_waiting
+            .iter()
+            .map(|(_, age)| *age)
+            .fold(0.0, f64::max);
+        self.sample_oldest_waiting(oldest);
         let to_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.spool_bytes.set(to_gauge(snapshot.spool_bytes));
         self.spool_writable.set(i64::from(snapshot.spool_writable));
@@ -627,6 +678,44 @@ mod tests {
             );
             assert!(text.contains(&line), "missing {line:?} in:\n{text}");
         }
+    }
+
+    /// The chart's hour on a paused clock: stored notifications (not the
+    /// refused or duplicate ones) and delivered deliveries (not the dead)
+    /// land in the minute the clock says, and a scrape samples the oldest
+    /// waiting age.
+    #[tokio::test(start_paused = true)]
+    async fn the_hour_is_counted_by_the_injected_clock_a_minute_a_bucket() {
+        let clock = Clock::following_tokio();
+        let metrics = Metrics::with_clock(clock);
+        // To the start of the next minute, so what follows cannot straddle one.
+        let into_minute = u64::try_from(clock.now_ms().rem_euclid(60_000)).unwrap();
+        tokio::time::advance(std::time::Duration::from_millis(60_000 - into_minute)).await;
+        metrics.received("tf", Received::accepted);
+        metrics.received("tf", Received::accepted);
+        metrics.received("tf", Received::duplicate);
+        metrics.received("tf", Received::unauthorized);
+        metrics.ended("billing", Ended::delivered, Some(0.1));
+        metrics.ended("billing", Ended::dead, None);
+        metrics.render(&Snapshot {
+            oldest_waiting: vec![("billing".into(), 7.5), ("erp".into(), 90.0)],
+            ..Snapshot::default()
+        });
+        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+        metrics.ended("billing", Ended::delivered, Some(0.1));
+        let hour = metrics.last_hour();
+        assert_eq!(hour.len(), history::MINUTES);
+        let (before, now) = (hour[history::MINUTES - 2], hour[history::MINUTES - 1]);
+        assert_eq!((before.received, before.delivered), (2, 1));
+        assert_eq!(before.oldest_waiting_seconds, Some(90.0));
+        assert_eq!((now.received, now.delivered), (0, 1));
+        assert_eq!(now.start_ms - before.start_ms, 60_000);
+        // An hour later, all of it has left the chart.
+        tokio::time::advance(std::time::Duration::from_secs(3600)).await;
+        assert!(metrics
+            .last_hour()
+            .iter()
+            .all(|m| m.received == 0 && m.delivered == 0));
     }
 
     #[test]

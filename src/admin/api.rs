@@ -692,6 +692,7 @@ fn notification_summary(record: &NotificationRecord, deliveries: &[Delivery]) ->
         "subject": meta.subject,
         "status": meta.status,
         "received_at": format_ms(meta.received_ms),
+        "flags": meta.flags,
         "deliveries": deliveries.iter().map(|d| json!({
             "subscription": d.subscription,
             "state": DeliveryState::of(&d.state).name(),

@@ -11,10 +11,17 @@ use http_body_util::Full;
 use serde_json::Value;
 
 use super::api::ApiError;
+use super::humane;
 use super::invoices::{self, InvoiceFilter};
 use super::page::{escape, html, page, text, LoggedIn};
+use super::style;
 use super::Admin;
 use crate::config::Role;
+
+/// What the search box takes, said where it is empty or misused.
+const HOW_TO_SEARCH: &str = "Type an invoice number, or part of one, in the box \
+    (for example <code>0001-00000042</code> or <code>42</code>; <code>*</code> stands for any characters) \
+    and press find.";
 
 /// The search box, on the dashboard and above the results.
 pub(super) fn search_form(number: &str) -> String {
@@ -31,39 +38,70 @@ pub(super) async fn search(
     query: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     user.caller.require(Role::Viewer)?;
-    let number = form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "number")
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_default();
-    let mut body = search_form(&number);
-    if !number.is_empty() {
-        let filter = InvoiceFilter {
-            subject: Some(format!("*{number}*")),
-            limit: super::query::MAX_LIMIT,
-            ..InvoiceFilter::default()
-        };
-        let spool = admin.spool.clone();
-        let found = super::api::off_runtime(move || invoices::list(&spool, &filter)).await?;
-        let items = found["items"].as_array().cloned().unwrap_or_default();
-        if items.is_empty() {
-            let _ = write!(body, "<p>No invoice numbered like {}.</p>", escape(&number));
+    let mut number = None;
+    let mut unknown = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key == "number" {
+            number = Some(value.trim().to_owned());
         } else {
-            body.push_str(
-                "<table><tr><th>source</th><th>invoice</th><th>status</th><th>latest</th></tr>",
-            );
-            for item in &items {
-                let _ = write!(
-                    body,
-                    "<tr><td>{}</td><td><a href=\"{}\">{}</a></td><td><span class={status}>{status}</span></td><td>{}</td></tr>",
-                    text(&item["source"]),
-                    timeline_link(item),
-                    text(&item["subject"]),
-                    text(&item["latest_at"]),
-                    status = text(&item["status"]),
-                );
-            }
-            body.push_str("</table>");
+            unknown.push(key.into_owned());
         }
+    }
+    let number = number.unwrap_or_default();
+    let mut body = search_form(&number);
+    if !unknown.is_empty() {
+        let names: Vec<String> = unknown
+            .iter()
+            .map(|k| format!("<code>{}</code>", escape(k)))
+            .collect();
+        let _ = write!(
+            body,
+            "<p class=problem id=problem>This search takes <code>number</code>, not {}. {HOW_TO_SEARCH}</p>",
+            names.join(", ")
+        );
+        return Ok(html(
+            StatusCode::BAD_REQUEST,
+            &page("invoices", Some(user), &body),
+        ));
+    }
+    if number.is_empty() {
+        let _ = write!(body, "<p class=note id=problem>{HOW_TO_SEARCH}</p>");
+        return Ok(html(StatusCode::OK, &page("invoices", Some(user), &body)));
+    }
+    let filter = InvoiceFilter {
+        subject: Some(format!("*{number}*")),
+        limit: super::query::MAX_LIMIT,
+        ..InvoiceFilter::default()
+    };
+    let spool = admin.spool.clone();
+    let found = super::api::off_runtime(move || invoices::list(&spool, &filter)).await?;
+    let items = found["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        let _ = write!(
+            body,
+            "<p class=note>No invoice numbered like {}. Try part of the number.</p>",
+            escape(&number)
+        );
+    } else {
+        let now_ms = admin.clock.now_ms();
+        let _ = write!(
+            body,
+            "<p>{} numbered like {}.</p>",
+            humane::count(items.len() as u64, "invoice"),
+            escape(&number)
+        );
+        body.push_str(&style::INVOICES.head(None));
+        for item in &items {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td><span class={status}>{status}</span></td><td>{}</td></tr>",
+                text(&item["source"]),
+                invoice_link(item),
+                humane::when(now_ms, &item["latest_at"]),
+                status = text(&item["status"]),
+            );
+        }
+        body.push_str("</table>");
     }
     Ok(html(StatusCode::OK, &page("invoices", Some(user), &body)))
 }
@@ -74,19 +112,20 @@ pub(super) fn stuck_table(admin: &Admin) -> String {
     if stuck.is_empty() {
         return String::new();
     }
+    let now_ms = admin.clock.now_ms();
     let mut out = format!(
-        "<h2 id=stuck>Stuck invoices ({})</h2><table><tr><th>source</th><th>invoice</th><th>queued since</th></tr>",
-        stuck.len()
+        "<h2 id=stuck>Stuck invoices ({})</h2>{}",
+        stuck.len(),
+        style::STUCK.head(None)
     );
     for invoice in &stuck {
         let item = serde_json::json!({ "source": invoice.source, "subject": invoice.subject });
         let _ = write!(
             out,
-            "<tr class=dead><td>{}</td><td><a href=\"{}\">{}</a></td><td>{}</td></tr>",
+            "<tr class=dead><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&invoice.source),
-            escape(&timeline_link(&item)),
-            escape(&invoice.subject),
-            escape(&crate::clock::format_ms(invoice.since_ms)),
+            invoice_link(&item),
+            humane::when_ms(now_ms, invoice.since_ms),
         );
     }
     out.push_str("</table>");
@@ -108,6 +147,19 @@ fn timeline_link(item: &Value) -> String {
     )
 }
 
+/// A record's invoice number (`subject`) as a link to its timeline (of
+/// its `source`); "–" when it names none.
+pub(super) fn invoice_link(item: &Value) -> String {
+    match item["subject"].as_str() {
+        Some(subject) => format!(
+            "<a href=\"{}\">{}</a>",
+            escape(&timeline_link(item)),
+            escape(subject)
+        ),
+        None => "–".into(),
+    }
+}
+
 /// One invoice: its status, and each notification with its deliveries.
 pub(super) async fn timeline(
     admin: &Arc<Admin>,
@@ -125,6 +177,7 @@ pub(super) async fn timeline(
     let spool = admin.spool.clone();
     let (src, subj) = (source.clone(), subject.clone());
     let shown = super::api::off_runtime(move || invoices::show(&spool, &src, &subj)).await?;
+    let now_ms = admin.clock.now_ms();
     let mut body = search_form("");
     let _ = write!(
         body,
@@ -133,7 +186,7 @@ pub(super) async fn timeline(
         escape(&source),
         status = text(&shown["status"]),
     );
-    body.push_str("<table id=timeline><tr><th>received</th><th>notification</th><th>event</th><th>status</th><th>resends</th><th>deliveries</th></tr>");
+    body.push_str(&style::TIMELINE.head(Some("timeline")));
     for n in shown["notifications"].as_array().into_iter().flatten() {
         let superseded = if n["superseded"] == Value::Bool(true) {
             " <span class=muted>(superseded)</span>"
@@ -146,9 +199,12 @@ pub(super) async fn timeline(
             .flatten()
             .map(|d| {
                 format!(
-                    "{} <span class={state}>{state}</span> ({} attempts)",
+                    "{} <span class={state}>{state}</span> ({})",
                     text(&d["subscription"]),
-                    d["attempts"].as_array().map_or(0, Vec::len),
+                    humane::count(
+                        d["attempts"].as_array().map_or(0, Vec::len) as u64,
+                        "attempt"
+                    ),
                     state = text(&d["state"]),
                 )
             })
@@ -156,7 +212,7 @@ pub(super) async fn timeline(
         let _ = write!(
             body,
             "<tr><td>{}</td><td><a href=\"/n/{id}\">{id}</a></td><td>{}</td><td>{}{superseded}</td><td>{}</td><td>{}</td></tr>",
-            text(&n["received_at"]),
+            humane::when(now_ms, &n["received_at"]),
             text(&n["event"]),
             text(&n["status"]),
             text(&n["resends"]),

@@ -13,11 +13,15 @@
 //! - `purge`: the bulk purge; `jobs`: bulk replays and purges run as jobs.
 //! - `invoices`: the invoices and their timelines, from the spool's index.
 //! - `page`: the HTML page over the same reads; `invoice_page` its
-//!   invoice search and timeline.
+//!   invoice search and timeline; `style` its style sheet and list
+//!   tables, `humane` its values as a person reads them, `chart` its
+//!   hour of traffic as SVG.
 
 mod api;
 pub mod auth;
+mod chart;
 pub mod csrf;
+mod humane;
 mod invoice_page;
 mod invoices;
 mod jobs;
@@ -25,6 +29,7 @@ mod page;
 mod purge;
 pub mod query;
 pub mod session;
+mod style;
 mod subscriptions;
 
 use std::convert::Infallible;

@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -18,8 +19,10 @@ use serde_json::Value;
 use super::api::{self, ApiError};
 use super::auth::{self, Caller};
 use super::csrf::{self, CsrfError, CSRF_FIELD};
+use super::humane;
 use super::query::Filter;
 use super::session;
+use super::style;
 use super::Admin;
 use crate::config::Role;
 use crate::spool::NotificationId;
@@ -289,12 +292,6 @@ pub(super) fn text(value: &Value) -> String {
     }
 }
 
-const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}\
-th{background:#f4f4f4}.dead{color:#b00;font-weight:600}.delivered{color:#070}.waiting{color:#a60}\
-pre{background:#f7f7f7;padding:1em;overflow:auto;max-height:30em}form.inline{display:inline}\
-header{display:flex;gap:1.5em;align-items:baseline}.muted{color:#777}";
-
 pub(super) fn page(title: &str, user: Option<&LoggedIn>, body: &str) -> String {
     let who = user
         .map(|user| {
@@ -307,9 +304,11 @@ pub(super) fn page(title: &str, user: Option<&LoggedIn>, body: &str) -> String {
         })
         .unwrap_or_default();
     format!(
-        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{title} · webhook-relay</title>\
-         <style>{STYLE}</style></head><body><header><h1><a href=/>webhook-relay</a></h1>{who}</header>{body}</body></html>",
-        title = escape(title)
+        "<!doctype html><html lang=en><head><meta charset=utf-8>\
+         <meta name=viewport content=\"width=device-width, initial-scale=1\"><title>{title} · webhook-relay</title>\
+         <style>{style}</style></head><body><header><h1><a href=/>webhook-relay</a></h1>{who}</header>{body}</body></html>",
+        title = escape(title),
+        style = style::sheet(),
     )
 }
 
@@ -338,7 +337,12 @@ async fn dashboard(
     let query: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form_urlencoded::parse(query.as_bytes()).filter(|(_, v)| !v.is_empty()))
         .finish();
-    let filter = Filter::parse(&query, admin.clock.now_ms(), false)?;
+    let now_ms = admin.clock.now_ms();
+    // A filter that cannot be read gets the page, with what to type.
+    let (filter, problem) = match Filter::parse(&query, now_ms, false) {
+        Ok(filter) => (filter, None),
+        Err(err) => (Filter::parse("", now_ms, false)?, Some(err)),
+    };
     let stats = api::stats_value(admin).await?;
     let spool = admin.spool.clone();
     let listed = filter.clone();
@@ -352,13 +356,43 @@ async fn dashboard(
     })
     .await?;
 
+    // Sources with `expect_every` that sent nothing for that long: on top,
+    // whatever else the page shows.
     let mut body = String::new();
+    for (name, source) in stats["sources"].as_object().into_iter().flatten() {
+        if source["silent"] == Value::Bool(true) {
+            let _ = write!(
+                body,
+                "<p class=dead id=silent-{name}>Source {name} is silent: nothing received for {} s (last: {}).</p>",
+                text(&source["expect_every_seconds"]),
+                humane::when(now_ms, &source["last_received_at"]),
+                name = escape(name),
+            );
+        }
+    }
+    let results = match &problem {
+        Some(err) => format!(
+            "<h2 id=notifications>Notifications</h2><p class=problem id=problem>That filter cannot be read: {}. \
+             Fill in the fields below (each may be left empty for any; event and invoice take <code>*</code> \
+             for any characters), or <a href=/>show everything</a>.</p>{}",
+            escape(&err.to_string()),
+            filter_form(&filter)
+        ),
+        None => notification_list(&filter, &query, &list, quarantine, now_ms),
+    };
+    let filtering = problem.is_some() || !query.is_empty();
+    // Results first when the page was asked for some.
+    if filtering {
+        body.push_str(&results);
+        body.push_str("<h2>The relay now</h2>");
+    }
     let store = &stats["spool"];
+    let bytes = store["bytes"].as_u64().unwrap_or(0);
     let _ = write!(
         body,
-        "<p>Spool <code>{}</code>: {} bytes, {}.</p>",
+        "<p>Spool <code>{}</code>: <span id=spool-size title=\"{bytes} bytes\">{}</span>, {}.</p>",
         text(&store["path"]),
-        text(&store["bytes"]),
+        humane::size(bytes),
         if store["writable"] == Value::Bool(true) {
             "taking notifications".to_owned()
         } else {
@@ -368,21 +402,19 @@ async fn dashboard(
             )
         }
     );
-    // Sources with `expect_every` that sent nothing for that long.
-    for (name, source) in stats["sources"].as_object().into_iter().flatten() {
-        if source["silent"] == Value::Bool(true) {
-            let _ = write!(
-                body,
-                "<p class=dead id=silent-{name}>Source {name} is silent: nothing received for {} s (last: {}).</p>",
-                text(&source["expect_every_seconds"]),
-                text(&source["last_received_at"]),
-                name = escape(name),
-            );
-        }
-    }
-    body.push_str(&super::invoice_page::stuck_table(admin));
-    let _ = write!(body, "<h2>Subscriptions</h2><table><tr><th>name</th><th>target</th><th>sources</th><th>events</th><th>state</th></tr>");
+    // The chart's oldest waiting age is sampled when someone looks.
     let counts = &stats["subscriptions"];
+    let oldest = counts
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, of)| of["oldest_waiting_age_seconds"].as_f64())
+        .fold(0.0, f64::max);
+    admin.metrics.sample_oldest_waiting(oldest);
+    body.push_str(&super::chart::last_hour(&admin.metrics.last_hour()));
+    body.push_str(&super::invoice_page::stuck_table(admin));
+    body.push_str("<h2 id=subscriptions>Subscriptions</h2>");
+    body.push_str(&style::SUBSCRIPTIONS.head(None));
     for sub in api::subscriptions(admin, caller)["items"]
         .as_array()
         .into_iter()
@@ -392,14 +424,18 @@ async fn dashboard(
         let paused = sub["paused"] == Value::Bool(true);
         let of = &counts[name];
         let oldest = match &of["oldest_waiting_received_at"] {
-            Value::String(at) => format!(" (oldest waiting since {})", escape(at)),
+            Value::String(_) => format!(
+                " (oldest received {})",
+                humane::when(now_ms, &of["oldest_waiting_received_at"])
+            ),
             _ => String::new(),
         };
+        let number = |key: &str| of[key].as_u64().unwrap_or(0);
         let mut state = format!(
-            "{} waiting{oldest}, <span class=dead>{} dead</span>, {} delivered{}",
-            text(&of["waiting"]),
-            text(&of["dead"]),
-            text(&of["delivered"]),
+            "{} waiting{oldest}, {}, {} delivered{}",
+            number("waiting"),
+            humane::dead(number("dead")),
+            number("delivered"),
             match (paused, &sub["target_allowed"]) {
                 (true, Value::Bool(false)) => " — <b>paused: target no longer allowed</b>",
                 (true, _) => " — <b>paused</b>",
@@ -423,50 +459,92 @@ async fn dashboard(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{state}</td></tr>",
             text(&sub["name"]),
             text(&sub["url"]),
-            text(&sub["sources"]),
-            text(&sub["events"])
+            humane::list(&sub["sources"], "any"),
+            humane::list(&sub["events"], "any")
         );
     }
     body.push_str("</table>");
-    sources_table(&mut body, &stats["sources"]);
+    sources_table(&mut body, &stats["sources"], now_ms);
     body.push_str("<h2>Invoices</h2>");
     body.push_str(&super::invoice_page::search_form(""));
-    body.push_str("<h2>Notifications</h2>");
-    body.push_str(&filter_form(&filter));
+    if !filtering {
+        body.push_str(&results);
+    }
+    let status = if problem.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    Ok(html(status, &page("notifications", Some(user), &body)))
+}
+
+/// The notifications (or quarantined bodies) the filter found, with the
+/// filter's form above and the link to the next page below.
+fn notification_list(
+    filter: &Filter,
+    query: &str,
+    list: &Value,
+    quarantine: bool,
+    now_ms: i64,
+) -> String {
+    let mut body = String::from("<h2 id=notifications>Notifications</h2>");
+    let items = list["items"].as_array().map_or(&[][..], Vec::as_slice);
+    if !query.is_empty() {
+        let _ = write!(
+            body,
+            "<p class=note>{} matching the filter{}. <a href=/>Clear the filter</a>.</p>",
+            humane::count(
+                items.len() as u64,
+                if quarantine {
+                    "quarantined body"
+                } else {
+                    "notification"
+                }
+            ),
+            if list["next_cursor"].is_string() {
+                " on this page"
+            } else {
+                ""
+            },
+        );
+    }
+    body.push_str(&filter_form(filter));
     if quarantine {
-        body.push_str("<table><tr><th>id</th><th>received</th><th>source</th><th>reason</th></tr>");
-        for item in list["items"].as_array().into_iter().flatten() {
+        body.push_str(&style::QUARANTINE.head(None));
+        for item in items {
             let _ = write!(
                 body,
                 "<tr><td><a href=\"/q/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                text(&item["received_at"]),
+                humane::when(now_ms, &item["received_at"]),
                 text(&item["source"]),
                 text(&item["reason"]),
                 id = text(&item["id"]),
             );
         }
     } else {
-        body.push_str("<table><tr><th>id</th><th>received</th><th>source</th><th>event</th><th>invoice</th><th>deliveries</th></tr>");
-        for item in list["items"].as_array().into_iter().flatten() {
+        body.push_str(&style::NOTIFICATIONS.head(None));
+        for item in items {
             let deliveries: Vec<String> = item["deliveries"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .map(|d| {
                     format!(
-                        "{} <span class={state}>{state}</span>",
+                        "{} <span class={state}>{state}</span> ({})",
                         text(&d["subscription"]),
+                        humane::count(d["attempts"].as_u64().unwrap_or(0), "attempt"),
                         state = text(&d["state"])
                     )
                 })
                 .collect();
             let _ = write!(
                 body,
-                "<tr><td><a href=\"/n/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                text(&item["received_at"]),
+                "<tr><td><a href=\"/n/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td></tr>",
+                humane::when(now_ms, &item["received_at"]),
                 text(&item["source"]),
                 text(&item["event"]),
-                text(&item["subject"]),
+                flags(&item["flags"]),
+                super::invoice_page::invoice_link(item),
                 deliveries.join("<br>"),
                 id = text(&item["id"]),
             );
@@ -483,16 +561,24 @@ async fn dashboard(
             escape(&next.finish())
         );
     }
-    Ok(html(
-        StatusCode::OK,
-        &page("notifications", Some(user), &body),
-    ))
+    body
+}
+
+/// A notification's flags (what its provider check accepted though not
+/// as documented), each a badge; nothing when it has none.
+fn flags(value: &Value) -> String {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|flag| format!(" <span class=flag>{}</span>", text(flag)))
+        .collect()
 }
 
 fn filter_form(filter: &Filter) -> String {
-    let field = |name: &str, value: &Option<String>| {
+    let field = |label: &str, name: &str, value: &Option<String>| {
         format!(
-            "<label>{name} <input name={name} size=12 value=\"{}\"></label> ",
+            "<label>{label} <input name={name} size=12 value=\"{}\"></label> ",
             escape(value.as_deref().unwrap_or(""))
         )
     };
@@ -513,10 +599,10 @@ fn filter_form(filter: &Filter) -> String {
         .collect();
     format!(
         "<form method=get action=/>{}{}{}{}<label>state <select name=state>{options}</select></label> <button>filter</button></form>",
-        field("source", &filter.source),
-        field("event", &filter.event),
-        field("subject", &filter.subject),
-        field("subscription", &filter.subscription),
+        field("source", "source", &filter.source),
+        field("event", "event", &filter.event),
+        field("invoice", "subject", &filter.subject),
+        field("subscription", "subscription", &filter.subscription),
     )
 }
 
@@ -530,16 +616,39 @@ async fn notification(
     let id: NotificationId = api::parse_id(id)?;
     let spool = admin.spool.clone();
     let shown = api::off_runtime(move || api::show_notification(&spool, id)).await?;
-    let mut body = fields_table(&shown, &super::NOTIFICATION_FIELDS);
+    let now_ms = admin.clock.now_ms();
+    let mut body = format!(
+        "<h2>Notification {}{}</h2>",
+        text(&shown["event"]),
+        match shown["subject"].as_str() {
+            Some(subject) => format!(" of invoice {}", escape(subject)),
+            None => String::new(),
+        }
+    );
+    body.push_str(&fields_table(&shown, &super::NOTIFICATION_FIELDS, now_ms));
+    // The table's last row: its flags.
+    body.truncate(body.len() - "</table>".len());
+    let _ = write!(
+        body,
+        "<tr><th>flags</th><td id=flags>{}</td></tr></table>",
+        match flags(&shown["flags"]) {
+            none if none.is_empty() => "none".to_owned(),
+            some => some,
+        }
+    );
     body.push_str("<h2>Deliveries</h2>");
     let may_replay = caller.role >= Role::Admin;
     for delivery in shown["deliveries"].as_array().into_iter().flatten() {
         let subscription = delivery["subscription"].as_str().unwrap_or("");
         let state = text(&delivery["state"]);
+        let attempts = delivery["attempts"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
         let _ = write!(
             body,
-            "<h3>{} <span class={state}>{state}</span></h3>",
-            escape(subscription)
+            "<h3>{} <span class={state}>{state}</span> <span class=muted>({})</span></h3>",
+            escape(subscription),
+            humane::count(attempts.len() as u64, "attempt"),
         );
         if may_replay && state != "waiting" {
             let target: String = form_urlencoded::Serializer::new(String::new())
@@ -553,10 +662,10 @@ async fn notification(
                 escape(subscription)
             );
         }
-        body.push_str(
-            "<table><tr><th>attempt</th><th>started</th><th>took</th><th>outcome</th><th>answer</th></tr>",
-        );
-        for attempt in delivery["attempts"].as_array().into_iter().flatten() {
+        if !attempts.is_empty() {
+            body.push_str(&style::ATTEMPTS.head(None));
+        }
+        for attempt in attempts {
             let outcome = &attempt["outcome"];
             let what = match outcome["code"].as_u64() {
                 Some(code) => format!("HTTP {code}"),
@@ -566,41 +675,75 @@ async fn notification(
                 body,
                 "<tr><td>{}</td><td>{}</td><td>{} ms</td><td>{what}</td><td><code>{}</code></td></tr>",
                 text(&attempt["number"]),
-                text(&attempt["started_at"]),
+                humane::when(now_ms, &attempt["started_at"]),
                 text(&attempt["duration_ms"]),
                 text(&attempt["answer"]),
             );
         }
-        let _ = write!(
-            body,
-            "</table><p class=muted>next try: {}</p>",
-            text(&delivery["next_try_at"])
-        );
+        if !attempts.is_empty() {
+            body.push_str("</table>");
+        }
+        if !delivery["next_try_at"].is_null() {
+            let _ = write!(
+                body,
+                "<p class=muted>next try: {}</p>",
+                humane::when(now_ms, &delivery["next_try_at"])
+            );
+        }
     }
-    let _ = write!(body, "<h2>Body</h2><pre>{}</pre>", text(&shown["body"]));
+    body.push_str("<h2>Body</h2>");
+    body.push_str(&body_shown(&shown));
     Ok(html(
         StatusCode::OK,
         &page(&format!("notification {id}"), Some(user), &body),
     ))
 }
 
-/// A table of a record's fields, a row each.
-fn fields_table(shown: &Value, fields: &[(&str, &str)]) -> String {
-    let mut out = String::from("<table>");
+/// A record's body: as text, a Latin-1 one decoded (and said so), any
+/// other that is not UTF-8 as base64 (and said so).
+fn body_shown(shown: &Value) -> String {
+    let body = shown["body"].as_str().unwrap_or("");
+    if shown["body_encoding"] != "base64" {
+        return format!("<pre>{}</pre>", escape(body));
+    }
+    let latin1 = shown["flags"]
+        .as_array()
+        .is_some_and(|flags| flags.iter().any(|f| f == "latin1_body"));
+    let raw = base64::engine::general_purpose::STANDARD.decode(body);
+    match raw {
+        Ok(raw) if latin1 => format!(
+            "<p class=note id=body-encoding>Sent in Latin-1: decoded from Windows-1252 \
+             (the spool keeps the bytes as they came; the targets get this text as UTF-8).</p><pre>{}</pre>",
+            escape(&humane::latin1(&raw))
+        ),
+        _ => format!(
+            "<p class=note id=body-encoding>Not UTF-8 text: shown as base64.</p><pre>{}</pre>",
+            escape(body)
+        ),
+    }
+}
+
+/// A table of a record's fields, a row each: times as "… ago", the
+/// invoice a link to its timeline.
+fn fields_table(shown: &Value, fields: &[(&str, &str)], now_ms: i64) -> String {
+    let mut out = String::from("<table class=fields>");
     for (label, key) in fields {
-        let _ = write!(
-            out,
-            "<tr><th>{label}</th><td>{}</td></tr>",
-            text(&shown[*key])
-        );
+        let value = &shown[*key];
+        let cell = match *key {
+            "received_at" => humane::when(now_ms, value),
+            "subject" => super::invoice_page::invoice_link(shown),
+            _ => text(value),
+        };
+        let _ = write!(out, "<tr><th>{label}</th><td>{cell}</td></tr>");
     }
     out.push_str("</table>");
     out
 }
 
 /// What the spool holds per source, each count a link to that list.
-fn sources_table(body: &mut String, sources: &Value) {
-    body.push_str("<h2>Sources</h2><table><tr><th>source</th><th>stored</th><th>quarantined</th><th>last received</th></tr>");
+fn sources_table(body: &mut String, sources: &Value, now_ms: i64) {
+    body.push_str("<h2>Sources</h2>");
+    body.push_str(&style::SOURCES.head(None));
     for (name, source) in sources.as_object().into_iter().flatten() {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("source", name)
@@ -611,7 +754,7 @@ fn sources_table(body: &mut String, sources: &Value) {
             escape(name),
             text(&source["stored"]),
             text(&source["quarantined"]),
-            text(&source["last_received_at"]),
+            humane::when(now_ms, &source["last_received_at"]),
             query = escape(&query),
         );
     }
@@ -628,7 +771,7 @@ async fn quarantined(
     let id: NotificationId = api::parse_id(id)?;
     let spool = admin.spool.clone();
     let shown = api::off_runtime(move || api::show_quarantined(&spool, id)).await?;
-    let mut body = fields_table(&shown, &super::QUARANTINE_FIELDS);
+    let mut body = fields_table(&shown, &super::QUARANTINE_FIELDS, admin.clock.now_ms());
     if caller.role >= Role::Admin {
         // The check again (it may take it now), or as a generic notification.
         let _ = write!(
@@ -638,7 +781,8 @@ async fn quarantined(
             csrf = csrf_input(user)
         );
     }
-    let _ = write!(body, "<h2>Body</h2><pre>{}</pre>", text(&shown["body"]));
+    body.push_str("<h2>Body</h2>");
+    body.push_str(&body_shown(&shown));
     Ok(html(
         StatusCode::OK,
         &page(&format!("quarantined {id}"), Some(user), &body),

@@ -1063,6 +1063,13 @@ async fn the_cli_lists_shows_and_replays_through_a_running_relay() {
 /// and its driver process, or None (the test is skipped, and says so)
 /// where chromedriver is not installed and `REQUIRE_BROWSER` is not set.
 pub async fn headless_browser() -> Option<(fantoccini::Client, tokio::process::Child)> {
+    headless_browser_with(serde_json::json!({})).await
+}
+
+/// The same, with more `goog:chromeOptions` (e.g. `mobileEmulation`).
+pub async fn headless_browser_with(
+    options: Value,
+) -> Option<(fantoccini::Client, tokio::process::Child)> {
     let Ok(chromedriver) = which("chromedriver") else {
         assert!(
             std::env::var_os("REQUIRE_BROWSER").is_none(),
@@ -1079,11 +1086,12 @@ pub async fn headless_browser() -> Option<(fantoccini::Client, tokio::process::C
         .kill_on_drop(true)
         .spawn()
         .expect("chromedriver starts");
+    let mut chrome = serde_json::json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]});
+    if let (Some(chrome), Some(options)) = (chrome.as_object_mut(), options.as_object()) {
+        chrome.extend(options.clone());
+    }
     let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
-    );
+    capabilities.insert("goog:chromeOptions".into(), chrome);
     let webdriver = format!("http://127.0.0.1:{port}");
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

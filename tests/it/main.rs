@@ -3,6 +3,7 @@
 
 mod abuse;
 mod admin;
+mod admin_page;
 mod corruption;
 mod crash;
 mod events;
