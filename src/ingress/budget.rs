@@ -112,9 +112,13 @@ impl BodyBudget {
         self.settings == (total, max_body)
     }
 
-    /// A new connection's share.
-    pub fn connection_share(&self) -> ConnectionShare {
-        ConnectionShare(Arc::new(Semaphore::new(self.per_connection)))
+    /// A new connection's share; `peer` is its address, whose share its
+    /// requests draw on unless they come from another client behind it.
+    pub fn connection_share(&self, peer: IpAddr) -> ConnectionShare {
+        ConnectionShare {
+            bytes: Arc::new(Semaphore::new(self.per_connection)),
+            peer: Arc::new(self.addresses.hold(peer)),
+        }
     }
 
     /// Bytes not held by any request now.
@@ -150,7 +154,7 @@ impl BodyBudget {
         // requests waiting on one another cannot wait in a circle; and the
         // unverified share before the address's, so unverified requests
         // waiting for theirs hold none of an address's share meanwhile.
-        let conn = acquire(&claimant.connection.0, step, deadline).await?;
+        let conn = acquire(&claimant.connection.bytes, step, deadline).await?;
         let unverified = match claimant.standing {
             Standing::Authenticated => (None, None),
             Standing::Unverified => (
@@ -158,16 +162,17 @@ impl BodyBudget {
                 acquire_some(&self.unverified_large, large_step, deadline).await?,
             ),
         };
-        let address = match &held.address {
-            Some(address) => address.semaphore.clone(),
-            None => {
-                let address = self.addresses.hold(claimant.address);
-                let semaphore = address.semaphore.clone();
-                held.address = Some(address);
-                semaphore
-            }
+        // The connection's own address (no lookup), else the client's
+        // behind it (looked up once per request).
+        let address = if claimant.address == claimant.connection.peer.address {
+            &claimant.connection.peer.semaphore
+        } else {
+            &held
+                .address
+                .get_or_insert_with(|| self.addresses.hold(claimant.address))
+                .semaphore
         };
-        let address = acquire(&address, step, deadline).await?;
+        let address = acquire(address, step, deadline).await?;
         let small = acquire_some(&self.small, small_step, deadline).await?;
         let large = acquire_some(&self.large, large_step, deadline).await?;
         for (into, permit) in [
@@ -224,9 +229,13 @@ fn merge(into: &mut Option<OwnedSemaphorePermit>, permit: OwnedSemaphorePermit) 
     }
 }
 
-/// One connection's share of the budget.
+/// One connection's share of the budget, and its peer's address share
+/// (held as long as the connection).
 #[derive(Debug, Clone)]
-pub struct ConnectionShare(Arc<Semaphore>);
+pub struct ConnectionShare {
+    bytes: Arc<Semaphore>,
+    peer: Arc<AddressHold>,
+}
 
 /// The shares of the client addresses that hold budget now: an address
 /// has an entry only while one of its requests holds some, so there are
@@ -238,7 +247,8 @@ struct AddressShares {
 }
 
 impl AddressShares {
-    /// Joins (or opens) the share of `address`, once per request.
+    /// Joins (or opens) the share of `address`: once per connection, and
+    /// once per request from another client than the connection's peer.
     fn hold(self: &Arc<Self>, address: IpAddr) -> AddressHold {
         let key = super::limits::limit_key(address);
         let semaphore = self
@@ -248,6 +258,7 @@ impl AddressShares {
             .clone();
         AddressHold {
             shares: self.clone(),
+            address,
             key,
             semaphore,
         }
@@ -263,12 +274,14 @@ impl AddressShares {
     }
 }
 
-/// A request's membership of its address's share; the last to leave
-/// removes the entry. (Clones are made only under the lock, so a count
-/// of two there, the map's and this one, means no one else holds it.)
+/// A connection's or a request's membership of its address's share; the
+/// last to leave removes the entry. (Holds are made only under the lock,
+/// and a permit only by a live hold, so a count of two there, the map's
+/// and this one, means no one else holds it.)
 #[derive(Debug)]
 struct AddressHold {
     shares: Arc<AddressShares>,
+    address: IpAddr,
     key: IpAddr,
     semaphore: Arc<Semaphore>,
 }
@@ -312,6 +325,9 @@ mod tests {
         Instant::now() + Duration::from_millis(50)
     }
 
+    /// The connections' peer in these tests: a proxy, its clients others.
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     /// A client address of the test net, `n` apart.
     fn address(n: u16) -> IpAddr {
         IpAddr::from([198, 51, (n >> 8) as u8, n as u8])
@@ -339,7 +355,7 @@ mod tests {
         standing: Standing,
         bytes: u64,
     ) -> Result<Held, Busy> {
-        let share = budget.connection_share();
+        let share = budget.connection_share(LOOPBACK);
         let mut held = Held::default();
         let who = claimant(&share, from, standing, None);
         budget.reserve(&mut held, &who, bytes, soon()).await?;
@@ -350,7 +366,7 @@ mod tests {
     async fn a_body_holds_what_arrived_and_gives_it_back() {
         let budget = BodyBudget::new(1 << 20, 256 * 1024);
         assert_eq!(budget.available(), 1 << 20);
-        let share = budget.connection_share();
+        let share = budget.connection_share(LOOPBACK);
         let who = claimant(&share, address(1), Standing::Authenticated, None);
         let mut held = Held::default();
         budget.reserve(&mut held, &who, 1, soon()).await.unwrap();
@@ -397,7 +413,10 @@ mod tests {
     async fn past_the_budget_a_body_is_busy_after_a_short_wait() {
         // 256 KiB: 64 KiB for small bodies, 192 KiB for large ones.
         let budget = BodyBudget::new(256 * 1024, 128 * 1024);
-        let (a, b) = (budget.connection_share(), budget.connection_share());
+        let (a, b) = (
+            budget.connection_share(LOOPBACK),
+            budget.connection_share(LOOPBACK),
+        );
         let mut small = Held::default();
         let first = claimant(&a, address(1), Standing::Authenticated, Some(64 * 1024));
         budget
@@ -423,7 +442,7 @@ mod tests {
         let budget = BodyBudget::new(1 << 20, 512 * 1024);
         let mut large = Vec::new();
         for n in 0..4 {
-            let share = budget.connection_share();
+            let share = budget.connection_share(LOOPBACK);
             let len = 300 * 1024;
             let who = claimant(&share, address(n), Standing::Authenticated, Some(len));
             let mut held = Held::default();
@@ -436,7 +455,7 @@ mod tests {
         let mut small = Vec::new();
         for n in 10..26 {
             let len = 16 * 1024;
-            let share = budget.connection_share();
+            let share = budget.connection_share(LOOPBACK);
             let who = claimant(&share, address(n), Standing::Authenticated, Some(len));
             let mut held = Held::default();
             budget.reserve(&mut held, &who, len, soon()).await.unwrap();
@@ -450,7 +469,7 @@ mod tests {
         // streams come from several clients (as behind a trusted proxy),
         // so no address's share is what stops them.
         let budget = BodyBudget::new(8 << 20, 256 * 1024);
-        let share = budget.connection_share();
+        let share = budget.connection_share(LOOPBACK);
         let mut streams = Vec::new();
         for n in 0..6 {
             let who = claimant(&share, address(n), Standing::Authenticated, None);
@@ -464,7 +483,7 @@ mod tests {
             }
         }
         assert_eq!(streams.len(), 4);
-        let other = budget.connection_share();
+        let other = budget.connection_share(LOOPBACK);
         let who = claimant(&other, address(9), Standing::Authenticated, None);
         let mut held = Held::default();
         assert!(budget
@@ -508,6 +527,33 @@ mod tests {
         assert_eq!(budget.addresses.addresses(), 3);
         // An address's entry lives only while it holds budget.
         drop(held);
+        assert_eq!(budget.addresses.addresses(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_from_one_peer_share_its_address_share() {
+        // 8 MiB budget, 256 KiB bodies: an address's share is 512 KiB.
+        let budget = BodyBudget::new(8 << 20, 256 * 1024);
+        let peer: IpAddr = "203.0.113.7".parse().unwrap();
+        let connections: Vec<ConnectionShare> =
+            (0..3).map(|_| budget.connection_share(peer)).collect();
+        let mut held = Vec::new();
+        for connection in &connections {
+            let who = claimant(connection, peer, Standing::Authenticated, None);
+            let mut body = Held::default();
+            if budget
+                .reserve(&mut body, &who, 256 * 1024, soon())
+                .await
+                .is_ok()
+            {
+                held.push(body);
+            }
+        }
+        assert_eq!(held.len(), 2);
+        // The peer's entry lives as long as its connections.
+        drop(held);
+        assert_eq!(budget.addresses.addresses(), 1);
+        drop(connections);
         assert_eq!(budget.addresses.addresses(), 0);
     }
 
@@ -575,7 +621,7 @@ mod tests {
         let budget = BodyBudget::new(1 << 20, 1 << 20);
         let len = 1 << 20;
         for standing in [Standing::Authenticated, Standing::Unverified] {
-            let share = budget.connection_share();
+            let share = budget.connection_share(LOOPBACK);
             let who = claimant(&share, address(1), standing, Some(len));
             let mut held = Held::default();
             assert!(budget.reserve(&mut held, &who, len, soon()).await.is_ok());
