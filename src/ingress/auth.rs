@@ -114,6 +114,12 @@ impl Auth {
         self.token.is_some()
     }
 
+    /// Whether [`Auth::check_request`] authenticates a request on its own
+    /// (a token, credentials or an address allowlist), before its body.
+    pub fn checks_before_body(&self) -> bool {
+        self.token.is_some() || self.basic.is_some() || !self.networks.is_empty()
+    }
+
     /// Checks made before the body is read: address, token, basic credentials.
     pub fn check_request(
         &self,

@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming as IncomingBody;
 
 use super::answer::AnswerBody;
-use super::budget::{ConnectionShare, Held, BUDGET_WAIT};
+use super::budget::{Claimant, ConnectionShare, Held, Standing, BUDGET_WAIT};
 use super::{Ingress, Source};
 use crate::config::OnInvalid;
 use crate::metrics;
@@ -379,7 +379,17 @@ async fn accept(
     if let Some(limiter) = &source.limiter {
         limiter.check(peer).map_err(IngressError::RateLimited)?;
     }
-    let body = read_body(ingress, share, &parts.headers, body, held).await?;
+    let claimant = Claimant {
+        connection: share,
+        address: peer,
+        standing: if source.auth.checks_before_body() {
+            Standing::Authenticated
+        } else {
+            Standing::Unverified
+        },
+        declared: declared_length(&parts.headers),
+    };
+    let body = read_body(ingress, &claimant, body, held).await?;
     source.auth.check_body(&parts.headers, &body)?;
     let received = Received {
         source: source_name.to_owned(),
@@ -451,17 +461,12 @@ async fn quarantine(
 /// the bytes as they arrive (see `budget.rs`).
 async fn read_body(
     ingress: &Ingress,
-    share: &ConnectionShare,
-    headers: &HeaderMap,
+    claimant: &Claimant<'_>,
     body: &mut IncomingBody,
     held: &mut Held,
 ) -> Result<Bytes, IngressError> {
     let limit = ingress.max_body;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
+    if claimant.declared.is_some_and(|len| len > limit) {
         return Err(IngressError::TooLarge(limit));
     }
     let started = tokio::time::Instant::now();
@@ -485,7 +490,7 @@ async fn read_body(
         }
         ingress
             .budget
-            .reserve(held, share, len, declared, budget_deadline)
+            .reserve(held, claimant, len, budget_deadline)
             .await?;
         chunks.push(data);
     }
@@ -500,6 +505,13 @@ async fn read_body(
             whole.freeze()
         }
     })
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 fn content_type(headers: &HeaderMap) -> Option<String> {

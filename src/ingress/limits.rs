@@ -90,7 +90,8 @@ impl PeerLimiter {
     }
 }
 
-fn limit_key(peer: IpAddr) -> IpAddr {
+/// The key of `peer`: its address, IPv6 by its /64.
+pub(super) fn limit_key(peer: IpAddr) -> IpAddr {
     match peer.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);

@@ -342,7 +342,10 @@ async fn serve_connection<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let seen = activity.clone();
-    let share: ConnectionShare = ingress.load().budget.connection_share();
+    let share: ConnectionShare = ingress
+        .load()
+        .budget
+        .connection_share(peer.ip().to_canonical());
     let service = service_fn(move |request| {
         let (ingress, seen, share) = (ingress.clone(), seen.clone(), share.clone());
         async move {

@@ -875,3 +875,227 @@ async fn a_stop_ends_within_shutdown_grace_however_long_body_timeout_is() {
     }
     assert!(!kept.values().any(|body| body.contains("held-open")));
 }
+
+// === Floods that hold the body budget ===
+//
+// Streams or requests to an HMAC source that send a little of a body that
+// never ends: the body must be read before its signature can be checked,
+// so none of them needs a credential. A provider posting to a token source
+// meanwhile must be served: at most one post in [`PROVIDER_POSTS`] refused.
+
+/// Posts a provider makes during a flood, one every [`PROVIDER_EVERY`].
+const PROVIDER_POSTS: usize = 20;
+const PROVIDER_EVERY: Duration = Duration::from_millis(500);
+/// Streams an attacker keeps open on each HTTP/2 connection (the relay's
+/// `http2_max_streams`).
+const FLOOD_STREAMS: usize = 64;
+
+/// A relay whose budget a flood fills quickly: 2 MiB of bodies in memory
+/// (512 KiB for small ones), and a body timeout (10 s) that lets a stream
+/// hold what it reserved for most of a test.
+async fn flooded_relay() -> Abused {
+    Abused::start_edited(|config| {
+        config
+            .replace(
+                "max_inflight_body = \"8MiB\"",
+                "max_inflight_body = \"2MiB\"",
+            )
+            .replace("body_timeout = \"2s\"", "body_timeout = \"10s\"")
+    })
+    .await
+}
+
+/// `connections` HTTP/2 connections to the HMAC source, each keeping
+/// [`FLOOD_STREAMS`] streams open that sent `bytes` of a body that never
+/// ends; a stream answered (refused, or timed out) is opened again, a
+/// connection lost is made again. `opened` counts streams opened. Dropping
+/// the set ends the flood.
+fn h2_flood(
+    relay: &Abused,
+    connections: usize,
+    bytes: usize,
+    opened: &Arc<AtomicU64>,
+    flood: &mut tokio::task::JoinSet<()>,
+) {
+    let path = "/hooks/signed";
+    for _ in 0..connections {
+        let (addr, cert, opened) = (relay.addr(), relay.cert(), opened.clone());
+        flood.spawn(async move {
+            loop {
+                let Some(send) = h2_connect(addr, &cert).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let mut streams = tokio::task::JoinSet::new();
+                for _ in 0..FLOOD_STREAMS {
+                    let (mut send, opened) = (send.clone(), opened.clone());
+                    streams.spawn(async move {
+                        loop {
+                            send = match send.ready().await {
+                                Ok(send) => send,
+                                Err(_) => return,
+                            };
+                            let Ok((response, mut body)) =
+                                send.send_request(h2_post(addr, path), false)
+                            else {
+                                return;
+                            };
+                            opened.fetch_add(1, Ordering::Relaxed);
+                            let _ = body.send_data(bytes::Bytes::from(vec![b'{'; bytes]), false);
+                            // Held until the relay answers it.
+                            let _ = response.await;
+                        }
+                    });
+                }
+                while streams.join_next().await.is_some() {}
+            }
+        });
+    }
+}
+
+/// `connections` HTTP/1.1 connections to the HMAC source, each holding a
+/// request that sent one byte of its 100; made again once answered.
+fn http1_flood(
+    relay: &Abused,
+    connections: usize,
+    opened: &Arc<AtomicU64>,
+    flood: &mut tokio::task::JoinSet<()>,
+) {
+    let head = "POST /hooks/signed HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{";
+    for _ in 0..connections {
+        let (addr, cert, opened) = (relay.addr(), relay.cert(), opened.clone());
+        flood.spawn(async move {
+            loop {
+                let Ok(mut stream) = tls_connect_to(addr, &cert, b"http/1.1").await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    continue;
+                }
+                opened.fetch_add(1, Ordering::Relaxed);
+                // Held until the relay answers it or closes.
+                let mut answer = [0u8; 1024];
+                let _ = stream.read(&mut answer).await;
+            }
+        });
+    }
+}
+
+/// A provider posting to a token source every [`PROVIDER_EVERY`], each
+/// post on a new connection; the answers that were not 200.
+async fn provider_posts(relay: &Abused, tag: &str, posts: usize) -> Vec<Result<u16, String>> {
+    let mut tick = tokio::time::interval(PROVIDER_EVERY);
+    let mut sent = tokio::task::JoinSet::new();
+    for n in 0..posts {
+        tick.tick().await;
+        let client = provider_client(&relay.cert());
+        let url = relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}"));
+        let body = tusfacturas(&format!("{tag}-{n}"), "emitido", 1);
+        sent.spawn(async move {
+            let started = Instant::now();
+            let status = client
+                .post(url)
+                .body(body)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .map_err(|e| e.to_string());
+            (status, started.elapsed())
+        });
+    }
+    let mut refused = Vec::new();
+    let mut slowest = Duration::ZERO;
+    while let Some(done) = sent.join_next().await {
+        let (status, took) = done.expect("a provider post");
+        slowest = slowest.max(took);
+        if status != Ok(200) {
+            refused.push(status);
+        }
+    }
+    println!(
+        "{tag}: {} of {posts} provider posts refused (slowest answer {slowest:?}): {refused:?}",
+        refused.len()
+    );
+    refused
+}
+
+/// Waits until the flood has opened `streams` streams or requests.
+async fn flood_in_place(opened: &Arc<AtomicU64>, streams: u64) {
+    let opened = opened.clone();
+    eventually(Duration::from_secs(15), "the flood in place", move || {
+        opened.load(Ordering::Relaxed) >= streams
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http2_one_byte_stream_floods_of_16_then_34_connections() {
+    let relay = flooded_relay().await;
+    let sampler = relay.sample();
+    let opened = Arc::new(AtomicU64::new(0));
+    let mut flood = tokio::task::JoinSet::new();
+    h2_flood(&relay, 16, 1, &opened, &mut flood);
+    flood_in_place(&opened, 16 * FLOOD_STREAMS as u64).await;
+    let mut refused = provider_posts(&relay, "flood-h2-16", PROVIDER_POSTS / 2).await;
+    h2_flood(&relay, 18, 1, &opened, &mut flood);
+    flood_in_place(&opened, 34 * FLOOD_STREAMS as u64).await;
+    refused.extend(provider_posts(&relay, "flood-h2-34", PROVIDER_POSTS / 2).await);
+    println!("HTTP/2 streams opened: {}", opened.load(Ordering::Relaxed));
+    drop(flood);
+    assert!(
+        refused.len() <= PROVIDER_POSTS / 20,
+        "{} of {PROVIDER_POSTS} provider posts refused: {refused:?}",
+        refused.len()
+    );
+    sampler.check("HTTP/2 one-byte stream floods").await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn http1_one_byte_body_flood() {
+    let relay = flooded_relay().await;
+    let sampler = relay.sample();
+    let opened = Arc::new(AtomicU64::new(0));
+    let mut flood = tokio::task::JoinSet::new();
+    // As many connections as leave slots for the provider.
+    let connections = MAX_CONNECTIONS - 16;
+    http1_flood(&relay, connections, &opened, &mut flood);
+    flood_in_place(&opened, connections as u64).await;
+    let refused = provider_posts(&relay, "flood-h1", PROVIDER_POSTS).await;
+    println!(
+        "HTTP/1.1 requests opened: {}",
+        opened.load(Ordering::Relaxed)
+    );
+    drop(flood);
+    assert!(
+        refused.len() <= PROVIDER_POSTS / 20,
+        "{} of {PROVIDER_POSTS} provider posts refused: {refused:?}",
+        refused.len()
+    );
+    sampler.check("HTTP/1.1 one-byte body flood").await;
+    relay.stop().await;
+}
+
+/// Streams that send real bytes (16 KiB each, 16 MiB in all) still leave
+/// a source authenticated by its URL its part of the budget.
+#[tokio::test]
+async fn http2_flood_of_unsigned_16_kib_bodies() {
+    let relay = flooded_relay().await;
+    let sampler = relay.sample();
+    let opened = Arc::new(AtomicU64::new(0));
+    let mut flood = tokio::task::JoinSet::new();
+    h2_flood(&relay, 16, 16 * 1024, &opened, &mut flood);
+    flood_in_place(&opened, 16 * FLOOD_STREAMS as u64).await;
+    let refused = provider_posts(&relay, "flood-h2-16KiB", PROVIDER_POSTS).await;
+    println!("HTTP/2 streams opened: {}", opened.load(Ordering::Relaxed));
+    drop(flood);
+    assert!(
+        refused.len() <= PROVIDER_POSTS / 20,
+        "{} of {PROVIDER_POSTS} provider posts refused: {refused:?}",
+        refused.len()
+    );
+    sampler.check("HTTP/2 flood of 16 KiB bodies").await;
+    relay.stop().await;
+}
