@@ -247,7 +247,7 @@ pub struct SourceConfig {
 
 impl SourceConfig {
     /// How long an invoice may stay `queued`: the configured value, or the
-    /// provider's default (why each, in the README's "Stuck invoices"):
+    /// provider's default (why each, in docs/admin.md, "Stuck invoices"):
     /// NubeFact boletas wait for the next daily summary and SUNAT's answer
     /// to it, so two days; a TusFacturas `encolado` and a Dátil receipt are
     /// decided within hours, and the providers retry for about 22 h, so a

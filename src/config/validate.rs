@@ -72,7 +72,7 @@ impl Config {
         if self.sources.is_empty() && aside.sources.is_empty() {
             found.push((
                 sources,
-                "no source is configured, so the relay would receive nothing: add a [sources.<name>] table (README, \"Configuration\")".into(),
+                "no source is configured, so the relay would receive nothing: add a [sources.<name>] table (docs/configuration.md)".into(),
             ));
         }
         for (name, source) in &self.sources {
@@ -200,7 +200,7 @@ impl Config {
 }
 
 /// What every example secret begins with (the shipped `relay.toml`'s, the
-/// README's), and no secret of an operator's: `gen-secret` and
+/// README's Quick start's), and no secret of an operator's: `gen-secret` and
 /// `openssl rand` never print it.
 pub const EXAMPLE_MARKER: &str = "example-";
 

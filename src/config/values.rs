@@ -5,7 +5,7 @@
 //! the TOML deserializer at its own line and column and nothing downstream
 //! can meet (and drop) an unparsed string.
 //!
-//! The grammar (README, "Durations and sizes"):
+//! The grammar (docs/configuration.md, "Values: one grammar"):
 //! - a duration is one or more `<digits><unit>` terms, largest unit first,
 //!   with no spaces: units `d`, `h`, `m`, `s`, `ms` (`"500ms"`, `"5m"`,
 //!   `"1h30m"`, `"30d"`); no bare numbers, no words, no fractions, no

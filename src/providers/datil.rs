@@ -402,7 +402,7 @@ mod tests {
         assert_eq!(run(&v).unwrap().flags, [Flag::UnreadableTime]);
     }
 
-    // === The status of each documented state: one README row each ===
+    // === The status of each documented state: one row each of docs/receiving-and-forwarding.md's status table ===
 
     #[test]
     fn status_autorizado_is_accepted() {

@@ -221,7 +221,7 @@ mod tests {
         }
     }
 
-    // === The status of each documented state: one README row each ===
+    // === The status of each documented state: one row each of docs/receiving-and-forwarding.md's status table ===
 
     #[test]
     fn status_aceptada_por_sunat_is_accepted() {

@@ -26,7 +26,7 @@ pub enum InvoiceStatus {
     Unknown,
 }
 
-/// Every status, in the order the API and the README list them.
+/// Every status, in the order the API and docs/receiving-and-forwarding.md list them.
 pub const ALL_STATUSES: [InvoiceStatus; 5] = [
     InvoiceStatus::Queued,
     InvoiceStatus::Accepted,

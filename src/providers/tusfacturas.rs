@@ -283,7 +283,7 @@ mod tests {
         }
     }
 
-    // === The status of each documented event: one README row each ===
+    // === The status of each documented event: one row each of docs/receiving-and-forwarding.md's status table ===
 
     fn status_of_evento(evento: &str) -> InvoiceStatus {
         with("evento", json!(evento)).unwrap().status

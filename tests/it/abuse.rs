@@ -2,7 +2,8 @@
 //! against a relay process while a normal provider client posts a
 //! notification, which must get its 200 within a second; the relay's
 //! resident memory and open file descriptors (read from /proc) must stay
-//! under the bounds stated here and in the README ("What we test").
+//! under the bounds stated here and in CONTRIBUTING.md ("Attacks on the
+//! built binary").
 //! The admin listener gets the same treatment, and a stop is bounded
 //! whatever slow clients do.
 
