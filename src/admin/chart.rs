@@ -113,7 +113,7 @@ fn bar(out: &mut String, class: &str, x: u64, value: u64, top: u64, title: &str)
         out,
         "<rect class={class} x={x} y={} width=4 height={height}><title>{}</title></rect>",
         HEIGHT - height,
-        super::page::escape(title)
+        super::humane::escape(title)
     );
 }
 

@@ -268,20 +268,7 @@ pub(super) fn html(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 }
 
 /// Text made safe inside HTML elements and attribute values.
-pub(super) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub(super) use super::humane::escape;
 
 /// A JSON value as escaped text ("–" when absent).
 pub(super) fn text(value: &Value) -> String {
