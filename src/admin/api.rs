@@ -27,7 +27,7 @@ use crate::spool::{
 
 /// Every route, as `doc/openapi.json` documents it (a test holds the two
 /// and the live listener to each other).
-pub const ROUTES: [(&str, &str); 29] = [
+pub const ROUTES: [(&str, &str); 30] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -36,6 +36,7 @@ pub const ROUTES: [(&str, &str); 29] = [
     ("POST", "/api/notifications/{id}/replay"),
     ("POST", "/api/replay"),
     ("POST", "/api/purge"),
+    ("POST", "/api/spool/backup"),
     ("GET", "/api/quarantine"),
     ("GET", "/api/quarantine/{id}"),
     ("POST", "/api/quarantine/{id}/release"),
@@ -132,7 +133,7 @@ impl ApiError {
         }
     }
 
-    fn into_response(self) -> Response<Full<Bytes>> {
+    pub(super) fn into_response(self) -> Response<Full<Bytes>> {
         let mut response = json_response(
             self.status(),
             &json!({ "error": self.kind(), "detail": self.to_string() }),

@@ -11,12 +11,14 @@
 //! - `subscriptions`: creating, deleting, backfilling and testing
 //!   subscriptions and rotating their secrets.
 //! - `purge`: the bulk purge.
+//! - `backup`: the spool's backup archive, streamed.
 //! - `invoices`: the invoices and their timelines, from the spool's index.
 //! - `page`: the HTML page over the same reads; `invoice_page` its
 //!   invoice search and timeline.
 
 mod api;
 pub mod auth;
+mod backup;
 pub mod csrf;
 mod invoice_page;
 mod invoices;
@@ -294,7 +296,16 @@ async fn serve_connection<IO>(
 {
     let service = service_fn(move |request| {
         let admin = admin.clone();
-        async move { Ok::<_, Infallible>(api::handle(admin, request).await) }
+        async move {
+            let response = if backup::is_backup(&request) {
+                backup::handle(admin, request).await
+            } else {
+                api::handle(admin, request)
+                    .await
+                    .map(http_body_util::Either::Left)
+            };
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = builder
         .serve_connection(TokioIo::new(io), service)

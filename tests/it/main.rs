@@ -3,6 +3,7 @@
 
 mod abuse;
 mod admin;
+mod backup;
 mod corruption;
 mod crash;
 mod forwarding;
