@@ -47,7 +47,7 @@ pub use observe::{Observed, ObservedNotification};
 pub use record::{
     NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta, QuarantineRecord, Record,
 };
-pub use routes::Routes;
+pub use routes::{Route, Routes};
 pub use subscriptions::{ApiSubscription, Replaced, Settings};
 
 /// For the fuzz targets (`fuzz/`): every decoder of stored bytes.
