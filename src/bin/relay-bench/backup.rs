@@ -95,7 +95,11 @@ async fn fill(path: &Path, notifications: u64) {
         ..SpoolConfig::default()
     };
     let spool = tokio::task::spawn_blocking(move || {
-        Spool::open(&config, Routes::new(vec![Route::all("erp")]), Clock::system())
+        Spool::open(
+            &config,
+            Routes::new(vec![Route::all("erp")]),
+            Clock::system(),
+        )
     })
     .await
     .expect("open task")

@@ -68,7 +68,11 @@ impl SledSpool {
                 };
                 let item = self.notification_item(&store, id, value.to_vec())?;
                 archive.put(&Item::Notification(item))?;
-                if archive.counts().notifications % PROGRESS_EVERY == 0 {
+                if archive
+                    .counts()
+                    .notifications
+                    .is_multiple_of(PROGRESS_EVERY)
+                {
                     progress(archive.counts());
                 }
             }
@@ -336,7 +340,7 @@ fn restore_into<R: Read>(
                 .map_err(storage)?;
             in_batch = 0;
         }
-        if is_notification && reader.counts().notifications % PROGRESS_EVERY == 0 {
+        if is_notification && reader.counts().notifications.is_multiple_of(PROGRESS_EVERY) {
             progress(reader.counts());
         }
     }
