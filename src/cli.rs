@@ -25,6 +25,7 @@ use crate::signing::SigningKey;
 use crate::spool::{Routes, Spool, SpoolError};
 use remote::{cell, table, AdminClient, RemoteArgs, RemoteError};
 
+mod backup;
 mod invoice;
 mod remote;
 mod subscriptions;
@@ -303,6 +304,32 @@ pub enum SpoolCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Write a backup of a running relay's spool to FILE, while it goes on
+    /// taking notifications: every notification durable when it began,
+    /// with its deliveries' states, and the rest a restored relay needs
+    /// (zstd, with a manifest and a SHA-256 checksum). Written beside FILE
+    /// and renamed once checked: a failed backup leaves no half file.
+    Backup {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The archive to write.
+        file: PathBuf,
+    },
+    /// Restore a backup archive into a new spool directory (absent or
+    /// empty), with no relay running on it; the archive's checksum and
+    /// counts are checked, and nothing is left at DIR unless it all was.
+    Restore {
+        /// The archive `spool backup` wrote.
+        file: PathBuf,
+        /// The new spool's directory (then `[spool] path` of the relay).
+        #[arg(long, value_name = "DIR")]
+        path: PathBuf,
+        /// Print the archive's manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the spooled notifications as JSON lines, oldest first.
     Dump {
         #[command(flatten)]
@@ -424,6 +451,14 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             dump(&config, what)
         }),
+        Command::Spool(SpoolCommand::Backup {
+            config,
+            remote,
+            file,
+        }) => backup::backup(&config.config, &remote, &file),
+        Command::Spool(SpoolCommand::Restore { file, path, json }) => {
+            backup::restore(&file, &path, json)
+        }
         Command::Spool(SpoolCommand::Check {
             config,
             accept_loss,
@@ -564,6 +599,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     let app_error = err.downcast_ref::<crate::app::AppError>();
     if let Some(remote) = err.downcast_ref::<RemoteError>() {
         remote.exit_code()
+    } else if let Some(backup) = err.downcast_ref::<crate::spool::backup::BackupError>() {
+        backup::exit_code(backup)
     } else if err.downcast_ref::<crate::config::ConfigError>().is_some()
         // A certificate that cannot be read, or example secrets on a public
         // address, is the operator's to fix: no restart will mend it.

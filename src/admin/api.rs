@@ -28,7 +28,7 @@ use crate::spool::{
 
 /// Every route, as `doc/openapi.json` documents it (a test holds the two
 /// and the live listener to each other).
-pub const ROUTES: [(&str, &str); 30] = [
+pub const ROUTES: [(&str, &str); 31] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -38,6 +38,7 @@ pub const ROUTES: [(&str, &str); 30] = [
     ("POST", "/api/replay"),
     ("POST", "/api/purge"),
     ("GET", "/api/jobs/{id}"),
+    ("POST", "/api/spool/backup"),
     ("GET", "/api/quarantine"),
     ("GET", "/api/quarantine/{id}"),
     ("POST", "/api/quarantine/{id}/release"),
@@ -134,7 +135,7 @@ impl ApiError {
         }
     }
 
-    fn into_response(self) -> Response<Full<Bytes>> {
+    pub(super) fn into_response(self) -> Response<Full<Bytes>> {
         let mut response = json_response(
             self.status(),
             &json!({ "error": self.kind(), "detail": self.to_string() }),

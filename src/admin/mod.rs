@@ -11,6 +11,7 @@
 //! - `subscriptions`: creating, deleting, backfilling and testing
 //!   subscriptions and rotating their secrets.
 //! - `purge`: the bulk purge; `jobs`: bulk replays and purges run as jobs.
+//! - `backup`: the spool's backup archive, streamed.
 //! - `invoices`: the invoices and their timelines, from the spool's index.
 //! - `page`: the HTML page over the same reads; `invoice_page` its
 //!   invoice search and timeline; `style` its style sheet and list
@@ -19,6 +20,7 @@
 
 mod api;
 pub mod auth;
+mod backup;
 mod chart;
 pub mod csrf;
 mod humane;
@@ -358,8 +360,18 @@ async fn serve_connection<IO>(
     let service = service_fn(move |request| {
         let (admin, seen) = (admin.clone(), seen.clone());
         async move {
-            let _under_way = seen.request_started();
-            Ok::<_, Infallible>(api::handle(admin, request).await)
+            let under_way = seen.request_started();
+            let response = if backup::is_backup(&request) {
+                // The archive streams after the handler returns: the
+                // connection is busy (not idle, not to be closed for
+                // room) until its body ends.
+                backup::handle(admin, request, under_way).await
+            } else {
+                api::handle(admin, request)
+                    .await
+                    .map(http_body_util::Either::Left)
+            };
+            Ok::<_, Infallible>(response)
         }
     });
     let connection = builder

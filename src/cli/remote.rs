@@ -49,6 +49,9 @@ pub enum RemoteError {
     Refused { status: u16, detail: String },
     #[error("{0}")]
     Usage(String),
+    /// A download that broke off midway.
+    #[error("the transfer broke off: {0}")]
+    Cut(String),
 }
 
 impl RemoteError {
@@ -231,6 +234,61 @@ impl AdminClient {
         })
     }
 }
+
+impl AdminClient {
+    /// POSTs to `path` and copies the answer's body into `out` as it comes,
+    /// telling `progress` the bytes so far. No overall timeout (a backup of
+    /// a big spool takes minutes); a pause of [`STALLED`] between two
+    /// chunks is an error.
+    pub fn download(
+        &self,
+        path: &str,
+        out: &mut dyn std::io::Write,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, RemoteError> {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .timeout(std::time::Duration::from_secs(7 * 24 * 3600));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let unreachable = |err: &reqwest::Error| RemoteError::Unreachable {
+            address: self.address.clone(),
+            detail: root_cause(err),
+        };
+        self.runtime.block_on(async {
+            let mut response = request.send().await.map_err(|e| unreachable(&e))?;
+            let status = response.status().as_u16();
+            if !(200..=299).contains(&status) {
+                let text = response.text().await.unwrap_or_default();
+                let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                let detail = detail_of(&body);
+                return Err(match status {
+                    401 | 403 => RemoteError::Denied { status, detail },
+                    _ => RemoteError::Refused { status, detail },
+                });
+            }
+            let mut received = 0u64;
+            loop {
+                let chunk = tokio::time::timeout(STALLED, response.chunk())
+                    .await
+                    .map_err(|_| RemoteError::Cut(format!("nothing came for {STALLED:?}")))?
+                    .map_err(|e| RemoteError::Cut(root_cause(&e)))?;
+                let Some(chunk) = chunk else {
+                    return Ok(received);
+                };
+                out.write_all(&chunk)
+                    .map_err(|e| RemoteError::Cut(format!("cannot write what came: {e}")))?;
+                received += chunk.len() as u64;
+                progress(received);
+            }
+        })
+    }
+}
+
+/// How long a download may wait for its next chunk.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn parse_url(url: &str) -> Result<AdminListen, RemoteError> {
     if url.starts_with("unix:") {

@@ -22,6 +22,7 @@
 //! JetStream one can slot in beside it.
 
 mod audit;
+pub mod backup;
 mod invoices;
 mod observe;
 pub mod record;
@@ -47,7 +48,7 @@ pub use record::{
     parse_ulid, IdError, NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta,
     QuarantineRecord, Record,
 };
-pub use routes::Routes;
+pub use routes::{Route, Routes};
 pub use subscriptions::{ApiSubscription, Replaced, Settings};
 
 /// For the fuzz targets (`fuzz/`): every decoder of stored bytes.
@@ -317,6 +318,35 @@ impl Spool {
 
     pub fn path(&self) -> &Path {
         self.backend.path()
+    }
+
+    /// Writes a backup archive of the live spool into `out` (see
+    /// [`backup`]): every notification up to the newest one durable when
+    /// it began, with its deliveries as they stand when the walk reads
+    /// them, and the rest a restored relay needs. Blocking, and long on a
+    /// big spool: call it off the async runtime; the writer goes on
+    /// meanwhile. `progress` hears the counts so far now and then.
+    pub fn backup<W: std::io::Write>(
+        &self,
+        out: W,
+        created_ms: i64,
+        progress: &mut dyn FnMut(&backup::ArchiveCounts),
+    ) -> Result<(backup::Manifest, W), backup::BackupError> {
+        let mut archive = backup::ArchiveWriter::new(out, created_ms)?;
+        let newest = self.backend.backup(&mut archive, progress)?;
+        Ok(archive.finish(newest)?)
+    }
+
+    /// Restores a backup archive into a new spool at `target` (absent or
+    /// an empty directory), with no relay running on it. Nothing appears
+    /// at `target` unless the whole archive checked out (its checksum and
+    /// counts) and was written.
+    pub fn restore(
+        archive: impl std::io::Read,
+        target: &Path,
+        progress: &mut dyn FnMut(&backup::ArchiveCounts),
+    ) -> Result<backup::Manifest, backup::BackupError> {
+        sled::restore(archive, target, progress)
     }
 
     /// Stores a notification with one delivery per matching subscription,

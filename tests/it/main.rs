@@ -4,6 +4,7 @@
 mod abuse;
 mod admin;
 mod admin_page;
+mod backup;
 mod corruption;
 mod crash;
 mod events;

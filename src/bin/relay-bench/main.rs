@@ -21,6 +21,8 @@
 //!   acknowledged, deliveries/s received, the backlog left, CPU per
 //!   notification end to end. `--soak` runs it longer with a short
 //!   retention and prints the spool's size on disk as it goes.
+//! - backup:   `spool backup` of a live relay and `spool restore`, timed,
+//!   with the archive's size (`backup.rs`).
 //! - backlog:  the relay's RSS while a million deliveries wait in the spool,
 //!   and its start to ready on that spool.
 //!
@@ -32,6 +34,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod backup;
 mod load;
 mod servers;
 mod sled_alone;
@@ -101,6 +104,12 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         notifications: u64,
     },
+    /// Time and size of `spool backup` of a live relay and of `spool
+    /// restore`, on a spool of N notifications.
+    Backup {
+        #[arg(long, default_value_t = 100_000)]
+        notifications: u64,
+    },
     All,
     /// (internal) the bare baseline server.
     #[command(hide = true)]
@@ -128,6 +137,7 @@ fn main() {
             Scenario::Latency { rates } => latency(&settings, &rates).await,
             Scenario::Steady { soak } => steady(&settings, soak).await,
             Scenario::Backlog { notifications } => backlog(notifications).await,
+            Scenario::Backup { notifications } => backup::run(notifications).await,
             Scenario::All => {
                 ingest(&settings, false).await;
                 forward(&settings, 20_000).await;

@@ -147,7 +147,7 @@ pub fn cpu_per(before: Option<u64>, after: Option<u64>, units: u64) -> f64 {
     }
 }
 
-fn sibling(name: &str) -> PathBuf {
+pub fn sibling(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("own path");
     exe.with_file_name(name)
 }

@@ -7,6 +7,7 @@
 //! async methods move them to the blocking pool.
 
 mod backfill;
+mod backup;
 mod counts;
 mod invoices;
 mod keys;
@@ -38,6 +39,7 @@ use crate::clock::Clock;
 use crate::config::SpoolConfig;
 use crate::delivery::Delivery;
 use crate::providers::Notification;
+pub use backup::restore;
 pub use lease::SledLease;
 use lease::SubState;
 pub use open::{check, ensure_not_locked, is_new, stopped_cleanly};

@@ -37,7 +37,7 @@ use crate::spool::{
     SpoolError,
 };
 
-const FORMAT: &[u8] = b"2";
+pub(super) const FORMAT: &[u8] = b"2";
 const FORMAT_V1: &[u8] = b"1";
 const V1_TREES: [&str; 5] = ["notifications", "dedup", "deliveries", "due", "quarantine"];
 /// What sled 0.34 writes to `conf` for the settings this spool uses.

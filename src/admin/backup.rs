@@ -1,0 +1,185 @@
+//! `POST /api/spool/backup` (admin only, audited): the spool's backup
+//! archive (`spool::backup`) streamed as the response body while the
+//! relay goes on taking notifications. The walk runs on the blocking pool
+//! and hands the archive over in chunks through a small bounded channel,
+//! so neither the spool nor the archive is ever held in memory: a slow
+//! client slows the walk down. A failure midway ends the body with an
+//! error (the client sees a cut transfer, and an archive without its
+//! manifest is refused by every reader anyway).
+
+use std::io::{self, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::api::{audit, ApiError};
+use super::query::QueryError;
+use super::Admin;
+use crate::config::Role;
+use crate::listen::slots::RequestUnderWay;
+
+/// The admin listener's answers: whole, or the streamed archive.
+pub(super) type AdminBody = Either<Full<Bytes>, Streamed>;
+
+pub const PATH: &str = "/api/spool/backup";
+/// Bytes handed to the response per chunk.
+const CHUNK: usize = 256 << 10;
+/// Chunks waiting for the client at most: what a slow client costs.
+const CHUNKS_QUEUED: usize = 8;
+/// How often a long backup logs how far it got.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+pub(super) fn is_backup(request: &Request<Incoming>) -> bool {
+    request.method() == Method::POST && request.uri().path() == PATH
+}
+
+pub(super) async fn handle(
+    admin: Arc<Admin>,
+    request: Request<Incoming>,
+    under_way: RequestUnderWay,
+) -> Response<AdminBody> {
+    match start(&admin, &request, under_way).await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::debug!(path = PATH, error = %err, "backup request refused");
+            err.into_response().map(Either::Left)
+        }
+    }
+}
+
+async fn start(
+    admin: &Arc<Admin>,
+    request: &Request<Incoming>,
+    under_way: RequestUnderWay,
+) -> Result<Response<AdminBody>, ApiError> {
+    let caller = admin.tokens.load().authenticate(request.headers())?;
+    caller.require(Role::Admin)?;
+    let query = request.uri().query().unwrap_or("");
+    if let Some((name, _)) = form_urlencoded::parse(query.as_bytes()).next() {
+        return Err(QueryError::Unknown(name.into_owned()).into());
+    }
+    let created_ms = admin.clock.now_ms();
+    audit(
+        admin,
+        &caller,
+        "spool.backup",
+        "spool",
+        json!({ "counts": admin.spool.counts().notifications }),
+    )
+    .await?;
+    let (chunks, body) = mpsc::channel(CHUNKS_QUEUED);
+    let spool = admin.spool.clone();
+    let by = caller.name.clone();
+    tokio::task::spawn_blocking(move || {
+        let out = ChunkWriter {
+            chunks: chunks.clone(),
+            buffer: Vec::with_capacity(CHUNK),
+        };
+        let started = tokio::time::Instant::now();
+        let mut logged = started;
+        let mut progress = |counts: &crate::spool::backup::ArchiveCounts| {
+            if logged.elapsed() >= LOG_EVERY {
+                logged = tokio::time::Instant::now();
+                tracing::info!(
+                    notifications = counts.notifications,
+                    "spool backup under way"
+                );
+            }
+        };
+        match spool.backup(out, created_ms, &mut progress) {
+            Ok((manifest, _)) => tracing::info!(
+                by = %by,
+                notifications = manifest.counts.notifications,
+                deliveries = manifest.counts.deliveries,
+                newest = manifest.newest.as_deref().unwrap_or("-"),
+                took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "spool backup sent"
+            ),
+            Err(err) => {
+                tracing::warn!(by = %by, error = %err, "spool backup failed");
+                let _ = chunks.blocking_send(Err(io::Error::other(err.to_string())));
+            }
+        }
+    });
+    let mut response = Response::new(Either::Right(Streamed {
+        chunks: body,
+        _under_way: under_way,
+    }));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zstd"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"webhook-relay-spool.backup\""),
+    );
+    Ok(response)
+}
+
+/// The archive's bytes into the channel, [`CHUNK`] at a time; a client
+/// gone makes every write fail, which ends the walk.
+struct ChunkWriter {
+    chunks: mpsc::Sender<io::Result<Bytes>>,
+    buffer: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(CHUNK),
+        ));
+        self.chunks
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// A response body read from the channel the walk fills.
+pub(super) struct Streamed {
+    chunks: mpsc::Receiver<io::Result<Bytes>>,
+    /// Held until the body is dropped: the connection has a request under
+    /// way while the archive streams.
+    _under_way: RequestUnderWay,
+}
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.chunks
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|chunk| chunk.map(Frame::data)))
+    }
+}
