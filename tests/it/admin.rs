@@ -8,7 +8,9 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-const WAIT: Duration = Duration::from_secs(10);
+/// The longest an awaited condition may take: generous, since a loaded
+/// machine is slow and a condition met returns at once.
+const WAIT: Duration = Duration::from_secs(30);
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
 pub const VIEWER_TOKEN: &str = "viewer-token-0123456789";
 pub const SUBSCRIBER_TOKEN: &str = "subscriber-token-0123456789";

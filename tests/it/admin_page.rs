@@ -10,7 +10,9 @@ use std::time::Duration;
 use crate::admin::*;
 use crate::helpers::*;
 
-const WAIT: Duration = Duration::from_secs(10);
+/// The longest an awaited condition may take: generous, since a loaded
+/// machine is slow and a condition met returns at once.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A relay whose spool holds a notification with a dead delivery (to
 /// `billing`, delivered to `erp`) and a Latin-1 one flagged

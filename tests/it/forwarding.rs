@@ -11,7 +11,9 @@ use webhook_relay::spool::NotificationId;
 
 use crate::helpers::*;
 
-const WAIT: Duration = Duration::from_secs(10);
+/// The longest an awaited condition may take: generous, since a loaded
+/// machine is slow and a condition met returns at once.
+const WAIT: Duration = Duration::from_secs(30);
 
 async fn post_tus(relay: &TestRelay, hook: &str, evento: &str) -> NotificationId {
     let (status, json) = relay

@@ -378,7 +378,17 @@ async fn room_again(
     let room_at = std::time::Instant::now();
     for n in 0.. {
         let body = tus_body(&format!("room{n}"), "room");
-        let response = client.post(url).body(body.clone()).send().await.unwrap();
+        // The relay may be replacing its process right now: a reset
+        // connection is "not yet", as a provider would retry it.
+        let Ok(response) = client.post(url).body(body.clone()).send().await else {
+            assert!(
+                room_at.elapsed() < Duration::from_secs(20),
+                "no answer 20 s after room came back:\n{}",
+                relay.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
         if response.status() == 200 {
             let json: serde_json::Value =
                 serde_json::from_str(&response.text().await.unwrap()).unwrap();

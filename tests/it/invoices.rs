@@ -14,7 +14,9 @@ use crate::admin::{
 };
 use crate::helpers::*;
 
-const WAIT: Duration = Duration::from_secs(10);
+/// The longest an awaited condition may take: generous, since a loaded
+/// machine is slow and a condition met returns at once.
+const WAIT: Duration = Duration::from_secs(30);
 
 async fn post_tus(relay: &TestRelay, hook: &str, evento: &str) -> String {
     let (status, json) = relay

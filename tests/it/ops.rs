@@ -9,7 +9,9 @@ use serde_json::Value;
 use crate::admin::*;
 use crate::helpers::*;
 
-const WAIT: Duration = Duration::from_secs(10);
+/// The longest an awaited condition may take: generous, since a loaded
+/// machine is slow and a condition met returns at once.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A subscription like `helpers::subscription` but waiting ten minutes
 /// after its first failure: its delivery stays waiting for the test.

@@ -9,7 +9,9 @@ use std::time::Duration;
 use crate::helpers::*;
 use crate::process::{write_config, RelayProcess};
 
-const WAIT: Duration = Duration::from_secs(10);
+/// The longest an awaited condition may take: generous, since a loaded
+/// machine is slow and a condition met returns at once.
+const WAIT: Duration = Duration::from_secs(30);
 const OLD_TOKEN: &str = "lenient-token-0123456789";
 const NEW_TOKEN: &str = "lenient-token-rotated-42";
 

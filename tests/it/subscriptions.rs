@@ -15,7 +15,9 @@ use webhook_relay::config::Config;
 use crate::admin::{cli, cli_config, post_tus, Admin, ADMIN_TOKEN, VIEWER_TOKEN};
 use crate::helpers::*;
 
-const WAIT: Duration = Duration::from_secs(10);
+/// The longest an awaited condition may take: generous, since a loaded
+/// machine is slow and a condition met returns at once.
+const WAIT: Duration = Duration::from_secs(30);
 const ERP_TOKEN: &str = "erp-team-token-0123456789";
 const SHOP_TOKEN: &str = "shop-team-token-0123456789";
 
