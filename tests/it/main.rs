@@ -16,6 +16,7 @@ mod ingest;
 mod invoices;
 mod layout;
 mod memory;
+mod openapi;
 mod ops;
 mod process;
 mod reload;
