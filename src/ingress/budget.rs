@@ -396,6 +396,20 @@ mod tests {
         Ok(held)
     }
 
+    #[test]
+    fn long_drains_are_bounded_in_bytes_and_in_number() {
+        let budget = BodyBudget::new(64 << 20, 1 << 20);
+        let drains: Vec<LongDrain> = std::iter::from_fn(|| budget.long_drain())
+            .take(MAX_LONG_DRAINS + 1)
+            .collect();
+        assert_eq!(drains.len(), MAX_LONG_DRAINS, "no more at once");
+        assert!(drains.iter().all(|d| d.bytes == 16 << 20));
+        drop(drains);
+        assert!(budget.long_drain().is_some(), "slots come back");
+        let large = BodyBudget::new(64 << 20, 4 << 20);
+        assert_eq!(large.long_drain().map(|d| d.bytes), Some(64 << 20));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_body_holds_what_arrived_and_gives_it_back() {
         let budget = BodyBudget::new(1 << 20, 256 * 1024);
