@@ -27,6 +27,11 @@
 //!
 //! A step not granted within [`BUDGET_WAIT`] is [`Busy`]: the request is
 //! answered 503 with `Retry-After`, and what it held is released.
+//!
+//! The budget also bounds the long drains of oversized uploads (see
+//! `handler::drain`): they hold no memory, but each reads up to
+//! [`LongDrain::bytes`] from its client, so at most [`MAX_LONG_DRAINS`]
+//! run at once.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,6 +48,23 @@ pub const SMALL_BODY: u64 = 64 * 1024;
 const STEP: u64 = 16 * 1024;
 /// How long one request may wait, in all, for the budget.
 pub const BUDGET_WAIT: Duration = Duration::from_secs(1);
+
+/// Oversized uploads read and dropped at once (each at most
+/// [`LongDrain::bytes`] within `body_timeout`), so a flood of them takes
+/// a bounded share of the relay's bandwidth; one refused while all are
+/// taken gets the short drain.
+pub const MAX_LONG_DRAINS: usize = 16;
+/// The least an oversized upload is read and dropped up to, whatever
+/// `max_body` is: common clients send their whole body before they read
+/// an answer, and this is what lets their 413 reach them.
+const MIN_LONG_DRAIN: u64 = 16 << 20;
+
+/// Leave to read and drop up to `bytes` of an oversized upload.
+#[derive(Debug)]
+pub struct LongDrain {
+    pub bytes: u64,
+    _slot: OwnedSemaphorePermit,
+}
 
 /// The budget was not granted in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +102,7 @@ pub struct BodyBudget {
     per_connection: usize,
     addresses: Arc<AddressShares>,
     max_body: u64,
+    long_drains: Arc<Semaphore>,
     /// `max_inflight_body` and `max_body` it was made for.
     settings: (u64, u64),
 }
@@ -103,8 +126,19 @@ impl BodyBudget {
                 held: Mutex::new(HashMap::new()),
             }),
             max_body,
+            long_drains: Arc::new(Semaphore::new(MAX_LONG_DRAINS)),
             settings,
         }
+    }
+
+    /// Leave for a long drain (16 × `max_body`, at least 16 MiB), if fewer
+    /// than [`MAX_LONG_DRAINS`] run now.
+    pub fn long_drain(&self) -> Option<LongDrain> {
+        let slot = self.long_drains.clone().try_acquire_owned().ok()?;
+        Some(LongDrain {
+            bytes: self.max_body.saturating_mul(16).max(MIN_LONG_DRAIN),
+            _slot: slot,
+        })
     }
 
     /// Whether this budget was made for these settings.
@@ -360,6 +394,20 @@ mod tests {
         let who = claimant(&share, from, standing, None);
         budget.reserve(&mut held, &who, bytes, soon()).await?;
         Ok(held)
+    }
+
+    #[test]
+    fn long_drains_are_bounded_in_bytes_and_in_number() {
+        let budget = BodyBudget::new(64 << 20, 1 << 20);
+        let drains: Vec<LongDrain> = std::iter::from_fn(|| budget.long_drain())
+            .take(MAX_LONG_DRAINS + 1)
+            .collect();
+        assert_eq!(drains.len(), MAX_LONG_DRAINS, "no more at once");
+        assert!(drains.iter().all(|d| d.bytes == 16 << 20));
+        drop(drains);
+        assert!(budget.long_drain().is_some(), "slots come back");
+        let large = BodyBudget::new(64 << 20, 4 << 20);
+        assert_eq!(large.long_drain().map(|d| d.bytes), Some(64 << 20));
     }
 
     #[tokio::test(start_paused = true)]

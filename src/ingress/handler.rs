@@ -214,15 +214,37 @@ pub(super) async fn handle(
             }
             // A slow or broken upload is not waited for; after any other
             // refusal the rest of the upload is read and dropped (bounded),
-            // so the answer reaches the client rather than a reset.
+            // so the answer reaches the client rather than a reset. An
+            // oversized upload passed the checks before its body, and its
+            // client (curl, httpx, requests) sends it whole before reading
+            // an answer: it gets the long drain, the others the short one.
             let keep = !matches!(
                 err,
                 IngressError::BodyTimeout(_) | IngressError::BodyRead(_)
             );
+            let too_large = matches!(err, IngressError::TooLarge(_));
             if keep && !expects_continue(&parts) {
-                drain(&parts.headers, &mut body).await;
+                let long = too_large.then(|| ingress.budget.long_drain()).flatten();
+                let bound = match &long {
+                    Some(long) => DrainBound {
+                        bytes: long.bytes,
+                        time: ingress.body_timeout,
+                    },
+                    None => DrainBound {
+                        bytes: DRAIN_BYTES,
+                        time: DRAIN_TIME,
+                    },
+                };
+                drain(&parts.headers, &mut body, bound).await;
             }
-            let response = err.into_response();
+            let mut response = err.into_response();
+            if too_large && parts.version != http::Version::HTTP_2 {
+                // Whatever was left unread, the connection ends here: said
+                // in the answer, so the client does not send on it again.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             if keep {
                 response.map(|answer| answer.keeping(body))
             } else {
@@ -232,10 +254,18 @@ pub(super) async fn handle(
     }
 }
 
-/// Most of an unread upload read and dropped after an early refusal.
+/// Most of an unread upload read and dropped after an early refusal other
+/// than 413 (and after a 413 when every long drain is taken).
 pub const DRAIN_BYTES: u64 = 1 << 20;
 /// Longest time spent on that.
 pub const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// How much of an unread upload is read and dropped, and for how long.
+#[derive(Debug, Clone, Copy)]
+struct DrainBound {
+    bytes: u64,
+    time: Duration,
+}
 
 /// An HTTP/1.1 client that sent `Expect: 100-continue` has not sent its
 /// body: an early answer needs no drain (and reading would invite the
@@ -251,22 +281,20 @@ fn expects_continue(parts: &Parts) -> bool {
 }
 
 /// Reads and drops what is left of a refused upload, at most
-/// [`DRAIN_BYTES`] for at most [`DRAIN_TIME`], so the connection is not
-/// closed (HTTP/1.x: a reset that can destroy the answer in the client's
-/// buffers) or the stream reset (HTTP/2: some clients, curl 7.x among
-/// them, report the answer's `RST_STREAM(NO_ERROR)` as an error) with
-/// data unread. An upload declared larger than that is not read at all.
-async fn drain(headers: &HeaderMap, body: &mut IncomingBody) {
+/// `bound.bytes` for at most `bound.time`, holding no byte of it, so the
+/// connection is not closed (HTTP/1.x: a reset that can destroy the answer
+/// in the client's buffers) or the stream reset (HTTP/2: some clients,
+/// curl 7.x among them, report the answer's `RST_STREAM(NO_ERROR)` as an
+/// error) with data unread. An upload declared larger than the bound is
+/// not read at all.
+async fn drain(headers: &HeaderMap, body: &mut IncomingBody, bound: DrainBound) {
     use hyper::body::Body as _;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if body.is_end_stream() || declared.is_some_and(|len| len > DRAIN_BYTES) {
+    let declared = declared_length(headers);
+    if body.is_end_stream() || declared.is_some_and(|len| len > bound.bytes) {
         return;
     }
-    let mut left = DRAIN_BYTES;
-    let _ = tokio::time::timeout(DRAIN_TIME, async {
+    let mut left = bound.bytes;
+    let _ = tokio::time::timeout(bound.time, async {
         while let Some(Ok(frame)) = body.frame().await {
             let len = frame.data_ref().map_or(0, |d| d.len() as u64);
             match left.checked_sub(len) {

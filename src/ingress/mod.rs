@@ -245,7 +245,7 @@ pub async fn serve(
         .max_header_list_size(MAX_HEADER_BYTES)
         .max_send_buf_size(64 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new(builder));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Slots::new(settings.max_connections));
     // Tells connections still in their TLS handshake to give up: they have
@@ -276,7 +276,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (ingress, builder, settings) = (ingress.clone(), builder.clone(), settings.clone());
+        let (ingress, builders, settings) = (ingress.clone(), builders.clone(), settings.clone());
         let watcher = graceful.watcher();
         let mut close_rx = close_rx.clone();
         tokio::spawn(async move {
@@ -288,7 +288,8 @@ pub async fn serve(
                     tokio::select! {
                         done = handshake => match done {
                             Ok(Ok(tls)) => {
-                                serve_connection(tls, peer, ingress, &builder, watcher, activity, settings.idle_timeout).await
+                                let builder = builders.for_alpn(tls.get_ref().1.alpn_protocol());
+                                serve_connection(tls, peer, ingress, builder, watcher, activity, settings.idle_timeout).await
                             }
                             Ok(Err(err)) => {
                                 tracing::debug!(%peer, error = %err, "TLS handshake failed")
@@ -309,7 +310,7 @@ pub async fn serve(
                         stream,
                         peer,
                         ingress,
-                        &builder,
+                        &builders.sniffing,
                         watcher,
                         activity,
                         settings.idle_timeout,
@@ -327,6 +328,36 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("ingress connections still open after the drain timeout; closing them");
+    }
+}
+
+/// One connection builder per protocol choice, all with the same settings.
+/// A TLS connection is served in the protocol its ALPN named (RFC 9113
+/// §3.2: `h2` means HTTP/2 from the first byte, so a bad preface gets a
+/// GOAWAY, never an HTTP/1.1 answer). A connection that named none (plain
+/// HTTP behind a balancer, or a TLS client that offers no ALPN) is sniffed,
+/// so prior-knowledge HTTP/2 keeps working there.
+struct Builders {
+    sniffing: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(sniffing: auto::Builder<TokioExecutor>) -> Builders {
+        Builders {
+            http1: sniffing.clone().http1_only(),
+            http2: sniffing.clone().http2_only(),
+            sniffing,
+        }
+    }
+
+    fn for_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<TokioExecutor> {
+        match alpn {
+            Some(b"h2") => &self.http2,
+            Some(b"http/1.1" | b"http/1.0") => &self.http1,
+            _ => &self.sniffing,
+        }
     }
 }
 

@@ -795,3 +795,159 @@ async fn a_compressed_body_gets_415_and_nothing_is_stored() {
     assert_eq!(relay.relay().spool.quarantined().count(), 0);
     relay.stop().await;
 }
+
+/// The relay with the default `max_body` (1 MiB), as an operator runs it.
+async fn relay_with_default_max_body() -> TestRelay {
+    TestRelay::start_edited(|base| {
+        base.replace("max_body = \"64KiB\"\n", "")
+            .replace("body_timeout = \"2s\"", "body_timeout = \"20s\"")
+    })
+    .await
+}
+
+/// An upload four times the default `max_body`: past the short drain
+/// (1 MiB), within the long one (16 MiB).
+const FOUR_MIB: usize = 4 << 20;
+
+#[tokio::test]
+async fn a_4_mib_upload_over_http11_is_read_and_answered_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = relay_with_default_max_body().await;
+    let path = format!("/hooks/tusfacturas/{TUS_TOKEN}");
+    let chunk = vec![b'x'; 64 * 1024];
+    for chunked in [false, true] {
+        let mut stream = tls_connect(&relay, b"http/1.1").await;
+        let framing = if chunked {
+            "Transfer-Encoding: chunked".to_owned()
+        } else {
+            format!("Content-Length: {FOUR_MIB}")
+        };
+        stream
+            .write_all(
+                format!("POST {path} HTTP/1.1\r\nHost: localhost\r\n{framing}\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        // The whole body before reading anything, as curl and Python
+        // requests do: every write must succeed (no reset).
+        for _ in 0..FOUR_MIB / chunk.len() {
+            if chunked {
+                stream
+                    .write_all(b"10000\r\n")
+                    .await
+                    .expect("no reset while uploading");
+            }
+            stream
+                .write_all(&chunk)
+                .await
+                .expect("no reset while uploading");
+            if chunked {
+                stream
+                    .write_all(b"\r\n")
+                    .await
+                    .expect("no reset while uploading");
+            }
+        }
+        if chunked {
+            stream.write_all(b"0\r\n\r\n").await.unwrap();
+        }
+        stream.flush().await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+            .await
+            .expect("the relay closes after its answer")
+            .expect("the answer, not a reset");
+        let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(
+            text.starts_with("http/1.1 413"),
+            "chunked {chunked}: {text}"
+        );
+        assert!(text.contains("connection: close"), "{text}");
+        assert!(text.contains("payload_too_large"), "{text}");
+    }
+    relay.stop().await;
+}
+
+/// curl (libcurl with OpenSSL and nghttp2, installed by `.ci/run`) over
+/// HTTP/1.1 and HTTP/2: it sends a 4 MiB upload whole before it reads,
+/// and must exit 0 with the 413.
+#[tokio::test]
+async fn curl_gets_413_for_a_4_mib_upload_over_http11_and_http2() {
+    let relay = relay_with_default_max_body().await;
+    let big = relay.dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; FOUR_MIB]).unwrap();
+    let cert = relay.dir.path().join("tls/self-signed.crt");
+    let url = relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}"));
+    for protocol in ["--http1.1", "--http2"] {
+        let args: Vec<String> = vec![
+            "-sS".into(),
+            protocol.into(),
+            "--max-time".into(),
+            "20".into(),
+            "--cacert".into(),
+            cert.display().to_string(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code} %{http_version}".into(),
+            "--data-binary".into(),
+            format!("@{}", big.display()),
+            url.clone(),
+        ];
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl").args(&args).output()
+        })
+        .await
+        .unwrap()
+        .expect("curl is needed (.ci/run installs it)");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{protocol}: curl {:?}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let expected_version = if protocol == "--http2" { "2" } else { "1.1" };
+        assert_eq!(stdout, format!("413 {expected_version}"), "{protocol}");
+    }
+    relay.stop().await;
+}
+
+/// A connection whose ALPN named `h2` is HTTP/2 from its first byte: an
+/// HTTP/1.1 request on it is a bad connection preface, answered with a
+/// connection error (hyper: its SETTINGS, then the close), never with HTTP/1.1
+/// (h2spec's "3.5. HTTP/2 Connection Preface").
+#[tokio::test]
+async fn a_bad_preface_after_alpn_h2_gets_a_goaway_not_http11() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = TestRelay::start("").await;
+    let mut stream = tls_connect(&relay, b"h2").await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    stream.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the relay closes the connection");
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "an HTTP/1 answer on an h2 connection: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Whatever came is HTTP/2 frames (9-byte header, then the payload).
+    let mut types = Vec::new();
+    let mut rest = &answer[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        types.push(rest[3]);
+        rest = rest.get(9 + len..).expect("a whole frame");
+    }
+    assert!(rest.is_empty(), "frames, then nothing: {answer:?}");
+    // The server's SETTINGS (0x4), maybe a GOAWAY (0x7), then the close
+    // (h2spec takes a GOAWAY or a close as the connection error).
+    assert!(
+        types.iter().all(|t| [0x4, 0x7].contains(t)),
+        "SETTINGS, a GOAWAY or the close, got frame types {types:?}"
+    );
+    relay.stop().await;
+}
