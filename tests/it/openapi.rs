@@ -334,6 +334,10 @@ async fn every_operation_answers_as_its_openapi_response_schema_says() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
+    // The archive: not JSON, checked as the documented binary string.
+    checker
+        .expect(200, "POST", "/api/spool/backup", "/api/spool/backup")
+        .await;
     checker
         .expect(
             404,
