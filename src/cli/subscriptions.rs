@@ -85,14 +85,14 @@ pub fn run(command: SubscriptionsCommand) -> anyhow::Result<()> {
             let client = AdminClient::locate(&remote, &config.config)?;
             let created = client.post_json("/api/subscriptions", &new.request())?;
             if remote.json {
-                println!("{created}");
+                outln!("{created}")?;
             } else {
-                println!(
+                outln!(
                     "created {} -> {}\nsecret: {}\n(shown only now: give it to the receiving app, which verifies the webhook-signature header with it)",
                     cell(&created["name"]),
                     cell(&created["url"]),
                     cell(&created["secret"]),
-                );
+                )?;
             }
             Ok(())
         }
@@ -117,12 +117,12 @@ pub fn run(command: SubscriptionsCommand) -> anyhow::Result<()> {
             );
             let done = client.delete(&path)?;
             if remote.json {
-                println!("{done}");
+                outln!("{done}")?;
             } else {
-                println!(
+                outln!(
                     "deleted {name} ({} waiting deliveries purged)",
                     cell(&done["purged"])
-                );
+                )?;
             }
             Ok(())
         }

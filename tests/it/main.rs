@@ -15,6 +15,7 @@ mod ingest;
 mod invoices;
 mod layout;
 mod memory;
+mod operator_cli;
 mod ops;
 mod process;
 mod reload;
