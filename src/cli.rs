@@ -1195,12 +1195,6 @@ fn list(
                     cell(&item["reason"]),
                 ]
             } else {
-                let deliveries: Vec<String> = item["deliveries"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|d| format!("{}:{}", cell(&d["subscription"]), cell(&d["state"])))
-                    .collect();
                 vec![
                     cell(&item["id"]),
                     cell(&item["received_at"]),
@@ -1208,7 +1202,8 @@ fn list(
                     cell(&item["event"]),
                     cell(&item["subject"]),
                     cell(&item["status"]),
-                    deliveries.join(" "),
+                    flag_list(&item["flags"]),
+                    delivery_summary(&item["deliveries"]),
                 ]
             });
         }
@@ -1228,10 +1223,12 @@ fn list(
                 "EVENT",
                 "SUBJECT",
                 "STATUS",
+                "FLAGS",
                 "DELIVERIES",
             ]
         };
-        out!("{}", table(headers, &rows))?;
+        // The deliveries' summary is never cut: a cut one hid `dead`.
+        out!("{}", remote::table_keeping_last(headers, &rows))?;
         if let Some(cursor) = cursor {
             outln!("(more: --all, or the API with cursor={cursor})")?;
         }
@@ -1247,6 +1244,7 @@ fn show(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     print_fields(&shown, &crate::admin::NOTIFICATION_FIELDS)?;
+    outln!("{:<14} {}", "flags", flag_list(&shown["flags"]))?;
     let mut rows = Vec::new();
     for delivery in shown["deliveries"].as_array().into_iter().flatten() {
         let attempts = delivery["attempts"].as_array().cloned().unwrap_or_default();
@@ -1289,8 +1287,69 @@ fn show(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
             &rows
         )
     )?;
-    outln!("\n{}", cell(&shown["body"]))?;
+    outln!("\n{}", body_shown(&shown))?;
     Ok(())
+}
+
+/// A notification's flags (what its provider check accepted though not
+/// as documented), comma separated; "-" when none.
+fn flag_list(flags: &serde_json::Value) -> String {
+    let names: Vec<String> = flags.as_array().into_iter().flatten().map(cell).collect();
+    if names.is_empty() {
+        "-".into()
+    } else {
+        names.join(",")
+    }
+}
+
+/// A notification's deliveries counted by state, `dead` first: `2
+/// delivered, 1 dead` reads whole however many subscriptions there are.
+fn delivery_summary(deliveries: &serde_json::Value) -> String {
+    let states: Vec<String> = deliveries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| cell(&d["state"]))
+        .collect();
+    let mut order = vec!["dead", "waiting", "delivered", "purged"];
+    // A state a newer relay names that this CLI does not know, still shown.
+    for state in &states {
+        if !order.contains(&state.as_str()) {
+            order.push(state);
+        }
+    }
+    let parts: Vec<String> = order
+        .iter()
+        .filter_map(|name| {
+            let n = states.iter().filter(|s| s == name).count();
+            (n > 0).then(|| format!("{n} {name}"))
+        })
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A record's body for a terminal: text as it is; a Latin-1 one (flag
+/// `latin1_body`) decoded, and said so; any other non-UTF-8 one as base64,
+/// and said so.
+fn body_shown(shown: &serde_json::Value) -> String {
+    let body = shown["body"].as_str().unwrap_or("");
+    if shown["body_encoding"] != "base64" {
+        return body.to_owned();
+    }
+    let latin1 = shown["flags"]
+        .as_array()
+        .is_some_and(|flags| flags.iter().any(|f| f == "latin1_body"));
+    match base64::engine::general_purpose::STANDARD.decode(body) {
+        Ok(raw) if latin1 => {
+            let (text, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(&raw);
+            format!("(body sent in Latin-1, decoded from Windows-1252; the targets get it as UTF-8)\n{text}")
+        }
+        _ => format!("(body not UTF-8: shown as base64)\n{body}"),
+    }
 }
 
 fn show_quarantined(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
@@ -1301,7 +1360,7 @@ fn show_quarantined(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Res
         return Ok(());
     }
     print_fields(&shown, &crate::admin::QUARANTINE_FIELDS)?;
-    outln!("\n{}", cell(&shown["body"]))?;
+    outln!("\n{}", body_shown(&shown))?;
     Ok(())
 }
 

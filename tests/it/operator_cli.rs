@@ -68,3 +68,77 @@ async fn a_closed_pipe_ends_every_printing_command_quietly_with_status_0() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&id), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_ls_counts_every_state_and_show_decodes_a_latin1_body() {
+    let failing = Target::start(vec![Reply::Status(500); 4]).await;
+    let ok = Target::start(vec![]).await;
+    // Three subscriptions with long names: cut at 48 characters, the old
+    // `name:state` column hid the third one's state.
+    let relay = TestRelay::start(&format!(
+        "{}{}{}{}",
+        subscription("erp-accounting-main", &ok.url(), ""),
+        subscription("erp-accounting-backup", &ok.url(), ""),
+        subscription("dead-end", &failing.url(), ""),
+        crate::admin::admin_section()
+    ))
+    .await;
+    let admin = Admin::of(&relay);
+    // º is 0xBA in ISO-8859-1.
+    let raw = b"{\"creado\":\"18/03/2022 15:58:11\",\"evento\":\"emitido\",\"recurso\":\"facturacion\",\"external_reference\":\"N\xba 17032\",\"intento\":\"1\",\"msg\":\"x\",\"hook_id\":\"cli-latin1\"}".to_vec();
+    let response = relay
+        .client
+        .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+        .header("content-type", "application/json; charset=ISO-8859-1")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = answer(response).await;
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    admin
+        .wait_for(
+            "/api/notifications?state=dead",
+            "the dead-end delivery dead",
+            |b| crate::admin::items(b) == 1,
+        )
+        .await;
+    admin
+        .wait_for(
+            &format!("/api/notifications/{id}"),
+            "both erp deliveries delivered",
+            |b| {
+                b["deliveries"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().filter(|d| d["state"] == "delivered").count() == 2)
+            },
+        )
+        .await;
+    let config = cli_config(&relay);
+
+    for filter in [&[][..], &["--state", "dead"]] {
+        let args = [&["spool", "ls"][..], filter].concat();
+        let (code, out, err) = tokio::task::block_in_place(|| cli(&config, &args, VIEWER_TOKEN));
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].contains("FLAGS") && lines[0].ends_with("DELIVERIES"),
+            "{out}"
+        );
+        let row = lines.iter().find(|l| l.starts_with(&id)).expect("the row");
+        assert!(row.ends_with("1 dead, 2 delivered"), "{args:?}: {out}");
+        assert!(row.contains("latin1_body"), "{out}");
+    }
+
+    let (code, out, err) =
+        tokio::task::block_in_place(|| cli(&config, &["spool", "show", &id], VIEWER_TOKEN));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("flags") && l.ends_with("latin1_body")),
+        "{out}"
+    );
+    assert!(out.contains("decoded from Windows-1252"), "{out}");
+    assert!(out.contains("\"external_reference\":\"Nº 17032\""), "{out}");
+}
