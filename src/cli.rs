@@ -162,6 +162,15 @@ pub enum SubscriptionsCommand {
         remote: RemoteArgs,
         name: String,
     },
+    /// Make the subscription's deliveries waiting for a later retry due
+    /// now (its target is back); dead ones are for `spool replay`.
+    Retry {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        name: String,
+    },
     /// Create a subscription (its URL's host must be in [admin]
     /// allowed_targets); prints its secret, once.
     Add {

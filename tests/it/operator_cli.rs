@@ -3,9 +3,12 @@
 //! hide a delivery's state.
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::admin::{cli, cli_config, post_tus, Admin, ADMIN_TOKEN, VIEWER_TOKEN};
 use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the CLI with its standard output a pipe whose reader is gone
 /// before the command writes (it must first ask the relay): its status
@@ -141,4 +144,101 @@ async fn spool_ls_counts_every_state_and_show_decodes_a_latin1_body() {
     );
     assert!(out.contains("decoded from Windows-1252"), "{out}");
     assert!(out.contains("\"external_reference\":\"Nº 17032\""), "{out}");
+}
+
+/// Adds `name` through the built CLI, with these retry waits and no jitter.
+fn add_with_schedule(config: &std::path::Path, name: &str, url: &str, schedule: &str) {
+    let (code, out, err) = cli(
+        config,
+        &[
+            "subscriptions",
+            "add",
+            name,
+            "--url",
+            url,
+            "--schedule",
+            schedule,
+            "--jitter",
+            "0",
+        ],
+        ADMIN_TOKEN,
+    );
+    assert_eq!(code, 0, "add {name}: {out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_takes_a_schedule_and_retry_brings_a_subscriptions_waiting_deliveries_forward() {
+    // Each target is down for its first request, then up.
+    let quick = Target::start(vec![Reply::Status(503)]).await;
+    let erp = Target::start(vec![Reply::Status(503)]).await;
+    let later = Target::start(vec![Reply::Status(503)]).await;
+    let relay = TestRelay::start(&crate::admin::admin_section().replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nallowed_targets = [\"127.0.0.1\"]\n",
+    ))
+    .await;
+    let admin = Admin::of(&relay);
+    let config = cli_config(&relay);
+    tokio::task::block_in_place(|| {
+        // The default schedule would retry in 5 minutes.
+        add_with_schedule(&config, "quick", &quick.url(), "50ms,100ms");
+        add_with_schedule(&config, "erp", &erp.url(), "1h");
+        add_with_schedule(&config, "later", &later.url(), "1h");
+    });
+    let (status, body) = admin
+        .call("GET", "/api/subscriptions", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = post_tus(&relay, "retry-1", "0001-0042").await;
+
+    // --schedule took: the second attempt 50 ms after the first.
+    quick.wait_for(2, WAIT).await;
+    // erp and later tried once, and wait an hour.
+    admin
+        .wait_for(
+            &format!("/api/notifications/{id}"),
+            "erp and later waiting after one attempt",
+            |b| {
+                b["deliveries"].as_array().is_some_and(|ds| {
+                    ds.iter().filter(|d| d["subscription"] != "quick").all(|d| {
+                        d["state"] == "waiting" && d["attempts"].as_array().map_or(0, Vec::len) == 1
+                    })
+                })
+            },
+        )
+        .await;
+    assert_eq!(erp.count(), 1);
+
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(&config, &["subscriptions", "retry", "erp"], ADMIN_TOKEN)
+    });
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "1 waiting deliveries of erp are due now");
+    erp.wait_for(2, WAIT).await;
+    admin
+        .wait_for(&format!("/api/notifications/{id}"), "erp delivered", |b| {
+            b["deliveries"].as_array().is_some_and(|ds| {
+                ds.iter()
+                    .any(|d| d["subscription"] == "erp" && d["state"] == "delivered")
+            })
+        })
+        .await;
+    assert_eq!(later.count(), 1, "a retry is of one subscription");
+    let (_, audit) = admin.call("GET", "/api/audit", Some(ADMIN_TOKEN)).await;
+    assert!(
+        audit["items"].as_array().unwrap().iter().any(|r| {
+            r["action"] == "subscription.retry"
+                && r["target"] == "erp"
+                && r["detail"]["retried"] == 1
+        }),
+        "audited: {audit}"
+    );
+
+    // The page's button, as a logged-in admin.
+    let ops = admin.log_in_page(ADMIN_TOKEN).await;
+    let (_, page) = ops.get("/").await;
+    assert!(page.contains("action=\"/s/later/retry\""), "{page}");
+    let pressed = ops.press("/s/later/retry").await;
+    assert_eq!(pressed.status(), 303);
+    later.wait_for(2, WAIT).await;
 }
