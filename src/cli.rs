@@ -43,6 +43,7 @@ macro_rules! out {
 }
 
 mod invoice;
+mod man;
 mod remote;
 mod subscriptions;
 
@@ -87,6 +88,9 @@ pub enum Command {
     Invoice(invoice::InvoiceCommand),
     /// Print a new subscription secret (`whsec_...`).
     GenSecret,
+    /// Print the man page (roff), made from these definitions.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -578,6 +582,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                 format!("discarded {id}")
             })
         }
+        Command::Man => Ok(man::print()?),
         Command::GenSecret => {
             outln!("{}", SigningKey::generate_secret(rand::random()))?;
             Ok(())

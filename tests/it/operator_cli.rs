@@ -242,3 +242,21 @@ async fn add_takes_a_schedule_and_retry_brings_a_subscriptions_waiting_deliverie
     assert_eq!(pressed.status(), 303);
     later.wait_for(2, WAIT).await;
 }
+
+/// `doc/webhook-relay.8` (shipped by the package) is what the clap
+/// definitions make: a command or flag added without it fails here.
+#[test]
+fn the_shipped_man_page_is_the_generated_one() {
+    let out = Command::new(crate::process::BINARY)
+        .arg("man")
+        .output()
+        .expect("the relay binary runs");
+    assert!(out.status.success(), "{out:?}");
+    let shipped = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/webhook-relay.8"))
+        .expect("doc/webhook-relay.8");
+    assert!(
+        shipped == out.stdout,
+        "doc/webhook-relay.8 differs from the clap definitions; regenerate it with \
+         `cargo run -q -- man > doc/webhook-relay.8`"
+    );
+}
