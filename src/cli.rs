@@ -25,8 +25,26 @@ use crate::signing::SigningKey;
 use crate::spool::{Routes, Spool, SpoolError};
 use remote::{cell, table, AdminClient, RemoteArgs, RemoteError};
 
+/// `println!` that hands back the write's error instead of panicking, as
+/// `println!` does on a pipe closed by its reader (`... | head -n 1`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::cli::PrintError)
+    }};
+}
+
+/// `print!` that hands back the write's error: see [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).map_err($crate::cli::PrintError)
+    }};
+}
+
 mod backup;
 mod invoice;
+mod man;
 mod remote;
 mod subscriptions;
 
@@ -71,6 +89,9 @@ pub enum Command {
     Invoice(invoice::InvoiceCommand),
     /// Print a new subscription secret (`whsec_...`).
     GenSecret,
+    /// Print the man page (roff), made from these definitions.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +161,15 @@ pub enum SubscriptionsCommand {
     },
     /// Let a paused subscription's deliveries go, in their order.
     Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        name: String,
+    },
+    /// Make the subscription's deliveries waiting for a later retry due
+    /// now (its target is back); dead ones are for `spool replay`.
+    Retry {
         #[command(flatten)]
         config: ConfigArg,
         #[command(flatten)]
@@ -424,18 +454,51 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+/// Standard output could not be written: its reader went away (a closed
+/// pipe) or the disk under a redirect is full.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to standard output: {0}")]
+pub struct PrintError(#[source] pub std::io::Error);
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
-    let result = match cli.command {
+    let result = run_command(cli).and_then(|()| {
+        // What is still buffered goes now, so its error is seen here.
+        std::io::stdout()
+            .flush()
+            .map_err(|err| anyhow::Error::from(PrintError(err)))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader closed the pipe (`spool ls --json | head -n 1`): it
+        // has what it wanted, so this ends quietly with 0, as ripgrep does,
+        // not 141 (a death by SIGPIPE), which would fail a `pipefail` script.
+        Err(err)
+            if err
+                .downcast_ref::<PrintError>()
+                .is_some_and(|e| e.0.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{}", report(&err));
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::CheckConfig(arg) => load(&arg.config)
             .and_then(|config| check_certificate(&config).map(|()| config))
-            .map(|config| {
-                println!(
+            .and_then(|config| {
+                outln!(
                     "{}: ok ({} sources, {} subscriptions)",
                     arg.config.display(),
                     config.sources.len(),
                     config.subscriptions.len()
-                );
+                )?;
+                Ok(())
             }),
         Command::Serve(arg) => load(&arg.config).and_then(|config| serve(&arg.config, config)),
         Command::Spool(SpoolCommand::Dump {
@@ -554,16 +617,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 format!("discarded {id}")
             })
         }
+        Command::Man => Ok(man::print()?),
         Command::GenSecret => {
-            println!("{}", SigningKey::generate_secret(rand::random()));
+            outln!("{}", SigningKey::generate_secret(rand::random()))?;
             Ok(())
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("{}", report(&err));
-            ExitCode::from(exit_code(&err))
         }
     }
 }
@@ -940,7 +997,7 @@ fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
                 "target": record.entry.target,
                 "detail": record.entry.detail,
             });
-            writeln!(out, "{line}")?;
+            writeln!(out, "{line}").map_err(PrintError)?;
         }
     } else if let Dumped::Quarantined = what {
         for record in spool.quarantined() {
@@ -954,7 +1011,7 @@ fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
             let mut line = serde_json::to_value(&record.meta)?;
             line["received_at"] = format_ms(record.meta.received_ms).into();
             put_body(&mut line, &record.body);
-            writeln!(out, "{line}")?;
+            writeln!(out, "{line}").map_err(PrintError)?;
         }
     } else {
         for record in spool.notifications() {
@@ -976,10 +1033,10 @@ fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
                     Err(err) => report(err),
                 }
             }
-            writeln!(out, "{line}")?;
+            writeln!(out, "{line}").map_err(PrintError)?;
         }
     }
-    out.flush()?;
+    out.flush().map_err(PrintError)?;
     drop(out);
     close(spool)?;
     if unreadable > 0 {
@@ -1007,7 +1064,7 @@ fn close(spool: Spool) -> anyhow::Result<()> {
 /// one line per problem.
 fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
     let report = Spool::check(&config.spool, accept_loss)?;
-    println!(
+    outln!(
         "{}: {} notifications, {} quarantined, {} delivery records, {} retries due, {} dedup entries, {} audit records",
         config.spool.path.display(),
         report.notifications,
@@ -1016,10 +1073,10 @@ fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
         report.retries,
         report.dedup_entries,
         report.audit_records
-    );
-    print_counts(&report);
+    )?;
+    print_counts(&report)?;
     for repair in &report.repaired {
-        println!("repaired: {repair}");
+        outln!("repaired: {repair}")?;
     }
     // The check counts every subscription's backlog; only those of
     // subscriptions no longer configured are orphans.
@@ -1028,13 +1085,13 @@ fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
         .iter()
         .filter(|(name, _)| !config.subscriptions.iter().any(|s| &s.name == *name));
     for (subscription, waiting) in orphans {
-        println!("orphans: {waiting} deliveries wait for subscription {subscription:?}, which is not configured");
+        outln!("orphans: {waiting} deliveries wait for subscription {subscription:?}, which is not configured")?;
     }
     for problem in &report.problems {
-        println!("problem: {problem}");
+        outln!("problem: {problem}")?;
     }
     if report.problems.is_empty() {
-        println!("ok");
+        outln!("ok")?;
         Ok(())
     } else {
         Err(Damaged(format!(
@@ -1048,22 +1105,27 @@ fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
 
 /// The counts by a recount (or, when the spool could not be recounted, as
 /// kept): one line for the totals, one per subscription.
-fn print_counts(report: &crate::spool::CheckReport) {
+fn print_counts(report: &crate::spool::CheckReport) -> Result<(), PrintError> {
     let (counts, how) = match (&report.counts, &report.kept_counts) {
         (Some(counts), _) => (counts, "counted"),
         (None, Some(kept)) => (kept, "kept (not recounted)"),
-        (None, None) => return,
+        (None, None) => return Ok(()),
     };
-    println!(
+    outln!(
         "counts ({how}): {} notifications, {} quarantined",
-        counts.notifications, counts.quarantined
-    );
+        counts.notifications,
+        counts.quarantined
+    )?;
     for (name, sub) in &counts.subscriptions {
-        println!(
+        outln!(
             "counts of {name:?}: {} waiting, {} dead, {} delivered, {} purged",
-            sub.waiting, sub.dead, sub.delivered, sub.purged
-        );
+            sub.waiting,
+            sub.dead,
+            sub.delivered,
+            sub.purged
+        )?;
     }
+    Ok(())
 }
 
 /// Moves or purges an orphan subscription's deliveries and prints a JSON
@@ -1083,7 +1145,7 @@ fn reassign_orphans(config: &Config, from: &str, to: Option<&str>) -> anyhow::Re
             Some(to) => serde_json::json!({"from": from, "to": to, "moved": moved}),
             None => serde_json::json!({"subscription": from, "purged": moved}),
         };
-        println!("{line}");
+        outln!("{line}")?;
         anyhow::Ok(())
     })
 }
@@ -1124,7 +1186,7 @@ fn replay(config: &Config, id: &str, subscription: Option<String>) -> anyhow::Re
             // `false`: never attempted yet, so already due; nothing to do.
             let replayed = spool.replay(id, name, now_ms).await?;
             let line = serde_json::json!({"id": id.to_string(), "subscription": name, "replayed": replayed});
-            println!("{line}");
+            outln!("{line}")?;
         }
         let entry = crate::spool::AuditEntry {
             actor: "cli".into(),
@@ -1171,7 +1233,7 @@ fn list(
         let items = page["items"].as_array().cloned().unwrap_or_default();
         if remote.json {
             for item in &items {
-                println!("{item}");
+                outln!("{item}")?;
             }
         }
         for item in items {
@@ -1184,12 +1246,6 @@ fn list(
                     cell(&item["reason"]),
                 ]
             } else {
-                let deliveries: Vec<String> = item["deliveries"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|d| format!("{}:{}", cell(&d["subscription"]), cell(&d["state"])))
-                    .collect();
                 vec![
                     cell(&item["id"]),
                     cell(&item["received_at"]),
@@ -1197,7 +1253,8 @@ fn list(
                     cell(&item["event"]),
                     cell(&item["subject"]),
                     cell(&item["status"]),
-                    deliveries.join(" "),
+                    flag_list(&item["flags"]),
+                    delivery_summary(&item["deliveries"]),
                 ]
             });
         }
@@ -1217,12 +1274,14 @@ fn list(
                 "EVENT",
                 "SUBJECT",
                 "STATUS",
+                "FLAGS",
                 "DELIVERIES",
             ]
         };
-        print!("{}", table(headers, &rows));
+        // The deliveries' summary is never cut: a cut one hid `dead`.
+        out!("{}", remote::table_keeping_last(headers, &rows))?;
         if let Some(cursor) = cursor {
-            println!("(more: --all, or the API with cursor={cursor})");
+            outln!("(more: --all, or the API with cursor={cursor})")?;
         }
     }
     Ok(())
@@ -1232,10 +1291,11 @@ fn show(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
     let client = AdminClient::locate(remote, config)?;
     let shown = client.get(&format!("/api/notifications/{}", encode_segment(id)))?;
     if remote.json {
-        println!("{shown}");
+        outln!("{shown}")?;
         return Ok(());
     }
-    print_fields(&shown, &crate::admin::NOTIFICATION_FIELDS);
+    print_fields(&shown, &crate::admin::NOTIFICATION_FIELDS)?;
+    outln!("{:<14} {}", "flags", flag_list(&shown["flags"]))?;
     let mut rows = Vec::new();
     for delivery in shown["deliveries"].as_array().into_iter().flatten() {
         let attempts = delivery["attempts"].as_array().cloned().unwrap_or_default();
@@ -1263,8 +1323,8 @@ fn show(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
             ]);
         }
     }
-    println!();
-    print!(
+    outln!()?;
+    out!(
         "{}",
         table(
             &[
@@ -1277,50 +1337,112 @@ fn show(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
             ],
             &rows
         )
-    );
-    println!("\n{}", cell(&shown["body"]));
+    )?;
+    outln!("\n{}", body_shown(&shown))?;
     Ok(())
+}
+
+/// A notification's flags (what its provider check accepted though not
+/// as documented), comma separated; "-" when none.
+fn flag_list(flags: &serde_json::Value) -> String {
+    let names: Vec<String> = flags.as_array().into_iter().flatten().map(cell).collect();
+    if names.is_empty() {
+        "-".into()
+    } else {
+        names.join(",")
+    }
+}
+
+/// A notification's deliveries counted by state, `dead` first: `2
+/// delivered, 1 dead` reads whole however many subscriptions there are.
+fn delivery_summary(deliveries: &serde_json::Value) -> String {
+    let states: Vec<String> = deliveries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| cell(&d["state"]))
+        .collect();
+    let mut order = vec!["dead", "waiting", "delivered", "purged"];
+    // A state a newer relay names that this CLI does not know, still shown.
+    for state in &states {
+        if !order.contains(&state.as_str()) {
+            order.push(state);
+        }
+    }
+    let parts: Vec<String> = order
+        .iter()
+        .filter_map(|name| {
+            let n = states.iter().filter(|s| s == name).count();
+            (n > 0).then(|| format!("{n} {name}"))
+        })
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A record's body for a terminal: text as it is; a Latin-1 one (flag
+/// `latin1_body`) decoded, and said so; any other non-UTF-8 one as base64,
+/// and said so.
+fn body_shown(shown: &serde_json::Value) -> String {
+    let body = shown["body"].as_str().unwrap_or("");
+    if shown["body_encoding"] != "base64" {
+        return body.to_owned();
+    }
+    let latin1 = shown["flags"]
+        .as_array()
+        .is_some_and(|flags| flags.iter().any(|f| f == "latin1_body"));
+    match base64::engine::general_purpose::STANDARD.decode(body) {
+        Ok(raw) if latin1 => {
+            let (text, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(&raw);
+            format!("(body sent in Latin-1, decoded from Windows-1252; the targets get it as UTF-8)\n{text}")
+        }
+        _ => format!("(body not UTF-8: shown as base64)\n{body}"),
+    }
 }
 
 fn show_quarantined(config: &Path, remote: &RemoteArgs, id: &str) -> anyhow::Result<()> {
     let client = AdminClient::locate(remote, config)?;
     let shown = client.get(&format!("/api/quarantine/{}", encode_segment(id)))?;
     if remote.json {
-        println!("{shown}");
+        outln!("{shown}")?;
         return Ok(());
     }
-    print_fields(&shown, &crate::admin::QUARANTINE_FIELDS);
-    println!("\n{}", cell(&shown["body"]));
+    print_fields(&shown, &crate::admin::QUARANTINE_FIELDS)?;
+    outln!("\n{}", body_shown(&shown))?;
     Ok(())
 }
 
 /// One line a field: its label, then its value.
-fn print_fields(shown: &serde_json::Value, fields: &[(&str, &str)]) {
+fn print_fields(shown: &serde_json::Value, fields: &[(&str, &str)]) -> Result<(), PrintError> {
     for (label, key) in fields {
-        println!("{label:<14} {}", cell(&shown[*key]));
+        outln!("{label:<14} {}", cell(&shown[*key]))?;
     }
+    Ok(())
 }
 
 fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
     let client = AdminClient::locate(remote, config)?;
     let stats = client.get("/api/stats")?;
     if remote.json {
-        println!("{stats}");
+        outln!("{stats}")?;
         return Ok(());
     }
     let spool = &stats["spool"];
-    println!("spool          {}", cell(&spool["path"]));
-    println!("bytes on disk  {}", cell(&spool["bytes"]));
-    println!(
+    outln!("spool          {}", cell(&spool["path"]))?;
+    outln!("bytes on disk  {}", cell(&spool["bytes"]))?;
+    outln!(
         "writable       {}{}",
         cell(&spool["writable"]),
         spool["condition"]
             .as_str()
             .map(|c| format!(" ({c})"))
             .unwrap_or_default()
-    );
+    )?;
     let all = &stats["deliveries"];
-    println!(
+    outln!(
         "kept           {} notifications, {} quarantined; deliveries: {} waiting, {} dead, {} delivered, {} purged",
         cell(&stats["notifications"]),
         cell(&stats["quarantined"]),
@@ -1328,7 +1450,7 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
         cell(&all["dead"]),
         cell(&all["delivered"]),
         cell(&all["purged"])
-    );
+    )?;
     let rows: Vec<Vec<String>> = stats["sources"]
         .as_object()
         .into_iter()
@@ -1354,8 +1476,8 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!();
-    print!(
+    outln!()?;
+    out!(
         "{}",
         table(
             &[
@@ -1369,7 +1491,7 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
             ],
             &rows
         )
-    );
+    )?;
     let rows: Vec<Vec<String>> = stats["subscriptions"]
         .as_object()
         .into_iter()
@@ -1385,8 +1507,8 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!();
-    print!(
+    outln!()?;
+    out!(
         "{}",
         table(
             &[
@@ -1399,8 +1521,8 @@ fn stats(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
             ],
             &rows
         )
-    );
-    println!("\n(accepted, duplicate and refused count requests since the relay started)");
+    )?;
+    outln!("\n(accepted, duplicate and refused count requests since the relay started)")?;
     Ok(())
 }
 
@@ -1414,9 +1536,9 @@ pub(crate) fn post_and_print(
     let client = AdminClient::locate(remote, config)?;
     let done = client.post(path)?;
     if remote.json {
-        println!("{done}");
+        outln!("{done}")?;
     } else {
-        println!("{}", say(&done));
+        outln!("{}", say(&done))?;
     }
     Ok(())
 }
@@ -1431,7 +1553,7 @@ pub(crate) fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::
         .unwrap_or_default();
     if remote.json {
         for item in &items {
-            println!("{item}");
+            outln!("{item}")?;
         }
         return Ok(());
     }
@@ -1460,7 +1582,7 @@ pub(crate) fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &[
@@ -1474,7 +1596,7 @@ pub(crate) fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::
             ],
             &rows
         )
-    );
+    )?;
     Ok(())
 }
 
@@ -1484,7 +1606,7 @@ fn audit_log(config: &Path, remote: &RemoteArgs, limit: usize) -> anyhow::Result
     let items = page["items"].as_array().cloned().unwrap_or_default();
     if remote.json {
         for item in &items {
-            println!("{item}");
+            outln!("{item}")?;
         }
         return Ok(());
     }
@@ -1500,10 +1622,10 @@ fn audit_log(config: &Path, remote: &RemoteArgs, limit: usize) -> anyhow::Result
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(&["AT", "WHO", "ACTION", "TARGET", "DETAIL"], &rows)
-    );
+    )?;
     Ok(())
 }
 
@@ -1526,17 +1648,17 @@ fn replay_command(
             return Ok(());
         };
         if dry_run {
-            println!(
+            outln!(
                 "would replay {} deliveries of {} notifications (run again with --yes)",
                 cell(&done["deliveries"]),
                 cell(&done["notifications"])
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "replayed {} deliveries of {} notifications",
                 cell(&done["replayed"]),
                 cell(&done["notifications"])
-            );
+            )?;
         }
         return Ok(());
     };
@@ -1573,7 +1695,7 @@ fn replay_command(
                 for name in done["replayed"].as_array().into_iter().flatten() {
                     let line =
                         serde_json::json!({"id": id, "subscription": name, "replayed": true});
-                    println!("{line}");
+                    outln!("{line}")?;
                 }
                 return Ok(());
             }
@@ -1622,7 +1744,7 @@ impl Bulk {
             done = wait_for_job(&client, done)?;
         }
         if remote.json {
-            println!("{done}");
+            outln!("{done}")?;
             return Ok(None);
         }
         Ok(Some(done))
@@ -1694,18 +1816,18 @@ fn purge_command(
         return Ok(());
     };
     if dry_run {
-        println!(
+        outln!(
             "would purge {} deliveries of {} notifications (run again with --yes)",
             cell(&done["deliveries"]),
             cell(&done["notifications"])
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "purged {} deliveries of {} notifications ({} skipped: in flight, never attempted, or changed meanwhile)",
             cell(&done["purged"]),
             cell(&done["notifications"]),
             cell(&done["skipped"])
-        );
+        )?;
     }
     Ok(())
 }

@@ -399,6 +399,19 @@ impl Delivery {
         }
     }
 
+    /// An admin's "retry now": a delivery waiting for a later retry is due
+    /// at `now_ms` instead, its schedule and attempts unchanged. Other
+    /// states are left alone (false).
+    pub fn bring_forward(&mut self, now_ms: i64) -> bool {
+        match self.state {
+            State::Waiting { until_ms } if until_ms > now_ms => {
+                self.state = State::Waiting { until_ms: now_ms };
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// An admin's replay of a Dead, Delivered or Purged delivery: due now, with a
     /// full schedule again. The history is kept whole; the replay time is
     /// added to `replayed_ms`.

@@ -28,7 +28,7 @@ use crate::spool::{
 
 /// Every route, as `doc/openapi.json` documents it (a test holds the two
 /// and the live listener to each other).
-pub const ROUTES: [(&str, &str); 31] = [
+pub const ROUTES: [(&str, &str); 32] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -49,6 +49,7 @@ pub const ROUTES: [(&str, &str); 31] = [
     ("DELETE", "/api/subscriptions/{name}"),
     ("POST", "/api/subscriptions/{name}/pause"),
     ("POST", "/api/subscriptions/{name}/resume"),
+    ("POST", "/api/subscriptions/{name}/retry"),
     ("POST", "/api/subscriptions/{name}/backfill"),
     ("POST", "/api/subscriptions/{name}/test"),
     ("POST", "/api/subscriptions/{name}/rotate-secret"),
@@ -389,6 +390,15 @@ async fn route(
             super::subscriptions::may_manage(admin, &caller, &name)?;
             pause(admin, &caller, &name, *action == "pause").await
         }
+        ["api", "subscriptions", name, "retry"] if post => {
+            let name = decode_segment(name);
+            if let Some((key, _)) = form_urlencoded::parse(query.as_bytes()).next() {
+                return Err(QueryError::Unknown(key.into_owned()).into());
+            }
+            // As pause and resume: an admin any, a subscriber the ones it created.
+            super::subscriptions::may_manage(admin, &caller, &name)?;
+            retry_now(admin, &caller, &name).await
+        }
         ["api", "subscriptions", name, "backfill"] if post => {
             let name = decode_segment(name);
             super::subscriptions::backfill(admin, &caller, &name, &query).await
@@ -419,7 +429,7 @@ async fn route(
         | ["api", "invoices", _, _]
         | ["api", "subscriptions"]
         | ["api", "subscriptions", _]
-        | ["api", "subscriptions", _, "pause" | "resume" | "backfill" | "test" | "rotate-secret"] => {
+        | ["api", "subscriptions", _, "pause" | "resume" | "retry" | "backfill" | "test" | "rotate-secret"] => {
             Err(ApiError::Method(method))
         }
         _ => Err(ApiError::NoRoute),
@@ -1216,6 +1226,31 @@ pub(super) async fn pause(
     tracing::info!(subscription = %name, by = %caller.name, paused, "subscription {}", if paused { "paused" } else { "resumed" });
     audit(admin, caller, action, name, Value::Null).await?;
     ok(json!({ "name": name, "paused": paused }))
+}
+
+/// Makes a configured subscription's deliveries waiting for a later retry
+/// due now (its target is back): how many, audited.
+pub(super) async fn retry_now(
+    admin: &Admin,
+    caller: &Caller,
+    name: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if !admin.has_subscription(name) {
+        return Err(ApiError::NotFound(format!(
+            "no subscription {name:?} is configured"
+        )));
+    }
+    let retried = admin.spool.retry_now(name, admin.clock.now_ms()).await?;
+    tracing::info!(subscription = %name, by = %caller.name, retried, "subscription's waiting deliveries due now");
+    audit(
+        admin,
+        caller,
+        "subscription.retry",
+        name,
+        json!({ "retried": retried }),
+    )
+    .await?;
+    ok(json!({ "name": name, "retried": retried }))
 }
 
 /// The subscriptions the caller may see: an admin or a viewer all of them,

@@ -129,6 +129,14 @@ pub(super) async fn handle(
             api::pause(admin, caller, &name, *action == "pause").await?;
             Ok(redirect("/", None))
         }
+        (Method::POST, ["s", name, "retry"]) => {
+            caller.require(Role::Admin)?;
+            let name = percent_encoding::percent_decode_str(name)
+                .decode_utf8_lossy()
+                .into_owned();
+            api::retry_now(admin, caller, &name).await?;
+            Ok(redirect("/", None))
+        }
         (method, _) if method != Method::GET => Err(ApiError::Method(method)),
         _ => Err(ApiError::NoRoute),
     }
@@ -436,7 +444,10 @@ async fn dashboard(
                     .to_string();
             let _ = write!(
                 state,
-                " <form class=inline method=post action=\"/s/{}/{action}\">{}<button>{action}</button></form>",
+                " <form class=inline method=post action=\"/s/{}/{action}\">{}<button>{action}</button></form>\
+                 <form class=inline method=post action=\"/s/{}/retry\">{}<button>retry now</button></form>",
+                escape(&path),
+                csrf_input(user),
                 escape(&path),
                 csrf_input(user)
             );

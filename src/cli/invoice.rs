@@ -72,7 +72,7 @@ pub fn run(command: InvoiceCommand) -> anyhow::Result<()> {
             let items = page["items"].as_array().cloned().unwrap_or_default();
             if remote.json {
                 for item in &items {
-                    println!("{item}");
+                    outln!("{item}")?;
                 }
                 return Ok(());
             }
@@ -99,9 +99,9 @@ pub fn run(command: InvoiceCommand) -> anyhow::Result<()> {
             } else {
                 &["SOURCE", "INVOICE", "STATUS", "LATEST", "LATEST ID"]
             };
-            print!("{}", table(headers, &rows));
+            out!("{}", table(headers, &rows))?;
             if let Some(cursor) = page["next_cursor"].as_str() {
-                println!("(more: the API with cursor={cursor})");
+                outln!("(more: the API with cursor={cursor})")?;
             }
             Ok(())
         }
@@ -118,10 +118,10 @@ pub fn run(command: InvoiceCommand) -> anyhow::Result<()> {
                 encode_segment(&subject)
             ))?;
             if remote.json {
-                println!("{shown}");
+                outln!("{shown}")?;
                 return Ok(());
             }
-            print_timeline(&shown);
+            print_timeline(&shown)?;
             Ok(())
         }
     }
@@ -129,14 +129,14 @@ pub fn run(command: InvoiceCommand) -> anyhow::Result<()> {
 
 /// The invoice's status, then one row per notification and one per
 /// delivery under it.
-fn print_timeline(shown: &Value) {
-    println!(
+fn print_timeline(shown: &Value) -> Result<(), super::PrintError> {
+    outln!(
         "{} {}: {} (latest {})\n",
         cell(&shown["source"]),
         cell(&shown["subject"]),
         cell(&shown["status"]),
         cell(&shown["latest_at"])
-    );
+    )?;
     let mut rows = Vec::new();
     for n in shown["notifications"].as_array().into_iter().flatten() {
         let mut status = cell(&n["status"]);
@@ -171,7 +171,7 @@ fn print_timeline(shown: &Value) {
             ]);
         }
     }
-    print!(
+    out!(
         "{}",
         table(
             &[
@@ -184,5 +184,6 @@ fn print_timeline(shown: &Value) {
             ],
             &rows
         )
-    );
+    )?;
+    Ok(())
 }

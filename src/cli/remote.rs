@@ -337,6 +337,16 @@ pub fn query(pairs: &[(&str, Option<String>)]) -> String {
 
 /// Left-aligned columns, two spaces apart; cells cut to `MAX_CELL`.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    table_cut(headers, rows, false)
+}
+
+/// [`table`], but the last column is never cut (it aligns nothing after
+/// it): for a column whose end matters as much as its start.
+pub fn table_keeping_last(headers: &[&str], rows: &[Vec<String>]) -> String {
+    table_cut(headers, rows, true)
+}
+
+fn table_cut(headers: &[&str], rows: &[Vec<String>], keep_last: bool) -> String {
     const MAX_CELL: usize = 48;
     let cut = |cell: &str| -> String {
         match cell.char_indices().nth(MAX_CELL) {
@@ -346,7 +356,18 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     };
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|row| row.iter().map(|c| cut(c)).collect())
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if keep_last && i + 1 == row.len() {
+                        c.clone()
+                    } else {
+                        cut(c)
+                    }
+                })
+                .collect()
+        })
         .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {

@@ -1,4 +1,4 @@
-//! `webhook-relay subscriptions ls|pause|resume|add|rm|backfill|test|rotate-secret`:
+//! `webhook-relay subscriptions ls|pause|resume|retry|add|rm|backfill|test|rotate-secret`:
 //! each one call (`ls` two) to the running relay's admin API. A secret is printed once, as the API shows it once.
 
 use serde_json::{json, Value};
@@ -33,6 +33,14 @@ pub struct AddArgs {
     /// Attempts in flight at once.
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// The waits before each retry, as in relay.toml: `--schedule
+    /// 30s,5m,1h` (or repeated); the relay's default when absent.
+    #[arg(long, value_delimiter = ',')]
+    schedule: Vec<String>,
+    /// Random spread of each wait, a fraction of it from 0.0 to 1.0
+    /// (relay.toml's `jitter`).
+    #[arg(long)]
+    jitter: Option<f64>,
     /// An invoice status it takes: queued, accepted, rejected, deleted,
     /// unknown (repeat for more); all when absent.
     #[arg(long = "status")]
@@ -60,6 +68,8 @@ impl AddArgs {
                 self.timeout_retry.as_ref().map(|v| json!(v)),
             ),
             ("max_in_flight", self.max_in_flight.map(|v| json!(v))),
+            ("schedule", list(&self.schedule)),
+            ("jitter", self.jitter.map(|v| json!(v))),
             ("statuses", list(&self.statuses)),
             (
                 "on_superseded",
@@ -85,14 +95,14 @@ pub fn run(command: SubscriptionsCommand) -> anyhow::Result<()> {
             let client = AdminClient::locate(&remote, &config.config)?;
             let created = client.post_json("/api/subscriptions", &new.request())?;
             if remote.json {
-                println!("{created}");
+                outln!("{created}")?;
             } else {
-                println!(
+                outln!(
                     "created {} -> {}\nsecret: {}\n(shown only now: give it to the receiving app, which verifies the webhook-signature header with it)",
                     cell(&created["name"]),
                     cell(&created["url"]),
                     cell(&created["secret"]),
-                );
+                )?;
             }
             Ok(())
         }
@@ -117,12 +127,12 @@ pub fn run(command: SubscriptionsCommand) -> anyhow::Result<()> {
             );
             let done = client.delete(&path)?;
             if remote.json {
-                println!("{done}");
+                outln!("{done}")?;
             } else {
-                println!(
+                outln!(
                     "deleted {name} ({} waiting deliveries purged)",
                     cell(&done["purged"])
-                );
+                )?;
             }
             Ok(())
         }
@@ -223,6 +233,19 @@ pub fn run(command: SubscriptionsCommand) -> anyhow::Result<()> {
         } => {
             let path = format!("/api/subscriptions/{}/pause", encode_segment(&name));
             post_and_print(&config.config, &remote, &path, |_| format!("paused {name}"))
+        }
+        SubscriptionsCommand::Retry {
+            config,
+            remote,
+            name,
+        } => {
+            let path = format!("/api/subscriptions/{}/retry", encode_segment(&name));
+            post_and_print(&config.config, &remote, &path, |done| {
+                format!(
+                    "{} waiting deliveries of {name} are due now",
+                    cell(&done["retried"])
+                )
+            })
         }
         SubscriptionsCommand::Resume {
             config,

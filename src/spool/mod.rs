@@ -529,6 +529,15 @@ impl Spool {
         self.backend.replay(id, subscription, now_ms).await
     }
 
+    /// Makes every delivery of `subscription` waiting for a later retry
+    /// due now (an admin's "retry now", when its target is back): neither
+    /// its attempts nor its schedule change. Dead, delivered and in-flight
+    /// deliveries are left alone. Applied in bounded slices between other
+    /// writes; how many were brought forward.
+    pub async fn retry_now(&self, subscription: &str, now_ms: i64) -> Result<u64, SpoolError> {
+        self.backend.retry_now(subscription, now_ms).await
+    }
+
     /// Gives up the named deliveries (notification, subscription): the
     /// dead ones, and the waiting ones between two attempts, become purged,
     /// with their history; the rest are skipped (see [`Purged`]). Applied

@@ -17,6 +17,7 @@ mod invoices;
 mod layout;
 mod memory;
 mod openapi;
+mod operator_cli;
 mod ops;
 mod process;
 mod reload;

@@ -351,6 +351,7 @@ async fn every_operation_answers_as_its_openapi_response_schema_says() {
     for (action, query) in [
         ("pause", ""),
         ("resume", ""),
+        ("retry", ""),
         ("backfill", "?since=1h&dry_run=true"),
         ("backfill", "?since=1h"),
         ("test", ""),

@@ -70,6 +70,12 @@ impl SubState {
         }
     }
 
+    /// The next retry walk starts from the first entry (one was moved
+    /// before where the last walk stopped).
+    pub(super) fn forget_retry_position(&mut self) {
+        self.retry_after = None;
+    }
+
     pub(super) fn holds(&self, id: NotificationId) -> bool {
         self.first_in_flight.contains(&id) || self.retry_in_flight.contains(&id)
     }

@@ -18,6 +18,7 @@ mod orphans;
 mod purge;
 mod query;
 mod quiet_panic;
+mod retry_now;
 mod writer;
 
 use std::collections::HashMap;
@@ -646,6 +647,34 @@ impl SledSpool {
                 Ok(replayed)
             }
             _ => Err(out_of_turn()),
+        }
+    }
+
+    /// Makes every delivery of `subscription` waiting for a later retry
+    /// due now, one slice per write (see `retry_now.rs`); how many.
+    pub async fn retry_now(&self, subscription: &str, now_ms: i64) -> Result<u64, SpoolError> {
+        let mut total = 0;
+        let mut after = None;
+        loop {
+            let change = Change::RetryNow {
+                subscription: subscription.to_owned(),
+                now_ms,
+                after: after.take(),
+            };
+            // Not durable: a crash that loses it loses only an earlier try.
+            match self.write(change, false).await? {
+                Applied::RetriedNow(done) => {
+                    total += done.moved;
+                    if done.moved > 0 {
+                        self.shared.wake([subscription]);
+                    }
+                    match done.next {
+                        Some(next) => after = Some(next),
+                        None => return Ok(total),
+                    }
+                }
+                _ => return Err(out_of_turn()),
+            }
         }
     }
 

@@ -114,6 +114,8 @@ pub(super) enum Applied {
     /// Deliveries a backfill added.
     Added(u64),
     Purged(Purged),
+    /// One slice of a "retry now".
+    RetriedNow(super::retry_now::RetriedSlice),
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Applied, SpoolError>>;
@@ -195,6 +197,12 @@ pub(super) enum Change {
     Purge {
         targets: Vec<(NotificationId, String)>,
         now_ms: i64,
+    },
+    /// One slice of an admin's "retry now" (see `retry_now.rs`).
+    RetryNow {
+        subscription: String,
+        now_ms: i64,
+        after: Option<Vec<u8>>,
     },
     /// The stuck check's marks changed (see `invoices.rs`).
     Stuck(crate::spool::StuckChanges),
@@ -708,6 +716,7 @@ impl Writer {
                 | Change::Subscription { .. }
                 | Change::Backfill { .. }
                 | Change::Purge { .. }
+                | Change::RetryNow { .. }
                 | Change::Stuck(_) => (stored, other + SPACE_PER_CHANGE),
             });
         let mut group = group;
@@ -1079,6 +1088,24 @@ impl Writer {
                         .apply(store, std::mem::take(&mut batch), &self.shared.counts)?;
                     super::purge::slice(&self.shared, store, &mut self.tally, &targets, now_ms)
                         .map(Applied::Purged)
+                }
+                Change::RetryNow {
+                    subscription,
+                    now_ms,
+                    after,
+                } => {
+                    // It reads what this group wrote before it.
+                    self.tally
+                        .apply(store, std::mem::take(&mut batch), &self.shared.counts)?;
+                    super::retry_now::slice(
+                        &self.shared,
+                        store,
+                        &mut self.tally,
+                        &subscription,
+                        now_ms,
+                        after,
+                    )
+                    .map(Applied::RetriedNow)
                 }
                 Change::Stuck(changes) => {
                     invoices::save_stuck(&mut batch, &changes);
