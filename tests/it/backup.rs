@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::process::{RelayProcess, BINARY};
+use crate::process::{dump_records, RelayProcess, BINARY};
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 /// Notifications acknowledged before the backup starts.
@@ -117,22 +117,10 @@ impl Load {
 
 /// `spool dump --deliveries`: id → (subscription → (state, attempts)).
 async fn states(config: &Path) -> HashMap<String, HashMap<String, (String, usize)>> {
-    let output = tokio::process::Command::new(BINARY)
-        .args(["spool", "dump", "--deliveries", "--config"])
-        .arg(config)
-        .output()
+    dump_records(config, &["--deliveries"])
         .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "spool dump: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let record: Value = serde_json::from_str(line).unwrap();
+        .into_iter()
+        .map(|record| {
             let deliveries = record["deliveries"]
                 .as_array()
                 .unwrap()

@@ -163,8 +163,25 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 
 /// The notifications of a stopped relay's spool: id → body.
 pub async fn dump(config: &Path) -> HashMap<String, String> {
+    dump_records(config, &[])
+        .await
+        .into_iter()
+        .map(|record| {
+            (
+                record["id"].as_str().unwrap().to_owned(),
+                record["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `spool dump [options]` of a stopped relay's spool: one JSON record a
+/// notification.
+pub async fn dump_records(config: &Path, options: &[&str]) -> Vec<serde_json::Value> {
     let output = Command::new(BINARY)
-        .args(["spool", "dump", "--config"])
+        .args(["spool", "dump"])
+        .args(options)
+        .arg("--config")
         .arg(config)
         .output()
         .await
@@ -177,12 +194,6 @@ pub async fn dump(config: &Path) -> HashMap<String, String> {
     String::from_utf8(output.stdout)
         .unwrap()
         .lines()
-        .map(|line| {
-            let record: serde_json::Value = serde_json::from_str(line).unwrap();
-            (
-                record["id"].as_str().unwrap().to_owned(),
-                record["body"].as_str().unwrap().to_owned(),
-            )
-        })
+        .map(|line| serde_json::from_str(line).unwrap())
         .collect()
 }
