@@ -231,6 +231,30 @@ pub fn items(body: &Value) -> usize {
     body["items"].as_array().map_or(0, Vec::len)
 }
 
+/// Posts a TusFacturas notification whose body is ISO-8859-1 (the
+/// reference `Nº 17032`, º being 0xBA there, so not UTF-8); returns its id.
+pub async fn post_latin1_tus(relay: &TestRelay, hook: &str, evento: &str) -> String {
+    let mut raw = format!(
+        r#"{{"creado":"18/03/2022 15:58:11","evento":"{evento}","recurso":"facturacion","external_reference":"N"#
+    )
+    .into_bytes();
+    raw.push(0xBA);
+    raw.extend_from_slice(
+        format!(r#" 17032","intento":"1","msg":"x","hook_id":"{hook}"}}"#).as_bytes(),
+    );
+    let response = relay
+        .client
+        .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+        .header("content-type", "application/json; charset=ISO-8859-1")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = answer(response).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["id"].as_str().unwrap().to_owned()
+}
+
 pub async fn post_tus(relay: &TestRelay, hook: &str, reference: &str) -> String {
     let body = tusfacturas(hook, "emitido", 1).replace("\"17032\"", &format!("\"{reference}\""));
     let (status, json) = relay

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::admin::{cli, cli_config, post_tus, Admin, ADMIN_TOKEN, VIEWER_TOKEN};
+use crate::admin::{cli, cli_config, post_latin1_tus, post_tus, Admin, ADMIN_TOKEN, VIEWER_TOKEN};
 use crate::helpers::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -87,19 +87,7 @@ async fn spool_ls_counts_every_state_and_show_decodes_a_latin1_body() {
     ))
     .await;
     let admin = Admin::of(&relay);
-    // º is 0xBA in ISO-8859-1.
-    let raw = b"{\"creado\":\"18/03/2022 15:58:11\",\"evento\":\"emitido\",\"recurso\":\"facturacion\",\"external_reference\":\"N\xba 17032\",\"intento\":\"1\",\"msg\":\"x\",\"hook_id\":\"cli-latin1\"}".to_vec();
-    let response = relay
-        .client
-        .post(relay.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
-        .header("content-type", "application/json; charset=ISO-8859-1")
-        .body(raw)
-        .send()
-        .await
-        .unwrap();
-    let (status, answer) = answer(response).await;
-    assert_eq!(status, 200, "{answer}");
-    let id = answer["id"].as_str().unwrap().to_owned();
+    let id = post_latin1_tus(&relay, "cli-latin1", "emitido").await;
     admin
         .wait_for(
             "/api/notifications?state=dead",
