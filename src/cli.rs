@@ -901,7 +901,7 @@ async fn verify_spool(config: &Config) -> anyhow::Result<()> {
         return Ok(());
     }
     if Spool::is_new(&config.spool) {
-        tracing::info!(spool = %config.spool.path.display(), "no spool there yet: creating a new one");
+        tracing::info!(spool = %config.spool.sled.path.display(), "no spool there yet: creating a new one");
         return Ok(());
     }
     // The lock first: a second relay on the same spool says only that.
@@ -913,7 +913,7 @@ async fn verify_spool(config: &Config) -> anyhow::Result<()> {
         tracing::info!("the spool was stopped cleanly and is untouched since; no full check");
         return Ok(());
     }
-    tracing::info!(spool = %config.spool.path.display(), "checking the whole spool before serving (it was not stopped cleanly, or its files changed)");
+    tracing::info!(spool = %config.spool.sled.path.display(), "checking the whole spool before serving (it was not stopped cleanly, or its files changed)");
     let spool_config = config.spool.clone();
     let check = tokio::task::spawn_blocking(move || Spool::check(&spool_config, false));
     // A big spool takes a while to read: tell systemd the start goes on,
@@ -949,7 +949,7 @@ async fn verify_spool(config: &Config) -> anyhow::Result<()> {
          for analysis, then restore it from a backup, or move it aside to start with an \
          empty one (`webhook-relay spool dump` on it prints every notification it can \
          still read and names what it cannot)",
-        config.spool.path.display(),
+        config.spool.sled.path.display(),
         unreadable.join("; ")
     ))
     .into())
@@ -1043,7 +1043,7 @@ fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
         return Err(Damaged(format!(
             "{unreadable} records (or ranges of records) of {} could not be read, each named \
              above; `webhook-relay spool check` tells more",
-            config.spool.path.display()
+            config.spool.sled.path.display()
         ))
         .into());
     }
@@ -1066,7 +1066,7 @@ fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
     let report = Spool::check(&config.spool, accept_loss)?;
     outln!(
         "{}: {} notifications, {} quarantined, {} delivery records, {} retries due, {} dedup entries, {} audit records",
-        config.spool.path.display(),
+        config.spool.sled.path.display(),
         report.notifications,
         report.quarantined,
         report.deliveries,
@@ -1097,7 +1097,7 @@ fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
         Err(Damaged(format!(
             "{} problems found in spool {}",
             report.problems.len(),
-            config.spool.path.display()
+            config.spool.sled.path.display()
         ))
         .into())
     }

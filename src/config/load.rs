@@ -12,6 +12,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::locate::{self, KeyPath};
+use super::spool::fold_flat_sled_keys;
 use super::{AdminConfig, Config, ForwarderConfig, ServerConfig, SpoolConfig};
 
 /// One thing wrong with the configuration, where it is.
@@ -82,7 +83,9 @@ const MAX_PROBLEMS_PER_SECTION: usize = 64;
 
 impl Config {
     /// Reads, parses and validates a config file. Relative paths inside it
-    /// are resolved against the file's directory.
+    /// are resolved against the file's directory. Its warnings (keys spelt
+    /// the old way) are logged, each with the file, line and key, and kept
+    /// in [`Config::warnings`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -92,6 +95,9 @@ impl Config {
             path: path.to_owned(),
             problems,
         })?;
+        for warning in &config.warnings {
+            tracing::warn!("{}", Problems(path, std::slice::from_ref(warning)));
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         let unreadable = config
@@ -132,7 +138,7 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        resolve(&mut self.spool.path);
+        resolve(&mut self.spool.sled.path);
         self.server.tls_cert.as_mut().map(resolve);
         self.server.tls_key.as_mut().map(resolve);
         for sub in &mut self.subscriptions {
@@ -155,6 +161,7 @@ impl Config {
             problems: Vec::new(),
             aside: SetAside::default(),
         };
+        let mut warnings = Vec::new();
         let mut config = Config {
             server: ServerConfig::default(),
             spool: SpoolConfig::default(),
@@ -162,6 +169,7 @@ impl Config {
             sources: Default::default(),
             subscriptions: Vec::new(),
             admin: AdminConfig::default(),
+            warnings: Vec::new(),
         };
         let top = KeyPath::default();
         for (key, value) in root.into_inner() {
@@ -170,7 +178,13 @@ impl Config {
                 "server" => {
                     config.server = reader.section(top.key(name), value).unwrap_or_default()
                 }
-                "spool" => config.spool = reader.section(top.key(name), value).unwrap_or_default(),
+                "spool" => {
+                    let mut value = value;
+                    let folded = fold_flat_sled_keys(text, &mut value);
+                    reader.problems.extend(folded.problems);
+                    warnings.extend(folded.warnings);
+                    config.spool = reader.section(top.key(name), value).unwrap_or_default()
+                }
                 "forwarder" => {
                     config.forwarder = reader.section(top.key(name), value).unwrap_or_default()
                 }
@@ -220,6 +234,8 @@ impl Config {
                 )),
             }
         }
+        warnings.sort_by_key(|p: &Problem| (p.line, p.column));
+        config.warnings = warnings;
         Ok((config, reader.problems, reader.aside))
     }
 }

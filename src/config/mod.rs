@@ -13,6 +13,7 @@
 mod admin;
 mod load;
 mod locate;
+mod spool;
 mod target;
 mod validate;
 mod values;
@@ -29,6 +30,7 @@ use crate::providers::{GenericRules, InvoiceStatus, Provider};
 pub use admin::{AdminConfig, AdminListen, AdminToken, AllowedTarget, Role};
 pub use load::{ConfigError, Problem};
 pub use locate::KeyPath;
+pub use spool::{SledConfig, SpoolBackend, SpoolConfig, UnknownBackend};
 pub use target::{host_name_problem, target_url, TargetUrlError};
 pub use values::{
     parse_duration, parse_rate, parse_size, ByteSize, HeaderName, HumanDuration, Network, Rate,
@@ -45,6 +47,10 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceConfig>,
     pub subscriptions: Vec<SubscriptionConfig>,
     pub admin: AdminConfig,
+    /// What was read but should be written otherwise (today: sled's keys
+    /// spelt flat in `[spool]`), in the order of the file. They do not
+    /// stop the load; [`Config::load`] logs each as a warning.
+    pub warnings: Vec<Problem>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,43 +103,6 @@ impl Default for ServerConfig {
             http2_max_streams: 64,
             shutdown_grace: HumanDuration(Duration::from_secs(20)),
             trusted_proxies: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SpoolConfig {
-    pub path: PathBuf,
-    /// How long a provider's resend of the same notification is recognised.
-    pub dedup_window: HumanDuration,
-    /// Bound of sled's page cache.
-    pub cache_capacity: ByteSize,
-    /// Follow each group flush with an fdatasync of the database file, so an
-    /// acknowledged notification survives a power cut, not only a crash.
-    pub sync_data: bool,
-    /// Delivered notifications (with their deliveries) and quarantined
-    /// bodies older than this are removed.
-    pub retention: HumanDuration,
-    /// Dead deliveries are kept until replayed or purged; with this set,
-    /// a notification whose deliveries are all delivered or dead for this
-    /// long is removed too.
-    pub dead_retention: Option<HumanDuration>,
-    /// Space kept free on the spool's filesystem: below it, new
-    /// notifications get 503 until there is room again (0: no guard).
-    pub min_free: ByteSize,
-}
-
-impl Default for SpoolConfig {
-    fn default() -> Self {
-        SpoolConfig {
-            path: PathBuf::from("data/spool"),
-            dedup_window: HumanDuration(Duration::from_secs(72 * 3600)),
-            cache_capacity: ByteSize(16 << 20),
-            sync_data: true,
-            retention: HumanDuration(Duration::from_secs(30 * 24 * 3600)),
-            dead_retention: None,
-            min_free: ByteSize(64 << 20),
         }
     }
 }
@@ -360,6 +329,7 @@ impl Config {
     pub fn self_signed_paths(&self) -> (PathBuf, PathBuf) {
         let dir = self
             .spool
+            .sled
             .path
             .parent()
             .map_or_else(|| PathBuf::from("tls"), |p| p.join("tls"));

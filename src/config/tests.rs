@@ -22,7 +22,7 @@ fn defaults_apply() {
     let config = Config::parse(&minimal()).unwrap();
     assert_eq!(config.spool.dedup_window.0, Duration::from_secs(72 * 3600));
     assert_eq!(config.server.max_body.0, 1 << 20);
-    assert!(config.spool.sync_data);
+    assert!(config.spool.sled.sync_data);
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn load_names_the_file_and_resolves_paths() {
     assert!(err.starts_with(&format!("{}:9:", path.display())), "{err}");
     std::fs::write(&path, format!("{}[spool]\npath = \"spool\"\n", minimal())).unwrap();
     let config = Config::load(&path).unwrap();
-    assert_eq!(config.spool.path, dir.path().join("spool"));
+    assert_eq!(config.spool.sled.path, dir.path().join("spool"));
 }
 
 #[test]

@@ -219,7 +219,7 @@ async fn a_restored_spool_holds_the_notifications_their_deliveries_and_the_rest(
     let restored = Spool::restore(bytes.as_slice(), &target, &mut |_| {}).unwrap();
     assert_eq!(restored, manifest);
     let mut restored_config = config(dir.path());
-    restored_config.path = target.clone();
+    restored_config.sled.path = target.clone();
     assert!(
         Spool::stopped_cleanly(&restored_config),
         "a restored spool is marked as cleanly stopped"

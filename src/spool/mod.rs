@@ -297,17 +297,17 @@ impl Spool {
     /// Whether the spool was last closed cleanly and its files are exactly
     /// as that close left them (so a full check before serving adds nothing).
     pub fn stopped_cleanly(config: &SpoolConfig) -> bool {
-        sled::stopped_cleanly(&config.path)
+        sled::stopped_cleanly(&config.sled.path)
     }
 
     /// Whether no spool exists at the configured path yet.
     pub fn is_new(config: &SpoolConfig) -> bool {
-        sled::is_new(&config.path)
+        sled::is_new(&config.sled.path)
     }
 
     /// An error at once when another process holds the spool.
     pub fn ensure_not_locked(config: &SpoolConfig) -> Result<(), SpoolError> {
-        sled::ensure_not_locked(&config.path)
+        sled::ensure_not_locked(&config.sled.path)
     }
 
     /// Verifies a stopped spool record by record; never panics on damage.

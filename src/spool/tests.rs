@@ -1,18 +1,21 @@
 use super::routes::Route;
 use super::*;
-use crate::config::{ByteSize, HumanDuration};
+use crate::config::{ByteSize, HumanDuration, SledConfig, SpoolBackend};
 use crate::delivery::{Outcome, Schedule, State};
 use std::time::Duration;
 
 pub(crate) fn config(dir: &Path) -> SpoolConfig {
     SpoolConfig {
-        path: dir.join("spool"),
+        backend: SpoolBackend::Sled,
         dedup_window: HumanDuration(Duration::from_secs(60)),
-        cache_capacity: ByteSize(8 << 20),
-        sync_data: true,
         retention: HumanDuration(Duration::from_secs(3600)),
         dead_retention: None,
-        min_free: ByteSize(0),
+        sled: SledConfig {
+            path: dir.join("spool"),
+            cache_capacity: ByteSize(8 << 20),
+            sync_data: true,
+            min_free: ByteSize(0),
+        },
     }
 }
 

@@ -222,7 +222,10 @@ async fn a_backup_under_load_restores_into_a_relay_that_delivers_what_waited() {
     let manifest: Value = serde_json::from_slice(&restore.stdout).unwrap();
     assert!(
         webhook_relay::spool::Spool::stopped_cleanly(&webhook_relay::config::SpoolConfig {
-            path: restored_dir.clone(),
+            sled: webhook_relay::config::SledConfig {
+                path: restored_dir.clone(),
+                ..Default::default()
+            },
             ..Default::default()
         }),
         "the restore marks the spool as cleanly stopped (no full check at the first start)"

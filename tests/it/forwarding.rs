@@ -431,7 +431,7 @@ async fn a_graceful_stop_lets_attempts_in_flight_finish_within_the_grace() {
     );
 
     let config = webhook_relay::config::Config::parse(&base_config(dir.path())).unwrap();
-    assert_eq!(config.spool.path, spool_path);
+    assert_eq!(config.spool.sled.path, spool_path);
     let spool = webhook_relay::spool::Spool::open(
         &config.spool,
         webhook_relay::spool::Routes::from_config(&config),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use webhook_relay::clock::Clock;
-use webhook_relay::config::{ByteSize, SpoolConfig};
+use webhook_relay::config::{ByteSize, SledConfig, SpoolConfig};
 use webhook_relay::delivery::{Outcome, Schedule};
 use webhook_relay::providers::{InvoiceStatus, Notification};
 use webhook_relay::spool::{Received, Route, Routes, Spool};
@@ -88,10 +88,13 @@ pub async fn run(notifications: u64) {
 /// Writes `notifications` into a new spool at `path`; delivers half.
 async fn fill(path: &Path, notifications: u64) {
     let config = SpoolConfig {
-        path: path.to_owned(),
-        // Filling is not what is measured.
-        sync_data: false,
-        min_free: ByteSize(0),
+        sled: SledConfig {
+            path: path.to_owned(),
+            // Filling is not what is measured.
+            sync_data: false,
+            min_free: ByteSize(0),
+            ..SledConfig::default()
+        },
         ..SpoolConfig::default()
     };
     let spool = tokio::task::spawn_blocking(move || {

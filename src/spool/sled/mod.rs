@@ -186,7 +186,7 @@ impl Shared {
 /// [`ROOM_TO_OPEN`] more; else why not.
 pub fn room_to_open(config: &SpoolConfig) -> Result<(), String> {
     // A spool not created yet lives in a directory not made yet.
-    let mut path = config.path.as_path();
+    let mut path = config.sled.path.as_path();
     while !path.exists() {
         match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => path = parent,
@@ -198,7 +198,7 @@ pub fn room_to_open(config: &SpoolConfig) -> Result<(), String> {
         return Ok(());
     };
     let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-    let needed = (config.min_free.0 / 2).saturating_add(ROOM_TO_OPEN);
+    let needed = (config.sled.min_free.0 / 2).saturating_add(ROOM_TO_OPEN);
     if free >= needed {
         Ok(())
     } else {
@@ -264,7 +264,7 @@ impl SledSpool {
             unopened: None,
         };
         let writer = writer::start(shared.clone(), start).map_err(|e| SpoolError::Open {
-            path: config.path.clone(),
+            path: config.sled.path.clone(),
             detail: format!("cannot start the writer thread: {e}"),
         })?;
         Ok(SledSpool { shared, writer })
@@ -307,21 +307,21 @@ impl SledSpool {
             fail_next_batch: std::sync::atomic::AtomicBool::new(false),
         });
         let start = writer::Start {
-            acknowledged: mark::Acknowledged::read(&config.path, None),
+            acknowledged: mark::Acknowledged::read(&config.sled.path, None),
             last_id: None,
             last_audit: None,
             counts: Counts::default(),
             unopened: Some(reason),
         };
         let writer = writer::start(shared.clone(), start).map_err(|e| SpoolError::Open {
-            path: config.path.clone(),
+            path: config.sled.path.clone(),
             detail: format!("cannot start the writer thread: {e}"),
         })?;
         Ok(SledSpool { shared, writer })
     }
 
     pub fn path(&self) -> &Path {
-        &self.shared.config.path
+        &self.shared.config.sled.path
     }
 
     pub fn config(&self) -> &SpoolConfig {

@@ -72,12 +72,12 @@ pub struct Opened {
 pub fn open(config: &SpoolConfig, routes: &Routes) -> Result<Opened, SpoolError> {
     let (store, repaired) = open_store(config)?;
     // From now on the files change: the mark of a clean stop no longer holds.
-    forget_clean_stop(&config.path);
+    forget_clean_stop(&config.sled.path);
     // sled opened; a read that fails from here on (any of them: the cursors'
     // too) is damage it met past its first reads.
     prepare(config, routes, store, repaired).map_err(|err| match err {
         SpoolError::Storage(detail) => SpoolError::Damaged {
-            path: config.path.clone(),
+            path: config.sled.path.clone(),
             detail: damaged_advice(&format!("sled cannot read it: {detail}")),
         },
         other => other,
@@ -93,13 +93,13 @@ fn prepare(
     repaired: Vec<String>,
 ) -> Result<Opened, SpoolError> {
     let newest = newest_notification(&store.tree)?;
-    let acknowledged = Acknowledged::read(&config.path, newest);
+    let acknowledged = Acknowledged::read(&config.sled.path, newest);
     if let Some(missing) = acknowledged.missing(&store.tree)? {
         // A repair made on this open (a snapshot rebuilt from the log) tells
         // where the files as they were are kept.
         let repairs: String = repaired.iter().map(|r| format!(" On open: {r}.")).collect();
         return Err(SpoolError::Lost {
-            path: config.path.clone(),
+            path: config.sled.path.clone(),
             detail: format!(
                 "{missing}. sled's log was probably truncated or damaged (its files \
                  were changed while the relay was stopped, or the disk lost writes).{repairs} \
@@ -234,7 +234,7 @@ fn counts_on_open(store: &Store) -> Result<Counts, SpoolError> {
 fn open_store(config: &SpoolConfig) -> Result<(Store, Vec<String>), SpoolError> {
     open_store_or_damage(config).map_err(|refused| match refused {
         Refused::Damaged(detail) => SpoolError::Damaged {
-            path: config.path.clone(),
+            path: config.sled.path.clone(),
             detail: damaged_advice(&detail),
         },
         Refused::Other(err) => err,
@@ -255,7 +255,7 @@ impl From<SpoolError> for Refused {
 }
 
 fn open_store_or_damage(config: &SpoolConfig) -> Result<(Store, Vec<String>), Refused> {
-    let path = &config.path;
+    let path = &config.sled.path;
     check_not_locked(path)?;
     let mut repaired = Vec::new();
     repair_conf(path, &mut repaired)?;
@@ -314,7 +314,7 @@ fn open_store_or_damage(config: &SpoolConfig) -> Result<(Store, Vec<String>), Re
             }
         }
     };
-    let log = if config.sync_data {
+    let log = if config.sled.sync_data {
         Some(
             File::open(db_file(path))
                 .map_err(|e| refuse(&format!("cannot open the log for fdatasync: {e}"), false))?,
@@ -450,8 +450,8 @@ fn spool_failure(err: SpoolError) -> OpenFailure {
 
 fn try_open_db(config: &SpoolConfig) -> Result<Db, OpenFailure> {
     let sled_config = ::sled::Config::new()
-        .path(&config.path)
-        .cache_capacity(config.cache_capacity.0)
+        .path(&config.sled.path)
+        .cache_capacity(config.sled.cache_capacity.0)
         // The writer makes writes durable; sled's own timer would only add flushes.
         .flush_every_ms(None);
     match catch_quietly(AssertUnwindSafe(|| sled_config.open())) {
@@ -1018,7 +1018,7 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
         ..CheckReport::default()
     };
     let looked = newest_notification(&store.tree).and_then(|newest| {
-        let acknowledged = Acknowledged::read(&config.path, newest);
+        let acknowledged = Acknowledged::read(&config.sled.path, newest);
         let missing = acknowledged.missing(&store.tree)?;
         Ok((acknowledged, newest, missing))
     });
@@ -1028,9 +1028,9 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
             acknowledged.newest = newest;
             acknowledged.written = None;
             if newest.is_some() {
-                acknowledged.persist(&config.path);
+                acknowledged.persist(&config.sled.path);
             } else {
-                mark::forget(&config.path);
+                mark::forget(&config.sled.path);
             }
             report.repaired.push(format!("loss accepted: {missing}"));
         }

@@ -323,7 +323,7 @@ pub(super) struct Start {
 
 pub(super) fn start(shared: Arc<Shared>, from: Start) -> std::io::Result<mpsc::Sender<Op>> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let mark = MarkKeeper::start(from.acknowledged, &shared.config.path);
+    let mark = MarkKeeper::start(from.acknowledged, &shared.config.sled.path);
     let syncer = Syncer::start(shared.clone())?;
     let mut writer = Writer {
         shared,
@@ -575,7 +575,7 @@ impl Writer {
                 }
                 if Arc::strong_count(&store) == 1 {
                     drop(store);
-                    super::open::mark_clean_stop(&self.shared.config.path);
+                    super::open::mark_clean_stop(&self.shared.config.sled.path);
                 }
             }
             other => std::mem::forget(other),
@@ -752,7 +752,7 @@ impl Writer {
     }
 
     fn min_free(&self) -> u64 {
-        self.shared.config.min_free.0
+        self.shared.config.sled.min_free.0
     }
 
     /// Below this, nothing at all is written: the lower half of `min_free`
@@ -768,7 +768,7 @@ impl Writer {
         if min_free == 0 {
             return Ok(());
         }
-        let free = match rustix::fs::statvfs(&self.shared.config.path) {
+        let free = match rustix::fs::statvfs(&self.shared.config.sled.path) {
             Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize),
             // Cannot tell: let sled try.
             Err(_) => return Ok(()),
