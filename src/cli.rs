@@ -353,7 +353,7 @@ pub enum SpoolCommand {
     Restore {
         /// The archive `spool backup` wrote.
         file: PathBuf,
-        /// The new spool's directory (then `[spool] path` of the relay).
+        /// The new spool's directory (then `[spool.sled] path` of the relay).
         #[arg(long, value_name = "DIR")]
         path: PathBuf,
         /// Print the archive's manifest as JSON.

@@ -130,7 +130,7 @@ pub fn restore(file: &Path, target: &Path, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&manifest)?);
     } else {
         println!(
-            "{}: restored {} in {:.1} s; start a relay with [spool] path = {:?}",
+            "{}: restored {} in {:.1} s; start a relay with [spool.sled] path = {:?}",
             target.display(),
             summary(&manifest),
             started.elapsed().as_secs_f64(),

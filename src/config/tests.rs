@@ -521,3 +521,158 @@ fn a_stop_must_fit_in_timeout_stop_sec_whatever_body_timeout_is() {
     assert_eq!(problems[0].key, "server.shutdown_grace");
     assert!(problems[0].message.contains("at most 50s"), "{problems:?}");
 }
+
+#[test]
+fn spool_settings_are_keyed_by_backend() {
+    let text = format!(
+        "{}\n[spool]\nbackend = \"sled\"\ndedup_window = \"1h\"\n\n[spool.sled]\npath = \"/var/lib/relay/spool\"\ncache_capacity = \"8MiB\"\nsync_data = false\nmin_free = 0\n",
+        minimal()
+    );
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(config.spool.backend, SpoolBackend::Sled);
+    assert_eq!(config.spool.dedup_window.0, Duration::from_secs(3600));
+    assert_eq!(
+        config.spool.sled,
+        SledConfig {
+            path: "/var/lib/relay/spool".into(),
+            cache_capacity: ByteSize(8 << 20),
+            sync_data: false,
+            min_free: ByteSize(0),
+        }
+    );
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn spool_defaults_are_unchanged_by_the_backend_table() {
+    let config = Config::parse(&minimal()).unwrap();
+    let spool = &config.spool;
+    assert_eq!(spool.backend, SpoolBackend::Sled);
+    assert_eq!(spool.dedup_window.0, Duration::from_secs(72 * 3600));
+    assert_eq!(spool.retention.0, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(spool.dead_retention, None);
+    assert_eq!(spool.sled.path, std::path::PathBuf::from("data/spool"));
+    assert_eq!(spool.sled.cache_capacity, ByteSize(16 << 20));
+    assert!(spool.sled.sync_data);
+    assert_eq!(spool.sled.min_free, ByteSize(64 << 20));
+    assert_eq!(*spool, SpoolConfig::default());
+    assert!(config.warnings.is_empty());
+}
+
+#[test]
+fn the_flat_spool_spelling_is_read_into_the_sled_table_with_a_located_warning() {
+    // Lines: 8 [spool], 9 path, 10 dedup_window, 11 cache_capacity,
+    // 12 sync_data, 13 min_free.
+    let text = format!(
+        "{}\n[spool]\npath = \"old/spool\"\ndedup_window = \"2h\"\ncache_capacity = \"4MiB\"\nsync_data = false\nmin_free = \"1MiB\"\n",
+        minimal()
+    );
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(
+        config.spool.sled,
+        SledConfig {
+            path: "old/spool".into(),
+            cache_capacity: ByteSize(4 << 20),
+            sync_data: false,
+            min_free: ByteSize(1 << 20),
+        }
+    );
+    assert_eq!(config.spool.dedup_window.0, Duration::from_secs(7200));
+    let warnings: Vec<(Option<usize>, &str)> = config
+        .warnings
+        .iter()
+        .map(|w| (w.line, w.key.as_str()))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            (Some(9), "spool.path"),
+            (Some(11), "spool.cache_capacity"),
+            (Some(12), "spool.sync_data"),
+            (Some(13), "spool.min_free"),
+        ]
+    );
+    let path = &config.warnings[0];
+    assert!(path.message.contains("deprecated"), "{path:?}");
+    assert!(path.message.contains("[spool.sled]"), "{path:?}");
+    assert!(path.message.contains("`spool.sled.path`"), "{path:?}");
+
+    // The same values either way: the old file means what it meant.
+    let new = format!(
+        "{}\n[spool]\ndedup_window = \"2h\"\n\n[spool.sled]\npath = \"old/spool\"\ncache_capacity = \"4MiB\"\nsync_data = false\nmin_free = \"1MiB\"\n",
+        minimal()
+    );
+    assert_eq!(Config::parse(&new).unwrap().spool, config.spool);
+}
+
+#[test]
+fn a_flat_spool_key_with_a_bad_value_is_still_located_at_its_own_spelling() {
+    let text = format!("{}\n[spool]\ncache_capacity = \"lots\"\n", minimal());
+    let problems = Config::parse(&text).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, "spool.cache_capacity");
+    assert_eq!(problems[0].line, Some(9));
+}
+
+#[test]
+fn a_sled_key_set_both_flat_and_in_its_table_is_refused_naming_both_places() {
+    // Lines: 8 [spool], 9 path, 10 min_free, 11 blank, 12 [spool.sled], 13 path.
+    let text = format!(
+        "{}\n[spool]\npath = \"a\"\nmin_free = 0\n\n[spool.sled]\npath = \"b\"\n",
+        minimal()
+    );
+    let problems = Config::parse(&text).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let twice = &problems[0];
+    assert_eq!((twice.key.as_str(), twice.line), ("spool.path", Some(9)));
+    assert!(
+        twice.message.contains("`spool.sled.path` at line 13"),
+        "{twice:?}"
+    );
+
+    // And through load: the file too.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, &text).unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("{}:9:1: `spool.path`: set twice", path.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_spool_backend_is_refused_with_its_line_and_the_backends_known() {
+    let text = format!("{}\n[spool]\nbackend = \"nats\"\n", minimal());
+    let problems = Config::parse(&text).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let unknown = &problems[0];
+    assert_eq!(
+        (unknown.key.as_str(), unknown.line),
+        ("spool.backend", Some(9))
+    );
+    assert!(unknown.message.contains("\"nats\""), "{unknown:?}");
+    assert!(
+        unknown.message.contains("the backends known are \"sled\""),
+        "{unknown:?}"
+    );
+}
+
+#[test]
+fn load_keeps_the_warnings_and_resolves_the_sled_path_either_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    for (spool, warned) in [
+        ("[spool]\npath = \"spool\"\n", true),
+        ("[spool.sled]\npath = \"spool\"\n", false),
+    ] {
+        std::fs::write(&path, format!("{}{spool}", minimal())).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.spool.sled.path, dir.path().join("spool"));
+        assert_eq!(config.warnings.len(), usize::from(warned), "{spool}");
+        assert_eq!(
+            config.self_signed_paths().0,
+            dir.path().join("tls/self-signed.crt")
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! A full disk, on a real small filesystem: a tmpfs the test mounts (when it
 //! runs as root, as CI does; `REQUIRE_ROOT=1` makes a test that cannot
 //! mount one fail instead of saying it is skipped).
-//! With room kept free (`spool.min_free`), the relay answers 503, never a
+//! With room kept free (`spool.sled.min_free`), the relay answers 503, never a
 //! false 200, logs the change of state once, and serves again by itself
 //! when room returns, with nothing acknowledged lost: whether its target
 //! is healthy or refuses every delivery on a fast schedule (the outcomes

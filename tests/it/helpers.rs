@@ -50,8 +50,10 @@ idle_timeout = "1s"
 body_timeout = "2s"
 
 [spool]
-path = "{spool}"
 dedup_window = "72h"
+
+[spool.sled]
+path = "{spool}"
 
 [forwarder]
 shutdown_grace = "2s"

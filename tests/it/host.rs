@@ -309,6 +309,47 @@ fn check_config_prints_each_problem_on_its_own_prefixed_line_and_each_cause_once
     );
 }
 
+/// `[spool] path = ...`, the spelling of files written before `[spool.sled]`:
+/// still read, and named (file, line, key) by `check-config` and at start.
+#[tokio::test]
+async fn a_config_with_the_flat_spool_spelling_starts_and_is_warned_of_with_file_line_and_key() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let new = write_config(dir.path(), "");
+    let run = relay_cli(&["check-config"], &new, &[]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(!stderr.contains("deprecated"), "{stderr}");
+
+    let text = base_config(dir.path()).replace("[spool.sled]\n", "");
+    let old = dir.path().join("old.toml");
+    std::fs::write(&old, &text).unwrap();
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("path = "))
+        .expect("a spool path");
+    let place = format!(
+        "{}:{line}:1: `spool.path`: deprecated spelling",
+        old.display()
+    );
+    let run = relay_cli(&["check-config"], &old, &[]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let warned: Vec<&str> = stderr.lines().filter(|l| l.contains(&place)).collect();
+    assert_eq!(warned.len(), 1, "{stderr}");
+    assert!(warned[0].contains("WARN"), "{stderr}");
+    assert!(warned[0].contains("[spool.sled]"), "{stderr}");
+
+    let relay = RelayProcess::spawn(&old).await;
+    let logged = relay.logged(&place);
+    assert_eq!(logged.len(), 1, "{}", relay.log_tail(20));
+    assert!(logged[0].contains("\"level\":\"WARN\""), "{}", logged[0]);
+    // The flat path is the spool's, not the default beside the file.
+    assert!(dir.path().join("spool").is_dir());
+    assert!(!dir.path().join("data").exists());
+    relay.sigterm().await;
+}
+
 #[tokio::test]
 async fn sighup_applies_a_changed_config_and_keeps_the_running_one_when_the_new_one_is_wrong() {
     let dir = tempfile::tempdir().unwrap();

@@ -203,7 +203,7 @@ pub fn room_to_open(config: &SpoolConfig) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "disk full: {free} bytes free on the spool's filesystem, {needed} needed to open it (half of spool.min_free, and {ROOM_TO_OPEN} for the open)"
+            "disk full: {free} bytes free on the spool's filesystem, {needed} needed to open it (half of spool.sled.min_free, and {ROOM_TO_OPEN} for the open)"
         ))
     }
 }

@@ -27,7 +27,7 @@
 //! written, and dropping a tree flushes, so a failed store can be neither
 //! flushed, closed nor reopened in the process. So the writer keeps room
 //! on the spool's filesystem, in two steps (statvfs before each group):
-//! - below `spool.min_free` (plus what the group needs), stores and
+//! - below `spool.sled.min_free` (plus what the group needs), stores and
 //!   quarantines are refused (503); everything else still goes through;
 //! - the lower half of `min_free` is the budget of what must be written
 //!   (outcomes, replays, retention, audit records, marks): below that
@@ -777,7 +777,7 @@ impl Writer {
             Ok(())
         } else {
             Err(format!(
-                "disk full: {free} bytes free on the spool's filesystem, {min_free} kept free (spool.min_free)"
+                "disk full: {free} bytes free on the spool's filesystem, {min_free} kept free (spool.sled.min_free)"
             ))
         }
     }
