@@ -515,7 +515,7 @@ impl SledSpool {
             },
             body: received.body,
         };
-        let change = Change::Store {
+        let change = Change::Store(writer::NewNotification {
             record: record.encode()?,
             dedup_key,
             received_ms: received.received_ms,
@@ -523,7 +523,7 @@ impl SledSpool {
             subscriptions: record.meta.subscriptions,
             released,
             invoice,
-        };
+        });
         match self.write(change, true).await? {
             Applied::Stored(stored) => Ok(stored),
             _ => Err(out_of_turn()),
@@ -598,7 +598,10 @@ impl SledSpool {
             // replay) can bring work, and the watch never misses one.
             let due = async {
                 match wake_at {
-                    Some(at) => tokio::time::sleep_until(self.shared.clock.instant_at(at)).await,
+                    Some(at) => {
+                        let clock = self.shared.clock;
+                        clock.sleep_until(clock.instant_at(at)).await;
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -615,13 +618,7 @@ impl SledSpool {
 
     pub async fn complete(&self, lease: &SledLease, delivery: &Delivery) -> Result<(), SpoolError> {
         let change = lease.completion(delivery)?;
-        let wakes = matches!(
-            &change,
-            Change::Complete {
-                new_retry: Some(_),
-                ..
-            }
-        );
+        let wakes = matches!(&change, Change::Complete(done) if done.new_retry.is_some());
         self.write(change, false).await?;
         lease.completed();
         if wakes {
