@@ -3,9 +3,15 @@
 //! Persisted times (received_at, due times) are Unix milliseconds. The relay
 //! reads the system clock, so a clock corrected by NTP after start-up is
 //! followed at once; tests can instead make a clock that follows tokio's
-//! (paused) clock from a fixed wall-clock base.
+//! (paused) clock from a fixed wall-clock base, or a manual clock that
+//! moves only when told (for code on threads of its own, outside any
+//! runtime a test could pause).
+//!
+//! Deadlines are [`Instant`]s read from the same clock ([`Clock::instant_now`])
+//! and waited for with [`Clock::sleep_until`], so a manual clock moves them
+//! too.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
@@ -13,12 +19,26 @@ use tokio::time::Instant;
 pub struct Clock {
     /// `Some`: Unix ms at a tokio instant, advanced by tokio's clock.
     tokio_base: Option<(i64, Instant)>,
+    /// `Some`: a manual clock, moved only by [`Clock::advance`].
+    manual: Option<&'static Manual>,
+}
+
+/// A manual clock's time: how far it was advanced from where it started.
+#[derive(Debug)]
+struct Manual {
+    start_ms: i64,
+    /// The instant it started at (monotonic readings are `origin + advanced`).
+    origin: Instant,
+    advanced: tokio::sync::watch::Sender<Duration>,
 }
 
 impl Clock {
     /// The system clock.
     pub fn system() -> Self {
-        Clock { tokio_base: None }
+        Clock {
+            tokio_base: None,
+            manual: None,
+        }
     }
 
     /// A clock that starts at the system time and then advances only with
@@ -26,10 +46,38 @@ impl Clock {
     pub fn following_tokio() -> Self {
         Clock {
             tokio_base: Some((system_ms(), Instant::now())),
+            manual: None,
+        }
+    }
+
+    /// A clock at Unix time `start_ms` that moves only by [`Clock::advance`]
+    /// (for tests of code whose deadlines run on threads of their own). Its
+    /// few bytes are leaked, so that a `Clock` stays `Copy`.
+    pub fn manual(start_ms: i64) -> Self {
+        let manual = Box::leak(Box::new(Manual {
+            start_ms,
+            origin: Instant::from_std(std::time::Instant::now()),
+            advanced: tokio::sync::watch::Sender::new(Duration::ZERO),
+        }));
+        Clock {
+            tokio_base: None,
+            manual: Some(manual),
+        }
+    }
+
+    /// Moves a manual clock forward by `by`, waking whoever sleeps until a
+    /// time now reached; other clocks ignore it.
+    pub fn advance(&self, by: Duration) {
+        if let Some(manual) = self.manual {
+            manual.advanced.send_modify(|advanced| *advanced += by);
         }
     }
 
     pub fn now_ms(&self) -> i64 {
+        if let Some(manual) = self.manual {
+            let advanced = i64::try_from(manual.advanced.borrow().as_millis()).unwrap_or(i64::MAX);
+            return manual.start_ms.saturating_add(advanced);
+        }
         match self.tokio_base {
             None => system_ms(),
             Some((base_ms, base)) => {
@@ -40,9 +88,40 @@ impl Clock {
     }
 
     /// The tokio instant at which Unix time `ms` is reached (now, if past).
+    /// On a manual clock, wait for it with [`Clock::sleep_until`].
     pub fn instant_at(&self, ms: i64) -> Instant {
-        let ahead = u64::try_from(ms.saturating_sub(self.now_ms())).unwrap_or(0);
-        Instant::now() + std::time::Duration::from_millis(ahead)
+        let ahead =
+            Duration::from_millis(u64::try_from(ms.saturating_sub(self.now_ms())).unwrap_or(0));
+        match self.manual {
+            Some(_) => self.instant_now() + ahead,
+            None => Instant::now() + ahead,
+        }
+    }
+
+    /// A monotonic reading, for deadlines and throttles: the system's
+    /// (whatever runtime, paused or not, the caller is on), tokio's for a
+    /// clock that follows it, or a manual clock's.
+    pub fn instant_now(&self) -> Instant {
+        match (self.manual, self.tokio_base) {
+            (Some(manual), _) => manual.origin + *manual.advanced.borrow(),
+            (None, Some(_)) => Instant::now(),
+            (None, None) => Instant::from_std(std::time::Instant::now()),
+        }
+    }
+
+    /// Waits until [`Clock::instant_now`] reaches `deadline`: on the
+    /// current runtime's timer, or until a manual clock is advanced there.
+    pub async fn sleep_until(&self, deadline: Instant) {
+        match self.manual {
+            Some(manual) => {
+                let mut advanced = manual.advanced.subscribe();
+                // The sender is never dropped (leaked): this ends only once reached.
+                let _ = advanced
+                    .wait_for(|advanced| manual.origin + *advanced >= deadline)
+                    .await;
+            }
+            None => tokio::time::sleep_until(deadline).await,
+        }
     }
 }
 
@@ -89,5 +168,40 @@ mod tests {
         let start = clock.now_ms();
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         assert!(clock.now_ms() - start < 60_000);
+    }
+
+    #[tokio::test]
+    async fn a_manual_clock_moves_only_when_advanced_and_wakes_its_sleepers() {
+        let clock = Clock::manual(1_000_000);
+        let start = clock.instant_now();
+        assert_eq!(clock.now_ms(), 1_000_000);
+        let sleeper = tokio::spawn(async move {
+            clock.sleep_until(start + Duration::from_millis(10)).await;
+            clock.now_ms()
+        });
+        tokio::task::yield_now().await;
+        assert!(!sleeper.is_finished(), "woke before the clock moved");
+        clock.advance(Duration::from_millis(4));
+        assert_eq!(clock.instant_now() - start, Duration::from_millis(4));
+        clock.advance(Duration::from_millis(6));
+        let woke_at = tokio::time::timeout(Duration::from_secs(10), sleeper)
+            .await
+            .expect("the sleeper never woke")
+            .unwrap();
+        assert_eq!(woke_at, 1_000_010);
+        assert_eq!(
+            clock.instant_at(1_000_030) - clock.instant_now(),
+            Duration::from_millis(20)
+        );
+    }
+
+    #[test]
+    fn the_system_clock_reads_instants_on_no_runtime() {
+        let clock = Clock::system();
+        let first = clock.instant_now();
+        assert!(clock.instant_now() >= first);
+        // Advancing is for manual clocks only.
+        clock.advance(Duration::from_secs(3600));
+        assert!(clock.instant_now() - first < Duration::from_secs(60));
     }
 }

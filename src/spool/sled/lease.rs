@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::counts::Standing;
-use super::writer::Change;
+use super::writer::{Change, Completion};
 use super::{delivery_of, encode_delivery, keys, lock, storage, Shared, Store, EXAMINE_PER_LEASE};
 use crate::delivery::Delivery;
 use crate::spool::record::Record;
@@ -102,7 +102,7 @@ impl SledLease {
             None => Some(lock(&self.state).cursor_without(self.id)),
             Some(_) => None,
         };
-        Ok(Change::Complete {
+        Ok(Change::Complete(Completion {
             id: self.id,
             subscription: self.subscription.clone(),
             value: encode_delivery(delivery)?,
@@ -113,7 +113,7 @@ impl SledLease {
             cursor,
             was: Standing::of(&self.delivery.state),
             now: Standing::of(&delivery.state),
-        })
+        }))
     }
 
     /// The outcome is recorded: let go of it.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use ::sled::Tree;
 
 use super::{keys, newest_notification, storage};
-use crate::clock::format_ms;
+use crate::clock::{format_ms, Clock};
 use crate::spool::{NotificationId, SpoolError};
 
 const ACKNOWLEDGED_FILE: &str = "acknowledged";
@@ -125,7 +125,9 @@ pub fn forget(path: &Path) {
 pub struct MarkKeeper {
     newest: Option<NotificationId>,
     handed: Option<NotificationId>,
-    last_handed: Option<std::time::Instant>,
+    last_handed: Option<tokio::time::Instant>,
+    /// The spool's clock, for the throttle.
+    clock: Clock,
     path: PathBuf,
     /// `None` once finished, or if the thread could not be started (then
     /// the writer writes the file itself).
@@ -134,7 +136,7 @@ pub struct MarkKeeper {
 }
 
 impl MarkKeeper {
-    pub fn start(acknowledged: Acknowledged, path: &Path) -> MarkKeeper {
+    pub fn start(acknowledged: Acknowledged, path: &Path, clock: Clock) -> MarkKeeper {
         let (newest, written) = (acknowledged.newest, acknowledged.written);
         let (tx, rx) = mpsc::channel::<NotificationId>();
         let mut on_thread = acknowledged.clone();
@@ -163,6 +165,7 @@ impl MarkKeeper {
             // first hand-off writes what it holds.
             handed: written,
             last_handed: None,
+            clock,
             path: path.to_owned(),
             thread,
             inline,
@@ -176,16 +179,14 @@ impl MarkKeeper {
 
     /// Hands the newest on if it changed and the last hand-off is a second old.
     pub fn maintain(&mut self) {
-        if self.newest == self.handed
-            || self
-                .last_handed
-                .is_some_and(|at| at.elapsed() < PERSIST_EVERY)
+        let now = self.clock.instant_now();
+        if self.newest == self.handed || self.last_handed.is_some_and(|at| now < at + PERSIST_EVERY)
         {
             return;
         }
         let Some(newest) = self.newest else { return };
         self.handed = Some(newest);
-        self.last_handed = Some(std::time::Instant::now());
+        self.last_handed = Some(now);
         match (&self.thread, &mut self.inline) {
             (Some((tx, _)), _) => {
                 let _ = tx.send(newest);
@@ -229,14 +230,16 @@ mod tests {
     #[test]
     fn the_mark_is_written_off_the_writer_and_the_newest_at_finish() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut keeper = MarkKeeper::start(Acknowledged::read(dir.path(), None), dir.path());
+        let clock = Clock::system();
+        let mut keeper = MarkKeeper::start(Acknowledged::read(dir.path(), None), dir.path(), clock);
         let (first, second) = (NotificationId::new(1_000), NotificationId::new(2_000));
         keeper.note(first);
         keeper.maintain();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Another thread writes the file, and tells nobody: look for it.
+        let deadline = clock.instant_now() + Duration::from_secs(10);
         while marked(dir.path()) != Some(first) {
             assert!(
-                std::time::Instant::now() < deadline,
+                clock.instant_now() < deadline,
                 "the thread never wrote the mark"
             );
             std::thread::sleep(Duration::from_millis(5));
@@ -248,8 +251,32 @@ mod tests {
         keeper.finish();
         assert_eq!(marked(dir.path()), Some(second));
         // An older id never moves the mark back.
-        let mut keeper = MarkKeeper::start(Acknowledged::read(dir.path(), None), dir.path());
+        let mut keeper = MarkKeeper::start(Acknowledged::read(dir.path(), None), dir.path(), clock);
         keeper.note(first);
+        keeper.finish();
+        assert_eq!(marked(dir.path()), Some(second));
+    }
+
+    #[test]
+    fn the_mark_is_handed_on_at_most_once_a_second_of_the_spools_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Clock::manual(1_000_000);
+        let mut keeper = MarkKeeper::start(Acknowledged::read(dir.path(), None), dir.path(), clock);
+        let (first, second) = (NotificationId::new(1_000), NotificationId::new(2_000));
+        keeper.note(first);
+        keeper.maintain();
+        assert_eq!(keeper.handed, Some(first));
+        keeper.note(second);
+        clock.advance(PERSIST_EVERY - Duration::from_millis(1));
+        keeper.maintain();
+        assert_eq!(keeper.handed, Some(first), "handed on within the second");
+        clock.advance(Duration::from_millis(1));
+        keeper.maintain();
+        assert_eq!(
+            keeper.handed,
+            Some(second),
+            "not handed on once the second is over"
+        );
         keeper.finish();
         assert_eq!(marked(dir.path()), Some(second));
     }

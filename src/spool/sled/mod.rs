@@ -1,13 +1,16 @@
 //! The sled backend of the spool: the only code that knows the store is
-//! sled (0.34). `keys.rs` is the layout, `open.rs` opening (with upgrade,
-//! repair and loss detection), `writer.rs` the single writer thread (group
-//! commit, retention, the free-space guard), `lease.rs` what each
-//! subscription has handed out, `counts.rs` the counts the writer keeps.
+//! sled (0.34). `keys.rs` is the layout, `open/` opening (with upgrade,
+//! repair and loss detection) and the offline check, `writer/` the single
+//! writer thread (group commit, applying changes, retention, the
+//! free-space guard), `shared.rs` the state its handles share, `lease.rs`
+//! what each subscription has handed out, `counts.rs` the counts the
+//! writer keeps, `query.rs` the reads, `codec.rs` how a delivery is kept.
 //! Reads run on the caller's thread, which is never an async worker: the
 //! async methods move them to the blocking pool.
 
 mod backfill;
 mod backup;
+mod codec;
 mod counts;
 mod invoices;
 mod keys;
@@ -19,9 +22,11 @@ mod purge;
 mod query;
 mod quiet_panic;
 mod retry_now;
+mod shared;
+#[cfg(test)]
+mod test_hooks;
 mod writer;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,17 +38,19 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::record::{NotificationMeta, QuarantineMeta, Record};
 use super::subscriptions::ApiSubscription;
 use super::{
-    audit, AuditEntry, AuditId, AuditRecord, Counts, Health, Maintained, NotificationId,
-    NotificationRecord, Purged, QuarantineRecord, Received, Routes, SpoolError, Stored,
+    audit, AuditEntry, AuditId, Counts, Health, Maintained, NotificationId, Purged, Received,
+    Routes, SpoolError, Stored,
 };
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
 use crate::delivery::Delivery;
 use crate::providers::Notification;
 pub use backup::restore;
+pub use codec::decode_any;
+use codec::{decode_delivery, delivery_of, encode_delivery};
 pub use lease::SledLease;
-use lease::SubState;
 pub use open::{check, ensure_not_locked, is_new, stopped_cleanly};
+use shared::{lock, newest_notification, storage, Shared, Store};
 
 /// Which records a walk reads.
 pub const NOTIFICATIONS: u8 = keys::NOTIFICATION;
@@ -61,126 +68,6 @@ const PURGE_SLICE: usize = 256;
 /// Bytes free, above the floor of `min_free`, for an open to go ahead
 /// (sled starts a new segment of 512 KiB, the writer its first groups).
 const ROOM_TO_OPEN: u64 = 2 << 20;
-/// How many unreadable ids health keeps.
-const UNREADABLE_IDS_KEPT: usize = 100;
-
-/// An open sled database and the handles the spool uses.
-pub(super) struct Store {
-    pub db: ::sled::Db,
-    pub tree: ::sled::Tree,
-    /// sled's log file, for the fdatasync after each flush (None: not asked for).
-    pub log: Option<std::fs::File>,
-}
-
-impl Store {
-    fn get(&self, key: &[u8]) -> Result<Option<::sled::IVec>, SpoolError> {
-        self.tree.get(key).map_err(storage)
-    }
-}
-
-pub(super) fn storage(err: ::sled::Error) -> SpoolError {
-    SpoolError::Storage(err.to_string())
-}
-
-/// The newest notification in the tree (what open checks against the
-/// acknowledged mark, and what a new mark names).
-pub(super) fn newest_notification(
-    tree: &::sled::Tree,
-) -> Result<Option<NotificationId>, SpoolError> {
-    let last = tree
-        .scan_prefix([keys::NOTIFICATION])
-        .next_back()
-        .transpose()
-        .map_err(storage)?;
-    Ok(last.and_then(|(key, _)| keys::id_of(&key)))
-}
-
-/// State shared by the handles, the writer thread and the leases.
-pub(super) struct Shared {
-    pub config: SpoolConfig,
-    pub clock: Clock,
-    /// None once closed.
-    pub store: ArcSwapOption<Store>,
-    pub routes: ArcSwap<Routes>,
-    /// The newest notification covered by a completed flush: nothing newer
-    /// is leased.
-    pub durable: Mutex<Option<NotificationId>>,
-    /// An fdatasync the writer's syncer saw fail, for the writer to take up.
-    pub sync_failed: Mutex<Option<SpoolError>>,
-    /// True while the writer takes no write at all (the disk is below the
-    /// floor of `min_free`, or the store failed or is not open): leases
-    /// hand out nothing meanwhile (see `writer.rs`).
-    pub short_of_room: watch::Sender<bool>,
-    /// Per subscription: bumped when it may have new due work.
-    work: Mutex<HashMap<String, watch::Sender<u64>>>,
-    subs: Mutex<HashMap<String, Arc<Mutex<SubState>>>>,
-    pub health: Mutex<Health>,
-    pub flush_starts: AtomicU64,
-    /// Changes covered by completed group flushes.
-    pub flushed_changes: AtomicU64,
-    /// Ids at or below this may already have a delivery record from before
-    /// the store was (re)opened: first-attempt walks check for one.
-    pub recheck_upto: Mutex<Option<NotificationId>>,
-    /// The counts as of the last applied batch (the writer publishes them).
-    pub counts: Mutex<Counts>,
-    /// Subscriptions an admin paused: nothing of theirs is leased.
-    pub paused: Mutex<std::collections::BTreeSet<String>>,
-    /// Subscriptions created through the admin API, by name.
-    pub api_subscriptions: Mutex<std::collections::BTreeMap<String, ApiSubscription>>,
-    /// Tests: the writer's next group fails before its batch is applied.
-    #[cfg(test)]
-    pub fail_next_batch: std::sync::atomic::AtomicBool,
-}
-
-impl Shared {
-    pub fn store(&self) -> Result<Arc<Store>, SpoolError> {
-        self.store.load_full().ok_or_else(|| {
-            SpoolError::Unavailable(
-                self.health()
-                    .condition
-                    .unwrap_or_else(|| "the store is being reopened".into()),
-            )
-        })
-    }
-
-    pub fn health(&self) -> Health {
-        lock(&self.health).clone()
-    }
-
-    /// Wakes the lease of each named subscription.
-    pub fn wake<'a>(&self, subscriptions: impl IntoIterator<Item = &'a str>) {
-        let work = lock(&self.work);
-        for name in subscriptions {
-            if let Some(tx) = work.get(name) {
-                tx.send_modify(|n| *n = n.wrapping_add(1));
-            }
-        }
-    }
-
-    fn work(&self, subscription: &str) -> watch::Receiver<u64> {
-        lock(&self.work)
-            .entry(subscription.to_owned())
-            .or_insert_with(|| watch::Sender::new(0))
-            .subscribe()
-    }
-
-    pub fn sub(&self, subscription: &str) -> Arc<Mutex<SubState>> {
-        lock(&self.subs)
-            .entry(subscription.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    pub fn note_unreadable(&self, what: String) {
-        tracing::error!(record = %what, "unreadable record in the spool; skipped");
-        let mut health = lock(&self.health);
-        health.unreadable += 1;
-        if health.unreadable_ids.len() < UNREADABLE_IDS_KEPT {
-            health.unreadable_ids.push(what);
-        }
-    }
-}
-
 /// Room to open the spool: its filesystem has the floor of `min_free` free
 /// (what outcomes and upkeep may not go below, see `writer.rs`) and
 /// [`ROOM_TO_OPEN`] more; else why not.
@@ -208,12 +95,6 @@ pub fn room_to_open(config: &SpoolConfig) -> Result<(), String> {
     }
 }
 
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[derive(Clone)]
 pub struct SledSpool {
     shared: Arc<Shared>,
@@ -226,7 +107,7 @@ impl SledSpool {
         routes: Routes,
         clock: Clock,
     ) -> Result<SledSpool, SpoolError> {
-        let opened = open::open(config, &routes)?;
+        let opened = open::open(config, &routes, clock)?;
         // Until the caller hands over the full routes, the API-created
         // subscriptions are known by name (a stopped relay's commands must
         // not take their deliveries for orphans).
@@ -405,14 +286,6 @@ impl SledSpool {
         }
     }
 
-    /// Tests: the writer's next group fails before its batch is applied.
-    #[cfg(test)]
-    pub fn fail_next_batch(&self) {
-        self.shared
-            .fail_next_batch
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
     pub async fn backfill(
         &self,
         subscription: &str,
@@ -515,7 +388,7 @@ impl SledSpool {
             },
             body: received.body,
         };
-        let change = Change::Store {
+        let change = Change::Store(writer::NewNotification {
             record: record.encode()?,
             dedup_key,
             received_ms: received.received_ms,
@@ -523,7 +396,7 @@ impl SledSpool {
             subscriptions: record.meta.subscriptions,
             released,
             invoice,
-        };
+        });
         match self.write(change, true).await? {
             Applied::Stored(stored) => Ok(stored),
             _ => Err(out_of_turn()),
@@ -598,7 +471,10 @@ impl SledSpool {
             // replay) can bring work, and the watch never misses one.
             let due = async {
                 match wake_at {
-                    Some(at) => tokio::time::sleep_until(self.shared.clock.instant_at(at)).await,
+                    Some(at) => {
+                        let clock = self.shared.clock;
+                        clock.sleep_until(clock.instant_at(at)).await;
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -615,13 +491,7 @@ impl SledSpool {
 
     pub async fn complete(&self, lease: &SledLease, delivery: &Delivery) -> Result<(), SpoolError> {
         let change = lease.completion(delivery)?;
-        let wakes = matches!(
-            &change,
-            Change::Complete {
-                new_retry: Some(_),
-                ..
-            }
-        );
+        let wakes = matches!(&change, Change::Complete(done) if done.new_retry.is_some());
         self.write(change, false).await?;
         lease.completed();
         if wakes {
@@ -783,169 +653,6 @@ impl SledSpool {
         finished.await.unwrap_or(Err(SpoolError::Closed))
     }
 
-    // === queries ===
-
-    pub fn notification(
-        &self,
-        id: NotificationId,
-    ) -> Result<Option<NotificationRecord>, SpoolError> {
-        let store = self.shared.store()?;
-        store
-            .get(&keys::notification(id))?
-            .map(|bytes| Record::decode(&bytes))
-            .transpose()
-    }
-
-    pub fn is_quarantined(&self, id: NotificationId) -> Result<bool, SpoolError> {
-        Ok(self.shared.store()?.get(&keys::quarantine(id))?.is_some())
-    }
-
-    pub fn notifications(
-        &self,
-    ) -> impl Iterator<Item = Result<NotificationRecord, SpoolError>> + '_ {
-        self.records(keys::NOTIFICATION)
-    }
-
-    pub fn quarantined(&self) -> impl Iterator<Item = Result<QuarantineRecord, SpoolError>> + '_ {
-        self.records(keys::QUARANTINE)
-    }
-
-    fn records<M>(&self, prefix: u8) -> impl Iterator<Item = Result<Record<M>, SpoolError>> + '_
-    where
-        M: serde::Serialize + for<'de> serde::Deserialize<'de> + super::record::HasId + 'static,
-    {
-        let items: Box<dyn Iterator<Item = Result<Record<M>, SpoolError>>> =
-            match self.shared.store() {
-                Ok(store) => Box::new(open::records_of(store, prefix)),
-                Err(err) => Box::new(std::iter::once(Err(err))),
-            };
-        items
-    }
-
-    pub fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
-        let store = self.shared.store()?;
-        let Some(bytes) = store.get(&keys::notification(id))? else {
-            return Ok(Vec::new());
-        };
-        let notification: NotificationRecord = Record::decode(&bytes)?;
-        let mut recorded = orphans::records_of(&store, id)?;
-        let mut out = Vec::new();
-        for name in &notification.meta.subscriptions {
-            match recorded.iter().position(|d| &d.subscription == name) {
-                Some(at) => out.push(recorded.remove(at)),
-                None => out.push(Delivery::new(name, notification.meta.received_ms)),
-            }
-        }
-        // Deliveries given to it later (from an orphan subscription).
-        out.extend(recorded);
-        Ok(out)
-    }
-
-    pub fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
-        lease::next_due_ms(&self.shared, subscription)
-    }
-
-    pub fn oldest_waiting_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
-        lease::oldest_waiting_ms(&self.shared, subscription)
-    }
-
-    pub fn audit_log(
-        &self,
-        before: Option<AuditId>,
-        limit: usize,
-    ) -> Result<Vec<AuditRecord>, SpoolError> {
-        let store = self.shared.store()?;
-        let from = [keys::AUDIT];
-        let until = match before {
-            Some(before) => keys::audit(before).to_vec(),
-            None => vec![keys::AUDIT + 1],
-        };
-        let mut out = Vec::new();
-        for item in store.tree.range(from.to_vec()..until).rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (key, value) = item.map_err(storage)?;
-            let decoded = keys::audit_id_of(&key)
-                .ok_or_else(|| SpoolError::Corrupt(format!("malformed audit key {key:?}")))
-                .and_then(|id| audit::decode_record(id, &value));
-            match decoded {
-                Ok(record) => out.push(record),
-                Err(err) => self.shared.note_unreadable(err.to_string()),
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn audit_records(&self) -> impl Iterator<Item = Result<AuditRecord, SpoolError>> + '_ {
-        let items: Box<dyn Iterator<Item = Result<AuditRecord, SpoolError>>> =
-            match self.shared.store() {
-                Ok(store) => Box::new(open::audit_records_of(store)),
-                Err(err) => Box::new(std::iter::once(Err(err))),
-            };
-        items
-    }
-
-    /// Tests: damage a delivery record in place.
-    #[cfg(test)]
-    pub fn damage_delivery(&self, id: NotificationId, subscription: &str) {
-        let store = self.shared.store().unwrap();
-        store
-            .tree
-            .insert(
-                keys::delivery(id, subscription),
-                b"\x09not a delivery".as_slice(),
-            )
-            .unwrap();
-    }
-
-    /// Tests: the counts as a walk over every record makes them now.
-    #[cfg(test)]
-    pub fn recount(&self) -> Counts {
-        counts::recount(&self.shared.store().unwrap().tree)
-            .unwrap()
-            .counts
-    }
-
-    /// Tests: write (or, with `None`, remove) the kept counts of a
-    /// subscription, or the totals, behind the writer's back.
-    #[cfg(test)]
-    pub fn overwrite_counts(&self, subscription: Option<&str>, value: Option<&[u8]>) {
-        let key = match subscription {
-            Some(name) => keys::subscription_counts(name),
-            None => keys::COUNT_TOTALS.to_vec(),
-        };
-        self.overwrite(key, value);
-    }
-
-    /// Tests: write (or, with `None`, remove) the kept counts of a source,
-    /// or (`source` None) the mark that says they are kept.
-    #[cfg(test)]
-    pub fn overwrite_source_counts(&self, source: Option<&str>, value: Option<&[u8]>) {
-        let key = match source {
-            Some(name) => keys::source_counts(name),
-            None => keys::SOURCE_COUNTS_KEPT.to_vec(),
-        };
-        self.overwrite(key, value);
-    }
-
-    /// Tests: write (or, with `None`, remove) `key` behind the writer's back.
-    #[cfg(test)]
-    fn overwrite(&self, key: Vec<u8>, value: Option<&[u8]>) {
-        let tree = &self.shared.store().unwrap().tree;
-        match value {
-            Some(value) => tree.insert(key, value).unwrap(),
-            None => tree.remove(key).unwrap(),
-        };
-    }
-
-    /// Tests: move the durable watermark back, as if the newer stores were
-    /// applied but not yet flushed.
-    #[cfg(test)]
-    pub fn pretend_durable_upto(&self, id: NotificationId) {
-        *lock(&self.shared.durable) = Some(id);
-    }
-
     pub fn flush_starts(&self) -> u64 {
         self.shared.flush_starts.load(Ordering::Relaxed)
     }
@@ -957,61 +664,6 @@ impl SledSpool {
     pub fn size_on_disk(&self) -> Result<u64, SpoolError> {
         self.shared.store()?.db.size_on_disk().map_err(storage)
     }
-}
-
-/// A delivery's record, or the pending delivery its absence means; and
-/// whether the record exists.
-pub(super) fn delivery_of(
-    store: &Store,
-    id: NotificationId,
-    subscription: &str,
-    received_ms: i64,
-) -> Result<(Delivery, bool), SpoolError> {
-    match store.get(&keys::delivery(id, subscription))? {
-        Some(bytes) => decode_delivery(&bytes).map(|d| (d, true)),
-        None => Ok((Delivery::new(subscription, received_ms), false)),
-    }
-}
-
-const DELIVERY_V1: u8 = 1;
-
-pub(super) fn encode_delivery(delivery: &Delivery) -> Result<Vec<u8>, SpoolError> {
-    let mut out = vec![DELIVERY_V1];
-    serde_json::to_writer(&mut out, delivery).map_err(|e| SpoolError::Encode(e.to_string()))?;
-    Ok(out)
-}
-
-pub(super) fn decode_delivery(bytes: &[u8]) -> Result<Delivery, SpoolError> {
-    match bytes.split_first() {
-        Some((&DELIVERY_V1, json)) => {
-            serde_json::from_slice(json).map_err(|e| SpoolError::Corrupt(e.to_string()))
-        }
-        Some((other, _)) => Err(SpoolError::Corrupt(format!(
-            "unknown delivery version {other}"
-        ))),
-        None => Err(SpoolError::Corrupt("empty delivery record".into())),
-    }
-}
-
-/// Runs every decoder of what the spool reads back (records, deliveries,
-/// index keys and values) on `bytes`; for the fuzz targets. Returns how
-/// many accepted them; none may panic.
-pub fn decode_any(bytes: &[u8]) -> usize {
-    let mut accepted = 0;
-    accepted += usize::from(crate::spool::NotificationRecord::decode(bytes).is_ok());
-    accepted += usize::from(crate::spool::QuarantineRecord::decode(bytes).is_ok());
-    if let Ok(delivery) = decode_delivery(bytes) {
-        // What decodes must encode again to the same delivery.
-        let again = encode_delivery(&delivery).and_then(|b| decode_delivery(&b));
-        assert_eq!(again.ok(), Some(delivery), "a delivery does not round-trip");
-        accepted += 1;
-    }
-    accepted += usize::from(keys::id_of(bytes).is_some());
-    accepted += usize::from(keys::split_dedup_value(bytes).is_some());
-    accepted += usize::from(keys::split_dedup_expiry(bytes).is_some());
-    accepted += usize::from(keys::split_retry(bytes).is_some());
-    accepted += usize::from(super::subscriptions::decode(bytes).is_ok());
-    accepted
 }
 
 /// The writer answers each change with the kind of `Applied` it asked for;
