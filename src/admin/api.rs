@@ -325,3 +325,64 @@ async fn route(
         Handler::Streamed(handler) => handler(call).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_route_is_declared_once_and_routes_lists_the_table_then_the_pages() {
+        let mut seen = std::collections::BTreeSet::new();
+        for route in &TABLE {
+            assert!(
+                seen.insert((route.method, route.path)),
+                "{} {} twice",
+                route.method,
+                route.path
+            );
+        }
+        assert_eq!(ROUTES.len(), 32);
+        assert_eq!(ROUTES[0], ("GET", "/healthz"));
+        assert_eq!(ROUTES[TABLE.len()], ("GET", "/"));
+        // Only the probes are open; each of them is a GET.
+        let open: Vec<&str> = TABLE
+            .iter()
+            .filter(|r| matches!(r.access, Access::Anyone(_)))
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(open, ["/healthz", "/readyz", "/metrics"]);
+    }
+
+    #[test]
+    fn a_pattern_fits_its_own_paths_and_hands_over_the_segments_as_sent() {
+        let route = |path: &str| TABLE.iter().find(|r| r.path == path).copied().unwrap();
+        let segments = |path: &'static str| path.trim_matches('/').split('/').collect::<Vec<_>>();
+        let invoice = route("/api/invoices/{source}/{subject}");
+        assert_eq!(
+            invoice.params(&segments("/api/invoices/tus/0001-%2F42")),
+            Some(vec!["tus".to_owned(), "0001-%2F42".to_owned()])
+        );
+        assert_eq!(invoice.params(&segments("/api/invoices/tus")), None);
+        assert_eq!(invoice.params(&segments("/api/quarantine/tus/x")), None);
+        let health = route("/healthz");
+        assert_eq!(health.params(&segments("/healthz/")), Some(Vec::new()));
+        assert!(health.allows(&Method::HEAD) && !health.allows(&Method::POST));
+        let pause = route("/api/subscriptions/{name}/pause");
+        assert!(pause.allows(&Method::POST) && !pause.allows(&Method::GET));
+        // Roles come from the table: a subscriber's routes are the
+        // subscriptions', a viewer's the reads, an admin's the changes.
+        for route in &TABLE {
+            let Access::Needs(role, _) = route.access else {
+                continue;
+            };
+            let expected = if route.path.starts_with("/api/subscriptions") {
+                Role::Subscriber
+            } else if route.method == "GET" {
+                Role::Viewer
+            } else {
+                Role::Admin
+            };
+            assert_eq!(role, expected, "{} {}", route.method, route.path);
+        }
+    }
+}

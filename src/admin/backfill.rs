@@ -20,6 +20,26 @@ use crate::spool::{NotificationId, Received, Stored};
 
 /// Most notifications one backfill gives: a larger range is split by time.
 const MAX_BACKFILL: usize = 100_000;
+/// The source and event type of the relay's own test events.
+const TEST_SOURCE: &str = "relay";
+const TEST_EVENT: &str = "relay.test";
+
+// === routes ===
+
+/// `POST /api/subscriptions/{name}/backfill`
+pub(super) async fn post_backfill(call: Call) -> Answer {
+    let name = decode_segment(call.param(0));
+    backfill(&call.admin, &call.caller, &name, &call.query).await
+}
+
+/// `POST /api/subscriptions/{name}/test`
+pub(super) async fn post_test(call: Call) -> Answer {
+    let name = decode_segment(call.param(0));
+    no_parameters(&call.query)?;
+    test_event(&call.admin, &call.caller, &name).await
+}
+
+// === backfill ===
 
 /// Gives a subscription the stored notifications received in
 /// `since..until` that match its sources and events and that it has no
@@ -244,22 +264,7 @@ impl BackfillRange {
         })
     }
 }
-/// The source and event type of the relay's own test events.
-const TEST_SOURCE: &str = "relay";
-const TEST_EVENT: &str = "relay.test";
-
-/// `POST /api/subscriptions/{name}/backfill`
-pub(super) async fn post_backfill(call: Call) -> Answer {
-    let name = decode_segment(call.param(0));
-    backfill(&call.admin, &call.caller, &name, &call.query).await
-}
-
-/// `POST /api/subscriptions/{name}/test`
-pub(super) async fn post_test(call: Call) -> Answer {
-    let name = decode_segment(call.param(0));
-    no_parameters(&call.query)?;
-    test_event(&call.admin, &call.caller, &name).await
-}
+// === test events ===
 
 /// Stores a synthetic event (`relay.test`) for this one subscription; it
 /// is delivered, signed, like any notification. Answers its id.
