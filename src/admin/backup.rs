@@ -9,66 +9,41 @@
 
 use std::io::{self, Write};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::api::{audit, ApiError};
-use super::query::QueryError;
-use super::Admin;
-use crate::config::Role;
+use super::respond::{audit, no_parameters, ApiError, Call};
 use crate::listen::slots::RequestUnderWay;
 
 /// The admin listener's answers: whole, or the streamed archive.
 pub(super) type AdminBody = Either<Full<Bytes>, Streamed>;
 
-pub const PATH: &str = "/api/spool/backup";
 /// Bytes handed to the response per chunk.
 const CHUNK: usize = 256 << 10;
 /// Chunks waiting for the client at most: what a slow client costs.
 const CHUNKS_QUEUED: usize = 8;
-/// How often a long backup logs how far it got.
-const LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often a long backup logs how far it got (ms).
+const LOG_EVERY_MS: i64 = 10_000;
 
-pub(super) fn is_backup(request: &Request<Incoming>) -> bool {
-    request.method() == Method::POST && request.uri().path() == PATH
-}
-
-pub(super) async fn handle(
-    admin: Arc<Admin>,
-    request: Request<Incoming>,
-    under_way: RequestUnderWay,
-) -> Response<AdminBody> {
-    match start(&admin, &request, under_way).await {
-        Ok(response) => response,
-        Err(err) => {
-            tracing::debug!(path = PATH, error = %err, "backup request refused");
-            err.into_response().map(Either::Left)
-        }
-    }
-}
-
-async fn start(
-    admin: &Arc<Admin>,
-    request: &Request<Incoming>,
-    under_way: RequestUnderWay,
-) -> Result<Response<AdminBody>, ApiError> {
-    let caller = admin.tokens.load().authenticate(request.headers())?;
-    caller.require(Role::Admin)?;
-    let query = request.uri().query().unwrap_or("");
-    if let Some((name, _)) = form_urlencoded::parse(query.as_bytes()).next() {
-        return Err(QueryError::Unknown(name.into_owned()).into());
-    }
+/// `POST /api/spool/backup` (the route table checks the caller is an admin).
+pub(super) async fn post_backup(call: Call) -> Result<Response<AdminBody>, ApiError> {
+    let Call {
+        admin,
+        caller,
+        query,
+        under_way,
+        ..
+    } = call;
+    no_parameters(&query)?;
     let created_ms = admin.clock.now_ms();
     audit(
-        admin,
+        &admin,
         &caller,
         "spool.backup",
         "spool",
@@ -78,16 +53,18 @@ async fn start(
     let (chunks, body) = mpsc::channel(CHUNKS_QUEUED);
     let spool = admin.spool.clone();
     let by = caller.name.clone();
+    // The admin's clock times the walk for the log (a test's clock too).
+    let clock = admin.clock;
     tokio::task::spawn_blocking(move || {
         let out = ChunkWriter {
             chunks: chunks.clone(),
             buffer: Vec::with_capacity(CHUNK),
         };
-        let started = tokio::time::Instant::now();
-        let mut logged = started;
+        let started_ms = clock.now_ms();
+        let mut logged_ms = started_ms;
         let mut progress = |counts: &crate::spool::backup::ArchiveCounts| {
-            if logged.elapsed() >= LOG_EVERY {
-                logged = tokio::time::Instant::now();
+            if clock.now_ms().saturating_sub(logged_ms) >= LOG_EVERY_MS {
+                logged_ms = clock.now_ms();
                 tracing::info!(
                     notifications = counts.notifications,
                     "spool backup under way"
@@ -100,7 +77,7 @@ async fn start(
                 notifications = manifest.counts.notifications,
                 deliveries = manifest.counts.deliveries,
                 newest = manifest.newest.as_deref().unwrap_or("-"),
-                took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                took_ms = clock.now_ms().saturating_sub(started_ms).max(0),
                 "spool backup sent"
             ),
             Err(err) => {

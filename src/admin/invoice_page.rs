@@ -10,10 +10,10 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
 
-use super::api::ApiError;
+use super::html::{escape, html, page, text, LoggedIn};
 use super::humane;
 use super::invoices::{self, InvoiceFilter};
-use super::page::{escape, html, page, text, LoggedIn};
+use super::respond::{off_runtime, ApiError};
 use super::style;
 use super::Admin;
 use crate::config::Role;
@@ -74,7 +74,7 @@ pub(super) async fn search(
         ..InvoiceFilter::default()
     };
     let spool = admin.spool.clone();
-    let found = super::api::off_runtime(move || invoices::list(&spool, &filter)).await?;
+    let found = off_runtime(move || invoices::list(&spool, &filter)).await?;
     let items = found["items"].as_array().cloned().unwrap_or_default();
     if items.is_empty() {
         let _ = write!(
@@ -176,7 +176,7 @@ pub(super) async fn timeline(
     let (source, subject) = (decode(source), decode(subject));
     let spool = admin.spool.clone();
     let (src, subj) = (source.clone(), subject.clone());
-    let shown = super::api::off_runtime(move || invoices::show(&spool, &src, &subj)).await?;
+    let shown = off_runtime(move || invoices::show(&spool, &src, &subj)).await?;
     let now_ms = admin.clock.now_ms();
     let mut body = search_form("");
     let _ = write!(

@@ -10,8 +10,9 @@
 
 use serde_json::{json, Value};
 
-use super::api::{delivery_detail, ApiError};
+use super::notifications::delivery_detail;
 use super::query::{parse_bool, parse_status, parse_time, QueryError, DEFAULT_LIMIT, MAX_LIMIT};
+use super::respond::{blocking, decode_segment, no_parameters, ok, Answer, ApiError, Call};
 use crate::clock::format_ms;
 use crate::config::wildcard_match;
 use crate::providers::InvoiceStatus;
@@ -113,6 +114,25 @@ impl InvoiceFilter {
 
 /// One page of invoices: at most `limit` rows, reading at most
 /// [`SCAN_LIMIT`] invoices, with the cursor to go on from.
+/// `GET /api/invoices`
+pub(super) async fn get_list(call: Call) -> Answer {
+    let filter = InvoiceFilter::parse(&call.query, call.admin.clock.now_ms())?;
+    if filter.stuck {
+        let stuck = call.admin.metrics.stuck_invoices();
+        return ok(list_stuck(&stuck, &filter));
+    }
+    let spool = call.admin.spool.clone();
+    blocking(move || list(&spool, &filter)).await
+}
+
+/// `GET /api/invoices/{source}/{subject}`
+pub(super) async fn get_one(call: Call) -> Answer {
+    no_parameters(&call.query)?;
+    let (source, subject) = (decode_segment(call.param(0)), decode_segment(call.param(1)));
+    let spool = call.admin.spool.clone();
+    blocking(move || show(&spool, &source, &subject)).await
+}
+
 pub fn list(spool: &Spool, filter: &InvoiceFilter) -> Result<Value, ApiError> {
     let mut items = Vec::new();
     let mut cursor = filter.cursor.clone();

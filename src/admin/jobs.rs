@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::api::{audit, ApiError};
 use super::auth::Caller;
 use super::query::Filter;
+use super::respond::{audit, no_parameters, ok, Answer, ApiError, Call};
 use super::Admin;
 use crate::clock::format_ms;
 use crate::spool::{NotificationId, Spool, SpoolError};
@@ -172,7 +172,13 @@ impl Jobs {
     }
 }
 
-/// `GET /api/jobs/{id}`.
+/// `GET /api/jobs/{id}`
+pub(super) async fn get_one(call: Call) -> Answer {
+    no_parameters(&call.query)?;
+    ok(show(&call.admin, call.param(0))?)
+}
+
+/// `GET /api/jobs/{id}`'s job.
 pub(super) fn show(admin: &Admin, id: &str) -> Result<Value, ApiError> {
     let id = crate::spool::parse_ulid(id).map_err(|why| {
         ApiError::Query(super::query::QueryError::Invalid {

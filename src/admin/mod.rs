@@ -7,30 +7,49 @@
 //! - [`session`]: the page's sessions (cookie ids, CSRF tokens), in memory;
 //!   [`csrf`] the checks that a page's POST comes from the page.
 //! - [`query`]: the filters of the API, pure.
-//! - [`api`]: routes and handlers.
-//! - `subscriptions`: creating, deleting, backfilling and testing
-//!   subscriptions and rotating their secrets.
+//! - `api`: the route table (method, path, role, handler) and the
+//!   routing; `respond`: what every handler answers with (`ApiError`,
+//!   JSON, parameter checks, the audit record), below the routes and the
+//!   page alike.
+//! - The resources, each with its routes' handlers: `health` (the
+//!   probes), `notifications` (`listing` the walk they share with
+//!   `quarantine`), `replay`, `stats`, `audit_log`, `reload`, `invoices`.
+//! - `subscriptions`: creating, deleting, pausing and listing
+//!   subscriptions and rotating their secrets; `backfill` gives one
+//!   stored notifications or a test event.
 //! - `purge`: the bulk purge; `jobs`: bulk replays and purges run as jobs.
 //! - `backup`: the spool's backup archive, streamed.
-//! - `invoices`: the invoices and their timelines, from the spool's index.
-//! - `page`: the HTML page over the same reads; `invoice_page` its
-//!   invoice search and timeline; `style` its style sheet and list
-//!   tables, `humane` its values as a person reads them, `chart` its
-//!   hour of traffic as SVG.
+//! - `page`: the HTML page over the same reads; `html` its document and
+//!   answers, `record_page` a notification's and a quarantined body's
+//!   views, `invoice_page` its invoice search and timeline; `style` its
+//!   style sheet and list tables, `humane` its values as a person reads
+//!   them, `chart` its hour of traffic as SVG.
 
 mod api;
+mod audit_log;
 pub mod auth;
+mod backfill;
 mod backup;
 mod chart;
 pub mod csrf;
+mod health;
+mod html;
 mod humane;
 mod invoice_page;
 mod invoices;
 mod jobs;
+mod listing;
+mod notifications;
 mod page;
 mod purge;
+mod quarantine;
 pub mod query;
+mod record_page;
+mod reload;
+mod replay;
+mod respond;
 pub mod session;
+mod stats;
 mod style;
 mod subscriptions;
 
@@ -360,18 +379,11 @@ async fn serve_connection<IO>(
     let service = service_fn(move |request| {
         let (admin, seen) = (admin.clone(), seen.clone());
         async move {
+            // A streamed answer (the backup archive) holds it until its
+            // body ends: the connection is busy (not idle, not to be
+            // closed for room) until then.
             let under_way = seen.request_started();
-            let response = if backup::is_backup(&request) {
-                // The archive streams after the handler returns: the
-                // connection is busy (not idle, not to be closed for
-                // room) until its body ends.
-                backup::handle(admin, request, under_way).await
-            } else {
-                api::handle(admin, request)
-                    .await
-                    .map(http_body_util::Either::Left)
-            };
-            Ok::<_, Infallible>(response)
+            Ok::<_, Infallible>(api::handle(admin, request, under_way).await)
         }
     });
     let connection = builder

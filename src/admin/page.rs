@@ -9,23 +9,28 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::api::{self, ApiError};
-use super::auth::{self, Caller};
+use super::auth;
 use super::csrf::{self, CsrfError, CSRF_FIELD};
+use super::html::{csrf_input, escape, flags, html, page, redirect, text, LoggedIn};
 use super::humane;
+use super::notifications::list_notifications;
+use super::quarantine::{list_quarantine, release, release_as_generic};
 use super::query::Filter;
+use super::record_page::{notification, quarantined};
+use super::replay::replay_one;
+use super::respond::{off_runtime, parse_id, single_parameter, ApiError};
 use super::session;
+use super::stats::stats_value;
 use super::style;
+use super::subscriptions::{pause, retry_now, subscriptions};
 use super::Admin;
 use crate::config::Role;
-use crate::spool::NotificationId;
 
 /// The login form's body is a token, the others' a CSRF token: a few
 /// hundred bytes at most.
@@ -33,11 +38,14 @@ const MAX_FORM: usize = 4096;
 /// How long the login form may take to arrive.
 const FORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A browser logged in to the page: who, and the CSRF token its forms carry.
-pub(super) struct LoggedIn {
-    pub caller: Caller,
-    pub csrf: String,
-}
+/// The page's views, as `admin::ROUTES` lists them (its forms post to
+/// more paths, all of them below these).
+pub(super) const PAGES: [(&str, &str); 4] = [
+    ("GET", "/"),
+    ("GET", "/n/{id}"),
+    ("GET", "/i"),
+    ("GET", "/i/{source}/{subject}"),
+];
 
 /// Whether the request is for the page (not the API or the probes).
 pub(super) fn is_page(path: &str) -> bool {
@@ -103,17 +111,17 @@ pub(super) async fn handle(
         (Method::GET, ["n", id]) => notification(admin, &user, id).await,
         (Method::POST, ["n", id, "replay"]) => {
             caller.require(Role::Admin)?;
-            let id = api::parse_id(id)?;
-            let subscription = api::single_parameter(&query, "subscription")?;
-            api::replay_one(admin, caller, id, subscription).await?;
+            let id = parse_id(id)?;
+            let subscription = single_parameter(&query, "subscription")?;
+            replay_one(admin, caller, id, subscription).await?;
             Ok(redirect(&format!("/n/{id}"), None))
         }
         (Method::GET, ["q", id]) => quarantined(admin, &user, id).await,
         (Method::POST, ["q", id, "release"]) => {
             caller.require(Role::Admin)?;
-            let id = api::parse_id(id)?;
-            let as_generic = api::release_as_generic(&query)?;
-            let released = api::release(admin, caller, id, as_generic).await?;
+            let id = parse_id(id)?;
+            let as_generic = release_as_generic(&query)?;
+            let released = release(admin, caller, id, as_generic).await?;
             let notification = released["notification"].as_str().unwrap_or_default();
             Ok(redirect(&format!("/n/{notification}"), None))
         }
@@ -126,7 +134,7 @@ pub(super) async fn handle(
             let name = percent_encoding::percent_decode_str(name)
                 .decode_utf8_lossy()
                 .into_owned();
-            api::pause(admin, caller, &name, *action == "pause").await?;
+            pause(admin, caller, &name, *action == "pause").await?;
             Ok(redirect("/", None))
         }
         (Method::POST, ["s", name, "retry"]) => {
@@ -134,7 +142,7 @@ pub(super) async fn handle(
             let name = percent_encoding::percent_decode_str(name)
                 .decode_utf8_lossy()
                 .into_owned();
-            api::retry_now(admin, caller, &name).await?;
+            retry_now(admin, caller, &name).await?;
             Ok(redirect("/", None))
         }
         (method, _) if method != Method::GET => Err(ApiError::Method(method)),
@@ -192,14 +200,6 @@ fn refused(method: &Method, path: &str, err: &CsrfError) -> Response<Full<Bytes>
     )
 }
 
-/// The hidden field that carries the session's CSRF token in a form.
-fn csrf_input(user: &LoggedIn) -> String {
-    format!(
-        "<input type=hidden name={CSRF_FIELD} value=\"{}\">",
-        escape(&user.csrf)
-    )
-}
-
 async fn login(
     admin: &Arc<Admin>,
     body: Incoming,
@@ -227,84 +227,6 @@ async fn login(
             &login_form(Some("That token is not one of the relay's admin tokens.")),
         )),
     }
-}
-
-/// An error as a page: the status and what went wrong.
-pub(super) fn error_page(err: &ApiError) -> Response<Full<Bytes>> {
-    html(
-        err.status(),
-        &page(
-            "error",
-            None,
-            &format!(
-                "<p class=dead>{}</p><p><a href=/>back</a></p>",
-                escape(&err.to_string())
-            ),
-        ),
-    )
-}
-
-fn redirect(to: &str, cookie: Option<HeaderValue>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SEE_OTHER;
-    if let Ok(location) = HeaderValue::from_str(to) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    if let Some(cookie) = cookie {
-        response.headers_mut().insert(header::SET_COOKIE, cookie);
-    }
-    response
-}
-
-pub(super) fn html(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    // Nothing here runs script or loads anything from elsewhere.
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-        ),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    response
-}
-
-/// Text made safe inside HTML elements and attribute values.
-pub(super) use super::humane::escape;
-
-/// A JSON value as escaped text ("–" when absent).
-pub(super) fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "–".into(),
-        Value::String(s) => escape(s),
-        other => escape(&other.to_string()),
-    }
-}
-
-pub(super) fn page(title: &str, user: Option<&LoggedIn>, body: &str) -> String {
-    let who = user
-        .map(|user| {
-            format!(
-                "<span class=muted>{} ({})</span><form class=inline method=post action=/logout>{}<button>log out</button></form>",
-                escape(&user.caller.name),
-                user.caller.role,
-                csrf_input(user)
-            )
-        })
-        .unwrap_or_default();
-    format!(
-        "<!doctype html><html lang=en><head><meta charset=utf-8>\
-         <meta name=viewport content=\"width=device-width, initial-scale=1\"><title>{title} · webhook-relay</title>\
-         <style>{style}</style></head><body><header><h1><a href=/>webhook-relay</a></h1>{who}</header>{body}</body></html>",
-        title = escape(title),
-        style = style::sheet(),
-    )
 }
 
 fn login_form(error: Option<&str>) -> String {
@@ -338,15 +260,15 @@ async fn dashboard(
         Ok(filter) => (filter, None),
         Err(err) => (Filter::parse("", now_ms, false)?, Some(err)),
     };
-    let stats = api::stats_value(admin).await?;
+    let stats = stats_value(admin).await?;
     let spool = admin.spool.clone();
     let listed = filter.clone();
     let quarantine = filter.state == Some(super::query::StateFilter::Quarantined);
-    let list = api::off_runtime(move || {
+    let list = off_runtime(move || {
         if quarantine {
-            api::list_quarantine(&spool, &listed)
+            list_quarantine(&spool, &listed)
         } else {
-            api::list_notifications(&spool, &listed)
+            list_notifications(&spool, &listed)
         }
     })
     .await?;
@@ -410,7 +332,7 @@ async fn dashboard(
     body.push_str(&super::invoice_page::stuck_table(admin));
     body.push_str("<h2 id=subscriptions>Subscriptions</h2>");
     body.push_str(&style::SUBSCRIPTIONS.head(None));
-    for sub in api::subscriptions(admin, caller)["items"]
+    for sub in subscriptions(admin, caller)["items"]
         .as_array()
         .into_iter()
         .flatten()
@@ -562,17 +484,6 @@ fn notification_list(
     body
 }
 
-/// A notification's flags (what its provider check accepted though not
-/// as documented), each a badge; nothing when it has none.
-fn flags(value: &Value) -> String {
-    value
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|flag| format!(" <span class=flag>{}</span>", text(flag)))
-        .collect()
-}
-
 fn filter_form(filter: &Filter) -> String {
     let field = |label: &str, name: &str, value: &Option<String>| {
         format!(
@@ -604,140 +515,6 @@ fn filter_form(filter: &Filter) -> String {
     )
 }
 
-async fn notification(
-    admin: &Arc<Admin>,
-    user: &LoggedIn,
-    id: &str,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let caller = &user.caller;
-    caller.require(Role::Viewer)?;
-    let id: NotificationId = api::parse_id(id)?;
-    let spool = admin.spool.clone();
-    let shown = api::off_runtime(move || api::show_notification(&spool, id)).await?;
-    let now_ms = admin.clock.now_ms();
-    let mut body = format!(
-        "<h2>Notification {}{}</h2>",
-        text(&shown["event"]),
-        match shown["subject"].as_str() {
-            Some(subject) => format!(" of invoice {}", escape(subject)),
-            None => String::new(),
-        }
-    );
-    body.push_str(&fields_table(&shown, &super::NOTIFICATION_FIELDS, now_ms));
-    // The table's last row: its flags.
-    body.truncate(body.len() - "</table>".len());
-    let _ = write!(
-        body,
-        "<tr><th>flags</th><td id=flags>{}</td></tr></table>",
-        match flags(&shown["flags"]) {
-            none if none.is_empty() => "none".to_owned(),
-            some => some,
-        }
-    );
-    body.push_str("<h2>Deliveries</h2>");
-    let may_replay = caller.role >= Role::Admin;
-    for delivery in shown["deliveries"].as_array().into_iter().flatten() {
-        let subscription = delivery["subscription"].as_str().unwrap_or("");
-        let state = text(&delivery["state"]);
-        let attempts = delivery["attempts"]
-            .as_array()
-            .map_or(&[][..], Vec::as_slice);
-        let _ = write!(
-            body,
-            "<h3>{} <span class={state}>{state}</span> <span class=muted>({})</span></h3>",
-            escape(subscription),
-            humane::count(attempts.len() as u64, "attempt"),
-        );
-        if may_replay && state != "waiting" {
-            let target: String = form_urlencoded::Serializer::new(String::new())
-                .append_pair("subscription", subscription)
-                .finish();
-            let _ = write!(
-                body,
-                "<form method=post action=\"/n/{id}/replay?{}\">{}<button>replay to {}</button></form>",
-                escape(&target),
-                csrf_input(user),
-                escape(subscription)
-            );
-        }
-        if !attempts.is_empty() {
-            body.push_str(&style::ATTEMPTS.head(None));
-        }
-        for attempt in attempts {
-            let outcome = &attempt["outcome"];
-            let what = match outcome["code"].as_u64() {
-                Some(code) => format!("HTTP {code}"),
-                None => text(&outcome["kind"]),
-            };
-            let _ = write!(
-                body,
-                "<tr><td>{}</td><td>{}</td><td>{} ms</td><td>{what}</td><td><code>{}</code></td></tr>",
-                text(&attempt["number"]),
-                humane::when(now_ms, &attempt["started_at"]),
-                text(&attempt["duration_ms"]),
-                text(&attempt["answer"]),
-            );
-        }
-        if !attempts.is_empty() {
-            body.push_str("</table>");
-        }
-        if !delivery["next_try_at"].is_null() {
-            let _ = write!(
-                body,
-                "<p class=muted>next try: {}</p>",
-                humane::when(now_ms, &delivery["next_try_at"])
-            );
-        }
-    }
-    body.push_str("<h2>Body</h2>");
-    body.push_str(&body_shown(&shown));
-    Ok(html(
-        StatusCode::OK,
-        &page(&format!("notification {id}"), Some(user), &body),
-    ))
-}
-
-/// A record's body: as text, a Latin-1 one decoded (and said so), any
-/// other that is not UTF-8 as base64 (and said so).
-fn body_shown(shown: &Value) -> String {
-    let body = shown["body"].as_str().unwrap_or("");
-    if shown["body_encoding"] != "base64" {
-        return format!("<pre>{}</pre>", escape(body));
-    }
-    let latin1 = shown["flags"]
-        .as_array()
-        .is_some_and(|flags| flags.iter().any(|f| f == "latin1_body"));
-    let raw = base64::engine::general_purpose::STANDARD.decode(body);
-    match raw {
-        Ok(raw) if latin1 => format!(
-            "<p class=note id=body-encoding>Sent in Latin-1: decoded from Windows-1252 \
-             (the spool keeps the bytes as they came; the targets get this text as UTF-8).</p><pre>{}</pre>",
-            escape(&humane::latin1(&raw))
-        ),
-        _ => format!(
-            "<p class=note id=body-encoding>Not UTF-8 text: shown as base64.</p><pre>{}</pre>",
-            escape(body)
-        ),
-    }
-}
-
-/// A table of a record's fields, a row each: times as "… ago", the
-/// invoice a link to its timeline.
-fn fields_table(shown: &Value, fields: &[(&str, &str)], now_ms: i64) -> String {
-    let mut out = String::from("<table class=fields>");
-    for (label, key) in fields {
-        let value = &shown[*key];
-        let cell = match *key {
-            "received_at" => humane::when(now_ms, value),
-            "subject" => super::invoice_page::invoice_link(shown),
-            _ => text(value),
-        };
-        let _ = write!(out, "<tr><th>{label}</th><td>{cell}</td></tr>");
-    }
-    out.push_str("</table>");
-    out
-}
-
 /// What the spool holds per source, each count a link to that list.
 fn sources_table(body: &mut String, sources: &Value, now_ms: i64) {
     body.push_str("<h2>Sources</h2>");
@@ -757,47 +534,4 @@ fn sources_table(body: &mut String, sources: &Value, now_ms: i64) {
         );
     }
     body.push_str("</table>");
-}
-
-async fn quarantined(
-    admin: &Arc<Admin>,
-    user: &LoggedIn,
-    id: &str,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let caller = &user.caller;
-    caller.require(Role::Viewer)?;
-    let id: NotificationId = api::parse_id(id)?;
-    let spool = admin.spool.clone();
-    let shown = api::off_runtime(move || api::show_quarantined(&spool, id)).await?;
-    let mut body = fields_table(&shown, &super::QUARANTINE_FIELDS, admin.clock.now_ms());
-    if caller.role >= Role::Admin {
-        // The check again (it may take it now), or as a generic notification.
-        let _ = write!(
-            body,
-            "<form class=inline method=post action=\"/q/{id}/release\">{csrf}<button>release</button></form> \
-             <form class=inline method=post action=\"/q/{id}/release?as=generic\">{csrf}<button>release as generic</button></form>",
-            csrf = csrf_input(user)
-        );
-    }
-    body.push_str("<h2>Body</h2>");
-    body.push_str(&body_shown(&shown));
-    Ok(html(
-        StatusCode::OK,
-        &page(&format!("quarantined {id}"), Some(user), &body),
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_from_outside_cannot_become_markup() {
-        assert_eq!(
-            escape("<script>alert('x')</script> & \"q\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
-        );
-        assert_eq!(text(&Value::Null), "–");
-        assert_eq!(text(&serde_json::json!("0001-<b>")), "0001-&lt;b&gt;");
-    }
 }

@@ -13,11 +13,17 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use super::api::{json_response, ApiError};
 use super::auth::Caller;
 use super::jobs::{self, BulkKind};
 use super::query::{DeliveryState, Filter, QueryError, StateFilter};
+use super::respond::{json_response, Answer, ApiError, Call};
 use super::Admin;
+
+/// `POST /api/purge`
+pub(super) async fn post_purge(call: Call) -> Answer {
+    let filter = Filter::parse(&call.query, call.admin.clock.now_ms(), true)?;
+    purge_bulk(&call.admin, &call.caller, filter, &call.query).await
+}
 
 /// Starts a job that purges what `filter` picks (its `state` defaults to
 /// dead; only dead or waiting deliveries can be purged), or with `dry_run`

@@ -22,17 +22,17 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::api::{audit, json_response, ok, ApiError};
 use super::auth::{AuthError, Caller};
-use super::query::{parse_time, QueryError};
+use super::query::QueryError;
+use super::respond::{
+    audit, decode_segment, json_response, no_parameters, ok, single_parameter, Answer, ApiError,
+    Call,
+};
 use super::Admin;
 use crate::clock::format_ms;
 use crate::config::{parse_duration, HumanDuration, Role};
-use crate::providers::Notification;
 use crate::signing::SigningKey;
-use crate::spool::{
-    ApiSubscription, AuditEntry, NotificationId, Received, Replaced, Settings, Stored,
-};
+use crate::spool::{ApiSubscription, AuditEntry, Replaced, Settings};
 
 /// Largest create request body: a name, a URL and a few settings.
 const MAX_REQUEST: usize = 64 << 10;
@@ -41,11 +41,6 @@ const MAX_REQUEST: usize = 64 << 10;
 const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 /// The longest overlap: past it, an old secret is a second live secret.
 const MAX_OVERLAP: Duration = Duration::from_secs(30 * 86_400);
-/// Most notifications one backfill gives: a larger range is split by time.
-const MAX_BACKFILL: usize = 100_000;
-/// The source and event type of the relay's own test events.
-const TEST_SOURCE: &str = "relay";
-const TEST_EVENT: &str = "relay.test";
 
 /// What `POST /api/subscriptions` takes: the keys of a `[[subscriptions]]`
 /// table of `relay.toml`, but the secret (the relay makes it).
@@ -82,9 +77,60 @@ impl CreateRequest {
 }
 
 /// Where a subscription comes from, as far as the caller may touch it.
-enum Owned {
+pub(super) enum Owned {
     File,
     Api(Box<ApiSubscription>),
+}
+
+// === routes ===
+
+/// `GET /api/subscriptions`
+pub(super) async fn get_list(call: Call) -> Answer {
+    no_parameters(&call.query)?;
+    ok(subscriptions(&call.admin, &call.caller))
+}
+
+/// `POST /api/subscriptions`
+pub(super) async fn post_create(call: Call) -> Answer {
+    let Call {
+        admin,
+        caller,
+        query,
+        request,
+        ..
+    } = call;
+    no_parameters(&query)?;
+    create(&admin, &caller, request.into_body()).await
+}
+
+/// `DELETE /api/subscriptions/{name}`
+pub(super) async fn delete_one(call: Call) -> Answer {
+    let name = decode_segment(call.param(0));
+    delete(&call.admin, &call.caller, &name, &call.query).await
+}
+
+/// `POST /api/subscriptions/{name}/pause` (`paused`) and `…/resume`
+pub(super) async fn post_pause(call: Call, paused: bool) -> Answer {
+    let name = decode_segment(call.param(0));
+    no_parameters(&call.query)?;
+    // An admin any, a subscriber the ones it created.
+    may_manage(&call.admin, &call.caller, &name)?;
+    pause(&call.admin, &call.caller, &name, paused).await
+}
+
+/// `POST /api/subscriptions/{name}/retry`
+pub(super) async fn post_retry(call: Call) -> Answer {
+    let name = decode_segment(call.param(0));
+    no_parameters(&call.query)?;
+    // As pause and resume: an admin any, a subscriber the ones it created.
+    may_manage(&call.admin, &call.caller, &name)?;
+    retry_now(&call.admin, &call.caller, &name).await
+}
+
+/// `POST /api/subscriptions/{name}/rotate-secret`
+pub(super) async fn post_rotate_secret(call: Call) -> Answer {
+    let name = decode_segment(call.param(0));
+    rotate_secret(&call.admin, &call.caller, &name, &call.query).await
 }
 
 // === create and delete ===
@@ -252,7 +298,7 @@ pub(super) async fn delete(
     name: &str,
     query: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let purge = match super::api::single_parameter(query, "purge")?.as_deref() {
+    let purge = match single_parameter(query, "purge")?.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => {
@@ -316,7 +362,7 @@ pub(super) async fn rotate_secret(
     name: &str,
     query: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let overlap = match super::api::single_parameter(query, "overlap")? {
+    let overlap = match single_parameter(query, "overlap")? {
         None => DEFAULT_OVERLAP,
         Some(text) => parse_duration(&text)
             .ok()
@@ -368,290 +414,114 @@ fn new_secret() -> String {
     SigningKey::generate_secret(rand::random())
 }
 
-// === backfill and test events ===
+// === pause, resume, retry and the list ===
 
-/// Gives a subscription the stored notifications received in
-/// `since..until` that match its sources and events and that it has no
-/// delivery of yet, as new deliveries in receipt order; `dry_run=true`
-/// answers the count and changes nothing.
-pub(super) async fn backfill(
+/// Holds or lets go a configured subscription's deliveries.
+pub(super) async fn pause(
     admin: &Admin,
     caller: &Caller,
     name: &str,
-    query: &str,
+    paused: bool,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let range = BackfillRange::parse(query, admin.clock.now_ms())?;
-    owned(admin, caller, name)?;
-    let config = admin.config.load();
-    let Some(subscription) = config
-        .subscriptions
-        .iter()
-        .find(|s| s.name == name)
-        .cloned()
-    else {
-        return Err(ApiError::NotFound(format!("no subscription {name:?}")));
-    };
-    let spool = admin.spool.clone();
-    let since_ms = range.since_ms.unwrap_or(0);
-    let (current, until_ms) = (range.current, range.until_ms);
-    let chosen = super::api::off_runtime(move || {
-        if current {
-            return current_of_each_invoice(&spool, &subscription, since_ms, until_ms);
-        }
-        let mut chosen = Vec::new();
-        for record in spool.notifications_newest_first(None) {
-            let meta = record?.meta;
-            if meta.received_ms < since_ms {
-                break;
-            }
-            let in_range = range.until_ms.is_none_or(|until| meta.received_ms < until);
-            let fanned_out = meta.subscriptions.contains(&subscription.name);
-            if !in_range
-                || fanned_out
-                || !subscription.matches(&meta.source, &meta.event_type, meta.status)
-            {
-                continue;
-            }
-            let Some(id) = NotificationId::parse(&meta.id) else {
-                continue;
-            };
-            let has_one = spool
-                .deliveries_of(id)?
-                .iter()
-                .any(|d| d.subscription == subscription.name);
-            if !has_one {
-                chosen.push(id);
-            }
-            if chosen.len() > MAX_BACKFILL {
-                return Err(ApiError::Unprocessable(format!(
-                    "more than {MAX_BACKFILL} notifications in this range: backfill it in parts"
-                )));
-            }
-        }
-        chosen.reverse();
-        Ok(chosen)
-    })
-    .await?;
-    let range_json = json!({
-        "since": range.since_ms.map(format_ms),
-        "until": range.until_ms.map(format_ms),
-        "current": range.current,
-    });
-    if range.dry_run {
-        return ok(
-            json!({ "name": name, "dry_run": true, "notifications": chosen.len(), "range": range_json }),
-        );
-    }
-    let found = chosen.len();
-    let added = admin
-        .spool
-        .backfill(name, chosen, admin.clock.now_ms())
-        .await?;
-    tracing::info!(subscription = %name, by = %caller.name, added, "subscription backfilled");
-    let detail = json!({ "range": range_json, "notifications": found, "added": added });
-    audit(admin, caller, "subscription.backfill", name, detail).await?;
-    ok(
-        json!({ "name": name, "dry_run": false, "notifications": found, "added": added, "range": range_json }),
-    )
-}
-
-/// For `current=true`: of each invoice (from the spool's invoice index),
-/// the newest notification that tells its current status (never a
-/// superseded one), if it was received in `since..until`, matches the
-/// subscription and the subscription has no delivery of it; in receipt
-/// order.
-fn current_of_each_invoice(
-    spool: &crate::spool::Spool,
-    subscription: &crate::config::SubscriptionConfig,
-    since_ms: i64,
-    until_ms: Option<i64>,
-) -> Result<Vec<NotificationId>, ApiError> {
-    const CHUNK: usize = 512;
-    let mut chosen = Vec::new();
-    let sources: Vec<Option<String>> = match &subscription.sources {
-        Some(sources) => sources.iter().cloned().map(Some).collect(),
-        None => vec![None],
-    };
-    for source in sources {
-        let mut after = None;
-        loop {
-            let invoices = spool.invoices(source.as_deref(), after.as_ref(), CHUNK)?;
-            let last_chunk = invoices.len() < CHUNK;
-            for invoice in &invoices {
-                after = Some(crate::spool::InvoiceCursor::after(invoice));
-                let Some((invoice, timeline)) = spool.invoice(&invoice.source, &invoice.subject)?
-                else {
-                    continue;
-                };
-                let telling = timeline
-                    .iter()
-                    .rev()
-                    .filter(|e| !e.superseded)
-                    .find(|e| e.status == invoice.status)
-                    .or_else(|| timeline.iter().rev().find(|e| !e.superseded));
-                let Some(entry) = telling else {
-                    continue;
-                };
-                let Some(record) = spool.notification(entry.id)? else {
-                    continue;
-                };
-                let meta = &record.meta;
-                let in_range = meta.received_ms >= since_ms
-                    && until_ms.is_none_or(|until| meta.received_ms < until);
-                if !in_range
-                    || meta.subscriptions.contains(&subscription.name)
-                    || !subscription.matches(&meta.source, &meta.event_type, meta.status)
-                    || spool
-                        .deliveries_of(entry.id)?
-                        .iter()
-                        .any(|d| d.subscription == subscription.name)
-                {
-                    continue;
-                }
-                chosen.push(entry.id);
-                if chosen.len() > MAX_BACKFILL {
-                    return Err(ApiError::Unprocessable(format!(
-                        "more than {MAX_BACKFILL} invoices: backfill them in parts (since, until)"
-                    )));
-                }
-            }
-            if last_chunk {
-                break;
-            }
-        }
-    }
-    chosen.sort();
-    Ok(chosen)
-}
-
-/// The time range of a backfill, and whether it gives each invoice's
-/// current notification only.
-struct BackfillRange {
-    /// Required but for `current`.
-    since_ms: Option<i64>,
-    until_ms: Option<i64>,
-    dry_run: bool,
-    current: bool,
-}
-
-impl BackfillRange {
-    fn parse(query: &str, now_ms: i64) -> Result<BackfillRange, QueryError> {
-        let (mut since, mut until, mut dry_run, mut current) = (None, None, false, false);
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            let slot = match key.as_ref() {
-                "since" => &mut since,
-                "until" => &mut until,
-                flag @ ("dry_run" | "current") => {
-                    let on = match value.as_ref() {
-                        "true" | "1" | "" => true,
-                        "false" | "0" => false,
-                        _ => {
-                            return Err(QueryError::Invalid {
-                                name: if flag == "dry_run" {
-                                    "dry_run"
-                                } else {
-                                    "current"
-                                },
-                                value: value.into_owned(),
-                                reason: "true or false".into(),
-                            })
-                        }
-                    };
-                    *(if flag == "dry_run" {
-                        &mut dry_run
-                    } else {
-                        &mut current
-                    }) = on;
-                    continue;
-                }
-                other => return Err(QueryError::Unknown(other.to_owned())),
-            };
-            if slot.replace(value.into_owned()).is_some() {
-                return Err(QueryError::Repeated(key.into_owned()));
-            }
-        }
-        if since.is_none() && !current {
-            return Err(QueryError::Invalid {
-                name: "since",
-                value: String::new(),
-                reason: "a backfill needs since= (an RFC 3339 time, or a duration back from now such as 24h), or current=true".into(),
-            });
-        }
-        let since_ms = since
-            .map(|since| parse_time("since", &since, now_ms))
-            .transpose()?;
-        let until_ms = until
-            .map(|until| parse_time("until", &until, now_ms))
-            .transpose()?;
-        if let Some(until_ms) = until_ms.filter(|until| since_ms.is_some_and(|s| *until <= s)) {
-            return Err(QueryError::Invalid {
-                name: "until",
-                value: format_ms(until_ms),
-                reason: "must be later than since".into(),
-            });
-        }
-        Ok(BackfillRange {
-            since_ms,
-            until_ms,
-            dry_run,
-            current,
-        })
-    }
-}
-
-/// Stores a synthetic event (`relay.test`) for this one subscription; it
-/// is delivered, signed, like any notification. Answers its id.
-pub(super) async fn test_event(
-    admin: &Admin,
-    caller: &Caller,
-    name: &str,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    owned(admin, caller, name)?;
     if !admin.has_subscription(name) {
-        return Err(ApiError::NotFound(format!("no subscription {name:?}")));
+        return Err(ApiError::NotFound(format!(
+            "no subscription {name:?} is configured"
+        )));
     }
-    let now_ms = admin.clock.now_ms();
-    let nonce: u128 = rand::random();
-    let body = json!({
-        "type": TEST_EVENT,
-        "subscription": name,
-        "requested_by": caller.name,
-        "at": format_ms(now_ms),
-    });
-    let received = Received {
-        source: TEST_SOURCE.into(),
-        body: Bytes::from(body.to_string()),
-        content_type: Some("application/json".into()),
-        headers: Vec::new(),
-        peer: format!("admin:{}", caller.name),
-        received_ms: now_ms,
+    if !paused {
+        may_resume(admin, name)?;
+    }
+    admin.spool.pause(name, paused).await?;
+    let action = if paused {
+        "subscription.pause"
+    } else {
+        "subscription.resume"
     };
-    let notification = Notification {
-        event_type: TEST_EVENT.into(),
-        subject: None,
-        // Never a duplicate: each request is its own event.
-        dedup_key: format!("test:{nonce:032x}"),
-        provider_time: None,
-        status: crate::providers::InvoiceStatus::Unknown,
-        flags: Vec::new(),
-    };
-    let id = match admin
-        .spool
-        .store_to(received, notification, vec![name.to_owned()])
-        .await?
-    {
-        Stored::New(id) | Stored::Duplicate(id) => id,
-    };
-    tracing::info!(subscription = %name, %id, by = %caller.name, "test event stored");
+    tracing::info!(subscription = %name, by = %caller.name, paused, "subscription {}", if paused { "paused" } else { "resumed" });
+    audit(admin, caller, action, name, Value::Null).await?;
+    ok(json!({ "name": name, "paused": paused }))
+}
+
+/// Makes a configured subscription's deliveries waiting for a later retry
+/// due now (its target is back): how many, audited.
+pub(super) async fn retry_now(
+    admin: &Admin,
+    caller: &Caller,
+    name: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if !admin.has_subscription(name) {
+        return Err(ApiError::NotFound(format!(
+            "no subscription {name:?} is configured"
+        )));
+    }
+    let retried = admin.spool.retry_now(name, admin.clock.now_ms()).await?;
+    tracing::info!(subscription = %name, by = %caller.name, retried, "subscription's waiting deliveries due now");
     audit(
         admin,
         caller,
-        "subscription.test",
+        "subscription.retry",
         name,
-        json!({ "notification": id.to_string() }),
+        json!({ "retried": retried }),
     )
     .await?;
-    ok(json!({ "name": name, "id": id.to_string(), "event": TEST_EVENT }))
+    ok(json!({ "name": name, "retried": retried }))
+}
+
+/// The subscriptions the caller may see: an admin or a viewer all of them,
+/// a subscriber only those it created (another team's target URLs are not
+/// its business). Only an admin reads a URL whole; the others see its
+/// scheme, host and path (see `redact`).
+pub(super) fn subscriptions(admin: &Admin, caller: &Caller) -> Value {
+    let config = admin.config.load();
+    let paused = admin.spool.paused();
+    let api = admin.spool.api_subscriptions();
+    let counts = admin.spool.counts();
+    let visible = |name: &str| {
+        caller.role >= Role::Viewer
+            || api
+                .iter()
+                .any(|a| a.name == name && a.created_by == caller.name)
+    };
+    let items: Vec<Value> = config
+        .subscriptions
+        .iter()
+        .filter(|s| visible(&s.name))
+        .map(|s| {
+            let mut item = match api.iter().find(|a| a.name == s.name) {
+                Some(created) => {
+                    let mut item = describe(created);
+                    item["target_allowed"] = json!(created.target_allowed(&config.admin));
+                    item
+                }
+                None => json!({
+                    "name": s.name,
+                    "sources": s.sources,
+                    "events": s.events,
+                    "origin": "relay.toml",
+                }),
+            };
+            item["url"] = match caller.role {
+                Role::Admin => json!(s.url),
+                _ => json!(crate::redact::target_url(&s.url)),
+            };
+            item["paused"] = json!(paused.contains(&s.name));
+            // From the spool's kept counts (memory), so a subscriber, who
+            // may not read the stats, sees its own backlog too.
+            let of = counts
+                .subscriptions
+                .get(&s.name)
+                .cloned()
+                .unwrap_or_default();
+            item["deliveries"] = json!({
+                "waiting": of.waiting,
+                "dead": of.dead,
+                "delivered": of.delivered,
+                "purged": of.purged,
+            });
+            item
+        })
+        .collect();
+    json!({ "items": items })
 }
 
 // === who may ===
@@ -671,7 +541,7 @@ pub(super) fn may_manage(admin: &Admin, caller: &Caller, name: &str) -> Result<(
     owned(admin, caller, name).map(|_| ())
 }
 
-fn owned(admin: &Admin, caller: &Caller, name: &str) -> Result<Owned, ApiError> {
+pub(super) fn owned(admin: &Admin, caller: &Caller, name: &str) -> Result<Owned, ApiError> {
     may_create(caller)?;
     let api = admin
         .spool
@@ -763,30 +633,6 @@ pub(super) fn describe(subscription: &ApiSubscription) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_backfill_needs_since_and_an_ordered_range() {
-        let now = 1_800_000_000_000;
-        let range = BackfillRange::parse("since=2h&until=1h&dry_run=true", now).unwrap();
-        assert_eq!(range.since_ms, Some(now - 2 * 3_600_000));
-        assert_eq!(range.until_ms, Some(now - 3_600_000));
-        assert!(range.dry_run && !range.current);
-        // Each invoice's current notification needs no range.
-        let current = BackfillRange::parse("current=true", now).unwrap();
-        assert!(current.current && current.since_ms.is_none());
-        for bad in [
-            "current=maybe",
-            "current=false",
-            "",
-            "until=1h",
-            "since=1h&until=2h",
-            "since=1h&since=2h",
-            "since=1h&to=x",
-            "since=soon",
-        ] {
-            assert!(BackfillRange::parse(bad, now).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn a_create_request_takes_relay_toml_settings_and_refuses_unknown_keys() {

@@ -35,10 +35,7 @@ fn no_module_imports_a_sibling_that_imports_it_back() {
             }
         }
     }
-    let cycles: Vec<Vec<Module>> = cycles(&edges)
-        .into_iter()
-        .filter(|cycle| !is_known(cycle))
-        .collect();
+    let cycles = cycles(&edges);
     let report: Vec<String> = cycles
         .iter()
         .map(|cycle| {
@@ -68,24 +65,6 @@ fn no_module_imports_a_sibling_that_imports_it_back() {
     assert!(edges
         .get(&vec!["ingress".to_owned()])
         .is_some_and(|to| to.contains_key(&vec!["spool".to_owned()])));
-}
-
-/// The cycle still to be taken apart: the admin API's router and the
-/// page and the bulk jobs share response helpers (`ApiError`, `audit`,
-/// `off_runtime`...) through `api.rs` (issue 23 moves them out).
-/// Only this one, exactly: a cycle that grows or a new one fails.
-const KNOWN_CYCLE: &[&str] = &[
-    "admin::api",
-    "admin::invoice_page",
-    "admin::invoices",
-    "admin::jobs",
-    "admin::page",
-    "admin::purge",
-    "admin::subscriptions",
-];
-
-fn is_known(cycle: &[Module]) -> bool {
-    cycle.iter().map(display).eq(KNOWN_CYCLE.iter().copied())
 }
 
 #[test]
