@@ -374,8 +374,9 @@ const OVERFLOWING_ID: &str = "ZZZZZZZZZZZZZZZZZZZZZZZZZZ";
 async fn every_api_route_answers_401_403_404_and_400_as_it_should() {
     let target = Target::start(Vec::new()).await;
     let (relay, admin) = relay_to(&target).await;
-    // The parameters a route needs before it looks at who or what (a
-    // backfill without `since` is a bad request whoever asks).
+    // The parameters a route needs to reach the answer looked for (the
+    // role is checked first, from the route table; then a backfill without
+    // `since` is a bad request).
     let needed = |path: &str| {
         if path.ends_with("/backfill") {
             "since=1h"
