@@ -84,17 +84,15 @@ impl Relay {
         let clock = Clock::system();
         let spool = {
             let (spool_config, routes) = (config.spool.clone(), Routes::from_config(&config));
-            tokio::task::spawn_blocking(move || match Spool::room_to_open(&spool_config) {
-                Ok(()) => Spool::open(&spool_config, routes, clock),
+            match Spool::room_to_open(&spool_config).await {
+                Ok(()) => Spool::open(&spool_config, routes, clock).await?,
                 // sled may fail on a full disk as it opens, and a failed
                 // sled cannot be let go of: serve 503s until there is room.
                 Err(reason) => {
                     tracing::warn!(condition = %reason, "no room to open the spool: answering 503 until there is, then reopening it");
-                    Spool::unopened(&spool_config, routes, clock, reason)
+                    Spool::unopened(&spool_config, routes, clock, reason).await?
                 }
-            })
-            .await
-            .map_err(|e| AppError::Task(e.to_string()))??
+            }
         };
         let (cert, self_signed) = load_certificate(&config)?;
         let acceptor = match &cert {
@@ -178,7 +176,7 @@ impl Relay {
             addr = %ingress_addr,
             tls = cert.is_some(),
             socket_activated = listeners.activated,
-            spool = %spool.path().display(),
+            spool = %spool.location(),
             subscriptions = effective.subscriptions.len(),
             admin = admin_listen.as_deref().unwrap_or("off"),
             "ingress listening"

@@ -23,7 +23,7 @@ use crate::metrics::Snapshot;
 use crate::providers::{GenericRules, Provider};
 use crate::spool::{
     AuditEntry, AuditId, NotificationId, NotificationRecord, QuarantineRecord, Received, Record,
-    Spool, SpoolError, Stored,
+    RecordStream, Spool, SpoolError, Stored,
 };
 
 /// Every route, as `doc/openapi.json` documents it (a test holds the two
@@ -223,15 +223,15 @@ async fn route(
             caller.require(Role::Viewer)?;
             let filter = Filter::parse(&query, now_ms, false)?;
             if filter.state == Some(StateFilter::Quarantined) {
-                return blocking(move || list_quarantine(&spool, &filter)).await;
+                return ok(list_quarantine(&spool, &filter).await?);
             }
-            blocking(move || list_notifications(&spool, &filter)).await
+            ok(list_notifications(&spool, &filter).await?)
         }
         ["api", "notifications", id] if get => {
             caller.require(Role::Viewer)?;
             no_parameters(&query)?;
             let id = parse_id(id)?;
-            blocking(move || show_notification(&spool, id)).await
+            ok(show_notification(&spool, id).await?)
         }
         ["api", "notifications", id, "replay"] if post => {
             caller.require(Role::Admin)?;
@@ -258,13 +258,13 @@ async fn route(
         ["api", "quarantine"] if get => {
             caller.require(Role::Viewer)?;
             let filter = Filter::parse(&query, now_ms, false)?;
-            blocking(move || list_quarantine(&spool, &filter)).await
+            ok(list_quarantine(&spool, &filter).await?)
         }
         ["api", "quarantine", id] if get => {
             caller.require(Role::Viewer)?;
             no_parameters(&query)?;
             let id = parse_id(id)?;
-            blocking(move || show_quarantined(&spool, id)).await
+            ok(show_quarantined(&spool, id).await?)
         }
         ["api", "quarantine", id, "release"] if post => {
             caller.require(Role::Admin)?;
@@ -330,7 +330,7 @@ async fn route(
         ["api", "audit"] if get => {
             caller.require(Role::Viewer)?;
             let (before, limit) = audit_page(&query)?;
-            let records = off_runtime(move || spool.audit_log(before, limit)).await?;
+            let records = spool.audit_log(before, limit).await?;
             let next_cursor = (records.len() == limit)
                 .then(|| records.last().map(|r| r.id.to_string()))
                 .flatten();
@@ -356,7 +356,7 @@ async fn route(
                 let stuck = admin.metrics.stuck_invoices();
                 return ok(super::invoices::list_stuck(&stuck, &filter));
             }
-            blocking(move || super::invoices::list(&spool, &filter)).await
+            ok(super::invoices::list(&spool, &filter).await?)
         }
         ["api", "invoices", source, subject] if get => {
             caller.require(Role::Viewer)?;
@@ -364,7 +364,7 @@ async fn route(
                 return Err(QueryError::Unknown(key.into_owned()).into());
             }
             let (source, subject) = (decode_segment(source), decode_segment(subject));
-            blocking(move || super::invoices::show(&spool, &source, &subject)).await
+            ok(super::invoices::show(&spool, &source, &subject).await?)
         }
         ["api", "subscriptions"] if get => {
             caller.require(Role::Subscriber)?;
@@ -443,27 +443,6 @@ fn decode_segment(segment: &str) -> String {
         .into_owned()
 }
 
-/// Runs a spool read on the blocking pool and answers its JSON.
-async fn blocking<F>(read: F) -> Result<Response<Full<Bytes>>, ApiError>
-where
-    F: FnOnce() -> Result<Value, ApiError> + Send + 'static,
-{
-    ok(off_runtime(read).await?)
-}
-
-/// Runs a spool read on the blocking pool (sled reads block).
-pub(super) async fn off_runtime<T, E, F>(read: F) -> Result<T, ApiError>
-where
-    F: FnOnce() -> Result<T, E> + Send + 'static,
-    T: Send + 'static,
-    E: Send + 'static,
-    ApiError: From<E>,
-{
-    Ok(tokio::task::spawn_blocking(read)
-        .await
-        .map_err(|e| ApiError::Internal(format!("spool read failed: {e}")))??)
-}
-
 pub(super) fn parse_id(text: &str) -> Result<NotificationId, ApiError> {
     text.parse().map_err(|why: crate::spool::IdError| {
         ApiError::Query(QueryError::Invalid {
@@ -519,7 +498,7 @@ async fn readyz(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
             health.condition.clone().unwrap_or_default()
         ));
     }
-    if !admin.spool.writer_alive(WRITER_WAIT).await {
+    if !admin.spool.alive(WRITER_WAIT).await {
         reasons.push(format!(
             "the spool's writer did not answer within {WRITER_WAIT:?}"
         ));
@@ -539,11 +518,7 @@ async fn readyz(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
 /// classic text format.
 async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes>>, ApiError> {
     let health = admin.spool.health();
-    let spool = admin.spool.clone();
-    // `size_on_disk` asks the filesystem, not the spool's records.
-    let bytes = tokio::task::spawn_blocking(move || spool.size_on_disk().unwrap_or(0))
-        .await
-        .unwrap_or(0);
+    let stats = admin.spool.stats().await;
     let counts = admin.spool.counts();
     let config = admin.config.load();
     // Configured subscriptions show even at zero; removed ones while they
@@ -572,10 +547,10 @@ async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes
         .filter_map(|(name, at)| Some((name, age_seconds(now_ms, at?))))
         .collect();
     let snapshot = Snapshot {
-        spool_bytes: bytes,
+        spool_bytes: stats.bytes.unwrap_or(0),
         spool_writable: health.writable,
-        flush_groups: admin.spool.flush_starts(),
-        flushed_changes: admin.spool.flushed_changes(),
+        flush_groups: stats.flush_starts.unwrap_or(0),
+        flushed_changes: stats.flushed_changes.unwrap_or(0),
         event_reports_dropped: admin.spool.observed_dropped(),
         deliveries,
         oldest_waiting,
@@ -604,7 +579,7 @@ async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes
 
 /// When each configured subscription's oldest waiting delivery was
 /// received (None when nothing waits, or the spool cannot say now): two
-/// index seeks each, off the runtime.
+/// index seeks each.
 async fn oldest_waiting(admin: &Admin) -> Vec<(String, Option<i64>)> {
     let names: Vec<String> = admin
         .config
@@ -613,18 +588,7 @@ async fn oldest_waiting(admin: &Admin) -> Vec<(String, Option<i64>)> {
         .iter()
         .map(|s| s.name.clone())
         .collect();
-    let spool = admin.spool.clone();
-    tokio::task::spawn_blocking(move || {
-        names
-            .into_iter()
-            .map(|name| {
-                let at = spool.oldest_waiting_ms(&name).ok().flatten();
-                (name, at)
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default()
+    admin.spool.oldest_waiting_ms(names).await
 }
 
 fn age_seconds(now_ms: i64, at_ms: i64) -> f64 {
@@ -633,36 +597,41 @@ fn age_seconds(now_ms: i64, at_ms: i64) -> f64 {
 
 // === notifications ===
 
-pub(super) fn list_notifications(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
+pub(super) async fn list_notifications(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
     page(
         spool.notifications_newest_first(filter.cursor),
         filter,
         |meta| (&meta.id, meta.received_ms),
-        |record, id| {
+        |record, id| async move {
             if !filter.matches_meta(&record.meta) {
                 return Ok(None);
             }
-            let deliveries = spool.deliveries_of(id)?;
+            let deliveries = spool.deliveries_of(id).await?;
             Ok(filter
                 .matches_deliveries(&deliveries)
-                .then(|| notification_summary(record, &deliveries)))
+                .then(|| notification_summary(&record, &deliveries)))
         },
     )
+    .await
 }
 
 /// One page of a walk newest first: `row` makes a record a row of the page,
 /// or skips it. The walk stops past `since`, at `limit` rows, or after
 /// [`SCAN_LIMIT`] records, with the cursor to go on from.
-fn page<M>(
-    records: impl Iterator<Item = Result<Record<M>, SpoolError>>,
+async fn page<M, Row>(
+    mut records: RecordStream<Record<M>>,
     filter: &Filter,
     id_and_time: impl Fn(&M) -> (&str, i64),
-    mut row: impl FnMut(&Record<M>, NotificationId) -> Result<Option<Value>, ApiError>,
-) -> Result<Value, ApiError> {
+    row: impl Fn(Record<M>, NotificationId) -> Row,
+) -> Result<Value, ApiError>
+where
+    M: Send + 'static,
+    Row: std::future::Future<Output = Result<Option<Value>, ApiError>>,
+{
     let mut items = Vec::new();
     let mut next_cursor = None;
     let mut scanned = 0;
-    for record in records {
+    while let Some(record) = records.next().await {
         let record = record?;
         let (id, received_ms) = id_and_time(&record.meta);
         let id = record_id(id)?;
@@ -670,7 +639,7 @@ fn page<M>(
         if filter.past_since(received_ms) {
             break;
         }
-        if let Some(item) = row(&record, id)? {
+        if let Some(item) = row(record, id).await? {
             items.push(item);
             if items.len() == filter.limit {
                 next_cursor = Some(id);
@@ -721,16 +690,19 @@ fn next_try_ms(delivery: &Delivery) -> Option<i64> {
     }
 }
 
-pub(super) fn show_notification(spool: &Spool, id: NotificationId) -> Result<Value, ApiError> {
-    let Some(record) = spool.notification(id)? else {
-        if spool.is_quarantined(id)? {
+pub(super) async fn show_notification(
+    spool: &Spool,
+    id: NotificationId,
+) -> Result<Value, ApiError> {
+    let Some(record) = spool.notification(id).await? else {
+        if spool.is_quarantined(id).await? {
             return Err(ApiError::NotFound(format!(
                 "{id} is a quarantined body, not a notification: GET /api/quarantine/{id}"
             )));
         }
         return Err(ApiError::NotFound(format!("no notification {id}")));
     };
-    let deliveries = spool.deliveries_of(id)?;
+    let deliveries = spool.deliveries_of(id).await?;
     let meta = &record.meta;
     let mut out = json!({
         "id": meta.id,
@@ -819,17 +791,17 @@ pub(super) async fn replay_one(
     id: NotificationId,
     subscription: Option<String>,
 ) -> Result<Vec<String>, ApiError> {
-    let spool = admin.spool.clone();
-    let chosen = off_runtime(move || -> Result<Vec<String>, ApiError> {
-        let Some(record) = spool.notification(id)? else {
-            if spool.is_quarantined(id)? {
+    let spool = &admin.spool;
+    let chosen = async {
+        let Some(record) = spool.notification(id).await? else {
+            if spool.is_quarantined(id).await? {
                 return Err(ApiError::NotFound(format!(
                     "{id} is a quarantined body, not a notification: it has no deliveries to replay"
                 )));
             }
             return Err(ApiError::NotFound(format!("no notification {id}")));
         };
-        let deliveries = spool.deliveries_of(id)?;
+        let deliveries = spool.deliveries_of(id).await?;
         match subscription {
             Some(name) => {
                 let Some(delivery) = deliveries.iter().find(|d| d.subscription == name) else {
@@ -851,7 +823,7 @@ pub(super) async fn replay_one(
                 .map(|d| d.subscription)
                 .collect()),
         }
-    })
+    }
     .await?;
     if chosen.is_empty() {
         return Err(ApiError::Conflict(format!(
@@ -953,7 +925,7 @@ async fn replay_bulk(
 
 // === quarantine ===
 
-pub(super) fn list_quarantine(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
+pub(super) async fn list_quarantine(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
     if filter.event.is_some() || filter.subject.is_some() || filter.subscription.is_some() {
         return Err(QueryError::Invalid {
             name: "state",
@@ -966,13 +938,14 @@ pub(super) fn list_quarantine(spool: &Spool, filter: &Filter) -> Result<Value, A
         spool.quarantined_newest_first(filter.cursor),
         filter,
         |meta| (&meta.id, meta.received_ms),
-        |record, _| {
+        |record, _| async move {
             let meta = &record.meta;
             let in_range = filter.until_ms.is_none_or(|until| meta.received_ms < until);
             let of_source = filter.source.as_ref().is_none_or(|s| *s == meta.source);
-            Ok((in_range && of_source).then(|| quarantine_summary(record)))
+            Ok((in_range && of_source).then(|| quarantine_summary(&record)))
         },
     )
+    .await
 }
 
 fn quarantine_summary(record: &QuarantineRecord) -> Value {
@@ -987,8 +960,8 @@ fn quarantine_summary(record: &QuarantineRecord) -> Value {
     })
 }
 
-pub(super) fn show_quarantined(spool: &Spool, id: NotificationId) -> Result<Value, ApiError> {
-    let Some(record) = spool.quarantined_body(id)? else {
+pub(super) async fn show_quarantined(spool: &Spool, id: NotificationId) -> Result<Value, ApiError> {
+    let Some(record) = spool.quarantined_body(id).await? else {
         return Err(ApiError::NotFound(format!("no quarantined body {id}")));
     };
     let mut out = quarantine_summary(&record);
@@ -1025,8 +998,9 @@ pub(super) async fn release(
     id: NotificationId,
     as_generic: bool,
 ) -> Result<Value, ApiError> {
-    let spool = admin.spool.clone();
-    let record = off_runtime(move || spool.quarantined_body(id))
+    let record = admin
+        .spool
+        .quarantined_body(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no quarantined body {id}")))?;
     let provider = if as_generic {
@@ -1099,8 +1073,8 @@ async fn stats(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiError> {
 
 pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
     let health = admin.spool.health();
-    let spool = admin.spool.clone();
-    let bytes = off_runtime(move || spool.size_on_disk()).await?;
+    // Only a store that is not open has no size to tell.
+    let bytes = (admin.spool.stats().await.bytes).ok_or(SpoolError::Closed)?;
     let config = admin.config.load();
     let counts = admin.spool.counts();
     let now_ms = admin.clock.now_ms();
@@ -1186,7 +1160,7 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
     }
     Ok(json!({
         "spool": {
-            "path": admin.spool.path(),
+            "path": admin.spool.location(),
             "bytes": bytes,
             "writable": health.writable,
             "fatal": health.fatal,

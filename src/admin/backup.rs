@@ -78,14 +78,16 @@ async fn start(
     let (chunks, body) = mpsc::channel(CHUNKS_QUEUED);
     let spool = admin.spool.clone();
     let by = caller.name.clone();
-    tokio::task::spawn_blocking(move || {
+    // The backend writes the archive off the runtime; `ChunkWriter` hands
+    // each chunk over with a blocking send there.
+    tokio::spawn(async move {
         let out = ChunkWriter {
             chunks: chunks.clone(),
             buffer: Vec::with_capacity(CHUNK),
         };
         let started = tokio::time::Instant::now();
         let mut logged = started;
-        let mut progress = |counts: &crate::spool::backup::ArchiveCounts| {
+        let progress = move |counts: &crate::spool::backup::ArchiveCounts| {
             if logged.elapsed() >= LOG_EVERY {
                 logged = tokio::time::Instant::now();
                 tracing::info!(
@@ -94,7 +96,7 @@ async fn start(
                 );
             }
         };
-        match spool.backup(out, created_ms, &mut progress) {
+        match spool.backup(out, created_ms, progress).await {
             Ok((manifest, _)) => tracing::info!(
                 by = %by,
                 notifications = manifest.counts.notifications,
@@ -105,7 +107,7 @@ async fn start(
             ),
             Err(err) => {
                 tracing::warn!(by = %by, error = %err, "spool backup failed");
-                let _ = chunks.blocking_send(Err(io::Error::other(err.to_string())));
+                let _ = chunks.send(Err(io::Error::other(err.to_string()))).await;
             }
         }
     });

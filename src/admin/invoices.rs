@@ -113,13 +113,15 @@ impl InvoiceFilter {
 
 /// One page of invoices: at most `limit` rows, reading at most
 /// [`SCAN_LIMIT`] invoices, with the cursor to go on from.
-pub fn list(spool: &Spool, filter: &InvoiceFilter) -> Result<Value, ApiError> {
+pub async fn list(spool: &Spool, filter: &InvoiceFilter) -> Result<Value, ApiError> {
     let mut items = Vec::new();
     let mut cursor = filter.cursor.clone();
     let mut scanned = 0;
     let mut next_cursor = None;
     'walk: loop {
-        let chunk = spool.invoices(filter.source.as_deref(), cursor.as_ref(), CHUNK)?;
+        let chunk = spool
+            .invoices(filter.source.as_deref(), cursor.as_ref(), CHUNK)
+            .await?;
         let last_chunk = chunk.len() < CHUNK;
         for invoice in chunk {
             scanned += 1;
@@ -209,8 +211,8 @@ fn summary(invoice: &Invoice) -> Value {
 }
 
 /// The invoice and its timeline.
-pub fn show(spool: &Spool, source: &str, subject: &str) -> Result<Value, ApiError> {
-    let Some((invoice, timeline)) = spool.invoice(source, subject)? else {
+pub async fn show(spool: &Spool, source: &str, subject: &str) -> Result<Value, ApiError> {
+    let Some((invoice, timeline)) = spool.invoice(source, subject).await? else {
         return Err(ApiError::NotFound(format!(
             "no invoice {subject:?} of source {source:?}"
         )));
@@ -218,10 +220,10 @@ pub fn show(spool: &Spool, source: &str, subject: &str) -> Result<Value, ApiErro
     let mut notifications = Vec::with_capacity(timeline.len());
     for entry in timeline {
         // Gone meanwhile (retention between the two reads): left out.
-        let Some(record) = spool.notification(entry.id)? else {
+        let Some(record) = spool.notification(entry.id).await? else {
             continue;
         };
-        let deliveries = spool.deliveries_of(entry.id)?;
+        let deliveries = spool.deliveries_of(entry.id).await?;
         notifications.push(json!({
             "id": entry.id.to_string(),
             "received_at": format_ms(record.meta.received_ms),

@@ -339,17 +339,12 @@ async fn dashboard(
         Err(err) => (Filter::parse("", now_ms, false)?, Some(err)),
     };
     let stats = api::stats_value(admin).await?;
-    let spool = admin.spool.clone();
-    let listed = filter.clone();
     let quarantine = filter.state == Some(super::query::StateFilter::Quarantined);
-    let list = api::off_runtime(move || {
-        if quarantine {
-            api::list_quarantine(&spool, &listed)
-        } else {
-            api::list_notifications(&spool, &listed)
-        }
-    })
-    .await?;
+    let list = if quarantine {
+        api::list_quarantine(&admin.spool, &filter).await?
+    } else {
+        api::list_notifications(&admin.spool, &filter).await?
+    };
 
     // Sources with `expect_every` that sent nothing for that long: on top,
     // whatever else the page shows.
@@ -612,8 +607,7 @@ async fn notification(
     let caller = &user.caller;
     caller.require(Role::Viewer)?;
     let id: NotificationId = api::parse_id(id)?;
-    let spool = admin.spool.clone();
-    let shown = api::off_runtime(move || api::show_notification(&spool, id)).await?;
+    let shown = api::show_notification(&admin.spool, id).await?;
     let now_ms = admin.clock.now_ms();
     let mut body = format!(
         "<h2>Notification {}{}</h2>",
@@ -767,8 +761,7 @@ async fn quarantined(
     let caller = &user.caller;
     caller.require(Role::Viewer)?;
     let id: NotificationId = api::parse_id(id)?;
-    let spool = admin.spool.clone();
-    let shown = api::off_runtime(move || api::show_quarantined(&spool, id)).await?;
+    let shown = api::show_quarantined(&admin.spool, id).await?;
     let mut body = fields_table(&shown, &super::QUARANTINE_FIELDS, admin.clock.now_ms());
     if caller.role >= Role::Admin {
         // The check again (it may take it now), or as a generic notification.
