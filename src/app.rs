@@ -110,7 +110,7 @@ impl Relay {
         // Before the forwarder runs: nothing goes to a target no longer allowed.
         hold_disallowed_targets(&spool, &config).await?;
         let (forwarder, targets) =
-            Forwarder::new(&effective, spool.clone(), clock, metrics.clone())?;
+            Forwarder::new(&effective, spool.consumer(), clock, metrics.clone())?;
         let (events_stop, events_stopped) = watch::channel(false);
         let (events, events_task) = Events::start(
             &effective,
@@ -154,7 +154,7 @@ impl Relay {
         );
         let ingress = Arc::new(ArcSwap::new(Ingress::new(
             &config,
-            spool.clone(),
+            spool.producer(),
             clock,
             metrics,
         )));
@@ -513,11 +513,12 @@ async fn run(
     (events_stop, events_task): (watch::Sender<bool>, JoinHandle<()>),
     stopped: watch::Receiver<bool>,
 ) -> Result<(), SpoolError> {
+    // Maintenance and the close are the admin side's (ingress only stores).
+    let spool = admin.spool().clone();
     let signal = |rx: watch::Receiver<bool>| async move {
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     };
-    let spool = ingress.load().spool().clone();
     // The forwarder stops when the ingress does, not after its drain: the
     // two graces run side by side, so a stop takes the longer of them, not
     // their sum, and fits in the unit's TimeoutStopSec.

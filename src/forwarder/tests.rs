@@ -53,7 +53,7 @@ async fn a_failing_delivery_is_retried_on_the_providers_schedule_then_dead() {
         .await
         .unwrap();
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let (forwarder, _targets) = Forwarder::new(&config, spool.clone(), clock, metrics).unwrap();
+    let (forwarder, _targets) = Forwarder::new(&config, spool.consumer(), clock, metrics).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(forwarder.run(async {
         let _ = stopped.await;

@@ -74,9 +74,14 @@ pub enum SpoolError {
     #[error("spool {} lost acknowledged notifications: {detail}", path.display())]
     Lost { path: PathBuf, detail: String },
     #[error("spool storage error: {0}")]
-    Storage(String),
-    #[error("spool flush failed: {0}")]
-    Flush(String),
+    Storage(#[source] Cause),
+    /// `step` names what failed (sled's flush, the fdatasync after it).
+    #[error("spool flush failed: {step}: {source}")]
+    Flush {
+        step: &'static str,
+        #[source]
+        source: Cause,
+    },
     /// The store cannot write now (disk full, I/O error); it retries by itself.
     #[error("spool cannot write now: {0}")]
     Unavailable(String),
@@ -86,7 +91,7 @@ pub enum SpoolError {
     #[error("spool task failed: {0}")]
     Task(String),
     #[error("cannot encode record: {0}")]
-    Encode(String),
+    Encode(#[source] Cause),
     #[error("corrupt record in spool: {0}")]
     Corrupt(String),
     #[error("no notification {0} in the spool")]
@@ -95,6 +100,15 @@ pub enum SpoolError {
     NotReplayable(String),
     #[error("{0}")]
     NotOrphan(String),
+}
+
+/// The error under a [`SpoolError`] (a backend's, an encoder's, or a
+/// message where there is none), shared so the error stays `Clone`.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
+/// A [`Cause`] from an error or a message.
+pub(crate) fn cause(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Cause {
+    std::sync::Arc::from(err.into())
 }
 
 /// One request as ingress received it; shared by what is stored and what

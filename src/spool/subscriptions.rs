@@ -143,7 +143,8 @@ const SUBSCRIPTION_V1: u8 = 1;
 
 pub(crate) fn encode(subscription: &ApiSubscription) -> Result<Vec<u8>, SpoolError> {
     let mut out = vec![SUBSCRIPTION_V1];
-    serde_json::to_writer(&mut out, subscription).map_err(|e| SpoolError::Encode(e.to_string()))?;
+    serde_json::to_writer(&mut out, subscription)
+        .map_err(|e| SpoolError::Encode(crate::spool::cause(e)))?;
     Ok(out)
 }
 

@@ -79,7 +79,7 @@ impl Store {
 }
 
 pub(super) fn storage(err: ::sled::Error) -> SpoolError {
-    SpoolError::Storage(err.to_string())
+    SpoolError::Storage(crate::spool::cause(err))
 }
 
 /// The newest notification in the tree (what open checks against the
@@ -589,7 +589,7 @@ impl SledSpool {
             let now = self.shared.clock.now_ms();
             let found = tokio::task::spawn_blocking(move || lease::walk(&shared, &name, max, now))
                 .await
-                .map_err(|e| SpoolError::Storage(format!("lease task failed: {e}")))??;
+                .map_err(|e| SpoolError::Storage(crate::spool::cause(e)))??;
             let wake_at = match found {
                 lease::Found::Leases(leases) => return Ok(leases),
                 lease::Found::NothingUntil(at) => at,
@@ -977,7 +977,8 @@ const DELIVERY_V1: u8 = 1;
 
 pub(super) fn encode_delivery(delivery: &Delivery) -> Result<Vec<u8>, SpoolError> {
     let mut out = vec![DELIVERY_V1];
-    serde_json::to_writer(&mut out, delivery).map_err(|e| SpoolError::Encode(e.to_string()))?;
+    serde_json::to_writer(&mut out, delivery)
+        .map_err(|e| SpoolError::Encode(crate::spool::cause(e)))?;
     Ok(out)
 }
 
@@ -1017,7 +1018,7 @@ pub fn decode_any(bytes: &[u8]) -> usize {
 /// The writer answers each change with the kind of `Applied` it asked for;
 /// anything else is a bug, reported rather than unwrapped.
 fn out_of_turn() -> SpoolError {
-    SpoolError::Storage("the writer answered out of turn".into())
+    SpoolError::Storage(crate::spool::cause("the writer answered out of turn"))
 }
 
 fn rfc3339(time: time::OffsetDateTime) -> Option<String> {

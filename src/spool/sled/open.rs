@@ -1031,7 +1031,7 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
         }
         Ok((_, _, Some(missing))) => report
             .problems
-            .push(CheckProblem::Lost(format!("{missing}"))),
+            .push(CheckProblem::Lost(missing.to_string())),
         Err(err) => report.problems.push(CheckProblem::Unreadable(format!(
             "cannot tell whether acknowledged notifications are missing: {err}"
         ))),
@@ -1197,9 +1197,11 @@ fn walk_all(store: &Store, report: &mut CheckReport) {
                 resume,
                 error,
             } => {
-                report.problems.push(CheckProblem::Unreadable(format!(
-                    "{}",
-                    gap_text(kind, after.as_ref(), resume.as_ref(), &error)
+                report.problems.push(CheckProblem::Unreadable(gap_text(
+                    kind,
+                    after.as_ref(),
+                    resume.as_ref(),
+                    &error,
                 )));
                 continue;
             }

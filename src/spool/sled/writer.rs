@@ -412,7 +412,7 @@ impl Writer {
         {
             Ok(timer) => timer,
             Err(err) => {
-                self.enter_failure(&SpoolError::Storage(format!("writer timer: {err}")));
+                self.enter_failure(&SpoolError::Storage(crate::spool::cause(err)));
                 return None;
             }
         };
@@ -635,7 +635,7 @@ impl Writer {
             Err(err) => {
                 // Only sled failing is the store failing; anything else
                 // (a record that cannot be encoded) is this group's error.
-                if matches!(err, SpoolError::Storage(_) | SpoolError::Flush(_)) {
+                if matches!(err, SpoolError::Storage(_) | SpoolError::Flush { .. }) {
                     self.enter_failure(&err);
                 }
                 return answer_all(waiting.into_iter().map(|(_, reply)| reply), &err);
@@ -1127,9 +1127,9 @@ impl Writer {
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
             // As if the batch could not be written: none of it is.
-            return Err(SpoolError::Encode(
-                "a batch failed on purpose (test)".into(),
-            ));
+            return Err(SpoolError::Encode(crate::spool::cause(
+                "a batch failed on purpose (test)",
+            )));
         }
         self.tally.apply(store, batch, &self.shared.counts)?;
         Ok(out)
@@ -1500,17 +1500,19 @@ pub(super) fn flush(shared: &Shared, store: &Store) -> Result<(), SpoolError> {
 
 fn flush_sled(shared: &Shared, store: &Store) -> Result<(), SpoolError> {
     shared.flush_starts.fetch_add(1, Ordering::Relaxed);
-    store
-        .db
-        .flush()
-        .map_err(|e| SpoolError::Flush(format!("sled flush: {e}")))?;
+    store.db.flush().map_err(|e| SpoolError::Flush {
+        step: "sled flush",
+        source: crate::spool::cause(e),
+    })?;
     Ok(())
 }
 
 fn sync_log(store: &Store) -> Result<(), SpoolError> {
     if let Some(log) = &store.log {
-        log.sync_data()
-            .map_err(|e| SpoolError::Flush(format!("fdatasync: {e}")))?;
+        log.sync_data().map_err(|e| SpoolError::Flush {
+            step: "fdatasync",
+            source: crate::spool::cause(e),
+        })?;
     }
     Ok(())
 }
