@@ -18,8 +18,19 @@
 //! - an outcome that cannot be recorded is refused, and the lease stays with
 //!   its holder, which must not send it again until it is recorded.
 //!
-//! Today's backend is sled ([`sled`]); the boundary is shaped so a NATS
-//! JetStream one can slot in beside it.
+//! The boundary is an enum over backends (`Backend::Sled` today), as
+//! svix's cache and queue are: one `dispatch!` arm per backend, no trait
+//! objects or boxed futures. Everything here is async; a backend that
+//! blocks (sled) does so off the runtime itself, and whole-spool walks come
+//! as a [`RecordStream`] read a few records ahead. A new backend (NATS
+//! JetStream next) adds a variant to `Backend` and `LeaseOf`, an arm to
+//! each dispatch, and a module with: open/unopened, store/store_to (with a
+//! release id), quarantine, lease/complete, pause, replay, retry_now,
+//! purge, backfill, reassign_orphans, set_routes, maintain, the audit log,
+//! API subscriptions, stuck marks, health/counts (in memory), the reads
+//! below, stats, check and backup/restore. Ingress holds a [`Producer`],
+//! the forwarder a [`Consumer`]; admins and the relay's upkeep the whole
+//! [`Spool`].
 
 mod audit;
 pub mod backup;
