@@ -84,17 +84,15 @@ impl Relay {
         let clock = Clock::system();
         let spool = {
             let (spool_config, routes) = (config.spool.clone(), Routes::from_config(&config));
-            tokio::task::spawn_blocking(move || match Spool::room_to_open(&spool_config) {
-                Ok(()) => Spool::open(&spool_config, routes, clock),
+            match Spool::room_to_open(&spool_config).await {
+                Ok(()) => Spool::open(&spool_config, routes, clock).await?,
                 // sled may fail on a full disk as it opens, and a failed
                 // sled cannot be let go of: serve 503s until there is room.
                 Err(reason) => {
                     tracing::warn!(condition = %reason, "no room to open the spool: answering 503 until there is, then reopening it");
-                    Spool::unopened(&spool_config, routes, clock, reason)
+                    Spool::unopened(&spool_config, routes, clock, reason).await?
                 }
-            })
-            .await
-            .map_err(|e| AppError::Task(e.to_string()))??
+            }
         };
         let (cert, self_signed) = load_certificate(&config)?;
         let acceptor = match &cert {
@@ -112,7 +110,7 @@ impl Relay {
         // Before the forwarder runs: nothing goes to a target no longer allowed.
         hold_disallowed_targets(&spool, &config).await?;
         let (forwarder, targets) =
-            Forwarder::new(&effective, spool.clone(), clock, metrics.clone())?;
+            Forwarder::new(&effective, spool.consumer(), clock, metrics.clone())?;
         let (events_stop, events_stopped) = watch::channel(false);
         let (events, events_task) = Events::start(
             &effective,
@@ -156,7 +154,7 @@ impl Relay {
         );
         let ingress = Arc::new(ArcSwap::new(Ingress::new(
             &config,
-            spool.clone(),
+            spool.producer(),
             clock,
             metrics,
         )));
@@ -178,7 +176,7 @@ impl Relay {
             addr = %ingress_addr,
             tls = cert.is_some(),
             socket_activated = listeners.activated,
-            spool = %spool.path().display(),
+            spool = %spool.location(),
             subscriptions = effective.subscriptions.len(),
             admin = admin_listen.as_deref().unwrap_or("off"),
             "ingress listening"
@@ -515,11 +513,12 @@ async fn run(
     (events_stop, events_task): (watch::Sender<bool>, JoinHandle<()>),
     stopped: watch::Receiver<bool>,
 ) -> Result<(), SpoolError> {
+    // Maintenance and the close are the admin side's (ingress only stores).
+    let spool = admin.spool().clone();
     let signal = |rx: watch::Receiver<bool>| async move {
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     };
-    let spool = ingress.load().spool().clone();
     // The forwarder stops when the ingress does, not after its drain: the
     // two graces run side by side, so a stop takes the longer of them, not
     // their sum, and fits in the unit's TimeoutStopSec.

@@ -22,7 +22,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::listen::Listeners;
 use crate::signing::SigningKey;
-use crate::spool::{Routes, Spool, SpoolError};
+use crate::spool::{CheckProblem, Routes, Spool, SpoolError};
 use remote::{cell, table, AdminClient, RemoteArgs, RemoteError};
 
 /// `println!` that hands back the write's error instead of panicking, as
@@ -869,7 +869,7 @@ async fn watchdog(spool: Spool) {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
             last_status = status;
         }
-        if spool.writer_alive(period / 4).await {
+        if spool.alive(period / 4).await {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         } else {
             tracing::error!("spool writer not answering; withholding the watchdog ping");
@@ -883,11 +883,6 @@ async fn watchdog(spool: Spool) {
 #[error("{0}")]
 struct Damaged(String);
 
-/// How the spool check words a part of the spool sled cannot read at all,
-/// and a loss (the sled backend's `check` starts those problems so).
-const UNREADABLE: &str = "unreadable: ";
-const LOST: &str = "lost: ";
-
 /// Before serving, a walk over the whole spool, as `spool check` makes:
 /// a spool with parts sled cannot read is refused (serving it would answer
 /// from holes: duplicates not recognised, deliveries not found); repairs
@@ -895,7 +890,7 @@ const LOST: &str = "lost: ";
 /// and skipped when met. A loss is left to the open that follows, which
 /// refuses it with its own advice.
 async fn verify_spool(config: &Config) -> anyhow::Result<()> {
-    if Spool::room_to_open(&config.spool).is_err() {
+    if Spool::room_to_open(&config.spool).await.is_err() {
         // The spool is not opened before there is room (`Relay::start_on`);
         // the process that opens it then checks it.
         return Ok(());
@@ -905,17 +900,13 @@ async fn verify_spool(config: &Config) -> anyhow::Result<()> {
         return Ok(());
     }
     // The lock first: a second relay on the same spool says only that.
-    let spool_config = config.spool.clone();
-    tokio::task::spawn_blocking(move || Spool::ensure_not_locked(&spool_config))
-        .await
-        .context("the spool's lock check failed to run")??;
+    Spool::ensure_not_locked(&config.spool).await?;
     if Spool::stopped_cleanly(&config.spool) {
         tracing::info!("the spool was stopped cleanly and is untouched since; no full check");
         return Ok(());
     }
     tracing::info!(spool = %config.spool.sled.path.display(), "checking the whole spool before serving (it was not stopped cleanly, or its files changed)");
-    let spool_config = config.spool.clone();
-    let check = tokio::task::spawn_blocking(move || Spool::check(&spool_config, false));
+    let check = Spool::check(&config.spool, false);
     // A big spool takes a while to read: tell systemd the start goes on,
     // so its start timeout does not kill a relay that is only checking.
     let keep_alive = tokio::spawn(async {
@@ -928,17 +919,21 @@ async fn verify_spool(config: &Config) -> anyhow::Result<()> {
     });
     let report = check.await;
     keep_alive.abort();
-    let report = report.context("the spool check failed to run")??;
+    let report = report?;
     for repair in &report.repaired {
         tracing::warn!(repair = %repair, "spool repaired on open");
     }
     let mut unreadable = Vec::new();
     for problem in &report.problems {
-        if let Some(what) = problem.strip_prefix(UNREADABLE) {
-            tracing::error!(problem = %what, "part of the spool cannot be read");
-            unreadable.push(what);
-        } else if !problem.starts_with(LOST) {
-            tracing::error!(record = %problem, "unreadable record in the spool; skipped when met");
+        match problem {
+            CheckProblem::Unreadable(what) => {
+                tracing::error!(problem = %what, "part of the spool cannot be read");
+                unreadable.push(what.as_str());
+            }
+            CheckProblem::Lost(_) => {}
+            CheckProblem::Record(_) => {
+                tracing::error!(record = %problem, "unreadable record in the spool; skipped when met");
+            }
         }
     }
     if unreadable.is_empty() {
@@ -955,12 +950,18 @@ async fn verify_spool(config: &Config) -> anyhow::Result<()> {
     .into())
 }
 
-fn open_spool(config: &Config) -> anyhow::Result<Spool> {
-    Ok(Spool::open(
-        &config.spool,
-        Routes::from_config(config),
-        Clock::system(),
-    )?)
+async fn open_spool(config: &Config) -> anyhow::Result<Spool> {
+    Ok(Spool::open(&config.spool, Routes::from_config(config), Clock::system()).await?)
+}
+
+/// Runs an offline spool command on a small runtime of its own (the
+/// spool's reads are async).
+fn offline<T>(command: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(command)
 }
 
 /// What `spool dump` prints.
@@ -971,7 +972,11 @@ enum Dumped {
 }
 
 fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
-    let spool = open_spool(config)?;
+    offline(dump_records(config, what))
+}
+
+async fn dump_records(config: &Config, what: Dumped) -> anyhow::Result<()> {
+    let spool = open_spool(config).await?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut unreadable = 0;
@@ -980,7 +985,8 @@ fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
         eprintln!("webhook-relay: skipped: {err}");
     };
     if let Dumped::Audit = what {
-        for record in spool.audit_records() {
+        let mut records = spool.audit_records();
+        while let Some(record) = records.next().await {
             let record = match record {
                 Ok(record) => record,
                 Err(err) => {
@@ -1000,7 +1006,8 @@ fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
             writeln!(out, "{line}").map_err(PrintError)?;
         }
     } else if let Dumped::Quarantined = what {
-        for record in spool.quarantined() {
+        let mut records = spool.quarantined();
+        while let Some(record) = records.next().await {
             let record = match record {
                 Ok(record) => record,
                 Err(err) => {
@@ -1014,7 +1021,8 @@ fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
             writeln!(out, "{line}").map_err(PrintError)?;
         }
     } else {
-        for record in spool.notifications() {
+        let mut records = spool.notifications();
+        while let Some(record) = records.next().await {
             let record = match record {
                 Ok(record) => record,
                 Err(err) => {
@@ -1028,7 +1036,7 @@ fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
             if let Dumped::Notifications { deliveries: true } = what {
                 let id = crate::spool::NotificationId::parse(&record.meta.id)
                     .ok_or_else(|| anyhow::anyhow!("malformed id {}", record.meta.id))?;
-                match spool.deliveries_of(id) {
+                match spool.deliveries_of(id).await {
                     Ok(list) => line["deliveries"] = serde_json::to_value(list)?,
                     Err(err) => report(err),
                 }
@@ -1038,7 +1046,7 @@ fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
     }
     out.flush().map_err(PrintError)?;
     drop(out);
-    close(spool)?;
+    spool.close().await?;
     if unreadable > 0 {
         return Err(Damaged(format!(
             "{unreadable} records (or ranges of records) of {} could not be read, each named \
@@ -1050,20 +1058,10 @@ fn dump(config: &Config, what: Dumped) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lets the writer finish and the spool go.
-fn close(spool: Spool) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(spool.close())?;
-    Ok(())
-}
-
 /// Verifies a stopped spool and prints what it found: a summary line, then
 /// one line per problem.
 fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
-    let report = Spool::check(&config.spool, accept_loss)?;
+    let report = offline(async { Ok(Spool::check(&config.spool, accept_loss).await?) })?;
     outln!(
         "{}: {} notifications, {} quarantined, {} delivery records, {} retries due, {} dedup entries, {} audit records",
         config.spool.sled.path.display(),
@@ -1131,12 +1129,8 @@ fn print_counts(report: &crate::spool::CheckReport) -> Result<(), PrintError> {
 /// Moves or purges an orphan subscription's deliveries and prints a JSON
 /// line with how many.
 fn reassign_orphans(config: &Config, from: &str, to: Option<&str>) -> anyhow::Result<()> {
-    let spool = open_spool(config)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    offline(async {
+        let spool = open_spool(config).await?;
         let now_ms = Clock::system().now_ms();
         let result = spool.reassign_orphans(from, to, now_ms).await;
         spool.close().await?;
@@ -1156,31 +1150,30 @@ fn replay(config: &Config, id: &str, subscription: Option<String>) -> anyhow::Re
     let id: crate::spool::NotificationId = id
         .parse()
         .map_err(|why| anyhow::anyhow!("not a notification id: {why}"))?;
-    let spool = open_spool(config)?;
-    let Some(notification) = spool.notification(id)? else {
-        if spool.is_quarantined(id)? {
-            anyhow::bail!("{id} is a quarantined body, not a notification: it has no deliveries to replay (`spool dump --quarantine` shows it)");
+    offline(async {
+        let spool = open_spool(config).await?;
+        let Some(notification) = spool.notification(id).await? else {
+            if spool.is_quarantined(id).await? {
+                anyhow::bail!("{id} is a quarantined body, not a notification: it has no deliveries to replay (`spool dump --quarantine` shows it)");
+            }
+            anyhow::bail!("no notification {id} in {}", spool.location());
+        };
+        let chosen: Vec<String> = match subscription {
+            Some(name) if notification.meta.subscriptions.contains(&name) => vec![name],
+            Some(name) => {
+                anyhow::bail!("notification {id} has no delivery for subscription {name:?}")
+            }
+            None => spool
+                .deliveries_of(id)
+                .await?
+                .into_iter()
+                .filter(|d| matches!(d.state, crate::delivery::State::Dead { .. }))
+                .map(|d| d.subscription)
+                .collect(),
+        };
+        if chosen.is_empty() {
+            anyhow::bail!("notification {id} has no dead delivery to replay");
         }
-        anyhow::bail!("no notification {id} in {}", spool.path().display());
-    };
-    let chosen: Vec<String> = match subscription {
-        Some(name) if notification.meta.subscriptions.contains(&name) => vec![name],
-        Some(name) => anyhow::bail!("notification {id} has no delivery for subscription {name:?}"),
-        None => spool
-            .deliveries_of(id)?
-            .into_iter()
-            .filter(|d| matches!(d.state, crate::delivery::State::Dead { .. }))
-            .map(|d| d.subscription)
-            .collect(),
-    };
-    if chosen.is_empty() {
-        anyhow::bail!("notification {id} has no dead delivery to replay");
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
         let now_ms = crate::clock::Clock::system().now_ms();
         for name in &chosen {
             // `false`: never attempted yet, so already due; nothing to do.

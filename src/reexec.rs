@@ -87,7 +87,7 @@ impl Reexec {
                 continue;
             }
             let since = *failed_at.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() < SETTLE || Spool::room_to_open(spool.config()).is_err() {
+            if since.elapsed() < SETTLE || Spool::room_to_open(spool.config()).await.is_err() {
                 continue;
             }
             tracing::warn!(

@@ -4,15 +4,14 @@
 use serde_json::{json, Value};
 
 use super::query::QueryError;
-use super::respond::{off_runtime, ok, Answer, ApiError, Call};
+use super::respond::{ok, Answer, ApiError, Call};
 use crate::clock::format_ms;
 use crate::spool::AuditId;
 
 /// `GET /api/audit`
 pub(super) async fn get_log(call: Call) -> Answer {
     let (before, limit) = audit_page(&call.query)?;
-    let spool = call.admin.spool.clone();
-    let records = off_runtime(move || spool.audit_log(before, limit)).await?;
+    let records = call.admin.spool.audit_log(before, limit).await?;
     let next_cursor = (records.len() == limit)
         .then(|| records.last().map(|r| r.id.to_string()))
         .flatten();

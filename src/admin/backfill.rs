@@ -9,9 +9,7 @@ use serde_json::json;
 
 use super::auth::Caller;
 use super::query::{parse_time, QueryError};
-use super::respond::{
-    audit, decode_segment, no_parameters, off_runtime, ok, Answer, ApiError, Call,
-};
+use super::respond::{audit, decode_segment, no_parameters, ok, Answer, ApiError, Call};
 use super::subscriptions::owned;
 use super::Admin;
 use crate::clock::format_ms;
@@ -57,15 +55,16 @@ pub(super) async fn backfill(admin: &Admin, caller: &Caller, name: &str, query: 
     else {
         return Err(ApiError::NotFound(format!("no subscription {name:?}")));
     };
-    let spool = admin.spool.clone();
+    let spool = &admin.spool;
     let since_ms = range.since_ms.unwrap_or(0);
     let (current, until_ms) = (range.current, range.until_ms);
-    let chosen = off_runtime(move || {
+    let chosen = async {
         if current {
-            return current_of_each_invoice(&spool, &subscription, since_ms, until_ms);
+            return current_of_each_invoice(spool, &subscription, since_ms, until_ms).await;
         }
         let mut chosen = Vec::new();
-        for record in spool.notifications_newest_first(None) {
+        let mut records = spool.notifications_newest_first(None);
+        while let Some(record) = records.next().await {
             let meta = record?.meta;
             if meta.received_ms < since_ms {
                 break;
@@ -82,7 +81,8 @@ pub(super) async fn backfill(admin: &Admin, caller: &Caller, name: &str, query: 
                 continue;
             };
             let has_one = spool
-                .deliveries_of(id)?
+                .deliveries_of(id)
+                .await?
                 .iter()
                 .any(|d| d.subscription == subscription.name);
             if !has_one {
@@ -95,8 +95,8 @@ pub(super) async fn backfill(admin: &Admin, caller: &Caller, name: &str, query: 
             }
         }
         chosen.reverse();
-        Ok(chosen)
-    })
+        Ok::<_, ApiError>(chosen)
+    }
     .await?;
     let range_json = json!({
         "since": range.since_ms.map(format_ms),
@@ -126,7 +126,7 @@ pub(super) async fn backfill(admin: &Admin, caller: &Caller, name: &str, query: 
 /// superseded one), if it was received in `since..until`, matches the
 /// subscription and the subscription has no delivery of it; in receipt
 /// order.
-fn current_of_each_invoice(
+async fn current_of_each_invoice(
     spool: &crate::spool::Spool,
     subscription: &crate::config::SubscriptionConfig,
     since_ms: i64,
@@ -141,11 +141,14 @@ fn current_of_each_invoice(
     for source in sources {
         let mut after = None;
         loop {
-            let invoices = spool.invoices(source.as_deref(), after.as_ref(), CHUNK)?;
+            let invoices = spool
+                .invoices(source.as_deref(), after.as_ref(), CHUNK)
+                .await?;
             let last_chunk = invoices.len() < CHUNK;
             for invoice in &invoices {
                 after = Some(crate::spool::InvoiceCursor::after(invoice));
-                let Some((invoice, timeline)) = spool.invoice(&invoice.source, &invoice.subject)?
+                let Some((invoice, timeline)) =
+                    spool.invoice(&invoice.source, &invoice.subject).await?
                 else {
                     continue;
                 };
@@ -158,7 +161,7 @@ fn current_of_each_invoice(
                 let Some(entry) = telling else {
                     continue;
                 };
-                let Some(record) = spool.notification(entry.id)? else {
+                let Some(record) = spool.notification(entry.id).await? else {
                     continue;
                 };
                 let meta = &record.meta;
@@ -168,7 +171,8 @@ fn current_of_each_invoice(
                     || meta.subscriptions.contains(&subscription.name)
                     || !subscription.matches(&meta.source, &meta.event_type, meta.status)
                     || spool
-                        .deliveries_of(entry.id)?
+                        .deliveries_of(entry.id)
+                        .await?
                         .iter()
                         .any(|d| d.subscription == subscription.name)
                 {

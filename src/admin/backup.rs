@@ -1,7 +1,7 @@
 //! `POST /api/spool/backup` (admin only, audited): the spool's backup
 //! archive (`spool::backup`) streamed as the response body while the
-//! relay goes on taking notifications. The walk runs on the blocking pool
-//! and hands the archive over in chunks through a small bounded channel,
+//! relay goes on taking notifications. The spool's backend walks it off
+//! the runtime and hands the archive over in chunks through a small bounded channel,
 //! so neither the spool nor the archive is ever held in memory: a slow
 //! client slows the walk down. A failure midway ends the body with an
 //! error (the client sees a cut transfer, and an archive without its
@@ -55,14 +55,16 @@ pub(super) async fn post_backup(call: Call) -> Result<Response<AdminBody>, ApiEr
     let by = caller.name.clone();
     // The admin's clock times the walk for the log (a test's clock too).
     let clock = admin.clock;
-    tokio::task::spawn_blocking(move || {
+    // The backend writes the archive off the runtime; `ChunkWriter` hands
+    // each chunk over with a blocking send there.
+    tokio::spawn(async move {
         let out = ChunkWriter {
             chunks: chunks.clone(),
             buffer: Vec::with_capacity(CHUNK),
         };
         let started_ms = clock.now_ms();
         let mut logged_ms = started_ms;
-        let mut progress = |counts: &crate::spool::backup::ArchiveCounts| {
+        let progress = move |counts: &crate::spool::backup::ArchiveCounts| {
             if clock.now_ms().saturating_sub(logged_ms) >= LOG_EVERY_MS {
                 logged_ms = clock.now_ms();
                 tracing::info!(
@@ -71,7 +73,7 @@ pub(super) async fn post_backup(call: Call) -> Result<Response<AdminBody>, ApiEr
                 );
             }
         };
-        match spool.backup(out, created_ms, &mut progress) {
+        match spool.backup(out, created_ms, progress).await {
             Ok((manifest, _)) => tracing::info!(
                 by = %by,
                 notifications = manifest.counts.notifications,
@@ -82,7 +84,7 @@ pub(super) async fn post_backup(call: Call) -> Result<Response<AdminBody>, ApiEr
             ),
             Err(err) => {
                 tracing::warn!(by = %by, error = %err, "spool backup failed");
-                let _ = chunks.blocking_send(Err(io::Error::other(err.to_string())));
+                let _ = chunks.send(Err(io::Error::other(err.to_string()))).await;
             }
         }
     });

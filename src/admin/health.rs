@@ -51,7 +51,7 @@ pub(super) async fn readyz(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiEr
             health.condition.clone().unwrap_or_default()
         ));
     }
-    if !admin.spool.writer_alive(WRITER_WAIT).await {
+    if !admin.spool.alive(WRITER_WAIT).await {
         reasons.push(format!(
             "the spool's writer did not answer within {WRITER_WAIT:?}"
         ));
@@ -71,11 +71,7 @@ pub(super) async fn readyz(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiEr
 /// classic text format.
 async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes>>, ApiError> {
     let health = admin.spool.health();
-    let spool = admin.spool.clone();
-    // `size_on_disk` asks the filesystem, not the spool's records.
-    let bytes = tokio::task::spawn_blocking(move || spool.size_on_disk().unwrap_or(0))
-        .await
-        .unwrap_or(0);
+    let stats = admin.spool.stats().await;
     let counts = admin.spool.counts();
     let config = admin.config.load();
     // Configured subscriptions show even at zero; removed ones while they
@@ -104,10 +100,10 @@ async fn metrics(admin: &Admin, openmetrics: bool) -> Result<Response<Full<Bytes
         .filter_map(|(name, at)| Some((name, age_seconds(now_ms, at?))))
         .collect();
     let snapshot = Snapshot {
-        spool_bytes: bytes,
+        spool_bytes: stats.bytes.unwrap_or(0),
         spool_writable: health.writable,
-        flush_groups: admin.spool.flush_starts(),
-        flushed_changes: admin.spool.flushed_changes(),
+        flush_groups: stats.flush_starts.unwrap_or(0),
+        flushed_changes: stats.flushed_changes.unwrap_or(0),
         event_reports_dropped: admin.spool.observed_dropped(),
         deliveries,
         oldest_waiting,

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::html::{escape, html, page, text, LoggedIn};
 use super::humane;
 use super::invoices::{self, InvoiceFilter};
-use super::respond::{off_runtime, ApiError};
+use super::respond::ApiError;
 use super::style;
 use super::Admin;
 use crate::config::Role;
@@ -73,8 +73,7 @@ pub(super) async fn search(
         limit: super::query::MAX_LIMIT,
         ..InvoiceFilter::default()
     };
-    let spool = admin.spool.clone();
-    let found = off_runtime(move || invoices::list(&spool, &filter)).await?;
+    let found = invoices::list(&admin.spool, &filter).await?;
     let items = found["items"].as_array().cloned().unwrap_or_default();
     if items.is_empty() {
         let _ = write!(
@@ -174,9 +173,7 @@ pub(super) async fn timeline(
             .into_owned()
     };
     let (source, subject) = (decode(source), decode(subject));
-    let spool = admin.spool.clone();
-    let (src, subj) = (source.clone(), subject.clone());
-    let shown = off_runtime(move || invoices::show(&spool, &src, &subj)).await?;
+    let shown = invoices::show(&admin.spool, &source, &subject).await?;
     let now_ms = admin.clock.now_ms();
     let mut body = search_form("");
     let _ = write!(

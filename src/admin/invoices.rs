@@ -5,14 +5,13 @@
 //! it was superseded, the provider's resends, and each delivery with its
 //! attempts). `stuck=true` lists the stuck invoices instead, from the
 //! list the events task keeps in memory (no index read at all). The
-//! filter is parsed here, purely; the reads run on the
-//! blocking pool like the other spool reads.
+//! filter is parsed here, purely; the reads are the spool's async reads.
 
 use serde_json::{json, Value};
 
 use super::notifications::delivery_detail;
 use super::query::{parse_bool, parse_status, parse_time, QueryError, DEFAULT_LIMIT, MAX_LIMIT};
-use super::respond::{blocking, decode_segment, no_parameters, ok, Answer, ApiError, Call};
+use super::respond::{decode_segment, no_parameters, ok, Answer, ApiError, Call};
 use crate::clock::format_ms;
 use crate::config::wildcard_match;
 use crate::providers::InvoiceStatus;
@@ -121,25 +120,25 @@ pub(super) async fn get_list(call: Call) -> Answer {
         let stuck = call.admin.metrics.stuck_invoices();
         return ok(list_stuck(&stuck, &filter));
     }
-    let spool = call.admin.spool.clone();
-    blocking(move || list(&spool, &filter)).await
+    ok(list(&call.admin.spool, &filter).await?)
 }
 
 /// `GET /api/invoices/{source}/{subject}`
 pub(super) async fn get_one(call: Call) -> Answer {
     no_parameters(&call.query)?;
     let (source, subject) = (decode_segment(call.param(0)), decode_segment(call.param(1)));
-    let spool = call.admin.spool.clone();
-    blocking(move || show(&spool, &source, &subject)).await
+    ok(show(&call.admin.spool, &source, &subject).await?)
 }
 
-pub fn list(spool: &Spool, filter: &InvoiceFilter) -> Result<Value, ApiError> {
+pub async fn list(spool: &Spool, filter: &InvoiceFilter) -> Result<Value, ApiError> {
     let mut items = Vec::new();
     let mut cursor = filter.cursor.clone();
     let mut scanned = 0;
     let mut next_cursor = None;
     'walk: loop {
-        let chunk = spool.invoices(filter.source.as_deref(), cursor.as_ref(), CHUNK)?;
+        let chunk = spool
+            .invoices(filter.source.as_deref(), cursor.as_ref(), CHUNK)
+            .await?;
         let last_chunk = chunk.len() < CHUNK;
         for invoice in chunk {
             scanned += 1;
@@ -229,8 +228,8 @@ fn summary(invoice: &Invoice) -> Value {
 }
 
 /// The invoice and its timeline.
-pub fn show(spool: &Spool, source: &str, subject: &str) -> Result<Value, ApiError> {
-    let Some((invoice, timeline)) = spool.invoice(source, subject)? else {
+pub async fn show(spool: &Spool, source: &str, subject: &str) -> Result<Value, ApiError> {
+    let Some((invoice, timeline)) = spool.invoice(source, subject).await? else {
         return Err(ApiError::NotFound(format!(
             "no invoice {subject:?} of source {source:?}"
         )));
@@ -238,10 +237,10 @@ pub fn show(spool: &Spool, source: &str, subject: &str) -> Result<Value, ApiErro
     let mut notifications = Vec::with_capacity(timeline.len());
     for entry in timeline {
         // Gone meanwhile (retention between the two reads): left out.
-        let Some(record) = spool.notification(entry.id)? else {
+        let Some(record) = spool.notification(entry.id).await? else {
             continue;
         };
-        let deliveries = spool.deliveries_of(entry.id)?;
+        let deliveries = spool.deliveries_of(entry.id).await?;
         notifications.push(json!({
             "id": entry.id.to_string(),
             "received_at": format_ms(record.meta.received_ms),

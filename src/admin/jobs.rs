@@ -204,7 +204,7 @@ struct Slice {
 }
 
 /// The next slice of what `filter` picks, newest first, before `before`.
-fn pick_slice(
+async fn pick_slice(
     spool: &Spool,
     filter: &Filter,
     before: Option<NotificationId>,
@@ -214,7 +214,9 @@ fn pick_slice(
         notifications: 0,
         resume: None,
     };
-    for (read, record) in spool.notifications_newest_first(before).enumerate() {
+    let mut records = spool.notifications_newest_first(before);
+    let mut read = 0;
+    while let Some(record) = records.next().await {
         let record = record?;
         if filter.past_since(record.meta.received_ms) {
             return Ok(slice);
@@ -226,7 +228,7 @@ fn pick_slice(
             )))
         })?;
         if filter.matches_meta(&record.meta) {
-            let deliveries = spool.deliveries_of(id)?;
+            let deliveries = spool.deliveries_of(id).await?;
             let chosen = filter.chosen(&deliveries);
             if !chosen.is_empty() {
                 slice.notifications += 1;
@@ -235,7 +237,8 @@ fn pick_slice(
                 .targets
                 .extend(chosen.into_iter().map(|d| (id, d.subscription.clone())));
         }
-        if slice.targets.len() >= SLICE || read + 1 >= SCAN_PER_SLICE {
+        read += 1;
+        if slice.targets.len() >= SLICE || read >= SCAN_PER_SLICE {
             slice.resume = Some(id);
             return Ok(slice);
         }
@@ -248,11 +251,7 @@ async fn next_slice(
     filter: &Filter,
     before: Option<NotificationId>,
 ) -> Result<Slice, ApiError> {
-    let spool = admin.spool.clone();
-    let filter = filter.clone();
-    tokio::task::spawn_blocking(move || pick_slice(&spool, &filter, before))
-        .await
-        .map_err(|e| ApiError::Internal(format!("spool read failed: {e}")))?
+    pick_slice(&admin.spool, filter, before).await
 }
 
 /// A dry run: what `filter` picks, counted slice by slice.

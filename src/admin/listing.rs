@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::query::Filter;
 use super::respond::ApiError;
-use crate::spool::{NotificationId, Record, SpoolError};
+use crate::spool::{NotificationId, Record, RecordStream, SpoolError};
 
 /// Most notifications one page request reads before it answers with what
 /// it found and a cursor: a filter that matches little must not turn one
@@ -17,16 +17,20 @@ const SCAN_LIMIT: usize = 20_000;
 /// One page of a walk newest first: `row` makes a record a row of the page,
 /// or skips it. The walk stops past `since`, at `limit` rows, or after
 /// [`SCAN_LIMIT`] records, with the cursor to go on from.
-pub(super) fn page<M>(
-    records: impl Iterator<Item = Result<Record<M>, SpoolError>>,
+pub(super) async fn page<M, Row>(
+    mut records: RecordStream<Record<M>>,
     filter: &Filter,
     id_and_time: impl Fn(&M) -> (&str, i64),
-    mut row: impl FnMut(&Record<M>, NotificationId) -> Result<Option<Value>, ApiError>,
-) -> Result<Value, ApiError> {
+    row: impl Fn(Record<M>, NotificationId) -> Row,
+) -> Result<Value, ApiError>
+where
+    M: Send + 'static,
+    Row: std::future::Future<Output = Result<Option<Value>, ApiError>>,
+{
     let mut items = Vec::new();
     let mut next_cursor = None;
     let mut scanned = 0;
-    for record in records {
+    while let Some(record) = records.next().await {
         let record = record?;
         let (id, received_ms) = id_and_time(&record.meta);
         let id = record_id(id)?;
@@ -34,7 +38,7 @@ pub(super) fn page<M>(
         if filter.past_since(received_ms) {
             break;
         }
-        if let Some(item) = row(&record, id)? {
+        if let Some(item) = row(record, id).await? {
             items.push(item);
             if items.len() == filter.limit {
                 next_cursor = Some(id);

@@ -122,6 +122,11 @@ pub type ChangeRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
 pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<serde_json::Value, String>>;
 
 impl Admin {
+    /// The whole spool (the relay's upkeep and its close use it too).
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
     /// Whether a subscription of that name is in effect (relay.toml's or
     /// the API's).
     fn has_subscription(&self, name: &str) -> bool {

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::listing::{page, put_body};
 use super::quarantine::list_quarantine;
 use super::query::{DeliveryState, Filter, StateFilter};
-use super::respond::{blocking, no_parameters, parse_id, Answer, ApiError, Call};
+use super::respond::{no_parameters, ok, parse_id, Answer, ApiError, Call};
 use crate::clock::format_ms;
 use crate::delivery::{Delivery, State};
 use crate::spool::{NotificationId, NotificationRecord, Spool};
@@ -18,38 +18,38 @@ use crate::spool::{NotificationId, NotificationRecord, Spool};
 /// `GET /api/notifications`
 pub(super) async fn get_list(call: Call) -> Answer {
     let filter = Filter::parse(&call.query, call.admin.clock.now_ms(), false)?;
-    let spool = call.admin.spool.clone();
+    let spool = &call.admin.spool;
     if filter.state == Some(StateFilter::Quarantined) {
-        return blocking(move || list_quarantine(&spool, &filter)).await;
+        return ok(list_quarantine(spool, &filter).await?);
     }
-    blocking(move || list_notifications(&spool, &filter)).await
+    ok(list_notifications(spool, &filter).await?)
 }
 
 /// `GET /api/notifications/{id}`
 pub(super) async fn get_one(call: Call) -> Answer {
     no_parameters(&call.query)?;
     let id = parse_id(call.param(0))?;
-    let spool = call.admin.spool.clone();
-    blocking(move || show_notification(&spool, id)).await
+    ok(show_notification(&call.admin.spool, id).await?)
 }
 
 // === reads ===
 
-pub(super) fn list_notifications(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
+pub(super) async fn list_notifications(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
     page(
         spool.notifications_newest_first(filter.cursor),
         filter,
         |meta| (&meta.id, meta.received_ms),
-        |record, id| {
+        |record, id| async move {
             if !filter.matches_meta(&record.meta) {
                 return Ok(None);
             }
-            let deliveries = spool.deliveries_of(id)?;
+            let deliveries = spool.deliveries_of(id).await?;
             Ok(filter
                 .matches_deliveries(&deliveries)
-                .then(|| notification_summary(record, &deliveries)))
+                .then(|| notification_summary(&record, &deliveries)))
         },
     )
+    .await
 }
 
 fn notification_summary(record: &NotificationRecord, deliveries: &[Delivery]) -> Value {
@@ -79,16 +79,19 @@ fn next_try_ms(delivery: &Delivery) -> Option<i64> {
     }
 }
 
-pub(super) fn show_notification(spool: &Spool, id: NotificationId) -> Result<Value, ApiError> {
-    let Some(record) = spool.notification(id)? else {
-        if spool.is_quarantined(id)? {
+pub(super) async fn show_notification(
+    spool: &Spool,
+    id: NotificationId,
+) -> Result<Value, ApiError> {
+    let Some(record) = spool.notification(id).await? else {
+        if spool.is_quarantined(id).await? {
             return Err(ApiError::NotFound(format!(
                 "{id} is a quarantined body, not a notification: GET /api/quarantine/{id}"
             )));
         }
         return Err(ApiError::NotFound(format!("no notification {id}")));
     };
-    let deliveries = spool.deliveries_of(id)?;
+    let deliveries = spool.deliveries_of(id).await?;
     let meta = &record.meta;
     let mut out = json!({
         "id": meta.id,

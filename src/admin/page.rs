@@ -24,7 +24,7 @@ use super::quarantine::{list_quarantine, release, release_as_generic};
 use super::query::Filter;
 use super::record_page::{notification, quarantined};
 use super::replay::replay_one;
-use super::respond::{off_runtime, parse_id, single_parameter, ApiError};
+use super::respond::{parse_id, single_parameter, ApiError};
 use super::session;
 use super::stats::stats_value;
 use super::style;
@@ -261,17 +261,12 @@ async fn dashboard(
         Err(err) => (Filter::parse("", now_ms, false)?, Some(err)),
     };
     let stats = stats_value(admin).await?;
-    let spool = admin.spool.clone();
-    let listed = filter.clone();
     let quarantine = filter.state == Some(super::query::StateFilter::Quarantined);
-    let list = off_runtime(move || {
-        if quarantine {
-            list_quarantine(&spool, &listed)
-        } else {
-            list_notifications(&spool, &listed)
-        }
-    })
-    .await?;
+    let list = if quarantine {
+        list_quarantine(&admin.spool, &filter).await?
+    } else {
+        list_notifications(&admin.spool, &filter).await?
+    };
 
     // Sources with `expect_every` that sent nothing for that long: on top,
     // whatever else the page shows.

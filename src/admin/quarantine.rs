@@ -10,8 +10,7 @@ use super::auth::Caller;
 use super::listing::{page, put_body};
 use super::query::{Filter, QueryError};
 use super::respond::{
-    audit, blocking, no_parameters, off_runtime, ok, parse_id, single_parameter, Answer, ApiError,
-    Call,
+    audit, no_parameters, ok, parse_id, single_parameter, Answer, ApiError, Call,
 };
 use super::Admin;
 use crate::clock::format_ms;
@@ -23,16 +22,14 @@ use crate::spool::{NotificationId, QuarantineRecord, Received, Spool, Stored};
 /// `GET /api/quarantine`
 pub(super) async fn get_list(call: Call) -> Answer {
     let filter = Filter::parse(&call.query, call.admin.clock.now_ms(), false)?;
-    let spool = call.admin.spool.clone();
-    blocking(move || list_quarantine(&spool, &filter)).await
+    ok(list_quarantine(&call.admin.spool, &filter).await?)
 }
 
 /// `GET /api/quarantine/{id}`
 pub(super) async fn get_one(call: Call) -> Answer {
     no_parameters(&call.query)?;
     let id = parse_id(call.param(0))?;
-    let spool = call.admin.spool.clone();
-    blocking(move || show_quarantined(&spool, id)).await
+    ok(show_quarantined(&call.admin.spool, id).await?)
 }
 
 /// `POST /api/quarantine/{id}/release`
@@ -62,7 +59,7 @@ pub(super) async fn post_discard(call: Call) -> Answer {
 
 // === reads and release ===
 
-pub(super) fn list_quarantine(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
+pub(super) async fn list_quarantine(spool: &Spool, filter: &Filter) -> Result<Value, ApiError> {
     if filter.event.is_some() || filter.subject.is_some() || filter.subscription.is_some() {
         return Err(QueryError::Invalid {
             name: "state",
@@ -75,13 +72,14 @@ pub(super) fn list_quarantine(spool: &Spool, filter: &Filter) -> Result<Value, A
         spool.quarantined_newest_first(filter.cursor),
         filter,
         |meta| (&meta.id, meta.received_ms),
-        |record, _| {
+        |record, _| async move {
             let meta = &record.meta;
             let in_range = filter.until_ms.is_none_or(|until| meta.received_ms < until);
             let of_source = filter.source.as_ref().is_none_or(|s| *s == meta.source);
-            Ok((in_range && of_source).then(|| quarantine_summary(record)))
+            Ok((in_range && of_source).then(|| quarantine_summary(&record)))
         },
     )
+    .await
 }
 
 fn quarantine_summary(record: &QuarantineRecord) -> Value {
@@ -96,8 +94,8 @@ fn quarantine_summary(record: &QuarantineRecord) -> Value {
     })
 }
 
-pub(super) fn show_quarantined(spool: &Spool, id: NotificationId) -> Result<Value, ApiError> {
-    let Some(record) = spool.quarantined_body(id)? else {
+pub(super) async fn show_quarantined(spool: &Spool, id: NotificationId) -> Result<Value, ApiError> {
+    let Some(record) = spool.quarantined_body(id).await? else {
         return Err(ApiError::NotFound(format!("no quarantined body {id}")));
     };
     let mut out = quarantine_summary(&record);
@@ -134,8 +132,9 @@ pub(super) async fn release(
     id: NotificationId,
     as_generic: bool,
 ) -> Result<Value, ApiError> {
-    let spool = admin.spool.clone();
-    let record = off_runtime(move || spool.quarantined_body(id))
+    let record = admin
+        .spool
+        .quarantined_body(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no quarantined body {id}")))?;
     let provider = if as_generic {

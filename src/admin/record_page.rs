@@ -16,7 +16,7 @@ use super::html::{csrf_input, escape, flags, html, page, text, LoggedIn};
 use super::humane;
 use super::notifications::show_notification;
 use super::quarantine::show_quarantined;
-use super::respond::{off_runtime, parse_id, ApiError};
+use super::respond::{parse_id, ApiError};
 use super::style;
 use super::Admin;
 use crate::config::Role;
@@ -30,8 +30,7 @@ pub(super) async fn notification(
     let caller = &user.caller;
     caller.require(Role::Viewer)?;
     let id: NotificationId = parse_id(id)?;
-    let spool = admin.spool.clone();
-    let shown = off_runtime(move || show_notification(&spool, id)).await?;
+    let shown = show_notification(&admin.spool, id).await?;
     let now_ms = admin.clock.now_ms();
     let mut body = format!(
         "<h2>Notification {}{}</h2>",
@@ -123,8 +122,7 @@ pub(super) async fn quarantined(
     let caller = &user.caller;
     caller.require(Role::Viewer)?;
     let id: NotificationId = parse_id(id)?;
-    let spool = admin.spool.clone();
-    let shown = off_runtime(move || show_quarantined(&spool, id)).await?;
+    let shown = show_quarantined(&admin.spool, id).await?;
     let mut body = fields_table(&shown, &super::QUARANTINE_FIELDS, admin.clock.now_ms());
     if caller.role >= Role::Admin {
         // The check again (it may take it now), or as a generic notification.

@@ -11,7 +11,7 @@ use super::auth::Caller;
 use super::jobs::BulkKind;
 use super::query::{DeliveryState, Filter, QueryError, StateFilter};
 use super::respond::{
-    audit, json_response, off_runtime, ok, parse_id, single_parameter, Answer, ApiError, Call,
+    audit, json_response, ok, parse_id, single_parameter, Answer, ApiError, Call,
 };
 use super::Admin;
 use crate::delivery::State;
@@ -40,17 +40,17 @@ pub(super) async fn replay_one(
     id: NotificationId,
     subscription: Option<String>,
 ) -> Result<Vec<String>, ApiError> {
-    let spool = admin.spool.clone();
-    let chosen = off_runtime(move || -> Result<Vec<String>, ApiError> {
-        let Some(record) = spool.notification(id)? else {
-            if spool.is_quarantined(id)? {
+    let spool = &admin.spool;
+    let chosen = async {
+        let Some(record) = spool.notification(id).await? else {
+            if spool.is_quarantined(id).await? {
                 return Err(ApiError::NotFound(format!(
                     "{id} is a quarantined body, not a notification: it has no deliveries to replay"
                 )));
             }
             return Err(ApiError::NotFound(format!("no notification {id}")));
         };
-        let deliveries = spool.deliveries_of(id)?;
+        let deliveries = spool.deliveries_of(id).await?;
         match subscription {
             Some(name) => {
                 let Some(delivery) = deliveries.iter().find(|d| d.subscription == name) else {
@@ -72,7 +72,7 @@ pub(super) async fn replay_one(
                 .map(|d| d.subscription)
                 .collect()),
         }
-    })
+    }
     .await?;
     if chosen.is_empty() {
         return Err(ApiError::Conflict(format!(

@@ -1,7 +1,7 @@
 //! What every admin handler answers with, below the router and the page
 //! alike: [`ApiError`] and its JSON, the JSON answers, the parameter
-//! checks shared by the routes, the audit record of a change, spool reads
-//! off the runtime, and [`Call`], what the route table hands a handler.
+//! checks shared by the routes, the audit record of a change, and
+//! [`Call`], what the route table hands a handler.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -143,27 +143,6 @@ pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<Full<B
 
 pub(super) fn ok(body: Value) -> Result<Response<Full<Bytes>>, ApiError> {
     Ok(json_response(StatusCode::OK, &body))
-}
-
-/// Runs a spool read on the blocking pool and answers its JSON.
-pub(super) async fn blocking<F>(read: F) -> Result<Response<Full<Bytes>>, ApiError>
-where
-    F: FnOnce() -> Result<Value, ApiError> + Send + 'static,
-{
-    ok(off_runtime(read).await?)
-}
-
-/// Runs a spool read on the blocking pool (sled reads block).
-pub(super) async fn off_runtime<T, E, F>(read: F) -> Result<T, ApiError>
-where
-    F: FnOnce() -> Result<T, E> + Send + 'static,
-    T: Send + 'static,
-    E: Send + 'static,
-    ApiError: From<E>,
-{
-    Ok(tokio::task::spawn_blocking(read)
-        .await
-        .map_err(|e| ApiError::Internal(format!("spool read failed: {e}")))??)
 }
 
 pub(super) fn parse_id(text: &str) -> Result<NotificationId, ApiError> {

@@ -5,9 +5,10 @@
 
 use serde_json::{json, Value};
 
-use super::respond::{no_parameters, off_runtime, ok, Answer, ApiError, Call};
+use super::respond::{no_parameters, ok, Answer, ApiError, Call};
 use super::Admin;
 use crate::clock::format_ms;
+use crate::spool::SpoolError;
 
 /// `GET /api/stats`
 pub(super) async fn get_stats(call: Call) -> Answer {
@@ -17,8 +18,8 @@ pub(super) async fn get_stats(call: Call) -> Answer {
 
 pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
     let health = admin.spool.health();
-    let spool = admin.spool.clone();
-    let bytes = off_runtime(move || spool.size_on_disk()).await?;
+    // Only a store that is not open has no size to tell.
+    let bytes = (admin.spool.stats().await.bytes).ok_or(SpoolError::Closed)?;
     let config = admin.config.load();
     let counts = admin.spool.counts();
     let now_ms = admin.clock.now_ms();
@@ -104,7 +105,7 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
     }
     Ok(json!({
         "spool": {
-            "path": admin.spool.path(),
+            "path": admin.spool.location(),
             "bytes": bytes,
             "writable": health.writable,
             "fatal": health.fatal,
@@ -122,7 +123,7 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
 
 /// When each configured subscription's oldest waiting delivery was
 /// received (None when nothing waits, or the spool cannot say now): two
-/// index seeks each, off the runtime.
+/// index seeks each.
 pub(super) async fn oldest_waiting(admin: &Admin) -> Vec<(String, Option<i64>)> {
     let names: Vec<String> = admin
         .config
@@ -131,18 +132,7 @@ pub(super) async fn oldest_waiting(admin: &Admin) -> Vec<(String, Option<i64>)> 
         .iter()
         .map(|s| s.name.clone())
         .collect();
-    let spool = admin.spool.clone();
-    tokio::task::spawn_blocking(move || {
-        names
-            .into_iter()
-            .map(|name| {
-                let at = spool.oldest_waiting_ms(&name).ok().flatten();
-                (name, at)
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default()
+    admin.spool.oldest_waiting_ms(names).await
 }
 
 pub(super) fn age_seconds(now_ms: i64, at_ms: i64) -> f64 {

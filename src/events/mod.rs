@@ -136,15 +136,10 @@ impl Events {
     /// read that fails starts it empty: the invoices still stuck are then
     /// announced again rather than not at all.
     async fn seed_stuck(&self) -> stuck::Stuck {
-        let spool = self.spool.clone();
-        let marks = match tokio::task::spawn_blocking(move || spool.stuck_marks()).await {
-            Ok(Ok(marks)) => marks,
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "stuck invoices kept in the spool not read; they may be announced again");
-                return stuck::Stuck::default();
-            }
+        let marks = match self.spool.stuck_marks().await {
+            Ok(marks) => marks,
             Err(err) => {
-                tracing::error!(error = %err, "stuck invoices kept in the spool not read");
+                tracing::warn!(error = %err, "stuck invoices kept in the spool not read; they may be announced again");
                 return stuck::Stuck::default();
             }
         };
@@ -256,7 +251,7 @@ struct Looked {
 /// The spool reads of the stuck check: the time-ordered index of queued
 /// notifications from where each source's walk stopped, and one seek per
 /// candidate and per stuck invoice.
-fn look(
+async fn look(
     spool: &Spool,
     now_ms: i64,
     sources: &[(String, i64, Option<NotificationId>)],
@@ -265,15 +260,15 @@ fn look(
     let mut looked = Looked::default();
     for (source, stuck_after_ms, walked) in sources {
         let until_ms = now_ms.saturating_sub(*stuck_after_ms);
-        for (queued, subject) in spool.waiting(source, *walked, until_ms, WALK_MAX)? {
-            let current = spool.invoice_now(source, &subject)?;
+        for (queued, subject) in spool.waiting(source, *walked, until_ms, WALK_MAX).await? {
+            let current = spool.invoice_now(source, &subject).await?;
             looked
                 .waited
                 .push((source.clone(), subject, queued, current));
         }
     }
     for (source, subject) in stuck {
-        let current = spool.invoice_now(&source, &subject)?;
+        let current = spool.invoice_now(&source, &subject).await?;
         looked.rechecked.push((source, subject, current));
     }
     Ok(looked)
@@ -422,11 +417,8 @@ impl Held {
             .map(|(name, after)| (name.clone(), *after, self.stuck.walked_to(name)))
             .collect();
         let stuck = self.stuck.keys();
-        let spool = events.spool.clone();
-        let looked =
-            tokio::task::spawn_blocking(move || look(&spool, now_ms, &sources, stuck)).await;
-        match looked {
-            Ok(Ok(looked)) => {
+        match look(&events.spool, now_ms, &sources, stuck).await {
+            Ok(looked) => {
                 for (source, subject, current) in looked.rechecked {
                     turns.extend(self.stuck.recheck(&source, &subject, current.as_ref()));
                 }
@@ -439,8 +431,7 @@ impl Held {
             }
             // The spool closing, or a read it could not make: the next
             // tick looks again from the same point.
-            Ok(Err(err)) => tracing::warn!(error = %err, "stuck invoices not looked at"),
-            Err(err) => tracing::error!(error = %err, "the stuck invoice check failed"),
+            Err(err) => tracing::warn!(error = %err, "stuck invoices not looked at"),
         }
         for turn in turns {
             let event = match turn {

@@ -71,10 +71,13 @@ fn invoice(n: usize, now_ms: i64) -> (Received, crate::providers::Notification) 
 }
 
 /// The bodies of the relay's events stored for `subscription`.
-fn stored_events(spool: &Spool, subscription: &str) -> Vec<Value> {
+async fn stored_events(spool: &Spool, subscription: &str) -> Vec<Value> {
     spool
         .notifications_newest_first(None)
-        .map(|record| record.unwrap())
+        .collect()
+        .await
+        .unwrap()
+        .into_iter()
         .filter(|record| {
             record.meta.source == RELAY_SOURCE
                 && record.meta.subscriptions.iter().any(|s| s == subscription)
@@ -141,7 +144,9 @@ async fn a_burst_of_dead_deliveries_is_stored_as_few_events_that_count_them_all(
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
     let clock = Clock::following_tokio();
-    let spool = Spool::open(&config.spool, Routes::from_config(&config), clock).unwrap();
+    let spool = Spool::open(&config.spool, Routes::from_config(&config), clock)
+        .await
+        .unwrap();
     let (stop, stopped) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     let (events, task) = Events::start(&config, spool.clone(), metrics, clock, stopped).await;
@@ -160,7 +165,7 @@ async fn a_burst_of_dead_deliveries_is_stored_as_few_events_that_count_them_all(
     stop.send(true).unwrap();
     task.await.unwrap();
 
-    let stored = stored_events(&spool, "alerts");
+    let stored = stored_events(&spool, "alerts").await;
     let dead: Vec<&Value> = stored
         .iter()
         .filter(|e| e["type"] == "relay.delivery.dead")
@@ -198,7 +203,9 @@ async fn a_teams_subscription_hears_only_of_its_own_subscriptions() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     let clock = Clock::following_tokio();
-    let spool = Spool::open(&config.spool, Routes::from_config(&config), clock).unwrap();
+    let spool = Spool::open(&config.spool, Routes::from_config(&config), clock)
+        .await
+        .unwrap();
     // erp-team's own alerts, created through the API.
     let erp_alerts = ApiSubscription {
         name: "erp-alerts".into(),
@@ -237,11 +244,11 @@ async fn a_teams_subscription_hears_only_of_its_own_subscriptions() {
     stop.send(true).unwrap();
     task.await.unwrap();
 
-    let admins = stored_events(&spool, "alerts");
+    let admins = stored_events(&spool, "alerts").await;
     assert_eq!(admins.len(), 1, "{admins:?}");
     assert_eq!(admins[0]["subscription"], "billing");
     assert!(
-        stored_events(&spool, "erp-alerts").is_empty(),
+        stored_events(&spool, "erp-alerts").await.is_empty(),
         "relay.toml's billing is not erp-team's"
     );
     spool.close().await.unwrap();

@@ -27,7 +27,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::{Decision, Delivery};
 use crate::metrics::{Ended, Metrics};
-use crate::spool::{Lease, Spool};
+use crate::spool::{Consumer, Lease};
 pub use target::{parse_retry_after, Target, TargetError};
 
 /// Most deliveries one worker leases at once.
@@ -39,7 +39,7 @@ const RECORD_RETRY_LONGEST: Duration = Duration::from_secs(10);
 const LEASE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 pub struct Forwarder {
-    spool: Spool,
+    spool: Consumer,
     clock: Clock,
     /// The subscriptions to serve; a reload sends a new list.
     targets: watch::Receiver<Targets>,
@@ -51,7 +51,7 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new(
         config: &Config,
-        spool: Spool,
+        spool: Consumer,
         clock: Clock,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, watch::Sender<Targets>), TargetError> {
@@ -149,7 +149,7 @@ impl Targets {
 
 struct Worker {
     target: Arc<Target>,
-    spool: Spool,
+    spool: Consumer,
     clock: Clock,
     global: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -268,7 +268,7 @@ const DRAIN_QUIET: Duration = Duration::from_millis(200);
 /// One attempt at one delivery, from start to recorded outcome.
 struct Attempt {
     target: Arc<Target>,
-    spool: Spool,
+    spool: Consumer,
     clock: Clock,
     stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,

@@ -49,9 +49,11 @@ async fn a_failing_delivery_is_retried_on_the_providers_schedule_then_dead() {
     };
     let config = config(dir.path(), &format!("http://127.0.0.1:{port}/hook"));
     let clock = Clock::following_tokio();
-    let spool = Spool::open(&config.spool, Routes::from_config(&config), clock).unwrap();
+    let spool = Spool::open(&config.spool, Routes::from_config(&config), clock)
+        .await
+        .unwrap();
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let (forwarder, _targets) = Forwarder::new(&config, spool.clone(), clock, metrics).unwrap();
+    let (forwarder, _targets) = Forwarder::new(&config, spool.consumer(), clock, metrics).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(forwarder.run(async {
         let _ = stopped.await;
@@ -86,7 +88,7 @@ async fn a_failing_delivery_is_retried_on_the_providers_schedule_then_dead() {
     let mut delivery = None;
     for _ in 0..24 * 3600 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = spool.deliveries_of(id).unwrap().remove(0);
+        let now = spool.deliveries_of(id).await.unwrap().remove(0);
         if matches!(now.state, State::Dead { .. }) {
             delivery = Some(now);
             break;

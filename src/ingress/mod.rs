@@ -32,7 +32,7 @@ use crate::config::{Config, OnInvalid};
 use crate::listen::slots::{self, Activity, Slots};
 use crate::metrics::Metrics;
 use crate::providers::Provider;
-use crate::spool::Spool;
+use crate::spool::Producer;
 pub use auth::AuthFailure;
 use budget::{BodyBudget, ConnectionShare};
 pub use handler::IngressError;
@@ -76,7 +76,7 @@ struct Source {
 /// Everything a request needs; shared by all connections.
 pub struct Ingress {
     sources: HashMap<String, Source>,
-    spool: Spool,
+    spool: Producer,
     clock: Clock,
     max_body: u64,
     body_timeout: Duration,
@@ -88,7 +88,7 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    pub fn new(config: &Config, spool: Spool, clock: Clock, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(config: &Config, spool: Producer, clock: Clock, metrics: Arc<Metrics>) -> Arc<Self> {
         Ingress::build(config, spool, clock, metrics, None)
     }
 
@@ -106,7 +106,7 @@ impl Ingress {
 
     fn build(
         config: &Config,
-        spool: Spool,
+        spool: Producer,
         clock: Clock,
         metrics: Arc<Metrics>,
         previous: Option<&Ingress>,
@@ -157,7 +157,7 @@ impl Ingress {
         })
     }
 
-    pub fn spool(&self) -> &Spool {
+    pub fn spool(&self) -> &Producer {
         &self.spool
     }
 

@@ -101,7 +101,8 @@ const AUDIT_V1: u8 = 1;
 
 pub(crate) fn encode_entry(entry: &AuditEntry) -> Result<Vec<u8>, SpoolError> {
     let mut out = vec![AUDIT_V1];
-    serde_json::to_writer(&mut out, entry).map_err(|e| SpoolError::Encode(e.to_string()))?;
+    serde_json::to_writer(&mut out, entry)
+        .map_err(|e| SpoolError::Encode(crate::spool::cause(e)))?;
     Ok(out)
 }
 

@@ -174,15 +174,15 @@ fn anything_else_is_refused_as_not_an_archive_or_damaged() {
 
 // === a spool, backed up and restored ===
 
-fn backup_of(spool: &Spool) -> (Vec<u8>, Manifest) {
-    let (manifest, bytes) = spool.backup(Vec::new(), 1, &mut |_| {}).unwrap();
+async fn backup_of(spool: &Spool) -> (Vec<u8>, Manifest) {
+    let (manifest, bytes) = spool.backup(Vec::new(), 1, |_: &_| {}).await.unwrap();
     (bytes, manifest)
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_restored_spool_holds_the_notifications_their_deliveries_and_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp", "crm"]);
+    let (spool, clock) = open(dir.path(), &["erp", "crm"]).await;
     let now = clock.now_ms();
     let delivered = store_new(&spool, "a", now).await;
     let waiting = store_new(&spool, "b", now).await;
@@ -206,7 +206,7 @@ async fn a_restored_spool_holds_the_notifications_their_deliveries_and_the_rest(
         .await
         .unwrap();
     let counts_before = spool.counts();
-    let (bytes, manifest) = backup_of(&spool);
+    let (bytes, manifest) = backup_of(&spool).await;
     assert_eq!(manifest.newest, Some(pending.to_string()));
     assert_eq!(manifest.counts.notifications, 3);
     assert_eq!(manifest.counts.deliveries, 2);
@@ -224,7 +224,7 @@ async fn a_restored_spool_holds_the_notifications_their_deliveries_and_the_rest(
         Spool::stopped_cleanly(&restored_config),
         "a restored spool is marked as cleanly stopped"
     );
-    let report = Spool::check(&restored_config, false).unwrap();
+    let report = Spool::check(&restored_config, false).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.counts.as_ref(), report.kept_counts.as_ref());
 
@@ -233,15 +233,16 @@ async fn a_restored_spool_holds_the_notifications_their_deliveries_and_the_rest(
         crate::spool::tests::routes(&["erp", "crm"]),
         clock,
     )
+    .await
     .unwrap();
     assert_eq!(spool.counts(), counts_before);
-    let state = |id| spool.deliveries_of(id).unwrap()[0].state;
-    assert!(matches!(state(delivered), State::Delivered { .. }));
-    assert!(matches!(state(waiting), State::Waiting { .. }));
-    assert!(matches!(state(pending), State::Pending));
+    let state = async |id| spool.deliveries_of(id).await.unwrap()[0].state;
+    assert!(matches!(state(delivered).await, State::Delivered { .. }));
+    assert!(matches!(state(waiting).await, State::Waiting { .. }));
+    assert!(matches!(state(pending).await, State::Pending));
     assert!(spool.is_paused("crm"));
-    assert_eq!(spool.audit_log(None, 10).unwrap().len(), 1);
-    assert_eq!(spool.quarantined().count(), 1);
+    assert_eq!(spool.audit_log(None, 10).await.unwrap().len(), 1);
+    assert_eq!(spool.quarantined().count().await, 1);
     // The dedup entries were rebuilt: a resend is still a duplicate.
     assert_eq!(
         crate::spool::tests::store(&spool, "a", now + 1).await,
@@ -267,12 +268,12 @@ async fn a_restored_spool_holds_the_notifications_their_deliveries_and_the_rest(
 #[tokio::test]
 async fn nothing_newer_than_the_durable_watermark_is_backed_up() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let now = clock.now_ms();
     let durable = store_new(&spool, "a", now).await;
     store_new(&spool, "b", now).await;
-    spool.backend.pretend_durable_upto(durable);
-    let (bytes, manifest) = backup_of(&spool);
+    spool.sled().pretend_durable_upto(durable);
+    let (bytes, manifest) = backup_of(&spool).await;
     assert_eq!(manifest.newest, Some(durable.to_string()));
     assert_eq!(manifest.counts.notifications, 1);
     let (items, _) = read_all(&bytes).unwrap();
@@ -285,9 +286,9 @@ async fn nothing_newer_than_the_durable_watermark_is_backed_up() {
 #[tokio::test]
 async fn a_restore_refuses_a_non_empty_target_and_leaves_nothing_of_a_bad_archive() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     store_new(&spool, "a", clock.now_ms()).await;
-    let (bytes, _) = backup_of(&spool);
+    let (bytes, _) = backup_of(&spool).await;
     spool.close().await.unwrap();
 
     let occupied = dir.path().join("occupied");

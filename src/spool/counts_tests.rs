@@ -62,7 +62,7 @@ fn counted_whole(spool: &Spool) -> Counts {
     // Every change a test makes is answered once applied, and no test
     // leaves retention behind (which would run a slice of its own).
     let kept = spool.counts();
-    assert_eq!(kept, spool.backend.recount(), "kept counts vs a recount");
+    assert_eq!(kept, spool.sled().recount(), "kept counts vs a recount");
     kept
 }
 
@@ -102,7 +102,7 @@ async fn store_from(spool: &Spool, source: &str, dedup: &str, at: i64) -> Stored
 #[tokio::test]
 async fn a_store_counts_one_waiting_delivery_per_subscription_and_a_duplicate_none() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp", "crm"]);
+    let (spool, clock) = open(dir.path(), &["erp", "crm"]).await;
     assert_eq!(counted(&spool), Counts::default());
     let now = clock.now_ms();
     store_new(&spool, "k1", now).await;
@@ -121,7 +121,7 @@ async fn a_store_counts_one_waiting_delivery_per_subscription_and_a_duplicate_no
 #[tokio::test(start_paused = true)]
 async fn outcomes_and_replays_move_deliveries_between_states() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let now = clock.now_ms();
     let a = store_new(&spool, "a", now).await;
     let b = store_new(&spool, "b", now).await;
@@ -173,7 +173,7 @@ async fn outcomes_and_replays_move_deliveries_between_states() {
 async fn orphans_given_to_another_subscription_are_purged_there_and_wait_here() {
     let dir = tempfile::tempdir().unwrap();
     spool_with_orphans(dir.path()).await;
-    let (spool, clock) = open(dir.path(), &["erp", "new"]);
+    let (spool, clock) = open(dir.path(), &["erp", "new"]).await;
     assert_eq!(
         counted(&spool),
         counts(2, 0, &[("erp", sub(0, 0, 2, 0)), ("old", sub(2, 0, 0, 0))]),
@@ -213,7 +213,7 @@ async fn orphans_given_to_another_subscription_are_purged_there_and_wait_here() 
 async fn purged_orphans_are_counted_purged() {
     let dir = tempfile::tempdir().unwrap();
     spool_with_orphans(dir.path()).await;
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     spool
         .reassign_orphans("old", None, clock.now_ms())
         .await
@@ -228,7 +228,7 @@ async fn purged_orphans_are_counted_purged() {
 async fn an_outcome_recorded_after_its_orphan_was_purged_moves_it_from_purged() {
     let dir = tempfile::tempdir().unwrap();
     spool_with_orphans(dir.path()).await;
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     // Held by a forwarder of `old` from before it left the config (as a
     // live reload would leave it) while an admin purges its orphans: the
     // never attempted one now, the retry once it is due.
@@ -258,7 +258,7 @@ async fn retention_takes_the_counts_of_what_it_removes() {
     config.retention = HumanDuration(Duration::from_secs(120));
     config.dead_retention = Some(HumanDuration(Duration::from_secs(300)));
     let clock = Clock::following_tokio();
-    let spool = Spool::open(&config, routes(&["erp"]), clock).unwrap();
+    let spool = Spool::open(&config, routes(&["erp"]), clock).await.unwrap();
     let now = clock.now_ms();
     store_new(&spool, "delivered", now).await;
     let dead = store_new(&spool, "dead", now).await;
@@ -299,7 +299,7 @@ async fn kept_counts_are_read_back_on_open_without_a_walk_and_check_mends_them()
     let dir = tempfile::tempdir().unwrap();
     let now = Clock::system().now_ms();
     let before = {
-        let (spool, _) = open(dir.path(), &["erp", "crm"]);
+        let (spool, _) = open(dir.path(), &["erp", "crm"]).await;
         store_new(&spool, "a", now).await;
         store_new(&spool, "b", now).await;
         for lease in lease_now(&spool, "erp", 1).await {
@@ -317,20 +317,20 @@ async fn kept_counts_are_read_back_on_open_without_a_walk_and_check_mends_them()
             ..counts(2, 1, &[("crm", sub(2, 0, 0, 0)), ("erp", sub(1, 0, 1, 0))])
         }
     );
-    let (spool, _) = open(dir.path(), &["erp", "crm"]);
+    let (spool, _) = open(dir.path(), &["erp", "crm"]).await;
     assert_eq!(spool.counts(), before, "the same after a reopen");
     // Kept counts that are wrong but well formed are believed on open:
     // proof that the open read them instead of walking the spool.
     spool
-        .backend
+        .sled()
         .overwrite_counts(None, Some(&totals_value(999, 1)));
     spool.close().await.unwrap();
-    let (spool, _) = open(dir.path(), &["erp", "crm"]);
+    let (spool, _) = open(dir.path(), &["erp", "crm"]).await;
     assert_eq!(spool.counts().notifications, 999);
     spool.close().await.unwrap();
 
     // `spool check` recounts, says what differed and keeps the recount.
-    let report = Spool::check(&config(dir.path()), false).unwrap();
+    let report = Spool::check(&config(dir.path()), false).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.counts.as_ref(), Some(&before));
     assert!(
@@ -341,10 +341,10 @@ async fn kept_counts_are_read_back_on_open_without_a_walk_and_check_mends_them()
         "{:?}",
         report.repaired
     );
-    let report = Spool::check(&config(dir.path()), false).unwrap();
+    let report = Spool::check(&config(dir.path()), false).await.unwrap();
     assert!(report.repaired.is_empty(), "{:?}", report.repaired);
     assert_eq!(report.kept_counts.as_ref(), Some(&before));
-    let (spool, _) = open(dir.path(), &["erp", "crm"]);
+    let (spool, _) = open(dir.path(), &["erp", "crm"]).await;
     assert_eq!(spool.counts(), before);
 }
 
@@ -352,7 +352,7 @@ async fn kept_counts_are_read_back_on_open_without_a_walk_and_check_mends_them()
 async fn a_spool_without_kept_counts_or_with_damaged_ones_is_counted_once_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let now = Clock::system().now_ms();
-    let (spool, _) = open(dir.path(), &["erp"]);
+    let (spool, _) = open(dir.path(), &["erp"]).await;
     store_new(&spool, "a", now).await;
     store_new(&spool, "b", now).await;
     for lease in lease_now(&spool, "erp", 1).await {
@@ -360,23 +360,23 @@ async fn a_spool_without_kept_counts_or_with_damaged_ones_is_counted_once_on_ope
     }
     let before = counted(&spool);
     // As a spool made before counts were kept.
-    spool.backend.overwrite_counts(None, None);
-    spool.backend.overwrite_counts(Some("erp"), None);
+    spool.sled().overwrite_counts(None, None);
+    spool.sled().overwrite_counts(Some("erp"), None);
     spool.close().await.unwrap();
-    let (spool, _) = open(dir.path(), &["erp"]);
+    let (spool, _) = open(dir.path(), &["erp"]).await;
     assert_eq!(counted(&spool), before);
     // A damaged count key is a recount, not a panic nor an error.
     spool
-        .backend
+        .sled()
         .overwrite_counts(Some("erp"), Some(b"\x01not eight bytes"));
     spool.close().await.unwrap();
-    let (spool, _) = open(dir.path(), &["erp"]);
+    let (spool, _) = open(dir.path(), &["erp"]).await;
     assert_eq!(counted(&spool), before);
     spool
-        .backend
+        .sled()
         .overwrite_counts(None, Some(b"\x09junk".as_slice()));
     spool.close().await.unwrap();
-    let (spool, _) = open(dir.path(), &["erp"]);
+    let (spool, _) = open(dir.path(), &["erp"]).await;
     assert_eq!(counted(&spool), before);
 }
 
@@ -390,7 +390,7 @@ async fn a_format_1_spool_is_counted_by_the_upgrade() {
         std::fs::copy(fixture.join(file), spool_dir.join(file)).unwrap();
     }
     let expected = counts(5, 1, &[("crm", sub(5, 0, 0, 0)), ("erp", sub(3, 1, 1, 0))]);
-    let (spool, _) = open(dir.path(), &["erp", "crm"]);
+    let (spool, _) = open(dir.path(), &["erp", "crm"]).await;
     assert_eq!(counted(&spool), expected);
     let expected = Counts {
         sources: by_source(&spool),
@@ -403,7 +403,7 @@ async fn a_format_1_spool_is_counted_by_the_upgrade() {
         expected.sources
     );
     spool.close().await.unwrap();
-    let (spool, _) = open(dir.path(), &["erp", "crm"]);
+    let (spool, _) = open(dir.path(), &["erp", "crm"]).await;
     assert_eq!(spool.counts(), expected, "kept from the upgrade on");
 }
 
@@ -412,7 +412,7 @@ async fn a_format_1_spool_is_counted_by_the_upgrade() {
 #[tokio::test]
 async fn each_source_counts_what_it_stored_and_quarantined_and_a_release_moves_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let now = clock.now_ms();
     assert!(matches!(
         store_from(&spool, "tus", "k1", now).await,
@@ -468,27 +468,27 @@ async fn per_source_counts_survive_a_reopen_are_made_by_one_walk_for_an_older_sp
     let now = Clock::system().now_ms();
     let expected = sources(&[("datil", 0, 1), ("tus", 2, 0)]);
     {
-        let (spool, _) = open(dir.path(), &["erp"]);
+        let (spool, _) = open(dir.path(), &["erp"]).await;
         store_from(&spool, "tus", "a", now).await;
         store_from(&spool, "tus", "b", now).await;
         quarantine_from(&spool, "datil", now).await;
         assert_eq!(by_source(&spool), expected);
         spool.close().await.unwrap();
     }
-    let (spool, _) = open(dir.path(), &["erp"]);
+    let (spool, _) = open(dir.path(), &["erp"]).await;
     assert_eq!(spool.counts().sources, expected, "the same after a reopen");
 
     // As a spool whose counts predate the per-source ones: the totals
     // and the subscriptions' counts are there, the sources' are not.
-    spool.backend.overwrite_source_counts(None, None);
-    spool.backend.overwrite_source_counts(Some("tus"), None);
-    spool.backend.overwrite_source_counts(Some("datil"), None);
+    spool.sled().overwrite_source_counts(None, None);
+    spool.sled().overwrite_source_counts(Some("tus"), None);
+    spool.sled().overwrite_source_counts(Some("datil"), None);
     // Wrong totals that the walk must replace: proof that it walked.
     spool
-        .backend
+        .sled()
         .overwrite_counts(None, Some(&totals_value(999, 1)));
     spool.close().await.unwrap();
-    let (spool, _) = open(dir.path(), &["erp"]);
+    let (spool, _) = open(dir.path(), &["erp"]).await;
     assert_eq!(counted_whole(&spool).notifications, 2, "counted by a walk");
     assert_eq!(by_source(&spool), expected);
     // Kept from then on: a wrong but well-formed source count is believed.
@@ -496,15 +496,15 @@ async fn per_source_counts_survive_a_reopen_are_made_by_one_walk_for_an_older_sp
     wrong.extend_from_slice(&7u64.to_be_bytes());
     wrong.extend_from_slice(&0u64.to_be_bytes());
     spool
-        .backend
+        .sled()
         .overwrite_source_counts(Some("tus"), Some(&wrong));
     spool.close().await.unwrap();
-    let (spool, _) = open(dir.path(), &["erp"]);
+    let (spool, _) = open(dir.path(), &["erp"]).await;
     assert_eq!(spool.counts().sources["tus"].stored, 7);
     spool.close().await.unwrap();
 
     // `spool check` recounts them, says which differed, and mends them.
-    let report = Spool::check(&config(dir.path()), false).unwrap();
+    let report = Spool::check(&config(dir.path()), false).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(
         report
@@ -515,17 +515,17 @@ async fn per_source_counts_survive_a_reopen_are_made_by_one_walk_for_an_older_sp
         report.repaired
     );
     assert_eq!(report.counts.map(|c| c.sources), Some(expected.clone()));
-    let (spool, _) = open(dir.path(), &["erp"]);
+    let (spool, _) = open(dir.path(), &["erp"]).await;
     assert_eq!(spool.counts().sources, expected);
     spool.close().await.unwrap();
 
     // A damaged source count is a walk on open, not an error.
-    let (spool, _) = open(dir.path(), &["erp"]);
+    let (spool, _) = open(dir.path(), &["erp"]).await;
     spool
-        .backend
+        .sled()
         .overwrite_source_counts(Some("tus"), Some(b"\x01short"));
     spool.close().await.unwrap();
-    let (spool, _) = open(dir.path(), &["erp"]);
+    let (spool, _) = open(dir.path(), &["erp"]).await;
     assert_eq!(by_source(&spool), expected);
 }
 
@@ -546,11 +546,11 @@ async fn audit_records_are_durable_paged_newest_first_and_retained_like_quaranti
     let mut config = config(dir.path());
     config.retention = HumanDuration(Duration::from_secs(120));
     let clock = Clock::following_tokio();
-    let spool = Spool::open(&config, routes(&["erp"]), clock).unwrap();
-    let flushes = spool.flush_starts();
+    let spool = Spool::open(&config, routes(&["erp"]), clock).await.unwrap();
+    let flushes = spool.stats().await.flush_starts.unwrap();
     let first = spool.audit(entry("replay", "one")).await.unwrap();
     assert!(
-        spool.flush_starts() > flushes,
+        spool.stats().await.flush_starts.unwrap() > flushes,
         "answered after a flush that covers it"
     );
     tokio::time::sleep(Duration::from_secs(100)).await;
@@ -563,20 +563,20 @@ async fn audit_records_are_durable_paged_newest_first_and_retained_like_quaranti
         "stamped with the spool's clock"
     );
 
-    let page = spool.audit_log(None, 2).unwrap();
+    let page = spool.audit_log(None, 2).await.unwrap();
     let ids: Vec<_> = page.iter().map(|r| r.id).collect();
     assert_eq!(ids, [third, second], "newest first");
     assert_eq!(page[0].entry, entry("pause", "three"));
     assert_eq!(page[0].at_ms, third.ms());
     let cursor: AuditId = page[1].id.to_string().parse().unwrap();
-    let next = spool.audit_log(Some(cursor), 2).unwrap();
+    let next = spool.audit_log(Some(cursor), 2).await.unwrap();
     assert_eq!(next.iter().map(|r| r.id).collect::<Vec<_>>(), [first]);
-    assert!(spool.audit_log(Some(first), 2).unwrap().is_empty());
-    assert_eq!(spool.audit_log(None, 0).unwrap(), []);
+    assert!(spool.audit_log(Some(first), 2).await.unwrap().is_empty());
+    assert_eq!(spool.audit_log(None, 0).await.unwrap(), []);
     spool.close().await.unwrap();
 
-    let spool = Spool::open(&config, routes(&["erp"]), clock).unwrap();
-    let all: Vec<_> = spool.audit_records().collect::<Result<_, _>>().unwrap();
+    let spool = Spool::open(&config, routes(&["erp"]), clock).await.unwrap();
+    let all: Vec<_> = spool.audit_records().collect().await.unwrap();
     assert_eq!(
         all.iter().map(|r| r.id).collect::<Vec<_>>(),
         [first, second, third],
@@ -589,13 +589,14 @@ async fn audit_records_are_durable_paged_newest_first_and_retained_like_quaranti
     assert_eq!(spool.maintain().await.unwrap().audit_records, 1);
     let left: Vec<_> = spool
         .audit_log(None, 10)
+        .await
         .unwrap()
         .iter()
         .map(|r| r.id)
         .collect();
     assert_eq!(left, [fourth, third, second]);
     spool.close().await.unwrap();
-    let report = Spool::check(&config, false).unwrap();
+    let report = Spool::check(&config, false).await.unwrap();
     assert_eq!(report.audit_records, 3);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
@@ -665,7 +666,9 @@ mod interleavings {
         config.dead_retention = Some(HumanDuration(Duration::from_secs(150)));
         let clock = Clock::following_tokio();
         let schedule = Schedule::try_new(vec![Duration::from_secs(1)], 0.0).unwrap();
-        let mut spool = Spool::open(&config, subscriptions(true), clock).unwrap();
+        let mut spool = Spool::open(&config, subscriptions(true), clock)
+            .await
+            .unwrap();
         let mut held: Vec<Lease> = Vec::new();
         let mut ids: Vec<NotificationId> = Vec::new();
         for op in ops {
@@ -708,13 +711,17 @@ mod interleavings {
                     held.clear();
                     spool.close().await.unwrap();
                     drop(spool);
-                    spool = Spool::open(&config, subscriptions(true), clock).unwrap();
+                    spool = Spool::open(&config, subscriptions(true), clock)
+                        .await
+                        .unwrap();
                 }
                 Op::Orphan(give) => {
                     held.clear();
                     spool.close().await.unwrap();
                     drop(spool);
-                    let without = Spool::open(&config, subscriptions(false), clock).unwrap();
+                    let without = Spool::open(&config, subscriptions(false), clock)
+                        .await
+                        .unwrap();
                     let to = give.then_some("ops");
                     without
                         .reassign_orphans("crm", to, clock.now_ms())
@@ -723,14 +730,16 @@ mod interleavings {
                     counted(&without);
                     without.close().await.unwrap();
                     drop(without);
-                    spool = Spool::open(&config, subscriptions(true), clock).unwrap();
+                    spool = Spool::open(&config, subscriptions(true), clock)
+                        .await
+                        .unwrap();
                 }
             }
             counted(&spool);
         }
         held.clear();
         spool.close().await.unwrap();
-        let report = Spool::check(&config, false).unwrap();
+        let report = Spool::check(&config, false).await.unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert!(report.repaired.is_empty(), "{:?}", report.repaired);
         assert_eq!(report.counts, report.kept_counts);

@@ -36,7 +36,7 @@ async fn store_new(spool: &Spool, n: Notification, at: i64) -> NotificationId {
 async fn an_invoice_keeps_its_timeline_resends_and_a_final_status() {
     use InvoiceStatus::*;
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let now = clock.now_ms();
     let queued = store_new(&spool, said("q", "0001", Queued), now).await;
     // The provider's retry of the same notification: a duplicate, counted.
@@ -51,7 +51,7 @@ async fn an_invoice_keeps_its_timeline_resends_and_a_final_status() {
     let late = store_new(&spool, said("q2", "0001", Queued), now + 3).await;
     store_new(&spool, said("o", "0002", Queued), now + 4).await;
 
-    let (invoice, timeline) = spool.invoice("tus", "0001").unwrap().unwrap();
+    let (invoice, timeline) = spool.invoice("tus", "0001").await.unwrap().unwrap();
     assert_eq!(invoice.status, Accepted);
     assert_eq!(invoice.latest, late);
     let seen: Vec<_> = timeline
@@ -66,31 +66,35 @@ async fn an_invoice_keeps_its_timeline_resends_and_a_final_status() {
             (late, Queued, true, 0),
         ]
     );
-    assert!(spool.invoice("tus", "0003").unwrap().is_none());
-    assert!(spool.invoice("datil", "0001").unwrap().is_none());
+    assert!(spool.invoice("tus", "0003").await.unwrap().is_none());
+    assert!(spool.invoice("datil", "0001").await.unwrap().is_none());
 
-    let all = spool.invoices(None, None, 10).unwrap();
+    let all = spool.invoices(None, None, 10).await.unwrap();
     let listed: Vec<_> = all.iter().map(|i| (i.subject.as_str(), i.status)).collect();
     assert_eq!(listed, [("0001", Accepted), ("0002", Queued)]);
     let after = InvoiceCursor::after(&all[0]);
-    let rest = spool.invoices(Some("tus"), Some(&after), 10).unwrap();
+    let rest = spool.invoices(Some("tus"), Some(&after), 10).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].subject, "0002");
-    assert!(spool.invoices(Some("tu"), None, 10).unwrap().is_empty());
-    assert_eq!(spool.invoices(None, None, 1).unwrap().len(), 1);
+    assert!(spool
+        .invoices(Some("tu"), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(spool.invoices(None, None, 1).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
 async fn two_notifications_of_one_invoice_in_one_group_see_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let now = clock.now_ms();
     let (a, b) = tokio::join!(
         store(&spool, said("a", "0009", InvoiceStatus::Accepted), now),
         store(&spool, said("b", "0009", InvoiceStatus::Queued), now),
     );
     assert!(matches!((a, b), (Stored::New(_), Stored::New(_))));
-    let (_, timeline) = spool.invoice("tus", "0009").unwrap().unwrap();
+    let (_, timeline) = spool.invoice("tus", "0009").await.unwrap().unwrap();
     assert_eq!(timeline.len(), 2);
     // Whichever came first, a queued one after the acceptance is superseded.
     let superseded: Vec<bool> = timeline.iter().map(|e| e.superseded).collect();
@@ -105,15 +109,15 @@ async fn retention_takes_an_invoice_with_its_last_notification() {
     config.retention = HumanDuration(Duration::from_secs(120));
     // No subscription: nothing waits, retention may take them.
     let clock = Clock::following_tokio();
-    let spool = Spool::open(&config, routes(&[]), clock).unwrap();
+    let spool = Spool::open(&config, routes(&[]), clock).await.unwrap();
     let now = clock.now_ms();
     store_new(&spool, said("a", "0001", InvoiceStatus::Queued), now).await;
     store_new(&spool, said("b", "0001", InvoiceStatus::Accepted), now).await;
     tokio::time::sleep(Duration::from_secs(121)).await;
     let done = spool.maintain().await.unwrap();
     assert_eq!(done.notifications, 2);
-    assert!(spool.invoice("tus", "0001").unwrap().is_none());
-    assert!(spool.invoices(None, None, 10).unwrap().is_empty());
+    assert!(spool.invoice("tus", "0001").await.unwrap().is_none());
+    assert!(spool.invoices(None, None, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -125,8 +129,8 @@ async fn a_spool_from_before_the_index_gets_it_once_on_open() {
     for file in ["conf", "db"] {
         std::fs::copy(fixture.join(file), spool_dir.join(file)).unwrap();
     }
-    let (spool, _) = open(dir.path(), &["erp", "crm"]);
-    let records: Vec<_> = spool.notifications().collect::<Result<_, _>>().unwrap();
+    let (spool, _) = open(dir.path(), &["erp", "crm"]).await;
+    let records: Vec<_> = spool.notifications().collect().await.unwrap();
     let mut subjects: Vec<(String, String)> = records
         .iter()
         .filter_map(|r| Some((r.meta.source.clone(), r.meta.subject.clone()?)))
@@ -137,7 +141,7 @@ async fn a_spool_from_before_the_index_gets_it_once_on_open() {
         !subjects.is_empty(),
         "the fixture's notifications name invoices"
     );
-    let listed = spool.invoices(None, None, 100).unwrap();
+    let listed = spool.invoices(None, None, 100).await.unwrap();
     let listed_subjects: Vec<(String, String)> = listed
         .iter()
         .map(|i| (i.source.clone(), i.subject.clone()))
@@ -146,7 +150,7 @@ async fn a_spool_from_before_the_index_gets_it_once_on_open() {
     // Stored before statuses were kept: unknown.
     assert!(listed.iter().all(|i| i.status == InvoiceStatus::Unknown));
     let (source, subject) = &subjects[0];
-    let (_, timeline) = spool.invoice(source, subject).unwrap().unwrap();
+    let (_, timeline) = spool.invoice(source, subject).await.unwrap().unwrap();
     let of_it = records
         .iter()
         .filter(|r| r.meta.source == *source && r.meta.subject.as_deref() == Some(subject))
@@ -158,7 +162,7 @@ async fn a_spool_from_before_the_index_gets_it_once_on_open() {
 async fn only_queued_notifications_wait_in_time_order_and_are_read_from_a_point() {
     use InvoiceStatus::*;
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let now = clock.now_ms();
     let first = store_new(&spool, said("q1", "0001", Queued), now).await;
     store_new(&spool, said("a2", "0002", Accepted), now + 1).await;
@@ -167,34 +171,46 @@ async fn only_queued_notifications_wait_in_time_order_and_are_read_from_a_point(
     store_new(&spool, said("a1", "0001", Accepted), now + 3).await;
     store_new(&spool, said("q1b", "0001", Queued), now + 4).await;
 
-    let all = spool.waiting("tus", None, now + 10, 10).unwrap();
+    let all = spool.waiting("tus", None, now + 10, 10).await.unwrap();
     assert_eq!(
         all,
         [(first, "0001".to_owned()), (second, "0003".to_owned())]
     );
     // Up to a time, and on from a point.
-    assert_eq!(spool.waiting("tus", None, now + 1, 10).unwrap().len(), 1);
     assert_eq!(
-        spool.waiting("tus", Some(first), now + 10, 10).unwrap(),
+        spool.waiting("tus", None, now + 1, 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        spool
+            .waiting("tus", Some(first), now + 10, 10)
+            .await
+            .unwrap(),
         [(second, "0003".to_owned())]
     );
     assert!(spool
         .waiting("datil", None, now + 10, 10)
+        .await
         .unwrap()
         .is_empty());
-    let current = spool.invoice_now("tus", "0001").unwrap().unwrap();
+    let current = spool.invoice_now("tus", "0001").await.unwrap().unwrap();
     assert_eq!(current.status, Accepted);
     assert_eq!(
-        spool.invoice_now("tus", "0003").unwrap().unwrap().status,
+        spool
+            .invoice_now("tus", "0003")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         Queued
     );
-    assert!(spool.invoice_now("tus", "0009").unwrap().is_none());
+    assert!(spool.invoice_now("tus", "0009").await.unwrap().is_none());
 }
 
 #[tokio::test]
 async fn the_stuck_marks_are_kept_across_a_reopen_and_removed_when_unmarked() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let since = NotificationId::new(clock.now_ms());
     let stuck = |subject: &str| StuckInvoice {
         source: "tus".into(),
@@ -213,8 +229,8 @@ async fn the_stuck_marks_are_kept_across_a_reopen_and_removed_when_unmarked() {
     spool.close().await.unwrap();
     drop(spool);
 
-    let (spool, _) = open(dir.path(), &["erp"]);
-    let kept = spool.stuck_marks().unwrap();
+    let (spool, _) = open(dir.path(), &["erp"]).await;
+    let kept = spool.stuck_marks().await.unwrap();
     assert_eq!(kept.stuck, [stuck("0001"), stuck("0002:b")]);
     assert_eq!(
         kept.walked,
@@ -228,7 +244,7 @@ async fn the_stuck_marks_are_kept_across_a_reopen_and_removed_when_unmarked() {
         })
         .await
         .unwrap();
-    let left = spool.stuck_marks().unwrap();
+    let left = spool.stuck_marks().await.unwrap();
     assert_eq!(left.stuck, [stuck("0002:b")]);
     assert_eq!(left.walked, [("tus".to_owned(), since)]);
     spool.close().await.unwrap();

@@ -18,16 +18,29 @@
 //! - an outcome that cannot be recorded is refused, and the lease stays with
 //!   its holder, which must not send it again until it is recorded.
 //!
-//! Today's backend is sled ([`sled`]); the boundary is shaped so a NATS
-//! JetStream one can slot in beside it.
+//! The boundary is an enum over backends (`Backend::Sled` today), as
+//! svix's cache and queue are: one `dispatch!` arm per backend, no trait
+//! objects or boxed futures. Everything here is async; a backend that
+//! blocks (sled) does so off the runtime itself, and whole-spool walks come
+//! as a [`RecordStream`] read a few records ahead. A new backend (NATS
+//! JetStream next) adds a variant to `Backend` and `LeaseOf`, an arm to
+//! each dispatch, and a module with: open/unopened, store/store_to (with a
+//! release id), quarantine, lease/complete, pause, replay, retry_now,
+//! purge, backfill, reassign_orphans, set_routes, maintain, the audit log,
+//! API subscriptions, stuck marks, health/counts (in memory), the reads
+//! below, stats, check and backup/restore. Ingress holds a [`Producer`],
+//! the forwarder a [`Consumer`]; admins and the relay's upkeep the whole
+//! [`Spool`].
 
 mod audit;
 pub mod backup;
 mod invoices;
 mod observe;
 pub mod record;
+mod roles;
 mod routes;
 mod sled;
+mod stream;
 mod subscriptions;
 
 use std::collections::BTreeMap;
@@ -48,7 +61,9 @@ pub use record::{
     parse_ulid, IdError, NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta,
     QuarantineRecord, Record,
 };
+pub use roles::{Consumer, Producer};
 pub use routes::{Route, Routes};
+pub use stream::RecordStream;
 pub use subscriptions::{ApiSubscription, Replaced, Settings};
 
 /// For the fuzz targets (`fuzz/`): every decoder of stored bytes.
@@ -70,16 +85,24 @@ pub enum SpoolError {
     #[error("spool {} lost acknowledged notifications: {detail}", path.display())]
     Lost { path: PathBuf, detail: String },
     #[error("spool storage error: {0}")]
-    Storage(String),
-    #[error("spool flush failed: {0}")]
-    Flush(String),
+    Storage(#[source] Cause),
+    /// `step` names what failed (sled's flush, the fdatasync after it).
+    #[error("spool flush failed: {step}: {source}")]
+    Flush {
+        step: &'static str,
+        #[source]
+        source: Cause,
+    },
     /// The store cannot write now (disk full, I/O error); it retries by itself.
     #[error("spool cannot write now: {0}")]
     Unavailable(String),
     #[error("spool is closed")]
     Closed,
+    /// A backend's task ended without an answer (it panicked).
+    #[error("spool task failed: {0}")]
+    Task(String),
     #[error("cannot encode record: {0}")]
-    Encode(String),
+    Encode(#[source] Cause),
     #[error("corrupt record in spool: {0}")]
     Corrupt(String),
     #[error("no notification {0} in the spool")]
@@ -88,6 +111,15 @@ pub enum SpoolError {
     NotReplayable(String),
     #[error("{0}")]
     NotOrphan(String),
+}
+
+/// The error under a [`SpoolError`] (a backend's, an encoder's, or a
+/// message where there is none), shared so the error stays `Clone`.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
+/// A [`Cause`] from an error or a message.
+pub(crate) fn cause(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Cause {
+    std::sync::Arc::from(err.into())
 }
 
 /// One request as ingress received it; shared by what is stored and what
@@ -113,32 +145,40 @@ pub enum Stored {
 
 /// A due delivery handed to one holder until [`Spool::complete`] records its
 /// new state. Dropped without completion, it is due again.
-pub struct Lease(sled::SledLease);
+pub struct Lease(LeaseOf);
 
 impl Lease {
     pub fn id(&self) -> NotificationId {
-        self.0.id
+        match &self.0 {
+            LeaseOf::Sled(l) => l.id,
+        }
     }
 
     pub fn subscription(&self) -> &str {
-        &self.0.subscription
+        match &self.0 {
+            LeaseOf::Sled(l) => &l.subscription,
+        }
     }
 
     /// The delivery as it stands (pending or waiting); its attempts so far.
     pub fn delivery(&self) -> &Delivery {
-        &self.0.delivery
+        match &self.0 {
+            LeaseOf::Sled(l) => &l.delivery,
+        }
     }
 
     pub fn notification(&self) -> &NotificationRecord {
-        &self.0.notification
+        match &self.0 {
+            LeaseOf::Sled(l) => &l.notification,
+        }
     }
 }
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
-            .field("id", &self.0.id)
-            .field("subscription", &self.0.subscription)
+            .field("id", &self.id())
+            .field("subscription", &self.subscription())
             .finish_non_exhaustive()
     }
 }
@@ -231,6 +271,36 @@ pub struct Counts {
     pub sources: BTreeMap<String, SourceCounts>,
 }
 
+/// One thing [`Spool::check`] found wrong. Its text (`Display`) is the
+/// line `spool check` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckProblem {
+    /// A part of the spool the backend cannot read at all: serving it
+    /// would answer from holes, so `serve` refuses it.
+    Unreadable(String),
+    /// Acknowledged notifications are missing.
+    Lost(String),
+    /// One entry read but not understood, or not consistent with the rest
+    /// (skipped when met).
+    Record(String),
+}
+
+impl std::fmt::Display for CheckProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckProblem::Unreadable(what) => write!(f, "unreadable: {what}"),
+            CheckProblem::Lost(missing) => write!(f, "lost: {missing}"),
+            CheckProblem::Record(what) => f.write_str(what),
+        }
+    }
+}
+
+impl Serialize for CheckProblem {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// What [`Spool::check`] found in a stopped spool.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CheckReport {
@@ -239,8 +309,8 @@ pub struct CheckReport {
     pub deliveries: u64,
     pub retries: u64,
     pub dedup_entries: u64,
-    /// One line per problem: what, and the id or key where known.
-    pub problems: Vec<String>,
+    /// What is wrong, each with the id or key where known.
+    pub problems: Vec<CheckProblem>,
     pub repaired: Vec<String>,
     pub orphans: BTreeMap<String, u64>,
     pub audit_records: u64,
@@ -250,103 +320,160 @@ pub struct CheckReport {
     pub kept_counts: Option<Counts>,
 }
 
-/// The spool, over its backend. Cheap to clone.
+/// The backends a spool can run on. A new backend is one more variant
+/// here (and in [`LeaseOf`]), an arm in [`dispatch!`], and a module that
+/// implements the calls below; the contract suite ([`contract`]) then
+/// proves it keeps the promises.
+#[derive(Clone)]
+enum Backend {
+    Sled(sled::SledSpool),
+}
+
+/// Runs `$call` on whichever backend the spool has, as `$b`.
+macro_rules! dispatch {
+    ($backend:expr, $b:ident => $call:expr) => {
+        match $backend {
+            Backend::Sled($b) => $call,
+        }
+    };
+}
+
+/// A lease as its backend keeps it.
+enum LeaseOf {
+    Sled(sled::SledLease),
+}
+
+/// The spool, over its backend. Cheap to clone. This is the whole
+/// interface, as admins use it; ingress gets a [`Producer`] of it and the
+/// forwarder a [`Consumer`].
 #[derive(Clone)]
 pub struct Spool {
-    backend: sled::SledSpool,
+    backend: Backend,
     observer: std::sync::Arc<observe::Observer>,
 }
 
 impl Spool {
-    /// Opens (or creates, or upgrades) the spool and starts its writer.
-    /// Blocking: call it off the async runtime. Fails clearly if another
-    /// process holds it, if it is damaged beyond repair, or if it lost
-    /// acknowledged notifications; it never silently starts empty over old
-    /// data.
-    pub fn open(config: &SpoolConfig, routes: Routes, clock: Clock) -> Result<Spool, SpoolError> {
-        Ok(Spool {
-            backend: sled::SledSpool::open(config, routes, clock)?,
+    fn over(backend: Backend) -> Spool {
+        Spool {
+            backend,
             observer: std::sync::Arc::default(),
-        })
+        }
+    }
+
+    /// Opens (or creates, or upgrades) the spool and starts its writer.
+    /// Fails clearly if another process holds it, if it is damaged beyond
+    /// repair, or if it lost acknowledged notifications; it never silently
+    /// starts empty over old data.
+    pub async fn open(
+        config: &SpoolConfig,
+        routes: Routes,
+        clock: Clock,
+    ) -> Result<Spool, SpoolError> {
+        let config = config.clone();
+        let opened = blocking(move || sled::SledSpool::open(&config, routes, clock)).await?;
+        Ok(Spool::over(Backend::Sled(opened)))
     }
 
     /// A spool whose store is not opened for lack of room (`reason`): it
     /// refuses every write and leases nothing; the relay replaces its
     /// process once [`Spool::room_to_open`] holds (`crate::reexec`).
-    pub fn unopened(
+    pub async fn unopened(
         config: &SpoolConfig,
         routes: Routes,
         clock: Clock,
         reason: String,
     ) -> Result<Spool, SpoolError> {
-        Ok(Spool {
-            backend: sled::SledSpool::unopened(config, routes, clock, reason)?,
-            observer: std::sync::Arc::default(),
-        })
+        let config = config.clone();
+        let unopened =
+            blocking(move || sled::SledSpool::unopened(&config, routes, clock, reason)).await?;
+        Ok(Spool::over(Backend::Sled(unopened)))
     }
 
-    /// Whether the spool's filesystem has the room an open needs; else why not.
-    pub fn room_to_open(config: &SpoolConfig) -> Result<(), String> {
-        sled::room_to_open(config)
+    /// Whether the spool's store has the room an open needs; else why not.
+    pub async fn room_to_open(config: &SpoolConfig) -> Result<(), String> {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || sled::room_to_open(&config))
+            .await
+            .unwrap_or_else(|e| Err(format!("the room check failed: {e}")))
     }
 
     pub fn config(&self) -> &SpoolConfig {
-        self.backend.config()
+        dispatch!(&self.backend, b => b.config())
     }
 
-    /// Whether the spool was last closed cleanly and its files are exactly
-    /// as that close left them (so a full check before serving adds nothing).
+    /// Where the spool is, for logs and the admin's status (a path for sled).
+    pub fn location(&self) -> String {
+        dispatch!(&self.backend, b => b.path().display().to_string())
+    }
+
+    /// Whether the spool was last closed cleanly and is exactly as that
+    /// close left it (so a full check before serving adds nothing).
     pub fn stopped_cleanly(config: &SpoolConfig) -> bool {
         sled::stopped_cleanly(&config.sled.path)
     }
 
-    /// Whether no spool exists at the configured path yet.
+    /// Whether no spool exists at the configured place yet.
     pub fn is_new(config: &SpoolConfig) -> bool {
         sled::is_new(&config.sled.path)
     }
 
     /// An error at once when another process holds the spool.
-    pub fn ensure_not_locked(config: &SpoolConfig) -> Result<(), SpoolError> {
-        sled::ensure_not_locked(&config.sled.path)
+    pub async fn ensure_not_locked(config: &SpoolConfig) -> Result<(), SpoolError> {
+        let path = config.sled.path.clone();
+        blocking(move || sled::ensure_not_locked(&path)).await
     }
 
     /// Verifies a stopped spool record by record; never panics on damage.
     /// `accept_loss` records a detected loss as known so `serve` can start.
-    pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, SpoolError> {
-        sled::check(config, accept_loss)
-    }
-
-    pub fn path(&self) -> &Path {
-        self.backend.path()
+    /// The walk keeps only the problems and the counts, not the records.
+    pub async fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, SpoolError> {
+        let config = config.clone();
+        blocking(move || sled::check(&config, accept_loss)).await
     }
 
     /// Writes a backup archive of the live spool into `out` (see
     /// [`backup`]): every notification up to the newest one durable when
     /// it began, with its deliveries as they stand when the walk reads
-    /// them, and the rest a restored relay needs. Blocking, and long on a
-    /// big spool: call it off the async runtime; the writer goes on
-    /// meanwhile. `progress` hears the counts so far now and then.
-    pub fn backup<W: std::io::Write>(
+    /// them, and the rest a restored relay needs. Long on a big spool; the
+    /// writer goes on meanwhile. `progress` hears the counts so far now
+    /// and then.
+    pub async fn backup<W: std::io::Write + Send + 'static>(
         &self,
         out: W,
         created_ms: i64,
-        progress: &mut dyn FnMut(&backup::ArchiveCounts),
+        mut progress: impl FnMut(&backup::ArchiveCounts) + Send + 'static,
     ) -> Result<(backup::Manifest, W), backup::BackupError> {
-        let mut archive = backup::ArchiveWriter::new(out, created_ms)?;
-        let newest = self.backend.backup(&mut archive, progress)?;
-        Ok(archive.finish(newest)?)
+        let backend = self.backend.clone();
+        let walk = move || {
+            let mut archive = backup::ArchiveWriter::new(out, created_ms)?;
+            let newest = dispatch!(&backend, b => b.backup(&mut archive, &mut progress))?;
+            Ok(archive.finish(newest)?)
+        };
+        tokio::task::spawn_blocking(walk)
+            .await
+            .map_err(|e| backup::BackupError::from(SpoolError::Task(e.to_string())))?
     }
 
     /// Restores a backup archive into a new spool at `target` (absent or
     /// an empty directory), with no relay running on it. Nothing appears
     /// at `target` unless the whole archive checked out (its checksum and
-    /// counts) and was written.
+    /// counts) and was written. Blocking: for the offline CLI.
     pub fn restore(
         archive: impl std::io::Read,
         target: &Path,
         progress: &mut dyn FnMut(&backup::ArchiveCounts),
     ) -> Result<backup::Manifest, backup::BackupError> {
         sled::restore(archive, target, progress)
+    }
+
+    /// The store-only side of this spool, for ingress.
+    pub fn producer(&self) -> Producer {
+        Producer(self.clone())
+    }
+
+    /// The lease/complete side of this spool, for the forwarder.
+    pub fn consumer(&self) -> Consumer {
+        Consumer(self.clone())
     }
 
     /// Stores a notification with one delivery per matching subscription,
@@ -357,7 +484,7 @@ impl Spool {
         received: Received,
         notification: Notification,
     ) -> Result<Stored, SpoolError> {
-        self.backend.store(received, notification, None).await
+        dispatch!(&self.backend, b => b.store(received, notification, None).await)
     }
 
     /// Makes a quarantined body a notification after all (an admin's
@@ -370,29 +497,29 @@ impl Spool {
         received: Received,
         notification: Notification,
     ) -> Result<Stored, SpoolError> {
-        self.backend.store(received, notification, Some(id)).await
+        dispatch!(&self.backend, b => b.store(received, notification, Some(id)).await)
     }
 
     /// Holds a subscription's deliveries (`paused`), or lets them go again
     /// in their order. Nothing of a paused subscription is leased; the
     /// state is kept across restarts.
     pub async fn pause(&self, subscription: &str, paused: bool) -> Result<(), SpoolError> {
-        self.backend.pause(subscription, paused).await
+        dispatch!(&self.backend, b => b.pause(subscription, paused).await)
     }
 
-    /// The subscriptions paused now.
+    /// The subscriptions paused now (kept in memory).
     pub fn paused(&self) -> std::collections::BTreeSet<String> {
-        self.backend.paused()
+        dispatch!(&self.backend, b => b.paused())
     }
 
-    /// Whether `subscription` is paused now.
+    /// Whether `subscription` is paused now (kept in memory).
     pub fn is_paused(&self, subscription: &str) -> bool {
-        self.backend.is_paused(subscription)
+        dispatch!(&self.backend, b => b.is_paused(subscription))
     }
 
     /// The subscriptions created through the admin API (kept in memory).
     pub fn api_subscriptions(&self) -> Vec<ApiSubscription> {
-        self.backend.api_subscriptions()
+        dispatch!(&self.backend, b => b.api_subscriptions())
     }
 
     /// Keeps an API-created subscription (new, or with a rotated secret)
@@ -405,7 +532,7 @@ impl Spool {
         subscription: ApiSubscription,
         audit: AuditEntry,
     ) -> Result<AuditId, SpoolError> {
-        self.backend.put_subscription(subscription, audit).await
+        dispatch!(&self.backend, b => b.put_subscription(subscription, audit).await)
     }
 
     /// Forgets an API-created subscription, with the audit record of that
@@ -415,13 +542,7 @@ impl Spool {
         name: &str,
         audit: AuditEntry,
     ) -> Result<AuditId, SpoolError> {
-        self.backend.remove_subscription(name, audit).await
-    }
-
-    /// Tests: the writer's next group fails before its batch is applied.
-    #[cfg(test)]
-    pub fn fail_next_batch(&self) {
-        self.backend.fail_next_batch();
+        dispatch!(&self.backend, b => b.remove_subscription(name, audit).await)
     }
 
     /// Gives `subscription` a new delivery, due now, of each of these
@@ -433,7 +554,7 @@ impl Spool {
         ids: Vec<NotificationId>,
         now_ms: i64,
     ) -> Result<u64, SpoolError> {
-        self.backend.backfill(subscription, ids, now_ms).await
+        dispatch!(&self.backend, b => b.backfill(subscription, ids, now_ms).await)
     }
 
     /// Stores a notification of the relay's own (a test event) fanned out
@@ -444,14 +565,12 @@ impl Spool {
         notification: Notification,
         subscriptions: Vec<String>,
     ) -> Result<Stored, SpoolError> {
-        self.backend
-            .store_to(received, notification, None, subscriptions)
-            .await
+        dispatch!(&self.backend, b => b.store_to(received, notification, None, subscriptions).await)
     }
 
     /// Removes a quarantined body for good; `NotFound` when it is not there.
     pub async fn discard(&self, id: NotificationId) -> Result<(), SpoolError> {
-        self.backend.discard(id).await
+        dispatch!(&self.backend, b => b.discard(id).await)
     }
 
     /// Keeps a rejected body durably, with the reason, for admins.
@@ -465,10 +584,7 @@ impl Spool {
             .observer
             .is_on()
             .then(|| (received.source.clone(), received.body.len(), reason.clone()));
-        let id = self
-            .backend
-            .quarantine(received, reason_kind, reason)
-            .await?;
+        let id = dispatch!(&self.backend, b => b.quarantine(received, reason_kind, reason).await)?;
         if let Some((source, bytes, reason)) = noted {
             self.observer.send(Observed::Quarantined {
                 id,
@@ -484,8 +600,10 @@ impl Spool {
     /// Up to `max` deliveries of `subscription` that are due, waiting until
     /// at least one is. Cancel by dropping the future.
     pub async fn lease(&self, subscription: &str, max: usize) -> Result<Vec<Lease>, SpoolError> {
-        let leases = self.backend.lease(subscription, max.max(1)).await?;
-        Ok(leases.into_iter().map(Lease).collect())
+        dispatch!(&self.backend, b => {
+            let leases = b.lease(subscription, max.max(1)).await?;
+            Ok(leases.into_iter().map(|l| Lease(LeaseOf::Sled(l))).collect())
+        })
     }
 
     /// Records a leased delivery's new state (after an attempt). Answers
@@ -493,7 +611,9 @@ impl Spool {
     /// outcome only means the delivery is made again. On error the lease
     /// stays held; retry later, do not send it again.
     pub async fn complete(&self, lease: &Lease, delivery: &Delivery) -> Result<(), SpoolError> {
-        self.backend.complete(&lease.0, delivery).await?;
+        match (&self.backend, &lease.0) {
+            (Backend::Sled(b), LeaseOf::Sled(l)) => b.complete(l, delivery).await?,
+        }
         self.observer.attempted(lease, delivery);
         Ok(())
     }
@@ -526,7 +646,7 @@ impl Spool {
         subscription: &str,
         now_ms: i64,
     ) -> Result<bool, SpoolError> {
-        self.backend.replay(id, subscription, now_ms).await
+        dispatch!(&self.backend, b => b.replay(id, subscription, now_ms).await)
     }
 
     /// Makes every delivery of `subscription` waiting for a later retry
@@ -535,7 +655,7 @@ impl Spool {
     /// deliveries are left alone. Applied in bounded slices between other
     /// writes; how many were brought forward.
     pub async fn retry_now(&self, subscription: &str, now_ms: i64) -> Result<u64, SpoolError> {
-        self.backend.retry_now(subscription, now_ms).await
+        dispatch!(&self.backend, b => b.retry_now(subscription, now_ms).await)
     }
 
     /// Gives up the named deliveries (notification, subscription): the
@@ -549,7 +669,7 @@ impl Spool {
         targets: Vec<(NotificationId, String)>,
         now_ms: i64,
     ) -> Result<Purged, SpoolError> {
-        self.backend.purge(targets, now_ms).await
+        dispatch!(&self.backend, b => b.purge(targets, now_ms).await)
     }
 
     /// Gives every delivery waiting for `from`, a subscription no longer
@@ -562,7 +682,7 @@ impl Spool {
         to: Option<&str>,
         now_ms: i64,
     ) -> Result<u64, SpoolError> {
-        self.backend.reassign_orphans(from, to, now_ms).await
+        dispatch!(&self.backend, b => b.reassign_orphans(from, to, now_ms).await)
     }
 
     /// Takes the subscriptions of a reloaded config: notifications stored
@@ -570,68 +690,127 @@ impl Spool {
     /// (what was stored before is for a backfill). Deliveries of a removed
     /// subscription wait as orphans.
     pub async fn set_routes(&self, routes: Routes) -> Result<(), SpoolError> {
-        self.backend.set_routes(routes).await
+        dispatch!(&self.backend, b => b.set_routes(routes).await)
     }
 
     /// One bounded slice of upkeep: retention, dedup expiry, recovery from a
     /// failed store, the acknowledged mark. The app calls it on a timer.
     pub async fn maintain(&self) -> Result<Maintained, SpoolError> {
-        self.backend.maintain().await
+        dispatch!(&self.backend, b => b.maintain().await)
     }
 
+    /// How the spool is doing (kept in memory; no I/O).
     pub fn health(&self) -> Health {
-        self.backend.health()
+        dispatch!(&self.backend, b => b.health())
     }
 
     /// What the spool holds by state and subscription: kept in memory by
     /// the writer, exact as of the last applied group; no I/O.
     pub fn counts(&self) -> Counts {
-        self.backend.counts()
+        dispatch!(&self.backend, b => b.counts())
     }
 
     /// Appends one record to the audit log, stamped with the spool's clock;
     /// answers once it is durable.
     pub async fn audit(&self, entry: AuditEntry) -> Result<AuditId, SpoolError> {
-        self.backend.audit(entry).await
+        dispatch!(&self.backend, b => b.audit(entry).await)
     }
 
-    /// Whether the writer answers within `within`, after finishing the
-    /// writes queued before the question: false when it is gone or stuck.
-    pub async fn writer_alive(&self, within: Duration) -> bool {
-        self.backend.writer_alive(within).await
+    /// Whether the backend answers within `within`, after finishing the
+    /// writes queued before the question: false when it is gone or stuck
+    /// (the watchdog and `/readyz` ask).
+    pub async fn alive(&self, within: Duration) -> bool {
+        dispatch!(&self.backend, b => b.writer_alive(within).await)
     }
 
-    /// Lets the writer finish and flush what is queued, then stops it. An
-    /// error means the last writes may not be on disk.
+    /// Lets the backend finish and make durable what is queued, then stops
+    /// it. An error means the last writes may not be durable.
     pub async fn close(&self) -> Result<(), SpoolError> {
-        self.backend.close().await
+        dispatch!(&self.backend, b => b.close().await)
     }
 
-    // === queries (blocking reads: call them off the async runtime) ===
+    /// What the backend can tell of itself beyond [`Spool::health`]: bytes
+    /// it takes, and for a group-committing backend its groups (metrics,
+    /// the benchmark and tests read it).
+    pub async fn stats(&self) -> BackendStats {
+        dispatch!(&self.backend, b => {
+            let sled = b.clone();
+            let bytes = tokio::task::spawn_blocking(move || sled.size_on_disk().ok())
+                .await
+                .ok()
+                .flatten();
+            BackendStats {
+                bytes,
+                flush_starts: Some(b.flush_starts()),
+                flushed_changes: Some(b.flushed_changes()),
+            }
+        })
+    }
 
-    pub fn notification(
+    /// Tests: the writer's next group fails before its batch is applied.
+    #[cfg(test)]
+    pub fn fail_next_batch(&self) {
+        dispatch!(&self.backend, b => b.fail_next_batch())
+    }
+
+    /// Tests of the sled backend itself: its hooks (damage, recount).
+    #[cfg(test)]
+    pub(crate) fn sled(&self) -> &sled::SledSpool {
+        dispatch!(&self.backend, b => b)
+    }
+
+    // === queries: a backend that blocks does it off the runtime ===
+
+    /// Runs a blocking read of the sled backend off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&sled::SledSpool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        dispatch!(&self.backend, b => {
+            let b = b.clone();
+            blocking(move || read(&b)).await
+        })
+    }
+
+    /// Streams a blocking walk of the sled backend, a few records ahead of
+    /// the reader (see [`RecordStream`]).
+    fn walk<T: Send + 'static>(
+        &self,
+        walk: impl FnOnce(&sled::SledSpool) -> Walk<'_, T> + Send + 'static,
+    ) -> RecordStream<T> {
+        dispatch!(&self.backend, b => {
+            let b = b.clone();
+            RecordStream::blocking(move |send| {
+                for record in walk(&b) {
+                    if !send(record) {
+                        break; // the reader let go
+                    }
+                }
+            })
+        })
+    }
+
+    pub async fn notification(
         &self,
         id: NotificationId,
     ) -> Result<Option<NotificationRecord>, SpoolError> {
-        self.backend.notification(id)
+        self.read(move |b| b.notification(id)).await
     }
 
     /// Whether `id` is a quarantined body.
-    pub fn is_quarantined(&self, id: NotificationId) -> Result<bool, SpoolError> {
-        self.backend.is_quarantined(id)
+    pub async fn is_quarantined(&self, id: NotificationId) -> Result<bool, SpoolError> {
+        self.read(move |b| b.is_quarantined(id)).await
     }
 
     /// All notifications, oldest first; a damaged record is an `Err` item and
     /// the walk goes on past it.
-    pub fn notifications(
-        &self,
-    ) -> impl Iterator<Item = Result<NotificationRecord, SpoolError>> + '_ {
-        self.backend.notifications()
+    pub fn notifications(&self) -> RecordStream<NotificationRecord> {
+        self.walk(|b| Box::new(b.notifications()))
     }
 
     /// All quarantined bodies, oldest first, damaged ones as `Err` items.
-    pub fn quarantined(&self) -> impl Iterator<Item = Result<QuarantineRecord, SpoolError>> + '_ {
-        self.backend.quarantined()
+    pub fn quarantined(&self) -> RecordStream<QuarantineRecord> {
+        self.walk(|b| Box::new(b.quarantined()))
     }
 
     /// Notifications newest first, strictly older than `before` when given;
@@ -639,127 +818,162 @@ impl Spool {
     pub fn notifications_newest_first(
         &self,
         before: Option<NotificationId>,
-    ) -> impl Iterator<Item = Result<NotificationRecord, SpoolError>> + '_ {
-        self.backend.newest_first(sled::NOTIFICATIONS, before)
+    ) -> RecordStream<NotificationRecord> {
+        self.walk(move |b| Box::new(b.newest_first(sled::NOTIFICATIONS, before)))
     }
 
     /// Quarantined bodies newest first, like [`Spool::notifications_newest_first`].
     pub fn quarantined_newest_first(
         &self,
         before: Option<NotificationId>,
-    ) -> impl Iterator<Item = Result<QuarantineRecord, SpoolError>> + '_ {
-        self.backend.newest_first(sled::QUARANTINED, before)
+    ) -> RecordStream<QuarantineRecord> {
+        self.walk(move |b| Box::new(b.newest_first(sled::QUARANTINED, before)))
     }
 
-    pub fn quarantined_body(
+    pub async fn quarantined_body(
         &self,
         id: NotificationId,
     ) -> Result<Option<QuarantineRecord>, SpoolError> {
-        self.backend.quarantine_record(id)
+        self.read(move |b| b.quarantine_record(id)).await
     }
 
     /// Up to `max` invoices after `after` in (source, subject) order, of
     /// `source` only when given: read from the invoice index, no scan.
-    pub fn invoices(
+    pub async fn invoices(
         &self,
         source: Option<&str>,
         after: Option<&InvoiceCursor>,
         max: usize,
     ) -> Result<Vec<Invoice>, SpoolError> {
-        self.backend.invoices(source, after, max)
+        let (source, after) = (source.map(str::to_owned), after.cloned());
+        self.read(move |b| b.invoices(source.as_deref(), after.as_ref(), max))
+            .await
     }
 
     /// One invoice and its timeline, oldest notification first.
-    pub fn invoice(
+    pub async fn invoice(
         &self,
         source: &str,
         subject: &str,
     ) -> Result<Option<(Invoice, Vec<TimelineEntry>)>, SpoolError> {
-        self.backend.invoice(source, subject)
+        let (source, subject) = (source.to_owned(), subject.to_owned());
+        self.read(move |b| b.invoice(&source, &subject)).await
     }
 
     /// Up to `max` `queued` notifications of `source` after `after`,
     /// received at or before `until_ms`, oldest first, with their subject:
     /// from a time-ordered index, no scan.
-    pub fn waiting(
+    pub async fn waiting(
         &self,
         source: &str,
         after: Option<NotificationId>,
         until_ms: i64,
         max: usize,
     ) -> Result<Vec<(NotificationId, String)>, SpoolError> {
-        self.backend.waiting(source, after, until_ms, max)
+        let source = source.to_owned();
+        self.read(move |b| b.waiting(&source, after, until_ms, max))
+            .await
     }
 
     /// One invoice as it stands now (its current status and latest
     /// notification), without its timeline.
-    pub fn invoice_now(&self, source: &str, subject: &str) -> Result<Option<Invoice>, SpoolError> {
-        self.backend.invoice_now(source, subject)
+    pub async fn invoice_now(
+        &self,
+        source: &str,
+        subject: &str,
+    ) -> Result<Option<Invoice>, SpoolError> {
+        let (source, subject) = (source.to_owned(), subject.to_owned());
+        self.read(move |b| b.invoice_now(&source, &subject)).await
     }
 
     /// The stuck check's marks, as last saved (a short read of its own
     /// keys, one per stuck invoice and per watched source).
-    pub fn stuck_marks(&self) -> Result<StuckMarks, SpoolError> {
-        self.backend.stuck_marks()
+    pub async fn stuck_marks(&self) -> Result<StuckMarks, SpoolError> {
+        self.read(|b| b.stuck_marks()).await
     }
 
     /// Saves changes to the stuck check's marks through the writer; they
     /// ride on the next group flush (a change lost in a crash makes the
     /// check tell an invoice's turn again: at least once, like events).
     pub async fn save_stuck(&self, changes: StuckChanges) -> Result<(), SpoolError> {
-        self.backend.save_stuck(changes).await
+        dispatch!(&self.backend, b => b.save_stuck(changes).await)
     }
 
     /// The deliveries of one notification, one per subscription it was
     /// fanned out to (a never attempted one is pending).
-    pub fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
-        self.backend.deliveries_of(id)
+    pub async fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
+        self.read(move |b| b.deliveries_of(id)).await
     }
 
     /// When the earliest not-yet-final delivery of `subscription` is due.
-    pub fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
-        self.backend.next_due_ms(subscription)
+    pub async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
+        let subscription = subscription.to_owned();
+        self.read(move |b| b.next_due_ms(&subscription)).await
     }
 
-    /// When the oldest delivery still waiting for `subscription` was
-    /// received (None when nothing waits): two short reads, cheap enough
-    /// for every scrape; see the sled backend for how exact it is.
-    pub fn oldest_waiting_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
-        self.backend.oldest_waiting_ms(subscription)
+    /// When the oldest delivery still waiting for each of `subscriptions`
+    /// was received (None when nothing waits, or it cannot be read now):
+    /// two short reads each, cheap enough for every scrape; see the sled
+    /// backend for how exact it is.
+    pub async fn oldest_waiting_ms(
+        &self,
+        subscriptions: Vec<String>,
+    ) -> Vec<(String, Option<i64>)> {
+        let names = subscriptions.clone();
+        let read = self.read(move |b| {
+            Ok(names
+                .into_iter()
+                .map(|name| {
+                    let at = b.oldest_waiting_ms(&name).ok().flatten();
+                    (name, at)
+                })
+                .collect())
+        });
+        read.await
+            .unwrap_or_else(|_| subscriptions.into_iter().map(|n| (n, None)).collect())
     }
 
     /// Audit records, newest first, strictly older than `before` when
     /// given; at most `limit`. An unreadable record is skipped and counted
     /// in [`Spool::health`].
-    pub fn audit_log(
+    pub async fn audit_log(
         &self,
         before: Option<AuditId>,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, SpoolError> {
-        self.backend.audit_log(before, limit)
+        self.read(move |b| b.audit_log(before, limit)).await
     }
 
     /// The whole audit log, oldest first; a damaged record is an `Err` item
     /// and the walk goes on past it.
-    pub fn audit_records(&self) -> impl Iterator<Item = Result<AuditRecord, SpoolError>> + '_ {
-        self.backend.audit_records()
+    pub fn audit_records(&self) -> RecordStream<AuditRecord> {
+        self.walk(|b| Box::new(b.audit_records()))
     }
+}
 
-    /// Changes (stores, outcomes, ...) covered by completed group flushes:
-    /// divided by [`Spool::flush_starts`], the mean group size.
-    pub fn flushed_changes(&self) -> u64 {
-        self.backend.flushed_changes()
-    }
+/// A blocking backend's walk over records.
+type Walk<'a, T> = Box<dyn Iterator<Item = Result<T, SpoolError>> + 'a>;
 
+/// Runs a blocking backend call off the async runtime.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| SpoolError::Task(e.to_string()))?
+}
+
+/// What a backend can tell of itself (see [`Spool::stats`]); a field it
+/// has no such thing for is `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Bytes the spool takes in its store (on disk for sled).
+    pub bytes: Option<u64>,
     /// Group flushes started so far (tests count them).
-    pub fn flush_starts(&self) -> u64 {
-        self.backend.flush_starts()
-    }
-
-    /// Bytes the spool takes on disk.
-    pub fn size_on_disk(&self) -> Result<u64, SpoolError> {
-        self.backend.size_on_disk()
-    }
+    pub flush_starts: Option<u64>,
+    /// Changes (stores, outcomes, ...) covered by completed group flushes:
+    /// divided by `flush_starts`, the mean group size.
+    pub flushed_changes: Option<u64>,
 }
 
 #[cfg(test)]

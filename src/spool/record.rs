@@ -211,9 +211,10 @@ impl<M: Serialize + for<'de> Deserialize<'de> + HasId> Record<M> {
     /// Encodes in the current layout with a zero id, to be stamped by
     /// [`stamp_id`] once the id is known.
     pub fn encode(&self) -> Result<Vec<u8>, SpoolError> {
-        let meta = serde_json::to_vec(&self.meta).map_err(|e| SpoolError::Encode(e.to_string()))?;
+        let meta = serde_json::to_vec(&self.meta)
+            .map_err(|e| SpoolError::Encode(crate::spool::cause(e)))?;
         let meta_len = u32::try_from(meta.len())
-            .map_err(|_| SpoolError::Encode("metadata too large".into()))?;
+            .map_err(|_| SpoolError::Encode(crate::spool::cause("metadata too large")))?;
         let mut out = Vec::with_capacity(V2_HEADER + meta.len() + self.body.len());
         out.push(RECORD_V2);
         out.extend_from_slice(&[0; 16]);

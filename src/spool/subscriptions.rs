@@ -143,7 +143,8 @@ const SUBSCRIPTION_V1: u8 = 1;
 
 pub(crate) fn encode(subscription: &ApiSubscription) -> Result<Vec<u8>, SpoolError> {
     let mut out = vec![SUBSCRIPTION_V1];
-    serde_json::to_writer(&mut out, subscription).map_err(|e| SpoolError::Encode(e.to_string()))?;
+    serde_json::to_writer(&mut out, subscription)
+        .map_err(|e| SpoolError::Encode(crate::spool::cause(e)))?;
     Ok(out)
 }
 
@@ -244,8 +245,8 @@ mod tests {
 
     /// What a reopened spool holds: the API subscriptions' names and the
     /// audit records' (action, target).
-    fn reopened(dir: &std::path::Path) -> (Vec<String>, Vec<(String, String)>) {
-        let (spool, _) = crate::spool::tests::open(dir, &[]);
+    async fn reopened(dir: &std::path::Path) -> (Vec<String>, Vec<(String, String)>) {
+        let (spool, _) = crate::spool::tests::open(dir, &[]).await;
         let names = spool
             .api_subscriptions()
             .into_iter()
@@ -253,6 +254,7 @@ mod tests {
             .collect();
         let records = spool
             .audit_log(None, 100)
+            .await
             .unwrap()
             .into_iter()
             .map(|r| (r.entry.action, r.entry.target))
@@ -263,7 +265,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscription_and_its_audit_record_land_together_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = crate::spool::tests::open(dir.path(), &[]);
+        let (spool, _) = crate::spool::tests::open(dir.path(), &[]).await;
         let id = spool
             .put_subscription(billing(), created("billing"))
             .await
@@ -279,15 +281,15 @@ mod tests {
         spool.close().await.unwrap();
         drop(spool);
 
-        let (names, records) = reopened(dir.path());
+        let (names, records) = reopened(dir.path()).await;
         assert_eq!(names, ["billing"], "the failed one is not kept");
         assert_eq!(
             records,
             [("subscription.create".to_owned(), "billing".to_owned())],
             "one record, the kept one's"
         );
-        let (spool, _) = crate::spool::tests::open(dir.path(), &[]);
-        assert_eq!(spool.audit_log(None, 1).unwrap()[0].id, id);
+        let (spool, _) = crate::spool::tests::open(dir.path(), &[]).await;
+        assert_eq!(spool.audit_log(None, 1).await.unwrap()[0].id, id);
 
         // A removal and its record, likewise.
         let mut removed = created("billing");
@@ -300,7 +302,7 @@ mod tests {
         spool.remove_subscription("billing", removed).await.unwrap();
         spool.close().await.unwrap();
         drop(spool);
-        let (names, records) = reopened(dir.path());
+        let (names, records) = reopened(dir.path()).await;
         assert!(names.is_empty(), "{names:?}");
         assert_eq!(records.len(), 2, "{records:?}");
         assert_eq!(records[0].0, "subscription.delete", "newest first");

@@ -25,9 +25,11 @@ pub(crate) fn routes(names: &[&str]) -> Routes {
 
 /// The spool's clock is the tests' clock too: two clocks that follow a
 /// paused tokio clock drift apart by the real time between their creation.
-pub(crate) fn open(dir: &Path, names: &[&str]) -> (Spool, Clock) {
+pub(crate) async fn open(dir: &Path, names: &[&str]) -> (Spool, Clock) {
     let clock = Clock::following_tokio();
-    let spool = Spool::open(&config(dir), routes(names), clock).unwrap();
+    let spool = Spool::open(&config(dir), routes(names), clock)
+        .await
+        .unwrap();
     (spool, clock)
 }
 
@@ -114,7 +116,7 @@ async fn nothing_due(spool: &Spool, name: &str, within: Duration) -> bool {
 #[tokio::test]
 async fn stores_once_per_dedup_key_within_the_window_and_fans_out_inside() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp", "crm"]);
+    let (spool, clock) = open(dir.path(), &["erp", "crm"]).await;
     let now = clock.now_ms();
     let first = store_new(&spool, "k1", now).await;
     assert_eq!(
@@ -127,12 +129,12 @@ async fn stores_once_per_dedup_key_within_the_window_and_fans_out_inside() {
         store(&spool, "k1", now + 61_000).await,
         Stored::New(_)
     ));
-    assert_eq!(spool.notifications().count(), 3);
-    let record = spool.notification(first).unwrap().unwrap();
+    assert_eq!(spool.notifications().count().await, 3);
+    let record = spool.notification(first).await.unwrap().unwrap();
     assert_eq!(record.meta.id, first.to_string());
     assert_eq!(record.meta.subscriptions, ["erp", "crm"]);
     assert_eq!(record.body.as_ref(), b"{\"hook_id\": \"x\"}");
-    assert_eq!(spool.deliveries_of(first).unwrap().len(), 2);
+    assert_eq!(spool.deliveries_of(first).await.unwrap().len(), 2);
     // The resend added no delivery: three notifications, three leases each.
     assert_eq!(lease_now(&spool, "erp", 10).await.len(), 3);
     assert_eq!(lease_now(&spool, "crm", 10).await.len(), 3);
@@ -141,7 +143,7 @@ async fn stores_once_per_dedup_key_within_the_window_and_fans_out_inside() {
 #[tokio::test(start_paused = true)]
 async fn first_attempts_come_in_order_and_retries_when_due() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let now = clock.now_ms();
     let a = store_new(&spool, "a", now).await;
     let b = store_new(&spool, "b", now).await;
@@ -166,18 +168,18 @@ async fn first_attempts_come_in_order_and_retries_when_due() {
     attempt(&spool, &retry[0], ok(), now).await;
     drop(retry);
     assert!(nothing_due(&spool, "erp", Duration::from_secs(3600)).await);
-    assert_eq!(spool.next_due_ms("erp").unwrap(), None);
-    let states: Vec<_> = [a, b]
-        .iter()
-        .map(|id| spool.deliveries_of(*id).unwrap()[0].state)
-        .collect();
+    assert_eq!(spool.next_due_ms("erp").await.unwrap(), None);
+    let mut states = Vec::new();
+    for id in [a, b] {
+        states.push(spool.deliveries_of(id).await.unwrap()[0].state);
+    }
     assert!(states.iter().all(|s| matches!(s, State::Delivered { .. })));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_lease_dropped_without_an_outcome_is_due_again_and_a_completed_one_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let now = clock.now_ms();
     let a = store_new(&spool, "a", now).await;
     let b = store_new(&spool, "b", now).await;
@@ -194,7 +196,7 @@ async fn a_lease_dropped_without_an_outcome_is_due_again_and_a_completed_one_is_
 #[tokio::test(start_paused = true)]
 async fn a_damaged_retry_is_skipped_once_and_blocks_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let now = clock.now_ms();
     let a = store_new(&spool, "a", now).await;
     let b = store_new(&spool, "b", now).await;
@@ -203,7 +205,7 @@ async fn a_damaged_retry_is_skipped_once_and_blocks_nothing() {
         attempt(&spool, lease, Outcome::Timeout, now).await;
     }
     drop(leases);
-    spool.backend.damage_delivery(b, "erp");
+    spool.sled().damage_delivery(b, "erp");
     tokio::time::sleep(Duration::from_secs(11)).await;
     // The walk meets the damaged record after leasing `a`: `a` comes out,
     // and nothing hangs on the lease it holds.
@@ -232,7 +234,7 @@ async fn a_damaged_retry_is_skipped_once_and_blocks_nothing() {
 #[tokio::test(start_paused = true)]
 async fn a_lease_let_go_of_wakes_a_waiting_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let a = store_new(&spool, "a", clock.now_ms()).await;
     let held = lease_now(&spool, "erp", 1).await;
     let waiting = {
@@ -253,7 +255,7 @@ async fn a_lease_let_go_of_wakes_a_waiting_lease() {
 #[tokio::test]
 async fn an_idle_lease_wakes_as_soon_as_a_store_is_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let waiting = {
         let spool = spool.clone();
         tokio::spawn(async move { spool.lease("erp", 1).await })
@@ -278,15 +280,15 @@ async fn an_idle_lease_wakes_as_soon_as_a_store_is_durable() {
 #[tokio::test]
 async fn nothing_newer_than_the_last_flush_is_leased() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let now = clock.now_ms();
     let a = store_new(&spool, "a", now).await;
     let b = store_new(&spool, "b", now).await;
     // As if `b` were applied but its group not yet flushed.
-    spool.backend.pretend_durable_upto(a);
+    spool.sled().pretend_durable_upto(a);
     let leases = lease_now(&spool, "erp", 10).await;
     assert_eq!(leases.iter().map(Lease::id).collect::<Vec<_>>(), [a]);
-    spool.backend.pretend_durable_upto(b);
+    spool.sled().pretend_durable_upto(b);
     let leases = lease_now(&spool, "erp", 10).await;
     assert_eq!(leases.iter().map(Lease::id).collect::<Vec<_>>(), [b]);
 }
@@ -294,20 +296,23 @@ async fn nothing_newer_than_the_last_flush_is_leased() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_flushes_and_none_is_answered_by_an_earlier_flush() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = open(dir.path(), &["erp"]);
-    let before = spool.flush_starts();
+    let (spool, _) = open(dir.path(), &["erp"]).await;
+    let before = spool.stats().await.flush_starts.unwrap();
     store(&spool, "first", 1_000).await;
-    assert!(spool.flush_starts() > before, "answered before any flush");
+    assert!(
+        spool.stats().await.flush_starts.unwrap() > before,
+        "answered before any flush"
+    );
 
-    let start = spool.flush_starts();
+    let start = spool.stats().await.flush_starts.unwrap();
     let writers: Vec<_> = (0..200)
         .map(|i| {
             let spool = spool.clone();
             tokio::spawn(async move {
-                let started_before = spool.flush_starts();
+                let started_before = spool.stats().await.flush_starts.unwrap();
                 store(&spool, &format!("k{i}"), 1_000).await;
                 assert!(
-                    spool.flush_starts() > started_before,
+                    spool.stats().await.flush_starts.unwrap() > started_before,
                     "answered by a flush that began before the write"
                 );
             })
@@ -316,23 +321,23 @@ async fn concurrent_writes_share_flushes_and_none_is_answered_by_an_earlier_flus
     for writer in writers {
         writer.await.unwrap();
     }
-    let used = spool.flush_starts() - start;
+    let used = spool.stats().await.flush_starts.unwrap() - start;
     assert!(used < 200, "200 writes took {used} flushes: no grouping");
-    assert_eq!(spool.notifications().count(), 201);
+    assert_eq!(spool.notifications().count().await, 201);
 }
 
 #[tokio::test]
 async fn an_outcome_is_answered_at_once_and_flushed_soon_with_nothing_else_written() {
     let dir = tempfile::tempdir().unwrap();
     let now = Clock::system().now_ms();
-    let (spool, _) = open(dir.path(), &["erp"]);
+    let (spool, _) = open(dir.path(), &["erp"]).await;
     store_new(&spool, "a", now).await;
     let leases = lease_now(&spool, "erp", 1).await;
-    let before = spool.flush_starts();
+    let before = spool.stats().await.flush_starts.unwrap();
     attempt(&spool, &leases[0], ok(), now).await;
     // No other write follows: the writer's own deadline must flush it.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while spool.flush_starts() == before {
+    while spool.stats().await.flush_starts.unwrap() == before {
         assert!(
             std::time::Instant::now() < deadline,
             "an outcome was left unflushed"
@@ -341,7 +346,7 @@ async fn an_outcome_is_answered_at_once_and_flushed_soon_with_nothing_else_writt
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(
-        spool.flush_starts(),
+        spool.stats().await.flush_starts.unwrap(),
         before + 1,
         "one flush for the outcome"
     );
@@ -350,8 +355,9 @@ async fn an_outcome_is_answered_at_once_and_flushed_soon_with_nothing_else_writt
 #[tokio::test]
 async fn a_second_process_gets_a_clear_locked_error() {
     let dir = tempfile::tempdir().unwrap();
-    let _spool = open(dir.path(), &[]).0;
+    let _spool = open(dir.path(), &[]).await.0;
     let err = Spool::open(&config(dir.path()), routes(&[]), Clock::system())
+        .await
         .err()
         .expect("second open must fail");
     assert!(matches!(err, SpoolError::Locked { .. }), "{err}");
@@ -362,7 +368,7 @@ async fn deliveries_and_outcomes_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let now = Clock::system().now_ms();
     let (a, b) = {
-        let (spool, _) = open(dir.path(), &["erp"]);
+        let (spool, _) = open(dir.path(), &["erp"]).await;
         let a = store_new(&spool, "a", now).await;
         let b = store_new(&spool, "b", now).await;
         let leases = lease_now(&spool, "erp", 1).await;
@@ -371,8 +377,8 @@ async fn deliveries_and_outcomes_survive_reopening() {
         spool.close().await.unwrap();
         (a, b)
     };
-    let (spool, _) = open(dir.path(), &["erp"]);
-    assert!(spool.notification(a).unwrap().is_some());
+    let (spool, _) = open(dir.path(), &["erp"]).await;
+    assert!(spool.notification(a).await.unwrap().is_some());
     let leases = lease_now(&spool, "erp", 10).await;
     assert_eq!(
         leases.iter().map(Lease::id).collect::<Vec<_>>(),
@@ -384,20 +390,20 @@ async fn deliveries_and_outcomes_survive_reopening() {
 #[tokio::test]
 async fn quarantine_keeps_the_raw_body_and_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = open(dir.path(), &[]);
+    let (spool, _) = open(dir.path(), &[]).await;
     let mut body = received(1);
     body.body = Bytes::from_static(b"<xml/>");
     let id = spool
         .quarantine(body, "not_json", "expected value".into())
         .await
         .unwrap();
-    let kept: Vec<_> = spool.quarantined().collect::<Result<_, _>>().unwrap();
+    let kept: Vec<_> = spool.quarantined().collect().await.unwrap();
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].meta.id, id.to_string());
     assert_eq!(kept[0].body.as_ref(), b"<xml/>");
     assert_eq!(kept[0].meta.reason_kind, "not_json");
-    assert!(spool.is_quarantined(id).unwrap());
-    assert_eq!(spool.notifications().count(), 0);
+    assert!(spool.is_quarantined(id).await.unwrap());
+    assert_eq!(spool.notifications().count().await, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -406,7 +412,7 @@ async fn retention_removes_what_is_over_and_keeps_the_rest() {
     let mut config = config(dir.path());
     config.retention = HumanDuration(Duration::from_secs(120));
     let clock = Clock::following_tokio();
-    let spool = Spool::open(&config, routes(&["erp"]), clock).unwrap();
+    let spool = Spool::open(&config, routes(&["erp"]), clock).await.unwrap();
     let now = clock.now_ms();
     let delivered = store_new(&spool, "delivered", now).await;
     let dead = store_new(&spool, "dead", now).await;
@@ -453,17 +459,17 @@ async fn retention_removes_what_is_over_and_keeps_the_rest() {
         Stored::Duplicate(id) if id == resent
     ));
     assert_eq!(done.quarantined, 1);
-    assert!(spool.notification(delivered).unwrap().is_none());
-    assert!(spool.deliveries_of(delivered).unwrap().is_empty());
+    assert!(spool.notification(delivered).await.unwrap().is_none());
+    assert!(spool.deliveries_of(delivered).await.unwrap().is_empty());
     assert!(
-        spool.notification(dead).unwrap().is_some(),
+        spool.notification(dead).await.unwrap().is_some(),
         "dead stays for an admin"
     );
     assert!(
-        spool.notification(waiting).unwrap().is_some(),
+        spool.notification(waiting).await.unwrap().is_some(),
         "never attempted stays"
     );
-    assert_eq!(spool.quarantined().count(), 0);
+    assert_eq!(spool.quarantined().count().await, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -473,7 +479,7 @@ async fn dead_retention_lets_dead_deliveries_go_too() {
     config.retention = HumanDuration(Duration::from_secs(120));
     config.dead_retention = Some(HumanDuration(Duration::from_secs(60)));
     let clock = Clock::following_tokio();
-    let spool = Spool::open(&config, routes(&["erp"]), clock).unwrap();
+    let spool = Spool::open(&config, routes(&["erp"]), clock).await.unwrap();
     let now = clock.now_ms();
     let dead = store_new(&spool, "dead", now).await;
     let leases = lease_now(&spool, "erp", 1).await;
@@ -485,13 +491,13 @@ async fn dead_retention_lets_dead_deliveries_go_too() {
     drop(retry);
     tokio::time::sleep(Duration::from_secs(200)).await;
     assert_eq!(spool.maintain().await.unwrap().notifications, 1);
-    assert!(spool.notification(dead).unwrap().is_none());
+    assert!(spool.notification(dead).await.unwrap().is_none());
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_replay_brings_a_dead_delivery_back_with_its_history() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     let now = clock.now_ms();
     let id = store_new(&spool, "a", now).await;
     assert!(
@@ -521,22 +527,22 @@ async fn a_replay_brings_a_dead_delivery_back_with_its_history() {
 #[tokio::test]
 async fn a_closed_spool_refuses_writes_and_probes() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = open(dir.path(), &[]);
-    assert!(spool.writer_alive(Duration::from_secs(5)).await);
+    let (spool, _) = open(dir.path(), &[]).await;
+    assert!(spool.alive(Duration::from_secs(5)).await);
     spool.close().await.unwrap();
     let err = spool
         .store(received(1_000), notification("late"))
         .await
         .unwrap_err();
     assert!(matches!(err, SpoolError::Closed), "{err}");
-    assert!(!spool.writer_alive(Duration::from_secs(5)).await);
+    assert!(!spool.alive(Duration::from_secs(5)).await);
 }
 
 /// A spool where `old` (then removed from the config) has one retry and
 /// one never-attempted delivery waiting, and `erp` has both delivered.
 pub(super) async fn spool_with_orphans(dir: &Path) -> [NotificationId; 2] {
     let now = Clock::system().now_ms();
-    let (spool, _) = open(dir, &["erp", "old"]);
+    let (spool, _) = open(dir, &["erp", "old"]).await;
     let a = store_new(&spool, "a", now).await;
     let b = store_new(&spool, "b", now).await;
     let leases = lease_now(&spool, "old", 1).await;
@@ -553,7 +559,7 @@ pub(super) async fn spool_with_orphans(dir: &Path) -> [NotificationId; 2] {
 async fn a_removed_subscription_s_deliveries_are_reported_as_orphans() {
     let dir = tempfile::tempdir().unwrap();
     spool_with_orphans(dir.path()).await;
-    let (spool, _) = open(dir.path(), &["erp"]);
+    let (spool, _) = open(dir.path(), &["erp"]).await;
     let health = spool.health();
     assert_eq!(
         health.orphans.get("old"),
@@ -561,13 +567,13 @@ async fn a_removed_subscription_s_deliveries_are_reported_as_orphans() {
         "one retry and one never attempted: {health:?}"
     );
     assert!(!health.orphans.contains_key("erp"));
-    let report = Spool::check(&config(dir.path()), false);
+    let report = Spool::check(&config(dir.path()), false).await;
     assert!(
         matches!(report, Err(SpoolError::Locked { .. })),
         "check refuses a spool in use"
     );
     spool.close().await.unwrap();
-    let report = Spool::check(&config(dir.path()), false).unwrap();
+    let report = Spool::check(&config(dir.path()), false).await.unwrap();
     assert_eq!(report.orphans.get("old"), Some(&2));
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
@@ -576,7 +582,7 @@ async fn a_removed_subscription_s_deliveries_are_reported_as_orphans() {
 async fn orphans_can_be_given_to_another_subscription_and_are_then_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let [a, b] = spool_with_orphans(dir.path()).await;
-    let (spool, clock) = open(dir.path(), &["erp", "new"]);
+    let (spool, clock) = open(dir.path(), &["erp", "new"]).await;
     let now = clock.now_ms();
     assert!(matches!(
         spool.reassign_orphans("erp", Some("new"), now).await,
@@ -602,7 +608,7 @@ async fn orphans_can_be_given_to_another_subscription_and_are_then_delivered() {
         attempt(&spool, lease, ok(), now).await;
     }
     drop(leases);
-    let deliveries = spool.deliveries_of(a).unwrap();
+    let deliveries = spool.deliveries_of(a).await.unwrap();
     let state = |name: &str| {
         deliveries
             .iter()
@@ -625,7 +631,7 @@ async fn orphans_can_be_given_to_another_subscription_and_are_then_delivered() {
     tokio::time::sleep(Duration::from_secs(3700)).await;
     assert_eq!(spool.maintain().await.unwrap().notifications, 2);
     spool.close().await.unwrap();
-    let (spool, _) = open(dir.path(), &["erp", "new"]);
+    let (spool, _) = open(dir.path(), &["erp", "new"]).await;
     assert!(
         spool.health().orphans.is_empty(),
         "nothing waits for `old` any more"
@@ -636,7 +642,7 @@ async fn orphans_can_be_given_to_another_subscription_and_are_then_delivered() {
 async fn orphans_can_be_purged() {
     let dir = tempfile::tempdir().unwrap();
     let [a, _] = spool_with_orphans(dir.path()).await;
-    let (spool, clock) = open(dir.path(), &["erp"]);
+    let (spool, clock) = open(dir.path(), &["erp"]).await;
     assert_eq!(
         spool
             .reassign_orphans("old", None, clock.now_ms())
@@ -647,6 +653,7 @@ async fn orphans_can_be_purged() {
     assert!(spool.health().orphans.is_empty());
     assert!(spool
         .deliveries_of(a)
+        .await
         .unwrap()
         .iter()
         .all(Delivery::is_final));
@@ -661,8 +668,8 @@ async fn a_format_1_spool_upgrades_on_open_and_loses_nothing() {
     for file in ["conf", "db"] {
         std::fs::copy(fixture.join(file), spool_dir.join(file)).unwrap();
     }
-    let (spool, _) = open(dir.path(), &["erp", "crm"]);
-    let records: Vec<_> = spool.notifications().collect::<Result<_, _>>().unwrap();
+    let (spool, _) = open(dir.path(), &["erp", "crm"]).await;
+    let records: Vec<_> = spool.notifications().collect().await.unwrap();
     assert_eq!(records.len(), 5);
     // Stored before statuses were kept: they read as unknown.
     assert!(records
@@ -676,21 +683,22 @@ async fn a_format_1_spool_upgrades_on_open_and_loses_nothing() {
             .collect::<Vec<_>>()
     );
     let id = |i: usize| NotificationId::parse(&records[i].meta.id).unwrap();
-    let state = |i: usize, sub: &str| {
+    let state = async |i: usize, sub: &str| {
         spool
             .deliveries_of(id(i))
+            .await
             .unwrap()
             .into_iter()
             .find(|d| d.subscription == sub)
             .unwrap()
             .state
     };
-    assert!(matches!(state(0, "erp"), State::Delivered { .. }));
-    assert!(matches!(state(1, "erp"), State::Waiting { .. }));
-    assert!(matches!(state(2, "erp"), State::Dead { .. }));
-    assert!(matches!(state(3, "erp"), State::Pending));
-    assert!(matches!(state(0, "crm"), State::Pending));
-    assert_eq!(spool.quarantined().count(), 1);
+    assert!(matches!(state(0, "erp").await, State::Delivered { .. }));
+    assert!(matches!(state(1, "erp").await, State::Waiting { .. }));
+    assert!(matches!(state(2, "erp").await, State::Dead { .. }));
+    assert!(matches!(state(3, "erp").await, State::Pending));
+    assert!(matches!(state(0, "crm").await, State::Pending));
+    assert_eq!(spool.quarantined().count().await, 1);
 
     // What was due before the upgrade is due after it, and only that.
     let erp: Vec<_> = lease_now(&spool, "erp", 10).await;
@@ -714,8 +722,8 @@ async fn a_format_1_spool_upgrades_on_open_and_loses_nothing() {
     drop(erp);
     spool.close().await.unwrap();
     // Opened again: already format 2, nothing upgraded twice.
-    let (spool, _) = open(dir.path(), &["erp", "crm"]);
-    assert_eq!(spool.notifications().count(), 5);
+    let (spool, _) = open(dir.path(), &["erp", "crm"]).await;
+    assert_eq!(spool.notifications().count().await, 5);
 }
 
 // === property: random interleavings ===
@@ -764,7 +772,7 @@ mod interleavings {
         let names = ["erp", "crm"];
         let clock = Clock::following_tokio();
         let schedule = Schedule::try_new(vec![Duration::from_secs(1)], 0.0).unwrap();
-        let mut spool = Spool::open(&config, routes(&names), clock).unwrap();
+        let mut spool = Spool::open(&config, routes(&names), clock).await.unwrap();
         // Every acknowledged id, and which ones retention may have removed
         // (all their deliveries were delivered).
         let mut acked: HashSet<NotificationId> = HashSet::new();
@@ -853,7 +861,7 @@ mod interleavings {
                     held.clear(); // attempts in flight die with the process
                     spool.close().await.unwrap();
                     drop(spool);
-                    spool = Spool::open(&config, routes(&names), clock).unwrap();
+                    spool = Spool::open(&config, routes(&names), clock).await.unwrap();
                 }
             }
             // Nothing acknowledged is missing unless retention could take it.
@@ -861,7 +869,7 @@ mod interleavings {
                 let all_delivered = delivered.get(id).is_some_and(|s| s.len() == names.len());
                 if !all_delivered {
                     assert!(
-                        spool.notification(*id).unwrap().is_some(),
+                        spool.notification(*id).await.unwrap().is_some(),
                         "{id} lost before all its deliveries were made"
                     );
                 }
@@ -888,7 +896,7 @@ mod interleavings {
         }
         // No delivery disappeared: each is delivered, or dead for an admin.
         for id in &acked {
-            for delivery in spool.deliveries_of(*id).unwrap() {
+            for delivery in spool.deliveries_of(*id).await.unwrap() {
                 assert!(
                     delivery.is_final(),
                     "{id} for {}: {:?} yet nothing due",
@@ -919,7 +927,7 @@ mod interleavings {
 #[tokio::test]
 async fn a_paused_subscription_is_leased_nothing_until_resumed_even_across_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["billing", "erp"]);
+    let (spool, clock) = open(dir.path(), &["billing", "erp"]).await;
     spool.pause("billing", true).await.unwrap();
     let id = store_new(&spool, "p-1", clock.now_ms()).await;
     let erp = spool.lease("erp", 8).await.unwrap();
@@ -929,7 +937,7 @@ async fn a_paused_subscription_is_leased_nothing_until_resumed_even_across_a_reo
     spool.close().await.unwrap();
     drop(spool);
 
-    let (spool, _) = open(dir.path(), &["billing", "erp"]);
+    let (spool, _) = open(dir.path(), &["billing", "erp"]).await;
     assert!(spool.paused().contains("billing"), "kept across a reopen");
     assert!(nothing_due(&spool, "billing", Duration::from_millis(200)).await);
     // A lease that waits is woken by the resume.

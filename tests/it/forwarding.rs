@@ -34,9 +34,10 @@ async fn final_delivery(
 ) -> webhook_relay::delivery::Delivery {
     let spool = &relay.relay().spool;
     let mut found = None;
-    eventually(WAIT, "the delivery to end", || {
+    eventually_async(WAIT, "the delivery to end", async || {
         found = spool
             .deliveries_of(id)
+            .await
             .unwrap()
             .into_iter()
             .find(|d| d.subscription == subscription && d.is_final());
@@ -118,7 +119,7 @@ async fn the_last_failure_makes_the_delivery_dead_and_a_replay_revives_it() {
     );
     assert_eq!(target.count(), 4);
     assert_eq!(
-        relay.relay().spool.next_due_ms("erp").unwrap(),
+        relay.relay().spool.next_due_ms("erp").await.unwrap(),
         None,
         "a dead delivery is not due"
     );
@@ -243,11 +244,12 @@ async fn subscriptions_are_independent_and_filters_skip_what_they_should() {
         header(&issued_got[0], "x-relay-event"),
         "facturacion.emitido"
     );
-    let names = |id| -> Vec<String> {
+    let names = async |id| -> Vec<String> {
         let mut names: Vec<String> = relay
             .relay()
             .spool
             .deliveries_of(id)
+            .await
             .unwrap()
             .into_iter()
             .map(|d| d.subscription)
@@ -256,11 +258,11 @@ async fn subscriptions_are_independent_and_filters_skip_what_they_should() {
         names
     };
     assert_eq!(
-        names(queued),
+        names(queued).await,
         ["flaky", "ok"],
         "filters decide at spool time"
     );
-    assert_eq!(names(issued), ["flaky", "issued", "ok"]);
+    assert_eq!(names(issued).await, ["flaky", "issued", "ok"]);
     assert_eq!(datil_only.count(), 0);
     assert_eq!(issued_only.count(), 1);
     relay.stop().await;
@@ -336,8 +338,8 @@ async fn waiting_deliveries_resume_after_a_restart() {
     let relay = TestRelay::start(&slow(&refused)).await;
     let id = post_tus(&relay, "h-restart", "emitido").await;
     let spool = relay.relay().spool.clone();
-    eventually(WAIT, "the first attempt to fail", || {
-        spool.deliveries_of(id).unwrap()[0].attempts.len() == 1
+    eventually_async(WAIT, "the first attempt to fail", async || {
+        spool.deliveries_of(id).await.unwrap()[0].attempts.len() == 1
     })
     .await;
     drop(spool);
@@ -422,7 +424,7 @@ async fn a_graceful_stop_lets_attempts_in_flight_finish_within_the_grace() {
     // Both attempts are in flight now: "quick" hangs for 600 ms from here.
     let stop_began_ms = webhook_relay::clock::Clock::system().now_ms();
     let stopping = tokio::time::Instant::now();
-    let spool_path = relay.relay().spool.path().to_owned();
+    let spool_path = relay.relay().spool.config().sled.path.clone();
     let dir = relay.stop().await;
     let took = stopping.elapsed();
     assert!(
@@ -437,8 +439,9 @@ async fn a_graceful_stop_lets_attempts_in_flight_finish_within_the_grace() {
         webhook_relay::spool::Routes::from_config(&config),
         webhook_relay::clock::Clock::system(),
     )
+    .await
     .unwrap();
-    let deliveries = spool.deliveries_of(id).unwrap();
+    let deliveries = spool.deliveries_of(id).await.unwrap();
     let quick_delivery = deliveries
         .iter()
         .find(|d| d.subscription == "quick")
@@ -455,7 +458,7 @@ async fn a_graceful_stop_lets_attempts_in_flight_finish_within_the_grace() {
         finished_ms >= stop_began_ms,
         "the attempt ended after the stop began ({finished_ms} < {stop_began_ms})"
     );
-    assert_eq!(spool.next_due_ms("quick").unwrap(), None);
+    assert_eq!(spool.next_due_ms("quick").await.unwrap(), None);
     // The cut-off attempt is not recorded as an outcome; it is still due,
     // so the next start makes it again (at-least-once).
     let stuck_delivery = deliveries
@@ -468,7 +471,7 @@ async fn a_graceful_stop_lets_attempts_in_flight_finish_within_the_grace() {
         "{:?}",
         stuck_delivery.attempts
     );
-    assert!(spool.next_due_ms("stuck").unwrap().is_some());
+    assert!(spool.next_due_ms("stuck").await.unwrap().is_some());
     spool.close().await.unwrap();
 }
 
@@ -575,7 +578,7 @@ async fn a_bom_body_and_a_non_ascii_subject_reach_the_target_in_a_form_it_can_ta
         "no Content-Type came, none is sent"
     );
     let id = NotificationId::parse(answer["id"].as_str().unwrap()).unwrap();
-    let kept = relay.relay().spool.notification(id).unwrap().unwrap();
+    let kept = relay.relay().spool.notification(id).await.unwrap().unwrap();
     assert_eq!(
         kept.body.as_ref(),
         raw.as_bytes(),
@@ -622,7 +625,7 @@ async fn a_latin1_body_is_forwarded_as_utf8_with_its_flag_and_kept_raw() {
     assert_eq!(header(request, "x-relay-subject"), "UTF-8''N%C2%BA%2017032");
     verify_with_standardwebhooks(request);
     let id = NotificationId::parse(answer["id"].as_str().unwrap()).unwrap();
-    let kept = relay.relay().spool.notification(id).unwrap().unwrap();
+    let kept = relay.relay().spool.notification(id).await.unwrap().unwrap();
     assert_eq!(kept.meta.flags, ["latin1_body", "unknown_event"]);
     assert_eq!(
         kept.body.as_ref(),

@@ -234,6 +234,18 @@ pub fn relay_cli(command: &[&str], config: &Path, rest: &[&str]) -> std::process
 }
 
 /// Polls `check` until it holds, failing after `limit`.
+/// [`eventually`] for a check that awaits (a spool read).
+pub async fn eventually_async(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !check() {

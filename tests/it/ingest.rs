@@ -66,7 +66,7 @@ async fn each_provider_s_documented_payload_is_spooled_with_its_event_and_subjec
     assert_eq!(status, 200, "{json}");
 
     let spool = &relay.relay().spool;
-    let records: Vec<_> = spool.notifications().collect::<Result<_, _>>().unwrap();
+    let records: Vec<_> = spool.notifications().collect().await.unwrap();
     let summary: Vec<(&str, &str, Option<&str>)> = records
         .iter()
         .map(|r| {
@@ -87,6 +87,7 @@ async fn each_provider_s_documented_payload_is_spooled_with_its_event_and_subjec
     );
     let first = spool
         .notification(tus_id)
+        .await
         .unwrap()
         .expect("stored under the id it answered");
     assert_eq!(
@@ -128,7 +129,7 @@ async fn a_provider_retry_is_a_duplicate_and_a_new_state_is_not() {
     let (_, other) = relay.post(&datil_path, datil("NO AUTORIZADO")).await;
     assert_eq!(again["id"], a["id"]);
     assert_eq!(other["duplicate"], false);
-    assert_eq!(relay.relay().spool.notifications().count(), 4);
+    assert_eq!(relay.relay().spool.notifications().count().await, 4);
     relay.stop().await;
 }
 
@@ -153,7 +154,7 @@ async fn concurrent_copies_of_one_notification_store_it_once() {
             .count(),
         1
     );
-    assert_eq!(relay.relay().spool.notifications().count(), 1);
+    assert_eq!(relay.relay().spool.notifications().count().await, 1);
     relay.stop().await;
 }
 
@@ -203,9 +204,9 @@ async fn bad_input_gets_its_status_and_stores_nothing() {
     );
 
     let spool = &relay.relay().spool;
-    assert_eq!(spool.notifications().count(), 0);
+    assert_eq!(spool.notifications().count().await, 0);
     assert_eq!(
-        spool.quarantined().count(),
+        spool.quarantined().count().await,
         0,
         "unauthenticated bodies are not kept"
     );
@@ -256,8 +257,8 @@ async fn an_authenticated_invalid_body_is_quarantined_with_its_reason() {
         assert!(json["quarantine_id"].is_string());
     }
     let spool = &relay.relay().spool;
-    assert_eq!(spool.notifications().count(), 0);
-    let kept: Vec<_> = spool.quarantined().collect::<Result<_, _>>().unwrap();
+    assert_eq!(spool.notifications().count().await, 0);
+    let kept: Vec<_> = spool.quarantined().collect().await.unwrap();
     let kinds: Vec<&str> = kept.iter().map(|q| q.meta.reason_kind.as_str()).collect();
     assert_eq!(kinds, invalid.iter().map(|(_, k)| *k).collect::<Vec<_>>());
     assert_eq!(kept[0].body.as_ref(), invalid[0].0.as_bytes());
@@ -268,8 +269,8 @@ async fn an_authenticated_invalid_body_is_quarantined_with_its_reason() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(json["quarantined"], true);
-    assert_eq!(spool.quarantined().count(), 5);
-    assert_eq!(spool.notifications().count(), 0);
+    assert_eq!(spool.quarantined().count().await, 5);
+    assert_eq!(spool.notifications().count().await, 0);
     relay.stop().await;
 }
 
@@ -295,7 +296,7 @@ async fn a_rate_limited_peer_gets_429_with_retry_after() {
         .parse()
         .unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
-    assert_eq!(relay.relay().spool.notifications().count(), 2);
+    assert_eq!(relay.relay().spool.notifications().count().await, 2);
     relay.stop().await;
 }
 
@@ -333,12 +334,7 @@ async fn a_generic_source_verifies_its_hmac_and_dedups_by_pointer() {
         .await
         .unwrap();
     assert_eq!(tampered.status(), 401);
-    let records: Vec<_> = relay
-        .relay()
-        .spool
-        .notifications()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let records: Vec<_> = relay.relay().spool.notifications().collect().await.unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].meta.event_type, "invoice.paid");
     relay.stop().await;
@@ -442,14 +438,14 @@ async fn http_framing_gets_the_status_http_asks_for() {
         raw_exchange(&relay, b"http/1.1", &gzip).await,
         "HTTP/1.1 501 Not Implemented"
     );
-    assert_eq!(relay.relay().spool.notifications().count(), 0);
+    assert_eq!(relay.relay().spool.notifications().count().await, 0);
     // A client that offers only ALPN http/1.0 (curl --http1.0) is served.
     let http10 = format!("POST {path} HTTP/1.0\r\nContent-Length: {len}\r\n\r\n{body}");
     assert_eq!(
         raw_exchange(&relay, b"http/1.0", &http10).await,
         "HTTP/1.0 200 OK"
     );
-    assert_eq!(relay.relay().spool.notifications().count(), 1);
+    assert_eq!(relay.relay().spool.notifications().count().await, 1);
     relay.stop().await;
 }
 
@@ -587,6 +583,7 @@ async fn the_spool_refuses_a_second_opener_while_the_relay_runs() {
         webhook_relay::spool::Routes::from_config(&config),
         webhook_relay::clock::Clock::system(),
     )
+    .await
     .err()
     .expect("locked");
     assert!(err.to_string().contains("in use"), "{err}");
@@ -791,8 +788,8 @@ async fn a_compressed_body_gets_415_and_nothing_is_stored() {
     assert_eq!(response.headers()["accept-encoding"], "identity");
     let (_, json) = answer(response).await;
     assert_eq!(json["error"], "unsupported_content_encoding");
-    assert_eq!(relay.relay().spool.notifications().count(), 0);
-    assert_eq!(relay.relay().spool.quarantined().count(), 0);
+    assert_eq!(relay.relay().spool.notifications().count().await, 0);
+    assert_eq!(relay.relay().spool.quarantined().count().await, 0);
     relay.stop().await;
 }
 

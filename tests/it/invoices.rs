@@ -747,8 +747,8 @@ async fn a_reload_that_stops_watching_a_source_drops_its_stuck_invoices() {
     alerts.wait_for(1, WAIT).await;
     assert_eq!(tus_stuck_gauge(&admin).await.as_deref(), Some("1"));
     let spool = relay.relay().spool.clone();
-    eventually(WAIT, "the stuck invoice saved in the spool", || {
-        spool.stuck_marks().is_ok_and(|m| m.stuck.len() == 1)
+    eventually_async(WAIT, "the stuck invoice saved in the spool", async || {
+        spool.stuck_marks().await.is_ok_and(|m| m.stuck.len() == 1)
     })
     .await;
 
@@ -775,9 +775,10 @@ async fn a_reload_that_stops_watching_a_source_drops_its_stuck_invoices() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eventually(WAIT, "its marks dropped from the spool", || {
+    eventually_async(WAIT, "its marks dropped from the spool", async || {
         spool
             .stuck_marks()
+            .await
             .is_ok_and(|m| m.stuck.is_empty() && m.walked.iter().all(|(s, _)| s != "tusfacturas"))
     })
     .await;
@@ -802,19 +803,20 @@ async fn retention_that_removes_a_stuck_invoice_removes_its_mark() {
     post_about(&relay, "k-q1", "encolado", "0011-0001").await;
     alerts.wait_for(1, WAIT).await;
     let spool = relay.relay().spool.clone();
-    eventually(WAIT, "the stuck invoice saved in the spool", || {
-        spool.stuck_marks().is_ok_and(|m| m.stuck.len() == 1)
+    eventually_async(WAIT, "the stuck invoice saved in the spool", async || {
+        spool.stuck_marks().await.is_ok_and(|m| m.stuck.len() == 1)
     })
     .await;
 
-    eventually(WAIT, "retention to remove the invoice", || {
+    eventually_async(WAIT, "retention to remove the invoice", async || {
         spool
             .invoice_now("tusfacturas", "0011-0001")
+            .await
             .is_ok_and(|i| i.is_none())
     })
     .await;
-    eventually(WAIT, "its mark removed from the spool", || {
-        spool.stuck_marks().is_ok_and(|m| m.stuck.is_empty())
+    eventually_async(WAIT, "its mark removed from the spool", async || {
+        spool.stuck_marks().await.is_ok_and(|m| m.stuck.is_empty())
     })
     .await;
     let listed = admin.get("/api/invoices?stuck=true").await;

@@ -97,15 +97,12 @@ async fn fill(path: &Path, notifications: u64) {
         },
         ..SpoolConfig::default()
     };
-    let spool = tokio::task::spawn_blocking(move || {
-        Spool::open(
-            &config,
-            Routes::new(vec![Route::all("erp")]),
-            Clock::system(),
-        )
-    })
+    let spool = Spool::open(
+        &config,
+        Routes::new(vec![Route::all("erp")]),
+        Clock::system(),
+    )
     .await
-    .expect("open task")
     .expect("spool opens");
     let spool = Arc::new(spool);
     let body = notification("bk");

@@ -23,7 +23,8 @@ const DELIVERY_V1: u8 = 1;
 
 pub(super) fn encode_delivery(delivery: &Delivery) -> Result<Vec<u8>, SpoolError> {
     let mut out = vec![DELIVERY_V1];
-    serde_json::to_writer(&mut out, delivery).map_err(|e| SpoolError::Encode(e.to_string()))?;
+    serde_json::to_writer(&mut out, delivery)
+        .map_err(|e| SpoolError::Encode(crate::spool::cause(e)))?;
     Ok(out)
 }
 

@@ -299,7 +299,9 @@ fn records_up_to(
             Some(Err(_)) => {
                 return match records.next() {
                     Some(Err(err)) => Err(storage(err)),
-                    _ => Err(SpoolError::Storage("a delivery record walk failed".into())),
+                    _ => Err(SpoolError::Storage(crate::spool::cause(
+                        "a delivery record walk failed",
+                    ))),
                 }
             }
             Some(Ok((key, _))) => key.get(1..17).map(|of| of.cmp(id.as_slice())),

@@ -462,7 +462,7 @@ impl SledSpool {
             let now = self.shared.clock.now_ms();
             let found = tokio::task::spawn_blocking(move || lease::walk(&shared, &name, max, now))
                 .await
-                .map_err(|e| SpoolError::Storage(format!("lease task failed: {e}")))??;
+                .map_err(|e| SpoolError::Storage(crate::spool::cause(e)))??;
             let wake_at = match found {
                 lease::Found::Leases(leases) => return Ok(leases),
                 lease::Found::NothingUntil(at) => at,
@@ -669,7 +669,7 @@ impl SledSpool {
 /// The writer answers each change with the kind of `Applied` it asked for;
 /// anything else is a bug, reported rather than unwrapped.
 fn out_of_turn() -> SpoolError {
-    SpoolError::Storage("the writer answered out of turn".into())
+    SpoolError::Storage(crate::spool::cause("the writer answered out of turn"))
 }
 
 fn rfc3339(time: time::OffsetDateTime) -> Option<String> {

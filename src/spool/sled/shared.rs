@@ -34,7 +34,7 @@ impl Store {
 }
 
 pub(super) fn storage(err: ::sled::Error) -> SpoolError {
-    SpoolError::Storage(err.to_string())
+    SpoolError::Storage(crate::spool::cause(err))
 }
 
 /// The newest notification in the tree (what open checks against the

@@ -14,25 +14,21 @@ use super::repair::{open_store_or_damage, panic_text, Refused};
 use super::walk::{describe, gap_text, Step, Walk};
 use crate::config::SpoolConfig;
 use crate::spool::{
-    audit, CheckReport, Counts, NotificationId, NotificationRecord, Routes, SpoolError,
+    audit, CheckProblem, CheckReport, Counts, NotificationId, NotificationRecord, Routes,
+    SpoolError,
 };
-
-/// How `check` starts a problem that is a part of the spool sled cannot
-/// read at all (as opposed to one entry it reads but that makes no sense).
-const UNREADABLE: &str = "unreadable: ";
-/// How `check` starts the problem of a detected loss.
-const LOST: &str = "lost: ";
 
 /// Verifies a stopped spool, every entry; see [`crate::spool::Spool::check`].
 /// A spool sled cannot open for damage is a report with that problem, not
-/// an error. Problems of parts sled cannot read start with [`UNREADABLE`],
-/// a loss with [`LOST`]; others are entries read but not understood.
+/// an error; its problems are [`CheckProblem`]s.
 pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, SpoolError> {
     let (store, repaired) = match open_store_or_damage(config) {
         Ok(opened) => opened,
         Err(Refused::Damaged(detail)) => {
             return Ok(CheckReport {
-                problems: vec![format!("{UNREADABLE}sled cannot open it: {detail}")],
+                problems: vec![CheckProblem::Unreadable(format!(
+                    "sled cannot open it: {detail}"
+                ))],
                 ..CheckReport::default()
             })
         }
@@ -59,17 +55,19 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
             }
             report.repaired.push(format!("loss accepted: {missing}"));
         }
-        Ok((_, _, Some(missing))) => report.problems.push(format!("{LOST}{missing}")),
-        Err(err) => report.problems.push(format!(
-            "{UNREADABLE}cannot tell whether acknowledged notifications are missing: {err}"
-        )),
+        Ok((_, _, Some(missing))) => report
+            .problems
+            .push(CheckProblem::Lost(missing.to_string())),
+        Err(err) => report.problems.push(CheckProblem::Unreadable(format!(
+            "cannot tell whether acknowledged notifications are missing: {err}"
+        ))),
     }
     let walked = catch_quietly(AssertUnwindSafe(|| walk_all(&store, &mut report)));
     if let Err(panic) = walked {
-        report.problems.push(format!(
-            "{UNREADABLE}sled panicked reading the spool: {}",
+        report.problems.push(CheckProblem::Unreadable(format!(
+            "sled panicked reading the spool: {}",
             panic_text(&panic)
-        ));
+        )));
     }
     report.orphans = catch_quietly(AssertUnwindSafe(|| {
         // The API's subscriptions are no orphans, though no config names them.
@@ -89,7 +87,11 @@ pub fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, Spo
 /// everything else read clean: a recount that skipped damaged records is
 /// not the truth either, and is then only reported.
 fn check_counts(store: &Store, report: &mut CheckReport) {
-    if report.problems.iter().any(|p| p.starts_with(UNREADABLE)) {
+    if report
+        .problems
+        .iter()
+        .any(|p| matches!(p, CheckProblem::Unreadable(_)))
+    {
         // The walk met parts sled cannot read; a recount would meet them
         // again and could only be wrong. Show what was kept, if readable.
         let kept = catch_quietly(AssertUnwindSafe(|| counts::load(&store.tree)));
@@ -104,16 +106,16 @@ fn check_counts(store: &Store, report: &mut CheckReport) {
     let (kept, recount) = match guarded {
         Ok(Ok(found)) => found,
         Ok(Err(err)) => {
-            report.problems.push(format!(
-                "{UNREADABLE}cannot count the deliveries again: {err}"
-            ));
+            report.problems.push(CheckProblem::Unreadable(format!(
+                "cannot count the deliveries again: {err}"
+            )));
             return;
         }
         Err(panic) => {
-            report.problems.push(format!(
-                "{UNREADABLE}sled panicked counting the deliveries again: {}",
+            report.problems.push(CheckProblem::Unreadable(format!(
+                "sled panicked counting the deliveries again: {}",
                 panic_text(&panic)
-            ));
+            )));
             return;
         }
     };
@@ -148,9 +150,9 @@ fn check_counts(store: &Store, report: &mut CheckReport) {
                 .push(format!("{disagreement}; the recount is kept now"));
             report.kept_counts = Some(counted.clone());
         } else {
-            report.problems.push(format!(
+            report.problems.push(CheckProblem::Record(format!(
                 "{disagreement} (not rewritten while the spool has other problems)"
-            ));
+            )));
         }
     }
     report.counts = Some(counted);
@@ -221,10 +223,12 @@ fn walk_all(store: &Store, report: &mut CheckReport) {
                 resume,
                 error,
             } => {
-                report.problems.push(format!(
-                    "{UNREADABLE}{}",
-                    gap_text(kind, after.as_ref(), resume.as_ref(), &error)
-                ));
+                report.problems.push(CheckProblem::Unreadable(gap_text(
+                    kind,
+                    after.as_ref(),
+                    resume.as_ref(),
+                    &error,
+                )));
                 continue;
             }
         };
@@ -232,49 +236,59 @@ fn walk_all(store: &Store, report: &mut CheckReport) {
             Some(keys::NOTIFICATION) => {
                 report.notifications += 1;
                 if let Err(err) = NotificationRecord::decode(&value) {
-                    report.problems.push(format!("{}: {err}", describe(&key)));
+                    report
+                        .problems
+                        .push(CheckProblem::Record(format!("{}: {err}", describe(&key))));
                 }
             }
             Some(keys::QUARANTINE) => {
                 report.quarantined += 1;
                 if let Err(err) = crate::spool::QuarantineRecord::decode(&value) {
-                    report.problems.push(format!("{}: {err}", describe(&key)));
+                    report
+                        .problems
+                        .push(CheckProblem::Record(format!("{}: {err}", describe(&key))));
                 }
             }
             Some(keys::DELIVERY) => {
                 report.deliveries += 1;
                 match (keys::id_of(&key), decode_delivery(&value)) {
-                    (Some(id), Ok(_)) if surely_missing(store, id) => report
+                    (Some(id), Ok(_)) if surely_missing(store, id) => {
+                        report.problems.push(CheckProblem::Record(format!(
+                            "delivery record of missing notification {id}"
+                        )))
+                    }
+                    (_, Err(err)) => report
                         .problems
-                        .push(format!("delivery record of missing notification {id}")),
-                    (_, Err(err)) => report.problems.push(format!("{}: {err}", describe(&key))),
+                        .push(CheckProblem::Record(format!("{}: {err}", describe(&key)))),
                     _ => {}
                 }
             }
             Some(keys::RETRY) => {
                 report.retries += 1;
                 match keys::split_retry(&key) {
-                    Some((name, _, id)) if surely_missing(store, id) => report
-                        .problems
-                        .push(format!("retry of missing notification {id} for {name}")),
+                    Some((name, _, id)) if surely_missing(store, id) => {
+                        report.problems.push(CheckProblem::Record(format!(
+                            "retry of missing notification {id} for {name}"
+                        )))
+                    }
                     Some(_) => {}
-                    None => report
-                        .problems
-                        .push(format!("malformed retry entry {key:?}")),
+                    None => report.problems.push(CheckProblem::Record(format!(
+                        "malformed retry entry {key:?}"
+                    ))),
                 }
             }
             Some(keys::DEDUP) => {
                 report.dedup_entries += 1;
                 if keys::split_dedup_value(&value).is_none() {
-                    report
-                        .problems
-                        .push(format!("malformed dedup entry {key:?}"));
+                    report.problems.push(CheckProblem::Record(format!(
+                        "malformed dedup entry {key:?}"
+                    )));
                 }
             }
             Some(keys::DEDUP_EXPIRY) if keys::split_dedup_expiry(&key).is_none() => {
-                report
-                    .problems
-                    .push(format!("malformed dedup expiry {key:?}"));
+                report.problems.push(CheckProblem::Record(format!(
+                    "malformed dedup expiry {key:?}"
+                )));
             }
             Some(keys::AUDIT) => {
                 report.audit_records += 1;
@@ -282,24 +296,28 @@ fn walk_all(store: &Store, report: &mut CheckReport) {
                     .ok_or_else(|| SpoolError::Corrupt(format!("malformed audit key {key:?}")))
                     .and_then(|id| audit::decode_record(id, &value));
                 if let Err(err) = decoded {
-                    report.problems.push(err.to_string());
+                    report.problems.push(CheckProblem::Record(err.to_string()));
                 }
             }
             Some(keys::CURSOR) if NotificationId::from_bytes(&value).is_none() => {
-                report.problems.push(format!("malformed cursor {key:?}"));
+                report
+                    .problems
+                    .push(CheckProblem::Record(format!("malformed cursor {key:?}")));
             }
             Some(keys::DEDUP_EXPIRY | keys::CURSOR | keys::MARK) => {}
             Some(super::super::invoices::ENTRY) => {
                 if let Some(problem) = super::super::invoices::check_entry(&key, &value) {
-                    report.problems.push(problem);
+                    report.problems.push(CheckProblem::Record(problem));
                 }
             }
             Some(super::super::invoices::WAITING) => {
                 if let Some(problem) = super::super::invoices::check_waiting(&key, &value) {
-                    report.problems.push(problem);
+                    report.problems.push(CheckProblem::Record(problem));
                 }
             }
-            _ => report.problems.push(format!("unknown entry {key:?}")),
+            _ => report
+                .problems
+                .push(CheckProblem::Record(format!("unknown entry {key:?}"))),
         }
     }
 }

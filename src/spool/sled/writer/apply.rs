@@ -81,9 +81,9 @@ impl Writer {
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
             // As if the batch could not be written: none of it is.
-            return Err(SpoolError::Encode(
-                "a batch failed on purpose (test)".into(),
-            ));
+            return Err(SpoolError::Encode(crate::spool::cause(
+                "a batch failed on purpose (test)",
+            )));
         }
         self.tally.apply(store, group.batch, &self.shared.counts)?;
         Ok(group.out)

@@ -50,7 +50,7 @@ impl Writer {
         {
             Ok(timer) => timer,
             Err(err) => {
-                self.enter_failure(&SpoolError::Storage(format!("writer timer: {err}")));
+                self.enter_failure(&SpoolError::Storage(crate::spool::cause(err)));
                 return None;
             }
         };
@@ -293,7 +293,7 @@ impl Writer {
             Err(err) => {
                 // Only sled failing is the store failing; anything else
                 // (a record that cannot be encoded) is this group's error.
-                if matches!(err, SpoolError::Storage(_) | SpoolError::Flush(_)) {
+                if matches!(err, SpoolError::Storage(_) | SpoolError::Flush { .. }) {
                     self.enter_failure(&err);
                 }
                 return answer_all(waiting.into_iter().map(|(_, reply)| reply), &err);

@@ -93,17 +93,19 @@ pub(super) fn flush(shared: &Shared, store: &Store) -> Result<(), SpoolError> {
 
 pub(super) fn flush_sled(shared: &Shared, store: &Store) -> Result<(), SpoolError> {
     shared.flush_starts.fetch_add(1, Ordering::Relaxed);
-    store
-        .db
-        .flush()
-        .map_err(|e| SpoolError::Flush(format!("sled flush: {e}")))?;
+    store.db.flush().map_err(|e| SpoolError::Flush {
+        step: "sled flush",
+        source: crate::spool::cause(e),
+    })?;
     Ok(())
 }
 
 pub(super) fn sync_log(store: &Store) -> Result<(), SpoolError> {
     if let Some(log) = &store.log {
-        log.sync_data()
-            .map_err(|e| SpoolError::Flush(format!("fdatasync: {e}")))?;
+        log.sync_data().map_err(|e| SpoolError::Flush {
+            step: "fdatasync",
+            source: crate::spool::cause(e),
+        })?;
     }
     Ok(())
 }
