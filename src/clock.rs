@@ -3,8 +3,11 @@
 //! Persisted times (received_at, due times) are Unix milliseconds. The relay
 //! reads the system clock, so a clock corrected by NTP after start-up is
 //! followed at once; tests can instead make a clock that follows tokio's
-//! (paused) clock from a fixed wall-clock base.
+//! (paused) clock from a fixed wall-clock base, or one they set by hand
+//! ([`ManualClock`]) for a relay serving real sockets. [`Stopwatch`] times
+//! progress shown to people (nothing decides on it).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -13,12 +16,14 @@ use tokio::time::Instant;
 pub struct Clock {
     /// `Some`: Unix ms at a tokio instant, advanced by tokio's clock.
     tokio_base: Option<(i64, Instant)>,
+    /// `Some`: Unix ms as a test sets them ([`ManualClock`]).
+    manual: Option<&'static AtomicI64>,
 }
 
 impl Clock {
     /// The system clock.
     pub fn system() -> Self {
-        Clock { tokio_base: None }
+        Clock::default()
     }
 
     /// A clock that starts at the system time and then advances only with
@@ -26,10 +31,14 @@ impl Clock {
     pub fn following_tokio() -> Self {
         Clock {
             tokio_base: Some((system_ms(), Instant::now())),
+            manual: None,
         }
     }
 
     pub fn now_ms(&self) -> i64 {
+        if let Some(manual) = self.manual {
+            return manual.load(Ordering::Acquire);
+        }
         match self.tokio_base {
             None => system_ms(),
             Some((base_ms, base)) => {
@@ -43,6 +52,61 @@ impl Clock {
     pub fn instant_at(&self, ms: i64) -> Instant {
         let ahead = u64::try_from(ms.saturating_sub(self.now_ms())).unwrap_or(0);
         Instant::now() + std::time::Duration::from_millis(ahead)
+    }
+}
+
+/// A clock a test sets by hand: the relay started on [`ManualClock::clock`]
+/// reads the time set here (tokio's timers still run on their own, so
+/// sockets and timeouts behave as in service).
+#[derive(Debug, Clone, Copy)]
+pub struct ManualClock {
+    now: &'static AtomicI64,
+}
+
+impl ManualClock {
+    /// A clock at Unix ms `ms`. Each one keeps its eight bytes for the
+    /// process's life (a [`Clock`] is `Copy`, held by every part of a
+    /// relay): a test makes a few.
+    pub fn starting_at(ms: i64) -> ManualClock {
+        ManualClock {
+            now: Box::leak(Box::new(AtomicI64::new(ms))),
+        }
+    }
+
+    /// The clock to hand to the relay.
+    pub fn clock(&self) -> Clock {
+        Clock {
+            tokio_base: None,
+            manual: Some(self.now),
+        }
+    }
+
+    pub fn set(&self, ms: i64) {
+        self.now.store(ms, Ordering::Release);
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        let _ = self
+            .now
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |ms| {
+                Some(ms.saturating_add(by))
+            });
+    }
+}
+
+/// Time elapsed since a start, for progress shown to people (a backup's
+/// "12.0 MiB received (3 s)"); nothing decides on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    pub fn start() -> Stopwatch {
+        Stopwatch(std::time::Instant::now())
+    }
+
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.0.elapsed()
     }
 }
 
@@ -81,6 +145,36 @@ mod tests {
         let start = clock.now_ms();
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         assert_eq!(clock.now_ms() - start, 3_600_000);
+    }
+
+    #[test]
+    fn a_manual_clock_moves_only_when_set() {
+        let manual = ManualClock::starting_at(1_600_000_000_000);
+        let clock = manual.clock();
+        assert_eq!(clock.now_ms(), 1_600_000_000_000);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(clock.now_ms(), 1_600_000_000_000, "not the system's time");
+        manual.advance(std::time::Duration::from_secs(300));
+        assert_eq!(clock.now_ms(), 1_600_000_300_000);
+        manual.set(1_700_000_000_000);
+        assert_eq!(clock.now_ms(), 1_700_000_000_000);
+    }
+
+    #[tokio::test]
+    async fn a_manual_clock_times_instants_from_its_own_now() {
+        let manual = ManualClock::starting_at(1_000_000);
+        let clock = manual.clock();
+        let before = Instant::now();
+        let at = clock.instant_at(1_060_000);
+        assert!(at - before >= std::time::Duration::from_secs(60));
+        assert!(at - before < std::time::Duration::from_secs(61));
+    }
+
+    #[test]
+    fn a_stopwatch_counts_up() {
+        let watch = Stopwatch::start();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(watch.elapsed() >= std::time::Duration::from_millis(5));
     }
 
     #[tokio::test(start_paused = true)]
