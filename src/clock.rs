@@ -4,7 +4,7 @@
 //! reads the system clock, so a clock corrected by NTP after start-up is
 //! followed at once; tests can instead make a clock that follows tokio's
 //! (paused) clock from a fixed wall-clock base, or one they set by hand
-//! ([`ManualClock`]) for a relay serving real sockets. [`Stopwatch`] times
+//! ([`SettableClock`]) for a relay serving real sockets. [`Stopwatch`] times
 //! progress shown to people (nothing decides on it).
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -16,8 +16,8 @@ use tokio::time::Instant;
 pub struct Clock {
     /// `Some`: Unix ms at a tokio instant, advanced by tokio's clock.
     tokio_base: Option<(i64, Instant)>,
-    /// `Some`: Unix ms as a test sets them ([`ManualClock`]).
-    manual: Option<&'static AtomicI64>,
+    /// `Some`: Unix ms as a test sets them ([`SettableClock`]).
+    settable: Option<&'static AtomicI64>,
 }
 
 impl Clock {
@@ -31,13 +31,13 @@ impl Clock {
     pub fn following_tokio() -> Self {
         Clock {
             tokio_base: Some((system_ms(), Instant::now())),
-            manual: None,
+            settable: None,
         }
     }
 
     pub fn now_ms(&self) -> i64 {
-        if let Some(manual) = self.manual {
-            return manual.load(Ordering::Acquire);
+        if let Some(settable) = self.settable {
+            return settable.load(Ordering::Acquire);
         }
         match self.tokio_base {
             None => system_ms(),
@@ -55,20 +55,21 @@ impl Clock {
     }
 }
 
-/// A clock a test sets by hand: the relay started on [`ManualClock::clock`]
-/// reads the time set here (tokio's timers still run on their own, so
-/// sockets and timeouts behave as in service).
+/// A clock a test sets by hand: the relay started on [`SettableClock::clock`]
+/// reads the time set here, while tokio's timers run on their own, so
+/// sockets and timeouts behave as in service (a paused tokio clock would
+/// fire them whenever the runtime waits on a socket).
 #[derive(Debug, Clone, Copy)]
-pub struct ManualClock {
+pub struct SettableClock {
     now: &'static AtomicI64,
 }
 
-impl ManualClock {
+impl SettableClock {
     /// A clock at Unix ms `ms`. Each one keeps its eight bytes for the
     /// process's life (a [`Clock`] is `Copy`, held by every part of a
     /// relay): a test makes a few.
-    pub fn starting_at(ms: i64) -> ManualClock {
-        ManualClock {
+    pub fn starting_at(ms: i64) -> SettableClock {
+        SettableClock {
             now: Box::leak(Box::new(AtomicI64::new(ms))),
         }
     }
@@ -77,7 +78,7 @@ impl ManualClock {
     pub fn clock(&self) -> Clock {
         Clock {
             tokio_base: None,
-            manual: Some(self.now),
+            settable: Some(self.now),
         }
     }
 
@@ -101,6 +102,8 @@ impl ManualClock {
 pub struct Stopwatch(std::time::Instant);
 
 impl Stopwatch {
+    // Elapsed time for a person, never a decision (see `.clippy.toml`).
+    #[allow(clippy::disallowed_methods)]
     pub fn start() -> Stopwatch {
         Stopwatch(std::time::Instant::now())
     }
@@ -148,22 +151,22 @@ mod tests {
     }
 
     #[test]
-    fn a_manual_clock_moves_only_when_set() {
-        let manual = ManualClock::starting_at(1_600_000_000_000);
-        let clock = manual.clock();
+    fn a_settable_clock_moves_only_when_set() {
+        let settable = SettableClock::starting_at(1_600_000_000_000);
+        let clock = settable.clock();
         assert_eq!(clock.now_ms(), 1_600_000_000_000);
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(clock.now_ms(), 1_600_000_000_000, "not the system's time");
-        manual.advance(std::time::Duration::from_secs(300));
+        settable.advance(std::time::Duration::from_secs(300));
         assert_eq!(clock.now_ms(), 1_600_000_300_000);
-        manual.set(1_700_000_000_000);
+        settable.set(1_700_000_000_000);
         assert_eq!(clock.now_ms(), 1_700_000_000_000);
     }
 
     #[tokio::test]
-    async fn a_manual_clock_times_instants_from_its_own_now() {
-        let manual = ManualClock::starting_at(1_000_000);
-        let clock = manual.clock();
+    async fn a_settable_clock_times_instants_from_its_own_now() {
+        let settable = SettableClock::starting_at(1_000_000);
+        let clock = settable.clock();
         let before = Instant::now();
         let at = clock.instant_at(1_060_000);
         assert!(at - before >= std::time::Duration::from_secs(60));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use webhook_relay::app::{self, Start};
-use webhook_relay::clock::{format_ms, ManualClock};
+use webhook_relay::clock::{format_ms, SettableClock};
 use webhook_relay::config::Config;
 use webhook_relay::ingress::tls::SelfSigned;
 use webhook_relay::listen::Listeners;
@@ -16,7 +16,7 @@ use crate::helpers::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 /// 2020-09-13T12:26:40Z: years from the machine's own time.
-const MANUAL_MS: i64 = 1_600_000_000_000;
+const SET_MS: i64 = 1_600_000_000_000;
 
 #[tokio::test]
 async fn app_run_serves_on_the_clock_it_is_given_reloads_on_a_trigger_and_stops_on_its_future() {
@@ -40,14 +40,14 @@ async fn app_run_serves_on_the_clock_it_is_given_reloads_on_a_trigger_and_stops_
     let port = listeners.ingress.local_addr().unwrap().port();
     let spool_config = config.spool.clone();
 
-    let manual = ManualClock::starting_at(MANUAL_MS);
+    let clock = SettableClock::starting_at(SET_MS);
     let (stop, stopped) = oneshot::channel::<()>();
     let (reload, reloads) = mpsc::channel(1);
     let start = Start {
         config,
         config_path: config_path.clone(),
         listeners,
-        clock: manual.clock(),
+        clock: clock.clock(),
         restart_in_place: None,
     };
     let running = tokio::spawn(app::run(
@@ -73,17 +73,17 @@ async fn app_run_serves_on_the_clock_it_is_given_reloads_on_a_trigger_and_stops_
     let headers = &received[0].headers;
     assert_eq!(
         headers["x-relay-received-at"].to_str().unwrap(),
-        format_ms(MANUAL_MS),
-        "received at the manual clock's time"
+        format_ms(SET_MS),
+        "received at the settable clock's time"
     );
     assert_eq!(
         headers["webhook-timestamp"].to_str().unwrap(),
-        (MANUAL_MS / 1000).to_string(),
-        "signed at the manual clock's time"
+        (SET_MS / 1000).to_string(),
+        "signed at the settable clock's time"
     );
 
     // A reload trigger re-reads the file: a second subscription from now on.
-    manual.advance(Duration::from_secs(3600));
+    clock.advance(Duration::from_secs(3600));
     std::fs::write(
         &config_path,
         format!("{base}{}", subscription("audit", &audit.url(), "")),
@@ -111,7 +111,7 @@ async fn app_run_serves_on_the_clock_it_is_given_reloads_on_a_trigger_and_stops_
         audit.received()[0].headers["x-relay-received-at"]
             .to_str()
             .unwrap(),
-        format_ms(MANUAL_MS + 3_600_000),
+        format_ms(SET_MS + 3_600_000),
         "the clock as the test moved it"
     );
 
