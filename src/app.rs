@@ -11,6 +11,10 @@
 //! admin API created (kept in the spool): [`effective_config`] merges them,
 //! and both a reload and an API change hand the result to fan-out, the
 //! forwarder and the admin API the same way.
+//!
+//! [`run`] (in `app/service.rs`) is the relay as a service: the spool's
+//! check before serving, systemd's readiness and watchdog, reloads, and the
+//! stop when its shutdown future completes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +36,10 @@ use crate::listen::{self, ListenError};
 use crate::metrics::Metrics;
 use crate::spool::{ApiSubscription, Routes, Spool, SpoolError};
 
+mod service;
+
+pub use service::{run, Start};
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -50,6 +58,9 @@ pub enum AppError {
     Close(SpoolError),
     #[error("{0}")]
     Subscriptions(String),
+    /// The spool has parts that cannot be read: not served.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 /// A running relay. Dropping it does not stop it; call [`Relay::stop`].
@@ -71,17 +82,20 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts everything on a listener bound as configured; the config must
-    /// already be validated.
+    /// Starts everything on a listener bound as configured, on the system
+    /// clock; the config must already be validated.
     pub async fn start(config: Config) -> Result<Relay, AppError> {
         let listeners = listen::Listeners::bind(config.server.listen)?;
-        Relay::start_on(config, listeners).await
+        Relay::start_on(config, listeners, Clock::system()).await
     }
 
-    /// Starts everything on these listeners; the config must already be
-    /// validated.
-    pub async fn start_on(config: Config, listeners: listen::Listeners) -> Result<Relay, AppError> {
-        let clock = Clock::system();
+    /// Starts everything on these listeners, reading the time from `clock`;
+    /// the config must already be validated.
+    pub async fn start_on(
+        config: Config,
+        listeners: listen::Listeners,
+        clock: Clock,
+    ) -> Result<Relay, AppError> {
         let spool = {
             let (spool_config, routes) = (config.spool.clone(), Routes::from_config(&config));
             match Spool::room_to_open(&spool_config).await {
@@ -160,7 +174,7 @@ impl Relay {
         )));
         let settings = ListenerSettings::from_config(&config, acceptor);
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(
+        let task = tokio::spawn(serve_until_stopped(
             Listeners {
                 ingress: listener,
                 admin: admin_listener,
@@ -504,7 +518,7 @@ struct Listeners {
     admin: Option<AdminListener>,
 }
 
-async fn run(
+async fn serve_until_stopped(
     listeners: Listeners,
     settings: ListenerSettings,
     ingress: Arc<ArcSwap<Ingress>>,

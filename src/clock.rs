@@ -9,7 +9,8 @@
 //!
 //! Deadlines are [`Instant`]s read from the same clock ([`Clock::instant_now`])
 //! and waited for with [`Clock::sleep_until`], so a manual clock moves them
-//! too.
+//! too. [`Stopwatch`] times progress shown to people (nothing decides on
+//! it).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -125,6 +126,23 @@ impl Clock {
     }
 }
 
+/// Time elapsed since a start, for progress shown to people (a backup's
+/// "12.0 MiB received (3 s)"); nothing decides on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    // Elapsed time for a person, never a decision (see `.clippy.toml`).
+    #[allow(clippy::disallowed_methods)]
+    pub fn start() -> Stopwatch {
+        Stopwatch(std::time::Instant::now())
+    }
+
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.0.elapsed()
+    }
+}
+
 fn system_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -160,6 +178,13 @@ mod tests {
         let start = clock.now_ms();
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         assert_eq!(clock.now_ms() - start, 3_600_000);
+    }
+
+    #[test]
+    fn a_stopwatch_counts_up() {
+        let watch = Stopwatch::start();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(watch.elapsed() >= std::time::Duration::from_millis(5));
     }
 
     #[tokio::test(start_paused = true)]

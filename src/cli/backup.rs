@@ -9,11 +9,12 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 
 use super::remote::{AdminClient, RemoteArgs};
+use crate::clock::Stopwatch;
 use crate::spool::backup::{self, ArchiveCounts, BackupError, Manifest};
 use crate::spool::Spool;
 
@@ -42,13 +43,13 @@ pub fn backup(config: &Path, remote: &RemoteArgs, file: &Path) -> anyhow::Result
         .suffix(".partial")
         .tempfile_in(&dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let mut told = started;
     let received = {
         let mut out = BufWriter::with_capacity(1 << 20, partial.as_file());
         let received = client.download(BACKUP_PATH, &mut out, &mut |bytes| {
             if told.elapsed() >= PROGRESS_EVERY {
-                told = Instant::now();
+                told = Stopwatch::start();
                 eprintln!(
                     "backup: {:.1} MiB received ({:.0} s)",
                     mib(bytes),
@@ -100,11 +101,11 @@ pub fn restore(file: &Path, target: &Path, json: bool) -> anyhow::Result<()> {
         inner: archive,
         read: read.clone(),
     };
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let mut told = started;
     let mut progress = |counts: &ArchiveCounts| {
         if told.elapsed() >= PROGRESS_EVERY {
-            told = Instant::now();
+            told = Stopwatch::start();
             let done = read.load(Ordering::Relaxed);
             eprintln!(
                 "restore: {} notifications written, {:.0}% of the archive read ({:.0} s)",

@@ -404,6 +404,23 @@ pub fn cell(value: &Value) -> String {
     }
 }
 
+/// A change through the API: its JSON answer, or a line for people.
+pub(crate) fn post_and_print(
+    config: &Path,
+    remote: &RemoteArgs,
+    path: &str,
+    say: impl FnOnce(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    let done = client.post(path)?;
+    if remote.json {
+        outln!("{done}")?;
+    } else {
+        outln!("{}", say(&done))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

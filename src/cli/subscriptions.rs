@@ -1,10 +1,12 @@
 //! `webhook-relay subscriptions ls|pause|resume|retry|add|rm|backfill|test|rotate-secret`:
 //! each one call (`ls` two) to the running relay's admin API. A secret is printed once, as the API shows it once.
 
+use std::path::Path;
+
 use serde_json::{json, Value};
 
-use super::remote::{cell, query, AdminClient, RemoteError};
-use super::{encode_segment, list_subscriptions, post_and_print, SubscriptionsCommand};
+use super::remote::{cell, query, table, AdminClient, RemoteArgs, RemoteError};
+use super::{encode_segment, post_and_print, SubscriptionsCommand};
 
 /// The subscription `add` creates: the keys of a `[[subscriptions]]` table
 /// of `relay.toml`, but the secret, which the relay makes.
@@ -258,4 +260,61 @@ pub fn run(command: SubscriptionsCommand) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+fn list_subscriptions(config: &Path, remote: &RemoteArgs) -> anyhow::Result<()> {
+    let client = AdminClient::locate(remote, config)?;
+    // Each item carries its delivery counts: a subscriber may not read the stats.
+    let subscriptions = client.get("/api/subscriptions")?;
+    let items = subscriptions["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if remote.json {
+        for item in &items {
+            outln!("{item}")?;
+        }
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|s| {
+            let of = &s["deliveries"];
+            // Who created it, for those made through the API.
+            let origin = match &s["created_by"] {
+                serde_json::Value::String(by) => format!("api ({by})"),
+                _ => cell(&s["origin"]),
+            };
+            vec![
+                cell(&s["name"]),
+                cell(&s["url"]),
+                origin,
+                if s["paused"] == true {
+                    "paused"
+                } else {
+                    "active"
+                }
+                .to_owned(),
+                cell(&of["waiting"]),
+                cell(&of["dead"]),
+                cell(&of["delivered"]),
+            ]
+        })
+        .collect();
+    out!(
+        "{}",
+        table(
+            &[
+                "NAME",
+                "URL",
+                "ORIGIN",
+                "STATE",
+                "WAITING",
+                "DEAD",
+                "DELIVERED"
+            ],
+            &rows
+        )
+    )?;
+    Ok(())
 }

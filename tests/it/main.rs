@@ -4,6 +4,7 @@
 mod abuse;
 mod admin;
 mod admin_page;
+mod app_run;
 mod backup;
 mod corruption;
 mod crash;
