@@ -4,6 +4,12 @@
 //! reads the system clock, so a clock corrected by NTP after start-up is
 //! followed at once; tests can instead make a clock that follows tokio's
 //! (paused) clock from a fixed wall-clock base.
+//!
+//! This is the one place that reads the system clock: `.clippy.toml` refuses
+//! `SystemTime::now`, `OffsetDateTime::now_utc` and `std::time::Instant::now`
+//! elsewhere. Code that decides by the wall clock is given a [`Clock`];
+//! timeouts and deadlines use `tokio::time::Instant`, which a paused test
+//! runtime controls.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,10 +30,20 @@ impl Clock {
     /// A clock that starts at the system time and then advances only with
     /// tokio's clock (for tests on a paused clock).
     pub fn following_tokio() -> Self {
+        Self::manual(system_ms())
+    }
+
+    // === clock: manual time for tests (helper `clock`) ===
+
+    /// A clock that reads `start_ms` now and then advances only with tokio's
+    /// clock: on a paused runtime, only when the test advances it.
+    pub fn manual(start_ms: i64) -> Self {
         Clock {
-            tokio_base: Some((system_ms(), Instant::now())),
+            tokio_base: Some((start_ms, Instant::now())),
         }
     }
+
+    // === end clock ===
 
     pub fn now_ms(&self) -> i64 {
         match self.tokio_base {
@@ -46,6 +62,8 @@ impl Clock {
     }
 }
 
+// The one read of the system's wall clock (see the module doc).
+#[allow(clippy::disallowed_methods)]
 fn system_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -81,6 +99,16 @@ mod tests {
         let start = clock.now_ms();
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         assert_eq!(clock.now_ms() - start, 3_600_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_manual_clock_starts_where_told_and_moves_only_with_tokio() {
+        let clock = Clock::manual(1_445_412_480_000);
+        assert_eq!(clock.now_ms(), 1_445_412_480_000);
+        tokio::time::advance(std::time::Duration::from_millis(1_500)).await;
+        assert_eq!(clock.now_ms(), 1_445_412_481_500);
+        let due = clock.instant_at(1_445_412_482_000);
+        assert_eq!(due - Instant::now(), std::time::Duration::from_millis(500));
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,6 +29,9 @@
 //! Beside the rates it prints the relay's CPU time (user + system, from
 //! /proc/<pid>/stat) per notification and per delivery.
 
+// A benchmark measures the wall time it takes; it decides nothing by it.
+#![allow(clippy::disallowed_methods)]
+
 /// The same allocator as the relay, so that the bare server it is compared
 /// with is not handicapped by glibc's.
 #[global_allocator]
