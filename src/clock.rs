@@ -33,8 +33,6 @@ impl Clock {
         Self::manual(system_ms())
     }
 
-    // === clock: manual time for tests (helper `clock`) ===
-
     /// A clock that reads `start_ms` now and then advances only with tokio's
     /// clock: on a paused runtime, only when the test advances it.
     pub fn manual(start_ms: i64) -> Self {
@@ -42,8 +40,6 @@ impl Clock {
             tokio_base: Some((start_ms, Instant::now())),
         }
     }
-
-    // === end clock ===
 
     pub fn now_ms(&self) -> i64 {
         match self.tokio_base {
