@@ -11,6 +11,12 @@
 //! and waited for with [`Clock::sleep_until`], so a manual clock moves them
 //! too. [`Stopwatch`] times progress shown to people (nothing decides on
 //! it).
+//!
+//! This is the one place that reads the system clock: `.clippy.toml` refuses
+//! `SystemTime::now`, `OffsetDateTime::now_utc` and `std::time::Instant::now`
+//! elsewhere. Code that decides by the wall clock is given a [`Clock`];
+//! timeouts and deadlines of the network side use `tokio::time::Instant`,
+//! which a paused test runtime controls.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,8 +51,14 @@ impl Clock {
     /// A clock that starts at the system time and then advances only with
     /// tokio's clock (for tests on a paused clock).
     pub fn following_tokio() -> Self {
+        Self::following_tokio_from(system_ms())
+    }
+
+    /// A clock that reads `start_ms` now and then advances only with tokio's
+    /// clock: on a paused runtime, only when the test advances it.
+    pub fn following_tokio_from(start_ms: i64) -> Self {
         Clock {
-            tokio_base: Some((system_ms(), Instant::now())),
+            tokio_base: Some((start_ms, Instant::now())),
             manual: None,
         }
     }
@@ -57,7 +69,7 @@ impl Clock {
     pub fn manual(start_ms: i64) -> Self {
         let manual = Box::leak(Box::new(Manual {
             start_ms,
-            origin: Instant::from_std(std::time::Instant::now()),
+            origin: system_instant(),
             advanced: tokio::sync::watch::Sender::new(Duration::ZERO),
         }));
         Clock {
@@ -106,7 +118,7 @@ impl Clock {
         match (self.manual, self.tokio_base) {
             (Some(manual), _) => manual.origin + *manual.advanced.borrow(),
             (None, Some(_)) => Instant::now(),
-            (None, None) => Instant::from_std(std::time::Instant::now()),
+            (None, None) => system_instant(),
         }
     }
 
@@ -143,6 +155,15 @@ impl Stopwatch {
     }
 }
 
+/// The system's monotonic clock, on no runtime or any (a paused one too).
+// With `system_ms`, the one read of the system's clocks (see the module doc).
+#[allow(clippy::disallowed_methods)]
+fn system_instant() -> Instant {
+    Instant::from_std(std::time::Instant::now())
+}
+
+// The one read of the system's wall clock (see the module doc).
+#[allow(clippy::disallowed_methods)]
 fn system_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -185,6 +206,16 @@ mod tests {
         let watch = Stopwatch::start();
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert!(watch.elapsed() >= std::time::Duration::from_millis(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_following_tokio_starts_where_told_and_moves_only_with_tokio() {
+        let clock = Clock::following_tokio_from(1_445_412_480_000);
+        assert_eq!(clock.now_ms(), 1_445_412_480_000);
+        tokio::time::advance(std::time::Duration::from_millis(1_500)).await;
+        assert_eq!(clock.now_ms(), 1_445_412_481_500);
+        let due = clock.instant_at(1_445_412_482_000);
+        assert_eq!(due - Instant::now(), std::time::Duration::from_millis(500));
     }
 
     #[tokio::test(start_paused = true)]

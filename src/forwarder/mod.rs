@@ -289,7 +289,7 @@ impl Attempt {
         };
         let (outcome, answer) = self
             .target
-            .send(lease.notification(), number, started)
+            .send(lease.notification(), number, started, &self.clock)
             .await;
         let now = self.clock.now_ms();
         let jitter = rand::random::<f64>() * 2.0 - 1.0;

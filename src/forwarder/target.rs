@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::outgoing;
-use crate::clock::format_ms;
+use crate::clock::{format_ms, Clock};
 use crate::config::{OnSuperseded, SubscriptionConfig};
 use crate::delivery::{answer_excerpt, Outcome, Schedule, ANSWER_KEPT};
 use crate::providers::Flag;
@@ -101,13 +101,16 @@ impl Target {
         })
     }
 
-    /// Sends attempt `attempt` of a notification; never fails, it reports
-    /// the outcome and what the target answered (see [`answer_excerpt`]).
+    /// Sends attempt `attempt` of a notification, started at `now_ms`;
+    /// never fails, it reports the outcome and what the target answered
+    /// (see [`answer_excerpt`]). `clock` dates the answer, so a Retry-After
+    /// date is read against the time the forwarder was given.
     pub async fn send(
         &self,
         notification: &NotificationRecord,
         attempt: u32,
         now_ms: i64,
+        clock: &Clock,
     ) -> (Outcome, Option<String>) {
         let meta = &notification.meta;
         let timestamp = now_ms.div_euclid(1000);
@@ -162,7 +165,7 @@ impl Target {
             }
         }
         match request.send().await {
-            Ok(response) => read_answer(response).await,
+            Ok(response) => read_answer(response, clock).await,
             Err(err) => (classify(&err), None),
         }
     }
@@ -184,13 +187,13 @@ impl Target {
     }
 }
 
-async fn read_answer(mut response: reqwest::Response) -> (Outcome, Option<String>) {
+async fn read_answer(mut response: reqwest::Response, clock: &Clock) -> (Outcome, Option<String>) {
     let code = response.status().as_u16();
     let retry_after_ms = response
         .headers()
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+        .and_then(|v| parse_retry_after(v, clock.now_ms()));
     // Read (a bounded part of) the answer so the connection can be reused;
     // a target that resets mid-answer has not confirmed anything.
     // Its start is kept for the attempt history (why did it refuse?).
@@ -250,8 +253,9 @@ fn error_chain(err: &reqwest::Error) -> String {
     crate::redact::urls_in(&text).into_owned()
 }
 
-/// `Retry-After` as seconds, or as an HTTP date (taken relative to now).
-pub fn parse_retry_after(value: &str) -> Option<u64> {
+/// `Retry-After` as milliseconds to wait: given in seconds, or as an HTTP
+/// date, taken relative to `now_ms` (`None` once that date is past).
+pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<u64> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(secs.saturating_mul(1000));
@@ -262,8 +266,8 @@ pub fn parse_retry_after(value: &str) -> Option<u64> {
     let at = time::PrimitiveDateTime::parse(value, format)
         .ok()?
         .assume_utc();
-    let ahead = at - time::OffsetDateTime::now_utc();
-    u64::try_from(ahead.whole_milliseconds()).ok()
+    let at_ms = at.unix_timestamp_nanos().div_euclid(1_000_000);
+    u64::try_from(at_ms.saturating_sub(i128::from(now_ms))).ok()
 }
 
 #[cfg(test)]
@@ -298,21 +302,62 @@ mod tests {
         assert!(!old.verify("msg_1", 10, b"{}", &after), "{after}");
     }
 
+    /// Unix ms of Wed, 21 Oct 2015 07:28:00 GMT.
+    const OCT_21_2015_07_28: i64 = 1_445_412_480_000;
+
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {
-        assert_eq!(parse_retry_after("120"), Some(120_000));
-        assert_eq!(parse_retry_after("soon"), None);
+        let now = OCT_21_2015_07_28;
+        assert_eq!(parse_retry_after("120", now), Some(120_000));
+        assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now + 1),
             None,
             "a past date gives no wait"
         );
-        let future = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
-        let format = time::macros::format_description!(
-            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(0)
         );
-        let text = future.format(format).unwrap();
-        let ms = parse_retry_after(&text).unwrap();
-        assert!((3_590_000..=3_600_000).contains(&ms), "{ms}");
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 08:28:00 GMT", now - 250),
+            Some(3_600_250)
+        );
+    }
+
+    /// A 503 whose Retry-After is an HTTP date, read on a manual clock a
+    /// minute and a half before it (in 2015: the system clock would find the
+    /// date long past and give no wait).
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_date_is_a_delay_from_the_forwarder_s_clock() {
+        let clock = Clock::following_tokio_from(OCT_21_2015_07_28 - 90_000);
+        let answer = http::Response::builder()
+            .status(503)
+            .header(http::header::RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT")
+            .body("busy")
+            .unwrap();
+        let (outcome, _) = read_answer(reqwest::Response::from(answer), &clock).await;
+        assert_eq!(
+            outcome,
+            Outcome::Status {
+                code: 503,
+                retry_after_ms: Some(90_000)
+            }
+        );
+        // The same answer a minute later on that clock: half a minute left.
+        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+        let answer = http::Response::builder()
+            .status(503)
+            .header(http::header::RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT")
+            .body("busy")
+            .unwrap();
+        let (outcome, _) = read_answer(reqwest::Response::from(answer), &clock).await;
+        assert_eq!(
+            outcome,
+            Outcome::Status {
+                code: 503,
+                retry_after_ms: Some(30_000)
+            }
+        );
     }
 }

@@ -176,7 +176,7 @@ pub(super) async fn handle(
         &ingress.trusted_proxies,
     );
     let path = loggable_path(request.uri().path());
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     // A label only for configured sources: the path is the client's to choose.
     let source = route(request.uri().path())
         .and_then(|(name, _)| ingress.sources.get_key_value(name))

@@ -479,24 +479,25 @@ async fn a_graceful_stop_lets_attempts_in_flight_finish_within_the_grace() {
 async fn an_idle_forwarder_sends_a_new_notification_within_100_ms() {
     let target = Target::start(vec![]).await;
     let relay = TestRelay::start(&subscription("erp", &target.url(), "")).await;
-    // Warm up (TLS session, the target's connection), then let the forwarder
-    // go idle, waiting for work.
-    post_tus(&relay, "h-warm", "emitido").await;
-    target.wait_for(1, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Warm up (TLS session, the target's connection); each time the outcome
+    // is on record the forwarder has nothing left and waits for work.
+    let warm = post_tus(&relay, "h-warm", "emitido").await;
+    final_delivery(&relay, warm, "erp").await;
     let mut worst = Duration::ZERO;
     for n in 0..5 {
-        let posted = tokio::time::Instant::now();
-        post_tus(&relay, &format!("h-idle-{n}"), "emitido").await;
+        let id = post_tus(&relay, &format!("h-idle-{n}"), "emitido").await;
+        // From the 200 (stored, and the store's wake-up sent), so a slow
+        // fdatasync on a loaded machine is not counted against the forwarder.
+        let stored = tokio::time::Instant::now();
         let arrived = target.wait_for(n + 2, WAIT).await;
-        let latency = arrived.last().unwrap().at - posted;
+        let latency = arrived.last().unwrap().at.saturating_duration_since(stored);
         worst = worst.max(latency);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        final_delivery(&relay, id, "erp").await;
     }
-    eprintln!("idle forwarder: worst post-to-target latency {worst:?}");
+    eprintln!("idle forwarder: worst stored-to-target latency {worst:?}");
     assert!(
         worst < Duration::from_millis(100),
-        "a store did not wake the forwarder: {worst:?}"
+        "a store did not wake the forwarder: {worst:?} from the 200 to the target"
     );
     relay.stop().await;
 }

@@ -220,7 +220,7 @@ async fn a_full_disk_answers_503_then_recovers_by_itself_with_nothing_lost_or_re
     );
 
     disk.grow(&relay, 96);
-    let room_at = std::time::Instant::now();
+    let room_at = tokio::time::Instant::now();
     let pad = "x".repeat(20_000);
     let mut n = 0;
     let recovered_after = loop {
@@ -345,9 +345,9 @@ async fn readyz(admin: &str) -> (u16, String) {
 /// Posts every 100 ms for `hold`: each is answered 503 (the disk stays
 /// full) and the store never fails meanwhile.
 async fn stays_full(relay: &RelayProcess, client: &reqwest::Client, url: &str, hold: Duration) {
-    let until = std::time::Instant::now() + hold;
+    let until = tokio::time::Instant::now() + hold;
     let mut n = 0;
-    while std::time::Instant::now() < until {
+    while tokio::time::Instant::now() < until {
         n += 1;
         let body = tus_body(&format!("held{n}"), "held");
         let status = client.post(url).body(body).send().await.unwrap().status();
@@ -375,7 +375,7 @@ async fn room_again(
     acked: &mut Vec<(String, String)>,
 ) -> Duration {
     disk.grow(relay, 96);
-    let room_at = std::time::Instant::now();
+    let room_at = tokio::time::Instant::now();
     for n in 0.. {
         let body = tus_body(&format!("room{n}"), "room");
         // The relay may be replacing its process right now: a reset

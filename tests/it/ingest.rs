@@ -487,6 +487,8 @@ async fn idle_connections_are_closed_and_a_request_under_way_is_not() {
     )
     .await
     .unwrap();
+    // Time must pass here, not a condition: the connection is not closed
+    // though its body takes longer than idle_timeout (1 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     slow.write_all(tail.as_bytes()).await.unwrap();
     let mut answer = vec![0u8; 12];
@@ -549,7 +551,9 @@ async fn past_max_connections_the_connection_idle_longest_makes_room_and_busy_on
         stream.flush().await.unwrap();
         busy.push(stream);
     }
-    // Past the 250 ms a connection must be idle before it is closed for room.
+    // Past the 250 ms a connection must be idle before it is closed for room
+    // (time must pass, not a condition: what follows proves the busy ones
+    // are not closed even then).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let unserved = post("h-busy", Duration::from_millis(800)).await;
     assert!(

@@ -1057,7 +1057,8 @@ async fn narrowing_allowed_targets_pauses_the_api_subscriptions_it_no_longer_all
     );
     assert_eq!(post(&provider, &relay, &hooks, "n-2").await, 200);
     billing.wait_for(2, WAIT).await;
-    // Billing has its delivery: erp's was due as early, and stays held.
+    // Billing has its delivery: erp's was due as early, and stays held (a
+    // wait for something that must not happen: time, not a condition).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(erp.count(), 1, "nothing sent to a target no longer allowed");
     let item = erp_item(admin.get("/api/subscriptions").await);
