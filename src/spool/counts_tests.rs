@@ -3,6 +3,8 @@
 //! sequence of changes, and they survive a reopen (or are made once by a
 //! walk for a spool that has none).
 
+use std::collections::BTreeMap;
+
 use super::tests::{
     attempt, config, lease_now, notification, ok, open, received, routes, spool_with_orphans,
     store, store_new,

@@ -34,32 +34,39 @@
 
 mod audit;
 pub mod backup;
+mod error;
 mod invoices;
 mod observe;
 pub mod record;
+mod report;
 mod roles;
 mod routes;
 mod sled;
 mod stream;
 mod subscriptions;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
 use crate::delivery::Delivery;
 use crate::providers::Notification;
 pub use audit::{AuditEntry, AuditId, AuditIdError, AuditRecord};
+pub(crate) use error::cause;
+pub use error::{Cause, SpoolError};
 pub use invoices::{Invoice, InvoiceCursor, StuckChanges, StuckInvoice, StuckMarks, TimelineEntry};
 pub use observe::{Observe, Observed, ObservedNotification};
+use reads::blocking;
 pub use record::{
     parse_ulid, IdError, NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta,
     QuarantineRecord, Record,
+};
+pub use report::{
+    BackendStats, CheckProblem, CheckReport, Counts, Health, Maintained, Purged, SourceCounts,
+    SubscriptionCounts,
 };
 pub use roles::{Consumer, Producer};
 pub use routes::{Route, Routes};
@@ -70,56 +77,6 @@ pub use subscriptions::{ApiSubscription, Replaced, Settings};
 #[doc(hidden)]
 pub fn fuzz_decode(bytes: &[u8]) -> usize {
     sled::decode_any(bytes)
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SpoolError {
-    #[error("spool {} is in use by another process (a running relay?): {detail}", path.display())]
-    Locked { path: PathBuf, detail: String },
-    #[error("cannot open spool {}: {detail}", path.display())]
-    Open { path: PathBuf, detail: String },
-    /// The files are damaged: sled cannot open or read them.
-    #[error("cannot open spool {}: {detail}", path.display())]
-    Damaged { path: PathBuf, detail: String },
-    /// Acknowledged notifications are missing: the spool lost data.
-    #[error("spool {} lost acknowledged notifications: {detail}", path.display())]
-    Lost { path: PathBuf, detail: String },
-    #[error("spool storage error: {0}")]
-    Storage(#[source] Cause),
-    /// `step` names what failed (sled's flush, the fdatasync after it).
-    #[error("spool flush failed: {step}: {source}")]
-    Flush {
-        step: &'static str,
-        #[source]
-        source: Cause,
-    },
-    /// The store cannot write now (disk full, I/O error); it retries by itself.
-    #[error("spool cannot write now: {0}")]
-    Unavailable(String),
-    #[error("spool is closed")]
-    Closed,
-    /// A backend's task ended without an answer (it panicked).
-    #[error("spool task failed: {0}")]
-    Task(String),
-    #[error("cannot encode record: {0}")]
-    Encode(#[source] Cause),
-    #[error("corrupt record in spool: {0}")]
-    Corrupt(String),
-    #[error("no notification {0} in the spool")]
-    NotFound(String),
-    #[error("delivery cannot be replayed: {0}")]
-    NotReplayable(String),
-    #[error("{0}")]
-    NotOrphan(String),
-}
-
-/// The error under a [`SpoolError`] (a backend's, an encoder's, or a
-/// message where there is none), shared so the error stays `Clone`.
-pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
-
-/// A [`Cause`] from an error or a message.
-pub(crate) fn cause(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Cause {
-    std::sync::Arc::from(err.into())
 }
 
 /// One request as ingress received it; shared by what is stored and what
@@ -183,143 +140,6 @@ impl std::fmt::Debug for Lease {
     }
 }
 
-/// How the spool is doing, for logs, the watchdog and `/readyz`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Health {
-    /// False while the store cannot take notifications (disk full, failed).
-    pub writable: bool,
-    /// The store failed in a way only a restart mends.
-    pub fatal: bool,
-    /// Why it cannot write, and since when (Unix ms).
-    pub condition: Option<String>,
-    pub since_ms: Option<i64>,
-    /// Writes refused while not writable (each was answered 503).
-    pub refused_writes: u64,
-    /// Records that could not be read, and the ids of the first ones.
-    pub unreadable: u64,
-    pub unreadable_ids: Vec<String>,
-    /// Deliveries waiting for a subscription that is not configured, by name.
-    pub orphans: BTreeMap<String, u64>,
-    /// What opening had to repair, if anything (e.g. a rebuilt snapshot).
-    pub repaired: Vec<String>,
-}
-
-/// What one pass of [`Spool::maintain`] removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Maintained {
-    pub notifications: u64,
-    pub quarantined: u64,
-    pub dedup_entries: u64,
-    pub audit_records: u64,
-}
-
-/// What [`Spool::purge`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Purged {
-    /// Deliveries now purged.
-    pub purged: u64,
-    /// Deliveries left as they were: in flight, never attempted, or no
-    /// longer dead or waiting.
-    pub skipped: u64,
-}
-
-/// One subscription's deliveries by where they stand.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct SubscriptionCounts {
-    /// Not yet final: never attempted, or waiting for a retry/replay (in
-    /// flight counts here).
-    pub waiting: u64,
-    pub dead: u64,
-    pub delivered: u64,
-    /// Given up by an admin (a bulk purge, or orphans purged).
-    pub purged: u64,
-}
-
-impl SubscriptionCounts {
-    pub fn is_zero(&self) -> bool {
-        *self == SubscriptionCounts::default()
-    }
-}
-
-/// What the spool holds of one source.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct SourceCounts {
-    /// Notifications stored, not yet removed by retention.
-    pub stored: u64,
-    /// Bodies in quarantine (those whose record cannot be read are in the
-    /// total only: their source is not known).
-    pub quarantined: u64,
-}
-
-impl SourceCounts {
-    pub fn is_zero(&self) -> bool {
-        *self == SourceCounts::default()
-    }
-}
-
-/// What the spool holds, counted as it changes (see [`Spool::counts`]).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Counts {
-    /// Stored, not yet removed by retention.
-    pub notifications: u64,
-    pub quarantined: u64,
-    /// By subscription name; a subscription with no delivery in the spool
-    /// is absent.
-    pub subscriptions: BTreeMap<String, SubscriptionCounts>,
-    /// By source name (as received, configured or not); a source with
-    /// nothing in the spool is absent.
-    pub sources: BTreeMap<String, SourceCounts>,
-}
-
-/// One thing [`Spool::check`] found wrong. Its text (`Display`) is the
-/// line `spool check` prints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckProblem {
-    /// A part of the spool the backend cannot read at all: serving it
-    /// would answer from holes, so `serve` refuses it.
-    Unreadable(String),
-    /// Acknowledged notifications are missing.
-    Lost(String),
-    /// One entry read but not understood, or not consistent with the rest
-    /// (skipped when met).
-    Record(String),
-}
-
-impl std::fmt::Display for CheckProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CheckProblem::Unreadable(what) => write!(f, "unreadable: {what}"),
-            CheckProblem::Lost(missing) => write!(f, "lost: {missing}"),
-            CheckProblem::Record(what) => f.write_str(what),
-        }
-    }
-}
-
-impl Serialize for CheckProblem {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-/// What [`Spool::check`] found in a stopped spool.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CheckReport {
-    pub notifications: u64,
-    pub quarantined: u64,
-    pub deliveries: u64,
-    pub retries: u64,
-    pub dedup_entries: u64,
-    /// What is wrong, each with the id or key where known.
-    pub problems: Vec<CheckProblem>,
-    pub repaired: Vec<String>,
-    pub orphans: BTreeMap<String, u64>,
-    pub audit_records: u64,
-    /// The counts as a walk over every record makes them (None when the
-    /// walk could not read them all), and as the spool kept them.
-    pub counts: Option<Counts>,
-    pub kept_counts: Option<Counts>,
-}
-
 /// The backends a spool can run on. A new backend is one more variant
 /// here (and in [`LeaseOf`]), an arm in [`dispatch!`], and a module that
 /// implements the calls below; the contract suite ([`contract`]) then
@@ -337,6 +157,9 @@ macro_rules! dispatch {
         }
     };
 }
+
+// After `dispatch!`, which the reads use.
+mod reads;
 
 /// A lease as its backend keeps it.
 enum LeaseOf {
@@ -758,222 +581,6 @@ impl Spool {
     pub(crate) fn sled(&self) -> &sled::SledSpool {
         dispatch!(&self.backend, b => b)
     }
-
-    // === queries: a backend that blocks does it off the runtime ===
-
-    /// Runs a blocking read of the sled backend off the async runtime.
-    async fn read<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&sled::SledSpool) -> Result<T, SpoolError> + Send + 'static,
-    ) -> Result<T, SpoolError> {
-        dispatch!(&self.backend, b => {
-            let b = b.clone();
-            blocking(move || read(&b)).await
-        })
-    }
-
-    /// Streams a blocking walk of the sled backend, a few records ahead of
-    /// the reader (see [`RecordStream`]).
-    fn walk<T: Send + 'static>(
-        &self,
-        walk: impl FnOnce(&sled::SledSpool) -> Walk<'_, T> + Send + 'static,
-    ) -> RecordStream<T> {
-        dispatch!(&self.backend, b => {
-            let b = b.clone();
-            RecordStream::blocking(move |send| {
-                for record in walk(&b) {
-                    if !send(record) {
-                        break; // the reader let go
-                    }
-                }
-            })
-        })
-    }
-
-    pub async fn notification(
-        &self,
-        id: NotificationId,
-    ) -> Result<Option<NotificationRecord>, SpoolError> {
-        self.read(move |b| b.notification(id)).await
-    }
-
-    /// Whether `id` is a quarantined body.
-    pub async fn is_quarantined(&self, id: NotificationId) -> Result<bool, SpoolError> {
-        self.read(move |b| b.is_quarantined(id)).await
-    }
-
-    /// All notifications, oldest first; a damaged record is an `Err` item and
-    /// the walk goes on past it.
-    pub fn notifications(&self) -> RecordStream<NotificationRecord> {
-        self.walk(|b| Box::new(b.notifications()))
-    }
-
-    /// All quarantined bodies, oldest first, damaged ones as `Err` items.
-    pub fn quarantined(&self) -> RecordStream<QuarantineRecord> {
-        self.walk(|b| Box::new(b.quarantined()))
-    }
-
-    /// Notifications newest first, strictly older than `before` when given;
-    /// a damaged record is an `Err` item and ends the walk.
-    pub fn notifications_newest_first(
-        &self,
-        before: Option<NotificationId>,
-    ) -> RecordStream<NotificationRecord> {
-        self.walk(move |b| Box::new(b.newest_first(sled::NOTIFICATIONS, before)))
-    }
-
-    /// Quarantined bodies newest first, like [`Spool::notifications_newest_first`].
-    pub fn quarantined_newest_first(
-        &self,
-        before: Option<NotificationId>,
-    ) -> RecordStream<QuarantineRecord> {
-        self.walk(move |b| Box::new(b.newest_first(sled::QUARANTINED, before)))
-    }
-
-    pub async fn quarantined_body(
-        &self,
-        id: NotificationId,
-    ) -> Result<Option<QuarantineRecord>, SpoolError> {
-        self.read(move |b| b.quarantine_record(id)).await
-    }
-
-    /// Up to `max` invoices after `after` in (source, subject) order, of
-    /// `source` only when given: read from the invoice index, no scan.
-    pub async fn invoices(
-        &self,
-        source: Option<&str>,
-        after: Option<&InvoiceCursor>,
-        max: usize,
-    ) -> Result<Vec<Invoice>, SpoolError> {
-        let (source, after) = (source.map(str::to_owned), after.cloned());
-        self.read(move |b| b.invoices(source.as_deref(), after.as_ref(), max))
-            .await
-    }
-
-    /// One invoice and its timeline, oldest notification first.
-    pub async fn invoice(
-        &self,
-        source: &str,
-        subject: &str,
-    ) -> Result<Option<(Invoice, Vec<TimelineEntry>)>, SpoolError> {
-        let (source, subject) = (source.to_owned(), subject.to_owned());
-        self.read(move |b| b.invoice(&source, &subject)).await
-    }
-
-    /// Up to `max` `queued` notifications of `source` after `after`,
-    /// received at or before `until_ms`, oldest first, with their subject:
-    /// from a time-ordered index, no scan.
-    pub async fn waiting(
-        &self,
-        source: &str,
-        after: Option<NotificationId>,
-        until_ms: i64,
-        max: usize,
-    ) -> Result<Vec<(NotificationId, String)>, SpoolError> {
-        let source = source.to_owned();
-        self.read(move |b| b.waiting(&source, after, until_ms, max))
-            .await
-    }
-
-    /// One invoice as it stands now (its current status and latest
-    /// notification), without its timeline.
-    pub async fn invoice_now(
-        &self,
-        source: &str,
-        subject: &str,
-    ) -> Result<Option<Invoice>, SpoolError> {
-        let (source, subject) = (source.to_owned(), subject.to_owned());
-        self.read(move |b| b.invoice_now(&source, &subject)).await
-    }
-
-    /// The stuck check's marks, as last saved (a short read of its own
-    /// keys, one per stuck invoice and per watched source).
-    pub async fn stuck_marks(&self) -> Result<StuckMarks, SpoolError> {
-        self.read(|b| b.stuck_marks()).await
-    }
-
-    /// Saves changes to the stuck check's marks through the writer; they
-    /// ride on the next group flush (a change lost in a crash makes the
-    /// check tell an invoice's turn again: at least once, like events).
-    pub async fn save_stuck(&self, changes: StuckChanges) -> Result<(), SpoolError> {
-        dispatch!(&self.backend, b => b.save_stuck(changes).await)
-    }
-
-    /// The deliveries of one notification, one per subscription it was
-    /// fanned out to (a never attempted one is pending).
-    pub async fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
-        self.read(move |b| b.deliveries_of(id)).await
-    }
-
-    /// When the earliest not-yet-final delivery of `subscription` is due.
-    pub async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
-        let subscription = subscription.to_owned();
-        self.read(move |b| b.next_due_ms(&subscription)).await
-    }
-
-    /// When the oldest delivery still waiting for each of `subscriptions`
-    /// was received (None when nothing waits, or it cannot be read now):
-    /// two short reads each, cheap enough for every scrape; see the sled
-    /// backend for how exact it is.
-    pub async fn oldest_waiting_ms(
-        &self,
-        subscriptions: Vec<String>,
-    ) -> Vec<(String, Option<i64>)> {
-        let names = subscriptions.clone();
-        let read = self.read(move |b| {
-            Ok(names
-                .into_iter()
-                .map(|name| {
-                    let at = b.oldest_waiting_ms(&name).ok().flatten();
-                    (name, at)
-                })
-                .collect())
-        });
-        read.await
-            .unwrap_or_else(|_| subscriptions.into_iter().map(|n| (n, None)).collect())
-    }
-
-    /// Audit records, newest first, strictly older than `before` when
-    /// given; at most `limit`. An unreadable record is skipped and counted
-    /// in [`Spool::health`].
-    pub async fn audit_log(
-        &self,
-        before: Option<AuditId>,
-        limit: usize,
-    ) -> Result<Vec<AuditRecord>, SpoolError> {
-        self.read(move |b| b.audit_log(before, limit)).await
-    }
-
-    /// The whole audit log, oldest first; a damaged record is an `Err` item
-    /// and the walk goes on past it.
-    pub fn audit_records(&self) -> RecordStream<AuditRecord> {
-        self.walk(|b| Box::new(b.audit_records()))
-    }
-}
-
-/// A blocking backend's walk over records.
-type Walk<'a, T> = Box<dyn Iterator<Item = Result<T, SpoolError>> + 'a>;
-
-/// Runs a blocking backend call off the async runtime.
-async fn blocking<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
-) -> Result<T, SpoolError> {
-    tokio::task::spawn_blocking(call)
-        .await
-        .map_err(|e| SpoolError::Task(e.to_string()))?
-}
-
-/// What a backend can tell of itself (see [`Spool::stats`]); a field it
-/// has no such thing for is `None`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BackendStats {
-    /// Bytes the spool takes in its store (on disk for sled).
-    pub bytes: Option<u64>,
-    /// Group flushes started so far (tests count them).
-    pub flush_starts: Option<u64>,
-    /// Changes (stores, outcomes, ...) covered by completed group flushes:
-    /// divided by `flush_starts`, the mean group size.
-    pub flushed_changes: Option<u64>,
 }
 
 #[cfg(test)]
