@@ -12,17 +12,9 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::locate::{self, KeyPath};
+use super::problem::Problem;
 use super::spool::fold_flat_sled_keys;
 use super::{AdminConfig, Config, ForwarderConfig, ServerConfig, SpoolConfig};
-
-/// One thing wrong with the configuration, where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub key: String,
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    pub message: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

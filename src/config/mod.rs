@@ -13,6 +13,7 @@
 mod admin;
 mod load;
 mod locate;
+mod problem;
 mod spool;
 mod target;
 mod validate;
@@ -28,8 +29,9 @@ use serde::Deserialize;
 use crate::delivery::Schedule;
 use crate::providers::{GenericRules, InvoiceStatus, Provider};
 pub use admin::{AdminConfig, AdminListen, AdminToken, AllowedTarget, Role};
-pub use load::{ConfigError, Problem};
+pub use load::ConfigError;
 pub use locate::KeyPath;
+pub use problem::Problem;
 pub use spool::{SledConfig, SpoolBackend, SpoolConfig, UnknownBackend};
 pub use target::{host_name_problem, target_url, TargetUrlError};
 pub use values::{

@@ -18,8 +18,8 @@ use serde::{Deserialize, Deserializer};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::load::Problem;
 use super::locate::position_of;
+use super::problem::Problem;
 use super::{ByteSize, HumanDuration};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
