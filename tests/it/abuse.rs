@@ -1,9 +1,11 @@
-//! Abuse tests on the built binary: each attack runs for a bounded time
-//! against a relay process while a normal provider client posts a
-//! notification, which must get its 200 within a second; the relay's
-//! resident memory and open file descriptors (read from /proc) must stay
-//! under the bounds stated here and in CONTRIBUTING.md ("Attacks on the
-//! built binary").
+//! Abuse tests on the built binary: each attack runs against a relay
+//! process while a normal provider client posts a notification, which must
+//! get its 200 promptly (within a second, or ten times what the same post
+//! took on the idle relay just before, if the machine is that loaded), and
+//! before the attack ends (it lasts until the normal client is answered);
+//! the relay's resident memory and open file descriptors (read from /proc)
+//! must stay under the bounds stated here and in CONTRIBUTING.md ("Attacks
+//! on the built binary").
 //! The admin listener gets the same treatment, and a stop is bounded
 //! whatever slow clients do.
 
@@ -30,12 +32,22 @@ const RSS_BOUND_KIB: u64 = 96 * 1024;
 /// Open descriptors beyond those it had before the attack: one per
 /// connection slot, one waiting for a slot, a few for the spool.
 const FD_MARGIN: usize = MAX_CONNECTIONS + 16;
-/// How long each attack lasts.
+/// How long each attack lasts at least (longer if the checks made under
+/// it take longer).
 const ATTACK: Duration = Duration::from_secs(4);
+/// How much slower than on the idle relay the normal client may be served
+/// under attack, and the least it is allowed whatever the idle time. A
+/// client locked out is not served until the attack ends, which is after
+/// it gives up.
+const SLOWER_UNDER_ATTACK: u32 = 10;
+const PROMPT: Duration = Duration::from_secs(1);
 
 struct Abused {
     process: RelayProcess,
     dir: tempfile::TempDir,
+    /// The slowest of a few provider posts on the idle relay, just after
+    /// it started: how slow this machine is at this moment.
+    idle_latency: Duration,
     /// One attack at a time: each has the machine's cores to itself, as
     /// far as this test binary is concerned.
     _alone: tokio::sync::MutexGuard<'static, ()>,
@@ -64,11 +76,50 @@ impl Abused {
         let path = dir.path().join("relay.toml");
         std::fs::write(&path, config).unwrap();
         let process = RelayProcess::spawn(&path).await;
-        Abused {
+        let mut relay = Abused {
             process,
             dir,
+            idle_latency: Duration::ZERO,
             _alone: alone,
+        };
+        for n in 0..3 {
+            let (status, took) = relay
+                .provider_post(&format!("idle-{n}"), Duration::from_secs(60))
+                .await;
+            assert_eq!(status, Ok(200), "a post on the idle relay");
+            relay.idle_latency = relay.idle_latency.max(took);
         }
+        println!(
+            "idle relay: a provider's post answered in {:?} at most; prompt is within {:?}",
+            relay.idle_latency,
+            relay.prompt()
+        );
+        relay
+    }
+
+    /// How long the normal client may wait under attack on this machine now.
+    fn prompt(&self) -> Duration {
+        (SLOWER_UNDER_ATTACK * self.idle_latency).max(PROMPT)
+    }
+
+    /// A provider's post on a new connection (as one posts), given up after
+    /// `patience`: its status and how long it took.
+    async fn provider_post(
+        &self,
+        hook: &str,
+        patience: Duration,
+    ) -> (Result<u16, String>, Duration) {
+        let client = provider_client(&self.cert());
+        let started = Instant::now();
+        let status = client
+            .post(self.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
+            .body(tusfacturas(hook, "emitido", 1))
+            .timeout(patience)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string());
+        (status, started.elapsed())
     }
 
     fn addr(&self) -> SocketAddr {
@@ -87,27 +138,30 @@ impl Abused {
         self.process.child.id().expect("relay running")
     }
 
-    /// A provider on a new connection (as one posts): its 200 within 1 s.
+    /// A provider on a new connection (as one posts): its 200 within
+    /// [`Abused::prompt`].
+    /// A connection closed before any answer is posted again (as a
+    /// provider retries), within the same limit.
     async fn normal_client_is_served(&self, hook: &str) {
-        let client = provider_client(&self.cert());
+        let prompt = self.prompt();
         let started = Instant::now();
-        let response = client
-            .post(self.url(&format!("/hooks/tusfacturas/{TUS_TOKEN}")))
-            .body(tusfacturas(hook, "emitido", 1))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        let took = started.elapsed();
+        let (mut status, mut took) = self.provider_post(hook, 2 * prompt).await;
+        while status.is_err() && started.elapsed() < prompt {
+            println!("{hook}: {status:?} after {took:?}; posted again");
+            (status, _) = self.provider_post(hook, 2 * prompt).await;
+            took = started.elapsed();
+        }
         println!("{hook}: the normal client was answered in {took:?}");
-        let status = response.map(|r| r.status().as_u16());
         assert!(
             matches!(status, Ok(200)),
             "the normal client got {status:?} after {took:?}; relay log:\n{}",
             self.process.log_tail(20)
         );
         assert!(
-            took < Duration::from_secs(1),
-            "the normal client waited {took:?}"
+            took < prompt,
+            "the normal client waited {took:?}: more than {prompt:?}, {SLOWER_UNDER_ATTACK} times \
+             its {:?} on the idle relay",
+            self.idle_latency
         );
     }
 
@@ -194,22 +248,89 @@ impl Sampler {
     }
 }
 
-/// Runs `attack` (given its index) on `n` tasks until [`ATTACK`] is over.
-fn spawn_attackers<F, Fut>(n: usize, attack: F) -> Vec<tokio::task::JoinHandle<u64>>
-where
-    F: Fn(usize, Instant) -> Fut,
-    Fut: std::future::Future<Output = u64> + Send + 'static,
-{
-    let until = Instant::now() + ATTACK;
-    (0..n).map(|i| tokio::spawn(attack(i, until))).collect()
+/// An attack's end as its attackers see it: not before a least time, and
+/// past it only once the checks made under the attack are done, so a slow
+/// machine cannot end the attack before the normal client is answered.
+#[derive(Clone)]
+struct Until(tokio::sync::watch::Receiver<bool>);
+
+impl Until {
+    fn running(&self) -> bool {
+        !*self.0.borrow() && self.0.has_changed().is_ok()
+    }
+
+    async fn ended(&self) {
+        let _ = self.0.clone().wait_for(|ended| *ended).await;
+    }
+
+    /// What `work` gives, or None if the attack ended first.
+    async fn within<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
+        tokio::select! {
+            done = work => Some(done),
+            () = self.ended() => None,
+        }
+    }
+
+    /// Sleeps `time`, or less if the attack ends first.
+    async fn sleep(&self, time: Duration) {
+        self.within(tokio::time::sleep(time)).await;
+    }
 }
 
-async fn attacks_made(tasks: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.expect("an attacker task");
+/// Attackers running until [`Attack::end`] ends them.
+struct Attack<T> {
+    tasks: Vec<tokio::task::JoinHandle<T>>,
+    end: tokio::sync::watch::Sender<bool>,
+    at_least_until: Instant,
+}
+
+impl<T> Attack<T> {
+    fn new(lasting: Duration) -> (Attack<T>, Until) {
+        let (end, until) = tokio::sync::watch::channel(false);
+        let attack = Attack {
+            tasks: Vec::new(),
+            end,
+            at_least_until: Instant::now() + lasting,
+        };
+        (attack, Until(until))
     }
-    total
+
+    /// Ends the attack once it lasted its least time (asserting that it
+    /// still ran: the checks made before were made under it); what each
+    /// attacker returned.
+    async fn end(self) -> Vec<T> {
+        assert!(
+            self.tasks.iter().all(|task| !task.is_finished()),
+            "the checks ran under attack"
+        );
+        tokio::time::sleep_until(self.at_least_until).await;
+        let _ = self.end.send(true);
+        let mut made = Vec::new();
+        for task in self.tasks {
+            made.push(task.await.expect("an attacker task"));
+        }
+        made
+    }
+}
+
+impl Attack<u64> {
+    /// Ends the attack; the attacks made, summed.
+    async fn made(self) -> u64 {
+        self.end().await.into_iter().sum()
+    }
+}
+
+/// Runs `attack` (given its index) on `n` tasks, for [`ATTACK`] at least.
+fn spawn_attackers<F, Fut>(n: usize, attack: F) -> Attack<u64>
+where
+    F: Fn(usize, Until) -> Fut,
+    Fut: std::future::Future<Output = u64> + Send + 'static,
+{
+    let (mut running, until) = Attack::new(ATTACK);
+    running.tasks = (0..n)
+        .map(|i| tokio::spawn(attack(i, until.clone())))
+        .collect();
+    running
 }
 
 /// Lets the attack build up before the normal client posts.
@@ -221,7 +342,15 @@ async fn mid_attack() {
 
 #[tokio::test]
 async fn idle_tls_connections_past_max_connections() {
-    let relay = Abused::start().await;
+    // No timeout closes a silent connection during the attack: only
+    // closing the idle ones to make room lets the normal client in (with
+    // the 1 s ones, a slot came free within about a second anyway).
+    let relay = Abused::start_edited(|config| {
+        config
+            .replace("header_timeout = \"1s\"", "header_timeout = \"30s\"")
+            .replace("idle_timeout = \"1s\"", "idle_timeout = \"30s\"")
+    })
+    .await;
     let sampler = relay.sample();
     // Twice max_connections idle TLS connections, each reopened when the
     // relay closes it.
@@ -230,22 +359,22 @@ async fn idle_tls_connections_past_max_connections() {
         let cert = cert.clone();
         async move {
             let mut opened = 0;
-            while Instant::now() < until {
+            while until.running() {
                 let connect = tls_connect_to(addr, &cert, b"http/1.1");
-                let Ok(Ok(mut stream)) = tokio::time::timeout_at(until, connect).await else {
+                let Some(Ok(mut stream)) = until.within(connect).await else {
                     continue;
                 };
                 opened += 1;
                 let mut buf = [0u8; 64];
                 // Held, silent, until the relay closes it or the attack ends.
-                let _ = tokio::time::timeout_at(until, stream.read(&mut buf)).await;
+                until.within(stream.read(&mut buf)).await;
             }
             opened
         }
     });
     mid_attack().await;
     relay.normal_client_is_served("abuse-idle").await;
-    let opened = attacks_made(attackers).await;
+    let opened = attackers.made().await;
     println!("idle TLS connections opened: {opened}");
     assert!(opened > 2 * MAX_CONNECTIONS as u64);
     sampler.check("idle TLS connections").await;
@@ -261,9 +390,9 @@ async fn slow_headers_and_slow_bodies() {
         let cert = cert.clone();
         async move {
             let mut made = 0;
-            while Instant::now() < until {
-                let Ok(Ok(mut stream)) =
-                    tokio::time::timeout_at(until, tls_connect_to(addr, &cert, b"http/1.1")).await
+            while until.running() {
+                let Some(Ok(mut stream)) =
+                    until.within(tls_connect_to(addr, &cert, b"http/1.1")).await
                 else {
                     continue;
                 };
@@ -278,7 +407,7 @@ async fn slow_headers_and_slow_bodies() {
                     continue;
                 }
                 let mut k = 0usize;
-                while Instant::now() < until {
+                while until.running() {
                     let piece: &[u8] = if slow_body {
                         &[b' '; 100]
                     } else {
@@ -296,7 +425,7 @@ async fn slow_headers_and_slow_bodies() {
     });
     mid_attack().await;
     relay.normal_client_is_served("abuse-slow").await;
-    let made = attacks_made(attackers).await;
+    let made = attackers.made().await;
     println!("slow connections made: {made}");
     sampler.check("slow headers and bodies").await;
     relay.stop().await;
@@ -314,9 +443,9 @@ async fn oversized_headers() {
         async move {
             let mut made = 0;
             let filler = "a".repeat(8000);
-            while Instant::now() < until {
-                let Ok(Ok(mut stream)) =
-                    tokio::time::timeout_at(until, tls_connect_to(addr, &cert, b"http/1.1")).await
+            while until.running() {
+                let Some(Ok(mut stream)) =
+                    until.within(tls_connect_to(addr, &cert, b"http/1.1")).await
                 else {
                     continue;
                 };
@@ -329,9 +458,7 @@ async fn oversized_headers() {
                 head.push_str("\r\n");
                 let _ = stream.write_all(head.as_bytes()).await;
                 let mut answer = [0u8; 12];
-                if let Ok(Ok(_)) =
-                    tokio::time::timeout_at(until, stream.read_exact(&mut answer)).await
-                {
+                if let Some(Ok(_)) = until.within(stream.read_exact(&mut answer)).await {
                     if &answer == b"HTTP/1.1 431" {
                         refused.fetch_add(1, Ordering::Relaxed);
                     }
@@ -342,7 +469,7 @@ async fn oversized_headers() {
     });
     mid_attack().await;
     relay.normal_client_is_served("abuse-headers").await;
-    let made = attacks_made(attackers).await;
+    let made = attackers.made().await;
     let refused = refused.load(Ordering::Relaxed);
     println!("oversized header requests: {made}, answered 431: {refused}");
     assert!(refused > 0, "no 431 for 320 KB of headers");
@@ -379,7 +506,7 @@ async fn http2_stream_floods_and_resets() {
         let (cert, path) = (cert.clone(), path.clone());
         async move {
             let mut streams = 0u64;
-            while Instant::now() < until {
+            while until.running() {
                 let Some(send) = h2_connect(addr, &cert).await else {
                     continue;
                 };
@@ -402,20 +529,19 @@ async fn http2_stream_floods_and_resets() {
                         let _ = body.send_data(bytes::Bytes::from(vec![b'{'; 16 * 1024]), false);
                         open.push(body);
                     }
-                    if Instant::now() >= until {
+                    if !until.running() {
                         break;
                     }
                 }
                 // Hold what is open a while, then start over.
-                tokio::time::sleep_until((Instant::now() + Duration::from_millis(500)).min(until))
-                    .await;
+                until.sleep(Duration::from_millis(500)).await;
             }
             streams
         }
     });
     mid_attack().await;
     relay.normal_client_is_served("abuse-h2").await;
-    let streams = attacks_made(attackers).await;
+    let streams = attackers.made().await;
     println!("HTTP/2 streams opened or reset: {streams}");
     assert!(streams > 1000);
     sampler.check("HTTP/2 stream floods and resets").await;
@@ -448,11 +574,16 @@ async fn unauthenticated_large_bodies_to_an_hmac_source_over_http1_and_http2() {
             };
             let body = bytes::Bytes::from(vec![b'x'; 1 << 20]);
             let loops = (0..streams).map(|_| {
-                let (client, url, body, refused) =
-                    (client.clone(), url.clone(), body.clone(), refused.clone());
+                let (client, url, body, refused, until) = (
+                    client.clone(),
+                    url.clone(),
+                    body.clone(),
+                    refused.clone(),
+                    until.clone(),
+                );
                 tokio::spawn(async move {
                     let mut sent = 0;
-                    while Instant::now() < until {
+                    while until.running() {
                         sent += 1;
                         let response = client
                             .post(&url)
@@ -478,7 +609,7 @@ async fn unauthenticated_large_bodies_to_an_hmac_source_over_http1_and_http2() {
     });
     mid_attack().await;
     relay.normal_client_is_served("abuse-hmac").await;
-    let sent = attacks_made(attackers).await;
+    let sent = attackers.made().await;
     let refused = refused.load(Ordering::Relaxed);
     println!("1 MiB unsigned bodies sent: {sent}, refused 401/503: {refused}");
     assert!(refused > 16, "the attack did not run");
@@ -630,17 +761,20 @@ fn admin_under_attack(config: String, listen: &str) -> String {
 /// Twice the admin listener's bound of connections, half sending nothing,
 /// half only the HTTP/2 preface, each reopened as soon as the relay closes
 /// it; meanwhile `/healthz`, `/metrics` and `spool stats` on new
-/// connections must answer promptly.
+/// connections must answer promptly: within [`ADMIN_PROMPT`] (twice that
+/// for the CLI, a process of its own), or [`SLOWER_UNDER_ATTACK`] times
+/// what each took on the idle listener just before, if the machine is that
+/// loaded. The attack lasts until they are answered.
 async fn attack_the_admin_listener(relay: Abused, admin: AdminAt) {
-    let until = Instant::now() + 2 * ATTACK;
+    let idle = admin_checks(&relay, &admin).await;
+    let (mut attack, until) = Attack::new(2 * ATTACK);
     let opened = Arc::new(AtomicU64::new(0));
-    let attackers: Vec<_> = (0..2 * ADMIN_CONNECTIONS)
+    attack.tasks = (0..2 * ADMIN_CONNECTIONS)
         .map(|i| {
-            let (opened, admin) = (opened.clone(), admin.clone());
+            let (opened, admin, until) = (opened.clone(), admin.clone(), until.clone());
             tokio::spawn(async move {
-                while Instant::now() < until {
-                    let Ok(Ok(mut stream)) = tokio::time::timeout_at(until, admin.connect()).await
-                    else {
+                while until.running() {
+                    let Some(Ok(mut stream)) = until.within(admin.connect()).await else {
                         continue;
                     };
                     opened.fetch_add(1, Ordering::Relaxed);
@@ -650,20 +784,48 @@ async fn attack_the_admin_listener(relay: Abused, admin: AdminAt) {
                     // Held until the relay closes it (an HTTP/2 one reads
                     // the relay's SETTINGS meanwhile).
                     let mut buf = [0u8; 1024];
-                    while let Ok(Ok(1..)) =
-                        tokio::time::timeout_at(until, stream.read(&mut buf)).await
-                    {
-                    }
+                    while let Some(Ok(1..)) = until.within(stream.read(&mut buf)).await {}
                 }
             })
         })
         .collect();
-    eventually(Duration::from_secs(10), "every attacker connected", || {
-        opened.load(Ordering::Relaxed) >= 2 * ADMIN_CONNECTIONS as u64
+    crate::progress::while_progressing("every attacker connected", async || {
+        let opened = opened.load(Ordering::Relaxed);
+        match opened >= 2 * ADMIN_CONNECTIONS as u64 {
+            true => Ok(()),
+            false => Err(opened),
+        }
     })
     .await;
     mid_attack().await;
 
+    let attacked = admin_checks(&relay, &admin).await;
+    for ((what, idle), (_, took)) in idle.iter().zip(&attacked) {
+        let least = match *what {
+            "spool stats" => 2 * ADMIN_PROMPT,
+            _ => ADMIN_PROMPT,
+        };
+        let prompt = (SLOWER_UNDER_ATTACK * *idle).max(least);
+        println!("admin {what} answered under attack in {took:?} ({idle:?} idle)");
+        assert!(
+            *took < prompt,
+            "{what} took {took:?} under attack: more than {prompt:?} ({idle:?} idle)"
+        );
+    }
+    attack.end().await;
+    let opened = opened.load(Ordering::Relaxed);
+    println!("admin connections opened: {opened}");
+    assert!(
+        opened > 2 * ADMIN_CONNECTIONS as u64,
+        "idle connections were closed to make room"
+    );
+    relay.stop().await;
+}
+
+/// `/healthz` and `/metrics` on new connections and the CLI's `spool
+/// stats`, each answered with success: how long each took.
+async fn admin_checks(relay: &Abused, admin: &AdminAt) -> Vec<(&'static str, Duration)> {
+    let mut took = Vec::new();
     for path in ["/healthz", "/metrics"] {
         let (client, base) = admin.client();
         let started = Instant::now();
@@ -672,12 +834,12 @@ async fn attack_the_admin_listener(relay: Abused, admin: AdminAt) {
             .send()
             .await
             .map(|r| r.status().as_u16());
-        let took = started.elapsed();
-        println!("admin {path} answered under attack in {took:?}");
         assert!(
-            matches!(status, Ok(200)) && took < ADMIN_PROMPT,
-            "{path}: {status:?} after {took:?}"
+            matches!(status, Ok(200)),
+            "{path}: {status:?} after {:?}",
+            started.elapsed()
         );
+        took.push((path, started.elapsed()));
     }
     let token_file = relay.dir.path().join("admin.token");
     std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
@@ -698,30 +860,17 @@ async fn attack_the_admin_listener(relay: Abused, admin: AdminAt) {
             )
         }
     });
-    let output = tokio::time::timeout(Duration::from_secs(20), cli)
+    let output = tokio::time::timeout(Duration::from_secs(60), cli)
         .await
-        .expect("the CLI answers within 20 s")
+        .expect("the CLI answers within 60 s")
         .unwrap();
-    let took = started.elapsed();
-    println!("`spool stats` answered under attack in {took:?}");
     assert!(
         output.status.success(),
         "spool stats: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(took < 2 * ADMIN_PROMPT, "the CLI took {took:?}");
-    assert!(Instant::now() < until, "the checks ran under attack");
-
-    for attacker in attackers {
-        attacker.await.unwrap();
-    }
-    let opened = opened.load(Ordering::Relaxed);
-    println!("admin connections opened: {opened}");
-    assert!(
-        opened > 2 * ADMIN_CONNECTIONS as u64,
-        "idle connections were closed to make room"
-    );
-    relay.stop().await;
+    took.push(("spool stats", started.elapsed()));
+    took
 }
 
 #[tokio::test]
@@ -739,34 +888,46 @@ async fn the_cli_gives_up_on_an_admin_listener_that_never_answers() {
     std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
     // No config file: the flags say everything.
     let config = dir.path().join("relay.toml");
-    let started = Instant::now();
-    let output = tokio::task::spawn_blocking(move || {
-        relay_cli(
-            &["spool", "stats"],
-            &config,
-            &[
-                "--admin-url",
-                &format!("http://{addr}"),
-                "--token-file",
-                token_file.to_str().unwrap(),
-                "--timeout",
-                "2s",
-            ],
-        )
-    })
-    .await
-    .unwrap();
-    let took = started.elapsed();
+    let spool_stats_at = |url: String| {
+        let (config, token_file) = (config.clone(), token_file.clone());
+        async move {
+            let started = Instant::now();
+            let output = tokio::task::spawn_blocking(move || {
+                relay_cli(
+                    &["spool", "stats"],
+                    &config,
+                    &[
+                        "--admin-url",
+                        &url,
+                        "--token-file",
+                        token_file.to_str().unwrap(),
+                        "--timeout",
+                        "2s",
+                    ],
+                )
+            })
+            .await
+            .unwrap();
+            (output, started.elapsed())
+        }
+    };
+    // What the CLI's own start and stop take on this machine now: it fails
+    // at once on a closed port.
+    let (refused, overhead) =
+        spool_stats_at(format!("http://127.0.0.1:{}", closed_port().await)).await;
+    assert_eq!(refused.status.code(), Some(69), "{refused:?}");
+    let (output, took) = spool_stats_at(format!("http://{addr}")).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("the CLI gave up after {took:?}: {stderr}");
+    println!("the CLI gave up after {took:?} ({overhead:?} on a closed port): {stderr}");
     assert_eq!(output.status.code(), Some(69), "{stderr}");
     assert!(
         stderr.contains(&addr.to_string()) && stderr.contains("did not answer within 2s"),
         "{stderr}"
     );
+    let at_most = Duration::from_secs(2) + (3 * overhead).max(Duration::from_secs(4));
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
-        "{took:?}"
+        took >= Duration::from_secs(2) && took < at_most,
+        "{took:?}, not within 2s to {at_most:?}"
     );
     holding.abort();
 }
@@ -847,24 +1008,31 @@ async fn a_stop_ends_within_shutdown_grace_however_long_body_timeout_is() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     acknowledged.push("finished-during-stop".into());
 
-    let exit = tokio::time::timeout(GRACE + Duration::from_secs(10), relay.process.child.wait())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "no exit within {:?} of SIGTERM:\n{}",
-                GRACE + Duration::from_secs(10),
-                relay.process.log_tail(20)
-            )
-        })
-        .unwrap();
+    // Past the grace, the stop's own work, which a loaded machine slows as
+    // it slows a provider's post.
+    let slack = (2 * relay.prompt()).max(Duration::from_secs(3));
+    let exit = tokio::time::timeout(
+        GRACE + slack + Duration::from_secs(10),
+        relay.process.child.wait(),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no exit within {:?} of SIGTERM:\n{}",
+            GRACE + slack + Duration::from_secs(10),
+            relay.process.log_tail(20)
+        )
+    })
+    .unwrap();
     let took = stop_sent.elapsed();
     println!(
         "stopped in {took:?} with a body held open (body_timeout 1h, shutdown_grace {GRACE:?})"
     );
     assert!(exit.success(), "{exit:?}: {}", relay.process.log_tail(20));
     assert!(
-        took < GRACE + Duration::from_secs(3),
-        "the stop took {took:?}"
+        took < GRACE + slack,
+        "the stop took {took:?}, more than {:?}",
+        GRACE + slack
     );
 
     let kept = crate::process::dump(&relay.dir.path().join("relay.toml")).await;
@@ -984,9 +1152,11 @@ fn http1_flood(
 }
 
 /// A provider posting to a token source every [`PROVIDER_EVERY`], each
-/// post on a new connection; the answers that were not 200.
+/// post on a new connection; the answers that were not 200 (or not within
+/// 5 s, or [`Abused::prompt`] if the machine is that loaded).
 async fn provider_posts(relay: &Abused, tag: &str, posts: usize) -> Vec<Result<u16, String>> {
     let mut tick = tokio::time::interval(PROVIDER_EVERY);
+    let patience = relay.prompt().max(Duration::from_secs(5));
     let mut sent = tokio::task::JoinSet::new();
     for n in 0..posts {
         tick.tick().await;
@@ -998,7 +1168,7 @@ async fn provider_posts(relay: &Abused, tag: &str, posts: usize) -> Vec<Result<u
             let status = client
                 .post(url)
                 .body(body)
-                .timeout(Duration::from_secs(5))
+                .timeout(patience)
                 .send()
                 .await
                 .map(|r| r.status().as_u16())
@@ -1022,11 +1192,15 @@ async fn provider_posts(relay: &Abused, tag: &str, posts: usize) -> Vec<Result<u
     refused
 }
 
-/// Waits until the flood has opened `streams` streams or requests.
+/// Waits until the flood has opened `streams` streams or requests (as
+/// long as it goes on opening more).
 async fn flood_in_place(opened: &Arc<AtomicU64>, streams: u64) {
-    let opened = opened.clone();
-    eventually(Duration::from_secs(15), "the flood in place", move || {
-        opened.load(Ordering::Relaxed) >= streams
+    crate::progress::while_progressing("the flood in place", async || {
+        let opened = opened.load(Ordering::Relaxed);
+        match opened >= streams {
+            true => Ok(()),
+            false => Err(opened),
+        }
     })
     .await;
 }

@@ -241,6 +241,16 @@ async fn a_full_disk_answers_503_then_recovers_by_itself_with_nothing_lost_or_re
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // The line is read from the relay's output, which can trail its
+    // answer on a loaded machine.
+    crate::progress::while_progressing("the 'writable again' lines", async || {
+        let left = relay.logged("spool writable again").len();
+        match left >= entered {
+            true => Ok(()),
+            false => Err(left as u64),
+        }
+    })
+    .await;
     assert_eq!(
         relay.logged("spool writable again").len(),
         entered,
@@ -258,13 +268,14 @@ async fn a_full_disk_answers_503_then_recovers_by_itself_with_nothing_lost_or_re
     // Every acknowledged notification reaches the target, and none was
     // resent in a storm while outcomes could not be recorded.
     let mut missing: Vec<String> = acked.iter().map(|(id, _)| id.clone()).collect();
-    let all_there = target
-        .wait_until(Duration::from_secs(60), |target| {
-            missing.retain(|id| !target.succeeded(id));
-            missing.is_empty()
-        })
-        .await;
-    assert!(all_there, "{} never delivered", missing.len());
+    crate::progress::while_progressing("every acknowledged delivered", async || {
+        missing.retain(|id| !target.succeeded(id));
+        match missing.is_empty() {
+            true => Ok(()),
+            false => Err((acked.len() - missing.len()) as u64),
+        }
+    })
+    .await;
     let mut per_id: HashMap<String, usize> = HashMap::new();
     for request in target.received() {
         *per_id
@@ -366,13 +377,30 @@ async fn stays_full(relay: &RelayProcess, client: &reqwest::Client, url: &str, h
     );
 }
 
-/// Room again: posts until one is answered 200 (within 20 s); how long it took.
+/// The relay, started, and how long its start took: how slow this machine
+/// is at this moment.
+async fn started(config: &Path) -> (RelayProcess, Duration) {
+    let spawned = std::time::Instant::now();
+    let relay = RelayProcess::spawn(config).await;
+    (relay, spawned.elapsed())
+}
+
+/// How soon the relay must serve again once room returns: 10 s, or five
+/// times a start on this machine now if that is longer (a recovery can
+/// take a start: when sled failed, the relay replaces its process).
+fn recovery_limit(start: Duration) -> Duration {
+    (5 * start).max(Duration::from_secs(10))
+}
+
+/// Room again: posts until one is answered 200 (within `limit`, failing
+/// past it); how long it took.
 async fn room_again(
     disk: &SmallDisk,
     relay: &RelayProcess,
     client: &reqwest::Client,
     url: &str,
     acked: &mut Vec<(String, String)>,
+    limit: Duration,
 ) -> Duration {
     disk.grow(relay, 96);
     let room_at = tokio::time::Instant::now();
@@ -382,8 +410,8 @@ async fn room_again(
         // connection is "not yet", as a provider would retry it.
         let Ok(response) = client.post(url).body(body.clone()).send().await else {
             assert!(
-                room_at.elapsed() < Duration::from_secs(20),
-                "no answer 20 s after room came back:\n{}",
+                room_at.elapsed() < limit,
+                "no answer {limit:?} after room came back:\n{}",
                 relay.log_tail(20)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -397,8 +425,8 @@ async fn room_again(
         }
         assert_eq!(response.status(), 503);
         assert!(
-            room_at.elapsed() < Duration::from_secs(20),
-            "no recovery 20 s after room came back:\n{}",
+            room_at.elapsed() < limit,
+            "no recovery {limit:?} after room came back:\n{}",
             relay.log_tail(20)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -408,7 +436,9 @@ async fn room_again(
 
 /// Waits until every acknowledged notification was delivered to `target`,
 /// replaying (by id, through the admin API) those that went dead while it
-/// refused them; returns the most attempts one id took.
+/// refused them, at most three times, each time deliveries stop arriving
+/// (as long as they arrive, the relay is delivering, however slowly);
+/// returns the most attempts one id took.
 async fn all_delivered(
     target: &Target,
     admin: &str,
@@ -417,14 +447,25 @@ async fn all_delivered(
 ) -> usize {
     let client = reqwest::Client::new();
     let mut missing: Vec<String> = acked.iter().map(|(id, _)| id.clone()).collect();
-    for _round in 0..3 {
-        let all_there = target
-            .wait_until(Duration::from_secs(20), |target| {
+    for round in 0..=3 {
+        // A delivery still on its schedule (50 ms apart) is tried again
+        // within a second: ten seconds with none arriving means the rest
+        // went dead. The last round replays nothing after it, so it waits
+        // as long as any progress wait.
+        let stall = match round {
+            3 => crate::progress::STALL,
+            _ => Duration::from_secs(10),
+        };
+        let waited =
+            crate::progress::until_stalled("every acknowledged delivered", stall, async || {
                 missing.retain(|id| !target.succeeded(id));
-                missing.is_empty()
+                match missing.is_empty() {
+                    true => Ok(()),
+                    false => Err((acked.len() - missing.len()) as u64),
+                }
             })
             .await;
-        if all_there {
+        if waited.is_ok() || round == 3 {
             break;
         }
         for id in &missing {
@@ -496,7 +537,7 @@ async fn a_failing_target_cannot_fail_a_full_spool_and_all_is_delivered_after_ro
         crate::admin::admin_section()
     );
     let config = config_on(&disk.dir, dir.path(), "4MiB", &extra);
-    let relay = RelayProcess::spawn(&config).await;
+    let (relay, start) = started(&config).await;
     let admin = relay.admin_url();
     let client = provider_client(&disk.dir.join("tls/self-signed.crt"));
     let url = format!(
@@ -514,9 +555,16 @@ async fn a_failing_target_cannot_fail_a_full_spool_and_all_is_delivered_after_ro
         "{status} {body}"
     );
 
-    let recovered_after = room_again(&disk, &relay, &client, &url, &mut acked).await;
+    let recovered_after = room_again(
+        &disk,
+        &relay,
+        &client,
+        &url,
+        &mut acked,
+        recovery_limit(start),
+    )
+    .await;
     eprintln!("full disk, failing target: 200 again {recovered_after:?} after room returned");
-    assert!(recovered_after < Duration::from_secs(10));
     assert_eq!(readyz(&admin).await.0, 200);
     target.fail_randomly(0.0);
     let most = all_delivered(&target, &admin, &acked, &relay).await;
@@ -546,7 +594,7 @@ async fn outcomes_of_a_healthy_target_cannot_fail_a_full_spool() {
         .collect();
     extra.push_str(&crate::admin::admin_section());
     let config = config_on(&disk.dir, dir.path(), "4MiB", &extra);
-    let relay = RelayProcess::spawn(&config).await;
+    let (relay, start) = started(&config).await;
     let admin = relay.admin_url();
     let client = provider_client(&disk.dir.join("tls/self-signed.crt"));
     let url = format!(
@@ -556,9 +604,16 @@ async fn outcomes_of_a_healthy_target_cannot_fail_a_full_spool() {
 
     let mut acked = fill_with(&client, &url, "h", 20, 500).await;
     stays_full(&relay, &client, &url, Duration::from_secs(10)).await;
-    let recovered_after = room_again(&disk, &relay, &client, &url, &mut acked).await;
+    let recovered_after = room_again(
+        &disk,
+        &relay,
+        &client,
+        &url,
+        &mut acked,
+        recovery_limit(start),
+    )
+    .await;
     eprintln!("full disk, healthy target: 200 again {recovered_after:?} after room returned");
-    assert!(recovered_after < Duration::from_secs(10));
     let most = all_delivered(&target, &admin, &acked, &relay).await;
     // One per subscription, and no more than one more each.
     assert!(most <= 8 * 2, "a resend storm: one id sent {most} times");
@@ -584,7 +639,7 @@ async fn when_sled_itself_fails_the_relay_recovers_by_itself_once_there_is_room(
         crate::admin::admin_section()
     );
     let config = config_on(&disk.dir, dir.path(), "0", &extra);
-    let relay = RelayProcess::spawn(&config).await;
+    let (relay, start) = started(&config).await;
     let admin = relay.admin_url();
     let pid = relay.child.id();
     let client = provider_client(&disk.dir.join("tls/self-signed.crt"));
@@ -597,9 +652,16 @@ async fn when_sled_itself_fails_the_relay_recovers_by_itself_once_there_is_room(
     let (status, body) = readyz(&admin).await;
     assert_eq!(status, 503, "{body}");
 
-    let recovered_after = room_again(&disk, &relay, &client, &url, &mut acked).await;
+    let recovered_after = room_again(
+        &disk,
+        &relay,
+        &client,
+        &url,
+        &mut acked,
+        recovery_limit(start),
+    )
+    .await;
     eprintln!("sled failed: 200 again {recovered_after:?} after room returned");
-    assert!(recovered_after < Duration::from_secs(10));
     assert_eq!(relay.child.id(), pid, "the same process, not a new one");
     assert_eq!(readyz(&admin).await.0, 200, "the same admin port");
     all_delivered(&target, &admin, &acked, &relay).await;
@@ -637,7 +699,7 @@ async fn a_start_on_a_full_disk_answers_503_until_there_is_room() {
         .arg(format!("of={}", disk.dir.join("other-files").display()))
         .output();
 
-    let relay = RelayProcess::spawn(&config).await;
+    let (relay, start) = started(&config).await;
     let admin = relay.admin_url();
     let url = format!(
         "https://localhost:{}/hooks/tusfacturas/{TUS_TOKEN}",
@@ -657,9 +719,16 @@ async fn a_start_on_a_full_disk_answers_503_until_there_is_room() {
         "{status} {body}"
     );
 
-    let recovered_after = room_again(&disk, &relay, &client, &url, &mut acked).await;
+    let recovered_after = room_again(
+        &disk,
+        &relay,
+        &client,
+        &url,
+        &mut acked,
+        recovery_limit(start),
+    )
+    .await;
     eprintln!("started full: 200 again {recovered_after:?} after room returned");
-    assert!(recovered_after < Duration::from_secs(10));
     all_delivered(&target, &admin, &acked, &relay).await;
     nothing_lost(relay, &config, &acked).await;
 }

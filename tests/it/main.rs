@@ -21,6 +21,7 @@ mod openapi;
 mod operator_cli;
 mod ops;
 mod process;
+mod progress;
 mod reload;
 mod spool_cli;
 mod subscriptions;
