@@ -753,12 +753,6 @@ impl Spool {
         dispatch!(&self.backend, b => b.fail_next_batch())
     }
 
-    /// Tests of the sled backend itself: its hooks (damage, recount).
-    #[cfg(test)]
-    pub(crate) fn sled(&self) -> &sled::SledSpool {
-        dispatch!(&self.backend, b => b)
-    }
-
     // === queries: a backend that blocks does it off the runtime ===
 
     /// Runs a blocking read of the sled backend off the async runtime.
@@ -977,8 +971,4 @@ pub struct BackendStats {
 }
 
 #[cfg(test)]
-mod counts_tests;
-#[cfg(test)]
-mod invoices_tests;
-#[cfg(test)]
-mod tests;
+pub(crate) mod contract;
