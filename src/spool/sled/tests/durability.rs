@@ -1,7 +1,8 @@
 //! sled's durability, as only it can show it: a write answered only by a
 //! flush that began after it, with many writes to one flush; nothing
 //! leased past the newest flushed id; a damaged retry set aside once; the
-//! lock a second process meets, and the check refuses.
+//! lock a second process meets, and the check refuses; the contract's
+//! crash (the fixture's) being one.
 
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ use super::{backend, config, open};
 use crate::clock::Clock;
 use crate::delivery::Outcome;
 use crate::spool::contract::support::{attempt, lease_now, nothing_due, routes, store, store_new};
+use crate::spool::contract::Fixture;
+use crate::spool::sled::contract_tests::SledFixture;
 use crate::spool::{Lease, Spool, SpoolError};
 
 #[tokio::test(start_paused = true)]
@@ -121,4 +124,23 @@ async fn the_check_refuses_a_spool_in_use() {
         "check refuses a spool in use"
     );
     spool.close().await.unwrap();
+}
+
+/// The contract's crash (`SledFixture::crash`) is one: the writer stops
+/// with no last flush and no clean-stop mark, and lets go of sled's files;
+/// what was acknowledged is there when they are opened again.
+#[tokio::test]
+async fn the_fixtures_crash_is_no_clean_stop_and_keeps_what_was_acknowledged() {
+    let fixture = SledFixture::new();
+    let (spool, clock) = open(fixture.dir(), &["erp"]).await;
+    let id = store_new(&spool, "a", clock.now_ms()).await;
+    fixture.crash(spool).await;
+    assert!(
+        !Spool::stopped_cleanly(&config(fixture.dir())),
+        "a crash is not a clean stop"
+    );
+    let (spool, _) = open(fixture.dir(), &["erp"]).await;
+    assert!(spool.notification(id).await.unwrap().is_some());
+    spool.close().await.unwrap();
+    assert!(Spool::stopped_cleanly(&config(fixture.dir())));
 }

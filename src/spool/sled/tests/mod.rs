@@ -1,7 +1,7 @@
 //! Tests of what only the sled backend does, beside the contract it
 //! passes (`contract_tests.rs`): how it groups flushes and what it leases
 //! and backs up before one, its lock, damage to its records
-//! (`durability.rs`); its kept counts read back, mended and rebuilt
+//! (`durability.rs`, with the contract fixture's crash); its kept counts read back, mended and rebuilt
 //! (`counts.rs`); the upgrade of a format-1 spool (`upgrade.rs`); backup
 //! and restore into a directory (`backup.rs`).
 
