@@ -575,17 +575,7 @@ impl Spool {
     pub fn fail_next_batch(&self) {
         dispatch!(&self.backend, b => b.fail_next_batch())
     }
-
-    /// Tests of the sled backend itself: its hooks (damage, recount).
-    #[cfg(test)]
-    pub(crate) fn sled(&self) -> &sled::SledSpool {
-        dispatch!(&self.backend, b => b)
-    }
 }
 
 #[cfg(test)]
-mod counts_tests;
-#[cfg(test)]
-mod invoices_tests;
-#[cfg(test)]
-mod tests;
+pub(crate) mod contract;

@@ -246,7 +246,7 @@ mod tests {
     /// What a reopened spool holds: the API subscriptions' names and the
     /// audit records' (action, target).
     async fn reopened(dir: &std::path::Path) -> (Vec<String>, Vec<(String, String)>) {
-        let (spool, _) = crate::spool::tests::open(dir, &[]).await;
+        let (spool, _) = crate::spool::sled::tests::open(dir, &[]).await;
         let names = spool
             .api_subscriptions()
             .into_iter()
@@ -265,7 +265,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscription_and_its_audit_record_land_together_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = crate::spool::tests::open(dir.path(), &[]).await;
+        let (spool, _) = crate::spool::sled::tests::open(dir.path(), &[]).await;
         let id = spool
             .put_subscription(billing(), created("billing"))
             .await
@@ -288,7 +288,7 @@ mod tests {
             [("subscription.create".to_owned(), "billing".to_owned())],
             "one record, the kept one's"
         );
-        let (spool, _) = crate::spool::tests::open(dir.path(), &[]).await;
+        let (spool, _) = crate::spool::sled::tests::open(dir.path(), &[]).await;
         assert_eq!(spool.audit_log(None, 1).await.unwrap()[0].id, id);
 
         // A removal and its record, likewise.

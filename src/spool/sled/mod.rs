@@ -11,6 +11,8 @@
 mod backfill;
 mod backup;
 mod codec;
+#[cfg(test)]
+pub(crate) mod contract_tests;
 mod counts;
 mod invoices;
 mod keys;
@@ -25,6 +27,8 @@ mod retry_now;
 mod shared;
 #[cfg(test)]
 mod test_hooks;
+#[cfg(test)]
+pub(crate) mod tests;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -136,6 +140,8 @@ impl SledSpool {
             api_subscriptions: Mutex::new(opened.api_subscriptions.clone()),
             #[cfg(test)]
             fail_next_batch: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            crash_at_stop: std::sync::atomic::AtomicBool::new(false),
         });
         let start = writer::Start {
             acknowledged: opened.acknowledged,
@@ -186,6 +192,8 @@ impl SledSpool {
             api_subscriptions: Mutex::default(),
             #[cfg(test)]
             fail_next_batch: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            crash_at_stop: std::sync::atomic::AtomicBool::new(false),
         });
         let start = writer::Start {
             acknowledged: mark::Acknowledged::read(&config.sled.path, None),

@@ -85,6 +85,9 @@ pub(super) struct Shared {
     /// Tests: the writer's next group fails before its batch is applied.
     #[cfg(test)]
     pub fail_next_batch: std::sync::atomic::AtomicBool,
+    /// Tests: the writer stops as a crash would (see `test_hooks.rs`).
+    #[cfg(test)]
+    pub crash_at_stop: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {

@@ -66,3 +66,14 @@ impl SledSpool {
         *lock(&self.shared.durable) = Some(id);
     }
 }
+
+impl SledSpool {
+    /// Tests: the writer's stop (at the next close) is a crash's: no last
+    /// flush, no acknowledged mark, no clean-stop mark. sled's files are
+    /// let go, so the test can open them again in this process.
+    pub fn crash_at_stop(&self) {
+        self.shared
+            .crash_at_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::super::shared::Store;
 use super::lock;
 use super::syncer::{flush, flush_sled, publish, sync_log, Flushed, Syncer};
 use super::{answer_all, Blocked, Change, Op, Reply, Write, Writer};
@@ -216,6 +217,16 @@ impl Writer {
             std::mem::forget(self.shared.store.swap(None));
             return Ok(());
         }
+        #[cfg(test)]
+        if self.shared.crash_at_stop.load(Ordering::Relaxed) {
+            // Tests: stop as a crash would, with no last flush, no
+            // acknowledged mark and no clean-stop mark; sled is let go
+            // (the lock too) so the test can reopen it in this process.
+            if let Some(store) = self.shared.store.swap(None) {
+                let_go(store);
+            }
+            return Ok(());
+        }
         let result = self.shared.store().and_then(|store| {
             flush(&self.shared, &store)?;
             if let Some(durable) = *lock(&self.shared.durable) {
@@ -228,15 +239,7 @@ impl Writer {
             Some(store) if result.is_ok() => {
                 // Let sled go, then note how its files look: if nothing
                 // touches them, the next start need not check them all.
-                // Other threads let go in real time, whatever clock the
-                // spool runs on (a manual one would never end the wait).
-                let real = Clock::system();
-                let deadline = real.instant_now() + Duration::from_secs(2);
-                while Arc::strong_count(&store) > 1 && real.instant_now() < deadline {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                if Arc::strong_count(&store) == 1 {
-                    drop(store);
+                if let_go(store) {
                     super::super::open::mark_clean_stop(&self.shared.config.sled.path);
                 }
             }
@@ -350,4 +353,16 @@ impl Writer {
             _ => publish(&self.shared, flushed, &Ok(())),
         }
     }
+}
+
+/// Lets go of the store, after waiting (up to two seconds) for every
+/// other thread to let go of it; whether this was its last holder. Other threads let go in real time,
+/// whatever clock the spool runs on (a manual one would never end the wait).
+fn let_go(store: Arc<Store>) -> bool {
+    let real = Clock::system();
+    let deadline = real.instant_now() + Duration::from_secs(2);
+    while Arc::strong_count(&store) > 1 && real.instant_now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Arc::strong_count(&store) == 1
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::super::SledSpool;
 use crate::clock::Clock;
 use crate::delivery::{Outcome, Schedule};
-use crate::spool::tests::{config, notification, received, routes};
+use crate::spool::contract::support::{notification, received, routes};
+use crate::spool::sled::tests::config;
 use crate::spool::Stored;
 
 /// Answered once the writer has taken what was queued before, and made

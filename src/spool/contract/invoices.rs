@@ -1,14 +1,14 @@
-//! The invoice index on a real sled spool: kept by the writer as it
-//! stores, resends counted, a final status kept, retention, and the
-//! one-time build for a spool written before it.
+//! The invoice index and the queries on it: an invoice's timeline with
+//! resends and a final status that does not regress, listing by source,
+//! retention taking an invoice with its last notification, the queued
+//! notifications waiting in time order, and the stuck check's marks.
 
-use super::tests::{config, open, received, routes};
-use super::*;
-use crate::clock::Clock;
-use crate::config::HumanDuration;
-use crate::providers::{InvoiceStatus, Notification};
-use std::path::Path;
 use std::time::Duration;
+
+use super::support::{open, open_keeping, received};
+use super::{Fixture, Keep};
+use crate::providers::{InvoiceStatus, Notification};
+use crate::spool::{InvoiceCursor, NotificationId, Spool, Stored, StuckChanges, StuckInvoice};
 
 fn said(dedup: &str, subject: &str, status: InvoiceStatus) -> Notification {
     Notification {
@@ -32,11 +32,11 @@ async fn store_new(spool: &Spool, n: Notification, at: i64) -> NotificationId {
     }
 }
 
-#[tokio::test]
-async fn an_invoice_keeps_its_timeline_resends_and_a_final_status() {
+pub(crate) async fn an_invoice_keeps_its_timeline_resends_and_a_final_status(
+    fixture: &impl Fixture,
+) {
     use InvoiceStatus::*;
-    let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]).await;
+    let (spool, clock) = open(fixture, &["erp"]).await;
     let now = clock.now_ms();
     let queued = store_new(&spool, said("q", "0001", Queued), now).await;
     // The provider's retry of the same notification: a duplicate, counted.
@@ -84,10 +84,10 @@ async fn an_invoice_keeps_its_timeline_resends_and_a_final_status() {
     assert_eq!(spool.invoices(None, None, 1).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn two_notifications_of_one_invoice_in_one_group_see_each_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]).await;
+pub(crate) async fn two_notifications_of_one_invoice_in_one_group_see_each_other(
+    fixture: &impl Fixture,
+) {
+    let (spool, clock) = open(fixture, &["erp"]).await;
     let now = clock.now_ms();
     let (a, b) = tokio::join!(
         store(&spool, said("a", "0009", InvoiceStatus::Accepted), now),
@@ -102,14 +102,13 @@ async fn two_notifications_of_one_invoice_in_one_group_see_each_other() {
     assert_eq!(superseded, [false, first_is_accepted]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn retention_takes_an_invoice_with_its_last_notification() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path());
-    config.retention = HumanDuration(Duration::from_secs(120));
+pub(crate) async fn retention_takes_an_invoice_with_its_last_notification(fixture: &impl Fixture) {
+    let keep = Keep {
+        retention: Duration::from_secs(120),
+        ..Keep::default()
+    };
     // No subscription: nothing waits, retention may take them.
-    let clock = Clock::following_tokio();
-    let spool = Spool::open(&config, routes(&[]), clock).await.unwrap();
+    let (spool, clock) = open_keeping(fixture, keep, &[]).await;
     let now = clock.now_ms();
     store_new(&spool, said("a", "0001", InvoiceStatus::Queued), now).await;
     store_new(&spool, said("b", "0001", InvoiceStatus::Accepted), now).await;
@@ -120,49 +119,11 @@ async fn retention_takes_an_invoice_with_its_last_notification() {
     assert!(spool.invoices(None, None, 10).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn a_spool_from_before_the_index_gets_it_once_on_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-v1");
-    let spool_dir = dir.path().join("spool");
-    std::fs::create_dir_all(spool_dir.join("blobs")).unwrap();
-    for file in ["conf", "db"] {
-        std::fs::copy(fixture.join(file), spool_dir.join(file)).unwrap();
-    }
-    let (spool, _) = open(dir.path(), &["erp", "crm"]).await;
-    let records: Vec<_> = spool.notifications().collect().await.unwrap();
-    let mut subjects: Vec<(String, String)> = records
-        .iter()
-        .filter_map(|r| Some((r.meta.source.clone(), r.meta.subject.clone()?)))
-        .collect();
-    subjects.sort();
-    subjects.dedup();
-    assert!(
-        !subjects.is_empty(),
-        "the fixture's notifications name invoices"
-    );
-    let listed = spool.invoices(None, None, 100).await.unwrap();
-    let listed_subjects: Vec<(String, String)> = listed
-        .iter()
-        .map(|i| (i.source.clone(), i.subject.clone()))
-        .collect();
-    assert_eq!(listed_subjects, subjects);
-    // Stored before statuses were kept: unknown.
-    assert!(listed.iter().all(|i| i.status == InvoiceStatus::Unknown));
-    let (source, subject) = &subjects[0];
-    let (_, timeline) = spool.invoice(source, subject).await.unwrap().unwrap();
-    let of_it = records
-        .iter()
-        .filter(|r| r.meta.source == *source && r.meta.subject.as_deref() == Some(subject))
-        .count();
-    assert_eq!(timeline.len(), of_it);
-}
-
-#[tokio::test]
-async fn only_queued_notifications_wait_in_time_order_and_are_read_from_a_point() {
+pub(crate) async fn only_queued_notifications_wait_in_time_order_and_are_read_from_a_point(
+    fixture: &impl Fixture,
+) {
     use InvoiceStatus::*;
-    let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]).await;
+    let (spool, clock) = open(fixture, &["erp"]).await;
     let now = clock.now_ms();
     let first = store_new(&spool, said("q1", "0001", Queued), now).await;
     store_new(&spool, said("a2", "0002", Accepted), now + 1).await;
@@ -207,10 +168,10 @@ async fn only_queued_notifications_wait_in_time_order_and_are_read_from_a_point(
     assert!(spool.invoice_now("tus", "0009").await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn the_stuck_marks_are_kept_across_a_reopen_and_removed_when_unmarked() {
-    let dir = tempfile::tempdir().unwrap();
-    let (spool, clock) = open(dir.path(), &["erp"]).await;
+pub(crate) async fn the_stuck_marks_are_kept_across_a_reopen_and_removed_when_unmarked(
+    fixture: &impl Fixture,
+) {
+    let (spool, clock) = open(fixture, &["erp"]).await;
     let since = NotificationId::new(clock.now_ms());
     let stuck = |subject: &str| StuckInvoice {
         source: "tus".into(),
@@ -229,7 +190,7 @@ async fn the_stuck_marks_are_kept_across_a_reopen_and_removed_when_unmarked() {
     spool.close().await.unwrap();
     drop(spool);
 
-    let (spool, _) = open(dir.path(), &["erp"]).await;
+    let (spool, _) = open(fixture, &["erp"]).await;
     let kept = spool.stuck_marks().await.unwrap();
     assert_eq!(kept.stuck, [stuck("0001"), stuck("0002:b")]);
     assert_eq!(
