@@ -142,7 +142,7 @@ impl std::fmt::Debug for Lease {
 
 /// The backends a spool can run on. A new backend is one more variant
 /// here (and in [`LeaseOf`]), an arm in [`dispatch!`], and a module that
-/// implements the calls below; the contract suite ([`contract`]) then
+/// implements the calls below; the contract suite (`spool/contract/`) then
 /// proves it keeps the promises.
 #[derive(Clone)]
 enum Backend {

@@ -380,7 +380,7 @@ async fn stays_full(relay: &RelayProcess, client: &reqwest::Client, url: &str, h
 /// The relay, started, and how long its start took: how slow this machine
 /// is at this moment.
 async fn started(config: &Path) -> (RelayProcess, Duration) {
-    let spawned = std::time::Instant::now();
+    let spawned = tokio::time::Instant::now();
     let relay = RelayProcess::spawn(config).await;
     (relay, spawned.elapsed())
 }
