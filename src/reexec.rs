@@ -1,6 +1,6 @@
 //! The relay replaces its own process once there is room again: how a
 //! relay whose store failed (sled 0.34 cannot be flushed, closed or
-//! reopened in the process that saw it fail, see `spool/sled/writer.rs`),
+//! reopened in the process that saw it fail, see `spool/sled/writer/`),
 //! or that started on a disk with no room (its store not opened), comes
 //! back by itself, with or without a supervisor.
 //!

@@ -9,7 +9,7 @@
 //! - version 2: `[2][id: 16 bytes][meta length: u32 BE][meta: JSON][body]`.
 //!   The id sits in a fixed place so the spool's writer can stamp it in
 //!   without re-encoding (ids are handed out in commit order, see
-//!   `spool/sled/writer.rs`); the JSON's `id` is left empty.
+//!   `spool/sled/writer/`); the JSON's `id` is left empty.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

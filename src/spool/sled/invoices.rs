@@ -19,7 +19,7 @@
 //! and a seek back from the end of the timeline cost more than the insert:
 //! both measured too dear). Retention removes a notification's entry with it;
 //! the invoice goes with its last one. A spool written before the index
-//! existed gets it in one walk at open (`open.rs`), like the counts.
+//! existed gets it in one walk at open (`open/`), like the counts.
 //!
 //! Beside it, the invoices waiting for a final status, by time:
 //!

@@ -73,7 +73,7 @@ const PURGE_SLICE: usize = 256;
 /// (sled starts a new segment of 512 KiB, the writer its first groups).
 const ROOM_TO_OPEN: u64 = 2 << 20;
 /// Room to open the spool: its filesystem has the floor of `min_free` free
-/// (what outcomes and upkeep may not go below, see `writer.rs`) and
+/// (what outcomes and upkeep may not go below, see `writer/space.rs`) and
 /// [`ROOM_TO_OPEN`] more; else why not.
 pub fn room_to_open(config: &SpoolConfig) -> Result<(), String> {
     // A spool not created yet lives in a directory not made yet.

@@ -64,7 +64,7 @@ pub(super) struct Shared {
     pub sync_failed: Mutex<Option<SpoolError>>,
     /// True while the writer takes no write at all (the disk is below the
     /// floor of `min_free`, or the store failed or is not open): leases
-    /// hand out nothing meanwhile (see `writer.rs`).
+    /// hand out nothing meanwhile (see `writer/space.rs`).
     pub short_of_room: watch::Sender<bool>,
     /// Per subscription: bumped when it may have new due work.
     pub(super) work: Mutex<HashMap<String, watch::Sender<u64>>>,
