@@ -13,73 +13,17 @@
 //! forwarder's concurrency), and skipped by the walks. The persisted cursor
 //! only moves past a notification once its first attempt is recorded.
 
-use std::collections::{BTreeSet, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::counts::Standing;
+use super::sub_state::SubState;
 use super::writer::{Change, Completion};
 use super::{delivery_of, encode_delivery, keys, lock, storage, Shared, Store, EXAMINE_PER_LEASE};
 use crate::delivery::Delivery;
 use crate::spool::record::Record;
 use crate::spool::{NotificationId, NotificationRecord, SpoolError};
-
-/// One subscription's walks and what it holds.
-#[derive(Debug, Default)]
-pub struct SubState {
-    /// The cursor was read from the store since it was opened.
-    loaded: bool,
-    /// The first-attempt walk examines notification ids from here on.
-    scan_from: u128,
-    first_in_flight: BTreeSet<NotificationId>,
-    /// First attempts let go of without an outcome: leased again first.
-    redo_first: BTreeSet<NotificationId>,
-    retry_in_flight: HashSet<NotificationId>,
-    /// The retry walk resumes after this `r` key.
-    retry_after: Option<Vec<u8>>,
-    /// `r` entries that cannot be served (their notification or delivery
-    /// is unreadable or gone): skipped, so they neither block nor spin.
-    unusable: HashSet<Vec<u8>>,
-}
-
-impl SubState {
-    /// The cursor that may be persisted once `id`'s first attempt is
-    /// recorded: every notification below it is done with.
-    fn cursor_without(&self, id: NotificationId) -> u128 {
-        let lowest_held = self.first_in_flight.iter().find(|other| **other != id);
-        let lowest_redo = self.redo_first.first();
-        [lowest_held, lowest_redo]
-            .into_iter()
-            .flatten()
-            .map(|other| other.0 .0)
-            .fold(self.scan_from, u128::min)
-    }
-
-    fn release(&mut self, id: NotificationId, first_attempt: bool, again: bool) {
-        if first_attempt {
-            self.first_in_flight.remove(&id);
-            if again {
-                self.redo_first.insert(id);
-            }
-        } else {
-            self.retry_in_flight.remove(&id);
-            if again {
-                self.retry_after = None;
-            }
-        }
-    }
-
-    /// The next retry walk starts from the first entry (one was moved
-    /// before where the last walk stopped).
-    pub(super) fn forget_retry_position(&mut self) {
-        self.retry_after = None;
-    }
-
-    pub(super) fn holds(&self, id: NotificationId) -> bool {
-        self.first_in_flight.contains(&id) || self.retry_in_flight.contains(&id)
-    }
-}
 
 /// A leased delivery (see [`crate::spool::Lease`]).
 pub struct SledLease {

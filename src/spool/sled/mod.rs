@@ -25,6 +25,7 @@ mod query;
 mod quiet_panic;
 mod retry_now;
 mod shared;
+mod sub_state;
 #[cfg(test)]
 mod test_hooks;
 #[cfg(test)]

@@ -10,7 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use super::keys;
-use super::lease::SubState;
+use super::sub_state::SubState;
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
 use crate::spool::subscriptions::ApiSubscription;

@@ -3,7 +3,8 @@
 //! and backs up before one, its lock, damage to its records
 //! (`durability.rs`, with the contract fixture's crash); its kept counts read back, mended and rebuilt
 //! (`counts.rs`); the upgrade of a format-1 spool (`upgrade.rs`); backup
-//! and restore into a directory (`backup.rs`).
+//! and restore into a directory (`backup.rs`); an API subscription and its
+//! audit record landing together (`subscriptions.rs`).
 
 use std::path::Path;
 
@@ -15,6 +16,7 @@ use crate::spool::Spool;
 mod backup;
 mod counts;
 mod durability;
+mod subscriptions;
 mod upgrade;
 
 /// Opens the sled spool in `dir/spool` (see [`config`]) on a clock that
