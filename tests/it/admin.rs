@@ -1706,11 +1706,18 @@ async fn a_bulk_replay_of_thousands_runs_as_a_job_with_progress() {
     target.fail_randomly(1.0);
     let mut subscriptions = String::new();
     for n in 0..SUBSCRIPTIONS {
-        // Two attempts, then dead.
-        subscriptions.push_str(&subscription(&format!("s{n}"), &target.url(), "").replace(
-            "schedule = [\"50ms\", \"100ms\", \"150ms\"]",
-            "schedule = [\"10ms\"]",
-        ));
+        // Two attempts, then dead. Timeouts generous: the target fails at
+        // once while it fails, and a loaded machine must not time out a
+        // replayed attempt twice (dead again, never delivered).
+        subscriptions.push_str(
+            &subscription(&format!("s{n}"), &target.url(), "")
+                .replace(
+                    "schedule = [\"50ms\", \"100ms\", \"150ms\"]",
+                    "schedule = [\"10ms\"]",
+                )
+                .replace("timeout_first = \"500ms\"", "timeout_first = \"10s\"")
+                .replace("timeout_retry = \"300ms\"", "timeout_retry = \"10s\""),
+        );
     }
     let relay = TestRelay::start(&format!("{subscriptions}{}", admin_section())).await;
     let admin = Admin::of(&relay);
@@ -1806,10 +1813,21 @@ async fn a_bulk_replay_of_thousands_runs_as_a_job_with_progress() {
         "{finished}"
     );
     assert!(finished["finished_at"].as_str().is_some(), "{finished}");
-    crate::progress::while_progressing("every replayed delivery delivered", async || {
-        all_in(admin.get("/api/stats").await, "delivered")
-    })
+    let delivered = crate::progress::until_stalled(
+        "every replayed delivery delivered",
+        crate::progress::STALL,
+        async || all_in(admin.get("/api/stats").await, "delivered"),
+    )
     .await;
+    if let Err(stuck) = delivered {
+        // Which state the missing ones are in tells a lost wake-up (waiting)
+        // from attempts that failed (dead again).
+        let stats = admin.get("/api/stats").await;
+        panic!(
+            "every replayed delivery delivered: stuck at {stuck}; {}",
+            stats["subscriptions"]
+        );
+    }
     // Audited once it ended, with its counts.
     let audit = admin.get("/api/audit").await;
     let record = audit["items"]
