@@ -15,6 +15,7 @@
 //!   notifications to the subscriptions that ask for them.
 //! - [`config`]: the `relay.toml` schema and its validation.
 //! - [`app`]: wires the parts, owns start-up and shutdown.
+//! - [`acme`]: the relay's own certificate, ordered and renewed by ACME.
 //! - [`listen`]: the listening sockets: from systemd (socket activation)
 //!   or bound as configured.
 //! - [`reexec`]: the relay replaces its own process, on the same sockets,
@@ -29,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod cli;

@@ -87,6 +87,9 @@ pub enum AdminError {
 }
 
 /// What the admin handlers share; the parts a reload changes are swapped whole.
+/// A reason the relay is not ready, while it is not.
+pub type ReadinessCheck = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
 pub struct Admin {
     spool: Spool,
     metrics: Arc<Metrics>,
@@ -97,6 +100,8 @@ pub struct Admin {
     config: ArcSwap<Config>,
     /// Set once every listener is bound and serving.
     serving: AtomicBool,
+    /// More reasons `/readyz` may give (e.g. no ACME certificate yet).
+    readiness_checks: std::sync::Mutex<Vec<ReadinessCheck>>,
     /// `POST /api/reload` asks whoever holds the receiver (the `serve`
     /// command, which knows the config file) and waits for the answer.
     reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
@@ -153,10 +158,19 @@ impl Admin {
             sessions: session::Sessions::default(),
             config: ArcSwap::from_pointee(config.clone()),
             serving: AtomicBool::new(false),
+            readiness_checks: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     /// The relay accepts notifications: `/readyz` may say so.
+    /// Adds a condition to `/readyz`: `Some(reason)` while not ready.
+    pub fn add_readiness_check(&self, check: ReadinessCheck) {
+        self.readiness_checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(check);
+    }
+
     pub fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::Release);
     }

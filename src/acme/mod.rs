@@ -1,0 +1,405 @@
+//! ACME (RFC 8555): the relay orders its own publicly trusted certificate
+//! for `[server.acme] domains`, serves it on the ingress listener, and
+//! renews it by itself.
+//!
+//! The client is `instant-acme`, not `rustls-acme`. `rustls-acme` is a
+//! whole manager (its own acceptor, cache and renewal timer, one
+//! maintainer); the relay already has what it would replace: a
+//! certificate resolver that swaps certificates under live connections
+//! (`ingress::tls`), a state directory, a clock tests can drive, and soon a
+//! shared JetStream store where several relays must order once under a
+//! lock, which wants the order flow in our hands. `instant-acme` is only
+//! the protocol (two active maintainers): TLS-ALPN-01 and HTTP-01, ARI
+//! renewal windows (RFC 9773), serialisable account credentials, a custom
+//! root for a private or test CA, and the same aws-lc-rs crypto as the
+//! rest of the process. What it leaves to us is here:
+//!
+//! - [`schedule`]: when to renew and how long to back off (pure);
+//! - [`store`]: account and certificate files, mode 0600;
+//! - [`certificate`]: an issued chain read back (names, issuer, expiry);
+//! - [`challenge`]: challenge answers and the ingress resolver;
+//! - [`http01`]: the HTTP-01 listener;
+//! - this file: the task that orders, installs and renews.
+
+pub mod certificate;
+pub mod challenge;
+pub mod http01;
+pub mod schedule;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use self::certificate::{CertificateInfo, Loaded};
+use self::challenge::{AcmeResolver, Challenges};
+use self::schedule::{decide, renew_at, retry_after, Decision, RenewalWindow};
+use self::store::{Store, StoredCertificate};
+use crate::clock::Clock;
+use crate::config::{AcmeChallenge, AcmeConfig, Config};
+
+pub use self::challenge::ACME_TLS_ALPN;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("stored ACME state in {} is unreadable: {detail}", path.display())]
+    Stored { path: PathBuf, detail: String },
+    #[error("certificate: {0}")]
+    Certificate(String),
+    #[error("challenge: {0}")]
+    Challenge(String),
+    #[error("ACME: {0}")]
+    Protocol(#[from] instant_acme::Error),
+    #[error("the order ended {status:?}: {detail}")]
+    Order { status: OrderStatus, detail: String },
+    #[error("cannot bind the HTTP-01 listener on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Where ACME keeps its files: `acme/` beside the spool.
+pub fn state_dir(config: &Config) -> PathBuf {
+    config
+        .spool
+        .sled
+        .path
+        .parent()
+        .map_or_else(|| PathBuf::from("acme"), |p| p.join("acme"))
+}
+
+/// The ACME tasks of a relay; dropping it stops them.
+pub struct Running {
+    renewing: JoinHandle<()>,
+    http: Option<JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.renewing.abort();
+        if let Some(http) = &self.http {
+            http.abort();
+        }
+    }
+}
+
+/// How long one order may take (challenges validated, certificate issued).
+const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The certificate's state, as `/readyz` and the operator see it.
+#[derive(Debug, Default)]
+pub struct Status {
+    certificate: ArcSwapOption<CertificateInfo>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Status {
+    pub fn certificate(&self) -> Option<Arc<CertificateInfo>> {
+        self.certificate.load_full()
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+}
+
+/// The ACME side of a relay: prepared before anything binds (it loads a
+/// stored certificate, so a restart serves at once), started once the
+/// listeners are up.
+pub struct Acme {
+    config: AcmeConfig,
+    store: Store,
+    challenges: Arc<Challenges>,
+    resolver: Arc<AcmeResolver>,
+    status: Arc<Status>,
+    clock: Clock,
+}
+
+impl Acme {
+    pub fn prepare(config: &Config, clock: Clock) -> Result<Option<Acme>, AcmeError> {
+        let Some(acme) = &config.server.acme else {
+            return Ok(None);
+        };
+        let store = Store::new(state_dir(config));
+        let challenges = Arc::new(Challenges::default());
+        let resolver = AcmeResolver::new(challenges.clone());
+        let status = Arc::new(Status::default());
+        let relay = Acme {
+            config: acme.clone(),
+            store,
+            challenges,
+            resolver,
+            status,
+            clock,
+        };
+        match relay.store.certificate()?.map(|s| Loaded::from_stored(&s)) {
+            Some(Ok(loaded)) if loaded.covers(&acme.domains) => relay.install(loaded),
+            Some(Ok(_)) => tracing::info!(
+                "the stored certificate names other domains: ordering one for the configured ones"
+            ),
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "the stored certificate is unusable: ordering a new one")
+            }
+            None => {}
+        }
+        Ok(Some(relay))
+    }
+
+    pub fn resolver(&self) -> Arc<AcmeResolver> {
+        self.resolver.clone()
+    }
+
+    pub fn status(&self) -> Arc<Status> {
+        self.status.clone()
+    }
+
+    /// Why the relay is not ready yet, if it is not: no certificate.
+    pub fn readiness(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
+        let status = self.status.clone();
+        let domains = self.config.domains.join(", ");
+        let directory = self.config.directory.clone();
+        move || {
+            if status.certificate().is_some() {
+                return None;
+            }
+            Some(match status.last_error() {
+                Some(error) => format!("no certificate yet for {domains} from {directory}; the last order failed: {error}"),
+                None => format!("no certificate yet for {domains}: ordering it from {directory}"),
+            })
+        }
+    }
+
+    /// Binds the HTTP-01 listener if the config asks for one, and starts
+    /// ordering and renewing, until the [`Running`] is dropped.
+    pub async fn start(self) -> Result<Running, AcmeError> {
+        let http = match self.config.challenge {
+            AcmeChallenge::Http01 => {
+                let addr = self.config.http_listen;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AcmeError::Bind { addr, source })?;
+                tracing::info!(addr = %addr, "ACME HTTP-01 listener up");
+                Some(tokio::spawn(http01::serve(
+                    listener,
+                    self.challenges.clone(),
+                )))
+            }
+            AcmeChallenge::TlsAlpn01 => None,
+        };
+        let renewing = tokio::spawn(self.run());
+        Ok(Running { renewing, http })
+    }
+
+    fn install(&self, loaded: Loaded) {
+        tracing::info!(
+            domains = ?loaded.info.domains,
+            issuer = %loaded.info.issuer,
+            not_after = %crate::clock::format_ms(loaded.info.validity.not_after_ms),
+            "serving the ACME certificate"
+        );
+        self.resolver.install(loaded.key);
+        self.status.certificate.store(Some(Arc::new(loaded.info)));
+    }
+
+    /// Orders when due, forever; a failure keeps the current certificate
+    /// and retries after a back-off.
+    async fn run(self) {
+        let mut account: Option<Account> = None;
+        let mut failures = 0u32;
+        let mut renewal: Option<i64> = None;
+        loop {
+            let current = self.status.certificate();
+            if let Some(certificate) = &current {
+                let at = match renewal {
+                    Some(at) => at,
+                    None => {
+                        let window = match &account {
+                            Some(account) => renewal_window(account, certificate).await,
+                            None => None,
+                        };
+                        let at = renew_at(certificate.validity, window, rand::random());
+                        renewal = Some(at);
+                        tracing::info!(renew_at = %crate::clock::format_ms(at), ari = window.is_some(), "certificate renewal planned");
+                        at
+                    }
+                };
+                if let Decision::WaitUntil(at) = decide(self.clock.now_ms(), at) {
+                    self.clock.sleep_until(self.clock.instant_at(at)).await;
+                    continue;
+                }
+            }
+            let ordered = match &account {
+                Some(account) => self.order(account).await,
+                None => match self.account().await {
+                    Ok(new) => {
+                        let ordered = self.order(&new).await;
+                        account = Some(new);
+                        ordered
+                    }
+                    Err(err) => Err(err),
+                },
+            };
+            self.challenges.clear();
+            match ordered {
+                Ok(loaded) => {
+                    failures = 0;
+                    renewal = None;
+                    self.status.set_error(None);
+                    self.install(loaded);
+                }
+                Err(err) => {
+                    failures += 1;
+                    let valid_until = current.as_ref().map(|c| c.validity.not_after_ms);
+                    let wait =
+                        retry_after(failures, rand::random(), self.clock.now_ms(), valid_until);
+                    tracing::warn!(error = %err, failures, retry_in = ?wait, still_serving = current.is_some(), "ACME order failed");
+                    self.status.set_error(Some(err.to_string()));
+                    self.clock
+                        .sleep_until(self.clock.instant_now() + wait)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// The stored account for this directory, or a new one (then stored).
+    async fn account(&self) -> Result<Account, AcmeError> {
+        let directory = &self.config.directory;
+        let builder = || match &self.config.directory_ca {
+            Some(ca) => Account::builder_with_root(ca),
+            None => Account::builder(),
+        };
+        if let Some(credentials) = self.store.account(directory)? {
+            return Ok(builder()?.from_credentials(credentials).await?);
+        }
+        let contact = self.config.contact_urls();
+        let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let (account, credentials) = builder()?
+            .create(
+                &NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                directory.clone(),
+                None,
+            )
+            .await?;
+        self.store.save_account(directory, credentials)?;
+        tracing::info!(directory = %directory, account = %account.id(), "ACME account created");
+        Ok(account)
+    }
+
+    /// One order, from the new order to the stored certificate.
+    async fn order(&self, account: &Account) -> Result<Loaded, AcmeError> {
+        tracing::info!(domains = ?self.config.domains, challenge = %self.config.challenge, "ordering a certificate");
+        let identifiers: Vec<Identifier> = self
+            .config
+            .domains
+            .iter()
+            .map(|d| Identifier::Dns(d.clone()))
+            .collect();
+        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        let kind = match self.config.challenge {
+            AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            AcmeChallenge::Http01 => ChallengeType::Http01,
+        };
+        let mut authorizations = order.authorizations();
+        while let Some(authorization) = authorizations.next().await {
+            let mut authorization = authorization?;
+            match authorization.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => {
+                    return Err(AcmeError::Challenge(format!(
+                        "an authorization is {other:?}"
+                    )))
+                }
+            }
+            let mut challenge = authorization.challenge(kind.clone()).ok_or_else(|| {
+                AcmeError::Challenge(format!(
+                    "the CA offers no {} challenge",
+                    self.config.challenge
+                ))
+            })?;
+            let key_authorization = challenge.key_authorization();
+            match self.config.challenge {
+                AcmeChallenge::TlsAlpn01 => {
+                    let domain = challenge.identifier().to_string();
+                    self.challenges
+                        .set_tls(&domain, key_authorization.digest().as_ref())?;
+                }
+                AcmeChallenge::Http01 => self
+                    .challenges
+                    .set_http(&challenge.token, key_authorization.as_str()),
+            }
+            challenge.set_ready().await?;
+        }
+        let retries = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(100))
+            .backoff(1.5)
+            .timeout(ORDER_TIMEOUT);
+        let status = order.poll_ready(&retries).await?;
+        if status != OrderStatus::Ready {
+            let detail = order
+                .state()
+                .error
+                .as_ref()
+                .map_or_else(|| "no detail".to_owned(), |p| p.to_string());
+            return Err(AcmeError::Order { status, detail });
+        }
+        let key = rcgen::KeyPair::generate().map_err(|e| AcmeError::Certificate(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::new(self.config.domains.clone())
+            .map_err(|e| AcmeError::Certificate(e.to_string()))?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params
+            .serialize_request(&key)
+            .map_err(|e| AcmeError::Certificate(e.to_string()))?;
+        order.finalize_csr(csr.der()).await?;
+        let chain_pem = order.poll_certificate(&retries).await?;
+        let stored = StoredCertificate {
+            chain_pem,
+            key_pem: key.serialize_pem(),
+        };
+        let loaded = Loaded::from_stored(&stored)?;
+        self.store.save_certificate(&stored)?;
+        Ok(loaded)
+    }
+}
+
+/// The CA's ARI window for `certificate`, where the CA has one.
+async fn renewal_window(account: &Account, certificate: &CertificateInfo) -> Option<RenewalWindow> {
+    let id = certificate.id.as_ref()?;
+    match account.renewal_info(id).await {
+        Ok((info, _)) => Some(RenewalWindow {
+            start_ms: (info.suggested_window.start.unix_timestamp_nanos() / 1_000_000) as i64,
+            end_ms: (info.suggested_window.end.unix_timestamp_nanos() / 1_000_000) as i64,
+        }),
+        Err(instant_acme::Error::Unsupported(_)) => None,
+        Err(err) => {
+            tracing::debug!(error = %err, "no ARI window; renewing at a third of the lifetime");
+            None
+        }
+    }
+}
