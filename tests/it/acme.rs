@@ -1,0 +1,352 @@
+//! ACME against Pebble (the Debian `pebble` package), all on loopback:
+//! the built relay orders a certificate for `localhost` by TLS-ALPN-01 on
+//! its ingress listener or by HTTP-01 on a listener of its own, a client
+//! trusting only Pebble's root then posts a notification; a restart reuses
+//! the stored account and certificate; a short validity makes it renew
+//! while a client posts; Pebble stopped at renewal leaves the old
+//! certificate serving.
+//!
+//! Without `pebble` on the PATH these tests print a notice and pass;
+//! `REQUIRE_PEBBLE=1` (CI) makes its absence a failure.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+use crate::process::RelayProcess;
+
+/// Whether Pebble can run here; without it, a notice (or a failure under
+/// `REQUIRE_PEBBLE=1`).
+fn pebble_present(test: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("pebble").is_file()));
+    if !found {
+        assert!(
+            std::env::var("REQUIRE_PEBBLE").as_deref() != Ok("1"),
+            "REQUIRE_PEBBLE=1 but no pebble on the PATH (apt-get install pebble)"
+        );
+        eprintln!("NOTICE: {test} skipped: no pebble on the PATH (apt-get install pebble)");
+    }
+    found
+}
+
+/// A loopback port free a moment ago (for the programs that must be told
+/// each other's ports before either starts).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A Pebble on loopback, validating challenges on `tls_port`/`http_port`.
+struct Pebble {
+    child: Child,
+    dir: PathBuf,
+    listen: u16,
+    management: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Pebble {
+    /// Pebble's files (its listener's CA, certificate and key, its config)
+    /// in `dir`; nothing runs yet.
+    fn prepare(dir: &Path, tls_port: u16, http_port: u16, validity: Option<Duration>) -> Pebble {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "pebble listener test CA");
+        ca.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        let (listen, management) = (free_port(), free_port());
+        let mut pebble = serde_json::json!({
+            "listenAddress": format!("127.0.0.1:{listen}"),
+            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "certificate": dir.join("cert.pem"),
+            "privateKey": dir.join("key.pem"),
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        });
+        if let Some(validity) = validity {
+            pebble["certificateValidityPeriod"] = validity.as_secs().into();
+        }
+        let config = serde_json::json!({ "pebble": pebble });
+        std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+        Pebble {
+            child: Command::new("true").spawn().unwrap(),
+            dir: dir.to_owned(),
+            listen,
+            management,
+            log: Arc::default(),
+        }
+    }
+
+    /// Starts it and waits until its directory answers.
+    async fn start(&mut self) {
+        let mut child = Command::new("pebble")
+            .arg("-config")
+            .arg(self.dir.join("pebble.json"))
+            // No random validation delay; every order validates afresh.
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("pebble starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.lock().unwrap().push(line);
+            }
+        });
+        self.child = child;
+        let client = self.client();
+        let url = self.directory();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while client.get(&url).send().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pebble did not answer within 20 s: {:?}",
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    fn directory(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.listen)
+    }
+
+    fn listener_ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A client of Pebble's own listeners.
+    fn client(&self) -> reqwest::Client {
+        let pem = std::fs::read(self.listener_ca()).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    }
+
+    /// The root its certificates chain to, written to a file.
+    async fn root(&self) -> PathBuf {
+        let url = format!("https://127.0.0.1:{}/roots/0", self.management);
+        let pem = self
+            .client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let path = self.dir.join("issuing-root.pem");
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    /// Orders created so far (Pebble logs each new-order request).
+    fn orders(&self) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains("POST /order-plz"))
+            .count()
+    }
+}
+
+/// The relay's config: the test sources, an admin listener, ACME on Pebble.
+fn relay_config(dir: &Path, port: u16, pebble: &Pebble, acme: &str) -> PathBuf {
+    let base = base_config(dir)
+        .replace("self_signed = true\n", "")
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+    let extra = format!(
+        "{}\n[server.acme]\ndomains = [\"localhost\"]\ncontact = [\"ops@example.com\"]\ndirectory = \"{}\"\ndirectory_ca = \"{}\"\n{acme}",
+        crate::admin::admin_section(),
+        pebble.directory(),
+        pebble.listener_ca().display()
+    );
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, format!("{base}{extra}")).unwrap();
+    path
+}
+
+async fn readyz(admin: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    answer(response).await
+}
+
+async fn wait_ready(admin: &str, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (status, body) = readyz(admin).await;
+        if status == 200 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready within {limit:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A client that trusts only `root` and finds `localhost` at `addr`.
+fn client_trusting(root: &Path, addr: SocketAddr) -> reqwest::Client {
+    let pem = std::fs::read(root).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+        .resolve("localhost", addr)
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn post(client: &reqwest::Client, addr: SocketAddr, hook_id: &str) -> u16 {
+    client
+        .post(format!(
+            "https://localhost:{}/hooks/tusfacturas/{TUS_TOKEN}",
+            addr.port()
+        ))
+        .header("content-type", "application/json")
+        .body(tusfacturas(hook_id, "facturacion.emitido", 1))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or_else(|e| panic!("post {hook_id}: {e:?}"))
+}
+
+/// The serial number of the certificate the relay serves for `localhost`.
+async fn served_serial(root: &Path, addr: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let tls = tls_connect_to(addr, root, b"http/1.1").await?;
+    let (_, session) = tls.get_ref();
+    let leaf = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or_else(|| std::io::Error::other("no certificate"))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(std::io::Error::other)?;
+    Ok(parsed.raw_serial().to_vec())
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Issuance, readiness, a post, the stored files, then a restart that
+/// serves the stored certificate without ordering again.
+async fn issues_serves_and_restarts(challenge: &str) {
+    init();
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (relay_port, http_port) = (free_port(), free_port());
+    let mut pebble = Pebble::prepare(&dir.path().join("pebble"), relay_port, http_port, None);
+    let acme = format!("challenge = \"{challenge}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n");
+    let config = relay_config(dir.path(), relay_port, &pebble, &acme);
+
+    // Pebble is not up yet: the relay runs, but is not ready and serves
+    // no certificate.
+    let relay = RelayProcess::spawn(&config).await;
+    let admin = relay.admin_url();
+    let (status, body) = readyz(&admin).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["reasons"]
+            .to_string()
+            .contains("no certificate yet for localhost"),
+        "{body}"
+    );
+    let listener_ca = pebble.listener_ca();
+    assert!(
+        tls_connect_to(relay.addr, &listener_ca, b"http/1.1")
+            .await
+            .is_err(),
+        "a handshake before the first certificate must fail"
+    );
+
+    pebble.start().await;
+    wait_ready(&admin, Duration::from_secs(60)).await;
+    let issued = started.elapsed();
+    let root = pebble.root().await;
+    let client = client_trusting(&root, relay.addr);
+    assert_eq!(post(&client, relay.addr, "acme-1").await, 200);
+    let serial = served_serial(&root, relay.addr).await.unwrap();
+    let state = dir.path().join("acme");
+    for file in ["account.json", "certificate.pem", "certificate.key"] {
+        assert_eq!(mode(&state.join(file)), 0o600, "{file}");
+    }
+    assert_eq!(mode(&state), 0o700);
+    let orders = pebble.orders();
+    assert_eq!(orders, 1, "one order: {:?}", pebble.log.lock().unwrap());
+    relay.sigterm().await;
+
+    // A restart serves the stored certificate at once, ordering nothing.
+    let relay = RelayProcess::spawn(&config).await;
+    let admin = relay.admin_url();
+    let (status, body) = readyz(&admin).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(served_serial(&root, relay.addr).await.unwrap(), serial);
+    let client = client_trusting(&root, relay.addr);
+    assert_eq!(post(&client, relay.addr, "acme-2").await, 200);
+    assert_eq!(pebble.orders(), orders, "the restart ordered again");
+    assert!(relay.logged("ordering a certificate").is_empty());
+    relay.sigterm().await;
+    pebble.stop().await;
+    eprintln!(
+        "acme {challenge}: issued {issued:?} after start (Pebble started after the relay), whole test {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_issues_serves_and_a_restart_reuses_the_certificate() {
+    if pebble_present("tls_alpn_01_issues_serves_and_a_restart_reuses_the_certificate") {
+        issues_serves_and_restarts("tls-alpn-01").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_01_issues_serves_and_a_restart_reuses_the_certificate() {
+    if pebble_present("http_01_issues_serves_and_a_restart_reuses_the_certificate") {
+        issues_serves_and_restarts("http-01").await;
+    }
+}
