@@ -350,3 +350,102 @@ async fn http_01_issues_serves_and_a_restart_reuses_the_certificate() {
         issues_serves_and_restarts("http-01").await;
     }
 }
+
+/// With an 18 s validity the relay renews 6 s before expiry while two
+/// clients post in a loop (one opening a connection per request, so
+/// handshakes meet the swap): every request is answered 200. Then Pebble
+/// stops: the next renewal fails, and the certificate it has keeps
+/// serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renews_under_load_and_keeps_serving_when_the_ca_is_gone() {
+    if !pebble_present("renews_under_load_and_keeps_serving_when_the_ca_is_gone") {
+        return;
+    }
+    init();
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let relay_port = free_port();
+    let validity = Duration::from_secs(18);
+    let mut pebble = Pebble::prepare(
+        &dir.path().join("pebble"),
+        relay_port,
+        free_port(),
+        Some(validity),
+    );
+    pebble.start().await;
+    let config = relay_config(dir.path(), relay_port, &pebble, "");
+    let relay = RelayProcess::spawn(&config).await;
+    wait_ready(&relay.admin_url(), Duration::from_secs(60)).await;
+    let issued = started.elapsed();
+    let root = pebble.root().await;
+    let first = served_serial(&root, relay.addr).await.unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for (name, pooled) in [("pooled", true), ("fresh", false)] {
+        let mut builder = reqwest::Client::builder()
+            .tls_certs_only([
+                reqwest::Certificate::from_pem(&std::fs::read(&root).unwrap()).unwrap(),
+            ])
+            .resolve("localhost", relay.addr)
+            .no_proxy()
+            .timeout(Duration::from_secs(10));
+        if !pooled {
+            builder = builder.pool_max_idle_per_host(0);
+        }
+        let client = builder.build().unwrap();
+        let (stop, answers, addr) = (stop.clone(), answers.clone(), relay.addr);
+        clients.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = post(&client, addr, &format!("{name}-{i}")).await;
+                answers.lock().unwrap().push(status);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+
+    let deadline = tokio::time::Instant::now() + validity * 2;
+    let second = loop {
+        let serial = served_serial(&root, relay.addr).await.unwrap();
+        if serial != first {
+            break serial;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no renewal within {:?}: {}",
+            validity * 2,
+            relay.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let renewed = started.elapsed();
+    assert_eq!(relay.logged("ordering a certificate").len(), 2);
+
+    // The CA goes away before the next renewal: it fails, and the
+    // certificate in hand keeps serving.
+    pebble.stop().await;
+    eventually(validity * 2, "a failed renewal", || {
+        !relay.logged("ACME order failed").is_empty()
+    })
+    .await;
+    assert_eq!(served_serial(&root, relay.addr).await.unwrap(), second);
+    let client = client_trusting(&root, relay.addr);
+    assert_eq!(post(&client, relay.addr, "after-failure").await, 200);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let answers = answers.lock().unwrap().clone();
+    assert!(answers.len() > 50, "only {} requests", answers.len());
+    assert!(answers.iter().all(|&s| s == 200), "{answers:?}");
+    relay.sigterm().await;
+    eprintln!(
+        "acme renewal: issued {issued:?}, renewed {renewed:?}, failure seen {:?}, {} posts all 200",
+        started.elapsed(),
+        answers.len()
+    );
+}
