@@ -166,19 +166,19 @@ impl Relay {
             reloads,
             changes,
         );
+        let acme = match acme {
+            Some(acme) => {
+                admin.add_readiness_check(Box::new(acme.readiness()));
+                Some(acme.start(metrics.clone(), events.clone()).await?)
+            }
+            None => None,
+        };
         let ingress = Arc::new(ArcSwap::new(Ingress::new(
             &config,
             spool.clone(),
             clock,
             metrics,
         )));
-        let acme = match acme {
-            Some(acme) => {
-                admin.add_readiness_check(Box::new(acme.readiness()));
-                Some(acme.start().await?)
-            }
-            None => None,
-        };
         let settings = ListenerSettings::from_config(&config, acceptor);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(

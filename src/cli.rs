@@ -87,11 +87,26 @@ pub enum Command {
     /// its timeline of notifications and deliveries.
     #[command(subcommand)]
     Invoice(invoice::InvoiceCommand),
+    /// The certificate ordered by ACME (`[server.acme]`).
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Print a new subscription secret (`whsec_...`).
     GenSecret,
     /// Print the man page (roff), made from these definitions.
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Domains, issuer, expiry and renewal time of the stored certificate.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -501,6 +516,9 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }),
         Command::Serve(arg) => load(&arg.config).and_then(|config| serve(&arg.config, config)),
+        Command::Cert(CertCommand::Status { config, json }) => {
+            load(&config.config).and_then(|config| cert_status(&config, json))
+        }
         Command::Spool(SpoolCommand::Dump {
             config,
             quarantine,
@@ -684,6 +702,20 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
+}
+
+fn cert_status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let now_ms = crate::clock::Clock::system().now_ms();
+    let Some(status) = crate::acme::report::status(config, now_ms)? else {
+        anyhow::bail!(
+            "the config has no [server.acme]: the certificate is not ordered by the relay"
+        );
+    };
+    match json {
+        true => outln!("{}", serde_json::to_string_pretty(&status)?)?,
+        false => out!("{}", status.table())?,
+    }
+    Ok(())
 }
 
 /// What `serve` refuses to do (exit 64): listen where others can reach it

@@ -19,11 +19,13 @@
 //! - [`certificate`]: an issued chain read back (names, issuer, expiry);
 //! - [`challenge`]: challenge answers and the ingress resolver;
 //! - [`http01`]: the HTTP-01 listener;
+//! - [`report`]: `webhook-relay cert status`;
 //! - this file: the task that orders, installs and renews.
 
 pub mod certificate;
 pub mod challenge;
 pub mod http01;
+pub mod report;
 pub mod schedule;
 pub mod store;
 
@@ -45,6 +47,8 @@ use self::schedule::{decide, renew_at, retry_after, Decision, RenewalWindow};
 use self::store::{Store, StoredCertificate};
 use crate::clock::Clock;
 use crate::config::{AcmeChallenge, AcmeConfig, Config};
+use crate::events::{Events, RelayEvent};
+use crate::metrics::Metrics;
 
 pub use self::challenge::ACME_TLS_ALPN;
 
@@ -191,8 +195,15 @@ impl Acme {
     }
 
     /// Binds the HTTP-01 listener if the config asks for one, and starts
-    /// ordering and renewing, until the [`Running`] is dropped.
-    pub async fn start(self) -> Result<Running, AcmeError> {
+    /// ordering and renewing, until the [`Running`] is dropped. Each
+    /// certificate installed shows in `metrics` and raises
+    /// `relay.certificate.renewed`; the first failure of a spell raises
+    /// `relay.certificate.failing`.
+    pub async fn start(
+        self,
+        metrics: Arc<Metrics>,
+        events: Arc<Events>,
+    ) -> Result<Running, AcmeError> {
         let http = match self.config.challenge {
             AcmeChallenge::Http01 => {
                 let addr = self.config.http_listen;
@@ -207,7 +218,10 @@ impl Acme {
             }
             AcmeChallenge::TlsAlpn01 => None,
         };
-        let renewing = tokio::spawn(self.run());
+        if let Some(certificate) = self.status.certificate() {
+            metrics.set_certificate_expiry(&certificate.domains, certificate.validity.not_after_ms);
+        }
+        let renewing = tokio::spawn(self.run(metrics, events));
         Ok(Running { renewing, http })
     }
 
@@ -224,7 +238,7 @@ impl Acme {
 
     /// Orders when due, forever; a failure keeps the current certificate
     /// and retries after a back-off.
-    async fn run(self) {
+    async fn run(self, metrics: Arc<Metrics>, events: Arc<Events>) {
         let mut account: Option<Account> = None;
         let mut failures = 0u32;
         let mut renewal: Option<i64> = None;
@@ -263,6 +277,15 @@ impl Acme {
             self.challenges.clear();
             match ordered {
                 Ok(loaded) => {
+                    let info = &loaded.info;
+                    metrics.set_certificate_expiry(&info.domains, info.validity.not_after_ms);
+                    let renewed = RelayEvent::CertificateRenewed {
+                        domains: info.domains.clone(),
+                        issuer: info.issuer.clone(),
+                        not_after_ms: info.validity.not_after_ms,
+                        failures_before: failures,
+                    };
+                    events.raise(renewed, self.clock.now_ms());
                     failures = 0;
                     renewal = None;
                     self.status.set_error(None);
@@ -275,6 +298,14 @@ impl Acme {
                         retry_after(failures, rand::random(), self.clock.now_ms(), valid_until);
                     tracing::warn!(error = %err, failures, retry_in = ?wait, still_serving = current.is_some(), "ACME order failed");
                     self.status.set_error(Some(err.to_string()));
+                    if failures == 1 {
+                        let failing = RelayEvent::CertificateFailing {
+                            domains: self.config.domains.clone(),
+                            error: err.to_string(),
+                            serving_until_ms: valid_until,
+                        };
+                        events.raise(failing, self.clock.now_ms());
+                    }
                     self.clock
                         .sleep_until(self.clock.instant_now() + wait)
                         .await;

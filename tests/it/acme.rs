@@ -267,6 +267,23 @@ async fn served_serial(root: &Path, addr: SocketAddr) -> std::io::Result<Vec<u8>
     Ok(parsed.raw_serial().to_vec())
 }
 
+/// `webhook-relay cert status --json`.
+fn cert_status(config: &Path) -> serde_json::Value {
+    let output = relay_cli(&["cert", "status"], config, &["--json"]);
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The relay's operational events of `event_type` received by `alerts`.
+fn events_of(alerts: &Target, event_type: &str) -> Vec<serde_json::Value> {
+    alerts
+        .received()
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+        .filter(|body| body["type"] == event_type)
+        .collect()
+}
+
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -303,9 +320,36 @@ async fn issues_serves_and_restarts(challenge: &str) {
         "a handshake before the first certificate must fail"
     );
 
+    assert_eq!(cert_status(&config)["certificate"], serde_json::Value::Null);
+
     pebble.start().await;
     wait_ready(&admin, Duration::from_secs(60)).await;
     let issued = started.elapsed();
+    let status = cert_status(&config);
+    assert_eq!(
+        status["certificate"]["domains"],
+        serde_json::json!(["localhost"]),
+        "{status}"
+    );
+    assert_eq!(status["certificate"]["state"], "valid", "{status}");
+    assert!(
+        status["certificate"]["issuer"]
+            .as_str()
+            .unwrap()
+            .contains("Pebble"),
+        "{status}"
+    );
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains("webhook_relay_certificate_expiry_timestamp_seconds{domain=\"localhost\"}"),
+        "{metrics}"
+    );
     let root = pebble.root().await;
     let client = client_trusting(&root, relay.addr);
     assert_eq!(post(&client, relay.addr, "acme-1").await, 200);
@@ -373,7 +417,13 @@ async fn renews_under_load_and_keeps_serving_when_the_ca_is_gone() {
         Some(validity),
     );
     pebble.start().await;
-    let config = relay_config(dir.path(), relay_port, &pebble, "");
+    let alerts = Target::start(vec![]).await;
+    let config = relay_config(
+        dir.path(),
+        relay_port,
+        &pebble,
+        &subscription("alerts", &alerts.url(), "events = [\"relay.*\"]"),
+    );
     let relay = RelayProcess::spawn(&config).await;
     wait_ready(&relay.admin_url(), Duration::from_secs(60)).await;
     let issued = started.elapsed();
@@ -423,6 +473,14 @@ async fn renews_under_load_and_keeps_serving_when_the_ca_is_gone() {
     };
     let renewed = started.elapsed();
     assert_eq!(relay.logged("ordering a certificate").len(), 2);
+    assert!(
+        alerts
+            .wait_until(Duration::from_secs(10), |t| {
+                events_of(t, "relay.certificate.renewed").len() == 2
+            })
+            .await,
+        "relay.certificate.renewed for the first certificate and the renewal"
+    );
 
     // The CA goes away before the next renewal: it fails, and the
     // certificate in hand keeps serving.
@@ -434,6 +492,24 @@ async fn renews_under_load_and_keeps_serving_when_the_ca_is_gone() {
     assert_eq!(served_serial(&root, relay.addr).await.unwrap(), second);
     let client = client_trusting(&root, relay.addr);
     assert_eq!(post(&client, relay.addr, "after-failure").await, 200);
+    // Told once per spell of failures, however many retries follow.
+    eventually(Duration::from_secs(10), "three failed orders", || {
+        relay.logged("ACME order failed").len() >= 3
+    })
+    .await;
+    assert!(
+        alerts
+            .wait_until(Duration::from_secs(10), |t| {
+                !events_of(t, "relay.certificate.failing").is_empty()
+            })
+            .await,
+        "relay.certificate.failing"
+    );
+    let failing = events_of(&alerts, "relay.certificate.failing");
+    assert_eq!(failing.len(), 1, "{failing:?}");
+    assert_eq!(failing[0]["domains"], serde_json::json!(["localhost"]));
+    assert!(failing[0]["serving_until"].is_string(), "{}", failing[0]);
+    assert_eq!(events_of(&alerts, "relay.certificate.renewed").len(), 2);
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for client in clients {
