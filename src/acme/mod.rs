@@ -69,6 +69,8 @@ pub enum AcmeError {
     Protocol(#[from] instant_acme::Error),
     #[error("the order ended {status:?}: {detail}")]
     Order { status: OrderStatus, detail: String },
+    #[error("the CA did not complete the order within {0:?}")]
+    TimedOut(Duration),
     #[error("cannot bind the HTTP-01 listener on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -103,6 +105,8 @@ impl Drop for Running {
 
 /// How long one order may take (challenges validated, certificate issued).
 const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long one whole attempt may take (account, order, every request).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The certificate's state, as `/readyz` and the operator see it.
 #[derive(Debug, Default)]
@@ -183,9 +187,18 @@ impl Acme {
         let status = self.status.clone();
         let domains = self.config.domains.join(", ");
         let directory = self.config.directory.clone();
+        let clock = self.clock;
         move || {
-            if status.certificate().is_some() {
-                return None;
+            if let Some(certificate) = status.certificate() {
+                let not_after = certificate.validity.not_after_ms;
+                if clock.now_ms() < not_after {
+                    return None;
+                }
+                let expired = crate::clock::format_ms(not_after);
+                return Some(match status.last_error() {
+                    Some(error) => format!("the certificate for {domains} expired at {expired}; renewing failed: {error}"),
+                    None => format!("the certificate for {domains} expired at {expired}; renewing it from {directory}"),
+                });
             }
             Some(match status.last_error() {
                 Some(error) => format!("no certificate yet for {domains} from {directory}; the last order failed: {error}"),
@@ -263,16 +276,27 @@ impl Acme {
                     continue;
                 }
             }
-            let ordered = match &account {
-                Some(account) => self.order(account).await,
-                None => match self.account().await {
-                    Ok(new) => {
-                        let ordered = self.order(&new).await;
-                        account = Some(new);
-                        ordered
+            // The client has no timeout of its own: a CA that accepts the
+            // connection and never answers must not stall renewals.
+            let attempt = async {
+                match account.clone() {
+                    Some(account) => self.order(&account).await.map(|loaded| (loaded, None)),
+                    None => {
+                        let new = self.account().await?;
+                        let loaded = self.order(&new).await?;
+                        Ok((loaded, Some(new)))
                     }
-                    Err(err) => Err(err),
-                },
+                }
+            };
+            let ordered = match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
+                Ok(Ok((loaded, new_account))) => {
+                    if new_account.is_some() {
+                        account = new_account;
+                    }
+                    Ok(loaded)
+                }
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(AcmeError::TimedOut(ATTEMPT_TIMEOUT)),
             };
             self.challenges.clear();
             match ordered {
@@ -432,5 +456,52 @@ async fn renewal_window(account: &Account, certificate: &CertificateInfo) -> Opt
             tracing::debug!(error = %err, "no ARI window; renewing at a third of the lifetime");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acme::schedule::Validity;
+
+    #[test]
+    fn readiness_waits_for_a_certificate_and_fails_again_once_it_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[server]\n[server.acme]\ndomains = [\"relay.example.com\"]\n\n[spool.sled]\npath = \"{}\"\n\n[sources.tus]\nprovider = \"tusfacturas\"\ntoken = \"0123456789abcdef\"\n",
+            dir.path().join("spool").display()
+        );
+        let config = Config::parse(&text).unwrap();
+        let clock = Clock::manual(1_800_000_000_000);
+        let acme = Acme::prepare(&config, clock)
+            .unwrap()
+            .expect("[server.acme]");
+        let ready = acme.readiness();
+        let reason = ready().expect("not ready without a certificate");
+        assert!(
+            reason.contains("no certificate yet for relay.example.com"),
+            "{reason}"
+        );
+        acme.status.set_error(Some("connection refused".into()));
+        assert!(ready()
+            .unwrap()
+            .contains("the last order failed: connection refused"));
+
+        acme.status.set_error(None);
+        acme.status
+            .certificate
+            .store(Some(Arc::new(CertificateInfo {
+                domains: vec!["relay.example.com".into()],
+                issuer: "CN=test".into(),
+                validity: Validity {
+                    not_before_ms: clock.now_ms(),
+                    not_after_ms: clock.now_ms() + 60_000,
+                },
+                id: None,
+            })));
+        assert_eq!(ready(), None);
+        clock.advance(Duration::from_secs(60));
+        let reason = ready().expect("an expired certificate is not ready");
+        assert!(reason.contains("expired at"), "{reason}");
     }
 }
