@@ -169,6 +169,7 @@ impl Relay {
         let acme = match acme {
             Some(acme) => {
                 admin.add_readiness_check(Box::new(acme.readiness()));
+                admin.show_certificate(acme.status());
                 Some(acme.start(metrics.clone(), events.clone()).await?)
             }
             None => None,

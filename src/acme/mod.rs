@@ -127,7 +127,11 @@ impl Status {
             .clone()
     }
 
-    fn set_error(&self, error: Option<String>) {
+    pub fn set_certificate(&self, info: CertificateInfo) {
+        self.certificate.store(Some(Arc::new(info)));
+    }
+
+    pub fn set_error(&self, error: Option<String>) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 }
@@ -246,7 +250,7 @@ impl Acme {
             "serving the ACME certificate"
         );
         self.resolver.install(loaded.key);
-        self.status.certificate.store(Some(Arc::new(loaded.info)));
+        self.status.set_certificate(loaded.info);
     }
 
     /// Orders when due, forever; a failure keeps the current certificate

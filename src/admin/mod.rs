@@ -30,6 +30,7 @@ mod audit_log;
 pub mod auth;
 mod backfill;
 mod backup;
+mod certificate;
 mod chart;
 pub mod csrf;
 mod health;
@@ -102,6 +103,8 @@ pub struct Admin {
     serving: AtomicBool,
     /// More reasons `/readyz` may give (e.g. no ACME certificate yet).
     readiness_checks: std::sync::Mutex<Vec<ReadinessCheck>>,
+    /// The ACME certificate's state, for the page (with `[server.acme]`).
+    certificate: std::sync::OnceLock<Arc<crate::acme::Status>>,
     /// `POST /api/reload` asks whoever holds the receiver (the `serve`
     /// command, which knows the config file) and waits for the answer.
     reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
@@ -159,6 +162,7 @@ impl Admin {
             config: ArcSwap::from_pointee(config.clone()),
             serving: AtomicBool::new(false),
             readiness_checks: std::sync::Mutex::new(Vec::new()),
+            certificate: std::sync::OnceLock::new(),
         })
     }
 
@@ -169,6 +173,11 @@ impl Admin {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(check);
+    }
+
+    /// Shows the ACME certificate's state on the page.
+    pub fn show_certificate(&self, status: Arc<crate::acme::Status>) {
+        let _ = self.certificate.set(status);
     }
 
     pub fn set_serving(&self, serving: bool) {
