@@ -38,6 +38,8 @@ use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
     RetryPolicy,
 };
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -59,7 +61,7 @@ pub enum AcmeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("stored ACME state in {} is unreadable: {detail}", path.display())]
+    #[error("{} is unreadable: {detail}", path.display())]
     Stored { path: PathBuf, detail: String },
     #[error("certificate: {0}")]
     Certificate(String),
@@ -153,6 +155,13 @@ impl Acme {
         let Some(acme) = &config.server.acme else {
             return Ok(None);
         };
+        // A CA file that cannot be read fails the start, not every order.
+        if let Some(ca) = &acme.directory_ca {
+            CertificateDer::from_pem_file(ca).map_err(|e| AcmeError::Stored {
+                path: ca.clone(),
+                detail: format!("directory_ca: {e}"),
+            })?;
+        }
         let store = Store::new(state_dir(config));
         let challenges = Arc::new(Challenges::default());
         let resolver = AcmeResolver::new(challenges.clone());
@@ -467,6 +476,21 @@ async fn renewal_window(account: &Account, certificate: &CertificateInfo) -> Opt
 mod tests {
     use super::*;
     use crate::acme::schedule::Validity;
+
+    #[test]
+    fn an_unreadable_directory_ca_fails_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[server]\n[server.acme]\ndomains = [\"relay.example.com\"]\ndirectory_ca = \"{}\"\n\n[sources.tus]\nprovider = \"tusfacturas\"\ntoken = \"0123456789abcdef\"\n",
+            dir.path().join("missing.pem").display()
+        );
+        let config = Config::parse(&text).unwrap();
+        let err = Acme::prepare(&config, Clock::system())
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        assert!(err.to_string().contains("directory_ca"), "{err}");
+    }
 
     #[test]
     fn readiness_waits_for_a_certificate_and_fails_again_once_it_expired() {
