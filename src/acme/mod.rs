@@ -45,7 +45,7 @@ use tokio::task::JoinHandle;
 
 use self::certificate::{CertificateInfo, Loaded};
 use self::challenge::{AcmeResolver, Challenges};
-use self::schedule::{decide, renew_at, retry_after, Decision, RenewalWindow};
+use self::schedule::{decide, renew_at, retry_after, wake_at, Decision, RenewalWindow};
 use self::store::{Store, StoredCertificate};
 use crate::clock::Clock;
 use crate::config::{AcmeChallenge, AcmeConfig, Config};
@@ -268,24 +268,40 @@ impl Acme {
         let mut account: Option<Account> = None;
         let mut failures = 0u32;
         let mut renewal: Option<i64> = None;
+        // Where in an ARI window to renew: drawn once per certificate, so
+        // each look at the window does not move the point.
+        let mut jitter: f64 = rand::random();
         loop {
             let current = self.status.certificate();
             if let Some(certificate) = &current {
-                let at = match renewal {
-                    Some(at) => at,
-                    None => {
-                        let window = match &account {
-                            Some(account) => renewal_window(account, certificate).await,
-                            None => None,
-                        };
-                        let at = renew_at(certificate.validity, window, rand::random());
-                        renewal = Some(at);
-                        tracing::info!(renew_at = %crate::clock::format_ms(at), ari = window.is_some(), "certificate renewal planned");
-                        at
-                    }
+                // After a restart: the stored account, for the ARI window
+                // (never a new one: that waits for an order).
+                if account.is_none()
+                    && self
+                        .store
+                        .account(&self.config.directory)
+                        .ok()
+                        .flatten()
+                        .is_some()
+                {
+                    account = tokio::time::timeout(ATTEMPT_TIMEOUT, self.account())
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                }
+                let ari = match &account {
+                    Some(account) => renewal_window(account, certificate).await,
+                    None => None,
                 };
-                if let Decision::WaitUntil(at) = decide(self.clock.now_ms(), at) {
-                    self.clock.sleep_until(self.clock.instant_at(at)).await;
+                let at = renew_at(certificate.validity, ari.map(|(window, _)| window), jitter);
+                if renewal != Some(at) {
+                    renewal = Some(at);
+                    tracing::info!(renew_at = %crate::clock::format_ms(at), ari = ari.is_some(), "certificate renewal planned");
+                }
+                let now_ms = self.clock.now_ms();
+                if let Decision::WaitUntil(at) = decide(now_ms, at) {
+                    let wake = wake_at(now_ms, at, ari.map(|(_, recheck)| recheck));
+                    self.clock.sleep_until(self.clock.instant_at(wake)).await;
                     continue;
                 }
             }
@@ -325,6 +341,7 @@ impl Acme {
                     events.raise(renewed, self.clock.now_ms());
                     failures = 0;
                     renewal = None;
+                    jitter = rand::random();
                     self.status.set_error(None);
                     self.install(loaded);
                 }
@@ -456,14 +473,24 @@ impl Acme {
     }
 }
 
-/// The CA's ARI window for `certificate`, where the CA has one.
-async fn renewal_window(account: &Account, certificate: &CertificateInfo) -> Option<RenewalWindow> {
+/// The CA's ARI window for `certificate`, where the CA has one, and when
+/// it asks to be asked again (its Retry-After).
+async fn renewal_window(
+    account: &Account,
+    certificate: &CertificateInfo,
+) -> Option<(RenewalWindow, Duration)> {
     let id = certificate.id.as_ref()?;
-    match account.renewal_info(id).await {
-        Ok((info, _)) => Some(RenewalWindow {
-            start_ms: (info.suggested_window.start.unix_timestamp_nanos() / 1_000_000) as i64,
-            end_ms: (info.suggested_window.end.unix_timestamp_nanos() / 1_000_000) as i64,
-        }),
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, account.renewal_info(id))
+        .await
+        .ok()?
+    {
+        Ok((info, recheck)) => Some((
+            RenewalWindow {
+                start_ms: (info.suggested_window.start.unix_timestamp_nanos() / 1_000_000) as i64,
+                end_ms: (info.suggested_window.end.unix_timestamp_nanos() / 1_000_000) as i64,
+            },
+            recheck,
+        )),
         Err(instant_acme::Error::Unsupported(_)) => None,
         Err(err) => {
             tracing::debug!(error = %err, "no ARI window; renewing at a third of the lifetime");

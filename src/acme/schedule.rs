@@ -58,6 +58,25 @@ pub fn decide(now_ms: i64, renew_at_ms: i64) -> Decision {
     }
 }
 
+/// Bounds of the wait before asking a CA's ARI window again: its
+/// Retry-After (Let's Encrypt says six hours), kept between these.
+pub const ARI_RECHECK_MIN: Duration = Duration::from_secs(3600);
+pub const ARI_RECHECK_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// When to wake next while waiting to renew at `renew_at_ms`: then, or
+/// sooner to ask the CA's ARI window again (it may move the renewal
+/// earlier, e.g. before a mass revocation).
+pub fn wake_at(now_ms: i64, renew_at_ms: i64, ari_recheck: Option<Duration>) -> i64 {
+    match ari_recheck {
+        None => renew_at_ms,
+        Some(recheck) => {
+            let recheck = recheck.clamp(ARI_RECHECK_MIN, ARI_RECHECK_MAX);
+            let recheck_ms = i64::try_from(recheck.as_millis()).unwrap_or(i64::MAX);
+            renew_at_ms.min(now_ms.saturating_add(recheck_ms))
+        }
+    }
+}
+
 /// Back-off after failed orders in a row, before jitter: doubles from
 /// `FIRST_RETRY` up to `MAX_RETRY`.
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -132,6 +151,28 @@ mod tests {
             decide(start, renew_at(validity, Some(past), 0.3)),
             Decision::RenewNow
         );
+    }
+
+    #[test]
+    fn an_ari_window_is_asked_again_within_its_bounds() {
+        let now = 1_800_000_000_000;
+        let hour = 3_600_000;
+        // No ARI: sleep until the renewal itself.
+        assert_eq!(wake_at(now, now + 60 * DAY, None), now + 60 * DAY);
+        // The CA's six hours.
+        let six_hours = Some(Duration::from_secs(6 * 3600));
+        assert_eq!(wake_at(now, now + 60 * DAY, six_hours), now + 6 * hour);
+        // A Retry-After of seconds or of weeks is kept between 1 h and 24 h.
+        assert_eq!(
+            wake_at(now, now + 60 * DAY, Some(Duration::ZERO)),
+            now + hour
+        );
+        assert_eq!(
+            wake_at(now, now + 60 * DAY, Some(Duration::from_secs(30 * 86_400))),
+            now + 24 * hour
+        );
+        // A renewal sooner than the next look wins.
+        assert_eq!(wake_at(now, now + 10, six_hours), now + 10);
     }
 
     #[test]

@@ -404,8 +404,7 @@ async fn http_01_issues_serves_and_a_restart_reuses_the_certificate() {
     }
 }
 
-/// With an 18 s validity (and a third of the nonces refused) the relay
-/// renews 6 s before expiry while two clients post in a loop (one opening
+/// With an 18 s validity the relay renews 6 s before expiry while two clients post in a loop (one opening
 /// a connection per request, so handshakes meet the swap): every request
 /// is answered 200. Then Pebble stops: the next renewal fails, the
 /// certificate in hand keeps serving, `relay.certificate.failing` goes out
@@ -426,8 +425,7 @@ async fn renews_under_load_and_keeps_serving_when_the_ca_is_gone() {
         free_port(),
         Some(validity),
     );
-    // Pebble refuses a third of the nonces (badNonce): the client retries.
-    pebble.start_with(&[("PEBBLE_WFE_NONCEREJECT", "33")]).await;
+    pebble.start().await;
     let alerts = Target::start(vec![]).await;
     let config = relay_config(
         dir.path(),
@@ -483,7 +481,12 @@ async fn renews_under_load_and_keeps_serving_when_the_ca_is_gone() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let renewed = started.elapsed();
-    assert_eq!(relay.logged("ordering a certificate").len(), 2);
+    assert_eq!(
+        relay.logged("ordering a certificate").len(),
+        2,
+        "{:?}",
+        relay.logged("ACME")
+    );
     assert!(
         alerts
             .wait_until(Duration::from_secs(10), |t| {
@@ -535,4 +538,41 @@ async fn renews_under_load_and_keeps_serving_when_the_ca_is_gone() {
         started.elapsed(),
         answers.len()
     );
+}
+
+/// Pebble refusing 30 % of the nonces (`badNonce`): the client retries
+/// each request three times and an order that still fails is ordered
+/// again after a back-off, so the relay ends up with its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuance_gets_through_a_ca_refusing_requests() {
+    if !pebble_present("issuance_gets_through_a_ca_refusing_requests") {
+        return;
+    }
+    init();
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let relay_port = free_port();
+    let mut pebble = Pebble::prepare(&dir.path().join("pebble"), relay_port, free_port(), None);
+    pebble.start_with(&[("PEBBLE_WFE_NONCEREJECT", "30")]).await;
+    assert!(
+        pebble
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("Configured to reject 30% of good nonces")),
+        "Pebble took PEBBLE_WFE_NONCEREJECT"
+    );
+    let config = relay_config(dir.path(), relay_port, &pebble, "");
+    let relay = RelayProcess::spawn(&config).await;
+    wait_ready(&relay.admin_url(), Duration::from_secs(60)).await;
+    let root = pebble.root().await;
+    let client = client_trusting(&root, relay.addr);
+    assert_eq!(post(&client, relay.addr, "refused-then-issued").await, 200);
+    eprintln!(
+        "acme with refusals: issued in {:?} after {} failed orders",
+        started.elapsed(),
+        relay.logged("ACME order failed").len()
+    );
+    relay.sigterm().await;
 }
