@@ -350,12 +350,13 @@ impl Acme {
                     let valid_until = current.as_ref().map(|c| c.validity.not_after_ms);
                     let wait =
                         retry_after(failures, rand::random(), self.clock.now_ms(), valid_until);
+                    let err = described(&err);
                     tracing::warn!(error = %err, failures, retry_in = ?wait, still_serving = current.is_some(), "ACME order failed");
-                    self.status.set_error(Some(err.to_string()));
+                    self.status.set_error(Some(err.clone()));
                     if failures == 1 {
                         let failing = RelayEvent::CertificateFailing {
                             domains: self.config.domains.clone(),
-                            error: err.to_string(),
+                            error: err,
                             serving_until_ms: valid_until,
                         };
                         events.raise(failing, self.clock.now_ms());
@@ -473,6 +474,22 @@ impl Acme {
     }
 }
 
+/// An error with its causes (`client error (Connect): tcp connect error:
+/// Connection refused`), each said once.
+fn described(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        let said = next.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = next.source();
+    }
+    text
+}
+
 /// The CA's ARI window for `certificate`, where the CA has one, and when
 /// it asks to be asked again (its Retry-After).
 async fn renewal_window(
@@ -503,6 +520,27 @@ async fn renewal_window(
 mod tests {
     use super::*;
     use crate::acme::schedule::Validity;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Layer {
+        #[error("client error (Connect)")]
+        Outer(#[source] Inner),
+    }
+    #[derive(Debug, thiserror::Error)]
+    #[error("tcp connect error")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_is_described_with_its_causes_each_once() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let err = AcmeError::Protocol(instant_acme::Error::Other(Box::new(Layer::Outer(Inner(
+            refused,
+        )))));
+        assert_eq!(
+            described(&err),
+            "ACME: client error (Connect): tcp connect error: connection refused"
+        );
+    }
 
     #[test]
     fn an_unreadable_directory_ca_fails_the_start() {
