@@ -61,6 +61,8 @@ pub enum AppError {
     /// The spool has parts that cannot be read: not served.
     #[error("{0}")]
     Damaged(String),
+    #[error(transparent)]
+    Acme(#[from] crate::acme::AcmeError),
 }
 
 /// A running relay. Dropping it does not stop it; call [`Relay::stop`].
@@ -71,6 +73,8 @@ pub struct Relay {
     pub admin: Arc<Admin>,
     pub spool: Spool,
     cert: Option<Arc<ReloadableCert>>,
+    /// Orders and renews the certificate under `[server.acme]`.
+    _acme: Option<crate::acme::Running>,
     /// What a reload or an API change of subscriptions swaps.
     live: Arc<Live>,
     ingress: Arc<ArcSwap<Ingress>>,
@@ -108,13 +112,21 @@ impl Relay {
                 }
             }
         };
-        let (cert, self_signed) = load_certificate(&config)?;
-        let acceptor = match &cert {
-            Some(cert) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+        let acme = crate::acme::Acme::prepare(&config, clock)?;
+        let (cert, self_signed) = match &acme {
+            Some(_) => (None, None),
+            None => load_certificate(&config)?,
+        };
+        let acceptor = match (&cert, &acme) {
+            (Some(cert), _) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
                 cert.clone(),
             )?)),
-            None => None,
+            (None, Some(acme)) => Some(tokio_rustls::TlsAcceptor::from(tls::acme_server_config(
+                acme.resolver(),
+            )?)),
+            (None, None) => None,
         };
+        let tls_on = acceptor.is_some();
         let metrics = Arc::new(Metrics::with_clock(clock));
         let (effective, problems) = effective_config(&config, &spool.api_subscriptions());
         for problem in problems {
@@ -166,6 +178,14 @@ impl Relay {
             reloads,
             changes,
         );
+        let acme = match acme {
+            Some(acme) => {
+                admin.add_readiness_check(Box::new(acme.readiness()));
+                admin.show_certificate(acme.status());
+                Some(acme.start(metrics.clone(), events.clone()).await?)
+            }
+            None => None,
+        };
         let ingress = Arc::new(ArcSwap::new(Ingress::new(
             &config,
             spool.producer(),
@@ -188,7 +208,7 @@ impl Relay {
         ));
         tracing::info!(
             addr = %ingress_addr,
-            tls = cert.is_some(),
+            tls = tls_on,
             socket_activated = listeners.activated,
             spool = %spool.location(),
             subscriptions = effective.subscriptions.len(),
@@ -213,6 +233,7 @@ impl Relay {
             reload_requests: std::sync::Mutex::new(Some(reload_requests)),
             spool,
             cert,
+            _acme: acme,
             stop,
             task,
         })
@@ -454,6 +475,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         old.server.tls_cert != new.server.tls_cert,
     );
     differs("server.tls_key", old.server.tls_key != new.server.tls_key);
+    differs("server.acme", old.server.acme != new.server.acme);
     differs(
         "server.http2_max_streams",
         old.server.http2_max_streams != new.server.http2_max_streams,

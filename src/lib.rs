@@ -27,6 +27,7 @@
 //!   ([`app::run`]): start-up, the watchdog, reloads, the stop.
 //! - [`listen`]: the listening sockets (from systemd or bound) and the
 //!   connection slots both listeners share.
+//! - [`acme`]: the relay's own certificate, ordered and renewed by ACME.
 //! - [`reexec`]: the relay replaces its own process, on the same sockets,
 //!   to reopen a spool that failed or had no room, once there is room.
 //! - [`cli`]: the command line, by job (`args`, `serve`, `spool`,
@@ -42,6 +43,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod cli;

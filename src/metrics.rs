@@ -132,6 +132,11 @@ struct SourceLabel {
     source: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainLabel {
+    domain: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SubscriptionLabel {
     subscription: String,
@@ -178,6 +183,8 @@ pub struct Metrics {
     ingest_seconds: Family<SourceLabel, Histogram>,
     last_received: Family<SourceLabel, Gauge>,
     invoices_stuck: Family<SourceLabel, Gauge>,
+    /// Expiry of the ACME certificate served, per domain it names.
+    certificate_expiry: Family<DomainLabel, Gauge>,
     /// The stuck invoices as the events task last found them.
     stuck: std::sync::Mutex<Vec<StuckInvoice>>,
     /// The sources `invoices_stuck` has a series for.
@@ -238,6 +245,7 @@ impl Metrics {
             ingest_seconds: Family::new_with_constructor(latency_histogram),
             last_received: Family::default(),
             invoices_stuck: Family::default(),
+            certificate_expiry: Family::default(),
             stuck: std::sync::Mutex::new(Vec::new()),
             stuck_watched: std::sync::Mutex::new(Vec::new()),
             attempts: Family::default(),
@@ -267,6 +275,11 @@ impl Metrics {
             "ingest_duration_seconds",
             "From request to durable answer, for stored notifications",
             metrics.ingest_seconds.clone(),
+        );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the ACME certificate served for each domain expires (Unix time)",
+            metrics.certificate_expiry.clone(),
         );
         registry.register(
             "last_received_timestamp_seconds",
@@ -417,6 +430,18 @@ impl Metrics {
     /// The stuck invoices now, of the `watched` sources (each gets its
     /// count, 0 when none is stuck, so the gauge goes down as they clear;
     /// a source no longer watched loses its series).
+    /// The ACME certificate now served: its domains' expiry.
+    pub fn set_certificate_expiry(&self, domains: &[String], not_after_ms: i64) {
+        self.certificate_expiry.clear();
+        for domain in domains {
+            self.certificate_expiry
+                .get_or_create(&DomainLabel {
+                    domain: domain.clone(),
+                })
+                .set(not_after_ms / 1000);
+        }
+    }
+
     pub fn set_stuck(&self, stuck: Vec<StuckInvoice>, watched: &[String]) {
         if let Ok(mut before) = self.stuck_watched.lock() {
             for source in before.iter().filter(|s| !watched.contains(s)) {

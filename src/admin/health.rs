@@ -40,6 +40,14 @@ pub(super) async fn readyz(admin: &Admin) -> Result<Response<Full<Bytes>>, ApiEr
     if !admin.serving.load(std::sync::atomic::Ordering::Acquire) {
         reasons.push("the listeners are not serving yet".to_owned());
     }
+    reasons.extend(
+        admin
+            .readiness_checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|check| check()),
+    );
     if health.fatal {
         reasons.push(format!(
             "the spool's store failed or is not open; the relay reopens it by itself once there is room: {}",

@@ -30,6 +30,7 @@ mod audit_log;
 pub mod auth;
 mod backfill;
 mod backup;
+mod certificate;
 mod chart;
 pub mod csrf;
 mod health;
@@ -87,6 +88,9 @@ pub enum AdminError {
 }
 
 /// What the admin handlers share; the parts a reload changes are swapped whole.
+/// A reason the relay is not ready, while it is not.
+pub type ReadinessCheck = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
 pub struct Admin {
     spool: Spool,
     metrics: Arc<Metrics>,
@@ -97,6 +101,10 @@ pub struct Admin {
     config: ArcSwap<Config>,
     /// Set once every listener is bound and serving.
     serving: AtomicBool,
+    /// More reasons `/readyz` may give (e.g. no ACME certificate yet).
+    readiness_checks: std::sync::Mutex<Vec<ReadinessCheck>>,
+    /// The ACME certificate's state, for the page (with `[server.acme]`).
+    certificate: std::sync::OnceLock<Arc<crate::acme::Status>>,
     /// `POST /api/reload` asks whoever holds the receiver (the `serve`
     /// command, which knows the config file) and waits for the answer.
     reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
@@ -158,10 +166,25 @@ impl Admin {
             sessions: session::Sessions::default(),
             config: ArcSwap::from_pointee(config.clone()),
             serving: AtomicBool::new(false),
+            readiness_checks: std::sync::Mutex::new(Vec::new()),
+            certificate: std::sync::OnceLock::new(),
         })
     }
 
     /// The relay accepts notifications: `/readyz` may say so.
+    /// Adds a condition to `/readyz`: `Some(reason)` while not ready.
+    pub fn add_readiness_check(&self, check: ReadinessCheck) {
+        self.readiness_checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(check);
+    }
+
+    /// Shows the ACME certificate's state on the page.
+    pub fn show_certificate(&self, status: Arc<crate::acme::Status>) {
+        let _ = self.certificate.set(status);
+    }
+
     pub fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::Release);
     }

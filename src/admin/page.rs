@@ -314,6 +314,9 @@ async fn dashboard(
             )
         }
     );
+    if let Some(status) = admin.certificate.get() {
+        body.push_str(&super::certificate::line(status, now_ms));
+    }
     // The chart's oldest waiting age is sampled when someone looks.
     let counts = &stats["subscriptions"];
     let oldest = counts

@@ -40,11 +40,26 @@ pub enum Command {
     /// its timeline of notifications and deliveries.
     #[command(subcommand)]
     Invoice(invoice::InvoiceCommand),
+    /// The certificate ordered by ACME (`[server.acme]`).
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Print a new subscription secret (`whsec_...`).
     GenSecret,
     /// Print the man page (roff), made from these definitions.
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Domains, issuer, expiry and renewal time of the stored certificate.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -48,7 +48,8 @@ mod spool;
 mod subscriptions;
 
 pub use args::{
-    Cli, Command, ConfigArg, FilterArgs, QuarantineCommand, SpoolCommand, SubscriptionsCommand,
+    CertCommand, Cli, Command, ConfigArg, FilterArgs, QuarantineCommand, SpoolCommand,
+    SubscriptionsCommand,
 };
 use remote::post_and_print;
 
@@ -107,6 +108,9 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             }),
         Command::Serve(arg) => {
             load(&arg.config).and_then(|config| serve::serve(&arg.config, config))
+        }
+        Command::Cert(CertCommand::Status { config, json }) => {
+            load(&config.config).and_then(|config| cert_status(&config, json))
         }
         Command::Spool(SpoolCommand::Dump {
             config,
@@ -288,6 +292,20 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     } else {
         1
     }
+}
+
+fn cert_status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let now_ms = crate::clock::Clock::system().now_ms();
+    let Some(status) = crate::acme::report::status(config, now_ms)? else {
+        anyhow::bail!(
+            "the config has no [server.acme]: the certificate is not ordered by the relay"
+        );
+    };
+    match json {
+        true => outln!("{}", serde_json::to_string_pretty(&status)?)?,
+        false => out!("{}", status.table())?,
+    }
+    Ok(())
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

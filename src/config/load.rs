@@ -133,6 +133,9 @@ impl Config {
         resolve(&mut self.spool.sled.path);
         self.server.tls_cert.as_mut().map(resolve);
         self.server.tls_key.as_mut().map(resolve);
+        if let Some(acme) = self.server.acme.as_mut() {
+            acme.directory_ca.as_mut().map(resolve);
+        }
         for sub in &mut self.subscriptions {
             sub.tls_ca.as_mut().map(resolve);
         }

@@ -10,6 +10,7 @@
 //! together, in the order of the file, each with the file, line, column and
 //! key: every problem at once, syntax errors aside (they stop the reading).
 
+mod acme;
 mod admin;
 mod load;
 mod locate;
@@ -28,6 +29,7 @@ use serde::Deserialize;
 
 use crate::delivery::Schedule;
 use crate::providers::{GenericRules, InvoiceStatus, Provider};
+pub use acme::{AcmeChallenge, AcmeConfig, LETS_ENCRYPT, LETS_ENCRYPT_STAGING};
 pub use admin::{AdminConfig, AdminListen, AdminToken, AllowedTarget, Role};
 pub use load::ConfigError;
 pub use locate::KeyPath;
@@ -85,6 +87,8 @@ pub struct ServerConfig {
     /// Balancers (addresses or CIDR networks) whose `X-Forwarded-For` is
     /// believed: behind them, allowlists and rate limits see the client.
     pub trusted_proxies: Vec<Network>,
+    /// `[server.acme]`: a certificate ordered and renewed by the relay.
+    pub acme: Option<AcmeConfig>,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +109,7 @@ impl Default for ServerConfig {
             http2_max_streams: 64,
             shutdown_grace: HumanDuration(Duration::from_secs(20)),
             trusted_proxies: Vec::new(),
+            acme: None,
         }
     }
 }

@@ -255,7 +255,19 @@ impl ServerConfig {
                 "choose either self_signed = true or tls_cert + tls_key".into(),
             ));
         }
-        if self.tls && !self.self_signed && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+        if let Some(acme) = &self.acme {
+            let acme_at = at.key("acme");
+            acme.check(&acme_at, found);
+            if !self.tls || has_files || self.self_signed {
+                found.push((
+                    acme_at,
+                    "[server.acme] brings its own certificate: remove tls = false, tls_cert, tls_key and self_signed".into(),
+                ));
+            }
+        } else if self.tls
+            && !self.self_signed
+            && (self.tls_cert.is_none() || self.tls_key.is_none())
+        {
             let missing = if self.tls_cert.is_none() {
                 "tls_cert"
             } else {
@@ -263,7 +275,7 @@ impl ServerConfig {
             };
             found.push((
                 at.key(missing),
-                "TLS needs tls_cert and tls_key, or self_signed = true, or tls = false behind a TLS-terminating balancer".into(),
+                "TLS needs tls_cert and tls_key, or self_signed = true, or [server.acme], or tls = false behind a TLS-terminating balancer".into(),
             ));
         }
         if self.max_body.0 == 0 || self.max_body.0 > MAX_BODY {

@@ -84,6 +84,22 @@ pub enum RelayEvent {
         status: InvoiceStatus,
         latest: NotificationId,
     },
+    /// The ACME certificate was renewed (or first issued).
+    CertificateRenewed {
+        domains: Vec<String>,
+        issuer: String,
+        not_after_ms: i64,
+        /// Failed orders before this one succeeded.
+        failures_before: u32,
+    },
+    /// Ordering the ACME certificate failed (told once per spell of
+    /// failures); the certificate held, if any, keeps serving.
+    CertificateFailing {
+        domains: Vec<String>,
+        error: String,
+        /// Expiry of the certificate still served, if one is.
+        serving_until_ms: Option<i64>,
+    },
     /// The spool takes notifications again.
     SpoolRecovered {
         full_since_ms: i64,
@@ -107,6 +123,8 @@ impl RelayEvent {
             RelayEvent::SourceRecovered { .. } => "relay.source.recovered",
             RelayEvent::InvoiceStuck { .. } => "relay.invoice.stuck",
             RelayEvent::InvoiceUnstuck { .. } => "relay.invoice.unstuck",
+            RelayEvent::CertificateRenewed { .. } => "relay.certificate.renewed",
+            RelayEvent::CertificateFailing { .. } => "relay.certificate.failing",
         }
     }
 
@@ -229,6 +247,26 @@ impl RelayEvent {
                 "queued_since": format_ms(was.since_ms),
                 "status": status.as_str(),
                 "notification": latest.to_string(),
+            }),
+            RelayEvent::CertificateRenewed {
+                domains,
+                issuer,
+                not_after_ms,
+                failures_before,
+            } => json!({
+                "domains": domains,
+                "issuer": issuer,
+                "not_after": format_ms(*not_after_ms),
+                "failures_before": failures_before,
+            }),
+            RelayEvent::CertificateFailing {
+                domains,
+                error,
+                serving_until_ms,
+            } => json!({
+                "domains": domains,
+                "error": error,
+                "serving_until": serving_until_ms.map(format_ms),
             }),
             RelayEvent::SpoolRecovered {
                 full_since_ms,

@@ -2,7 +2,8 @@
 //! `relay.subscription.failing`, `relay.subscription.recovered`,
 //! `relay.quarantine.added`, `relay.spool.full`, `relay.spool.recovered`,
 //! `relay.source.silent`, `relay.source.recovered`, `relay.invoice.stuck`,
-//! `relay.invoice.unstuck`),
+//! `relay.invoice.unstuck`, `relay.certificate.renewed`,
+//! `relay.certificate.failing`),
 //! stored in the spool as notifications of the reserved source `relay` and
 //! so delivered, signed and retried like invoices, to the subscriptions
 //! that name them (`events = ["relay.*"]`, see `spool::routes`).
@@ -75,6 +76,8 @@ pub struct Events {
     expected: ArcSwap<Vec<(String, i64)>>,
     /// Each source with a `stuck_after`, and it in ms.
     stuck_after: ArcSwap<Vec<(String, i64)>>,
+    /// Raised by other parts (the ACME certificate's), taken at each tick.
+    raised: Mutex<Vec<(RelayEvent, i64)>>,
 }
 
 impl Events {
@@ -100,6 +103,7 @@ impl Events {
             metrics,
             expected: ArcSwap::from_pointee(Vec::new()),
             stuck_after: ArcSwap::from_pointee(Vec::new()),
+            raised: Mutex::new(Vec::new()),
         });
         let observing = spool.observe(counted);
         events.reload(config);
@@ -153,6 +157,15 @@ impl Events {
         stuck.keep_sources(&watched);
         self.metrics.set_stuck(stuck.listed(), &watched);
         stuck
+    }
+
+    /// Raises an event seen elsewhere (at `at_ms`); it is stored at the
+    /// next tick, like the task's own.
+    pub fn raise(&self, event: RelayEvent, at_ms: i64) {
+        self.raised
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((event, at_ms));
     }
 
     fn wanted(&self, event: &RelayEvent) -> bool {
@@ -220,7 +233,7 @@ pub fn stuck_after_sources(config: &Config) -> Vec<(String, i64)> {
         .collect()
 }
 
-const ALL_TYPES: [&str; 10] = [
+const ALL_TYPES: [&str; 12] = [
     "relay.delivery.dead",
     "relay.subscription.failing",
     "relay.subscription.recovered",
@@ -231,6 +244,8 @@ const ALL_TYPES: [&str; 10] = [
     "relay.source.recovered",
     "relay.invoice.stuck",
     "relay.invoice.unstuck",
+    "relay.certificate.renewed",
+    "relay.certificate.failing",
 ];
 
 /// Queued notifications one look walks per source, at most: a backlog
@@ -290,6 +305,14 @@ struct Held {
 }
 
 impl Held {
+    fn take_raised(&mut self, events: &Events) {
+        let raised =
+            std::mem::take(&mut *events.raised.lock().unwrap_or_else(PoisonError::into_inner));
+        for (event, at_ms) in raised {
+            self.push(events, event, at_ms);
+        }
+    }
+
     fn push(&mut self, events: &Events, event: RelayEvent, at_ms: i64) {
         if !events.wanted(&event) {
             return;
@@ -549,6 +572,7 @@ async fn run(
         if stopping {
             // What the last attempts reported, then a last store.
             held.take_counted(&events, clock.now_ms(), true);
+            held.take_raised(&events);
             held.watch_health(&events, clock.now_ms());
             held.store(&events).await;
             held.save_stuck(&events).await;
@@ -561,6 +585,7 @@ async fn run(
             return;
         }
         held.take_counted(&events, clock.now_ms(), false);
+        held.take_raised(&events);
         held.watch_health(&events, clock.now_ms());
         held.watch_sources(&events, clock.now_ms());
         held.watch_invoices(&events, clock.now_ms()).await;

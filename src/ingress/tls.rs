@@ -109,6 +109,23 @@ fn read_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError
 
 /// The rustls server config over a reloadable certificate.
 pub fn server_config(cert: Arc<ReloadableCert>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    Ok(Arc::new(resolved_by(cert)?))
+}
+
+/// The rustls server config under ACME: the resolver also answers the CA's
+/// TLS-ALPN-01 handshakes, whose ALPN protocol is offered last (only the
+/// CA's validator asks for it).
+pub fn acme_server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config = resolved_by(resolver)?;
+    config
+        .alpn_protocols
+        .push(crate::acme::ACME_TLS_ALPN.to_vec());
+    Ok(Arc::new(config))
+}
+
+fn resolved_by(cert: Arc<dyn ResolvesServerCert>) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Setup(e.to_string()))?
@@ -117,7 +134,7 @@ pub fn server_config(cert: Arc<ReloadableCert>) -> Result<Arc<rustls::ServerConf
     // `http/1.0` too: a client that offers only it (curl --http1.0) would
     // otherwise fail the handshake; it is served as HTTP/1.x.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 /// Makes a self-signed certificate for localhost the first time, then reuses

@@ -2,6 +2,7 @@
 //! real HTTP targets, and the built binary for crash tests.
 
 mod abuse;
+mod acme;
 mod admin;
 mod admin_page;
 mod app_run;
