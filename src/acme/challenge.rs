@@ -17,10 +17,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::AcmeError;
-use crate::ingress::tls::provider;
-
-/// The ALPN protocol of TLS-ALPN-01.
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+use crate::ingress::tls::{provider, ACME_TLS_ALPN};
 
 /// The challenges under way.
 #[derive(Debug, Default)]

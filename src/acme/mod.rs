@@ -52,7 +52,7 @@ use crate::config::{AcmeChallenge, AcmeConfig, Config};
 use crate::events::{Events, RelayEvent};
 use crate::metrics::Metrics;
 
-pub use self::challenge::ACME_TLS_ALPN;
+pub use crate::ingress::tls::ACME_TLS_ALPN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {

@@ -112,6 +112,10 @@ pub fn server_config(cert: Arc<ReloadableCert>) -> Result<Arc<rustls::ServerConf
     Ok(Arc::new(resolved_by(cert)?))
 }
 
+/// The ALPN protocol of TLS-ALPN-01 (RFC 8737), which the ingress offers
+/// under ACME and `acme` answers.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// The rustls server config under ACME: the resolver also answers the CA's
 /// TLS-ALPN-01 handshakes, whose ALPN protocol is offered last (only the
 /// CA's validator asks for it).
@@ -119,9 +123,7 @@ pub fn acme_server_config(
     resolver: Arc<dyn ResolvesServerCert>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut config = resolved_by(resolver)?;
-    config
-        .alpn_protocols
-        .push(crate::acme::ACME_TLS_ALPN.to_vec());
+    config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     Ok(Arc::new(config))
 }
 
