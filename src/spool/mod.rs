@@ -556,17 +556,12 @@ impl Spool {
     /// it takes, and for a group-committing backend its groups (metrics,
     /// the benchmark and tests read it).
     pub async fn stats(&self) -> BackendStats {
-        dispatch!(&self.backend, b => {
-            let sled = b.clone();
-            let bytes = tokio::task::spawn_blocking(move || sled.size_on_disk().ok())
-                .await
-                .ok()
-                .flatten();
-            BackendStats {
-                bytes,
-                flush_starts: Some(b.flush_starts()),
-                flushed_changes: Some(b.flushed_changes()),
-            }
+        // The size asks the filesystem: a blocking read like the others.
+        let bytes = self.read(|b| b.size_on_disk()).await.ok();
+        dispatch!(&self.backend, b => BackendStats {
+            bytes,
+            flush_starts: Some(b.flush_starts()),
+            flushed_changes: Some(b.flushed_changes()),
         })
     }
 

@@ -9,7 +9,7 @@ impl Spool {
     // === queries: a backend that blocks does it off the runtime ===
 
     /// Runs a blocking read of the sled backend off the async runtime.
-    async fn read<T: Send + 'static>(
+    pub(super) async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&sled::SledSpool) -> Result<T, SpoolError> + Send + 'static,
     ) -> Result<T, SpoolError> {
