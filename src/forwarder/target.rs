@@ -15,6 +15,9 @@ use crate::providers::Flag;
 use crate::signing::SigningKey;
 use crate::spool::NotificationRecord;
 
+/// The flag of a notification made from a provider's query API.
+const RECONCILED: &str = "reconciled";
+
 /// How much of a target's answer is read (to keep the connection reusable).
 const MAX_ANSWER: usize = 64 << 10;
 
@@ -163,6 +166,10 @@ impl Target {
             if let Ok(flags) = HeaderValue::from_str(&meta.flags.join(", ")) {
                 request = request.header("x-relay-flags", flags);
             }
+        }
+        // Made by the relay from the provider's query API, not received.
+        if meta.flags.iter().any(|f| f == RECONCILED) {
+            request = request.header("x-relay-origin", "reconcile");
         }
         match request.send().await {
             Ok(response) => read_answer(response, clock).await,
