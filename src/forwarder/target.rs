@@ -15,9 +15,6 @@ use crate::providers::Flag;
 use crate::signing::SigningKey;
 use crate::spool::NotificationRecord;
 
-/// The flag of a notification made from a provider's query API.
-const RECONCILED: &str = "reconciled";
-
 /// How much of a target's answer is read (to keep the connection reusable).
 const MAX_ANSWER: usize = 64 << 10;
 
@@ -168,7 +165,7 @@ impl Target {
             }
         }
         // Made by the relay from the provider's query API, not received.
-        if meta.flags.iter().any(|f| f == RECONCILED) {
+        if meta.flags.iter().any(|f| f == Flag::Reconciled.as_str()) {
             request = request.header("x-relay-origin", "reconcile");
         }
         match request.send().await {
