@@ -23,6 +23,7 @@
 pub mod datil;
 pub mod generic;
 pub mod nubefact;
+pub mod query;
 pub mod status;
 pub mod tusfacturas;
 
@@ -67,6 +68,9 @@ pub enum Flag {
     NoReceiptId,
     /// The provider's timestamp could not be read; it was left out.
     UnreadableTime,
+    /// Made by the relay from the provider's answer to a query (see
+    /// [`query`]), not received as a webhook.
+    Reconciled,
 }
 
 impl Flag {
@@ -79,6 +83,7 @@ impl Flag {
             Flag::UnknownState => "unknown_state",
             Flag::NoReceiptId => "no_receipt_id",
             Flag::UnreadableTime => "unreadable_time",
+            Flag::Reconciled => "reconciled",
         }
     }
 }
@@ -137,6 +142,100 @@ impl Provider {
             Provider::Datil => datil::check(body),
             Provider::NubeFact => nubefact::check(body),
             Provider::Generic(rules) => generic::check(rules, body, headers),
+        }
+    }
+
+    // === impl Provider: reconciliation (see [`query`]) ===
+
+    /// The keys of this provider's query, read from a webhook body of the
+    /// invoice; `None` for generic (no query API) or a body without them.
+    pub fn query_keys(&self, webhook_body: &[u8]) -> Option<query::QueryKeys> {
+        match self {
+            Provider::TusFacturas => tusfacturas::query::keys(webhook_body),
+            Provider::Datil => datil::query::keys(webhook_body),
+            Provider::NubeFact => nubefact::query::keys(webhook_body),
+            Provider::Generic(_) => None,
+        }
+    }
+
+    /// The request asking where the invoice stands.
+    pub fn build_query(
+        &self,
+        keys: &query::QueryKeys,
+        creds: &query::QueryCredentials,
+    ) -> Result<query::QueryRequest, query::QueryBuildError> {
+        use query::{QueryBuildError, QueryCredentials as C, QueryKeys as K};
+        let mismatch = |given, of| QueryBuildError::Mismatch {
+            provider: self.name(),
+            given,
+            of,
+        };
+        match (self, keys, creds) {
+            (Provider::Generic(_), _, _) => Err(QueryBuildError::NoQueryApi(self.name())),
+            (
+                Provider::NubeFact,
+                K::NubeFact {
+                    tipo,
+                    serie,
+                    numero,
+                },
+                C::NubeFact { token, header },
+            ) => nubefact::query::build(*tipo, serie, *numero, token, *header),
+            (
+                Provider::TusFacturas,
+                K::TusFacturas { external_reference },
+                C::TusFacturas {
+                    apikey,
+                    apitoken,
+                    usertoken,
+                },
+            ) => Ok(tusfacturas::query::build(
+                external_reference,
+                apikey,
+                apitoken,
+                usertoken,
+            )),
+            (Provider::Datil, K::Datil { id }, C::Datil { api_key }) => {
+                datil::query::build(id, api_key)
+            }
+            (_, keys, _) if keys.provider_name() != self.name() => {
+                Err(mismatch("keys", keys.provider_name()))
+            }
+            (_, _, creds) => Err(mismatch("credentials", creds.provider_name())),
+        }
+    }
+
+    /// Reads the provider's answer (whatever its HTTP status) to the query
+    /// for `keys`. `subject` is the invoice's subject as the relay knows
+    /// it, kept on the notification of a final answer.
+    pub fn read_answer(
+        &self,
+        keys: &query::QueryKeys,
+        subject: &str,
+        http_status: u16,
+        body: &[u8],
+    ) -> Result<query::Answer, query::AnswerError> {
+        use query::QueryKeys as K;
+        match (self, keys) {
+            (
+                Provider::NubeFact,
+                K::NubeFact {
+                    tipo,
+                    serie,
+                    numero,
+                },
+            ) => nubefact::query::read(*tipo, serie, *numero, subject, http_status, body),
+            (Provider::TusFacturas, K::TusFacturas { external_reference }) => {
+                tusfacturas::query::read(external_reference, subject, http_status, body)
+            }
+            (Provider::Datil, K::Datil { id }) => {
+                datil::query::read(id, subject, http_status, body)
+            }
+            _ => Err(query::AnswerError::Unreadable(format!(
+                "keys of {} given to a {} source",
+                keys.provider_name(),
+                self.name()
+            ))),
         }
     }
 }
@@ -372,6 +471,7 @@ mod tests {
             Flag::UnknownState,
             Flag::NoReceiptId,
             Flag::UnreadableTime,
+            Flag::Reconciled,
         ];
         let names: std::collections::BTreeSet<_> = all.iter().map(|f| f.as_str()).collect();
         assert_eq!(names.len(), all.len());
