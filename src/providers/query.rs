@@ -12,7 +12,10 @@
 //! [`QueryRequest`] implement it by hand, and credential header values are
 //! marked sensitive.
 
-use super::{parse_json, Flag, InvoiceStatus, Notification, Rejection};
+use super::{
+    datil, nubefact, parse_json, tusfacturas, Flag, InvoiceStatus, Notification, Provider,
+    Rejection,
+};
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -296,128 +299,101 @@ pub(crate) fn final_answer(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::super::{GenericRules, Provider};
-    use super::*;
+// === impl Provider: reconciliation ===
 
-    #[test]
-    fn kinds_and_keys() {
-        assert_eq!(AnswerError::Unauthorized("x".into()).kind(), "unauthorized");
-        assert_eq!(AnswerError::NotFound("x".into()).kind(), "not_found");
-        let failed = AnswerError::Provider {
-            status: 500,
-            message: "x".into(),
-        };
-        assert_eq!(failed.kind(), "provider_error");
-        assert_eq!(AnswerError::Unreadable("x".into()).kind(), "unreadable");
-        assert_eq!(
-            reconciled_key("BBB1-105", InvoiceStatus::Accepted),
-            "reconciled:BBB1-105:accepted"
-        );
-    }
-
-    #[test]
-    fn generic_has_no_query() {
-        let generic = Provider::Generic(GenericRules::default());
-        assert_eq!(
-            generic.query_keys(br#"{"id": "1", "external_reference": "2"}"#),
-            None
-        );
-        let keys = QueryKeys::Datil { id: "1".into() };
-        let creds = QueryCredentials::Datil {
-            api_key: "k".into(),
-        };
-        assert_eq!(
-            generic.build_query(&keys, &creds).unwrap_err(),
-            QueryBuildError::NoQueryApi("generic")
-        );
-        assert_eq!(
-            generic
-                .read_answer(&keys, "1", 200, b"{}")
-                .unwrap_err()
-                .kind(),
-            "unreadable"
-        );
-    }
-
-    #[test]
-    fn keys_or_credentials_of_another_provider_are_refused() {
-        let datil_keys = QueryKeys::Datil { id: "1".into() };
-        let nube_creds = QueryCredentials::NubeFact {
-            token: "t".into(),
-            header: NubefactHeader::default(),
-        };
-        let nube_keys = QueryKeys::NubeFact {
-            tipo: 2,
-            serie: "B1".into(),
-            numero: 1,
-        };
-        assert_eq!(
-            Provider::NubeFact
-                .build_query(&datil_keys, &nube_creds)
-                .unwrap_err()
-                .to_string(),
-            "keys of datil cannot query nubefact"
-        );
-        let datil_creds = QueryCredentials::Datil {
-            api_key: "k".into(),
-        };
-        assert_eq!(
-            Provider::NubeFact
-                .build_query(&nube_keys, &datil_creds)
-                .unwrap_err()
-                .to_string(),
-            "credentials of datil cannot query nubefact"
-        );
-        let body = br#"{"id": "1", "estado": "AUTORIZADO"}"#;
-        let err = Provider::NubeFact.read_answer(&datil_keys, "1", 200, body);
-        assert_eq!(err.unwrap_err().kind(), "unreadable");
-    }
-
-    #[test]
-    fn credentials_never_show_in_debug() {
-        let creds = [
-            QueryCredentials::NubeFact {
-                token: "s3cret-nube".into(),
-                header: NubefactHeader::Bare,
-            },
-            QueryCredentials::TusFacturas {
-                apikey: "s3cret-key".into(),
-                apitoken: "s3cret-tok".into(),
-                usertoken: "s3cret-usr".into(),
-            },
-            QueryCredentials::Datil {
-                api_key: "s3cret-datil".into(),
-            },
-        ];
-        for c in creds {
-            let shown = format!("{c:?} {c:#?}");
-            assert!(!shown.contains("s3cret"), "{shown}");
-            assert!(shown.contains(REDACTED), "{shown}");
+impl Provider {
+    /// The keys of this provider's query, read from a webhook body of the
+    /// invoice; `None` for generic (no query API) or a body without them.
+    pub fn query_keys(&self, webhook_body: &[u8]) -> Option<QueryKeys> {
+        match self {
+            Provider::TusFacturas => tusfacturas::query::keys(webhook_body),
+            Provider::Datil => datil::query::keys(webhook_body),
+            Provider::NubeFact => nubefact::query::keys(webhook_body),
+            Provider::Generic(_) => None,
         }
     }
 
-    #[test]
-    fn said_is_short_and_clean() {
-        assert_eq!(said(" a\r\nb\t"), "a  b");
-        let long = said(&"é".repeat(500));
-        assert_eq!(long.chars().count(), MAX_SAID + 1);
-        assert_eq!(message_of(&serde_json::json!(["a", 1])), "a; 1");
+    /// The request asking where the invoice stands.
+    pub fn build_query(
+        &self,
+        keys: &QueryKeys,
+        creds: &QueryCredentials,
+    ) -> Result<QueryRequest, QueryBuildError> {
+        use self::{QueryCredentials as C, QueryKeys as K};
+        let mismatch = |given, of| QueryBuildError::Mismatch {
+            provider: self.name(),
+            given,
+            of,
+        };
+        match (self, keys, creds) {
+            (Provider::Generic(_), _, _) => Err(QueryBuildError::NoQueryApi(self.name())),
+            (
+                Provider::NubeFact,
+                K::NubeFact {
+                    tipo,
+                    serie,
+                    numero,
+                },
+                C::NubeFact { token, header },
+            ) => nubefact::query::build(*tipo, serie, *numero, token, *header),
+            (
+                Provider::TusFacturas,
+                K::TusFacturas { external_reference },
+                C::TusFacturas {
+                    apikey,
+                    apitoken,
+                    usertoken,
+                },
+            ) => Ok(tusfacturas::query::build(
+                external_reference,
+                apikey,
+                apitoken,
+                usertoken,
+            )),
+            (Provider::Datil, K::Datil { id }, C::Datil { api_key }) => {
+                datil::query::build(id, api_key)
+            }
+            (_, keys, _) if keys.provider_name() != self.name() => {
+                Err(mismatch("keys", keys.provider_name()))
+            }
+            (_, _, creds) => Err(mismatch("credentials", creds.provider_name())),
+        }
     }
 
-    #[test]
-    fn unparsable_answers_are_judged_by_status() {
-        let flags = &mut Vec::new();
-        let kind = |status, body: &[u8]| parse_answer(status, body, &mut Vec::new()).unwrap_err();
-        assert_eq!(kind(200, b"<html>").kind(), "unreadable");
-        assert_eq!(kind(200, b"[]").kind(), "unreadable");
-        assert_eq!(kind(401, b"nope").kind(), "unauthorized");
-        assert_eq!(kind(403, b"").kind(), "unauthorized");
-        match kind(502, b"<html>bad gateway</html>") {
-            AnswerError::Provider { status: 502, .. } => {}
-            other => panic!("{other:?}"),
+    /// Reads the provider's answer (whatever its HTTP status) to the query
+    /// for `keys`. `subject` is the invoice's subject as the relay knows
+    /// it, kept on the notification of a final answer.
+    pub fn read_answer(
+        &self,
+        keys: &QueryKeys,
+        subject: &str,
+        http_status: u16,
+        body: &[u8],
+    ) -> Result<Answer, AnswerError> {
+        use self::QueryKeys as K;
+        match (self, keys) {
+            (
+                Provider::NubeFact,
+                K::NubeFact {
+                    tipo,
+                    serie,
+                    numero,
+                },
+            ) => nubefact::query::read(*tipo, serie, *numero, subject, http_status, body),
+            (Provider::TusFacturas, K::TusFacturas { external_reference }) => {
+                tusfacturas::query::read(external_reference, subject, http_status, body)
+            }
+            (Provider::Datil, K::Datil { id }) => {
+                datil::query::read(id, subject, http_status, body)
+            }
+            _ => Err(AnswerError::Unreadable(format!(
+                "keys of {} given to a {} source",
+                keys.provider_name(),
+                self.name()
+            ))),
         }
-        assert!(parse_answer(200, b"\xEF\xBB\xBF{}", flags).is_ok());
     }
 }
+
+#[cfg(test)]
+mod tests;
