@@ -19,6 +19,9 @@ use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+/// Reconciliation: the keys, request and answer of its query API.
+pub(crate) mod query;
+
 /// Checks a Dátil body.
 pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
     let mut flags = Vec::new();

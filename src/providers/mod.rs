@@ -23,6 +23,7 @@
 pub mod datil;
 pub mod generic;
 pub mod nubefact;
+pub mod query;
 pub mod status;
 pub mod tusfacturas;
 
@@ -67,7 +68,8 @@ pub enum Flag {
     NoReceiptId,
     /// The provider's timestamp could not be read; it was left out.
     UnreadableTime,
-    /// Made by the relay from the provider's query API's answer (reconciliation).
+    /// Made by the relay from the provider's answer to a query (see
+    /// [`query`]), not received as a webhook.
     Reconciled,
 }
 

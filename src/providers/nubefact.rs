@@ -11,6 +11,9 @@ use super::{
 };
 use serde_json::{Map, Value};
 
+/// Reconciliation: the keys, request and answer of its query API.
+pub(crate) mod query;
+
 /// Checks a NubeFact body.
 pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
     let mut flags = Vec::new();

@@ -20,6 +20,9 @@ use serde_json::{Map, Value};
 use time::macros::{format_description, offset};
 use time::{OffsetDateTime, PrimitiveDateTime};
 
+/// Reconciliation: the keys, request and answer of its query API.
+pub(crate) mod query;
+
 /// Checks a TusFacturas body.
 pub fn check(body: &[u8]) -> Result<Notification, Rejection> {
     let mut flags = Vec::new();

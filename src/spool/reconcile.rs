@@ -55,11 +55,10 @@ pub enum CheckOutcome {
     GaveUp,
 }
 
-/// The dedup key of a notification made from a provider's answer that
-/// `subject` is final at `status`: a webhook of the same state finds it.
-pub fn reconciled_key(subject: &str, status: InvoiceStatus) -> String {
-    format!("reconciled:{subject}:{}", status.as_str())
-}
+/// The dedup key of a notification made from a provider's answer (the
+/// provider module names it); `store` looks it up for a webhook of the
+/// same state.
+pub use crate::providers::query::reconciled_key;
 
 impl Spool {
     /// Records a check on the invoice's timeline; answers once durable.
