@@ -56,26 +56,68 @@ const SPOOL_RETRY: Duration = Duration::from_secs(5);
 /// What a failed check keeps of an answer, for the admin.
 pub const ANSWER_KEPT: usize = 16 << 10;
 
-#[derive(Debug, thiserror::Error)]
+// Written out rather than derived: thiserror would take the fields named
+// `source` (the relay's source, a name) for the error's cause.
+#[derive(Debug)]
 pub enum ReconcileError {
-    #[error("no source {0:?}")]
     UnknownSource(String),
-    #[error("source {0:?} has no [sources.{0}.reconcile]")]
     NotConfigured(String),
-    #[error("no invoice {subject:?} of source {source:?}")]
     UnknownInvoice { source: String, subject: String },
-    #[error("no notification of invoice {subject:?} of source {source:?} carries what its provider's query needs")]
     NoKeys { source: String, subject: String },
-    #[error(transparent)]
-    Spool(#[from] SpoolError),
+    Spool(SpoolError),
+}
+
+impl std::fmt::Display for ReconcileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReconcileError::UnknownSource(name) => write!(f, "no source {name:?}"),
+            ReconcileError::NotConfigured(name) => {
+                write!(f, "source {name:?} has no [sources.{name}.reconcile]")
+            }
+            ReconcileError::UnknownInvoice { source, subject } => {
+                write!(f, "no invoice {subject:?} of source {source:?}")
+            }
+            ReconcileError::NoKeys { source, subject } => write!(
+                f,
+                "no notification of invoice {subject:?} of source {source:?} carries what its provider's query needs"
+            ),
+            ReconcileError::Spool(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ReconcileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReconcileError::Spool(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl From<SpoolError> for ReconcileError {
+    fn from(err: SpoolError) -> Self {
+        ReconcileError::Spool(err)
+    }
 }
 
 /// A source's `[reconcile]` that cannot be set up (its `tls_ca`).
-#[derive(Debug, thiserror::Error)]
-#[error("sources.{source}.reconcile: {error}")]
+#[derive(Debug)]
 pub struct SetupError {
-    source: String,
+    name: String,
     error: client::ClientError,
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sources.{}.reconcile: {}", self.name, self.error)
+    }
+}
+
+impl std::error::Error for SetupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
 }
 
 /// The reconciliation of every source with `[reconcile]`: a check on
@@ -201,7 +243,7 @@ impl Sources {
             }
             let client = ProviderClient::new(reconcile.timeout, reconcile.tls_ca.as_deref())
                 .map_err(|error| SetupError {
-                    source: name.clone(),
+                    name: name.clone(),
                     error,
                 })?;
             let rate = reconcile.rate;
