@@ -34,6 +34,7 @@ use crate::ingress::tls::{self, ReloadableCert, SelfSigned, TlsError};
 use crate::ingress::{self, Ingress, ListenerSettings};
 use crate::listen::{self, ListenError};
 use crate::metrics::Metrics;
+use crate::reconcile::{Reconciler, SetupError};
 use crate::spool::{ApiSubscription, Routes, Spool, SpoolError};
 
 mod service;
@@ -63,6 +64,8 @@ pub enum AppError {
     Damaged(String),
     #[error(transparent)]
     Acme(#[from] crate::acme::AcmeError),
+    #[error(transparent)]
+    Reconcile(#[from] SetupError),
 }
 
 /// A running relay. Dropping it does not stop it; call [`Relay::stop`].
@@ -77,6 +80,8 @@ pub struct Relay {
     _acme: Option<crate::acme::Running>,
     /// What a reload or an API change of subscriptions swaps.
     live: Arc<Live>,
+    /// Checks stuck invoices with their providers' query APIs.
+    reconciler: Reconciler,
     ingress: Arc<ArcSwap<Ingress>>,
     /// Applies the admin API's subscription changes.
     applier: JoinHandle<()>,
@@ -146,6 +151,14 @@ impl Relay {
             events_stopped,
         )
         .await;
+        let reconciler = Reconciler::new(
+            &config,
+            spool.clone(),
+            metrics.clone(),
+            events.clone(),
+            clock,
+        )?;
+        let (reconcile_stop, reconcile_stopped) = watch::channel(false);
         let listen_error = |source| ListenError::Bind {
             addr: config.server.listen,
             source,
@@ -203,7 +216,11 @@ impl Relay {
             ingress.clone(),
             forwarder,
             admin.clone(),
-            (events_stop, events_task),
+            vec![
+                // Its last events are raised before the events task's last store.
+                (reconcile_stop, reconciler.start(reconcile_stopped)),
+                (events_stop, events_task),
+            ],
             stopped,
         ));
         tracing::info!(
@@ -228,6 +245,7 @@ impl Relay {
             admin_listen,
             admin,
             live,
+            reconciler,
             applier,
             ingress,
             reload_requests: std::sync::Mutex::new(Some(reload_requests)),
@@ -254,6 +272,7 @@ impl Relay {
             return Err(AppError::Subscriptions(problems.join("; ")));
         }
         let targets = Targets::build(&effective, Some(&self.live.targets.borrow()))?;
+        let reconcile = self.reconciler.prepare(&new)?;
         let restart_needed = restart_needed(&current, &new);
         for key in &restart_needed {
             tracing::warn!(key = %key, "changed in the config, but applies only after a restart");
@@ -283,6 +302,7 @@ impl Relay {
         }
         self.live.targets.send_replace(targets);
         self.live.events.reload(&effective);
+        self.reconciler.install(reconcile);
         self.ingress.store(self.ingress.load().reloaded(&new));
         self.admin.reload(&effective);
         self.reload_certificate();
@@ -311,6 +331,11 @@ impl Relay {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
+    }
+
+    /// The reconciliation with the providers' query APIs (checks on demand).
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
     }
 
     /// Re-reads the TLS certificate files (SIGHUP).
@@ -546,7 +571,9 @@ async fn serve_until_stopped(
     ingress: Arc<ArcSwap<Ingress>>,
     forwarder: Forwarder,
     admin: Arc<Admin>,
-    (events_stop, events_task): (watch::Sender<bool>, JoinHandle<()>),
+    // Tasks that store notifications of their own, stopped in this order
+    // once the forwarder has (reconciliation, then the events).
+    background: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
     stopped: watch::Receiver<bool>,
 ) -> Result<(), SpoolError> {
     // Maintenance and the close are the admin side's (ingress only stores).
@@ -573,8 +600,10 @@ async fn serve_until_stopped(
     tracing::info!("ingress closed; waiting for the forwarder");
     let _ = forwarding.await;
     // The last attempts' events, stored before the spool closes.
-    let _ = events_stop.send(true);
-    let _ = events_task.await;
+    for (stop, task) in background {
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
     maintenance.abort();
     let _ = admin_stop.send(true);
     if let Some(serving) = admin_serving {

@@ -19,6 +19,8 @@
 //! - [`events`]: the relay's own operational events (a delivery dead, a
 //!   subscription failing, a full spool...), stored and delivered like
 //!   notifications to the subscriptions that ask for them.
+//! - [`reconcile`]: asks a provider's query API about a stuck invoice and
+//!   stores a final answer as a notification flagged `reconciled`.
 //! - [`admin`]: the admin listener: the API (a route table, each route's
 //!   role declared once), the page, sessions and CSRF, bulk jobs, backup.
 //! - [`metrics`]: the Prometheus families and the last hour for the page.
@@ -56,6 +58,7 @@ pub mod ingress;
 pub mod listen;
 pub mod metrics;
 pub mod providers;
+pub mod reconcile;
 pub mod redact;
 pub mod reexec;
 pub mod signing;

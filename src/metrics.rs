@@ -116,6 +116,72 @@ pub enum Ended {
     dead,
 }
 
+/// What became of one request to a provider's query API (`reconcile`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Reconciled {
+    /// The provider said the invoice is final: a notification was made.
+    Final,
+    Pending,
+    NotFound,
+    Unauthorized,
+    ProviderError,
+    Unreadable,
+    Timeout,
+    Unreachable,
+}
+
+impl Reconciled {
+    pub const ALL: [Reconciled; 8] = [
+        Reconciled::Final,
+        Reconciled::Pending,
+        Reconciled::NotFound,
+        Reconciled::Unauthorized,
+        Reconciled::ProviderError,
+        Reconciled::Unreadable,
+        Reconciled::Timeout,
+        Reconciled::Unreachable,
+    ];
+
+    /// The outcome of a failure of this kind (`AnswerError::kind`,
+    /// `timeout`, `unreachable`); an unknown kind counts as unreadable.
+    pub fn of_failure(kind: &str) -> Reconciled {
+        match kind {
+            "not_found" => Reconciled::NotFound,
+            "unauthorized" => Reconciled::Unauthorized,
+            "provider_error" => Reconciled::ProviderError,
+            "timeout" => Reconciled::Timeout,
+            "unreachable" => Reconciled::Unreachable,
+            _ => Reconciled::Unreadable,
+        }
+    }
+
+    /// Its label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reconciled::Final => "final",
+            Reconciled::Pending => "pending",
+            Reconciled::NotFound => "not_found",
+            Reconciled::Unauthorized => "unauthorized",
+            Reconciled::ProviderError => "provider_error",
+            Reconciled::Unreadable => "unreadable",
+            Reconciled::Timeout => "timeout",
+            Reconciled::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl EncodeLabelValue for Reconciled {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceReconciled {
+    source: String,
+    outcome: Reconciled,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceOutcome {
     source: String,
@@ -183,6 +249,10 @@ pub struct Metrics {
     ingest_seconds: Family<SourceLabel, Histogram>,
     last_received: Family<SourceLabel, Gauge>,
     invoices_stuck: Family<SourceLabel, Gauge>,
+    reconcile_requests: Family<SourceReconciled, Counter>,
+    reconcile_waiting: Family<SourceLabel, Gauge>,
+    /// The sources with `[reconcile]` the families have series for.
+    reconcile_sources: std::sync::Mutex<Vec<String>>,
     /// Expiry of the ACME certificate served, per domain it names.
     certificate_expiry: Family<DomainLabel, Gauge>,
     /// The stuck invoices as the events task last found them.
@@ -245,6 +315,9 @@ impl Metrics {
             ingest_seconds: Family::new_with_constructor(latency_histogram),
             last_received: Family::default(),
             invoices_stuck: Family::default(),
+            reconcile_requests: Family::default(),
+            reconcile_waiting: Family::default(),
+            reconcile_sources: std::sync::Mutex::new(Vec::new()),
             certificate_expiry: Family::default(),
             stuck: std::sync::Mutex::new(Vec::new()),
             stuck_watched: std::sync::Mutex::new(Vec::new()),
@@ -290,6 +363,16 @@ impl Metrics {
             "invoices_stuck",
             "Invoices left queued past their source's stuck_after",
             metrics.invoices_stuck.clone(),
+        );
+        registry.register(
+            "reconcile_requests",
+            "Requests to the providers' query APIs by source and what became of them",
+            metrics.reconcile_requests.clone(),
+        );
+        registry.register(
+            "reconcile_waiting",
+            "Stuck invoices waiting for an automatic check with their provider (not given up)",
+            metrics.reconcile_waiting.clone(),
         );
         registry.register(
             "attempts",
@@ -462,6 +545,66 @@ impl Metrics {
         if let Ok(mut list) = self.stuck.lock() {
             *list = stuck;
         }
+    }
+
+    /// The sources with `[reconcile]` now: each has its series from the
+    /// first scrape, at zero; a source no longer reconciled loses them.
+    pub fn set_reconcile_sources(&self, sources: &[String]) {
+        let Ok(mut before) = self.reconcile_sources.lock() else {
+            return;
+        };
+        for source in before.iter().filter(|s| !sources.contains(s)) {
+            for outcome in Reconciled::ALL {
+                self.reconcile_requests.remove(&SourceReconciled {
+                    source: source.clone(),
+                    outcome,
+                });
+            }
+            self.reconcile_waiting.remove(&SourceLabel {
+                source: source.clone(),
+            });
+        }
+        for source in sources {
+            for outcome in Reconciled::ALL {
+                drop(self.reconcile_requests.get_or_create(&SourceReconciled {
+                    source: source.clone(),
+                    outcome,
+                }));
+            }
+            drop(self.reconcile_waiting.get_or_create(&SourceLabel {
+                source: source.clone(),
+            }));
+        }
+        *before = sources.to_vec();
+    }
+
+    /// One request to `source`'s query API ended.
+    pub fn reconcile_request(&self, source: &str, outcome: Reconciled) {
+        self.reconcile_requests
+            .get_or_create(&SourceReconciled {
+                source: source.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Requests to `source`'s query API so far that ended so.
+    pub fn reconcile_requests(&self, source: &str, outcome: Reconciled) -> u64 {
+        self.reconcile_requests
+            .get(&SourceReconciled {
+                source: source.to_owned(),
+                outcome,
+            })
+            .map_or(0, |counter| counter.get())
+    }
+
+    /// Stuck invoices of `source` waiting for an automatic check.
+    pub fn set_reconcile_waiting(&self, source: &str, waiting: usize) {
+        self.reconcile_waiting
+            .get_or_create(&SourceLabel {
+                source: source.to_owned(),
+            })
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// The stuck invoices, by (source, subject).
@@ -741,6 +884,29 @@ mod tests {
             .last_hour()
             .iter()
             .all(|m| m.received == 0 && m.delivered == 0));
+    }
+
+    #[test]
+    fn reconciled_sources_have_their_series_from_the_start_and_lose_them_when_gone() {
+        let metrics = Metrics::new();
+        metrics.set_reconcile_sources(&["nube".into(), "tus".into()]);
+        metrics.reconcile_request("nube", Reconciled::Final);
+        metrics.reconcile_request("nube", Reconciled::of_failure("unauthorized"));
+        metrics.set_reconcile_waiting("nube", 3);
+        let text = metrics.render(&Snapshot::default());
+        for line in [
+            "webhook_relay_reconcile_requests_total{source=\"nube\",outcome=\"final\"} 1",
+            "webhook_relay_reconcile_requests_total{source=\"nube\",outcome=\"unauthorized\"} 1",
+            "webhook_relay_reconcile_requests_total{source=\"tus\",outcome=\"timeout\"} 0",
+            "webhook_relay_reconcile_waiting{source=\"nube\"} 3",
+            "webhook_relay_reconcile_waiting{source=\"tus\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert_eq!(metrics.reconcile_requests("nube", Reconciled::Final), 1);
+        metrics.set_reconcile_sources(&["nube".into()]);
+        let text = metrics.render(&Snapshot::default());
+        assert!(!text.contains("source=\"tus\""), "{text}");
     }
 
     #[test]

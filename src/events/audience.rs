@@ -146,5 +146,14 @@ mod tests {
             condition: "disk full".into(),
         };
         assert_eq!(audience.recipients(&full, asking.clone()), asking);
+        // A source's query API failing is about no subscription: all hear.
+        let failing = RelayEvent::ReconcileFailing {
+            source: "tus".into(),
+            kind: "unauthorized".into(),
+            error: "apikey".into(),
+            http_status: Some(401),
+            retry_at_ms: None,
+        };
+        assert_eq!(audience.recipients(&failing, asking.clone()), asking);
     }
 }

@@ -100,6 +100,24 @@ pub enum RelayEvent {
         /// Expiry of the certificate still served, if one is.
         serving_until_ms: Option<i64>,
     },
+    /// Requests to a source's query API failed (told once per spell of
+    /// failures; its automatic checks rest along its `failure_backoff`).
+    ReconcileFailing {
+        source: String,
+        /// `AnswerError::kind`, `timeout` or `unreachable`.
+        kind: String,
+        error: String,
+        http_status: Option<u16>,
+        /// When the source's checks resume.
+        retry_at_ms: Option<i64>,
+    },
+    /// The query API of a failing source answered again.
+    ReconcileRecovered {
+        source: String,
+        failing_since_ms: i64,
+        /// Requests that failed in the spell.
+        failures: u32,
+    },
     /// The spool takes notifications again.
     SpoolRecovered {
         full_since_ms: i64,
@@ -125,6 +143,8 @@ impl RelayEvent {
             RelayEvent::InvoiceUnstuck { .. } => "relay.invoice.unstuck",
             RelayEvent::CertificateRenewed { .. } => "relay.certificate.renewed",
             RelayEvent::CertificateFailing { .. } => "relay.certificate.failing",
+            RelayEvent::ReconcileFailing { .. } => "relay.reconcile.failing",
+            RelayEvent::ReconcileRecovered { .. } => "relay.reconcile.recovered",
         }
     }
 
@@ -267,6 +287,28 @@ impl RelayEvent {
                 "domains": domains,
                 "error": error,
                 "serving_until": serving_until_ms.map(format_ms),
+            }),
+            RelayEvent::ReconcileFailing {
+                source,
+                kind,
+                error,
+                http_status,
+                retry_at_ms,
+            } => json!({
+                "source": source,
+                "kind": kind,
+                "error": crate::redact::urls_in(error),
+                "http_status": http_status,
+                "retry_at": retry_at_ms.map(format_ms),
+            }),
+            RelayEvent::ReconcileRecovered {
+                source,
+                failing_since_ms,
+                failures,
+            } => json!({
+                "source": source,
+                "failing_since": format_ms(*failing_since_ms),
+                "failures": failures,
             }),
             RelayEvent::SpoolRecovered {
                 full_since_ms,
@@ -420,6 +462,36 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_query_api_names_the_source_and_the_error_without_its_url() {
+        let event = RelayEvent::ReconcileFailing {
+            source: "nube".into(),
+            kind: "unreachable".into(),
+            error:
+                "error sending request for url (https://api.nubefact.com/api/v1/uuid?token=s3cret)"
+                    .into(),
+            http_status: None,
+            retry_at_ms: Some(AT + 60_000),
+        };
+        let body = event.body(AT);
+        assert_eq!(body["type"], "relay.reconcile.failing");
+        assert_eq!(body["source"], "nube");
+        assert_eq!(body["kind"], "unreachable");
+        assert_eq!(body["retry_at"], format_ms(AT + 60_000));
+        assert!(!body.to_string().contains("s3cret"), "{body}");
+        let (_, notification) = event.stored(AT, NotificationId::new(AT));
+        assert_eq!(notification.subject, None);
+        let recovered = RelayEvent::ReconcileRecovered {
+            source: "nube".into(),
+            failing_since_ms: AT - 60_000,
+            failures: 3,
+        }
+        .body(AT);
+        assert_eq!(recovered["type"], "relay.reconcile.recovered");
+        assert_eq!(recovered["failures"], 3);
+        assert_eq!(recovered["failing_since"], format_ms(AT - 60_000));
+    }
+
+    #[test]
     fn every_event_type_is_a_relay_event() {
         let events = [
             RelayEvent::SpoolFull {
@@ -438,6 +510,18 @@ mod tests {
                 bytes: 12,
                 count: 1,
                 ids: vec![NotificationId::new(AT)],
+            },
+            RelayEvent::ReconcileFailing {
+                source: "nube".into(),
+                kind: "unauthorized".into(),
+                error: "codigo 10: token".into(),
+                http_status: Some(401),
+                retry_at_ms: Some(AT + 60_000),
+            },
+            RelayEvent::ReconcileRecovered {
+                source: "nube".into(),
+                failing_since_ms: AT - 60_000,
+                failures: 3,
             },
         ];
         for event in events {

@@ -3,7 +3,8 @@
 //! `relay.quarantine.added`, `relay.spool.full`, `relay.spool.recovered`,
 //! `relay.source.silent`, `relay.source.recovered`, `relay.invoice.stuck`,
 //! `relay.invoice.unstuck`, `relay.certificate.renewed`,
-//! `relay.certificate.failing`),
+//! `relay.certificate.failing`, `relay.reconcile.failing`,
+//! `relay.reconcile.recovered`),
 //! stored in the spool as notifications of the reserved source `relay` and
 //! so delivered, signed and retried like invoices, to the subscriptions
 //! that name them (`events = ["relay.*"]`, see `spool::routes`).
@@ -233,7 +234,7 @@ pub fn stuck_after_sources(config: &Config) -> Vec<(String, i64)> {
         .collect()
 }
 
-const ALL_TYPES: [&str; 12] = [
+const ALL_TYPES: [&str; 14] = [
     "relay.delivery.dead",
     "relay.subscription.failing",
     "relay.subscription.recovered",
@@ -246,6 +247,8 @@ const ALL_TYPES: [&str; 12] = [
     "relay.invoice.unstuck",
     "relay.certificate.renewed",
     "relay.certificate.failing",
+    "relay.reconcile.failing",
+    "relay.reconcile.recovered",
 ];
 
 /// Queued notifications one look walks per source, at most: a backlog

@@ -164,6 +164,10 @@ impl Target {
                 request = request.header("x-relay-flags", flags);
             }
         }
+        // Made by the relay from the provider's query API, not received.
+        if meta.flags.iter().any(|f| f == Flag::Reconciled.as_str()) {
+            request = request.header("x-relay-origin", "reconcile");
+        }
         match request.send().await {
             Ok(response) => read_answer(response, clock).await,
             Err(err) => (classify(&err), None),

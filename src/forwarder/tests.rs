@@ -119,3 +119,87 @@ async fn a_failing_delivery_is_retried_on_the_providers_schedule_then_dead() {
     running.await.unwrap();
     spool.close().await.unwrap();
 }
+
+/// A loopback target that answers 200 to each request and hands back
+/// each request's head, lowercased.
+async fn recording_target() -> (String, tokio::sync::mpsc::Receiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (seen, heads) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Until the end of the head; the bodies here are tiny.
+                while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = seen
+                    .send(String::from_utf8_lossy(&read).to_lowercase())
+                    .await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (url, heads)
+}
+
+/// The header on the wire, from the real target's `send`: a record the
+/// spool flagged `reconciled` (made from a provider's query API) carries
+/// `x-relay-origin: reconcile`; one received from the provider does not.
+#[tokio::test]
+async fn a_reconciled_notification_is_sent_with_its_origin_and_a_received_one_without() {
+    let (url, mut heads) = recording_target().await;
+    let config: crate::config::SubscriptionConfig = toml::from_str(&format!(
+        "name = \"erp\"\nurl = \"{url}\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"
+    ))
+    .unwrap();
+    let target = super::target::Target::new(&config).unwrap();
+    let clock = Clock::system();
+    let record = |flags: Vec<String>| crate::spool::NotificationRecord {
+        meta: crate::spool::NotificationMeta {
+            id: crate::spool::NotificationId::new(clock.now_ms()).to_string(),
+            source: "nube".into(),
+            received_ms: clock.now_ms(),
+            event_type: "comprobante.aceptado".into(),
+            subject: Some("03-BBB1-105".into()),
+            dedup_key: "k".into(),
+            provider_time: None,
+            content_type: Some("application/json".into()),
+            headers: vec![("x-relay-origin".into(), "reconcile".into())],
+            peer: "reconcile".into(),
+            subscriptions: vec!["erp".into()],
+            flags,
+            status: crate::providers::InvoiceStatus::Accepted,
+            superseded: false,
+        },
+        body: Bytes::from_static(b"{}"),
+    };
+    let (outcome, _) = target
+        .send(
+            &record(vec!["reconciled".into()]),
+            1,
+            clock.now_ms(),
+            &clock,
+        )
+        .await;
+    assert!(
+        matches!(outcome, crate::delivery::Outcome::Status { code: 200, .. }),
+        "{outcome:?}"
+    );
+    let head = heads.recv().await.unwrap();
+    assert!(head.contains("\r\nx-relay-origin: reconcile\r\n"), "{head}");
+    target
+        .send(&record(vec![]), 1, clock.now_ms(), &clock)
+        .await;
+    let head = heads.recv().await.unwrap();
+    assert!(!head.contains("x-relay-origin"), "{head}");
+}
