@@ -45,6 +45,7 @@ mod page;
 mod purge;
 mod quarantine;
 pub mod query;
+mod reconcile;
 mod record_page;
 mod reload;
 mod replay;
