@@ -83,14 +83,15 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Config::parse(&text).map_err(|problems| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config =
+            Config::parse_in(&text, base).map_err(|problems| ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })?;
         for warning in &config.warnings {
             tracing::warn!("{}", Problems(path, std::slice::from_ref(warning)));
         }
-        let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         let unreadable = config
             .admin
@@ -108,12 +109,22 @@ impl Config {
     }
 
     /// Parses and validates TOML text: every problem, in the file's order.
+    /// The secret files it names (`[sources.NAME.reconcile]`) are read
+    /// from the working directory when relative.
     pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-        let (config, mut problems, aside) = Config::deserialize_sections(text)?;
+        Config::parse_in(text, Path::new(""))
+    }
+
+    /// [`Config::parse`], reading relative secret files from `base`.
+    fn parse_in(text: &str, base: &Path) -> Result<Config, Vec<Problem>> {
+        let (mut config, mut problems, aside) = Config::deserialize_sections(text)?;
         for (key, message) in config.problems_besides(&aside) {
             if aside.covers(&key) {
                 continue;
             }
+            problems.push(located(text, key, message));
+        }
+        for (key, message) in super::reconcile::read_sections(&mut config, base) {
             problems.push(located(text, key, message));
         }
         if problems.is_empty() {

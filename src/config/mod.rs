@@ -15,6 +15,7 @@ mod admin;
 mod load;
 mod locate;
 mod problem;
+mod reconcile;
 mod spool;
 mod target;
 mod validate;
@@ -34,6 +35,10 @@ pub use admin::{AdminConfig, AdminListen, AdminToken, AllowedTarget, Role};
 pub use load::ConfigError;
 pub use locate::KeyPath;
 pub use problem::Problem;
+pub use reconcile::{
+    NubefactHeaderForm, ReconcileAuth, ReconcileConfig, ReconcileKeys, Secret, DATIL_API,
+    TUSFACTURAS_API,
+};
 pub use spool::{SledConfig, SpoolBackend, SpoolConfig, UnknownBackend};
 pub use target::{host_name_problem, target_url, TargetUrlError};
 pub use values::{
@@ -219,6 +224,13 @@ pub struct SourceConfig {
     pub event_pointer: Option<String>,
     pub subject_pointer: Option<String>,
     pub event_type: Option<String>,
+    /// `[sources.NAME.reconcile]` as written (see [`ReconcileKeys`]).
+    #[serde(rename = "reconcile")]
+    pub reconcile_keys: Option<ReconcileKeys>,
+    /// The provider's query API, read from `reconcile_keys` with its
+    /// secret files once the config's rules hold; `None` without one.
+    #[serde(skip)]
+    pub reconcile: Option<ReconcileConfig>,
 }
 
 impl SourceConfig {
@@ -440,5 +452,7 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
+#[cfg(test)]
+mod reconcile_tests;
 #[cfg(test)]
 mod tests;

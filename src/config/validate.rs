@@ -159,7 +159,8 @@ impl Config {
     }
 
     /// Every secret of the config, with its key: source tokens, basic
-    /// passwords, HMAC secrets and subscription secrets.
+    /// passwords, HMAC secrets, TusFacturas' reconcile `apikey` and
+    /// subscription secrets.
     pub fn secrets(&self) -> Vec<(KeyPath, &str)> {
         let mut secrets = Vec::new();
         for (name, source) in &self.sources {
@@ -172,6 +173,13 @@ impl Config {
             }
             if let Some(hmac) = &source.hmac {
                 secrets.push((at.key("hmac").key("secret"), hmac.secret.as_str()));
+            }
+            if let Some(apikey) = source
+                .reconcile_keys
+                .as_ref()
+                .and_then(|r| r.apikey.as_ref())
+            {
+                secrets.push((at.key("reconcile").key("apikey"), apikey.expose()));
             }
         }
         for (i, sub) in self.subscriptions.iter().enumerate() {
@@ -402,6 +410,9 @@ impl SourceConfig {
                     format!("{value:?} is not a JSON pointer (it starts with '/')"),
                 ));
             }
+        }
+        if let Some(reconcile) = &self.reconcile_keys {
+            reconcile.check(self, &at.key("reconcile"), found);
         }
     }
 }

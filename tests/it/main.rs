@@ -23,6 +23,7 @@ mod operator_cli;
 mod ops;
 mod process;
 mod progress;
+mod provider_sim;
 mod reload;
 mod spool_cli;
 mod subscriptions;
