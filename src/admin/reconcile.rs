@@ -1,4 +1,7 @@
-//! Reconciliation on demand: `POST /api/invoices/reconcile` picks, by a
+//! Reconciliation on demand: `POST /api/invoices/{source}/{subject}/reconcile`
+//! asks the invoice's provider now, through the engine's [`Reconciler`]
+//! (the page's "Check with the provider" button too), audited with the
+//! token's name. `POST /api/invoices/reconcile` picks, by a
 //! filter (a source, a current status, `queued` unless told, and a time
 //! range of the invoice's latest notification), the invoices whose
 //! provider is to be asked where each stands; a dry run answers their
@@ -12,12 +15,17 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::Caller;
 use super::jobs::{self, BulkKind, Counted, Pick};
 use super::query::{parse_status, parse_time, QueryError};
-use super::respond::{json_response, no_parameters, ok, Answer, ApiError, Call};
+use super::respond::{
+    audit, decode_segment, json_response, no_parameters, ok, Answer, ApiError, Call,
+};
 use super::Admin;
+use crate::clock::format_ms;
 use crate::providers::InvoiceStatus;
-use crate::spool::{Invoice, InvoiceCursor, Spool};
+use crate::reconcile::{ReconcileError, Reconciler};
+use crate::spool::{CheckOutcome, Invoice, InvoiceCursor, ReconcileCheck, Spool};
 
 /// Invoices one slice of the walk picks at most (each is a request to the
 /// provider, so a slice is long enough).
@@ -29,6 +37,130 @@ const SCAN_PER_SLICE: usize = 20_000;
 const CHUNK: usize = 512;
 /// The largest request body: a few short fields.
 pub const MAX_REQUEST: usize = 4 << 10;
+
+/// `POST /api/invoices/{source}/{subject}/reconcile`
+pub(super) async fn post_one(call: Call) -> Answer {
+    no_parameters(&call.query)?;
+    let (source, subject) = (decode_segment(call.param(0)), decode_segment(call.param(1)));
+    let check = check_now(&call.admin, &call.caller, &source, &subject).await?;
+    let mut shown = check_json(&check);
+    shown["source"] = json!(source);
+    shown["subject"] = json!(subject);
+    match &check.outcome {
+        CheckOutcome::Failed {
+            kind,
+            message,
+            http_status,
+            ..
+        } => {
+            let status = http_status
+                .map(|s| format!(", HTTP {s}"))
+                .unwrap_or_default();
+            Ok(json_response(
+                StatusCode::BAD_GATEWAY,
+                &json!({
+                    "error": "provider_failed",
+                    "detail": format!(
+                        "the provider's query API failed ({kind}{status}): {message}; the check is on the invoice's timeline"
+                    ),
+                    "check": shown,
+                }),
+            ))
+        }
+        _ => ok(shown),
+    }
+}
+
+/// Asks the provider about one invoice now, as `caller`; the check (also
+/// a failed one: it is recorded all the same), audited.
+pub(super) async fn check_now(
+    admin: &Admin,
+    caller: &Caller,
+    source: &str,
+    subject: &str,
+) -> Result<ReconcileCheck, ApiError> {
+    may_reconcile(admin, source)?;
+    let check = reconciler(admin)?
+        .check_now(source, subject, Some(&caller.name))
+        .await
+        .map_err(refusal)?;
+    tracing::info!(source, subject, by = %caller.name, outcome = outcome_name(&check.outcome), "invoice checked with its provider");
+    audit(
+        admin,
+        caller,
+        "reconcile",
+        &format!("{source}/{subject}"),
+        check_json(&check),
+    )
+    .await?;
+    Ok(check)
+}
+
+/// The engine's handle, once the relay has handed it over.
+fn reconciler(admin: &Admin) -> Result<&Reconciler, ApiError> {
+    admin
+        .reconciler
+        .get()
+        .ok_or_else(|| ApiError::Conflict("the relay's reconciliation is not running".into()))
+}
+
+/// What the engine's refusal means to the caller.
+fn refusal(err: ReconcileError) -> ApiError {
+    match err {
+        ReconcileError::UnknownSource(_) | ReconcileError::UnknownInvoice { .. } => {
+            ApiError::NotFound(err.to_string())
+        }
+        ReconcileError::NotConfigured(_) | ReconcileError::NoKeys { .. } => {
+            ApiError::Conflict(err.to_string())
+        }
+        ReconcileError::Spool(err) => err.into(),
+    }
+}
+
+fn outcome_name(outcome: &CheckOutcome) -> &'static str {
+    match outcome {
+        CheckOutcome::Final { .. } => "final",
+        CheckOutcome::Pending { .. } => "pending",
+        CheckOutcome::Failed { .. } => "failed",
+        CheckOutcome::GaveUp => "gave_up",
+    }
+}
+
+/// A check as the API shows it (`ReconcileCheck` in `doc/openapi.json`).
+pub fn check_json(check: &ReconcileCheck) -> Value {
+    let mut shown = json!({
+        "at": format_ms(check.at_ms),
+        "by": check.by,
+        "outcome": outcome_name(&check.outcome),
+    });
+    match &check.outcome {
+        CheckOutcome::Final {
+            status,
+            notification,
+            stored,
+        } => {
+            shown["status"] = json!(status);
+            shown["notification"] = json!(notification.to_string());
+            shown["stored"] = json!(stored);
+        }
+        CheckOutcome::Pending { said } => shown["said"] = json!(said),
+        CheckOutcome::Failed {
+            kind,
+            message,
+            http_status,
+            answer,
+        } => {
+            shown["kind"] = json!(kind);
+            shown["message"] = json!(message);
+            shown["http_status"] = json!(http_status);
+            shown["answer"] = json!(answer
+                .as_ref()
+                .map(|a| String::from_utf8_lossy(a).into_owned()));
+        }
+        CheckOutcome::GaveUp => {}
+    }
+    shown
+}
 
 /// `POST /api/invoices/reconcile`
 pub(super) async fn post_bulk(call: Call) -> Answer {
@@ -69,12 +201,20 @@ pub(super) async fn post_bulk(call: Call) -> Answer {
 /// does not ask (409: no `[sources.NAME.reconcile]`).
 fn may_reconcile(admin: &Admin, source: &str) -> Result<(), ApiError> {
     let config = admin.config.load();
-    let Some(_settings) = config.sources.get(source) else {
+    let Some(settings) = config.sources.get(source) else {
         return Err(ApiError::NotFound(format!("no source {source:?}")));
     };
-    Err(ApiError::Conflict(format!(
-        "source {source:?} has no [sources.{source}.reconcile]: the relay does not ask its provider"
-    )))
+    match settings.reconcile {
+        Some(_) => Ok(()),
+        None => Err(ApiError::Conflict(format!(
+            "source {source:?} has no [sources.{source}.reconcile]: the relay does not ask its provider"
+        ))),
+    }
+}
+
+/// Whether the page offers to check invoices of this source.
+pub(super) fn offered(admin: &Admin, source: &str) -> bool {
+    may_reconcile(admin, source).is_ok()
 }
 
 /// A reconciliation job: the walk, slice after slice, and one check per
@@ -83,16 +223,33 @@ pub(super) async fn run_job(
     admin: &Admin,
     id: ulid::Ulid,
     filter: &ReconcileFilter,
-    _by: &str,
+    by: &str,
 ) -> Result<(), ApiError> {
+    let reconciler = reconciler(admin)?;
     let mut after = None;
     loop {
         let slice = next_slice(&admin.spool, filter, after).await?;
         admin
             .jobs
             .tally(id, Counted::Picked(slice.subjects.len() as u64));
-        for _subject in &slice.subjects {
-            admin.jobs.tally(id, Counted::Skipped);
+        for subject in &slice.subjects {
+            let counted = match reconciler
+                .check_now(&filter.source, subject, Some(by))
+                .await
+            {
+                Ok(check) => match check.outcome {
+                    CheckOutcome::Final { .. } => Counted::Final,
+                    CheckOutcome::Pending { .. } | CheckOutcome::GaveUp => Counted::Pending,
+                    CheckOutcome::Failed { .. } => Counted::Failed,
+                },
+                // Gone meanwhile (retention), or nothing to ask with.
+                Err(ReconcileError::UnknownInvoice { .. } | ReconcileError::NoKeys { .. }) => {
+                    Counted::Skipped
+                }
+                // The source lost its `reconcile` (a reload), or the spool failed.
+                Err(err) => return Err(refusal(err)),
+            };
+            admin.jobs.tally(id, counted);
         }
         match slice.resume {
             Some(resume) => after = Some(resume),

@@ -24,6 +24,7 @@ mod ops;
 mod process;
 mod progress;
 mod provider_sim;
+mod reconcile_admin;
 mod reload;
 mod spool_cli;
 mod subscriptions;
