@@ -67,6 +67,8 @@ pub enum Flag {
     NoReceiptId,
     /// The provider's timestamp could not be read; it was left out.
     UnreadableTime,
+    /// Made by the relay from the provider's query API's answer (reconciliation).
+    Reconciled,
 }
 
 impl Flag {
@@ -79,6 +81,7 @@ impl Flag {
             Flag::UnknownState => "unknown_state",
             Flag::NoReceiptId => "no_receipt_id",
             Flag::UnreadableTime => "unreadable_time",
+            Flag::Reconciled => "reconciled",
         }
     }
 }
@@ -372,6 +375,7 @@ mod tests {
             Flag::UnknownState,
             Flag::NoReceiptId,
             Flag::UnreadableTime,
+            Flag::Reconciled,
         ];
         let names: std::collections::BTreeSet<_> = all.iter().map(|f| f.as_str()).collect();
         assert_eq!(names.len(), all.len());

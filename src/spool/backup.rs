@@ -1,7 +1,8 @@
 //! The backup archive of a spool, whatever the backend: what a restored
 //! relay needs, in the spool's own words (records as the spool encodes
 //! them, deliveries as [`Delivery`], invoice index entries, audit records,
-//! API-created subscriptions, paused marks, the stuck check's marks), not a
+//! API-created subscriptions, paused marks, the stuck check's marks, the
+//! invoices' reconcile checks), not a
 //! store's keys: indexes that follow from the records (dedup, due times,
 //! cursors, counts) are rebuilt by the restore.
 //!
@@ -18,13 +19,19 @@
 //! notification and the SHA-256 of every byte before the end item. A
 //! reader refuses an archive whose end is missing (truncated), whose
 //! checksum or counts differ, or that goes on past its end.
+//!
+//! Reconcile checks (kind `C`) came later within format 1: their count is
+//! left out of a manifest when zero, so an archive without checks is read
+//! by older relays as before, and one with checks is refused by them as
+//! holding an unknown kind of item, never restored without its checks.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{AuditId, NotificationId, SpoolError, StuckInvoice};
+use super::reconcile::StoredCheck;
+use super::{AuditId, NotificationId, ReconcileCheck, SpoolError, StuckInvoice};
 use crate::delivery::Delivery;
 use crate::providers::InvoiceStatus;
 
@@ -45,6 +52,7 @@ const SUBSCRIPTION: u8 = b'S';
 const PAUSED: u8 = b'P';
 const STUCK: u8 = b'K';
 const WALKED: u8 = b'W';
+const CHECK: u8 = b'C';
 const END: u8 = b'E';
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +94,13 @@ pub struct ArchiveCounts {
     pub paused: u64,
     pub stuck_marks: u64,
     pub walked_marks: u64,
+    /// Reconcile checks (absent from archives made before them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub checks: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The archive's last item.
@@ -143,6 +158,13 @@ pub enum Item {
         source: String,
         upto: NotificationId,
     },
+    /// One check of an invoice with its provider; an invoice's checks
+    /// come in the order they were made.
+    Check {
+        source: String,
+        subject: String,
+        check: ReconcileCheck,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -157,6 +179,13 @@ struct StuckMark {
     subject: String,
     since_ms: i64,
     latest: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckMark {
+    source: String,
+    subject: String,
+    check: StoredCheck,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -208,6 +237,18 @@ impl Item {
                 json(&WalkedMark {
                     source: source.clone(),
                     upto: upto.to_string(),
+                })?,
+            ),
+            Item::Check {
+                source,
+                subject,
+                check,
+            } => (
+                CHECK,
+                json(&CheckMark {
+                    source: source.clone(),
+                    subject: subject.clone(),
+                    check: StoredCheck::from(check),
                 })?,
             ),
         })
@@ -269,6 +310,16 @@ impl Item {
                     source: mark.source,
                 }
             }
+            CHECK => {
+                let mark: CheckMark =
+                    serde_json::from_slice(&payload).map_err(|_| damaged("a reconcile check"))?;
+                Item::Check {
+                    source: mark.source,
+                    subject: mark.subject,
+                    check: ReconcileCheck::try_from(mark.check)
+                        .map_err(|_| damaged("a reconcile check"))?,
+                }
+            }
             other => {
                 return Err(BackupError::Damaged(format!(
                     "unknown item kind {other:#04x}"
@@ -291,6 +342,7 @@ impl ArchiveCounts {
             Item::Paused(_) => self.paused += 1,
             Item::Stuck(_) => self.stuck_marks += 1,
             Item::Walked { .. } => self.walked_marks += 1,
+            Item::Check { .. } => self.checks += 1,
         }
     }
 }

@@ -42,6 +42,19 @@ fn items() -> Vec<Item> {
             source: "tus".into(),
             upto: id,
         },
+        Item::Check {
+            source: "tus".into(),
+            subject: "0001-1".into(),
+            check: crate::spool::ReconcileCheck {
+                at_ms: 9,
+                by: None,
+                outcome: crate::spool::CheckOutcome::Final {
+                    status: InvoiceStatus::Accepted,
+                    notification: id,
+                    stored: true,
+                },
+            },
+        },
     ]
 }
 
@@ -101,6 +114,7 @@ fn every_kind_round_trips_with_a_manifest_of_counts_newest_and_checksum() {
             paused: 1,
             stuck_marks: 1,
             walked_marks: 1,
+            checks: 1,
         }
     );
     assert_eq!(manifest.sha256.len(), 64);
@@ -169,4 +183,22 @@ fn anything_else_is_refused_as_not_an_archive_or_damaged() {
     longer.extend_from_slice(b"more");
     let err = verify(compressed(&longer).as_slice()).unwrap_err();
     assert!(matches!(err, BackupError::Damaged(_)), "{err}");
+}
+
+#[test]
+fn an_archive_without_checks_has_the_manifest_older_relays_read() {
+    let without: Vec<Item> = items()
+        .into_iter()
+        .filter(|item| !matches!(item, Item::Check { .. }))
+        .collect();
+    let (bytes, manifest) = archive_of(&without);
+    let json = serde_json::to_string(&manifest.counts).unwrap();
+    assert!(!json.contains("checks"), "{json}");
+    // And a manifest made before checks existed reads as none.
+    let old: ArchiveCounts = serde_json::from_str(
+        r#"{"notifications":0,"deliveries":0,"quarantined":0,"audit_records":0,"subscriptions":0,"paused":0,"stuck_marks":0,"walked_marks":0}"#,
+    )
+    .unwrap();
+    assert_eq!(old.checks, 0);
+    assert_eq!(read_all(&bytes).unwrap().0, without);
 }

@@ -27,8 +27,9 @@
 //! each dispatch, and a module with: open/unopened, store/store_to (with a
 //! release id), quarantine, lease/complete, pause, replay, retry_now,
 //! purge, backfill, reassign_orphans, set_routes, maintain, the audit log,
-//! API subscriptions, stuck marks, health/counts (in memory), the reads
-//! below, stats, check and backup/restore. Ingress holds a [`Producer`],
+//! API subscriptions, stuck marks, reconcile checks (`reconcile.rs`) and
+//! the two store rules of reconciliation, health/counts (in memory), the
+//! reads below, stats, check and backup/restore. Ingress holds a [`Producer`],
 //! the forwarder a [`Consumer`]; admins and the relay's upkeep the whole
 //! [`Spool`].
 
@@ -60,6 +61,7 @@ pub use error::{Cause, SpoolError};
 pub use invoices::{Invoice, InvoiceCursor, StuckChanges, StuckInvoice, StuckMarks, TimelineEntry};
 pub use observe::{Observe, Observed, ObservedNotification};
 use reads::blocking;
+pub use reconcile::{reconciled_key, CheckOutcome, ReconcileCheck};
 pub use record::{
     parse_ulid, IdError, NotificationId, NotificationMeta, NotificationRecord, QuarantineMeta,
     QuarantineRecord, Record,
@@ -160,6 +162,7 @@ macro_rules! dispatch {
 
 // After `dispatch!`, which the reads use.
 mod reads;
+pub mod reconcile;
 
 /// A lease as its backend keeps it.
 enum LeaseOf {

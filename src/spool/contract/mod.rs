@@ -16,6 +16,9 @@
 //!   interface, [`counts::recount`]); the audit log (`counts.rs`);
 //! - `invoices`: the invoice index, the queued notifications waiting, the
 //!   stuck marks (`invoices.rs`);
+//! - `reconcile`: an invoice's checks with its provider (in order, across
+//!   a crash, the last 100, gone with the invoice), and the store rules for
+//!   a notification made from the provider's answer (`reconcile.rs`);
 //! - `property`: random store, lease, complete, replay, retention, restart
 //!   and crash-and-reopen (nothing acknowledged lost, nothing leased before
 //!   it was acknowledged nor twice at once, no delivery disappears), and
@@ -50,6 +53,7 @@ use crate::clock::Clock;
 pub(crate) mod counts;
 pub(crate) mod invoices;
 pub(crate) mod property;
+pub(crate) mod reconcile;
 pub(crate) mod replay;
 pub(crate) mod store;
 pub(crate) mod support;
@@ -257,6 +261,21 @@ macro_rules! contract_tests {
         contract_test!(
             $fixture,
             invoices::the_stuck_marks_are_kept_across_a_reopen_and_removed_when_unmarked
+        );
+        // reconciliation
+        contract_test!(
+            $fixture,
+            reconcile::checks_are_kept_oldest_first_across_a_crash_and_need_their_invoice
+        );
+        contract_test!($fixture, reconcile::an_invoice_keeps_its_last_100_checks);
+        contract_test!(
+            $fixture,
+            reconcile::retention_takes_an_invoice_s_checks_with_its_last_notification,
+            paused
+        );
+        contract_test!(
+            $fixture,
+            reconcile::a_reconciled_state_is_stored_once_and_the_provider_s_webhook_of_it_is_a_resend
         );
         // properties
         contract_test!(

@@ -6,7 +6,8 @@
 //! newer, nothing that a crash could still take back), each with its
 //! delivery records as the walk finds them and its invoice index entry;
 //! then the quarantined bodies, the audit log, the API's subscriptions,
-//! the paused marks and the stuck check's marks. sled's iterators are not
+//! the paused marks, the stuck check's marks and the invoices' reconcile
+//! checks. sled's iterators are not
 //! snapshots, so a delivery's state is the one it had when its
 //! notification was read; that is what "at the time of the copy" means,
 //! and the walk never holds the writer.
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use ::sled::Batch;
 
+use super::checks;
 use super::invoices::{self, Entry, InvoiceRef};
 use super::{counts, decode_delivery, encode_delivery, keys, lock, mark, storage, SledSpool, TREE};
 use crate::providers::InvoiceStatus;
@@ -30,6 +32,7 @@ use crate::spool::backup::{
     ArchiveCounts, ArchiveReader, ArchiveWriter, BackupError, IndexEntry, Item, Manifest,
     NotificationItem,
 };
+use crate::spool::reconcile::{decode_check, encode_check};
 use crate::spool::record::{NotificationMeta, Record};
 use crate::spool::{NotificationId, StuckChanges};
 
@@ -101,6 +104,19 @@ impl SledSpool {
         }
         for (source, upto) in marks.walked {
             archive.put(&Item::Walked { source, upto })?;
+        }
+        for found in checks::all(&store) {
+            let (source, subject, value) = found?;
+            match decode_check(&value) {
+                Ok(check) => archive.put(&Item::Check {
+                    source,
+                    subject,
+                    check,
+                })?,
+                Err(err) => self.shared.note_unreadable(format!(
+                    "a reconcile check of {source}/{subject} (left out of the backup): {err}"
+                )),
+            }
         }
         progress(archive.counts());
         Ok(upto)
@@ -209,6 +225,8 @@ struct Rebuilt {
     first_pending: BTreeMap<String, NotificationId>,
     subscriptions: BTreeSet<String>,
     newest: Option<NotificationId>,
+    /// Per invoice, the sequence number of its next check.
+    next_check: BTreeMap<(String, String), u64>,
 }
 
 impl Rebuilt {
@@ -295,6 +313,16 @@ impl Rebuilt {
                     ..StuckChanges::default()
                 },
             ),
+            Item::Check {
+                source,
+                subject,
+                check,
+            } => {
+                let key = (source, subject);
+                let seq = self.next_check.entry(key.clone()).or_insert(0);
+                batch.insert(checks::key(&key.0, &key.1, *seq), encode_check(&check)?);
+                *seq += 1;
+            }
         }
         Ok(())
     }

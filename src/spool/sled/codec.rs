@@ -58,5 +58,7 @@ pub fn decode_any(bytes: &[u8]) -> usize {
     accepted += usize::from(keys::split_dedup_expiry(bytes).is_some());
     accepted += usize::from(keys::split_retry(bytes).is_some());
     accepted += usize::from(crate::spool::subscriptions::decode(bytes).is_ok());
+    accepted += usize::from(crate::spool::reconcile::decode_check(bytes).is_ok());
+    accepted += usize::from(super::checks::split_key(bytes).is_some());
     accepted
 }

@@ -280,9 +280,9 @@ pub fn check_waiting(key: &[u8], value: &[u8]) -> Option<String> {
 pub struct Pending {
     /// Entries written by the group, by key.
     entries: HashMap<Vec<u8>, Entry>,
-    /// Each invoice's status after the group's last entry of it, by
-    /// timeline prefix.
-    latest: HashMap<Vec<u8>, InvoiceStatus>,
+    /// Each invoice's status after the group's last entry of it, and
+    /// that entry's notification, by timeline prefix.
+    latest: HashMap<Vec<u8>, (InvoiceStatus, NotificationId)>,
 }
 
 impl Pending {
@@ -303,7 +303,7 @@ impl Pending {
     ) -> Result<bool, SpoolError> {
         let prefix = timeline_prefix(&invoice.source, &invoice.subject);
         let before = match self.latest.get(&prefix) {
-            Some(status) => Some(*status),
+            Some((status, _)) => Some(*status),
             // A final status follows anything: no need to look (most
             // notifications are final ones, so most stores skip the seek).
             None if invoice.status.is_final() => None,
@@ -324,8 +324,25 @@ impl Pending {
         if invoice.status == InvoiceStatus::Queued && transition.status == InvoiceStatus::Queued {
             batch.insert(waiting_key(&invoice.source, id), invoice.subject.as_bytes());
         }
-        self.latest.insert(prefix, transition.status);
+        self.latest.insert(prefix, (transition.status, id));
         Ok(transition.superseded)
+    }
+
+    /// Where `invoice` stands now, this group's entries included: its
+    /// status and latest notification; one seek when the group wrote none.
+    pub fn current(
+        &self,
+        store: &Store,
+        invoice: &InvoiceRef,
+    ) -> Result<Option<(InvoiceStatus, NotificationId)>, SpoolError> {
+        let prefix = timeline_prefix(&invoice.source, &invoice.subject);
+        if let Some(latest) = self.latest.get(&prefix) {
+            return Ok(Some(*latest));
+        }
+        Ok(newest_entry(store, &prefix)?.and_then(|(key, entry)| {
+            let id = key.get(prefix.len()..).and_then(id_of_inverted)?;
+            Some((entry.after, id))
+        }))
     }
 
     /// The provider sent notification `first` of `invoice` again (a

@@ -20,6 +20,7 @@
 //! | `m`    | `sub/` subscription                   | an API-created subscription   |
 //! | `m`    | `stuck/`, `walked/` (`invoices.rs`)   | the stuck check's marks       |
 //! | `i`    | see `invoices.rs`                     | the invoice index             |
+//! | `k`    | see `checks.rs`                       | an invoice's reconcile checks |
 //!
 //! (1) Written by releases before 2026-11-25 only: a `d` entry now goes
 //! with its notification (retention), and past the dedup window a store
@@ -45,6 +46,8 @@ pub const RETRY: u8 = b'r';
 pub const CURSOR: u8 = b'c';
 pub const AUDIT: u8 = b'a';
 pub const MARK: u8 = b'm';
+/// An invoice's checks with its provider (`checks.rs`).
+pub const CHECK: u8 = b'k';
 
 /// The newest notification retention removed: the acknowledged mark may
 /// name it without anything having been lost.

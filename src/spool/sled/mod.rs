@@ -4,12 +4,14 @@
 //! writer thread (group commit, applying changes, retention, the
 //! free-space guard), `shared.rs` the state its handles share, `lease.rs`
 //! what each subscription has handed out, `counts.rs` the counts the
-//! writer keeps, `query.rs` the reads, `codec.rs` how a delivery is kept.
+//! writer keeps, `query.rs` the reads, `codec.rs` how a delivery is kept,
+//! `checks.rs` the invoices' reconcile checks.
 //! Reads run on the caller's thread, which is never an async worker: the
 //! async methods move them to the blocking pool.
 
 mod backfill;
 mod backup;
+mod checks;
 mod codec;
 #[cfg(test)]
 pub(crate) mod contract_tests;
@@ -49,7 +51,8 @@ use super::{
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
 use crate::delivery::Delivery;
-use crate::providers::Notification;
+use crate::providers::{Flag, Notification};
+use crate::spool::reconcile::reconciled_key;
 pub use backup::restore;
 pub use codec::decode_any;
 use codec::{decode_delivery, delivery_of, encode_delivery};
@@ -373,6 +376,15 @@ impl SledSpool {
             notification.subject.as_deref(),
             notification.status,
         );
+        let reconciled = notification.flags.contains(&Flag::Reconciled);
+        // Made here, off the writer's thread; only for a final status.
+        let reconciled_dedup = invoice
+            .as_ref()
+            .filter(|invoice| !reconciled && invoice.status.is_final())
+            .map(|invoice| {
+                let key = reconciled_key(&invoice.subject, invoice.status);
+                keys::dedup(&invoice.source, &key)
+            });
         let record = Record {
             meta: NotificationMeta {
                 id: String::new(),
@@ -397,7 +409,7 @@ impl SledSpool {
             },
             body: received.body,
         };
-        let change = Change::Store(writer::NewNotification {
+        let change = Change::Store(Box::new(writer::NewNotification {
             record: record.encode()?,
             dedup_key,
             received_ms: received.received_ms,
@@ -405,7 +417,9 @@ impl SledSpool {
             subscriptions: record.meta.subscriptions,
             released,
             invoice,
-        });
+            reconciled,
+            reconciled_dedup,
+        }));
         match self.write(change, true).await? {
             Applied::Stored(stored) => Ok(stored),
             _ => Err(out_of_turn()),

@@ -315,6 +315,11 @@ fn walk_all(store: &Store, report: &mut CheckReport) {
                     report.problems.push(CheckProblem::Record(problem));
                 }
             }
+            Some(keys::CHECK) => {
+                if let Some(problem) = super::super::checks::check_entry(&key, &value) {
+                    report.problems.push(CheckProblem::Record(problem));
+                }
+            }
             _ => report
                 .problems
                 .push(CheckProblem::Record(format!("unknown entry {key:?}"))),

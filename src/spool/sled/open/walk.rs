@@ -14,8 +14,9 @@ use crate::spool::record::{HasId, Record};
 use crate::spool::{audit, AuditRecord, SpoolError};
 
 /// The kinds of entries (key prefixes) of the spool's tree.
-const KINDS: [u8; 10] = [
+const KINDS: [u8; 11] = [
     keys::AUDIT,
+    keys::CHECK,
     super::super::invoices::ENTRY,
     super::super::invoices::WAITING,
     keys::CURSOR,
@@ -229,6 +230,7 @@ pub(super) fn gap_text(
         Some(keys::DEDUP_EXPIRY) => "dedup expiries",
         Some(super::super::invoices::ENTRY) => "invoice index entries",
         Some(super::super::invoices::WAITING) => "waiting invoice entries",
+        Some(keys::CHECK) => "reconcile checks",
         _ => "entries",
     };
     let from = after.map_or_else(

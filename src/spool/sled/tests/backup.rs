@@ -6,7 +6,7 @@ use super::{backend, config, open};
 use crate::delivery::{Outcome, State};
 use crate::spool::backup::{ArchiveReader, BackupError, Item, Manifest};
 use crate::spool::contract::support::{attempt, lease_now, ok, received, routes, store, store_new};
-use crate::spool::{AuditEntry, Spool, Stored};
+use crate::spool::{AuditEntry, CheckOutcome, ReconcileCheck, Spool, Stored};
 
 /// Every item of an archive (as `backup_tests.rs` reads one).
 fn read_all(bytes: &[u8]) -> Result<(Vec<Item>, Manifest), BackupError> {
@@ -49,8 +49,20 @@ async fn a_restored_spool_holds_the_notifications_their_deliveries_and_the_rest(
         .quarantine(received(now), "invalid_json", "no".into())
         .await
         .unwrap();
+    let check = |at_ms, said: &str| ReconcileCheck {
+        at_ms,
+        by: None,
+        outcome: CheckOutcome::Pending { said: said.into() },
+    };
+    for (n, said) in ["EN COLA", "EN COLA otra vez"].iter().enumerate() {
+        spool
+            .record_check("tus", "17032", check(now + n as i64, said))
+            .await
+            .unwrap();
+    }
     let counts_before = spool.counts();
     let (bytes, manifest) = backup_of(&spool).await;
+    assert_eq!(manifest.counts.checks, 2);
     assert_eq!(manifest.newest, Some(pending.to_string()));
     assert_eq!(manifest.counts.notifications, 3);
     assert_eq!(manifest.counts.deliveries, 2);
@@ -83,6 +95,19 @@ async fn a_restored_spool_holds_the_notifications_their_deliveries_and_the_rest(
     assert!(spool.is_paused("crm"));
     assert_eq!(spool.audit_log(None, 10).await.unwrap().len(), 1);
     assert_eq!(spool.quarantined().count().await, 1);
+    // The checks came back in order, and the next one goes after them.
+    spool
+        .record_check("tus", "17032", check(now + 5, "ACEPTADO"))
+        .await
+        .unwrap();
+    assert_eq!(
+        spool.checks("tus", "17032").await.unwrap(),
+        [
+            check(now, "EN COLA"),
+            check(now + 1, "EN COLA otra vez"),
+            check(now + 5, "ACEPTADO")
+        ]
+    );
     // The dedup entries were rebuilt: a resend is still a duplicate.
     assert_eq!(
         store(&spool, "a", now + 1).await,

@@ -97,7 +97,7 @@ impl Writer {
     ) -> Result<Answer, SpoolError> {
         let batch = &mut group.batch;
         match change {
-            Change::Store(new) => self.apply_store(store, group, new),
+            Change::Store(new) => self.apply_store(store, group, *new),
             Change::Quarantine {
                 record,
                 received_ms,
@@ -185,6 +185,18 @@ impl Writer {
             Change::Audit { entry, at_ms } => Ok(Ok(Applied::Audited(
                 self.add_audit_record(batch, entry, at_ms),
             ))),
+            Change::Check {
+                source,
+                subject,
+                value,
+            } => {
+                // It reads the invoice and its checks as this group left them.
+                self.apply_so_far(store, batch)?;
+                Ok(
+                    super::super::checks::record(store, batch, &source, &subject, value)?
+                        .map(|()| Applied::Recorded),
+                )
+            }
         }
     }
 
@@ -197,7 +209,11 @@ impl Writer {
 
     /// A notification and its dedup entry, unless the dedup key is fresh
     /// (then a duplicate of the first); a quarantined body it is made from
-    /// leaves the quarantine either way.
+    /// leaves the quarantine either way. Reconciliation adds two rules:
+    /// a `reconciled` notification for an invoice already standing at its
+    /// status is a duplicate of the invoice's latest; a webhook of a final
+    /// status the relay already reconciled (its `reconciled_key` fresh) is
+    /// a resend of the reconciled notification.
     fn apply_store(
         &mut self,
         store: &Store,
@@ -212,6 +228,8 @@ impl Writer {
             subscriptions,
             released,
             invoice,
+            reconciled,
+            reconciled_dedup,
         } = new;
         let batch = &mut group.batch;
         if let Some(quarantined) = released {
@@ -225,19 +243,30 @@ impl Writer {
             self.tally
                 .removed_quarantined(quarantined_source(&body).as_deref());
         }
-        let earlier = match group.fresh.get(&dedup_key) {
-            Some(first) => Some(*first),
-            None => store
-                .get(&dedup_key)?
-                .and_then(|v| keys::split_dedup_value(&v))
-                .filter(|(_, at)| received_ms.saturating_sub(*at) < group.window)
-                .map(|(first, _)| first),
-        };
+        let earlier = fresh_entry(store, &group.fresh, group.window, &dedup_key, received_ms)?;
         if let Some(first) = earlier {
-            if let Some(invoice) = &invoice {
+            // A resend is the provider's; the relay asking again is not one.
+            if let Some(invoice) = invoice.as_ref().filter(|_| !reconciled) {
                 group.invoices.resent(store, batch, invoice, first)?;
             }
             return Ok(Ok(Applied::Stored(Stored::Duplicate(first))));
+        }
+        if let Some(invoice) = &invoice {
+            if reconciled {
+                // Rare: one seek, for what the reconciler found.
+                if let Some((status, latest)) = group.invoices.current(store, invoice)? {
+                    if status == invoice.status {
+                        return Ok(Ok(Applied::Stored(Stored::Duplicate(latest))));
+                    }
+                }
+            } else if let Some(key) = &reconciled_dedup {
+                // A final status only: one point read of a dedup entry.
+                let made = fresh_entry(store, &group.fresh, group.window, key, received_ms)?;
+                if let Some(made) = made {
+                    group.invoices.resent(store, batch, invoice, made)?;
+                    return Ok(Ok(Applied::Stored(Stored::Duplicate(made))));
+                }
+            }
         }
         let id = self.next_id(received_ms);
         let superseded = match &invoice {
@@ -497,6 +526,25 @@ fn replay(
     }
     batch.insert(key, encode_delivery(&delivery)?);
     Ok(Ok(Some(was)))
+}
+
+/// The notification a dedup entry names, if it is fresh: written by this
+/// group, or received less than `window` ms before `received_ms`.
+fn fresh_entry(
+    store: &Store,
+    fresh: &HashMap<Vec<u8>, NotificationId>,
+    window: i64,
+    dedup_key: &[u8],
+    received_ms: i64,
+) -> Result<Option<NotificationId>, SpoolError> {
+    Ok(match fresh.get(dedup_key) {
+        Some(first) => Some(*first),
+        None => store
+            .get(dedup_key)?
+            .and_then(|v| keys::split_dedup_value(&v))
+            .filter(|(_, at)| received_ms.saturating_sub(*at) < window)
+            .map(|(first, _)| first),
+    })
 }
 
 /// Where a delivery stands in the store: its record's state, waiting when

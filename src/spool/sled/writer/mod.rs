@@ -96,7 +96,9 @@ pub(super) type Reply = oneshot::Sender<Result<Applied, SpoolError>>;
 pub(super) enum Change {
     /// A notification and its dedup entries, unless the dedup key is
     /// already there and fresh. Its deliveries need no entry of their own.
-    Store(NewNotification),
+    /// Boxed: the other changes are small, and every change is an `Op` in
+    /// the writer's queue.
+    Store(Box<NewNotification>),
     Quarantine {
         record: Vec<u8>,
         received_ms: i64,
@@ -156,6 +158,12 @@ pub(super) enum Change {
     },
     /// The stuck check's marks changed (see `invoices.rs`).
     Stuck(crate::spool::StuckChanges),
+    /// A reconcile check of an invoice (encoded; see `checks.rs`).
+    Check {
+        source: String,
+        subject: String,
+        value: Vec<u8>,
+    },
 }
 
 /// A notification to store (see [`Change::Store`]).
@@ -171,6 +179,13 @@ pub(super) struct NewNotification {
     pub released: Option<NotificationId>,
     /// The invoice it is about, for the invoice index (`invoices.rs`).
     pub invoice: Option<InvoiceRef>,
+    /// Made from the provider's query answer (flagged `reconciled`): not
+    /// stored when its invoice already stands at its status.
+    pub reconciled: bool,
+    /// For a webhook of a final status about an invoice: the dedup entry
+    /// (`reconciled_key`) of a notification the relay made of the same
+    /// state, which makes it a resend of that one.
+    pub reconciled_dedup: Option<Vec<u8>>,
 }
 
 /// A lease's outcome (see [`Change::Complete`]).

@@ -1,5 +1,6 @@
 //! Retention, in bounded slices between groups: delivered notifications
-//! with their dedup entries, quarantined bodies and audit records older
+//! with their dedup entries (and an invoice's reconcile checks with its
+//! last notification), quarantined bodies and audit records older
 //! than `retention` (and the dedup entries of an older spool's time
 //! index). Each part is walked on its own, at most [`RETENTION_SLICE`]
 //! entries per slice.
@@ -9,7 +10,7 @@ use std::time::Duration;
 use ::sled::Batch;
 
 use super::super::counts::{quarantined_source, Standing};
-use super::super::{invoices, keys, storage, Shared, Store};
+use super::super::{checks, invoices, keys, storage, Shared, Store};
 use super::Writer;
 use crate::delivery::{Delivery, State};
 use crate::spool::record::{NotificationMeta, Record};
@@ -96,6 +97,7 @@ impl Writer {
         )));
         let mut finished = true;
         let mut removed_upto = None;
+        let mut gone = checks::Gone::default();
         for (seen, item) in store.tree.range(from..until).enumerate() {
             if seen == RETENTION_SLICE {
                 finished = false;
@@ -132,10 +134,13 @@ impl Writer {
                     batch.remove(&keys::dedup_expiry(meta.received_ms, id));
                 }
                 invoices::removed(batch, &meta, id);
+                gone.note(&meta, id);
                 done.notifications += 1;
                 removed_upto = Some(id);
             }
         }
+        // An invoice whose last notification goes takes its checks along.
+        gone.remove_checks(store, batch)?;
         if let Some(id) = removed_upto {
             let before = store
                 .get(keys::REMOVED_UPTO)?

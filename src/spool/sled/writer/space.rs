@@ -30,6 +30,9 @@ impl Writer {
                 Change::Audit { entry, .. } => {
                     (stored, other + entry.len() as u64 + SPACE_PER_CHANGE)
                 }
+                Change::Check { value, .. } => {
+                    (stored, other + value.len() as u64 + SPACE_PER_CHANGE)
+                }
                 Change::Replay { .. }
                 | Change::Orphans { .. }
                 | Change::Routes { .. }
