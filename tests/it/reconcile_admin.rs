@@ -94,7 +94,8 @@ impl Scene {
             .client
             .post(format!("{}/api/invoices/reconcile", self.admin.base))
             .bearer_auth(ADMIN_TOKEN)
-            .json(&filter)
+            .header("content-type", "application/json")
+            .body(filter.to_string())
             .send()
             .await
             .unwrap();
