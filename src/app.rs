@@ -191,6 +191,7 @@ impl Relay {
             reloads,
             changes,
         );
+        admin.use_reconciler(reconciler.clone());
         let acme = match acme {
             Some(acme) => {
                 admin.add_readiness_check(Box::new(acme.readiness()));

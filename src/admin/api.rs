@@ -19,8 +19,8 @@ use super::html;
 use super::respond::{ApiError, Call, Reply};
 use super::Admin;
 use super::{
-    audit_log, backfill, health, invoices, jobs, notifications, page, purge, quarantine, reload,
-    replay, stats, subscriptions,
+    audit_log, backfill, health, invoices, jobs, notifications, page, purge, quarantine, reconcile,
+    reload, replay, stats, subscriptions,
 };
 use crate::config::Role;
 use crate::listen::slots::RequestUnderWay;
@@ -44,7 +44,7 @@ pub const ROUTES: [(&str, &str); TABLE.len() + page::PAGES.len()] = {
 
 /// The routes: method (`GET` answers `HEAD` too), path (`{…}` is any one
 /// segment, handed to the handler as sent), who may call it, and its handler.
-const TABLE: [Route; 28] = [
+const TABLE: [Route; 30] = [
     Route::open("GET", "/healthz", |_, _| Box::pin(health::healthz())),
     Route::open("GET", "/readyz", |admin, _| {
         Box::pin(async move { health::readyz(&admin).await })
@@ -161,6 +161,15 @@ const TABLE: [Route; 28] = [
         "/api/invoices/{source}/{subject}",
         Role::Viewer,
         |call| Box::pin(invoices::get_one(call)),
+    ),
+    Route::json("POST", "/api/invoices/reconcile", Role::Admin, |call| {
+        Box::pin(reconcile::post_bulk(call))
+    }),
+    Route::json(
+        "POST",
+        "/api/invoices/{source}/{subject}/reconcile",
+        Role::Admin,
+        |call| Box::pin(reconcile::post_one(call)),
     ),
 ];
 
@@ -341,7 +350,7 @@ mod tests {
                 route.path
             );
         }
-        assert_eq!(ROUTES.len(), 32);
+        assert_eq!(ROUTES.len(), 34);
         assert_eq!(ROUTES[0], ("GET", "/healthz"));
         assert_eq!(ROUTES[TABLE.len()], ("GET", "/"));
         // Only the probes are open; each of them is a GET.

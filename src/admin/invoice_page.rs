@@ -1,6 +1,9 @@
 //! The page's invoices: a search by invoice number (`/i?number=`) and an
 //! invoice's timeline (`/i/{source}/{subject}`), server-rendered over the
-//! same reads as `GET /api/invoices` and `GET /api/invoices/{source}/{subject}`.
+//! same reads as `GET /api/invoices` and `GET /api/invoices/{source}/{subject}`;
+//! the timeline shows the checks made with the provider among the
+//! notifications, and for a source with `reconcile` a "Check with the
+//! provider" button (a form with the session's CSRF token, for an admin).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -10,7 +13,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
 
-use super::html::{escape, html, page, text, LoggedIn};
+use super::html::{csrf_input, escape, html, page, text, LoggedIn};
 use super::humane;
 use super::invoices::{self, InvoiceFilter};
 use super::respond::ApiError;
@@ -183,7 +186,23 @@ pub(super) async fn timeline(
         escape(&source),
         status = text(&shown["status"]),
     );
+    if user.caller.role >= Role::Admin && super::reconcile::offered(admin, &source) {
+        let _ = write!(
+            body,
+            "<form method=post action=\"{}/reconcile\">{}<button id=reconcile>Check with the provider</button></form>",
+            escape(&timeline_link(&shown)),
+            csrf_input(user),
+        );
+    }
     body.push_str(&style::TIMELINE.head(Some("timeline")));
+    // Notifications and checks in time order (both times are RFC 3339 of
+    // one fixed width, so their text sorts as they do).
+    let mut rows: Vec<(String, String)> = shown["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| (text(&c["at"]), check_row(now_ms, c)))
+        .collect();
     for n in shown["notifications"].as_array().into_iter().flatten() {
         let superseded = if n["superseded"] == Value::Bool(true) {
             " <span class=muted>(superseded)</span>"
@@ -206,8 +225,7 @@ pub(super) async fn timeline(
                 )
             })
             .collect();
-        let _ = write!(
-            body,
+        let row = format!(
             "<tr><td>{}</td><td><a href=\"/n/{id}\">{id}</a></td><td>{}</td><td>{}{superseded}</td><td>{}</td><td>{}</td></tr>",
             humane::when(now_ms, &n["received_at"]),
             text(&n["event"]),
@@ -216,10 +234,64 @@ pub(super) async fn timeline(
             deliveries.join("<br>"),
             id = text(&n["id"]),
         );
+        rows.push((text(&n["received_at"]), row));
+    }
+    // Stable: a check made in the same millisecond as the notification it
+    // stored comes first, as it happened.
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, row) in rows {
+        body.push_str(&row);
     }
     body.push_str("</table>");
     Ok(html(
         StatusCode::OK,
         &page(&format!("invoice {subject}"), Some(user), &body),
     ))
+}
+
+/// A check with the provider as a row of the timeline: when, who asked
+/// (or "automatic"), and what the provider said.
+fn check_row(now_ms: i64, check: &Value) -> String {
+    let who = match check["by"].as_str() {
+        Some(name) => format!("asked by {}", escape(name)),
+        None => "automatic".into(),
+    };
+    let (status, said) = match check["outcome"].as_str() {
+        Some("final") => {
+            let id = text(&check["notification"]);
+            let said = if check["stored"] == Value::Bool(true) {
+                format!("final: stored as <a href=\"/n/{id}\">{id}</a>")
+            } else {
+                "final: the invoice already stood there".into()
+            };
+            (text(&check["status"]), said)
+        }
+        Some("pending") => (
+            "pending".into(),
+            format!("still pending: {}", text(&check["said"])),
+        ),
+        Some("failed") => {
+            let http = check["http_status"]
+                .as_u64()
+                .map(|s| format!(", HTTP {s}"))
+                .unwrap_or_default();
+            (
+                "failed".into(),
+                format!(
+                    "{}{http}: {}",
+                    text(&check["kind"]),
+                    text(&check["message"])
+                ),
+            )
+        }
+        _ => (
+            "gave up".into(),
+            "provider still says pending; no more automatic checks".into(),
+        ),
+    };
+    format!(
+        "<tr class=check><td>{}</td><td>check with the provider</td><td>{who}</td><td>{}</td><td></td><td>{said}</td></tr>",
+        humane::when(now_ms, &check["at"]),
+        status,
+    )
 }

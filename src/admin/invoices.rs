@@ -3,7 +3,7 @@
 //! a cursor) and `GET /api/invoices/{source}/{subject}` (the timeline:
 //! every notification of the invoice in order, the status it told, whether
 //! it was superseded, the provider's resends, and each delivery with its
-//! attempts). `stuck=true` lists the stuck invoices instead, from the
+//! attempts; and the checks made of it with its provider, oldest first). `stuck=true` lists the stuck invoices instead, from the
 //! list the events task keeps in memory (no index read at all). The
 //! filter is parsed here, purely; the reads are the spool's async reads.
 
@@ -251,8 +251,14 @@ pub async fn show(spool: &Spool, source: &str, subject: &str) -> Result<Value, A
             "deliveries": deliveries.iter().map(delivery_detail).collect::<Vec<_>>(),
         }));
     }
+    let checks = spool.checks(source, subject).await?;
     let mut out = summary(&invoice);
     out["notifications"] = notifications.into();
+    out["checks"] = checks
+        .iter()
+        .map(super::reconcile::check_json)
+        .collect::<Vec<_>>()
+        .into();
     Ok(out)
 }
 

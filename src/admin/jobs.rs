@@ -1,4 +1,5 @@
-//! Bulk replays and purges (`POST /api/replay`, `POST /api/purge`) as jobs.
+//! Bulk replays and purges (`POST /api/replay`, `POST /api/purge`) and
+//! bulk reconciliations (`POST /api/invoices/reconcile`) as jobs.
 //! A bulk action may pick hundreds of thousands of deliveries: holding the
 //! pick in memory cost 100 MB for 200,000, and doing it in one request kept
 //! the caller waiting minutes. So the pick is walked in slices (at most
@@ -20,6 +21,7 @@ use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::query::Filter;
+use super::reconcile::ReconcileFilter;
 use super::respond::{audit, no_parameters, ok, Answer, ApiError, Call};
 use super::Admin;
 use crate::clock::format_ms;
@@ -43,6 +45,41 @@ const KEPT_FOR: Duration = Duration::from_secs(3600);
 pub enum BulkKind {
     Replay,
     Purge,
+    /// Asks the provider about each invoice picked (`reconcile`).
+    Reconcile,
+}
+
+/// What a job walks: deliveries (a replay, a purge) or invoices (a
+/// reconciliation).
+pub(super) enum Pick {
+    Deliveries(Filter),
+    Invoices(ReconcileFilter),
+}
+
+/// One count of a reconciliation job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Counted {
+    /// Invoices picked by a slice of the walk.
+    Picked(u64),
+    Final,
+    Pending,
+    Failed,
+    Skipped,
+}
+
+/// How a reconciliation job's checks came out, so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct CheckTally {
+    /// Invoices picked so far (the total once done).
+    pub invoices: u64,
+    /// The provider's answer was final (stored as a notification, or the
+    /// invoice already stood there).
+    pub finals: u64,
+    pub pending: u64,
+    /// The request or the answer failed (the check is recorded).
+    pub failed: u64,
+    /// Left unasked: gone meanwhile, or no keys to ask with.
+    pub skipped: u64,
 }
 
 impl BulkKind {
@@ -50,6 +87,7 @@ impl BulkKind {
         match self {
             BulkKind::Replay => "replay",
             BulkKind::Purge => "purge",
+            BulkKind::Reconcile => "reconcile",
         }
     }
 
@@ -58,6 +96,7 @@ impl BulkKind {
         match self {
             BulkKind::Replay => "replayed",
             BulkKind::Purge => "purged",
+            BulkKind::Reconcile => "checked",
         }
     }
 
@@ -65,6 +104,7 @@ impl BulkKind {
         match self {
             BulkKind::Replay => "replay.bulk",
             BulkKind::Purge => "purge.bulk",
+            BulkKind::Reconcile => "reconcile.bulk",
         }
     }
 }
@@ -95,18 +135,19 @@ struct Job {
     started_ms: i64,
     finished_ms: Option<i64>,
     error: Option<String>,
+    /// A reconciliation's counts (its `done` is the invoices checked).
+    checks: CheckTally,
 }
 
 impl Job {
     fn to_json(&self) -> Value {
+        if self.kind == BulkKind::Reconcile {
+            return self.reconcile_json();
+        }
         let mut shown = json!({
             "id": self.id.to_string(),
             "kind": self.kind.name(),
-            "state": match self.state {
-                JobState::Running => "running",
-                JobState::Done => "done",
-                JobState::Failed => "failed",
-            },
+            "state": self.state.name(),
             "filter": self.filter,
             "by": self.by,
             "dry_run": false,
@@ -119,6 +160,59 @@ impl Job {
         });
         shown[self.kind.done_key()] = json!(self.done);
         shown
+    }
+
+    fn reconcile_json(&self) -> Value {
+        json!({
+            "id": self.id.to_string(),
+            "kind": self.kind.name(),
+            "state": self.state.name(),
+            "filter": self.filter,
+            "by": self.by,
+            "dry_run": false,
+            "invoices": self.checks.invoices,
+            "checked": self.done,
+            "final": self.checks.finals,
+            "pending": self.checks.pending,
+            "failed": self.checks.failed,
+            "skipped": self.checks.skipped,
+            "started_at": format_ms(self.started_ms),
+            "finished_at": self.finished_ms.map(format_ms),
+            "error": self.error,
+        })
+    }
+
+    /// What the audit record of the ended job says.
+    fn audit_detail(&self) -> Value {
+        let mut detail = json!({
+            "job": self.id.to_string(),
+            "state": self.state.name(),
+            "skipped": self.skipped + self.checks.skipped,
+        });
+        if self.kind == BulkKind::Reconcile {
+            detail["invoices"] = json!(self.checks.invoices);
+            detail["final"] = json!(self.checks.finals);
+            detail["pending"] = json!(self.checks.pending);
+            detail["failed"] = json!(self.checks.failed);
+        } else {
+            detail["notifications"] = json!(self.notifications);
+            detail["deliveries"] = json!(self.deliveries);
+        }
+        detail[self.kind.done_key()] = json!(self.done);
+        if let Some(error) = &self.error {
+            detail["error"] = json!(error);
+        }
+        detail
+    }
+}
+
+impl JobState {
+    fn name(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+        }
     }
 }
 
@@ -165,6 +259,23 @@ impl Jobs {
         if let Some(job) = self.lock().iter_mut().find(|j| j.id == id) {
             change(job);
         }
+    }
+
+    /// Counts what a reconciliation job picked or how one check came out.
+    pub(super) fn tally(&self, id: ulid::Ulid, counted: Counted) {
+        self.update(id, |job| {
+            let checks = &mut job.checks;
+            match counted {
+                Counted::Picked(n) => checks.invoices += n,
+                Counted::Final => checks.finals += 1,
+                Counted::Pending => checks.pending += 1,
+                Counted::Failed => checks.failed += 1,
+                Counted::Skipped => checks.skipped += 1,
+            }
+            if matches!(counted, Counted::Final | Counted::Pending | Counted::Failed) {
+                job.done += 1;
+            }
+        });
     }
 
     fn get(&self, id: ulid::Ulid) -> Option<Job> {
@@ -279,7 +390,7 @@ pub(super) fn start(
     admin: &Arc<Admin>,
     caller: &Caller,
     kind: BulkKind,
-    filter: Filter,
+    pick: Pick,
     filter_text: &str,
 ) -> Result<Value, ApiError> {
     let now_ms = admin.clock.now_ms();
@@ -296,6 +407,7 @@ pub(super) fn start(
         started_ms: now_ms,
         finished_ms: None,
         error: None,
+        checks: CheckTally::default(),
     };
     let shown = job.to_json();
     let id = job.id;
@@ -304,7 +416,12 @@ pub(super) fn start(
     let admin = Arc::clone(admin);
     let caller = caller.clone();
     tokio::spawn(async move {
-        let ran = run(&admin, id, kind, &filter).await;
+        let ran = match &pick {
+            Pick::Deliveries(filter) => run(&admin, id, kind, filter).await,
+            Pick::Invoices(filter) => {
+                super::reconcile::run_job(&admin, id, filter, &caller.name).await
+            }
+        };
         let finished_ms = admin.clock.now_ms();
         let Some(mut job) = admin.jobs.get(id) else {
             return;
@@ -317,16 +434,8 @@ pub(super) fn start(
                 job.error = Some(err.to_string());
             }
         }
-        let mut detail = json!({
-            "job": id.to_string(),
-            "state": job.to_json()["state"],
-            "notifications": job.notifications,
-            "deliveries": job.deliveries,
-            "skipped": job.skipped,
-        });
-        detail[kind.done_key()] = json!(job.done);
+        let detail = job.audit_detail();
         if let Some(error) = &job.error {
-            detail["error"] = json!(error);
             tracing::warn!(job = %id, kind = kind.name(), done = job.done, error = %error, "bulk job failed");
         } else {
             tracing::info!(job = %id, kind = kind.name(), notifications = job.notifications, done = job.done, skipped = job.skipped, "bulk job done");
@@ -359,6 +468,11 @@ async fn run(
         let now_ms = admin.clock.now_ms();
         let (done, skipped) = match kind {
             BulkKind::Replay => replay_slice(admin, id, slice.targets, now_ms).await?,
+            BulkKind::Reconcile => {
+                return Err(ApiError::Internal(
+                    "a reconciliation walks invoices, not deliveries".into(),
+                ))
+            }
             BulkKind::Purge => {
                 let purged = admin.spool.purge(slice.targets, now_ms).await?;
                 admin.jobs.update(id, |job| {
@@ -432,6 +546,7 @@ mod tests {
             started_ms: 1_000_000 + n as i64,
             finished_ms,
             error: None,
+            checks: CheckTally::default(),
         }
     }
 

@@ -17,7 +17,9 @@
 //! - `subscriptions`: creating, deleting, pausing and listing
 //!   subscriptions and rotating their secrets; `backfill` gives one
 //!   stored notifications or a test event.
-//! - `purge`: the bulk purge; `jobs`: bulk replays and purges run as jobs.
+//! - `purge`: the bulk purge; `jobs`: bulk replays, purges and
+//!   reconciliations run as jobs; `reconcile`: asking an invoice's provider
+//!   where it stands, on demand and by filter.
 //! - `backup`: the spool's backup archive, streamed.
 //! - `page`: the HTML page over the same reads; `html` its document and
 //!   answers, `record_page` a notification's and a quarantined body's
@@ -45,6 +47,7 @@ mod page;
 mod purge;
 mod quarantine;
 pub mod query;
+mod reconcile;
 mod record_page;
 mod reload;
 mod replay;
@@ -116,6 +119,9 @@ pub struct Admin {
     subscription_changes: tokio::sync::Mutex<()>,
     /// Bulk replays and purges, running and lately finished.
     jobs: jobs::Jobs,
+    /// The engine that asks providers where an invoice stands (set by the
+    /// relay once it runs), for the checks on demand.
+    reconciler: std::sync::OnceLock<crate::reconcile::Reconciler>,
     /// When the relay started (Unix ms): a source expected every so often
     /// that sent nothing since is silent from then.
     started_ms: i64,
@@ -168,6 +174,7 @@ impl Admin {
             serving: AtomicBool::new(false),
             readiness_checks: std::sync::Mutex::new(Vec::new()),
             certificate: std::sync::OnceLock::new(),
+            reconciler: std::sync::OnceLock::new(),
         })
     }
 
@@ -183,6 +190,12 @@ impl Admin {
     /// Shows the ACME certificate's state on the page.
     pub fn show_certificate(&self, status: Arc<crate::acme::Status>) {
         let _ = self.certificate.set(status);
+    }
+
+    /// Takes the engine that checks invoices with their providers on
+    /// demand (the API's, the page's and the bulk job's checks).
+    pub fn use_reconciler(&self, reconciler: crate::reconcile::Reconciler) {
+        let _ = self.reconciler.set(reconciler);
     }
 
     pub fn set_serving(&self, serving: bool) {

@@ -129,6 +129,17 @@ pub(super) async fn handle(
         (Method::GET, ["i", source, subject]) => {
             super::invoice_page::timeline(admin, &user, source, subject).await
         }
+        (Method::POST, ["i", source, subject, "reconcile"]) => {
+            caller.require(Role::Admin)?;
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            // A failed check is on the timeline too: back to it either way.
+            super::reconcile::check_now(admin, caller, &decode(source), &decode(subject)).await?;
+            Ok(redirect(&format!("/i/{source}/{subject}"), None))
+        }
         (Method::POST, ["s", name, action @ ("pause" | "resume")]) => {
             caller.require(Role::Admin)?;
             let name = percent_encoding::percent_decode_str(name)

@@ -56,6 +56,12 @@ pub(super) async fn purge_bulk(
             &jobs::count(admin, &filter).await?,
         ));
     }
-    let started = jobs::start(admin, caller, BulkKind::Purge, filter, filter_text)?;
+    let started = jobs::start(
+        admin,
+        caller,
+        BulkKind::Purge,
+        jobs::Pick::Deliveries(filter),
+        filter_text,
+    )?;
     Ok(json_response(StatusCode::ACCEPTED, &started))
 }

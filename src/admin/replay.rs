@@ -118,6 +118,12 @@ async fn replay_bulk(
     if filter.dry_run {
         return ok(super::jobs::count(admin, &filter).await?);
     }
-    let started = super::jobs::start(admin, caller, BulkKind::Replay, filter, filter_text)?;
+    let started = super::jobs::start(
+        admin,
+        caller,
+        BulkKind::Replay,
+        super::jobs::Pick::Deliveries(filter),
+        filter_text,
+    )?;
     Ok(json_response(StatusCode::ACCEPTED, &started))
 }

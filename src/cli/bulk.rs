@@ -1,4 +1,5 @@
-//! Changes by filter on a running relay (`spool replay`, `spool purge`):
+//! Changes by filter on a running relay (`spool replay`, `spool purge`,
+//! and `invoice reconcile` follows its job here too):
 //! counted first (`--dry-run`) or done (`--yes`) as a job the relay runs,
 //! followed here to its end. A replay by id goes to the spool itself when
 //! the relay is not running.
@@ -136,7 +137,7 @@ const JOB_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Follows a bulk job the relay started (`started` is its 202 answer) to
 /// its end, printing progress on stderr; its last state, or an error if it
 /// failed or the relay forgot it (a restart).
-fn wait_for_job(
+pub(super) fn wait_for_job(
     client: &AdminClient,
     started: serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
@@ -145,21 +146,33 @@ fn wait_for_job(
         return Ok(started);
     };
     let kind = started["kind"].as_str().unwrap_or("bulk").to_owned();
-    let done_key = if kind == "purge" {
-        "purged"
-    } else {
-        "replayed"
+    let (done_key, picked_key, unit) = match kind.as_str() {
+        "purge" => ("purged", "deliveries", "deliveries"),
+        "reconcile" => ("checked", "invoices", "invoices"),
+        _ => ("replayed", "deliveries", "deliveries"),
     };
     let mut job = started;
     let mut shown = String::new();
     loop {
-        let progress = format!(
-            "{kind} job {id}: {} {done_key} of {} deliveries picked so far ({} notifications), {} skipped",
-            cell(&job[done_key]),
-            cell(&job["deliveries"]),
-            cell(&job["notifications"]),
-            cell(&job["skipped"]),
-        );
+        let progress = if kind == "reconcile" {
+            format!(
+                "{kind} job {id}: {} checked of {} invoices picked so far ({} final, {} pending, {} failed), {} skipped",
+                cell(&job["checked"]),
+                cell(&job["invoices"]),
+                cell(&job["final"]),
+                cell(&job["pending"]),
+                cell(&job["failed"]),
+                cell(&job["skipped"]),
+            )
+        } else {
+            format!(
+                "{kind} job {id}: {} {done_key} of {} deliveries picked so far ({} notifications), {} skipped",
+                cell(&job[done_key]),
+                cell(&job["deliveries"]),
+                cell(&job["notifications"]),
+                cell(&job["skipped"]),
+            )
+        };
         if progress != shown {
             eprintln!("{progress}");
             shown = progress;
@@ -167,9 +180,9 @@ fn wait_for_job(
         match job["state"].as_str() {
             Some("running") => {}
             Some("failed") => anyhow::bail!(
-                "the {kind} job {id} failed after {} of {} deliveries: {}",
+                "the {kind} job {id} failed after {} of {} {unit}: {}",
                 cell(&job[done_key]),
-                cell(&job["deliveries"]),
+                cell(&job[picked_key]),
                 cell(&job["error"])
             ),
             _ => return Ok(job),

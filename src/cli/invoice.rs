@@ -1,10 +1,12 @@
-//! `webhook-relay invoice ls|show`: the invoices a running relay knows
-//! (notifications grouped by source and invoice number, each with its
-//! current status) and one invoice's timeline, through the admin API.
+//! `webhook-relay invoice ls|show|reconcile`: the invoices a running relay
+//! knows (notifications grouped by source and invoice number, each with its
+//! current status), one invoice's timeline, and asking the provider where
+//! one invoice, or every one a filter picks, stands; through the admin API.
 
 use serde_json::Value;
 
-use super::remote::{cell, query, table, AdminClient, RemoteArgs};
+use super::bulk::wait_for_job;
+use super::remote::{cell, query, table, AdminClient, RemoteArgs, RemoteError};
 use super::{encode_segment, one_line, ConfigArg};
 
 #[derive(Debug, clap::Subcommand)]
@@ -43,6 +45,45 @@ pub enum InvoiceCommand {
         remote: RemoteArgs,
         source: String,
         subject: String,
+    },
+    /// Ask the provider's query API where an invoice stands (its source
+    /// needs `[sources.NAME.reconcile]`): one invoice (SOURCE SUBJECT), or
+    /// every invoice a filter picks (--source, with --dry-run to count them
+    /// first, or --yes), one request at a time within the source's rate.
+    /// A final answer becomes a notification like a webhook's.
+    Reconcile {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The invoice's source (with SUBJECT: one invoice).
+        #[arg(
+            value_name = "SOURCE",
+            requires = "subject",
+            conflicts_with_all = ["source", "status", "since", "until", "dry_run", "yes"]
+        )]
+        invoice_source: Option<String>,
+        /// The invoice number.
+        subject: Option<String>,
+        /// Every invoice of this source the other filters pick.
+        #[arg(long, required_unless_present = "invoice_source")]
+        source: Option<String>,
+        /// Their current status (default queued).
+        #[arg(long)]
+        status: Option<String>,
+        /// Their latest notification at or after: RFC 3339, or a duration
+        /// back from now (`30d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Their latest notification before.
+        #[arg(long)]
+        until: Option<String>,
+        /// Count the invoices the filter picks; ask nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Ask about every one of them.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -124,6 +165,93 @@ pub fn run(command: InvoiceCommand) -> anyhow::Result<()> {
             print_timeline(&shown)?;
             Ok(())
         }
+        InvoiceCommand::Reconcile {
+            config,
+            remote,
+            invoice_source,
+            subject,
+            source,
+            status,
+            since,
+            until,
+            dry_run,
+            yes,
+        } => {
+            let client = AdminClient::locate(&remote, &config.config)?;
+            if let (Some(source), Some(subject)) = (invoice_source, subject) {
+                let check = client.post(&format!(
+                    "/api/invoices/{}/{}/reconcile",
+                    encode_segment(&source),
+                    encode_segment(&subject)
+                ))?;
+                if remote.json {
+                    outln!("{check}")?;
+                } else {
+                    outln!("{source} {subject}: {}", describe_check(&check))?;
+                }
+                return Ok(());
+            }
+            if !dry_run && !yes {
+                return Err(RemoteError::Usage(
+                    "a reconciliation by filter needs --dry-run (to count) or --yes (to ask the provider about each)".into(),
+                )
+                .into());
+            }
+            let mut filter = serde_json::json!({ "source": source, "dry_run": dry_run });
+            for (name, value) in [("status", status), ("since", since), ("until", until)] {
+                if let Some(value) = value {
+                    filter[name] = value.into();
+                }
+            }
+            let mut done = client.post_json("/api/invoices/reconcile", &filter)?;
+            if !dry_run {
+                done = wait_for_job(&client, done)?;
+            }
+            if remote.json {
+                outln!("{done}")?;
+            } else if dry_run {
+                outln!(
+                    "would ask the provider about {} invoices (run again with --yes)",
+                    cell(&done["count"])
+                )?;
+            } else {
+                outln!(
+                    "asked the provider about {} of {} invoices: {} final, {} still pending, {} failed, {} skipped",
+                    cell(&done["checked"]),
+                    cell(&done["invoices"]),
+                    cell(&done["final"]),
+                    cell(&done["pending"]),
+                    cell(&done["failed"]),
+                    cell(&done["skipped"])
+                )?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A check's outcome in a line: what the provider said, and what the
+/// relay did with it.
+pub(super) fn describe_check(check: &Value) -> String {
+    match check["outcome"].as_str() {
+        Some("final") if check["stored"] == Value::Bool(true) => format!(
+            "{} (stored as notification {})",
+            cell(&check["status"]),
+            cell(&check["notification"])
+        ),
+        Some("final") => format!(
+            "{} (the invoice already stood there; notification {})",
+            cell(&check["status"]),
+            cell(&check["notification"])
+        ),
+        Some("pending") => format!("still pending: {}", one_line(&cell(&check["said"]))),
+        Some("failed") => format!(
+            "the check failed ({}): {}",
+            cell(&check["kind"]),
+            one_line(&cell(&check["message"]))
+        ),
+        Some("gave_up") => "given up: the provider still says pending".into(),
+        _ => check.to_string(),
     }
 }
 

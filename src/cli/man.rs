@@ -59,7 +59,7 @@ fn commands(out: &mut dyn Write, path: &str, command: &clap::Command) -> std::io
     for arg in arguments().filter(|a| a.is_positional()) {
         let _ = std::fmt::Write::write_fmt(
             &mut synopsis,
-            format_args!(" \\fI{}\\fR", roff(&arg.get_id().as_str().to_uppercase())),
+            format_args!(" \\fI{}\\fR", roff(&value_name(arg))),
         );
     }
     if arguments().any(|a| !a.is_positional()) {
@@ -81,13 +81,9 @@ fn commands(out: &mut dyn Write, path: &str, command: &clap::Command) -> std::io
         };
         let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
         if arg.is_positional() {
-            name = format!("\\fI{}\\fR", roff(&arg.get_id().as_str().to_uppercase()));
+            name = format!("\\fI{}\\fR", roff(&value_name(arg)));
         } else if takes_value {
-            let value = arg
-                .get_value_names()
-                .and_then(|names| names.first())
-                .map_or_else(|| arg.get_id().as_str().to_uppercase(), |v| v.to_string());
-            name.push_str(&format!(" \\fI{}\\fR", roff(&value)));
+            name.push_str(&format!(" \\fI{}\\fR", roff(&value_name(arg))));
         }
         writeln!(out, "{name}")?;
         let help = arg
@@ -216,6 +212,14 @@ Every configuration key, the grammar of durations and sizes, operations.
 .BR journalctl (1),
 .BR systemd.socket (5)
 "#;
+
+/// What an argument's value is called: its `value_name`, else its id in
+/// capitals (as `--help` shows it).
+fn value_name(arg: &clap::Arg) -> String {
+    arg.get_value_names()
+        .and_then(|names| names.first())
+        .map_or_else(|| arg.get_id().as_str().to_uppercase(), |v| v.to_string())
+}
 
 #[cfg(test)]
 mod tests {

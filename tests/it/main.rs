@@ -25,6 +25,7 @@ mod process;
 mod progress;
 mod provider_sim;
 mod reconcile;
+mod reconcile_admin;
 mod reload;
 mod spool_cli;
 mod subscriptions;

@@ -1,8 +1,8 @@
 //! `doc/openapi.json` tells a client what each answer holds: every
 //! operation documents a JSON Schema for each status it lists, and a live
 //! relay's answers (one with a delivered, a dead and a waiting delivery,
-//! quarantined bodies, an invoice's timeline, an API subscription and a bulk
-//! job) match them, checked with the `jsonschema` crate (OpenAPI 3.1
+//! quarantined bodies, an invoice's timeline, an API subscription, bulk
+//! jobs, and checks with a provider's query API simulator) match them, checked with the `jsonschema` crate (OpenAPI 3.1
 //! schemas are JSON Schema 2020-12).
 
 use std::collections::BTreeSet;
@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::admin::{admin_section, post_tus, Admin, ADMIN_TOKEN};
 use crate::helpers::*;
+use crate::provider_sim::{Fault, InvoiceState, ProviderSim};
 
 const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -153,8 +154,20 @@ async fn every_operation_answers_as_its_openapi_response_schema_says() {
         "listen = \"127.0.0.1:0\"\n",
         "listen = \"127.0.0.1:0\"\nallowed_targets = [\"127.0.0.1\"]\n",
     );
+    // `tusfacturas` asks the TusFacturas query API simulator.
+    let sim = ProviderSim::tusfacturas("64914", "apitoken-0123", "usertoken-0123").await;
+    let secrets = tempfile::tempdir().unwrap();
+    for name in ["apitoken", "usertoken"] {
+        std::fs::write(secrets.path().join(name), format!("{name}-0123\n")).unwrap();
+    }
+    let reconcile = format!(
+        "\n[sources.tusfacturas.reconcile]\nurl = \"{}\"\napikey = \"64914\"\napitoken_file = \"{}\"\nusertoken_file = \"{}\"\nrate = \"100/s\"\ntimeout = \"2s\"\n",
+        sim.url(),
+        secrets.path().join("apitoken").display(),
+        secrets.path().join("usertoken").display(),
+    );
     let extra = format!(
-        "{}{slow}{section}",
+        "{}{slow}{section}{reconcile}",
         subscription("billing", &target.url(), "")
     );
     let config_text = format!("{}{extra}", base_config(std::path::Path::new("/unused")));
@@ -411,6 +424,84 @@ async fn every_operation_answers_as_its_openapi_response_schema_says() {
             "/api/invoices/tusfacturas/none",
         )
         .await;
+    // Checks with the provider: an answer (200), a failure (502, the check
+    // recorded), no such invoice (404), a source without `reconcile` (409).
+    let check = "/api/invoices/{source}/{subject}/reconcile";
+    sim.set("0006-0001", InvoiceState::Accepted);
+    let checked = checker
+        .expect(
+            200,
+            "POST",
+            check,
+            "/api/invoices/tusfacturas/0006-0001/reconcile",
+        )
+        .await;
+    assert_eq!(checked["outcome"], "final", "{checked}");
+    sim.fault_next(Fault::Status(500));
+    checker
+        .expect(
+            502,
+            "POST",
+            check,
+            "/api/invoices/tusfacturas/0006-0001/reconcile",
+        )
+        .await;
+    checker
+        .expect(
+            404,
+            "POST",
+            check,
+            "/api/invoices/tusfacturas/none/reconcile",
+        )
+        .await;
+    checker
+        .expect(409, "POST", check, "/api/invoices/datil/none/reconcile")
+        .await;
+    let timeline = checker
+        .expect(
+            200,
+            "GET",
+            "/api/invoices/{source}/{subject}",
+            "/api/invoices/tusfacturas/0006-0001",
+        )
+        .await;
+    assert_eq!(
+        timeline["checks"].as_array().unwrap().len(),
+        2,
+        "{timeline}"
+    );
+    let bulk = "/api/invoices/reconcile";
+    for (wanted, body) in [
+        (
+            200,
+            json!({"source": "tusfacturas", "status": "accepted", "dry_run": true}),
+        ),
+        (409, json!({"source": "datil", "dry_run": true})),
+        (404, json!({"source": "nosuch", "dry_run": true})),
+        (400, json!({"source": "tusfacturas", "since": "soon"})),
+    ] {
+        let (status, answer) = checker.call("POST", bulk, bulk, Some(body)).await;
+        assert_eq!(status, wanted, "{answer}");
+    }
+    let (status, job) = checker
+        .call(
+            "POST",
+            bulk,
+            bulk,
+            Some(json!({"source": "tusfacturas", "status": "accepted"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let path = format!("/api/jobs/{}", job["id"].as_str().unwrap());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while checker.expect(200, "GET", "/api/jobs/{id}", &path).await["state"] == "running" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} still running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
     checker
         .expect(
             200,
