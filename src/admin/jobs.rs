@@ -21,7 +21,6 @@ use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::query::Filter;
-use super::reconcile::ReconcileFilter;
 use super::respond::{audit, no_parameters, ok, Answer, ApiError, Call};
 use super::Admin;
 use crate::clock::format_ms;
@@ -49,12 +48,23 @@ pub enum BulkKind {
     Reconcile,
 }
 
-/// What a job walks: deliveries (a replay, a purge) or invoices (a
-/// reconciliation).
+/// What a job walks: deliveries (a replay, a purge), or what its own
+/// runner walks (a reconciliation's invoices, in `reconcile.rs`, which
+/// this module does not name so that imports point one way).
 pub(super) enum Pick {
     Deliveries(Filter),
-    Invoices(ReconcileFilter),
+    Runner(JobRunner),
 }
+
+/// Runs a job given its admin and id, counting through [`Jobs`].
+pub(super) type JobRunner = Box<
+    dyn FnOnce(
+            Arc<Admin>,
+            ulid::Ulid,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>
+        + Send,
+>;
 
 /// One count of a reconciliation job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,11 +426,9 @@ pub(super) fn start(
     let admin = Arc::clone(admin);
     let caller = caller.clone();
     tokio::spawn(async move {
-        let ran = match &pick {
-            Pick::Deliveries(filter) => run(&admin, id, kind, filter).await,
-            Pick::Invoices(filter) => {
-                super::reconcile::run_job(&admin, id, filter, &caller.name).await
-            }
+        let ran = match pick {
+            Pick::Deliveries(filter) => run(&admin, id, kind, &filter).await,
+            Pick::Runner(runner) => runner(Arc::clone(&admin), id).await,
         };
         let finished_ms = admin.clock.now_ms();
         let Some(mut job) = admin.jobs.get(id) else {

@@ -187,11 +187,14 @@ pub(super) async fn post_bulk(call: Call) -> Answer {
         return ok(count(&admin.spool, &filter).await?);
     }
     let text = filter.describe();
+    let by = caller.name.clone();
     let started = jobs::start(
         &admin,
         &caller,
         BulkKind::Reconcile,
-        Pick::Invoices(filter),
+        Pick::Runner(Box::new(move |admin, id| {
+            Box::pin(async move { run_job(&admin, id, &filter, &by).await })
+        })),
         &text,
     )?;
     Ok(json_response(StatusCode::ACCEPTED, &started))

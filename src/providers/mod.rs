@@ -20,6 +20,7 @@
 //! - Text taken from the body is trimmed, and control characters are
 //!   rejected, because it ends up in keys, logs and forwarded headers.
 
+mod ask;
 pub mod datil;
 pub mod generic;
 pub mod nubefact;

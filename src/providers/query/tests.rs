@@ -2,7 +2,7 @@
 //! generic provider, mismatched keys.
 
 use super::*;
-use crate::providers::GenericRules;
+use crate::providers::{GenericRules, Provider};
 
 #[test]
 fn kinds_and_keys() {

@@ -20,11 +20,10 @@ use std::collections::{BTreeSet, HashSet};
 use ::sled::Batch;
 
 use super::invoices::{self, InvoiceRef};
-use super::writer::Change;
-use super::{keys, storage, SledSpool, Store};
+use super::{keys, storage, Store};
 use crate::providers::InvoiceStatus;
-use crate::spool::reconcile::{decode_check, encode_check, CHECKS_KEPT};
-use crate::spool::{NotificationId, NotificationMeta, ReconcileCheck, SpoolError};
+use crate::spool::reconcile::{decode_check, CHECKS_KEPT};
+use crate::spool::{NotificationId, NotificationMeta, SpoolError};
 
 /// `k` source 0x00 subject 0x00: an invoice's checks.
 pub fn prefix(source: &str, subject: &str) -> Vec<u8> {
@@ -165,39 +164,6 @@ impl Gone {
             }
         }
         Ok(())
-    }
-}
-
-// === the calls ===
-
-impl SledSpool {
-    pub async fn record_check(
-        &self,
-        source: &str,
-        subject: &str,
-        check: &ReconcileCheck,
-    ) -> Result<(), SpoolError> {
-        let change = Change::Check {
-            source: source.to_owned(),
-            subject: subject.to_owned(),
-            value: encode_check(check)?,
-        };
-        self.write(change, true).await.map(|_| ())
-    }
-
-    /// An invoice's checks, oldest first; a damaged one is skipped and
-    /// counted in health (`spool check` names it).
-    pub fn checks(&self, source: &str, subject: &str) -> Result<Vec<ReconcileCheck>, SpoolError> {
-        let store = self.shared.store()?;
-        let mut found = Vec::new();
-        for item in store.tree.scan_prefix(prefix(source, subject)) {
-            let (key, value) = item.map_err(storage)?;
-            match decode_check(&value) {
-                Ok(check) => found.push(check),
-                Err(err) => self.shared.note_unreadable(format!("{key:?}: {err}")),
-            }
-        }
-        Ok(found)
     }
 }
 

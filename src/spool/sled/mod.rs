@@ -661,6 +661,40 @@ impl SledSpool {
         }
     }
 
+    /// Records a reconcile check in the writer's order (see `checks.rs`).
+    pub async fn record_check(
+        &self,
+        source: &str,
+        subject: &str,
+        check: &crate::spool::ReconcileCheck,
+    ) -> Result<(), SpoolError> {
+        let change = Change::Check {
+            source: source.to_owned(),
+            subject: subject.to_owned(),
+            value: crate::spool::reconcile::encode_check(check)?,
+        };
+        self.write(change, true).await.map(|_| ())
+    }
+
+    /// An invoice's checks, oldest first; a damaged one is skipped and
+    /// counted in health (`spool check` names it).
+    pub fn checks(
+        &self,
+        source: &str,
+        subject: &str,
+    ) -> Result<Vec<crate::spool::ReconcileCheck>, SpoolError> {
+        let store = self.shared.store()?;
+        let mut found = Vec::new();
+        for item in store.tree.scan_prefix(checks::prefix(source, subject)) {
+            let (key, value) = item.map_err(storage)?;
+            match crate::spool::reconcile::decode_check(&value) {
+                Ok(check) => found.push(check),
+                Err(err) => self.shared.note_unreadable(format!("{key:?}: {err}")),
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn writer_alive(&self, within: Duration) -> bool {
         let (alive, answer) = oneshot::channel();
         let asked =
