@@ -35,6 +35,7 @@
 
 mod audit;
 pub mod backup;
+mod delivery_codec;
 mod error;
 mod invoices;
 mod observe;
