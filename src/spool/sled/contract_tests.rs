@@ -54,6 +54,7 @@ pub(crate) fn config(dir: &Path) -> SpoolConfig {
             sync_data: true,
             min_free: ByteSize(0),
         },
+        jetstream: Default::default(),
     }
 }
 
