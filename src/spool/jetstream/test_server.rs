@@ -72,6 +72,12 @@ impl NatsServer {
     /// `jetstream` adds lines to its `jetstream {}` block (e.g.
     /// `sync_interval: always`). Answers once its ports are open.
     pub(crate) fn start(binary: &Path, jetstream: &str) -> NatsServer {
+        NatsServer::start_with(binary, "", jetstream)
+    }
+
+    /// [`NatsServer::start`] with `top` added to the top of its config
+    /// (e.g. an `authorization {}` block).
+    pub(crate) fn start_with(binary: &Path, top: &str, jetstream: &str) -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
         let ports = dir.path().join("ports");
         std::fs::create_dir(&ports).unwrap();
@@ -79,7 +85,7 @@ impl NatsServer {
         let mut file = std::fs::File::create(&conf).unwrap();
         write!(
             file,
-            "server_name: test\nlisten: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nports_file_dir: {:?}\njetstream {{\n  store_dir: {:?}\n  {jetstream}\n}}\n",
+            "server_name: test\nlisten: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nports_file_dir: {:?}\n{top}\njetstream {{\n  store_dir: {:?}\n  {jetstream}\n}}\n",
             ports,
             dir.path().join("store"),
         )

@@ -182,6 +182,47 @@ async fn more_replicas_than_servers_are_refused_with_what_to_do() {
     assert!(message.contains("spool.jetstream.replicas"), "{message}");
 }
 
+#[tokio::test]
+async fn the_token_file_authenticates_and_a_missing_one_is_named() {
+    let Some(binary) = nats_server("the_token_file_authenticates") else {
+        return;
+    };
+    let token = "relay-test-token-0123456789";
+    let server = NatsServer::start_with(
+        &binary,
+        &format!("authorization {{ token: \"{token}\" }}"),
+        "",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("nats.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut config = config(&server, "t5", 1);
+    config.jetstream.token_file = Some(token_file);
+    let spool = JetStreamSpool::open(&config, Clock::system())
+        .await
+        .unwrap();
+    spool.close().await.unwrap();
+
+    // No token: the server refuses the connection, and the error says where.
+    config.jetstream.token_file = None;
+    let error = JetStreamSpool::open(&config, Clock::system())
+        .await
+        .err()
+        .expect("no token, no connection");
+    assert!(matches!(error, JetStreamError::Connect { .. }), "{error}");
+    assert!(error.to_string().contains(server.url()), "{error}");
+
+    // A token file that is not there is named by its key and path.
+    config.jetstream.token_file = Some(dir.path().join("absent.token"));
+    let error = JetStreamSpool::open(&config, Clock::system())
+        .await
+        .err()
+        .expect("an absent token file is an error");
+    let message = error.to_string();
+    assert!(message.contains("spool.jetstream.token_file"), "{message}");
+    assert!(message.contains("absent.token"), "{message}");
+}
+
 #[test]
 fn each_setting_that_breaks_a_guarantee_is_named() {
     let names = Names::new("p");
