@@ -223,6 +223,25 @@ async fn the_token_file_authenticates_and_a_missing_one_is_named() {
     assert!(message.contains("absent.token"), "{message}");
 }
 
+#[tokio::test]
+async fn the_spool_refuses_to_open_the_unfinished_backend() {
+    // Were it not refused, sled would open here, not in the working directory.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::spool::sled::contract_tests::config(dir.path());
+    config.backend = SpoolBackend::Jetstream;
+    let routes = crate::spool::Routes::from_config(&crate::config::Config::parse("[server]\nself_signed = true\n[sources.tus]\nprovider = \"tusfacturas\"\ntoken = \"0123456789abcdef\"\n").unwrap());
+    let error = crate::spool::Spool::open(&config, routes, Clock::system())
+        .await
+        .err()
+        .expect("the jetstream backend is not complete");
+    assert!(
+        error
+            .to_string()
+            .contains(crate::config::JETSTREAM_NOT_COMPLETE),
+        "{error}"
+    );
+}
+
 #[test]
 fn each_setting_that_breaks_a_guarantee_is_named() {
     let names = Names::new("p");
