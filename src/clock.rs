@@ -78,6 +78,14 @@ impl Clock {
         }
     }
 
+    /// Whether this clock advances with tokio's ([`Clock::following_tokio`]):
+    /// a backend whose network client has timers of its own (JetStream)
+    /// must then keep that client off the test's paused runtime, or tokio's
+    /// auto-advance fires the client's timeouts.
+    pub fn follows_tokio(&self) -> bool {
+        self.tokio_base.is_some()
+    }
+
     /// Moves a manual clock forward by `by`, waking whoever sleeps until a
     /// time now reached; other clocks ignore it.
     pub fn advance(&self, by: Duration) {
@@ -199,6 +207,13 @@ mod tests {
         let start = clock.now_ms();
         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         assert_eq!(clock.now_ms() - start, 3_600_000);
+    }
+
+    #[test]
+    fn only_a_clock_following_tokio_says_it_follows_tokio() {
+        assert!(Clock::following_tokio_from(0).follows_tokio());
+        assert!(!Clock::system().follows_tokio());
+        assert!(!Clock::manual(0).follows_tokio());
     }
 
     #[test]

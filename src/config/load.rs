@@ -142,6 +142,7 @@ impl Config {
             }
         };
         resolve(&mut self.spool.sled.path);
+        self.spool.jetstream.resolve_paths(base);
         self.server.tls_cert.as_mut().map(resolve);
         self.server.tls_key.as_mut().map(resolve);
         if let Some(acme) = self.server.acme.as_mut() {

@@ -12,6 +12,7 @@
 
 mod acme;
 mod admin;
+mod jetstream;
 mod load;
 mod locate;
 mod problem;
@@ -19,6 +20,7 @@ mod reconcile;
 mod spool;
 mod target;
 mod validate;
+pub use validate::JETSTREAM_NOT_COMPLETE;
 mod values;
 
 use std::collections::BTreeMap;
@@ -32,6 +34,7 @@ use crate::delivery::Schedule;
 use crate::providers::{GenericRules, InvoiceStatus, Provider};
 pub use acme::{AcmeChallenge, AcmeConfig, LETS_ENCRYPT, LETS_ENCRYPT_STAGING};
 pub use admin::{AdminConfig, AdminListen, AdminToken, AllowedTarget, Role};
+pub use jetstream::{Durability, JetstreamConfig, JetstreamTls};
 pub use load::ConfigError;
 pub use locate::KeyPath;
 pub use problem::Problem;

@@ -1,8 +1,8 @@
 //! The `[spool]` section, keyed by backend: `backend` names the store
 //! (`"sled"`, the default), the settings every backend shares stay in
 //! `[spool]` (`dedup_window`, `retention`, `dead_retention`), and each
-//! backend's own settings live in a table of its name (`[spool.sled]`), so
-//! a second backend adds a variant and a table, not fields.
+//! backend's own settings live in a table of its name (`[spool.sled]`,
+//! `[spool.jetstream]`), so a backend adds a variant and a table.
 //!
 //! Files written before the backend had a table spell sled's keys flat in
 //! `[spool]` (`path = ...`). [`fold_flat_sled_keys`] still reads them, into
@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use super::jetstream::JetstreamConfig;
 use super::locate::position_of;
 use super::problem::Problem;
 use super::{ByteSize, HumanDuration};
@@ -39,6 +40,8 @@ pub struct SpoolConfig {
     pub dead_retention: Option<HumanDuration>,
     /// `[spool.sled]`: the sled backend's settings.
     pub sled: SledConfig,
+    /// `[spool.jetstream]`: the JetStream backend's settings.
+    pub jetstream: JetstreamConfig,
 }
 
 impl Default for SpoolConfig {
@@ -49,6 +52,7 @@ impl Default for SpoolConfig {
             retention: HumanDuration(Duration::from_secs(30 * 24 * 3600)),
             dead_retention: None,
             sled: SledConfig::default(),
+            jetstream: JetstreamConfig::default(),
         }
     }
 }
@@ -86,16 +90,21 @@ pub enum SpoolBackend {
     /// A sled database on a local disk, settings in `[spool.sled]`.
     #[default]
     Sled,
+    /// A NATS JetStream stream that several relays can share, settings in
+    /// `[spool.jetstream]`. Not complete in this version: the relay
+    /// refuses to serve on it (docs/design/jetstream.md).
+    Jetstream,
 }
 
 impl SpoolBackend {
     /// Every backend this build knows.
-    pub const ALL: &'static [SpoolBackend] = &[SpoolBackend::Sled];
+    pub const ALL: &'static [SpoolBackend] = &[SpoolBackend::Sled, SpoolBackend::Jetstream];
 
     /// Its name in `relay.toml`, which is also the name of its table.
     pub fn as_str(self) -> &'static str {
         match self {
             SpoolBackend::Sled => "sled",
+            SpoolBackend::Jetstream => "jetstream",
         }
     }
 }

@@ -1,8 +1,10 @@
-//! How a delivery's record is kept (versioned JSON), and every decoder of
+//! A delivery's record as sled keeps it (the bytes are
+//! `spool::delivery_codec`'s, shared by the backends), and every decoder of
 //! what the spool reads back, run together for the fuzz targets.
 
 use super::{keys, Store};
 use crate::delivery::Delivery;
+pub(super) use crate::spool::delivery_codec::{decode_delivery, encode_delivery};
 use crate::spool::{NotificationId, SpoolError};
 
 /// A delivery's record, or the pending delivery its absence means; and
@@ -16,27 +18,6 @@ pub(super) fn delivery_of(
     match store.get(&keys::delivery(id, subscription))? {
         Some(bytes) => decode_delivery(&bytes).map(|d| (d, true)),
         None => Ok((Delivery::new(subscription, received_ms), false)),
-    }
-}
-
-const DELIVERY_V1: u8 = 1;
-
-pub(super) fn encode_delivery(delivery: &Delivery) -> Result<Vec<u8>, SpoolError> {
-    let mut out = vec![DELIVERY_V1];
-    serde_json::to_writer(&mut out, delivery)
-        .map_err(|e| SpoolError::Encode(crate::spool::cause(e)))?;
-    Ok(out)
-}
-
-pub(super) fn decode_delivery(bytes: &[u8]) -> Result<Delivery, SpoolError> {
-    match bytes.split_first() {
-        Some((&DELIVERY_V1, json)) => {
-            serde_json::from_slice(json).map_err(|e| SpoolError::Corrupt(e.to_string()))
-        }
-        Some((other, _)) => Err(SpoolError::Corrupt(format!(
-            "unknown delivery version {other}"
-        ))),
-        None => Err(SpoolError::Corrupt("empty delivery record".into())),
     }
 }
 

@@ -1,0 +1,137 @@
+//! The NATS JetStream spool backend (issue 19), built in the steps of
+//! `docs/design/jetstream.md`. Built so far (step 1): the connection (auth
+//! file, TLS with a CA), the gate on the server's version and the probe of
+//! the rule the dedup stands on, the creation or check of the stream, the
+//! duty-lock bucket and the spool's identity, and the report of what a 200
+//! means under the servers' settings. It is not a `Backend` yet: the relay
+//! refuses to serve on it, and only its tests open it.
+//!
+//! Names: with `P` the configured prefix, the stream `P_spool` holds every
+//! subject `P.>` (one copy per subject, direct gets on), the KV bucket
+//! `P_locks` holds the single-run duties' leases, and `P.m.identity` the
+//! spool's identity (created once, with a compare-and-set on sequence 0).
+
+mod connect;
+mod durability;
+mod error;
+mod provision;
+#[cfg(test)]
+pub(crate) mod test_server;
+#[cfg(test)]
+mod tests;
+
+use async_nats::jetstream;
+
+use crate::clock::Clock;
+use crate::config::SpoolConfig;
+pub(crate) use durability::DurabilityReport;
+pub(crate) use error::JetStreamError;
+pub(crate) use provision::Identity;
+
+/// The names of what the relay makes on the servers, from the prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub(crate) fn new(prefix: &str) -> Names {
+        Names {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The stream that holds the whole spool.
+    pub(crate) fn stream(&self) -> String {
+        format!("{}_spool", self.prefix)
+    }
+
+    /// Every subject of the spool.
+    fn subjects(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+
+    /// The KV bucket of the duties' leases.
+    pub(crate) fn locks(&self) -> String {
+        format!("{}_locks", self.prefix)
+    }
+
+    fn identity(&self) -> String {
+        format!("{}.m.identity", self.prefix)
+    }
+
+    /// The subjects of one start-up probe (`token` unique to it).
+    fn probe(&self, token: &str) -> String {
+        format!("{}.m.probe.{token}", self.prefix)
+    }
+}
+
+/// An opened JetStream spool (step 1: connected, checked, provisioned).
+pub(crate) struct JetStreamSpool {
+    client: async_nats::Client,
+    context: jetstream::Context,
+    names: Names,
+    identity: Identity,
+    durability: DurabilityReport,
+}
+
+impl JetStreamSpool {
+    /// Connects to the configured servers, refuses a server older than
+    /// [`connect::MIN_SERVER`] or one that fails the probe, creates the
+    /// stream, bucket and identity or checks the existing ones (refusing
+    /// settings that break a guarantee), and reports what a 200 means under
+    /// the servers' settings, with a warning when that is less than
+    /// `durability` asks. Opening again is harmless (idempotent).
+    pub(crate) async fn open(
+        config: &SpoolConfig,
+        clock: Clock,
+    ) -> Result<JetStreamSpool, JetStreamError> {
+        let settings = &config.jetstream;
+        let client = connect::connect(settings).await?;
+        let server = connect::check_version(&client)?;
+        let context = jetstream::context::ContextBuilder::new()
+            .timeout(settings.request_timeout.0)
+            .build(client.clone());
+        let names = Names::new(&settings.prefix);
+        let info = provision::spool_stream(&context, &names, settings).await?;
+        connect::probe(&context, &names, &server).await?;
+        provision::locks_bucket(&context, &names, settings).await?;
+        let identity = provision::identity(&context, &names, clock).await?;
+        let sync = durability::read_sync(&settings.monitor_urls, settings.request_timeout.0).await;
+        let durability = durability::assess(&info, sync, settings.durability);
+        durability.log(&names.stream());
+        Ok(JetStreamSpool {
+            client,
+            context,
+            names,
+            identity,
+            durability,
+        })
+    }
+
+    /// What a 200 means on this spool, as found at open.
+    pub(crate) fn durability(&self) -> &DurabilityReport {
+        &self.durability
+    }
+
+    /// The spool's identity (the same for every relay that shares it).
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
+    }
+
+    pub(crate) fn context(&self) -> &jetstream::Context {
+        &self.context
+    }
+
+    /// Lets go of the connection after what was sent is flushed.
+    pub(crate) async fn close(self) -> Result<(), JetStreamError> {
+        self.client
+            .drain()
+            .await
+            .map_err(|e| JetStreamError::request("closing the connection", e))
+    }
+}
