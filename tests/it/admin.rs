@@ -840,9 +840,37 @@ async fn the_shipped_alert_rules_name_live_metrics_and_labels() {
             .join(RULES_FILE),
     )
     .unwrap();
-    // A dead delivery, so the delivery and attempt families have series.
+    // A dead delivery, so the delivery and attempt families have series,
+    // and a source with `[reconcile]`, so the reconcile families have
+    // theirs (at zero; its API is never asked).
     let target = Target::start(vec![Reply::Status(500); 4]).await;
-    let (relay, admin) = relay_to(&target).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = |name: &str| {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, "not-asked\n").unwrap();
+        path.display().to_string()
+    };
+    let reconcile = format!(
+        "[sources.tusfacturas.reconcile]\nurl = \"http://127.0.0.1:9/\"\napikey = \"not-asked\"\napitoken_file = \"{}\"\nusertoken_file = \"{}\"\n",
+        secret("apitoken"),
+        secret("usertoken"),
+    );
+    let relay = TestRelay::start_edited(|base| {
+        let source = "[sources.tusfacturas]\nprovider = \"tusfacturas\"\n";
+        let at = base.find(source).expect("the test config's tusfacturas source");
+        let end = base[at + source.len()..]
+            .find("\n[")
+            .map_or(base.len(), |n| at + source.len() + n + 1);
+        format!(
+            "{}{reconcile}{}{}{}",
+            &base[..end],
+            &base[end..],
+            subscription("billing", &target.url(), ""),
+            admin_section()
+        )
+    })
+    .await;
+    let admin = Admin::of(&relay);
     dead_notification(&relay, &admin, "r-1", "0004-0001").await;
     let (_, text) = admin.call("GET", "/metrics", None).await;
     let text = text.as_str().unwrap().to_owned();
