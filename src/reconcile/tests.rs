@@ -1,8 +1,9 @@
 //! What the stored checks of an invoice say of its current wait.
 
-use super::*;
+use super::schedule::Checked;
+use super::wait::checked_since;
 use crate::providers::InvoiceStatus;
-use crate::spool::NotificationId;
+use crate::spool::{CheckOutcome, NotificationId, ReconcileCheck};
 
 const SINCE: i64 = 1_764_000_000_000;
 
