@@ -243,7 +243,17 @@ pub(super) async fn run_job(
                 Ok(check) => match check.outcome {
                     CheckOutcome::Final { .. } => Counted::Final,
                     CheckOutcome::Pending { .. } | CheckOutcome::GaveUp => Counted::Pending,
-                    CheckOutcome::Failed { .. } => Counted::Failed,
+                    CheckOutcome::Failed { kind, .. } if kind == "not_found" => Counted::Failed,
+                    // The source's failure (credentials, 5xx, timeout...):
+                    // every invoice left would cost a request refused the
+                    // same way, at the source's rate. The job stops; the
+                    // automatic checks rest along `failure_backoff`.
+                    CheckOutcome::Failed { kind, message, .. } => {
+                        admin.jobs.tally(id, Counted::Failed);
+                        return Err(ApiError::Conflict(format!(
+                            "the provider's query API failed ({kind}): {message}; the job stops, the invoices left are not asked: run it again once the provider answers"
+                        )));
+                    }
                 },
                 // Gone meanwhile (retention), or nothing to ask with.
                 Err(ReconcileError::UnknownInvoice { .. } | ReconcileError::NoKeys { .. }) => {
