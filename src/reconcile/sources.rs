@@ -93,7 +93,10 @@ impl Sources {
                 .allow_burst(
                     std::num::NonZeroU32::new(rate.count).unwrap_or(std::num::NonZeroU32::MIN),
                 );
-            let state = old.map(|old| old.state().clone()).unwrap_or_default();
+            let mut state = old.map(|old| old.state().clone()).unwrap_or_default();
+            if old.is_some_and(|old| asked_otherwise(&old.config, reconcile)) {
+                state.reconfigured();
+            }
             engines.insert(
                 name.clone(),
                 Arc::new(SourceEngine {
@@ -116,4 +119,13 @@ impl Sources {
             engines,
         })
     }
+}
+
+/// Whether a request would go out differently: what a failure may have
+/// been about (a wrong token, a moved RUTA, a CA, a short timeout).
+fn asked_otherwise(before: &ReconcileConfig, now: &ReconcileConfig) -> bool {
+    before.url != now.url
+        || before.credentials != now.credentials
+        || before.tls_ca != now.tls_ca
+        || before.timeout != now.timeout
 }
