@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::error::ReconcileError;
 use super::schedule::Next;
-use super::wait::{checked_since, Tracked};
+use super::wait::{checked_since, Tracked, NO_KEYS};
 use super::Inner;
 use crate::spool::{CheckOutcome, ReconcileCheck, SpoolError};
 
@@ -160,7 +160,7 @@ impl Inner {
                                 at_ms: now_ms,
                                 by: None,
                                 outcome: CheckOutcome::Failed {
-                                    kind: "no_keys".into(),
+                                    kind: NO_KEYS.into(),
                                     message: err.to_string(),
                                     http_status: None,
                                     answer: None,

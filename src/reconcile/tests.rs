@@ -120,3 +120,12 @@ fn a_reload_with_other_credentials_ends_the_rest_and_one_with_the_same_keeps_it(
     assert!(state.may_ask(SINCE + 1), "the new token is tried at once");
     assert!(state.is_failing(), "the spell goes on until it answers");
 }
+
+#[test]
+fn an_invoice_with_nothing_to_ask_with_stays_given_up_after_a_restart() {
+    // The task records it once and stops asking; read back, so it stays.
+    let (checked, settled) = checked_since(&[failed(SINCE + 10, "no_keys")], SINCE);
+    assert!(checked.gave_up, "{checked:?}");
+    assert_eq!(checked.answered, 0);
+    assert!(!settled);
+}

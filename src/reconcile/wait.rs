@@ -6,6 +6,9 @@ use super::schedule::Checked;
 use super::Inner;
 use crate::spool::{CheckOutcome, ReconcileCheck};
 
+/// A check's kind when no notification of the invoice carries its keys.
+pub(super) const NO_KEYS: &str = "no_keys";
+
 /// One stuck invoice's wait as its checks tell it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tracked {
@@ -27,6 +30,12 @@ pub(super) fn checked_since(checks: &[ReconcileCheck], since_ms: i64) -> (Checke
                 true
             }
             CheckOutcome::Pending { .. } => true,
+            // Nothing to ask with: the task stops asking (see `task`), and
+            // so it stays after a restart.
+            CheckOutcome::Failed { kind, .. } if kind == NO_KEYS => {
+                checked.gave_up = true;
+                false
+            }
             CheckOutcome::Failed { kind, .. } => kind == "not_found",
             CheckOutcome::GaveUp => {
                 checked.gave_up = true;
