@@ -126,6 +126,9 @@ fn outcome_name(outcome: &CheckOutcome) -> &'static str {
     }
 }
 
+/// What a given-up check says on the API: the invoice stays stuck.
+pub const GAVE_UP_SAID: &str = "provider still says pending";
+
 /// A check as the API shows it (`ReconcileCheck` in `doc/openapi.json`).
 pub fn check_json(check: &ReconcileCheck) -> Value {
     let mut shown = json!({
@@ -157,7 +160,8 @@ pub fn check_json(check: &ReconcileCheck) -> Value {
                 .as_ref()
                 .map(|a| String::from_utf8_lossy(a).into_owned()));
         }
-        CheckOutcome::GaveUp => {}
+        // The words, as the page and the CLI show them.
+        CheckOutcome::GaveUp => shown["said"] = json!(GAVE_UP_SAID),
     }
     shown
 }
@@ -243,7 +247,17 @@ pub(super) async fn run_job(
                 Ok(check) => match check.outcome {
                     CheckOutcome::Final { .. } => Counted::Final,
                     CheckOutcome::Pending { .. } | CheckOutcome::GaveUp => Counted::Pending,
-                    CheckOutcome::Failed { .. } => Counted::Failed,
+                    CheckOutcome::Failed { kind, .. } if kind == "not_found" => Counted::Failed,
+                    // The source's failure (credentials, 5xx, timeout...):
+                    // every invoice left would cost a request refused the
+                    // same way, at the source's rate. The job stops; the
+                    // automatic checks rest along `failure_backoff`.
+                    CheckOutcome::Failed { kind, message, .. } => {
+                        admin.jobs.tally(id, Counted::Failed);
+                        return Err(ApiError::Conflict(format!(
+                            "the provider's query API failed ({kind}): {message}; the job stops, the invoices left are not asked: run it again once the provider answers"
+                        )));
+                    }
                 },
                 // Gone meanwhile (retention), or nothing to ask with.
                 Err(ReconcileError::UnknownInvoice { .. } | ReconcileError::NoKeys { .. }) => {
@@ -441,6 +455,18 @@ mod tests {
             latest: NotificationId::new(latest_ms),
             latest_ms,
         }
+    }
+
+    #[test]
+    fn a_given_up_check_says_the_provider_still_says_pending() {
+        let check = ReconcileCheck {
+            at_ms: NOW,
+            by: None,
+            outcome: CheckOutcome::GaveUp,
+        };
+        let shown = check_json(&check);
+        assert_eq!(shown["outcome"], "gave_up");
+        assert_eq!(shown["said"], "provider still says pending", "{shown}");
     }
 
     #[test]

@@ -251,6 +251,67 @@ mod tests {
         assert!(!err.to_string().contains("secret-ruta"), "{err}");
     }
 
+    #[tokio::test]
+    async fn an_answer_dribbling_past_the_timeout_is_a_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut read = vec![0u8; 16 << 10];
+            let _ = socket.read(&mut read).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+                .await;
+            // A byte every 20 ms: each read is quick, the whole is not.
+            for _ in 0..100_000 {
+                if socket.write_all(b" ").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let client = ProviderClient::new(Duration::from_millis(300), None).unwrap();
+        let started = tokio::time::Instant::now();
+        let err = client
+            .send(Method::GET, &url, &[], Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err, SendError::Timeout(Duration::from_millis(300)));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_the_limit_is_refused_without_reading_it_all() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut read = vec![0u8; 16 << 10];
+            let _ = socket.read(&mut read).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await;
+            let chunk = format!("{:x}\r\n{}\r\n", 64 << 10, "x".repeat(64 << 10));
+            // Endless: the client must stop reading on its own.
+            while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let client = ProviderClient::new(Duration::from_secs(10), None).unwrap();
+        let err = client
+            .send(Method::GET, &url, &[], Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err, SendError::TooLarge { status: 200 });
+        assert_eq!(err.kind(), "unreadable");
+    }
+
     #[test]
     fn an_unreadable_tls_ca_is_a_setup_error() {
         let err = ProviderClient::new(

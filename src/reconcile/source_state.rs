@@ -73,6 +73,14 @@ impl SourceState {
         }
     }
 
+    /// The source is asked another way now (a reload changed its url,
+    /// credentials, CA or timeout): the rest ends, so a fixed token is
+    /// tried at once rather than after the rest the old one earned. The
+    /// spell goes on: one failing turn, one recovered when it answers.
+    pub fn reconfigured(&mut self) {
+        self.resting_until_ms = None;
+    }
+
     /// The provider answered (whatever it said of the invoice): the rest
     /// ends. [`Turn::Recovered`] if it was failing.
     pub fn answered(&mut self) -> Option<Turn> {

@@ -266,6 +266,50 @@ async fn a_bulk_reconciliation_counts_first_then_checks_each_invoice_in_a_job() 
     scene.relay.stop().await;
 }
 
+/// A bulk reconciliation whose provider fails (here a 503 from a proxy in
+/// front) stops at the first failure instead of asking about every
+/// invoice left at the source's rate: one request, the job failed and
+/// saying why, the invoices left as they were.
+#[tokio::test]
+async fn a_bulk_reconciliation_stops_at_the_first_failure_of_its_provider() {
+    let scene = scene().await;
+    for reference in ["f-1", "f-2", "f-3", "f-4"] {
+        scene.queued(reference).await;
+        scene.sim.set(reference, InvoiceState::Accepted);
+    }
+    scene.sim.fault_always(Some(Fault::Status(503)));
+    let (status, started) = scene
+        .bulk(json!({"source": "tusfacturas", "since": "1h"}))
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let path = format!("/api/jobs/{}", started["id"].as_str().unwrap());
+    let job = scene
+        .admin
+        .wait_for(&path, "the job's end", |j| j["state"] != "running")
+        .await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("provider_error")),
+        "{job}"
+    );
+    assert_eq!(
+        (job["checked"].clone(), job["failed"].clone()),
+        (json!(1), json!(1)),
+        "{job}"
+    );
+    assert_eq!(scene.sim.count(), 1, "one request, not one per invoice");
+    for reference in ["f-1", "f-2", "f-3", "f-4"] {
+        let invoice = scene
+            .admin
+            .get(&format!("/api/invoices/tusfacturas/{reference}"))
+            .await;
+        assert_eq!(invoice["status"], "queued", "{invoice}");
+    }
+    scene.relay.stop().await;
+}
+
 /// The built binary, as an operator runs it: one invoice, then a filter's
 /// count and its job to the end (progress on stderr).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

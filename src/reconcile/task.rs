@@ -1,0 +1,209 @@
+//! The automatic checks: a look at the stuck invoices of the sources
+//! with `[reconcile]` every quarter second at most, checking those whose
+//! schedule fell due (within their source's rate and back-off) and giving
+//! up on those whose `give_up_after` is past.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::error::ReconcileError;
+use super::schedule::Next;
+use super::wait::{checked_since, Tracked, NO_KEYS};
+use super::Inner;
+use crate::spool::{CheckOutcome, ReconcileCheck, SpoolError};
+
+/// Longest sleep between two looks at the stuck invoices (new ones appear
+/// at the events task's pace, a quarter second).
+const LOOK: Duration = Duration::from_millis(250);
+/// Shortest sleep between two looks: never a hot loop, whatever is due.
+const MIN_SLEEP: Duration = Duration::from_millis(10);
+/// After the spool failed a read or a write: the next look.
+const SPOOL_RETRY: Duration = Duration::from_secs(5);
+
+impl Inner {
+    /// One look at the stuck invoices: checks those due (and gives up on
+    /// those whose time is over); the time of the next look.
+    async fn look(&self) -> i64 {
+        let now_ms = self.clock.now_ms();
+        let mut wake = now_ms.saturating_add(LOOK.as_millis() as i64);
+        let retry = now_ms.saturating_add(SPOOL_RETRY.as_millis() as i64);
+        let sources = self.sources.load_full();
+        if sources.engines.is_empty() {
+            return wake;
+        }
+        let marks = match self.spool.stuck_marks().await {
+            Ok(marks) => marks,
+            Err(err) => {
+                tracing::warn!(error = %err, "stuck invoices not read for reconciliation");
+                return retry;
+            }
+        };
+        let mut waiting: BTreeMap<&str, usize> = sources
+            .engines
+            .keys()
+            .map(|name| (name.as_str(), 0))
+            .collect();
+        let stuck: Vec<_> = marks
+            .stuck
+            .into_iter()
+            .filter(|s| sources.engines.contains_key(&s.source))
+            .collect();
+        self.tracked().retain(|(source, subject), _| {
+            stuck
+                .iter()
+                .any(|s| s.source == *source && s.subject == *subject)
+        });
+        for invoice in &stuck {
+            let Some(engine) = sources.engines.get(&invoice.source) else {
+                continue;
+            };
+            let key = (invoice.source.clone(), invoice.subject.clone());
+            let known = self
+                .tracked()
+                .get(&key)
+                .copied()
+                .filter(|t| t.since_ms == invoice.since_ms);
+            let wait = match known {
+                Some(wait) => wait,
+                None => match self.spool.checks(&invoice.source, &invoice.subject).await {
+                    Ok(checks) => {
+                        let (checked, settled) = checked_since(&checks, invoice.since_ms);
+                        let wait = Tracked {
+                            since_ms: invoice.since_ms,
+                            checked,
+                            settled,
+                        };
+                        self.tracked().insert(key.clone(), wait);
+                        wait
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "an invoice's checks not read");
+                        return retry;
+                    }
+                },
+            };
+            if wait.settled {
+                continue;
+            }
+            let now_ms = self.clock.now_ms();
+            match engine.plan.next(invoice.since_ms, wait.checked) {
+                Next::Done => {}
+                Next::GiveUpAt(at) if at <= now_ms => {
+                    let check = ReconcileCheck {
+                        at_ms: now_ms,
+                        by: None,
+                        outcome: CheckOutcome::GaveUp,
+                    };
+                    if let Err(err) = self
+                        .spool
+                        .record_check(&invoice.source, &invoice.subject, check.clone())
+                        .await
+                    {
+                        tracing::warn!(error = %err, "giving up on an invoice not recorded");
+                        return retry;
+                    }
+                    tracing::info!(source = %invoice.source, subject = %invoice.subject, "provider still says pending: no more automatic checks of this invoice");
+                    self.note(&invoice.source, &invoice.subject, &check);
+                }
+                next => {
+                    *waiting.entry(invoice.source.as_str()).or_default() += 1;
+                    let due = next.at_ms().unwrap_or(i64::MAX);
+                    let resting = {
+                        let state = engine.state();
+                        (!state.may_ask(now_ms))
+                            .then(|| state.resting_until_ms())
+                            .flatten()
+                    };
+                    if let Some(until) = resting {
+                        wake = wake.min(until.max(due));
+                        continue;
+                    }
+                    if due > now_ms {
+                        wake = wake.min(due);
+                        continue;
+                    }
+                    if matches!(next, Next::GiveUpAt(_)) {
+                        continue;
+                    }
+                    if engine.limiter.check().is_err() {
+                        // The source's rate: the next look takes it.
+                        wake = now_ms;
+                        continue;
+                    }
+                    match self.still_stuck(&invoice.source, &invoice.subject).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if let Some(wait) = self.tracked().get_mut(&key) {
+                                wait.settled = true;
+                            }
+                            continue;
+                        }
+                        Err(_) => return retry,
+                    }
+                    match self
+                        .check(engine, &invoice.source, &invoice.subject, None)
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(ReconcileError::Spool(err)) => {
+                            tracing::warn!(error = %err, "a reconciliation not kept");
+                            return retry;
+                        }
+                        Err(err) => {
+                            // No keys, or gone: a check that could not be
+                            // made says so once, then waits for giving up.
+                            tracing::warn!(error = %err, "invoice not checked with its provider");
+                            let check = ReconcileCheck {
+                                at_ms: now_ms,
+                                by: None,
+                                outcome: CheckOutcome::Failed {
+                                    kind: NO_KEYS.into(),
+                                    message: err.to_string(),
+                                    http_status: None,
+                                    answer: None,
+                                },
+                            };
+                            let _ = self
+                                .spool
+                                .record_check(&invoice.source, &invoice.subject, check)
+                                .await;
+                            if let Some(wait) = self.tracked().get_mut(&key) {
+                                wait.checked.gave_up = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (source, count) in waiting {
+            self.metrics.set_reconcile_waiting(source, count);
+        }
+        wake
+    }
+
+    /// Whether the invoice is still undecided (a webhook may have come
+    /// since its mark was read).
+    async fn still_stuck(&self, source: &str, subject: &str) -> Result<bool, SpoolError> {
+        let now = self.spool.invoice_now(source, subject).await?;
+        Ok(now.is_some_and(|invoice| !invoice.status.is_final()))
+    }
+}
+
+pub(super) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let wake = tokio::select! {
+            wake = inner.look() => wake,
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        let now_ms = inner.clock.now_ms();
+        let sleep = Duration::from_millis(u64::try_from(wake.saturating_sub(now_ms)).unwrap_or(0))
+            .clamp(MIN_SLEEP, SPOOL_RETRY);
+        tokio::select! {
+            _ = inner.clock.sleep_until(inner.clock.instant_now() + sleep) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+    }
+}
