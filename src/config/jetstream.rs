@@ -15,7 +15,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::locate::KeyPath;
-use super::validate::in_range;
 use super::HumanDuration;
 
 /// The most copies a JetStream stream can have.
@@ -191,27 +190,21 @@ impl JetstreamConfig {
             found.push((at.key("prefix"), format!("{:?} {problem}", self.prefix)));
         }
         let millisecond = Duration::from_millis(1);
-        in_range(
-            found,
-            at.key("store_timeout"),
-            self.store_timeout,
-            millisecond,
-            MAX_STORE_TIMEOUT,
-        );
-        in_range(
-            found,
-            at.key("request_timeout"),
-            self.request_timeout,
-            millisecond,
-            MAX_REQUEST_TIMEOUT,
-        );
-        in_range(
-            found,
-            at.key("ack_margin"),
-            self.ack_margin,
-            Duration::from_secs(1),
-            MAX_ACK_MARGIN,
-        );
+        if let Some(problem) = self.store_timeout.outside(millisecond, MAX_STORE_TIMEOUT) {
+            found.push((at.key("store_timeout"), problem));
+        }
+        if let Some(problem) = self
+            .request_timeout
+            .outside(millisecond, MAX_REQUEST_TIMEOUT)
+        {
+            found.push((at.key("request_timeout"), problem));
+        }
+        if let Some(problem) = self
+            .ack_margin
+            .outside(Duration::from_secs(1), MAX_ACK_MARGIN)
+        {
+            found.push((at.key("ack_margin"), problem));
+        }
         if !(1..=MAX_RELAYS).contains(&self.max_relays) {
             found.push((at.key("max_relays"), format!("must be 1 to {MAX_RELAYS}")));
         }

@@ -366,13 +366,9 @@ fn owner_of(key: &str) -> &'static str {
 
 /// Longer than zero and at most `max`.
 fn between(found: &mut Found, at: KeyPath, value: HumanDuration, max: Duration) {
-    if value.0.is_zero() {
-        found.push((at, "must be longer than zero".into()));
-    } else if value.0 > max {
-        found.push((
-            at,
-            format!("{value} is too long: at most {}", HumanDuration(max)),
-        ));
+    // Durations are whole milliseconds: under 1 ms is zero.
+    if let Some(problem) = value.outside(Duration::from_millis(1), max) {
+        found.push((at, problem));
     }
 }
 

@@ -249,18 +249,8 @@ pub(super) fn in_range(
     min: Duration,
     max: Duration,
 ) {
-    if value.0 < min {
-        let message = if min == Duration::from_millis(1) {
-            "must be longer than zero".to_owned()
-        } else {
-            format!("must be at least {}", HumanDuration(min))
-        };
-        found.push((at, message));
-    } else if value.0 > max {
-        found.push((
-            at,
-            format!("{value} is too long: at most {}", HumanDuration(max)),
-        ));
+    if let Some(problem) = value.outside(min, max) {
+        found.push((at, problem));
     }
 }
 

@@ -25,6 +25,27 @@ use serde::{Deserialize, Deserializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
+impl HumanDuration {
+    /// What is wrong with it outside `min..=max`, said in the config's own
+    /// grammar; `None` within.
+    pub fn outside(self, min: Duration, max: Duration) -> Option<String> {
+        if self.0 < min {
+            Some(if min <= Duration::from_millis(1) {
+                "must be longer than zero".to_owned()
+            } else {
+                format!("must be at least {}", HumanDuration(min))
+            })
+        } else if self.0 > max {
+            Some(format!(
+                "{self} is too long: at most {}",
+                HumanDuration(max)
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         let text = String::deserialize(de)?;

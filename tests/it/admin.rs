@@ -857,7 +857,9 @@ async fn the_shipped_alert_rules_name_live_metrics_and_labels() {
     );
     let relay = TestRelay::start_edited(|base| {
         let source = "[sources.tusfacturas]\nprovider = \"tusfacturas\"\n";
-        let at = base.find(source).expect("the test config's tusfacturas source");
+        let at = base
+            .find(source)
+            .expect("the test config's tusfacturas source");
         let end = base[at + source.len()..]
             .find("\n[")
             .map_or(base.len(), |n| at + source.len() + n + 1);
