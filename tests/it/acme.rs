@@ -57,25 +57,10 @@ impl Pebble {
     /// in `dir`; nothing runs yet.
     fn prepare(dir: &Path, tls_port: u16, http_port: u16, validity: Option<Duration>) -> Pebble {
         std::fs::create_dir_all(dir).unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(rcgen::DnType::CommonName, "pebble listener test CA");
-        ca.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-        std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        let ca = TestCa::new("pebble listener test CA");
+        std::fs::write(dir.join("ca.pem"), &ca.ca_pem).unwrap();
+        std::fs::write(dir.join("cert.pem"), &ca.cert_pem).unwrap();
+        std::fs::write(dir.join("key.pem"), &ca.key_pem).unwrap();
         let (listen, management) = (free_port(), free_port());
         let mut pebble = serde_json::json!({
             "listenAddress": format!("127.0.0.1:{listen}"),

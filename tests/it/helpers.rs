@@ -216,6 +216,40 @@ pub async fn tls_connect_to(
     connector.connect(name, tcp).await
 }
 
+/// A test CA of its own and a certificate it signed for `localhost` and
+/// `127.0.0.1`, all in PEM: for a loopback server that a client must
+/// trust through a CA file (Pebble's listener, a provider simulator).
+pub struct TestCa {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, name);
+        ca.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        TestCa {
+            ca_pem: ca_cert.pem(),
+            cert_pem: leaf.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
 pub fn tusfacturas(hook_id: &str, evento: &str, intento: u32) -> String {
     format!(
         r#"{{"creado": "18/03/2022 15:58:11", "evento": "{evento}", "recurso": "facturacion", "external_reference": "17032", "intento": {intento}, "msg": [], "hook_id": "{hook_id}"}}"#

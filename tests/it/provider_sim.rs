@@ -42,7 +42,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
-use crate::helpers::init;
+use crate::helpers::{init, TestCa};
 
 /// The RUTA's account id in the NubeFact simulator's URL.
 pub const NUBEFACT_RUTA: &str = "/api/v1/4f5a1d2e-7c3b-4e8a-9d6f-0b1c2d3e4f5a";
@@ -925,36 +925,22 @@ struct SimTls {
 impl SimTls {
     fn new() -> SimTls {
         use rustls_pki_types::pem::PemObject;
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(rcgen::DnType::CommonName, "provider simulator test CA");
-        ca.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
+        let ca = TestCa::new("provider simulator test CA");
+        let leaf =
+            rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap();
         let private =
-            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
-                .unwrap();
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(ca.key_pem.as_bytes()).unwrap();
         let mut config = rustls::ServerConfig::builder()
             .with_no_client_auth()
-            .with_single_cert(vec![leaf.der().clone()], private)
+            .with_single_cert(vec![leaf], private)
             .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("provider-ca.pem");
-        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        std::fs::write(&ca_file, &ca.ca_pem).unwrap();
         SimTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            ca_pem: ca_cert.pem(),
+            ca_pem: ca.ca_pem,
             ca_file,
             _dir: dir,
         }
