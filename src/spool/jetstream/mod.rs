@@ -14,6 +14,7 @@
 mod connect;
 mod durability;
 mod error;
+mod pending;
 mod provision;
 #[cfg(test)]
 pub(crate) mod test_server;
@@ -26,6 +27,7 @@ use crate::clock::Clock;
 use crate::config::SpoolConfig;
 pub(crate) use durability::DurabilityReport;
 pub(crate) use error::JetStreamError;
+pub(crate) use pending::JetStreamLease;
 pub(crate) use provision::Identity;
 
 /// The names of what the relay makes on the servers, from the prefix.
@@ -67,7 +69,10 @@ impl Names {
 }
 
 /// An opened JetStream spool (step 1: connected, checked, provisioned).
+/// Cheap to clone: every clone speaks through one connection.
+#[derive(Clone)]
 pub(crate) struct JetStreamSpool {
+    config: SpoolConfig,
     client: async_nats::Client,
     context: jetstream::Context,
     names: Names,
@@ -101,6 +106,7 @@ impl JetStreamSpool {
         let durability = durability::assess(&info, sync, settings.durability);
         durability.log(&names.stream());
         Ok(JetStreamSpool {
+            config: config.clone(),
             client,
             context,
             names,
@@ -127,11 +133,20 @@ impl JetStreamSpool {
         &self.context
     }
 
+    pub(crate) fn config(&self) -> &SpoolConfig {
+        &self.config
+    }
+
+    /// Where this relay's own part of the spool is: its local index.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.config.jetstream.index_path
+    }
+
     /// Lets go of the connection after what was sent is flushed.
-    pub(crate) async fn close(self) -> Result<(), JetStreamError> {
+    pub(crate) async fn close(&self) -> Result<(), crate::spool::SpoolError> {
         self.client
             .drain()
             .await
-            .map_err(|e| JetStreamError::request("closing the connection", e))
+            .map_err(|e| JetStreamError::request("closing the connection", e).into())
     }
 }
