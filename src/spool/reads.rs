@@ -53,12 +53,18 @@ impl Spool {
         &self,
         id: NotificationId,
     ) -> Result<Option<NotificationRecord>, SpoolError> {
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.notification(id).await;
+        }
         self.read("read a notification", move |b| b.notification(id))
             .await
     }
 
     /// Whether `id` is a quarantined body.
     pub async fn is_quarantined(&self, id: NotificationId) -> Result<bool, SpoolError> {
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.is_quarantined(id).await;
+        }
         self.read("look up the quarantine", move |b| b.is_quarantined(id))
             .await
     }
@@ -66,11 +72,17 @@ impl Spool {
     /// All notifications, oldest first; a damaged record is an `Err` item and
     /// the walk goes on past it.
     pub fn notifications(&self) -> RecordStream<NotificationRecord> {
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.notifications(false, None);
+        }
         self.walk("walk the notifications", |b| Box::new(b.notifications()))
     }
 
     /// All quarantined bodies, oldest first, damaged ones as `Err` items.
     pub fn quarantined(&self) -> RecordStream<QuarantineRecord> {
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.quarantined(false, None);
+        }
         self.walk("walk the quarantine", |b| Box::new(b.quarantined()))
     }
 
@@ -80,6 +92,9 @@ impl Spool {
         &self,
         before: Option<NotificationId>,
     ) -> RecordStream<NotificationRecord> {
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.notifications(true, before);
+        }
         self.walk("page the notifications", move |b| {
             Box::new(b.newest_first(sled::NOTIFICATIONS, before))
         })
@@ -90,6 +105,9 @@ impl Spool {
         &self,
         before: Option<NotificationId>,
     ) -> RecordStream<QuarantineRecord> {
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.quarantined(true, before);
+        }
         self.walk("page the quarantine", move |b| {
             Box::new(b.newest_first(sled::QUARANTINED, before))
         })
@@ -99,6 +117,9 @@ impl Spool {
         &self,
         id: NotificationId,
     ) -> Result<Option<QuarantineRecord>, SpoolError> {
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.quarantine_record(id).await;
+        }
         self.read("read a quarantined body", move |b| b.quarantine_record(id))
             .await
     }

@@ -1,21 +1,33 @@
 //! The NATS JetStream spool backend (issue 19), built in the steps of
-//! `docs/design/jetstream.md`. Built so far (step 1): the connection (auth
-//! file, TLS with a CA), the gate on the server's version and the probe of
-//! the rule the dedup stands on, the creation or check of the stream, the
-//! duty-lock bucket and the spool's identity, and the report of what a 200
-//! means under the servers' settings. It is not a `Backend` yet: the relay
-//! refuses to serve on it, and only its tests open it.
+//! `docs/design/jetstream.md`. Built so far (steps 1 and 2): the
+//! connection (auth file, TLS with a CA), the gate on the server's version
+//! and the probe of the rule the dedup stands on, the creation or check of
+//! the stream, the duty-lock bucket and the spool's identity, the report of
+//! what a 200 means under the servers' settings ([`Provisioned`]); and the
+//! backend ([`JetStreamSpool`]): store with the dedup's compare-and-set,
+//! quarantine, the local index fed by the fold, reads by id and walks. The
+//! calls not built yet answer `Unsupported` (`pending.rs`), so the relay
+//! refuses to serve on it and only its tests open it.
 //!
 //! Names: with `P` the configured prefix, the stream `P_spool` holds every
 //! subject `P.>` (one copy per subject, direct gets on), the KV bucket
 //! `P_locks` holds the single-run duties' leases, and `P.m.identity` the
 //! spool's identity (created once, with a compare-and-set on sequence 0).
 
+mod backend;
+mod bridge;
 mod connect;
+#[cfg(test)]
+pub(crate) mod contract_tests;
 mod durability;
 mod error;
+mod index;
 mod pending;
 mod provision;
+mod reads;
+mod store;
+mod subjects;
+mod tail;
 #[cfg(test)]
 pub(crate) mod test_server;
 #[cfg(test)]
@@ -25,6 +37,7 @@ use async_nats::jetstream;
 
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
+pub(crate) use backend::JetStreamSpool;
 pub(crate) use durability::DurabilityReport;
 pub(crate) use error::JetStreamError;
 pub(crate) use pending::JetStreamLease;
@@ -68,11 +81,9 @@ impl Names {
     }
 }
 
-/// An opened JetStream spool (step 1: connected, checked, provisioned).
-/// Cheap to clone: every clone speaks through one connection.
-#[derive(Clone)]
-pub(crate) struct JetStreamSpool {
-    config: SpoolConfig,
+/// A connection to a checked, provisioned spool (step 1), which the
+/// backend ([`JetStreamSpool`]) speaks through.
+pub(crate) struct Provisioned {
     client: async_nats::Client,
     context: jetstream::Context,
     names: Names,
@@ -80,7 +91,7 @@ pub(crate) struct JetStreamSpool {
     durability: DurabilityReport,
 }
 
-impl JetStreamSpool {
+impl Provisioned {
     /// Connects to the configured servers, refuses a server older than
     /// [`connect::MIN_SERVER`] or one that fails the probe, creates the
     /// stream, bucket and identity or checks the existing ones (refusing
@@ -90,7 +101,7 @@ impl JetStreamSpool {
     pub(crate) async fn open(
         config: &SpoolConfig,
         clock: Clock,
-    ) -> Result<JetStreamSpool, JetStreamError> {
+    ) -> Result<Provisioned, JetStreamError> {
         let settings = &config.jetstream;
         let client = connect::connect(settings).await?;
         let server = connect::check_version(&client)?;
@@ -105,8 +116,7 @@ impl JetStreamSpool {
         let sync = durability::read_sync(&settings.monitor_urls, settings.request_timeout.0).await;
         let durability = durability::assess(&info, sync, settings.durability);
         durability.log(&names.stream());
-        Ok(JetStreamSpool {
-            config: config.clone(),
+        Ok(Provisioned {
             client,
             context,
             names,
@@ -133,20 +143,15 @@ impl JetStreamSpool {
         &self.context
     }
 
-    pub(crate) fn config(&self) -> &SpoolConfig {
-        &self.config
-    }
-
-    /// Where this relay's own part of the spool is: its local index.
-    pub(crate) fn path(&self) -> &std::path::Path {
-        &self.config.jetstream.index_path
+    pub(crate) fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 
     /// Lets go of the connection after what was sent is flushed.
-    pub(crate) async fn close(&self) -> Result<(), crate::spool::SpoolError> {
+    pub(crate) async fn close(&self) -> Result<(), JetStreamError> {
         self.client
             .drain()
             .await
-            .map_err(|e| JetStreamError::request("closing the connection", e).into())
+            .map_err(|e| JetStreamError::request("closing the connection", e))
     }
 }

@@ -11,7 +11,7 @@ use crate::delivery::Delivery;
 use crate::spool::backup::{ArchiveCounts, ArchiveWriter, BackupError};
 use crate::spool::{
     ApiSubscription, AuditEntry, AuditId, Maintained, NotificationId, Purged, ReconcileCheck,
-    Routes, SpoolError, StuckChanges,
+    SpoolError, StuckChanges,
 };
 
 /// A lease of this backend: none can be made until leases are built
@@ -167,51 +167,4 @@ impl JetStreamSpool {
 
     #[cfg(test)]
     pub(crate) fn fail_next_batch(&self) {}
-}
-
-/// Step 1's answers for what step 2 builds (store, quarantine, the index).
-impl JetStreamSpool {
-    pub(crate) async fn store(
-        &self,
-        _received: crate::spool::Received,
-        _notification: crate::providers::Notification,
-        _released: Option<NotificationId>,
-    ) -> Result<crate::spool::Stored, SpoolError> {
-        unsupported("store")
-    }
-
-    pub(crate) async fn store_to(
-        &self,
-        _received: crate::spool::Received,
-        _notification: crate::providers::Notification,
-        _released: Option<NotificationId>,
-        _subscriptions: Vec<String>,
-    ) -> Result<crate::spool::Stored, SpoolError> {
-        unsupported("store")
-    }
-
-    pub(crate) async fn quarantine(
-        &self,
-        _received: crate::spool::Received,
-        _reason_kind: &str,
-        _reason: String,
-    ) -> Result<NotificationId, SpoolError> {
-        unsupported("quarantine")
-    }
-
-    pub(crate) async fn set_routes(&self, _routes: Routes) -> Result<(), SpoolError> {
-        unsupported("take new routes")
-    }
-
-    pub(crate) fn health(&self) -> crate::spool::Health {
-        crate::spool::Health::default()
-    }
-
-    pub(crate) fn counts(&self) -> crate::spool::Counts {
-        crate::spool::Counts::default()
-    }
-
-    pub(crate) async fn writer_alive(&self, _within: std::time::Duration) -> bool {
-        false
-    }
 }
