@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_nats::jetstream::stream::Stream;
+use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use super::bridge::Bridge;
@@ -68,7 +69,7 @@ impl JetStreamSpool {
             link.names().clone(),
             index.clone(),
         ));
-        Ok(Arc::new(JetStreamSpool {
+        let spool = Arc::new(JetStreamSpool {
             config: config.clone(),
             link,
             stream,
@@ -78,7 +79,10 @@ impl JetStreamSpool {
             closed: AtomicBool::new(false),
             fold: Mutex::new(Some(fold)),
             last_id: Mutex::new(None),
-        }))
+        });
+        // Nothing is read before the index holds what was there at open.
+        spool.sync().await?;
+        Ok(spool)
     }
 
     pub(crate) fn config(&self) -> &SpoolConfig {
@@ -108,24 +112,59 @@ impl JetStreamSpool {
     }
 
     /// Waits until the index has folded in `sequence` (a write of this
-    /// relay's), so the next read on this spool sees it; bounded by the
-    /// request timeout.
+    /// relay's), so the next read on this spool sees it. Bounded by the
+    /// request timeout without progress: a long catch-up that moves goes
+    /// on.
     pub(super) async fn caught_up(&self, sequence: u64) -> Result<(), SpoolError> {
         let mut applied = self.index.watch();
         let within = self.config.jetstream.request_timeout.0;
         let waited = self
             .bridge
             .run(async move {
-                tokio::time::timeout(within, applied.wait_for(|at| *at >= sequence))
-                    .await
-                    .map(|seen| seen.is_ok())
+                loop {
+                    let before = *applied.borrow();
+                    let waited =
+                        tokio::time::timeout(within, applied.wait_for(|at| *at >= sequence))
+                            .await
+                            .map(|seen| seen.is_ok());
+                    match waited {
+                        Ok(open) => return Ok(open),
+                        Err(_) if *applied.borrow() > before => continue,
+                        Err(_) => return Err(before),
+                    }
+                }
             })
             .await?;
         match waited {
             Ok(true) => Ok(()),
             Ok(false) => Err(SpoolError::Closed),
+            Err(at) => Err(SpoolError::Unavailable(format!(
+                "the JetStream index stays at sequence {at}, short of {sequence}, for {within:?}"
+            ))),
+        }
+    }
+
+    /// Waits until the index has folded in everything the stream held
+    /// before now, from any relay: publishes a marker to `P.m.sync` (one
+    /// kept) and waits for the fold to pass it.
+    pub(super) async fn sync(&self) -> Result<(), SpoolError> {
+        let context = self.link.context().clone();
+        let subject = self.link.names().sync();
+        let within = self.config.jetstream.request_timeout.0;
+        let acked = self
+            .bridge
+            .run(async move {
+                let sent = async { context.publish(subject, Bytes::new()).await?.await };
+                tokio::time::timeout(within, sent).await
+            })
+            .await?;
+        match acked {
+            Ok(Ok(ack)) => self.caught_up(ack.sequence).await,
+            Ok(Err(e)) => Err(SpoolError::Unavailable(format!(
+                "JetStream: the index's sync: {e}"
+            ))),
             Err(_) => Err(SpoolError::Unavailable(format!(
-                "the JetStream index did not reach sequence {sequence} within {within:?}"
+                "JetStream: no acknowledgement of the index's sync within {within:?}"
             ))),
         }
     }

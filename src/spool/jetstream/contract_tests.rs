@@ -111,10 +111,10 @@ impl Fixture for JetStreamFixture {
     }
 }
 
-impl Drop for JetStreamFixture {
+impl JetStreamFixture {
     /// Deletes the fixture's stream and bucket (consumers go with the
     /// stream), on a runtime of its own: a drop cannot await.
-    fn drop(&mut self) {
+    pub(crate) fn remove_spool(&self) {
         let (url, prefix) = (self.url.clone(), self.prefix.clone());
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -131,6 +131,12 @@ impl Drop for JetStreamFixture {
             });
         });
         let _ = cleanup.join();
+    }
+}
+
+impl Drop for JetStreamFixture {
+    fn drop(&mut self) {
+        self.remove_spool();
     }
 }
 

@@ -26,6 +26,8 @@ mod pending;
 mod provision;
 mod reads;
 mod store;
+#[cfg(test)]
+mod store_tests;
 mod subjects;
 mod tail;
 #[cfg(test)]
@@ -69,6 +71,11 @@ impl Names {
     /// The KV bucket of the duties' leases.
     pub(crate) fn locks(&self) -> String {
         format!("{}_locks", self.prefix)
+    }
+
+    /// The marker a relay publishes to learn when its index has caught up.
+    fn sync(&self) -> String {
+        format!("{}.m.sync", self.prefix)
     }
 
     fn identity(&self) -> String {
