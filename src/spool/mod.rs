@@ -18,7 +18,8 @@
 //! - an outcome that cannot be recorded is refused, and the lease stays with
 //!   its holder, which must not send it again until it is recorded.
 //!
-//! The boundary is an enum over backends (`Backend::Sled` today), as
+//! The boundary is an enum over backends (`Backend::Sled`, and
+//! `Backend::Jetstream`, which `open` refuses while it is built), as
 //! svix's cache and queue are: one `dispatch!` arm per backend, no trait
 //! objects or boxed futures. Everything here is async; a backend that
 //! blocks (sled) does so off the runtime itself, and whole-spool walks come
@@ -35,11 +36,12 @@
 
 mod audit;
 pub mod backup;
+mod dedup;
 mod delivery_codec;
 mod error;
 mod invoices;
-// Not a `Backend` yet (step 1 of docs/design/jetstream.md): only its
-// tests open it, so outside them its items are unused.
+// A `Backend` that `Spool::open` refuses until docs/design/jetstream.md
+// is built: only its tests open it, so outside them much of it is unused.
 #[cfg_attr(not(test), allow(dead_code))]
 mod jetstream;
 mod observe;

@@ -25,7 +25,7 @@ use super::subjects::{META, RELEASED};
 use super::{JetStreamSpool, Names};
 use crate::providers::Notification;
 use crate::spool::{
-    cause, NotificationId, NotificationMeta, QuarantineMeta, Received, SpoolError, Stored,
+    cause, dedup, NotificationId, NotificationMeta, QuarantineMeta, Received, SpoolError, Stored,
 };
 
 /// Tries of one store when other relays take the key over meanwhile.
@@ -116,7 +116,7 @@ impl JetStreamSpool {
             released,
             body: received.body,
             received_ms: received.received_ms,
-            window_ms: i64::try_from(self.config.dedup_window.0.as_millis()).unwrap_or(i64::MAX),
+            window_ms: dedup::window_ms(&self.config),
             timeout: self.config.jetstream.store_timeout.0,
         };
         let (stored, sequence) = self.bridge.run(store.run()).await??;
@@ -204,7 +204,7 @@ impl Store {
                 .get(META)
                 .and_then(|v| serde_json::from_str(v.as_str()).ok())
                 .ok_or_else(|| SpoolError::Corrupt(format!("the metadata of {}", last.subject)))?;
-            if self.received_ms.saturating_sub(meta.received_ms) < self.window_ms {
+            if dedup::is_resend(meta.received_ms, self.received_ms, self.window_ms) {
                 let resend = self.names.resend(theirs, ulid::Ulid::new());
                 let noted = publish(
                     &self.context,
