@@ -21,6 +21,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use super::connect::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT;
+use super::index::Family;
 use super::subjects::{META, RELEASED};
 use super::{JetStreamSpool, Names};
 use crate::providers::Notification;
@@ -79,6 +80,10 @@ impl JetStreamSpool {
         subscriptions: Vec<String>,
     ) -> Result<Stored, SpoolError> {
         self.open_for_writes()?;
+        let held = match released {
+            Some(quarantined) => Some(self.still_quarantined(quarantined).await?),
+            None => None,
+        };
         let id = self.next_id(received.received_ms);
         let meta = NotificationMeta {
             id: id.to_string(),
@@ -119,9 +124,56 @@ impl JetStreamSpool {
             window_ms: dedup::window_ms(&self.config),
             timeout: self.config.jetstream.store_timeout.0,
         };
-        let (stored, sequence) = self.bridge.run(store.run()).await??;
+        let (stored, mut sequence) = self.bridge.run(store.run()).await??;
+        if let Some(held) = held {
+            // A resend carries no release: the tombstone takes the body out
+            // either way (and out of the stream, one message per subject).
+            sequence = sequence.max(self.tombstone(held).await?);
+        }
         self.caught_up(sequence).await?;
         Ok(stored)
+    }
+
+    /// The quarantine subject and sequence of `id`; `NotFound` when it is
+    /// no longer quarantined.
+    async fn still_quarantined(&self, id: NotificationId) -> Result<(String, u64), SpoolError> {
+        let index = self.index.clone();
+        let entry = tokio::task::spawn_blocking(move || index.get(Family::Quarantine, id))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))??
+            .ok_or_else(|| {
+                SpoolError::NotFound(format!(
+                    "quarantined body {id} (released or discarded meanwhile)"
+                ))
+            })?;
+        let meta: QuarantineMeta = serde_json::from_slice(&entry.meta)
+            .map_err(|e| SpoolError::Corrupt(format!("the metadata of {id}: {e}")))?;
+        Ok((
+            self.link.names().quarantine(&meta.source, id),
+            entry.sequence,
+        ))
+    }
+
+    /// Replaces a quarantined body by a tombstone (no metadata), expecting
+    /// the body still there; the sequence the fold must reach. Already
+    /// replaced (a discard or release elsewhere) is as good.
+    async fn tombstone(&self, (subject, sequence): (String, u64)) -> Result<u64, SpoolError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            sequence.to_string().as_str(),
+        );
+        let context = self.link.context().clone();
+        let timeout = self.config.jetstream.store_timeout.0;
+        let published = self
+            .bridge
+            .run(async move { publish(&context, subject, headers, Bytes::new(), timeout).await })
+            .await??;
+        match published {
+            Published::Acked(ack) => Ok(ack.sequence),
+            // Replaced elsewhere: what the fold must reach is past ours.
+            Published::Taken => self.sync().await.map(|()| 0),
+        }
     }
 
     /// Keeps a rejected body with its reason: one publish.

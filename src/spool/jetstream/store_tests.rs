@@ -124,6 +124,24 @@ async fn a_release_takes_the_body_out_of_the_quarantine() {
     // The other relay's index folds the release in too.
     b.store(received(3), notification("later")).await.unwrap();
     assert!(!b.is_quarantined(held).await.unwrap());
+    let gone = a.release(held, received(4), notification("again")).await;
+    assert!(
+        matches!(gone, Err(crate::spool::SpoolError::NotFound(_))),
+        "{gone:?}"
+    );
+
+    // A body released as a resend of a stored key leaves the quarantine too.
+    let resent = b
+        .quarantine(received(5), "signature", "bad".into())
+        .await
+        .unwrap();
+    let stored = b
+        .release(resent, received(6), notification("released"))
+        .await
+        .unwrap();
+    assert_eq!(stored, Stored::Duplicate(id));
+    assert!(!b.is_quarantined(resent).await.unwrap());
+    assert!(b.quarantined_body(resent).await.unwrap().is_none());
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
