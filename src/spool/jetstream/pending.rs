@@ -82,10 +82,6 @@ impl JetStreamSpool {
         unsupported("backfill")
     }
 
-    pub(crate) async fn discard(&self, _id: NotificationId) -> Result<(), SpoolError> {
-        unsupported("discard a quarantined body")
-    }
-
     pub(crate) async fn lease(
         &self,
         _subscription: &str,

@@ -128,10 +128,24 @@ impl JetStreamSpool {
         if let Some(held) = held {
             // A resend carries no release: the tombstone takes the body out
             // either way (and out of the stream, one message per subject).
-            sequence = sequence.max(self.tombstone(held).await?);
+            if let Some(tombstone) = self.tombstone(held).await? {
+                sequence = sequence.max(tombstone);
+            }
         }
         self.caught_up(sequence).await?;
         Ok(stored)
+    }
+
+    /// Removes a quarantined body for good; `NotFound` when it is not there.
+    pub(crate) async fn discard(&self, id: NotificationId) -> Result<(), SpoolError> {
+        self.open_for_writes()?;
+        let held = self.still_quarantined(id).await?;
+        match self.tombstone(held).await? {
+            Some(sequence) => self.caught_up(sequence).await,
+            None => Err(SpoolError::NotFound(format!(
+                "quarantined body {id} (released or discarded meanwhile)"
+            ))),
+        }
     }
 
     /// The quarantine subject and sequence of `id`; `NotFound` when it is
@@ -155,9 +169,13 @@ impl JetStreamSpool {
     }
 
     /// Replaces a quarantined body by a tombstone (no metadata), expecting
-    /// the body still there; the sequence the fold must reach. Already
-    /// replaced (a discard or release elsewhere) is as good.
-    async fn tombstone(&self, (subject, sequence): (String, u64)) -> Result<u64, SpoolError> {
+    /// the body still there; the sequence the fold must reach. `None` when
+    /// it was replaced elsewhere meanwhile (a discard or a release; the
+    /// index has caught up with it then).
+    async fn tombstone(
+        &self,
+        (subject, sequence): (String, u64),
+    ) -> Result<Option<u64>, SpoolError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -170,9 +188,8 @@ impl JetStreamSpool {
             .run(async move { publish(&context, subject, headers, Bytes::new(), timeout).await })
             .await??;
         match published {
-            Published::Acked(ack) => Ok(ack.sequence),
-            // Replaced elsewhere: what the fold must reach is past ours.
-            Published::Taken => self.sync().await.map(|()| 0),
+            Published::Acked(ack) => Ok(Some(ack.sequence)),
+            Published::Taken => self.sync().await.map(|()| None),
         }
     }
 

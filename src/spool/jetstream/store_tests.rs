@@ -100,7 +100,7 @@ async fn two_relays_storing_one_key_at_once_keep_one_copy() {
 }
 
 #[tokio::test]
-async fn a_release_takes_the_body_out_of_the_quarantine() {
+async fn a_release_or_a_discard_takes_the_body_out_of_the_quarantine() {
     if skip_without_nats() {
         return;
     }
@@ -142,6 +142,19 @@ async fn a_release_takes_the_body_out_of_the_quarantine() {
     assert_eq!(stored, Stored::Duplicate(id));
     assert!(!b.is_quarantined(resent).await.unwrap());
     assert!(b.quarantined_body(resent).await.unwrap().is_none());
+
+    // A discard takes a body out for good, on every relay.
+    let dropped = a
+        .quarantine(received(7), "signature", "bad".into())
+        .await
+        .unwrap();
+    b.discard(dropped).await.unwrap();
+    assert!(!b.is_quarantined(dropped).await.unwrap());
+    let again = a.discard(dropped).await;
+    assert!(
+        matches!(again, Err(crate::spool::SpoolError::NotFound(_))),
+        "{again:?}"
+    );
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
