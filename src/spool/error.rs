@@ -44,6 +44,10 @@ pub enum SpoolError {
     NotReplayable(String),
     #[error("{0}")]
     NotOrphan(String),
+    /// The backend does not do this call yet (the JetStream backend while
+    /// it is built; the relay refuses to serve on it until then).
+    #[error("the spool's backend cannot {0} yet")]
+    Unsupported(&'static str),
 }
 
 /// The error under a [`SpoolError`] (a backend's, an encoder's, or a

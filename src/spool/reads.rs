@@ -8,56 +8,82 @@ use super::*;
 impl Spool {
     // === queries: a backend that blocks does it off the runtime ===
 
-    /// Runs a blocking read of the sled backend off the async runtime.
+    /// Runs a blocking read of the sled backend off the async runtime;
+    /// on a backend that does not read it yet, `Unsupported(what)`.
     pub(super) async fn read<T: Send + 'static>(
         &self,
+        what: &'static str,
         read: impl FnOnce(&sled::SledSpool) -> Result<T, SpoolError> + Send + 'static,
     ) -> Result<T, SpoolError> {
-        dispatch!(&self.backend, b => {
-            let b = b.clone();
-            blocking(move || read(&b)).await
-        })
+        match &self.backend {
+            Backend::Sled(b) => {
+                let b = b.clone();
+                blocking(move || read(&b)).await
+            }
+            Backend::Jetstream(_) => Err(SpoolError::Unsupported(what)),
+        }
     }
 
     /// Streams a blocking walk of the sled backend, a few records ahead of
-    /// the reader (see [`RecordStream`]).
+    /// the reader (see [`RecordStream`]); on a backend that does not walk
+    /// it yet, one `Unsupported(what)` item.
     fn walk<T: Send + 'static>(
         &self,
+        what: &'static str,
         walk: impl FnOnce(&sled::SledSpool) -> Walk<'_, T> + Send + 'static,
     ) -> RecordStream<T> {
-        dispatch!(&self.backend, b => {
-            let b = b.clone();
-            RecordStream::blocking(move |send| {
-                for record in walk(&b) {
-                    if !send(record) {
-                        break; // the reader let go
+        match &self.backend {
+            Backend::Sled(b) => {
+                let b = b.clone();
+                RecordStream::blocking(move |send| {
+                    for record in walk(&b) {
+                        if !send(record) {
+                            break; // the reader let go
+                        }
                     }
-                }
-            })
-        })
+                })
+            }
+            Backend::Jetstream(_) => RecordStream::blocking(move |send| {
+                send(Err(SpoolError::Unsupported(what)));
+            }),
+        }
     }
 
     pub async fn notification(
         &self,
         id: NotificationId,
     ) -> Result<Option<NotificationRecord>, SpoolError> {
-        self.read(move |b| b.notification(id)).await
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.notification(id).await;
+        }
+        self.read("read a notification", move |b| b.notification(id))
+            .await
     }
 
     /// Whether `id` is a quarantined body.
     pub async fn is_quarantined(&self, id: NotificationId) -> Result<bool, SpoolError> {
-        self.read(move |b| b.is_quarantined(id)).await
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.is_quarantined(id).await;
+        }
+        self.read("look up the quarantine", move |b| b.is_quarantined(id))
+            .await
     }
 
     /// All notifications, oldest first; a damaged record is an `Err` item and
     /// the walk goes on past it.
     pub fn notifications(&self) -> RecordStream<NotificationRecord> {
-        self.walk(|b| Box::new(b.notifications()))
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.notifications(false, None);
+        }
+        self.walk("walk the notifications", |b| Box::new(b.notifications()))
     }
 
     /// All quarantined bodies, oldest first, damaged ones as `Err` items.
     pub fn quarantined(&self) -> RecordStream<QuarantineRecord> {
-        self.walk(|b| Box::new(b.quarantined()))
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.quarantined(false, None);
+        }
+        self.walk("walk the quarantine", |b| Box::new(b.quarantined()))
     }
 
     /// Notifications newest first, strictly older than `before` when given;
@@ -66,7 +92,12 @@ impl Spool {
         &self,
         before: Option<NotificationId>,
     ) -> RecordStream<NotificationRecord> {
-        self.walk(move |b| Box::new(b.newest_first(sled::NOTIFICATIONS, before)))
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.notifications(true, before);
+        }
+        self.walk("page the notifications", move |b| {
+            Box::new(b.newest_first(sled::NOTIFICATIONS, before))
+        })
     }
 
     /// Quarantined bodies newest first, like [`Spool::notifications_newest_first`].
@@ -74,14 +105,23 @@ impl Spool {
         &self,
         before: Option<NotificationId>,
     ) -> RecordStream<QuarantineRecord> {
-        self.walk(move |b| Box::new(b.newest_first(sled::QUARANTINED, before)))
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.quarantined(true, before);
+        }
+        self.walk("page the quarantine", move |b| {
+            Box::new(b.newest_first(sled::QUARANTINED, before))
+        })
     }
 
     pub async fn quarantined_body(
         &self,
         id: NotificationId,
     ) -> Result<Option<QuarantineRecord>, SpoolError> {
-        self.read(move |b| b.quarantine_record(id)).await
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.quarantine_record(id).await;
+        }
+        self.read("read a quarantined body", move |b| b.quarantine_record(id))
+            .await
     }
 
     /// Up to `max` invoices after `after` in (source, subject) order, of
@@ -93,8 +133,10 @@ impl Spool {
         max: usize,
     ) -> Result<Vec<Invoice>, SpoolError> {
         let (source, after) = (source.map(str::to_owned), after.cloned());
-        self.read(move |b| b.invoices(source.as_deref(), after.as_ref(), max))
-            .await
+        self.read("list invoices", move |b| {
+            b.invoices(source.as_deref(), after.as_ref(), max)
+        })
+        .await
     }
 
     /// One invoice and its timeline, oldest notification first.
@@ -104,7 +146,8 @@ impl Spool {
         subject: &str,
     ) -> Result<Option<(Invoice, Vec<TimelineEntry>)>, SpoolError> {
         let (source, subject) = (source.to_owned(), subject.to_owned());
-        self.read(move |b| b.invoice(&source, &subject)).await
+        self.read("read an invoice", move |b| b.invoice(&source, &subject))
+            .await
     }
 
     /// Up to `max` `queued` notifications of `source` after `after`,
@@ -118,8 +161,10 @@ impl Spool {
         max: usize,
     ) -> Result<Vec<(NotificationId, String)>, SpoolError> {
         let source = source.to_owned();
-        self.read(move |b| b.waiting(&source, after, until_ms, max))
-            .await
+        self.read("list waiting notifications", move |b| {
+            b.waiting(&source, after, until_ms, max)
+        })
+        .await
     }
 
     /// One invoice as it stands now (its current status and latest
@@ -130,13 +175,14 @@ impl Spool {
         subject: &str,
     ) -> Result<Option<Invoice>, SpoolError> {
         let (source, subject) = (source.to_owned(), subject.to_owned());
-        self.read(move |b| b.invoice_now(&source, &subject)).await
+        self.read("read an invoice", move |b| b.invoice_now(&source, &subject))
+            .await
     }
 
     /// The stuck check's marks, as last saved (a short read of its own
     /// keys, one per stuck invoice and per watched source).
     pub async fn stuck_marks(&self) -> Result<StuckMarks, SpoolError> {
-        self.read(|b| b.stuck_marks()).await
+        self.read("read the stuck marks", |b| b.stuck_marks()).await
     }
 
     /// Saves changes to the stuck check's marks through the writer; they
@@ -149,13 +195,17 @@ impl Spool {
     /// The deliveries of one notification, one per subscription it was
     /// fanned out to (a never attempted one is pending).
     pub async fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
-        self.read(move |b| b.deliveries_of(id)).await
+        self.read("read deliveries", move |b| b.deliveries_of(id))
+            .await
     }
 
     /// When the earliest not-yet-final delivery of `subscription` is due.
     pub async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
         let subscription = subscription.to_owned();
-        self.read(move |b| b.next_due_ms(&subscription)).await
+        self.read("read when the next delivery is due", move |b| {
+            b.next_due_ms(&subscription)
+        })
+        .await
     }
 
     /// When the oldest delivery still waiting for each of `subscriptions`
@@ -167,7 +217,7 @@ impl Spool {
         subscriptions: Vec<String>,
     ) -> Vec<(String, Option<i64>)> {
         let names = subscriptions.clone();
-        let read = self.read(move |b| {
+        let read = self.read("read the oldest waiting", move |b| {
             Ok(names
                 .into_iter()
                 .map(|name| {
@@ -188,13 +238,14 @@ impl Spool {
         before: Option<AuditId>,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, SpoolError> {
-        self.read(move |b| b.audit_log(before, limit)).await
+        self.read("page the audit log", move |b| b.audit_log(before, limit))
+            .await
     }
 
     /// The whole audit log, oldest first; a damaged record is an `Err` item
     /// and the walk goes on past it.
     pub fn audit_records(&self) -> RecordStream<AuditRecord> {
-        self.walk(|b| Box::new(b.audit_records()))
+        self.walk("walk the audit log", |b| Box::new(b.audit_records()))
     }
 }
 

@@ -88,7 +88,10 @@ impl Spool {
         subject: &str,
     ) -> Result<Vec<ReconcileCheck>, SpoolError> {
         let (source, subject) = (source.to_owned(), subject.to_owned());
-        self.read(move |b| b.checks(&source, &subject)).await
+        self.read("read reconcile checks", move |b| {
+            b.checks(&source, &subject)
+        })
+        .await
     }
 }
 

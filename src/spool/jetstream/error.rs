@@ -74,3 +74,11 @@ impl JetStreamError {
         }
     }
 }
+
+/// At the spool's boundary a failed request is a write that cannot be
+/// made now (ingress answers 503 with Retry-After).
+impl From<JetStreamError> for crate::spool::SpoolError {
+    fn from(err: JetStreamError) -> crate::spool::SpoolError {
+        crate::spool::SpoolError::Unavailable(err.to_string())
+    }
+}

@@ -1,20 +1,35 @@
 //! The NATS JetStream spool backend (issue 19), built in the steps of
-//! `docs/design/jetstream.md`. Built so far (step 1): the connection (auth
-//! file, TLS with a CA), the gate on the server's version and the probe of
-//! the rule the dedup stands on, the creation or check of the stream, the
-//! duty-lock bucket and the spool's identity, and the report of what a 200
-//! means under the servers' settings. It is not a `Backend` yet: the relay
-//! refuses to serve on it, and only its tests open it.
+//! `docs/design/jetstream.md`. Built so far (steps 1 and 2): the
+//! connection (auth file, TLS with a CA), the gate on the server's version
+//! and the probe of the rule the dedup stands on, the creation or check of
+//! the stream, the duty-lock bucket and the spool's identity, the report of
+//! what a 200 means under the servers' settings ([`Provisioned`]); and the
+//! backend ([`JetStreamSpool`]): store with the dedup's compare-and-set,
+//! quarantine, the local index fed by the fold, reads by id and walks. The
+//! calls not built yet answer `Unsupported` (`pending.rs`), so the relay
+//! refuses to serve on it and only its tests open it.
 //!
 //! Names: with `P` the configured prefix, the stream `P_spool` holds every
 //! subject `P.>` (one copy per subject, direct gets on), the KV bucket
 //! `P_locks` holds the single-run duties' leases, and `P.m.identity` the
 //! spool's identity (created once, with a compare-and-set on sequence 0).
 
+mod backend;
+mod bridge;
 mod connect;
+#[cfg(test)]
+pub(crate) mod contract_tests;
 mod durability;
 mod error;
+mod index;
+mod pending;
 mod provision;
+mod reads;
+mod store;
+#[cfg(test)]
+mod store_tests;
+mod subjects;
+mod tail;
 #[cfg(test)]
 pub(crate) mod test_server;
 #[cfg(test)]
@@ -24,8 +39,10 @@ use async_nats::jetstream;
 
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
+pub(crate) use backend::JetStreamSpool;
 pub(crate) use durability::DurabilityReport;
 pub(crate) use error::JetStreamError;
+pub(crate) use pending::JetStreamLease;
 pub(crate) use provision::Identity;
 
 /// The names of what the relay makes on the servers, from the prefix.
@@ -56,6 +73,11 @@ impl Names {
         format!("{}_locks", self.prefix)
     }
 
+    /// The marker a relay publishes to learn when its index has caught up.
+    fn sync(&self) -> String {
+        format!("{}.m.sync", self.prefix)
+    }
+
     fn identity(&self) -> String {
         format!("{}.m.identity", self.prefix)
     }
@@ -66,8 +88,9 @@ impl Names {
     }
 }
 
-/// An opened JetStream spool (step 1: connected, checked, provisioned).
-pub(crate) struct JetStreamSpool {
+/// A connection to a checked, provisioned spool (step 1), which the
+/// backend ([`JetStreamSpool`]) speaks through.
+pub(crate) struct Provisioned {
     client: async_nats::Client,
     context: jetstream::Context,
     names: Names,
@@ -75,7 +98,7 @@ pub(crate) struct JetStreamSpool {
     durability: DurabilityReport,
 }
 
-impl JetStreamSpool {
+impl Provisioned {
     /// Connects to the configured servers, refuses a server older than
     /// [`connect::MIN_SERVER`] or one that fails the probe, creates the
     /// stream, bucket and identity or checks the existing ones (refusing
@@ -85,7 +108,7 @@ impl JetStreamSpool {
     pub(crate) async fn open(
         config: &SpoolConfig,
         clock: Clock,
-    ) -> Result<JetStreamSpool, JetStreamError> {
+    ) -> Result<Provisioned, JetStreamError> {
         let settings = &config.jetstream;
         let client = connect::connect(settings).await?;
         let server = connect::check_version(&client)?;
@@ -100,7 +123,7 @@ impl JetStreamSpool {
         let sync = durability::read_sync(&settings.monitor_urls, settings.request_timeout.0).await;
         let durability = durability::assess(&info, sync, settings.durability);
         durability.log(&names.stream());
-        Ok(JetStreamSpool {
+        Ok(Provisioned {
             client,
             context,
             names,
@@ -127,8 +150,12 @@ impl JetStreamSpool {
         &self.context
     }
 
+    pub(crate) fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// Lets go of the connection after what was sent is flushed.
-    pub(crate) async fn close(self) -> Result<(), JetStreamError> {
+    pub(crate) async fn close(&self) -> Result<(), JetStreamError> {
         self.client
             .drain()
             .await

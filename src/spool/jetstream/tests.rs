@@ -11,7 +11,7 @@ use super::connect::parse_version;
 use super::durability::SyncSetting;
 use super::provision::{guarantee_problems, spool_stream_config};
 use super::test_server::{nats_server, old_nats_server, NatsServer};
-use super::{JetStreamError, JetStreamSpool, Names};
+use super::{JetStreamError, Names, Provisioned};
 use crate::clock::Clock;
 use crate::config::{Durability, JetstreamConfig, SpoolBackend, SpoolConfig};
 
@@ -42,16 +42,12 @@ async fn provisioning_is_idempotent_and_reports_what_a_200_means() {
     };
     let server = NatsServer::start(&binary, "");
     let config = config(&server, "t1", 1);
-    let first = JetStreamSpool::open(&config, Clock::system())
-        .await
-        .unwrap();
+    let first = Provisioned::open(&config, Clock::system()).await.unwrap();
     // Again, and twice at once: the same stream, bucket and identity.
-    let again = JetStreamSpool::open(&config, Clock::system())
-        .await
-        .unwrap();
+    let again = Provisioned::open(&config, Clock::system()).await.unwrap();
     let (a, b) = tokio::join!(
-        JetStreamSpool::open(&config, Clock::system()),
-        JetStreamSpool::open(&config, Clock::system())
+        Provisioned::open(&config, Clock::system()),
+        Provisioned::open(&config, Clock::system())
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     for other in [&again, &a, &b] {
@@ -96,9 +92,7 @@ async fn fsync_durability_is_verified_on_a_server_that_syncs_always() {
     let server = NatsServer::start(&binary, "sync_interval: always");
     let mut config = config(&server, "t2", 1);
     config.jetstream.durability = Durability::Fsync;
-    let spool = JetStreamSpool::open(&config, Clock::system())
-        .await
-        .unwrap();
+    let spool = Provisioned::open(&config, Clock::system()).await.unwrap();
     let report = spool.durability();
     assert_eq!(report.sync, SyncSetting::Always);
     assert!(report.promise.contains("sled's promise"), "{report:?}");
@@ -106,9 +100,7 @@ async fn fsync_durability_is_verified_on_a_server_that_syncs_always() {
 
     // Without the monitoring URLs it cannot be verified, and says so.
     config.jetstream.monitor_urls.clear();
-    let blind = JetStreamSpool::open(&config, Clock::system())
-        .await
-        .unwrap();
+    let blind = Provisioned::open(&config, Clock::system()).await.unwrap();
     let shortfall = blind.durability().shortfall.clone().unwrap();
     assert!(shortfall.contains("cannot be verified"), "{shortfall}");
 }
@@ -119,7 +111,7 @@ async fn a_server_older_than_2_11_is_refused_before_anything_is_made() {
         return;
     };
     let server = NatsServer::start(&binary, "");
-    let error = JetStreamSpool::open(&config(&server, "t3", 1), Clock::system())
+    let error = Provisioned::open(&config(&server, "t3", 1), Clock::system())
         .await
         .err()
         .expect("an old server must be refused");
@@ -153,7 +145,7 @@ async fn a_stream_that_would_break_a_guarantee_is_refused_with_what_to_do() {
     .await
     .unwrap();
     for (prefix, says) in [("mem", "in memory"), ("async", "persist_mode is async")] {
-        let error = JetStreamSpool::open(&config(&server, prefix, 1), Clock::system())
+        let error = Provisioned::open(&config(&server, prefix, 1), Clock::system())
             .await
             .err()
             .expect("an unsafe stream must be refused");
@@ -170,7 +162,7 @@ async fn more_replicas_than_servers_are_refused_with_what_to_do() {
         return;
     };
     let server = NatsServer::start(&binary, "");
-    let error = JetStreamSpool::open(&config(&server, "t4", 3), Clock::system())
+    let error = Provisioned::open(&config(&server, "t4", 3), Clock::system())
         .await
         .err()
         .expect("R3 on one server must be refused");
@@ -198,14 +190,12 @@ async fn the_token_file_authenticates_and_a_missing_one_is_named() {
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let mut config = config(&server, "t5", 1);
     config.jetstream.token_file = Some(token_file);
-    let spool = JetStreamSpool::open(&config, Clock::system())
-        .await
-        .unwrap();
+    let spool = Provisioned::open(&config, Clock::system()).await.unwrap();
     spool.close().await.unwrap();
 
     // No token: the server refuses the connection, and the error says where.
     config.jetstream.token_file = None;
-    let error = JetStreamSpool::open(&config, Clock::system())
+    let error = Provisioned::open(&config, Clock::system())
         .await
         .err()
         .expect("no token, no connection");
@@ -214,7 +204,7 @@ async fn the_token_file_authenticates_and_a_missing_one_is_named() {
 
     // A token file that is not there is named by its key and path.
     config.jetstream.token_file = Some(dir.path().join("absent.token"));
-    let error = JetStreamSpool::open(&config, Clock::system())
+    let error = Provisioned::open(&config, Clock::system())
         .await
         .err()
         .expect("an absent token file is an error");

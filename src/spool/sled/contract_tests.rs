@@ -62,6 +62,7 @@ pub(crate) fn config(dir: &Path) -> SpoolConfig {
 pub(crate) fn backend(spool: &Spool) -> &super::SledSpool {
     match &spool.backend {
         Backend::Sled(sled) => sled,
+        Backend::Jetstream(_) => panic!("a JetStream spool, not sled"),
     }
 }
 

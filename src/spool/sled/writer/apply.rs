@@ -66,8 +66,7 @@ impl Writer {
             batch: Batch::default(),
             fresh: HashMap::new(),
             invoices: invoices::Pending::default(),
-            window: i64::try_from(self.shared.config.dedup_window.0.as_millis())
-                .unwrap_or(i64::MAX),
+            window: crate::spool::dedup::window_ms(&self.shared.config),
             out: GroupApplied::default(),
         };
         for change in changes {
@@ -542,7 +541,7 @@ fn fresh_entry(
         None => store
             .get(dedup_key)?
             .and_then(|v| keys::split_dedup_value(&v))
-            .filter(|(_, at)| received_ms.saturating_sub(*at) < window)
+            .filter(|(_, at)| crate::spool::dedup::is_resend(*at, received_ms, window))
             .map(|(first, _)| first),
     })
 }

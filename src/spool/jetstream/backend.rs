@@ -1,0 +1,244 @@
+//! The JetStream backend as the spool's `Backend::Jetstream` holds it: the
+//! provisioned connection, the local index and the fold that feeds it,
+//! the routes a store fans out to, and its life (open, close, crash).
+//! Writes are in `store.rs`, reads in `reads.rs`, what is not built yet in
+//! `pending.rs`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_nats::jetstream::stream::Stream;
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+use super::bridge::Bridge;
+use super::index::Index;
+use super::{tail, Provisioned};
+use crate::clock::Clock;
+use crate::config::SpoolConfig;
+use crate::spool::{Counts, Health, NotificationId, Routes, SpoolError};
+
+pub(crate) struct JetStreamSpool {
+    pub(super) config: SpoolConfig,
+    pub(super) link: Provisioned,
+    /// The spool's stream, for direct gets.
+    pub(super) stream: Stream,
+    pub(super) bridge: Bridge,
+    pub(super) index: Arc<Index>,
+    pub(super) routes: ArcSwap<Routes>,
+    closed: AtomicBool,
+    fold: Mutex<Option<JoinHandle<()>>>,
+    /// The newest id this relay handed out (ids count up from it).
+    last_id: Mutex<Option<NotificationId>>,
+}
+
+impl JetStreamSpool {
+    /// Connects, checks and provisions (see [`Provisioned::open`]), opens
+    /// the local index and starts the fold that feeds it.
+    pub(crate) async fn open(
+        config: &SpoolConfig,
+        routes: Routes,
+        clock: Clock,
+    ) -> Result<Arc<JetStreamSpool>, SpoolError> {
+        let bridge = Bridge::for_clock(clock)?;
+        let path = config.jetstream.index_path.clone();
+        let refused = |detail: String| SpoolError::Open {
+            path: path.clone(),
+            detail,
+        };
+        let settings = config.clone();
+        let link = bridge
+            .run(async move { Provisioned::open(&settings, clock).await })
+            .await?
+            .map_err(|e| refused(e.to_string()))?;
+        let (context, name) = (link.context().clone(), link.names().stream());
+        let stream = bridge
+            .run(async move { context.get_stream(name).await })
+            .await?
+            .map_err(|e| refused(format!("reading the stream: {e}")))?;
+        let identity = link.identity().clone();
+        let index_path = path.clone();
+        let index = tokio::task::spawn_blocking(move || Index::open(&index_path, &identity))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))??;
+        let index = Arc::new(index);
+        let fold = bridge.spawn(tail::run(
+            link.context().clone(),
+            link.names().clone(),
+            index.clone(),
+        ));
+        let spool = Arc::new(JetStreamSpool {
+            config: config.clone(),
+            link,
+            stream,
+            bridge,
+            index,
+            routes: ArcSwap::from_pointee(routes),
+            closed: AtomicBool::new(false),
+            fold: Mutex::new(Some(fold)),
+            last_id: Mutex::new(None),
+        });
+        // Nothing is read before the index holds what was there at open.
+        spool.sync().await?;
+        Ok(spool)
+    }
+
+    pub(crate) fn config(&self) -> &SpoolConfig {
+        &self.config
+    }
+
+    /// Where this relay's own part of the spool is: its local index.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.config.jetstream.index_path
+    }
+
+    /// `Closed` once closed (or crashed).
+    pub(super) fn open_for_writes(&self) -> Result<(), SpoolError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SpoolError::Closed);
+        }
+        Ok(())
+    }
+
+    /// An id for a record received at `received_ms`, after every id this
+    /// relay handed out before (other relays' ids interleave by time).
+    pub(super) fn next_id(&self, received_ms: i64) -> NotificationId {
+        let mut last = self.last_id.lock().unwrap_or_else(|e| e.into_inner());
+        let id = NotificationId::next_after(*last, received_ms);
+        *last = Some(id);
+        id
+    }
+
+    /// Waits until the index has folded in `sequence` (a write of this
+    /// relay's), so the next read on this spool sees it. Bounded by the
+    /// request timeout without progress: a long catch-up that moves goes
+    /// on.
+    pub(super) async fn caught_up(&self, sequence: u64) -> Result<(), SpoolError> {
+        let mut applied = self.index.watch();
+        let within = self.config.jetstream.request_timeout.0;
+        let waited = self
+            .bridge
+            .run(async move {
+                loop {
+                    let before = *applied.borrow();
+                    let waited =
+                        tokio::time::timeout(within, applied.wait_for(|at| *at >= sequence))
+                            .await
+                            .map(|seen| seen.is_ok());
+                    match waited {
+                        Ok(open) => return Ok(open),
+                        Err(_) if *applied.borrow() > before => continue,
+                        Err(_) => return Err(before),
+                    }
+                }
+            })
+            .await?;
+        match waited {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SpoolError::Closed),
+            Err(at) => Err(SpoolError::Unavailable(format!(
+                "the JetStream index stays at sequence {at}, short of {sequence}, for {within:?}"
+            ))),
+        }
+    }
+
+    /// Waits until the index has folded in everything the stream held
+    /// before now, from any relay: publishes a marker to `P.m.sync` (one
+    /// kept) and waits for the fold to pass it.
+    pub(super) async fn sync(&self) -> Result<(), SpoolError> {
+        let context = self.link.context().clone();
+        let subject = self.link.names().sync();
+        let within = self.config.jetstream.request_timeout.0;
+        let acked = self
+            .bridge
+            .run(async move {
+                let sent = async { context.publish(subject, Bytes::new()).await?.await };
+                tokio::time::timeout(within, sent).await
+            })
+            .await?;
+        match acked {
+            Ok(Ok(ack)) => self.caught_up(ack.sequence).await,
+            Ok(Err(e)) => Err(SpoolError::Unavailable(format!(
+                "JetStream: the index's sync: {e}"
+            ))),
+            Err(_) => Err(SpoolError::Unavailable(format!(
+                "JetStream: no acknowledgement of the index's sync within {within:?}"
+            ))),
+        }
+    }
+
+    /// Takes a reloaded config's subscriptions: stores from now on fan out
+    /// to them. (Consumers per subscription come with leases, step 3.)
+    pub(crate) async fn set_routes(&self, routes: Routes) -> Result<(), SpoolError> {
+        self.routes.store(Arc::new(routes));
+        Ok(())
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        let closed = self.closed.load(Ordering::Acquire);
+        Health {
+            writable: !closed,
+            condition: closed.then(|| "the spool is closed".to_owned()),
+            ..Health::default()
+        }
+    }
+
+    /// Not kept yet (step 5): an empty spool's.
+    pub(crate) fn counts(&self) -> Counts {
+        Counts::default()
+    }
+
+    /// Whether the servers answer a round trip within `within`.
+    pub(crate) async fn writer_alive(&self, within: Duration) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let client = self.link.client().clone();
+        let asked = self
+            .bridge
+            .run(async move { tokio::time::timeout(within, client.flush()).await })
+            .await;
+        matches!(asked, Ok(Ok(Ok(()))))
+    }
+
+    /// Stops the fold, flushes what was sent and lets go of the connection
+    /// and of the index's files.
+    pub(crate) async fn close(&self) -> Result<(), SpoolError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.stop_fold();
+        let drained = {
+            let client = self.link.client().clone();
+            self.bridge.run(async move { client.drain().await }).await?
+        };
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || index.close(true))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))??;
+        drained.map_err(|e| SpoolError::Unavailable(format!("closing the NATS connection: {e}")))
+    }
+
+    /// Stops as a crash would: the fold aborted, nothing drained or
+    /// flushed; the connection goes when the spool is dropped.
+    #[cfg(test)]
+    pub(crate) fn crash(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.stop_fold();
+        let _ = self.index.close(false);
+    }
+
+    fn stop_fold(&self) {
+        if let Some(fold) = self.fold.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            fold.abort();
+        }
+    }
+}
+
+impl Drop for JetStreamSpool {
+    fn drop(&mut self) {
+        self.stop_fold();
+    }
+}

@@ -1,0 +1,212 @@
+//! This relay's local, disposable index of the shared spool: a sled
+//! database under `index_path`, fed by the fold of the stream in stream
+//! order (`tail.rs`), from which reads find a record's stream sequence and
+//! metadata without scanning the stream (bodies come by direct get).
+//!
+//! One tree, keys by kind: `n`+id and `q`+id hold a notification's or a
+//! quarantined body's `[sequence: u64 BE][metadata JSON]`; `!applied` the
+//! last stream sequence folded, written in the same batch as what it
+//! folded; `!identity` the spool's identity, so an index of a stream made
+//! again is dropped and rebuilt. Built so far (step 2): notifications and
+//! quarantine; resends are seen and not kept yet.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+use super::subjects::Kind;
+use super::Identity;
+use crate::spool::{cause, NotificationId, SpoolError};
+
+const NOTIFICATION: u8 = b'n';
+const QUARANTINE: u8 = b'q';
+const APPLIED: &[u8] = b"!applied";
+const IDENTITY: &[u8] = b"!identity";
+
+/// One record as the index keeps it.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub id: NotificationId,
+    /// Its message's sequence in the stream (for a direct get).
+    pub sequence: u64,
+    /// Its metadata, as the message's header held it (JSON).
+    pub meta: Vec<u8>,
+}
+
+/// The kinds of record a walk goes over.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Family {
+    Notifications,
+    Quarantine,
+}
+
+impl Family {
+    fn tag(self) -> u8 {
+        match self {
+            Family::Notifications => NOTIFICATION,
+            Family::Quarantine => QUARANTINE,
+        }
+    }
+}
+
+pub(super) struct Index {
+    /// `None` once closed: the database's files are let go of then.
+    tree: Mutex<Option<sled::Db>>,
+    applied: watch::Sender<u64>,
+}
+
+fn storage(err: sled::Error) -> SpoolError {
+    SpoolError::Storage(cause(err))
+}
+
+fn key(tag: u8, id: NotificationId) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = tag;
+    key[1..].copy_from_slice(&id.to_bytes());
+    key
+}
+
+fn entry(key: &[u8], value: &[u8]) -> Result<Entry, SpoolError> {
+    let corrupt = || SpoolError::Corrupt(format!("JetStream index entry {key:?}"));
+    let id = NotificationId::from_bytes(key.get(1..).ok_or_else(corrupt)?).ok_or_else(corrupt)?;
+    let sequence = value.get(..8).ok_or_else(corrupt)?;
+    Ok(Entry {
+        id,
+        sequence: u64::from_be_bytes(sequence.try_into().map_err(|_| corrupt())?),
+        meta: value[8..].to_vec(),
+    })
+}
+
+impl Index {
+    /// Opens (or makes) the index at `path` for the spool `identity`; an
+    /// index of another stream (deleted and made again) is emptied.
+    pub(super) fn open(path: &Path, identity: &Identity) -> Result<Index, SpoolError> {
+        let db = sled::open(path).map_err(|e| SpoolError::Open {
+            path: path.to_owned(),
+            detail: format!("the JetStream index: {e}"),
+        })?;
+        let ours = identity.id.as_bytes();
+        if db.get(IDENTITY).map_err(storage)?.as_deref() != Some(ours) {
+            db.clear().map_err(storage)?;
+            db.insert(IDENTITY, ours).map_err(storage)?;
+        }
+        let applied = match db.get(APPLIED).map_err(storage)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| SpoolError::Corrupt("the JetStream index's checkpoint".into()))?,
+            ),
+            None => 0,
+        };
+        Ok(Index {
+            tree: Mutex::new(Some(db)),
+            applied: watch::Sender::new(applied),
+        })
+    }
+
+    fn db(&self) -> Result<sled::Db, SpoolError> {
+        self.tree
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(SpoolError::Closed)
+    }
+
+    /// The last stream sequence folded in.
+    pub(super) fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Hears each sequence folded in.
+    pub(super) fn watch(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Folds in one message of the stream: `kind` from its subject, `meta`
+    /// its metadata header, `released` the quarantine id it takes out.
+    pub(super) fn apply(
+        &self,
+        sequence: u64,
+        kind: Kind,
+        meta: Option<&str>,
+        released: Option<NotificationId>,
+    ) -> Result<(), SpoolError> {
+        if sequence <= self.applied() {
+            return Ok(()); // seen before a restart of the tail
+        }
+        let db = self.db()?;
+        let mut batch = sled::Batch::default();
+        let value = |meta: &str| {
+            let mut value = sequence.to_be_bytes().to_vec();
+            value.extend_from_slice(meta.as_bytes());
+            value
+        };
+        match (kind, meta) {
+            (Kind::Notification(id), Some(meta)) => {
+                batch.insert(&key(NOTIFICATION, id), value(meta));
+            }
+            (Kind::Quarantine(id), Some(meta)) => batch.insert(&key(QUARANTINE, id), value(meta)),
+            // A quarantine record without metadata is its tombstone.
+            (Kind::Quarantine(id), None) => batch.remove(&key(QUARANTINE, id)),
+            _ => {}
+        }
+        if let Some(released) = released {
+            batch.remove(&key(QUARANTINE, released));
+        }
+        batch.insert(APPLIED, &sequence.to_be_bytes());
+        db.apply_batch(batch).map_err(storage)?;
+        self.applied.send_replace(sequence);
+        Ok(())
+    }
+
+    /// The notification or quarantined body `id`, if the index holds it.
+    pub(super) fn get(
+        &self,
+        family: Family,
+        id: NotificationId,
+    ) -> Result<Option<Entry>, SpoolError> {
+        let key = key(family.tag(), id);
+        match self.db()?.get(key).map_err(storage)? {
+            Some(value) => entry(&key, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record of `family`, oldest first, or newest first strictly
+    /// before `before`; read from a snapshot-free iterator, as sled walks.
+    pub(super) fn walk(
+        &self,
+        family: Family,
+        newest_first: bool,
+        before: Option<NotificationId>,
+    ) -> Result<Box<dyn Iterator<Item = Result<Entry, SpoolError>> + Send>, SpoolError> {
+        let db = self.db()?;
+        let tag = family.tag();
+        let start = key(tag, NotificationId(ulid::Ulid(0)));
+        let end = match before {
+            Some(before) => key(tag, before).to_vec(),
+            None => vec![tag + 1],
+        };
+        let range = db.range(start.to_vec()..end);
+        let read = |item: sled::Result<(sled::IVec, sled::IVec)>| {
+            let (k, v) = item.map_err(storage)?;
+            entry(&k, &v)
+        };
+        Ok(if newest_first {
+            Box::new(range.rev().map(read))
+        } else {
+            Box::new(range.map(read))
+        })
+    }
+
+    /// Lets go of the database (flushed when `flush`; a crash does not).
+    pub(super) fn close(&self, flush: bool) -> Result<(), SpoolError> {
+        let db = self.tree.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match db {
+            Some(db) if flush => db.flush().map(|_| ()).map_err(storage),
+            _ => Ok(()),
+        }
+    }
+}

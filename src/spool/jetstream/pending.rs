@@ -1,0 +1,166 @@
+//! The spool's calls the JetStream backend does not do yet (the later
+//! steps of `docs/design/jetstream.md`): each answers
+//! [`SpoolError::Unsupported`] with its name, or, where the call cannot
+//! fail, what an empty spool would answer. The relay refuses to serve on
+//! this backend until none is left, so no operator meets them.
+
+use std::collections::BTreeSet;
+
+use super::JetStreamSpool;
+use crate::delivery::Delivery;
+use crate::spool::backup::{ArchiveCounts, ArchiveWriter, BackupError};
+use crate::spool::{
+    ApiSubscription, AuditEntry, AuditId, Maintained, NotificationId, Purged, ReconcileCheck,
+    SpoolError, StuckChanges,
+};
+
+/// A lease of this backend: none can be made until leases are built
+/// (step 3), so it has no values.
+pub(crate) enum JetStreamLease {}
+
+impl JetStreamLease {
+    pub(crate) fn id(&self) -> NotificationId {
+        match *self {}
+    }
+
+    pub(crate) fn subscription(&self) -> &str {
+        match *self {}
+    }
+
+    pub(crate) fn delivery(&self) -> &Delivery {
+        match *self {}
+    }
+
+    pub(crate) fn notification(&self) -> &crate::spool::NotificationRecord {
+        match *self {}
+    }
+}
+
+fn unsupported<T>(call: &'static str) -> Result<T, SpoolError> {
+    Err(SpoolError::Unsupported(call))
+}
+
+impl JetStreamSpool {
+    pub(crate) async fn pause(&self, _subscription: &str, _paused: bool) -> Result<(), SpoolError> {
+        unsupported("pause a subscription")
+    }
+
+    pub(crate) fn paused(&self) -> BTreeSet<String> {
+        BTreeSet::new()
+    }
+
+    pub(crate) fn is_paused(&self, _subscription: &str) -> bool {
+        false
+    }
+
+    pub(crate) fn api_subscriptions(&self) -> Vec<ApiSubscription> {
+        Vec::new()
+    }
+
+    pub(crate) async fn put_subscription(
+        &self,
+        _subscription: ApiSubscription,
+        _audit: AuditEntry,
+    ) -> Result<AuditId, SpoolError> {
+        unsupported("keep an API subscription")
+    }
+
+    pub(crate) async fn remove_subscription(
+        &self,
+        _name: &str,
+        _audit: AuditEntry,
+    ) -> Result<AuditId, SpoolError> {
+        unsupported("remove an API subscription")
+    }
+
+    pub(crate) async fn backfill(
+        &self,
+        _subscription: &str,
+        _ids: Vec<NotificationId>,
+        _now_ms: i64,
+    ) -> Result<u64, SpoolError> {
+        unsupported("backfill")
+    }
+
+    pub(crate) async fn lease(
+        &self,
+        _subscription: &str,
+        _max: usize,
+    ) -> Result<Vec<JetStreamLease>, SpoolError> {
+        unsupported("lease")
+    }
+
+    pub(crate) async fn complete(
+        &self,
+        lease: &JetStreamLease,
+        _delivery: &Delivery,
+    ) -> Result<(), SpoolError> {
+        match *lease {}
+    }
+
+    pub(crate) async fn replay(
+        &self,
+        _id: NotificationId,
+        _subscription: &str,
+        _now_ms: i64,
+    ) -> Result<bool, SpoolError> {
+        unsupported("replay")
+    }
+
+    pub(crate) async fn retry_now(
+        &self,
+        _subscription: &str,
+        _now_ms: i64,
+    ) -> Result<u64, SpoolError> {
+        unsupported("retry now")
+    }
+
+    pub(crate) async fn purge(
+        &self,
+        _targets: Vec<(NotificationId, String)>,
+        _now_ms: i64,
+    ) -> Result<Purged, SpoolError> {
+        unsupported("purge")
+    }
+
+    pub(crate) async fn reassign_orphans(
+        &self,
+        _from: &str,
+        _to: Option<&str>,
+        _now_ms: i64,
+    ) -> Result<u64, SpoolError> {
+        unsupported("reassign orphans")
+    }
+
+    pub(crate) async fn maintain(&self) -> Result<Maintained, SpoolError> {
+        unsupported("maintain")
+    }
+
+    pub(crate) async fn audit(&self, _entry: AuditEntry) -> Result<AuditId, SpoolError> {
+        unsupported("keep an audit record")
+    }
+
+    pub(crate) async fn record_check(
+        &self,
+        _source: &str,
+        _subject: &str,
+        _check: &ReconcileCheck,
+    ) -> Result<(), SpoolError> {
+        unsupported("record a reconcile check")
+    }
+
+    pub(crate) async fn save_stuck(&self, _changes: StuckChanges) -> Result<(), SpoolError> {
+        unsupported("save the stuck marks")
+    }
+
+    pub(crate) fn backup<W: std::io::Write>(
+        &self,
+        _archive: &mut ArchiveWriter<W>,
+        _progress: &mut dyn FnMut(&ArchiveCounts),
+    ) -> Result<Option<NotificationId>, BackupError> {
+        Ok(unsupported("back up")?)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fail_next_batch(&self) {}
+}

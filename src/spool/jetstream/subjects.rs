@@ -1,0 +1,144 @@
+//! The spool's subjects in the stream `P_spool` (see
+//! `docs/design/jetstream.md`, "Names and subjects"): how a record's kind,
+//! source, dedup key and id are written into one, and read back by the
+//! index's fold.
+//!
+//! A source name that is already a subject token (`[A-Za-z0-9_-]+`) is
+//! used as it is; any other is `~` and its bytes in hex, so two names never
+//! share a token. A dedup key is the 26-character Crockford base32 of the
+//! first 16 bytes of SHA-256 over the key (fixed length, token-safe).
+
+use sha2::{Digest, Sha256};
+
+use super::Names;
+use crate::spool::NotificationId;
+
+/// The header holding a record's metadata (JSON) beside its raw body.
+pub(super) const META: &str = "Relay-Meta";
+/// On a notification made of a quarantined body: the quarantine id it
+/// takes out of the quarantine.
+pub(super) const RELEASED: &str = "Relay-Released";
+
+/// A name written as one subject token.
+pub(super) fn token(name: &str) -> String {
+    let safe = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if safe {
+        return name.to_owned();
+    }
+    let mut out = String::with_capacity(1 + 2 * name.len());
+    out.push('~');
+    for b in name.bytes() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The token of a dedup key: every store of one key (within a source)
+/// shares it, whatever the key's length or characters.
+pub(super) fn key_hash(dedup_key: &str) -> String {
+    let digest = Sha256::digest(dedup_key.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    ulid::Ulid(u128::from_be_bytes(first)).to_string()
+}
+
+impl Names {
+    /// A notification: `P.n.{src}.{kh}.{id}`.
+    pub(super) fn notification(&self, source: &str, dedup_key: &str, id: NotificationId) -> String {
+        format!("{}.{id}", self.dedup_key(source, dedup_key))
+    }
+
+    /// Every notification of one dedup key: `P.n.{src}.{kh}.*`, what the
+    /// store's compare-and-set is made over.
+    pub(super) fn dedup_wildcard(&self, source: &str, dedup_key: &str) -> String {
+        format!("{}.*", self.dedup_key(source, dedup_key))
+    }
+
+    fn dedup_key(&self, source: &str, dedup_key: &str) -> String {
+        format!(
+            "{}.n.{}.{}",
+            self.prefix,
+            token(source),
+            key_hash(dedup_key)
+        )
+    }
+
+    /// A quarantined body: `P.q.{src}.{id}`.
+    pub(super) fn quarantine(&self, source: &str, id: NotificationId) -> String {
+        format!("{}.q.{}.{id}", self.prefix, token(source))
+    }
+
+    /// A resend of `id` inside the window: `P.e.{id}.{resend}`.
+    pub(super) fn resend(&self, id: NotificationId, resend: ulid::Ulid) -> String {
+        format!("{}.e.{id}.{resend}", self.prefix)
+    }
+
+    /// What a subject of this spool holds, for the fold.
+    pub(super) fn parse(&self, subject: &str) -> Kind {
+        let Some(rest) = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            return Kind::Other;
+        };
+        let tokens: Vec<&str> = rest.split('.').collect();
+        let id = |text: &str| NotificationId::parse(text);
+        match tokens.as_slice() {
+            ["n", _, _, last] => id(last).map_or(Kind::Other, Kind::Notification),
+            ["q", _, last] => id(last).map_or(Kind::Other, Kind::Quarantine),
+            ["e", of, _] => id(of).map_or(Kind::Other, Kind::Resend),
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// What one message of the stream is, as the fold sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Notification(NotificationId),
+    Quarantine(NotificationId),
+    /// A resend of this notification inside the window.
+    Resend(NotificationId),
+    /// Something the index does not keep (yet).
+    Other,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_tokens_that_never_collide() {
+        assert_eq!(token("tus"), "tus");
+        assert_eq!(token("a.b"), "~612e62");
+        assert_eq!(token("~612e62"), "~7e363132653632");
+        assert_ne!(token("a b"), token("a_b"));
+        assert_eq!(key_hash("x").len(), 26);
+        assert_eq!(key_hash("x"), key_hash("x"));
+        assert_ne!(key_hash("x"), key_hash("y"));
+    }
+
+    #[test]
+    fn the_fold_reads_back_what_each_subject_holds() {
+        let names = Names::new("t1");
+        let id = NotificationId::new(1_700_000_000_000);
+        let stored = names.notification("a.b", "key with spaces", id);
+        assert_eq!(names.parse(&stored), Kind::Notification(id));
+        assert!(names
+            .dedup_wildcard("a.b", "key with spaces")
+            .ends_with(".*"));
+        assert_eq!(
+            names.parse(&names.quarantine("tus", id)),
+            Kind::Quarantine(id)
+        );
+        assert_eq!(
+            names.parse(&names.resend(id, ulid::Ulid::new())),
+            Kind::Resend(id)
+        );
+        assert_eq!(names.parse("t1.m.identity"), Kind::Other);
+        assert_eq!(names.parse("t2.q.tus.x"), Kind::Other);
+    }
+}

@@ -1,0 +1,77 @@
+//! The fold: one task per relay that tails the whole stream in order with
+//! an ordered, headers-only consumer (bodies are not copied), from the
+//! index's checkpoint, and folds each message into the local index. The
+//! client recreates an ordered consumer by itself after a gap; when the
+//! stream cannot be read at all, the task waits a second and starts
+//! again from the checkpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::{self, Message};
+use futures_util::StreamExt;
+
+use super::index::Index;
+use super::subjects::{Kind, META, RELEASED};
+use super::Names;
+use crate::spool::NotificationId;
+
+/// How long the fold waits before it starts again after an error.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Folds the stream into `index` until the task is aborted.
+pub(super) async fn run(context: jetstream::Context, names: Names, index: Arc<Index>) {
+    loop {
+        if let Err(err) = follow(&context, &names, &index).await {
+            tracing::warn!(error = %err, stream = %names.stream(), "the JetStream index stopped following the stream; starting again");
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+async fn follow(
+    context: &jetstream::Context,
+    names: &Names,
+    index: &Index,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let stream = context.get_stream(names.stream()).await?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: names.subjects(),
+            headers_only: true,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: index.applied() + 1,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = messages.next().await {
+        fold(names, index, &message?)?;
+    }
+    Ok(())
+}
+
+fn fold(
+    names: &Names,
+    index: &Index,
+    message: &Message,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let sequence = message.info()?.stream_sequence;
+    let kind = names.parse(message.subject.as_str());
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str())
+    };
+    let released = header(RELEASED).and_then(NotificationId::parse);
+    let meta = match kind {
+        Kind::Other => None,
+        _ => header(META),
+    };
+    index.apply(sequence, kind, meta, released)?;
+    Ok(())
+}
