@@ -54,7 +54,7 @@ impl Spool {
         id: NotificationId,
     ) -> Result<Option<NotificationRecord>, SpoolError> {
         if let Backend::Jetstream(b) = &self.backend {
-            return b.notification(id).await;
+            return Box::pin(b.notification(id)).await;
         }
         self.read("read a notification", move |b| b.notification(id))
             .await
@@ -63,7 +63,7 @@ impl Spool {
     /// Whether `id` is a quarantined body.
     pub async fn is_quarantined(&self, id: NotificationId) -> Result<bool, SpoolError> {
         if let Backend::Jetstream(b) = &self.backend {
-            return b.is_quarantined(id).await;
+            return Box::pin(b.is_quarantined(id)).await;
         }
         self.read("look up the quarantine", move |b| b.is_quarantined(id))
             .await
@@ -118,7 +118,7 @@ impl Spool {
         id: NotificationId,
     ) -> Result<Option<QuarantineRecord>, SpoolError> {
         if let Backend::Jetstream(b) = &self.backend {
-            return b.quarantine_record(id).await;
+            return Box::pin(b.quarantine_record(id)).await;
         }
         self.read("read a quarantined body", move |b| b.quarantine_record(id))
             .await
@@ -189,7 +189,7 @@ impl Spool {
     /// ride on the next group flush (a change lost in a crash makes the
     /// check tell an invoice's turn again: at least once, like events).
     pub async fn save_stuck(&self, changes: StuckChanges) -> Result<(), SpoolError> {
-        dispatch!(&self.backend, b => b.save_stuck(changes).await)
+        dispatch!(&self.backend, b => await b.save_stuck(changes))
     }
 
     /// The deliveries of one notification, one per subscription it was

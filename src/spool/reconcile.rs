@@ -77,7 +77,7 @@ impl Spool {
         {
             answer.truncate(ANSWER_KEPT);
         }
-        dispatch!(&self.backend, b => b.record_check(source, subject, &check).await)
+        dispatch!(&self.backend, b => await b.record_check(source, subject, &check))
     }
 
     /// The checks of an invoice, oldest first; at most the last
