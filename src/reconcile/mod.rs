@@ -28,7 +28,9 @@
 //! each request waits for the source's `rate`. The candidates are the
 //! stuck marks the events task keeps in the spool; what each invoice's
 //! schedule says is kept in memory between looks (bounded by the stuck
-//! invoices), read back from its stored checks after a restart.
+//! invoices), read back from its stored checks after a restart; so is
+//! each source's back-off (the checks of all its stuck invoices replayed,
+//! see `source_state`), before its first automatic request.
 
 mod check;
 pub mod client;
@@ -39,7 +41,7 @@ mod sources;
 mod task;
 mod wait;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -71,6 +73,8 @@ struct Inner {
     clock: Clock,
     /// What the stored checks say of each stuck invoice's wait.
     tracked: Mutex<HashMap<(String, String), Tracked>>,
+    /// The sources whose back-off was rebuilt from their stored checks.
+    restored: Mutex<HashSet<String>>,
 }
 
 impl Reconciler {
@@ -93,6 +97,7 @@ impl Reconciler {
                 events,
                 clock,
                 tracked: Mutex::new(HashMap::new()),
+                restored: Mutex::new(HashSet::new()),
             }),
         })
     }

@@ -6,8 +6,21 @@
 //! loop. The first failure of a spell turns it failing and the first
 //! answer after turns it recovered: each turn is told once
 //! (`relay.reconcile.failing`, `relay.reconcile.recovered`).
+//!
+//! The state lives in memory, and is rebuilt at start from the checks
+//! stored on the source's invoices ([`SourceState::replayed`]), so a
+//! restart continues a spell's back-off instead of asking at once.
 
 use std::time::Duration;
+
+/// What a stored check says of its source's query API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// The provider answered (whatever it said of the invoice).
+    Answered,
+    /// The request failed (refused, 5xx, timeout, unreadable).
+    Failed,
+}
 
 /// A turn of a source, to be told once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +92,27 @@ impl SourceState {
     /// spell goes on: one failing turn, one recovered when it answers.
     pub fn reconfigured(&mut self) {
         self.resting_until_ms = None;
+    }
+
+    /// The state after the requests `asked` (when, and how it went; in any
+    /// order, e.g. the checks of every invoice of the source), as if the
+    /// relay had made them without stopping: the failures in a row since
+    /// the last answer, resting from the last of them, the spell already
+    /// told (a restart does not tell `failing` again).
+    pub fn replayed(mut asked: Vec<(i64, Asked)>, backoff: &[Duration]) -> SourceState {
+        asked.sort_by_key(|(at_ms, _)| *at_ms);
+        let mut state = SourceState::default();
+        for (at_ms, asked) in asked {
+            match asked {
+                Asked::Failed => {
+                    state.failed(at_ms, backoff);
+                }
+                Asked::Answered => {
+                    state.answered();
+                }
+            }
+        }
+        state
     }
 
     /// The provider answered (whatever it said of the invoice): the rest
@@ -154,6 +188,70 @@ mod tests {
         }
         let offsets: Vec<i64> = requests.iter().map(|at| (at - T0) / MIN).collect();
         assert_eq!(offsets, [0, 1, 6, 36, 66, 96]);
+    }
+
+    #[test]
+    fn the_stored_checks_of_a_spell_rebuild_its_backoff_and_its_told_turn() {
+        // Two invoices' checks, read one invoice after the other.
+        let asked = vec![
+            (T0 + MIN, Asked::Failed),
+            (T0 + 36 * MIN, Asked::Failed),
+            (T0 - MIN, Asked::Answered),
+            (T0, Asked::Failed),
+            (T0 + 6 * MIN, Asked::Failed),
+        ];
+        let state = SourceState::replayed(asked, &backoff());
+        assert_eq!(state.failures(), 4);
+        assert_eq!(
+            state.resting_until_ms(),
+            Some(T0 + 66 * MIN),
+            "30m after the last"
+        );
+        assert!(!state.may_ask(T0 + 66 * MIN - 1));
+        let mut uninterrupted = SourceState::default();
+        for at in [T0, T0 + MIN, T0 + 6 * MIN, T0 + 36 * MIN] {
+            uninterrupted.failed(at, &backoff());
+        }
+        assert_eq!(state, uninterrupted, "as if it had not stopped");
+        let mut state = state;
+        assert_eq!(
+            state.failed(T0 + 66 * MIN, &backoff()),
+            None,
+            "told already"
+        );
+        assert_eq!(
+            state.answered(),
+            Some(Turn::Recovered {
+                since_ms: T0,
+                failures: 5
+            })
+        );
+    }
+
+    #[test]
+    fn an_answer_after_the_failures_ends_the_spell_and_no_checks_leave_it_well() {
+        let asked = vec![
+            (T0, Asked::Failed),
+            (T0 + MIN, Asked::Failed),
+            (T0 + 2 * MIN, Asked::Answered),
+        ];
+        assert_eq!(
+            SourceState::replayed(asked, &backoff()),
+            SourceState::default()
+        );
+        assert_eq!(
+            SourceState::replayed(Vec::new(), &backoff()),
+            SourceState::default()
+        );
+        // A new spell after the answer counts from its own first failure.
+        let asked = vec![
+            (T0, Asked::Failed),
+            (T0 + MIN, Asked::Answered),
+            (T0 + 2 * MIN, Asked::Failed),
+        ];
+        let state = SourceState::replayed(asked, &backoff());
+        assert_eq!(state.failures(), 1);
+        assert_eq!(state.resting_until_ms(), Some(T0 + 3 * MIN));
     }
 
     #[test]

@@ -4,14 +4,15 @@
 //! up on those whose `give_up_after` is past.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::error::ReconcileError;
 use super::schedule::Next;
-use super::wait::{checked_since, Tracked, NO_KEYS};
+use super::source_state::SourceState;
+use super::wait::{asked, checked_since, Tracked, NO_KEYS};
 use super::Inner;
 use crate::spool::{CheckOutcome, ReconcileCheck, SpoolError};
 
@@ -56,6 +57,10 @@ impl Inner {
                 .iter()
                 .any(|s| s.source == *source && s.subject == *subject)
         });
+        if let Err(err) = self.restore(&sources, &stuck).await {
+            tracing::warn!(error = %err, "an invoice's checks not read");
+            return retry;
+        }
         for invoice in &stuck {
             let Some(engine) = sources.engines.get(&invoice.source) else {
                 continue;
@@ -182,6 +187,70 @@ impl Inner {
             self.metrics.set_reconcile_waiting(source, count);
         }
         wake
+    }
+
+    /// Before a source's first automatic request: its back-off as its
+    /// stored checks tell it (those of all its stuck invoices, read once
+    /// and kept as their waits), so a restart neither asks a failing
+    /// source at once nor starts its back-off again.
+    async fn restore(
+        &self,
+        sources: &super::Sources,
+        stuck: &[crate::spool::StuckInvoice],
+    ) -> Result<(), SpoolError> {
+        let unrestored: Vec<&String> = {
+            let restored = self.restored.lock().unwrap_or_else(PoisonError::into_inner);
+            sources
+                .engines
+                .keys()
+                .filter(|name| !restored.contains(*name))
+                .collect()
+        };
+        if unrestored.is_empty() {
+            return Ok(());
+        }
+        let mut told: BTreeMap<&str, Vec<_>> = unrestored
+            .iter()
+            .map(|name| (name.as_str(), Vec::new()))
+            .collect();
+        for invoice in stuck {
+            let Some(asked_of) = told.get_mut(invoice.source.as_str()) else {
+                continue;
+            };
+            let checks = self.spool.checks(&invoice.source, &invoice.subject).await?;
+            asked_of.extend(
+                checks
+                    .iter()
+                    .filter_map(|check| asked(check).map(|asked| (check.at_ms, asked))),
+            );
+            let (checked, settled) = checked_since(&checks, invoice.since_ms);
+            self.tracked().insert(
+                (invoice.source.clone(), invoice.subject.clone()),
+                Tracked {
+                    since_ms: invoice.since_ms,
+                    checked,
+                    settled,
+                },
+            );
+        }
+        let mut restored = self.restored.lock().unwrap_or_else(PoisonError::into_inner);
+        for (name, asked) in told {
+            let Some(engine) = sources.engines.get(name) else {
+                continue;
+            };
+            let state = SourceState::replayed(asked, &engine.config.failure_backoff);
+            if state.is_failing() {
+                tracing::info!(source = %name, failures = state.failures(), "the source's failed checks read back: its back-off goes on");
+            }
+            // Requests made since start (on demand) are stored too, and
+            // what this process saw of them is newer: it stands.
+            let mut current = engine.state();
+            if *current == SourceState::default() {
+                *current = state;
+            }
+            restored.insert(name.to_owned());
+        }
+        Ok(())
     }
 
     /// Whether the invoice is still undecided (a webhook may have come

@@ -3,6 +3,7 @@
 //! up or was settled, as its stored checks tell it.
 
 use super::schedule::Checked;
+use super::source_state::Asked;
 use super::Inner;
 use crate::spool::{CheckOutcome, ReconcileCheck};
 
@@ -48,6 +49,19 @@ pub(super) fn checked_since(checks: &[ReconcileCheck], since_ms: i64) -> (Checke
         }
     }
     (checked, settled)
+}
+
+/// What a stored check says of its source's query API, as `check` told
+/// the source's state when it was made: `None` if the source was not asked
+/// (nothing to ask with, or giving up).
+pub(super) fn asked(check: &ReconcileCheck) -> Option<Asked> {
+    match &check.outcome {
+        CheckOutcome::Final { .. } | CheckOutcome::Pending { .. } => Some(Asked::Answered),
+        CheckOutcome::Failed { kind, .. } if kind == NO_KEYS => None,
+        CheckOutcome::Failed { kind, .. } if kind == "not_found" => Some(Asked::Answered),
+        CheckOutcome::Failed { .. } => Some(Asked::Failed),
+        CheckOutcome::GaveUp => None,
+    }
 }
 
 impl Inner {

@@ -4,7 +4,10 @@
 //! provider, and a final answer reaches the target once, signed, with
 //! `x-relay-origin: reconcile`; a later webhook of the same state changes
 //! nothing; a source with wrong credentials is told failing once and
-//! rests along its back-off; a pending answer is retried, then given up.
+//! rests along its back-off, and after a restart (the built binary,
+//! SIGKILLed) goes on resting; a pending answer is retried, then given up;
+//! a `relay.*` subscriber hears a reconciled invoice stuck, then unstuck,
+//! once each.
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +16,8 @@ use serde_json::Value;
 use webhook_relay::spool::CheckOutcome;
 
 use crate::forwarding::verify_with_standardwebhooks;
-use crate::helpers::{subscription, Received, Target, TestRelay};
+use crate::helpers::{eventually, provider_client, subscription, Received, Target, TestRelay};
+use crate::process::{write_config, RelayProcess};
 use crate::progress::while_progressing;
 use crate::provider_sim::{HeaderForm, InvoiceState, ProviderSim};
 
@@ -322,4 +326,179 @@ async fn a_pending_answer_is_recorded_retried_per_every_then_given_up() {
     assert_eq!(invoice.status.as_str(), "queued", "still stuck");
     assert_eq!(erp.count(), 1);
     relay.stop().await;
+}
+
+fn told<'a>(events: &'a [Value], event_type: &str, subject: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] == event_type && e["subject"] == subject)
+        .collect()
+}
+
+fn bodies(target: &Target) -> Vec<Value> {
+    target
+        .received()
+        .iter()
+        .filter_map(|r| serde_json::from_slice(&r.body).ok())
+        .collect()
+}
+
+/// A `relay.*` subscriber hears a reconciled invoice stuck once, then
+/// unstuck once by the reconciled notification; the provider's late
+/// webhook of the same state tells nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconciled_invoice_is_told_stuck_once_then_unstuck_once() {
+    let secrets = tempfile::tempdir().unwrap();
+    let (sim, section) =
+        nubefact(secrets.path(), "nf-token", "nf-token", "every = [\"50ms\"]").await;
+    let (erp, alerts) = (Target::start(vec![]).await, Target::start(vec![]).await);
+    let extra = format!(
+        "{section}{}{}",
+        subscription("erp", &erp.url(), ""),
+        subscription("alerts", &alerts.url(), "events = [\"relay.*\"]"),
+    );
+    let relay = TestRelay::start(&extra).await;
+    let (key, later) = ("BBB1-7", "BBB1-8");
+    sim.set(key, InvoiceState::Accepted);
+    post_webhook(&relay, "nf", sim.webhook(key, InvoiceState::Pending)).await;
+    let unstuck = |t: &Target| !told(&bodies(t), "relay.invoice.unstuck", key).is_empty();
+    assert!(alerts.wait_until(WAIT, unstuck).await, "told unstuck");
+    erp.wait_for(2, WAIT).await;
+    post_webhook(&relay, "nf", sim.webhook(key, InvoiceState::Accepted)).await;
+    // Another invoice told stuck: the events task looked again since.
+    sim.set(later, InvoiceState::Pending);
+    post_webhook(&relay, "nf", sim.webhook(later, InvoiceState::Pending)).await;
+    let later_stuck = |t: &Target| !told(&bodies(t), "relay.invoice.stuck", later).is_empty();
+    assert!(
+        alerts.wait_until(WAIT, later_stuck).await,
+        "later told stuck"
+    );
+
+    let events = bodies(&alerts);
+    assert_eq!(told(&events, "relay.invoice.stuck", key).len(), 1);
+    let unstuck = told(&events, "relay.invoice.unstuck", key);
+    assert_eq!(unstuck.len(), 1, "{events:?}");
+    assert_eq!(unstuck[0]["source"], "nf");
+    assert_eq!(unstuck[0]["status"], "accepted");
+    let recorded = checks(&relay, "nf", key).await;
+    let [CheckOutcome::Final { notification, .. }] = recorded.as_slice() else {
+        panic!("{recorded:?}")
+    };
+    assert_eq!(
+        unstuck[0]["notification"],
+        notification.to_string(),
+        "cleared by the reconciled notification"
+    );
+    relay.stop().await;
+}
+
+async fn post_to_process(
+    client: &reqwest::Client,
+    relay: &RelayProcess,
+    source: &str,
+    body: Vec<u8>,
+) {
+    let url = format!(
+        "https://localhost:{}/hooks/{source}/{HOOK_TOKEN}",
+        relay.addr.port()
+    );
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the webhook reaches the relay");
+    assert_eq!(response.status(), 200);
+}
+
+/// The built binary, SIGKILLed after a failed check (wrong token) and
+/// started again: the source's back-off goes on from its stored checks
+/// (no request at start, the next one when the back-off says), and an
+/// invoice given up before is not asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_continues_the_backoff_and_asks_no_given_up_invoice() {
+    const BACKOFF: Duration = Duration::from_secs(8);
+    crate::helpers::init();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = ProviderSim::nubefact("nf-token", HeaderForm::TokenQuoted).await;
+    let wrong = secret_file(dir.path(), "wrong.token", "not-the-token");
+    let right = secret_file(dir.path(), "right.token", "nf-token");
+    let sections = format!(
+        "{}{}",
+        source(
+            "nf",
+            "nubefact",
+            &sim,
+            &format!("token_file = \"{wrong}\""),
+            &format!(
+                "every = [\"50ms\"]\nfailure_backoff = [\"{}s\"]",
+                BACKOFF.as_secs()
+            ),
+        ),
+        source(
+            "nf2",
+            "nubefact",
+            &sim,
+            &format!("token_file = \"{right}\""),
+            "every = [\"100ms\"]\ngive_up_after = \"1s\"",
+        ),
+    );
+    let config = write_config(dir.path(), &sections);
+    let relay = RelayProcess::spawn(&config).await;
+    let client = provider_client(&dir.path().join("tls/self-signed.crt"));
+    let (refused, given_up) = ("BBB1-1", "BBB1-2");
+    sim.set(given_up, InvoiceState::Pending);
+    post_to_process(
+        &client,
+        &relay,
+        "nf",
+        sim.webhook(refused, InvoiceState::Pending),
+    )
+    .await;
+    post_to_process(
+        &client,
+        &relay,
+        "nf2",
+        sim.webhook(given_up, InvoiceState::Pending),
+    )
+    .await;
+    eventually(WAIT, "the first refused check", || {
+        sim.count_for(refused) >= 1
+    })
+    .await;
+    let first = tokio::time::Instant::now();
+    // Given up by the same task, after the refused check was recorded.
+    eventually(WAIT, "nf2's invoice given up", || {
+        !relay.logged("provider still says pending").is_empty()
+    })
+    .await;
+    assert_eq!(sim.count_for(refused), 1, "resting");
+    let asked_before = sim.count_for(given_up);
+    assert!(asked_before >= 2, "{asked_before}");
+
+    relay.sigkill().await;
+    let relay = RelayProcess::spawn(&config).await;
+    let restarted = first.elapsed();
+    assert!(
+        restarted + Duration::from_secs(2) < BACKOFF - Duration::from_secs(1),
+        "the restart took {restarted:?}: too late to see a burst"
+    );
+    // At least a second of looks after the restart, inside the back-off:
+    // one uninterrupted back-off allows no request there.
+    tokio::time::sleep_until(first + BACKOFF - Duration::from_secs(1)).await;
+    assert_eq!(sim.count_for(refused), 1, "no request at the restart");
+    eventually(WAIT, "the next refused check", || {
+        sim.count_for(refused) >= 2
+    })
+    .await;
+    let second = first.elapsed();
+    assert!(
+        second >= BACKOFF - Duration::from_millis(100),
+        "asked again {second:?} after the first, its back-off {BACKOFF:?}"
+    );
+    assert!(!relay.logged("its back-off goes on").is_empty());
+    assert_eq!(sim.count_for(given_up), asked_before, "given up stays so");
+    assert_eq!(sim.count_for(refused), 2);
+    relay.sigterm().await;
 }
