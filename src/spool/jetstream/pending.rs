@@ -7,34 +7,11 @@
 use std::collections::BTreeSet;
 
 use super::JetStreamSpool;
-use crate::delivery::Delivery;
 use crate::spool::backup::{ArchiveCounts, ArchiveWriter, BackupError};
 use crate::spool::{
     ApiSubscription, AuditEntry, AuditId, Maintained, NotificationId, Purged, ReconcileCheck,
     SpoolError, StuckChanges,
 };
-
-/// A lease of this backend: none can be made until leases are built
-/// (step 3), so it has no values.
-pub(crate) enum JetStreamLease {}
-
-impl JetStreamLease {
-    pub(crate) fn id(&self) -> NotificationId {
-        match *self {}
-    }
-
-    pub(crate) fn subscription(&self) -> &str {
-        match *self {}
-    }
-
-    pub(crate) fn delivery(&self) -> &Delivery {
-        match *self {}
-    }
-
-    pub(crate) fn notification(&self) -> &crate::spool::NotificationRecord {
-        match *self {}
-    }
-}
 
 fn unsupported<T>(call: &'static str) -> Result<T, SpoolError> {
     Err(SpoolError::Unsupported(call))
@@ -80,22 +57,6 @@ impl JetStreamSpool {
         _now_ms: i64,
     ) -> Result<u64, SpoolError> {
         unsupported("backfill")
-    }
-
-    pub(crate) async fn lease(
-        &self,
-        _subscription: &str,
-        _max: usize,
-    ) -> Result<Vec<JetStreamLease>, SpoolError> {
-        unsupported("lease")
-    }
-
-    pub(crate) async fn complete(
-        &self,
-        lease: &JetStreamLease,
-        _delivery: &Delivery,
-    ) -> Result<(), SpoolError> {
-        match *lease {}
     }
 
     pub(crate) async fn replay(
