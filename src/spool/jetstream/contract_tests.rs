@@ -166,4 +166,10 @@ turned_on! {
     store::a_lease_let_go_of_wakes_a_waiting_lease, paused;
     store::an_idle_lease_wakes_as_soon_as_a_store_is_durable;
     store::deliveries_and_outcomes_survive_reopening;
+    store::the_role_handles_store_lease_and_complete_as_the_spool_does;
+}
+
+// Step 4 (first part): pause and resume, as the index folds them.
+turned_on! {
+    store::a_paused_subscription_is_leased_nothing_until_resumed_even_across_a_reopen;
 }

@@ -167,6 +167,7 @@ impl Index {
             }
             // A quarantine record without metadata is its tombstone.
             (&Kind::Quarantine(id), None) => batch.remove(&key(QUARANTINE, id)),
+            (Kind::Pause, Some(meta)) => super::pause::fold_pause(&mut batch, meta)?,
             (Kind::Delivery { subscription, id }, _) => {
                 super::deliveries::fold_state(
                     &db,

@@ -165,10 +165,14 @@ impl JetStreamSpool {
             applied.borrow_and_update();
             given_back.borrow_and_update();
             self.naks.settle(&self.bridge).await?;
-            self.wake_due(subscription, max).await?;
-            let leases = self.fetch_leases(subscription, max).await?;
-            if !leases.is_empty() {
-                return Ok(leases);
+            // A paused subscription fetches nothing; the resume is folded
+            // in, which wakes this loop.
+            if !self.index.is_paused(subscription)? {
+                self.wake_due(subscription, max).await?;
+                let leases = self.fetch_leases(subscription, max).await?;
+                if !leases.is_empty() {
+                    return Ok(leases);
+                }
             }
             let mut wait = idle;
             if let Some(at) = self.index.next_wake_ms(subscription)? {

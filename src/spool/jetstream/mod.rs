@@ -26,6 +26,7 @@ mod durability;
 mod error;
 mod index;
 mod lease;
+mod pause;
 mod pending;
 mod provision;
 mod reads;

@@ -4,8 +4,6 @@
 //! fail, what an empty spool would answer. The relay refuses to serve on
 //! this backend until none is left, so no operator meets them.
 
-use std::collections::BTreeSet;
-
 use super::JetStreamSpool;
 use crate::spool::backup::{ArchiveCounts, ArchiveWriter, BackupError};
 use crate::spool::{
@@ -18,18 +16,6 @@ fn unsupported<T>(call: &'static str) -> Result<T, SpoolError> {
 }
 
 impl JetStreamSpool {
-    pub(crate) async fn pause(&self, _subscription: &str, _paused: bool) -> Result<(), SpoolError> {
-        unsupported("pause a subscription")
-    }
-
-    pub(crate) fn paused(&self) -> BTreeSet<String> {
-        BTreeSet::new()
-    }
-
-    pub(crate) fn is_paused(&self, _subscription: &str) -> bool {
-        false
-    }
-
     pub(crate) fn api_subscriptions(&self) -> Vec<ApiSubscription> {
         Vec::new()
     }

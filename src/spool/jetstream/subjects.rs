@@ -100,6 +100,11 @@ impl Names {
         format!("{}.d.{}.*", self.prefix, token(subscription))
     }
 
+    /// A subscription's pause flag: `P.c.pause.{sub}`.
+    pub(super) fn pause(&self, subscription: &str) -> String {
+        format!("{}.c.pause.{}", self.prefix, token(subscription))
+    }
+
     /// The durable consumer of one subscription: `P_s_{sub}`.
     pub(super) fn consumer(&self, subscription: &str) -> String {
         format!("{}_s_{}", self.prefix, token(subscription))
@@ -119,6 +124,7 @@ impl Names {
             ["n", _, _, last] => id(last).map_or(Kind::Other, Kind::Notification),
             ["q", _, last] => id(last).map_or(Kind::Other, Kind::Quarantine),
             ["e", of, _] => id(of).map_or(Kind::Other, Kind::Resend),
+            ["c", "pause", _] => Kind::Pause,
             ["d", sub, last] => id(last).map_or(Kind::Other, |id| Kind::Delivery {
                 subscription: (*sub).to_owned(),
                 id,
@@ -140,6 +146,8 @@ pub(super) enum Kind {
         subscription: String,
         id: NotificationId,
     },
+    /// A subscription's pause flag (its name is in the metadata).
+    Pause,
     /// Something the index does not keep (yet).
     Other,
 }
@@ -183,6 +191,7 @@ mod tests {
                 id
             }
         );
+        assert_eq!(names.parse(&names.pause("a.b")), Kind::Pause);
         assert_eq!(names.parse("t1.m.identity"), Kind::Other);
         assert_eq!(names.parse("t2.q.tus.x"), Kind::Other);
     }
