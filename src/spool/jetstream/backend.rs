@@ -100,6 +100,7 @@ impl JetStreamSpool {
         });
         // Nothing is read before the index holds what was there at open.
         spool.sync().await?;
+        spool.reclaim_journal().await?;
         // Made before anything is stored for them (a new consumer starts
         // with what comes next).
         for subscription in subscriptions {

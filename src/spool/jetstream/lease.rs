@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::bridge::Bridge;
 use super::deliveries::Mark;
-use super::index::Family;
+use super::index::{Family, Index};
 use super::subjects::{token, Kind, LEASE, META};
 use super::JetStreamSpool;
 use crate::delivery::Delivery;
@@ -48,6 +48,9 @@ pub(crate) struct JetStreamLease {
     /// written (0: no state yet).
     pub(super) expected: u64,
     pub(super) acker: Option<Arc<Acker>>,
+    /// Where its ack goes, as the lease journal keeps it.
+    ack_subject: Option<String>,
+    index: Arc<Index>,
     keepalive: JoinHandle<()>,
     pub(super) done: AtomicBool,
     naks: Arc<Naks>,
@@ -74,6 +77,13 @@ impl JetStreamLease {
     pub(super) fn completed(&self) {
         self.done.store(true, Ordering::Release);
         self.keepalive.abort();
+        self.forget();
+    }
+
+    fn forget(&self) {
+        if let Some(subject) = &self.ack_subject {
+            let _ = self.index.journal_done(subject);
+        }
     }
 }
 
@@ -84,6 +94,7 @@ impl Drop for JetStreamLease {
             if let Some(acker) = self.acker.take() {
                 self.naks.give_back(acker);
             }
+            self.forget();
         }
     }
 }
@@ -222,13 +233,20 @@ impl JetStreamSpool {
         let mut skips = Vec::new();
         for message in fetched {
             let sequence = message.info().map_or(0, |info| info.stream_sequence);
+            let reply = message.reply.as_ref().map(|r| r.to_string());
             let (message, acker) = message.split();
             let acker = Arc::new(acker);
             match self.leasable(subscription, sequence, &message).await? {
-                Some(leased) => leases.push(self.hold(subscription, leased, acker)),
+                Some(leased) => leases.push(self.hold(subscription, leased, acker, reply)),
                 None => skips.push(acker),
             }
         }
+        let taken: Vec<String> = leases
+            .iter()
+            .filter_map(|l: &JetStreamLease| l.ack_subject.clone())
+            .collect();
+        self.index
+            .journal_taken(&taken, crate::clock::Clock::system().now_ms())?;
         if !skips.is_empty() {
             self.bridge.spawn(async move {
                 for acker in skips {
@@ -320,7 +338,13 @@ impl JetStreamSpool {
         Ok(Some(Record { meta, body }))
     }
 
-    fn hold(&self, subscription: &str, leased: Leased, acker: Arc<Acker>) -> JetStreamLease {
+    fn hold(
+        &self,
+        subscription: &str,
+        leased: Leased,
+        acker: Arc<Acker>,
+        ack_subject: Option<String>,
+    ) -> JetStreamLease {
         let every = self.ack_wait() / 3;
         let kept = acker.clone();
         let keepalive = self.bridge.spawn(async move {
@@ -336,6 +360,8 @@ impl JetStreamSpool {
             notification: leased.notification,
             expected: leased.expected,
             acker: Some(acker),
+            ack_subject,
+            index: self.index.clone(),
             keepalive,
             done: AtomicBool::new(false),
             naks: self.naks.clone(),

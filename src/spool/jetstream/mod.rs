@@ -25,6 +25,9 @@ mod deliveries;
 mod durability;
 mod error;
 mod index;
+mod journal;
+#[cfg(test)]
+mod journal_tests;
 mod lease;
 mod pause;
 mod pending;
