@@ -4,7 +4,7 @@
 //! Writes are in `store.rs`, reads in `reads.rs`, what is not built yet in
 //! `pending.rs`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,9 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use super::bridge::Bridge;
+use super::consumers::Consumers;
 use super::index::Index;
+use super::lease::Naks;
 use super::{tail, Provisioned};
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
@@ -28,8 +30,16 @@ pub(crate) struct JetStreamSpool {
     pub(super) bridge: Bridge,
     pub(super) index: Arc<Index>,
     pub(super) routes: ArcSwap<Routes>,
+    pub(super) clock: Clock,
+    pub(super) consumers: Consumers,
+    pub(super) naks: Arc<Naks>,
+    /// This open's name in the marks of its writes (`Relay-Write`).
+    pub(super) relay: String,
+    pub(super) writes: AtomicU64,
     closed: AtomicBool,
+    /// The fold, and the task that naks leases given back.
     fold: Mutex<Option<JoinHandle<()>>>,
+    nak_task: Mutex<Option<JoinHandle<()>>>,
     /// The newest id this relay handed out (ids count up from it).
     last_id: Mutex<Option<NotificationId>>,
 }
@@ -69,6 +79,8 @@ impl JetStreamSpool {
             link.names().clone(),
             index.clone(),
         ));
+        let (naks, nak_task) = Naks::start(&bridge);
+        let subscriptions: Vec<String> = routes.names().map(str::to_owned).collect();
         let spool = Arc::new(JetStreamSpool {
             config: config.clone(),
             link,
@@ -76,12 +88,24 @@ impl JetStreamSpool {
             bridge,
             index,
             routes: ArcSwap::from_pointee(routes),
+            clock,
+            consumers: Consumers::default(),
+            naks,
+            relay: ulid::Ulid::new().to_string(),
+            writes: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             fold: Mutex::new(Some(fold)),
+            nak_task: Mutex::new(Some(nak_task)),
             last_id: Mutex::new(None),
         });
         // Nothing is read before the index holds what was there at open.
         spool.sync().await?;
+        spool.reclaim_journal().await?;
+        // Made before anything is stored for them (a new consumer starts
+        // with what comes next).
+        for subscription in subscriptions {
+            spool.consumer(&subscription).await?;
+        }
         Ok(spool)
     }
 
@@ -170,8 +194,11 @@ impl JetStreamSpool {
     }
 
     /// Takes a reloaded config's subscriptions: stores from now on fan out
-    /// to them. (Consumers per subscription come with leases, step 3.)
+    /// to them, and a new one gets its consumer first.
     pub(crate) async fn set_routes(&self, routes: Routes) -> Result<(), SpoolError> {
+        for subscription in routes.names() {
+            self.consumer(subscription).await?;
+        }
         self.routes.store(Arc::new(routes));
         Ok(())
     }
@@ -209,6 +236,8 @@ impl JetStreamSpool {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        // Leases given back reach the servers before the connection goes.
+        self.naks.settle(&self.bridge).await?;
         self.stop_fold();
         let drained = {
             let client = self.link.client().clone();
@@ -231,8 +260,10 @@ impl JetStreamSpool {
     }
 
     fn stop_fold(&self) {
-        if let Some(fold) = self.fold.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            fold.abort();
+        for task in [&self.fold, &self.nak_task] {
+            if let Some(task) = task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                task.abort();
+            }
         }
     }
 }

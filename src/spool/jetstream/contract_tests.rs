@@ -157,3 +157,19 @@ turned_on! {
     store::quarantine_keeps_the_raw_body_and_reason;
     store::a_closed_spool_refuses_writes_and_probes;
 }
+
+// Step 3: leases and outcomes.
+turned_on! {
+    store::stores_once_per_dedup_key_within_the_window_and_fans_out_inside;
+    store::first_attempts_come_in_order_and_retries_when_due, paused;
+    store::a_lease_dropped_without_an_outcome_is_due_again_and_a_completed_one_is_not, paused;
+    store::a_lease_let_go_of_wakes_a_waiting_lease, paused;
+    store::an_idle_lease_wakes_as_soon_as_a_store_is_durable;
+    store::deliveries_and_outcomes_survive_reopening;
+    store::the_role_handles_store_lease_and_complete_as_the_spool_does;
+}
+
+// Step 4 (first part): pause and resume, as the index folds them.
+turned_on! {
+    store::a_paused_subscription_is_leased_nothing_until_resumed_even_across_a_reopen;
+}

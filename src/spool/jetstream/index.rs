@@ -7,8 +7,9 @@
 //! quarantined body's `[sequence: u64 BE][metadata JSON]`; `!applied` the
 //! last stream sequence folded, written in the same batch as what it
 //! folded; `!identity` the spool's identity, so an index of a stream made
-//! again is dropped and rebuilt. Built so far (step 2): notifications and
-//! quarantine; resends are seen and not kept yet.
+//! again is dropped and rebuilt. Built so far (steps 2 and 3):
+//! notifications and quarantine, and the deliveries' states with their due
+//! set (`deliveries.rs`); resends are seen and not kept yet.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -23,6 +24,19 @@ const NOTIFICATION: u8 = b'n';
 const QUARANTINE: u8 = b'q';
 const APPLIED: &[u8] = b"!applied";
 const IDENTITY: &[u8] = b"!identity";
+
+/// What the fold reads from one message's headers.
+#[derive(Debug, Default)]
+pub(super) struct Folded<'a> {
+    /// Its metadata (JSON).
+    pub meta: Option<&'a str>,
+    /// The quarantine id a notification takes out.
+    pub released: Option<NotificationId>,
+    /// A delivery state's mark: `due`, `wait` or `final`.
+    pub lease: Option<&'a str>,
+    /// When a delivery state is due.
+    pub due_ms: Option<i64>,
+}
 
 /// One record as the index keeps it.
 #[derive(Debug, Clone)]
@@ -56,7 +70,7 @@ pub(super) struct Index {
     applied: watch::Sender<u64>,
 }
 
-fn storage(err: sled::Error) -> SpoolError {
+pub(super) fn storage(err: sled::Error) -> SpoolError {
     SpoolError::Storage(cause(err))
 }
 
@@ -106,7 +120,7 @@ impl Index {
         })
     }
 
-    fn db(&self) -> Result<sled::Db, SpoolError> {
+    pub(super) fn db(&self) -> Result<sled::Db, SpoolError> {
         self.tree
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -124,15 +138,15 @@ impl Index {
         self.applied.subscribe()
     }
 
-    /// Folds in one message of the stream: `kind` from its subject, `meta`
-    /// its metadata header, `released` the quarantine id it takes out.
+    /// Folds in one message of the stream: `kind` from its subject, the
+    /// rest from its headers.
     pub(super) fn apply(
         &self,
         sequence: u64,
-        kind: Kind,
-        meta: Option<&str>,
-        released: Option<NotificationId>,
+        kind: &Kind,
+        folded: &Folded<'_>,
     ) -> Result<(), SpoolError> {
+        let (meta, released) = (folded.meta, folded.released);
         if sequence <= self.applied() {
             return Ok(()); // seen before a restart of the tail
         }
@@ -144,12 +158,26 @@ impl Index {
             value
         };
         match (kind, meta) {
-            (Kind::Notification(id), Some(meta)) => {
+            (&Kind::Notification(id), Some(meta)) => {
                 batch.insert(&key(NOTIFICATION, id), value(meta));
+                super::deliveries::fold_first_attempts(&db, &mut batch, id, meta)?;
             }
-            (Kind::Quarantine(id), Some(meta)) => batch.insert(&key(QUARANTINE, id), value(meta)),
+            (&Kind::Quarantine(id), Some(meta)) => {
+                batch.insert(&key(QUARANTINE, id), value(meta));
+            }
             // A quarantine record without metadata is its tombstone.
-            (Kind::Quarantine(id), None) => batch.remove(&key(QUARANTINE, id)),
+            (&Kind::Quarantine(id), None) => batch.remove(&key(QUARANTINE, id)),
+            (Kind::Pause, Some(meta)) => super::pause::fold_pause(&mut batch, meta)?,
+            (Kind::Delivery { subscription, id }, _) => {
+                super::deliveries::fold_state(
+                    &db,
+                    &mut batch,
+                    sequence,
+                    subscription,
+                    *id,
+                    folded,
+                )?;
+            }
             _ => {}
         }
         if let Some(released) = released {

@@ -16,12 +16,20 @@
 
 mod backend;
 mod bridge;
+mod complete;
 mod connect;
+mod consumers;
 #[cfg(test)]
 pub(crate) mod contract_tests;
+mod deliveries;
 mod durability;
 mod error;
 mod index;
+mod journal;
+#[cfg(test)]
+mod journal_tests;
+mod lease;
+mod pause;
 mod pending;
 mod provision;
 mod reads;
@@ -42,7 +50,7 @@ use crate::config::SpoolConfig;
 pub(crate) use backend::JetStreamSpool;
 pub(crate) use durability::DurabilityReport;
 pub(crate) use error::JetStreamError;
-pub(crate) use pending::JetStreamLease;
+pub(crate) use lease::JetStreamLease;
 pub(crate) use provision::Identity;
 
 /// The names of what the relay makes on the servers, from the prefix.

@@ -4,55 +4,18 @@
 //! fail, what an empty spool would answer. The relay refuses to serve on
 //! this backend until none is left, so no operator meets them.
 
-use std::collections::BTreeSet;
-
 use super::JetStreamSpool;
-use crate::delivery::Delivery;
 use crate::spool::backup::{ArchiveCounts, ArchiveWriter, BackupError};
 use crate::spool::{
     ApiSubscription, AuditEntry, AuditId, Maintained, NotificationId, Purged, ReconcileCheck,
     SpoolError, StuckChanges,
 };
 
-/// A lease of this backend: none can be made until leases are built
-/// (step 3), so it has no values.
-pub(crate) enum JetStreamLease {}
-
-impl JetStreamLease {
-    pub(crate) fn id(&self) -> NotificationId {
-        match *self {}
-    }
-
-    pub(crate) fn subscription(&self) -> &str {
-        match *self {}
-    }
-
-    pub(crate) fn delivery(&self) -> &Delivery {
-        match *self {}
-    }
-
-    pub(crate) fn notification(&self) -> &crate::spool::NotificationRecord {
-        match *self {}
-    }
-}
-
 fn unsupported<T>(call: &'static str) -> Result<T, SpoolError> {
     Err(SpoolError::Unsupported(call))
 }
 
 impl JetStreamSpool {
-    pub(crate) async fn pause(&self, _subscription: &str, _paused: bool) -> Result<(), SpoolError> {
-        unsupported("pause a subscription")
-    }
-
-    pub(crate) fn paused(&self) -> BTreeSet<String> {
-        BTreeSet::new()
-    }
-
-    pub(crate) fn is_paused(&self, _subscription: &str) -> bool {
-        false
-    }
-
     pub(crate) fn api_subscriptions(&self) -> Vec<ApiSubscription> {
         Vec::new()
     }
@@ -80,22 +43,6 @@ impl JetStreamSpool {
         _now_ms: i64,
     ) -> Result<u64, SpoolError> {
         unsupported("backfill")
-    }
-
-    pub(crate) async fn lease(
-        &self,
-        _subscription: &str,
-        _max: usize,
-    ) -> Result<Vec<JetStreamLease>, SpoolError> {
-        unsupported("lease")
-    }
-
-    pub(crate) async fn complete(
-        &self,
-        lease: &JetStreamLease,
-        _delivery: &Delivery,
-    ) -> Result<(), SpoolError> {
-        match *lease {}
     }
 
     pub(crate) async fn replay(

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
@@ -128,13 +128,19 @@ impl JetStreamSpool {
     /// The payload of the message at `sequence`; `None` when the stream
     /// no longer holds it.
     async fn body(&self, sequence: u64) -> Result<Option<Bytes>, SpoolError> {
-        match self.stream.direct_get(sequence).await {
-            Ok(message) => Ok(Some(message.payload)),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(SpoolError::Unavailable(format!(
-                "JetStream: reading message {sequence}: {e}"
-            ))),
-        }
+        body_at(&self.stream, sequence).await
+    }
+}
+
+/// The payload of the message at `sequence` of `stream`; `None` when the
+/// stream no longer holds it.
+pub(super) async fn body_at(stream: &Stream, sequence: u64) -> Result<Option<Bytes>, SpoolError> {
+    match stream.direct_get(sequence).await {
+        Ok(message) => Ok(Some(message.payload)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(SpoolError::Unavailable(format!(
+            "JetStream: reading message {sequence}: {e}"
+        ))),
     }
 }
 

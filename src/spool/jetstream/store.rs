@@ -33,7 +33,7 @@ use crate::spool::{
 const TRIES: usize = 4;
 
 /// What one publish came to.
-enum Published {
+pub(super) enum Published {
     Acked(PublishAck),
     /// Another message holds the key now (the compare-and-set failed).
     Taken,
@@ -316,7 +316,7 @@ impl Store {
 
 /// One publish, answered once JetStream acknowledged it or refused its
 /// compare-and-set; no answer within `timeout` is `Unavailable` (503).
-async fn publish(
+pub(super) async fn publish(
     context: &jetstream::Context,
     subject: String,
     headers: HeaderMap,

@@ -18,6 +18,14 @@ pub(super) const META: &str = "Relay-Meta";
 /// On a notification made of a quarantined body: the quarantine id it
 /// takes out of the quarantine.
 pub(super) const RELEASED: &str = "Relay-Released";
+/// On a delivery's state: `due` (the consumer hands it out), `wait` (the
+/// waker marks it `due` when its time comes) or `final`.
+pub(super) const LEASE: &str = "Relay-Lease";
+/// On a delivery's state marked `wait` or `due`: when it is due (ms).
+pub(super) const DUE: &str = "Relay-Due";
+/// On a delivery's state: which relay's write it is (`{relay}.{n}`), so a
+/// write whose ack was lost is known for its own.
+pub(super) const WRITE: &str = "Relay-Write";
 
 /// A name written as one subject token.
 pub(super) fn token(name: &str) -> String {
@@ -76,6 +84,32 @@ impl Names {
         format!("{}.e.{id}.{resend}", self.prefix)
     }
 
+    /// A delivery's current state: `P.d.{sub}.{id}`.
+    pub(super) fn delivery(&self, subscription: &str, id: NotificationId) -> String {
+        format!("{}.d.{}.{id}", self.prefix, token(subscription))
+    }
+
+    /// Every notification: what each subscription's consumer hands out
+    /// as first attempts.
+    pub(super) fn notifications(&self) -> String {
+        format!("{}.n.>", self.prefix)
+    }
+
+    /// Every delivery state of one subscription.
+    pub(super) fn deliveries_of(&self, subscription: &str) -> String {
+        format!("{}.d.{}.*", self.prefix, token(subscription))
+    }
+
+    /// A subscription's pause flag: `P.c.pause.{sub}`.
+    pub(super) fn pause(&self, subscription: &str) -> String {
+        format!("{}.c.pause.{}", self.prefix, token(subscription))
+    }
+
+    /// The durable consumer of one subscription: `P_s_{sub}`.
+    pub(super) fn consumer(&self, subscription: &str) -> String {
+        format!("{}_s_{}", self.prefix, token(subscription))
+    }
+
     /// What a subject of this spool holds, for the fold.
     pub(super) fn parse(&self, subject: &str) -> Kind {
         let Some(rest) = subject
@@ -90,18 +124,30 @@ impl Names {
             ["n", _, _, last] => id(last).map_or(Kind::Other, Kind::Notification),
             ["q", _, last] => id(last).map_or(Kind::Other, Kind::Quarantine),
             ["e", of, _] => id(of).map_or(Kind::Other, Kind::Resend),
+            ["c", "pause", _] => Kind::Pause,
+            ["d", sub, last] => id(last).map_or(Kind::Other, |id| Kind::Delivery {
+                subscription: (*sub).to_owned(),
+                id,
+            }),
             _ => Kind::Other,
         }
     }
 }
 
 /// What one message of the stream is, as the fold sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Kind {
     Notification(NotificationId),
     Quarantine(NotificationId),
     /// A resend of this notification inside the window.
     Resend(NotificationId),
+    /// A delivery's state; `subscription` is the name's subject token.
+    Delivery {
+        subscription: String,
+        id: NotificationId,
+    },
+    /// A subscription's pause flag (its name is in the metadata).
+    Pause,
     /// Something the index does not keep (yet).
     Other,
 }
@@ -138,6 +184,14 @@ mod tests {
             names.parse(&names.resend(id, ulid::Ulid::new())),
             Kind::Resend(id)
         );
+        assert_eq!(
+            names.parse(&names.delivery("a.b", id)),
+            Kind::Delivery {
+                subscription: token("a.b"),
+                id
+            }
+        );
+        assert_eq!(names.parse(&names.pause("a.b")), Kind::Pause);
         assert_eq!(names.parse("t1.m.identity"), Kind::Other);
         assert_eq!(names.parse("t2.q.tus.x"), Kind::Other);
     }

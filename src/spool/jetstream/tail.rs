@@ -12,8 +12,8 @@ use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::{self, Message};
 use futures_util::StreamExt;
 
-use super::index::Index;
-use super::subjects::{Kind, META, RELEASED};
+use super::index::{Folded, Index};
+use super::subjects::{Kind, DUE, LEASE, META, RELEASED};
 use super::Names;
 use crate::spool::NotificationId;
 
@@ -67,11 +67,15 @@ fn fold(
             .and_then(|h| h.get(name))
             .map(|v| v.as_str())
     };
-    let released = header(RELEASED).and_then(NotificationId::parse);
-    let meta = match kind {
-        Kind::Other => None,
-        _ => header(META),
+    let folded = Folded {
+        meta: match kind {
+            Kind::Other => None,
+            _ => header(META),
+        },
+        released: header(RELEASED).and_then(NotificationId::parse),
+        lease: header(LEASE),
+        due_ms: header(DUE).and_then(|due| due.parse().ok()),
     };
-    index.apply(sequence, kind, meta, released)?;
+    index.apply(sequence, &kind, &folded)?;
     Ok(())
 }

@@ -1,0 +1,191 @@
+//! What moves a delivery after a lease (`docs/design/jetstream.md`
+//! §1.3): `complete` writes the new state to `P.d.{sub}.{id}` with a
+//! compare-and-set on the sequence the lease read, then acks; the waker
+//! marks a `wait` state `due` once the relay's Clock says so, by
+//! republishing it expecting its sequence (of two relays that race, one
+//! wins), and the consumer then hands it out. Also the reads of the
+//! states: `deliveries_of` and `next_due_ms`.
+
+use std::sync::atomic::Ordering;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use super::deliveries::Mark;
+use super::index::Family;
+use super::lease::JetStreamLease;
+use super::store::{publish, Published};
+use super::subjects::{DUE, LEASE, WRITE};
+use super::JetStreamSpool;
+use crate::delivery::Delivery;
+use crate::spool::delivery_codec::{decode_delivery, encode_delivery};
+use crate::spool::{NotificationId, NotificationMeta, SpoolError};
+
+/// Tries of one outcome's write when its state changed meanwhile.
+const TRIES: usize = 3;
+
+fn mark_of(delivery: &Delivery) -> Mark {
+    match (delivery.is_final(), delivery.due_at()) {
+        (true, _) | (false, None) => Mark::Final,
+        (false, Some(_)) => Mark::Wait,
+    }
+}
+
+impl JetStreamSpool {
+    pub(crate) async fn complete(
+        &self,
+        lease: &JetStreamLease,
+        delivery: &Delivery,
+    ) -> Result<(), SpoolError> {
+        self.open_for_writes()?;
+        if lease.done.load(Ordering::Acquire) {
+            return Ok(()); // recorded before
+        }
+        let subject = self.link.names().delivery(&lease.subscription, lease.id);
+        let payload = Bytes::from(encode_delivery(delivery)?);
+        let write = self.next_write();
+        let mut expected = lease.expected;
+        let mut sequence = None;
+        for _ in 0..TRIES {
+            let headers = state_headers(mark_of(delivery), delivery.due_at(), expected, &write);
+            match self
+                .publish_state(&subject, headers, payload.clone())
+                .await?
+            {
+                Published::Acked(ack) => {
+                    sequence = Some(ack.sequence);
+                    break;
+                }
+                Published::Taken => {}
+            }
+            // Changed meanwhile: our own write whose ack was lost counts;
+            // otherwise the outcome is recorded over what is there now.
+            let stream = self.stream.clone();
+            let last = subject.clone();
+            let current = self
+                .bridge
+                .run(async move { stream.direct_get_last_for_subject(last).await })
+                .await?
+                .map_err(|e| {
+                    SpoolError::Unavailable(format!("JetStream: reading {subject}: {e}"))
+                })?;
+            if current.headers.get(WRITE).map(|v| v.as_str()) == Some(write.as_str()) {
+                sequence = Some(current.sequence);
+                break;
+            }
+            expected = current.sequence;
+        }
+        let sequence = sequence.ok_or_else(|| {
+            SpoolError::Unavailable(format!(
+                "the state of {subject} changed under {TRIES} tries"
+            ))
+        })?;
+        self.caught_up(sequence).await?;
+        if let Some(acker) = lease.acker.clone() {
+            // A lost ack only hands the message out again, as a skip.
+            self.bridge.spawn(async move {
+                let _ = acker.ack().await;
+            });
+        }
+        lease.completed();
+        Ok(())
+    }
+
+    /// Marks up to `max` of `subscription`'s `wait` states due by the
+    /// relay's Clock `due`, each expecting the sequence the index holds.
+    pub(super) async fn wake_due(&self, subscription: &str, max: usize) -> Result<(), SpoolError> {
+        let now = self.clock.now_ms();
+        let wakeable = self.index.wakeable(subscription, now, max)?;
+        let mut top = 0;
+        for (id, sequence) in wakeable {
+            let stream = self.stream.clone();
+            let Some(payload) = self
+                .bridge
+                .run(async move { super::reads::body_at(&stream, sequence).await })
+                .await??
+            else {
+                continue; // replaced meanwhile
+            };
+            let due = decode_delivery(&payload)?.due_at();
+            let headers = state_headers(Mark::Due, due, sequence, &self.next_write());
+            let subject = self.link.names().delivery(subscription, id);
+            if let Published::Acked(ack) = self.publish_state(&subject, headers, payload).await? {
+                top = top.max(ack.sequence);
+            }
+        }
+        if top > 0 {
+            self.caught_up(top).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish_state(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Published, SpoolError> {
+        let context = self.link.context().clone();
+        let timeout = self.config.jetstream.store_timeout.0;
+        let subject = subject.to_owned();
+        self.bridge
+            .run(async move { publish(&context, subject, headers, payload, timeout).await })
+            .await?
+    }
+
+    /// One delivery per subscription `id` was fanned out to (a never
+    /// attempted one is pending).
+    pub(crate) async fn deliveries_of(
+        &self,
+        id: NotificationId,
+    ) -> Result<Vec<Delivery>, SpoolError> {
+        let Some(entry) = self.index.get(Family::Notifications, id)? else {
+            return Ok(Vec::new());
+        };
+        let meta: NotificationMeta = serde_json::from_slice(&entry.meta)
+            .map_err(|e| SpoolError::Corrupt(format!("the metadata of {id}: {e}")))?;
+        let mut out = Vec::new();
+        for subscription in &meta.subscriptions {
+            let state = self.index.state(subscription, id)?;
+            let payload = match state {
+                Some(state) => {
+                    let stream = self.stream.clone();
+                    self.bridge
+                        .run(async move { super::reads::body_at(&stream, state.sequence).await })
+                        .await??
+                }
+                None => None,
+            };
+            out.push(match payload {
+                Some(payload) => decode_delivery(&payload)?,
+                None => Delivery::new(subscription.as_str(), meta.received_ms),
+            });
+        }
+        Ok(out)
+    }
+
+    /// When `subscription`'s earliest delivery not yet final is due.
+    pub(crate) async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
+        self.index.next_due_ms(subscription)
+    }
+
+    /// A write's mark of its own: `{relay}.{n}`.
+    fn next_write(&self) -> String {
+        let n = self.writes.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n}", self.relay)
+    }
+}
+
+fn state_headers(mark: Mark, due: Option<i64>, expected: u64, write: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        expected.to_string().as_str(),
+    );
+    headers.insert(LEASE, mark.header());
+    if let (Some(due), false) = (due, mark == Mark::Final) {
+        headers.insert(DUE, due.to_string().as_str());
+    }
+    headers.insert(WRITE, write);
+    headers
+}

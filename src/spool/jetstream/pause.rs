@@ -1,0 +1,98 @@
+//! Pause and resume (`docs/design/jetstream.md` §1.3): the flag is the
+//! latest message on `P.c.pause.{sub}` (its `Relay-Meta` header names the
+//! subscription and says paused or not), folded into every relay's index,
+//! so it holds across a reopen and on every relay. A paused
+//! subscription's lease fetches nothing and waits for the fold. Not built
+//! yet: the server-side `pause_consumer`, which closes the window before a
+//! lagging relay has folded the flag.
+
+use std::collections::BTreeSet;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::index::{storage, Index};
+use super::store::{publish, Published};
+use super::subjects::META;
+use super::JetStreamSpool;
+use crate::spool::{cause, SpoolError};
+
+const PAUSED: u8 = b'P';
+
+/// What a pause message says.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct PauseFlag {
+    pub subscription: String,
+    pub paused: bool,
+}
+
+fn key(name: &str) -> Vec<u8> {
+    let mut key = vec![PAUSED];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// A pause message folded in.
+pub(super) fn fold_pause(batch: &mut sled::Batch, meta: &str) -> Result<(), SpoolError> {
+    let flag: PauseFlag = serde_json::from_str(meta)
+        .map_err(|e| SpoolError::Corrupt(format!("a pause record: {e}")))?;
+    if flag.paused {
+        batch.insert(key(&flag.subscription), &[1u8]);
+    } else {
+        batch.remove(key(&flag.subscription));
+    }
+    Ok(())
+}
+
+impl Index {
+    pub(super) fn paused(&self) -> Result<BTreeSet<String>, SpoolError> {
+        let mut out = BTreeSet::new();
+        for item in self.db()?.scan_prefix([PAUSED]) {
+            let (key, _) = item.map_err(storage)?;
+            if let Ok(name) = std::str::from_utf8(&key[1..]) {
+                out.insert(name.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn is_paused(&self, subscription: &str) -> Result<bool, SpoolError> {
+        self.db()?.contains_key(key(subscription)).map_err(storage)
+    }
+}
+
+impl JetStreamSpool {
+    pub(crate) async fn pause(&self, subscription: &str, paused: bool) -> Result<(), SpoolError> {
+        self.open_for_writes()?;
+        let flag = PauseFlag {
+            subscription: subscription.to_owned(),
+            paused,
+        };
+        let json = serde_json::to_string(&flag).map_err(|e| SpoolError::Encode(cause(e)))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(META, json.as_str());
+        let subject = self.link.names().pause(subscription);
+        let context = self.link.context().clone();
+        let timeout = self.config.jetstream.store_timeout.0;
+        let published = self
+            .bridge
+            .run(async move { publish(&context, subject, headers, Bytes::new(), timeout).await })
+            .await??;
+        match published {
+            Published::Acked(ack) => self.caught_up(ack.sequence).await,
+            Published::Taken => Err(SpoolError::Unavailable(
+                "JetStream refused a pause record it expected nothing of".into(),
+            )),
+        }
+    }
+
+    /// The subscriptions paused now, as the index has folded them.
+    pub(crate) fn paused(&self) -> BTreeSet<String> {
+        self.index.paused().unwrap_or_default()
+    }
+
+    pub(crate) fn is_paused(&self, subscription: &str) -> bool {
+        self.index.is_paused(subscription).unwrap_or(false)
+    }
+}
