@@ -196,7 +196,7 @@ impl Spool {
     /// fanned out to (a never attempted one is pending).
     pub async fn deliveries_of(&self, id: NotificationId) -> Result<Vec<Delivery>, SpoolError> {
         if let Backend::Jetstream(b) = &self.backend {
-            return b.deliveries_of(id).await;
+            return Box::pin(b.deliveries_of(id)).await;
         }
         self.read("read deliveries", move |b| b.deliveries_of(id))
             .await
@@ -205,7 +205,7 @@ impl Spool {
     /// When the earliest not-yet-final delivery of `subscription` is due.
     pub async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
         if let Backend::Jetstream(b) = &self.backend {
-            return b.next_due_ms(subscription).await;
+            return Box::pin(b.next_due_ms(subscription)).await;
         }
         let subscription = subscription.to_owned();
         self.read("read when the next delivery is due", move |b| {
