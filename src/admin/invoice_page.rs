@@ -92,7 +92,7 @@ pub(super) async fn search(
             humane::count(items.len() as u64, "invoice"),
             escape(&number)
         );
-        body.push_str(&style::INVOICES.head(None));
+        body.push_str(&style::INVOICES.head(Some("found")));
         for item in &items {
             let _ = write!(
                 body,

@@ -320,11 +320,16 @@ async fn a_browser_finds_an_invoice_by_number_and_sees_its_timeline() {
         .click()
         .await
         .unwrap();
-    shown(&browser, Locator::LinkText("0007-0001"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    // The dashboard lists recent invoices too: wait for the results table,
+    // or the link found may be the dashboard's, gone once the search loads.
+    shown(
+        &browser,
+        Locator::XPath("//table[@id='found']//a[.='0007-0001']"),
+    )
+    .await
+    .click()
+    .await
+    .unwrap();
     let status = shown(&browser, Locator::Id("invoice-status"))
         .await
         .text()

@@ -16,7 +16,6 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use super::subjects::Kind;
 use super::Identity;
 use crate::spool::{cause, NotificationId, SpoolError};
 
@@ -72,6 +71,11 @@ pub(super) struct Index {
 
 pub(super) fn storage(err: sled::Error) -> SpoolError {
     SpoolError::Storage(cause(err))
+}
+
+/// The key of `family`'s record `id`.
+pub(super) fn record_key(family: Family, id: NotificationId) -> [u8; 17] {
+    key(family.tag(), id)
 }
 
 fn key(tag: u8, id: NotificationId) -> [u8; 17] {
@@ -138,51 +142,14 @@ impl Index {
         self.applied.subscribe()
     }
 
-    /// Folds in one message of the stream: `kind` from its subject, the
-    /// rest from its headers.
-    pub(super) fn apply(
+    /// Writes what one message folded into `batch`, with `sequence` as the
+    /// last folded, and tells the watchers.
+    pub(super) fn commit(
         &self,
+        db: &sled::Db,
+        mut batch: sled::Batch,
         sequence: u64,
-        kind: &Kind,
-        folded: &Folded<'_>,
     ) -> Result<(), SpoolError> {
-        let (meta, released) = (folded.meta, folded.released);
-        if sequence <= self.applied() {
-            return Ok(()); // seen before a restart of the tail
-        }
-        let db = self.db()?;
-        let mut batch = sled::Batch::default();
-        let value = |meta: &str| {
-            let mut value = sequence.to_be_bytes().to_vec();
-            value.extend_from_slice(meta.as_bytes());
-            value
-        };
-        match (kind, meta) {
-            (&Kind::Notification(id), Some(meta)) => {
-                batch.insert(&key(NOTIFICATION, id), value(meta));
-                super::deliveries::fold_first_attempts(&db, &mut batch, id, meta)?;
-            }
-            (&Kind::Quarantine(id), Some(meta)) => {
-                batch.insert(&key(QUARANTINE, id), value(meta));
-            }
-            // A quarantine record without metadata is its tombstone.
-            (&Kind::Quarantine(id), None) => batch.remove(&key(QUARANTINE, id)),
-            (Kind::Pause, Some(meta)) => super::pause::fold_pause(&mut batch, meta)?,
-            (Kind::Delivery { subscription, id }, _) => {
-                super::deliveries::fold_state(
-                    &db,
-                    &mut batch,
-                    sequence,
-                    subscription,
-                    *id,
-                    folded,
-                )?;
-            }
-            _ => {}
-        }
-        if let Some(released) = released {
-            batch.remove(&key(QUARANTINE, released));
-        }
         batch.insert(APPLIED, &sequence.to_be_bytes());
         db.apply_batch(batch).map_err(storage)?;
         self.applied.send_replace(sequence);

@@ -24,6 +24,7 @@ pub(crate) mod contract_tests;
 mod deliveries;
 mod durability;
 mod error;
+mod fold;
 mod index;
 mod journal;
 #[cfg(test)]
