@@ -17,6 +17,11 @@ use serde::Deserialize;
 use super::locate::KeyPath;
 use super::HumanDuration;
 
+/// The longest forwarding attempt (`timeout_first`, `timeout_retry`) a
+/// subscription may have on this backend: each consumer's ack wait is this
+/// plus `ack_margin`, so no lease is handed to a second relay while the
+/// first may still be sending it (a duplicate send).
+pub const LONGEST_ATTEMPT: Duration = Duration::from_secs(60);
 /// The most copies a JetStream stream can have.
 pub const MAX_REPLICAS: u8 = 5;
 /// `store_timeout`'s bound: a provider waits for the answer to its post
@@ -370,6 +375,22 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].line, Some(12));
         assert!(problems[0].message.contains("quorum"), "{problems:?}");
+    }
+
+    #[test]
+    fn an_attempt_longer_than_a_lease_is_refused_on_this_backend_only() {
+        let subscription = "\n[[subscriptions]]\nname = \"erp\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\ntimeout_first = \"61s\"\ntimeout_retry = \"1m\"\n";
+        let text = with_table(&format!(
+            "servers = [\"nats://127.0.0.1:4222\"]\n{subscription}"
+        ));
+        let problems = problems_besides_unfinished(&text);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "subscriptions[0].timeout_first");
+        assert_eq!(problems[0].line, Some(17));
+        assert!(problems[0].message.contains("sent twice"), "{problems:?}");
+        // On sled an attempt may last up to 10 minutes.
+        let sled = text.replace("backend = \"jetstream\"", "backend = \"sled\"");
+        assert!(Config::parse(&sled).is_ok());
     }
 
     #[test]

@@ -34,7 +34,9 @@ use crate::delivery::Schedule;
 use crate::providers::{GenericRules, InvoiceStatus, Provider};
 pub use acme::{AcmeChallenge, AcmeConfig, LETS_ENCRYPT, LETS_ENCRYPT_STAGING};
 pub use admin::{AdminConfig, AdminListen, AdminToken, AllowedTarget, Role};
-pub use jetstream::{Durability, JetstreamConfig, JetstreamTls};
+pub use jetstream::{
+    Durability, JetstreamConfig, JetstreamTls, LONGEST_ATTEMPT as JETSTREAM_LONGEST_ATTEMPT,
+};
 pub use load::ConfigError;
 pub use locate::KeyPath;
 pub use problem::Problem;

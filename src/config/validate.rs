@@ -526,6 +526,17 @@ impl SubscriptionConfig {
                 Duration::from_millis(1),
                 MAX_ATTEMPT_TIMEOUT,
             );
+            let longest = super::jetstream::LONGEST_ATTEMPT;
+            if config.spool.backend == SpoolBackend::Jetstream && value.0 > longest {
+                found.push((
+                    at.key(key),
+                    format!(
+                        "must be at most {} with the jetstream spool: a lease is held for that \
+                         plus ack_margin, and an attempt that outlasts it may be sent twice",
+                        HumanDuration(longest)
+                    ),
+                ));
+            }
         }
         if self.max_in_flight == 0 {
             found.push((at.key("max_in_flight"), "must be at least 1".into()));

@@ -4,21 +4,19 @@
 //! no MaxDeliver (the schedule is the relay's, `docs/design/jetstream.md`
 //! §1.3). Its ack wait outlasts an attempt, so a lease is never handed to
 //! a second relay while the first still sends it; a dead relay's leases
-//! come back when it runs out.
+//! come back when it runs out. A consumer found with a shorter ack wait
+//! (made by hand, or by a relay with a smaller `ack_margin`) is set right
+//! before it is used, and refused if the server will not.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, FromConsumer, PullConsumer};
 
 use super::JetStreamSpool;
+use crate::config::JETSTREAM_LONGEST_ATTEMPT;
 use crate::spool::SpoolError;
-
-/// The longest forwarding timeout the ack wait is sized for. The spool
-/// does not know each subscription's timeout yet (`Routes` does not carry
-/// it); config validation keeps `timeout_first`/`timeout_retry` far below.
-pub(super) const LONGEST_ATTEMPT: Duration = Duration::from_secs(60);
 
 /// The consumers this relay has made or found, by subscription.
 #[derive(Default)]
@@ -30,7 +28,7 @@ impl JetStreamSpool {
     /// How long the servers wait for an ack before handing a lease out
     /// again: longer than any attempt, by `ack_margin`.
     pub(super) fn ack_wait(&self) -> Duration {
-        LONGEST_ATTEMPT + self.config.jetstream.ack_margin.0
+        JETSTREAM_LONGEST_ATTEMPT + self.config.jetstream.ack_margin.0
     }
 
     /// `subscription`'s consumer, made if it is not there (a new one
@@ -55,15 +53,49 @@ impl JetStreamSpool {
             ..Default::default()
         };
         let stream = self.stream.clone();
-        let made = self
+        let unavailable = |e: &dyn std::fmt::Display| {
+            SpoolError::Unavailable(format!(
+                "JetStream: the consumer of subscription {subscription}: {e}"
+            ))
+        };
+        let mut made: PullConsumer = self
             .bridge
-            .run(async move { stream.get_or_create_consumer(&name, config).await })
+            .run({
+                let (stream, name, config) = (stream.clone(), name.clone(), config.clone());
+                async move { stream.get_or_create_consumer(&name, config).await }
+            })
             .await?
-            .map_err(|e| {
-                SpoolError::Unavailable(format!(
-                    "JetStream: the consumer of subscription {subscription}: {e}"
-                ))
-            })?;
+            .map_err(|e| unavailable(&e))?;
+        let found = made.cached_info().config.clone();
+        if found.ack_wait < config.ack_wait {
+            tracing::warn!(
+                consumer = %name,
+                found = ?found.ack_wait,
+                wanted = ?config.ack_wait,
+                "a JetStream consumer's ack wait is shorter than an attempt may last; setting it"
+            );
+            // Everything else as found (a pause set on the server stays).
+            let fixed = pull::Config {
+                ack_wait: config.ack_wait,
+                ..pull::Config::try_from_consumer_config(found).map_err(|e| unavailable(&e))?
+            };
+            made = self
+                .bridge
+                .run(async move { stream.update_consumer(fixed).await })
+                .await?
+                .map_err(|e| unavailable(&e))?;
+        }
+        let held = made.cached_info().config.ack_wait;
+        if held <= JETSTREAM_LONGEST_ATTEMPT {
+            return Err(SpoolError::Open {
+                path: self.config.jetstream.index_path.clone(),
+                detail: format!(
+                    "the JetStream consumer {name} holds a lease {held:?}, not longer than an \
+                     attempt may last ({JETSTREAM_LONGEST_ATTEMPT:?}): a second relay could \
+                     send a delivery the first is still sending"
+                ),
+            });
+        }
         self.consumers
             .lock_known()
             .insert(subscription.to_owned(), made.clone());

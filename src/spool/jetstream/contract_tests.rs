@@ -59,6 +59,11 @@ impl JetStreamFixture {
         }
     }
 
+    /// The nats-server's address.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
     /// This fixture's settings, with a local index of its own (`name`):
     /// two relays sharing the spool differ only in it.
     pub(crate) fn config_for(&self, name: &str) -> SpoolConfig {

@@ -20,6 +20,8 @@ mod complete;
 mod connect;
 mod consumers;
 #[cfg(test)]
+mod consumers_tests;
+#[cfg(test)]
 pub(crate) mod contract_tests;
 mod deliveries;
 mod durability;

@@ -1,0 +1,52 @@
+//! A subscription's consumer as another hand left it: one whose ack wait
+//! is shorter than an attempt may last (a duplicate send waiting to
+//! happen) is set right when a relay opens the spool.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::{pull, FromConsumer};
+
+use super::contract_tests::{skip_without_nats, JetStreamFixture};
+use super::Names;
+use crate::clock::Clock;
+use crate::config::JETSTREAM_LONGEST_ATTEMPT;
+use crate::spool::contract::support::routes;
+
+#[tokio::test]
+async fn a_consumer_with_an_ack_wait_shorter_than_an_attempt_is_lengthened_at_open() {
+    if skip_without_nats() {
+        return;
+    }
+    let fixture = JetStreamFixture::new();
+    let a = fixture
+        .open_relay("a", routes(&["erp"]), Clock::system())
+        .await
+        .unwrap();
+    a.close().await.unwrap();
+
+    let config = fixture.config_for("a").jetstream;
+    let js = jetstream::new(async_nats::connect(fixture.url()).await.unwrap());
+    let names = Names::new(&config.prefix);
+    let stream = js.get_stream(names.stream()).await.unwrap();
+    let name = names.consumer("erp");
+    let consumer: jetstream::consumer::PullConsumer = stream.get_consumer(&name).await.unwrap();
+    let wanted = JETSTREAM_LONGEST_ATTEMPT + config.ack_margin.0;
+    assert_eq!(consumer.cached_info().config.ack_wait, wanted);
+    // Shortened by hand, below the longest attempt.
+    let short = pull::Config {
+        ack_wait: Duration::from_secs(10),
+        ..pull::Config::try_from_consumer_config(consumer.cached_info().config.clone()).unwrap()
+    };
+    stream.update_consumer(short).await.unwrap();
+
+    let b = fixture
+        .open_relay("b", routes(&["erp"]), Clock::system())
+        .await
+        .unwrap();
+    let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer(&name).await.unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.config.ack_wait, wanted);
+    assert_eq!(info.config.filter_subjects.len(), 2, "the rest as it was");
+    b.close().await.unwrap();
+}
