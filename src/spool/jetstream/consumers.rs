@@ -85,6 +85,12 @@ impl JetStreamSpool {
                 .await?
                 .map_err(|e| unavailable(&e))?;
         }
+        // A pause or resume whose server half did not happen (a crash
+        // between): the flag, as folded, is the truth.
+        let flagged = self.index.is_paused(subscription)?;
+        if made.cached_info().paused != flagged {
+            self.pause_on_server(subscription, flagged).await?;
+        }
         let held = made.cached_info().config.ack_wait;
         if held <= JETSTREAM_LONGEST_ATTEMPT {
             return Err(SpoolError::Open {

@@ -1,6 +1,7 @@
-//! A subscription's consumer as another hand left it: one whose ack wait
-//! is shorter than an attempt may last (a duplicate send waiting to
-//! happen) is set right when a relay opens the spool.
+//! A subscription's consumer on the server: paused and resumed with its
+//! flag, and set right when a relay opens the spool and finds it as
+//! another hand left it (an ack wait shorter than an attempt may last, a
+//! pause the flag does not say).
 
 use std::time::Duration;
 
@@ -48,5 +49,47 @@ async fn a_consumer_with_an_ack_wait_shorter_than_an_attempt_is_lengthened_at_op
     let info = consumer.info().await.unwrap();
     assert_eq!(info.config.ack_wait, wanted);
     assert_eq!(info.config.filter_subjects.len(), 2, "the rest as it was");
+    b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pause_pauses_the_consumer_on_the_server_and_the_flag_wins_at_open() {
+    if skip_without_nats() {
+        return;
+    }
+    let fixture = JetStreamFixture::new();
+    let a = fixture
+        .open_relay("a", routes(&["erp"]), Clock::system())
+        .await
+        .unwrap();
+    let config = fixture.config_for("a").jetstream;
+    let js = jetstream::new(async_nats::connect(fixture.url()).await.unwrap());
+    let names = Names::new(&config.prefix);
+    let stream = js.get_stream(names.stream()).await.unwrap();
+    let name = names.consumer("erp");
+    let paused_on_server = || async {
+        let mut consumer: jetstream::consumer::PullConsumer =
+            stream.get_consumer(&name).await.unwrap();
+        consumer.info().await.unwrap().paused
+    };
+    assert!(!paused_on_server().await);
+    a.pause("erp", true).await.unwrap();
+    assert!(paused_on_server().await);
+    a.pause("erp", false).await.unwrap();
+    assert!(!paused_on_server().await);
+    // A subscription with no consumer has only its flag.
+    a.pause("gone", true).await.unwrap();
+    a.close().await.unwrap();
+
+    // Paused by another hand while the flag says running: set by the flag.
+    let until = time::macros::datetime!(2126-01-01 0:00 UTC);
+    stream.pause_consumer(&name, until).await.unwrap();
+    assert!(paused_on_server().await);
+    let b = fixture
+        .open_relay("b", routes(&["erp"]), Clock::system())
+        .await
+        .unwrap();
+    assert!(!paused_on_server().await);
+    assert!(b.is_paused("gone"));
     b.close().await.unwrap();
 }

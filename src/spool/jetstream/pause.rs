@@ -2,12 +2,15 @@
 //! latest message on `P.c.pause.{sub}` (its `Relay-Meta` header names the
 //! subscription and says paused or not), folded into every relay's index,
 //! so it holds across a reopen and on every relay. A paused
-//! subscription's lease fetches nothing and waits for the fold. Not built
-//! yet: the server-side `pause_consumer`, which closes the window before a
-//! lagging relay has folded the flag.
+//! subscription's lease fetches nothing and waits for the fold. The
+//! subscription's consumer is paused on the server too (until 9999), which
+//! closes the window before a lagging relay has folded the flag; the flag
+//! stays the truth, and a consumer found otherwise at open is set by it.
 
 use std::collections::BTreeSet;
 
+use async_nats::jetstream::stream::ConsumerErrorKind;
+use async_nats::jetstream::ErrorCode;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -19,6 +22,9 @@ use super::JetStreamSpool;
 use crate::spool::{cause, SpoolError};
 
 const PAUSED: u8 = b'P';
+/// A server-side pause lasts until resumed: the server takes a date, and
+/// this one is as far as it goes.
+const PAUSED_UNTIL: time::OffsetDateTime = time::macros::datetime!(9999-01-01 0:00 UTC);
 
 /// What a pause message says.
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,10 +86,49 @@ impl JetStreamSpool {
             .run(async move { publish(&context, subject, headers, Bytes::new(), timeout).await })
             .await??;
         match published {
-            Published::Acked(ack) => self.caught_up(ack.sequence).await,
-            Published::Taken => Err(SpoolError::Unavailable(
-                "JetStream refused a pause record it expected nothing of".into(),
-            )),
+            Published::Acked(ack) => self.caught_up(ack.sequence).await?,
+            Published::Taken => {
+                return Err(SpoolError::Unavailable(
+                    "JetStream refused a pause record it expected nothing of".into(),
+                ))
+            }
+        }
+        self.pause_on_server(subscription, paused).await
+    }
+
+    /// Pauses or resumes `subscription`'s consumer on the server, as its
+    /// flag says; nothing when it has no consumer.
+    pub(super) async fn pause_on_server(
+        &self,
+        subscription: &str,
+        paused: bool,
+    ) -> Result<(), SpoolError> {
+        let name = self.link.names().consumer(subscription);
+        let stream = self.stream.clone();
+        let answer = self
+            .bridge
+            .run({
+                let name = name.clone();
+                async move {
+                    if paused {
+                        stream.pause_consumer(&name, PAUSED_UNTIL).await
+                    } else {
+                        stream.resume_consumer(&name).await
+                    }
+                }
+            })
+            .await?;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(err)
+                if matches!(err.kind(), ConsumerErrorKind::JetStream(e)
+                    if e.error_code() == ErrorCode::CONSUMER_NOT_FOUND) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(SpoolError::Unavailable(format!(
+                "JetStream: pausing or resuming the consumer {name}: {err}"
+            ))),
         }
     }
 
