@@ -16,6 +16,8 @@
 
 mod backend;
 mod bridge;
+#[cfg(test)]
+mod cluster_tests;
 mod complete;
 mod connect;
 mod consumers;
@@ -41,6 +43,8 @@ mod store;
 mod store_tests;
 mod subjects;
 mod tail;
+#[cfg(test)]
+mod test_cluster;
 #[cfg(test)]
 pub(crate) mod test_server;
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //! an ordered, headers-only consumer (bodies are not copied), from the
 //! index's checkpoint, and folds each message into the local index. The
 //! client recreates an ordered consumer by itself after a gap; when the
-//! stream cannot be read at all, the task waits a second and starts
-//! again from the checkpoint.
+//! stream cannot be read at all, or its consumer was lost with a node and
+//! a quiet second shows messages waiting that do not come, the task waits
+//! a second and starts again from the checkpoint.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,9 @@ use crate::spool::NotificationId;
 
 /// How long the fold waits before it starts again after an error.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long the fold hears nothing before it asks whether its consumer
+/// still gives what the stream holds.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// Folds the stream into `index` until the task is aborted.
 pub(super) async fn run(context: jetstream::Context, names: Names, index: Arc<Index>) {
@@ -46,11 +50,28 @@ async fn follow(
             ..Default::default()
         })
         .await?;
+    let name = consumer.cached_info().name.clone();
     let mut messages = consumer.messages().await?;
-    while let Some(message) = messages.next().await {
-        fold(names, index, &message?)?;
+    loop {
+        match tokio::time::timeout(QUIET, messages.next()).await {
+            Ok(Some(message)) => fold(names, index, &message?)?,
+            Ok(None) => return Ok(()),
+            Err(_) => {
+                // Quiet: caught up, or the consumer was lost with the node
+                // that held it (the client notices only after two missed
+                // heartbeats and then retries with back-off). Ask.
+                let info = stream.consumer_info(&name).await?;
+                if info.num_pending > 0 {
+                    return Err(format!(
+                        "{} messages wait past sequence {} but none came for {QUIET:?}",
+                        info.num_pending,
+                        index.applied()
+                    )
+                    .into());
+                }
+            }
+        }
     }
-    Ok(())
 }
 
 fn fold(
