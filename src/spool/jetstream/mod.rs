@@ -28,6 +28,8 @@ pub(crate) mod contract_tests;
 mod deliveries;
 mod durability;
 mod error;
+#[cfg(test)]
+mod faults_tests;
 mod fold;
 mod index;
 mod journal;

@@ -1,5 +1,5 @@
-//! A three-node nats-server cluster on loopback for the tests that take a
-//! node away: fixed ports (a node comes back where the relays look for
+//! A nats-server cluster on loopback (three nodes, or one alone) for the
+//! tests that take a node away: fixed ports (a node comes back where the relays look for
 //! it), its own store per node, a SIGKILL of one node and its restart on
 //! the same store. Each node runs under a shell that kills it when the
 //! test process goes, as `test_server` does.
@@ -34,7 +34,7 @@ pub(crate) struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts `size` nodes of one cluster and answers once JetStream has a
+    /// Starts `size` nodes of one cluster (one is a server alone) and answers once JetStream has a
     /// meta leader (a bounded wait).
     pub(crate) async fn start(binary: &Path, size: usize) -> NatsCluster {
         let dir = tempfile::tempdir().unwrap();
@@ -48,13 +48,20 @@ impl NatsCluster {
             let mut conf = std::fs::File::create(dir.path().join(format!("n{i}.conf"))).unwrap();
             write!(
                 conf,
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n}}\ncluster {{\n  name: test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n}}\n",
                 client_ports[i],
                 dir.path().join(format!("n{i}")),
-                route_ports[i],
-                routes.join(", "),
             )
             .unwrap();
+            if size > 1 {
+                write!(
+                    conf,
+                    "cluster {{\n  name: test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    route_ports[i],
+                    routes.join(", "),
+                )
+                .unwrap();
+            }
         }
         let mut cluster = NatsCluster {
             binary: binary.to_owned(),
