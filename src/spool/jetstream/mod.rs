@@ -31,6 +31,8 @@ mod error;
 #[cfg(test)]
 mod faults_tests;
 mod fold;
+#[cfg(test)]
+mod gateway_tests;
 mod index;
 mod journal;
 #[cfg(test)]
