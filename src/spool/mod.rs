@@ -102,6 +102,24 @@ fn refuse_unfinished(config: &SpoolConfig) -> Result<(), SpoolError> {
     }
 }
 
+/// A nats-server cluster on loopback, for relay-bench and the JetStream
+/// backend's tests.
+#[doc(hidden)]
+pub use jetstream::loopback_cluster::NatsCluster;
+
+/// Opens a JetStream spool although the backend is not complete, for
+/// relay-bench's figures of what is built; `serve` and [`Spool::open`]
+/// refuse it (`docs/design/jetstream.md`).
+#[doc(hidden)]
+pub async fn open_unfinished_jetstream(
+    config: &SpoolConfig,
+    routes: Routes,
+    clock: Clock,
+) -> Result<Spool, SpoolError> {
+    let backend = jetstream::JetStreamSpool::open(config, routes, clock).await?;
+    Ok(Spool::over(Backend::Jetstream(backend)))
+}
+
 /// One request as ingress received it; shared by what is stored and what
 /// is quarantined.
 #[derive(Debug, Clone)]

@@ -23,6 +23,10 @@
 //!   retention and prints the spool's size on disk as it goes.
 //! - backup:   `spool backup` of a live relay and `spool restore`, timed,
 //!   with the archive's size (`backup.rs`).
+//! - jetstream: the JetStream spool's store (issue 19, spool level)
+//!   against a raw async-nats publish-with-ack at the same concurrency,
+//!   R1 and R3 on loopback nats-servers, `sync_interval` default and
+//!   `always` (`jetstream.rs`; not part of `all`).
 //! - backlog:  the relay's RSS while a million deliveries wait in the spool,
 //!   and its start to ready on that spool.
 //!
@@ -45,6 +49,7 @@ mod backlog;
 mod backup;
 mod forward;
 mod ingest;
+mod jetstream;
 mod load;
 mod servers;
 mod sled_alone;
@@ -117,6 +122,9 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         notifications: u64,
     },
+    /// The JetStream spool's store against a raw publish-with-ack, R1 and
+    /// R3, sync default and always (nats-server on the PATH; not in `all`).
+    Jetstream,
     All,
     /// (internal) the bare baseline server.
     #[command(hide = true)]
@@ -145,6 +153,7 @@ fn main() {
             Scenario::Steady { soak } => steady::run(&settings, soak).await,
             Scenario::Backlog { notifications } => backlog::run(notifications).await,
             Scenario::Backup { notifications } => backup::run(notifications).await,
+            Scenario::Jetstream => jetstream::run(&settings).await,
             Scenario::All => {
                 ingest::run(&settings, false).await;
                 forward::run(&settings, 20_000).await;

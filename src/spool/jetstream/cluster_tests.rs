@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::test_cluster::NatsCluster;
+use super::loopback_cluster::NatsCluster;
 use super::test_server::nats_server;
 use super::{JetStreamSpool, Names};
 use crate::clock::Clock;

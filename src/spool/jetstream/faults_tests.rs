@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::test_cluster::NatsCluster;
+use super::loopback_cluster::NatsCluster;
 use super::test_server::nats_server;
 use super::JetStreamSpool;
 use crate::clock::Clock;

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::test_cluster::NatsCluster;
+use super::loopback_cluster::NatsCluster;
 use super::test_server::nats_server;
 use super::JetStreamSpool;
 use crate::clock::Clock;

@@ -38,6 +38,7 @@ mod journal;
 #[cfg(test)]
 mod journal_tests;
 mod lease;
+pub(crate) mod loopback_cluster;
 mod pause;
 mod pending;
 mod provision;
@@ -47,8 +48,6 @@ mod store;
 mod store_tests;
 mod subjects;
 mod tail;
-#[cfg(test)]
-mod test_cluster;
 #[cfg(test)]
 pub(crate) mod test_server;
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! A nats-server cluster on loopback (three nodes, or one alone) for the
-//! tests that take a node away: fixed ports (a node comes back where the relays look for
+//! tests that take a node away and for relay-bench: fixed ports (a node comes back where the relays look for
 //! it), its own store per node, a SIGKILL of one node and its restart on
 //! the same store. Each node runs under a shell that kills it when the
-//! test process goes, as `test_server` does.
+//! process that started it goes. Tooling, not the relay: it panics on
+//! what it cannot do.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -26,7 +27,7 @@ struct Node {
     shell: Child,
 }
 
-pub(crate) struct NatsCluster {
+pub struct NatsCluster {
     binary: PathBuf,
     dir: tempfile::TempDir,
     client_ports: Vec<u16>,
@@ -36,7 +37,13 @@ pub(crate) struct NatsCluster {
 impl NatsCluster {
     /// Starts `size` nodes of one cluster (one is a server alone) and answers once JetStream has a
     /// meta leader (a bounded wait).
-    pub(crate) async fn start(binary: &Path, size: usize) -> NatsCluster {
+    pub async fn start(binary: &Path, size: usize) -> NatsCluster {
+        NatsCluster::start_with(binary, size, "").await
+    }
+
+    /// [`NatsCluster::start`] with `jetstream` added to each node's
+    /// `jetstream {}` block (e.g. `sync_interval: always`).
+    pub async fn start_with(binary: &Path, size: usize, jetstream: &str) -> NatsCluster {
         let dir = tempfile::tempdir().unwrap();
         let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
@@ -48,7 +55,7 @@ impl NatsCluster {
             let mut conf = std::fs::File::create(dir.path().join(format!("n{i}.conf"))).unwrap();
             write!(
                 conf,
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n}}\n",
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  {jetstream}\n}}\n",
                 client_ports[i],
                 dir.path().join(format!("n{i}")),
             )
@@ -77,7 +84,7 @@ impl NatsCluster {
     }
 
     /// Every node's client URL (the relays' `servers`).
-    pub(crate) fn urls(&self) -> Vec<String> {
+    pub fn urls(&self) -> Vec<String> {
         self.client_ports
             .iter()
             .map(|port| format!("nats://127.0.0.1:{port}"))
@@ -86,7 +93,7 @@ impl NatsCluster {
 
     /// Starts node `i` (again) on its ports and store; answers once it
     /// takes connections.
-    pub(crate) fn restart(&mut self, i: usize) {
+    pub fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {i} is running");
         let conf = self.dir.path().join(format!("n{i}.conf"));
         let log = std::fs::OpenOptions::new()
@@ -116,7 +123,7 @@ impl NatsCluster {
     }
 
     /// SIGKILLs node `i`: no goodbye to its peers, nothing flushed.
-    pub(crate) fn kill(&mut self, i: usize) {
+    pub fn kill(&mut self, i: usize) {
         let mut node = self.nodes[i].take().expect("node is running");
         let pid = std::fs::read_to_string(self.pid_file(i)).unwrap();
         let status = Command::new("kill")
@@ -129,7 +136,7 @@ impl NatsCluster {
     }
 
     /// The index of the node named `name` (`n0`, `n1`, ...).
-    pub(crate) fn node_named(&self, name: &str) -> usize {
+    pub fn node_named(&self, name: &str) -> usize {
         name.strip_prefix('n')
             .and_then(|i| i.parse().ok())
             .filter(|&i: &usize| i < self.nodes.len())
@@ -137,7 +144,7 @@ impl NatsCluster {
     }
 
     /// What node `i` logged, over its restarts.
-    pub(crate) fn log(&self, i: usize) -> String {
+    pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("n{i}.log"))).unwrap_or_default()
     }
 
