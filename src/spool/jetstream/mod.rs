@@ -30,10 +30,14 @@ mod journal;
 #[cfg(test)]
 mod journal_tests;
 mod lease;
+mod orphans;
 mod pause;
 mod pending;
 mod provision;
+mod purge;
 mod reads;
+mod replay;
+mod states;
 mod store;
 #[cfg(test)]
 mod store_tests;
