@@ -30,6 +30,8 @@ mod journal;
 #[cfg(test)]
 mod journal_tests;
 mod lease;
+#[cfg(test)]
+mod moves_tests;
 mod orphans;
 mod pause;
 mod pending;
