@@ -99,7 +99,7 @@ impl JetStreamSpool {
                 let has_one = meta.subscriptions.iter().any(|s| s == to);
                 if !has_one {
                     let given = self
-                        .rewrite(to, id, |current| {
+                        .rewrite_readable(to, id, |current| {
                             Ok(current
                                 .delivery
                                 .is_none()
@@ -110,7 +110,7 @@ impl JetStreamSpool {
                 }
             }
             let purged = self
-                .rewrite(from, id, |current| {
+                .rewrite_readable(from, id, |current| {
                     let mut delivery = current
                         .delivery
                         .clone()

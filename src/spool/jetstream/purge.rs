@@ -37,17 +37,15 @@ impl JetStreamSpool {
                 done.skipped += 1;
                 continue;
             }
-            match self
-                .rewrite(subscription, *id, |current| Ok(give_up(current, now_ms)))
-                .await
-            {
-                Ok(Some(sequence)) => {
+            let written = self
+                .rewrite_readable(subscription, *id, |current| Ok(give_up(current, now_ms)))
+                .await?;
+            match written {
+                Some(sequence) => {
                     top = top.max(sequence);
                     done.purged += 1;
                 }
-                // An unreadable state stays, for a check to name.
-                Ok(None) | Err(SpoolError::Corrupt(_)) => done.skipped += 1,
-                Err(err) => return Err(err),
+                None => done.skipped += 1,
             }
         }
         if top > 0 {

@@ -71,7 +71,7 @@ impl JetStreamSpool {
             let mut top = 0;
             for (_, id) in &slice {
                 let written = self
-                    .rewrite(subscription, *id, |current| {
+                    .rewrite_readable(subscription, *id, |current| {
                         let Some(delivery) = &current.delivery else {
                             return Ok(None);
                         };
@@ -125,7 +125,7 @@ impl JetStreamSpool {
                 continue;
             }
             let written = self
-                .rewrite(subscription, id, |current| {
+                .rewrite_readable(subscription, id, |current| {
                     Ok(current
                         .delivery
                         .is_none()

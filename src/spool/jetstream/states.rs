@@ -114,6 +114,26 @@ impl JetStreamSpool {
         )))
     }
 
+    /// [`JetStreamSpool::rewrite`], leaving a state that cannot be read
+    /// as it is (`None`), as sled's walks do, for a check to name.
+    pub(super) async fn rewrite_readable<R>(
+        &self,
+        subscription: &str,
+        id: NotificationId,
+        rule: R,
+    ) -> Result<Option<u64>, SpoolError>
+    where
+        R: FnMut(&Current) -> Result<Rewritten, SpoolError>,
+    {
+        match self.rewrite(subscription, id, rule).await {
+            Err(SpoolError::Corrupt(what)) => {
+                tracing::warn!(%what, "a delivery state that cannot be read is left as it is");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
     /// One delivery per subscription `id` was fanned out to (a never
     /// attempted one is pending), then those given to it later (a
     /// backfill, orphans reassigned), as sled answers.
