@@ -327,3 +327,66 @@ async fn an_outcome_recorded_after_its_orphan_was_purged_is_written_over_the_pur
     drop(held);
     spool.close().await.unwrap();
 }
+
+/// A rewrite whose compare-and-set loses to another writer (10071) decides
+/// again on what that writer left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_that_loses_its_race_decides_again_on_what_won() {
+    if skip_without_nats() {
+        return;
+    }
+    let fixture = JetStreamFixture::new();
+    let clock = Clock::system();
+    let spool = fixture
+        .open_relay("a", routes(&["erp"]), clock)
+        .await
+        .unwrap();
+    let now = clock.now_ms();
+    let id = store_new(&spool, "x", now).await;
+    let leases = lease_now(&spool, "erp", 1).await;
+    attempt(&spool, &leases[0], ok(), now).await;
+    drop(leases);
+    let crate::spool::Backend::Jetstream(backend) = &spool.backend else {
+        panic!("a JetStream fixture");
+    };
+    let subject = backend.link.names().delivery("erp", id);
+    let context = backend.link.context().clone();
+    let mut seen = Vec::new();
+    let mut competitor = 0;
+    let written = backend
+        .rewrite("erp", id, |current| {
+            let delivery = current.delivery.clone().unwrap();
+            seen.push((current.sequence, delivery.state));
+            if seen.len() == 1 {
+                // Another writer gets there first: the delivery purged.
+                let mut purged = delivery.clone();
+                purged.state = State::Purged { at_ms: now };
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(super::subjects::LEASE, "final");
+                let payload = crate::spool::delivery_codec::encode_delivery(&purged).unwrap();
+                let (context, subject) = (context.clone(), subject.clone());
+                competitor = tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(async move {
+                        let sent = context
+                            .publish_with_headers(subject, headers, payload.into())
+                            .await
+                            .unwrap();
+                        sent.await.unwrap().sequence
+                    })
+                });
+            }
+            let mut replayed = delivery;
+            Ok(replayed
+                .replay(now)
+                .is_ok()
+                .then_some((replayed, super::deliveries::Mark::Due)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(matches!(seen[0].1, State::Delivered { .. }));
+    assert_eq!(seen[1].0, competitor, "what won, read again");
+    assert!(matches!(seen[1].1, State::Purged { .. }));
+    assert!(written.unwrap() > competitor);
+    spool.close().await.unwrap();
+}

@@ -10,7 +10,7 @@
 //! deliveries given to a notification after its fan-out (backfill,
 //! orphans), and the index's list of the subscriptions that have states.
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use bytes::Bytes;
 
 use super::complete::state_headers;
@@ -44,33 +44,43 @@ pub(super) type Rewritten = Option<(Delivery, Mark)>;
 
 impl JetStreamSpool {
     /// The state of `subscription`'s delivery of `id`, read from the
-    /// stream (the latest message on its subject).
+    /// stream (the latest message on its subject): by a direct get, which
+    /// a follower may answer a little behind, or from the stream's leader
+    /// (`from_leader`), after a compare-and-set lost on what was read.
     pub(super) async fn current_state(
         &self,
         subscription: &str,
         id: NotificationId,
+        from_leader: bool,
     ) -> Result<Current, SpoolError> {
         let subject = self.link.names().delivery(subscription, id);
         let stream = self.stream.clone();
         let asked = subject.clone();
         let read = self
             .bridge
-            .run(async move { stream.direct_get_last_for_subject(asked).await })
-            .await?;
-        let message = match read {
-            Ok(message) => message,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
-                return Ok(Current {
-                    sequence: 0,
-                    mark: None,
-                    delivery: None,
-                })
-            }
-            Err(e) => {
-                return Err(SpoolError::Unavailable(format!(
-                    "JetStream: reading {subject}: {e}"
-                )))
-            }
+            .run(async move {
+                if from_leader {
+                    match stream.get_last_raw_message_by_subject(&asked).await {
+                        Ok(message) => Ok(Some(message)),
+                        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                        Err(e) => Err(e.to_string()),
+                    }
+                } else {
+                    match stream.direct_get_last_for_subject(asked).await {
+                        Ok(message) => Ok(Some(message)),
+                        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            })
+            .await?
+            .map_err(|e| SpoolError::Unavailable(format!("JetStream: reading {subject}: {e}")))?;
+        let Some(message) = read else {
+            return Ok(Current {
+                sequence: 0,
+                mark: None,
+                delivery: None,
+            });
         };
         let mark = Mark::from_header(message.headers.get(LEASE).map(|v| v.as_str()));
         Ok(Current {
@@ -82,7 +92,8 @@ impl JetStreamSpool {
 
     /// Rewrites `subscription`'s delivery of `id` as `rule` decides from
     /// the current state, with a compare-and-set on the sequence read; on
-    /// a lost race `rule` decides again from what won. The new message's
+    /// a lost race `rule` decides again from what won (read from the
+    /// leader, so a lagging follower's answer is not read twice). The new message's
     /// sequence, or `None` when `rule` left the state alone. The caller
     /// waits for the index ([`JetStreamSpool::caught_up`]) once it has
     /// written all it writes.
@@ -96,8 +107,8 @@ impl JetStreamSpool {
         R: FnMut(&Current) -> Result<Rewritten, SpoolError>,
     {
         let subject = self.link.names().delivery(subscription, id);
-        for _ in 0..TRIES {
-            let current = self.current_state(subscription, id).await?;
+        for try_ in 0..TRIES {
+            let current = self.current_state(subscription, id, try_ > 0).await?;
             let Some((delivery, mark)) = rule(&current)? else {
                 return Ok(None);
             };
