@@ -31,6 +31,8 @@ mod journal;
 mod journal_tests;
 mod lease;
 #[cfg(test)]
+mod moves_race_tests;
+#[cfg(test)]
 mod moves_tests;
 mod orphans;
 mod pause;
