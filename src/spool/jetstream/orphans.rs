@@ -85,6 +85,8 @@ impl JetStreamSpool {
                 "subscription {to:?} is not configured: nothing would deliver them"
             )));
         }
+        // What any relay wrote before the call is in the walk.
+        self.sync().await?;
         let mut done = 0;
         let mut top = 0;
         for id in self.index.waiting_for(from)? {

@@ -25,6 +25,8 @@ impl JetStreamSpool {
         now_ms: i64,
     ) -> Result<Purged, SpoolError> {
         self.open_for_writes()?;
+        // The index holds what any relay wrote before the call.
+        self.sync().await?;
         let mut done = Purged::default();
         let mut top = 0;
         for (id, subscription) in &targets {

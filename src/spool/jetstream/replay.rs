@@ -10,6 +10,10 @@
 //! - `backfill`: a stored notification the subscription was not fanned
 //!   out to gets a new delivery, due now, written expecting no state, so
 //!   two backfills at once give it one.
+//!
+//! Each first lets the index fold what any relay wrote before the call
+//! (`sync`), so it sees what sled's single writer would; a replay only
+//! when the index does not know the notification.
 
 use std::collections::BTreeSet;
 
@@ -34,7 +38,11 @@ impl JetStreamSpool {
     ) -> Result<bool, SpoolError> {
         self.open_for_writes()?;
         if self.index.get(Family::Notifications, id)?.is_none() {
-            return Err(SpoolError::NotFound(id.to_string()));
+            // Stored by another relay a moment ago, maybe.
+            self.sync().await?;
+            if self.index.get(Family::Notifications, id)?.is_none() {
+                return Err(SpoolError::NotFound(id.to_string()));
+            }
         }
         let written = self
             .rewrite(subscription, id, |current| {
@@ -62,6 +70,8 @@ impl JetStreamSpool {
         now_ms: i64,
     ) -> Result<u64, SpoolError> {
         self.open_for_writes()?;
+        // What any relay wrote before the call is in the walk.
+        self.sync().await?;
         let mut moved = 0;
         let mut after = None;
         loop {
@@ -108,6 +118,7 @@ impl JetStreamSpool {
         // A consumer made after the states were written would start past
         // them: it is there first.
         self.consumer(subscription).await?;
+        self.sync().await?;
         let ids: BTreeSet<NotificationId> = ids.into_iter().collect();
         let mut added = 0;
         let mut top = 0;
