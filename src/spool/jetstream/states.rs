@@ -2,7 +2,8 @@
 //! a lease (`docs/design/jetstream.md` §1.3): what replay, retry now,
 //! purge, backfill and the orphans' reassignment build on. A rewrite reads
 //! the current state of `P.d.{sub}.{id}` (the latest message on that
-//! subject, by direct get), lets a rule decide what it becomes, and
+//! subject, by direct get; after a lost race from the stream's leader),
+//! lets a rule decide what it becomes, and
 //! republishes it expecting the sequence it read (0: no state yet). When
 //! another writer got there first (10071), the rule is applied again to
 //! what is there now, as sled's writer applies a change to what its store
