@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::contract_tests::{skip_without_nats, JetStreamFixture};
 use crate::delivery::{Delivery, Outcome, State};
 use crate::spool::contract::support::{
-    attempt, lease_now, nothing_due, ok, open, spool_with_orphans, store_new,
+    attempt, lease_now, nothing_due, ok, open, routes, spool_with_orphans, store_new,
 };
 use crate::spool::{Lease, NotificationId, Purged, Spool};
 
@@ -215,5 +215,39 @@ async fn an_outcome_recorded_after_its_orphan_was_purged_is_written_over_the_pur
         );
     }
     drop(held);
+    spool.close().await.unwrap();
+}
+
+/// A subscription taken out of the routes while the relay runs: its
+/// deliveries are reported under its name (one that is not a subject
+/// token too) and can be purged.
+#[tokio::test]
+async fn a_subscription_removed_by_new_routes_leaves_orphans_under_its_name() {
+    if skip_without_nats() {
+        return;
+    }
+    let fixture = JetStreamFixture::new();
+    let (spool, clock) = open(&fixture, &["erp", "a.b"]).await;
+    let id = store_new(&spool, "x", clock.now_ms()).await;
+    assert!(spool.health().orphans.is_empty());
+    spool.set_routes(routes(&["erp"])).await.unwrap();
+    assert_eq!(
+        spool.health().orphans,
+        [("a.b".to_owned(), 1)].into_iter().collect()
+    );
+    assert_eq!(
+        spool
+            .reassign_orphans("a.b", None, clock.now_ms())
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(spool.health().orphans.is_empty());
+    let deliveries = spool.deliveries_of(id).await.unwrap();
+    assert_eq!(state_of(&deliveries, "erp"), Some(State::Pending));
+    assert!(matches!(
+        state_of(&deliveries, "a.b"),
+        Some(State::Purged { .. })
+    ));
     spool.close().await.unwrap();
 }
