@@ -17,6 +17,7 @@ use super::bridge::Bridge;
 use super::consumers::Consumers;
 use super::index::Index;
 use super::lease::Naks;
+use super::orphans::Orphans;
 use super::{tail, Provisioned};
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
@@ -33,6 +34,8 @@ pub(crate) struct JetStreamSpool {
     pub(super) clock: Clock,
     pub(super) consumers: Consumers,
     pub(super) naks: Arc<Naks>,
+    /// The orphans as counted at open and on new routes (`orphans.rs`).
+    pub(super) orphans: Orphans,
     /// This open's name in the marks of its writes (`Relay-Write`).
     pub(super) relay: String,
     pub(super) writes: AtomicU64,
@@ -91,6 +94,7 @@ impl JetStreamSpool {
             clock,
             consumers: Consumers::default(),
             naks,
+            orphans: Orphans::default(),
             relay: ulid::Ulid::new().to_string(),
             writes: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -101,6 +105,7 @@ impl JetStreamSpool {
         // Nothing is read before the index holds what was there at open.
         spool.sync().await?;
         spool.reclaim_journal().await?;
+        spool.count_orphans()?;
         // Made before anything is stored for them (a new consumer starts
         // with what comes next).
         for subscription in subscriptions {
@@ -200,7 +205,7 @@ impl JetStreamSpool {
             self.consumer(subscription).await?;
         }
         self.routes.store(Arc::new(routes));
-        Ok(())
+        self.count_orphans()
     }
 
     pub(crate) fn health(&self) -> Health {
@@ -208,6 +213,7 @@ impl JetStreamSpool {
         Health {
             writable: !closed,
             condition: closed.then(|| "the spool is closed".to_owned()),
+            orphans: self.orphans.now(),
             ..Health::default()
         }
     }

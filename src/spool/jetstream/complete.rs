@@ -3,8 +3,9 @@
 //! compare-and-set on the sequence the lease read, then acks; the waker
 //! marks a `wait` state `due` once the relay's Clock says so, by
 //! republishing it expecting its sequence (of two relays that race, one
-//! wins), and the consumer then hands it out. Also the reads of the
-//! states: `deliveries_of` and `next_due_ms`.
+//! wins), and the consumer then hands it out. Also `next_due_ms`; the
+//! other writes of a state (replay, purge, ...) build on these in
+//! `states.rs`.
 
 use std::sync::atomic::Ordering;
 
@@ -12,14 +13,13 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use super::deliveries::Mark;
-use super::index::Family;
 use super::lease::JetStreamLease;
 use super::store::{publish, Published};
 use super::subjects::{DUE, LEASE, WRITE};
 use super::JetStreamSpool;
 use crate::delivery::Delivery;
 use crate::spool::delivery_codec::{decode_delivery, encode_delivery};
-use crate::spool::{NotificationId, NotificationMeta, SpoolError};
+use crate::spool::SpoolError;
 
 /// Tries of one outcome's write when its state changed meanwhile.
 const TRIES: usize = 3;
@@ -119,7 +119,7 @@ impl JetStreamSpool {
         Ok(())
     }
 
-    async fn publish_state(
+    pub(super) async fn publish_state(
         &self,
         subject: &str,
         headers: HeaderMap,
@@ -133,50 +133,19 @@ impl JetStreamSpool {
             .await?
     }
 
-    /// One delivery per subscription `id` was fanned out to (a never
-    /// attempted one is pending).
-    pub(crate) async fn deliveries_of(
-        &self,
-        id: NotificationId,
-    ) -> Result<Vec<Delivery>, SpoolError> {
-        let Some(entry) = self.index.get(Family::Notifications, id)? else {
-            return Ok(Vec::new());
-        };
-        let meta: NotificationMeta = serde_json::from_slice(&entry.meta)
-            .map_err(|e| SpoolError::Corrupt(format!("the metadata of {id}: {e}")))?;
-        let mut out = Vec::new();
-        for subscription in &meta.subscriptions {
-            let state = self.index.state(subscription, id)?;
-            let payload = match state {
-                Some(state) => {
-                    let stream = self.stream.clone();
-                    self.bridge
-                        .run(async move { super::reads::body_at(&stream, state.sequence).await })
-                        .await??
-                }
-                None => None,
-            };
-            out.push(match payload {
-                Some(payload) => decode_delivery(&payload)?,
-                None => Delivery::new(subscription.as_str(), meta.received_ms),
-            });
-        }
-        Ok(out)
-    }
-
     /// When `subscription`'s earliest delivery not yet final is due.
     pub(crate) async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
         self.index.next_due_ms(subscription)
     }
 
     /// A write's mark of its own: `{relay}.{n}`.
-    fn next_write(&self) -> String {
+    pub(super) fn next_write(&self) -> String {
         let n = self.writes.fetch_add(1, Ordering::Relaxed);
         format!("{}.{n}", self.relay)
     }
 }
 
-fn state_headers(mark: Mark, due: Option<i64>, expected: u64, write: &str) -> HeaderMap {
+pub(super) fn state_headers(mark: Mark, due: Option<i64>, expected: u64, write: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,

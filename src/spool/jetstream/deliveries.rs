@@ -13,9 +13,9 @@ use super::index::{storage, Folded, Index};
 use super::subjects::token;
 use crate::spool::{NotificationId, NotificationMeta, SpoolError};
 
-const STATE: u8 = b'D';
-const WAITING: u8 = b'W';
-const FIRST: u8 = b'F';
+pub(super) const STATE: u8 = b'D';
+pub(super) const WAITING: u8 = b'W';
+pub(super) const FIRST: u8 = b'F';
 
 /// A state's mark, as its `Relay-Lease` header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,7 @@ impl Mark {
         }
     }
 
-    fn from_header(header: Option<&str>) -> Mark {
+    pub(super) fn from_header(header: Option<&str>) -> Mark {
         match header {
             Some("due") => Mark::Due,
             Some("wait") => Mark::Wait,
@@ -66,7 +66,7 @@ pub(super) struct StateAt {
     pub due_ms: Option<i64>,
 }
 
-fn prefix(tag: u8, sub: &str) -> Vec<u8> {
+pub(super) fn prefix(tag: u8, sub: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(sub.len() + 34);
     key.push(tag);
     key.extend_from_slice(sub.as_bytes());
@@ -74,7 +74,7 @@ fn prefix(tag: u8, sub: &str) -> Vec<u8> {
     key
 }
 
-fn keyed(tag: u8, sub: &str, id: NotificationId) -> Vec<u8> {
+pub(super) fn keyed(tag: u8, sub: &str, id: NotificationId) -> Vec<u8> {
     let mut key = prefix(tag, sub);
     key.extend_from_slice(&id.to_bytes());
     key
@@ -87,11 +87,11 @@ fn waiting_key(sub: &str, due_ms: i64, id: NotificationId) -> Vec<u8> {
     key
 }
 
-fn due_bytes(due_ms: i64) -> [u8; 8] {
+pub(super) fn due_bytes(due_ms: i64) -> [u8; 8] {
     u64::try_from(due_ms.max(0)).unwrap_or(0).to_be_bytes()
 }
 
-fn decode_state(value: &[u8]) -> Result<StateAt, SpoolError> {
+pub(super) fn decode_state(value: &[u8]) -> Result<StateAt, SpoolError> {
     let corrupt = || SpoolError::Corrupt("a delivery state in the JetStream index".into());
     let sequence = u64::from_be_bytes(
         value
@@ -112,7 +112,7 @@ fn decode_state(value: &[u8]) -> Result<StateAt, SpoolError> {
     })
 }
 
-fn id_at_end(key: &[u8]) -> Option<NotificationId> {
+pub(super) fn id_at_end(key: &[u8]) -> Option<NotificationId> {
     NotificationId::from_bytes(key.get(key.len().checked_sub(16)?..)?)
 }
 

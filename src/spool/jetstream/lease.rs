@@ -198,13 +198,32 @@ impl JetStreamSpool {
         }
     }
 
-    /// One fetch of what the consumer has now (no wait), sorted into
-    /// leases and skips; the skips are acked.
+    /// Up to `max` leases of what the consumer has now (no wait): a skip
+    /// takes a place in a fetch, so a fetch that held skips is followed by
+    /// another for the places they took, until the consumer has no more.
     async fn fetch_leases(
         &self,
         subscription: &str,
         max: usize,
     ) -> Result<Vec<JetStreamLease>, SpoolError> {
+        let mut leases = Vec::new();
+        loop {
+            let want = max - leases.len();
+            let (got, fetched) = self.fetch_once(subscription, want).await?;
+            leases.extend(got);
+            if leases.len() >= max || fetched < want {
+                return Ok(leases);
+            }
+        }
+    }
+
+    /// One fetch of up to `max` messages (no wait), sorted into leases and
+    /// skips; the skips are acked. The leases, and how many messages came.
+    async fn fetch_once(
+        &self,
+        subscription: &str,
+        max: usize,
+    ) -> Result<(Vec<JetStreamLease>, usize), SpoolError> {
         let consumer = self.consumer(subscription).await?;
         let fetched = self
             .bridge
@@ -225,8 +244,9 @@ impl JetStreamSpool {
             top = top.max(message.info().map_or(0, |info| info.stream_sequence));
         }
         if fetched.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
+        let count = fetched.len();
         // The index must hold what the messages are judged against.
         self.caught_up(top).await?;
         let mut leases = Vec::new();
@@ -254,7 +274,7 @@ impl JetStreamSpool {
                 }
             });
         }
-        Ok(leases)
+        Ok((leases, count))
     }
 
     /// The delivery, notification and expected sequence of a message that

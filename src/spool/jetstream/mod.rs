@@ -39,10 +39,18 @@ mod journal;
 mod journal_tests;
 mod lease;
 pub(crate) mod loopback_cluster;
+#[cfg(test)]
+mod moves_race_tests;
+#[cfg(test)]
+mod moves_tests;
+mod orphans;
 mod pause;
 mod pending;
 mod provision;
+mod purge;
 mod reads;
+mod replay;
+mod states;
 mod store;
 #[cfg(test)]
 mod store_tests;

@@ -7,8 +7,8 @@
 use super::JetStreamSpool;
 use crate::spool::backup::{ArchiveCounts, ArchiveWriter, BackupError};
 use crate::spool::{
-    ApiSubscription, AuditEntry, AuditId, Maintained, NotificationId, Purged, ReconcileCheck,
-    SpoolError, StuckChanges,
+    ApiSubscription, AuditEntry, AuditId, Maintained, NotificationId, ReconcileCheck, SpoolError,
+    StuckChanges,
 };
 
 fn unsupported<T>(call: &'static str) -> Result<T, SpoolError> {
@@ -34,49 +34,6 @@ impl JetStreamSpool {
         _audit: AuditEntry,
     ) -> Result<AuditId, SpoolError> {
         unsupported("remove an API subscription")
-    }
-
-    pub(crate) async fn backfill(
-        &self,
-        _subscription: &str,
-        _ids: Vec<NotificationId>,
-        _now_ms: i64,
-    ) -> Result<u64, SpoolError> {
-        unsupported("backfill")
-    }
-
-    pub(crate) async fn replay(
-        &self,
-        _id: NotificationId,
-        _subscription: &str,
-        _now_ms: i64,
-    ) -> Result<bool, SpoolError> {
-        unsupported("replay")
-    }
-
-    pub(crate) async fn retry_now(
-        &self,
-        _subscription: &str,
-        _now_ms: i64,
-    ) -> Result<u64, SpoolError> {
-        unsupported("retry now")
-    }
-
-    pub(crate) async fn purge(
-        &self,
-        _targets: Vec<(NotificationId, String)>,
-        _now_ms: i64,
-    ) -> Result<Purged, SpoolError> {
-        unsupported("purge")
-    }
-
-    pub(crate) async fn reassign_orphans(
-        &self,
-        _from: &str,
-        _to: Option<&str>,
-        _now_ms: i64,
-    ) -> Result<u64, SpoolError> {
-        unsupported("reassign orphans")
     }
 
     pub(crate) async fn maintain(&self) -> Result<Maintained, SpoolError> {
