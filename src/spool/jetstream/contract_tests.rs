@@ -173,3 +173,11 @@ turned_on! {
 turned_on! {
     store::a_paused_subscription_is_leased_nothing_until_resumed_even_across_a_reopen;
 }
+
+// Step 5: counts kept by the fold (the audit log and API subscriptions
+// have tests of their own, `counts_tests.rs`: the contract's audit test
+// needs retention, step 7).
+turned_on! {
+    counts::a_store_counts_one_waiting_delivery_per_subscription_and_a_duplicate_none;
+    counts::each_source_counts_what_it_stored_and_quarantined_and_a_release_moves_one;
+}

@@ -14,6 +14,10 @@
 //! `P_locks` holds the single-run duties' leases, and `P.m.identity` the
 //! spool's identity (created once, with a compare-and-set on sequence 0).
 
+mod api_subscriptions;
+mod audit;
+#[cfg(test)]
+mod audit_tests;
 mod backend;
 mod bridge;
 mod complete;
@@ -21,6 +25,9 @@ mod connect;
 mod consumers;
 #[cfg(test)]
 pub(crate) mod contract_tests;
+mod counts;
+#[cfg(test)]
+mod counts_tests;
 mod deliveries;
 mod durability;
 mod error;
