@@ -1,13 +1,15 @@
 //! The NATS JetStream spool backend (issue 19), built in the steps of
-//! `docs/design/jetstream.md`. Built so far (steps 1 and 2): the
+//! `docs/design/jetstream.md`. Built so far: (steps 1 and 2) the
 //! connection (auth file, TLS with a CA), the gate on the server's version
 //! and the probe of the rule the dedup stands on, the creation or check of
 //! the stream, the duty-lock bucket and the spool's identity, the report of
 //! what a 200 means under the servers' settings ([`Provisioned`]); and the
 //! backend ([`JetStreamSpool`]): store with the dedup's compare-and-set,
-//! quarantine, the local index fed by the fold, reads by id and walks. The
-//! calls not built yet answer `Unsupported` (`pending.rs`), so the relay
-//! refuses to serve on it and only its tests open it.
+//! quarantine, the local index fed by the fold, reads by id and walks;
+//! leases, outcomes and pause (steps 3 and 4); the counts the fold keeps,
+//! the audit log and API subscriptions (step 5). The calls not built yet
+//! answer `Unsupported` (`pending.rs`), so the relay refuses to serve on
+//! it and only its tests open it.
 //!
 //! Names: with `P` the configured prefix, the stream `P_spool` holds every
 //! subject `P.>` (one copy per subject, direct gets on), the KV bucket
