@@ -27,6 +27,19 @@ pub(super) async fn counts_become(spool: &Spool, want: &Counts) -> Counts {
     }
 }
 
+/// Relay `name`'s index, opened once its last handle let go of it (the
+/// lock is held a moment after a close).
+async fn index_db(fixture: &JetStreamFixture, name: &str) -> sled::Db {
+    let path = fixture.config_for(name).jetstream.index_path;
+    for _ in 0..100 {
+        if let Ok(db) = sled::open(&path) {
+            return db;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sled::open(&path).unwrap()
+}
+
 #[tokio::test]
 async fn the_counts_are_the_same_on_every_relay_across_a_reopen_and_a_fold_from_the_start() {
     if skip_without_nats() {
@@ -63,8 +76,23 @@ async fn the_counts_are_the_same_on_every_relay_across_a_reopen_and_a_fold_from_
     assert_eq!(counts_become(&b, &want).await, want, "on the other relay");
 
     b.close().await.unwrap();
-    let b = open("b").await.unwrap();
+    let mut b = open("b").await.unwrap();
     assert_eq!(b.counts(), want, "kept across a reopen");
+    // An index whose counts are damaged, or that holds none (folded by an
+    // older build), is folded again from the start.
+    for (key, value) in [(&b"Cs/erp"[..], Some(&b"\x01junk"[..])), (b"C=", None)] {
+        b.close().await.unwrap();
+        let db = index_db(&fixture, "b").await;
+        match value {
+            Some(value) => db.insert(key, value).map(|_| ()),
+            None => db.remove(key).map(|_| ()),
+        }
+        .unwrap();
+        db.flush().unwrap();
+        drop(db);
+        b = open("b").await.unwrap();
+        assert_eq!(b.counts(), want, "{key:?} tampered with");
+    }
     let c = open("c").await.unwrap();
     assert_eq!(
         c.counts(),
