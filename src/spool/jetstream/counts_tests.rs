@@ -55,7 +55,7 @@ async fn the_counts_are_the_same_on_every_relay_across_a_reopen_and_a_fold_from_
     let mut junk = received(now);
     junk.source = "nube".into();
     junk.body = Bytes::from_static(b"junk");
-    b.quarantine(junk, "not_json", "x".into()).await.unwrap();
+    a.quarantine(junk, "not_json", "x".into()).await.unwrap();
 
     // On relay a: one delivered; one failed twice (its retry due at once:
     // the attempt is dated 20 s back, the schedule waits 10 s), so dead.
@@ -67,7 +67,7 @@ async fn the_counts_are_the_same_on_every_relay_across_a_reopen_and_a_fold_from_
     let retry = lease_now(&a, "erp", 1).await;
     attempt(&a, &retry[0], Outcome::Connect, now).await;
     drop(retry);
-    store_new(&b, "waiting", now).await;
+    store_new(&a, "waiting", now).await;
 
     let mut want = counts(3, 1, &[("crm", sub(3, 0, 0, 0)), ("erp", sub(1, 1, 1, 0))]);
     want.sources = sources(&[("nube", 0, 1), ("tus", 3, 0)]);
