@@ -34,6 +34,8 @@ mod deliveries;
 mod durability;
 mod error;
 mod fold;
+#[cfg(test)]
+mod fold_tests;
 mod index;
 mod journal;
 #[cfg(test)]
