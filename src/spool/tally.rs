@@ -104,6 +104,13 @@ impl Tally {
         }
     }
 
+    /// A body in quarantine whose record cannot be read: in the total
+    /// only (its source is not known), as a recount would count it.
+    pub fn quarantined_unread(&mut self) {
+        self.counts.quarantined += 1;
+        self.totals_dirty = true;
+    }
+
     /// A quarantined body left (retention, discard, release); `source` is
     /// None when its record could not be read.
     pub fn removed_quarantined(&mut self, source: Option<&str>) {

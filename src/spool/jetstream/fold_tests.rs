@@ -138,6 +138,10 @@ fn each_message_moves_the_counts_as_sled_s_writer_would_and_a_reopen_loads_them(
         index.counts.now(),
         with_sources(held, &[("nube", 0, 1), ("tus", 1, 0)])
     );
+    let unread = NotificationId::new(4);
+    feed.fold(Kind::Quarantine(unread), with("{"));
+    assert_eq!(index.counts.now().quarantined, 2, "in the total alone");
+    feed.fold(Kind::Quarantine(unread), Folded::default());
     let released = Folded {
         meta: Some(&meta(n2, &[])),
         released: Some(q1),
