@@ -60,7 +60,7 @@ impl Index {
             match serde_json::from_slice(json) {
                 Ok(subscription) => out.push(subscription),
                 Err(err) => {
-                    let name = String::from_utf8_lossy(&key[1..]);
+                    let name = String::from_utf8_lossy(key.get(1..).unwrap_or_default());
                     tracing::warn!(name = %name, error = %err, "an API subscription cannot be read");
                 }
             }
