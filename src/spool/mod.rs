@@ -50,8 +50,10 @@ mod report;
 mod roles;
 mod routes;
 mod sled;
+mod standing;
 mod stream;
 mod subscriptions;
+mod tally;
 
 use std::path::Path;
 use std::time::Duration;

@@ -244,6 +244,9 @@ impl Spool {
         before: Option<AuditId>,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, SpoolError> {
+        if let Backend::Jetstream(b) = &self.backend {
+            return Box::pin(b.audit_log(before, limit)).await;
+        }
         self.read("page the audit log", move |b| b.audit_log(before, limit))
             .await
     }
@@ -251,6 +254,9 @@ impl Spool {
     /// The whole audit log, oldest first; a damaged record is an `Err` item
     /// and the walk goes on past it.
     pub fn audit_records(&self) -> RecordStream<AuditRecord> {
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.audit_records();
+        }
         self.walk("walk the audit log", |b| Box::new(b.audit_records()))
     }
 }

@@ -2,7 +2,8 @@
 //! provisioned connection, the local index and the fold that feeds it,
 //! the routes a store fans out to, and its life (open, close, crash).
 //! Writes are in `store.rs`, reads in `reads.rs`, what is not built yet in
-//! `pending.rs`.
+//! `pending.rs`; the audit log in `audit.rs`, API subscriptions in
+//! `api_subscriptions.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use super::orphans::Orphans;
 use super::{tail, Provisioned};
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
-use crate::spool::{Counts, Health, NotificationId, Routes, SpoolError};
+use crate::spool::{AuditId, Counts, Health, NotificationId, Routes, SpoolError};
 
 pub(crate) struct JetStreamSpool {
     pub(super) config: SpoolConfig,
@@ -45,6 +46,8 @@ pub(crate) struct JetStreamSpool {
     nak_task: Mutex<Option<JoinHandle<()>>>,
     /// The newest id this relay handed out (ids count up from it).
     last_id: Mutex<Option<NotificationId>>,
+    /// The newest audit record id this relay handed out.
+    pub(super) last_audit: Mutex<Option<AuditId>>,
 }
 
 impl JetStreamSpool {
@@ -101,6 +104,7 @@ impl JetStreamSpool {
             fold: Mutex::new(Some(fold)),
             nak_task: Mutex::new(Some(nak_task)),
             last_id: Mutex::new(None),
+            last_audit: Mutex::new(None),
         });
         // Nothing is read before the index holds what was there at open.
         spool.sync().await?;
@@ -218,9 +222,10 @@ impl JetStreamSpool {
         }
     }
 
-    /// Not kept yet (step 5): an empty spool's.
+    /// The counts as the fold keeps them (`counts.rs`): exact as of the
+    /// last message folded into this relay's index.
     pub(crate) fn counts(&self) -> Counts {
-        Counts::default()
+        self.index.counts.now()
     }
 
     /// Whether the servers answer a round trip within `within`.

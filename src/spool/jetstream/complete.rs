@@ -12,13 +12,15 @@ use std::sync::atomic::Ordering;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
+use super::counts::standing_header;
 use super::deliveries::Mark;
 use super::lease::JetStreamLease;
 use super::store::{publish, Published};
-use super::subjects::{DUE, LEASE, WRITE};
+use super::subjects::{DUE, LEASE, STANDING, WRITE};
 use super::JetStreamSpool;
 use crate::delivery::Delivery;
 use crate::spool::delivery_codec::{decode_delivery, encode_delivery};
+use crate::spool::standing::Standing;
 use crate::spool::SpoolError;
 
 /// Tries of one outcome's write when its state changed meanwhile.
@@ -47,7 +49,13 @@ impl JetStreamSpool {
         let mut expected = lease.expected;
         let mut sequence = None;
         for _ in 0..TRIES {
-            let headers = state_headers(mark_of(delivery), delivery.due_at(), expected, &write);
+            let headers = state_headers(
+                mark_of(delivery),
+                delivery.due_at(),
+                Standing::of(&delivery.state),
+                expected,
+                &write,
+            );
             match self
                 .publish_state(&subject, headers, payload.clone())
                 .await?
@@ -106,8 +114,14 @@ impl JetStreamSpool {
             else {
                 continue; // replaced meanwhile
             };
-            let due = decode_delivery(&payload)?.due_at();
-            let headers = state_headers(Mark::Due, due, sequence, &self.next_write());
+            let woken = decode_delivery(&payload)?;
+            let headers = state_headers(
+                Mark::Due,
+                woken.due_at(),
+                Standing::of(&woken.state),
+                sequence,
+                &self.next_write(),
+            );
             let subject = self.link.names().delivery(subscription, id);
             if let Published::Acked(ack) = self.publish_state(&subject, headers, payload).await? {
                 top = top.max(ack.sequence);
@@ -145,7 +159,15 @@ impl JetStreamSpool {
     }
 }
 
-pub(super) fn state_headers(mark: Mark, due: Option<i64>, expected: u64, write: &str) -> HeaderMap {
+/// A state's headers: its mark, when it is due, where it stands (for the
+/// counts), the sequence it replaces and which write it is.
+pub(super) fn state_headers(
+    mark: Mark,
+    due: Option<i64>,
+    standing: Standing,
+    expected: u64,
+    write: &str,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -155,6 +177,7 @@ pub(super) fn state_headers(mark: Mark, due: Option<i64>, expected: u64, write: 
     if let (Some(due), false) = (due, mark == Mark::Final) {
         headers.insert(DUE, due.to_string().as_str());
     }
+    headers.insert(STANDING, standing_header(standing));
     headers.insert(WRITE, write);
     headers
 }

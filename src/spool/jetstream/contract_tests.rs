@@ -6,6 +6,9 @@
 //! nats-server each test passes at once with a notice, unless
 //! `REQUIRE_NATS=1` (see `test_server`).
 //!
+//! The fixture's recount is a refold: a relay with a new index folds the
+//! stream from its start (`docs/design/jetstream.md`, Fixture).
+//!
 //! The contract tests the backend passes so far are listed one by one
 //! (`docs/design/jetstream.md`, steps 2 to 8); step 8 replaces the list
 //! with the whole suite.
@@ -20,7 +23,7 @@ use super::JetStreamSpool;
 use crate::clock::Clock;
 use crate::config::{HumanDuration, JetstreamConfig, SpoolBackend, SpoolConfig};
 use crate::spool::contract::{Fixture, Keep};
-use crate::spool::{Backend, CheckReport, Routes, Spool, SpoolError};
+use crate::spool::{Backend, CheckReport, Counts, Routes, Spool, SpoolError};
 
 /// The test process's nats-server; `None` (after a notice) when there is
 /// none and none is required.
@@ -130,6 +133,22 @@ impl Fixture for JetStreamFixture {
             ..CheckReport::default()
         })
     }
+
+    /// A refold: one more relay, with an index of its own made for this
+    /// count, folds the stream from its start; what it counted.
+    async fn recount(&self, spool: &Spool) -> Counts {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let clock = match &spool.backend {
+            Backend::Jetstream(backend) => backend.clock,
+            Backend::Sled(_) => panic!("a sled spool in the JetStream fixture"),
+        };
+        let name = format!("recount{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let relay = self.open_relay(&name, Routes::default(), clock).await;
+        let relay = relay.expect("a relay that folds the stream from its start");
+        let counts = relay.counts();
+        relay.close().await.unwrap();
+        counts
+    }
 }
 
 impl JetStreamFixture {
@@ -201,4 +220,12 @@ turned_on! {
     replay::a_replay_brings_a_dead_delivery_back_with_its_history, paused;
     replay::a_removed_subscription_s_deliveries_are_reported_as_orphans;
     replay::orphans_can_be_purged;
+}
+
+// Step 5: counts kept by the fold (the audit log and API subscriptions
+// have tests of their own, `counts_tests.rs`: the contract's audit test
+// needs retention, step 7).
+turned_on! {
+    counts::a_store_counts_one_waiting_delivery_per_subscription_and_a_duplicate_none;
+    counts::each_source_counts_what_it_stored_and_quarantined_and_a_release_moves_one;
 }

@@ -2,15 +2,18 @@
 //! the due set the waker and `next_due_ms` read, and the first attempts
 //! not yet made. Keys, with `{sub}` the subscription's subject token (it
 //! never holds a zero byte):
-//! - `D{sub}\0{id}` → `[sequence u64][mark]` and, for `wait` and `due`,
-//!   `[due ms i64]`: the state `P.d.{sub}.{id}` as last folded;
+//! - `D{sub}\0{id}` → `[sequence u64][mark][standing]` and, for `wait`
+//!   and `due`, `[due ms i64]`: the state `P.d.{sub}.{id}` as last folded
+//!   (its standing is what the counts move it from next);
 //! - `W{sub}\0{due ms}{id}` → `[mark]`: the states marked `wait` or `due`,
 //!   in due order (the waker takes the `wait` ones that are due);
 //! - `F{sub}\0{id}` → `[received ms]`: a notification fanned out to `sub`
 //!   with no state yet (its first attempt is still to make).
 
+use super::counts::{standing_byte, standing_from_byte, standing_of};
 use super::index::{storage, Folded, Index};
 use super::subjects::token;
+use crate::spool::standing::Standing;
 use crate::spool::{NotificationId, NotificationMeta, SpoolError};
 
 pub(super) const STATE: u8 = b'D';
@@ -63,6 +66,7 @@ impl Mark {
 pub(super) struct StateAt {
     pub sequence: u64,
     pub mark: Mark,
+    pub standing: Standing,
     pub due_ms: Option<i64>,
 }
 
@@ -101,13 +105,15 @@ pub(super) fn decode_state(value: &[u8]) -> Result<StateAt, SpoolError> {
             .map_err(|_| corrupt())?,
     );
     let mark = Mark::from_byte(*value.get(8).ok_or_else(corrupt)?);
-    let due_ms = match value.get(9..17) {
+    let standing = standing_from_byte(*value.get(9).ok_or_else(corrupt)?).ok_or_else(corrupt)?;
+    let due_ms = match value.get(10..18) {
         Some(due) => Some(i64::from_be_bytes(due.try_into().map_err(|_| corrupt())?)),
         None => None,
     };
     Ok(StateAt {
         sequence,
         mark,
+        standing,
         due_ms,
     })
 }
@@ -117,26 +123,33 @@ pub(super) fn id_at_end(key: &[u8]) -> Option<NotificationId> {
 }
 
 /// A notification folded in: each subscription it fans out to has its
-/// first attempt to make.
+/// first attempt to make. Answers where each of its deliveries stands (a
+/// state folded before the notification is counted as it stands).
 pub(super) fn fold_first_attempts(
     db: &sled::Db,
     batch: &mut sled::Batch,
     id: NotificationId,
-    meta: &str,
-) -> Result<(), SpoolError> {
-    let meta: NotificationMeta = serde_json::from_str(meta)
-        .map_err(|e| SpoolError::Corrupt(format!("the metadata of {id}: {e}")))?;
+    meta: &NotificationMeta,
+) -> Result<Vec<(String, Standing)>, SpoolError> {
+    let mut standings = Vec::with_capacity(meta.subscriptions.len());
     for subscription in &meta.subscriptions {
         let sub = token(subscription);
-        if db.get(keyed(STATE, &sub, id)).map_err(storage)?.is_none() {
-            batch.insert(keyed(FIRST, &sub, id), &meta.received_ms.to_be_bytes());
-        }
+        let standing = match db.get(keyed(STATE, &sub, id)).map_err(storage)? {
+            Some(state) => decode_state(&state)?.standing,
+            None => {
+                batch.insert(keyed(FIRST, &sub, id), &meta.received_ms.to_be_bytes());
+                Standing::Waiting
+            }
+        };
+        standings.push((subscription.clone(), standing));
     }
-    Ok(())
+    Ok(standings)
 }
 
 /// A delivery's state folded in: it replaces the one before (and its
-/// place in the due set), and the first attempt is made.
+/// place in the due set), and the first attempt is made. Answers where
+/// the delivery stood before (`None`: it was no delivery of the
+/// notification's until now, as a reassigned orphan is) and stands now.
 pub(super) fn fold_state(
     db: &sled::Db,
     batch: &mut sled::Batch,
@@ -144,23 +157,32 @@ pub(super) fn fold_state(
     sub: &str,
     id: NotificationId,
     folded: &Folded<'_>,
-) -> Result<(), SpoolError> {
+) -> Result<(Option<Standing>, Standing), SpoolError> {
     let key = keyed(STATE, sub, id);
-    if let Some(old) = db.get(&key).map_err(storage)? {
-        if let Some(due) = decode_state(&old)?.due_ms {
-            batch.remove(waiting_key(sub, due, id));
+    let first = keyed(FIRST, sub, id);
+    let was = match db.get(&key).map_err(storage)? {
+        Some(old) => {
+            let old = decode_state(&old)?;
+            if let Some(due) = old.due_ms {
+                batch.remove(waiting_key(sub, due, id));
+            }
+            Some(old.standing)
         }
-    }
-    batch.remove(keyed(FIRST, sub, id));
+        None if db.contains_key(&first).map_err(storage)? => Some(Standing::Waiting),
+        None => None,
+    };
+    batch.remove(first);
     let mark = Mark::from_header(folded.lease);
+    let standing = standing_of(folded.standing, mark != Mark::Final);
     let mut value = sequence.to_be_bytes().to_vec();
     value.push(mark.byte());
+    value.push(standing_byte(standing));
     if let (Some(due), false) = (folded.due_ms, mark == Mark::Final) {
         value.extend_from_slice(&due.to_be_bytes());
         batch.insert(waiting_key(sub, due, id), &[mark.byte()]);
     }
     batch.insert(key, value);
-    Ok(())
+    Ok((was, standing))
 }
 
 impl Index {

@@ -1,13 +1,28 @@
 //! The fold of the stream into this relay's index, one message at a time
-//! in stream order: which part of the index each kind of message changes.
-//! Apart from `index.rs` so that the parts it calls (deliveries, pause)
+//! in stream order: which part of the index each kind of message changes,
+//! and how it moves the counts (`counts.rs`). Apart from `index.rs` so
+//! that the parts it calls (deliveries, pause, audit, API subscriptions)
 //! can build on the index without the index building on them.
+//!
+//! The counts move as sled's writer moves them, decided from what the
+//! index held before the message (so every relay, folding the same
+//! messages in the same order, counts the same): a notification new to
+//! the index is stored with one delivery per subscription it fans out to;
+//! a delivery's state moves it from where its last state (or its first
+//! attempt still to make) stood, or adds it when the notification had no
+//! delivery for that subscription (a reassigned orphan); a state of a
+//! notification the index does not hold counts nothing. A quarantined
+//! body counts once, and leaves the count with its tombstone or release.
 
+use super::api_subscriptions::fold_api_subscription;
+use super::audit::fold_audit;
+use super::counts::source_in;
 use super::deliveries::{fold_first_attempts, fold_state};
-use super::index::{record_key, Family, Folded, Index};
+use super::index::{record_key, storage, Family, Folded, Index};
 use super::pause::fold_pause;
-use super::subjects::Kind;
-use crate::spool::SpoolError;
+use super::subjects::{name_of, Kind};
+use crate::spool::tally::Tally;
+use crate::spool::{NotificationId, NotificationMeta, SpoolError};
 
 impl Index {
     /// Folds in one message of the stream: `kind` from its subject, the
@@ -18,36 +33,93 @@ impl Index {
         kind: &Kind,
         folded: &Folded<'_>,
     ) -> Result<(), SpoolError> {
-        let (meta, released) = (folded.meta, folded.released);
         if sequence <= self.applied() {
             return Ok(()); // seen before a restart of the tail
         }
         let db = self.db()?;
         let mut batch = sled::Batch::default();
-        let value = |meta: &str| {
-            let mut value = sequence.to_be_bytes().to_vec();
-            value.extend_from_slice(meta.as_bytes());
-            value
-        };
-        match (kind, meta) {
-            (&Kind::Notification(id), Some(meta)) => {
-                batch.insert(&record_key(Family::Notifications, id), value(meta));
-                fold_first_attempts(&db, &mut batch, id, meta)?;
-            }
-            (&Kind::Quarantine(id), Some(meta)) => {
-                batch.insert(&record_key(Family::Quarantine, id), value(meta));
-            }
-            // A quarantine record without metadata is its tombstone.
-            (&Kind::Quarantine(id), None) => batch.remove(&record_key(Family::Quarantine, id)),
-            (Kind::Pause, Some(meta)) => fold_pause(&mut batch, meta)?,
-            (Kind::Delivery { subscription, id }, _) => {
-                fold_state(&db, &mut batch, sequence, subscription, *id, folded)?;
-            }
-            _ => {}
+        let mut tally = self.counts.tally();
+        let staged = fold_one(&db, &mut batch, &mut tally, sequence, kind, folded);
+        if let Err(err) = staged {
+            self.counts.discard(&mut tally);
+            return Err(err);
         }
-        if let Some(released) = released {
-            batch.remove(&record_key(Family::Quarantine, released));
-        }
-        self.commit(&db, batch, sequence)
+        self.commit(&db, batch, &mut tally, sequence)
     }
+}
+
+fn fold_one(
+    db: &sled::Db,
+    batch: &mut sled::Batch,
+    tally: &mut Tally,
+    sequence: u64,
+    kind: &Kind,
+    folded: &Folded<'_>,
+) -> Result<(), SpoolError> {
+    let value = |meta: &str| {
+        let mut value = sequence.to_be_bytes().to_vec();
+        value.extend_from_slice(meta.as_bytes());
+        value
+    };
+    let held = |family, id| db.contains_key(record_key(family, id)).map_err(storage);
+    match (kind, folded.meta) {
+        (&Kind::Notification(id), Some(meta)) => {
+            let parsed: NotificationMeta = serde_json::from_str(meta)
+                .map_err(|e| SpoolError::Corrupt(format!("the metadata of {id}: {e}")))?;
+            let new = !held(Family::Notifications, id)?;
+            batch.insert(&record_key(Family::Notifications, id), value(meta));
+            let standings = fold_first_attempts(db, batch, id, &parsed)?;
+            if new {
+                tally.stored(&parsed.source, &[]);
+                for (subscription, standing) in standings {
+                    tally.added(&subscription, standing);
+                }
+            }
+        }
+        (&Kind::Quarantine(id), Some(meta)) => {
+            if !held(Family::Quarantine, id)? {
+                match source_in(meta.as_bytes()) {
+                    Some(source) => tally.quarantined(&source),
+                    // Counted in the total alone, as sled counts one.
+                    None => tally.quarantined_unread(),
+                }
+            }
+            batch.insert(&record_key(Family::Quarantine, id), value(meta));
+        }
+        // A quarantine record without metadata is its tombstone.
+        (&Kind::Quarantine(id), None) => unquarantine(db, batch, tally, id)?,
+        (Kind::Pause, Some(meta)) => fold_pause(batch, meta)?,
+        (Kind::ApiSubscription(name), meta) => fold_api_subscription(batch, sequence, name, meta),
+        (&Kind::Audit(id), Some(meta)) => fold_audit(batch, sequence, id, meta),
+        (Kind::Delivery { subscription, id }, _) => {
+            let (was, now) = fold_state(db, batch, sequence, subscription, *id, folded)?;
+            let name = name_of(subscription);
+            if let (Some(name), true) = (name, held(Family::Notifications, *id)?) {
+                match was {
+                    Some(was) => tally.moved(&name, was, now),
+                    None => tally.added(&name, now),
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Some(released) = folded.released {
+        unquarantine(db, batch, tally, released)?;
+    }
+    Ok(())
+}
+
+/// A quarantined body leaves (a tombstone, or released as a notification).
+fn unquarantine(
+    db: &sled::Db,
+    batch: &mut sled::Batch,
+    tally: &mut Tally,
+    id: NotificationId,
+) -> Result<(), SpoolError> {
+    let key = record_key(Family::Quarantine, id);
+    if let Some(value) = db.get(key).map_err(storage)? {
+        tally.removed_quarantined(value.get(8..).and_then(source_in).as_deref());
+        batch.remove(&key);
+    }
+    Ok(())
 }

@@ -7,22 +7,32 @@
 //! quarantined body's `[sequence: u64 BE][metadata JSON]`; `!applied` the
 //! last stream sequence folded, written in the same batch as what it
 //! folded; `!identity` the spool's identity, so an index of a stream made
-//! again is dropped and rebuilt. Built so far (steps 2 and 3):
-//! notifications and quarantine, and the deliveries' states with their due
-//! set (`deliveries.rs`); resends are seen and not kept yet.
+//! again is dropped and rebuilt; `!layout` the version of this layout, so
+//! an index an older build folded is rebuilt too. Built so far (steps 2
+//! to 5): notifications and quarantine, the deliveries' states with their
+//! due set (`deliveries.rs`), pauses (`pause.rs`), the counts
+//! (`counts.rs`), audit records (`audit.rs`) and API subscriptions
+//! (`api_subscriptions.rs`); resends are seen and not kept yet. Which
+//! message changes what is `fold.rs`.
 
 use std::path::Path;
 use std::sync::Mutex;
 
 use tokio::sync::watch;
 
+use super::counts::Kept;
 use super::Identity;
+use crate::spool::tally::Tally;
 use crate::spool::{cause, NotificationId, SpoolError};
 
 const NOTIFICATION: u8 = b'n';
 const QUARANTINE: u8 = b'q';
 const APPLIED: &[u8] = b"!applied";
 const IDENTITY: &[u8] = b"!identity";
+const LAYOUT: &[u8] = b"!layout";
+/// This build's layout: an index of another is emptied and folded again
+/// (5: the states' standing and the counts came in step 5).
+const LAYOUT_VERSION: &[u8] = b"5";
 
 /// What the fold reads from one message's headers.
 #[derive(Debug, Default)]
@@ -35,6 +45,8 @@ pub(super) struct Folded<'a> {
     pub lease: Option<&'a str>,
     /// When a delivery state is due.
     pub due_ms: Option<i64>,
+    /// Where a delivery state stands, for the counts.
+    pub standing: Option<&'a str>,
 }
 
 /// One record as the index keeps it.
@@ -67,6 +79,8 @@ pub(super) struct Index {
     /// `None` once closed: the database's files are let go of then.
     tree: Mutex<Option<sled::Db>>,
     applied: watch::Sender<u64>,
+    /// The counts, as of `applied`.
+    pub(super) counts: Kept,
 }
 
 pub(super) fn storage(err: sled::Error) -> SpoolError {
@@ -105,10 +119,35 @@ impl Index {
             detail: format!("the JetStream index: {e}"),
         })?;
         let ours = identity.id.as_bytes();
-        if db.get(IDENTITY).map_err(storage)?.as_deref() != Some(ours) {
-            db.clear().map_err(storage)?;
-            db.insert(IDENTITY, ours).map_err(storage)?;
-        }
+        let stale = if db.get(IDENTITY).map_err(storage)?.as_deref() != Some(ours) {
+            Some("it is of another stream")
+        } else if db.get(LAYOUT).map_err(storage)?.as_deref() != Some(LAYOUT_VERSION) {
+            Some("an older build folded it")
+        } else if db.contains_key(APPLIED).map_err(storage)? && !Kept::present(&db)? {
+            Some("it holds no counts")
+        } else {
+            None
+        };
+        let loaded = Kept::load(&db)?;
+        let why = match (stale, &loaded) {
+            (Some(why), _) => Some(why.to_owned()),
+            (None, Err(damaged)) => Some(format!("its counts are damaged: {damaged}")),
+            (None, Ok(_)) => None,
+        };
+        let counts = match (why, loaded) {
+            (None, Ok(counts)) => counts,
+            (why, _) => {
+                if db.contains_key(APPLIED).map_err(storage)? {
+                    let why = why.unwrap_or_default();
+                    tracing::warn!(path = %path.display(), why, "the JetStream index is folded again from the stream's start");
+                }
+                db.clear().map_err(storage)?;
+                db.insert(IDENTITY, ours).map_err(storage)?;
+                db.insert(LAYOUT, LAYOUT_VERSION).map_err(storage)?;
+                Kept::load(&db)?
+                    .map_err(|e| SpoolError::Corrupt(format!("an emptied index: {e}")))?
+            }
+        };
         let applied = match db.get(APPLIED).map_err(storage)? {
             Some(bytes) => u64::from_be_bytes(
                 bytes
@@ -121,6 +160,7 @@ impl Index {
         Ok(Index {
             tree: Mutex::new(Some(db)),
             applied: watch::Sender::new(applied),
+            counts,
         })
     }
 
@@ -142,16 +182,18 @@ impl Index {
         self.applied.subscribe()
     }
 
-    /// Writes what one message folded into `batch`, with `sequence` as the
-    /// last folded, and tells the watchers.
+    /// Writes what one message folded into `batch`, with the counts it
+    /// moved (staged in `tally`) and `sequence` as the last folded, and
+    /// tells the watchers.
     pub(super) fn commit(
         &self,
         db: &sled::Db,
         mut batch: sled::Batch,
+        tally: &mut Tally,
         sequence: u64,
     ) -> Result<(), SpoolError> {
         batch.insert(APPLIED, &sequence.to_be_bytes());
-        db.apply_batch(batch).map_err(storage)?;
+        self.counts.apply(tally, db, batch)?;
         self.applied.send_replace(sequence);
         Ok(())
     }

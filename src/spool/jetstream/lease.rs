@@ -225,15 +225,24 @@ impl JetStreamSpool {
         max: usize,
     ) -> Result<(Vec<JetStreamLease>, usize), SpoolError> {
         let consumer = self.consumer(subscription).await?;
+        // A fetch sent while the connection was down may never be
+        // answered: bounded, so the forwarder hears of it and asks again.
+        let within = self.config.jetstream.request_timeout.0;
         let fetched = self
             .bridge
             .run(async move {
-                let mut batch = consumer.fetch().max_messages(max).messages().await?;
-                let mut out = Vec::new();
-                while let Some(message) = batch.next().await {
-                    out.push(message?);
+                let fetch = async {
+                    let mut batch = consumer.fetch().max_messages(max).messages().await?;
+                    let mut out = Vec::new();
+                    while let Some(message) = batch.next().await {
+                        out.push(message?);
+                    }
+                    Ok::<_, async_nats::Error>(out)
+                };
+                match tokio::time::timeout(within, fetch).await {
+                    Ok(fetched) => fetched,
+                    Err(_) => Err(format!("no answer within {within:?}").into()),
                 }
-                Ok::<_, async_nats::Error>(out)
             })
             .await?
             .map_err(|e| {

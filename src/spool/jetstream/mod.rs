@@ -1,19 +1,25 @@
 //! The NATS JetStream spool backend (issue 19), built in the steps of
-//! `docs/design/jetstream.md`. Built so far (steps 1 and 2): the
+//! `docs/design/jetstream.md`. Built so far: (steps 1 and 2) the
 //! connection (auth file, TLS with a CA), the gate on the server's version
 //! and the probe of the rule the dedup stands on, the creation or check of
 //! the stream, the duty-lock bucket and the spool's identity, the report of
 //! what a 200 means under the servers' settings ([`Provisioned`]); and the
 //! backend ([`JetStreamSpool`]): store with the dedup's compare-and-set,
-//! quarantine, the local index fed by the fold, reads by id and walks. The
-//! calls not built yet answer `Unsupported` (`pending.rs`), so the relay
-//! refuses to serve on it and only its tests open it.
+//! quarantine, the local index fed by the fold, reads by id and walks;
+//! leases, outcomes and pause (steps 3 and 4); the counts the fold keeps,
+//! the audit log and API subscriptions (step 5). The calls not built yet
+//! answer `Unsupported` (`pending.rs`), so the relay refuses to serve on
+//! it and only its tests open it.
 //!
 //! Names: with `P` the configured prefix, the stream `P_spool` holds every
 //! subject `P.>` (one copy per subject, direct gets on), the KV bucket
 //! `P_locks` holds the single-run duties' leases, and `P.m.identity` the
 //! spool's identity (created once, with a compare-and-set on sequence 0).
 
+mod api_subscriptions;
+mod audit;
+#[cfg(test)]
+mod audit_tests;
 mod backend;
 mod bridge;
 #[cfg(test)]
@@ -25,12 +31,17 @@ mod consumers;
 mod consumers_tests;
 #[cfg(test)]
 pub(crate) mod contract_tests;
+mod counts;
+#[cfg(test)]
+mod counts_tests;
 mod deliveries;
 mod durability;
 mod error;
 #[cfg(test)]
 mod faults_tests;
 mod fold;
+#[cfg(test)]
+mod fold_tests;
 #[cfg(test)]
 mod gateway_tests;
 mod index;

@@ -51,6 +51,11 @@ pub(super) fn fold_pause(batch: &mut sled::Batch, meta: &str) -> Result<(), Spoo
     Ok(())
 }
 
+/// A subscription removed: a later one of that name starts unpaused.
+pub(super) fn forget_pause(batch: &mut sled::Batch, name: &str) {
+    batch.remove(key(name));
+}
+
 impl Index {
     pub(super) fn paused(&self) -> Result<BTreeSet<String>, SpoolError> {
         let mut out = BTreeSet::new();

@@ -6,42 +6,15 @@
 
 use super::JetStreamSpool;
 use crate::spool::backup::{ArchiveCounts, ArchiveWriter, BackupError};
-use crate::spool::{
-    ApiSubscription, AuditEntry, AuditId, Maintained, NotificationId, ReconcileCheck, SpoolError,
-    StuckChanges,
-};
+use crate::spool::{Maintained, NotificationId, ReconcileCheck, SpoolError, StuckChanges};
 
 fn unsupported<T>(call: &'static str) -> Result<T, SpoolError> {
     Err(SpoolError::Unsupported(call))
 }
 
 impl JetStreamSpool {
-    pub(crate) fn api_subscriptions(&self) -> Vec<ApiSubscription> {
-        Vec::new()
-    }
-
-    pub(crate) async fn put_subscription(
-        &self,
-        _subscription: ApiSubscription,
-        _audit: AuditEntry,
-    ) -> Result<AuditId, SpoolError> {
-        unsupported("keep an API subscription")
-    }
-
-    pub(crate) async fn remove_subscription(
-        &self,
-        _name: &str,
-        _audit: AuditEntry,
-    ) -> Result<AuditId, SpoolError> {
-        unsupported("remove an API subscription")
-    }
-
     pub(crate) async fn maintain(&self) -> Result<Maintained, SpoolError> {
         unsupported("maintain")
-    }
-
-    pub(crate) async fn audit(&self, _entry: AuditEntry) -> Result<AuditId, SpoolError> {
-        unsupported("keep an audit record")
     }
 
     pub(crate) async fn record_check(

@@ -22,6 +22,7 @@ use super::subjects::{token, LEASE};
 use super::JetStreamSpool;
 use crate::delivery::Delivery;
 use crate::spool::delivery_codec::{decode_delivery, encode_delivery};
+use crate::spool::standing::Standing;
 use crate::spool::{NotificationId, NotificationMeta, SpoolError};
 
 /// Tries of one rewrite while other writers change the state under it.
@@ -115,7 +116,13 @@ impl JetStreamSpool {
             };
             let payload = Bytes::from(encode_delivery(&delivery)?);
             let write = self.next_write();
-            let headers = state_headers(mark, delivery.due_at(), current.sequence, &write);
+            let headers = state_headers(
+                mark,
+                delivery.due_at(),
+                Standing::of(&delivery.state),
+                current.sequence,
+                &write,
+            );
             match self.publish_state(&subject, headers, payload).await? {
                 Published::Acked(ack) => return Ok(Some(ack.sequence)),
                 Published::Taken => {} // another writer first: decide again

@@ -149,17 +149,30 @@ impl JetStreamSpool {
     }
 
     /// The quarantine subject and sequence of `id`; `NotFound` when it is
-    /// no longer quarantined.
+    /// no longer quarantined. One this relay's index does not hold is
+    /// looked for again once it holds what the stream holds (another
+    /// relay may have quarantined it a moment ago).
     async fn still_quarantined(&self, id: NotificationId) -> Result<(String, u64), SpoolError> {
-        let index = self.index.clone();
-        let entry = tokio::task::spawn_blocking(move || index.get(Family::Quarantine, id))
-            .await
-            .map_err(|e| SpoolError::Task(e.to_string()))??
-            .ok_or_else(|| {
-                SpoolError::NotFound(format!(
-                    "quarantined body {id} (released or discarded meanwhile)"
-                ))
-            })?;
+        let held = || {
+            let index = self.index.clone();
+            async move {
+                tokio::task::spawn_blocking(move || index.get(Family::Quarantine, id))
+                    .await
+                    .map_err(|e| SpoolError::Task(e.to_string()))?
+            }
+        };
+        let entry = match held().await? {
+            Some(entry) => Some(entry),
+            None => {
+                self.sync().await?;
+                held().await?
+            }
+        };
+        let entry = entry.ok_or_else(|| {
+            SpoolError::NotFound(format!(
+                "quarantined body {id} (released or discarded meanwhile)"
+            ))
+        })?;
         let meta: QuarantineMeta = serde_json::from_slice(&entry.meta)
             .map_err(|e| SpoolError::Corrupt(format!("the metadata of {id}: {e}")))?;
         Ok((

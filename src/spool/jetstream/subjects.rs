@@ -11,7 +11,7 @@
 use sha2::{Digest, Sha256};
 
 use super::Names;
-use crate::spool::NotificationId;
+use crate::spool::{AuditId, NotificationId};
 
 /// The header holding a record's metadata (JSON) beside its raw body.
 pub(super) const META: &str = "Relay-Meta";
@@ -26,6 +26,12 @@ pub(super) const DUE: &str = "Relay-Due";
 /// On a delivery's state: which relay's write it is (`{relay}.{n}`), so a
 /// write whose ack was lost is known for its own.
 pub(super) const WRITE: &str = "Relay-Write";
+/// On a delivery's state: where it stands for the counts (`waiting`,
+/// `delivered`, `dead` or `purged`), since the fold reads headers only.
+pub(super) const STANDING: &str = "Relay-Standing";
+/// On an API subscription's record: the id of the audit record of the
+/// change (published just before it).
+pub(super) const AUDIT: &str = "Relay-Audit";
 
 /// A name written as one subject token.
 pub(super) fn token(name: &str) -> String {
@@ -42,6 +48,22 @@ pub(super) fn token(name: &str) -> String {
         out.push_str(&format!("{b:02x}"));
     }
     out
+}
+
+/// The name a subject token was made of (the inverse of [`token`]);
+/// `None` for what no name makes.
+pub(super) fn name_of(token: &str) -> Option<String> {
+    let Some(hex) = token.strip_prefix('~') else {
+        return Some(token.to_owned());
+    };
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// The token of a dedup key: every store of one key (within a source)
@@ -105,6 +127,17 @@ impl Names {
         format!("{}.c.pause.{}", self.prefix, token(subscription))
     }
 
+    /// An audit record: `P.a.{auditid}`.
+    pub(super) fn audit(&self, id: AuditId) -> String {
+        format!("{}.a.{id}", self.prefix)
+    }
+
+    /// An API-created subscription (its latest version, or a tombstone):
+    /// `P.c.sub.{name}`.
+    pub(super) fn api_subscription(&self, name: &str) -> String {
+        format!("{}.c.sub.{}", self.prefix, token(name))
+    }
+
     /// The durable consumer of one subscription: `P_s_{sub}`.
     pub(super) fn consumer(&self, subscription: &str) -> String {
         format!("{}_s_{}", self.prefix, token(subscription))
@@ -125,6 +158,10 @@ impl Names {
             ["q", _, last] => id(last).map_or(Kind::Other, Kind::Quarantine),
             ["e", of, _] => id(of).map_or(Kind::Other, Kind::Resend),
             ["c", "pause", _] => Kind::Pause,
+            ["c", "sub", name] => name_of(name).map_or(Kind::Other, Kind::ApiSubscription),
+            ["a", last] => {
+                crate::spool::parse_ulid(last).map_or(Kind::Other, |id| Kind::Audit(AuditId(id)))
+            }
             ["d", sub, last] => id(last).map_or(Kind::Other, |id| Kind::Delivery {
                 subscription: (*sub).to_owned(),
                 id,
@@ -148,6 +185,10 @@ pub(super) enum Kind {
     },
     /// A subscription's pause flag (its name is in the metadata).
     Pause,
+    /// An API-created subscription, by name (a tombstone has no metadata).
+    ApiSubscription(String),
+    /// An audit record.
+    Audit(AuditId),
     /// Something the index does not keep (yet).
     Other,
 }
@@ -162,6 +203,12 @@ mod tests {
         assert_eq!(token("a.b"), "~612e62");
         assert_eq!(token("~612e62"), "~7e363132653632");
         assert_ne!(token("a b"), token("a_b"));
+        for name in ["tus", "a.b", "~612e62", "ñandú", "x y.z"] {
+            assert_eq!(name_of(&token(name)).as_deref(), Some(name));
+        }
+        assert_eq!(name_of("~6"), None);
+        assert_eq!(name_of("~zz"), None);
+        assert_eq!(name_of("~ff"), None, "not UTF-8");
         assert_eq!(key_hash("x").len(), 26);
         assert_eq!(key_hash("x"), key_hash("x"));
         assert_ne!(key_hash("x"), key_hash("y"));
@@ -192,6 +239,13 @@ mod tests {
             }
         );
         assert_eq!(names.parse(&names.pause("a.b")), Kind::Pause);
+        assert_eq!(
+            names.parse(&names.api_subscription("a.b")),
+            Kind::ApiSubscription("a.b".into())
+        );
+        let audit = AuditId::next_after(None, 1_700_000_000_000);
+        assert_eq!(names.parse(&names.audit(audit)), Kind::Audit(audit));
+        assert_eq!(names.parse("t1.a.nope"), Kind::Other);
         assert_eq!(names.parse("t1.m.identity"), Kind::Other);
         assert_eq!(names.parse("t2.q.tus.x"), Kind::Other);
     }

@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, Message};
 use futures_util::StreamExt;
 
 use super::index::{Folded, Index};
-use super::subjects::{Kind, DUE, LEASE, META, RELEASED};
+use super::subjects::{Kind, DUE, LEASE, META, RELEASED, STANDING};
 use super::Names;
 use crate::spool::NotificationId;
 
@@ -96,6 +96,7 @@ fn fold(
         released: header(RELEASED).and_then(NotificationId::parse),
         lease: header(LEASE),
         due_ms: header(DUE).and_then(|due| due.parse().ok()),
+        standing: header(STANDING),
     };
     index.apply(sequence, &kind, &folded)?;
     Ok(())

@@ -104,7 +104,7 @@ impl Reassigning<'_> {
 
     fn apply(&mut self) -> Result<(), SpoolError> {
         let batch = std::mem::take(&mut self.batch);
-        self.tally.apply(self.store, batch, self.published)?;
+        self.tally.apply(&self.store.tree, batch, self.published)?;
         self.in_batch = 0;
         self.given_up.clear();
         Ok(())

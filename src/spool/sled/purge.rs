@@ -66,7 +66,7 @@ pub(super) fn slice(
         }
         batch.insert(key, encode_delivery(&delivery)?);
         tally.moved(subscription, was, Standing::Purged);
-        tally.apply(store, batch, &shared.counts)?;
+        tally.apply(&store.tree, batch, &shared.counts)?;
         drop(held);
         done.purged += 1;
     }

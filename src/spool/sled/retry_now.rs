@@ -88,7 +88,7 @@ pub(super) fn slice(
         batch.remove(key.as_slice());
         batch.insert(keys::retry(subscription, now_ms, id), &[]);
         batch.insert(delivery_key, encode_delivery(&delivery)?);
-        tally.apply(store, batch, &shared.counts)?;
+        tally.apply(&store.tree, batch, &shared.counts)?;
         // The retry walk starts again from the first entry, now due.
         held.forget_retry_position();
         drop(held);

@@ -84,7 +84,8 @@ impl Writer {
                 "a batch failed on purpose (test)",
             )));
         }
-        self.tally.apply(store, group.batch, &self.shared.counts)?;
+        self.tally
+            .apply(&store.tree, group.batch, &self.shared.counts)?;
         Ok(group.out)
     }
 
@@ -203,7 +204,7 @@ impl Writer {
     /// wrote before it.
     fn apply_so_far(&mut self, store: &Store, batch: &mut Batch) -> Result<(), SpoolError> {
         self.tally
-            .apply(store, std::mem::take(batch), &self.shared.counts)
+            .apply(&store.tree, std::mem::take(batch), &self.shared.counts)
     }
 
     /// A notification and its dedup entry, unless the dedup key is fresh

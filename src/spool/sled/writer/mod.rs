@@ -254,7 +254,7 @@ pub(super) fn start(shared: Arc<Shared>, from: Start) -> std::io::Result<mpsc::S
         now_ms: 0,
         last_id: from.last_id,
         last_audit: from.last_audit,
-        tally: Tally::new(from.counts),
+        tally: super::counts::tally(from.counts),
         unflushed: None,
         syncer: Some(syncer),
         pending_sync: None,

@@ -69,7 +69,7 @@ impl Writer {
         behind |= self.remove_quarantined(store, &mut batch, cutoff, &mut done)?;
         behind |= remove_audit_records(store, &mut batch, cutoff, &mut done)?;
         self.retention.behind = behind;
-        self.tally.apply(store, batch, &self.shared.counts)?;
+        self.tally.apply(&store.tree, batch, &self.shared.counts)?;
         if done != Maintained::default() {
             tracing::debug!(?done, "retention slice");
         }
