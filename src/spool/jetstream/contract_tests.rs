@@ -229,3 +229,10 @@ turned_on! {
     counts::a_store_counts_one_waiting_delivery_per_subscription_and_a_duplicate_none;
     counts::each_source_counts_what_it_stored_and_quarantined_and_a_release_moves_one;
 }
+
+// Steps 5 and 6 together: the moves' counts.
+turned_on! {
+    counts::outcomes_and_replays_move_deliveries_between_states, paused;
+    counts::purged_orphans_are_counted_purged;
+    counts::an_outcome_recorded_after_its_orphan_was_purged_moves_it_from_purged, paused;
+}
