@@ -6,6 +6,7 @@ use crate::config::{
     filters_match, status_matches, wildcard_match, Config, OnSuperseded, RELAY_SOURCE,
 };
 use crate::providers::InvoiceStatus;
+use crate::spool::SpoolError;
 
 /// One subscription's name and filters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,22 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// Whether `from`'s deliveries may go to `to` (or be purged): `from`
+    /// must be gone from the routes, and `to` in them.
+    pub(crate) fn check_reassign(&self, from: &str, to: Option<&str>) -> Result<(), SpoolError> {
+        if self.contains(from) {
+            return Err(SpoolError::NotOrphan(format!(
+                "subscription {from:?} is configured: its deliveries are not orphans"
+            )));
+        }
+        if let Some(to) = to.filter(|to| !self.contains(to)) {
+            return Err(SpoolError::NotOrphan(format!(
+                "subscription {to:?} is not configured: nothing would deliver them"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn new(routes: Vec<Route>) -> Routes {
         Routes { routes }
     }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use super::index::{storage, Index};
 use super::pause::forget_pause;
-use super::store::{publish, Published};
+use super::store::Published;
 use super::subjects::{AUDIT, META};
 use super::JetStreamSpool;
 use crate::spool::{cause, ApiSubscription, AuditEntry, AuditId, SpoolError};
@@ -146,12 +146,7 @@ impl JetStreamSpool {
             headers.insert(META, json.as_str());
         }
         let subject = self.link.names().api_subscription(name);
-        let context = self.link.context().clone();
-        let timeout = self.config.jetstream.store_timeout.0;
-        let published = self
-            .bridge
-            .run(async move { publish(&context, subject, headers, Bytes::new(), timeout).await })
-            .await??;
+        let published = self.publish_record(subject, headers, Bytes::new()).await?;
         match published {
             Published::Acked(ack) => self.caught_up(ack.sequence).await.map(|()| audit),
             Published::Taken => {

@@ -17,7 +17,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use super::index::{storage, Index};
-use super::store::{publish, Published};
+use super::store::Published;
 use super::subjects::META;
 use super::JetStreamSpool;
 use crate::spool::{cause, AuditEntry, AuditId, AuditRecord, RecordStream, SpoolError};
@@ -129,14 +129,7 @@ impl JetStreamSpool {
             headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
             headers.insert(META, json.as_str());
             let subject = self.link.names().audit(id);
-            let context = self.link.context().clone();
-            let timeout = self.config.jetstream.store_timeout.0;
-            let published = self
-                .bridge
-                .run(
-                    async move { publish(&context, subject, headers, Bytes::new(), timeout).await },
-                )
-                .await??;
+            let published = self.publish_record(subject, headers, Bytes::new()).await?;
             if let Published::Acked(ack) = published {
                 return Ok((id, ack.sequence));
             }

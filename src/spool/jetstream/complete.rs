@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::counts::standing_header;
 use super::deliveries::Mark;
 use super::lease::JetStreamLease;
-use super::store::{publish, Published};
+use super::store::Published;
 use super::subjects::{DUE, LEASE, STANDING, WRITE};
 use super::JetStreamSpool;
 use crate::delivery::Delivery;
@@ -57,7 +57,7 @@ impl JetStreamSpool {
                 &write,
             );
             match self
-                .publish_state(&subject, headers, payload.clone())
+                .publish_record(subject.clone(), headers, payload.clone())
                 .await?
             {
                 Published::Acked(ack) => {
@@ -123,7 +123,10 @@ impl JetStreamSpool {
                 &self.next_write(),
             );
             let subject = self.link.names().delivery(subscription, id);
-            if let Published::Acked(ack) = self.publish_state(&subject, headers, payload).await? {
+            if let Published::Acked(ack) = self
+                .publish_record(subject.clone(), headers, payload)
+                .await?
+            {
                 top = top.max(ack.sequence);
             }
         }
@@ -131,20 +134,6 @@ impl JetStreamSpool {
             self.caught_up(top).await?;
         }
         Ok(())
-    }
-
-    pub(super) async fn publish_state(
-        &self,
-        subject: &str,
-        headers: HeaderMap,
-        payload: Bytes,
-    ) -> Result<Published, SpoolError> {
-        let context = self.link.context().clone();
-        let timeout = self.config.jetstream.store_timeout.0;
-        let subject = subject.to_owned();
-        self.bridge
-            .run(async move { publish(&context, subject, headers, payload, timeout).await })
-            .await?
     }
 
     /// When `subscription`'s earliest delivery not yet final is due.

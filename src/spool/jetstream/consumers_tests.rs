@@ -13,26 +13,32 @@ use super::Names;
 use crate::clock::Clock;
 use crate::config::JETSTREAM_LONGEST_ATTEMPT;
 use crate::spool::contract::support::routes;
+use crate::spool::Spool;
+
+/// Relay "a" opened on a new fixture (the consumer of `erp` made), and a
+/// plain client's view of the spool's stream with that consumer's name.
+async fn opened() -> (JetStreamFixture, Spool, jetstream::stream::Stream, String) {
+    let fixture = JetStreamFixture::new();
+    let a = fixture
+        .open_relay("a", routes(&["erp"]), Clock::system())
+        .await
+        .unwrap();
+    let names = Names::new(&fixture.config_for("a").jetstream.prefix);
+    let js = jetstream::new(async_nats::connect(fixture.url()).await.unwrap());
+    let stream = js.get_stream(names.stream()).await.unwrap();
+    let name = names.consumer("erp");
+    (fixture, a, stream, name)
+}
 
 #[tokio::test]
 async fn a_consumer_with_an_ack_wait_shorter_than_an_attempt_is_lengthened_at_open() {
     if skip_without_nats() {
         return;
     }
-    let fixture = JetStreamFixture::new();
-    let a = fixture
-        .open_relay("a", routes(&["erp"]), Clock::system())
-        .await
-        .unwrap();
+    let (fixture, a, stream, name) = opened().await;
     a.close().await.unwrap();
-
-    let config = fixture.config_for("a").jetstream;
-    let js = jetstream::new(async_nats::connect(fixture.url()).await.unwrap());
-    let names = Names::new(&config.prefix);
-    let stream = js.get_stream(names.stream()).await.unwrap();
-    let name = names.consumer("erp");
     let consumer: jetstream::consumer::PullConsumer = stream.get_consumer(&name).await.unwrap();
-    let wanted = JETSTREAM_LONGEST_ATTEMPT + config.ack_margin.0;
+    let wanted = JETSTREAM_LONGEST_ATTEMPT + fixture.config_for("a").jetstream.ack_margin.0;
     assert_eq!(consumer.cached_info().config.ack_wait, wanted);
     // Shortened by hand, below the longest attempt.
     let short = pull::Config {
@@ -57,16 +63,7 @@ async fn a_pause_pauses_the_consumer_on_the_server_and_the_flag_wins_at_open() {
     if skip_without_nats() {
         return;
     }
-    let fixture = JetStreamFixture::new();
-    let a = fixture
-        .open_relay("a", routes(&["erp"]), Clock::system())
-        .await
-        .unwrap();
-    let config = fixture.config_for("a").jetstream;
-    let js = jetstream::new(async_nats::connect(fixture.url()).await.unwrap());
-    let names = Names::new(&config.prefix);
-    let stream = js.get_stream(names.stream()).await.unwrap();
-    let name = names.consumer("erp");
+    let (fixture, a, stream, name) = opened().await;
     let paused_on_server = || async {
         let mut consumer: jetstream::consumer::PullConsumer =
             stream.get_consumer(&name).await.unwrap();

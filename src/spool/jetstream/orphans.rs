@@ -75,16 +75,7 @@ impl JetStreamSpool {
     ) -> Result<u64, SpoolError> {
         self.open_for_writes()?;
         let routes = self.routes.load();
-        if routes.contains(from) {
-            return Err(SpoolError::NotOrphan(format!(
-                "subscription {from:?} is configured: its deliveries are not orphans"
-            )));
-        }
-        if let Some(to) = to.filter(|to| !routes.contains(to)) {
-            return Err(SpoolError::NotOrphan(format!(
-                "subscription {to:?} is not configured: nothing would deliver them"
-            )));
-        }
+        routes.check_reassign(from, to)?;
         // What any relay wrote before the call is in the walk.
         self.sync().await?;
         let mut done = 0;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::index::{storage, Index};
-use super::store::{publish, Published};
+use super::store::Published;
 use super::subjects::META;
 use super::JetStreamSpool;
 use crate::spool::{cause, SpoolError};
@@ -84,12 +84,7 @@ impl JetStreamSpool {
         let mut headers = HeaderMap::new();
         headers.insert(META, json.as_str());
         let subject = self.link.names().pause(subscription);
-        let context = self.link.context().clone();
-        let timeout = self.config.jetstream.store_timeout.0;
-        let published = self
-            .bridge
-            .run(async move { publish(&context, subject, headers, Bytes::new(), timeout).await })
-            .await??;
+        let published = self.publish_record(subject, headers, Bytes::new()).await?;
         match published {
             Published::Acked(ack) => self.caught_up(ack.sequence).await?,
             Published::Taken => {

@@ -123,7 +123,10 @@ impl JetStreamSpool {
                 current.sequence,
                 &write,
             );
-            match self.publish_state(&subject, headers, payload).await? {
+            match self
+                .publish_record(subject.clone(), headers, payload)
+                .await?
+            {
                 Published::Acked(ack) => return Ok(Some(ack.sequence)),
                 Published::Taken => {} // another writer first: decide again
             }

@@ -194,12 +194,7 @@ impl JetStreamSpool {
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             sequence.to_string().as_str(),
         );
-        let context = self.link.context().clone();
-        let timeout = self.config.jetstream.store_timeout.0;
-        let published = self
-            .bridge
-            .run(async move { publish(&context, subject, headers, Bytes::new(), timeout).await })
-            .await??;
+        let published = self.publish_record(subject, headers, Bytes::new()).await?;
         match published {
             Published::Acked(ack) => Ok(Some(ack.sequence)),
             Published::Taken => self.sync().await.map(|()| None),
@@ -229,13 +224,7 @@ impl JetStreamSpool {
         let json = serde_json::to_string(&meta).map_err(|e| SpoolError::Encode(cause(e)))?;
         headers.insert(META, json.as_str());
         let subject = self.link.names().quarantine(&meta.source, id);
-        let context = self.link.context().clone();
-        let timeout = self.config.jetstream.store_timeout.0;
-        let body = received.body;
-        let published = self
-            .bridge
-            .run(async move { publish(&context, subject, headers, body, timeout).await })
-            .await??;
+        let published = self.publish_record(subject, headers, received.body).await?;
         match published {
             Published::Acked(ack) => self.caught_up(ack.sequence).await.map(|()| id),
             Published::Taken => Err(SpoolError::Unavailable(
@@ -349,6 +338,22 @@ pub(super) async fn publish(
         Err(_) => Err(SpoolError::Unavailable(format!(
             "JetStream: no acknowledgement within {timeout:?} (no quorum, or unreachable?)"
         ))),
+    }
+}
+
+impl JetStreamSpool {
+    /// [`publish`] on the client's runtime, under `store_timeout`.
+    pub(super) async fn publish_record(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Published, SpoolError> {
+        let context = self.link.context().clone();
+        let timeout = self.config.jetstream.store_timeout.0;
+        self.bridge
+            .run(async move { publish(&context, subject, headers, body, timeout).await })
+            .await?
     }
 }
 

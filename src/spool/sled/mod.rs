@@ -604,16 +604,7 @@ impl SledSpool {
         now_ms: i64,
     ) -> Result<u64, SpoolError> {
         let routes = self.shared.routes.load();
-        if routes.contains(from) {
-            return Err(SpoolError::NotOrphan(format!(
-                "subscription {from:?} is configured: its deliveries are not orphans"
-            )));
-        }
-        if let Some(to) = to.filter(|to| !routes.contains(to)) {
-            return Err(SpoolError::NotOrphan(format!(
-                "subscription {to:?} is not configured: nothing would deliver them"
-            )));
-        }
+        routes.check_reassign(from, to)?;
         let change = Change::Orphans {
             from: from.to_owned(),
             to: to.map(str::to_owned),
