@@ -66,6 +66,8 @@ mod reads;
 mod removal;
 mod replay;
 mod retention;
+#[cfg(test)]
+mod retention_tests;
 mod states;
 mod store;
 #[cfg(test)]
