@@ -40,6 +40,11 @@ pub(super) fn fold_audit(batch: &mut sled::Batch, sequence: u64, id: AuditId, me
     batch.insert(&key(id), value);
 }
 
+/// An audit record removed by retention (`removal.rs`).
+pub(super) fn unfold_audit(batch: &mut sled::Batch, id: AuditId) {
+    batch.remove(&key(id));
+}
+
 fn record(key: &[u8], value: &[u8]) -> Result<AuditRecord, SpoolError> {
     let id = key
         .get(1..)

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::bridge::Bridge;
 use super::consumers::Consumers;
+use super::duty::Duties;
 use super::index::Index;
 use super::lease::Naks;
 use super::orphans::Orphans;
@@ -37,6 +38,8 @@ pub(crate) struct JetStreamSpool {
     pub(super) naks: Arc<Naks>,
     /// The orphans as counted at open and on new routes (`orphans.rs`).
     pub(super) orphans: Orphans,
+    /// The single-run duties this relay holds (`duty.rs`).
+    pub(super) duties: Duties,
     /// This open's name in the marks of its writes (`Relay-Write`).
     pub(super) relay: String,
     pub(super) writes: AtomicU64,
@@ -98,6 +101,7 @@ impl JetStreamSpool {
             consumers: Consumers::default(),
             naks,
             orphans: Orphans::default(),
+            duties: Duties::default(),
             relay: ulid::Ulid::new().to_string(),
             writes: AtomicU64::new(0),
             closed: AtomicBool::new(false),

@@ -20,7 +20,8 @@ use super::counts::source_in;
 use super::deliveries::{fold_first_attempts, fold_state};
 use super::index::{record_key, storage, Family, Folded, Index};
 use super::pause::fold_pause;
-use super::subjects::{name_of, Kind};
+use super::removal::fold_removal;
+use super::subjects::{name_of, Kind, Removed};
 use crate::spool::tally::Tally;
 use crate::spool::{NotificationId, NotificationMeta, SpoolError};
 
@@ -91,6 +92,8 @@ fn fold_one(
         (Kind::Pause, Some(meta)) => fold_pause(batch, meta)?,
         (Kind::ApiSubscription(name), meta) => fold_api_subscription(batch, sequence, name, meta),
         (&Kind::Audit(id), Some(meta)) => fold_audit(batch, sequence, id, meta),
+        (&Kind::Removed(Removed::Quarantine(id)), _) => unquarantine(db, batch, tally, id)?,
+        (&Kind::Removed(removed), _) => fold_removal(db, batch, tally, removed)?,
         (Kind::Delivery { subscription, id }, _) => {
             let (was, now) = fold_state(db, batch, sequence, subscription, *id, folded)?;
             let name = name_of(subscription);

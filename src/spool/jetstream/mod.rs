@@ -36,6 +36,9 @@ mod counts;
 mod counts_tests;
 mod deliveries;
 mod durability;
+mod duty;
+#[cfg(test)]
+mod duty_tests;
 mod error;
 #[cfg(test)]
 mod faults_tests;
@@ -60,7 +63,11 @@ mod pending;
 mod provision;
 mod purge;
 mod reads;
+mod removal;
 mod replay;
+mod retention;
+#[cfg(test)]
+mod retention_tests;
 mod states;
 mod store;
 #[cfg(test)]

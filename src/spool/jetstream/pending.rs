@@ -6,17 +6,13 @@
 
 use super::JetStreamSpool;
 use crate::spool::backup::{ArchiveCounts, ArchiveWriter, BackupError};
-use crate::spool::{Maintained, NotificationId, ReconcileCheck, SpoolError, StuckChanges};
+use crate::spool::{NotificationId, ReconcileCheck, SpoolError, StuckChanges};
 
 fn unsupported<T>(call: &'static str) -> Result<T, SpoolError> {
     Err(SpoolError::Unsupported(call))
 }
 
 impl JetStreamSpool {
-    pub(crate) async fn maintain(&self) -> Result<Maintained, SpoolError> {
-        unsupported("maintain")
-    }
-
     pub(crate) async fn record_check(
         &self,
         _source: &str,

@@ -22,7 +22,7 @@ use crate::config::JetstreamConfig;
 
 /// How long a duty's lease lives unless renewed (the bucket's max age): a
 /// dead holder's duty passes to another relay after this.
-const DUTY_TTL: Duration = Duration::from_secs(15);
+pub(super) const DUTY_TTL: Duration = Duration::from_secs(15);
 /// The stream's dedup window of `Nats-Msg-Id`s: it only guards the relay's
 /// own retried publishes; the dedup of providers' resends is on subjects.
 const MSG_ID_WINDOW: Duration = Duration::from_secs(120);

@@ -218,29 +218,34 @@ impl Index {
     /// deliveries' kind `tag` (`D`, `W` or `F`), in order: one seek per
     /// subscription, however many keys each has.
     pub(super) fn subscriptions_with(&self, tag: u8) -> Result<Vec<String>, SpoolError> {
-        let db = self.db()?;
-        let end = vec![tag + 1];
-        let mut from = vec![tag];
-        let mut out = Vec::new();
-        while let Some(item) = db.range(from.clone()..end.clone()).next() {
-            let (key, _) = item.map_err(storage)?;
-            let rest = key.get(1..).unwrap_or_default();
-            let Some(at) = rest.iter().position(|b| *b == 0) else {
-                // Not a deliveries' key: on to the one after it.
-                from = key.to_vec();
-                from.push(0);
-                continue;
-            };
-            let sub = &rest[..at];
-            if let Ok(sub) = std::str::from_utf8(sub) {
-                out.push(sub.to_owned());
-            }
-            // Past every key of this subscription (`{tag}{sub}\0…`).
-            from = Vec::with_capacity(sub.len() + 2);
-            from.push(tag);
-            from.extend_from_slice(sub);
-            from.push(1);
-        }
-        Ok(out)
+        subscriptions_in(&self.db()?, tag)
     }
+}
+
+/// [`Index::subscriptions_with`] on the index's database (as the fold
+/// holds it).
+pub(super) fn subscriptions_in(db: &sled::Db, tag: u8) -> Result<Vec<String>, SpoolError> {
+    let end = vec![tag + 1];
+    let mut from = vec![tag];
+    let mut out = Vec::new();
+    while let Some(item) = db.range(from.clone()..end.clone()).next() {
+        let (key, _) = item.map_err(storage)?;
+        let rest = key.get(1..).unwrap_or_default();
+        let Some(at) = rest.iter().position(|b| *b == 0) else {
+            // Not a deliveries' key: on to the one after it.
+            from = key.to_vec();
+            from.push(0);
+            continue;
+        };
+        let sub = &rest[..at];
+        if let Ok(sub) = std::str::from_utf8(sub) {
+            out.push(sub.to_owned());
+        }
+        // Past every key of this subscription (`{tag}{sub}\0…`).
+        from = Vec::with_capacity(sub.len() + 2);
+        from.push(tag);
+        from.extend_from_slice(sub);
+        from.push(1);
+    }
+    Ok(out)
 }

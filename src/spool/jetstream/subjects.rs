@@ -162,6 +162,14 @@ impl Names {
             ["a", last] => {
                 crate::spool::parse_ulid(last).map_or(Kind::Other, |id| Kind::Audit(AuditId(id)))
             }
+            ["r", last] => {
+                id(last).map_or(Kind::Other, |id| Kind::Removed(Removed::Notification(id)))
+            }
+            ["r", "q", last] => {
+                id(last).map_or(Kind::Other, |id| Kind::Removed(Removed::Quarantine(id)))
+            }
+            ["r", "a", last] => crate::spool::parse_ulid(last)
+                .map_or(Kind::Other, |id| Kind::Removed(Removed::Audit(AuditId(id)))),
             ["d", sub, last] => id(last).map_or(Kind::Other, |id| Kind::Delivery {
                 subscription: (*sub).to_owned(),
                 id,
@@ -189,8 +197,18 @@ pub(super) enum Kind {
     ApiSubscription(String),
     /// An audit record.
     Audit(AuditId),
+    /// Retention's marker that a record went (`P.r.…`, `removal.rs`).
+    Removed(Removed),
     /// Something the index does not keep (yet).
     Other,
+}
+
+/// What a removal marker of retention's names (`removal.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Removed {
+    Notification(NotificationId),
+    Quarantine(NotificationId),
+    Audit(AuditId),
 }
 
 #[cfg(test)]
@@ -245,6 +263,13 @@ mod tests {
         );
         let audit = AuditId::next_after(None, 1_700_000_000_000);
         assert_eq!(names.parse(&names.audit(audit)), Kind::Audit(audit));
+        for removed in [
+            Removed::Notification(id),
+            Removed::Quarantine(id),
+            Removed::Audit(audit),
+        ] {
+            assert_eq!(names.parse(&names.removal(removed)), Kind::Removed(removed));
+        }
         assert_eq!(names.parse("t1.a.nope"), Kind::Other);
         assert_eq!(names.parse("t1.m.identity"), Kind::Other);
         assert_eq!(names.parse("t2.q.tus.x"), Kind::Other);

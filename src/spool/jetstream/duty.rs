@@ -1,0 +1,163 @@
+//! The single-run duties' leases (`docs/design/jetstream.md` §1.5): a
+//! duty `X` is held by the relay whose `create("duty.X", relay)` in the
+//! KV bucket `P_locks` won; the holder renews it with `update(revision)`,
+//! and the bucket's max age (`DUTY_TTL`) expires the key of a holder that
+//! stopped (closed or crashed), after which another relay's `create` wins.
+//!
+//! Renewals happen at each `maintain` call, not on a timer of their own:
+//! a duty's work runs only inside that call, right after a renewal that
+//! succeeded, and only until its [`Hold::until`] (a third of the TTL
+//! before the key could expire). A renewal that fails (another relay took
+//! the key after it expired: a stale revision) or comes later than that
+//! margin stops the duty at once; the relay then tries `create` as any
+//! other relay does. So when `maintain` runs less often than the TTL the
+//! duty may change hands between calls, but it never runs on two relays
+//! at once. Lateness is measured on real time ([`Instant`]), as the
+//! servers expire the key on theirs, never on the spool's `Clock` (which
+//! a test may pause or move on by hours).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+use bytes::Bytes;
+
+use super::provision::DUTY_TTL;
+use super::JetStreamSpool;
+use crate::spool::SpoolError;
+
+/// How long before the key could expire a holder stops its duty.
+const MARGIN: Duration = Duration::from_secs(DUTY_TTL.as_secs() / 3);
+
+/// The duty of retention (`maintain`).
+pub(super) const RETENTION: &str = "duty.retention";
+
+/// The duties this relay holds: each one's key revision and when it was
+/// last renewed.
+#[derive(Debug, Default)]
+pub(super) struct Duties(Mutex<HashMap<&'static str, (u64, Instant)>>);
+
+/// A duty held now: its work must stop at `until`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Hold {
+    pub until: Instant,
+}
+
+impl Hold {
+    /// Whether the duty may still go on.
+    pub(super) fn live(&self) -> bool {
+        real_now() < self.until
+    }
+}
+
+impl Duties {
+    fn held(&self, duty: &'static str) -> Option<(u64, Instant)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(duty)
+            .copied()
+    }
+
+    fn set(&self, duty: &'static str, held: Option<(u64, Instant)>) {
+        let mut duties = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match held {
+            Some(held) => duties.insert(duty, held),
+            None => duties.remove(duty),
+        };
+    }
+}
+
+/// Now on the system's monotonic clock. The lease lives on the servers'
+/// time, which neither a paused tokio clock nor the spool's `Clock` (a
+/// test moves it on by hours) follows: the one decision taken on real
+/// time, so deliberately not through `crate::clock`.
+#[allow(clippy::disallowed_methods)]
+fn real_now() -> Instant {
+    Instant::now()
+}
+
+/// What one try at the key gave.
+enum Tried {
+    Won(u64),
+    Lost,
+}
+
+impl JetStreamSpool {
+    /// Renews `duty` if this relay holds it, or takes it if no relay
+    /// does; `None` when another relay holds it (or this one's lease
+    /// lapsed and another may have it).
+    pub(super) async fn hold_duty(&self, duty: &'static str) -> Result<Option<Hold>, SpoolError> {
+        self.open_for_writes()?;
+        let started = real_now();
+        if let Some((revision, renewed)) = self.duties.held(duty) {
+            if real_now().duration_since(renewed) < DUTY_TTL.saturating_sub(MARGIN) {
+                if let Tried::Won(revision) = self.renew(duty, revision).await? {
+                    return Ok(Some(self.won(duty, revision, started)));
+                }
+                tracing::warn!(duty, "a duty's lease was lost: it stops here");
+            } else {
+                tracing::warn!(duty, "a duty's lease was renewed too late: it stops here");
+            }
+            self.duties.set(duty, None);
+        }
+        match self.take(duty).await? {
+            Tried::Won(revision) => {
+                tracing::info!(duty, relay = %self.relay, "this relay took a duty");
+                Ok(Some(self.won(duty, revision, started)))
+            }
+            Tried::Lost => Ok(None),
+        }
+    }
+
+    fn won(&self, duty: &'static str, revision: u64, asked: Instant) -> Hold {
+        // From when it was asked: the servers' clock started no earlier.
+        self.duties.set(duty, Some((revision, asked)));
+        Hold {
+            until: asked + DUTY_TTL.saturating_sub(MARGIN),
+        }
+    }
+
+    async fn take(&self, duty: &'static str) -> Result<Tried, SpoolError> {
+        let bucket = self.link.names().locks();
+        let context = self.link.context().clone();
+        let holder = Bytes::from(self.relay.clone().into_bytes());
+        let asked = self
+            .bridge
+            .run(async move {
+                let store = context
+                    .get_key_value(bucket)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match store.create(duty, holder).await {
+                    Ok(revision) => Ok(Tried::Won(revision)),
+                    Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(Tried::Lost),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await?;
+        asked.map_err(|e| SpoolError::Unavailable(format!("JetStream: taking {duty}: {e}")))
+    }
+
+    async fn renew(&self, duty: &'static str, revision: u64) -> Result<Tried, SpoolError> {
+        let bucket = self.link.names().locks();
+        let context = self.link.context().clone();
+        let holder = Bytes::from(self.relay.clone().into_bytes());
+        let asked = self
+            .bridge
+            .run(async move {
+                let store = context
+                    .get_key_value(bucket)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match store.update(duty, holder, revision).await {
+                    Ok(revision) => Ok(Tried::Won(revision)),
+                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(Tried::Lost),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await?;
+        asked.map_err(|e| SpoolError::Unavailable(format!("JetStream: renewing {duty}: {e}")))
+    }
+}
