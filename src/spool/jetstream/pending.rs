@@ -6,7 +6,7 @@
 
 use super::JetStreamSpool;
 use crate::spool::backup::{ArchiveCounts, ArchiveWriter, BackupError};
-use crate::spool::{Maintained, NotificationId, ReconcileCheck, SpoolError, StuckChanges};
+use crate::spool::{Maintained, NotificationId, SpoolError};
 
 fn unsupported<T>(call: &'static str) -> Result<T, SpoolError> {
     Err(SpoolError::Unsupported(call))
@@ -15,19 +15,6 @@ fn unsupported<T>(call: &'static str) -> Result<T, SpoolError> {
 impl JetStreamSpool {
     pub(crate) async fn maintain(&self) -> Result<Maintained, SpoolError> {
         unsupported("maintain")
-    }
-
-    pub(crate) async fn record_check(
-        &self,
-        _source: &str,
-        _subject: &str,
-        _check: &ReconcileCheck,
-    ) -> Result<(), SpoolError> {
-        unsupported("record a reconcile check")
-    }
-
-    pub(crate) async fn save_stuck(&self, _changes: StuckChanges) -> Result<(), SpoolError> {
-        unsupported("save the stuck marks")
     }
 
     pub(crate) fn backup<W: std::io::Write>(
