@@ -246,4 +246,5 @@ turned_on! {
     invoices::the_stuck_marks_are_kept_across_a_reopen_and_removed_when_unmarked;
     reconcile::checks_are_kept_oldest_first_across_a_crash_and_need_their_invoice;
     reconcile::an_invoice_keeps_its_last_100_checks;
+    reconcile::a_reconciled_state_is_stored_once_and_the_provider_s_webhook_of_it_is_a_resend;
 }

@@ -65,6 +65,7 @@ mod pending;
 mod provision;
 mod purge;
 mod reads;
+mod reconciled;
 mod replay;
 mod states;
 mod store;
