@@ -50,6 +50,8 @@ mod gateway_tests;
 mod index;
 mod invoice_reads;
 mod invoices;
+#[cfg(test)]
+mod invoices_tests;
 mod journal;
 #[cfg(test)]
 mod journal_tests;
