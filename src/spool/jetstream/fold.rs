@@ -104,10 +104,14 @@ fn fold_one(
                 notification.as_ref().and_then(|v| v.get(8..)),
             )?;
         }
-        (Kind::Stuck { source, subject }, meta) => fold_stuck(batch, source, subject, meta)?,
+        // A damaged mark or check is left out (at worst an invoice is
+        // announced again), not a stop of the fold.
+        (Kind::Stuck { source, subject }, meta) => {
+            skip_damaged(sequence, fold_stuck(batch, source, subject, meta))
+        }
         (Kind::Walked(source), meta) => fold_walked(batch, source, meta),
         (Kind::Check { source, subject }, meta) => {
-            fold_check(batch, sequence, source, subject, meta)?
+            skip_damaged(sequence, fold_check(batch, sequence, source, subject, meta))
         }
         (Kind::ApiSubscription(name), meta) => fold_api_subscription(batch, sequence, name, meta),
         (&Kind::Audit(id), Some(meta)) => fold_audit(batch, sequence, id, meta),
@@ -127,6 +131,12 @@ fn fold_one(
         unquarantine(db, batch, tally, released)?;
     }
     Ok(())
+}
+
+fn skip_damaged(sequence: u64, folded: Result<(), SpoolError>) {
+    if let Err(err) = folded {
+        tracing::warn!(sequence, error = %err, "a message of the stream is left out of the index");
+    }
 }
 
 /// A quarantined body leaves (a tombstone, or released as a notification).
