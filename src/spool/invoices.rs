@@ -7,6 +7,29 @@
 use super::NotificationId;
 use crate::providers::InvoiceStatus;
 
+/// Which invoice a notification is about, as a backend's invoice index
+/// keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceRef {
+    pub source: String,
+    pub subject: String,
+    pub status: InvoiceStatus,
+}
+
+impl InvoiceRef {
+    /// The invoice of a notification, if it names one that fits a key
+    /// (no 0x00, which separates the parts; the provider checks refuse
+    /// control characters anyway).
+    pub fn of(source: &str, subject: Option<&str>, status: InvoiceStatus) -> Option<InvoiceRef> {
+        let subject = subject.filter(|s| !s.is_empty() && !s.contains('\0'))?;
+        (!source.contains('\0')).then(|| InvoiceRef {
+            source: source.to_owned(),
+            subject: subject.to_owned(),
+            status,
+        })
+    }
+}
+
 /// One invoice: where it stands and its latest notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invoice {

@@ -133,6 +133,9 @@ impl Spool {
         max: usize,
     ) -> Result<Vec<Invoice>, SpoolError> {
         let (source, after) = (source.map(str::to_owned), after.cloned());
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.invoices(source, after, max).await;
+        }
         self.read("list invoices", move |b| {
             b.invoices(source.as_deref(), after.as_ref(), max)
         })
@@ -146,6 +149,9 @@ impl Spool {
         subject: &str,
     ) -> Result<Option<(Invoice, Vec<TimelineEntry>)>, SpoolError> {
         let (source, subject) = (source.to_owned(), subject.to_owned());
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.invoice(source, subject).await;
+        }
         self.read("read an invoice", move |b| b.invoice(&source, &subject))
             .await
     }
@@ -161,6 +167,9 @@ impl Spool {
         max: usize,
     ) -> Result<Vec<(NotificationId, String)>, SpoolError> {
         let source = source.to_owned();
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.waiting(source, after, until_ms, max).await;
+        }
         self.read("list waiting notifications", move |b| {
             b.waiting(&source, after, until_ms, max)
         })
@@ -175,6 +184,9 @@ impl Spool {
         subject: &str,
     ) -> Result<Option<Invoice>, SpoolError> {
         let (source, subject) = (source.to_owned(), subject.to_owned());
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.invoice_now(source, subject).await;
+        }
         self.read("read an invoice", move |b| b.invoice_now(&source, &subject))
             .await
     }
@@ -182,6 +194,9 @@ impl Spool {
     /// The stuck check's marks, as last saved (a short read of its own
     /// keys, one per stuck invoice and per watched source).
     pub async fn stuck_marks(&self) -> Result<StuckMarks, SpoolError> {
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.stuck_marks().await;
+        }
         self.read("read the stuck marks", |b| b.stuck_marks()).await
     }
 

@@ -88,6 +88,9 @@ impl Spool {
         subject: &str,
     ) -> Result<Vec<ReconcileCheck>, SpoolError> {
         let (source, subject) = (source.to_owned(), subject.to_owned());
+        if let Backend::Jetstream(b) = &self.backend {
+            return b.checks(source, subject).await;
+        }
         self.read("read reconcile checks", move |b| {
             b.checks(&source, &subject)
         })

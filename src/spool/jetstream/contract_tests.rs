@@ -254,3 +254,15 @@ turned_on! {
     replay::orphans_can_be_given_to_another_subscription_and_are_then_delivered, paused;
     counts::orphans_given_to_another_subscription_are_purged_there_and_wait_here, paused;
 }
+
+// Step 7 (invoices): the invoice index, stuck marks and reconcile checks
+// (those that need no retention: `maintain` is step 7's other part).
+turned_on! {
+    invoices::an_invoice_keeps_its_timeline_resends_and_a_final_status;
+    invoices::two_notifications_of_one_invoice_in_one_group_see_each_other;
+    invoices::only_queued_notifications_wait_in_time_order_and_are_read_from_a_point;
+    invoices::the_stuck_marks_are_kept_across_a_reopen_and_removed_when_unmarked;
+    reconcile::checks_are_kept_oldest_first_across_a_crash_and_need_their_invoice;
+    reconcile::an_invoice_keeps_its_last_100_checks;
+    reconcile::a_reconciled_state_is_stored_once_and_the_provider_s_webhook_of_it_is_a_resend;
+}

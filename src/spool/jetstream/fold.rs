@@ -16,11 +16,14 @@
 
 use super::api_subscriptions::fold_api_subscription;
 use super::audit::fold_audit;
+use super::checks::fold_check;
 use super::counts::source_in;
 use super::deliveries::{fold_first_attempts, fold_state};
 use super::index::{record_key, storage, Family, Folded, Index};
+use super::invoices::{fold_invoice, fold_resend};
 use super::pause::fold_pause;
 use super::removal::fold_removal;
+use super::stuck::{fold_stuck, fold_walked};
 use super::subjects::{name_of, Kind, Removed};
 use crate::spool::tally::Tally;
 use crate::spool::{NotificationId, NotificationMeta, SpoolError};
@@ -71,6 +74,7 @@ fn fold_one(
             batch.insert(&record_key(Family::Notifications, id), value(meta));
             let standings = fold_first_attempts(db, batch, id, &parsed)?;
             if new {
+                fold_invoice(db, batch, id, &parsed)?;
                 tally.stored(&parsed.source, &[]);
                 for (subscription, standing) in standings {
                     tally.added(&subscription, standing);
@@ -90,6 +94,26 @@ fn fold_one(
         // A quarantine record without metadata is its tombstone.
         (&Kind::Quarantine(id), None) => unquarantine(db, batch, tally, id)?,
         (Kind::Pause, Some(meta)) => fold_pause(batch, meta)?,
+        (&Kind::Resend(id), _) => {
+            let notification = db
+                .get(record_key(Family::Notifications, id))
+                .map_err(storage)?;
+            fold_resend(
+                db,
+                batch,
+                id,
+                notification.as_ref().and_then(|v| v.get(8..)),
+            )?;
+        }
+        // A damaged mark or check is left out (at worst an invoice is
+        // announced again), not a stop of the fold.
+        (Kind::Stuck { source, subject }, meta) => {
+            skip_damaged(sequence, fold_stuck(batch, source, subject, meta))
+        }
+        (Kind::Walked(source), meta) => fold_walked(batch, source, meta),
+        (Kind::Check { source, subject }, meta) => {
+            skip_damaged(sequence, fold_check(batch, sequence, source, subject, meta))
+        }
         (Kind::ApiSubscription(name), meta) => fold_api_subscription(batch, sequence, name, meta),
         (&Kind::Audit(id), Some(meta)) => fold_audit(batch, sequence, id, meta),
         (&Kind::Removed(Removed::Quarantine(id)), _) => unquarantine(db, batch, tally, id)?,
@@ -110,6 +134,12 @@ fn fold_one(
         unquarantine(db, batch, tally, released)?;
     }
     Ok(())
+}
+
+fn skip_damaged(sequence: u64, folded: Result<(), SpoolError>) {
+    if let Err(err) = folded {
+        tracing::warn!(sequence, error = %err, "a message of the stream is left out of the index");
+    }
 }
 
 /// A quarantined body leaves (a tombstone, or released as a notification).

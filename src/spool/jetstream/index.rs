@@ -12,7 +12,8 @@
 //! to 5): notifications and quarantine, the deliveries' states with their
 //! due set (`deliveries.rs`), pauses (`pause.rs`), the counts
 //! (`counts.rs`), audit records (`audit.rs`) and API subscriptions
-//! (`api_subscriptions.rs`); resends are seen and not kept yet. Which
+//! (`api_subscriptions.rs`); the invoice index with its resends
+//! (`invoices.rs`), stuck marks (`stuck.rs`) and checks (`checks.rs`). Which
 //! message changes what is `fold.rs`.
 
 use std::path::Path;
@@ -31,8 +32,9 @@ const APPLIED: &[u8] = b"!applied";
 const IDENTITY: &[u8] = b"!identity";
 const LAYOUT: &[u8] = b"!layout";
 /// This build's layout: an index of another is emptied and folded again
-/// (5: the states' standing and the counts came in step 5).
-const LAYOUT_VERSION: &[u8] = b"5";
+/// (5: the states' standing and the counts came in step 5; 7: the
+/// invoice index, stuck marks and reconcile checks, step 7).
+const LAYOUT_VERSION: &[u8] = b"7";
 
 /// What the fold reads from one message's headers.
 #[derive(Debug, Default)]

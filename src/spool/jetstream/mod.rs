@@ -7,7 +7,9 @@
 //! backend ([`JetStreamSpool`]): store with the dedup's compare-and-set,
 //! quarantine, the local index fed by the fold, reads by id and walks;
 //! leases, outcomes and pause (steps 3 and 4); the counts the fold keeps,
-//! the audit log and API subscriptions (step 5). The calls not built yet
+//! the audit log and API subscriptions (step 5); the invoice index
+//! (`invoices.rs`, `invoice_reads.rs`), the stuck marks (`stuck.rs`) and
+//! reconcile checks (`checks.rs`) of step 7. The calls not built yet
 //! answer `Unsupported` (`pending.rs`), so the relay refuses to serve on
 //! it and only its tests open it.
 //!
@@ -22,6 +24,7 @@ mod audit;
 mod audit_tests;
 mod backend;
 mod bridge;
+mod checks;
 #[cfg(test)]
 mod cluster_tests;
 mod complete;
@@ -48,6 +51,10 @@ mod fold_tests;
 #[cfg(test)]
 mod gateway_tests;
 mod index;
+mod invoice_reads;
+mod invoices;
+#[cfg(test)]
+mod invoices_tests;
 mod journal;
 #[cfg(test)]
 mod journal_tests;
@@ -63,6 +70,7 @@ mod pending;
 mod provision;
 mod purge;
 mod reads;
+mod reconciled;
 mod removal;
 mod replay;
 mod retention;
@@ -72,6 +80,7 @@ mod states;
 mod store;
 #[cfg(test)]
 mod store_tests;
+mod stuck;
 mod subjects;
 mod tail;
 #[cfg(test)]

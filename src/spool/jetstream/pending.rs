@@ -6,26 +6,13 @@
 
 use super::JetStreamSpool;
 use crate::spool::backup::{ArchiveCounts, ArchiveWriter, BackupError};
-use crate::spool::{NotificationId, ReconcileCheck, SpoolError, StuckChanges};
+use crate::spool::{NotificationId, SpoolError};
 
 fn unsupported<T>(call: &'static str) -> Result<T, SpoolError> {
     Err(SpoolError::Unsupported(call))
 }
 
 impl JetStreamSpool {
-    pub(crate) async fn record_check(
-        &self,
-        _source: &str,
-        _subject: &str,
-        _check: &ReconcileCheck,
-    ) -> Result<(), SpoolError> {
-        unsupported("record a reconcile check")
-    }
-
-    pub(crate) async fn save_stuck(&self, _changes: StuckChanges) -> Result<(), SpoolError> {
-        unsupported("save the stuck marks")
-    }
-
     pub(crate) fn backup<W: std::io::Write>(
         &self,
         _archive: &mut ArchiveWriter<W>,

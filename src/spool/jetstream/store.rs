@@ -53,6 +53,9 @@ struct Store {
     received_ms: i64,
     window_ms: i64,
     timeout: Duration,
+    /// Made of the provider's answer: the relay asking again is not a
+    /// resend, so its duplicate publishes no `P.e`.
+    reconciled: bool,
 }
 
 impl JetStreamSpool {
@@ -84,6 +87,12 @@ impl JetStreamSpool {
             Some(quarantined) => Some(self.still_quarantined(quarantined).await?),
             None => None,
         };
+        let reconciled = notification
+            .flags
+            .contains(&crate::providers::Flag::Reconciled);
+        let early = self
+            .reconciled_duplicate(&received.source, &notification, received.received_ms)
+            .await?;
         let id = self.next_id(received.received_ms);
         let meta = NotificationMeta {
             id: id.to_string(),
@@ -97,7 +106,7 @@ impl JetStreamSpool {
                     .ok()
             }),
             status: notification.status,
-            // Decided by the fold from the invoice index (step 7).
+            // Decided by the fold, in the invoice index (`invoices.rs`).
             superseded: false,
             content_type: received.content_type,
             headers: received.headers,
@@ -123,8 +132,12 @@ impl JetStreamSpool {
             received_ms: received.received_ms,
             window_ms: dedup::window_ms(&self.config),
             timeout: self.config.jetstream.store_timeout.0,
+            reconciled,
         };
-        let (stored, mut sequence) = self.bridge.run(store.run()).await??;
+        let (stored, mut sequence) = match early {
+            Some(answer) => answer,
+            None => self.bridge.run(store.run()).await??,
+        };
         if let Some(held) = held {
             // A resend carries no release: the tombstone takes the body out
             // either way (and out of the stream, one message per subject).
@@ -276,6 +289,9 @@ impl Store {
                 .and_then(|v| serde_json::from_str(v.as_str()).ok())
                 .ok_or_else(|| SpoolError::Corrupt(format!("the metadata of {}", last.subject)))?;
             if dedup::is_resend(meta.received_ms, self.received_ms, self.window_ms) {
+                if self.reconciled {
+                    return Ok((Stored::Duplicate(theirs), last.sequence));
+                }
                 let resend = self.names.resend(theirs, ulid::Ulid::new());
                 let noted = publish(
                     &self.context,

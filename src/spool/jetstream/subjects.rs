@@ -138,6 +138,31 @@ impl Names {
         format!("{}.c.sub.{}", self.prefix, token(name))
     }
 
+    /// A stuck invoice's mark: `P.x.stuck.{src}.{subj}`.
+    pub(super) fn stuck(&self, source: &str, subject: &str) -> String {
+        format!(
+            "{}.x.stuck.{}.{}",
+            self.prefix,
+            token(source),
+            token(subject)
+        )
+    }
+
+    /// How far the stuck check walked a source: `P.x.walked.{src}`.
+    pub(super) fn walked(&self, source: &str) -> String {
+        format!("{}.x.walked.{}", self.prefix, token(source))
+    }
+
+    /// An invoice's reconcile check in `slot`: `P.x.check.{src}.{subj}.{slot}`.
+    pub(super) fn check(&self, source: &str, subject: &str, slot: u64) -> String {
+        format!(
+            "{}.x.check.{}.{}.{slot}",
+            self.prefix,
+            token(source),
+            token(subject)
+        )
+    }
+
     /// The durable consumer of one subscription: `P_s_{sub}`.
     pub(super) fn consumer(&self, subscription: &str) -> String {
         format!("{}_s_{}", self.prefix, token(subscription))
@@ -170,6 +195,15 @@ impl Names {
             }
             ["r", "a", last] => crate::spool::parse_ulid(last)
                 .map_or(Kind::Other, |id| Kind::Removed(Removed::Audit(AuditId(id)))),
+            ["x", "stuck", source, subject] => match (name_of(source), name_of(subject)) {
+                (Some(source), Some(subject)) => Kind::Stuck { source, subject },
+                _ => Kind::Other,
+            },
+            ["x", "walked", source] => name_of(source).map_or(Kind::Other, Kind::Walked),
+            ["x", "check", source, subject, _] => match (name_of(source), name_of(subject)) {
+                (Some(source), Some(subject)) => Kind::Check { source, subject },
+                _ => Kind::Other,
+            },
             ["d", sub, last] => id(last).map_or(Kind::Other, |id| Kind::Delivery {
                 subscription: (*sub).to_owned(),
                 id,
@@ -199,6 +233,18 @@ pub(super) enum Kind {
     Audit(AuditId),
     /// Retention's marker that a record went (`P.r.…`, `removal.rs`).
     Removed(Removed),
+    /// A stuck invoice's mark (a tombstone has no metadata).
+    Stuck {
+        source: String,
+        subject: String,
+    },
+    /// How far the stuck check walked a source.
+    Walked(String),
+    /// A reconcile check of an invoice.
+    Check {
+        source: String,
+        subject: String,
+    },
     /// Something the index does not keep (yet).
     Other,
 }
@@ -270,6 +316,24 @@ mod tests {
         ] {
             assert_eq!(names.parse(&names.removal(removed)), Kind::Removed(removed));
         }
+        assert_eq!(
+            names.parse(&names.stuck("tus", "0002:b")),
+            Kind::Stuck {
+                source: "tus".into(),
+                subject: "0002:b".into()
+            }
+        );
+        assert_eq!(
+            names.parse(&names.walked("a.b")),
+            Kind::Walked("a.b".into())
+        );
+        assert_eq!(
+            names.parse(&names.check("tus", "A.1", 7)),
+            Kind::Check {
+                source: "tus".into(),
+                subject: "A.1".into()
+            }
+        );
         assert_eq!(names.parse("t1.a.nope"), Kind::Other);
         assert_eq!(names.parse("t1.m.identity"), Kind::Other);
         assert_eq!(names.parse("t2.q.tus.x"), Kind::Other);

@@ -73,27 +73,8 @@ pub const STUCK: &[u8] = b"mstuck/";
 /// `mwalked/` source: how far the stuck check walked its `w` entries.
 pub const WALKED: &[u8] = b"mwalked/";
 
-/// Which invoice a notification is about, as the writer indexes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvoiceRef {
-    pub source: String,
-    pub subject: String,
-    pub status: InvoiceStatus,
-}
-
-impl InvoiceRef {
-    /// The invoice of a notification, if it names one that fits a key
-    /// (no 0x00, which separates the parts; the provider checks refuse
-    /// control characters anyway).
-    pub fn of(source: &str, subject: Option<&str>, status: InvoiceStatus) -> Option<InvoiceRef> {
-        let subject = subject.filter(|s| !s.is_empty() && !s.contains('\0'))?;
-        (!source.contains('\0')).then(|| InvoiceRef {
-            source: source.to_owned(),
-            subject: subject.to_owned(),
-            status,
-        })
-    }
-}
+/// Which invoice a notification is about (backend-neutral: `spool/invoices.rs`).
+pub use crate::spool::invoices::InvoiceRef;
 
 // === keys and values ===
 
