@@ -7,9 +7,11 @@
 //! backend ([`JetStreamSpool`]): store with the dedup's compare-and-set,
 //! quarantine, the local index fed by the fold, reads by id and walks;
 //! leases, outcomes and pause (steps 3 and 4); the counts the fold keeps,
-//! the audit log and API subscriptions (step 5); the invoice index
-//! (`invoices.rs`, `invoice_reads.rs`), the stuck marks (`stuck.rs`) and
-//! reconcile checks (`checks.rs`) of step 7. The calls not built yet
+//! the audit log and API subscriptions (step 5); replay, retry now, purge,
+//! backfill and orphans (`states.rs` and its users, step 6); retention
+//! under a duty lock (`retention.rs`, `duty.rs`, `removal.rs`), the invoice
+//! index (`invoices.rs`, `invoice_reads.rs`), the stuck marks (`stuck.rs`)
+//! and reconcile checks (`checks.rs`) of step 7. The calls not built yet
 //! answer `Unsupported` (`pending.rs`), so the relay refuses to serve on
 //! it and only its tests open it.
 //!
