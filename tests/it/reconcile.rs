@@ -130,6 +130,25 @@ async fn checks(relay: &TestRelay, source: &str, subject: &str) -> Vec<CheckOutc
         .collect()
 }
 
+/// The checks recorded on an invoice once there are `count` (or all there
+/// are after [`WAIT`]): a check is recorded after the notification it
+/// made is stored, so it can trail that notification's delivery.
+async fn checks_once(
+    relay: &TestRelay,
+    source: &str,
+    subject: &str,
+    count: usize,
+) -> Vec<CheckOutcome> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = checks(relay, source, subject).await;
+        if found.len() >= count || tokio::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The whole path for one provider: the pending webhook delivered, the
 /// invoice stuck, checked once, the provider's accepted answer stored and
 /// delivered once with its origin and a valid signature, byte for byte;
@@ -164,7 +183,7 @@ async fn reconciled_once(source: &str, sim: ProviderSim, section: String, key: &
     let spool = &relay.relay().spool;
     let invoice = spool.invoice_now(source, key).await.unwrap().unwrap();
     assert_eq!(invoice.status.as_str(), "accepted");
-    let recorded = checks(&relay, source, key).await;
+    let recorded = checks_once(&relay, source, key, 1).await;
     assert!(
         matches!(
             recorded.as_slice(),
@@ -269,7 +288,7 @@ async fn wrong_credentials_are_told_once_and_the_source_rests_along_its_backoff(
         .key
         .clone()
         .expect("the simulator read the invoice");
-    let recorded = checks(&relay, "nf", &key).await;
+    let recorded = checks_once(&relay, "nf", &key, 1).await;
     let Some(CheckOutcome::Failed {
         kind,
         http_status,
@@ -380,7 +399,7 @@ async fn a_reconciled_invoice_is_told_stuck_once_then_unstuck_once() {
     assert_eq!(unstuck.len(), 1, "{events:?}");
     assert_eq!(unstuck[0]["source"], "nf");
     assert_eq!(unstuck[0]["status"], "accepted");
-    let recorded = checks(&relay, "nf", key).await;
+    let recorded = checks_once(&relay, "nf", key, 1).await;
     let [CheckOutcome::Final { notification, .. }] = recorded.as_slice() else {
         panic!("{recorded:?}")
     };
