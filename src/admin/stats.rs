@@ -18,8 +18,12 @@ pub(super) async fn get_stats(call: Call) -> Answer {
 
 pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
     let health = admin.spool.health();
-    // Only a store that is not open has no size to tell.
-    let bytes = (admin.spool.stats().await.bytes).ok_or(SpoolError::Closed)?;
+    // A store that is not open has no size to tell; JetStream's servers
+    // may not answer now (null then).
+    let stats = admin.spool.stats().await;
+    if stats.bytes.is_none() && stats.promise.is_none() {
+        return Err(SpoolError::Closed.into());
+    }
     let config = admin.config.load();
     let counts = admin.spool.counts();
     let now_ms = admin.clock.now_ms();
@@ -106,7 +110,8 @@ pub(super) async fn stats_value(admin: &Admin) -> Result<Value, ApiError> {
     Ok(json!({
         "spool": {
             "path": admin.spool.location(),
-            "bytes": bytes,
+            "bytes": stats.bytes,
+            "promise": stats.promise,
             "writable": health.writable,
             "fatal": health.fatal,
             "condition": health.condition,

@@ -5,9 +5,9 @@
 //! SIGTERM and SIGINT into that future and SIGHUP into reload triggers,
 //! as mini-redis's `server::run(listener, signal::ctrl_c())`).
 //!
-//! A damaged spool is never served with holes: [`run`] first walks it the
-//! way `spool check` does and refuses ([`AppError::Damaged`]) a spool that
-//! sled cannot read in part or that lost acknowledged notifications.
+//! A damaged spool is never served with holes: [`run`] first walks a sled
+//! spool the way `spool check` does and refuses ([`AppError::Damaged`]) one
+//! that sled cannot read in part or that lost acknowledged notifications.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{AppError, Relay};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, SpoolBackend};
 use crate::listen::Listeners;
 use crate::reexec::Reexec;
 use crate::spool::{CheckProblem, Spool};
@@ -171,6 +171,12 @@ async fn watchdog(spool: Spool) {
 /// and skipped when met. A loss is left to the open that follows, which
 /// refuses it with its own advice.
 async fn verify_spool(config: &Config) -> Result<(), AppError> {
+    if config.spool.backend == SpoolBackend::Jetstream {
+        // Its servers keep the stream whole (each write acknowledged by a
+        // quorum); the relay's own part, the index, is refolded at open
+        // when it does not match the stream.
+        return Ok(());
+    }
     if Spool::room_to_open(&config.spool).await.is_err() {
         // The spool is not opened before there is room (`Relay::start_on`);
         // the process that opens it then checks it.

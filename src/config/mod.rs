@@ -20,7 +20,6 @@ mod reconcile;
 mod spool;
 mod target;
 mod validate;
-pub use validate::JETSTREAM_NOT_COMPLETE;
 mod values;
 
 use std::collections::BTreeMap;

@@ -24,11 +24,6 @@ pub const PLACEHOLDER: &str = "CHANGE-ME";
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// Why `backend = "jetstream"` is refused, by `serve` and `check-config`
-/// alike, until the backend is built (its table is still checked).
-pub const JETSTREAM_NOT_COMPLETE: &str =
-    "the jetstream spool backend is not complete in this version: see docs/design/jetstream.md";
-
 // The ranges of durations: the lower bound is "longer than zero" where zero
 // would disable what the key is for; the upper bounds are far past any sane
 // value, there to catch a slip ("72d" for "72h", a wait of a year).
@@ -166,7 +161,6 @@ impl Config {
         }
         if spool.backend == SpoolBackend::Jetstream {
             spool.jetstream.check(&at.key("jetstream"), found);
-            found.push((at.key("backend"), JETSTREAM_NOT_COMPLETE.into()));
         }
     }
 

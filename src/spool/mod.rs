@@ -40,9 +40,6 @@ mod dedup;
 mod delivery_codec;
 mod error;
 mod invoices;
-// A `Backend` that `Spool::open` refuses until docs/design/jetstream.md
-// is built: only its tests open it, so outside them much of it is unused.
-#[cfg_attr(not(test), allow(dead_code))]
 mod jetstream;
 mod observe;
 pub mod record;
@@ -90,37 +87,10 @@ pub fn fuzz_decode(bytes: &[u8]) -> usize {
     sled::decode_any(bytes)
 }
 
-/// Refuses a backend that is not built far enough to serve (JetStream,
-/// until `docs/design/jetstream.md` is done; its own tests open it
-/// directly). Config validation refuses it first: this is the spool's own
-/// guard, for callers that built a config by hand.
-fn refuse_unfinished(config: &SpoolConfig) -> Result<(), SpoolError> {
-    match config.backend {
-        SpoolBackend::Sled => Ok(()),
-        SpoolBackend::Jetstream => Err(SpoolError::Open {
-            path: config.jetstream.index_path.clone(),
-            detail: crate::config::JETSTREAM_NOT_COMPLETE.to_owned(),
-        }),
-    }
-}
-
 /// A nats-server cluster on loopback, for relay-bench and the JetStream
 /// backend's tests.
 #[doc(hidden)]
 pub use jetstream::loopback_cluster::NatsCluster;
-
-/// Opens a JetStream spool although the backend is not complete, for
-/// relay-bench's figures of what is built; `serve` and [`Spool::open`]
-/// refuse it (`docs/design/jetstream.md`).
-#[doc(hidden)]
-pub async fn open_unfinished_jetstream(
-    config: &SpoolConfig,
-    routes: Routes,
-    clock: Clock,
-) -> Result<Spool, SpoolError> {
-    let backend = jetstream::JetStreamSpool::open(config, routes, clock).await?;
-    Ok(Spool::over(Backend::Jetstream(backend)))
-}
 
 /// One request as ingress received it; shared by what is stored and what
 /// is quarantined.
@@ -259,10 +229,18 @@ impl Spool {
         routes: Routes,
         clock: Clock,
     ) -> Result<Spool, SpoolError> {
-        refuse_unfinished(config)?;
-        let config = config.clone();
-        let opened = blocking(move || sled::SledSpool::open(&config, routes, clock)).await?;
-        Ok(Spool::over(Backend::Sled(opened)))
+        match config.backend {
+            SpoolBackend::Sled => {
+                let config = config.clone();
+                let opened =
+                    blocking(move || sled::SledSpool::open(&config, routes, clock)).await?;
+                Ok(Spool::over(Backend::Sled(opened)))
+            }
+            SpoolBackend::Jetstream => {
+                let opened = jetstream::JetStreamSpool::open(config, routes, clock).await?;
+                Ok(Spool::over(Backend::Jetstream(opened)))
+            }
+        }
     }
 
     /// A spool whose store is not opened for lack of room (`reason`): it
@@ -274,7 +252,6 @@ impl Spool {
         clock: Clock,
         reason: String,
     ) -> Result<Spool, SpoolError> {
-        refuse_unfinished(config)?;
         let config = config.clone();
         let unopened =
             blocking(move || sled::SledSpool::unopened(&config, routes, clock, reason)).await?;
@@ -282,7 +259,12 @@ impl Spool {
     }
 
     /// Whether the spool's store has the room an open needs; else why not.
+    /// Only sled's store is on this machine's disk: JetStream's servers
+    /// answer for their own (a full one refuses writes, seen as 503s).
     pub async fn room_to_open(config: &SpoolConfig) -> Result<(), String> {
+        if config.backend == SpoolBackend::Jetstream {
+            return Ok(());
+        }
         let config = config.clone();
         tokio::task::spawn_blocking(move || sled::room_to_open(&config))
             .await
@@ -295,7 +277,10 @@ impl Spool {
 
     /// Where the spool is, for logs and the admin's status (a path for sled).
     pub fn location(&self) -> String {
-        dispatch!(&self.backend, b => b.path().display().to_string())
+        match &self.backend {
+            Backend::Sled(b) => b.path().display().to_string(),
+            Backend::Jetstream(b) => b.location(),
+        }
     }
 
     /// Whether the spool was last closed cleanly and is exactly as that
@@ -642,22 +627,23 @@ impl Spool {
     /// it takes, and for a group-committing backend its groups (metrics,
     /// the benchmark and tests read it).
     pub async fn stats(&self) -> BackendStats {
-        // The size asks the filesystem: a blocking read like the others.
-        let bytes = self
-            .read("measure its size", |b| b.size_on_disk())
-            .await
-            .ok();
         match &self.backend {
             Backend::Sled(b) => BackendStats {
-                bytes,
+                // The size asks the filesystem: a blocking read like the others.
+                bytes: self
+                    .read("measure its size", |b| b.size_on_disk())
+                    .await
+                    .ok(),
                 flush_starts: Some(b.flush_starts()),
                 flushed_changes: Some(b.flushed_changes()),
+                promise: None,
             },
             // No groups of its own: JetStream commits each publish.
-            Backend::Jetstream(_) => BackendStats {
-                bytes,
+            Backend::Jetstream(b) => BackendStats {
+                bytes: b.size().await.ok(),
                 flush_starts: None,
                 flushed_changes: None,
+                promise: Some(b.promise()),
             },
         }
     }

@@ -147,7 +147,7 @@ pub struct CheckReport {
 
 /// What a backend can tell of itself (see [`Spool::stats`]); a field it
 /// has no such thing for is `None`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackendStats {
     /// Bytes the spool takes in its store (on disk for sled).
     pub bytes: Option<u64>,
@@ -156,4 +156,7 @@ pub struct BackendStats {
     /// Changes (stores, outcomes, ...) covered by completed group flushes:
     /// divided by `flush_starts`, the mean group size.
     pub flushed_changes: Option<u64>,
+    /// What a 200 means on this store, where it depends on its servers'
+    /// settings (JetStream's replicas and sync interval).
+    pub promise: Option<String>,
 }

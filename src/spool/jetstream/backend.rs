@@ -20,6 +20,7 @@ use super::duty::Duties;
 use super::index::Index;
 use super::lease::Naks;
 use super::orphans::Orphans;
+use super::outage::{self, Outage};
 use super::{tail, Provisioned};
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
@@ -43,10 +44,14 @@ pub(crate) struct JetStreamSpool {
     /// This open's name in the marks of its writes (`Relay-Write`).
     pub(super) relay: String,
     pub(super) writes: AtomicU64,
+    /// Whether writes reach the servers now (`outage.rs`).
+    pub(super) outage: Arc<Outage>,
     closed: AtomicBool,
-    /// The fold, and the task that naks leases given back.
+    /// The fold, the task that naks leases given back, and the probe of
+    /// the servers while writes fail.
     fold: Mutex<Option<JoinHandle<()>>>,
     nak_task: Mutex<Option<JoinHandle<()>>>,
+    probe_task: Mutex<Option<JoinHandle<()>>>,
     /// The newest id this relay handed out (ids count up from it).
     last_id: Mutex<Option<NotificationId>>,
     /// The newest audit record id this relay handed out.
@@ -89,6 +94,12 @@ impl JetStreamSpool {
             index.clone(),
         ));
         let (naks, nak_task) = Naks::start(&bridge);
+        let outage = Arc::new(Outage::default());
+        let probe_task = bridge.spawn(outage::probe(
+            outage.clone(),
+            stream.clone(),
+            config.jetstream.request_timeout.0,
+        ));
         let subscriptions: Vec<String> = routes.names().map(str::to_owned).collect();
         let spool = Arc::new(JetStreamSpool {
             config: config.clone(),
@@ -104,9 +115,11 @@ impl JetStreamSpool {
             duties: Duties::default(),
             relay: ulid::Ulid::new().to_string(),
             writes: AtomicU64::new(0),
+            outage,
             closed: AtomicBool::new(false),
             fold: Mutex::new(Some(fold)),
             nak_task: Mutex::new(Some(nak_task)),
+            probe_task: Mutex::new(Some(probe_task)),
             last_id: Mutex::new(None),
             last_audit: Mutex::new(None),
         });
@@ -129,6 +142,49 @@ impl JetStreamSpool {
     /// Where this relay's own part of the spool is: its local index.
     pub(crate) fn path(&self) -> &std::path::Path {
         &self.config.jetstream.index_path
+    }
+
+    /// The stream and its servers, and this relay's index, for logs and
+    /// the admin's status.
+    pub(crate) fn location(&self) -> String {
+        format!(
+            "JetStream stream {} on {} (index {})",
+            self.link.names().stream(),
+            self.config.jetstream.servers.join(", "),
+            self.path().display()
+        )
+    }
+
+    /// What a 200 means on this spool, as found at open.
+    pub(crate) fn promise(&self) -> String {
+        self.link.durability().promise.clone()
+    }
+
+    /// The bytes the stream holds (on each of its replicas), as its leader
+    /// answers within `request_timeout`.
+    pub(crate) async fn size(&self) -> Result<u64, SpoolError> {
+        let stream = self.stream.clone();
+        let timeout = self.config.jetstream.request_timeout.0;
+        let info = self
+            .bridge
+            .run(async move { tokio::time::timeout(timeout, stream.get_info()).await })
+            .await?;
+        match info {
+            Ok(Ok(info)) => Ok(info.state.bytes),
+            Ok(Err(e)) => Err(SpoolError::Unavailable(format!(
+                "JetStream: reading the stream's size: {e}"
+            ))),
+            Err(_) => Err(SpoolError::Unavailable(format!(
+                "JetStream: no answer about the stream within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// Refuses a write at once while no server is connected, noting it.
+    pub(super) fn connected(&self) -> Result<(), SpoolError> {
+        let connected = outage::connected(self.link.client(), &self.config.jetstream.servers);
+        self.outage.note(&connected, self.clock);
+        connected
     }
 
     /// `Closed` once closed (or crashed).
@@ -218,9 +274,17 @@ impl JetStreamSpool {
 
     pub(crate) fn health(&self) -> Health {
         let closed = self.closed.load(Ordering::Acquire);
+        let down = self.outage.down();
+        let condition = if closed {
+            Some("the spool is closed".to_owned())
+        } else {
+            down.as_ref().map(|down| down.condition.clone())
+        };
         Health {
-            writable: !closed,
-            condition: closed.then(|| "the spool is closed".to_owned()),
+            writable: condition.is_none(),
+            condition,
+            since_ms: down.map(|down| down.since_ms),
+            refused_writes: self.outage.refused(),
             orphans: self.orphans.now(),
             ..Health::default()
         }
@@ -233,16 +297,23 @@ impl JetStreamSpool {
     }
 
     /// Whether the servers answer a round trip within `within`.
+    /// Whether this relay's own part answers: open, its fold running and
+    /// its index read within `within`. The servers being out of reach is
+    /// not this (it is [`Self::health`]'s condition): a watchdog that
+    /// restarted every relay for it would mend nothing.
     pub(crate) async fn writer_alive(&self, within: Duration) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
-        let client = self.link.client().clone();
-        let asked = self
-            .bridge
-            .run(async move { tokio::time::timeout(within, client.flush()).await })
-            .await;
-        matches!(asked, Ok(Ok(Ok(()))))
+        let fold_running = self
+            .fold
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|fold| !fold.is_finished());
+        let index = self.index.clone();
+        let read = tokio::task::spawn_blocking(move || index.counts.now());
+        fold_running && matches!(tokio::time::timeout(within, read).await, Ok(Ok(_)))
     }
 
     /// Stops the fold, flushes what was sent and lets go of the connection
@@ -275,7 +346,7 @@ impl JetStreamSpool {
     }
 
     fn stop_fold(&self) {
-        for task in [&self.fold, &self.nak_task] {
+        for task in [&self.fold, &self.nak_task, &self.probe_task] {
             if let Some(task) = task.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 task.abort();
             }

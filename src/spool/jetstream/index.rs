@@ -116,9 +116,20 @@ impl Index {
     /// Opens (or makes) the index at `path` for the spool `identity`; an
     /// index of another stream (deleted and made again) is emptied.
     pub(super) fn open(path: &Path, identity: &Identity) -> Result<Index, SpoolError> {
-        let db = sled::open(path).map_err(|e| SpoolError::Open {
-            path: path.to_owned(),
-            detail: format!("the JetStream index: {e}"),
+        let db = sled::open(path).map_err(|e| match e {
+            // Two relays on one index would fold over each other.
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                SpoolError::Locked {
+                    path: path.to_owned(),
+                    detail: "its JetStream index is held; each relay needs an \
+                             spool.jetstream.index_path of its own"
+                        .into(),
+                }
+            }
+            e => SpoolError::Open {
+                path: path.to_owned(),
+                detail: format!("the JetStream index: {e}"),
+            },
         })?;
         let ours = identity.id.as_bytes();
         let stale = if db.get(IDENTITY).map_err(storage)?.as_deref() != Some(ours) {

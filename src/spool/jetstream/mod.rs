@@ -67,6 +67,7 @@ mod moves_race_tests;
 #[cfg(test)]
 mod moves_tests;
 mod orphans;
+mod outage;
 mod pause;
 mod pending;
 mod provision;
@@ -209,7 +210,9 @@ impl Provisioned {
         &self.client
     }
 
-    /// Lets go of the connection after what was sent is flushed.
+    /// Lets go of the connection after what was sent is flushed (the
+    /// backend drains its client itself, on its bridge).
+    #[cfg(test)]
     pub(crate) async fn close(&self) -> Result<(), JetStreamError> {
         self.client
             .drain()

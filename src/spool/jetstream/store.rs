@@ -74,7 +74,8 @@ impl JetStreamSpool {
             .await
     }
 
-    /// Stores a notification fanned out to these subscriptions only.
+    /// Stores a notification fanned out to these subscriptions only; what
+    /// the servers answered is noted for [`Self::health`].
     pub(crate) async fn store_to(
         &self,
         received: Received,
@@ -83,6 +84,21 @@ impl JetStreamSpool {
         subscriptions: Vec<String>,
     ) -> Result<Stored, SpoolError> {
         self.open_for_writes()?;
+        self.connected()?;
+        let stored = self
+            .store_on_servers(received, notification, released, subscriptions)
+            .await;
+        self.outage.note(&stored, self.clock);
+        stored
+    }
+
+    async fn store_on_servers(
+        &self,
+        received: Received,
+        notification: Notification,
+        released: Option<NotificationId>,
+        subscriptions: Vec<String>,
+    ) -> Result<Stored, SpoolError> {
         let held = match released {
             Some(quarantined) => Some(self.still_quarantined(quarantined).await?),
             None => None,
@@ -214,7 +230,8 @@ impl JetStreamSpool {
         }
     }
 
-    /// Keeps a rejected body with its reason: one publish.
+    /// Keeps a rejected body with its reason: one publish, noted for
+    /// [`Self::health`] as a store is.
     pub(crate) async fn quarantine(
         &self,
         received: Received,
@@ -222,6 +239,18 @@ impl JetStreamSpool {
         reason: String,
     ) -> Result<NotificationId, SpoolError> {
         self.open_for_writes()?;
+        self.connected()?;
+        let kept = self.quarantine_on_servers(received, reason_kind, reason).await;
+        self.outage.note(&kept, self.clock);
+        kept
+    }
+
+    async fn quarantine_on_servers(
+        &self,
+        received: Received,
+        reason_kind: &str,
+        reason: String,
+    ) -> Result<NotificationId, SpoolError> {
         let id = self.next_id(received.received_ms);
         let meta = QuarantineMeta {
             id: id.to_string(),

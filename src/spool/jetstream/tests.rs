@@ -214,22 +214,22 @@ async fn the_token_file_authenticates_and_a_missing_one_is_named() {
 }
 
 #[tokio::test]
-async fn the_spool_refuses_to_open_the_unfinished_backend() {
-    // Were it not refused, sled would open here, not in the working directory.
+async fn the_spool_opens_the_backend_named_and_says_which_servers_it_could_not_reach() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::spool::sled::contract_tests::config(dir.path());
     config.backend = SpoolBackend::Jetstream;
-    let routes = crate::spool::Routes::from_config(&crate::config::Config::parse("[server]\nself_signed = true\n[sources.tus]\nprovider = \"tusfacturas\"\ntoken = \"0123456789abcdef\"\n").unwrap());
+    config.jetstream.servers = vec!["nats://127.0.0.1:1".into()];
+    config.jetstream.index_path = dir.path().join("index");
+    let routes = crate::spool::Routes::new(vec![crate::spool::Route::all("erp")]);
     let error = crate::spool::Spool::open(&config, routes, Clock::system())
         .await
         .err()
-        .expect("the jetstream backend is not complete");
-    assert!(
-        error
-            .to_string()
-            .contains(crate::config::JETSTREAM_NOT_COMPLETE),
-        "{error}"
-    );
+        .expect("nothing listens there");
+    assert!(matches!(error, crate::spool::SpoolError::Open { .. }), "{error}");
+    assert!(error.to_string().contains("127.0.0.1:1"), "{error}");
+    // Neither a sled spool nor an index was made for a spool never reached.
+    assert!(!config.sled.path.exists());
+    assert!(!config.jetstream.index_path.exists());
 }
 
 #[test]
