@@ -772,8 +772,9 @@ async fn promtool_accepts_the_live_metrics() {
         .find_map(|l| l.strip_prefix("webhook_relay_flushed_changes_total "))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    // sled's group flushes; JetStream commits each publish on its servers.
     assert!(
-        flushed >= 1,
+        flushed >= 1 || on_jetstream(),
         "the store and the outcome were flushed:\n{text}"
     );
     let mut child = std::process::Command::new(promtool)

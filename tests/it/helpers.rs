@@ -42,15 +42,6 @@ pub fn on_jetstream() -> bool {
     std::env::var("RELAY_TEST_BACKEND").as_deref() == Ok("jetstream")
 }
 
-/// For a test of sled's own files or flushes: true (with a notice) when
-/// this run is on JetStream, where it has nothing to test.
-pub fn sled_only(test: &str) -> bool {
-    if on_jetstream() {
-        eprintln!("{test}: tests the sled spool's own behaviour; skipped on JetStream");
-    }
-    on_jetstream()
-}
-
 /// The nats-server every JetStream relay of this run shares: one node on
 /// loopback, started on first use on a runtime of its own (each test has
 /// its own) and gone with the process. Each spool is a stream of its own
@@ -108,7 +99,10 @@ pub fn base_config(dir: &Path) -> String {
         jetstream_spool(dir)
     );
     text.replacen(
-        &format!("\n[spool.sled]\npath = \"{}\"\n", dir.join("spool").display()),
+        &format!(
+            "\n[spool.sled]\npath = \"{}\"\n",
+            dir.join("spool").display()
+        ),
         &spool,
         1,
     )

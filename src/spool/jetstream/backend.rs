@@ -100,7 +100,6 @@ impl JetStreamSpool {
             stream.clone(),
             config.jetstream.request_timeout.0,
         ));
-        let subscriptions: Vec<String> = routes.names().map(str::to_owned).collect();
         let spool = Arc::new(JetStreamSpool {
             config: config.clone(),
             link,
@@ -125,10 +124,20 @@ impl JetStreamSpool {
         });
         // Nothing is read before the index holds what was there at open.
         spool.sync().await?;
+        // Subscriptions made through the API are routes before the relay
+        // sets its own (their deliveries are not orphans), as on sled.
+        let api: Vec<String> = spool
+            .api_subscriptions()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let routes = spool.routes.load().with_names(api.iter());
+        spool.routes.store(Arc::new(routes));
         spool.reclaim_journal().await?;
         spool.count_orphans()?;
         // Made before anything is stored for them (a new consumer starts
         // with what comes next).
+        let subscriptions: Vec<String> = spool.routes.load().names().map(str::to_owned).collect();
         for subscription in subscriptions {
             spool.consumer(&subscription).await?;
         }

@@ -118,7 +118,8 @@ impl Index {
     pub(super) fn open(path: &Path, identity: &Identity) -> Result<Index, SpoolError> {
         let db = sled::open(path).map_err(|e| match e {
             // Two relays on one index would fold over each other.
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+            // sled says so only in its text.
+            sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
                 SpoolError::Locked {
                     path: path.to_owned(),
                     detail: "its JetStream index is held; each relay needs an \

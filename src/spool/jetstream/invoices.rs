@@ -71,6 +71,21 @@ fn entry_key(source: &str, subject: &str, id: NotificationId) -> Vec<u8> {
     key
 }
 
+/// Whether the fold found `id` older than a state its invoice already
+/// reached (false for a notification with no invoice entry).
+pub(super) fn is_superseded(
+    db: &sled::Db,
+    source: &str,
+    subject: &str,
+    id: NotificationId,
+) -> Result<bool, SpoolError> {
+    let entry = db.get(entry_key(source, subject, id)).map_err(storage)?;
+    Ok(entry
+        .as_deref()
+        .and_then(Entry::decode)
+        .is_some_and(|entry| entry.superseded))
+}
+
 /// The source, subject and id of an entry's key.
 pub(super) fn split_entry_key(key: &[u8]) -> Option<(&str, &str, NotificationId)> {
     let id_at = key.len().checked_sub(16)?;

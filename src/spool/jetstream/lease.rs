@@ -306,10 +306,11 @@ impl JetStreamSpool {
                 let Some(meta) = header(META) else {
                     return Ok(None);
                 };
-                let meta: NotificationMeta = serde_json::from_str(&meta)
+                let mut meta: NotificationMeta = serde_json::from_str(&meta)
                     .map_err(|e| SpoolError::Corrupt(format!("the metadata of {id}: {e}")))?;
                 if !meta.subscriptions.iter().any(|s| s == subscription)
                     || self.index.state(subscription, id)?.is_some()
+                    || !self.judge_superseded(subscription, id, &mut meta).await?
                 {
                     return Ok(None);
                 }

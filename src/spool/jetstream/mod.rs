@@ -85,6 +85,7 @@ mod store;
 mod store_tests;
 mod stuck;
 mod subjects;
+mod superseded;
 mod tail;
 #[cfg(test)]
 pub(crate) mod test_server;

@@ -90,10 +90,7 @@ impl Outage {
 /// Refuses a write at once while the client has no connection: it would
 /// wait out `store_timeout` for an answer that cannot come. The refusal is
 /// noted as any failed write is.
-pub(super) fn connected(
-    client: &async_nats::Client,
-    servers: &[String],
-) -> Result<(), SpoolError> {
+pub(super) fn connected(client: &async_nats::Client, servers: &[String]) -> Result<(), SpoolError> {
     match client.connection_state() {
         State::Disconnected => Err(SpoolError::Unavailable(format!(
             "JetStream: not connected to any of {} (reconnecting)",
@@ -127,9 +124,15 @@ mod tests {
     fn a_failed_write_marks_the_spool_down_from_its_first_failure_until_one_lands() {
         let clock = Clock::manual(1_000);
         let outage = Outage::default();
-        outage.note(&Err::<(), _>(SpoolError::Unavailable("no quorum".into())), clock);
+        outage.note(
+            &Err::<(), _>(SpoolError::Unavailable("no quorum".into())),
+            clock,
+        );
         clock.advance(Duration::from_secs(5));
-        outage.note(&Err::<(), _>(SpoolError::Unavailable("no ack".into())), clock);
+        outage.note(
+            &Err::<(), _>(SpoolError::Unavailable("no ack".into())),
+            clock,
+        );
         assert_eq!(
             outage.down(),
             Some(Down {

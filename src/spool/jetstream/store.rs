@@ -240,7 +240,9 @@ impl JetStreamSpool {
     ) -> Result<NotificationId, SpoolError> {
         self.open_for_writes()?;
         self.connected()?;
-        let kept = self.quarantine_on_servers(received, reason_kind, reason).await;
+        let kept = self
+            .quarantine_on_servers(received, reason_kind, reason)
+            .await;
         self.outage.note(&kept, self.clock);
         kept
     }

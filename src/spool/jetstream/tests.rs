@@ -225,7 +225,10 @@ async fn the_spool_opens_the_backend_named_and_says_which_servers_it_could_not_r
         .await
         .err()
         .expect("nothing listens there");
-    assert!(matches!(error, crate::spool::SpoolError::Open { .. }), "{error}");
+    assert!(
+        matches!(error, crate::spool::SpoolError::Open { .. }),
+        "{error}"
+    );
     assert!(error.to_string().contains("127.0.0.1:1"), "{error}");
     // Neither a sled spool nor an index was made for a spool never reached.
     assert!(!config.sled.path.exists());
