@@ -442,13 +442,27 @@ async fn hold_disallowed_targets(
 }
 
 /// Applies the admin API's subscription changes (already in the spool) to
-/// fan-out, the forwarder and the admin API, one at a time.
+/// fan-out, the forwarder and the admin API, one at a time: this relay's,
+/// and those another relay sharing the spool made (JetStream).
 async fn apply_changes(
     live: Arc<Live>,
     mut requests: tokio::sync::mpsc::Receiver<admin::ChangeRequest>,
 ) {
-    while let Some(reply) = requests.recv().await {
-        let _ = reply.send(apply_api_subscriptions(&live).await);
+    let mut elsewhere = live.spool.subscription_changes();
+    loop {
+        tokio::select! {
+            request = requests.recv() => match request {
+                Some(reply) => {
+                    let _ = reply.send(apply_api_subscriptions(&live).await);
+                }
+                None => return,
+            },
+            Some(()) = async { elsewhere.as_mut()?.changed().await.ok() } => {
+                if let Err(problem) = apply_api_subscriptions(&live).await {
+                    tracing::error!(problem = %problem, "an API subscription changed on another relay is not applied here");
+                }
+            }
+        }
     }
 }
 

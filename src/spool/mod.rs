@@ -404,6 +404,16 @@ impl Spool {
     /// answers once durable, with the record's id. Fan-out and forwarding
     /// take it only when the caller hands the new routes and targets over
     /// ([`Spool::set_routes`]).
+    /// Hears the API subscriptions change when another relay sharing the
+    /// spool changes them (JetStream); `None` where only this relay can
+    /// (sled: its admin API applies its own changes).
+    pub fn subscription_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Jetstream(b) => Some(b.subscription_changes()),
+        }
+    }
+
     pub async fn put_subscription(
         &self,
         subscription: ApiSubscription,

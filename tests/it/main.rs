@@ -27,5 +27,6 @@ mod provider_sim;
 mod reconcile;
 mod reconcile_admin;
 mod reload;
+mod scale_out;
 mod spool_cli;
 mod subscriptions;

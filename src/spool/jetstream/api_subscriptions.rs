@@ -87,6 +87,12 @@ impl Index {
 
 impl JetStreamSpool {
     /// The API subscriptions as this relay's index holds them.
+    /// Hears each API subscription change folded in, whichever relay made
+    /// it (the relay applies them to its routes and targets).
+    pub(crate) fn subscription_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.index.watch_subscriptions()
+    }
+
     pub(crate) fn api_subscriptions(&self) -> Vec<ApiSubscription> {
         self.index.api_subscriptions().unwrap_or_else(|err| {
             tracing::warn!(error = %err, "the API subscriptions cannot be read");

@@ -48,7 +48,11 @@ impl Index {
             self.counts.discard(&mut tally);
             return Err(err);
         }
-        self.commit(&db, batch, &mut tally, sequence)
+        self.commit(&db, batch, &mut tally, sequence)?;
+        if let Kind::ApiSubscription(_) = kind {
+            self.subscription_folded();
+        }
+        Ok(())
     }
 }
 

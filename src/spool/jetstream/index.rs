@@ -81,6 +81,8 @@ pub(super) struct Index {
     /// `None` once closed: the database's files are let go of then.
     tree: Mutex<Option<sled::Db>>,
     applied: watch::Sender<u64>,
+    /// Counts the API subscriptions folded in (any relay's changes).
+    subscriptions_changed: watch::Sender<u64>,
     /// The counts, as of `applied`.
     pub(super) counts: Kept,
 }
@@ -174,6 +176,7 @@ impl Index {
         Ok(Index {
             tree: Mutex::new(Some(db)),
             applied: watch::Sender::new(applied),
+            subscriptions_changed: watch::Sender::new(0),
             counts,
         })
     }
@@ -194,6 +197,16 @@ impl Index {
     /// Hears each sequence folded in.
     pub(super) fn watch(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
+    }
+
+    /// Hears each API subscription made, changed or removed, by any relay.
+    pub(super) fn watch_subscriptions(&self) -> watch::Receiver<u64> {
+        self.subscriptions_changed.subscribe()
+    }
+
+    /// Tells the watchers of API subscriptions that one was folded in.
+    pub(super) fn subscription_folded(&self) {
+        self.subscriptions_changed.send_modify(|n| *n += 1);
     }
 
     /// Writes what one message folded into `batch`, with the counts it

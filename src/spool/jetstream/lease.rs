@@ -256,18 +256,39 @@ impl JetStreamSpool {
             return Ok((Vec::new(), 0));
         }
         let count = fetched.len();
-        // The index must hold what the messages are judged against.
-        self.caught_up(top).await?;
-        let mut leases = Vec::new();
-        let mut skips = Vec::new();
+        let mut held = Vec::with_capacity(count);
         for message in fetched {
             let sequence = message.info().map_or(0, |info| info.stream_sequence);
             let reply = message.reply.as_ref().map(|r| r.to_string());
             let (message, acker) = message.split();
-            let acker = Arc::new(acker);
-            match self.leasable(subscription, sequence, &message).await? {
-                Some(leased) => leases.push(self.hold(subscription, leased, acker, reply)),
-                None => skips.push(acker),
+            held.push((sequence, reply, message, Arc::new(acker)));
+        }
+        // The index must hold what the messages are judged against. What
+        // cannot be judged now is given back at once: left alone, the
+        // servers would hold it for the whole ack wait.
+        if let Err(err) = self.caught_up(top).await {
+            for (.., acker) in held {
+                self.naks.give_back(acker);
+            }
+            return Err(err);
+        }
+        let mut leases = Vec::new();
+        let mut skips = Vec::new();
+        let mut rest = held.into_iter();
+        while let Some((sequence, reply, message, acker)) = rest.next() {
+            match self.leasable(subscription, sequence, &message).await {
+                Ok(Some(leased)) => leases.push(self.hold(subscription, leased, acker, reply)),
+                Ok(None) => skips.push(acker),
+                Err(err) => {
+                    // The leases made so far give themselves back as they drop.
+                    for acker in skips.into_iter().chain([acker]) {
+                        self.naks.give_back(acker);
+                    }
+                    for (.., acker) in rest {
+                        self.naks.give_back(acker);
+                    }
+                    return Err(err);
+                }
             }
         }
         let taken: Vec<String> = leases
