@@ -6,6 +6,7 @@ mod acme;
 mod admin;
 mod admin_page;
 mod app_run;
+mod cluster;
 mod backup;
 mod corruption;
 mod crash;
