@@ -40,6 +40,7 @@ mod dedup;
 mod delivery_codec;
 mod error;
 mod invoices;
+pub mod migrate;
 // A `Backend` that `Spool::open` refuses until docs/design/jetstream.md
 // is built: only its tests open it, so outside them much of it is unused.
 #[cfg_attr(not(test), allow(dead_code))]

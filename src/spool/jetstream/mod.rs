@@ -25,6 +25,7 @@ mod audit;
 #[cfg(test)]
 mod audit_tests;
 mod backend;
+mod backup;
 mod bridge;
 mod checks;
 #[cfg(test)]
@@ -52,6 +53,7 @@ mod fold;
 mod fold_tests;
 #[cfg(test)]
 mod gateway_tests;
+mod import;
 mod index;
 mod invoice_reads;
 mod invoices;
@@ -62,6 +64,8 @@ mod journal;
 mod journal_tests;
 mod lease;
 pub(crate) mod loopback_cluster;
+#[cfg(test)]
+mod migrate_tests;
 #[cfg(test)]
 mod moves_race_tests;
 #[cfg(test)]
@@ -97,6 +101,7 @@ use crate::config::SpoolConfig;
 pub(crate) use backend::JetStreamSpool;
 pub(crate) use durability::DurabilityReport;
 pub(crate) use error::JetStreamError;
+pub use import::Imported;
 pub(crate) use lease::JetStreamLease;
 pub(crate) use provision::Identity;
 
