@@ -62,6 +62,11 @@ pub struct Migrated {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
+    #[error(
+        "[spool.jetstream] servers names no NATS server to copy into \
+         (e.g. servers = [\"nats://10.0.0.1:4222\"])"
+    )]
+    NoServers,
     #[error("no sled spool at {0} (nothing to migrate)")]
     NoSpool(std::path::PathBuf),
     #[error("the sled spool: {0}")]
@@ -101,6 +106,9 @@ pub async fn migrate_to_jetstream(
         backend: SpoolBackend::Sled,
         ..config.clone()
     };
+    if config.jetstream.servers.is_empty() {
+        return Err(MigrateError::NoServers);
+    }
     if Spool::is_new(&sled_config) {
         return Err(MigrateError::NoSpool(sled_config.sled.path.clone()));
     }

