@@ -106,11 +106,9 @@ impl JetStreamSpool {
         let published = self
             .publish_record(subject, first_write(Some(&flag)), Bytes::new())
             .await?;
-        let imported = Imported::of(published);
-        if imported.copied > 0 {
-            self.pause_on_server(subscription, true).await?;
-        }
-        Ok(imported)
+        // Again on a rerun too: the first may have stopped between the two.
+        self.pause_on_server(subscription, true).await?;
+        Ok(Imported::of(published))
     }
 
     /// A notification, then its delivery states and its resends.
