@@ -264,6 +264,11 @@ async fn a_sled_spool_is_copied_whole_then_found_already_there_and_leases_what_w
     assert_eq!(dead[0].attempts.len(), 2);
     let delivered = relay.deliveries_of(made.delivered).await.unwrap();
     assert!(matches!(delivered[0].state, State::Delivered { .. }));
+    // A provider's resend inside the window is known for the copy's.
+    assert_eq!(
+        store(&relay, "a", Clock::system().now_ms()).await,
+        Stored::Duplicate(made.delivered)
+    );
     relay.close().await.unwrap();
 }
 

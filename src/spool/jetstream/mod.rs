@@ -11,7 +11,9 @@
 //! backfill and orphans (`states.rs` and its users, step 6); retention
 //! under a duty lock (`retention.rs`, `duty.rs`, `removal.rs`), the invoice
 //! index (`invoices.rs`, `invoice_reads.rs`), the stuck marks (`stuck.rs`)
-//! and reconcile checks (`checks.rs`) of step 7. The calls not built yet
+//! and reconcile checks (`checks.rs`) of step 7; of step 12, another
+//! spool's records written under their ids (`import.rs`, for `spool
+//! migrate`) and the backup walked from the stream (`backup.rs`). The calls not built yet
 //! answer `Unsupported` (`pending.rs`), so the relay refuses to serve on
 //! it and only its tests open it.
 //!
