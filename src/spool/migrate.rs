@@ -175,7 +175,7 @@ async fn copy(
     };
     let (items, mut received) = mpsc::channel(AHEAD);
     let source = source.clone();
-    let walk = tokio::task::spawn_blocking(move || {
+    let walking = tokio::task::spawn_blocking(move || {
         let mut channel = Channel {
             items,
             counts: ArchiveCounts::default(),
@@ -188,23 +188,51 @@ async fn copy(
         notifications_total: sled.counts().notifications,
         ..MigrationProgress::default()
     };
+    let written = write_all(&mut received, target, &mut done, progress).await;
+    // Whatever came of it, the walk ends (it stops once nobody reads).
+    drop(received);
+    let walk = walking.await;
+    let (stuck, walked) = written?;
+    let walked_counts = walk
+        .map_err(|e| MigrateError::Sled(SpoolError::Task(e.to_string())))?
+        .map_err(MigrateError::Walk)?;
+    if !stuck.is_empty() || !walked.is_empty() {
+        let imported = target
+            .import_stuck(stuck, walked)
+            .await
+            .map_err(MigrateError::Jetstream)?;
+        let _ = tally(&mut done, imported, progress);
+    }
+    Ok((done, walked_counts))
+}
+
+/// The stuck check's marks, gathered by the walk for its end.
+type Marks = (Vec<StuckInvoice>, Vec<(String, NotificationId)>);
+
+/// Writes what the walk hands over, [`IN_FLIGHT`] records at a time;
+/// `Stopped` when `progress` says so (what is in flight then may land or
+/// not, as in a crash).
+async fn write_all(
+    received: &mut mpsc::Receiver<Item>,
+    target: &JetStreamSpool,
+    done: &mut MigrationProgress,
+    progress: &mut impl FnMut(&MigrationProgress) -> ControlFlow<()>,
+) -> Result<Marks, MigrateError> {
     let mut in_flight = FuturesUnordered::new();
     let mut checks: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let mut stuck: Vec<StuckInvoice> = Vec::new();
-    let mut walked: Vec<(String, NotificationId)> = Vec::new();
-    let mut stopped = false;
-    'items: while let Some(item) = received.recv().await {
+    let mut marks: Marks = (Vec::new(), Vec::new());
+    while let Some(item) = received.recv().await {
         let one_by_one = matches!(item, Item::Subscription(_) | Item::Paused(_));
         if matches!(item, Item::Notification(_)) {
             done.notifications += 1;
         }
         let work = match item {
             Item::Stuck(mark) => {
-                stuck.push(mark);
+                marks.0.push(mark);
                 continue;
             }
             Item::Walked { source, upto } => {
-                walked.push((source, upto));
+                marks.1.push((source, upto));
                 continue;
             }
             Item::Check {
@@ -224,37 +252,17 @@ async fn copy(
             let Some(imported) = in_flight.next().await else {
                 break;
             };
-            if tally(&mut done, imported?, progress).is_break() {
-                stopped = true;
-                break 'items;
+            if tally(done, imported?, progress).is_break() {
+                return Err(MigrateError::Stopped(done.clone()));
             }
         }
     }
-    while !stopped {
-        let Some(imported) = in_flight.next().await else {
-            break;
-        };
-        stopped = tally(&mut done, imported?, progress).is_break();
+    while let Some(imported) = in_flight.next().await {
+        if tally(done, imported?, progress).is_break() {
+            return Err(MigrateError::Stopped(done.clone()));
+        }
     }
-    if stopped {
-        // What is in flight may land or not, as in a crash.
-        drop(in_flight);
-        drop(received);
-        let _ = walk.await;
-        return Err(MigrateError::Stopped(done));
-    }
-    let walked_counts = walk
-        .await
-        .map_err(|e| MigrateError::Sled(SpoolError::Task(e.to_string())))?
-        .map_err(MigrateError::Walk)?;
-    if !stuck.is_empty() || !walked.is_empty() {
-        let imported = target
-            .import_stuck(stuck, walked)
-            .await
-            .map_err(MigrateError::Jetstream)?;
-        let _ = tally(&mut done, imported, progress);
-    }
-    Ok((done, walked_counts))
+    Ok(marks)
 }
 
 fn tally(
