@@ -131,6 +131,19 @@ async fn make_sled_spool(config: &SpoolConfig) -> Made {
         )
         .await
         .unwrap();
+    spool
+        .save_stuck(crate::spool::StuckChanges {
+            marked: vec![crate::spool::StuckInvoice {
+                source: "tus".into(),
+                subject: "17032".into(),
+                since_ms: now,
+                latest: pending,
+            }],
+            unmarked: vec![],
+            walked: vec![("tus".into(), Some(pending))],
+        })
+        .await
+        .unwrap();
     spool.close().await.unwrap();
     Made {
         delivered,
@@ -153,6 +166,7 @@ struct Seen {
     counts: crate::spool::Counts,
     invoice: Option<crate::spool::Invoice>,
     checks: Vec<ReconcileCheck>,
+    stuck: crate::spool::StuckMarks,
 }
 
 async fn seen(spool: &Spool) -> Seen {
@@ -176,6 +190,7 @@ async fn seen(spool: &Spool) -> Seen {
         counts: spool.counts(),
         invoice: spool.invoice_now("tus", "17032").await.unwrap(),
         checks: spool.checks("tus", "17032").await.unwrap(),
+        stuck: spool.stuck_marks().await.unwrap(),
     }
 }
 
@@ -225,14 +240,15 @@ async fn a_sled_spool_is_copied_whole_then_found_already_there_and_leases_what_w
 
     let first = migrate(&config).await.unwrap();
     // 5 notifications, 4 states (`e` was never attempted), 1 resend, API
-    // subscription, pause, 2 audit records, 1 quarantined body, 1 check.
-    assert_eq!(first.progress.copied, 16, "{:?}", first.progress);
+    // subscription, pause, 2 audit records, 1 quarantined body, 1 check,
+    // a stuck mark and how far the stuck check walked.
+    assert_eq!(first.progress.copied, 18, "{:?}", first.progress);
     assert_eq!(first.progress.already_there, 0);
     assert_eq!(first.counts, before.counts);
     assert_eq!(first.audit_records, 2);
     let again = migrate(&config).await.unwrap();
     assert_eq!(again.progress.copied, 0, "{:?}", again.progress);
-    assert_eq!(again.progress.already_there, 16);
+    assert_eq!(again.progress.already_there, 18);
     assert_eq!(again.counts, before.counts);
 
     // Another relay, folding the stream from its start, reads the same.
@@ -293,12 +309,12 @@ async fn an_interrupted_migration_run_again_ends_with_equal_counts_and_no_duplic
     let Err(MigrateError::Stopped(MigrationProgress { copied, .. })) = stopped else {
         panic!("not stopped: {stopped:?}");
     };
-    assert!((6..16).contains(&copied), "{copied}");
+    assert!((6..18).contains(&copied), "{copied}");
     let resumed = migrate(&config).await.unwrap();
     assert!(resumed.progress.already_there >= copied, "{resumed:?}");
     assert_eq!(
         resumed.progress.copied + resumed.progress.already_there,
-        16,
+        18,
         "every record once: {resumed:?}"
     );
     assert_eq!(resumed.counts, before.counts);
@@ -370,6 +386,8 @@ async fn a_jetstream_backup_restores_into_sled_with_the_same_records_and_counts(
     assert_eq!(manifest.counts.subscriptions, 1);
     assert_eq!(manifest.counts.paused, 1);
     assert_eq!(manifest.counts.checks, 1);
+    assert_eq!(manifest.counts.stuck_marks, 1);
+    assert_eq!(manifest.counts.walked_marks, 1);
 
     let target = dir.path().join("restored");
     let restored = Spool::restore(archive.as_slice(), &target, &mut |_| {}).unwrap();
