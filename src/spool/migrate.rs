@@ -37,6 +37,10 @@ use crate::spool::NotificationId;
 const IN_FLIGHT: usize = 64;
 /// Items the walk reads ahead of the writes.
 const AHEAD: usize = 256;
+/// Tries of one write that goes unanswered, and the wait before the
+/// next (times the tries so far).
+const TRIES: u32 = 5;
+const AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How far a migration is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -283,25 +287,41 @@ enum Work {
 }
 
 impl Work {
+    /// Written, again after a write that went unanswered (the servers
+    /// slow under the copy's load): each record expects nothing on its
+    /// subject, so one that landed all the same is found already there.
     async fn run(self, target: &JetStreamSpool) -> Result<Imported, MigrateError> {
-        let imported = match self {
-            Work::Item(Item::Notification(item)) => target.import_notification(&item).await,
-            Work::Item(Item::Quarantined { id, record }) => {
-                target.import_quarantined(id, &record).await
+        let mut tries = 1;
+        loop {
+            match self.once(target).await {
+                Err(SpoolError::Unavailable(why)) if tries < TRIES => {
+                    tracing::warn!(%why, tries, "a write of the copy went unanswered; again");
+                    tokio::time::sleep(AGAIN_AFTER * tries).await;
+                    tries += 1;
+                }
+                other => return other.map_err(MigrateError::Jetstream),
             }
-            Work::Item(Item::Audit { id, entry }) => target.import_audit(id, &entry).await,
-            Work::Item(Item::Subscription(bytes)) => target.import_subscription(&bytes).await,
-            Work::Item(Item::Paused(name)) => target.import_paused(&name).await,
+        }
+    }
+
+    async fn once(&self, target: &JetStreamSpool) -> Result<Imported, SpoolError> {
+        match self {
+            Work::Item(Item::Notification(item)) => target.import_notification(item).await,
+            Work::Item(Item::Quarantined { id, record }) => {
+                target.import_quarantined(*id, record).await
+            }
+            Work::Item(Item::Audit { id, entry }) => target.import_audit(*id, entry).await,
+            Work::Item(Item::Subscription(bytes)) => target.import_subscription(bytes).await,
+            Work::Item(Item::Paused(name)) => target.import_paused(name).await,
             // Taken apart by the walk (checks numbered, marks written
             // at its end): never here.
             Work::Item(Item::Stuck(_) | Item::Walked { .. } | Item::Check { .. }) => {
                 Ok(Imported::default())
             }
             Work::Check(source, subject, n, check) => {
-                target.import_check(&source, &subject, n, &check).await
+                target.import_check(source, subject, *n, check).await
             }
-        };
-        imported.map_err(MigrateError::Jetstream)
+        }
     }
 }
 

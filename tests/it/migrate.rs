@@ -222,7 +222,7 @@ async fn a_migration_killed_mid_way_then_run_again_copies_each_record_once() {
         .args(["spool", "migrate", "--to", "jetstream", "--config"])
         .arg(&config)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("first.log")).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -234,10 +234,10 @@ async fn a_migration_killed_mid_way_then_run_again_copies_each_record_once() {
             tokio::time::Instant::now() < limit,
             "the copy makes no progress"
         );
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "done before it was killed"
-        );
+        if let Some(exit) = first.try_wait().unwrap() {
+            let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
+            panic!("done before it was killed ({exit}):\n{log}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     first.start_kill().unwrap();
