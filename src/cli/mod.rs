@@ -42,6 +42,7 @@ mod bulk;
 mod inspect;
 mod invoice;
 mod man;
+mod migrate;
 mod remote;
 mod serve;
 mod spool;
@@ -137,6 +138,9 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             config,
             accept_loss,
         }) => load(&config.config).and_then(|config| spool::check(&config, accept_loss)),
+        Command::Spool(SpoolCommand::Migrate { config, to }) => {
+            load(&config.config).and_then(|config| migrate::migrate(&config, to))
+        }
         Command::Spool(SpoolCommand::MoveOrphans { config, from, to }) => load(&config.config)
             .and_then(|config| spool::reassign_orphans(&config, &from, Some(&to))),
         Command::Spool(SpoolCommand::PurgeOrphans {
@@ -269,6 +273,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         remote.exit_code()
     } else if let Some(backup) = err.downcast_ref::<crate::spool::backup::BackupError>() {
         backup::exit_code(backup)
+    } else if let Some(migrate) = err.downcast_ref::<crate::spool::migrate::MigrateError>() {
+        migrate::exit_code(migrate)
     } else if err.downcast_ref::<crate::config::ConfigError>().is_some()
         // A certificate that cannot be read, or example secrets on a public
         // address, is the operator's to fix: no restart will mend it.

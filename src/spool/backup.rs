@@ -330,7 +330,7 @@ impl Item {
 }
 
 impl ArchiveCounts {
-    fn add(&mut self, item: &Item) {
+    pub(crate) fn add(&mut self, item: &Item) {
         match item {
             Item::Notification(n) => {
                 self.notifications += 1;
@@ -352,6 +352,24 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 // === writing ===
+
+/// Where a backend's walk puts the items it reads: an archive, or (for
+/// `spool migrate`) another backend.
+pub trait ItemSink {
+    fn put(&mut self, item: &Item) -> io::Result<()>;
+    /// How many of each kind were put so far.
+    fn counts(&self) -> &ArchiveCounts;
+}
+
+impl<W: Write> ItemSink for ArchiveWriter<W> {
+    fn put(&mut self, item: &Item) -> io::Result<()> {
+        ArchiveWriter::put(self, item)
+    }
+
+    fn counts(&self) -> &ArchiveCounts {
+        ArchiveWriter::counts(self)
+    }
+}
 
 /// Writes an archive into `W` as items are put; [`ArchiveWriter::finish`]
 /// adds the manifest.

@@ -40,6 +40,7 @@ mod dedup;
 mod delivery_codec;
 mod error;
 mod invoices;
+pub mod migrate;
 mod jetstream;
 mod observe;
 pub mod record;
@@ -311,8 +312,9 @@ impl Spool {
     /// Writes a backup archive of the live spool into `out` (see
     /// [`backup`]): every notification up to the newest one durable when
     /// it began, with its deliveries as they stand when the walk reads
-    /// them, and the rest a restored relay needs. Long on a big spool; the
-    /// writer goes on meanwhile. `progress` hears the counts so far now
+    /// them, and the rest a restored relay needs (on JetStream, what every
+    /// relay wrote before it began, and what comes during the walk may be
+    /// in it too). Long on a big spool; the writer goes on meanwhile. `progress` hears the counts so far now
     /// and then.
     pub async fn backup<W: std::io::Write + Send + 'static>(
         &self,

@@ -19,6 +19,7 @@ mod ingest;
 mod invoices;
 mod layout;
 mod memory;
+mod migrate;
 mod openapi;
 mod operator_cli;
 mod ops;

@@ -102,7 +102,7 @@ impl Index {
     }
 
     /// Every record, oldest first; one that cannot be read is an `Err`.
-    fn audit_walk(
+    pub(super) fn audit_walk(
         &self,
     ) -> Result<impl Iterator<Item = Result<AuditRecord, SpoolError>> + Send, SpoolError> {
         Ok(self.db()?.scan_prefix([AUDIT]).map(|item| {
@@ -155,6 +155,21 @@ impl JetStreamSpool {
         let id = AuditId::next_after(after, self.clock.now_ms());
         *last = Some(id);
         Ok(id)
+    }
+
+    /// How many records the log holds (this relay's index).
+    pub(crate) async fn audit_count(&self) -> Result<u64, SpoolError> {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut count = 0u64;
+            for item in index.db()?.scan_prefix([AUDIT]) {
+                item.map_err(storage)?;
+                count += 1;
+            }
+            Ok(count)
+        })
+        .await
+        .map_err(|e| SpoolError::Task(e.to_string()))?
     }
 
     /// A page of the log, as [`Index::audit_log`].

@@ -34,7 +34,7 @@ use crate::spool::{ReconcileCheck, SpoolError};
 const CHECK: u8 = b'K';
 /// Tries of one check when another takes its number meanwhile.
 const TRIES: usize = 4;
-const KEPT: u64 = CHECKS_KEPT as u64;
+pub(super) const KEPT: u64 = CHECKS_KEPT as u64;
 
 fn prefix(source: &str, subject: &str) -> Vec<u8> {
     [&[CHECK], source.as_bytes(), &[0], subject.as_bytes(), &[0]].concat()
@@ -122,6 +122,31 @@ impl Index {
             None => 0,
         };
         Ok(Some(Next { n, expect }))
+    }
+
+    /// Every invoice's checks: its source, subject and each check, an
+    /// invoice's oldest first (for a backup).
+    pub(super) fn all_checks(&self) -> Result<Vec<(String, String, ReconcileCheck)>, SpoolError> {
+        let mut out = Vec::new();
+        for item in self.db()?.scan_prefix([CHECK]) {
+            let (key, value) = item.map_err(storage)?;
+            let names = key
+                .get(1..key.len().saturating_sub(8))
+                .and_then(|names| names.strip_suffix(&[0]));
+            let split = names.and_then(|names| {
+                let zero = names.iter().position(|&b| b == 0)?;
+                let source = std::str::from_utf8(&names[..zero]).ok()?;
+                let subject = std::str::from_utf8(&names[zero + 1..]).ok()?;
+                Some((source.to_owned(), subject.to_owned()))
+            });
+            let (Some((source, subject)), Some(bytes)) = (split, value.get(8..)) else {
+                return Err(SpoolError::Corrupt(
+                    "a reconcile check's key in the index".into(),
+                ));
+            };
+            out.push((source, subject, decode_check(bytes)?));
+        }
+        Ok(out)
     }
 
     /// The checks of an invoice, oldest first.

@@ -26,7 +26,7 @@ use crate::spool::SpoolError;
 /// Tries of one outcome's write when its state changed meanwhile.
 const TRIES: usize = 3;
 
-fn mark_of(delivery: &Delivery) -> Mark {
+pub(super) fn mark_of(delivery: &Delivery) -> Mark {
     match (delivery.is_final(), delivery.due_at()) {
         (true, _) | (false, None) => Mark::Final,
         (false, Some(_)) => Mark::Wait,

@@ -65,7 +65,7 @@ pub(super) fn id_of_inverted(bytes: &[u8]) -> Option<NotificationId> {
     NotificationId::from_bytes(&inverted.map(|b| !b))
 }
 
-fn entry_key(source: &str, subject: &str, id: NotificationId) -> Vec<u8> {
+pub(super) fn entry_key(source: &str, subject: &str, id: NotificationId) -> Vec<u8> {
     let mut key = timeline_prefix(source, subject);
     key.extend_from_slice(&id.to_bytes().map(|b| !b));
     key

@@ -11,7 +11,9 @@
 //! backfill and orphans (`states.rs` and its users, step 6); retention
 //! under a duty lock (`retention.rs`, `duty.rs`, `removal.rs`), the invoice
 //! index (`invoices.rs`, `invoice_reads.rs`), the stuck marks (`stuck.rs`)
-//! and reconcile checks (`checks.rs`) of step 7. The calls not built yet
+//! and reconcile checks (`checks.rs`) of step 7; of step 12, another
+//! spool's records written under their ids (`import.rs`, for `spool
+//! migrate`) and the backup walked from the stream (`backup.rs`). The calls not built yet
 //! answer `Unsupported` (`pending.rs`), so the relay refuses to serve on
 //! it and only its tests open it.
 //!
@@ -25,6 +27,7 @@ mod audit;
 #[cfg(test)]
 mod audit_tests;
 mod backend;
+mod backup;
 mod bridge;
 mod checks;
 #[cfg(test)]
@@ -52,6 +55,7 @@ mod fold;
 mod fold_tests;
 #[cfg(test)]
 mod gateway_tests;
+mod import;
 mod index;
 mod invoice_reads;
 mod invoices;
@@ -62,6 +66,8 @@ mod journal;
 mod journal_tests;
 mod lease;
 pub(crate) mod loopback_cluster;
+#[cfg(test)]
+mod migrate_tests;
 #[cfg(test)]
 mod moves_race_tests;
 #[cfg(test)]
@@ -99,6 +105,7 @@ use crate::config::SpoolConfig;
 pub(crate) use backend::JetStreamSpool;
 pub(crate) use durability::DurabilityReport;
 pub(crate) use error::JetStreamError;
+pub use import::Imported;
 pub(crate) use lease::JetStreamLease;
 pub(crate) use provision::Identity;
 

@@ -144,7 +144,10 @@ pub(super) async fn body_at(stream: &Stream, sequence: u64) -> Result<Option<Byt
     }
 }
 
-fn record<M: DeserializeOwned>(entry: &Entry, body: Bytes) -> Result<Record<M>, SpoolError> {
+pub(super) fn record<M: DeserializeOwned>(
+    entry: &Entry,
+    body: Bytes,
+) -> Result<Record<M>, SpoolError> {
     let meta = serde_json::from_slice(&entry.meta)
         .map_err(|e| SpoolError::Corrupt(format!("the metadata of {}: {e}", entry.id)))?;
     Ok(Record { meta, body })

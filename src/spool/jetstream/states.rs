@@ -190,7 +190,7 @@ impl JetStreamSpool {
     /// The state the index names for the subscription token `sub` and
     /// `id`, read from the stream; `None` with no state (or one removed
     /// meanwhile).
-    async fn state_body(
+    pub(super) async fn state_body(
         &self,
         sub: &str,
         id: NotificationId,

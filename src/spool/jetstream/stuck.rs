@@ -96,7 +96,7 @@ fn decode_stuck(key: &[u8], value: &[u8]) -> Option<StuckInvoice> {
 impl Index {
     /// The marks (damaged ones are skipped: at worst an invoice is
     /// announced again).
-    fn stuck_marks(&self) -> Result<StuckMarks, SpoolError> {
+    pub(super) fn stuck_marks(&self) -> Result<StuckMarks, SpoolError> {
         let db = self.db()?;
         let mut marks = StuckMarks::default();
         for item in db.scan_prefix(STUCK) {

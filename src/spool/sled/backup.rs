@@ -19,7 +19,7 @@
 //! of a clean stop, so the first start neither repairs nor checks it all.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use ::sled::Batch;
@@ -29,7 +29,7 @@ use super::invoices::{self, Entry, InvoiceRef};
 use super::{counts, decode_delivery, encode_delivery, keys, lock, mark, storage, SledSpool, TREE};
 use crate::providers::InvoiceStatus;
 use crate::spool::backup::{
-    ArchiveCounts, ArchiveReader, ArchiveWriter, BackupError, IndexEntry, Item, Manifest,
+    ArchiveCounts, ArchiveReader, BackupError, IndexEntry, Item, ItemSink, Manifest,
     NotificationItem,
 };
 use crate::spool::reconcile::{decode_check, encode_check};
@@ -44,9 +44,9 @@ const RESTORE_BATCH: usize = 512;
 impl SledSpool {
     /// Writes what the spool holds into `archive`; answers the newest
     /// notification it holds (the durable watermark when it began).
-    pub fn backup<W: Write>(
+    pub fn backup<A: ItemSink>(
         &self,
-        archive: &mut ArchiveWriter<W>,
+        archive: &mut A,
         progress: &mut dyn FnMut(&ArchiveCounts),
     ) -> Result<Option<NotificationId>, BackupError> {
         let store = self.shared.store()?;
