@@ -88,7 +88,7 @@ impl JetStreamSpool {
             link.names().clone(),
             index.clone(),
         ));
-        let (naks, nak_task) = Naks::start(&bridge);
+        let (naks, nak_task) = Naks::start(&bridge, link.client().clone(), index.clone());
         let subscriptions: Vec<String> = routes.names().map(str::to_owned).collect();
         let spool = Arc::new(JetStreamSpool {
             config: config.clone(),

@@ -91,10 +91,12 @@ impl Drop for JetStreamLease {
     fn drop(&mut self) {
         self.keepalive.abort();
         if !self.done.swap(true, Ordering::AcqRel) {
-            if let Some(acker) = self.acker.take() {
-                self.naks.give_back(acker);
+            // The journal keeps the lease until its nak is out: a crash
+            // before that gives it back at the next open.
+            match self.acker.take() {
+                Some(acker) => self.naks.give_back(acker, self.ack_subject.take()),
+                None => self.forget(),
             }
-            self.forget();
         }
     }
 }
@@ -107,9 +109,12 @@ struct Leased {
     expected: u64,
 }
 
+/// A lease given back: its acker, and its ack subject in the journal.
+type GivenBack = (Arc<Acker>, Option<String>);
+
 /// The leases given back without an outcome, nak'd in order by one task.
 pub(super) struct Naks {
-    send: mpsc::UnboundedSender<Arc<Acker>>,
+    send: mpsc::UnboundedSender<GivenBack>,
     /// How many were given back; a waiting lease hears each at once.
     queued: watch::Sender<u64>,
     /// How many of them are on the wire.
@@ -117,14 +122,30 @@ pub(super) struct Naks {
 }
 
 impl Naks {
-    pub(super) fn start(bridge: &Bridge) -> (Arc<Naks>, JoinHandle<()>) {
-        let (send, mut given) = mpsc::unbounded_channel::<Arc<Acker>>();
+    pub(super) fn start(
+        bridge: &Bridge,
+        client: async_nats::Client,
+        index: Arc<Index>,
+    ) -> (Arc<Naks>, JoinHandle<()>) {
+        let (send, mut given) = mpsc::unbounded_channel::<GivenBack>();
         let sent = Arc::new(watch::Sender::new(0u64));
         let counted = sent.clone();
         let task = bridge.spawn(async move {
-            while let Some(acker) = given.recv().await {
-                if let Err(err) = acker.ack_with(AckKind::Nak(None)).await {
-                    tracing::debug!(error = %err, "a lease given back could not be nak'd; it comes back after the ack wait");
+            while let Some((acker, ack_subject)) = given.recv().await {
+                let naked = acker.ack_with(AckKind::Nak(None)).await;
+                let flushed = match naked {
+                    Ok(()) => client.flush().await.map_err(async_nats::Error::from),
+                    Err(err) => Err(err),
+                };
+                match flushed {
+                    Ok(()) => {
+                        if let Some(subject) = ack_subject {
+                            let _ = index.journal_done(&subject);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "a lease given back could not be nak'd; it comes back at the next open or after the ack wait");
+                    }
                 }
                 counted.send_modify(|n| *n += 1);
             }
@@ -137,8 +158,8 @@ impl Naks {
         (Arc::new(naks), task)
     }
 
-    fn give_back(&self, acker: Arc<Acker>) {
-        if self.send.send(acker).is_ok() {
+    fn give_back(&self, acker: Arc<Acker>, ack_subject: Option<String>) {
+        if self.send.send((acker, ack_subject)).is_ok() {
             self.queued.send_modify(|n| *n += 1);
         }
     }
