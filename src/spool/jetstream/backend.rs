@@ -117,7 +117,7 @@ impl JetStreamSpool {
         // Made before anything is stored for them (a new consumer starts
         // with what comes next).
         for subscription in subscriptions {
-            spool.consumer(&subscription).await?;
+            spool.consumers_of(&subscription).await?;
         }
         Ok(spool)
     }
@@ -210,7 +210,7 @@ impl JetStreamSpool {
     /// to them, and a new one gets its consumer first.
     pub(crate) async fn set_routes(&self, routes: Routes) -> Result<(), SpoolError> {
         for subscription in routes.names() {
-            self.consumer(subscription).await?;
+            self.consumers_of(subscription).await?;
         }
         self.routes.store(Arc::new(routes));
         self.count_orphans()

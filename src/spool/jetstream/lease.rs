@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::bridge::Bridge;
+use super::consumers::Queue;
 use super::deliveries::Mark;
 use super::index::{Family, Index};
 use super::subjects::{token, Kind, LEASE, META};
@@ -219,23 +220,30 @@ impl JetStreamSpool {
         }
     }
 
-    /// Up to `max` leases of what the consumer has now (no wait): a skip
-    /// takes a place in a fetch, so a fetch that held skips is followed by
-    /// another for the places they took, until the consumer has no more.
+    /// Up to `max` leases of what the consumers have now (no wait): the
+    /// retries due first, then first attempts. A skip takes a place in a
+    /// fetch, so a fetch that held skips is followed by another for the
+    /// places they took, until the consumer has no more.
     async fn fetch_leases(
         &self,
         subscription: &str,
         max: usize,
     ) -> Result<Vec<JetStreamLease>, SpoolError> {
         let mut leases = Vec::new();
-        loop {
-            let want = max - leases.len();
-            let (got, fetched) = self.fetch_once(subscription, want).await?;
-            leases.extend(got);
-            if leases.len() >= max || fetched < want {
-                return Ok(leases);
+        for queue in [Queue::Retries, Queue::FirstAttempts] {
+            loop {
+                let want = max - leases.len();
+                if want == 0 {
+                    return Ok(leases);
+                }
+                let (got, fetched) = self.fetch_once(subscription, queue, want).await?;
+                leases.extend(got);
+                if fetched < want {
+                    break;
+                }
             }
         }
+        Ok(leases)
     }
 
     /// One fetch of up to `max` messages (no wait), sorted into leases and
@@ -243,9 +251,10 @@ impl JetStreamSpool {
     async fn fetch_once(
         &self,
         subscription: &str,
+        queue: Queue,
         max: usize,
     ) -> Result<(Vec<JetStreamLease>, usize), SpoolError> {
-        let consumer = self.consumer(subscription).await?;
+        let consumer = self.consumer(subscription, queue).await?;
         // A fetch sent while the connection was down may never be
         // answered: bounded, so the forwarder hears of it and asks again.
         let within = self.config.jetstream.request_timeout.0;

@@ -1,67 +1,43 @@
-//! Retention on JetStream (`retention.rs`) in the order its leases hand
-//! work out: what the contract's own retention test checks (it is off
-//! until the lease hands a due retry out before a later first attempt, as
-//! sled does): the delivered notification goes with its states and its
-//! counts, a copy stored past the window keeps the dedup key, the dead and
-//! the never attempted stay, the quarantined body goes.
+//! The lease order the contract's retention tests rely on, as JetStream
+//! makes it with two consumers per subscription (`consumers.rs`): a retry
+//! due now goes before first attempts stored earlier, on every relay (the
+//! retries' consumer is fetched first, whichever relay woke the retry).
 
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use super::contract_tests::{skip_without_nats, JetStreamFixture};
-use super::moves_tests::dead_one;
-use crate::spool::contract::support::{
-    attempt, lease_now, ok, open_keeping, received, store, store_new,
-};
-use crate::spool::contract::{Fixture, Keep};
-use crate::spool::Stored;
+use crate::delivery::Outcome;
+use crate::spool::contract::support::{attempt, lease_now, open_keeping, routes, store_new};
+use crate::spool::contract::Keep;
 
 #[tokio::test(start_paused = true)]
-async fn retention_removes_what_is_over_and_keeps_the_rest() {
+async fn a_due_retry_goes_before_first_attempts_stored_earlier_on_every_relay() {
     if skip_without_nats() {
         return;
     }
     let fixture = JetStreamFixture::new();
-    let keep = Keep {
-        retention: Duration::from_secs(120),
-        dead_retention: None,
-    };
-    let (spool, clock) = open_keeping(&fixture, keep, &["erp"]).await;
+    let (a, clock) = open_keeping(&fixture, Keep::default(), &["erp"]).await;
     let now = clock.now_ms();
-    let dead = dead_one(&spool, "dead", now).await;
-    let delivered = store_new(&spool, "delivered", now).await;
-    let waiting = store_new(&spool, "waiting", now).await;
-    let leases = lease_now(&spool, "erp", 1).await;
-    assert_eq!(leases[0].id(), delivered);
-    attempt(&spool, &leases[0], ok(), clock.now_ms()).await;
+    let failed = store_new(&a, "failed", now).await;
+    let leases = lease_now(&a, "erp", 1).await;
+    attempt(&a, &leases[0], Outcome::Connect, now).await;
     drop(leases);
-    let mut junk = received(now);
-    junk.body = Bytes::from_static(b"junk");
-    spool
-        .quarantine(junk, "not_json", "x".into())
+    let first = store_new(&a, "first", now).await;
+    let second = store_new(&a, "second", now).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+
+    // Another relay wakes the retry and hands it out first.
+    let b = fixture
+        .open_relay("b", routes(&["erp"]), clock)
         .await
         .unwrap();
-    assert_eq!(spool.maintain().await.unwrap().notifications, 0);
-
-    tokio::time::sleep(Duration::from_secs(200)).await;
-    let resent = match store(&spool, "delivered", clock.now_ms()).await {
-        Stored::New(id) => id,
-        other => panic!("past the window: {other:?}"),
-    };
-    let done = spool.maintain().await.unwrap();
-    assert_eq!((done.notifications, done.quarantined), (1, 1), "{done:?}");
-    assert!(matches!(
-        store(&spool, "delivered", clock.now_ms()).await,
-        Stored::Duplicate(id) if id == resent
-    ));
-    assert!(spool.notification(delivered).await.unwrap().is_none());
-    assert!(spool.deliveries_of(delivered).await.unwrap().is_empty());
-    assert!(spool.notification(dead).await.unwrap().is_some());
-    assert!(spool.notification(waiting).await.unwrap().is_some());
-    assert_eq!(spool.quarantined().count().await, 0);
-    let counts = spool.counts();
-    assert_eq!((counts.notifications, counts.quarantined), (3, 0));
-    assert_eq!(fixture.recount(&spool).await, counts, "as a refold counts");
-    spool.close().await.unwrap();
+    let leases = lease_now(&b, "erp", 1).await;
+    assert_eq!(leases[0].id(), failed, "the retry first");
+    // The first attempts then, in the order they were stored, on either.
+    let next = lease_now(&a, "erp", 2).await;
+    let ids: Vec<_> = next.iter().map(|l| l.id()).collect();
+    assert_eq!(ids, [first, second]);
+    drop((leases, next));
+    b.close().await.unwrap();
+    a.close().await.unwrap();
 }

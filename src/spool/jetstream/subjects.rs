@@ -163,9 +163,14 @@ impl Names {
         )
     }
 
-    /// The durable consumer of one subscription: `P_s_{sub}`.
+    /// The durable consumer of one subscription's first attempts: `P_s_{sub}`.
     pub(super) fn consumer(&self, subscription: &str) -> String {
         format!("{}_s_{}", self.prefix, token(subscription))
+    }
+
+    /// The durable consumer of one subscription's retries: `P_r_{sub}`.
+    pub(super) fn retry_consumer(&self, subscription: &str) -> String {
+        format!("{}_r_{}", self.prefix, token(subscription))
     }
 
     /// What a subject of this spool holds, for the fold.
