@@ -163,6 +163,16 @@ impl Names {
         )
     }
 
+    /// Every reconcile check of an invoice: `P.x.check.{src}.{subj}.>`.
+    pub(super) fn checks_of(&self, source: &str, subject: &str) -> String {
+        format!(
+            "{}.x.check.{}.{}.>",
+            self.prefix,
+            token(source),
+            token(subject)
+        )
+    }
+
     /// The durable consumer of one subscription's first attempts: `P_s_{sub}`.
     pub(super) fn consumer(&self, subscription: &str) -> String {
         format!("{}_s_{}", self.prefix, token(subscription))
