@@ -26,6 +26,9 @@ mod audit;
 mod audit_tests;
 mod backend;
 mod bridge;
+mod check;
+#[cfg(test)]
+mod check_tests;
 mod checks;
 #[cfg(test)]
 mod cluster_tests;
