@@ -33,7 +33,10 @@ async fn the_check_recounts_the_stream_and_reports_damaged_and_stray_states() {
     drop(leases);
     let mut junk = received(now);
     junk.body = Bytes::from_static(b"junk");
-    relay.quarantine(junk, "not_json", "x".into()).await.unwrap();
+    relay
+        .quarantine(junk, "not_json", "x".into())
+        .await
+        .unwrap();
     relay.close().await.unwrap();
 
     let report = Spool::check(&config, false).await.unwrap();
@@ -60,7 +63,10 @@ async fn the_check_recounts_the_stream_and_reports_damaged_and_stray_states() {
     let stray = NotificationId::new(now);
     let js = async_nats::jetstream::new(async_nats::connect(fixture.url()).await.unwrap());
     let damaged = js
-        .publish(names.delivery("erp", untouched), Bytes::from_static(b"junk"))
+        .publish(
+            names.delivery("erp", untouched),
+            Bytes::from_static(b"junk"),
+        )
         .await
         .unwrap();
     damaged.await.unwrap();
@@ -72,10 +78,17 @@ async fn the_check_recounts_the_stream_and_reports_damaged_and_stray_states() {
     written.await.unwrap();
 
     let report = Spool::check(&config, false).await.unwrap();
-    let problems: Vec<String> = report.problems.iter().map(CheckProblem::to_string).collect();
+    let problems: Vec<String> = report
+        .problems
+        .iter()
+        .map(CheckProblem::to_string)
+        .collect();
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(problems[0].contains(&untouched.to_string()), "{problems:?}");
     assert!(problems[1].contains(&stray.to_string()), "{problems:?}");
-    assert!(problems[1].contains("without its notification"), "{problems:?}");
+    assert!(
+        problems[1].contains("without its notification"),
+        "{problems:?}"
+    );
     let _ = (delivered, failed);
 }
