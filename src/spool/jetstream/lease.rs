@@ -132,23 +132,28 @@ impl Naks {
         let sent = Arc::new(watch::Sender::new(0u64));
         let counted = sent.clone();
         let task = bridge.spawn(async move {
-            while let Some((acker, ack_subject)) = given.recv().await {
-                let naked = acker.ack_with(AckKind::Nak(None)).await;
-                let flushed = match naked {
-                    Ok(()) => client.flush().await.map_err(async_nats::Error::from),
-                    Err(err) => Err(err),
-                };
-                match flushed {
+            let mut batch = Vec::new();
+            // All given back so far, nak'd, then one flush for them: only
+            // then are they out of the journal.
+            while given.recv_many(&mut batch, 256).await > 0 {
+                let taken = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                let mut naked = Vec::new();
+                for (acker, ack_subject) in batch.drain(..) {
+                    match acker.ack_with(AckKind::Nak(None)).await {
+                        Ok(()) => naked.extend(ack_subject),
+                        Err(err) => tracing::debug!(error = %err, "a lease given back could not be nak'd; it comes back at the next open or after the ack wait"),
+                    }
+                }
+                let sent = naked.len();
+                match client.flush().await {
                     Ok(()) => {
-                        if let Some(subject) = ack_subject {
+                        for subject in naked {
                             let _ = index.journal_done(&subject);
                         }
                     }
-                    Err(err) => {
-                        tracing::debug!(error = %err, "a lease given back could not be nak'd; it comes back at the next open or after the ack wait");
-                    }
+                    Err(err) => tracing::debug!(error = %err, leases = sent, "the naks of leases given back may not have gone out; the journal keeps them for the next open"),
                 }
-                counted.send_modify(|n| *n += 1);
+                counted.send_modify(|n| *n += taken);
             }
         });
         let naks = Naks {
