@@ -10,7 +10,7 @@ use base64::Engine;
 use super::PrintError;
 use crate::clock::format_ms;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, SpoolBackend};
 use crate::spool::{Routes, Spool, SpoolError};
 
 /// What `spool check` or `spool dump` found unreadable (exit 65).
@@ -130,9 +130,15 @@ async fn dump_records(config: &Config, what: Dumped) -> anyhow::Result<()> {
 /// one line per problem.
 pub(super) fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
     let report = offline(async { Ok(Spool::check(&config.spool, accept_loss).await?) })?;
+    let place = match config.spool.backend {
+        SpoolBackend::Sled => config.spool.sled.path.display().to_string(),
+        SpoolBackend::Jetstream => {
+            format!("JetStream stream {}_spool", config.spool.jetstream.prefix)
+        }
+    };
     outln!(
         "{}: {} notifications, {} quarantined, {} delivery records, {} retries due, {} dedup entries, {} audit records",
-        config.spool.sled.path.display(),
+        place,
         report.notifications,
         report.quarantined,
         report.deliveries,
@@ -161,9 +167,8 @@ pub(super) fn check(config: &Config, accept_loss: bool) -> anyhow::Result<()> {
         Ok(())
     } else {
         Err(Damaged(format!(
-            "{} problems found in spool {}",
+            "{} problems found in spool {place}",
             report.problems.len(),
-            config.spool.sled.path.display()
         ))
         .into())
     }

@@ -40,8 +40,8 @@ mod dedup;
 mod delivery_codec;
 mod error;
 mod invoices;
-pub mod migrate;
 mod jetstream;
+pub mod migrate;
 mod observe;
 pub mod record;
 mod report;
@@ -304,7 +304,12 @@ impl Spool {
     /// Verifies a stopped spool record by record; never panics on damage.
     /// `accept_loss` records a detected loss as known so `serve` can start.
     /// The walk keeps only the problems and the counts, not the records.
+    /// On JetStream the stream is walked (`jetstream/check.rs`), with
+    /// relays running or not, and `accept_loss` has nothing to record.
     pub async fn check(config: &SpoolConfig, accept_loss: bool) -> Result<CheckReport, SpoolError> {
+        if config.backend == SpoolBackend::Jetstream {
+            return jetstream::JetStreamSpool::check(config, Clock::system()).await;
+        }
         let config = config.clone();
         blocking(move || sled::check(&config, accept_loss)).await
     }

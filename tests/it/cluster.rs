@@ -29,7 +29,8 @@ const WAIT: Duration = Duration::from_secs(180);
 
 /// A relay's config on the three nodes, its spool named after `spool_of`.
 fn config(dir: &Path, spool_of: &Path, nats: &NatsCluster, targets: [&Target; 2]) -> String {
-    let retries = "schedule = [\"50ms\", \"50ms\", \"50ms\", \"100ms\", \"100ms\", \"200ms\", \"200ms\"]";
+    let retries =
+        "schedule = [\"50ms\", \"50ms\", \"50ms\", \"100ms\", \"100ms\", \"200ms\", \"200ms\"]";
     format!(
         "{}{}{}\n[admin]\nlisten = \"127.0.0.1:0\"\ntokens = [{{ name = \"ops\", token = \"{ADMIN_TOKEN}\", role = \"admin\" }}]\n",
         base_config_on_nats(dir, nats)
@@ -102,7 +103,12 @@ async fn two_relays_on_three_nats_nodes_lose_nothing_through_a_node_and_a_relay_
         .iter()
         .map(|dir| {
             let path = dir.path().join("relay.toml");
-            let text = config(dir.path(), dirs[0].path(), &nats, [&targets[0], &targets[1]]);
+            let text = config(
+                dir.path(),
+                dirs[0].path(),
+                &nats,
+                [&targets[0], &targets[1]],
+            );
             std::fs::write(&path, text).unwrap();
             path
         })
@@ -170,12 +176,18 @@ async fn two_relays_on_three_nats_nodes_lose_nothing_through_a_node_and_a_relay_
     let again = RelayProcess::spawn(&configs[1]).await;
     addresses.lock().unwrap()[1] = Some(again.addr);
     relays[1] = Some(again);
-    eprintln!("{test}: nats node 1 and relay 1 back at {:?}", started.elapsed());
+    eprintln!(
+        "{test}: nats node 1 and relay 1 back at {:?}",
+        started.elapsed()
+    );
     for provider in providers {
         provider.await.unwrap();
     }
 
-    eprintln!("{test}: every notification accepted at {:?}", started.elapsed());
+    eprintln!(
+        "{test}: every notification accepted at {:?}",
+        started.elapsed()
+    );
     // A resend to either relay is the same notification.
     let accepted = accepted.lock().unwrap().clone();
     assert_eq!(accepted.len(), NOTIFICATIONS);
@@ -198,10 +210,16 @@ async fn two_relays_on_three_nats_nodes_lose_nothing_through_a_node_and_a_relay_
         let missing: Vec<_> = ids.difference(&succeeded).collect();
         assert!(all, "{name}: {} not delivered: {missing:?}", missing.len());
         let extra: Vec<_> = succeeded.difference(&ids).collect();
-        assert!(extra.is_empty(), "{name} got ids never acknowledged: {extra:?}");
+        assert!(
+            extra.is_empty(),
+            "{name} got ids never acknowledged: {extra:?}"
+        );
     }
 
-    eprintln!("{test}: every notification delivered at {:?}", started.elapsed());
+    eprintln!(
+        "{test}: every notification delivered at {:?}",
+        started.elapsed()
+    );
     // Either relay's admin sees the whole spool, each notification once.
     for relay in relays.iter().flatten() {
         let response = reqwest::Client::new()

@@ -104,6 +104,13 @@ pub(crate) trait Fixture {
     fn recount(&self, spool: &Spool) -> impl Future<Output = Counts> {
         counts::recount(spool)
     }
+
+    /// How many random cases each property runs (after its recorded
+    /// ones): fewer for a backend whose every call is a round trip.
+    /// `PROPTEST_CASES`, when set, decides instead.
+    fn property_cases(&self) -> u32 {
+        32
+    }
 }
 
 /// One contract test as a `#[tokio::test]` of a backend (see

@@ -5,8 +5,9 @@
 //! after any sequence of changes.
 //!
 //! Each property runs its recorded failing cases first (found on sled
-//! before the suite was parameterised), then 32 random ones, each on a
-//! fresh fixture and a paused current-thread runtime.
+//! before the suite was parameterised), then random ones (32, or as many
+//! as the fixture or `PROPTEST_CASES` says), each on a fresh fixture and a
+//! paused current-thread runtime.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -23,8 +24,9 @@ use crate::delivery::{Outcome, Schedule};
 use crate::spool::routes::Route;
 use crate::spool::{Lease, NotificationId, Routes, Spool, Stored};
 
-/// Runs `run` on the recorded cases, then on 32 of `strategy`'s, each on
-/// a fresh fixture; a failure panics with proptest's smallest failing case.
+/// Runs `run` on the recorded cases, then on [`Fixture::property_cases`]
+/// of `strategy`'s, each on a fresh fixture; a failure panics with
+/// proptest's smallest failing case.
 fn check_property<F: Fixture, S: Strategy, R: Future<Output = ()>>(
     new: impl Fn() -> F,
     recorded: Vec<S::Value>,
@@ -42,8 +44,12 @@ fn check_property<F: Fixture, S: Strategy, R: Future<Output = ()>>(
     for value in recorded {
         on_paused_runtime(value);
     }
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| new().property_cases());
     let mut runner = TestRunner::new(Config {
-        cases: 32,
+        cases,
         failure_persistence: None,
         ..Config::default()
     });

@@ -93,7 +93,7 @@ impl JetStreamSpool {
             link.names().clone(),
             index.clone(),
         ));
-        let (naks, nak_task) = Naks::start(&bridge);
+        let (naks, nak_task) = Naks::start(&bridge, link.client().clone(), index.clone());
         let outage = Arc::new(Outage::default());
         let probe_task = bridge.spawn(outage::probe(
             outage.clone(),
@@ -139,7 +139,7 @@ impl JetStreamSpool {
         // with what comes next).
         let subscriptions: Vec<String> = spool.routes.load().names().map(str::to_owned).collect();
         for subscription in subscriptions {
-            spool.consumer(&subscription).await?;
+            spool.consumers_of(&subscription).await?;
         }
         Ok(spool)
     }
@@ -275,7 +275,7 @@ impl JetStreamSpool {
     /// to them, and a new one gets its consumer first.
     pub(crate) async fn set_routes(&self, routes: Routes) -> Result<(), SpoolError> {
         for subscription in routes.names() {
-            self.consumer(subscription).await?;
+            self.consumers_of(subscription).await?;
         }
         self.routes.store(Arc::new(routes));
         self.count_orphans()

@@ -14,8 +14,11 @@
 //! |----------------------------------------|------------------------------------|
 //! | `K` source 0x00 subject 0x00 n (u64 BE) | sequence (8) ++ the check's bytes |
 //!
-//! and drops check n − 100 as it folds check n. Removing an invoice's
-//! checks with its last notification is retention's (not built here).
+//! and drops check n − 100 as it folds check n. Retention removes an
+//! invoice's checks with its last notification: the holder purges
+//! `P.x.check.{src}.{subj}.>` after the notification's removal marker, and
+//! every fold drops the invoice's `K` entries as it folds that marker
+//! (`removal.rs`).
 
 use async_nats::HeaderMap;
 use base64::Engine as _;
@@ -69,6 +72,21 @@ pub(super) fn fold_check(
     batch.insert(key(source, subject, n), value);
     if let Some(replaced) = n.checked_sub(KEPT) {
         batch.remove(key(source, subject, replaced));
+    }
+    Ok(())
+}
+
+/// Drops every check of an invoice from the index (its last
+/// notification removed).
+pub(super) fn unfold_checks(
+    db: &sled::Db,
+    batch: &mut sled::Batch,
+    source: &str,
+    subject: &str,
+) -> Result<(), SpoolError> {
+    for item in db.scan_prefix(prefix(source, subject)) {
+        let (key, _) = item.map_err(storage)?;
+        batch.remove(key);
     }
     Ok(())
 }

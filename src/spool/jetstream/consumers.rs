@@ -1,12 +1,15 @@
-//! One durable pull consumer per subscription, `P_s_{sub}`: filtered on
-//! every notification (first attempts) and on the subscription's own
-//! delivery states (retries marked `due`), explicit acks, no BackOff and
-//! no MaxDeliver (the schedule is the relay's, `docs/design/jetstream.md`
-//! §1.3). Its ack wait outlasts an attempt, so a lease is never handed to
-//! a second relay while the first still sends it; a dead relay's leases
-//! come back when it runs out. A consumer found with a shorter ack wait
-//! (made by hand, or by a relay with a smaller `ack_margin`) is set right
-//! before it is used, and refused if the server will not.
+//! Two durable pull consumers per subscription: `P_s_{sub}`, filtered on
+//! every notification (first attempts), and `P_r_{sub}`, filtered on the
+//! subscription's own delivery states (retries marked `due`). A lease
+//! fetches from the retries first, so a retry due now goes before first
+//! attempts stored earlier, as the contract has it (sled's order). Explicit
+//! acks, no BackOff and no MaxDeliver (the schedule is the relay's,
+//! `docs/design/jetstream.md` §1.3). The ack wait outlasts an attempt, so
+//! a lease is never handed to a second relay while the first still sends
+//! it; a dead relay's leases come back when it runs out. A consumer found
+//! with a shorter ack wait (made by hand, or by a relay with a smaller
+//! `ack_margin`) or another filter is set right before it is used, and
+//! refused if the server will not.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,10 +21,19 @@ use super::JetStreamSpool;
 use crate::config::JETSTREAM_LONGEST_ATTEMPT;
 use crate::spool::SpoolError;
 
+/// Which of a subscription's two consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Queue {
+    /// `P_s_{sub}`: the notifications, for first attempts.
+    FirstAttempts,
+    /// `P_r_{sub}`: the subscription's states, for retries marked `due`.
+    Retries,
+}
+
 /// The consumers this relay has made or found, by subscription.
 #[derive(Default)]
 pub(super) struct Consumers {
-    known: Mutex<HashMap<String, PullConsumer>>,
+    known: Mutex<HashMap<(String, Queue), PullConsumer>>,
 }
 
 impl JetStreamSpool {
@@ -31,19 +43,38 @@ impl JetStreamSpool {
         JETSTREAM_LONGEST_ATTEMPT + self.config.jetstream.ack_margin.0
     }
 
-    /// `subscription`'s consumer, made if it is not there (a new one
-    /// starts with what is stored from now on; a backfill brings older
-    /// notifications).
-    pub(super) async fn consumer(&self, subscription: &str) -> Result<PullConsumer, SpoolError> {
-        if let Some(found) = self.consumers.lock_known().get(subscription) {
+    /// Both of `subscription`'s consumers, made if they are not there (a
+    /// new one starts with what is stored from now on; a backfill brings
+    /// older notifications).
+    pub(super) async fn consumers_of(&self, subscription: &str) -> Result<(), SpoolError> {
+        for queue in [Queue::Retries, Queue::FirstAttempts] {
+            self.consumer(subscription, queue).await?;
+        }
+        Ok(())
+    }
+
+    /// One of `subscription`'s consumers, made if it is not there.
+    pub(super) async fn consumer(
+        &self,
+        subscription: &str,
+        queue: Queue,
+    ) -> Result<PullConsumer, SpoolError> {
+        let key = (subscription.to_owned(), queue);
+        if let Some(found) = self.consumers.lock_known().get(&key) {
             return Ok(found.clone());
         }
         let names = self.link.names();
-        let name = names.consumer(subscription);
+        let (name, filter) = match queue {
+            Queue::FirstAttempts => (names.consumer(subscription), names.notifications()),
+            Queue::Retries => (
+                names.retry_consumer(subscription),
+                names.deliveries_of(subscription),
+            ),
+        };
         let jetstream = &self.config.jetstream;
         let config = pull::Config {
             durable_name: Some(name.clone()),
-            filter_subjects: vec![names.notifications(), names.deliveries_of(subscription)],
+            filter_subjects: vec![filter],
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.ack_wait(),
             max_deliver: -1,
@@ -67,16 +98,25 @@ impl JetStreamSpool {
             .await?
             .map_err(|e| unavailable(&e))?;
         let found = made.cached_info().config.clone();
-        if found.ack_wait < config.ack_wait {
+        let mut found_filter = found.filter_subjects.clone();
+        if !found.filter_subject.is_empty() {
+            found_filter.push(found.filter_subject.clone());
+        }
+        if found.ack_wait < config.ack_wait || found_filter != config.filter_subjects {
             tracing::warn!(
                 consumer = %name,
                 found = ?found.ack_wait,
                 wanted = ?config.ack_wait,
-                "a JetStream consumer's ack wait is shorter than an attempt may last; setting it"
+                found_filter = ?found_filter,
+                "a JetStream consumer's ack wait is shorter than an attempt may last, or its \
+                 filter is not its queue's (one consumer for first attempts and retries, as an \
+                 earlier build made it); setting them"
             );
             // Everything else as found (a pause set on the server stays).
             let fixed = pull::Config {
-                ack_wait: config.ack_wait,
+                ack_wait: config.ack_wait.max(found.ack_wait),
+                filter_subject: String::new(),
+                filter_subjects: config.filter_subjects.clone(),
                 ..pull::Config::try_from_consumer_config(found).map_err(|e| unavailable(&e))?
             };
             made = self
@@ -102,15 +142,13 @@ impl JetStreamSpool {
                 ),
             });
         }
-        self.consumers
-            .lock_known()
-            .insert(subscription.to_owned(), made.clone());
+        self.consumers.lock_known().insert(key, made.clone());
         Ok(made)
     }
 }
 
 impl Consumers {
-    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<String, PullConsumer>> {
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Queue), PullConsumer>> {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

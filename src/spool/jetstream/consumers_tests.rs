@@ -54,7 +54,12 @@ async fn a_consumer_with_an_ack_wait_shorter_than_an_attempt_is_lengthened_at_op
     let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer(&name).await.unwrap();
     let info = consumer.info().await.unwrap();
     assert_eq!(info.config.ack_wait, wanted);
-    assert_eq!(info.config.filter_subjects.len(), 2, "the rest as it was");
+    let names = Names::new(&fixture.config_for("a").jetstream.prefix);
+    assert_eq!(
+        info.config.filter_subjects,
+        [names.notifications()],
+        "the rest as it was"
+    );
     b.close().await.unwrap();
 }
 
@@ -88,5 +93,39 @@ async fn a_pause_pauses_the_consumer_on_the_server_and_the_flag_wins_at_open() {
         .unwrap();
     assert!(!paused_on_server().await);
     assert!(b.is_paused("gone"));
+    b.close().await.unwrap();
+}
+
+/// An earlier build made one consumer for first attempts and retries; the
+/// retries have a consumer of their own now, so the old one would hand out
+/// a `due` state the retry consumer hands out too: its filter is set to
+/// first attempts only at open.
+#[tokio::test]
+async fn a_consumer_that_also_takes_retries_is_set_to_first_attempts_at_open() {
+    if skip_without_nats() {
+        return;
+    }
+    let (fixture, a, stream, name) = opened().await;
+    a.close().await.unwrap();
+    let names = Names::new(&fixture.config_for("a").jetstream.prefix);
+    let consumer: jetstream::consumer::PullConsumer = stream.get_consumer(&name).await.unwrap();
+    let both = pull::Config {
+        filter_subjects: vec![names.notifications(), names.deliveries_of("erp")],
+        ..pull::Config::try_from_consumer_config(consumer.cached_info().config.clone()).unwrap()
+    };
+    stream.update_consumer(both).await.unwrap();
+
+    let b = fixture
+        .open_relay("b", routes(&["erp"]), Clock::system())
+        .await
+        .unwrap();
+    let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer(&name).await.unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.config.filter_subjects, [names.notifications()]);
+    let retries = names.retry_consumer("erp");
+    let mut retries: jetstream::consumer::PullConsumer =
+        stream.get_consumer(&retries).await.unwrap();
+    let info = retries.info().await.unwrap();
+    assert_eq!(info.config.filter_subjects, [names.deliveries_of("erp")]);
     b.close().await.unwrap();
 }

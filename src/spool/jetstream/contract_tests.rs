@@ -7,11 +7,9 @@
 //! `REQUIRE_NATS=1` (see `test_server`).
 //!
 //! The fixture's recount is a refold: a relay with a new index folds the
-//! stream from its start (`docs/design/jetstream.md`, Fixture).
-//!
-//! The contract tests the backend passes so far are listed one by one
-//! (`docs/design/jetstream.md`, steps 2 to 8); step 8 replaces the list
-//! with the whole suite.
+//! stream from its start (`docs/design/jetstream.md`, Fixture); its check
+//! is `spool check`'s (`check.rs`); its crash drops the client without
+//! draining (nats-server keeps running). The whole suite runs, unchanged.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,29 +112,17 @@ impl Fixture for JetStreamFixture {
         }
     }
 
-    /// As far as step 7 goes: the stream walked into a scratch index (a
-    /// relay opened on no routes, folding from the start), the orphans
-    /// counted in it against no configured subscription, as sled's check
-    /// counts them, and the audit records it holds. The rest of `spool check` is step 8's.
+    /// `spool check` (`check.rs`): the stream folded into a scratch
+    /// index and walked with its bodies.
     async fn check(&self) -> Result<CheckReport, SpoolError> {
-        let scratch = self.index.path().join("check");
-        let _ = std::fs::remove_dir_all(&scratch);
-        let config = self.config_for("check");
-        let none = Routes::default();
-        let backend = JetStreamSpool::open(&config, none.clone(), Clock::following_tokio()).await?;
-        let orphans = backend.orphans_against(&none);
-        let audit_records = backend
-            .index
-            .audit_log(None, usize::MAX)
-            .map(|all| all.len());
-        let closed = backend.close().await;
-        let _ = std::fs::remove_dir_all(&scratch);
-        closed?;
-        Ok(CheckReport {
-            orphans: orphans?,
-            audit_records: u64::try_from(audit_records?).unwrap_or(u64::MAX),
-            ..CheckReport::default()
-        })
+        JetStreamSpool::check(&self.config_for("index"), Clock::following_tokio()).await
+    }
+
+    /// Every call is a round trip (through the bridge, under the paused
+    /// clock): 8 random cases keep the properties to seconds. A deeper run
+    /// sets `PROPTEST_CASES`.
+    fn property_cases(&self) -> u32 {
+        8
     }
 
     /// A refold: one more relay, with an index of its own made for this
@@ -185,84 +171,4 @@ impl Drop for JetStreamFixture {
     }
 }
 
-macro_rules! turned_on {
-    ($($theme:ident :: $name:ident $(, $kind:ident)?);* $(;)?) => {
-        $(
-            crate::spool::contract::contract_test!(
-                JetStreamFixture::new(),
-                unless = skip_without_nats(),
-                $theme::$name $(, $kind)?
-            );
-        )*
-    };
-}
-
-// Step 2: store, quarantine, the index, reads.
-turned_on! {
-    store::quarantine_keeps_the_raw_body_and_reason;
-    store::a_closed_spool_refuses_writes_and_probes;
-}
-
-// Step 3: leases and outcomes.
-turned_on! {
-    store::stores_once_per_dedup_key_within_the_window_and_fans_out_inside;
-    store::first_attempts_come_in_order_and_retries_when_due, paused;
-    store::a_lease_dropped_without_an_outcome_is_due_again_and_a_completed_one_is_not, paused;
-    store::a_lease_let_go_of_wakes_a_waiting_lease, paused;
-    store::an_idle_lease_wakes_as_soon_as_a_store_is_durable;
-    store::deliveries_and_outcomes_survive_reopening;
-    store::the_role_handles_store_lease_and_complete_as_the_spool_does;
-}
-
-// Step 4 (first part): pause and resume, as the index folds them.
-turned_on! {
-    store::a_paused_subscription_is_leased_nothing_until_resumed_even_across_a_reopen;
-}
-
-// Step 6: replay, purge and orphans (those that read no counts nor need
-// retention).
-turned_on! {
-    replay::a_replay_brings_a_dead_delivery_back_with_its_history, paused;
-    replay::a_removed_subscription_s_deliveries_are_reported_as_orphans;
-    replay::orphans_can_be_purged;
-}
-
-// Step 5: counts kept by the fold (the audit log and API subscriptions
-// have tests of their own, `counts_tests.rs`: the contract's audit test
-// needs retention, step 7).
-turned_on! {
-    counts::a_store_counts_one_waiting_delivery_per_subscription_and_a_duplicate_none;
-    counts::each_source_counts_what_it_stored_and_quarantined_and_a_release_moves_one;
-}
-
-// Steps 5 and 6 together: the moves' counts.
-turned_on! {
-    counts::outcomes_and_replays_move_deliveries_between_states, paused;
-    counts::purged_orphans_are_counted_purged;
-    counts::an_outcome_recorded_after_its_orphan_was_purged_moves_it_from_purged, paused;
-}
-
-// Step 7 (retention): `maintain` on the holder of the retention duty.
-// Off: `replay::retention_removes_what_is_over_and_keeps_the_rest` and
-// `counts::retention_takes_the_counts_of_what_it_removes` fail before
-// their retention, on the lease's order: a retry woken at 11 s is handed
-// out after a first attempt stored before it (stream order), where sled
-// hands out the retry first.
-turned_on! {
-    replay::dead_retention_lets_dead_deliveries_go_too, paused;
-    counts::audit_records_are_durable_paged_newest_first_and_retained_like_quarantine, paused;
-    replay::orphans_can_be_given_to_another_subscription_and_are_then_delivered, paused;
-    counts::orphans_given_to_another_subscription_are_purged_there_and_wait_here, paused;
-}
-
-// Step 7 (invoices): the invoice index, stuck marks and reconcile checks
-// (those that need no retention: `maintain` is step 7's other part).
-turned_on! {
-    invoices::an_invoice_keeps_its_timeline_resends_and_a_final_status;
-    invoices::two_notifications_of_one_invoice_in_one_group_see_each_other;
-    invoices::only_queued_notifications_wait_in_time_order_and_are_read_from_a_point;
-    invoices::the_stuck_marks_are_kept_across_a_reopen_and_removed_when_unmarked;
-    reconcile::checks_are_kept_oldest_first_across_a_crash_and_need_their_invoice;
-    reconcile::an_invoice_keeps_its_last_100_checks;
-    reconcile::a_reconciled_state_is_stored_once_and_the_provider_s_webhook_of_it_is_a_resend;
-}
+crate::spool::contract::contract_tests!(JetStreamFixture::new(), unless = skip_without_nats());

@@ -85,7 +85,7 @@ impl JetStreamSpool {
     pub(crate) async fn import_subscription(&self, bytes: &[u8]) -> Result<Imported, SpoolError> {
         self.open_for_writes()?;
         let subscription = subscriptions::decode(bytes)?;
-        self.consumer(&subscription.name).await?;
+        self.consumers_of(&subscription.name).await?;
         let subject = self.link.names().api_subscription(&subscription.name);
         let meta = json(&subscription)?;
         let published = self

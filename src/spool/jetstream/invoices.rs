@@ -241,6 +241,49 @@ pub(super) fn fold_resend(
     Ok(())
 }
 
+/// Retention removes notification `id` (its removal marker folded in):
+/// its timeline entry and its wait, as sled's retention removes them (the
+/// entries after it keep what was decided with it). The invoice, when
+/// this was its last notification: its checks go with it (`checks.rs`).
+pub(super) fn unfold_invoice(
+    db: &sled::Db,
+    batch: &mut sled::Batch,
+    id: NotificationId,
+    meta: &NotificationMeta,
+) -> Result<Option<InvoiceRef>, SpoolError> {
+    let Some(invoice) = InvoiceRef::of(&meta.source, meta.subject.as_deref(), meta.status) else {
+        return Ok(None);
+    };
+    let (source, subject) = (invoice.source.as_str(), invoice.subject.as_str());
+    let removed = entry_key(source, subject, id);
+    batch.remove(removed.clone());
+    batch.remove(queued_key(source, id));
+    for item in db.scan_prefix(timeline_prefix(source, subject)) {
+        let (key, _) = item.map_err(storage)?;
+        if *key != *removed {
+            return Ok(None);
+        }
+    }
+    Ok(Some(invoice))
+}
+
+/// The ids in an invoice's timeline, newest first.
+pub(super) fn timeline_ids(
+    db: &sled::Db,
+    source: &str,
+    subject: &str,
+) -> Result<Vec<NotificationId>, SpoolError> {
+    let prefix = timeline_prefix(source, subject);
+    let mut out = Vec::new();
+    for item in db.scan_prefix(&prefix) {
+        let (key, _) = item.map_err(storage)?;
+        if let Some(id) = key.get(prefix.len()..).and_then(id_of_inverted) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

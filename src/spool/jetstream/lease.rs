@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::bridge::Bridge;
+use super::consumers::Queue;
 use super::deliveries::Mark;
 use super::index::{Family, Index};
 use super::subjects::{token, Kind, LEASE, META};
@@ -91,10 +92,12 @@ impl Drop for JetStreamLease {
     fn drop(&mut self) {
         self.keepalive.abort();
         if !self.done.swap(true, Ordering::AcqRel) {
-            if let Some(acker) = self.acker.take() {
-                self.naks.give_back(acker);
+            // The journal keeps the lease until its nak is out: a crash
+            // before that gives it back at the next open.
+            match self.acker.take() {
+                Some(acker) => self.naks.give_back(acker, self.ack_subject.take()),
+                None => self.forget(),
             }
-            self.forget();
         }
     }
 }
@@ -107,9 +110,12 @@ struct Leased {
     expected: u64,
 }
 
+/// A lease given back: its acker, and its ack subject in the journal.
+type GivenBack = (Arc<Acker>, Option<String>);
+
 /// The leases given back without an outcome, nak'd in order by one task.
 pub(super) struct Naks {
-    send: mpsc::UnboundedSender<Arc<Acker>>,
+    send: mpsc::UnboundedSender<GivenBack>,
     /// How many were given back; a waiting lease hears each at once.
     queued: watch::Sender<u64>,
     /// How many of them are on the wire.
@@ -117,16 +123,37 @@ pub(super) struct Naks {
 }
 
 impl Naks {
-    pub(super) fn start(bridge: &Bridge) -> (Arc<Naks>, JoinHandle<()>) {
-        let (send, mut given) = mpsc::unbounded_channel::<Arc<Acker>>();
+    pub(super) fn start(
+        bridge: &Bridge,
+        client: async_nats::Client,
+        index: Arc<Index>,
+    ) -> (Arc<Naks>, JoinHandle<()>) {
+        let (send, mut given) = mpsc::unbounded_channel::<GivenBack>();
         let sent = Arc::new(watch::Sender::new(0u64));
         let counted = sent.clone();
         let task = bridge.spawn(async move {
-            while let Some(acker) = given.recv().await {
-                if let Err(err) = acker.ack_with(AckKind::Nak(None)).await {
-                    tracing::debug!(error = %err, "a lease given back could not be nak'd; it comes back after the ack wait");
+            let mut batch = Vec::new();
+            // All given back so far, nak'd, then one flush for them: only
+            // then are they out of the journal.
+            while given.recv_many(&mut batch, 256).await > 0 {
+                let taken = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+                let mut naked = Vec::new();
+                for (acker, ack_subject) in batch.drain(..) {
+                    match acker.ack_with(AckKind::Nak(None)).await {
+                        Ok(()) => naked.extend(ack_subject),
+                        Err(err) => tracing::debug!(error = %err, "a lease given back could not be nak'd; it comes back at the next open or after the ack wait"),
+                    }
                 }
-                counted.send_modify(|n| *n += 1);
+                let sent = naked.len();
+                match client.flush().await {
+                    Ok(()) => {
+                        for subject in naked {
+                            let _ = index.journal_done(&subject);
+                        }
+                    }
+                    Err(err) => tracing::debug!(error = %err, leases = sent, "the naks of leases given back may not have gone out; the journal keeps them for the next open"),
+                }
+                counted.send_modify(|n| *n += taken);
             }
         });
         let naks = Naks {
@@ -137,8 +164,8 @@ impl Naks {
         (Arc::new(naks), task)
     }
 
-    fn give_back(&self, acker: Arc<Acker>) {
-        if self.send.send(acker).is_ok() {
+    fn give_back(&self, acker: Arc<Acker>, ack_subject: Option<String>) {
+        if self.send.send((acker, ack_subject)).is_ok() {
             self.queued.send_modify(|n| *n += 1);
         }
     }
@@ -198,23 +225,30 @@ impl JetStreamSpool {
         }
     }
 
-    /// Up to `max` leases of what the consumer has now (no wait): a skip
-    /// takes a place in a fetch, so a fetch that held skips is followed by
-    /// another for the places they took, until the consumer has no more.
+    /// Up to `max` leases of what the consumers have now (no wait): the
+    /// retries due first, then first attempts. A skip takes a place in a
+    /// fetch, so a fetch that held skips is followed by another for the
+    /// places they took, until the consumer has no more.
     async fn fetch_leases(
         &self,
         subscription: &str,
         max: usize,
     ) -> Result<Vec<JetStreamLease>, SpoolError> {
         let mut leases = Vec::new();
-        loop {
-            let want = max - leases.len();
-            let (got, fetched) = self.fetch_once(subscription, want).await?;
-            leases.extend(got);
-            if leases.len() >= max || fetched < want {
-                return Ok(leases);
+        for queue in [Queue::Retries, Queue::FirstAttempts] {
+            loop {
+                let want = max - leases.len();
+                if want == 0 {
+                    return Ok(leases);
+                }
+                let (got, fetched) = self.fetch_once(subscription, queue, want).await?;
+                leases.extend(got);
+                if fetched < want {
+                    break;
+                }
             }
         }
+        Ok(leases)
     }
 
     /// One fetch of up to `max` messages (no wait), sorted into leases and
@@ -222,9 +256,10 @@ impl JetStreamSpool {
     async fn fetch_once(
         &self,
         subscription: &str,
+        queue: Queue,
         max: usize,
     ) -> Result<(Vec<JetStreamLease>, usize), SpoolError> {
-        let consumer = self.consumer(subscription).await?;
+        let consumer = self.consumer(subscription, queue).await?;
         // A fetch sent while the connection was down may never be
         // answered: bounded, so the forwarder hears of it and asks again.
         let within = self.config.jetstream.request_timeout.0;
@@ -268,7 +303,7 @@ impl JetStreamSpool {
         // servers would hold it for the whole ack wait.
         if let Err(err) = self.caught_up(top).await {
             for (.., acker) in held {
-                self.naks.give_back(acker);
+                self.naks.give_back(acker, None);
             }
             return Err(err);
         }
@@ -282,10 +317,10 @@ impl JetStreamSpool {
                 Err(err) => {
                     // The leases made so far give themselves back as they drop.
                     for acker in skips.into_iter().chain([acker]) {
-                        self.naks.give_back(acker);
+                        self.naks.give_back(acker, None);
                     }
                     for (.., acker) in rest {
-                        self.naks.give_back(acker);
+                        self.naks.give_back(acker, None);
                     }
                     return Err(err);
                 }

@@ -11,9 +11,10 @@
 //! backfill and orphans (`states.rs` and its users, step 6); retention
 //! under a duty lock (`retention.rs`, `duty.rs`, `removal.rs`), the invoice
 //! index (`invoices.rs`, `invoice_reads.rs`), the stuck marks (`stuck.rs`)
-//! and reconcile checks (`checks.rs`) of step 7; of step 12, another
-//! spool's records written under their ids (`import.rs`, for `spool
-//! migrate`) and the backup walked from the stream (`backup.rs`). The calls not built yet
+//! and reconcile checks (`checks.rs`) of step 7; `spool check` on the
+//! stream (`check.rs`) of step 8; of step 12, another spool's records
+//! written under their ids (`import.rs`, for `spool migrate`) and the
+//! backup walked from the stream (`backup.rs`). The calls not built yet
 //! answer `Unsupported` (`pending.rs`), so the relay refuses to serve on
 //! it and only its tests open it.
 //!
@@ -29,6 +30,9 @@ mod audit_tests;
 mod backend;
 mod backup;
 mod bridge;
+mod check;
+#[cfg(test)]
+mod check_tests;
 mod checks;
 #[cfg(test)]
 mod cluster_tests;

@@ -57,7 +57,6 @@ impl JetStreamSpool {
 
     /// The deliveries waiting for a subscription `routes` does not have,
     /// by subscription, as the index holds them now.
-    #[cfg(test)]
     pub(crate) fn orphans_against(
         &self,
         routes: &Routes,

@@ -96,14 +96,24 @@ impl JetStreamSpool {
         self.pause_on_server(subscription, paused).await
     }
 
-    /// Pauses or resumes `subscription`'s consumer on the server, as its
-    /// flag says; nothing when it has no consumer.
+    /// Pauses or resumes `subscription`'s consumers on the server, as its
+    /// flag says; nothing for a consumer it does not have.
     pub(super) async fn pause_on_server(
         &self,
         subscription: &str,
         paused: bool,
     ) -> Result<(), SpoolError> {
-        let name = self.link.names().consumer(subscription);
+        let names = self.link.names();
+        for name in [
+            names.consumer(subscription),
+            names.retry_consumer(subscription),
+        ] {
+            self.pause_consumer_on_server(name, paused).await?;
+        }
+        Ok(())
+    }
+
+    async fn pause_consumer_on_server(&self, name: String, paused: bool) -> Result<(), SpoolError> {
         let stream = self.stream.clone();
         let answer = self
             .bridge

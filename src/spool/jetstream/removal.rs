@@ -5,7 +5,9 @@
 //! relay that folds after the purge (the purge leaves the marker):
 //! - `P.r.{id}`: a notification, with its delivery states, due entries
 //!   and first attempts still to make (one per subscription it has any
-//!   of); its counts go as `Tally::removed_notification` takes them;
+//!   of), its invoice timeline entry and wait, and its invoice's checks
+//!   when it was the invoice's last notification; its counts go as
+//!   `Tally::removed_notification` takes them;
 //! - `P.r.q.{id}`: a quarantined body (folded as its tombstone is);
 //! - `P.r.a.{auditid}`: an audit record.
 //!
@@ -14,8 +16,10 @@
 //! `index_max_offline` needs `allow_msg_ttl` on the stream, not set yet).
 
 use super::audit::unfold_audit;
+use super::checks::unfold_checks;
 use super::deliveries::{decode_state, due_bytes, keyed, prefix, FIRST, STATE, WAITING};
 use super::index::{record_key, storage, Family};
+use super::invoices::unfold_invoice;
 use super::states::subscriptions_in;
 use super::subjects::{name_of, token, Removed};
 use super::Names;
@@ -81,6 +85,9 @@ fn remove_notification(
     let meta: NotificationMeta = serde_json::from_slice(value.get(8..).unwrap_or_default())
         .map_err(|e| SpoolError::Corrupt(format!("the metadata of {id}: {e}")))?;
     batch.remove(&key);
+    if let Some(gone) = unfold_invoice(db, batch, id, &meta)? {
+        unfold_checks(db, batch, &gone.source, &gone.subject)?;
+    }
     let mut subs: Vec<String> = meta.subscriptions.iter().map(|s| token(s)).collect();
     for sub in subscriptions_in(db, STATE)? {
         if !subs.contains(&sub) {

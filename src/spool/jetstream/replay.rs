@@ -117,7 +117,7 @@ impl JetStreamSpool {
         self.open_for_writes()?;
         // A consumer made after the states were written would start past
         // them: it is there first.
-        self.consumer(subscription).await?;
+        self.consumers_of(subscription).await?;
         self.sync().await?;
         let ids: BTreeSet<NotificationId> = ids.into_iter().collect();
         let mut added = 0;

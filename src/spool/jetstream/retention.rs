@@ -12,7 +12,8 @@
 //! relay's fold drops it from its index and takes its counts), then purges
 //! of its subjects: a notification's `P.n.{src}.{kh}.{id}` (a later copy
 //! that took over its dedup key is on another subject and stays),
-//! `P.d.*.{id}` and `P.e.{id}.>`; a quarantined body's `P.q.*.{id}`; an
+//! `P.d.*.{id}` and `P.e.{id}.>`, and with an invoice's last notification
+//! its checks `P.x.check.{src}.{subj}.>`; a quarantined body's `P.q.*.{id}`; an
 //! audit record's `P.a.{auditid}`. At most [`SLICE`] of each kind per call,
 //! and none once the lease's time is up. The answer waits for this
 //! relay's index to fold the markers, so its counts show the removals.
@@ -20,8 +21,14 @@
 //! A delivery's state written between the selection and the marker (a
 //! replay of a dead one by another relay) goes with the notification: the
 //! selection reads the states from the stream just before the marker, so
-//! that window is one round trip wide.
+//! that window is one round trip wide. So is an invoice's: a notification
+//! of it stored in that window keeps the invoice in every index, while its
+//! checks are purged from the stream (each index keeps them until a refold).
+//! A check recorded between the marker and the purge (it needs the
+//! invoice in the recording relay's index, which folds the marker soon
+//! after) is the same kind of stray.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -29,10 +36,12 @@ use bytes::Bytes;
 
 use super::duty::RETENTION;
 use super::index::Family;
+use super::invoices::timeline_ids;
 use super::store::{publish, Published};
 use super::subjects::Removed;
 use super::JetStreamSpool;
 use crate::delivery::State;
+use crate::spool::invoices::InvoiceRef;
 use crate::spool::standing::Standing;
 use crate::spool::{AuditId, Maintained, NotificationId, NotificationMeta, SpoolError};
 
@@ -54,6 +63,8 @@ impl JetStreamSpool {
             .map(|d| now.saturating_sub(millis(d.0)));
         let mut done = Maintained::default();
         let mut top = 0;
+        // Removed by this call, not yet folded here.
+        let mut removed = BTreeSet::new();
         for id in self.old_notifications(cutoff, dead_cutoff)? {
             if !hold.live() {
                 break;
@@ -62,7 +73,8 @@ impl JetStreamSpool {
                 continue;
             };
             if over {
-                top = top.max(self.remove_notification(id, &meta).await?);
+                top = top.max(self.remove_notification(id, &meta, &removed).await?);
+                removed.insert(id);
                 done.notifications += 1;
             }
         }
@@ -166,17 +178,31 @@ impl JetStreamSpool {
         Ok(Some((meta, over)))
     }
 
+    /// Removes `id`; with its invoice's checks when the index holds no
+    /// other notification of the invoice (`removed`: those this call
+    /// removed already, which the index may still hold).
     async fn remove_notification(
         &self,
         id: NotificationId,
         meta: &NotificationMeta,
+        removed: &BTreeSet<NotificationId>,
     ) -> Result<u64, SpoolError> {
         let names = self.link.names();
-        let subjects = [
+        let mut subjects = vec![
             names.notification(&meta.source, &meta.dedup_key, id),
             names.deliveries_of_id(id),
             names.resends_of(id),
         ];
+        if let Some(invoice) = InvoiceRef::of(&meta.source, meta.subject.as_deref(), meta.status) {
+            let db = self.index.db()?;
+            let timeline = timeline_ids(&db, &invoice.source, &invoice.subject)?;
+            if timeline
+                .iter()
+                .all(|other| *other == id || removed.contains(other))
+            {
+                subjects.push(names.checks_of(&invoice.source, &invoice.subject));
+            }
+        }
         self.remove(Removed::Notification(id), &subjects).await
     }
 

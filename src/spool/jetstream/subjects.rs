@@ -163,9 +163,24 @@ impl Names {
         )
     }
 
-    /// The durable consumer of one subscription: `P_s_{sub}`.
+    /// Every reconcile check of an invoice: `P.x.check.{src}.{subj}.>`.
+    pub(super) fn checks_of(&self, source: &str, subject: &str) -> String {
+        format!(
+            "{}.x.check.{}.{}.>",
+            self.prefix,
+            token(source),
+            token(subject)
+        )
+    }
+
+    /// The durable consumer of one subscription's first attempts: `P_s_{sub}`.
     pub(super) fn consumer(&self, subscription: &str) -> String {
         format!("{}_s_{}", self.prefix, token(subscription))
+    }
+
+    /// The durable consumer of one subscription's retries: `P_r_{sub}`.
+    pub(super) fn retry_consumer(&self, subscription: &str) -> String {
+        format!("{}_r_{}", self.prefix, token(subscription))
     }
 
     /// What a subject of this spool holds, for the fold.
