@@ -51,7 +51,15 @@ async fn stores_fail_while_nats_is_down_and_go_on_by_themselves_when_it_returns(
         "the refusal took {:?}",
         started.elapsed()
     );
-    assert!(!spool.alive(Duration::from_secs(1)).await);
+    // Not writable, and why; yet the relay's own part is alive, so a
+    // watchdog does not restart every relay for an outage of NATS.
+    let health = spool.health();
+    assert!(!health.writable, "{health:?}");
+    assert!(
+        health.condition.as_deref().unwrap_or("").contains("JetStream"),
+        "{health:?}"
+    );
+    assert!(spool.alive(Duration::from_secs(1)).await);
 
     nats.restart(0);
     // As a provider does: post again until taken (a bounded wait).
@@ -65,6 +73,7 @@ async fn stores_fail_while_nats_is_down_and_go_on_by_themselves_when_it_returns(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(spool.alive(Duration::from_secs(5)).await);
+    assert!(spool.health().writable, "{:?}", spool.health());
     assert_eq!(
         spool.store(received(at), notification("a")).await.unwrap(),
         Stored::Duplicate(before),
