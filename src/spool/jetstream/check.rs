@@ -80,7 +80,9 @@ impl JetStreamSpool {
         let none = Routes::default();
         let backend = JetStreamSpool::open(&scratch_config, none.clone(), clock).await?;
         let walked = backend.walk_the_stream().await;
-        let orphans = backend.orphans_against(&none);
+        // The API's subscriptions (routes from open) are no orphans; the
+        // CLI leaves out the configured ones, as on sled.
+        let orphans = backend.orphans_against(&backend.routes.load());
         let audit_records = backend
             .index
             .audit_log(None, usize::MAX)
