@@ -237,6 +237,15 @@ impl Spool {
         &self,
         subscriptions: Vec<String>,
     ) -> Vec<(String, Option<i64>)> {
+        if let Backend::Jetstream(b) = &self.backend {
+            return subscriptions
+                .into_iter()
+                .map(|name| {
+                    let at = b.oldest_waiting_ms(&name).ok().flatten();
+                    (name, at)
+                })
+                .collect();
+        }
         let names = subscriptions.clone();
         let read = self.read("read the oldest waiting", move |b| {
             Ok(names

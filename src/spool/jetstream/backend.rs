@@ -1,8 +1,7 @@
 //! The JetStream backend as the spool's `Backend::Jetstream` holds it: the
 //! provisioned connection, the local index and the fold that feeds it,
 //! the routes a store fans out to, and its life (open, close, crash).
-//! Writes are in `store.rs`, reads in `reads.rs`, what is not built yet in
-//! `pending.rs`; the audit log in `audit.rs`, API subscriptions in
+//! Writes are in `store.rs`, reads in `reads.rs`; the audit log in `audit.rs`, API subscriptions in
 //! `api_subscriptions.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -353,6 +352,10 @@ impl JetStreamSpool {
         self.stop_fold();
         let _ = self.index.close(false);
     }
+
+    /// sled's test hook; JetStream has no batches of its own to fail.
+    #[cfg(test)]
+    pub(crate) fn fail_next_batch(&self) {}
 
     fn stop_fold(&self) {
         for task in [&self.fold, &self.nak_task, &self.probe_task] {

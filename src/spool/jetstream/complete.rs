@@ -141,6 +141,10 @@ impl JetStreamSpool {
         self.index.next_due_ms(subscription)
     }
 
+    pub(crate) fn oldest_waiting_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
+        self.index.oldest_waiting_ms(subscription)
+    }
+
     /// A write's mark of its own: `{relay}.{n}`.
     pub(super) fn next_write(&self) -> String {
         let n = self.writes.fetch_add(1, Ordering::Relaxed);

@@ -273,4 +273,35 @@ impl Index {
             (a, b) => a.or(b),
         })
     }
+
+    /// When `subscription`'s oldest delivery not yet final was received,
+    /// as far as two seeks tell (as sled's answer): its oldest first
+    /// attempt not made (exact), and its state due soonest (retries of one
+    /// schedule come due in about the order their notifications came).
+    pub(super) fn oldest_waiting_ms(&self, subscription: &str) -> Result<Option<i64>, SpoolError> {
+        let db = self.db()?;
+        let sub = token(subscription);
+        let due_soonest = match db.scan_prefix(prefix(WAITING, &sub)).next() {
+            Some(item) => {
+                let (key, _) = item.map_err(storage)?;
+                let at = prefix(WAITING, &sub).len() + 8;
+                key.get(at..at + 16)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .and_then(|b| NotificationId::from_bytes(&b))
+                    .map(|id| id.ms())
+            }
+            None => None,
+        };
+        let first = match db.scan_prefix(prefix(FIRST, &sub)).next() {
+            Some(item) => {
+                let (_, value) = item.map_err(storage)?;
+                value.as_ref().try_into().ok().map(i64::from_be_bytes)
+            }
+            None => None,
+        };
+        Ok(match (due_soonest, first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
 }

@@ -56,7 +56,11 @@ async fn stores_fail_while_nats_is_down_and_go_on_by_themselves_when_it_returns(
     let health = spool.health();
     assert!(!health.writable, "{health:?}");
     assert!(
-        health.condition.as_deref().unwrap_or("").contains("JetStream"),
+        health
+            .condition
+            .as_deref()
+            .unwrap_or("")
+            .contains("JetStream"),
         "{health:?}"
     );
     assert!(spool.alive(Duration::from_secs(1)).await);

@@ -14,9 +14,10 @@
 //! and reconcile checks (`checks.rs`) of step 7; `spool check` on the
 //! stream (`check.rs`) of step 8; of step 12, another spool's records
 //! written under their ids (`import.rs`, for `spool migrate`) and the
-//! backup walked from the stream (`backup.rs`). The calls not built yet
-//! answer `Unsupported` (`pending.rs`), so the relay refuses to serve on
-//! it and only its tests open it.
+//! backup walked from the stream (`backup.rs`); of steps 9 and 10, the
+//! relay serving on it: whether the servers acknowledge now (`outage.rs`),
+//! a superseded notification judged at its first lease (`superseded.rs`),
+//! API subscription changes told to the relay (`api_subscriptions.rs`).
 //!
 //! Names: with `P` the configured prefix, the stream `P_spool` holds every
 //! subject `P.>` (one copy per subject, direct gets on), the KV bucket
@@ -79,7 +80,6 @@ mod moves_tests;
 mod orphans;
 mod outage;
 mod pause;
-mod pending;
 mod provision;
 mod purge;
 mod reads;
