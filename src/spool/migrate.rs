@@ -335,7 +335,7 @@ async fn verify(
 ) -> Result<Migrated, MigrateError> {
     target.settle().await.map_err(MigrateError::Jetstream)?;
     let (want, got) = (sled.counts(), target.counts());
-    let mut differ = counts_differ(&want, &got);
+    let mut differ = want.differences(&got, ["sled", "JetStream"]);
     let audit = target
         .audit_count()
         .await
@@ -373,61 +373,4 @@ async fn verify(
         audit_records: audit,
         api_subscriptions: u64::try_from(jetstream_api.len()).unwrap_or(u64::MAX),
     })
-}
-
-/// Each count that differs, named.
-fn counts_differ(sled: &Counts, jetstream: &Counts) -> Vec<String> {
-    let mut differ = Vec::new();
-    if sled.notifications != jetstream.notifications {
-        differ.push(format!(
-            "notifications: sled {}, JetStream {}",
-            sled.notifications, jetstream.notifications
-        ));
-    }
-    if sled.quarantined != jetstream.quarantined {
-        differ.push(format!(
-            "quarantined: sled {}, JetStream {}",
-            sled.quarantined, jetstream.quarantined
-        ));
-    }
-    let names: BTreeSet<&String> = sled
-        .subscriptions
-        .keys()
-        .chain(jetstream.subscriptions.keys())
-        .collect();
-    for name in names {
-        let (a, b) = (
-            sled.subscriptions.get(name).cloned().unwrap_or_default(),
-            jetstream
-                .subscriptions
-                .get(name)
-                .cloned()
-                .unwrap_or_default(),
-        );
-        if a != b {
-            differ.push(format!(
-                "subscription {name:?}: sled {} waiting, {} delivered, {} dead, {} purged; \
-                 JetStream {} waiting, {} delivered, {} dead, {} purged",
-                a.waiting, a.delivered, a.dead, a.purged, b.waiting, b.delivered, b.dead, b.purged
-            ));
-        }
-    }
-    let sources: BTreeSet<&String> = sled
-        .sources
-        .keys()
-        .chain(jetstream.sources.keys())
-        .collect();
-    for name in sources {
-        let (a, b) = (
-            sled.sources.get(name).cloned().unwrap_or_default(),
-            jetstream.sources.get(name).cloned().unwrap_or_default(),
-        );
-        if a != b {
-            differ.push(format!(
-                "source {name:?}: sled {} stored, {} quarantined; JetStream {} stored, {} quarantined",
-                a.stored, a.quarantined, b.stored, b.quarantined
-            ));
-        }
-    }
-    differ
 }

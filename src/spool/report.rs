@@ -96,6 +96,51 @@ pub struct Counts {
     pub sources: BTreeMap<String, SourceCounts>,
 }
 
+impl Counts {
+    /// Each count that differs from `other`'s, in words, `names` saying
+    /// whose is whose (`["kept", "counted"]`, `["sled", "JetStream"]`).
+    pub fn differences(&self, other: &Counts, names: [&str; 2]) -> Vec<String> {
+        let [a_is, b_is] = names;
+        let mut differ = Vec::new();
+        for (what, a, b) in [
+            ("notifications", self.notifications, other.notifications),
+            ("quarantined", self.quarantined, other.quarantined),
+        ] {
+            if a != b {
+                differ.push(format!("{what} {a_is} {a} {b_is} {b}"));
+            }
+        }
+        let names: std::collections::BTreeSet<&String> = self
+            .subscriptions
+            .keys()
+            .chain(other.subscriptions.keys())
+            .collect();
+        for name in names {
+            let a = self.subscriptions.get(name).cloned().unwrap_or_default();
+            let b = other.subscriptions.get(name).cloned().unwrap_or_default();
+            if a != b {
+                differ.push(format!(
+                    "{name:?} {a_is} {}/{}/{}/{} {b_is} {}/{}/{}/{} (waiting/dead/delivered/purged)",
+                    a.waiting, a.dead, a.delivered, a.purged, b.waiting, b.dead, b.delivered, b.purged
+                ));
+            }
+        }
+        let sources: std::collections::BTreeSet<&String> =
+            self.sources.keys().chain(other.sources.keys()).collect();
+        for name in sources {
+            let a = self.sources.get(name).cloned().unwrap_or_default();
+            let b = other.sources.get(name).cloned().unwrap_or_default();
+            if a != b {
+                differ.push(format!(
+                    "source {name:?} {a_is} {}/{} {b_is} {}/{} (stored/quarantined)",
+                    a.stored, a.quarantined, b.stored, b.quarantined
+                ));
+            }
+        }
+        differ
+    }
+}
+
 /// One thing [`Spool::check`] found wrong. Its text (`Display`) is the
 /// line `spool check` prints.
 #[derive(Debug, Clone, PartialEq, Eq)]

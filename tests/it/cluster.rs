@@ -35,7 +35,10 @@ fn config(dir: &Path, spool_of: &Path, nats: &NatsCluster, targets: [&Target; 2]
         "{}{}{}\n[admin]\nlisten = \"127.0.0.1:0\"\ntokens = [{{ name = \"ops\", token = \"{ADMIN_TOKEN}\", role = \"admin\" }}]\n",
         base_config_on_nats(dir, nats)
             .replace(&jetstream_prefix(dir), &jetstream_prefix(spool_of))
-            .replace("replicas = 1", "replicas = 3"),
+            .replace("replicas = 1", "replicas = 3")
+            // A killed relay's leases not yet in its journal come back
+            // after the ack wait: 60 s and this margin.
+            .replace("\n[spool.jetstream]\n", "\n[spool.jetstream]\nack_margin = \"1s\"\n"),
         subscription("erp", &targets[0].url(), "").replace("schedule = [\"50ms\", \"100ms\", \"150ms\"]", retries),
         subscription("audit", &targets[1].url(), "").replace("schedule = [\"50ms\", \"100ms\", \"150ms\"]", retries),
     )
@@ -172,10 +175,10 @@ async fn two_relays_on_three_nats_nodes_lose_nothing_through_a_node_and_a_relay_
     relays[1].take().unwrap().sigkill().await;
     eprintln!("{test}: relay 1 SIGKILLed at {:?}", started.elapsed());
     reach(&mut count, NOTIFICATIONS * 3 / 5).await;
-    nats.restart(1);
     let again = RelayProcess::spawn(&configs[1]).await;
     addresses.lock().unwrap()[1] = Some(again.addr);
     relays[1] = Some(again);
+    nats.restart(1);
     eprintln!(
         "{test}: nats node 1 and relay 1 back at {:?}",
         started.elapsed()

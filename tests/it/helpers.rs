@@ -225,7 +225,11 @@ impl TestRelay {
         edit: impl FnOnce(String) -> String,
     ) -> TestRelay {
         let text = edit(base_config(dir.path()));
-        let config = Config::parse(&text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
+        TestRelay::start_on(dir, &text).await
+    }
+
+    async fn start_on(dir: tempfile::TempDir, text: &str) -> TestRelay {
+        let config = Config::parse(text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
         let relay = Relay::start(config).await.expect("relay starts");
         let client = provider_client(&dir.path().join("tls/self-signed.crt"));
         TestRelay {
@@ -244,14 +248,7 @@ impl TestRelay {
     ) -> TestRelay {
         let dir = tempfile::tempdir().unwrap();
         let text = edit(base_config_sharing(dir.path(), first.dir.path()));
-        let config = Config::parse(&text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
-        let relay = Relay::start(config).await.expect("relay starts");
-        let client = provider_client(&dir.path().join("tls/self-signed.crt"));
-        TestRelay {
-            relay: Some(relay),
-            dir,
-            client,
-        }
+        TestRelay::start_on(dir, &text).await
     }
 
     pub fn relay(&self) -> &Relay {

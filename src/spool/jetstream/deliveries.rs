@@ -261,13 +261,7 @@ impl Index {
             }
             None => None,
         };
-        let first = match db.scan_prefix(prefix(FIRST, &sub)).next() {
-            Some(item) => {
-                let (_, value) = item.map_err(storage)?;
-                value.as_ref().try_into().ok().map(i64::from_be_bytes)
-            }
-            None => None,
-        };
+        let first = first_attempt_ms(&db, &sub)?;
         Ok(match (waiting, first) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -292,16 +286,22 @@ impl Index {
             }
             None => None,
         };
-        let first = match db.scan_prefix(prefix(FIRST, &sub)).next() {
-            Some(item) => {
-                let (_, value) = item.map_err(storage)?;
-                value.as_ref().try_into().ok().map(i64::from_be_bytes)
-            }
-            None => None,
-        };
+        let first = first_attempt_ms(&db, &sub)?;
         Ok(match (due_soonest, first) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         })
+    }
+}
+
+/// When the oldest notification whose first attempt to `sub` is still to
+/// make was received (they are kept in id order).
+fn first_attempt_ms(db: &sled::Db, sub: &str) -> Result<Option<i64>, SpoolError> {
+    match db.scan_prefix(prefix(FIRST, sub)).next() {
+        Some(item) => {
+            let (_, value) = item.map_err(storage)?;
+            Ok(value.as_ref().try_into().ok().map(i64::from_be_bytes))
+        }
+        None => Ok(None),
     }
 }

@@ -357,7 +357,7 @@ async fn a_held_sled_spool_is_refused_and_a_wrong_copy_is_named() {
     };
     assert!(
         what.iter()
-            .any(|w| w.starts_with("notifications: sled 5, JetStream 6")),
+            .any(|w| w.starts_with("notifications sled 5 JetStream 6")),
         "{what:?}"
     );
 }

@@ -2,7 +2,6 @@
 //! read reported, not a panic), the loss check against the acknowledged
 //! mark, orphans, and the counts compared with a recount.
 
-use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 
 use super::super::counts::{self, Kept};
@@ -14,8 +13,7 @@ use super::repair::{open_store_or_damage, panic_text, Refused};
 use super::walk::{describe, gap_text, Step, Walk};
 use crate::config::SpoolConfig;
 use crate::spool::{
-    audit, CheckProblem, CheckReport, Counts, NotificationId, NotificationRecord, Routes,
-    SpoolError,
+    audit, CheckProblem, CheckReport, NotificationId, NotificationRecord, Routes, SpoolError,
 };
 
 /// Verifies a stopped spool, every entry; see [`crate::spool::Spool::check`].
@@ -125,7 +123,7 @@ fn check_counts(store: &Store, report: &mut CheckReport) {
         Kept::Found(kept) if *kept == counted => None,
         Kept::Found(kept) => Some(format!(
             "the kept delivery counts disagree with a recount: {}",
-            counts_difference(kept, &counted)
+            kept.differences(&counted, ["kept", "counted"]).join("; ")
         )),
         Kept::Missing => Some(
             "no delivery counts were kept yet (a spool from a relay before they were)".to_owned(),
@@ -156,50 +154,6 @@ fn check_counts(store: &Store, report: &mut CheckReport) {
         }
     }
     report.counts = Some(counted);
-}
-
-/// Where two counts differ, in words.
-fn counts_difference(kept: &Counts, counted: &Counts) -> String {
-    let mut parts = Vec::new();
-    if kept.notifications != counted.notifications {
-        parts.push(format!(
-            "notifications kept {} counted {}",
-            kept.notifications, counted.notifications
-        ));
-    }
-    if kept.quarantined != counted.quarantined {
-        parts.push(format!(
-            "quarantined kept {} counted {}",
-            kept.quarantined, counted.quarantined
-        ));
-    }
-    let names: BTreeSet<&String> = kept
-        .subscriptions
-        .keys()
-        .chain(counted.subscriptions.keys())
-        .collect();
-    for name in names {
-        let a = kept.subscriptions.get(name).cloned().unwrap_or_default();
-        let b = counted.subscriptions.get(name).cloned().unwrap_or_default();
-        if a != b {
-            parts.push(format!(
-                "{name:?} kept {}/{}/{}/{} counted {}/{}/{}/{} (waiting/dead/delivered/purged)",
-                a.waiting, a.dead, a.delivered, a.purged, b.waiting, b.dead, b.delivered, b.purged
-            ));
-        }
-    }
-    let sources: BTreeSet<&String> = kept.sources.keys().chain(counted.sources.keys()).collect();
-    for name in sources {
-        let a = kept.sources.get(name).cloned().unwrap_or_default();
-        let b = counted.sources.get(name).cloned().unwrap_or_default();
-        if a != b {
-            parts.push(format!(
-                "source {name:?} kept {}/{} counted {}/{} (stored/quarantined)",
-                a.stored, a.quarantined, b.stored, b.quarantined
-            ));
-        }
-    }
-    parts.join("; ")
 }
 
 /// Whether the notification is surely not there (a read that fails is
