@@ -76,6 +76,7 @@ mod reads;
 mod reconciled;
 mod removal;
 mod replay;
+mod reports;
 mod retention;
 #[cfg(test)]
 mod retention_tests;
