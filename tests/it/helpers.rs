@@ -67,12 +67,13 @@ fn shared_nats() -> &'static webhook_relay::spool::NatsCluster {
     })
 }
 
-/// The `[spool]` lines that put a relay's spool in `dir` on JetStream: a
-/// prefix of its own, the same for every start on `dir`.
-fn jetstream_spool(dir: &Path) -> String {
+/// The `[spool]` lines that put the spool of a relay in `dir` on
+/// JetStream: the prefix of `shared` (its own when `shared` is `dir`, the
+/// same for every start on it) and an index of its own in `dir`.
+fn jetstream_spool(shared: &Path, dir: &Path) -> String {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    dir.hash(&mut hasher);
+    shared.hash(&mut hasher);
     let servers: Vec<String> = shared_nats()
         .urls()
         .iter()
@@ -89,6 +90,13 @@ fn jetstream_spool(dir: &Path) -> String {
 /// The config every test starts from: the three providers and a few
 /// sources that exercise each kind of authentication and limit.
 pub fn base_config(dir: &Path) -> String {
+    base_config_sharing(dir, dir)
+}
+
+/// [`base_config`] for a relay in `dir` that shares the JetStream spool
+/// of the relay in `shared` (the same prefix, an index of its own). On
+/// sled, a spool of its own in `dir`.
+pub fn base_config_sharing(dir: &Path, shared: &Path) -> String {
     let text = sled_base_config(dir);
     if !on_jetstream() {
         return text;
@@ -96,7 +104,7 @@ pub fn base_config(dir: &Path) -> String {
     let spool = format!(
         "backend = \"jetstream\"\n\n[spool.sled]\npath = \"{}\"\n{}",
         dir.join("spool").display(),
-        jetstream_spool(dir)
+        jetstream_spool(shared, dir)
     );
     text.replacen(
         &format!(
@@ -197,7 +205,23 @@ impl TestRelay {
         edit: impl FnOnce(String) -> String,
     ) -> TestRelay {
         let text = edit(base_config(dir.path()));
-        let config = Config::parse(&text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
+        TestRelay::start_on(dir, &text).await
+    }
+
+    /// Starts another relay, in a directory of its own, on the JetStream
+    /// spool of `beside` (several relays sharing one spool), on the base
+    /// config as `edit` changes it.
+    pub async fn start_beside(
+        beside: &TestRelay,
+        edit: impl FnOnce(String) -> String,
+    ) -> TestRelay {
+        let dir = tempfile::tempdir().unwrap();
+        let text = edit(base_config_sharing(dir.path(), beside.dir.path()));
+        TestRelay::start_on(dir, &text).await
+    }
+
+    async fn start_on(dir: tempfile::TempDir, text: &str) -> TestRelay {
+        let config = Config::parse(text).unwrap_or_else(|p| panic!("test config invalid: {p:?}"));
         let relay = Relay::start(config).await.expect("relay starts");
         let client = provider_client(&dir.path().join("tls/self-signed.crt"));
         TestRelay {

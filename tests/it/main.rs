@@ -9,6 +9,7 @@ mod app_run;
 mod backup;
 mod corruption;
 mod crash;
+mod duties;
 mod events;
 mod forwarding;
 mod full_disk;

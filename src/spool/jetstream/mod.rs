@@ -46,6 +46,8 @@ mod duty;
 mod duty_tests;
 mod error;
 #[cfg(test)]
+mod events_duty_tests;
+#[cfg(test)]
 mod faults_tests;
 mod fold;
 #[cfg(test)]
