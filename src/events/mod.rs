@@ -21,7 +21,10 @@
 //!   quarantined, see `Spool::observe`) to a `burst` counter as it records
 //!   it, with no queue a burst could fill; one task takes the counts, looks
 //!   at the spool's health, and stores the events, each for the
-//!   subscriptions that ask for it and may see it.
+//!   subscriptions that ask for it and may see it. Among relays sharing
+//!   a spool (JetStream) only the holder of the events duty hears the
+//!   reports (every relay's) and runs the silent-source and stuck-invoice
+//!   checks (`Spool::holds`); on sled that is always this relay.
 //!
 //! What it promises, and what not: an event is durable once stored, and
 //! from then on delivered at least once. Between its cause and its store

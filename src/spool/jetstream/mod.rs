@@ -11,7 +11,9 @@
 //! backfill and orphans (`states.rs` and its users, step 6); retention
 //! under a duty lock (`retention.rs`, `duty.rs`, `removal.rs`), the invoice
 //! index (`invoices.rs`, `invoice_reads.rs`), the stuck marks (`stuck.rs`)
-//! and reconcile checks (`checks.rs`) of step 7. The calls not built yet
+//! and reconcile checks (`checks.rs`) of step 7; the events' and the
+//! reconciler's duties, with the spool's reports from the fold on the
+//! events' holder (`reports.rs`), of step 9. The calls not built yet
 //! answer `Unsupported` (`pending.rs`), so the relay refuses to serve on
 //! it and only its tests open it.
 //!
