@@ -1,15 +1,20 @@
 //! Issue 19: the checks behind the operational events run once across
 //! relays that share one JetStream spool, not once per relay: two relays
-//! in one process on one spool announce a stuck invoice once, and tell a
+//! in one process on one spool announce a stuck invoice once, tell a
 //! failing subscription once while both deliver its notifications (the
 //! holder of the events duty hears every relay's attempts from the
-//! stream). Sled has one relay per spool: skipped there.
+//! stream), and ask a provider about a stuck invoice once per due check
+//! (one reconciler runs). Sled has one relay per spool: skipped there.
 
 use std::time::Duration;
 
 use crate::admin::Admin;
 use crate::helpers::*;
 use crate::invoices::{alerts_config, post_about, stuck_config, told};
+use crate::progress::while_progressing;
+use crate::provider_sim::InvoiceState;
+use crate::reconcile::{checks, post_webhook, tusfacturas as tusfacturas_sim};
+use webhook_relay::spool::CheckOutcome;
 
 const WAIT: Duration = Duration::from_secs(30);
 /// How long nothing more may come: many looks of both events tasks.
@@ -121,6 +126,50 @@ async fn a_failing_subscription_is_told_once_while_two_relays_deliver_it() {
     let told = told(&alerts);
     assert_eq!(told.len(), 1, "{told:?}");
     assert_eq!(told[0].0, "relay.subscription.failing");
+    b.stop().await;
+    a.stop().await;
+}
+
+/// As one relay does (`reconcile::a_pending_answer_is_recorded_retried_per_every_then_given_up`):
+/// a pending invoice asked per its `every` until given up, at most nine
+/// questions in its 1.5 s, each one recorded; not once per relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_spool_ask_a_provider_once_per_due_check() {
+    if skipped() {
+        return;
+    }
+    let secrets = tempfile::tempdir().unwrap();
+    let (sim, section) = tusfacturas_sim(
+        secrets.path(),
+        "every = [\"100ms\", \"200ms\"]\ngive_up_after = \"1500ms\"",
+    )
+    .await;
+    let erp = Target::start(vec![]).await;
+    sim.set("556", InvoiceState::Pending);
+    let extra = format!("{section}{}", subscription("erp", &erp.url(), ""));
+    let a = TestRelay::start(&extra).await;
+    let b = TestRelay::start_beside(&a, |base| format!("{base}{extra}")).await;
+    post_webhook(&b, "tf", sim.webhook("556", InvoiceState::Pending)).await;
+    let recorded = while_progressing("the invoice given up", async || {
+        let recorded = checks(&a, "tf", "556").await;
+        match recorded.last() {
+            Some(CheckOutcome::GaveUp) => Ok(recorded),
+            _ => Err(recorded.len() as u64),
+        }
+    })
+    .await;
+    let pending = recorded.len() - 1;
+    assert!(pending >= 3, "asked again per every: {recorded:?}");
+    assert!(sim.count() <= 9, "{} questions: {recorded:?}", sim.count());
+    assert_eq!(sim.count(), pending, "each question recorded once");
+    assert_eq!(
+        recorded
+            .iter()
+            .filter(|c| matches!(c, CheckOutcome::GaveUp))
+            .count(),
+        1,
+        "given up once"
+    );
     b.stop().await;
     a.stop().await;
 }
