@@ -3,8 +3,10 @@
 //! in one process on one spool announce a stuck invoice once, tell a
 //! failing subscription once while both deliver its notifications (the
 //! holder of the events duty hears every relay's attempts from the
-//! stream), and ask a provider about a stuck invoice once per due check
-//! (one reconciler runs). Sled has one relay per spool: skipped there.
+//! stream), announce a silent source once and its recovery once when
+//! either relay hears from it (the holder hears every relay's receipts),
+//! and ask a provider about a stuck invoice once per due check (one
+//! reconciler runs). Sled has one relay per spool: skipped there.
 
 use std::time::Duration;
 
@@ -52,6 +54,52 @@ async fn two_relays_on_one_spool_announce_a_stuck_invoice_once() {
             ("relay.invoice.stuck".to_owned(), "0011-0002".to_owned()),
         ],
         "each stuck invoice once, whichever relay received it"
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_spool_announce_a_silent_source_once_and_its_recovery_once() {
+    if skipped() {
+        return;
+    }
+    let alerts = Target::start(vec![]).await;
+    let config =
+        |base: String| alerts_config(base, "expect_every = \"2s\"", "relay.source.*", &alerts);
+    let a = TestRelay::start_edited(config).await;
+    let b = TestRelay::start_beside(&a, config).await;
+    let sources = |target: &Target| -> Vec<(String, String)> {
+        target
+            .received()
+            .iter()
+            .map(|r| {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                let field = |name: &str| body[name].as_str().unwrap_or("").to_owned();
+                (field("type"), field("source"))
+            })
+            .collect()
+    };
+    alerts.wait_for(1, WAIT).await;
+    assert!(
+        !alerts.wait_until(QUIET, |t| t.count() > 1).await,
+        "told again: {:?}",
+        sources(&alerts)
+    );
+    // a, started first, took the duty at its start: it hears what only
+    // b received, from the stream.
+    post_about(&b, "silence-b", "emitido", "0012-0001").await;
+    alerts.wait_for(2, WAIT).await;
+    // (Silent again 2 s later: nothing more comes from it.)
+    assert_eq!(
+        sources(&alerts)[..2],
+        [
+            ("relay.source.silent".to_owned(), "tusfacturas".to_owned()),
+            (
+                "relay.source.recovered".to_owned(),
+                "tusfacturas".to_owned()
+            ),
+        ]
     );
     b.stop().await;
     a.stop().await;
