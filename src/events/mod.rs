@@ -21,7 +21,10 @@
 //!   quarantined, see `Spool::observe`) to a `burst` counter as it records
 //!   it, with no queue a burst could fill; one task takes the counts, looks
 //!   at the spool's health, and stores the events, each for the
-//!   subscriptions that ask for it and may see it.
+//!   subscriptions that ask for it and may see it. Among relays sharing
+//!   a spool (JetStream) only the holder of the events duty hears the
+//!   reports (every relay's) and runs the silent-source and stuck-invoice
+//!   checks (`Spool::holds`); on sled that is always this relay.
 //!
 //! What it promises, and what not: an event is durable once stored, and
 //! from then on delivered at least once. Between its cause and its store
@@ -53,7 +56,7 @@ use crate::clock::Clock;
 use crate::config::{Config, RELAY_SOURCE};
 use crate::metrics::Metrics;
 use crate::providers::InvoiceStatus;
-use crate::spool::{Invoice, NotificationId, Observe, Observed, Routes, Spool, SpoolError};
+use crate::spool::{Duty, Invoice, NotificationId, Observe, Observed, Routes, Spool, SpoolError};
 use audience::Audience;
 use burst::Burst;
 pub use event::RelayEvent;
@@ -108,8 +111,17 @@ impl Events {
         });
         let observing = spool.observe(counted);
         events.reload(config);
+        // Among relays sharing a spool, one runs the checks (always this
+        // one on sled); a relay that takes the duty over later seeds again.
+        let holding = spool.holds(Duty::Events).await;
         let stuck = events.seed_stuck().await;
-        let task = tokio::spawn(run(events.clone(), observing, clock, stop, stuck));
+        let task = tokio::spawn(run(
+            events.clone(),
+            observing,
+            clock,
+            stop,
+            (stuck, holding),
+        ));
         (events, task)
     }
 
@@ -305,9 +317,26 @@ struct Held {
     silence: silence::Silence,
     started_ms: i64,
     stuck: stuck::Stuck,
+    /// Whether this relay holds the events duty (the silent-source and
+    /// stuck-invoice checks run only while it does).
+    holding: bool,
 }
 
 impl Held {
+    /// Asks for the events duty; a relay that just took it over starts
+    /// its checks from the spool's stuck marks as the last holder left
+    /// them, and hears every source afresh from now.
+    async fn hold_duty(&mut self, events: &Events, now_ms: i64) {
+        let holding = events.spool.holds(Duty::Events).await;
+        if holding && !self.holding {
+            tracing::info!("this relay runs the operational events' checks now");
+            self.stuck = events.seed_stuck().await;
+            self.silence = silence::Silence::default();
+            self.started_ms = now_ms;
+        }
+        self.holding = holding;
+    }
+
     fn take_raised(&mut self, events: &Events) {
         let raised =
             std::mem::take(&mut *events.raised.lock().unwrap_or_else(PoisonError::into_inner));
@@ -402,7 +431,14 @@ impl Held {
         let expected = events.expected.load();
         let sources: Vec<(String, i64, Option<i64>)> = expected
             .iter()
-            .map(|(name, every)| (name.clone(), *every, events.metrics.last_received_ms(name)))
+            .map(|(name, every)| {
+                // Any relay's receipt counts where relays share the spool.
+                let heard = events
+                    .metrics
+                    .last_received_ms(name)
+                    .max(events.spool.last_received_ms(name));
+                (name.clone(), *every, heard)
+            })
             .collect();
         for turn in self.silence.look(now_ms, self.started_ms, &sources) {
             let event = match turn {
@@ -493,7 +529,7 @@ impl Held {
     /// crash between the two tells the event again rather than never.
     /// A save that fails is tried again with the next changes.
     async fn save_stuck(&mut self, events: &Events) {
-        if !self.pending.is_empty() {
+        if !self.holding || !self.pending.is_empty() {
             return;
         }
         let changes = self.stuck.take_changes();
@@ -549,7 +585,7 @@ async fn run(
     observing: bool,
     clock: Clock,
     mut stop: watch::Receiver<bool>,
-    stuck: stuck::Stuck,
+    (stuck, holding): (stuck::Stuck, bool),
 ) {
     if !observing {
         tracing::error!("the spool already has an observer: no operational events");
@@ -564,6 +600,7 @@ async fn run(
         silence: silence::Silence::default(),
         started_ms: clock.now_ms(),
         stuck,
+        holding,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -587,11 +624,14 @@ async fn run(
             }
             return;
         }
+        held.hold_duty(&events, clock.now_ms()).await;
         held.take_counted(&events, clock.now_ms(), false);
         held.take_raised(&events);
         held.watch_health(&events, clock.now_ms());
-        held.watch_sources(&events, clock.now_ms());
-        held.watch_invoices(&events, clock.now_ms()).await;
+        if held.holding {
+            held.watch_sources(&events, clock.now_ms());
+            held.watch_invoices(&events, clock.now_ms()).await;
+        }
         held.store(&events).await;
         held.save_stuck(&events).await;
     }

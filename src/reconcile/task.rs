@@ -14,7 +14,7 @@ use super::schedule::Next;
 use super::source_state::SourceState;
 use super::wait::{asked, checked_since, Tracked, NO_KEYS};
 use super::Inner;
-use crate::spool::{CheckOutcome, ReconcileCheck, SpoolError};
+use crate::spool::{CheckOutcome, Duty, ReconcileCheck, SpoolError};
 
 /// Longest sleep between two looks at the stuck invoices (new ones appear
 /// at the events task's pace, a quarter second).
@@ -25,6 +25,32 @@ const MIN_SLEEP: Duration = Duration::from_millis(10);
 const SPOOL_RETRY: Duration = Duration::from_secs(5);
 
 impl Inner {
+    /// One look if this relay holds the reconcile duty (always on sled;
+    /// among relays sharing a JetStream spool, one holds it: each
+    /// provider is asked once, not once per relay). A relay that takes
+    /// it over reads each invoice's wait and each source's back-off back
+    /// from the stored checks, as after a restart (`holding`: whether it
+    /// held the duty at the last look).
+    async fn look_if_held(&self, holding: &mut bool) -> i64 {
+        if self.sources.load().engines.is_empty() {
+            return self.look().await; // nothing to ask: no duty to hold
+        }
+        let held = self.spool.holds(Duty::Reconcile).await;
+        if held && !*holding {
+            tracing::info!("this relay runs the automatic reconciliation now");
+            self.tracked().clear();
+            self.restored
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        }
+        *holding = held;
+        match held {
+            true => self.look().await,
+            false => self.clock.now_ms().saturating_add(LOOK.as_millis() as i64),
+        }
+    }
+
     /// One look at the stuck invoices: checks those due (and gives up on
     /// those whose time is over); the time of the next look.
     async fn look(&self) -> i64 {
@@ -137,6 +163,11 @@ impl Inner {
                         // The source's rate: the next look takes it.
                         wake = now_ms;
                         continue;
+                    }
+                    // A check runs only while the duty holds (it lapses
+                    // when a look outlasts the lease).
+                    if !self.spool.holds(Duty::Reconcile).await {
+                        return wake;
                     }
                     match self.still_stuck(&invoice.source, &invoice.subject).await {
                         Ok(true) => {}
@@ -262,9 +293,11 @@ impl Inner {
 }
 
 pub(super) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    // As if held before the first look: nothing read yet to read again.
+    let mut holding = true;
     loop {
         let wake = tokio::select! {
-            wake = inner.look() => wake,
+            wake = inner.look_if_held(&mut holding) => wake,
             _ = stop.wait_for(|stopped| *stopped) => return,
         };
         let now_ms = inner.clock.now_ms();

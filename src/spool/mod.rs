@@ -106,6 +106,17 @@ pub struct Received {
     pub received_ms: i64,
 }
 
+/// The work that runs on one relay of those sharing a spool
+/// ([`Spool::holds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duty {
+    /// The operational events made of the spool's reports, and the
+    /// silent-source and stuck-invoice checks.
+    Events,
+    /// The reconciler's automatic checks with the providers.
+    Reconcile,
+}
+
 /// What [`Spool::store`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
@@ -215,10 +226,12 @@ pub struct Spool {
 
 impl Spool {
     fn over(backend: Backend) -> Spool {
-        Spool {
-            backend,
-            observer: std::sync::Arc::default(),
+        let observer = std::sync::Arc::<observe::Observer>::default();
+        // JetStream reports from its fold, on the events' holder only.
+        if let Backend::Jetstream(b) = &backend {
+            b.report_to(observer.clone());
         }
+        Spool { backend, observer }
     }
 
     /// Opens (or creates, or upgrades) the spool and starts its writer.
@@ -474,9 +487,9 @@ impl Spool {
         reason_kind: &str,
         reason: String,
     ) -> Result<NotificationId, SpoolError> {
-        let noted = self
-            .observer
-            .is_on()
+        // Sled reports here; JetStream from its fold (`jetstream/reports.rs`).
+        let in_process = matches!(self.backend, Backend::Sled(_));
+        let noted = (in_process && self.observer.is_on())
             .then(|| (received.source.clone(), received.body.len(), reason.clone()));
         let id = dispatch!(&self.backend, b => await b.quarantine(received, reason_kind, reason))?;
         if let Some((source, bytes, reason)) = noted {
@@ -519,13 +532,16 @@ impl Spool {
     /// stays held; retry later, do not send it again.
     pub async fn complete(&self, lease: &Lease, delivery: &Delivery) -> Result<(), SpoolError> {
         match (&self.backend, &lease.0) {
-            (Backend::Sled(b), LeaseOf::Sled(l)) => b.complete(l, delivery).await?,
+            (Backend::Sled(b), LeaseOf::Sled(l)) => {
+                b.complete(l, delivery).await?;
+                self.observer.attempted(lease, delivery);
+            }
+            // Reported from the fold, by the relay that holds the events duty.
             (Backend::Jetstream(b), LeaseOf::Jetstream(l)) => {
                 Box::pin(b.complete(l, delivery)).await?
             }
             _ => return Err(SpoolError::Unsupported("complete a lease of another spool")),
         }
-        self.observer.attempted(lease, delivery);
         Ok(())
     }
 
@@ -541,6 +557,31 @@ impl Spool {
     /// Whether to report at all: off, nothing is cloned or sent.
     pub fn set_observing(&self, on: bool) {
         self.observer.set_on(on);
+    }
+
+    /// Whether this relay holds `duty` now, taking it if no relay does
+    /// (`docs/design/jetstream.md` §1.5); the work it stands for runs only
+    /// while it does, and the caller asks again at each tick (a duty not
+    /// asked again lapses, and another relay takes it over). Always true
+    /// on sled, whose spool one relay alone opens. On JetStream, holding
+    /// [`Duty::Events`] is also what makes the spool report (see
+    /// [`Spool::observe`]): every relay's attempts and quarantined bodies,
+    /// from the stream, to the holder alone.
+    pub async fn holds(&self, duty: Duty) -> bool {
+        match &self.backend {
+            Backend::Sled(_) => true,
+            Backend::Jetstream(b) => Box::pin(b.holds(duty)).await,
+        }
+    }
+
+    /// The newest receipt of `source` that the spool saw stored by any
+    /// relay since it opened (Unix ms); `None` on sled, where the relay's
+    /// own metrics know it.
+    pub fn last_received_ms(&self, source: &str) -> Option<i64> {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Jetstream(b) => b.last_received_ms(source),
+        }
     }
 
     /// Reports the observer took but could not keep.

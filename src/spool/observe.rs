@@ -2,7 +2,8 @@
 //! (an attempt was recorded, a body was quarantined), for whoever turns
 //! them into the relay's operational events. The spool knows nothing of
 //! those; it hands each report to its observer's [`Observe::observe`] in
-//! the recording task (no queue that a burst could fill: the observer
+//! the recording task (on JetStream, the fold's, on the relay holding the
+//! events duty: `jetstream/reports.rs`) (no queue that a burst could fill: the observer
 //! aggregates as it takes them, and must never wait) and, while nobody
 //! wants the reports, costs one atomic load per outcome.
 

@@ -94,7 +94,7 @@ async fn the_status_is_sent_picked_by_subscriptions_and_filtered_by_the_api() {
 }
 
 /// A TusFacturas notification about invoice `reference`.
-async fn post_about(relay: &TestRelay, hook: &str, evento: &str, reference: &str) -> Value {
+pub async fn post_about(relay: &TestRelay, hook: &str, evento: &str, reference: &str) -> Value {
     let body = tusfacturas(hook, evento, 1).replace("\"17032\"", &format!("\"{reference}\""));
     let (status, json) = relay
         .post(&format!("/hooks/tusfacturas/{TUS_TOKEN}"), body)
@@ -628,14 +628,14 @@ async fn a_queued_invoice_gets_stuck_once_and_clears_with_its_final_status() {
 /// The base config with TusFacturas invoices stuck after 300 ms, an
 /// alerts subscription for the invoice events (one at a time, so they
 /// arrive in order) and the admin listener.
-fn stuck_config(base: String, alerts: &Target) -> String {
+pub fn stuck_config(base: String, alerts: &Target) -> String {
     alerts_config(base, "stuck_after = \"300ms\"", "relay.invoice.*", alerts)
 }
 
 /// The base config with `setting` on the TusFacturas source, an `alerts`
 /// subscription to the relay's `events` (one at a time, so that they
 /// arrive in the order they were stored), and the admin API.
-fn alerts_config(base: String, setting: &str, events: &str, alerts: &Target) -> String {
+pub fn alerts_config(base: String, setting: &str, events: &str, alerts: &Target) -> String {
     format!(
         "{}{}{}",
         base.replace(
@@ -672,7 +672,7 @@ fn stuck_subjects(listed: &Value) -> Vec<String> {
 }
 
 /// (type, subject) of each event the alerts target received, in order.
-fn told(alerts: &Target) -> Vec<(String, String)> {
+pub fn told(alerts: &Target) -> Vec<(String, String)> {
     alerts
         .received()
         .iter()

@@ -10,6 +10,7 @@ mod backup;
 mod cluster;
 mod corruption;
 mod crash;
+mod duties;
 mod events;
 mod forwarding;
 mod full_disk;

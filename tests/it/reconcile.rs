@@ -61,7 +61,7 @@ async fn nubefact(dir: &Path, good: &str, given: &str, schedule: &str) -> (Provi
     (sim, section)
 }
 
-async fn tusfacturas(dir: &Path, schedule: &str) -> (ProviderSim, String) {
+pub async fn tusfacturas(dir: &Path, schedule: &str) -> (ProviderSim, String) {
     let sim = ProviderSim::tusfacturas("tf-apikey", "tf-apitoken", "tf-usertoken").await;
     let credentials = format!(
         "apikey = \"tf-apikey\"\napitoken_file = \"{}\"\nusertoken_file = \"{}\"",
@@ -93,7 +93,7 @@ async fn relay_with(sections: &str, erp: &Target, alerts: &Target) -> TestRelay 
     TestRelay::start(&extra).await
 }
 
-async fn post_webhook(relay: &TestRelay, source: &str, body: Vec<u8>) -> Value {
+pub async fn post_webhook(relay: &TestRelay, source: &str, body: Vec<u8>) -> Value {
     let (status, json) = relay
         .post(&format!("/hooks/{source}/{HOOK_TOKEN}"), body)
         .await;
@@ -119,7 +119,7 @@ fn events_of(alerts: &Target, event_type: &str) -> Vec<Value> {
 }
 
 /// The checks recorded on an invoice.
-async fn checks(relay: &TestRelay, source: &str, subject: &str) -> Vec<CheckOutcome> {
+pub async fn checks(relay: &TestRelay, source: &str, subject: &str) -> Vec<CheckOutcome> {
     let spool = &relay.relay().spool;
     spool
         .checks(source, subject)

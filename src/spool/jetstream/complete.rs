@@ -15,6 +15,7 @@ use bytes::Bytes;
 use super::counts::standing_header;
 use super::deliveries::Mark;
 use super::lease::JetStreamLease;
+use super::reports::{attempted_header, ATTEMPTED};
 use super::store::Published;
 use super::subjects::{DUE, LEASE, STANDING, WRITE};
 use super::JetStreamSpool;
@@ -46,16 +47,21 @@ impl JetStreamSpool {
         let subject = self.link.names().delivery(&lease.subscription, lease.id);
         let payload = Bytes::from(encode_delivery(delivery)?);
         let write = self.next_write();
+        // The attempt made, for the events' holder to report (`reports.rs`).
+        let attempted = attempted_header(lease.delivery().attempts.len(), delivery)?;
         let mut expected = lease.expected;
         let mut sequence = None;
         for _ in 0..TRIES {
-            let headers = state_headers(
+            let mut headers = state_headers(
                 mark_of(delivery),
                 delivery.due_at(),
                 Standing::of(&delivery.state),
                 expected,
                 &write,
             );
+            if let Some(attempted) = &attempted {
+                headers.insert(ATTEMPTED, attempted.as_str());
+            }
             match self
                 .publish_record(subject.clone(), headers, payload.clone())
                 .await?

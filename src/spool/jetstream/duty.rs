@@ -32,11 +32,25 @@ const MARGIN: Duration = Duration::from_secs(DUTY_TTL.as_secs() / 3);
 
 /// The duty of retention (`maintain`).
 pub(super) const RETENTION: &str = "duty.retention";
+/// The duty of the operational events made of the spool's reports, and of
+/// the silent-source and stuck-invoice checks (`reports.rs`).
+pub(super) const EVENTS: &str = "duty.events";
+/// The duty of the reconciler's automatic checks with the providers.
+pub(super) const RECONCILE: &str = "duty.reconcile";
+
+/// How often a duty asked at every tick ([`JetStreamSpool::duty_now`]) is
+/// renewed, or tried when another relay holds it: well inside the
+/// margin, and far fewer requests than the ticks.
+const PACE: Duration = Duration::from_secs(DUTY_TTL.as_secs() / 6);
 
 /// The duties this relay holds: each one's key revision and when it was
 /// last renewed.
 #[derive(Debug, Default)]
-pub(super) struct Duties(Mutex<HashMap<&'static str, (u64, Instant)>>);
+pub(super) struct Duties(Mutex<HashMap<&'static str, (u64, Instant)>>, Lost);
+
+/// When each duty was last tried and found held by another relay.
+#[derive(Debug, Default)]
+struct Lost(Mutex<HashMap<&'static str, Instant>>);
 
 /// A duty held now: its work must stop at `until`.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +74,19 @@ impl Duties {
             .copied()
     }
 
+    fn lost_since(&self, duty: &'static str) -> Option<Instant> {
+        let lost = self.1 .0.lock().unwrap_or_else(|e| e.into_inner());
+        lost.get(duty).copied()
+    }
+
+    fn set_lost(&self, duty: &'static str, at: Option<Instant>) {
+        let mut lost = self.1 .0.lock().unwrap_or_else(|e| e.into_inner());
+        match at {
+            Some(at) => lost.insert(duty, at),
+            None => lost.remove(duty),
+        };
+    }
+
     fn set(&self, duty: &'static str, held: Option<(u64, Instant)>) {
         let mut duties = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match held {
@@ -74,7 +101,7 @@ impl Duties {
 /// test moves it on by hours) follows: the one decision taken on real
 /// time, so deliberately not through `crate::clock`.
 #[allow(clippy::disallowed_methods)]
-fn real_now() -> Instant {
+pub(super) fn real_now() -> Instant {
     Instant::now()
 }
 
@@ -109,6 +136,31 @@ impl JetStreamSpool {
             }
             Tried::Lost => Ok(None),
         }
+    }
+
+    /// [`JetStreamSpool::hold_duty`] for a caller that asks at every
+    /// tick: a hold renewed less than [`PACE`] ago stands without a
+    /// request (its `until` counts from that renewal), and a duty another
+    /// relay held when last tried is tried again only after [`PACE`]. A
+    /// takeover comes at most that much after the lease's TTL.
+    pub(super) async fn duty_now(&self, duty: &'static str) -> Result<Option<Hold>, SpoolError> {
+        let now = real_now();
+        if let Some((_, renewed)) = self.duties.held(duty) {
+            if now.duration_since(renewed) < PACE {
+                return Ok(Some(Hold {
+                    until: renewed + DUTY_TTL.saturating_sub(MARGIN),
+                }));
+            }
+        } else if self
+            .duties
+            .lost_since(duty)
+            .is_some_and(|at| now.duration_since(at) < PACE)
+        {
+            return Ok(None);
+        }
+        let hold = self.hold_duty(duty).await?;
+        self.duties.set_lost(duty, hold.is_none().then_some(now));
+        Ok(hold)
     }
 
     fn won(&self, duty: &'static str, revision: u64, asked: Instant) -> Hold {

@@ -23,10 +23,11 @@ use super::index::{record_key, storage, Family, Folded, Index};
 use super::invoices::{fold_invoice, fold_resend};
 use super::pause::fold_pause;
 use super::removal::fold_removal;
+use super::reports::{attempt_report, quarantine_report};
 use super::stuck::{fold_stuck, fold_walked};
 use super::subjects::{name_of, Kind, Removed};
 use crate::spool::tally::Tally;
-use crate::spool::{NotificationId, NotificationMeta, SpoolError};
+use crate::spool::{NotificationId, NotificationMeta, Observed, SpoolError};
 
 impl Index {
     /// Folds in one message of the stream: `kind` from its subject, the
@@ -43,19 +44,71 @@ impl Index {
         let db = self.db()?;
         let mut batch = sled::Batch::default();
         let mut tally = self.counts.tally();
-        let staged = fold_one(&db, &mut batch, &mut tally, sequence, kind, folded);
+        let mut heard = None;
+        let staged = fold_one(
+            &db, &mut batch, &mut tally, sequence, kind, folded, &mut heard,
+        );
         if let Err(err) = staged {
             self.counts.discard(&mut tally);
             return Err(err);
         }
+        let report = match self.reports.wanted() {
+            true => report_of(&db, kind, folded)?,
+            false => None,
+        };
         self.commit(&db, batch, &mut tally, sequence)?;
+        if let Some((source, received_ms)) = heard {
+            self.heard(&source, received_ms);
+        }
         if let Kind::ApiSubscription(_) = kind {
             self.subscription_folded();
+        }
+        if let Some(report) = report {
+            self.reports.send(report);
         }
         Ok(())
     }
 }
 
+/// What the spool's observer hears of one message, read before it is
+/// folded in: an attempt the forwarder recorded, or a body newly
+/// quarantined (a release or a tombstone is none).
+fn report_of(
+    db: &sled::Db,
+    kind: &Kind,
+    folded: &Folded<'_>,
+) -> Result<Option<Observed>, SpoolError> {
+    match (kind, folded.attempted, folded.meta) {
+        (Kind::Delivery { subscription, id }, Some(attempted), _) => {
+            let (Some(name), Some(value)) = (
+                name_of(subscription),
+                db.get(record_key(Family::Notifications, *id))
+                    .map_err(storage)?,
+            ) else {
+                return Ok(None); // removed meanwhile: nothing to tell of
+            };
+            let meta = value.get(8..).unwrap_or_default();
+            match attempt_report(*id, name, attempted, meta) {
+                Ok(report) => Ok(Some(report)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "an attempt not reported");
+                    Ok(None)
+                }
+            }
+        }
+        (&Kind::Quarantine(id), _, Some(meta)) => {
+            let new = !db
+                .contains_key(record_key(Family::Quarantine, id))
+                .map_err(storage)?;
+            Ok(new
+                .then(|| quarantine_report(id, meta, folded.size))
+                .flatten())
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `heard`: the source and receipt of a notification new to the index.
 fn fold_one(
     db: &sled::Db,
     batch: &mut sled::Batch,
@@ -63,6 +116,7 @@ fn fold_one(
     sequence: u64,
     kind: &Kind,
     folded: &Folded<'_>,
+    heard: &mut Option<(String, i64)>,
 ) -> Result<(), SpoolError> {
     let value = |meta: &str| {
         let mut value = sequence.to_be_bytes().to_vec();
@@ -78,6 +132,10 @@ fn fold_one(
             batch.insert(&record_key(Family::Notifications, id), value(meta));
             let standings = fold_first_attempts(db, batch, id, &parsed)?;
             if new {
+                // A provider was heard from (not the relay's own asking).
+                if !parsed.flags.iter().any(|f| f == "reconciled") {
+                    *heard = Some((parsed.source.clone(), parsed.received_ms));
+                }
                 fold_invoice(db, batch, id, &parsed)?;
                 tally.stored(&parsed.source, &[]);
                 for (subscription, standing) in standings {

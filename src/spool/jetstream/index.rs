@@ -16,12 +16,14 @@
 //! (`invoices.rs`), stuck marks (`stuck.rs`) and checks (`checks.rs`). Which
 //! message changes what is `fold.rs`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use tokio::sync::watch;
 
 use super::counts::Kept;
+use super::reports::Reports;
 use super::Identity;
 use crate::spool::tally::Tally;
 use crate::spool::{cause, NotificationId, SpoolError};
@@ -49,6 +51,11 @@ pub(super) struct Folded<'a> {
     pub due_ms: Option<i64>,
     /// Where a delivery state stands, for the counts.
     pub standing: Option<&'a str>,
+    /// On a state the forwarder recorded: the attempt and the state after
+    /// it (`reports.rs`).
+    pub attempted: Option<&'a str>,
+    /// The body's size in bytes, as the server tells a headers-only read.
+    pub size: Option<usize>,
 }
 
 /// One record as the index keeps it.
@@ -85,6 +92,10 @@ pub(super) struct Index {
     subscriptions_changed: watch::Sender<u64>,
     /// The counts, as of `applied`.
     pub(super) counts: Kept,
+    /// Where what the fold folds is reported, on the events' holder.
+    pub(super) reports: Reports,
+    /// The newest receipt folded of each source, since open (ms).
+    received: Mutex<HashMap<String, i64>>,
 }
 
 pub(super) fn storage(err: sled::Error) -> SpoolError {
@@ -178,6 +189,8 @@ impl Index {
             applied: watch::Sender::new(applied),
             subscriptions_changed: watch::Sender::new(0),
             counts,
+            reports: Reports::default(),
+            received: Mutex::default(),
         })
     }
 
@@ -187,6 +200,23 @@ impl Index {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or(SpoolError::Closed)
+    }
+
+    /// Notes a notification of `source` received at `received_ms`.
+    pub(super) fn heard(&self, source: &str, received_ms: i64) {
+        let mut received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        match received.get_mut(source) {
+            Some(newest) => *newest = (*newest).max(received_ms),
+            None => {
+                received.insert(source.to_owned(), received_ms);
+            }
+        }
+    }
+
+    /// The newest receipt of `source` folded since open, from any relay.
+    pub(super) fn last_received_ms(&self, source: &str) -> Option<i64> {
+        let received = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        received.get(source).copied()
     }
 
     /// The last stream sequence folded in.

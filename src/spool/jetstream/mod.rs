@@ -17,7 +17,9 @@
 //! backup walked from the stream (`backup.rs`); of steps 9 and 10, the
 //! relay serving on it: whether the servers acknowledge now (`outage.rs`),
 //! a superseded notification judged at its first lease (`superseded.rs`),
-//! API subscription changes told to the relay (`api_subscriptions.rs`).
+//! API subscription changes told to the relay (`api_subscriptions.rs`);
+//! the events' and the reconciler's duties, with the spool's reports from
+//! the fold on the events' holder (`reports.rs`), of step 9.
 //!
 //! Names: with `P` the configured prefix, the stream `P_spool` holds every
 //! subject `P.>` (one copy per subject, direct gets on), the KV bucket
@@ -54,6 +56,8 @@ mod duty;
 mod duty_tests;
 mod error;
 #[cfg(test)]
+mod events_duty_tests;
+#[cfg(test)]
 mod faults_tests;
 mod fold;
 #[cfg(test)]
@@ -86,6 +90,7 @@ mod reads;
 mod reconciled;
 mod removal;
 mod replay;
+mod reports;
 mod retention;
 #[cfg(test)]
 mod retention_tests;

@@ -14,6 +14,7 @@ use async_nats::jetstream::{self, Message};
 use futures_util::StreamExt;
 
 use super::index::{Folded, Index};
+use super::reports::ATTEMPTED;
 use super::subjects::{Kind, DUE, LEASE, META, RELEASED, STANDING};
 use super::Names;
 use crate::spool::NotificationId;
@@ -97,6 +98,8 @@ fn fold(
         lease: header(LEASE),
         due_ms: header(DUE).and_then(|due| due.parse().ok()),
         standing: header(STANDING),
+        attempted: header(ATTEMPTED),
+        size: header("Nats-Msg-Size").and_then(|size| size.parse().ok()),
     };
     index.apply(sequence, &kind, &folded)?;
     Ok(())
