@@ -65,6 +65,7 @@ pub async fn run(settings: &Settings, backlog: u64) {
     let mut all = vec![measure_relay("sled", &Backend::Sled, None, settings, backlog).await];
     for (label, nodes, sync) in CLUSTERS {
         let cluster = NatsCluster::start_with(&binary, nodes, sync).await;
+        await_placement(&cluster, nodes).await;
         let backend = Backend::Jetstream {
             servers: cluster.urls(),
             replicas: nodes,
@@ -72,6 +73,32 @@ pub async fn run(settings: &Settings, backlog: u64) {
         all.push(measure_relay(label, &backend, Some((&cluster, nodes)), settings, backlog).await);
     }
     print_tables(&all, settings, backlog);
+}
+
+/// Waits until the cluster places a stream of `replicas` copies: a meta
+/// leader is elected before every peer is known to it, and a relay started
+/// then fails its start on "no suitable peers for placement".
+async fn await_placement(cluster: &NatsCluster, replicas: usize) {
+    let servers: Vec<async_nats::ServerAddr> = cluster
+        .urls()
+        .iter()
+        .filter_map(|url| url.parse().ok())
+        .collect();
+    let client = async_nats::connect(servers).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let config = async_nats::jetstream::stream::Config {
+        name: "placement".into(),
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    for _ in 0..100 {
+        if js.get_or_create_stream(config.clone()).await.is_ok() {
+            let _ = js.delete_stream("placement").await;
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the cluster placed no stream of {replicas} replicas in 10 s");
 }
 
 async fn measure_relay(

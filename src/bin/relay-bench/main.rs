@@ -252,7 +252,10 @@ impl Workspace {
                     servers.join(", "),
                     self.dir.path().join(format!("{name}-index")).display()
                 );
-                self.config_with(name, true, (&spool, ""), subscriptions)
+                // JetStream refuses an attempt longer than its leases allow.
+                let longest = webhook_relay::config::JETSTREAM_LONGEST_ATTEMPT.as_secs();
+                let subscriptions = subscriptions.replace("\"120s\"", &format!("\"{longest}s\""));
+                self.config_with(name, true, (&spool, ""), &subscriptions)
             }
         }
     }
