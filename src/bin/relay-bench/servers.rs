@@ -55,7 +55,13 @@ impl ChildServer {
             .expect("server starts");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            // Its last words, for the panic when it exits instead.
+            let mut said = std::collections::VecDeque::new();
             while let Ok(Some(line)) = lines.next_line().await {
+                if said.len() == 5 {
+                    said.pop_front();
+                }
+                said.push_back(line.clone());
                 let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;
                 };
@@ -66,7 +72,10 @@ impl ChildServer {
                     }
                 }
             }
-            panic!("server exited before listening");
+            panic!(
+                "server exited before listening: {}",
+                Vec::from(said).join("\n")
+            );
         })
         .await
         .expect("server listens within 30 s");
