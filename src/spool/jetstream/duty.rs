@@ -172,27 +172,17 @@ impl JetStreamSpool {
     }
 
     async fn take(&self, duty: &'static str) -> Result<Tried, SpoolError> {
-        let bucket = self.link.names().locks();
-        let context = self.link.context().clone();
-        let holder = Bytes::from(self.relay.clone().into_bytes());
-        let asked = self
-            .bridge
-            .run(async move {
-                let store = context
-                    .get_key_value(bucket)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match store.create(duty, holder).await {
-                    Ok(revision) => Ok(Tried::Won(revision)),
-                    Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(Tried::Lost),
-                    Err(e) => Err(e.to_string()),
-                }
-            })
-            .await?;
-        asked.map_err(|e| SpoolError::Unavailable(format!("JetStream: taking {duty}: {e}")))
+        self.claim(duty, None).await
     }
 
     async fn renew(&self, duty: &'static str, revision: u64) -> Result<Tried, SpoolError> {
+        self.claim(duty, Some(revision)).await
+    }
+
+    /// Writes this relay's name to `duty`'s key: a `create` that fails
+    /// while another holds it, or with `revision` an `update` that fails
+    /// when another took it since.
+    async fn claim(&self, duty: &'static str, revision: Option<u64>) -> Result<Tried, SpoolError> {
         let bucket = self.link.names().locks();
         let context = self.link.context().clone();
         let holder = Bytes::from(self.relay.clone().into_bytes());
@@ -203,13 +193,25 @@ impl JetStreamSpool {
                     .get_key_value(bucket)
                     .await
                     .map_err(|e| e.to_string())?;
-                match store.update(duty, holder, revision).await {
-                    Ok(revision) => Ok(Tried::Won(revision)),
-                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(Tried::Lost),
-                    Err(e) => Err(e.to_string()),
+                match revision {
+                    None => match store.create(duty, holder).await {
+                        Ok(revision) => Ok(Tried::Won(revision)),
+                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(Tried::Lost),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Some(revision) => match store.update(duty, holder, revision).await {
+                        Ok(revision) => Ok(Tried::Won(revision)),
+                        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(Tried::Lost),
+                        Err(e) => Err(e.to_string()),
+                    },
                 }
             })
             .await?;
-        asked.map_err(|e| SpoolError::Unavailable(format!("JetStream: renewing {duty}: {e}")))
+        let doing = if revision.is_some() {
+            "renewing"
+        } else {
+            "taking"
+        };
+        asked.map_err(|e| SpoolError::Unavailable(format!("JetStream: {doing} {duty}: {e}")))
     }
 }
