@@ -16,10 +16,12 @@ use tokio::task::JoinHandle;
 use super::bridge::Bridge;
 use super::consumers::Consumers;
 use super::duty::Duties;
+use super::error::JetStreamError;
 use super::index::Index;
 use super::lease::Naks;
 use super::orphans::Orphans;
 use super::outage::{self, Outage};
+use super::patience::patiently;
 use super::{tail, Provisioned};
 use crate::clock::Clock;
 use crate::config::SpoolConfig;
@@ -71,16 +73,30 @@ impl JetStreamSpool {
             path: path.clone(),
             detail,
         };
-        let settings = config.clone();
-        let link = bridge
-            .run(async move { Provisioned::open(&settings, clock).await })
-            .await?
-            .map_err(|e| refused(e.to_string()))?;
-        let (context, name) = (link.context().clone(), link.names().stream());
-        let stream = bridge
-            .run(async move { context.get_stream(name).await })
-            .await?
-            .map_err(|e| refused(format!("reading the stream: {e}")))?;
+        let link = patiently(&bridge, "provisioning", || {
+            let settings = config.clone();
+            let bridge = bridge.clone();
+            async move {
+                bridge
+                    .run(async move { Provisioned::open(&settings, clock).await })
+                    .await
+                    .unwrap_or_else(|e| Err(JetStreamError::request("the JetStream runtime", e)))
+            }
+        })
+        .await
+        .map_err(|e| refused(e.to_string()))?;
+        let stream = patiently(&bridge, "reading the stream", || {
+            let (context, name) = (link.context().clone(), link.names().stream());
+            let bridge = bridge.clone();
+            async move {
+                bridge
+                    .run(async move { context.get_stream(name).await })
+                    .await?
+                    .map_err(|e| SpoolError::Unavailable(format!("reading the stream: {e}")))
+            }
+        })
+        .await
+        .map_err(|e| refused(e.to_string()))?;
         let identity = link.identity().clone();
         let index_path = path.clone();
         let index = tokio::task::spawn_blocking(move || Index::open(&index_path, &identity))
@@ -138,7 +154,10 @@ impl JetStreamSpool {
         // with what comes next).
         let subscriptions: Vec<String> = spool.routes.load().names().map(str::to_owned).collect();
         for subscription in subscriptions {
-            spool.consumers_of(&subscription).await?;
+            patiently(&spool.bridge, "making the consumers", || {
+                spool.consumers_of(&subscription)
+            })
+            .await?;
         }
         Ok(spool)
     }

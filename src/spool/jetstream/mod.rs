@@ -83,6 +83,7 @@ mod moves_race_tests;
 mod moves_tests;
 mod orphans;
 mod outage;
+mod patience;
 mod pause;
 mod provision;
 mod purge;
