@@ -117,7 +117,7 @@ impl Relay {
                 }
             }
         };
-        let acme = crate::acme::Acme::prepare(&config, clock)?;
+        let acme = crate::acme::Acme::prepare(&config, &spool, clock).await?;
         let (cert, self_signed) = match &acme {
             Some(_) => (None, None),
             None => load_certificate(&config)?,

@@ -46,6 +46,14 @@ impl Challenges {
         lock(&self.http).get(token).cloned()
     }
 
+    pub fn forget_tls(&self, domain: &str) {
+        lock(&self.tls).remove(domain);
+    }
+
+    pub fn forget_http(&self, token: &str) {
+        lock(&self.http).remove(token);
+    }
+
     /// Forgets every challenge (the order is over, won or lost).
     pub fn clear(&self) {
         lock(&self.tls).clear();

@@ -16,6 +16,8 @@
 //!
 //! - [`schedule`]: when to renew and how long to back off (pure);
 //! - [`store`]: account and certificate files, mode 0600;
+//! - `shared`: the same, and the turn to order, in the JetStream spool's
+//!   shared bucket, so several relays order once;
 //! - [`certificate`]: an issued chain read back (names, issuer, expiry);
 //! - [`challenge`]: challenge answers and the ingress resolver;
 //! - [`http01`]: the HTTP-01 listener;
@@ -29,6 +31,7 @@ pub mod http01;
 mod order;
 pub mod report;
 pub mod schedule;
+mod shared;
 pub mod store;
 
 use std::path::PathBuf;
@@ -46,11 +49,13 @@ use self::certificate::{CertificateInfo, Loaded};
 use self::challenge::{AcmeResolver, Challenges};
 use self::order::renewal_window;
 use self::schedule::{decide, renew_at, retry_after, wake_at, Decision};
+use self::shared::{Shared, Taken};
 use self::store::Store;
 use crate::clock::Clock;
 use crate::config::{AcmeChallenge, AcmeConfig, Config};
 use crate::events::{Events, RelayEvent};
 use crate::metrics::Metrics;
+use crate::spool::Spool;
 
 pub use crate::ingress::tls::ACME_TLS_ALPN;
 
@@ -73,6 +78,9 @@ pub enum AcmeError {
     Order { status: OrderStatus, detail: String },
     #[error("the CA did not complete the order within {0:?}")]
     TimedOut(Duration),
+    /// The state shared by the relays on a JetStream spool.
+    #[error("shared ACME state: {0}")]
+    Shared(String),
     #[error("cannot bind the HTTP-01 listener on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -93,14 +101,15 @@ pub fn state_dir(config: &Config) -> PathBuf {
 /// The ACME tasks of a relay; dropping it stops them.
 pub struct Running {
     renewing: JoinHandle<()>,
+    following: Option<JoinHandle<()>>,
     http: Option<JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.renewing.abort();
-        if let Some(http) = &self.http {
-            http.abort();
+        for task in [&self.following, &self.http].into_iter().flatten() {
+            task.abort();
         }
     }
 }
@@ -109,6 +118,9 @@ impl Drop for Running {
 const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long one whole attempt may take (account, order, every request).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a relay waits before looking again while another relay on
+/// the shared spool orders (its certificate usually arrives first).
+const OTHERS_TURN: Duration = Duration::from_secs(10);
 
 /// The certificate's state, as `/readyz` and the operator see it.
 #[derive(Debug, Default)]
@@ -148,10 +160,18 @@ pub struct Acme {
     resolver: Arc<AcmeResolver>,
     status: Arc<Status>,
     clock: Clock,
+    /// On a JetStream spool: the state every relay on it shares.
+    shared: Option<Shared>,
 }
 
 impl Acme {
-    pub fn prepare(config: &Config, clock: Clock) -> Result<Option<Acme>, AcmeError> {
+    /// On a JetStream spool the account and certificate are the ones the
+    /// relays share (a local copy of the certificate is kept too).
+    pub async fn prepare(
+        config: &Config,
+        spool: &Spool,
+        clock: Clock,
+    ) -> Result<Option<Acme>, AcmeError> {
         let Some(acme) = &config.server.acme else {
             return Ok(None);
         };
@@ -166,6 +186,11 @@ impl Acme {
         let challenges = Arc::new(Challenges::default());
         let resolver = AcmeResolver::new(challenges.clone());
         let status = Arc::new(Status::default());
+        let shared = spool.shared_state(shared::BUCKET).await?.map(Shared::new);
+        let stored = match &shared {
+            Some(shared) => shared.certificate().await?,
+            None => store.certificate()?,
+        };
         let relay = Acme {
             config: acme.clone(),
             store,
@@ -173,8 +198,9 @@ impl Acme {
             resolver,
             status,
             clock,
+            shared,
         };
-        match relay.store.certificate()?.map(|s| Loaded::from_stored(&s)) {
+        match stored.map(|s| Loaded::from_stored(&s)) {
             Some(Ok(loaded)) if loaded.covers(&acme.domains) => relay.install(loaded),
             Some(Ok(_)) => tracing::info!(
                 "the stored certificate names other domains: ordering one for the configured ones"
@@ -247,8 +273,17 @@ impl Acme {
         if let Some(certificate) = self.status.certificate() {
             metrics.set_certificate_expiry(&certificate.domains, certificate.validity.not_after_ms);
         }
-        let renewing = tokio::spawn(self.run(metrics, events));
-        Ok(Running { renewing, http })
+        let acme = Arc::new(self);
+        let following = acme
+            .shared
+            .is_some()
+            .then(|| tokio::spawn(acme.clone().follow(metrics.clone())));
+        let renewing = tokio::spawn(acme.run(metrics, events));
+        Ok(Running {
+            renewing,
+            following,
+            http,
+        })
     }
 
     fn install(&self, loaded: Loaded) {
@@ -264,7 +299,7 @@ impl Acme {
 
     /// Orders when due, forever; a failure keeps the current certificate
     /// and retries after a back-off.
-    async fn run(self, metrics: Arc<Metrics>, events: Arc<Events>) {
+    async fn run(self: Arc<Self>, metrics: Arc<Metrics>, events: Arc<Events>) {
         let mut account: Option<Account> = None;
         let mut failures = 0u32;
         let mut renewal: Option<i64> = None;
@@ -276,14 +311,7 @@ impl Acme {
             if let Some(certificate) = &current {
                 // After a restart: the stored account, for the ARI window
                 // (never a new one: that waits for an order).
-                if account.is_none()
-                    && self
-                        .store
-                        .account(&self.config.directory)
-                        .ok()
-                        .flatten()
-                        .is_some()
-                {
+                if account.is_none() && self.has_account().await {
                     account = tokio::time::timeout(ATTEMPT_TIMEOUT, self.account())
                         .await
                         .ok()
@@ -304,6 +332,29 @@ impl Acme {
                     self.clock.sleep_until(self.clock.instant_at(wake)).await;
                     continue;
                 }
+            }
+            // On a shared spool one relay orders at a time, and not at all
+            // once another relay's newer certificate is here.
+            match self.take_turn().await {
+                Ok(Some(Taken::Mine)) | Ok(None) => {}
+                Ok(Some(Taken::Theirs(relay))) => {
+                    tracing::debug!(ordering = %relay, "another relay is ordering the certificate");
+                    self.clock
+                        .sleep_until(self.clock.instant_now() + OTHERS_TURN)
+                        .await;
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "the turn to order cannot be taken now");
+                    self.clock
+                        .sleep_until(self.clock.instant_now() + OTHERS_TURN)
+                        .await;
+                    continue;
+                }
+            }
+            if self.adopt_shared().await {
+                self.end_turn().await;
+                continue;
             }
             // The client has no timeout of its own: a CA that accepts the
             // connection and never answers must not stall renewals.
@@ -328,6 +379,7 @@ impl Acme {
                 Err(_) => Err(AcmeError::TimedOut(ATTEMPT_TIMEOUT)),
             };
             self.challenges.clear();
+            self.end_turn().await;
             match ordered {
                 Ok(loaded) => {
                     let info = &loaded.info;
@@ -412,23 +464,33 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_unreadable_directory_ca_fails_the_start() {
+    async fn spool_of(config: &Config) -> Spool {
+        let routes = crate::spool::Routes::from_config(config);
+        Spool::open(&config.spool, routes, Clock::system())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_directory_ca_fails_the_start() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "[server]\n[server.acme]\ndomains = [\"relay.example.com\"]\ndirectory_ca = \"{}\"\n\n[sources.tus]\nprovider = \"tusfacturas\"\ntoken = \"0123456789abcdef\"\n",
-            dir.path().join("missing.pem").display()
+            "[server]\n[server.acme]\ndomains = [\"relay.example.com\"]\ndirectory_ca = \"{}\"\n\n[spool.sled]\npath = \"{}\"\n\n[sources.tus]\nprovider = \"tusfacturas\"\ntoken = \"0123456789abcdef\"\n",
+            dir.path().join("missing.pem").display(),
+            dir.path().join("spool").display()
         );
         let config = Config::parse(&text).unwrap();
-        let err = Acme::prepare(&config, Clock::system())
+        let spool = spool_of(&config).await;
+        let err = Acme::prepare(&config, &spool, Clock::system())
+            .await
             .err()
             .expect("refused");
         assert!(err.to_string().contains("missing.pem"), "{err}");
         assert!(err.to_string().contains("directory_ca"), "{err}");
     }
 
-    #[test]
-    fn readiness_waits_for_a_certificate_and_fails_again_once_it_expired() {
+    #[tokio::test]
+    async fn readiness_waits_for_a_certificate_and_fails_again_once_it_expired() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "[server]\n[server.acme]\ndomains = [\"relay.example.com\"]\n\n[spool.sled]\npath = \"{}\"\n\n[sources.tus]\nprovider = \"tusfacturas\"\ntoken = \"0123456789abcdef\"\n",
@@ -436,7 +498,9 @@ mod tests {
         );
         let config = Config::parse(&text).unwrap();
         let clock = Clock::manual(1_800_000_000_000);
-        let acme = Acme::prepare(&config, clock)
+        let spool = spool_of(&config).await;
+        let acme = Acme::prepare(&config, &spool, clock)
+            .await
             .unwrap()
             .expect("[server.acme]");
         let ready = acme.readiness();

@@ -23,7 +23,7 @@ impl Acme {
             Some(ca) => Account::builder_with_root(ca),
             None => Account::builder(),
         };
-        if let Some(credentials) = self.store.account(directory)? {
+        if let Some(credentials) = self.stored_account().await? {
             return Ok(builder()?.from_credentials(credentials).await?);
         }
         let contact = self.config.contact_urls();
@@ -39,13 +39,25 @@ impl Acme {
                 None,
             )
             .await?;
-        self.store.save_account(directory, credentials)?;
+        self.save_account(credentials).await?;
         tracing::info!(directory = %directory, account = %account.id(), "ACME account created");
         Ok(account)
     }
 
     /// One order, from the new order to the stored certificate.
     pub(super) async fn order(&self, account: &Account) -> Result<Loaded, AcmeError> {
+        let mut tokens = Vec::new();
+        let ordered = self.order_answering(account, &mut tokens).await;
+        self.clear_challenges(&self.config.domains, &tokens).await;
+        ordered
+    }
+
+    /// [`Acme::order`], noting each HTTP-01 token it answers in `tokens`.
+    async fn order_answering(
+        &self,
+        account: &Account,
+        tokens: &mut Vec<String>,
+    ) -> Result<Loaded, AcmeError> {
         tracing::info!(domains = ?self.config.domains, challenge = %self.config.challenge, "ordering a certificate");
         let identifiers: Vec<Identifier> = self
             .config
@@ -80,12 +92,14 @@ impl Acme {
             match self.config.challenge {
                 AcmeChallenge::TlsAlpn01 => {
                     let domain = challenge.identifier().to_string();
-                    self.challenges
-                        .set_tls(&domain, key_authorization.digest().as_ref())?;
+                    self.answer_tls(&domain, key_authorization.digest().as_ref())
+                        .await?;
                 }
-                AcmeChallenge::Http01 => self
-                    .challenges
-                    .set_http(&challenge.token, key_authorization.as_str()),
+                AcmeChallenge::Http01 => {
+                    tokens.push(challenge.token.clone());
+                    self.answer_http(&challenge.token, key_authorization.as_str())
+                        .await?;
+                }
             }
             challenge.set_ready().await?;
         }
@@ -116,7 +130,7 @@ impl Acme {
             key_pem: key.serialize_pem(),
         };
         let loaded = Loaded::from_stored(&stored)?;
-        self.store.save_certificate(&stored)?;
+        self.save_certificate(&stored).await?;
         Ok(loaded)
     }
 }

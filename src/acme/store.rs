@@ -19,13 +19,13 @@ const KEY: &str = "certificate.key";
 
 /// The stored account: its credentials and the directory they belong to.
 #[derive(Serialize, Deserialize)]
-struct StoredAccount {
-    directory: String,
-    credentials: AccountCredentials,
+pub(super) struct StoredAccount {
+    pub(super) directory: String,
+    pub(super) credentials: AccountCredentials,
 }
 
 /// A certificate chain and its private key, both PEM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredCertificate {
     pub chain_pem: String,
     pub key_pem: String,

@@ -92,6 +92,7 @@ pub fn fuzz_decode(bytes: &[u8]) -> usize {
 /// backend's tests.
 #[doc(hidden)]
 pub use jetstream::loopback_cluster::NatsCluster;
+pub use jetstream::shared_state::{SharedChange, SharedState};
 
 /// One request as ingress received it; shared by what is stored and what
 /// is quarantined.
@@ -557,6 +558,16 @@ impl Spool {
     /// Whether to report at all: off, nothing is cloned or sent.
     pub fn set_observing(&self, on: bool) {
         self.observer.set_on(on);
+    }
+
+    /// The key-value bucket `name` that every relay on this spool shares
+    /// (made if it is not there); `None` on sled, whose one relay keeps
+    /// such state in files of its own.
+    pub async fn shared_state(&self, name: &str) -> Result<Option<SharedState>, SpoolError> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(None),
+            Backend::Jetstream(b) => b.shared_state(name).await.map(Some),
+        }
     }
 
     /// Whether this relay holds `duty` now, taking it if no relay does

@@ -23,7 +23,7 @@ use crate::process::RelayProcess;
 
 /// Whether Pebble can run here; without it, a notice (or a failure under
 /// `REQUIRE_PEBBLE=1`).
-fn pebble_present(test: &str) -> bool {
+pub(crate) fn pebble_present(test: &str) -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("pebble").is_file()));
     if !found {
@@ -38,13 +38,13 @@ fn pebble_present(test: &str) -> bool {
 
 /// A loopback port free a moment ago (for the programs that must be told
 /// each other's ports before either starts).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
 
 /// A Pebble on loopback, validating challenges on `tls_port`/`http_port`.
-struct Pebble {
+pub(crate) struct Pebble {
     child: Child,
     dir: PathBuf,
     listen: u16,
@@ -55,7 +55,12 @@ struct Pebble {
 impl Pebble {
     /// Pebble's files (its listener's CA, certificate and key, its config)
     /// in `dir`; nothing runs yet.
-    fn prepare(dir: &Path, tls_port: u16, http_port: u16, validity: Option<Duration>) -> Pebble {
+    pub(crate) fn prepare(
+        dir: &Path,
+        tls_port: u16,
+        http_port: u16,
+        validity: Option<Duration>,
+    ) -> Pebble {
         std::fs::create_dir_all(dir).unwrap();
         let ca = TestCa::new("pebble listener test CA");
         std::fs::write(dir.join("ca.pem"), &ca.ca_pem).unwrap();
@@ -87,7 +92,7 @@ impl Pebble {
     }
 
     /// Starts it and waits until its directory answers.
-    async fn start(&mut self) {
+    pub(crate) async fn start(&mut self) {
         self.start_with(&[]).await
     }
 
@@ -129,15 +134,15 @@ impl Pebble {
         }
     }
 
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         let _ = self.child.kill().await;
     }
 
-    fn directory(&self) -> String {
+    pub(crate) fn directory(&self) -> String {
         format!("https://127.0.0.1:{}/dir", self.listen)
     }
 
-    fn listener_ca(&self) -> PathBuf {
+    pub(crate) fn listener_ca(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
 
@@ -153,7 +158,7 @@ impl Pebble {
     }
 
     /// The root its certificates chain to, written to a file.
-    async fn root(&self) -> PathBuf {
+    pub(crate) async fn root(&self) -> PathBuf {
         let url = format!("https://127.0.0.1:{}/roots/0", self.management);
         let pem = self
             .client()
@@ -170,7 +175,7 @@ impl Pebble {
     }
 
     /// New-order requests so far (Pebble logs each one it receives).
-    fn orders(&self) -> usize {
+    pub(crate) fn orders(&self) -> usize {
         self.log
             .lock()
             .unwrap()
@@ -181,13 +186,22 @@ impl Pebble {
 }
 
 /// The relay's config: the test sources, an admin listener, ACME on Pebble.
-fn relay_config(dir: &Path, port: u16, pebble: &Pebble, acme: &str) -> PathBuf {
-    let base = base_config(dir)
-        .replace("self_signed = true\n", "")
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
+pub(crate) fn relay_config(dir: &Path, port: u16, pebble: &Pebble, acme: &str) -> PathBuf {
+    relay_config_from(&base_config(dir), dir, port, pebble, acme)
+}
+
+/// [`relay_config`] from another base (a spool of the test's own).
+pub(crate) fn relay_config_from(
+    base: &str,
+    dir: &Path,
+    port: u16,
+    pebble: &Pebble,
+    acme: &str,
+) -> PathBuf {
+    let base = base.replace("self_signed = true\n", "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
     let extra = format!(
         "{}\n[server.acme]\ndomains = [\"localhost\"]\ncontact = [\"ops@example.com\"]\ndirectory = \"{}\"\ndirectory_ca = \"{}\"\n{acme}",
         crate::admin::admin_section(),
@@ -199,7 +213,7 @@ fn relay_config(dir: &Path, port: u16, pebble: &Pebble, acme: &str) -> PathBuf {
     path
 }
 
-async fn readyz(admin: &str) -> (u16, serde_json::Value) {
+pub(crate) async fn readyz(admin: &str) -> (u16, serde_json::Value) {
     let response = reqwest::Client::new()
         .get(format!("{admin}/readyz"))
         .send()
@@ -208,7 +222,7 @@ async fn readyz(admin: &str) -> (u16, serde_json::Value) {
     answer(response).await
 }
 
-async fn wait_ready(admin: &str, limit: Duration) {
+pub(crate) async fn wait_ready(admin: &str, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let (status, body) = readyz(admin).await;
@@ -224,7 +238,7 @@ async fn wait_ready(admin: &str, limit: Duration) {
 }
 
 /// A client that trusts only `root` and finds `localhost` at `addr`.
-fn client_trusting(root: &Path, addr: SocketAddr) -> reqwest::Client {
+pub(crate) fn client_trusting(root: &Path, addr: SocketAddr) -> reqwest::Client {
     let pem = std::fs::read(root).unwrap();
     reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
@@ -235,7 +249,7 @@ fn client_trusting(root: &Path, addr: SocketAddr) -> reqwest::Client {
         .unwrap()
 }
 
-async fn post(client: &reqwest::Client, addr: SocketAddr, hook_id: &str) -> u16 {
+pub(crate) async fn post(client: &reqwest::Client, addr: SocketAddr, hook_id: &str) -> u16 {
     client
         .post(format!(
             "https://localhost:{}/hooks/tusfacturas/{TUS_TOKEN}",
@@ -250,7 +264,7 @@ async fn post(client: &reqwest::Client, addr: SocketAddr, hook_id: &str) -> u16 
 }
 
 /// The serial number of the certificate the relay serves for `localhost`.
-async fn served_serial(root: &Path, addr: SocketAddr) -> std::io::Result<Vec<u8>> {
+pub(crate) async fn served_serial(root: &Path, addr: SocketAddr) -> std::io::Result<Vec<u8>> {
     let tls = tls_connect_to(addr, root, b"http/1.1").await?;
     let (_, session) = tls.get_ref();
     let leaf = session
@@ -262,7 +276,7 @@ async fn served_serial(root: &Path, addr: SocketAddr) -> std::io::Result<Vec<u8>
 }
 
 /// `webhook-relay cert status --json`.
-fn cert_status(config: &Path) -> serde_json::Value {
+pub(crate) fn cert_status(config: &Path) -> serde_json::Value {
     let output = relay_cli(&["cert", "status"], config, &["--json"]);
     assert!(output.status.success(), "{output:?}");
     serde_json::from_slice(&output.stdout).unwrap()

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod acme;
+mod acme_shared;
 mod admin;
 mod admin_page;
 mod app_run;

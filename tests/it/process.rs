@@ -72,6 +72,11 @@ impl RelayProcess {
         RelayProcess { child, addr, log }
     }
 
+    /// Its log, for a task of the test that outlives a borrow.
+    pub fn log_handle(&self) -> Arc<Mutex<VecDeque<String>>> {
+        self.log.clone()
+    }
+
     /// The log lines whose message contains `text`.
     pub fn logged(&self, text: &str) -> Vec<String> {
         self.log

@@ -95,6 +95,7 @@ mod reports;
 mod retention;
 #[cfg(test)]
 mod retention_tests;
+pub(crate) mod shared_state;
 mod states;
 mod store;
 #[cfg(test)]
