@@ -368,3 +368,104 @@ impl Acme {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::spool::{skip_without_nats, JetStreamFixture, Routes};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_relay_has_the_turn_until_it_gives_it_back_or_lets_it_lapse() {
+        if skip_without_nats() {
+            return;
+        }
+        let fixture = JetStreamFixture::new();
+        let clock = Clock::manual(1_800_000_000_000);
+        let mut relays = Vec::new();
+        for name in ["a", "b"] {
+            let spool = fixture
+                .open_relay(name, Routes::default(), clock)
+                .await
+                .unwrap();
+            let state = spool
+                .shared_state(BUCKET)
+                .await
+                .unwrap()
+                .expect("JetStream");
+            relays.push(Shared::new(state));
+        }
+        let (a, b) = (&relays[0], &relays[1]);
+        let now = clock.now_ms();
+        assert!(matches!(a.take_turn(now).await.unwrap(), Taken::Mine));
+        match b.take_turn(now).await.unwrap() {
+            Taken::Theirs(holder) => assert_eq!(holder, a.relay),
+            Taken::Mine => panic!("two relays had the turn"),
+        }
+        // Given back: b takes it, and a's late give-back leaves b's alone.
+        a.end_turn().await.unwrap();
+        assert!(matches!(b.take_turn(now).await.unwrap(), Taken::Mine));
+        a.end_turn().await.unwrap();
+        assert!(matches!(a.take_turn(now).await.unwrap(), Taken::Theirs(_)));
+        // b dies holding it: once it lapses, a takes it over, once.
+        let lapsed = now + i64::try_from(ATTEMPT_TIMEOUT.as_millis()).unwrap() + 60_001;
+        assert!(matches!(
+            a.take_turn(lapsed - 2).await.unwrap(),
+            Taken::Theirs(_)
+        ));
+        assert!(matches!(a.take_turn(lapsed).await.unwrap(), Taken::Mine));
+        assert!(matches!(
+            b.take_turn(lapsed).await.unwrap(),
+            Taken::Theirs(_)
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_sees_what_is_there_then_each_change() {
+        if skip_without_nats() {
+            return;
+        }
+        let fixture = JetStreamFixture::new();
+        let spool = fixture
+            .open_relay("a", Routes::default(), Clock::system())
+            .await
+            .unwrap();
+        let shared = Shared::new(spool.shared_state(BUCKET).await.unwrap().unwrap());
+        shared
+            .publish_tls("relay.example.com", &[7; 32])
+            .await
+            .unwrap();
+        let mut changes = shared.watch();
+        let first = changes.recv().await.unwrap();
+        assert_eq!(
+            first,
+            SharedChange::Put {
+                key: "challenge.tls.relay.example.com".into(),
+                value: Bytes::from_static(&[7; 32]),
+            }
+        );
+        shared.publish_http("tok-1", "tok-1.thumb").await.unwrap();
+        shared
+            .clear_challenges(&["relay.example.com".into()], &["tok-1".into()])
+            .await;
+        let mut rest = Vec::new();
+        for _ in 0..3 {
+            rest.push(changes.recv().await.unwrap());
+        }
+        assert_eq!(
+            rest,
+            vec![
+                SharedChange::Put {
+                    key: "challenge.http.tok-1".into(),
+                    value: Bytes::from_static(b"tok-1.thumb"),
+                },
+                SharedChange::Gone {
+                    key: "challenge.tls.relay.example.com".into()
+                },
+                SharedChange::Gone {
+                    key: "challenge.http.tok-1".into()
+                },
+            ]
+        );
+    }
+}

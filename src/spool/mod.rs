@@ -726,3 +726,6 @@ impl Spool {
 
 #[cfg(test)]
 pub(crate) mod contract;
+/// A JetStream spool of a test's own, for tests outside the spool.
+#[cfg(test)]
+pub(crate) use jetstream::contract_tests::{skip_without_nats, JetStreamFixture};
