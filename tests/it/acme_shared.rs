@@ -2,7 +2,7 @@
 //! order, both serve the same certificate. Pebble validates through a
 //! stand-in for a load balancer that sends the CA to the relay that did
 //! *not* order, so the certificate is issued only if that relay answers
-//! the TLS-ALPN-01 challenge the other one published. A restart then
+//! the challenge (TLS-ALPN-01 or HTTP-01) the other one published. A restart then
 //! serves the shared certificate at once, ordering nothing.
 //!
 //! Needs `pebble` and `nats-server` (each test prints a notice and passes
@@ -51,8 +51,26 @@ fn balancer(listener: TcpListener, relays: Vec<(SocketAddr, Log)>) -> Arc<Mutex<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_relays_on_one_jetstream_spool_order_once_and_serve_the_same_certificate() {
-    let test = "two_relays_on_one_jetstream_spool_order_once_and_serve_the_same_certificate";
+async fn two_relays_on_one_jetstream_spool_order_once_by_tls_alpn_01() {
+    two_relays_order_once(
+        "two_relays_on_one_jetstream_spool_order_once_by_tls_alpn_01",
+        "tls-alpn-01",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_jetstream_spool_order_once_by_http_01() {
+    two_relays_order_once(
+        "two_relays_on_one_jetstream_spool_order_once_by_http_01",
+        "http-01",
+    )
+    .await;
+}
+
+/// Two relays, one order, the CA's validation sent to the relay that did
+/// not order, the same certificate served by both and after a restart.
+async fn two_relays_order_once(test: &str, challenge: &str) {
     if !pebble_present(test) {
         return;
     }
@@ -64,26 +82,25 @@ async fn two_relays_on_one_jetstream_spool_order_once_and_serve_the_same_certifi
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let balancer_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let balancer_port = balancer_listener.local_addr().unwrap().port();
+    // The CA validates on one port: the balancer's, for either challenge.
     let mut pebble = Pebble::prepare(
         &dirs[0].path().join("pebble"),
         balancer_port,
-        free_port(),
+        balancer_port,
         None,
     );
     pebble.start().await;
     let prefix = jetstream_prefix(dirs[0].path());
+    let http_ports = [free_port(), free_port()];
     let configs: Vec<_> = dirs
         .iter()
-        .map(|dir| {
+        .zip(http_ports)
+        .map(|(dir, http_port)| {
             let base = base_config_on_nats(dir.path(), &nats)
                 .replace(&jetstream_prefix(dir.path()), &prefix);
-            relay_config_from(
-                &base,
-                dir.path(),
-                free_port(),
-                &pebble,
-                "challenge = \"tls-alpn-01\"\n",
-            )
+            let acme =
+                format!("challenge = \"{challenge}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n");
+            relay_config_from(&base, dir.path(), free_port(), &pebble, &acme)
         })
         .collect();
 
@@ -91,9 +108,22 @@ async fn two_relays_on_one_jetstream_spool_order_once_and_serve_the_same_certifi
     for config in &configs {
         relays.push(RelayProcess::spawn(config).await);
     }
+    // Where the CA's requests go: the ingress (TLS-ALPN-01) or the
+    // HTTP-01 listener of each relay.
+    let validated_at: Vec<SocketAddr> = match challenge {
+        "http-01" => http_ports
+            .iter()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
+            .collect(),
+        _ => relays.iter().map(|r| r.addr).collect(),
+    };
     let sent = balancer(
         balancer_listener,
-        relays.iter().map(|r| (r.addr, r.log_handle())).collect(),
+        validated_at
+            .iter()
+            .zip(&relays)
+            .map(|(addr, relay)| (*addr, relay.log_handle()))
+            .collect(),
     );
     for relay in &relays {
         wait_ready(&relay.admin_url(), Duration::from_secs(60)).await;
@@ -120,9 +150,9 @@ async fn two_relays_on_one_jetstream_spool_order_once_and_serve_the_same_certifi
         "Pebble never validated through the balancer"
     );
     assert!(
-        sent.iter().all(|addr| *addr == relays[other].addr),
-        "validations went to {sent:?}; the relay that did not order is {}",
-        relays[other].addr
+        sent.iter().all(|addr| *addr == validated_at[other]),
+        "validations went to {sent:?}; the relay that did not order is at {}",
+        validated_at[other]
     );
 
     // Both serve the same certificate, trusted through Pebble's root.
