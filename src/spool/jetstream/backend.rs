@@ -351,6 +351,7 @@ impl JetStreamSpool {
         }
         // Leases given back reach the servers before the connection goes.
         self.naks.settle(&self.bridge).await?;
+        self.release_duties().await;
         self.stop_fold();
         let drained = {
             let client = self.link.client().clone();

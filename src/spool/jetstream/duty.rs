@@ -1,8 +1,9 @@
 //! The single-run duties' leases (`docs/design/jetstream.md` §1.5): a
 //! duty `X` is held by the relay whose `create("duty.X", relay)` in the
-//! KV bucket `P_locks` won; the holder renews it with `update(revision)`,
-//! and the bucket's max age (`DUTY_TTL`) expires the key of a holder that
-//! stopped (closed or crashed), after which another relay's `create` wins.
+//! KV bucket `P_locks` won; the holder renews it with `update(revision)`.
+//! A clean stop deletes the keys it holds (at their revision), and the
+//! bucket's max age (`DUTY_TTL`) expires the key of a holder that crashed;
+//! either way another relay's `create` then wins.
 //!
 //! Renewals happen at each `maintain` call, not on a timer of their own:
 //! a duty's work runs only inside that call, right after a renewal that
@@ -87,6 +88,15 @@ impl Duties {
         };
     }
 
+    /// Every duty held, forgotten: what a stop gives back.
+    fn take_all(&self) -> Vec<(&'static str, u64)> {
+        let mut duties = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        duties
+            .drain()
+            .map(|(duty, (revision, _))| (duty, revision))
+            .collect()
+    }
+
     fn set(&self, duty: &'static str, held: Option<(u64, Instant)>) {
         let mut duties = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match held {
@@ -161,6 +171,42 @@ impl JetStreamSpool {
         let hold = self.hold_duty(duty).await?;
         self.duties.set_lost(duty, hold.is_none().then_some(now));
         Ok(hold)
+    }
+
+    /// Gives back the duties this relay holds, so another relay takes
+    /// them at its next try instead of after the lease's TTL. Only keys
+    /// still at the revision this relay wrote are deleted (one that lapsed
+    /// and was taken is left to its new holder). Called by a clean stop,
+    /// once the duties' work has stopped; a failure only means the wait.
+    pub(super) async fn release_duties(&self) {
+        let held = self.duties.take_all();
+        if held.is_empty() {
+            return;
+        }
+        let bucket = self.link.names().locks();
+        let context = self.link.context().clone();
+        let released = self
+            .bridge
+            .run(async move {
+                let store = context
+                    .get_key_value(bucket)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for (duty, revision) in held {
+                    match store.delete_expect_revision(duty, Some(revision)).await {
+                        Ok(()) => tracing::info!(duty, "duty given back for another relay to take"),
+                        Err(e) => tracing::debug!(duty, error = %e, "duty not given back; it lapses by itself"),
+                    }
+                }
+                Ok::<(), String>(())
+            })
+            .await;
+        let failed = match released {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(e) => e.to_string(),
+        };
+        tracing::debug!(error = %failed, "duties not given back; they lapse by themselves");
     }
 
     fn won(&self, duty: &'static str, revision: u64, asked: Instant) -> Hold {

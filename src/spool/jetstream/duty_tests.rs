@@ -1,8 +1,9 @@
 //! The retention duty's lease across relays (`duty.rs`, `retention.rs`):
 //! of two relays sharing a spool only the holder of `duty.retention`
-//! removes, every relay's index drops what it removed, and when the
-//! holder stops (closed, or crashed) another relay takes the duty once
-//! the lease's key expires (the bucket's max age, real time).
+//! removes, every relay's index drops what it removed; a holder that
+//! closes gives the duty back and another relay takes it at once, and
+//! one that crashes holding it loses it once the lease's key expires (the
+//! bucket's max age, real time).
 
 use std::time::Duration;
 
@@ -90,15 +91,17 @@ async fn only_the_holder_removes_and_the_duty_passes_on_when_it_stops() {
     assert!(a.notification(second).await.unwrap().is_some());
     assert_eq!(a.maintain().await.unwrap().notifications, 1, "a renews it");
 
-    // The holder closes: b takes the duty once its key expires.
+    // The holder closes and gives the duty back: b takes it at its next
+    // try, without waiting for the lease to lapse.
     let third = delivered(&b, "third", clock).await;
     clock.advance(2 * hour);
     a.close().await.unwrap();
     let closed = Instant::now();
     assert_eq!(maintain_until_taken(&b).await, 1);
     assert!(
-        closed.elapsed() > DUTY_TTL / 2,
-        "not before the lease lapsed"
+        closed.elapsed() < DUTY_TTL / 2,
+        "a clean stop hands the duty over at once, not after {:?}",
+        closed.elapsed()
     );
     assert!(gone_from(&b, third).await);
 
@@ -115,7 +118,12 @@ async fn only_the_holder_removes_and_the_duty_passes_on_when_it_stops() {
         Backend::Sled(_) => unreachable!(),
     }
     drop(b);
+    let crashed = Instant::now();
     assert_eq!(maintain_until_taken(&c).await, 1);
+    assert!(
+        crashed.elapsed() > DUTY_TTL / 2,
+        "not before the crashed holder's lease lapsed"
+    );
     assert!(gone_from(&c, fourth).await);
     c.close().await.unwrap();
 }

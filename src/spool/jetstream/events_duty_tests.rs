@@ -2,9 +2,9 @@
 //! sharing a spool, only the holder of `duty.events` hears the spool's
 //! reports, and it hears every relay's attempts and quarantined bodies
 //! once each, from the stream; a rewrite that is no attempt (retry now)
-//! is no report; when the holder stops (closed, or crashed) another relay
-//! takes the duty once the lease's key expires and reports what comes
-//! next.
+//! is no report; when the holder closes another relay takes the duty at
+//! once, when it crashes once the lease's key expires, and reports what
+//! comes next.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -161,14 +161,15 @@ async fn the_events_holder_alone_hears_every_relays_attempts_once_and_a_successo
     }));
     assert_eq!(heard_b.count(), 0, "b holds no duty: it hears nothing");
 
-    // a closes: b takes the duty once its key expires, and hears what
-    // comes next (what a attempts too).
+    // a closes and gives the duty back: b takes it at its next try, and
+    // hears what comes next (what a attempts too).
     a.close().await.unwrap();
     let closed = Instant::now();
     assert!(takes_over(&b).await, "b takes the duty over");
     assert!(
-        closed.elapsed() > DUTY_TTL / 2,
-        "not before the lease lapsed"
+        closed.elapsed() < DUTY_TTL / 2,
+        "a clean stop hands the duty over at once, not after {:?}",
+        closed.elapsed()
     );
     let leases = lease_now(&b, "erp", 1).await;
     attempt(&b, &leases[0], refused(), clock.now_ms()).await;
@@ -186,7 +187,12 @@ async fn the_events_holder_alone_hears_every_relays_attempts_once_and_a_successo
         Backend::Sled(_) => unreachable!(),
     }
     drop(b);
+    let crashed = Instant::now();
     assert!(takes_over(&c).await, "c takes the duty over");
+    assert!(
+        crashed.elapsed() > DUTY_TTL / 2,
+        "not before the crashed holder's lease lapsed"
+    );
     let leases = lease_now(&c, "erp", 1).await;
     attempt(&c, &leases[0], refused(), clock.now_ms()).await;
     assert!(asking_until(&[&c], &heard_c, 1, Duration::from_secs(10)).await);
