@@ -14,6 +14,7 @@
 //! came first, or no answer) leaves a record of what was asked, which
 //! `Relay-Audit` on the change that did land tells apart.
 
+use super::staged::Writes;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
@@ -34,7 +35,7 @@ fn key(name: &str) -> Vec<u8> {
 
 /// An API subscription's message folded in (`None`: its tombstone).
 pub(super) fn fold_api_subscription(
-    batch: &mut sled::Batch,
+    batch: &mut Writes,
     sequence: u64,
     name: &str,
     meta: Option<&str>,

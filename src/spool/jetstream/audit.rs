@@ -11,6 +11,7 @@
 //! so new ids follow those found on open; other relays' ids interleave by
 //! time. Retention of audit records is step 7's.
 
+use super::staged::Writes;
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
@@ -34,14 +35,14 @@ fn key(id: AuditId) -> [u8; 17] {
 }
 
 /// An audit record folded in.
-pub(super) fn fold_audit(batch: &mut sled::Batch, sequence: u64, id: AuditId, meta: &str) {
+pub(super) fn fold_audit(batch: &mut Writes, sequence: u64, id: AuditId, meta: &str) {
     let mut value = sequence.to_be_bytes().to_vec();
     value.extend_from_slice(meta.as_bytes());
     batch.insert(&key(id), value);
 }
 
 /// An audit record removed by retention (`removal.rs`).
-pub(super) fn unfold_audit(batch: &mut sled::Batch, id: AuditId) {
+pub(super) fn unfold_audit(batch: &mut Writes, id: AuditId) {
     batch.remove(&key(id));
 }
 

@@ -20,6 +20,7 @@
 //! every fold drops the invoice's `K` entries as it folds that marker
 //! (`removal.rs`).
 
+use super::staged::{Reads, Writes};
 use async_nats::HeaderMap;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -50,7 +51,7 @@ fn key(source: &str, subject: &str, n: u64) -> Vec<u8> {
 /// A check folded in: kept under its number, the one it replaced in the
 /// stream (100 before) dropped.
 pub(super) fn fold_check(
-    batch: &mut sled::Batch,
+    batch: &mut Writes,
     sequence: u64,
     source: &str,
     subject: &str,
@@ -79,13 +80,12 @@ pub(super) fn fold_check(
 /// Drops every check of an invoice from the index (its last
 /// notification removed).
 pub(super) fn unfold_checks(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
+    db: &impl Reads,
+    batch: &mut Writes,
     source: &str,
     subject: &str,
 ) -> Result<(), SpoolError> {
-    for item in db.scan_prefix(prefix(source, subject)) {
-        let (key, _) = item.map_err(storage)?;
+    for (key, _) in db.all_with_prefix(&prefix(source, subject))? {
         batch.remove(key);
     }
     Ok(())
@@ -129,7 +129,7 @@ impl Index {
             None => 0,
         };
         let expect = match n.checked_sub(KEPT) {
-            Some(replaced) => match db.get(key(source, subject, replaced)).map_err(storage)? {
+            Some(replaced) => match db.read(&key(source, subject, replaced))? {
                 Some(value) => value
                     .get(..8)
                     .and_then(|b| b.try_into().ok())

@@ -12,6 +12,7 @@
 
 use super::counts::{standing_byte, standing_from_byte, standing_of};
 use super::index::{storage, Folded, Index};
+use super::staged::{Reads, Writes};
 use super::subjects::token;
 use crate::spool::standing::Standing;
 use crate::spool::{NotificationId, NotificationMeta, SpoolError};
@@ -126,15 +127,15 @@ pub(super) fn id_at_end(key: &[u8]) -> Option<NotificationId> {
 /// first attempt to make. Answers where each of its deliveries stands (a
 /// state folded before the notification is counted as it stands).
 pub(super) fn fold_first_attempts(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
+    db: &impl Reads,
+    batch: &mut Writes,
     id: NotificationId,
     meta: &NotificationMeta,
 ) -> Result<Vec<(String, Standing)>, SpoolError> {
     let mut standings = Vec::with_capacity(meta.subscriptions.len());
     for subscription in &meta.subscriptions {
         let sub = token(subscription);
-        let standing = match db.get(keyed(STATE, &sub, id)).map_err(storage)? {
+        let standing = match db.read(&keyed(STATE, &sub, id))? {
             Some(state) => decode_state(&state)?.standing,
             None => {
                 batch.insert(keyed(FIRST, &sub, id), &meta.received_ms.to_be_bytes());
@@ -151,8 +152,8 @@ pub(super) fn fold_first_attempts(
 /// the delivery stood before (`None`: it was no delivery of the
 /// notification's until now, as a reassigned orphan is) and stands now.
 pub(super) fn fold_state(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
+    db: &impl Reads,
+    batch: &mut Writes,
     sequence: u64,
     sub: &str,
     id: NotificationId,
@@ -160,7 +161,7 @@ pub(super) fn fold_state(
 ) -> Result<(Option<Standing>, Standing), SpoolError> {
     let key = keyed(STATE, sub, id);
     let first = keyed(FIRST, sub, id);
-    let was = match db.get(&key).map_err(storage)? {
+    let was = match db.read(&key)? {
         Some(old) => {
             let old = decode_state(&old)?;
             if let Some(due) = old.due_ms {
@@ -168,7 +169,7 @@ pub(super) fn fold_state(
             }
             Some(old.standing)
         }
-        None if db.contains_key(&first).map_err(storage)? => Some(Standing::Waiting),
+        None if db.holds(&first)? => Some(Standing::Waiting),
         None => None,
     };
     batch.remove(first);

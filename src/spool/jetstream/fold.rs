@@ -1,5 +1,6 @@
-//! The fold of the stream into this relay's index, one message at a time
-//! in stream order: which part of the index each kind of message changes,
+//! The fold of the stream into this relay's index, message by message in
+//! stream order (a burst of them committed as one batch, `staged.rs`):
+//! which part of the index each kind of message changes,
 //! and how it moves the counts (`counts.rs`). Apart from `index.rs` so
 //! that the parts it calls (deliveries, pause, audit, API subscriptions)
 //! can build on the index without the index building on them.
@@ -19,11 +20,12 @@ use super::audit::fold_audit;
 use super::checks::fold_check;
 use super::counts::source_in;
 use super::deliveries::{fold_first_attempts, fold_state};
-use super::index::{record_key, storage, Family, Folded, Index};
+use super::index::{record_key, Family, Folded, Index};
 use super::invoices::{fold_invoice, fold_resend};
 use super::pause::fold_pause;
 use super::removal::fold_removal;
 use super::reports::{attempt_report, quarantine_report};
+use super::staged::{Reads, Staged, Writes};
 use super::stuck::{fold_stuck, fold_walked};
 use super::subjects::{name_of, Kind, Removed};
 use crate::spool::tally::Tally;
@@ -32,49 +34,110 @@ use crate::spool::{NotificationId, NotificationMeta, Observed, SpoolError};
 impl Index {
     /// Folds in one message of the stream: `kind` from its subject, the
     /// rest from its headers.
+    #[cfg(test)]
     pub(super) fn apply(
         &self,
         sequence: u64,
         kind: &Kind,
         folded: &Folded<'_>,
     ) -> Result<(), SpoolError> {
-        if sequence <= self.applied() {
-            return Ok(()); // seen before a restart of the tail
-        }
+        self.apply_burst([Ok((sequence, kind.clone(), folded))])
+    }
+
+    /// Folds in a burst of messages in stream order, committed as one
+    /// sled batch (`staged.rs`): each is folded as if alone, seeing what
+    /// the messages before it wrote. A message that cannot be read or
+    /// folded fails the whole burst, nothing of it committed.
+    pub(super) fn apply_burst<'f>(
+        &self,
+        messages: impl IntoIterator<Item = Result<(u64, Kind, &'f Folded<'f>), SpoolError>>,
+    ) -> Result<(), SpoolError> {
         let db = self.db()?;
-        let mut batch = sled::Batch::default();
+        let mut staged = Staged::over(&db);
         let mut tally = self.counts.tally();
-        let mut heard = None;
-        let staged = fold_one(
-            &db, &mut batch, &mut tally, sequence, kind, folded, &mut heard,
-        );
-        if let Err(err) = staged {
-            self.counts.discard(&mut tally);
-            return Err(err);
-        }
-        let report = match self.reports.wanted() {
-            true => report_of(&db, kind, folded)?,
-            false => None,
+        let mut done = Done::default();
+        let staging = self.stage(&mut staged, &mut tally, &mut done, messages);
+        let last = match staging {
+            Ok(Some(last)) => last,
+            Ok(None) => {
+                self.counts.discard(&mut tally);
+                return Ok(());
+            }
+            Err(err) => {
+                self.counts.discard(&mut tally);
+                return Err(err);
+            }
         };
-        self.commit(&db, batch, &mut tally, sequence)?;
-        if let Some((source, received_ms)) = heard {
+        self.commit(&db, staged.into_batch(), &mut tally, last)?;
+        for (source, received_ms) in done.heard {
             self.heard(&source, received_ms);
         }
-        if let Kind::ApiSubscription(_) = kind {
+        if done.subscriptions_changed {
             self.subscription_folded();
         }
-        if let Some(report) = report {
+        for report in done.reports {
             self.reports.send(report);
         }
         Ok(())
     }
+
+    /// Stages each message new to the index; the last sequence staged.
+    fn stage<'f>(
+        &self,
+        staged: &mut Staged<'_>,
+        tally: &mut Tally,
+        done: &mut Done,
+        messages: impl IntoIterator<Item = Result<(u64, Kind, &'f Folded<'f>), SpoolError>>,
+    ) -> Result<Option<u64>, SpoolError> {
+        let mut last = self.applied();
+        let mut staged_any = false;
+        let wanted = self.reports.wanted();
+        for message in messages {
+            let (sequence, kind, folded) = message?;
+            if sequence <= last {
+                continue; // seen before a restart of the tail
+            }
+            let mut writes = Writes::default();
+            let mut heard = None;
+            fold_one(
+                staged,
+                &mut writes,
+                tally,
+                sequence,
+                &kind,
+                folded,
+                &mut heard,
+            )?;
+            // Read as the index stood before the message.
+            if wanted {
+                if let Some(report) = report_of(staged, &kind, folded)? {
+                    done.reports.push(report);
+                }
+            }
+            staged.add(writes);
+            done.heard.extend(heard);
+            done.subscriptions_changed |= matches!(kind, Kind::ApiSubscription(_));
+            last = sequence;
+            staged_any = true;
+        }
+        Ok(staged_any.then_some(last))
+    }
+}
+
+/// What a burst tells once it is committed.
+#[derive(Default)]
+struct Done {
+    /// Sources heard from, and when.
+    heard: Vec<(String, i64)>,
+    subscriptions_changed: bool,
+    reports: Vec<Observed>,
 }
 
 /// What the spool's observer hears of one message, read before it is
 /// folded in: an attempt the forwarder recorded, or a body newly
 /// quarantined (a release or a tombstone is none).
 fn report_of(
-    db: &sled::Db,
+    db: &impl Reads,
     kind: &Kind,
     folded: &Folded<'_>,
 ) -> Result<Option<Observed>, SpoolError> {
@@ -82,8 +145,7 @@ fn report_of(
         (Kind::Delivery { subscription, id }, Some(attempted), _) => {
             let (Some(name), Some(value)) = (
                 name_of(subscription),
-                db.get(record_key(Family::Notifications, *id))
-                    .map_err(storage)?,
+                db.read(&record_key(Family::Notifications, *id))?,
             ) else {
                 return Ok(None); // removed meanwhile: nothing to tell of
             };
@@ -97,9 +159,7 @@ fn report_of(
             }
         }
         (&Kind::Quarantine(id), _, Some(meta)) => {
-            let new = !db
-                .contains_key(record_key(Family::Quarantine, id))
-                .map_err(storage)?;
+            let new = !db.holds(&record_key(Family::Quarantine, id))?;
             Ok(new
                 .then(|| quarantine_report(id, meta, folded.size))
                 .flatten())
@@ -110,8 +170,8 @@ fn report_of(
 
 /// `heard`: the source and receipt of a notification new to the index.
 fn fold_one(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
+    db: &impl Reads,
+    batch: &mut Writes,
     tally: &mut Tally,
     sequence: u64,
     kind: &Kind,
@@ -123,7 +183,7 @@ fn fold_one(
         value.extend_from_slice(meta.as_bytes());
         value
     };
-    let held = |family, id| db.contains_key(record_key(family, id)).map_err(storage);
+    let held = |family, id| db.holds(&record_key(family, id));
     match (kind, folded.meta) {
         (&Kind::Notification(id), Some(meta)) => {
             let parsed: NotificationMeta = serde_json::from_str(meta)
@@ -157,9 +217,7 @@ fn fold_one(
         (&Kind::Quarantine(id), None) => unquarantine(db, batch, tally, id)?,
         (Kind::Pause, Some(meta)) => fold_pause(batch, meta)?,
         (&Kind::Resend(id), _) => {
-            let notification = db
-                .get(record_key(Family::Notifications, id))
-                .map_err(storage)?;
+            let notification = db.read(&record_key(Family::Notifications, id))?;
             fold_resend(
                 db,
                 batch,
@@ -206,13 +264,13 @@ fn skip_damaged(sequence: u64, folded: Result<(), SpoolError>) {
 
 /// A quarantined body leaves (a tombstone, or released as a notification).
 fn unquarantine(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
+    db: &impl Reads,
+    batch: &mut Writes,
     tally: &mut Tally,
     id: NotificationId,
 ) -> Result<(), SpoolError> {
     let key = record_key(Family::Quarantine, id);
-    if let Some(value) = db.get(key).map_err(storage)? {
+    if let Some(value) = db.read(&key)? {
         tally.removed_quarantined(value.get(8..).and_then(source_in).as_deref());
         batch.remove(&key);
     }

@@ -234,3 +234,117 @@ fn an_api_subscription_is_its_latest_message_and_a_removal_forgets_its_pause() {
     assert!(index.api_subscriptions().unwrap().is_empty());
     assert!(!index.is_paused("billing").unwrap());
 }
+
+/// An invoice's notification: `subject` at `status`, to these subscriptions.
+fn invoice_meta(
+    id: NotificationId,
+    subject: &str,
+    status: crate::providers::InvoiceStatus,
+    subscriptions: &[&str],
+) -> String {
+    let mut meta: NotificationMeta = serde_json::from_str(&meta(id, subscriptions)).unwrap();
+    meta.subject = Some(subject.to_owned());
+    meta.status = status;
+    serde_json::to_string(&meta).unwrap()
+}
+
+/// Every key and value of an index.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Every key and value of an index, and its counts.
+fn contents(index: &Index) -> (Pairs, Counts) {
+    let pairs = index
+        .db()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            let (key, value) = pair.unwrap();
+            (key.to_vec(), value.to_vec())
+        })
+        .collect();
+    (pairs, index.counts.now())
+}
+
+#[test]
+fn a_burst_folds_to_the_same_index_as_its_messages_one_by_one() {
+    use super::subjects::Removed;
+    use crate::providers::InvoiceStatus::{Accepted, Queued, Rejected};
+    let id = NotificationId::new;
+    let (n1, n2, n3, n4, q1) = (id(1), id(2), id(3), id(4), id(5));
+    let metas = [
+        invoice_meta(n1, "F-1", Queued, &["erp", "audit"]),
+        invoice_meta(n2, "F-1", Accepted, &["erp"]),
+        // Older than n2 but folded after it: n2's entry is decided again.
+        invoice_meta(n3, "F-1", Rejected, &["erp"]),
+        invoice_meta(n4, "F-2", Queued, &["audit"]),
+    ];
+    let quarantined = r#"{"source":"nube","id":"q"}"#;
+    let state = |lease: &'static str, standing: &'static str| Folded {
+        lease: Some(lease),
+        standing: Some(standing),
+        due_ms: (lease != "final").then_some(7),
+        ..Folded::default()
+    };
+    let delivery = |subscription: &str, id| Kind::Delivery {
+        subscription: token(subscription),
+        id,
+    };
+    // Each message reads what the ones before it wrote: a state before
+    // and after its notification, a resend, a removal, a quarantined body
+    // and its release.
+    let messages: Vec<(Kind, Folded<'_>)> = vec![
+        (delivery("erp", n1), state("due", "waiting")),
+        (Kind::Notification(n1), with(&metas[0])),
+        (delivery("erp", n1), state("final", "delivered")),
+        (Kind::Notification(n2), with(&metas[1])),
+        (Kind::Resend(n2), Folded::default()),
+        (Kind::Quarantine(q1), with(quarantined)),
+        (delivery("audit", n1), state("wait", "waiting")),
+        (
+            Kind::Notification(n4),
+            Folded {
+                meta: Some(&metas[3]),
+                released: Some(q1),
+                ..Folded::default()
+            },
+        ),
+        (Kind::Notification(n3), with(&metas[2])),
+        (delivery("erp", n2), state("final", "dead")),
+        (Kind::Removed(Removed::Notification(n1)), Folded::default()),
+        (delivery("audit", n4), state("final", "delivered")),
+        (Kind::Resend(n3), Folded::default()),
+    ];
+
+    let one_by_one_dir = tempfile::tempdir().unwrap();
+    let one_by_one = open_index(&one_by_one_dir);
+    for (sequence, (kind, folded)) in (1..).zip(&messages) {
+        one_by_one.apply(sequence, kind, folded).unwrap();
+    }
+    let want = contents(&one_by_one);
+    assert_eq!(want.1.notifications, 3, "{:?}", want.1);
+
+    for size in [2, 3, messages.len()] {
+        let dir = tempfile::tempdir().unwrap();
+        let bursts = open_index(&dir);
+        let numbered: Vec<(u64, &(Kind, Folded<'_>))> = (1..).zip(&messages).collect();
+        for burst in numbered.chunks(size) {
+            bursts
+                .apply_burst(
+                    burst
+                        .iter()
+                        .map(|(sequence, (kind, folded))| Ok((*sequence, kind.clone(), folded))),
+                )
+                .unwrap();
+        }
+        assert_eq!(contents(&bursts), want, "bursts of {size}");
+        // A burst seen again after a restart of the tail changes nothing.
+        bursts
+            .apply_burst(
+                numbered
+                    .iter()
+                    .map(|(sequence, (kind, folded))| Ok((*sequence, kind.clone(), folded))),
+            )
+            .unwrap();
+        assert_eq!(contents(&bursts), want, "bursts of {size}, again");
+    }
+}

@@ -16,7 +16,7 @@
 //! folds the same messages in the same order, so every relay decides the
 //! same (the storing relay's own index may lag, so the store cannot).
 
-use super::index::storage;
+use super::staged::{Reads, Writes};
 use crate::providers::{InvoiceStatus, ALL_STATUSES};
 use crate::spool::invoices::InvoiceRef;
 use crate::spool::{NotificationId, NotificationMeta, SpoolError};
@@ -74,12 +74,12 @@ pub(super) fn entry_key(source: &str, subject: &str, id: NotificationId) -> Vec<
 /// Whether the fold found `id` older than a state its invoice already
 /// reached (false for a notification with no invoice entry).
 pub(super) fn is_superseded(
-    db: &sled::Db,
+    db: &impl Reads,
     source: &str,
     subject: &str,
     id: NotificationId,
 ) -> Result<bool, SpoolError> {
-    let entry = db.get(entry_key(source, subject, id)).map_err(storage)?;
+    let entry = db.read(&entry_key(source, subject, id))?;
     Ok(entry
         .as_deref()
         .and_then(Entry::decode)
@@ -134,14 +134,10 @@ impl Entry {
 
 /// The newest entry under a timeline prefix (the first): its id and entry.
 pub(super) fn newest_entry(
-    db: &sled::Db,
+    db: &impl Reads,
     prefix: &[u8],
 ) -> Result<Option<(NotificationId, Entry)>, SpoolError> {
-    let found = db
-        .range(prefix.to_vec()..past_timeline(prefix))
-        .next()
-        .transpose()
-        .map_err(storage)?;
+    let found = db.first_in(prefix, &past_timeline(prefix))?;
     Ok(found.and_then(|(key, value)| {
         let id = key.get(prefix.len()..).and_then(id_of_inverted)?;
         Some((id, Entry::decode(&value)?))
@@ -156,8 +152,8 @@ pub(super) fn newest_entry(
 /// (rare) are decided again from it on: what every relay decides depends
 /// on the notifications folded, not on which came first.
 pub(super) fn fold_invoice(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
+    db: &impl Reads,
+    batch: &mut Writes,
     id: NotificationId,
     meta: &NotificationMeta,
 ) -> Result<(), SpoolError> {
@@ -170,17 +166,13 @@ pub(super) fn fold_invoice(
     // Older entries sort after this one (ids inverted): the first is the
     // entry before it.
     let before = db
-        .range(key.clone()..past_timeline(&prefix))
-        .next()
-        .transpose()
-        .map_err(storage)?
+        .first_in(&key, &past_timeline(&prefix))?
         .and_then(|(_, value)| Entry::decode(&value))
         .map(|entry| entry.after);
     let mut entry = decide(invoice.status, before, 0);
     put(batch, source, subject, id, &entry);
     // The entries after it, oldest first.
-    for item in db.range(prefix.clone()..key).rev() {
-        let (later_key, value) = item.map_err(storage)?;
+    for (later_key, value) in db.all_in(&prefix, &key)?.into_iter().rev() {
         let later = later_key.get(prefix.len()..).and_then(id_of_inverted);
         let (Some(later), Some(held)) = (later, Entry::decode(&value)) else {
             continue; // damaged: left as it is
@@ -206,7 +198,7 @@ fn decide(status: InvoiceStatus, before: Option<InvoiceStatus>, resends: u32) ->
 }
 
 /// Writes an entry, and its wait when it leaves its invoice queued.
-fn put(batch: &mut sled::Batch, source: &str, subject: &str, id: NotificationId, entry: &Entry) {
+fn put(batch: &mut Writes, source: &str, subject: &str, id: NotificationId, entry: &Entry) {
     batch.insert(entry_key(source, subject, id), &entry.encode());
     if entry.status == InvoiceStatus::Queued && entry.after == InvoiceStatus::Queued {
         batch.insert(queued_key(source, id), subject.as_bytes());
@@ -216,8 +208,8 @@ fn put(batch: &mut sled::Batch, source: &str, subject: &str, id: NotificationId,
 /// A resend of notification `id` (`P.e.{id}.*`): counted on its entry;
 /// one whose notification the index no longer holds counts nothing.
 pub(super) fn fold_resend(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
+    db: &impl Reads,
+    batch: &mut Writes,
     id: NotificationId,
     meta: Option<&[u8]>,
 ) -> Result<(), SpoolError> {
@@ -230,11 +222,7 @@ pub(super) fn fold_resend(
         return Ok(());
     };
     let key = entry_key(&invoice.source, &invoice.subject, id);
-    if let Some(mut entry) = db
-        .get(&key)
-        .map_err(storage)?
-        .and_then(|v| Entry::decode(&v))
-    {
+    if let Some(mut entry) = db.read(&key)?.and_then(|v| Entry::decode(&v)) {
         entry.resends = entry.resends.saturating_add(1);
         batch.insert(key, &entry.encode());
     }
@@ -246,8 +234,8 @@ pub(super) fn fold_resend(
 /// entries after it keep what was decided with it). The invoice, when
 /// this was its last notification: its checks go with it (`checks.rs`).
 pub(super) fn unfold_invoice(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
+    db: &impl Reads,
+    batch: &mut Writes,
     id: NotificationId,
     meta: &NotificationMeta,
 ) -> Result<Option<InvoiceRef>, SpoolError> {
@@ -258,8 +246,7 @@ pub(super) fn unfold_invoice(
     let removed = entry_key(source, subject, id);
     batch.remove(removed.clone());
     batch.remove(queued_key(source, id));
-    for item in db.scan_prefix(timeline_prefix(source, subject)) {
-        let (key, _) = item.map_err(storage)?;
+    for (key, _) in db.all_with_prefix(&timeline_prefix(source, subject))? {
         if *key != *removed {
             return Ok(None);
         }
@@ -269,14 +256,13 @@ pub(super) fn unfold_invoice(
 
 /// The ids in an invoice's timeline, newest first.
 pub(super) fn timeline_ids(
-    db: &sled::Db,
+    db: &impl Reads,
     source: &str,
     subject: &str,
 ) -> Result<Vec<NotificationId>, SpoolError> {
     let prefix = timeline_prefix(source, subject);
     let mut out = Vec::new();
-    for item in db.scan_prefix(&prefix) {
-        let (key, _) = item.map_err(storage)?;
+    for (key, _) in db.all_with_prefix(&prefix)? {
         if let Some(id) = key.get(prefix.len()..).and_then(id_of_inverted) {
             out.push(id);
         }

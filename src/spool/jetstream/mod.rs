@@ -96,6 +96,7 @@ mod retention;
 #[cfg(test)]
 mod retention_tests;
 pub(crate) mod shared_state;
+mod staged;
 mod states;
 mod store;
 #[cfg(test)]

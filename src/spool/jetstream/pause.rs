@@ -7,6 +7,7 @@
 //! closes the window before a lagging relay has folded the flag; the flag
 //! stays the truth, and a consumer found otherwise at open is set by it.
 
+use super::staged::Writes;
 use std::collections::BTreeSet;
 
 use async_nats::jetstream::stream::ConsumerErrorKind;
@@ -40,7 +41,7 @@ fn key(name: &str) -> Vec<u8> {
 }
 
 /// A pause message folded in.
-pub(super) fn fold_pause(batch: &mut sled::Batch, meta: &str) -> Result<(), SpoolError> {
+pub(super) fn fold_pause(batch: &mut Writes, meta: &str) -> Result<(), SpoolError> {
     let flag: PauseFlag = serde_json::from_str(meta)
         .map_err(|e| SpoolError::Corrupt(format!("a pause record: {e}")))?;
     if flag.paused {
@@ -52,7 +53,7 @@ pub(super) fn fold_pause(batch: &mut sled::Batch, meta: &str) -> Result<(), Spoo
 }
 
 /// A subscription removed: a later one of that name starts unpaused.
-pub(super) fn forget_pause(batch: &mut sled::Batch, name: &str) {
+pub(super) fn forget_pause(batch: &mut Writes, name: &str) {
     batch.remove(key(name));
 }
 

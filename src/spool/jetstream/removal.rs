@@ -18,8 +18,9 @@
 use super::audit::unfold_audit;
 use super::checks::unfold_checks;
 use super::deliveries::{decode_state, due_bytes, keyed, prefix, FIRST, STATE, WAITING};
-use super::index::{record_key, storage, Family};
+use super::index::{record_key, Family};
 use super::invoices::unfold_invoice;
+use super::staged::{Reads, Writes};
 use super::states::subscriptions_in;
 use super::subjects::{name_of, token, Removed};
 use super::Names;
@@ -56,8 +57,8 @@ impl Names {
 /// A removal marker folded in (a quarantined body's is folded as its
 /// tombstone, in `fold.rs`).
 pub(super) fn fold_removal(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
+    db: &impl Reads,
+    batch: &mut Writes,
     tally: &mut Tally,
     removed: Removed,
 ) -> Result<(), SpoolError> {
@@ -73,13 +74,13 @@ pub(super) fn fold_removal(
 }
 
 fn remove_notification(
-    db: &sled::Db,
-    batch: &mut sled::Batch,
+    db: &impl Reads,
+    batch: &mut Writes,
     tally: &mut Tally,
     id: NotificationId,
 ) -> Result<(), SpoolError> {
     let key = record_key(Family::Notifications, id);
-    let Some(value) = db.get(key).map_err(storage)? else {
+    let Some(value) = db.read(&key)? else {
         return Ok(());
     };
     let meta: NotificationMeta = serde_json::from_slice(value.get(8..).unwrap_or_default())
@@ -98,7 +99,7 @@ fn remove_notification(
     for sub in &subs {
         let state = keyed(STATE, sub, id);
         let first = keyed(FIRST, sub, id);
-        let standing = match db.get(&state).map_err(storage)? {
+        let standing = match db.read(&state)? {
             Some(value) => {
                 let state_at = decode_state(&value)?;
                 if let Some(due) = state_at.due_ms {
@@ -110,7 +111,7 @@ fn remove_notification(
                 batch.remove(state);
                 Some(state_at.standing)
             }
-            None if db.contains_key(&first).map_err(storage)? => Some(Standing::Waiting),
+            None if db.holds(&first)? => Some(Standing::Waiting),
             None => None,
         };
         batch.remove(first);

@@ -11,6 +11,7 @@
 //! deliveries given to a notification after its fan-out (backfill,
 //! orphans), and the index's list of the subscriptions that have states.
 
+use super::staged::Reads;
 use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use bytes::Bytes;
 
@@ -224,12 +225,11 @@ impl Index {
 
 /// [`Index::subscriptions_with`] on the index's database (as the fold
 /// holds it).
-pub(super) fn subscriptions_in(db: &sled::Db, tag: u8) -> Result<Vec<String>, SpoolError> {
+pub(super) fn subscriptions_in(db: &impl Reads, tag: u8) -> Result<Vec<String>, SpoolError> {
     let end = vec![tag + 1];
     let mut from = vec![tag];
     let mut out = Vec::new();
-    while let Some(item) = db.range(from.clone()..end.clone()).next() {
-        let (key, _) = item.map_err(storage)?;
+    while let Some((key, _)) = db.first_in(&from, &end)? {
         let rest = key.get(1..).unwrap_or_default();
         let Some(at) = rest.iter().position(|b| *b == 0) else {
             // Not a deliveries' key: on to the one after it.

@@ -21,6 +21,7 @@
 //! | `Ms` source 0x00 subject     | since ms (8) ++ latest id (16)  |
 //! | `Mw` source                  | id (16)                         |
 
+use super::staged::Writes;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -51,7 +52,7 @@ fn walked_key(source: &str) -> Vec<u8> {
 
 /// A stuck mark folded in (a tombstone, without metadata, removes it).
 pub(super) fn fold_stuck(
-    batch: &mut sled::Batch,
+    batch: &mut Writes,
     source: &str,
     subject: &str,
     meta: Option<&str>,
@@ -73,7 +74,7 @@ pub(super) fn fold_stuck(
 }
 
 /// How far a source was walked, folded in (a tombstone forgets it).
-pub(super) fn fold_walked(batch: &mut sled::Batch, source: &str, meta: Option<&str>) {
+pub(super) fn fold_walked(batch: &mut Writes, source: &str, meta: Option<&str>) {
     let key = walked_key(source);
     match meta.and_then(NotificationId::parse) {
         Some(id) => batch.insert(key, &id.to_bytes()),

@@ -1,6 +1,7 @@
 //! The fold: one task per relay that tails the whole stream in order with
 //! an ordered, headers-only consumer (bodies are not copied), from the
-//! index's checkpoint, and folds each message into the local index. The
+//! index's checkpoint, and folds the messages into the local index, those
+//! that arrived together as one burst (`staged.rs`). The
 //! client recreates an ordered consumer by itself after a gap; when the
 //! stream cannot be read at all, or its consumer was lost with a node and
 //! a quiet second shows messages waiting that do not come, the task waits
@@ -11,10 +12,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::{self, Message};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::index::{Folded, Index};
 use super::reports::ATTEMPTED;
+use super::staged::BURST;
 use super::subjects::{Kind, DUE, LEASE, META, RELEASED, STANDING};
 use super::Names;
 use crate::spool::NotificationId;
@@ -55,7 +57,17 @@ async fn follow(
     let mut messages = consumer.messages().await?;
     loop {
         match tokio::time::timeout(QUIET, messages.next()).await {
-            Ok(Some(message)) => fold(names, index, &message?)?,
+            Ok(Some(message)) => {
+                // The messages already here join it: one batch for all.
+                let mut burst = vec![message?];
+                while burst.len() < BURST {
+                    match messages.next().now_or_never() {
+                        Some(Some(message)) => burst.push(message?),
+                        Some(None) | None => break,
+                    }
+                }
+                fold(names, index, &burst)?;
+            }
             Ok(None) => return Ok(()),
             Err(_) => {
                 // Quiet: caught up, or the consumer was lost with the node
@@ -78,8 +90,25 @@ async fn follow(
 fn fold(
     names: &Names,
     index: &Index,
-    message: &Message,
+    burst: &[Message],
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let read: Vec<(u64, Kind, Folded<'_>)> = burst
+        .iter()
+        .map(|message| read(names, message))
+        .collect::<Result<_, _>>()?;
+    index.apply_burst(
+        read.iter()
+            .map(|(sequence, kind, folded)| Ok((*sequence, kind.clone(), folded))),
+    )?;
+    Ok(())
+}
+
+/// A message's sequence, kind (from its subject) and what the fold reads
+/// of its headers.
+fn read<'m>(
+    names: &Names,
+    message: &'m Message,
+) -> Result<(u64, Kind, Folded<'m>), Box<dyn std::error::Error + Send + Sync>> {
     let sequence = message.info()?.stream_sequence;
     let kind = names.parse(message.subject.as_str());
     let header = |name: &str| {
@@ -101,6 +130,5 @@ fn fold(
         attempted: header(ATTEMPTED),
         size: header("Nats-Msg-Size").and_then(|size| size.parse().ok()),
     };
-    index.apply(sequence, &kind, &folded)?;
-    Ok(())
+    Ok((sequence, kind, folded))
 }
