@@ -188,10 +188,7 @@ impl JetStreamSpool {
         let released = self
             .bridge
             .run(async move {
-                let store = context
-                    .get_key_value(bucket)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let store = locks(context, bucket).await?;
                 for (duty, revision) in held {
                     match store.delete_expect_revision(duty, Some(revision)).await {
                         Ok(()) => tracing::info!(duty, "duty given back for another relay to take"),
@@ -235,10 +232,7 @@ impl JetStreamSpool {
         let asked = self
             .bridge
             .run(async move {
-                let store = context
-                    .get_key_value(bucket)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let store = locks(context, bucket).await?;
                 match revision {
                     None => match store.create(duty, holder).await {
                         Ok(revision) => Ok(Tried::Won(revision)),
@@ -260,4 +254,15 @@ impl JetStreamSpool {
         };
         asked.map_err(|e| SpoolError::Unavailable(format!("JetStream: {doing} {duty}: {e}")))
     }
+}
+
+/// The duties' bucket, opened by the client (on the bridge).
+async fn locks(
+    context: async_nats::jetstream::Context,
+    bucket: String,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    context
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| e.to_string())
 }

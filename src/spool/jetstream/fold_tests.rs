@@ -265,6 +265,17 @@ fn contents(index: &Index) -> (Pairs, Counts) {
     (pairs, index.counts.now())
 }
 
+/// Folds numbered messages into `index` as one burst.
+fn fold_burst(index: &Index, burst: &[(u64, &(Kind, Folded<'_>))]) {
+    index
+        .apply_burst(
+            burst
+                .iter()
+                .map(|(sequence, (kind, folded))| Ok((*sequence, kind.clone(), folded))),
+        )
+        .unwrap();
+}
+
 #[test]
 fn a_burst_folds_to_the_same_index_as_its_messages_one_by_one() {
     use super::subjects::Removed;
@@ -328,23 +339,11 @@ fn a_burst_folds_to_the_same_index_as_its_messages_one_by_one() {
         let bursts = open_index(&dir);
         let numbered: Vec<(u64, &(Kind, Folded<'_>))> = (1..).zip(&messages).collect();
         for burst in numbered.chunks(size) {
-            bursts
-                .apply_burst(
-                    burst
-                        .iter()
-                        .map(|(sequence, (kind, folded))| Ok((*sequence, kind.clone(), folded))),
-                )
-                .unwrap();
+            fold_burst(&bursts, burst);
         }
         assert_eq!(contents(&bursts), want, "bursts of {size}");
         // A burst seen again after a restart of the tail changes nothing.
-        bursts
-            .apply_burst(
-                numbered
-                    .iter()
-                    .map(|(sequence, (kind, folded))| Ok((*sequence, kind.clone(), folded))),
-            )
-            .unwrap();
+        fold_burst(&bursts, &numbered);
         assert_eq!(contents(&bursts), want, "bursts of {size}, again");
     }
 }
