@@ -352,7 +352,7 @@ impl Acme {
                     continue;
                 }
             }
-            if self.adopt_shared().await {
+            if self.adopt_shared(&metrics).await {
                 self.end_turn().await;
                 continue;
             }

@@ -201,17 +201,7 @@ impl Acme {
                     });
                     match loaded {
                         Ok((stored, loaded)) => {
-                            if self.is_newer(&loaded) {
-                                if let Err(err) = self.store.save_certificate(&stored) {
-                                    tracing::warn!(error = %err, "the shared certificate is served but its local copy was not written");
-                                }
-                                let info = &loaded.info;
-                                metrics.set_certificate_expiry(
-                                    &info.domains,
-                                    info.validity.not_after_ms,
-                                );
-                                self.install(loaded);
-                            }
+                            self.adopt(&stored, loaded, &metrics);
                         }
                         Err(err) => {
                             tracing::warn!(error = %err, "a certificate another relay stored cannot be used")
@@ -255,9 +245,30 @@ impl Acme {
         }
     }
 
+    /// Serves a certificate another relay stored, if it is newer than the
+    /// one served: its metric, a local copy for `cert status`, then the
+    /// resolver. Whether it did.
+    fn adopt(
+        &self,
+        stored: &StoredCertificate,
+        loaded: Loaded,
+        metrics: &crate::metrics::Metrics,
+    ) -> bool {
+        if !self.is_newer(&loaded) {
+            return false;
+        }
+        if let Err(err) = self.store.save_certificate(stored) {
+            tracing::warn!(error = %err, "the shared certificate is served but its local copy was not written");
+        }
+        let info = &loaded.info;
+        metrics.set_certificate_expiry(&info.domains, info.validity.not_after_ms);
+        self.install(loaded);
+        true
+    }
+
     /// Installs the shared certificate if another relay stored a newer one
     /// than this relay serves (its watch may lag); whether it did.
-    pub(super) async fn adopt_shared(&self) -> bool {
+    pub(super) async fn adopt_shared(&self, metrics: &crate::metrics::Metrics) -> bool {
         let Some(shared) = &self.shared else {
             return false;
         };
@@ -270,14 +281,8 @@ impl Acme {
             }
         };
         match Loaded::from_stored(&stored) {
-            Ok(loaded) if self.is_newer(&loaded) => {
-                if let Err(err) = self.store.save_certificate(&stored) {
-                    tracing::warn!(error = %err, "the shared certificate is served but its local copy was not written");
-                }
-                self.install(loaded);
-                true
-            }
-            _ => false,
+            Ok(loaded) => self.adopt(&stored, loaded, metrics),
+            Err(_) => false,
         }
     }
 
