@@ -138,7 +138,9 @@ impl JetStreamSpool {
             last_audit: Mutex::new(None),
         });
         // Nothing is read before the index holds what was there at open.
-        spool.sync().await?;
+        // A fold whose consumer went with a lost node starts again by
+        // itself; the open waits for it as for the other steps.
+        patiently(&spool.bridge, "catching the index up", || spool.sync()).await?;
         // Subscriptions made through the API are routes before the relay
         // sets its own (their deliveries are not orphans), as on sled.
         let api: Vec<String> = spool
