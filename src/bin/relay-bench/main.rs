@@ -136,6 +136,10 @@ enum Scenario {
         /// `--relay`: notifications in each forward run's ready backlog.
         #[arg(long, default_value_t = 10_000)]
         backlog: u64,
+        /// `--relay`: the nats-server setups to measure (of r1,
+        /// r1-always, r3, r3-always), comma-separated; all by default.
+        #[arg(long, value_delimiter = ',')]
+        setups: Vec<String>,
     },
     All,
     /// (internal) the bare baseline server.
@@ -145,6 +149,12 @@ enum Scenario {
         cert: Option<PathBuf>,
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Publish each body with ack to these servers (comma-separated):
+        /// the bridge baseline of `jetstream --relay`.
+        #[arg(long, value_delimiter = ',')]
+        jetstream: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
 }
 
@@ -158,7 +168,18 @@ fn main() {
     let settings = args_settings(&args);
     runtime.block_on(async move {
         match args.scenario {
-            Scenario::BareServer { cert, key } => servers::run_bare_server(cert.zip(key)).await,
+            Scenario::BareServer {
+                cert,
+                key,
+                jetstream,
+                replicas,
+            } => {
+                let bridge = (!jetstream.is_empty()).then_some(servers::BridgeTarget {
+                    servers: jetstream,
+                    replicas,
+                });
+                servers::run_bare_server(cert.zip(key), bridge).await
+            }
             Scenario::Ingest { lifecycle } => ingest::run(&settings, lifecycle).await,
             Scenario::Forward { backlog } => forward::run(&settings, backlog).await,
             Scenario::Latency { rates } => forward::latency(&settings, &rates).await,
@@ -169,7 +190,8 @@ fn main() {
             Scenario::Jetstream {
                 relay: true,
                 backlog,
-            } => jetstream_relay::run(&settings, backlog).await,
+                setups,
+            } => jetstream_relay::run(&settings, backlog, &setups).await,
             Scenario::All => {
                 ingest::run(&settings, false).await;
                 forward::run(&settings, 20_000).await;

@@ -37,10 +37,26 @@ impl ChildServer {
 
     /// Starts this binary's bare hyper server (the baseline).
     pub async fn bare(cert: Option<(&Path, &Path)>) -> ChildServer {
+        ChildServer::bare_publishing(cert, None).await
+    }
+
+    /// Starts the bare server; with `jetstream` (servers, replicas) it
+    /// publishes each body with ack before it answers (the bridge).
+    pub async fn bare_publishing(
+        cert: Option<(&Path, &Path)>,
+        jetstream: Option<(&[String], usize)>,
+    ) -> ChildServer {
         let mut command = Command::new(sibling("relay-bench"));
         command.arg("bare-server");
         if let Some((cert, key)) = cert {
             command.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        if let Some((servers, replicas)) = jetstream {
+            command
+                .arg("--jetstream")
+                .arg(servers.join(","))
+                .arg("--replicas")
+                .arg(replicas.to_string());
         }
         ChildServer::spawn(command).await
     }
@@ -279,10 +295,19 @@ fn hook_id(body: &[u8]) -> Option<String> {
     Some(text[start..end].to_owned())
 }
 
+/// Where the bridge publishes: one stream of its own on the bench's
+/// cluster.
+pub struct BridgeTarget {
+    pub servers: Vec<String>,
+    pub replicas: usize,
+}
+
 /// The bare baseline: hyper (+ the same rustls setup) answering 200 to any
 /// request once its body is read. Same listener code path as the relay's
-/// TLS, nothing else.
-pub async fn run_bare_server(cert: Option<(PathBuf, PathBuf)>) {
+/// TLS, nothing else. With a [`BridgeTarget`] it is the bridge: the least
+/// an HTTPS front of JetStream does, a publish of the body awaiting its
+/// ack before the 200 (503 when it fails).
+pub async fn run_bare_server(cert: Option<(PathBuf, PathBuf)>, bridge: Option<BridgeTarget>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bare server binds");
@@ -294,6 +319,11 @@ pub async fn run_bare_server(cert: Option<(PathBuf, PathBuf)>) {
             webhook_relay::ingress::tls::server_config(cert).expect("TLS config"),
         )
     });
+    let publisher = match bridge {
+        Some(target) => Some(Arc::new(bridge_publisher(target).await)),
+        None => None,
+    };
+    let sequence = Arc::new(std::sync::atomic::AtomicU64::new(0));
     eprintln!(
         "{}",
         serde_json::json!({"fields": {"message": "ingress listening", "addr": addr.to_string()}})
@@ -304,19 +334,39 @@ pub async fn run_bare_server(cert: Option<(PathBuf, PathBuf)>) {
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
+        let (publisher, sequence) = (publisher.clone(), sequence.clone());
         tokio::spawn(async move {
-            let service = service_fn(
-                |request: hyper::Request<hyper::body::Incoming>| async move {
-                    let _ = request.into_body().collect().await;
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let (publisher, sequence) = (publisher.clone(), sequence.clone());
+                async move {
+                    let body = request
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let acked = match &publisher {
+                        Some(js) => {
+                            let n = sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            match js.publish(format!("bridge.{n}"), body).await {
+                                Ok(ack) => ack.await.is_ok(),
+                                Err(_) => false,
+                            }
+                        }
+                        None => true,
+                    };
                     let mut response =
                         hyper::Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
+                    if !acked {
+                        *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                    }
                     response.headers_mut().insert(
                         "content-type",
                         http::HeaderValue::from_static("application/json"),
                     );
                     Ok::<_, std::convert::Infallible>(response)
-                },
-            );
+                }
+            });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match acceptor {
                 Some(acceptor) => {
@@ -332,4 +382,25 @@ pub async fn run_bare_server(cert: Option<(PathBuf, PathBuf)>) {
             }
         });
     }
+}
+
+/// The bridge's client and its stream `bridge` (`bridge.>`), made afresh.
+async fn bridge_publisher(target: BridgeTarget) -> async_nats::jetstream::Context {
+    let servers: Vec<async_nats::ServerAddr> = target
+        .servers
+        .iter()
+        .map(|url| url.parse().expect("a loopback URL"))
+        .collect();
+    let client = async_nats::connect(servers).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_stream("bridge").await;
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "bridge".into(),
+        subjects: vec!["bridge.>".into()],
+        num_replicas: target.replicas,
+        ..Default::default()
+    })
+    .await
+    .expect("the bridge's stream");
+    js
 }
