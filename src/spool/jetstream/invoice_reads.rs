@@ -130,7 +130,11 @@ impl Index {
         Ok(found)
     }
 
-    fn invoice_now(&self, source: &str, subject: &str) -> Result<Option<Invoice>, SpoolError> {
+    pub(super) fn invoice_now(
+        &self,
+        source: &str,
+        subject: &str,
+    ) -> Result<Option<Invoice>, SpoolError> {
         let db = self.db()?;
         let prefix = timeline_prefix(source, subject);
         Ok(newest_entry(&db, &prefix)?.map(|(id, entry)| invoice(source, subject, id, entry)))

@@ -48,10 +48,10 @@ impl JetStreamSpool {
         if !reconciled && !invoice.status.is_final() {
             return Ok(None);
         }
-        let Some(now) = self
-            .invoice_now(invoice.source.clone(), invoice.subject.clone())
-            .await?
-        else {
+        // One point read of the index, made here as the fold makes its
+        // writes: a hop to the blocking pool for every final webhook cost
+        // more than the read itself (design §4, "Where the relay's CPU goes").
+        let Some(now) = self.index.invoice_now(&invoice.source, &invoice.subject)? else {
             return Ok(None); // an invoice new to the spool: nothing to find
         };
         if reconciled {
