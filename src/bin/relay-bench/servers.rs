@@ -213,12 +213,7 @@ impl Target {
                         service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                             let state = state.clone();
                             async move {
-                                let body = request
-                                    .into_body()
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
+                                let body = body_of(request).await;
                                 let mut gate = state.gate.subscribe();
                                 let _ = gate.wait_for(|open| *open).await;
                                 state.record(&body);
@@ -295,6 +290,16 @@ fn hook_id(body: &[u8]) -> Option<String> {
     Some(text[start..end].to_owned())
 }
 
+/// A request's whole body (empty when it breaks off).
+async fn body_of(request: hyper::Request<hyper::body::Incoming>) -> Bytes {
+    request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
+}
+
 /// Where the bridge publishes: one stream of its own on the bench's
 /// cluster.
 pub struct BridgeTarget {
@@ -339,12 +344,7 @@ pub async fn run_bare_server(cert: Option<(PathBuf, PathBuf)>, bridge: Option<Br
             let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let (publisher, sequence) = (publisher.clone(), sequence.clone());
                 async move {
-                    let body = request
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
+                    let body = body_of(request).await;
                     let acked = match &publisher {
                         Some(js) => {
                             let n = sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
