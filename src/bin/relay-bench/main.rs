@@ -138,7 +138,7 @@ enum Scenario {
         backlog: u64,
         /// `--relay`: the nats-server setups to measure (of r1,
         /// r1-always, r3, r3-always), comma-separated; all by default.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = ["r1", "r1-always", "r3", "r3-always"])]
         setups: Vec<String>,
     },
     All,
