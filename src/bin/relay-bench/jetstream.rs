@@ -88,21 +88,7 @@ pub async fn raw_publisher(
     replicas: usize,
     concurrency: usize,
 ) -> Operation {
-    let servers: Vec<async_nats::ServerAddr> = cluster
-        .urls()
-        .iter()
-        .map(|url| url.parse().expect("a loopback URL"))
-        .collect();
-    let client = async_nats::connect(servers).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: format!("raw{concurrency}"),
-        subjects: vec![format!("raw{concurrency}.>")],
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .expect("the raw stream");
+    let js = publisher_on(&cluster.urls(), &format!("raw{concurrency}"), replicas).await;
     let body = Bytes::from(vec![b'x'; BODY_BYTES]);
     Arc::new(move |i| {
         let (js, body) = (js.clone(), body.clone());
@@ -113,6 +99,31 @@ pub async fn raw_publisher(
             }
         })
     })
+}
+
+/// A client of `servers` and its stream `name` (subjects `name.>`, with
+/// `replicas` copies), made afresh: the raw publisher's and the bridge's.
+pub async fn publisher_on(
+    servers: &[String],
+    name: &str,
+    replicas: usize,
+) -> async_nats::jetstream::Context {
+    let servers: Vec<async_nats::ServerAddr> = servers
+        .iter()
+        .map(|url| url.parse().expect("a loopback URL"))
+        .collect();
+    let client = async_nats::connect(servers).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_stream(name).await;
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{name}.>")],
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .expect("the publisher's stream");
+    js
 }
 
 /// Stores a new notification (its own dedup key) through a JetStream spool

@@ -66,8 +66,13 @@ struct Ingest {
     cpu_per_notification: f64,
 }
 
+/// The names `--setups` admits.
+pub fn setup_names() -> [&'static str; 4] {
+    CLUSTERS.map(|(name, ..)| name)
+}
+
 /// Measures sled and the `setups` named (all when none is; the command
-/// line admits only the names in [`CLUSTERS`]).
+/// line admits only [`setup_names`]).
 pub async fn run(settings: &Settings, backlog: u64, setups: &[String]) {
     let Some(binary) = jetstream::which("nats-server") else {
         println!(
@@ -148,6 +153,43 @@ async fn measure_relay(
     }
 }
 
+/// What the relay's ingest on JetStream is measured against.
+struct Baselines {
+    /// The raw async-nats publisher.
+    raw: jetstream::Operation,
+    /// The bridge, its address and a client of its own.
+    bridge: ChildServer,
+    bridge_url: String,
+    bridge_client: reqwest::Client,
+}
+
+impl Baselines {
+    /// Both on `cluster`, warmed up as the relay was.
+    async fn start(
+        ws: &Workspace,
+        cluster: &NatsCluster,
+        replicas: usize,
+        connections: usize,
+        settings: &Settings,
+    ) -> Baselines {
+        let raw = jetstream::raw_publisher(cluster, replicas, connections).await;
+        // Its stream's first writes, as the relay's warm-up had its own.
+        jetstream::closed_loop(raw.clone(), connections, settings.duration / 6).await;
+        let urls = cluster.urls();
+        let bridge =
+            ChildServer::bare_publishing(Some((&ws.cert, &ws.key)), Some((&urls, replicas))).await;
+        let bridge_url = hooks_url(bridge.addr);
+        let bridge_client = load::client(Some(&ws.cert_pem()), connections);
+        warm_up(&bridge_client, &bridge_url, connections).await;
+        Baselines {
+            raw,
+            bridge,
+            bridge_url,
+            bridge_client,
+        }
+    }
+}
+
 /// The relay's ingest at `connections`, and on JetStream the raw
 /// publisher's and the bridge's (`servers::run_bare_server`: HTTPS, then
 /// one publish-with-ack) on the same cluster, in rounds that rotate which
@@ -164,19 +206,12 @@ async fn ingest_at(
     let url = hooks_url(relay.addr);
     let client = load::client(Some(&ws.cert_pem()), connections);
     warm_up(&client, &url, connections).await;
-    let mut baselines = None;
-    if let Some((cluster, replicas)) = cluster {
-        let raw = jetstream::raw_publisher(cluster, replicas, connections).await;
-        // Its stream's first writes, as the relay's warm-up had its own.
-        jetstream::closed_loop(raw.clone(), connections, settings.duration / 6).await;
-        let urls = cluster.urls();
-        let bridge =
-            ChildServer::bare_publishing(Some((&ws.cert, &ws.key)), Some((&urls, replicas))).await;
-        let bridge_url = hooks_url(bridge.addr);
-        let bridge_client = load::client(Some(&ws.cert_pem()), connections);
-        warm_up(&bridge_client, &bridge_url, connections).await;
-        baselines = Some((raw, bridge, bridge_client, bridge_url));
-    }
+    let baselines = match cluster {
+        Some((cluster, replicas)) => {
+            Some(Baselines::start(ws, cluster, replicas, connections, settings).await)
+        }
+        None => None,
+    };
     let (mut relays, mut raws, mut bridges, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut ratios: [Vec<f64>; 3] = Default::default();
     for round in 0..settings.rounds {
@@ -204,16 +239,21 @@ async fn ingest_at(
                         .zip(cpu_before)
                         .map_or(0, |(after, before)| after.saturating_sub(before));
                 }
-                (1, Some((raw, ..))) => {
+                (1, Some(baselines)) => {
                     raw_stats = Some(
-                        jetstream::closed_loop(raw.clone(), connections, settings.duration).await,
+                        jetstream::closed_loop(
+                            baselines.raw.clone(),
+                            connections,
+                            settings.duration,
+                        )
+                        .await,
                     );
                 }
-                (2, Some((_, _, bridge_client, bridge_url))) => {
+                (2, Some(baselines)) => {
                     bridge_stats = Some(
                         measure(
-                            bridge_client,
-                            bridge_url,
+                            &baselines.bridge_client,
+                            &baselines.bridge_url,
                             connections,
                             settings.duration,
                             Bodies::Final.of(format!("b{round}")),
@@ -258,8 +298,8 @@ async fn ingest_at(
         bridges.extend(bridge_stats);
     }
     relay.stop().await;
-    if let Some((_, bridge, ..)) = baselines {
-        bridge.stop().await;
+    if let Some(baselines) = baselines {
+        baselines.bridge.stop().await;
     }
     let relay = Stats::pooled(&relays);
     let raw = (!raws.is_empty()).then(|| Stats::pooled(&raws));

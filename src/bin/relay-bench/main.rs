@@ -136,9 +136,9 @@ enum Scenario {
         /// `--relay`: notifications in each forward run's ready backlog.
         #[arg(long, default_value_t = 10_000)]
         backlog: u64,
-        /// `--relay`: the nats-server setups to measure (of r1,
-        /// r1-always, r3, r3-always), comma-separated; all by default.
-        #[arg(long, value_delimiter = ',', value_parser = ["r1", "r1-always", "r3", "r3-always"])]
+        /// `--relay`: the nats-server setups to measure, comma-separated;
+        /// all by default.
+        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(jetstream_relay::setup_names()))]
         setups: Vec<String>,
     },
     All,

@@ -325,7 +325,9 @@ pub async fn run_bare_server(cert: Option<(PathBuf, PathBuf)>, bridge: Option<Br
         )
     });
     let publisher = match bridge {
-        Some(target) => Some(Arc::new(bridge_publisher(target).await)),
+        Some(target) => Some(Arc::new(
+            crate::jetstream::publisher_on(&target.servers, "bridge", target.replicas).await,
+        )),
         None => None,
     };
     let sequence = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -382,25 +384,4 @@ pub async fn run_bare_server(cert: Option<(PathBuf, PathBuf)>, bridge: Option<Br
             }
         });
     }
-}
-
-/// The bridge's client and its stream `bridge` (`bridge.>`), made afresh.
-async fn bridge_publisher(target: BridgeTarget) -> async_nats::jetstream::Context {
-    let servers: Vec<async_nats::ServerAddr> = target
-        .servers
-        .iter()
-        .map(|url| url.parse().expect("a loopback URL"))
-        .collect();
-    let client = async_nats::connect(servers).await.expect("connect");
-    let js = async_nats::jetstream::new(client);
-    let _ = js.delete_stream("bridge").await;
-    js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: "bridge".into(),
-        subjects: vec!["bridge.>".into()],
-        num_replicas: target.replicas,
-        ..Default::default()
-    })
-    .await
-    .expect("the bridge's stream");
-    js
 }

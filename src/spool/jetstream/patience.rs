@@ -3,11 +3,10 @@
 //! consumer's Raft group without a leader for a few seconds, and its
 //! requests time out or are told "no suitable peers" (or its fold, whose
 //! consumer went with the node, falls behind while it starts again). Those
-//! steps are tried
-//! again for a bounded while ([`START_PATIENCE`]), each failure logged,
-//! before the open gives up (systemd's start timeout is 90 s). What cannot
-//! mend by waiting (no server reachable at all, a stream with unsafe
-//! settings, a server too old) is not retried.
+//! steps are tried again for a bounded while ([`START_PATIENCE`]), each
+//! failure logged, before the open gives up (systemd's start timeout is
+//! 90 s). What cannot mend by waiting (no server reachable at all, a
+//! stream with unsafe settings, a server too old) is not retried.
 
 use std::future::Future;
 use std::time::Duration;
