@@ -73,6 +73,13 @@ impl SmallDisk {
         RelayProcess::spawn_command(command).await
     }
 
+    /// Bytes free on its filesystem, as the relay's guard reads them.
+    fn free(&self) -> u64 {
+        rustix::fs::statvfs(&self.dir)
+            .map(|stat| stat.f_bavail.saturating_mul(stat.f_frsize))
+            .unwrap_or(0)
+    }
+
     /// Room again, without touching the relay.
     fn grow(&self, relay: &RelayProcess, mib: u32) {
         let status = if self.tmpfs {
@@ -353,28 +360,90 @@ async fn readyz(admin: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-/// Posts every 100 ms for `hold`: each is answered 503 (the disk stays
-/// full) and the store never fails meanwhile.
-async fn stays_full(relay: &RelayProcess, client: &reqwest::Client, url: &str, hold: Duration) {
+/// Keeps the disk full for `hold`: posts a body of about `pad` bytes every
+/// 100 ms, each answered 503 (with `Retry-After`) or, when the relay found
+/// room, 200: sled frees the segments its own rewrites emptied (a failing
+/// target's outcomes overwrite delivery states), so room can come back by
+/// itself, and the next posts take it. What was acknowledged joins `acked`
+/// (the test then finds it delivered and spooled); most posts are refused,
+/// and the store never fails meanwhile.
+async fn keeps_full(
+    disk: &SmallDisk,
+    relay: &RelayProcess,
+    client: &reqwest::Client,
+    url: &str,
+    hold: Duration,
+    pad: usize,
+    acked: &mut Vec<(String, String)>,
+) {
+    let pad = "x".repeat(pad);
     let until = tokio::time::Instant::now() + hold;
-    let mut n = 0;
-    while tokio::time::Instant::now() < until {
-        n += 1;
-        let body = tus_body(&format!("held{n}"), "held");
-        let status = client.post(url).body(body).send().await.unwrap().status();
-        assert_eq!(
-            status,
-            503,
-            "while the disk is full:\n{}",
-            relay.log_tail(20)
-        );
+    let (mut refused, mut taken, mut least_free) = (0, 0, u64::MAX);
+    for n in 0.. {
+        if tokio::time::Instant::now() >= until {
+            break;
+        }
+        least_free = least_free.min(disk.free());
+        let body = tus_body(&format!("held{n}"), &pad);
+        let response = client.post(url).body(body.clone()).send().await.unwrap();
+        match response.status().as_u16() {
+            503 => {
+                assert!(response.headers().contains_key("retry-after"));
+                refused += 1;
+            }
+            200 => {
+                let json: serde_json::Value =
+                    serde_json::from_str(&response.text().await.unwrap()).unwrap();
+                acked.push((json["id"].as_str().unwrap().to_owned(), body));
+                taken += 1;
+            }
+            other => panic!(
+                "answered {other} on a full disk ({} bytes free):\n{}",
+                disk.free(),
+                relay.log_tail(20)
+            ),
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!(
+        "full disk held: {refused} refused, {taken} taken as room came back, {least_free} bytes free at least"
+    );
+    assert!(
+        refused > taken,
+        "the disk did not stay full: {refused} refused, {taken} taken"
+    );
     assert!(
         relay.logged("store failed").is_empty(),
         "the store failed on a full disk:\n{}",
         relay.log_tail(20)
     );
+}
+
+/// `/readyz` once a post was refused: 503, saying the disk is full (a
+/// post taken meanwhile, room having come back, joins `acked`).
+async fn readyz_when_full(
+    client: &reqwest::Client,
+    url: &str,
+    admin: &str,
+    acked: &mut Vec<(String, String)>,
+) {
+    let pad = "x".repeat(20_000);
+    let mut last = (0, String::new());
+    for n in 0..100 {
+        let body = tus_body(&format!("ready{n}"), &pad);
+        let response = client.post(url).body(body.clone()).send().await.unwrap();
+        if response.status() == 200 {
+            let json: serde_json::Value =
+                serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            acked.push((json["id"].as_str().unwrap().to_owned(), body));
+            continue;
+        }
+        last = readyz(admin).await;
+        if last.0 == 503 && last.1.contains("disk full") {
+            return;
+        }
+    }
+    panic!("/readyz never said the disk is full: {} {}", last.0, last.1);
 }
 
 /// The relay, started, and how long its start took: how slow this machine
@@ -548,12 +617,9 @@ async fn a_failing_target_cannot_fail_a_full_spool_and_all_is_delivered_after_ro
     let mut acked = fill(&client, &url, "f", 20).await;
     // The target goes on refusing for a while: its outcomes are what
     // would fill the disk now.
-    stays_full(&relay, &client, &url, Duration::from_secs(6)).await;
-    let (status, body) = readyz(&admin).await;
-    assert!(
-        status == 503 && body.contains("disk full"),
-        "{status} {body}"
-    );
+    let hold = Duration::from_secs(6);
+    keeps_full(&disk, &relay, &client, &url, hold, 20_000, &mut acked).await;
+    readyz_when_full(&client, &url, &admin, &mut acked).await;
 
     let recovered_after = room_again(
         &disk,
@@ -603,7 +669,8 @@ async fn outcomes_of_a_healthy_target_cannot_fail_a_full_spool() {
     );
 
     let mut acked = fill_with(&client, &url, "h", 20, 500).await;
-    stays_full(&relay, &client, &url, Duration::from_secs(10)).await;
+    let hold = Duration::from_secs(10);
+    keeps_full(&disk, &relay, &client, &url, hold, 500, &mut acked).await;
     let recovered_after = room_again(
         &disk,
         &relay,
