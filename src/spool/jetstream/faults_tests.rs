@@ -3,11 +3,16 @@
 //! what JetStream did not take; the relay says it is not alive; when the
 //! server comes back on its store the relay goes on by itself, with
 //! nothing acknowledged lost and the dedup of what came before intact.
+//! A shared-state bucket is made only where it is missing, never in answer
+//! to NATS being gone.
 
 use std::time::Duration;
 
+use async_nats::jetstream::{self, kv};
+
 use super::loopback_cluster::NatsCluster;
-use super::test_server::nats_server;
+use super::provision::bucket_not_found;
+use super::test_server::{nats_server, NatsServer};
 use super::JetStreamSpool;
 use crate::clock::Clock;
 use crate::config::{JetstreamConfig, SpoolBackend, SpoolConfig};
@@ -99,4 +104,30 @@ async fn stores_fail_while_nats_is_down_and_go_on_by_themselves_when_it_returns(
     assert_eq!(ids, [before, after]);
     drop(leased);
     spool.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_is_told_apart_from_nats_being_gone() {
+    let Some(binary) = nats_server("the missing-bucket test") else {
+        return;
+    };
+    let server = NatsServer::start(&binary, "");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::context::ContextBuilder::new()
+        .timeout(Duration::from_millis(500))
+        .build(client);
+    let missing = js.get_key_value("missing").await.unwrap_err();
+    assert!(bucket_not_found(&missing), "{missing}");
+    let config = kv::Config {
+        bucket: "there".into(),
+        ..Default::default()
+    };
+    js.create_key_value(config).await.unwrap();
+    js.get_key_value("there").await.unwrap();
+
+    drop(server);
+    for bucket in ["missing", "there"] {
+        let gone = js.get_key_value(bucket).await.unwrap_err();
+        assert!(!bucket_not_found(&gone), "{bucket}: {gone}");
+    }
 }

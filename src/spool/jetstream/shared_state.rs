@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::bridge::Bridge;
+use super::provision::bucket_not_found;
 use super::JetStreamSpool;
 use crate::spool::SpoolError;
 
@@ -51,6 +52,9 @@ impl JetStreamSpool {
             .run(async move {
                 match context.get_key_value(&config.bucket).await {
                     Ok(store) => Ok(store),
+                    // A failure of the servers is told as such, not
+                    // answered with an attempt to make the bucket.
+                    Err(e) if !bucket_not_found(&e) => Err(e.to_string()),
                     Err(_) => context
                         .create_key_value(config)
                         .await
