@@ -114,6 +114,12 @@ fn tus_body(n: &str, pad: &str) -> String {
     )
 }
 
+/// The id the relay gave an acknowledged post.
+async fn acked_id(response: reqwest::Response) -> String {
+    let json: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    json["id"].as_str().unwrap().to_owned()
+}
+
 /// Posts until `refusals` answers were 503 (bounded); returns the
 /// acknowledged (id, body) pairs.
 async fn fill(
@@ -145,9 +151,7 @@ async fn fill_with(
             .expect("the relay keeps answering");
         match response.status().as_u16() {
             200 => {
-                let json: serde_json::Value =
-                    serde_json::from_str(&response.text().await.unwrap()).unwrap();
-                acked.push((json["id"].as_str().unwrap().to_owned(), body));
+                acked.push((acked_id(response).await, body));
             }
             503 => {
                 assert!(response.headers().contains_key("retry-after"));
@@ -235,9 +239,7 @@ async fn a_full_disk_answers_503_then_recovers_by_itself_with_nothing_lost_or_re
         let body = tus_body(&format!("b{n}"), &pad);
         let response = client.post(&url).body(body.clone()).send().await.unwrap();
         if response.status() == 200 {
-            let json: serde_json::Value =
-                serde_json::from_str(&response.text().await.unwrap()).unwrap();
-            acked.push((json["id"].as_str().unwrap().to_owned(), body));
+            acked.push((acked_id(response).await, body));
             break room_at.elapsed();
         }
         assert_eq!(response.status(), 503);
@@ -267,9 +269,7 @@ async fn a_full_disk_answers_503_then_recovers_by_itself_with_nothing_lost_or_re
         let body = tus_body(&format!("c{m}"), "after");
         let response = client.post(&url).body(body.clone()).send().await.unwrap();
         assert_eq!(response.status(), 200, "after recovery");
-        let json: serde_json::Value =
-            serde_json::from_str(&response.text().await.unwrap()).unwrap();
-        acked.push((json["id"].as_str().unwrap().to_owned(), body));
+        acked.push((acked_id(response).await, body));
     }
 
     // Every acknowledged notification reaches the target, and none was
@@ -392,9 +392,7 @@ async fn keeps_full(
                 refused += 1;
             }
             200 => {
-                let json: serde_json::Value =
-                    serde_json::from_str(&response.text().await.unwrap()).unwrap();
-                acked.push((json["id"].as_str().unwrap().to_owned(), body));
+                acked.push((acked_id(response).await, body));
                 taken += 1;
             }
             other => panic!(
@@ -433,9 +431,7 @@ async fn readyz_when_full(
         let body = tus_body(&format!("ready{n}"), &pad);
         let response = client.post(url).body(body.clone()).send().await.unwrap();
         if response.status() == 200 {
-            let json: serde_json::Value =
-                serde_json::from_str(&response.text().await.unwrap()).unwrap();
-            acked.push((json["id"].as_str().unwrap().to_owned(), body));
+            acked.push((acked_id(response).await, body));
             continue;
         }
         last = readyz(admin).await;
@@ -487,9 +483,7 @@ async fn room_again(
             continue;
         };
         if response.status() == 200 {
-            let json: serde_json::Value =
-                serde_json::from_str(&response.text().await.unwrap()).unwrap();
-            acked.push((json["id"].as_str().unwrap().to_owned(), body));
+            acked.push((acked_id(response).await, body));
             return room_at.elapsed();
         }
         assert_eq!(response.status(), 503);
