@@ -146,6 +146,8 @@ impl SledSpool {
             fail_next_batch: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             crash_at_stop: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            free_space: Mutex::new(None),
         });
         let start = writer::Start {
             acknowledged: opened.acknowledged,
@@ -198,6 +200,8 @@ impl SledSpool {
             fail_next_batch: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             crash_at_stop: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            free_space: Mutex::new(None),
         });
         let start = writer::Start {
             acknowledged: mark::Acknowledged::read(&config.sled.path, None),

@@ -88,6 +88,10 @@ pub(super) struct Shared {
     /// Tests: the writer stops as a crash would (see `test_hooks.rs`).
     #[cfg(test)]
     pub crash_at_stop: std::sync::atomic::AtomicBool,
+    /// Tests: the bytes free that the free-space guard reads instead of
+    /// its filesystem's.
+    #[cfg(test)]
+    pub free_space: Mutex<Option<u64>>,
 }
 
 impl Shared {

@@ -1,10 +1,17 @@
 //! Tests' hooks into the sled backend: damage, counts behind the writer's
-//! back, a failing batch, a watermark moved back.
+//! back, a failing batch, a watermark moved back, the free space the
+//! guard reads.
 
 use super::{counts, keys, lock, SledSpool};
 use crate::spool::{Counts, NotificationId};
 
 impl SledSpool {
+    /// Tests: the free-space guard reads `bytes` free from now on, whatever
+    /// its filesystem has.
+    pub fn pretend_free_space(&self, bytes: u64) {
+        *lock(&self.shared.free_space) = Some(bytes);
+    }
+
     /// Tests: the writer's next group fails before its batch is applied.
     pub fn fail_next_batch(&self) {
         self.shared

@@ -319,11 +319,11 @@ impl Writer {
             Some(Blocked::Failed { reason }) => {
                 return Err(SpoolError::Unavailable(reason.clone()));
             }
-            // Back once a typical group fits again.
+            // Back once a few typical groups fit again.
             Some(Blocked::Full { .. }) | None => {
                 if self.short
                     && self
-                        .check_space(self.floor(), space::SPACE_PER_GROUP * 4)
+                        .check_space(self.floor(), space::ROOM_TO_RESUME)
                         .is_ok()
                 {
                     self.set_short(false);
@@ -331,7 +331,7 @@ impl Writer {
                 }
                 if matches!(self.blocked, Some(Blocked::Full { .. }))
                     && self
-                        .check_space(self.min_free(), space::SPACE_PER_GROUP * 4)
+                        .check_space(self.min_free(), space::ROOM_TO_RESUME)
                         .is_ok()
                 {
                     self.leave_full();

@@ -9,7 +9,12 @@ use crate::spool::SpoolError;
 /// Bytes a group is expected to take on disk per byte of record (sled
 /// writes about twice what it is given), plus a constant.
 const SPACE_PER_BYTE: u64 = 2;
-pub(super) const SPACE_PER_GROUP: u64 = 64 << 10;
+const SPACE_PER_GROUP: u64 = 64 << 10;
+/// Room a full or short spool waits for, above its threshold, before it
+/// takes writes again: some typical groups, so that the few segments sled
+/// frees as it rewrites do not flip it back and forth (each flip an event
+/// to operators).
+pub(super) const ROOM_TO_RESUME: u64 = SPACE_PER_GROUP * 4;
 /// What a change other than a store takes, besides its own value: keys,
 /// index entries, the counts it moves.
 const SPACE_PER_CHANGE: u64 = 512;
@@ -46,7 +51,10 @@ impl Writer {
             });
         let mut group = group;
         if stored > 0 {
-            let needed = (stored + other) * SPACE_PER_BYTE + SPACE_PER_GROUP;
+            let mut needed = (stored + other) * SPACE_PER_BYTE + SPACE_PER_GROUP;
+            if matches!(self.blocked, Some(Blocked::Full { .. })) {
+                needed = needed.max(ROOM_TO_RESUME);
+            }
             match self.check_space(self.min_free(), needed) {
                 Ok(()) => {
                     self.leave_full();
@@ -93,10 +101,9 @@ impl Writer {
         if min_free == 0 {
             return Ok(());
         }
-        let free = match rustix::fs::statvfs(&self.shared.config.sled.path) {
-            Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize),
-            // Cannot tell: let sled try.
-            Err(_) => return Ok(()),
+        // Cannot tell: let sled try.
+        let Some(free) = self.free_bytes() else {
+            return Ok(());
         };
         if free >= keep.saturating_add(needed) {
             Ok(())
@@ -105,6 +112,16 @@ impl Writer {
                 "disk full: {free} bytes free on the spool's filesystem, {min_free} kept free (spool.sled.min_free)"
             ))
         }
+    }
+
+    /// Bytes free on the spool's filesystem, if it can tell.
+    fn free_bytes(&self) -> Option<u64> {
+        #[cfg(test)]
+        if let Some(free) = *lock(&self.shared.free_space) {
+            return Some(free);
+        }
+        let stat = rustix::fs::statvfs(&self.shared.config.sled.path).ok()?;
+        Some(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// Below the floor: nothing more is written or leased until there is room.

@@ -1,15 +1,18 @@
 //! The writer's deadlines run on the spool's clock: on a manual clock an
 //! outcome is flushed when the clock reaches its deadline, whatever the
-//! real time between.
+//! real time between. A full spool takes stores again only once it has
+//! the room to resume, not as soon as one fits.
 
 use std::time::Duration;
 
 use super::super::SledSpool;
+use super::space::ROOM_TO_RESUME;
 use crate::clock::Clock;
+use crate::config::ByteSize;
 use crate::delivery::{Outcome, Schedule};
 use crate::spool::contract::support::{notification, received, routes};
 use crate::spool::sled::tests::config;
-use crate::spool::Stored;
+use crate::spool::{SpoolError, Stored};
 
 /// Answered once the writer has taken what was queued before, and made
 /// the flush due by then.
@@ -58,5 +61,44 @@ async fn an_outcome_is_flushed_when_the_spools_clock_reaches_its_deadline() {
         before + 1,
         "one flush for the outcome, at its deadline on the spool's clock"
     );
+    spool.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_spool_takes_stores_again_only_once_it_has_the_room_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let min_free = 4 << 20;
+    let mut config = config(dir.path());
+    config.sled.min_free = ByteSize(min_free);
+    let clock = Clock::manual(1_700_000_000_000);
+    let spool = SledSpool::open(&config, routes(&["erp"]), clock).unwrap();
+    let store = async |key: &str| {
+        spool
+            .store(received(clock.now_ms()), notification(key), None)
+            .await
+    };
+
+    spool.pretend_free_space(64 << 20);
+    assert!(matches!(store("a").await, Ok(Stored::New(_))));
+    spool.pretend_free_space(min_free + (8 << 10));
+    let refused = store("b").await;
+    assert!(
+        matches!(refused, Err(SpoolError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(!spool.health().writable);
+    // Room for one small store, as sled's freed segments may give back:
+    // not yet enough to take stores again.
+    spool.pretend_free_space(min_free + (128 << 10));
+    let refused = store("c").await;
+    assert!(
+        matches!(refused, Err(SpoolError::Unavailable(_))),
+        "{refused:?}"
+    );
+    writer_caught_up(&spool).await;
+    assert!(!spool.health().writable, "writable again on 128 KiB");
+    spool.pretend_free_space(min_free + ROOM_TO_RESUME);
+    assert!(matches!(store("d").await, Ok(Stored::New(_))));
+    assert!(spool.health().writable);
     spool.close().await.unwrap();
 }
