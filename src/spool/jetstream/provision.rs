@@ -161,7 +161,6 @@ pub(super) async fn spool_stream(
     ))
 }
 
-/// The JetStream API error code of a failed stream read, if it has one.
 /// Whether a KV bucket could not be opened only because it is not there
 /// (its stream not found), not for a failure of the servers or the link.
 pub(super) fn bucket_not_found(error: &jetstream::context::KeyValueError) -> bool {
@@ -172,6 +171,7 @@ pub(super) fn bucket_not_found(error: &jetstream::context::KeyValueError) -> boo
             == Some(STREAM_NOT_FOUND)
 }
 
+/// The JetStream API error code of a failed stream read, if it has one.
 fn get_code(error: &jetstream::context::GetStreamError) -> Option<u64> {
     match error.kind() {
         jetstream::context::GetStreamErrorKind::JetStream(api) => Some(api.error_code().0),
