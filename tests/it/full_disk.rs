@@ -425,15 +425,9 @@ async fn readyz_when_full(
     admin: &str,
     acked: &mut Vec<(String, String)>,
 ) {
-    let pad = "x".repeat(20_000);
     let mut last = (0, String::new());
-    for n in 0..100 {
-        let body = tus_body(&format!("ready{n}"), &pad);
-        let response = client.post(url).body(body.clone()).send().await.unwrap();
-        if response.status() == 200 {
-            acked.push((acked_id(response).await, body));
-            continue;
-        }
+    for attempt in 0..10 {
+        acked.extend(fill(client, url, &format!("ready{attempt}-"), 1).await);
         last = readyz(admin).await;
         if last.0 == 503 && last.1.contains("disk full") {
             return;

@@ -157,9 +157,8 @@ async fn measure_relay(
 struct Baselines {
     /// The raw async-nats publisher.
     raw: jetstream::Operation,
-    /// The bridge, its address and a client of its own.
+    /// The bridge and a client of its own.
     bridge: ChildServer,
-    bridge_url: String,
     bridge_client: reqwest::Client,
 }
 
@@ -178,13 +177,11 @@ impl Baselines {
         let urls = cluster.urls();
         let bridge =
             ChildServer::bare_publishing(Some((&ws.cert, &ws.key)), Some((&urls, replicas))).await;
-        let bridge_url = hooks_url(bridge.addr);
         let bridge_client = load::client(Some(&ws.cert_pem()), connections);
-        warm_up(&bridge_client, &bridge_url, connections).await;
+        warm_up(&bridge_client, &hooks_url(bridge.addr), connections).await;
         Baselines {
             raw,
             bridge,
-            bridge_url,
             bridge_client,
         }
     }
@@ -253,7 +250,7 @@ async fn ingest_at(
                     bridge_stats = Some(
                         measure(
                             &baselines.bridge_client,
-                            &baselines.bridge_url,
+                            &hooks_url(baselines.bridge.addr),
                             connections,
                             settings.duration,
                             Bodies::Final.of(format!("b{round}")),
